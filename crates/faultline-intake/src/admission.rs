@@ -1,0 +1,284 @@
+//! Admission: everything that decides, before anything is acknowledged, whether a request
+//! is taken, partly taken, or refused, and then hands it to the WAL.
+//!
+//! Order of checks, cheapest first, so overload costs as little as possible:
+//! 1. the WAL is healthy (else `Unavailable`, retryable);
+//! 2. the request fits the in-flight byte budget (else `Busy`, 429, retryable);
+//! 3. the WAL budget and the disk's free space leave room (else `Full`, 503, retryable);
+//! 4. (the caller decodes the body; a malformed body is `Invalid`, 400)
+//! 5. each span is validated; invalid spans are removed and reported as OTLP partial
+//!    success; a request with no valid span left is `Invalid`;
+//! 6. the envelope is appended to the WAL and the request answered only when the WAL
+//!    acknowledged it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use faultline_model::ExportTraceServiceRequest;
+use faultline_model::validate::{Limits, validate_and_filter};
+use faultline_wal::{Wal, WalError};
+
+use crate::envelope::{self, Protocol};
+use crate::metrics::Metrics;
+
+/// Limits and budgets of intake.
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    /// Largest request body, compressed or not (after gunzip too).
+    pub max_request_bytes: usize,
+    /// Span validation limits.
+    pub limits: Limits,
+    /// Refuse new requests when the disk holding the WAL has less free space than this.
+    pub min_free_disk_bytes: u64,
+    /// Bytes of request bodies being processed at once, beyond which requests get 429.
+    pub max_inflight_bytes: usize,
+    /// Seconds a refused client is told to wait (Retry-After).
+    pub retry_after_secs: u32,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 16 << 20,
+            limits: Limits::default(),
+            min_free_disk_bytes: 256 << 20,
+            max_inflight_bytes: 512 << 20,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// Why a request was not acknowledged. Each maps to one HTTP status and one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The payload is malformed or has no valid span (400 / INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// The body is larger than allowed (413 / RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Content type or encoding not supported (415 / INVALID_ARGUMENT).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Too much work in flight; retry (429 / UNAVAILABLE).
+    #[error("{0}")]
+    Busy(String),
+    /// Out of WAL budget or disk; retry later (503 / UNAVAILABLE).
+    #[error("{0}")]
+    Full(String),
+    /// The WAL stopped after an I/O error; retry against a restarted server (503 /
+    /// UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IngestError {
+    /// The metrics outcome label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::TooLarge(_) => "too_large",
+            Self::Unsupported(_) => "unsupported",
+            Self::Busy(_) | Self::Full(_) => "refused",
+            Self::Unavailable(_) => "failed",
+        }
+    }
+
+    /// Whether the client should retry the same request later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Busy(_) | Self::Full(_) | Self::Unavailable(_))
+    }
+}
+
+/// What happened to an acknowledged request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// Spans written to the WAL.
+    pub accepted_spans: u64,
+    /// Invalid spans dropped (reported as partial success).
+    pub rejected_spans: u64,
+    /// Why spans were dropped, if any were.
+    pub message: Option<String>,
+    /// WAL sequence number of the record (None when nothing needed storing).
+    pub seq: Option<u64>,
+}
+
+/// Admission ticket: holds in-flight budget until the request is answered.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Intake in front of one WAL.
+#[derive(Debug)]
+pub struct Intake {
+    wal: Wal,
+    metrics: Arc<Metrics>,
+    cfg: IntakeConfig,
+    inflight: Arc<Semaphore>,
+    inflight_permits: u32,
+    data_dir: PathBuf,
+}
+
+/// In-flight budget is counted in KiB so large budgets fit a semaphore's permit count.
+fn permits_for(bytes: usize) -> u32 {
+    (bytes.div_ceil(1024)).max(1).min(u32::MAX as usize) as u32
+}
+
+impl Intake {
+    /// Intake writing to `wal`; `data_dir` is the directory whose disk is watched.
+    pub fn new(wal: Wal, metrics: Arc<Metrics>, cfg: IntakeConfig) -> Self {
+        let inflight_permits = permits_for(cfg.max_inflight_bytes);
+        let data_dir = wal.dir().to_path_buf();
+        Self {
+            wal,
+            metrics,
+            inflight: Arc::new(Semaphore::new(inflight_permits as usize)),
+            inflight_permits,
+            cfg,
+            data_dir,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &IntakeConfig {
+        &self.cfg
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The WAL.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Free bytes on the disk holding the WAL, if the file system says.
+    pub fn disk_free_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.data_dir).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Checks 1-3 of the module doc for a request of `body_bytes`.
+    pub fn admit(&self, body_bytes: usize) -> Result<Admitted, IngestError> {
+        if let Some(reason) = self.wal.failure() {
+            return Err(IngestError::Unavailable(format!(
+                "faultline cannot acknowledge writes: {reason}"
+            )));
+        }
+        let wanted = permits_for(body_bytes).min(self.inflight_permits);
+        let permit = match self.inflight.clone().try_acquire_many_owned(wanted) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return Err(IngestError::Busy(format!(
+                    "too many request bytes in flight (limit {} bytes, intake.max_inflight_bytes); retry after {} s",
+                    self.cfg.max_inflight_bytes, self.cfg.retry_after_secs
+                )));
+            }
+        };
+        let max = self.wal.options().max_bytes;
+        let size = self.wal.size_bytes();
+        if size.saturating_add(body_bytes as u64) > max {
+            return Err(IngestError::Full(format!(
+                "write-ahead log is full ({size} of {max} bytes, wal.max_bytes); retry after {} s",
+                self.cfg.retry_after_secs
+            )));
+        }
+        if let Some(free) = self.disk_free_bytes()
+            && free
+                < self
+                    .cfg
+                    .min_free_disk_bytes
+                    .saturating_add(body_bytes as u64)
+        {
+            return Err(IngestError::Full(format!(
+                "disk holding {} has {free} bytes free, below the reserve of {} bytes (intake.min_free_disk_bytes); free disk space, retry after {} s",
+                self.data_dir.display(),
+                self.cfg.min_free_disk_bytes,
+                self.cfg.retry_after_secs
+            )));
+        }
+        Ok(Admitted { _permit: permit })
+    }
+
+    /// Validates `request`, writes what is valid to the WAL and waits for the
+    /// acknowledgement. `raw` is the request's own protobuf encoding when the caller has
+    /// it; it is stored as is when no span had to be removed.
+    pub async fn ingest(
+        &self,
+        protocol: Protocol,
+        mut request: ExportTraceServiceRequest,
+        raw: Option<&[u8]>,
+        pre_rejected: Vec<String>,
+        _ticket: &Admitted,
+    ) -> Result<Accepted, IngestError> {
+        let v = validate_and_filter(&mut request, &self.cfg.limits);
+        let rejected = v.rejected_spans + pre_rejected.len() as u64;
+        let mut reasons = pre_rejected;
+        reasons.extend(v.reasons);
+        self.metrics.spans(protocol, "rejected", rejected);
+        let message = if reasons.is_empty() {
+            None
+        } else {
+            let shown: Vec<&str> = reasons.iter().take(5).map(String::as_str).collect();
+            let more = reasons.len().saturating_sub(shown.len());
+            let mut m = format!("rejected {rejected} invalid span(s): {}", shown.join("; "));
+            if more > 0 {
+                m.push_str(&format!("; and {more} more"));
+            }
+            Some(m)
+        };
+        if v.accepted_spans == 0 {
+            if rejected > 0 {
+                return Err(IngestError::Invalid(message.unwrap_or_default()));
+            }
+            return Ok(Accepted::default());
+        }
+        let spans = u32::try_from(v.accepted_spans).unwrap_or(u32::MAX);
+        let payload = match raw {
+            Some(raw) if !v.modified && rejected == 0 => envelope::encode(protocol, spans, raw),
+            _ => envelope::encode_request(protocol, spans, &request),
+        };
+        let started = Instant::now();
+        let result = self.wal.append(payload).await;
+        self.metrics.ack_latency(started.elapsed());
+        match result {
+            Ok(ack) => {
+                self.metrics.spans(protocol, "accepted", v.accepted_spans);
+                Ok(Accepted {
+                    accepted_spans: v.accepted_spans,
+                    rejected_spans: rejected,
+                    message,
+                    seq: Some(ack.seq),
+                })
+            }
+            Err(e) => {
+                self.metrics.spans(protocol, "refused", v.accepted_spans);
+                Err(match e {
+                    WalError::Full { .. } | WalError::NoSpace { .. } => IngestError::Full(format!(
+                        "{e}; retry after {} s",
+                        self.cfg.retry_after_secs
+                    )),
+                    WalError::RecordTooLarge { .. } => IngestError::TooLarge(e.to_string()),
+                    other => IngestError::Unavailable(format!(
+                        "faultline cannot acknowledge writes: {other}"
+                    )),
+                })
+            }
+        }
+    }
+
+    /// Refreshes the gauges that mirror WAL state; called before each scrape.
+    pub fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.wal_size_bytes.set(self.wal.size_bytes() as i64);
+        m.wal_max_bytes.set(self.wal.options().max_bytes as i64);
+        m.wal_committed_seq.set(self.wal.committed_seq() as i64);
+        m.wal_failed.set(i64::from(self.wal.failure().is_some()));
+    }
+}

@@ -1,0 +1,241 @@
+//! Prometheus metrics of intake and the WAL, served as text on `GET /metrics`.
+//!
+//! Names (all prefixed `faultline_`):
+//! - `intake_requests_total{protocol,outcome}`: requests by outcome (`accepted`,
+//!   `partial`, `invalid`, `too_large`, `unsupported`, `refused`, `failed`).
+//! - `intake_spans_total{protocol,outcome}`: spans `accepted`, `rejected` (invalid) or
+//!   `refused` (not acknowledged because of a budget or failure).
+//! - `intake_bytes_total{protocol}`: request body bytes received (as sent, before gunzip).
+//! - `intake_ack_seconds`: time from the request's arrival at the WAL to its
+//!   acknowledgement (queueing, write and fsync).
+//! - `wal_fsync_seconds`, `wal_write_seconds`, `wal_batch_records`: per group commit.
+//! - `wal_size_bytes`, `wal_max_bytes`, `wal_committed_seq`, `wal_failed`,
+//!   `wal_quarantined_segments`, `wal_truncated_bytes`: state of the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use faultline_wal::WalObserver;
+
+use crate::envelope::Protocol;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolOutcome {
+    protocol: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+/// All metrics of one faultline process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<ProtocolOutcome, Counter>,
+    spans: Family<ProtocolOutcome, Counter>,
+    bytes: Family<ProtocolLabel, Counter>,
+    ack_seconds: Histogram,
+    fsync_seconds: Histogram,
+    write_seconds: Histogram,
+    batch_records: Histogram,
+    /// WAL size in bytes.
+    pub wal_size_bytes: Gauge,
+    /// WAL budget in bytes.
+    pub wal_max_bytes: Gauge,
+    /// Highest acknowledged WAL sequence number.
+    pub wal_committed_seq: Gauge,
+    /// 1 once the WAL stopped accepting writes.
+    pub wal_failed: Gauge,
+    /// Segments moved to quarantine at start-up.
+    pub wal_quarantined_segments: Gauge,
+    /// Bytes cut from a torn tail at start-up.
+    pub wal_truncated_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("faultline");
+        let requests = Family::<ProtocolOutcome, Counter>::default();
+        let spans = Family::<ProtocolOutcome, Counter>::default();
+        let bytes = Family::<ProtocolLabel, Counter>::default();
+        let latency = || Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        let ack_seconds = latency();
+        let fsync_seconds = latency();
+        let write_seconds = latency();
+        let batch_records = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "intake_requests",
+            "Intake requests by protocol and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "intake_spans",
+            "Spans by protocol and outcome",
+            spans.clone(),
+        );
+        registry.register(
+            "intake_bytes",
+            "Request body bytes received, as sent",
+            bytes.clone(),
+        );
+        registry.register(
+            "intake_ack_seconds",
+            "Time from WAL submission to acknowledgement",
+            ack_seconds.clone(),
+        );
+        registry.register(
+            "wal_fsync_seconds",
+            "fdatasync latency per group commit",
+            fsync_seconds.clone(),
+        );
+        registry.register(
+            "wal_write_seconds",
+            "write latency per group commit",
+            write_seconds.clone(),
+        );
+        registry.register(
+            "wal_batch_records",
+            "Records per group commit",
+            batch_records.clone(),
+        );
+        let m = Self {
+            wal_size_bytes: Gauge::default(),
+            wal_max_bytes: Gauge::default(),
+            wal_committed_seq: Gauge::default(),
+            wal_failed: Gauge::default(),
+            wal_quarantined_segments: Gauge::default(),
+            wal_truncated_bytes: Gauge::default(),
+            registry,
+            requests,
+            spans,
+            bytes,
+            ack_seconds,
+            fsync_seconds,
+            write_seconds,
+            batch_records,
+        };
+        let mut m = m;
+        let gauges = [
+            (
+                "wal_size_bytes",
+                "Total size of WAL segments",
+                m.wal_size_bytes.clone(),
+            ),
+            (
+                "wal_max_bytes",
+                "WAL budget (wal.max_bytes)",
+                m.wal_max_bytes.clone(),
+            ),
+            (
+                "wal_committed_seq",
+                "Highest acknowledged WAL sequence number",
+                m.wal_committed_seq.clone(),
+            ),
+            (
+                "wal_failed",
+                "1 once the WAL stopped accepting writes after an I/O error",
+                m.wal_failed.clone(),
+            ),
+            (
+                "wal_quarantined_segments",
+                "WAL segments moved to quarantine at start-up",
+                m.wal_quarantined_segments.clone(),
+            ),
+            (
+                "wal_truncated_bytes",
+                "Bytes cut from a torn WAL tail at start-up",
+                m.wal_truncated_bytes.clone(),
+            ),
+        ];
+        for (name, help, g) in gauges {
+            m.registry.register(name, help, g);
+        }
+        // Pre-create the common series so dashboards see zeros, not gaps.
+        for p in Protocol::ALL {
+            let _ = m.bytes.get_or_create(&ProtocolLabel {
+                protocol: p.as_str(),
+            });
+            for outcome in ["accepted", "rejected", "refused"] {
+                let _ = m.spans.get_or_create(&ProtocolOutcome {
+                    protocol: p.as_str(),
+                    outcome,
+                });
+            }
+            let _ = m.requests.get_or_create(&ProtocolOutcome {
+                protocol: p.as_str(),
+                outcome: "accepted",
+            });
+        }
+        m
+    }
+
+    /// Counts one request and its spans.
+    pub fn request(&self, protocol: Protocol, outcome: &'static str, body_bytes: usize) {
+        let p = protocol.as_str();
+        self.requests
+            .get_or_create(&ProtocolOutcome {
+                protocol: p,
+                outcome,
+            })
+            .inc();
+        self.bytes
+            .get_or_create(&ProtocolLabel { protocol: p })
+            .inc_by(body_bytes as u64);
+    }
+
+    /// Counts spans by outcome (`accepted`, `rejected`, `refused`).
+    pub fn spans(&self, protocol: Protocol, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.spans
+                .get_or_create(&ProtocolOutcome {
+                    protocol: protocol.as_str(),
+                    outcome,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Records the time a request waited for its WAL acknowledgement.
+    pub fn ack_latency(&self, d: Duration) {
+        self.ack_seconds.observe(d.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Feeds WAL group-commit timings into [`Metrics`].
+#[derive(Debug)]
+pub struct MetricsObserver(pub Arc<Metrics>);
+
+impl WalObserver for MetricsObserver {
+    fn batch(&self, records: usize, _bytes: u64, write: Duration, sync: Duration) {
+        self.0.write_seconds.observe(write.as_secs_f64());
+        if !sync.is_zero() {
+            self.0.fsync_seconds.observe(sync.as_secs_f64());
+        }
+        self.0.batch_records.observe(records as f64);
+    }
+}

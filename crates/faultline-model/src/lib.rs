@@ -1,0 +1,75 @@
+//! Span and trace types shared by every faultline crate, and conversion into them.
+//!
+//! faultline's in-flight representation of spans is OTLP's own protobuf model (re-exported
+//! from `opentelemetry-proto`), so OTLP requests need no conversion and everything else
+//! (OTLP/JSON, Zipkin v2) is converted into it at the edge:
+//! - [`otlp_json`]: OTLP/JSON decoding and response encoding;
+//! - [`zipkin`]: Zipkin v2 JSON to OTLP;
+//! - [`validate`]: the span rules intake enforces before acknowledging.
+//!
+//! **Invariant:** this crate does no I/O.
+
+pub mod otlp_json;
+pub mod validate;
+pub mod zipkin;
+
+pub use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+/// OTLP message types.
+pub mod otlp {
+    pub use opentelemetry_proto::tonic::common::v1 as common;
+    pub use opentelemetry_proto::tonic::resource::v1 as resource;
+    pub use opentelemetry_proto::tonic::trace::v1 as trace;
+}
+
+use otlp::common::any_value::Value;
+
+/// Errors of the decoders.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The body is not valid OTLP/JSON.
+    #[error("invalid OTLP JSON: {0}")]
+    OtlpJson(String),
+    /// The body is not valid Zipkin v2 JSON.
+    #[error("invalid Zipkin v2 JSON: {0}")]
+    ZipkinJson(String),
+}
+
+/// The service name used when a resource has none, as OpenTelemetry SDKs do.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Number of spans in a request.
+pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
+    req.resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
+
+/// The `service.name` of a resource, or [`UNKNOWN_SERVICE`].
+pub fn service_name(resource: Option<&otlp::resource::Resource>) -> &str {
+    resource
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(Value::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
+        .unwrap_or(UNKNOWN_SERVICE)
+}
+
+/// Sorted, distinct service names of the resources in a request.
+pub fn service_names(req: &ExportTraceServiceRequest) -> Vec<String> {
+    let mut names: Vec<String> = req
+        .resource_spans
+        .iter()
+        .filter(|rs| rs.scope_spans.iter().any(|ss| !ss.spans.is_empty()))
+        .map(|rs| service_name(rs.resource.as_ref()).to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}

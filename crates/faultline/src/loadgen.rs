@@ -1,0 +1,740 @@
+//! `faultline loadgen`: realistic multi-service traces sent over OTLP/HTTP or OTLP/gRPC at
+//! a fixed rate or a fixed concurrency, for a fixed time.
+//!
+//! Requests are generated and encoded before the clock starts (a pool of templates);
+//! each send copies a template and stamps fresh trace ids into it at byte offsets found
+//! at generation time, so every request carries unique traces and generation costs a
+//! memcpy, not an encode. `--ack-log FILE` writes one line per acknowledged request
+//! (`<request number> <spans> <trace id>,<trace id>,...`), which the crash tests compare
+//! with what survives in the WAL.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use faultline_model::ExportTraceServiceRequest;
+use faultline_model::ExportTraceServiceResponse;
+use faultline_model::otlp::common::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value,
+};
+use faultline_model::otlp::resource::Resource;
+use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status, span::Event};
+
+/// Flags of `faultline loadgen`.
+#[derive(Debug, clap::Args)]
+pub struct LoadgenArgs {
+    /// grpc or http.
+    #[arg(long, default_value = "http")]
+    pub protocol: String,
+    /// Receiver URL [default: http://127.0.0.1:4318 for http, http://127.0.0.1:4317 for grpc].
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Target spans per second (open loop); without it, send as fast as acknowledgements allow.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Spans per request (approximate: whole traces of 5 to 30 spans are packed).
+    #[arg(long, default_value_t = 500)]
+    pub spans_per_request: usize,
+    /// Distinct pre-encoded request templates.
+    #[arg(long, default_value_t = 32)]
+    pub templates: usize,
+    /// Compress request bodies with gzip.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Write a line per acknowledged request to this file.
+    #[arg(long)]
+    pub ack_log: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+}
+
+const SERVICES: &[(&str, &[&str])] = &[
+    (
+        "frontend",
+        &["GET /", "GET /product/{id}", "POST /cart", "POST /checkout"],
+    ),
+    ("cart", &["AddItem", "GetCart", "EmptyCart"]),
+    ("checkout", &["PlaceOrder", "PrepareOrder"]),
+    ("payment", &["Charge", "Authorize"]),
+    ("inventory", &["Reserve", "Lookup"]),
+    ("shipping", &["GetQuote", "ShipOrder"]),
+    ("auth", &["ValidateToken"]),
+    ("recommendation", &["ListRecommendations"]),
+    (
+        "postgres",
+        &["SELECT orders", "INSERT orders", "UPDATE stock"],
+    ),
+];
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
+}
+
+fn s(v: &str) -> Value {
+    Value::StringValue(v.to_string())
+}
+
+/// One template: an encoded request and where its trace ids sit.
+struct Template {
+    body: Vec<u8>,
+    spans: usize,
+    /// For each trace in the request, the byte offsets of every copy of its id.
+    trace_offsets: Vec<Vec<usize>>,
+}
+
+fn generate_trace(
+    rng: &mut SmallRng,
+    trace_id: [u8; 16],
+    now_ns: u64,
+    by_service: &mut [Vec<Span>],
+) -> usize {
+    let n = rng.random_range(5..=30usize);
+    let error_trace = rng.random_bool(0.03);
+    let start = now_ns - rng.random_range(0..60_000_000_000u64);
+    let mut spans: Vec<(usize, Span)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let svc = if i == 0 {
+            0
+        } else {
+            rng.random_range(1..SERVICES.len())
+        };
+        let (_, ops) = SERVICES[svc];
+        let op = ops[rng.random_range(0..ops.len())];
+        let mut span_id = [0u8; 8];
+        rng.fill(&mut span_id);
+        span_id[0] |= 1;
+        let parent = if i == 0 {
+            Vec::new()
+        } else {
+            spans[rng.random_range(0..i)].1.span_id.clone()
+        };
+        let offset = if i == 0 {
+            0
+        } else {
+            rng.random_range(0..5_000_000u64)
+        };
+        let dur = rng.random_range(200_000..(if i == 0 { 400_000_000 } else { 80_000_000u64 }));
+        let mut attrs = vec![
+            kv(
+                "http.request.method",
+                s(if i % 3 == 0 { "POST" } else { "GET" }),
+            ),
+            kv(
+                "http.response.status_code",
+                Value::IntValue(if error_trace && i == n - 1 { 500 } else { 200 }),
+            ),
+            kv("http.route", s(op)),
+            kv("server.port", Value::IntValue(8080 + svc as i64)),
+            kv("retry", Value::BoolValue(rng.random_bool(0.05))),
+            kv(
+                "app.queue_ms",
+                Value::DoubleValue(rng.random_range(0.0..25.0)),
+            ),
+        ];
+        if SERVICES[svc].0 == "postgres" {
+            attrs.push(kv("db.system", s("postgresql")));
+            attrs.push(kv(
+                "db.statement",
+                s("SELECT * FROM orders WHERE customer_id = $1 LIMIT 20"),
+            ));
+        }
+        if svc == 0 {
+            attrs.push(kv(
+                "user.id",
+                s(&format!("user-{}", rng.random_range(0..10_000))),
+            ));
+            attrs.push(kv(
+                "feature.flags",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(s("new-cart")),
+                    }],
+                }),
+            ));
+        }
+        let failed = error_trace && (i == n - 1 || i == 0);
+        let mut events = Vec::new();
+        if failed {
+            events.push(Event {
+                time_unix_nano: start + offset + dur / 2,
+                name: "exception".into(),
+                attributes: vec![
+                    kv("exception.type", s("TimeoutError")),
+                    kv("exception.message", s("upstream timed out after 2s")),
+                ],
+                dropped_attributes_count: 0,
+            });
+        }
+        let span = Span {
+            trace_id: trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+            trace_state: String::new(),
+            parent_span_id: parent,
+            flags: 1,
+            name: op.to_string(),
+            kind: if i == 0 { 2 } else { rng.random_range(2..=3) },
+            start_time_unix_nano: start + offset,
+            end_time_unix_nano: start + offset + dur,
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events,
+            dropped_events_count: 0,
+            links: Vec::new(),
+            dropped_links_count: 0,
+            status: Some(Status {
+                message: if failed {
+                    "upstream timed out".into()
+                } else {
+                    String::new()
+                },
+                code: if failed { 2 } else { 0 },
+            }),
+        };
+        spans.push((svc, span));
+    }
+    for (svc, span) in spans {
+        by_service[svc].push(span);
+    }
+    n
+}
+
+fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
+    let mut ids = Vec::new();
+    let mut spans = 0;
+    while spans < target_spans.max(1) {
+        let mut id = [0u8; 16];
+        rng.fill(&mut id);
+        ids.push(id);
+        spans += generate_trace(rng, id, now_ns, &mut by_service);
+    }
+    let resource_spans = by_service
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(i, spans)| ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", s(SERVICES[i].0)),
+                    kv("service.version", s("1.4.2")),
+                    kv("host.name", s(&format!("{}-7f9c-{}", SERVICES[i].0, i))),
+                    kv("deployment.environment", s("loadtest")),
+                    kv("telemetry.sdk.language", s("rust")),
+                ],
+                dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "faultline-loadgen".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    attributes: Vec::new(),
+                    dropped_attributes_count: 0,
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        })
+        .collect();
+    let body = ExportTraceServiceRequest { resource_spans }.encode_to_vec();
+    let trace_offsets = ids
+        .iter()
+        .map(|id| {
+            body.windows(16)
+                .enumerate()
+                .filter(|(_, w)| *w == id)
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .collect();
+    Template {
+        body,
+        spans,
+        trace_offsets,
+    }
+}
+
+/// Copies a template and stamps unique trace ids: the first 8 bytes of every trace id
+/// become `nonce ^ request number` (with the trace's index in the last byte of those 8).
+fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<String>) {
+    let mut body = t.body.clone();
+    let mut ids = Vec::with_capacity(t.trace_offsets.len());
+    for (k, offsets) in t.trace_offsets.iter().enumerate() {
+        let prefix = (nonce ^ (request << 16) ^ k as u64).to_be_bytes();
+        for &o in offsets {
+            body[o..o + 8].copy_from_slice(&prefix);
+        }
+        if let Some(&o) = offsets.first() {
+            ids.push(body[o..o + 16].iter().map(|b| format!("{b:02x}")).collect());
+        }
+    }
+    (body, ids)
+}
+
+#[derive(Default)]
+struct Totals {
+    latencies_us: Vec<u32>,
+    ok_requests: u64,
+    ok_spans: u64,
+    partial: u64,
+    refused: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+enum Outcome {
+    Ok,
+    Refused(String),
+    Error(String),
+}
+
+/// gRPC codec that sends pre-encoded bytes and decodes the response.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+struct RawEncoder;
+#[derive(Debug, Clone, Default)]
+struct RespDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RespDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, tonic::Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        ExportTraceServiceResponse::decode(bytes)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("bad response: {e}")))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = RespDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RespDecoder {
+        RespDecoder
+    }
+}
+
+enum Client {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        gzip: bool,
+    },
+    Grpc {
+        channel: tonic::transport::Channel,
+        gzip: bool,
+    },
+}
+
+impl Client {
+    async fn send(&self, body: Vec<u8>) -> Outcome {
+        match self {
+            Client::Http { client, url, gzip } => {
+                let mut req = client
+                    .post(url)
+                    .header("content-type", "application/x-protobuf");
+                let body = if *gzip {
+                    req = req.header("content-encoding", "gzip");
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    if let Err(e) = enc.write_all(&body) {
+                        return Outcome::Error(format!("gzip: {e}"));
+                    }
+                    match enc.finish() {
+                        Ok(b) => b,
+                        Err(e) => return Outcome::Error(format!("gzip: {e}")),
+                    }
+                } else {
+                    body
+                };
+                match req.body(body).send().await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let bytes = resp.bytes().await.unwrap_or_default();
+                        if status.is_success() {
+                            match ExportTraceServiceResponse::decode(bytes) {
+                                Ok(r)
+                                    if r.partial_success
+                                        .as_ref()
+                                        .is_some_and(|p| p.rejected_spans > 0) =>
+                                {
+                                    Outcome::Error(format!(
+                                        "partial success: {:?}",
+                                        r.partial_success
+                                    ))
+                                }
+                                Ok(_) => Outcome::Ok,
+                                Err(e) => Outcome::Error(format!("undecodable response: {e}")),
+                            }
+                        } else if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+                            Outcome::Refused(format!("HTTP {status}"))
+                        } else {
+                            Outcome::Error(format!(
+                                "HTTP {status}: {}",
+                                String::from_utf8_lossy(&bytes)
+                            ))
+                        }
+                    }
+                    Err(e) => Outcome::Error(format!("{e}")),
+                }
+            }
+            Client::Grpc { channel, gzip } => {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if *gzip {
+                    grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
+                if let Err(e) = grpc.ready().await {
+                    return Outcome::Error(format!("connect: {e}"));
+                }
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                );
+                match grpc
+                    .unary(tonic::Request::new(Bytes::from(body)), path, RawCodec)
+                    .await
+                {
+                    Ok(resp) => {
+                        if resp
+                            .get_ref()
+                            .partial_success
+                            .as_ref()
+                            .is_some_and(|p| p.rejected_spans > 0)
+                        {
+                            Outcome::Error(format!(
+                                "partial success: {:?}",
+                                resp.get_ref().partial_success
+                            ))
+                        } else {
+                            Outcome::Ok
+                        }
+                    }
+                    Err(st)
+                        if matches!(
+                            st.code(),
+                            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
+                        Outcome::Refused(format!("{:?}: {}", st.code(), st.message()))
+                    }
+                    Err(st) => Outcome::Error(format!("{:?}: {}", st.code(), st.message())),
+                }
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// Runs `faultline loadgen`.
+pub fn run(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.templates > 0, "--templates must be at least 1");
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let nonce: u64 = rng.random();
+    let templates: Arc<Vec<Template>> = Arc::new(
+        (0..args.templates)
+            .map(|_| make_template(&mut rng, args.spans_per_request))
+            .collect(),
+    );
+    let mean_spans =
+        templates.iter().map(|t| t.spans).sum::<usize>() as f64 / templates.len() as f64;
+    let mean_bytes =
+        templates.iter().map(|t| t.body.len()).sum::<usize>() as f64 / templates.len() as f64;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let client = Arc::new(match args.protocol.as_str() {
+        "http" => {
+            let base = args
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:4318".into());
+            let url = if base.ends_with("/v1/traces") {
+                base
+            } else {
+                format!("{}/v1/traces", base.trim_end_matches('/'))
+            };
+            Client::Http {
+                client: reqwest::Client::builder()
+                    .timeout(timeout)
+                    .pool_max_idle_per_host(args.concurrency)
+                    .build()
+                    .context("cannot build the HTTP client")?,
+                url,
+                gzip: args.gzip,
+            }
+        }
+        "grpc" => {
+            let url = args
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:4317".into());
+            let channel = tonic::transport::Channel::from_shared(url.clone())
+                .with_context(|| format!("invalid endpoint {url}"))?
+                .timeout(timeout)
+                .connect_lazy();
+            Client::Grpc {
+                channel,
+                gzip: args.gzip,
+            }
+        }
+        other => anyhow::bail!("unknown protocol {other:?}; use grpc or http"),
+    });
+    let ack_log = match &args.ack_log {
+        Some(p) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot create ack log {}", p.display()))?,
+        )))),
+        None => None,
+    };
+    let duration = Duration::from_secs_f64(args.duration);
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(mean_spans / r.max(1.0)));
+    let counter = Arc::new(AtomicU64::new(0));
+    let acked_spans = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let progress = indicatif::ProgressBar::new(duration.as_secs());
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (templates, client, counter, ack_log, acked_spans) = (
+            templates.clone(),
+            client.clone(),
+            counter.clone(),
+            ack_log.clone(),
+            acked_spans.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut totals = Totals::default();
+            loop {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(iv) = interval {
+                    let due = started + iv.mul_f64(n as f64);
+                    if due > started + duration {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                } else if started.elapsed() >= duration {
+                    break;
+                }
+                let t = &templates[(n as usize) % templates.len()];
+                let (body, ids) = stamp(t, nonce, n);
+                let sent = Instant::now();
+                match client.send(body).await {
+                    Outcome::Ok => {
+                        let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                        totals.latencies_us.push(us);
+                        totals.ok_requests += 1;
+                        totals.ok_spans += t.spans as u64;
+                        acked_spans.fetch_add(t.spans as u64, Ordering::Relaxed);
+                        if let Some(log) = &ack_log
+                            && let Ok(mut w) = log.lock()
+                        {
+                            let _ = writeln!(w, "{n} {} {}", t.spans, ids.join(","));
+                        }
+                    }
+                    Outcome::Refused(e) => {
+                        totals.refused += 1;
+                        totals.last_error = Some(e);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Outcome::Error(e) => {
+                        totals.errors += 1;
+                        totals.last_error = Some(e);
+                        // The receiver may be restarting: don't spin.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            totals
+        }));
+    }
+    let ticker = {
+        let progress = progress.clone();
+        let acked_spans = acked_spans.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let el = started.elapsed();
+                progress.set_position(el.as_secs().min(duration.as_secs()));
+                progress.set_message(format!(
+                    "{:.0} spans/s acknowledged",
+                    acked_spans.load(Ordering::Relaxed) as f64 / el.as_secs_f64()
+                ));
+            }
+        })
+    };
+    let mut all = Totals::default();
+    for w in workers {
+        let t = w.await.context("load worker panicked")?;
+        all.latencies_us.extend(t.latencies_us);
+        all.ok_requests += t.ok_requests;
+        all.ok_spans += t.ok_spans;
+        all.partial += t.partial;
+        all.refused += t.refused;
+        all.errors += t.errors;
+        if t.last_error.is_some() {
+            all.last_error = t.last_error;
+        }
+    }
+    ticker.abort();
+    progress.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(log) = &ack_log
+        && let Ok(mut w) = log.lock()
+    {
+        w.flush().context("cannot write the ack log")?;
+    }
+    all.latencies_us.sort_unstable();
+    let l = &all.latencies_us;
+    let summary = serde_json::json!({
+        "protocol": args.protocol, "seconds": elapsed, "concurrency": args.concurrency,
+        "spans_per_request": mean_spans, "request_bytes": mean_bytes,
+        "requests_ok": all.ok_requests, "spans_ok": all.ok_spans,
+        "spans_per_second": all.ok_spans as f64 / elapsed,
+        "requests_refused": all.refused, "requests_failed": all.errors,
+        "latency_ms": {"p50": percentile(l, 0.5), "p90": percentile(l, 0.9), "p99": percentile(l, 0.99), "max": percentile(l, 1.0)},
+        "last_error": all.last_error,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{} over {:.1} s, concurrency {}: {} requests ({:.0} spans, {:.0} bytes each) acknowledged, {:.0} spans/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; refused {}, failed {}",
+            args.protocol,
+            elapsed,
+            args.concurrency,
+            all.ok_requests,
+            mean_spans,
+            mean_bytes,
+            all.ok_spans as f64 / elapsed,
+            percentile(l, 0.5),
+            percentile(l, 0.9),
+            percentile(l, 0.99),
+            percentile(l, 1.0),
+            all.refused,
+            all.errors
+        );
+        if let Some(e) = &all.last_error {
+            println!("last error: {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_have_realistic_traces_and_stamping_makes_ids_unique() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let t = make_template(&mut rng, 500);
+        assert!(t.spans >= 500 && t.spans < 530, "{}", t.spans);
+        let req = ExportTraceServiceRequest::decode(&t.body[..]).unwrap();
+        assert!(req.resource_spans.len() >= 5, "several services");
+        let (a, ids_a) = stamp(&t, 1, 1);
+        let (b, ids_b) = stamp(&t, 1, 2);
+        assert_eq!(ids_a.len(), t.trace_offsets.len());
+        assert!(
+            ids_a.iter().all(|id| !ids_b.contains(id)),
+            "requests never share trace ids"
+        );
+        let ra = ExportTraceServiceRequest::decode(&a[..]).unwrap();
+        ExportTraceServiceRequest::decode(&b[..]).unwrap();
+        // Every span's trace id is one of the stamped ids: no copy was missed.
+        for rs in &ra.resource_spans {
+            for sp in &rs.scope_spans[0].spans {
+                let hex: String = sp.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                assert!(ids_a.contains(&hex));
+                assert!(
+                    (5..=30).contains(
+                        &ra.resource_spans
+                            .iter()
+                            .flat_map(|r| &r.scope_spans[0].spans)
+                            .filter(|s| s.trace_id == sp.trace_id)
+                            .count()
+                    )
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The `faultline` binary: command line, configuration and wiring. The libraries do the
+//! work; this crate connects them (`serve`), and hosts the operator tools (`wal verify`,
+//! `wal dump`) and the load generator (`loadgen`).
+
+mod config;
+mod loadgen;
+mod serve;
+mod walcmd;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// faultline: a trace backend that never loses what it acknowledged.
+#[derive(Debug, Parser)]
+#[command(name = "faultline", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the receivers and the HTTP API with the embedded store.
+    Serve(ServeArgs),
+    /// Operator tools for the write-ahead log.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+    /// Send realistic traces to a faultline (or any OTLP receiver) and report throughput.
+    Loadgen(loadgen::LoadgenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// Check every segment and record; exit 1 if anything is corrupt.
+    Verify {
+        /// The WAL directory (DATA_DIR/wal) or the data directory.
+        dir: PathBuf,
+    },
+    /// Print a line per record: sequence, time, protocol, spans, services.
+    Dump {
+        /// The WAL directory (DATA_DIR/wal) or the data directory.
+        dir: PathBuf,
+        /// Also print every span (name, ids, attributes).
+        #[arg(long)]
+        spans: bool,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Start at this sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Print at most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+/// Flags of `faultline serve`; each also reads a `FAULTLINE_*` variable and overrides the
+/// config file.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "FAULTLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./faultline-data].
+    #[arg(long, env = "FAULTLINE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "FAULTLINE_OTLP_GRPC")]
+    pub otlp_grpc: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, env = "FAULTLINE_OTLP_HTTP")]
+    pub otlp_http: Option<SocketAddr>,
+    /// Zipkin listen address [default: 127.0.0.1:9411].
+    #[arg(long, env = "FAULTLINE_ZIPKIN")]
+    pub zipkin: Option<SocketAddr>,
+    /// HTTP API listen address [default: 127.0.0.1:16686].
+    #[arg(long, env = "FAULTLINE_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// WAL durability: fsync (default) or os.
+    #[arg(long, env = "FAULTLINE_DURABILITY")]
+    pub durability: Option<String>,
+    /// WAL budget in bytes [default: 4 GiB].
+    #[arg(long, env = "FAULTLINE_WAL_MAX_BYTES")]
+    pub wal_max_bytes: Option<u64>,
+    /// Largest request body in bytes [default: 16 MiB].
+    #[arg(long, env = "FAULTLINE_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Refuse requests when the disk has less free space than this [default: 256 MiB].
+    #[arg(long, env = "FAULTLINE_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Wal { command } => match command {
+            WalCommand::Verify { dir } => walcmd::verify(&dir),
+            WalCommand::Dump {
+                dir,
+                spans,
+                json,
+                from,
+                limit,
+            } => walcmd::dump(&dir, spans, json, from, limit),
+        },
+        Command::Loadgen(args) => loadgen::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("faultline: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

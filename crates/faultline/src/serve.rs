@@ -1,0 +1,294 @@
+//! `faultline serve`: opens the WAL (recovering it), binds every listener, and serves until
+//! SIGINT or SIGTERM.
+//!
+//! What happens when the WAL fails (a write or fsync error): the WAL refuses every later
+//! append, so intake answers 503 / UNAVAILABLE (retryable) and `GET /ready` turns 503 with
+//! the reason, while `/health` and `/metrics` keep answering so the failure is visible.
+//! The process stays up on purpose, to keep serving reads; acknowledgements resume only
+//! after a restart, which recovers the WAL from what is on disk.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use faultline_intake::{Intake, IntakeConfig, Metrics, MetricsObserver};
+use faultline_model::validate::Limits;
+use faultline_wal::{Durability, Wal, WalOptions};
+
+use crate::ServeArgs;
+use crate::config::FileConfig;
+
+/// Settings after merging file, environment and flags.
+#[derive(Debug)]
+struct Settings {
+    data_dir: PathBuf,
+    otlp_grpc: SocketAddr,
+    otlp_http: SocketAddr,
+    zipkin: SocketAddr,
+    http: SocketAddr,
+    wal: WalOptions,
+    intake: IntakeConfig,
+}
+
+fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let addr = |flag: Option<SocketAddr>, file: Option<SocketAddr>, default: &str| {
+        flag.or(file)
+            .map(Ok)
+            .unwrap_or_else(|| default.parse::<SocketAddr>())
+    };
+    let durability: Durability = args
+        .durability
+        .or(file.wal.durability)
+        .map(|d| d.parse::<Durability>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .unwrap_or_default();
+    let defaults = WalOptions::default();
+    let wal = WalOptions {
+        durability,
+        max_bytes: args
+            .wal_max_bytes
+            .or(file.wal.max_bytes)
+            .unwrap_or(defaults.max_bytes),
+        segment_bytes: file.wal.segment_bytes.unwrap_or(defaults.segment_bytes),
+        ..defaults
+    };
+    anyhow::ensure!(
+        wal.segment_bytes >= 4096,
+        "wal.segment_bytes must be at least 4096"
+    );
+    let d = IntakeConfig::default();
+    let dl = Limits::default();
+    let fi = file.intake;
+    let intake = IntakeConfig {
+        max_request_bytes: args
+            .max_request_bytes
+            .or(fi.max_request_bytes)
+            .unwrap_or(d.max_request_bytes),
+        max_inflight_bytes: fi.max_inflight_bytes.unwrap_or(d.max_inflight_bytes),
+        min_free_disk_bytes: args
+            .min_free_disk_bytes
+            .or(fi.min_free_disk_bytes)
+            .unwrap_or(d.min_free_disk_bytes),
+        retry_after_secs: fi.retry_after_secs.unwrap_or(d.retry_after_secs),
+        limits: Limits {
+            max_attribute_value_bytes: fi
+                .max_attribute_value_bytes
+                .unwrap_or(dl.max_attribute_value_bytes),
+            max_attributes_per_span: fi
+                .max_attributes_per_span
+                .unwrap_or(dl.max_attributes_per_span),
+            ..dl
+        },
+    };
+    Ok(Settings {
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./faultline-data")),
+        otlp_grpc: addr(args.otlp_grpc, file.listen.otlp_grpc, "127.0.0.1:4317")?,
+        otlp_http: addr(args.otlp_http, file.listen.otlp_http, "127.0.0.1:4318")?,
+        zipkin: addr(args.zipkin, file.listen.zipkin, "127.0.0.1:9411")?,
+        http: addr(args.http, file.listen.http, "127.0.0.1:16686")?,
+        wal,
+        intake,
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FAULTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs `faultline serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let s = settings(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("faultline")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(s))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone)]
+struct ApiState {
+    intake: Arc<Intake>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}; is another process using it? choose another address with {flag}")
+    })
+}
+
+async fn serve(s: Settings) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let wal_dir = s.data_dir.join("wal");
+    let opts = s.wal.clone();
+    let observer = Arc::new(MetricsObserver(metrics.clone()));
+    let dir = wal_dir.clone();
+    let (wal, report) = tokio::task::spawn_blocking(move || Wal::open(&dir, opts, observer))
+        .await
+        .context("WAL recovery task failed")?
+        .with_context(|| format!("cannot open the write-ahead log in {}", wal_dir.display()))?;
+    tracing::info!(
+        dir = %wal_dir.display(),
+        segments = report.segments,
+        records = report.records,
+        last_seq = report.last_seq,
+        truncated_bytes = report.truncated_bytes,
+        quarantined = report.quarantined.len(),
+        ignored = report.ignored.len(),
+        durability = %s.wal.durability,
+        "write-ahead log recovered"
+    );
+    metrics
+        .wal_quarantined_segments
+        .set(report.quarantined.len() as i64);
+    metrics
+        .wal_truncated_bytes
+        .set(report.truncated_bytes as i64);
+    if s.wal.durability == Durability::Os {
+        tracing::warn!("wal.durability = \"os\": acknowledged data can be lost on power failure");
+    }
+    let intake = Arc::new(Intake::new(wal, metrics.clone(), s.intake.clone()));
+
+    let grpc_l = bind(s.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
+    let http_l = bind(s.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
+    let zipkin_l = bind(s.zipkin, "Zipkin", "--zipkin").await?;
+    let api_l = bind(s.http, "the HTTP API", "--http").await?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(faultline_intake::grpc::grpc_service(intake.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(http_l, faultline_intake::http::otlp_router(intake.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let zipkin = axum::serve(
+        zipkin_l,
+        faultline_intake::http::zipkin_router(intake.clone()),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let api = axum::serve(
+        api_l,
+        api_router(ApiState {
+            intake: intake.clone(),
+            ready: ready.clone(),
+        }),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let tasks = vec![
+        tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
+        tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),
+        tokio::spawn(async move { zipkin.await.context("Zipkin server failed") }),
+        tokio::spawn(async move { api.await.context("HTTP API server failed") }),
+    ];
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        otlp_grpc = %s.otlp_grpc, otlp_http = %s.otlp_http, zipkin = %s.zipkin, http = %s.http,
+        data_dir = %s.data_dir.display(),
+        "faultline is accepting spans"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await.context("server task panicked")??;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn api_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn ready(State(st): State<ApiState>) -> impl IntoResponse {
+    if let Some(reason) = st.intake.wal().failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the write-ahead log stopped accepting writes ({reason}); restart faultline\n"
+            ),
+        );
+    }
+    if st.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or stopping\n".to_string(),
+        )
+    }
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
+    st.intake.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.intake.metrics().encode(),
+    )
+}

@@ -1,0 +1,311 @@
+//! `faultline wal verify` and `faultline wal dump`: read-only operator tools. They never
+//! change the directory (recovery, truncation and quarantine happen only at `serve`
+//! start-up), so they are safe to run beside a live server.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::json;
+
+use faultline_intake::envelope;
+use faultline_model::otlp::common::any_value::Value;
+use faultline_model::otlp::common::{AnyValue, KeyValue};
+
+fn wal_dir(dir: &Path) -> PathBuf {
+    let inner = dir.join("wal");
+    if inner.is_dir() {
+        inner
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// `faultline wal verify DIR`.
+pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
+    let dir = wal_dir(dir);
+    let mut envelope_errors = 0u64;
+    let mut spans = 0u64;
+    let scan = faultline_wal::scan_dir(&dir, |_, rec| match envelope::decode(rec.payload) {
+        Ok(env) => {
+            if env.request().is_err() {
+                envelope_errors += 1;
+            }
+            spans += u64::from(env.spans);
+        }
+        Err(_) => envelope_errors += 1,
+    })
+    .with_context(|| format!("cannot read WAL directory {}", dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    let records: u64 = scan.segments.iter().map(|s| s.records).sum();
+    let bytes: u64 = scan.segments.iter().map(|s| s.len).sum();
+    writeln!(
+        out,
+        "{}: {} segments, {records} records, {spans} spans, {bytes} bytes",
+        dir.display(),
+        scan.segments.len()
+    )?;
+    let corrupt = scan.corrupt_segments();
+    let last = scan.segments.len().saturating_sub(1);
+    for (i, s) in scan.segments.iter().enumerate() {
+        if let Some(p) = &s.problem {
+            let kind = if i == last && !corrupt.iter().any(|c| c.path == s.path) {
+                "torn tail (truncated at next start)"
+            } else {
+                "CORRUPT (quarantined at next start)"
+            };
+            writeln!(
+                out,
+                "  {}: {kind}: {p}; {} bytes after the last valid record",
+                s.path.display(),
+                s.invalid_bytes
+            )?;
+        }
+    }
+    for q in &scan.quarantined {
+        writeln!(out, "  quarantined earlier: {}", q.display())?;
+    }
+    for g in &scan.ignored {
+        writeln!(out, "  not a segment (ignored): {}", g.display())?;
+    }
+    if envelope_errors > 0 {
+        writeln!(
+            out,
+            "  {envelope_errors} records have a valid checksum but an unreadable payload"
+        )?;
+    }
+    if corrupt.is_empty() && envelope_errors == 0 {
+        writeln!(out, "ok")?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        writeln!(out, "corruption found")?;
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn value_json(v: &Option<AnyValue>) -> serde_json::Value {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        None => serde_json::Value::Null,
+        Some(Value::StringValue(s)) => json!(s),
+        Some(Value::BoolValue(b)) => json!(b),
+        Some(Value::IntValue(i)) => json!(i),
+        Some(Value::DoubleValue(d)) => json!(d),
+        Some(Value::BytesValue(b)) => json!(hex(b)),
+        Some(Value::ArrayValue(a)) => serde_json::Value::Array(
+            a.values
+                .iter()
+                .map(|v| value_json(&Some(v.clone())))
+                .collect(),
+        ),
+        Some(Value::KvlistValue(kv)) => attrs_json(&kv.values),
+        Some(Value::StringValueStrindex(i)) => json!({ "string_table_index": i }),
+    }
+}
+
+fn attrs_json(attrs: &[KeyValue]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for kv in attrs {
+        m.insert(kv.key.clone(), value_json(&kv.value));
+    }
+    serde_json::Value::Object(m)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn time_rfc3339(ns: u64) -> String {
+    // A small civil-from-days conversion avoids a date dependency for one log column.
+    let secs = ns / 1_000_000_000;
+    let ms = (ns / 1_000_000) % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+/// `faultline wal dump DIR`.
+pub fn dump(
+    dir: &Path,
+    spans: bool,
+    json_out: bool,
+    from: u64,
+    limit: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let dir = wal_dir(dir);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let mut write_err: Option<std::io::Error> = None;
+    let scan = faultline_wal::scan_dir(&dir, |_, rec| {
+        if rec.seq < from || limit.is_some_and(|l| printed >= l) || write_err.is_some() {
+            return;
+        }
+        printed += 1;
+        let r = dump_record(&mut out, rec, spans, json_out);
+        if let Err(e) = r {
+            write_err = Some(e);
+        }
+    })
+    .with_context(|| format!("cannot read WAL directory {}", dir.display()))?;
+    if let Some(e) = write_err {
+        // A closed pipe (`| head`) is a normal way to stop reading.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(e).context("cannot write to standard output");
+    }
+    out.flush()?;
+    for s in &scan.segments {
+        if let Some(p) = &s.problem {
+            eprintln!("note: {}: {p}", s.path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dump_record(
+    out: &mut impl Write,
+    rec: &faultline_wal::format::RecordRef<'_>,
+    spans: bool,
+    json_out: bool,
+) -> std::io::Result<()> {
+    let time = time_rfc3339(rec.time_ns);
+    let env = match envelope::decode(rec.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            return if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"seq": rec.seq, "time": time, "error": e.to_string()})
+                )
+            } else {
+                writeln!(out, "{} {time} unreadable: {e}", rec.seq)
+            };
+        }
+    };
+    let req = match env.request() {
+        Ok(r) => r,
+        Err(e) => {
+            return writeln!(out, "{} {time} {} unreadable: {e}", rec.seq, env.protocol);
+        }
+    };
+    let services = faultline_model::service_names(&req);
+    let mut trace_ids: Vec<String> = Vec::new();
+    for rs in &req.resource_spans {
+        for ss in &rs.scope_spans {
+            for sp in &ss.spans {
+                let t = hex(&sp.trace_id);
+                if !trace_ids.contains(&t) {
+                    trace_ids.push(t);
+                }
+            }
+        }
+    }
+    if json_out {
+        let mut line = json!({
+            "seq": rec.seq, "time": time, "protocol": env.protocol.as_str(),
+            "spans": env.spans, "services": services, "trace_ids": trace_ids,
+        });
+        if spans {
+            let mut list = Vec::new();
+            for rs in &req.resource_spans {
+                let resource = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| attrs_json(&r.attributes))
+                    .unwrap_or(json!({}));
+                for ss in &rs.scope_spans {
+                    for sp in &ss.spans {
+                        list.push(json!({
+                            "trace_id": hex(&sp.trace_id), "span_id": hex(&sp.span_id),
+                            "parent_span_id": hex(&sp.parent_span_id), "name": sp.name, "kind": sp.kind,
+                            "start_ns": sp.start_time_unix_nano, "end_ns": sp.end_time_unix_nano,
+                            "status": sp.status.as_ref().map(|s| json!({"code": s.code, "message": s.message})),
+                            "attributes": attrs_json(&sp.attributes),
+                            "events": sp.events.iter().map(|e| json!({"name": e.name, "time_ns": e.time_unix_nano, "attributes": attrs_json(&e.attributes)})).collect::<Vec<_>>(),
+                            "resource": resource,
+                        }));
+                    }
+                }
+            }
+            line["span_list"] = serde_json::Value::Array(list);
+        }
+        return writeln!(out, "{line}");
+    }
+    writeln!(
+        out,
+        "{} {time} {} spans={} traces={} services={}",
+        rec.seq,
+        env.protocol,
+        env.spans,
+        trace_ids.len(),
+        services.join(",")
+    )?;
+    if spans {
+        for rs in &req.resource_spans {
+            let resource = rs
+                .resource
+                .as_ref()
+                .map(|r| attrs_json(&r.attributes))
+                .unwrap_or(json!({}));
+            for ss in &rs.scope_spans {
+                for sp in &ss.spans {
+                    writeln!(
+                        out,
+                        "  span {} {} parent={} name={:?} kind={} duration_us={} attributes={} events={} resource={}",
+                        hex(&sp.trace_id),
+                        hex(&sp.span_id),
+                        if sp.parent_span_id.is_empty() {
+                            "-".into()
+                        } else {
+                            hex(&sp.parent_span_id)
+                        },
+                        sp.name,
+                        sp.kind,
+                        sp.end_time_unix_nano
+                            .saturating_sub(sp.start_time_unix_nano)
+                            / 1000,
+                        attrs_json(&sp.attributes),
+                        sp.events
+                            .iter()
+                            .map(|e| e.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        resource,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(time_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            time_rfc3339(1_795_000_000_123_000_000),
+            "2026-11-18T11:06:40.123Z"
+        );
+        assert_eq!(
+            time_rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}
