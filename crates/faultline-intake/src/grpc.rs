@@ -36,6 +36,26 @@ pub fn grpc_service(intake: Arc<Intake>) -> TraceServiceServer<OtlpGrpc> {
         .max_decoding_message_size(limit)
 }
 
+/// tonic refuses a message over the decoding limit with OUT_OF_RANGE, which OTLP exporters
+/// treat as retryable and would resend forever. This rewrites it, in the trailers-only
+/// response tonic sends for that case, to RESOURCE_EXHAUSTED (not retryable without
+/// RetryInfo). Our own handler never answers OUT_OF_RANGE, so only the limit is affected.
+pub fn remap_oversize_status<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let headers = resp.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11")
+    {
+        headers.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+    resp
+}
+
 fn to_status(e: &IngestError) -> Status {
     let msg = e.to_string();
     match e {

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use prost::Message;
 
 use faultline_model::{
@@ -132,6 +133,32 @@ fn is_gzip(headers: &HeaderMap) -> Result<bool, IngestError> {
     }
 }
 
+/// Reads at most `max` bytes of `body`; `None` if it is longer. A longer body is read to
+/// its end and discarded (up to [`DRAIN_LIMIT`]), so the client receives the 413 instead of
+/// a broken connection that its exporter would retry.
+async fn read_limited(body: Body, max: usize) -> Result<Option<Bytes>, IngestError> {
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| IngestError::Invalid(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total <= max {
+            buf.extend_from_slice(&data);
+        } else if total > max.saturating_add(DRAIN_LIMIT) {
+            return Ok(None);
+        }
+    }
+    Ok((total <= max).then(|| buf.freeze()))
+}
+
+/// How much of an oversized body is read and thrown away before the connection is cut.
+const DRAIN_LIMIT: usize = 64 << 20;
+
 /// Reads the body (and gunzips it) within `max` bytes each.
 async fn read_body(
     headers: &HeaderMap,
@@ -143,18 +170,10 @@ async fn read_body(
             "{what} exceeds the limit of {max} bytes (intake.max_request_bytes); send smaller batches"
         ))
     };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > max as u64
-    {
-        return Err(too_large(&format!("request body of {len} bytes")));
-    }
     let gzip = is_gzip(headers)?;
-    let raw = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large("request body"))?;
+    let raw = read_limited(body, max)
+        .await?
+        .ok_or_else(|| too_large("request body"))?;
     let wire_len = raw.len();
     if !gzip {
         return Ok((raw, wire_len));

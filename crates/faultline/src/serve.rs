@@ -187,6 +187,9 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     };
 
     let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            faultline_intake::grpc::remap_oversize_status,
+        ))
         .add_service(faultline_intake::grpc::grpc_service(intake.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_l),

@@ -1,0 +1,230 @@
+//! Helpers shared by the integration tests: start `faultline serve` on free loopback
+//! ports, wait for readiness, kill it, and read its WAL back.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
+
+/// A free loopback port (bound and released; fine on a quiet test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Server {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub grpc: u16,
+    pub http: u16,
+    pub zipkin: u16,
+    pub api: u16,
+    pub log: PathBuf,
+}
+
+pub struct Ports {
+    pub grpc: u16,
+    pub http: u16,
+    pub zipkin: u16,
+    pub api: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Self {
+            grpc: free_port(),
+            http: free_port(),
+            zipkin: free_port(),
+            api: free_port(),
+        }
+    }
+}
+
+impl Server {
+    /// Starts a server on `data_dir` with extra flags and waits until `/ready`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(data_dir, Ports::new(), extra)
+    }
+
+    pub fn start_on(data_dir: &Path, p: Ports, extra: &[&str]) -> Server {
+        let log = data_dir.with_extension(format!("{}.log", p.api));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--otlp-grpc", &format!("127.0.0.1:{}", p.grpc)])
+            .args(["--otlp-http", &format!("127.0.0.1:{}", p.http)])
+            .args(["--zipkin", &format!("127.0.0.1:{}", p.zipkin)])
+            .args(["--http", &format!("127.0.0.1:{}", p.api)])
+            .args(extra)
+            .env("FAULTLINE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut s = Server {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            grpc: p.grpc,
+            http: p.http,
+            zipkin: p.zipkin,
+            api: p.api,
+            log,
+        };
+        s.wait_ready(Duration::from_secs(30));
+        s
+    }
+
+    pub fn wait_ready(&mut self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "faultline exited during start-up with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(body) = http_get(self.api, "/ready")
+                && body.0 == 200
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "faultline not ready after {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn zipkin_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v2/spans", self.zipkin)
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.api, "/metrics").unwrap().1
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 GET (status, body), so tests need no client runtime.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of an unlabelled or exactly labelled metric line, 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs `faultline wal dump --json --spans` and parses every line.
+pub fn wal_dump(data_dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(["wal", "dump", "--json", "--spans"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wal dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The Python interpreter of the test venv (set up by scripts/test).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("FAULTLINE_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python test environment: run ./scripts/test (it creates .venv with the OpenTelemetry SDK), or set FAULTLINE_TEST_PYTHON"
+    );
+    venv
+}
+
+pub fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients")
+        .join(name)
+}
