@@ -29,7 +29,18 @@ use otlp::common::any_value::Value;
 /// Errors of the decoders.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// The body is not valid OTLP/JSON.
+    /// The body is not JSON at all (a syntax error, with serde's position).
+    #[error("invalid OTLP JSON at line {line} column {column}: {message}")]
+    OtlpJsonSyntax {
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What the JSON parser expected or found.
+        message: String,
+    },
+    /// The body is JSON but not a valid OTLP/JSON `ExportTraceServiceRequest`; the message
+    /// names the offending field.
     #[error("invalid OTLP JSON: {0}")]
     OtlpJson(String),
     /// The body is not valid Zipkin v2 JSON.
@@ -61,12 +72,12 @@ pub fn service_name(resource: Option<&otlp::resource::Resource>) -> &str {
         .unwrap_or(UNKNOWN_SERVICE)
 }
 
-/// Sorted, distinct service names of the resources in a request.
+/// Sorted, distinct `service.name`s of the resources in a request (string values only;
+/// a resource without one counts as [`UNKNOWN_SERVICE`]).
 pub fn service_names(req: &ExportTraceServiceRequest) -> Vec<String> {
     let mut names: Vec<String> = req
         .resource_spans
         .iter()
-        .filter(|rs| rs.scope_spans.iter().any(|ss| !ss.spans.is_empty()))
         .map(|rs| service_name(rs.resource.as_ref()).to_string())
         .collect();
     names.sort();

@@ -485,6 +485,66 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
+/// Runs `faultline bench decode`: the single-core ceiling of what intake does per request,
+/// on the same requests loadgen sends: protobuf decode alone, decode plus validation, and
+/// decode plus validation plus re-encode (the gRPC path).
+pub fn bench_decode(
+    seconds: f64,
+    spans_per_request: usize,
+    templates: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        templates > 0 && seconds > 0.0,
+        "--templates and --seconds must be positive"
+    );
+    let mut rng = SmallRng::seed_from_u64(42);
+    let pool: Vec<Template> = (0..templates)
+        .map(|_| make_template(&mut rng, spans_per_request))
+        .collect();
+    let limits = faultline_model::validate::Limits::default();
+    let mut results = serde_json::Map::new();
+    for stage in ["decode", "decode+validate", "decode+validate+encode"] {
+        let started = Instant::now();
+        let (mut spans, mut bytes, mut n) = (0u64, 0u64, 0usize);
+        while started.elapsed().as_secs_f64() < seconds {
+            let t = &pool[n % pool.len()];
+            n += 1;
+            let mut req = ExportTraceServiceRequest::decode(&t.body[..])
+                .context("template does not decode")?;
+            if stage != "decode" {
+                let v = faultline_model::validate::validate_and_filter(&mut req, &limits);
+                anyhow::ensure!(
+                    v.rejected_spans == 0,
+                    "loadgen produced invalid spans: {:?}",
+                    v.reasons
+                );
+            }
+            if stage == "decode+validate+encode" {
+                bytes += req.encode_to_vec().len() as u64;
+            } else {
+                bytes += t.body.len() as u64;
+            }
+            spans += t.spans as u64;
+        }
+        let el = started.elapsed().as_secs_f64();
+        let (sps, mbps) = (spans as f64 / el, bytes as f64 / el / 1e6);
+        if !json {
+            println!(
+                "{stage:<24} {sps:>12.0} spans/s {mbps:>8.1} MB/s  ({n} requests of ~{spans_per_request} spans, one core)"
+            );
+        }
+        results.insert(
+            stage.into(),
+            serde_json::json!({"spans_per_second": sps, "mb_per_second": mbps, "requests": n}),
+        );
+    }
+    if json {
+        println!("{}", serde_json::Value::Object(results));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `faultline loadgen`.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -545,6 +605,9 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
             let channel = tonic::transport::Channel::from_shared(url.clone())
                 .with_context(|| format!("invalid endpoint {url}"))?
                 .timeout(timeout)
+                .tcp_nodelay(true)
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(16 << 20))
                 .connect_lazy();
             Client::Grpc {
                 channel,

@@ -32,6 +32,30 @@ enum Command {
     },
     /// Send realistic traces to a faultline (or any OTLP receiver) and report throughput.
     Loadgen(loadgen::LoadgenArgs),
+    /// Micro-benchmarks that give the ceilings BENCHMARKS.md compares against.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Single-core protobuf decode (and validate, and re-encode) rate of loadgen's requests.
+    Decode {
+        /// Seconds per stage.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Spans per request.
+        #[arg(long, default_value_t = 500)]
+        spans_per_request: usize,
+        /// Distinct requests.
+        #[arg(long, default_value_t = 32)]
+        templates: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +135,14 @@ fn main() -> ExitCode {
             } => walcmd::dump(&dir, spans, json, from, limit),
         },
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Bench { command } => match command {
+            BenchCommand::Decode {
+                seconds,
+                spans_per_request,
+                templates,
+                json,
+            } => loadgen::bench_decode(seconds, spans_per_request, templates, json),
+        },
     };
     match result {
         Ok(code) => code,
