@@ -84,3 +84,72 @@ pub fn service_names(req: &ExportTraceServiceRequest) -> Vec<String> {
     names.dedup();
     names
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use otlp::common::{AnyValue, KeyValue};
+    use otlp::resource::Resource;
+    use otlp::trace::{ResourceSpans, ScopeSpans, Span};
+
+    fn resource(service: Option<Value>, spans: usize) -> ResourceSpans {
+        ResourceSpans {
+            resource: Some(Resource {
+                attributes: service
+                    .map(|v| KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue { value: Some(v) }),
+                        ..KeyValue::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Resource::default()
+            }),
+            scope_spans: vec![
+                ScopeSpans {
+                    spans: vec![Span::default(); spans],
+                    ..ScopeSpans::default()
+                },
+                ScopeSpans {
+                    spans: vec![Span::default()],
+                    ..ScopeSpans::default()
+                },
+            ],
+            schema_url: String::new(),
+        }
+    }
+
+    fn name(s: &str) -> Option<Value> {
+        Some(Value::StringValue(s.into()))
+    }
+
+    #[test]
+    fn counts_spans_across_resources_and_scopes() {
+        assert_eq!(span_count(&ExportTraceServiceRequest::default()), 0);
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![resource(name("a"), 2), resource(None, 0)],
+        };
+        assert_eq!(span_count(&req), 4);
+    }
+
+    #[test]
+    fn service_names_are_sorted_distinct_with_unknown_fallback() {
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![
+                resource(name("checkout"), 1),
+                resource(name("api"), 1),
+                resource(name("checkout"), 3),
+                resource(None, 1),
+                resource(Some(Value::IntValue(7)), 1),
+                ResourceSpans::default(),
+            ],
+        };
+        assert_eq!(
+            service_names(&req),
+            vec!["api".to_string(), "checkout".into(), UNKNOWN_SERVICE.into()]
+        );
+        assert!(service_names(&ExportTraceServiceRequest::default()).is_empty());
+        assert_eq!(service_name(None), UNKNOWN_SERVICE);
+    }
+}
