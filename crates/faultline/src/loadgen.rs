@@ -508,38 +508,50 @@ pub fn bench_decode(
     for t in pool.iter().cycle().take(pool.len() * 4) {
         let _ = ExportTraceServiceRequest::decode(&t.body[..]);
     }
-    for stage in ["decode", "decode+validate", "decode+validate+encode"] {
-        let started = Instant::now();
-        let (mut spans, mut bytes, mut n) = (0u64, 0u64, 0usize);
-        while started.elapsed().as_secs_f64() < seconds {
-            let t = &pool[n % pool.len()];
-            n += 1;
-            let mut req = ExportTraceServiceRequest::decode(&t.body[..])
-                .context("template does not decode")?;
-            if stage != "decode" {
-                let v = faultline_model::validate::validate_and_filter(&mut req, &limits);
-                anyhow::ensure!(
-                    v.rejected_spans == 0,
-                    "loadgen produced invalid spans: {:?}",
-                    v.reasons
-                );
+    // Three rounds over the stages, best round kept: a noisy neighbour or a frequency
+    // change hits one round, not the figure.
+    let stages = ["decode", "decode+validate", "decode+validate+encode"];
+    let mut best = [(0f64, 0f64, 0usize); 3];
+    for _round in 0..3 {
+        for si in 0..stages.len() {
+            let started = Instant::now();
+            let (mut spans, mut bytes, mut n) = (0u64, 0u64, 0usize);
+            while started.elapsed().as_secs_f64() < seconds / 3.0 {
+                let t = &pool[n % pool.len()];
+                n += 1;
+                let mut req = ExportTraceServiceRequest::decode(&t.body[..])
+                    .context("template does not decode")?;
+                if si > 0 {
+                    let v = faultline_model::validate::validate_and_filter(&mut req, &limits);
+                    anyhow::ensure!(
+                        v.rejected_spans == 0,
+                        "loadgen produced invalid spans: {:?}",
+                        v.reasons
+                    );
+                }
+                bytes += if si == 2 {
+                    req.encode_to_vec().len() as u64
+                } else {
+                    t.body.len() as u64
+                };
+                spans += t.spans as u64;
             }
-            if stage == "decode+validate+encode" {
-                bytes += req.encode_to_vec().len() as u64;
-            } else {
-                bytes += t.body.len() as u64;
+            let el = started.elapsed().as_secs_f64();
+            let sps = spans as f64 / el;
+            if sps > best[si].0 {
+                best[si] = (sps, bytes as f64 / el / 1e6, n);
             }
-            spans += t.spans as u64;
         }
-        let el = started.elapsed().as_secs_f64();
-        let (sps, mbps) = (spans as f64 / el, bytes as f64 / el / 1e6);
+    }
+    for (si, stage) in stages.iter().enumerate() {
+        let (sps, mbps, n) = best[si];
         if !json {
             println!(
-                "{stage:<24} {sps:>12.0} spans/s {mbps:>8.1} MB/s  ({n} requests of ~{spans_per_request} spans, one core)"
+                "{stage:<24} {sps:>12.0} spans/s {mbps:>8.1} MB/s  (best of 3 rounds, {n} requests of ~{spans_per_request} spans, one core)"
             );
         }
         results.insert(
-            stage.into(),
+            (*stage).into(),
             serde_json::json!({"spans_per_second": sps, "mb_per_second": mbps, "requests": n}),
         );
     }
