@@ -513,7 +513,7 @@ pub fn bench_decode(
     let stages = ["decode", "decode+validate", "decode+validate+encode"];
     let mut best = [(0f64, 0f64, 0usize); 3];
     for _round in 0..3 {
-        for si in 0..stages.len() {
+        for (si, best_stage) in best.iter_mut().enumerate() {
             let started = Instant::now();
             let (mut spans, mut bytes, mut n) = (0u64, 0u64, 0usize);
             while started.elapsed().as_secs_f64() < seconds / 3.0 {
@@ -538,8 +538,8 @@ pub fn bench_decode(
             }
             let el = started.elapsed().as_secs_f64();
             let sps = spans as f64 / el;
-            if sps > best[si].0 {
-                best[si] = (sps, bytes as f64 / el / 1e6, n);
+            if sps > best_stage.0 {
+                *best_stage = (sps, bytes as f64 / el / 1e6, n);
             }
         }
     }
