@@ -6,7 +6,7 @@
 //! - `intake_spans_total{protocol,outcome}`: spans `accepted`, `rejected` (invalid) or
 //!   `refused` (not acknowledged because of a budget or failure).
 //! - `intake_bytes_total{protocol}`: request body bytes received (as sent, before gunzip).
-//! - `intake_ack_seconds`: time from the request's arrival at the WAL to its
+//! - `wal_append_seconds`: time from handing a request's record to the WAL to its
 //!   acknowledgement (queueing, write and fsync).
 //! - `wal_fsync_seconds`, `wal_write_seconds`, `wal_batch_records`: per group commit.
 //! - `wal_size_bytes`, `wal_max_bytes`, `wal_committed_seq`, `wal_failed`,
@@ -96,7 +96,7 @@ impl Metrics {
             bytes.clone(),
         );
         registry.register(
-            "intake_ack_seconds",
+            "wal_append_seconds",
             "Time from WAL submission to acknowledgement",
             ack_seconds.clone(),
         );

@@ -251,10 +251,34 @@ async fn partial_success_keeps_valid_spans_and_names_the_rest() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    // A gzip bomb over gRPC: 64 MiB that compresses to a few KiB is refused while
+    // decompressing, with RESOURCE_EXHAUSTED, not buffered.
+    let bomb = KeyValue {
+        key: "bomb".into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue("z".repeat(64 << 20))),
+        }),
+        ..KeyValue::default()
+    };
+    let mut gz = client
+        .clone()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let e = gz
+        .export(request(vec![span(vec![7; 16], vec![bomb])]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("size limit"), "{e}");
+    let ok = gz
+        .export(request(vec![span(vec![8; 16], vec![])]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.partial_success.is_none(), "gzip itself is accepted");
     server.stop();
 
     let records = common::wal_dump(&server.data_dir);
-    assert_eq!(records.len(), 2, "one record per accepted request");
+    assert_eq!(records.len(), 3, "one record per accepted request");
     let ids: Vec<String> = records
         .iter()
         .flat_map(|r| {
@@ -265,5 +289,5 @@ async fn partial_success_keeps_valid_spans_and_names_the_rest() {
                 .map(|s| s["trace_id"].as_str().unwrap().to_string())
         })
         .collect();
-    assert_eq!(ids, vec!["02".repeat(16), "04".repeat(16)]);
+    assert_eq!(ids, vec!["02".repeat(16), "04".repeat(16), "08".repeat(16)]);
 }
