@@ -10,6 +10,7 @@
 //! **Invariant:** this crate does no I/O.
 
 pub mod otlp_json;
+pub mod span;
 pub mod validate;
 pub mod zipkin;
 

@@ -201,7 +201,12 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan<'_> {
     }
 }
 
-fn decode_record_at(bytes: &[u8], pos: usize, expected_seq: u64) -> Result<RecordRef<'_>, String> {
+/// Decodes the record at byte `pos` of a segment, which must carry `expected_seq`.
+pub fn decode_record_at(
+    bytes: &[u8],
+    pos: usize,
+    expected_seq: u64,
+) -> Result<RecordRef<'_>, String> {
     let rest = &bytes[pos..];
     if rest.len() < RECORD_HEADER_LEN {
         return Err(format!(

@@ -28,4 +28,4 @@ pub use crate::core::{Durability, Quarantined, RecoveryReport, SegmentMeta, WalC
 pub use crate::error::WalError;
 pub use crate::reader::{DirScan, Record, SegmentReport, WalReader, scan_dir};
 pub use crate::vfs::{StdFs, Vfs, VfsFile};
-pub use crate::wal::{Ack, Cursor, NoopObserver, Wal, WalObserver};
+pub use crate::wal::{Ack, Cursor, NoopObserver, Tailer, Wal, WalObserver};

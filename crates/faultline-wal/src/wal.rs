@@ -241,6 +241,25 @@ impl Wal {
         WalReader::new(self.inner.fs.clone(), segments, from, self.committed_seq())
     }
 
+    /// A reader that follows the log from `from`, reading only new bytes on each poll.
+    pub fn tail(&self, from: u64) -> Tailer {
+        Tailer {
+            wal: self.clone(),
+            next_seq: from.max(1),
+            pos: None,
+        }
+    }
+
+    /// Blocking form of [`Wal::truncate_before`], for consumer threads.
+    pub fn truncate_before_blocking(&self, seq: u64) -> Result<usize, WalError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::TruncateBefore { seq, reply })
+            .map_err(|_| WalError::Closed)?;
+        rx.blocking_recv().map_err(|_| WalError::Closed)?
+    }
+
     /// The named consumer cursor.
     pub fn cursor(&self, name: &str) -> Result<Cursor, WalError> {
         let valid = !name.is_empty()
@@ -288,6 +307,165 @@ fn segment_refs<V: Vfs>(core: &WalCore<V>) -> Vec<SegmentRef> {
             path: s.path.clone(),
         })
         .collect()
+}
+
+/// Follows the WAL: each [`Tailer::poll`] returns the committed records after the last
+/// one returned, reading only bytes it has not read before (a consumer polling an active
+/// 64 MiB segment must not re-read it each time).
+#[derive(Debug)]
+pub struct Tailer {
+    wal: Wal,
+    next_seq: u64,
+    /// Segment being read and the byte offset of the record carrying `next_seq`.
+    pos: Option<(SegmentRef, u64)>,
+}
+
+impl Tailer {
+    /// Sequence number of the next record this tailer will return.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Up to about `max_bytes` of committed records after the last ones returned (at least
+    /// one record when one is committed). Blocking file reads: call from a blocking
+    /// context. Records lost to a quarantined or truncated segment are skipped.
+    pub fn poll(&mut self, max_bytes: usize) -> Result<Vec<crate::reader::Record>, WalError> {
+        let committed = self.wal.committed_seq();
+        let mut out = Vec::new();
+        let mut budget = max_bytes;
+        while self.next_seq <= committed && budget > 0 {
+            let Some((seg, offset)) = self.locate()? else {
+                break;
+            };
+            let fs = &self.wal.inner.fs;
+            let io = |op: &'static str| {
+                let path = seg.path.clone();
+                move |source| WalError::Io { op, path, source }
+            };
+            let len = match fs.file_len(&seg.path) {
+                Ok(l) => l,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Truncated under us: find where the next record lives now.
+                    self.pos = None;
+                    continue;
+                }
+                Err(e) => return Err(io("stat segment")(e)),
+            };
+            let want = (len.saturating_sub(offset) as usize)
+                .min(budget.max(crate::format::RECORD_HEADER_LEN));
+            let mut bytes = fs
+                .read_at(&seg.path, offset, want)
+                .map_err(io("read segment"))?;
+            let mut at = 0usize;
+            let mut progressed = false;
+            loop {
+                if self.next_seq > committed {
+                    break;
+                }
+                match crate::format::decode_record_at(&bytes, at, self.next_seq) {
+                    Ok(rec) => {
+                        let framed = crate::format::framed_len(rec.payload.len()) as usize;
+                        out.push(crate::reader::Record {
+                            seq: rec.seq,
+                            time_ns: rec.time_ns,
+                            payload: rec.payload.to_vec(),
+                        });
+                        at += framed;
+                        self.next_seq += 1;
+                        budget = budget.saturating_sub(framed);
+                        progressed = true;
+                        if budget == 0 {
+                            break;
+                        }
+                    }
+                    Err(_) if at == 0 && (bytes.len() as u64) < len - offset => {
+                        // One record larger than the budget: read it whole.
+                        bytes = fs
+                            .read_at(&seg.path, offset, (len - offset) as usize)
+                            .map_err(io("read segment"))?;
+                        if crate::format::decode_record_at(&bytes, 0, self.next_seq).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.pos = Some((seg.clone(), offset + at as u64));
+            if !progressed {
+                // Nothing more here: move on if a later segment holds the next record.
+                let later = self
+                    .segments()
+                    .into_iter()
+                    .find(|s| s.first_seq > seg.first_seq);
+                match later {
+                    Some(next) if next.first_seq <= self.next_seq || offset + at as u64 >= len => {
+                        self.next_seq = self.next_seq.max(next.first_seq);
+                        self.pos = Some((next, crate::format::SEGMENT_HEADER_LEN as u64));
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn segments(&self) -> Vec<SegmentRef> {
+        self.wal
+            .inner
+            .shared
+            .segments
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The segment and offset of `next_seq`, scanning its segment once if needed.
+    fn locate(&mut self) -> Result<Option<(SegmentRef, u64)>, WalError> {
+        if let Some(p) = &self.pos {
+            return Ok(Some(p.clone()));
+        }
+        let segs = self.segments();
+        let Some(first) = segs.first() else {
+            return Ok(None);
+        };
+        if self.next_seq < first.first_seq {
+            self.next_seq = first.first_seq;
+        }
+        let Some(seg) = segs
+            .iter()
+            .rev()
+            .find(|s| s.first_seq <= self.next_seq)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let mut offset = crate::format::SEGMENT_HEADER_LEN as u64;
+        if seg.first_seq < self.next_seq {
+            let fs = &self.wal.inner.fs;
+            let len = fs.file_len(&seg.path).map_err(|source| WalError::Io {
+                op: "stat segment",
+                path: seg.path.clone(),
+                source,
+            })?;
+            let bytes = fs
+                .read_at(&seg.path, 0, len as usize)
+                .map_err(|source| WalError::Io {
+                    op: "read segment",
+                    path: seg.path.clone(),
+                    source,
+                })?;
+            let scan = crate::format::scan_segment(&bytes);
+            match scan.records.iter().find(|r| r.seq >= self.next_seq) {
+                Some(r) => {
+                    self.next_seq = r.seq;
+                    offset = r.offset;
+                }
+                None => offset = scan.valid_len,
+            }
+        }
+        self.pos = Some((seg.clone(), offset));
+        Ok(Some((seg, offset)))
+    }
 }
 
 const CURSOR_MAGIC: &[u8; 8] = b"FLTCURS1";

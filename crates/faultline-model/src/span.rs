@@ -1,0 +1,438 @@
+//! faultline's own span type: what the store indexes and the query layer returns.
+//!
+//! OTLP nests spans under resources and scopes; [`Span`] is flat, with the service name
+//! pulled out and the resource and scope shared between the spans of one request through
+//! [`Arc`]. Attribute values keep their OTLP types ([`AttrValue`]). [`from_otlp`] converts a
+//! request; nothing here knows how spans are stored or served.
+
+use std::sync::Arc;
+
+use crate::ExportTraceServiceRequest;
+use crate::otlp::common::{AnyValue, KeyValue, any_value::Value};
+
+/// A 128-bit trace id.
+pub type TraceId = [u8; 16];
+/// A 64-bit span id.
+pub type SpanId = [u8; 8];
+
+/// An attribute value, typed as in OTLP.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue {
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A 64-bit float.
+    Double(f64),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+    /// An array of values.
+    Array(Vec<AttrValue>),
+    /// A nested list of key-values.
+    KvList(Vec<(String, AttrValue)>),
+    /// No value.
+    Empty,
+}
+
+impl AttrValue {
+    /// Converts an OTLP value.
+    pub fn from_otlp(v: Option<&AnyValue>) -> Self {
+        match v.and_then(|v| v.value.as_ref()) {
+            None => Self::Empty,
+            Some(Value::StringValue(s)) => Self::Str(s.clone()),
+            Some(Value::BoolValue(b)) => Self::Bool(*b),
+            Some(Value::IntValue(i)) => Self::Int(*i),
+            Some(Value::DoubleValue(d)) => Self::Double(*d),
+            Some(Value::BytesValue(b)) => Self::Bytes(b.clone()),
+            Some(Value::ArrayValue(a)) => {
+                Self::Array(a.values.iter().map(|v| Self::from_otlp(Some(v))).collect())
+            }
+            Some(Value::KvlistValue(kv)) => Self::KvList(attrs_from_otlp(&kv.values)),
+            // Profiles-only string-table references carry no value for traces.
+            Some(Value::StringValueStrindex(_)) => Self::Empty,
+        }
+    }
+
+    /// The value as text (for display and string matching).
+    pub fn to_text(&self) -> String {
+        match self {
+            Self::Str(s) => s.clone(),
+            Self::Bool(b) => b.to_string(),
+            Self::Int(i) => i.to_string(),
+            Self::Double(d) => d.to_string(),
+            Self::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            Self::Array(a) => {
+                let items: Vec<String> = a.iter().map(Self::to_text).collect();
+                format!("[{}]", items.join(","))
+            }
+            Self::KvList(kv) => {
+                let items: Vec<String> = kv
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.to_text()))
+                    .collect();
+                format!("{{{}}}", items.join(","))
+            }
+            Self::Empty => String::new(),
+        }
+    }
+}
+
+/// Key-value attributes in their original order.
+pub type Attributes = Vec<(String, AttrValue)>;
+
+/// Converts OTLP key-values.
+pub fn attrs_from_otlp(kvs: &[KeyValue]) -> Attributes {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), AttrValue::from_otlp(kv.value.as_ref())))
+        .collect()
+}
+
+/// Span kind, with OTLP's numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum SpanKind {
+    /// Not given.
+    #[default]
+    Unspecified = 0,
+    /// Internal operation.
+    Internal = 1,
+    /// Server side of a request.
+    Server = 2,
+    /// Client side of a request.
+    Client = 3,
+    /// Producer of a message.
+    Producer = 4,
+    /// Consumer of a message.
+    Consumer = 5,
+}
+
+impl SpanKind {
+    /// From OTLP's integer (unknown values become `Unspecified`).
+    pub fn from_i32(v: i32) -> Self {
+        match v {
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            _ => Self::Unspecified,
+        }
+    }
+
+    /// Lower-case name as Jaeger and OpenTelemetry write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Internal => "internal",
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Producer => "producer",
+            Self::Consumer => "consumer",
+        }
+    }
+}
+
+/// Span status code, with OTLP's numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum StatusCode {
+    /// Not set.
+    #[default]
+    Unset = 0,
+    /// Explicitly OK.
+    Ok = 1,
+    /// An error.
+    Error = 2,
+}
+
+impl StatusCode {
+    /// From OTLP's integer (unknown values become `Unset`).
+    pub fn from_i32(v: i32) -> Self {
+        match v {
+            1 => Self::Ok,
+            2 => Self::Error,
+            _ => Self::Unset,
+        }
+    }
+}
+
+/// A timed event inside a span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unix nanoseconds.
+    pub time_ns: u64,
+    /// Event name (`exception` for recorded exceptions).
+    pub name: String,
+    /// Its attributes.
+    pub attributes: Attributes,
+}
+
+/// A link to another span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    /// Linked trace.
+    pub trace_id: TraceId,
+    /// Linked span.
+    pub span_id: SpanId,
+    /// Its attributes.
+    pub attributes: Attributes,
+}
+
+/// What produced a group of spans: the resource attributes and instrumentation scope.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Origin {
+    /// `service.name` of the resource ([`crate::UNKNOWN_SERVICE`] when absent).
+    pub service: String,
+    /// All resource attributes, `service.name` included.
+    pub resource: Attributes,
+    /// Instrumentation scope name.
+    pub scope_name: String,
+    /// Instrumentation scope version.
+    pub scope_version: String,
+}
+
+/// One span, flat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// Trace id.
+    pub trace_id: TraceId,
+    /// Span id.
+    pub span_id: SpanId,
+    /// Parent span id, `None` for a root.
+    pub parent_span_id: Option<SpanId>,
+    /// Operation name.
+    pub name: String,
+    /// Kind.
+    pub kind: SpanKind,
+    /// Start, Unix nanoseconds.
+    pub start_ns: u64,
+    /// End, Unix nanoseconds.
+    pub end_ns: u64,
+    /// Status code.
+    pub status: StatusCode,
+    /// Status message.
+    pub status_message: String,
+    /// Span attributes.
+    pub attributes: Attributes,
+    /// Events.
+    pub events: Vec<Event>,
+    /// Links.
+    pub links: Vec<Link>,
+    /// Resource and scope, shared with the other spans of the same origin.
+    pub origin: Arc<Origin>,
+}
+
+impl Span {
+    /// Duration in nanoseconds (0 when the end precedes the start).
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// The service that emitted the span.
+    pub fn service(&self) -> &str {
+        &self.origin.service
+    }
+
+    /// Whether the span is marked as an error.
+    pub fn is_error(&self) -> bool {
+        self.status == StatusCode::Error
+    }
+}
+
+fn fixed<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
+    b.try_into().ok()
+}
+
+/// Flattens an (already validated) OTLP request into spans. Spans whose ids are not of the
+/// right length are skipped; intake's validation has removed them before this runs.
+pub fn from_otlp(req: &ExportTraceServiceRequest) -> Vec<Span> {
+    let mut out = Vec::with_capacity(crate::span_count(req));
+    for rs in &req.resource_spans {
+        let service = crate::service_name(rs.resource.as_ref()).to_string();
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| attrs_from_otlp(&r.attributes))
+            .unwrap_or_default();
+        for ss in &rs.scope_spans {
+            let origin = Arc::new(Origin {
+                service: service.clone(),
+                resource: resource.clone(),
+                scope_name: ss
+                    .scope
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                scope_version: ss
+                    .scope
+                    .as_ref()
+                    .map(|s| s.version.clone())
+                    .unwrap_or_default(),
+            });
+            for sp in &ss.spans {
+                let (Some(trace_id), Some(span_id)) =
+                    (fixed::<16>(&sp.trace_id), fixed::<8>(&sp.span_id))
+                else {
+                    continue;
+                };
+                out.push(Span {
+                    trace_id,
+                    span_id,
+                    parent_span_id: fixed::<8>(&sp.parent_span_id)
+                        .filter(|p| p.iter().any(|b| *b != 0)),
+                    name: sp.name.clone(),
+                    kind: SpanKind::from_i32(sp.kind),
+                    start_ns: sp.start_time_unix_nano,
+                    end_ns: sp.end_time_unix_nano,
+                    status: sp
+                        .status
+                        .as_ref()
+                        .map(|s| StatusCode::from_i32(s.code))
+                        .unwrap_or_default(),
+                    status_message: sp
+                        .status
+                        .as_ref()
+                        .map(|s| s.message.clone())
+                        .unwrap_or_default(),
+                    attributes: attrs_from_otlp(&sp.attributes),
+                    events: sp
+                        .events
+                        .iter()
+                        .map(|e| Event {
+                            time_ns: e.time_unix_nano,
+                            name: e.name.clone(),
+                            attributes: attrs_from_otlp(&e.attributes),
+                        })
+                        .collect(),
+                    links: sp
+                        .links
+                        .iter()
+                        .filter_map(|l| {
+                            Some(Link {
+                                trace_id: fixed::<16>(&l.trace_id)?,
+                                span_id: fixed::<8>(&l.span_id)?,
+                                attributes: attrs_from_otlp(&l.attributes),
+                            })
+                        })
+                        .collect(),
+                    origin: origin.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::otlp::common::{ArrayValue, InstrumentationScope};
+    use crate::otlp::resource::Resource;
+    use crate::otlp::trace::{
+        ResourceSpans, ScopeSpans, Span as OtlpSpan, Status, span::Event as OtlpEvent,
+    };
+
+    fn kv(k: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..KeyValue::default()
+        }
+    }
+
+    #[test]
+    fn flattens_resources_scopes_and_values() {
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", Value::StringValue("cart".into())),
+                        kv("host.name", Value::StringValue("h1".into())),
+                    ],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "lib".into(),
+                        version: "1.2".into(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans: vec![
+                        OtlpSpan {
+                            trace_id: vec![1; 16],
+                            span_id: vec![2; 8],
+                            parent_span_id: vec![3; 8],
+                            name: "AddItem".into(),
+                            kind: 3,
+                            start_time_unix_nano: 100,
+                            end_time_unix_nano: 350,
+                            attributes: vec![
+                                kv("n", Value::IntValue(4)),
+                                kv(
+                                    "tags",
+                                    Value::ArrayValue(ArrayValue {
+                                        values: vec![AnyValue {
+                                            value: Some(Value::BoolValue(true)),
+                                        }],
+                                    }),
+                                ),
+                            ],
+                            events: vec![OtlpEvent {
+                                time_unix_nano: 200,
+                                name: "exception".into(),
+                                ..OtlpEvent::default()
+                            }],
+                            status: Some(Status {
+                                code: 2,
+                                message: "boom".into(),
+                            }),
+                            ..OtlpSpan::default()
+                        },
+                        OtlpSpan {
+                            trace_id: vec![1; 16],
+                            span_id: vec![4; 8],
+                            parent_span_id: vec![],
+                            ..OtlpSpan::default()
+                        },
+                        OtlpSpan {
+                            trace_id: vec![1; 15],
+                            span_id: vec![5; 8],
+                            ..OtlpSpan::default()
+                        },
+                    ],
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        };
+        let spans = from_otlp(&req);
+        assert_eq!(spans.len(), 2, "the malformed span is skipped");
+        let s = &spans[0];
+        assert_eq!(s.service(), "cart");
+        assert_eq!(s.origin.scope_name, "lib");
+        assert_eq!(
+            s.origin.resource[1],
+            ("host.name".to_string(), AttrValue::Str("h1".into()))
+        );
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(s.duration_ns(), 250);
+        assert!(s.is_error());
+        assert_eq!(s.status_message, "boom");
+        assert_eq!(s.parent_span_id, Some([3; 8]));
+        assert_eq!(s.attributes[0].1, AttrValue::Int(4));
+        assert_eq!(
+            s.attributes[1].1,
+            AttrValue::Array(vec![AttrValue::Bool(true)])
+        );
+        assert_eq!(s.attributes[1].1.to_text(), "[true]");
+        assert_eq!(s.events[0].name, "exception");
+        assert_eq!(spans[1].parent_span_id, None);
+        assert!(
+            Arc::ptr_eq(&spans[0].origin, &spans[1].origin),
+            "origin shared, not copied"
+        );
+    }
+}

@@ -1,0 +1,663 @@
+//! Sealed blocks: immutable Parquet files of spans, and their trace-id index.
+//!
+//! A block is two files in `DATA_DIR/blocks/`:
+//!
+//! - `BLOCKID.parquet`: every span of the block, one row per span, sorted by trace id and
+//!   then start time, so the spans of one trace are contiguous. Row groups hold at most
+//!   [`ROW_GROUP_ROWS`] rows; columns are zstd-compressed with dictionary encoding, and the
+//!   page index is written so a reader can fetch only the pages of the rows it wants. The
+//!   schema (readable by DuckDB, ClickHouse or Spark):
+//!
+//!   | column | type | notes |
+//!   |---|---|---|
+//!   | `trace_id` | fixed_len_byte_array(16) | |
+//!   | `span_id` | fixed_len_byte_array(8) | |
+//!   | `parent_span_id` | fixed_len_byte_array(8), nullable | null for roots |
+//!   | `service` | string | resource `service.name` |
+//!   | `name` | string | operation |
+//!   | `kind` | int32 | OTLP span kind (0-5) |
+//!   | `start_unix_nano` | int64 | |
+//!   | `duration_nano` | int64 | |
+//!   | `status_code` | int32 | 0 unset, 1 ok, 2 error |
+//!   | `status_message` | string | |
+//!   | `attributes` | string | span attributes as a JSON object (typed, see below) |
+//!   | `resource_attributes` | string | resource attributes, JSON |
+//!   | `scope_name`, `scope_version` | string | instrumentation scope |
+//!   | `events` | string | JSON array of `{"time_unix_nano","name","attributes"}` |
+//!   | `links` | string | JSON array of `{"trace_id","span_id","attributes"}` (hex ids) |
+//!
+//!   Attribute JSON: an object whose values are `{"s": string}`, `{"i": int}`, `{"d":
+//!   double}`, `{"b": bool}`, `{"x": hex bytes}`, `{"a": [values]}` or `{"k": {object}}`, so
+//!   types survive a round trip; DuckDB reads them with `json_extract`. The key-value
+//!   metadata holds `faultline.block.format = 1` and the block's time range.
+//!
+//! - `BLOCKID.tidx`: the trace-id index, little endian:
+//!
+//!   ```text
+//!   0   8  magic     b"FLTTIDX1"
+//!   8   4  version   1
+//!   12  4  count     number of entries
+//!   16  n  entries   count x (trace_id 16 bytes, first_row u32, rows u32), sorted by id
+//!   ..  4  crc       CRC32C of everything before it
+//!   ```
+//!
+//! Both files are written to temporary names, fsynced, and renamed; the manifest (see
+//! `manifest.rs`) is what makes a block part of the store.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeBinaryBuilder, Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::{
+    Array, ArrayRef, FixedSizeBinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use serde_json::{Map, Value as Json, json};
+
+use faultline_model::span::{
+    AttrValue, Attributes, Event, Link, Origin, Span, SpanKind, StatusCode, TraceId,
+};
+
+use crate::error::StoreError;
+
+/// Largest row group.
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+const TIDX_MAGIC: &[u8; 8] = b"FLTTIDX1";
+const TIDX_VERSION: u32 = 1;
+const TIDX_ENTRY: usize = 24;
+
+/// The Arrow schema of a block.
+pub fn schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("span_id", DataType::FixedSizeBinary(8), false),
+        Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+        s("service"),
+        s("name"),
+        Field::new("kind", DataType::Int32, false),
+        Field::new("start_unix_nano", DataType::Int64, false),
+        Field::new("duration_nano", DataType::Int64, false),
+        Field::new("status_code", DataType::Int32, false),
+        s("status_message"),
+        s("attributes"),
+        s("resource_attributes"),
+        s("scope_name"),
+        s("scope_version"),
+        s("events"),
+        s("links"),
+    ]))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn value_json(v: &AttrValue) -> Json {
+    match v {
+        AttrValue::Str(s) => json!({ "s": s }),
+        AttrValue::Int(i) => json!({ "i": i }),
+        AttrValue::Double(d) => json!({ "d": d }),
+        AttrValue::Bool(b) => json!({ "b": b }),
+        AttrValue::Bytes(b) => json!({ "x": hex(b) }),
+        AttrValue::Array(a) => json!({ "a": a.iter().map(value_json).collect::<Vec<_>>() }),
+        AttrValue::KvList(kv) => json!({ "k": attrs_json(kv) }),
+        AttrValue::Empty => json!({}),
+    }
+}
+
+fn attrs_json(attrs: &Attributes) -> Json {
+    let mut m = Map::with_capacity(attrs.len());
+    for (k, v) in attrs {
+        m.insert(k.clone(), value_json(v));
+    }
+    Json::Object(m)
+}
+
+fn value_from_json(v: &Json) -> AttrValue {
+    let Some(obj) = v.as_object() else {
+        return AttrValue::Empty;
+    };
+    let Some((tag, inner)) = obj.iter().next() else {
+        return AttrValue::Empty;
+    };
+    match tag.as_str() {
+        "s" => AttrValue::Str(inner.as_str().unwrap_or_default().to_string()),
+        "i" => AttrValue::Int(inner.as_i64().unwrap_or_default()),
+        "d" => AttrValue::Double(inner.as_f64().unwrap_or(f64::NAN)),
+        "b" => AttrValue::Bool(inner.as_bool().unwrap_or_default()),
+        "x" => AttrValue::Bytes(
+            inner
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .chunks(2)
+                .filter_map(|c| {
+                    std::str::from_utf8(c)
+                        .ok()
+                        .and_then(|c| u8::from_str_radix(c, 16).ok())
+                })
+                .collect(),
+        ),
+        "a" => AttrValue::Array(
+            inner
+                .as_array()
+                .map(|a| a.iter().map(value_from_json).collect())
+                .unwrap_or_default(),
+        ),
+        "k" => AttrValue::KvList(attrs_from_json(inner)),
+        _ => AttrValue::Empty,
+    }
+}
+
+fn attrs_from_json(v: &Json) -> Attributes {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), value_from_json(v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn attrs_str(attrs: &Attributes) -> String {
+    attrs_json(attrs).to_string()
+}
+
+/// Summary of a written block.
+#[derive(Debug, Clone)]
+pub struct WrittenBlock {
+    /// Spans written.
+    pub spans: u64,
+    /// Distinct traces.
+    pub traces: u64,
+    /// Earliest span start, Unix nanoseconds.
+    pub min_start_ns: u64,
+    /// Latest span end, Unix nanoseconds.
+    pub max_end_ns: u64,
+    /// Bytes of the Parquet file plus the index.
+    pub bytes: u64,
+}
+
+fn parquet_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.parquet"))
+}
+
+fn tidx_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.tidx"))
+}
+
+/// Writes `spans` (any order) as block `id` in `dir`, durably. Blocking: call off the
+/// async executor.
+pub fn write_block(dir: &Path, id: &str, spans: &mut [Span]) -> Result<WrittenBlock, StoreError> {
+    spans.sort_by(|a, b| {
+        a.trace_id
+            .cmp(&b.trace_id)
+            .then(a.start_ns.cmp(&b.start_ns))
+    });
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { op, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("create block directory", dir))?;
+    let final_pq = parquet_path(dir, id);
+    let tmp_pq = dir.join(format!("{id}.parquet.tmp"));
+    let min_start_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
+    let max_end_ns = spans
+        .iter()
+        .map(|s| s.end_ns.max(s.start_ns))
+        .max()
+        .unwrap_or(0);
+
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(StoreError::parquet)?,
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_key_value_metadata(Some(vec![
+            parquet::file::metadata::KeyValue::new(
+                "faultline.block.format".into(),
+                "1".to_string(),
+            ),
+            parquet::file::metadata::KeyValue::new(
+                "faultline.block.min_start_ns".into(),
+                min_start_ns.to_string(),
+            ),
+            parquet::file::metadata::KeyValue::new(
+                "faultline.block.max_end_ns".into(),
+                max_end_ns.to_string(),
+            ),
+        ]))
+        .build();
+    let file = File::create(&tmp_pq).map_err(io("create block file", &tmp_pq))?;
+    let schema = schema();
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(StoreError::parquet)?;
+    for chunk in spans.chunks(ROW_GROUP_ROWS) {
+        let batch = to_batch(&schema, chunk)?;
+        writer.write(&batch).map_err(StoreError::parquet)?;
+    }
+    let file = writer.into_inner().map_err(StoreError::parquet)?;
+    file.sync_all().map_err(io("fsync block file", &tmp_pq))?;
+    drop(file);
+
+    // Trace-id index: one entry per trace, in row order (rows are sorted by trace id).
+    let mut entries: Vec<(TraceId, u32, u32)> = Vec::new();
+    for (row, s) in spans.iter().enumerate() {
+        match entries.last_mut() {
+            Some(last) if last.0 == s.trace_id => last.2 += 1,
+            _ => entries.push((s.trace_id, row as u32, 1)),
+        }
+    }
+    let mut idx = Vec::with_capacity(20 + entries.len() * TIDX_ENTRY);
+    idx.extend_from_slice(TIDX_MAGIC);
+    idx.extend_from_slice(&TIDX_VERSION.to_le_bytes());
+    idx.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (t, first, rows) in &entries {
+        idx.extend_from_slice(t);
+        idx.extend_from_slice(&first.to_le_bytes());
+        idx.extend_from_slice(&rows.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&idx);
+    idx.extend_from_slice(&crc.to_le_bytes());
+    let tmp_idx = dir.join(format!("{id}.tidx.tmp"));
+    let mut f = File::create(&tmp_idx).map_err(io("create trace index", &tmp_idx))?;
+    f.write_all(&idx)
+        .map_err(io("write trace index", &tmp_idx))?;
+    f.sync_all().map_err(io("fsync trace index", &tmp_idx))?;
+    drop(f);
+
+    let final_idx = tidx_path(dir, id);
+    std::fs::rename(&tmp_idx, &final_idx).map_err(io("rename trace index", &tmp_idx))?;
+    std::fs::rename(&tmp_pq, &final_pq).map_err(io("rename block file", &tmp_pq))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync block directory", dir))?;
+    let bytes = std::fs::metadata(&final_pq).map(|m| m.len()).unwrap_or(0) + idx.len() as u64;
+    Ok(WrittenBlock {
+        spans: spans.len() as u64,
+        traces: entries.len() as u64,
+        min_start_ns,
+        max_end_ns,
+        bytes,
+    })
+}
+
+fn to_batch(schema: &SchemaRef, spans: &[Span]) -> Result<RecordBatch, StoreError> {
+    let n = spans.len();
+    let mut trace = FixedSizeBinaryBuilder::with_capacity(n, 16);
+    let mut span = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut service = StringBuilder::new();
+    let mut name = StringBuilder::new();
+    let mut kind = Int32Builder::with_capacity(n);
+    let mut start = Int64Builder::with_capacity(n);
+    let mut dur = Int64Builder::with_capacity(n);
+    let mut status = Int32Builder::with_capacity(n);
+    let mut status_msg = StringBuilder::new();
+    let mut attrs = StringBuilder::new();
+    let mut res = StringBuilder::new();
+    let mut scope_name = StringBuilder::new();
+    let mut scope_version = StringBuilder::new();
+    let mut events = StringBuilder::new();
+    let mut links = StringBuilder::new();
+    // Spans of one request share their origin; serialise each origin's resource once.
+    let mut last_origin: Option<(*const Origin, String)> = None;
+    for s in spans {
+        trace.append_value(s.trace_id).map_err(StoreError::arrow)?;
+        span.append_value(s.span_id).map_err(StoreError::arrow)?;
+        match &s.parent_span_id {
+            Some(p) => parent.append_value(p).map_err(StoreError::arrow)?,
+            None => parent.append_null(),
+        }
+        service.append_value(s.service());
+        name.append_value(&s.name);
+        kind.append_value(s.kind as i32);
+        start.append_value(i64::try_from(s.start_ns).unwrap_or(i64::MAX));
+        dur.append_value(i64::try_from(s.duration_ns()).unwrap_or(i64::MAX));
+        status.append_value(s.status as i32);
+        status_msg.append_value(&s.status_message);
+        attrs.append_value(attrs_str(&s.attributes));
+        let ptr = Arc::as_ptr(&s.origin);
+        match &last_origin {
+            Some((p, text)) if *p == ptr => res.append_value(text),
+            _ => {
+                let text = attrs_str(&s.origin.resource);
+                res.append_value(&text);
+                last_origin = Some((ptr, text));
+            }
+        }
+        scope_name.append_value(&s.origin.scope_name);
+        scope_version.append_value(&s.origin.scope_version);
+        if s.events.is_empty() {
+            events.append_value("[]");
+        } else {
+            let ev: Vec<Json> = s
+                .events
+                .iter()
+                .map(|e| json!({"time_unix_nano": e.time_ns, "name": e.name, "attributes": attrs_json(&e.attributes)}))
+                .collect();
+            events.append_value(Json::Array(ev).to_string());
+        }
+        if s.links.is_empty() {
+            links.append_value("[]");
+        } else {
+            let lk: Vec<Json> = s
+                .links
+                .iter()
+                .map(|l| json!({"trace_id": hex(&l.trace_id), "span_id": hex(&l.span_id), "attributes": attrs_json(&l.attributes)}))
+                .collect();
+            links.append_value(Json::Array(lk).to_string());
+        }
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(trace.finish()),
+        Arc::new(span.finish()),
+        Arc::new(parent.finish()),
+        Arc::new(service.finish()),
+        Arc::new(name.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(start.finish()),
+        Arc::new(dur.finish()),
+        Arc::new(status.finish()),
+        Arc::new(status_msg.finish()),
+        Arc::new(attrs.finish()),
+        Arc::new(res.finish()),
+        Arc::new(scope_name.finish()),
+        Arc::new(scope_version.finish()),
+        Arc::new(events.finish()),
+        Arc::new(links.finish()),
+    ];
+    RecordBatch::try_new(schema.clone(), cols).map_err(StoreError::arrow)
+}
+
+/// An open block: its Parquet metadata and trace-id index, kept in memory so a lookup
+/// reads only the pages holding the trace.
+#[derive(Debug)]
+pub struct BlockReader {
+    id: String,
+    path: PathBuf,
+    meta: ArrowReaderMetadata,
+    /// Sorted trace ids with (first row, rows).
+    index: Vec<(TraceId, u32, u32)>,
+}
+
+impl BlockReader {
+    /// Opens block `id` in `dir`, checking the index's magic, version and checksum.
+    pub fn open(dir: &Path, id: &str) -> Result<Self, StoreError> {
+        let path = parquet_path(dir, id);
+        let ipath = tidx_path(dir, id);
+        let corrupt = |p: &Path, reason: String| StoreError::Corrupt {
+            path: p.to_path_buf(),
+            reason,
+        };
+        let idx = std::fs::read(&ipath).map_err(|source| StoreError::Io {
+            op: "read trace index",
+            path: ipath.clone(),
+            source,
+        })?;
+        if idx.len() < 20 || &idx[0..8] != TIDX_MAGIC {
+            return Err(corrupt(
+                &ipath,
+                "not a faultline trace index (bad magic)".into(),
+            ));
+        }
+        let (body, crc) = idx.split_at(idx.len() - 4);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return Err(corrupt(&ipath, "checksum mismatch".into()));
+        }
+        let version = u32::from_le_bytes([idx[8], idx[9], idx[10], idx[11]]);
+        if version != TIDX_VERSION {
+            return Err(corrupt(
+                &ipath,
+                format!("index version {version} is not supported"),
+            ));
+        }
+        let count = u32::from_le_bytes([idx[12], idx[13], idx[14], idx[15]]) as usize;
+        if body.len() != 16 + count * TIDX_ENTRY {
+            return Err(corrupt(
+                &ipath,
+                format!("{count} entries do not fit {} bytes", body.len()),
+            ));
+        }
+        let mut index = Vec::with_capacity(count);
+        for e in body[16..].chunks_exact(TIDX_ENTRY) {
+            let mut t = [0u8; 16];
+            t.copy_from_slice(&e[0..16]);
+            index.push((
+                t,
+                u32::from_le_bytes([e[16], e[17], e[18], e[19]]),
+                u32::from_le_bytes([e[20], e[21], e[22], e[23]]),
+            ));
+        }
+        let file = File::open(&path).map_err(|source| StoreError::Io {
+            op: "open block",
+            path: path.clone(),
+            source,
+        })?;
+        let meta = ArrowReaderMetadata::load(
+            &file,
+            ArrowReaderOptions::new()
+                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+        )
+        .map_err(|e| corrupt(&path, format!("unreadable Parquet: {e}")))?;
+        Ok(Self {
+            id: id.to_string(),
+            path,
+            meta,
+            index,
+        })
+    }
+
+    /// The block id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Number of traces in the block.
+    pub fn traces(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the block may hold `trace_id` (exact: the index lists every trace).
+    pub fn contains(&self, trace_id: &TraceId) -> bool {
+        self.index.binary_search_by(|e| e.0.cmp(trace_id)).is_ok()
+    }
+
+    /// The spans of one trace, reading only the row groups and pages that hold them.
+    pub fn trace(&self, trace_id: &TraceId) -> Result<Vec<Span>, StoreError> {
+        let Ok(pos) = self.index.binary_search_by(|e| e.0.cmp(trace_id)) else {
+            return Ok(Vec::new());
+        };
+        let (_, first, rows) = self.index[pos];
+        self.read_rows(u64::from(first), u64::from(rows))
+    }
+
+    /// Every span of the block (for compaction and tests).
+    pub fn all(&self) -> Result<Vec<Span>, StoreError> {
+        let total: u64 = self.index.iter().map(|e| u64::from(e.2)).sum();
+        self.read_rows(0, total)
+    }
+
+    fn read_rows(&self, first: u64, rows: u64) -> Result<Vec<Span>, StoreError> {
+        let md = self.meta.metadata();
+        // Pick the row groups overlapping [first, first + rows), and a selection within them.
+        let mut groups = Vec::new();
+        let mut selectors = Vec::new();
+        let mut group_start = 0u64;
+        let end = first + rows;
+        for (i, rg) in md.row_groups().iter().enumerate() {
+            let n = rg.num_rows().max(0) as u64;
+            let g_end = group_start + n;
+            if g_end > first && group_start < end {
+                groups.push(i);
+                let skip = first.saturating_sub(group_start);
+                let take = end.min(g_end) - group_start.max(first);
+                let rest = n - skip - take;
+                if skip > 0 {
+                    selectors.push(RowSelector::skip(skip as usize));
+                }
+                selectors.push(RowSelector::select(take as usize));
+                if rest > 0 {
+                    selectors.push(RowSelector::skip(rest as usize));
+                }
+            }
+            group_start = g_end;
+        }
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let file = File::open(&self.path).map_err(|source| StoreError::Io {
+            op: "open block",
+            path: self.path.clone(),
+            source,
+        })?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
+            .with_row_groups(groups)
+            .with_row_selection(RowSelection::from(selectors))
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut out = Vec::with_capacity(rows as usize);
+        for batch in reader {
+            let batch = batch.map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            from_batch(&batch, &mut out).map_err(|reason| StoreError::Corrupt {
+                path: self.path.clone(),
+                reason,
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| format!("column {name} is missing or has the wrong type"))
+}
+
+fn from_batch(b: &RecordBatch, out: &mut Vec<Span>) -> Result<(), String> {
+    let trace = col::<FixedSizeBinaryArray>(b, "trace_id")?;
+    let span = col::<FixedSizeBinaryArray>(b, "span_id")?;
+    let parent = col::<FixedSizeBinaryArray>(b, "parent_span_id")?;
+    let service = col::<StringArray>(b, "service")?;
+    let name = col::<StringArray>(b, "name")?;
+    let kind = col::<Int32Array>(b, "kind")?;
+    let start = col::<Int64Array>(b, "start_unix_nano")?;
+    let dur = col::<Int64Array>(b, "duration_nano")?;
+    let status = col::<Int32Array>(b, "status_code")?;
+    let status_msg = col::<StringArray>(b, "status_message")?;
+    let attrs = col::<StringArray>(b, "attributes")?;
+    let res = col::<StringArray>(b, "resource_attributes")?;
+    let scope_name = col::<StringArray>(b, "scope_name")?;
+    let scope_version = col::<StringArray>(b, "scope_version")?;
+    let events = col::<StringArray>(b, "events")?;
+    let links = col::<StringArray>(b, "links")?;
+    let parse = |s: &str| {
+        serde_json::from_str::<Json>(s).map_err(|e| format!("bad JSON in a block column: {e}"))
+    };
+    let mut last_origin: Option<Arc<Origin>> = None;
+    for i in 0..b.num_rows() {
+        let mut t = [0u8; 16];
+        t.copy_from_slice(trace.value(i));
+        let mut sid = [0u8; 8];
+        sid.copy_from_slice(span.value(i));
+        let parent_id = if parent.is_null(i) {
+            None
+        } else {
+            let mut p = [0u8; 8];
+            p.copy_from_slice(parent.value(i));
+            Some(p)
+        };
+        let origin = match &last_origin {
+            Some(o)
+                if o.service == service.value(i)
+                    && o.scope_name == scope_name.value(i)
+                    && o.scope_version == scope_version.value(i)
+                    && attrs_str(&o.resource) == res.value(i) =>
+            {
+                o.clone()
+            }
+            _ => {
+                let o = Arc::new(Origin {
+                    service: service.value(i).to_string(),
+                    resource: attrs_from_json(&parse(res.value(i))?),
+                    scope_name: scope_name.value(i).to_string(),
+                    scope_version: scope_version.value(i).to_string(),
+                });
+                last_origin = Some(o.clone());
+                o
+            }
+        };
+        let start_ns = start.value(i).max(0) as u64;
+        let events = parse(events.value(i))?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| Event {
+                        time_ns: e["time_unix_nano"].as_u64().unwrap_or(0),
+                        name: e["name"].as_str().unwrap_or_default().to_string(),
+                        attributes: attrs_from_json(&e["attributes"]),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let links = parse(links.value(i))?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| {
+                        Some(Link {
+                            trace_id: unhex::<16>(l["trace_id"].as_str()?)?,
+                            span_id: unhex::<8>(l["span_id"].as_str()?)?,
+                            attributes: attrs_from_json(&l["attributes"]),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Span {
+            trace_id: t,
+            span_id: sid,
+            parent_span_id: parent_id,
+            name: name.value(i).to_string(),
+            kind: SpanKind::from_i32(kind.value(i)),
+            start_ns,
+            end_ns: start_ns.saturating_add(dur.value(i).max(0) as u64),
+            status: StatusCode::from_i32(status.value(i)),
+            status_message: status_msg.value(i).to_string(),
+            attributes: attrs_from_json(&parse(attrs.value(i))?),
+            events,
+            links,
+            origin,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! faultline's embedded span store.
+//!
+//! - [`store`]: the head (recent spans in memory), sealing into blocks, the manifest's
+//!   position in the WAL, and the [`SpanStore`] trait the query layer uses;
+//! - [`block`]: the Parquet block format and its trace-id index;
+//! - [`manifest`]: the atomically replaced list of blocks.
+//!
+//! **Architecture invariant:** the store knows nothing about HTTP, protobuf or the WAL's
+//! file format: it receives [`faultline_model::span::Span`]s tagged with a sequence number,
+//! and says up to which sequence number everything is durable.
+
+pub mod block;
+pub mod error;
+pub mod manifest;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::StoreError;
+pub use manifest::{BlockMeta, Manifest};
+pub use store::{Completeness, OpenReport, SpanStore, Store, StoreOptions, TraceAnswer};

@@ -1,0 +1,434 @@
+//! The embedded store: a head of recent spans in memory, sealed Parquet blocks on disk,
+//! and the manifest that ties them to a position in the WAL.
+//!
+//! Data flow: the consumer (the binary's pipeline) calls [`Store::ingest`] with the spans
+//! of each WAL record and its sequence number; spans are queryable from the head at once.
+//! When the head is large or old enough ([`Store::should_seal`]), [`Store::seal`] writes it
+//! as a block, publishes a new manifest whose `source_seq` is the last WAL record in the
+//! block, and only then drops the head. The consumer may then truncate the WAL before
+//! [`Store::durable_seq`] + 1.
+//!
+//! **Invariant:** every span acknowledged by intake is in the WAL after `durable_seq`, in
+//! the head, or in a block listed in the manifest; a crash at any point leaves the
+//! manifest naming only complete blocks, and replay from `durable_seq + 1` rebuilds the
+//! head.
+//!
+//! **Invariant:** start-up never fails because of a bad block: an unreadable block is moved
+//! to `blocks/quarantine/`, reported, and every answer that could have used it says it is
+//! partial.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use faultline_model::span::{Span, TraceId};
+
+use crate::block::{self, BlockReader};
+use crate::error::StoreError;
+use crate::manifest::{BlockMeta, Manifest};
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Directory of blocks and the manifest (`DATA_DIR/blocks`).
+    pub dir: PathBuf,
+    /// Seal the head once it holds this many spans.
+    pub block_max_spans: usize,
+    /// Seal the head once its oldest span arrived this long ago.
+    pub block_max_age: Duration,
+}
+
+impl StoreOptions {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("blocks"),
+            block_max_spans: 250_000,
+            block_max_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether an answer covers everything it should, and if not, why not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completeness {
+    /// Reasons the answer may be missing data; empty when complete.
+    pub reasons: Vec<String>,
+}
+
+impl Completeness {
+    /// True when nothing is missing.
+    pub fn is_complete(&self) -> bool {
+        self.reasons.is_empty()
+    }
+}
+
+/// The spans of one trace.
+#[derive(Debug, Clone)]
+pub struct TraceAnswer {
+    /// Spans ordered by start time (empty when the trace is unknown).
+    pub spans: Vec<Span>,
+    /// Whether the answer is complete.
+    pub completeness: Completeness,
+}
+
+/// Read access to stored spans; the query layer depends on this trait only, so another
+/// backend (ClickHouse) can stand behind it.
+pub trait SpanStore: Send + Sync {
+    /// One trace by id.
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError>;
+    /// Services that emitted spans, sorted.
+    fn services(&self) -> Result<(Vec<String>, Completeness), StoreError>;
+}
+
+#[derive(Default)]
+struct Head {
+    spans: Vec<Span>,
+    by_trace: HashMap<TraceId, Vec<u32>>,
+    services: BTreeSet<String>,
+    max_seq: u64,
+    started: Option<Instant>,
+}
+
+impl Head {
+    fn push(&mut self, seq: u64, spans: Vec<Span>) {
+        if self.started.is_none() && !spans.is_empty() {
+            self.started = Some(Instant::now());
+        }
+        for s in spans {
+            let idx = self.spans.len() as u32;
+            self.by_trace.entry(s.trace_id).or_default().push(idx);
+            if !self.services.contains(s.service()) {
+                self.services.insert(s.service().to_string());
+            }
+            self.spans.push(s);
+        }
+        self.max_seq = self.max_seq.max(seq);
+    }
+
+    fn trace(&self, id: &TraceId, out: &mut Vec<Span>) {
+        if let Some(rows) = self.by_trace.get(id) {
+            out.extend(rows.iter().map(|&i| self.spans[i as usize].clone()));
+        }
+    }
+}
+
+struct Sealed {
+    meta: BlockMeta,
+    reader: BlockReader,
+    services: BTreeSet<String>,
+}
+
+struct Inner {
+    head: Head,
+    /// Heads being written, oldest first; still queryable.
+    sealing: Vec<Arc<Head>>,
+    blocks: Vec<Arc<Sealed>>,
+    manifest: Manifest,
+    quarantined: Vec<String>,
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Blocks opened.
+    pub blocks: usize,
+    /// Spans in them.
+    pub spans: u64,
+    /// Blocks moved to quarantine, with the reason.
+    pub quarantined: Vec<String>,
+    /// Unlisted block files deleted (left by a crash before the manifest was published).
+    pub removed_orphans: usize,
+}
+
+/// The embedded store.
+pub struct Store {
+    opts: StoreOptions,
+    inner: RwLock<Inner>,
+    seal_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.opts.dir)
+            .finish()
+    }
+}
+
+fn lock_err() -> StoreError {
+    StoreError::Encode("store lock poisoned by a panic in another thread".into())
+}
+
+impl Store {
+    /// Opens the store in `opts.dir`: loads the manifest, opens its blocks (quarantining
+    /// unreadable ones) and deletes files no manifest lists. Blocking.
+    pub fn open(opts: StoreOptions) -> Result<(Self, OpenReport), StoreError> {
+        let dir = opts.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let manifest = Manifest::load(&dir)?;
+        let mut report = OpenReport::default();
+        let mut blocks = Vec::new();
+        let mut quarantined = Vec::new();
+        let listed: BTreeSet<&str> = manifest.blocks.iter().map(|b| b.id.as_str()).collect();
+        for entry in std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+            op: "list",
+            path: dir.clone(),
+            source,
+        })? {
+            let entry = entry.map_err(|source| StoreError::Io {
+                op: "list",
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or_default();
+            let is_block_file =
+                name.ends_with(".parquet") || name.ends_with(".tidx") || name.ends_with(".tmp");
+            if is_block_file
+                && name != "manifest.json.tmp"
+                && (!listed.contains(stem) || name.ends_with(".tmp"))
+            {
+                tracing::warn!(file = %entry.path().display(), "deleting a block file no manifest lists (left by a crash; its spans are replayed from the WAL)");
+                let _ = std::fs::remove_file(entry.path());
+                report.removed_orphans += 1;
+            }
+        }
+        for meta in &manifest.blocks {
+            match BlockReader::open(&dir, &meta.id) {
+                Ok(reader) => {
+                    report.blocks += 1;
+                    report.spans += meta.spans;
+                    blocks.push(Arc::new(Sealed {
+                        services: meta.services.iter().cloned().collect(),
+                        meta: meta.clone(),
+                        reader,
+                    }));
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "block {} ({} spans) is unreadable and was quarantined: {e}",
+                        meta.id, meta.spans
+                    );
+                    tracing::error!(%reason);
+                    quarantine(&dir, &meta.id);
+                    report.quarantined.push(reason.clone());
+                    quarantined.push(reason);
+                }
+            }
+        }
+        let store = Self {
+            opts,
+            inner: RwLock::new(Inner {
+                head: Head::default(),
+                sealing: Vec::new(),
+                blocks,
+                manifest,
+                quarantined,
+            }),
+            seal_lock: Mutex::new(()),
+        };
+        Ok((store, report))
+    }
+
+    /// The highest WAL sequence number whose spans are all in durable blocks.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|i| i.manifest.source_seq)
+            .unwrap_or(0)
+    }
+
+    /// The highest WAL sequence number ingested (durable or in memory).
+    pub fn ingested_seq(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|i| {
+                i.head
+                    .max_seq
+                    .max(i.manifest.source_seq)
+                    .max(i.sealing.iter().map(|h| h.max_seq).max().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Adds the spans of WAL record `seq`; they are queryable when this returns.
+    pub fn ingest(&self, seq: u64, spans: Vec<Span>) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        inner.head.push(seq, spans);
+        Ok(())
+    }
+
+    /// Spans in memory, not yet in a durable block.
+    pub fn head_spans(&self) -> usize {
+        self.inner
+            .read()
+            .map(|i| i.head.spans.len() + i.sealing.iter().map(|h| h.spans.len()).sum::<usize>())
+            .unwrap_or(0)
+    }
+
+    /// Whether the head is due to be sealed.
+    pub fn should_seal(&self) -> bool {
+        self.inner
+            .read()
+            .map(|i| {
+                i.head.spans.len() >= self.opts.block_max_spans
+                    || i.head
+                        .started
+                        .is_some_and(|s| s.elapsed() >= self.opts.block_max_age)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Writes the head as a block and publishes it. Blocking (encoding and fsync): call
+    /// from a blocking thread. Returns the new block, or `None` when the head was empty.
+    pub fn seal(&self) -> Result<Option<BlockMeta>, StoreError> {
+        let _one_at_a_time = self.seal_lock.lock().map_err(|_| lock_err())?;
+        let head = {
+            let mut inner = self.inner.write().map_err(|_| lock_err())?;
+            if inner.head.spans.is_empty() {
+                // Nothing to write, but the WAL position may still advance (records
+                // without spans).
+                let seq = inner.head.max_seq;
+                if seq > inner.manifest.source_seq {
+                    let mut m = inner.manifest.clone();
+                    m.source_seq = seq;
+                    m.store(&self.opts.dir)?;
+                    inner.manifest = m;
+                }
+                return Ok(None);
+            }
+            let head = Arc::new(std::mem::take(&mut inner.head));
+            inner.sealing.push(head.clone());
+            head
+        };
+        let result = self.write_and_publish(&head);
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        match result {
+            Ok(sealed) => {
+                let meta = sealed.meta.clone();
+                inner.blocks.push(Arc::new(sealed));
+                inner.manifest.blocks.push(meta.clone());
+                inner.manifest.source_seq = meta.source_seq;
+                inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
+                Ok(Some(meta))
+            }
+            Err(e) => {
+                // Keep the spans queryable and sealable: put them back in front of the head.
+                inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
+                let mut restored = Arc::try_unwrap(head).unwrap_or_else(|h| Head {
+                    spans: h.spans.clone(),
+                    by_trace: h.by_trace.clone(),
+                    services: h.services.clone(),
+                    max_seq: h.max_seq,
+                    started: h.started,
+                });
+                let newer = std::mem::take(&mut inner.head);
+                let newer_seq = newer.max_seq;
+                restored.push(newer_seq, newer.spans);
+                inner.head = restored;
+                Err(e)
+            }
+        }
+    }
+
+    fn write_and_publish(&self, head: &Head) -> Result<Sealed, StoreError> {
+        let id = format!("{:020}", head.max_seq);
+        let mut spans = head.spans.clone();
+        let written = block::write_block(&self.opts.dir, &id, &mut spans)?;
+        let meta = BlockMeta {
+            id: id.clone(),
+            spans: written.spans,
+            traces: written.traces,
+            min_start_ns: written.min_start_ns,
+            max_end_ns: written.max_end_ns,
+            bytes: written.bytes,
+            source_seq: head.max_seq,
+            services: head.services.iter().cloned().collect(),
+        };
+        let mut next = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
+        next.blocks.push(meta.clone());
+        next.source_seq = meta.source_seq;
+        next.store(&self.opts.dir)?;
+        let reader = BlockReader::open(&self.opts.dir, &id)?;
+        Ok(Sealed {
+            meta,
+            reader,
+            services: head.services.clone(),
+        })
+    }
+
+    /// The manifest's blocks.
+    pub fn blocks(&self) -> Vec<BlockMeta> {
+        self.inner
+            .read()
+            .map(|i| i.manifest.blocks.clone())
+            .unwrap_or_default()
+    }
+
+    fn completeness(inner: &Inner) -> Completeness {
+        Completeness {
+            reasons: inner.quarantined.clone(),
+        }
+    }
+}
+
+fn quarantine(dir: &Path, id: &str) {
+    let q = dir.join("quarantine");
+    let _ = std::fs::create_dir_all(&q);
+    for ext in ["parquet", "tidx"] {
+        let from = dir.join(format!("{id}.{ext}"));
+        if from.exists() {
+            let _ = std::fs::rename(&from, q.join(format!("{id}.{ext}")));
+        }
+    }
+}
+
+impl SpanStore for Store {
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
+        let (blocks, mut spans, completeness) = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            let mut spans = Vec::new();
+            inner.head.trace(trace_id, &mut spans);
+            for h in &inner.sealing {
+                h.trace(trace_id, &mut spans);
+            }
+            let blocks: Vec<Arc<Sealed>> = inner
+                .blocks
+                .iter()
+                .filter(|b| b.reader.contains(trace_id))
+                .cloned()
+                .collect();
+            (blocks, spans, Self::completeness(&inner))
+        };
+        // Block reads happen outside the lock.
+        for b in blocks {
+            spans.extend(b.reader.trace(trace_id)?);
+        }
+        spans.sort_by_key(|s| s.start_ns);
+        // A span can be in a sealing head and, once published, in its block too.
+        let mut seen = BTreeSet::new();
+        spans.retain(|s| seen.insert(s.span_id));
+        Ok(TraceAnswer {
+            spans,
+            completeness,
+        })
+    }
+
+    fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        let mut all: BTreeSet<String> = inner.head.services.clone();
+        for h in &inner.sealing {
+            all.extend(h.services.iter().cloned());
+        }
+        for b in &inner.blocks {
+            all.extend(b.services.iter().cloned());
+        }
+        Ok((all.into_iter().collect(), Self::completeness(&inner)))
+    }
+}

@@ -1,0 +1,229 @@
+//! Store tests: block round trips, sealing, crash points around the manifest, quarantine.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faultline_model::span::{AttrValue, Event, Link, Origin, Span, SpanKind, StatusCode};
+
+use crate::block::{BlockReader, write_block};
+use crate::{SpanStore, Store, StoreOptions};
+
+fn origin(service: &str) -> Arc<Origin> {
+    Arc::new(Origin {
+        service: service.into(),
+        resource: vec![
+            ("service.name".into(), AttrValue::Str(service.into())),
+            ("host.name".into(), AttrValue::Str("h".into())),
+        ],
+        scope_name: "lib".into(),
+        scope_version: "1".into(),
+    })
+}
+
+fn span(trace: u8, id: u8, parent: Option<u8>, o: &Arc<Origin>) -> Span {
+    Span {
+        trace_id: [trace; 16],
+        span_id: [id; 8],
+        parent_span_id: parent.map(|p| [p; 8]),
+        name: format!("op-{id}"),
+        kind: SpanKind::Server,
+        start_ns: 1_000 + u64::from(id),
+        end_ns: 5_000 + u64::from(id),
+        status: if id.is_multiple_of(2) {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        },
+        status_message: if id.is_multiple_of(2) {
+            "boom".into()
+        } else {
+            String::new()
+        },
+        attributes: vec![
+            ("s".into(), AttrValue::Str("v".into())),
+            ("i".into(), AttrValue::Int(-7)),
+            ("d".into(), AttrValue::Double(1.5)),
+            ("b".into(), AttrValue::Bool(true)),
+            ("x".into(), AttrValue::Bytes(vec![1, 2, 255])),
+            (
+                "a".into(),
+                AttrValue::Array(vec![AttrValue::Int(1), AttrValue::Str("two".into())]),
+            ),
+            (
+                "k".into(),
+                AttrValue::KvList(vec![("inner".into(), AttrValue::Bool(false))]),
+            ),
+        ],
+        events: vec![Event {
+            time_ns: 2_000,
+            name: "exception".into(),
+            attributes: vec![("exception.type".into(), AttrValue::Str("E".into()))],
+        }],
+        links: vec![Link {
+            trace_id: [9; 16],
+            span_id: [8; 8],
+            attributes: vec![],
+        }],
+        origin: o.clone(),
+    }
+}
+
+#[test]
+fn block_round_trips_every_field_and_reads_one_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (origin("a"), origin("b"));
+    let mut spans = Vec::new();
+    for t in 1..=50u8 {
+        spans.push(span(t, 1, None, &a));
+        spans.push(span(t, 2, Some(1), &b));
+    }
+    let expected: Vec<Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == [7; 16])
+        .cloned()
+        .collect();
+    let written = write_block(tmp.path(), "b1", &mut spans).unwrap();
+    assert_eq!((written.spans, written.traces), (100, 50));
+    let r = BlockReader::open(tmp.path(), "b1").unwrap();
+    assert!(r.contains(&[7; 16]));
+    assert!(!r.contains(&[77; 16]));
+    let got = r.trace(&[7; 16]).unwrap();
+    assert_eq!(got, expected, "every field survives");
+    assert_eq!(r.all().unwrap().len(), 100);
+    assert!(r.trace(&[77; 16]).unwrap().is_empty());
+}
+
+#[test]
+fn corrupt_index_or_parquet_is_refused_with_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    write_block(tmp.path(), "b1", &mut [span(1, 1, None, &a)]).unwrap();
+    let idx = tmp.path().join("b1.tidx");
+    let mut bytes = std::fs::read(&idx).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&idx, &bytes).unwrap();
+    let e = BlockReader::open(tmp.path(), "b1").unwrap_err().to_string();
+    assert!(e.contains("b1.tidx") && e.contains("checksum"), "{e}");
+    write_block(tmp.path(), "b2", &mut [span(1, 1, None, &a)]).unwrap();
+    std::fs::write(tmp.path().join("b2.parquet"), b"not parquet").unwrap();
+    let e = BlockReader::open(tmp.path(), "b2").unwrap_err().to_string();
+    assert!(
+        e.contains("b2.parquet") && e.contains("unreadable Parquet"),
+        "{e}"
+    );
+}
+
+fn opts(dir: &std::path::Path) -> StoreOptions {
+    StoreOptions {
+        dir: dir.join("blocks"),
+        block_max_spans: 10,
+        block_max_age: Duration::from_secs(3600),
+    }
+}
+
+#[test]
+fn spans_are_queryable_from_head_sealing_and_blocks_and_survive_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (origin("a"), origin("b"));
+    let (store, report) = Store::open(opts(tmp.path())).unwrap();
+    assert_eq!(report.blocks, 0);
+    store
+        .ingest(1, vec![span(1, 1, None, &a), span(1, 2, Some(1), &b)])
+        .unwrap();
+    assert_eq!(
+        store.trace(&[1; 16]).unwrap().spans.len(),
+        2,
+        "queryable from the head at once"
+    );
+    assert!(!store.should_seal());
+    for seq in 2..=6u64 {
+        store
+            .ingest(
+                seq,
+                vec![
+                    span(seq as u8, 1, None, &a),
+                    span(1, 10 + seq as u8, Some(1), &a),
+                ],
+            )
+            .unwrap();
+    }
+    assert!(store.should_seal());
+    let meta = store.seal().unwrap().unwrap();
+    assert_eq!((meta.spans, meta.source_seq), (12, 6));
+    assert_eq!(store.durable_seq(), 6);
+    store.ingest(7, vec![span(1, 30, Some(1), &b)]).unwrap();
+    let t = store.trace(&[1; 16]).unwrap();
+    assert_eq!(t.spans.len(), 8, "block and head together");
+    assert!(t.completeness.is_complete());
+    assert!(
+        t.spans.windows(2).all(|w| w[0].start_ns <= w[1].start_ns),
+        "ordered by start"
+    );
+    assert_eq!(
+        store.services().unwrap().0,
+        vec!["a".to_string(), "b".to_string()]
+    );
+    drop(store);
+    // After a restart the head is gone (the WAL replays it); the block is back.
+    let (store, report) = Store::open(opts(tmp.path())).unwrap();
+    assert_eq!((report.blocks, report.spans), (1, 12));
+    assert_eq!(store.durable_seq(), 6);
+    assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 7);
+}
+
+#[test]
+fn a_crash_before_the_manifest_leaves_no_trace_of_the_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    store.ingest(1, vec![span(1, 1, None, &a)]).unwrap();
+    store.seal().unwrap();
+    drop(store);
+    // A block written but never published (crash before the manifest), and a torn temp.
+    let dir = tmp.path().join("blocks");
+    write_block(&dir, "00000000000000000009", &mut [span(2, 1, None, &a)]).unwrap();
+    std::fs::write(dir.join("00000000000000000010.parquet.tmp"), b"torn").unwrap();
+    let (store, report) = Store::open(opts(tmp.path())).unwrap();
+    assert_eq!(report.removed_orphans, 3, "{report:?}");
+    assert_eq!(
+        store.durable_seq(),
+        1,
+        "replay starts after the last published block"
+    );
+    assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
+    assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
+}
+
+#[test]
+fn an_unreadable_block_is_quarantined_and_answers_say_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    store.ingest(1, vec![span(1, 1, None, &a)]).unwrap();
+    let bad = store.seal().unwrap().unwrap();
+    store.ingest(2, vec![span(2, 1, None, &a)]).unwrap();
+    store.seal().unwrap();
+    drop(store);
+    std::fs::write(
+        tmp.path()
+            .join("blocks")
+            .join(format!("{}.parquet", bad.id)),
+        b"garbage",
+    )
+    .unwrap();
+    let (store, report) = Store::open(opts(tmp.path())).unwrap();
+    assert_eq!(report.blocks, 1);
+    assert_eq!(report.quarantined.len(), 1);
+    assert!(
+        tmp.path()
+            .join("blocks/quarantine")
+            .join(format!("{}.parquet", bad.id))
+            .exists()
+    );
+    let t = store.trace(&[2; 16]).unwrap();
+    assert_eq!(t.spans.len(), 1, "the rest is served");
+    assert!(!t.completeness.is_complete());
+    assert!(t.completeness.reasons[0].contains("quarantined"));
+}
