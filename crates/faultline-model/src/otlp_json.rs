@@ -941,9 +941,12 @@ mod tests {
                 error_message: "bad ids".into(),
             }),
         };
+        // Compared as JSON values: key order depends on serde_json's preserve_order
+        // feature, which another crate of the workspace enables.
+        let got: serde_json::Value = serde_json::from_slice(&encode_response(&r)).unwrap();
         assert_eq!(
-            String::from_utf8(encode_response(&r)).unwrap(),
-            r#"{"partialSuccess":{"errorMessage":"bad ids","rejectedSpans":"3"}}"#
+            got,
+            serde_json::json!({"partialSuccess": {"errorMessage": "bad ids", "rejectedSpans": "3"}})
         );
         let r = ExportTraceServiceResponse {
             partial_success: Some(ExportTracePartialSuccess::default()),
