@@ -11,6 +11,9 @@
 //! - `wal_fsync_seconds`, `wal_write_seconds`, `wal_batch_records`: per group commit.
 //! - `wal_size_bytes`, `wal_max_bytes`, `wal_committed_seq`, `wal_failed`,
 //!   `wal_quarantined_segments`, `wal_truncated_bytes`: state of the log.
+//! - `store_head_spans`, `store_blocks`, `store_block_bytes`, `store_block_spans`,
+//!   `store_indexed_seq`, `store_undecodable_records`, `store_seal_failing`: the store,
+//!   set by the binary before each scrape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +63,20 @@ pub struct Metrics {
     pub wal_quarantined_segments: Gauge,
     /// Bytes cut from a torn tail at start-up.
     pub wal_truncated_bytes: Gauge,
+    /// Spans in the store's head (in memory, not yet in a block).
+    pub store_head_spans: Gauge,
+    /// Blocks in the store.
+    pub store_blocks: Gauge,
+    /// Bytes of the store's blocks.
+    pub store_block_bytes: Gauge,
+    /// Spans in the store's blocks.
+    pub store_block_spans: Gauge,
+    /// WAL records decoded into the store.
+    pub store_indexed_seq: Gauge,
+    /// WAL records the pipeline could not decode.
+    pub store_undecodable_records: Gauge,
+    /// 1 while sealing blocks fails.
+    pub store_seal_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +139,13 @@ impl Metrics {
             wal_failed: Gauge::default(),
             wal_quarantined_segments: Gauge::default(),
             wal_truncated_bytes: Gauge::default(),
+            store_head_spans: Gauge::default(),
+            store_blocks: Gauge::default(),
+            store_block_bytes: Gauge::default(),
+            store_block_spans: Gauge::default(),
+            store_indexed_seq: Gauge::default(),
+            store_undecodable_records: Gauge::default(),
+            store_seal_failing: Gauge::default(),
             registry,
             requests,
             spans,
@@ -164,7 +188,44 @@ impl Metrics {
                 m.wal_truncated_bytes.clone(),
             ),
         ];
-        for (name, help, g) in gauges {
+        let store_gauges = [
+            (
+                "store_head_spans",
+                "Spans in memory, not yet in a block",
+                m.store_head_spans.clone(),
+            ),
+            (
+                "store_blocks",
+                "Blocks in the store",
+                m.store_blocks.clone(),
+            ),
+            (
+                "store_block_bytes",
+                "Bytes of the store's blocks",
+                m.store_block_bytes.clone(),
+            ),
+            (
+                "store_block_spans",
+                "Spans in the store's blocks",
+                m.store_block_spans.clone(),
+            ),
+            (
+                "store_indexed_seq",
+                "Highest WAL sequence number indexed by the store",
+                m.store_indexed_seq.clone(),
+            ),
+            (
+                "store_undecodable_records",
+                "WAL records the store pipeline could not decode",
+                m.store_undecodable_records.clone(),
+            ),
+            (
+                "store_seal_failing",
+                "1 while sealing blocks fails",
+                m.store_seal_failing.clone(),
+            ),
+        ];
+        for (name, help, g) in gauges.into_iter().chain(store_gauges) {
             m.registry.register(name, help, g);
         }
         // Pre-create the common series so dashboards see zeros, not gaps.

@@ -24,6 +24,10 @@
 //! max_attribute_value_bytes = 262144     # larger attribute values reject their span
 //! max_attributes_per_span   = 1024
 //! retry_after_secs          = 1
+//!
+//! [store]
+//! block_max_spans    = 250000     # seal the in-memory head into a block at this many spans
+//! block_max_age_secs = 60         # ... or when its oldest span is this old
 //! ```
 
 use std::net::SocketAddr;
@@ -43,6 +47,15 @@ pub struct FileConfig {
     pub wal: WalConfig,
     #[serde(default)]
     pub intake: IntakeFileConfig,
+    #[serde(default)]
+    pub store: StoreFileConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFileConfig {
+    pub block_max_spans: Option<usize>,
+    pub block_max_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 
 mod config;
 mod loadgen;
+mod pipeline;
 mod serve;
 mod walcmd;
 
@@ -112,12 +113,21 @@ pub struct ServeArgs {
     /// WAL budget in bytes [default: 4 GiB].
     #[arg(long, env = "FAULTLINE_WAL_MAX_BYTES")]
     pub wal_max_bytes: Option<u64>,
+    /// WAL segment size in bytes [default: 64 MiB].
+    #[arg(long, env = "FAULTLINE_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
     /// Largest request body in bytes [default: 16 MiB].
     #[arg(long, env = "FAULTLINE_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
     /// Refuse requests when the disk has less free space than this [default: 256 MiB].
     #[arg(long, env = "FAULTLINE_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// Seal the in-memory head into a block at this many spans [default: 250000].
+    #[arg(long, env = "FAULTLINE_BLOCK_MAX_SPANS")]
+    pub block_max_spans: Option<usize>,
+    /// Seal the head when its oldest span is this many seconds old [default: 60].
+    #[arg(long, env = "FAULTLINE_BLOCK_MAX_AGE_SECS")]
+    pub block_max_age_secs: Option<u64>,
 }
 
 fn main() -> ExitCode {

@@ -38,6 +38,8 @@ struct Settings {
     http: SocketAddr,
     wal: WalOptions,
     intake: IntakeConfig,
+    block_max_spans: Option<usize>,
+    block_max_age_secs: Option<u64>,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -64,7 +66,10 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .wal_max_bytes
             .or(file.wal.max_bytes)
             .unwrap_or(defaults.max_bytes),
-        segment_bytes: file.wal.segment_bytes.unwrap_or(defaults.segment_bytes),
+        segment_bytes: args
+            .wal_segment_bytes
+            .or(file.wal.segment_bytes)
+            .unwrap_or(defaults.segment_bytes),
         ..defaults
     };
     anyhow::ensure!(
@@ -106,6 +111,8 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         http: addr(args.http, file.listen.http, "127.0.0.1:16686")?,
         wal,
         intake,
+        block_max_spans: args.block_max_spans.or(file.store.block_max_spans),
+        block_max_age_secs: args.block_max_age_secs.or(file.store.block_max_age_secs),
     })
 }
 
@@ -135,6 +142,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 struct ApiState {
     intake: Arc<Intake>,
     ready: Arc<AtomicBool>,
+    store: Arc<faultline_store::Store>,
+    pipeline: Arc<crate::pipeline::PipelineStats>,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -173,7 +182,56 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     if s.wal.durability == Durability::Os {
         tracing::warn!("wal.durability = \"os\": acknowledged data can be lost on power failure");
     }
-    let intake = Arc::new(Intake::new(wal, metrics.clone(), s.intake.clone()));
+    let mut store_opts = faultline_store::StoreOptions::new(&s.data_dir);
+    if let Some(n) = s.block_max_spans {
+        anyhow::ensure!(n > 0, "store.block_max_spans must be at least 1");
+        store_opts.block_max_spans = n;
+    }
+    if let Some(secs) = s.block_max_age_secs {
+        store_opts.block_max_age = std::time::Duration::from_secs(secs);
+    }
+    let (store, store_report) =
+        tokio::task::spawn_blocking(move || faultline_store::Store::open(store_opts))
+            .await
+            .context("store start-up task failed")?
+            .context("cannot open the store")?;
+    tracing::info!(
+        blocks = store_report.blocks,
+        spans = store_report.spans,
+        quarantined = store_report.quarantined.len(),
+        removed_orphans = store_report.removed_orphans,
+        replay_from_seq = store.durable_seq() + 1,
+        "store opened"
+    );
+    let store = Arc::new(store);
+    let pipeline_stats = Arc::new(crate::pipeline::PipelineStats::default());
+    let pipeline_stop = Arc::new(AtomicBool::new(false));
+    let pipeline = crate::pipeline::spawn(
+        wal.clone(),
+        store.clone(),
+        pipeline_stats.clone(),
+        pipeline_stop.clone(),
+    )
+    .context("cannot start the store pipeline thread")?;
+    let intake = Arc::new(Intake::new(wal.clone(), metrics.clone(), s.intake.clone()));
+    let lag_wal = wal.clone();
+    let lag_store = store.clone();
+    let lag: Arc<faultline_api::LagFn> = Arc::new(move || {
+        let committed = lag_wal.committed_seq();
+        let indexed = lag_store.ingested_seq();
+        if committed > indexed {
+            vec![format!(
+                "{} acknowledged WAL records are not yet indexed",
+                committed - indexed
+            )]
+        } else {
+            Vec::new()
+        }
+    });
+    let query = faultline_api::router(faultline_api::ApiState {
+        store: store.clone(),
+        lag,
+    });
 
     let grpc_l = bind(s.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
     let http_l = bind(s.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
@@ -207,18 +265,18 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let zipkin = axum::serve(
-        zipkin_l,
+        nodelay(zipkin_l),
         faultline_intake::http::zipkin_router(intake.clone()),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let api = axum::serve(
-        api_l,
-        api_router(ApiState {
-            intake: intake.clone(),
-            ready: ready.clone(),
-        }),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let api_state = ApiState {
+        intake: intake.clone(),
+        ready: ready.clone(),
+        store: store.clone(),
+        pipeline: pipeline_stats.clone(),
+    };
+    let api = axum::serve(nodelay(api_l), api_router(api_state).merge(query))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
 
     let tasks = vec![
         tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
@@ -239,6 +297,8 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     for t in tasks {
         t.await.context("server task panicked")??;
     }
+    pipeline_stop.store(true, Ordering::Release);
+    let _ = tokio::task::spawn_blocking(move || pipeline.join()).await;
     Ok(())
 }
 
@@ -308,6 +368,19 @@ async fn health() -> &'static str {
 
 async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     st.intake.refresh_gauges();
+    let m = st.intake.metrics();
+    let blocks = st.store.blocks();
+    m.store_head_spans.set(st.store.head_spans() as i64);
+    m.store_blocks.set(blocks.len() as i64);
+    m.store_block_bytes
+        .set(blocks.iter().map(|b| b.bytes).sum::<u64>() as i64);
+    m.store_block_spans
+        .set(blocks.iter().map(|b| b.spans).sum::<u64>() as i64);
+    m.store_indexed_seq.set(st.store.ingested_seq() as i64);
+    m.store_undecodable_records
+        .set(st.pipeline.undecodable.load(Ordering::Relaxed) as i64);
+    m.store_seal_failing
+        .set(i64::from(st.pipeline.seal_failing.load(Ordering::Relaxed)));
     (
         [(
             header::CONTENT_TYPE,

@@ -27,6 +27,13 @@ impl Rng {
     }
 }
 
+const NO_SEAL: &[&str] = &[
+    "--block-max-spans",
+    "1000000000",
+    "--block-max-age-secs",
+    "100000",
+];
+
 #[test]
 fn every_acknowledged_span_survives_sigkill() {
     let seed = std::env::var("FAULTLINE_CRASH_SEED")
@@ -51,6 +58,7 @@ fn every_acknowledged_span_survives_sigkill() {
             let mut early = Command::new(BIN)
                 .args(["serve", "--data-dir"])
                 .arg(&data)
+                .args(NO_SEAL)
                 .args(["--otlp-grpc", &format!("127.0.0.1:{}", common::free_port())])
                 .args(["--otlp-http", &format!("127.0.0.1:{}", common::free_port())])
                 .args(["--zipkin", &format!("127.0.0.1:{}", common::free_port())])
@@ -62,7 +70,7 @@ fn every_acknowledged_span_survives_sigkill() {
             early.kill().unwrap();
             early.wait().unwrap();
         }
-        let mut server = Server::start(&data, &[]);
+        let mut server = Server::start(&data, NO_SEAL);
         let m = server.metrics();
         assert_eq!(
             metric(&m, "faultline_wal_quarantined_segments"),
@@ -108,7 +116,7 @@ fn every_acknowledged_span_survives_sigkill() {
         ack_logs.push(ack_log);
     }
     // One last start-up runs recovery over the final crash.
-    let mut server = Server::start(&data, &[]);
+    let mut server = Server::start(&data, NO_SEAL);
     server.stop();
 
     let mut spans_by_trace: HashMap<String, u64> = HashMap::new();

@@ -48,12 +48,26 @@ impl Ports {
 }
 
 impl Server {
-    /// Starts a server on `data_dir` with extra flags and waits until `/ready`.
+    /// Starts a server on `data_dir` with extra flags and waits until `/ready`. Ports are
+    /// picked free and released before faultline binds them, so another process (a
+    /// client's ephemeral port) can take one in between: then it retries on new ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        Self::start_on(data_dir, Ports::new(), extra)
+        for _ in 0..5 {
+            match Self::try_start_on(data_dir, Ports::new(), extra) {
+                Ok(s) => return s,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("faultline exited during start-up; log:\n{log}"),
+            }
+        }
+        panic!("no free ports after 5 attempts");
     }
 
     pub fn start_on(data_dir: &Path, p: Ports, extra: &[&str]) -> Server {
+        Self::try_start_on(data_dir, p, extra)
+            .unwrap_or_else(|log| panic!("faultline exited during start-up; log:\n{log}"))
+    }
+
+    fn try_start_on(data_dir: &Path, p: Ports, extra: &[&str]) -> Result<Server, String> {
         let log = data_dir.with_extension(format!("{}.log", p.api));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
@@ -79,23 +93,26 @@ impl Server {
             api: p.api,
             log,
         };
-        s.wait_ready(Duration::from_secs(30));
-        s
+        s.try_wait_ready(Duration::from_secs(30))?;
+        Ok(s)
     }
 
     pub fn wait_ready(&mut self, limit: Duration) {
+        if let Err(log) = self.try_wait_ready(limit) {
+            panic!("faultline exited during start-up; log:\n{log}");
+        }
+    }
+
+    fn try_wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "faultline exited during start-up with {status}; log:\n{}",
-                    self.log_text()
-                );
+                return Err(format!("exit status {status}\n{}", self.log_text()));
             }
             if let Ok(body) = http_get(self.api, "/ready")
                 && body.0 == 200
             {
-                return;
+                return Ok(());
             }
             assert!(
                 started.elapsed() < limit,

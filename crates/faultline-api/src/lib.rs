@@ -1,0 +1,42 @@
+//! The query API served on the HTTP port. Today: Jaeger's v1 JSON API for services and
+//! trace by id (`jaeger.rs`); more of issue 4 (search, operations, dependencies, api_v3,
+//! RED) builds on the same pieces.
+//!
+//! **Architecture invariant:** the API layer knows nothing about file formats; it reads
+//! through [`faultline_store::SpanStore`] and is the only layer that serialises JSON for
+//! clients.
+//!
+//! **Invariant:** every answer says whether it is complete: the `X-Faultline-Partial`
+//! header lists the reasons (blocks quarantined, WAL records not yet indexed), and Jaeger
+//! answers carry the same in a `partial` field (ignored by Jaeger clients).
+
+pub mod jaeger;
+
+use std::sync::Arc;
+
+use axum::Router;
+use faultline_store::SpanStore;
+
+/// Reasons, beyond the store's own, why answers may be missing data right now (for
+/// example WAL records acknowledged but not yet indexed).
+pub type LagFn = dyn Fn() -> Vec<String> + Send + Sync;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The span store.
+    pub store: Arc<dyn SpanStore>,
+    /// Extra reasons an answer may be partial.
+    pub lag: Arc<LagFn>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+/// Every query route.
+pub fn router(state: ApiState) -> Router {
+    jaeger::router().with_state(state)
+}
