@@ -245,6 +245,106 @@ fn fixed<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
     b.try_into().ok()
 }
 
+fn attrs_into(kvs: Vec<KeyValue>) -> Attributes {
+    kvs.into_iter()
+        .map(|kv| {
+            let v = AttrValue::from_otlp_owned(kv.value);
+            (kv.key, v)
+        })
+        .collect()
+}
+
+impl AttrValue {
+    /// Converts an OTLP value, moving its strings instead of copying them.
+    pub fn from_otlp_owned(v: Option<AnyValue>) -> Self {
+        match v.and_then(|v| v.value) {
+            None => Self::Empty,
+            Some(Value::StringValue(s)) => Self::Str(s),
+            Some(Value::BoolValue(b)) => Self::Bool(b),
+            Some(Value::IntValue(i)) => Self::Int(i),
+            Some(Value::DoubleValue(d)) => Self::Double(d),
+            Some(Value::BytesValue(b)) => Self::Bytes(b),
+            Some(Value::ArrayValue(a)) => Self::Array(
+                a.values
+                    .into_iter()
+                    .map(|v| Self::from_otlp_owned(Some(v)))
+                    .collect(),
+            ),
+            Some(Value::KvlistValue(kv)) => Self::KvList(attrs_into(kv.values)),
+            Some(Value::StringValueStrindex(_)) => Self::Empty,
+        }
+    }
+}
+
+/// Like [`from_otlp`], consuming the request so strings move instead of being copied
+/// (the store pipeline's path: it decodes a request only to convert it).
+pub fn from_otlp_owned(req: ExportTraceServiceRequest) -> Vec<Span> {
+    let mut out = Vec::with_capacity(crate::span_count(&req));
+    for rs in req.resource_spans {
+        let service = crate::service_name(rs.resource.as_ref()).to_string();
+        let resource = rs
+            .resource
+            .map(|r| attrs_into(r.attributes))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            let (scope_name, scope_version) =
+                ss.scope.map(|s| (s.name, s.version)).unwrap_or_default();
+            let origin = Arc::new(Origin {
+                service: service.clone(),
+                resource: resource.clone(),
+                scope_name,
+                scope_version,
+            });
+            for sp in ss.spans {
+                let (Some(trace_id), Some(span_id)) =
+                    (fixed::<16>(&sp.trace_id), fixed::<8>(&sp.span_id))
+                else {
+                    continue;
+                };
+                let (status, status_message) = sp
+                    .status
+                    .map(|s| (StatusCode::from_i32(s.code), s.message))
+                    .unwrap_or_default();
+                out.push(Span {
+                    trace_id,
+                    span_id,
+                    parent_span_id: fixed::<8>(&sp.parent_span_id)
+                        .filter(|p| p.iter().any(|b| *b != 0)),
+                    name: sp.name,
+                    kind: SpanKind::from_i32(sp.kind),
+                    start_ns: sp.start_time_unix_nano,
+                    end_ns: sp.end_time_unix_nano,
+                    status,
+                    status_message,
+                    attributes: attrs_into(sp.attributes),
+                    events: sp
+                        .events
+                        .into_iter()
+                        .map(|e| Event {
+                            time_ns: e.time_unix_nano,
+                            name: e.name,
+                            attributes: attrs_into(e.attributes),
+                        })
+                        .collect(),
+                    links: sp
+                        .links
+                        .into_iter()
+                        .filter_map(|l| {
+                            Some(Link {
+                                trace_id: fixed::<16>(&l.trace_id)?,
+                                span_id: fixed::<8>(&l.span_id)?,
+                                attributes: attrs_into(l.attributes),
+                            })
+                        })
+                        .collect(),
+                    origin: origin.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Flattens an (already validated) OTLP request into spans. Spans whose ids are not of the
 /// right length are skipped; intake's validation has removed them before this runs.
 pub fn from_otlp(req: &ExportTraceServiceRequest) -> Vec<Span> {

@@ -61,7 +61,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use serde_json::{Map, Value as Json, json};
+use serde_json::Value as Json;
 
 use faultline_model::span::{
     AttrValue, Attributes, Event, Link, Origin, Span, SpanKind, StatusCode, TraceId,
@@ -113,27 +113,6 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn value_json(v: &AttrValue) -> Json {
-    match v {
-        AttrValue::Str(s) => json!({ "s": s }),
-        AttrValue::Int(i) => json!({ "i": i }),
-        AttrValue::Double(d) => json!({ "d": d }),
-        AttrValue::Bool(b) => json!({ "b": b }),
-        AttrValue::Bytes(b) => json!({ "x": hex(b) }),
-        AttrValue::Array(a) => json!({ "a": a.iter().map(value_json).collect::<Vec<_>>() }),
-        AttrValue::KvList(kv) => json!({ "k": attrs_json(kv) }),
-        AttrValue::Empty => json!({}),
-    }
-}
-
-fn attrs_json(attrs: &Attributes) -> Json {
-    let mut m = Map::with_capacity(attrs.len());
-    for (k, v) in attrs {
-        m.insert(k.clone(), value_json(v));
-    }
-    Json::Object(m)
-}
-
 fn value_from_json(v: &Json) -> AttrValue {
     let Some(obj) = v.as_object() else {
         return AttrValue::Empty;
@@ -144,7 +123,12 @@ fn value_from_json(v: &Json) -> AttrValue {
     match tag.as_str() {
         "s" => AttrValue::Str(inner.as_str().unwrap_or_default().to_string()),
         "i" => AttrValue::Int(inner.as_i64().unwrap_or_default()),
-        "d" => AttrValue::Double(inner.as_f64().unwrap_or(f64::NAN)),
+        "d" => AttrValue::Double(match inner.as_str() {
+            Some("Infinity") => f64::INFINITY,
+            Some("-Infinity") => f64::NEG_INFINITY,
+            Some(_) => f64::NAN,
+            None => inner.as_f64().unwrap_or(f64::NAN),
+        }),
         "b" => AttrValue::Bool(inner.as_bool().unwrap_or_default()),
         "x" => AttrValue::Bytes(
             inner
@@ -181,7 +165,105 @@ fn attrs_from_json(v: &Json) -> Attributes {
 }
 
 fn attrs_str(attrs: &Attributes) -> String {
-    attrs_json(attrs).to_string()
+    let mut out = String::new();
+    write_attrs(&mut out, attrs);
+    out
+}
+
+/// Writes a JSON string literal. Hand-written (with [`write_attrs`]) because building
+/// `serde_json::Value` maps per span was the largest cost of sealing a block.
+fn write_json_str(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+fn write_value(out: &mut String, v: &AttrValue) {
+    use std::fmt::Write as _;
+    match v {
+        AttrValue::Str(s) => {
+            out.push_str("{\"s\":");
+            write_json_str(out, s);
+            out.push('}');
+        }
+        AttrValue::Int(i) => {
+            let _ = write!(out, "{{\"i\":{i}}}");
+        }
+        AttrValue::Double(d) if d.is_finite() => {
+            let _ = write!(out, "{{\"d\":{d:?}}}");
+        }
+        AttrValue::Double(d) => {
+            // JSON has no NaN or infinities: spelled as strings, read back by value_from_json.
+            let name = if d.is_nan() {
+                "NaN"
+            } else if *d > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            };
+            let _ = write!(out, "{{\"d\":\"{name}\"}}");
+        }
+        AttrValue::Bool(b) => {
+            let _ = write!(out, "{{\"b\":{b}}}");
+        }
+        AttrValue::Bytes(b) => {
+            out.push_str("{\"x\":\"");
+            for x in b {
+                let _ = write!(out, "{x:02x}");
+            }
+            out.push_str("\"}");
+        }
+        AttrValue::Array(a) => {
+            out.push_str("{\"a\":[");
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, v);
+            }
+            out.push_str("]}");
+        }
+        AttrValue::KvList(kv) => {
+            out.push_str("{\"k\":");
+            write_attrs(out, kv);
+            out.push('}');
+        }
+        AttrValue::Empty => out.push_str("{}"),
+    }
+}
+
+/// Writes attributes as a JSON object (see the module doc for the value encoding).
+fn write_attrs(out: &mut String, attrs: &Attributes) {
+    out.push('{');
+    for (i, (k, v)) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, k);
+        out.push(':');
+        write_value(out, v);
+    }
+    out.push('}');
 }
 
 /// Summary of a written block.
@@ -209,12 +291,15 @@ fn tidx_path(dir: &Path, id: &str) -> PathBuf {
 
 /// Writes `spans` (any order) as block `id` in `dir`, durably. Blocking: call off the
 /// async executor.
-pub fn write_block(dir: &Path, id: &str, spans: &mut [Span]) -> Result<WrittenBlock, StoreError> {
-    spans.sort_by(|a, b| {
+pub fn write_block(dir: &Path, id: &str, spans: &[Span]) -> Result<WrittenBlock, StoreError> {
+    // Sort references, not spans: the head stays queryable (and unmoved) while it is written.
+    let mut sorted: Vec<&Span> = spans.iter().collect();
+    sorted.sort_by(|a, b| {
         a.trace_id
             .cmp(&b.trace_id)
             .then(a.start_ns.cmp(&b.start_ns))
     });
+    let spans = sorted;
     let io = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| StoreError::Io { op, path, source }
@@ -304,7 +389,7 @@ pub fn write_block(dir: &Path, id: &str, spans: &mut [Span]) -> Result<WrittenBl
     })
 }
 
-fn to_batch(schema: &SchemaRef, spans: &[Span]) -> Result<RecordBatch, StoreError> {
+fn to_batch(schema: &SchemaRef, spans: &[&Span]) -> Result<RecordBatch, StoreError> {
     let n = spans.len();
     let mut trace = FixedSizeBinaryBuilder::with_capacity(n, 16);
     let mut span = FixedSizeBinaryBuilder::with_capacity(n, 8);
@@ -322,6 +407,7 @@ fn to_batch(schema: &SchemaRef, spans: &[Span]) -> Result<RecordBatch, StoreErro
     let mut scope_version = StringBuilder::new();
     let mut events = StringBuilder::new();
     let mut links = StringBuilder::new();
+    let mut buf = String::with_capacity(512);
     // Spans of one request share their origin; serialise each origin's resource once.
     let mut last_origin: Option<(*const Origin, String)> = None;
     for s in spans {
@@ -338,7 +424,9 @@ fn to_batch(schema: &SchemaRef, spans: &[Span]) -> Result<RecordBatch, StoreErro
         dur.append_value(i64::try_from(s.duration_ns()).unwrap_or(i64::MAX));
         status.append_value(s.status as i32);
         status_msg.append_value(&s.status_message);
-        attrs.append_value(attrs_str(&s.attributes));
+        buf.clear();
+        write_attrs(&mut buf, &s.attributes);
+        attrs.append_value(&buf);
         let ptr = Arc::as_ptr(&s.origin);
         match &last_origin {
             Some((p, text)) if *p == ptr => res.append_value(text),
@@ -353,22 +441,40 @@ fn to_batch(schema: &SchemaRef, spans: &[Span]) -> Result<RecordBatch, StoreErro
         if s.events.is_empty() {
             events.append_value("[]");
         } else {
-            let ev: Vec<Json> = s
-                .events
-                .iter()
-                .map(|e| json!({"time_unix_nano": e.time_ns, "name": e.name, "attributes": attrs_json(&e.attributes)}))
-                .collect();
-            events.append_value(Json::Array(ev).to_string());
+            buf.clear();
+            buf.push('[');
+            for (i, e) in s.events.iter().enumerate() {
+                if i > 0 {
+                    buf.push(',');
+                }
+                buf.push_str(&format!("{{\"time_unix_nano\":{},\"name\":", e.time_ns));
+                write_json_str(&mut buf, &e.name);
+                buf.push_str(",\"attributes\":");
+                write_attrs(&mut buf, &e.attributes);
+                buf.push('}');
+            }
+            buf.push(']');
+            events.append_value(&buf);
         }
         if s.links.is_empty() {
             links.append_value("[]");
         } else {
-            let lk: Vec<Json> = s
-                .links
-                .iter()
-                .map(|l| json!({"trace_id": hex(&l.trace_id), "span_id": hex(&l.span_id), "attributes": attrs_json(&l.attributes)}))
-                .collect();
-            links.append_value(Json::Array(lk).to_string());
+            buf.clear();
+            buf.push('[');
+            for (i, l) in s.links.iter().enumerate() {
+                if i > 0 {
+                    buf.push(',');
+                }
+                buf.push_str(&format!(
+                    "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",\"attributes\":",
+                    hex(&l.trace_id),
+                    hex(&l.span_id)
+                ));
+                write_attrs(&mut buf, &l.attributes);
+                buf.push('}');
+            }
+            buf.push(']');
+            links.append_value(&buf);
         }
     }
     let cols: Vec<ArrayRef> = vec![

@@ -272,6 +272,11 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// The configured block size in spans.
+    pub fn block_max_spans(&self) -> usize {
+        self.opts.block_max_spans
+    }
+
     /// Whether the head is due to be sealed.
     pub fn should_seal(&self) -> bool {
         self.inner
@@ -339,8 +344,7 @@ impl Store {
 
     fn write_and_publish(&self, head: &Head) -> Result<Sealed, StoreError> {
         let id = format!("{:020}", head.max_seq);
-        let mut spans = head.spans.clone();
-        let written = block::write_block(&self.opts.dir, &id, &mut spans)?;
+        let written = block::write_block(&self.opts.dir, &id, &head.spans)?;
         let meta = BlockMeta {
             id: id.clone(),
             spans: written.spans,

@@ -84,7 +84,7 @@ fn block_round_trips_every_field_and_reads_one_trace() {
         .filter(|s| s.trace_id == [7; 16])
         .cloned()
         .collect();
-    let written = write_block(tmp.path(), "b1", &mut spans).unwrap();
+    let written = write_block(tmp.path(), "b1", &spans).unwrap();
     assert_eq!((written.spans, written.traces), (100, 50));
     let r = BlockReader::open(tmp.path(), "b1").unwrap();
     assert!(r.contains(&[7; 16]));
@@ -99,14 +99,14 @@ fn block_round_trips_every_field_and_reads_one_trace() {
 fn corrupt_index_or_parquet_is_refused_with_the_path() {
     let tmp = tempfile::tempdir().unwrap();
     let a = origin("a");
-    write_block(tmp.path(), "b1", &mut [span(1, 1, None, &a)]).unwrap();
+    write_block(tmp.path(), "b1", &[span(1, 1, None, &a)]).unwrap();
     let idx = tmp.path().join("b1.tidx");
     let mut bytes = std::fs::read(&idx).unwrap();
     bytes[20] ^= 1;
     std::fs::write(&idx, &bytes).unwrap();
     let e = BlockReader::open(tmp.path(), "b1").unwrap_err().to_string();
     assert!(e.contains("b1.tidx") && e.contains("checksum"), "{e}");
-    write_block(tmp.path(), "b2", &mut [span(1, 1, None, &a)]).unwrap();
+    write_block(tmp.path(), "b2", &[span(1, 1, None, &a)]).unwrap();
     std::fs::write(tmp.path().join("b2.parquet"), b"not parquet").unwrap();
     let e = BlockReader::open(tmp.path(), "b2").unwrap_err().to_string();
     assert!(
@@ -183,7 +183,7 @@ fn a_crash_before_the_manifest_leaves_no_trace_of_the_block() {
     drop(store);
     // A block written but never published (crash before the manifest), and a torn temp.
     let dir = tmp.path().join("blocks");
-    write_block(&dir, "00000000000000000009", &mut [span(2, 1, None, &a)]).unwrap();
+    write_block(&dir, "00000000000000000009", &[span(2, 1, None, &a)]).unwrap();
     std::fs::write(dir.join("00000000000000000010.parquet.tmp"), b"torn").unwrap();
     let (store, report) = Store::open(opts(tmp.path())).unwrap();
     assert_eq!(report.removed_orphans, 3, "{report:?}");

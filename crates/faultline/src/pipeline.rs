@@ -35,22 +35,73 @@ pub struct PipelineStats {
 /// Bytes read from the WAL per poll.
 const POLL_BYTES: usize = 8 << 20;
 
-/// Starts the pipeline thread; it stops when `stop` is set.
+/// Starts the pipeline: one thread decodes and ingests, another seals blocks and
+/// truncates the WAL, so encoding a block never stalls indexing. Both stop when `stop` is
+/// set; the returned handle joins both.
 pub fn spawn(
     wal: Wal,
     store: Arc<Store>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+    let (w, st, sa, so) = (wal.clone(), store.clone(), stats.clone(), stop.clone());
+    let sealer = std::thread::Builder::new()
+        .name("store-sealer".into())
+        .spawn(move || seal_loop(w, st, sa, so))?;
+    let ingest = std::thread::Builder::new()
         .name("store-pipeline".into())
-        .spawn(move || run(wal, store, stats, stop))
+        .spawn(move || run(wal, store, stats, stop))?;
+    std::thread::Builder::new()
+        .name("store-join".into())
+        .spawn(move || {
+            let _ = ingest.join();
+            let _ = sealer.join();
+        })
+}
+
+/// The head may grow to this many times `block_max_spans` while a block is being sealed;
+/// beyond it indexing pauses (intake goes on writing the WAL within its budget), so memory
+/// stays bounded when sealing is slower than intake.
+const MAX_HEAD_FACTOR: usize = 2;
+
+fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(10);
+    while !stop.load(Ordering::Acquire) {
+        if !store.should_seal() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match store.seal() {
+            Ok(block) => {
+                stats.seal_failing.store(false, Ordering::Relaxed);
+                backoff = Duration::from_millis(10);
+                if let Some(b) = block {
+                    stats.blocks.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(block = %b.id, spans = b.spans, traces = b.traces, bytes = b.bytes, "sealed a block");
+                }
+                if let Err(e) = wal.truncate_before_blocking(store.durable_seq() + 1) {
+                    tracing::warn!(error = %e, "cannot truncate the WAL after sealing; it will be retried after the next block");
+                }
+            }
+            Err(e) => {
+                // The WAL still holds everything; intake keeps accepting within its budget.
+                stats.seal_failing.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sealing a block failed");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 fn run(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicBool>) {
     let mut tail = wal.tail(store.durable_seq() + 1);
-    let mut backoff = Duration::from_millis(10);
+    let max_head = store.block_max_spans().saturating_mul(MAX_HEAD_FACTOR);
     while !stop.load(Ordering::Acquire) {
+        if store.head_spans() >= max_head {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         let records = match tail.poll(POLL_BYTES) {
             Ok(r) => r,
             Err(e) => {
@@ -64,7 +115,7 @@ fn run(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicB
             let spans = match faultline_intake::envelope::decode(&rec.payload)
                 .and_then(|env| env.request())
             {
-                Ok(req) => faultline_model::span::from_otlp(&req),
+                Ok(req) => faultline_model::span::from_otlp_owned(req),
                 Err(e) => {
                     stats.undecodable.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(seq = rec.seq, error = %e, "skipping an undecodable WAL record (inspect it with `faultline wal dump --from SEQ --limit 1`)");
@@ -75,29 +126,6 @@ fn run(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicB
             stats.spans.fetch_add(spans.len() as u64, Ordering::Relaxed);
             if let Err(e) = store.ingest(rec.seq, spans) {
                 tracing::error!(seq = rec.seq, error = %e, "the store refused a record");
-            }
-        }
-        if store.should_seal() {
-            match store.seal() {
-                Ok(block) => {
-                    stats.seal_failing.store(false, Ordering::Relaxed);
-                    backoff = Duration::from_millis(10);
-                    if let Some(b) = block {
-                        stats.blocks.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(block = %b.id, spans = b.spans, traces = b.traces, bytes = b.bytes, "sealed a block");
-                    }
-                    if let Err(e) = wal.truncate_before_blocking(store.durable_seq() + 1) {
-                        tracing::warn!(error = %e, "cannot truncate the WAL after sealing; it will be retried after the next block");
-                    }
-                }
-                Err(e) => {
-                    // The WAL still holds everything; intake keeps accepting within its
-                    // budget. Retry with backoff.
-                    stats.seal_failing.store(true, Ordering::Relaxed);
-                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sealing a block failed");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
             }
         }
         if idle {
