@@ -4,8 +4,9 @@
 //!
 //! - `BLOCKID.parquet`: every span of the block, one row per span, sorted by trace id and
 //!   then start time, so the spans of one trace are contiguous. Row groups hold at most
-//!   [`ROW_GROUP_ROWS`] rows; columns are zstd-compressed with dictionary encoding, and the
-//!   page index is written so a reader can fetch only the pages of the rows it wants. The
+//!   [`ROW_GROUP_ROWS`] rows and pages at most [`PAGE_ROWS`]; columns are zstd-compressed
+//!   with dictionary encoding, and the page index is written so a reader can fetch and
+//!   decompress only the pages of the rows it wants. The
 //!   schema (readable by DuckDB, ClickHouse or Spark):
 //!
 //!   | column | type | notes |
@@ -71,6 +72,8 @@ use crate::error::StoreError;
 
 /// Largest row group.
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Largest data page, in rows.
+pub const PAGE_ROWS: usize = 2048;
 const TIDX_MAGIC: &[u8; 8] = b"FLTTIDX1";
 const TIDX_VERSION: u32 = 1;
 const TIDX_ENTRY: usize = 24;
@@ -320,6 +323,8 @@ pub fn write_block(dir: &Path, id: &str, spans: &[Span]) -> Result<WrittenBlock,
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Small pages: a trace-by-id lookup decompresses only the pages holding its rows.
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_key_value_metadata(Some(vec![
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.format".into(),
@@ -579,6 +584,11 @@ impl BlockReader {
     /// The block id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The trace id at position `i` of the index (sorted), if any.
+    pub fn trace_id_at(&self, i: usize) -> Option<TraceId> {
+        self.index.get(i).map(|e| e.0)
     }
 
     /// Number of traces in the block.

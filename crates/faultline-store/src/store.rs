@@ -367,6 +367,33 @@ impl Store {
         })
     }
 
+    /// Up to `n` trace ids spread evenly over the sealed blocks (for benchmarks and
+    /// spot checks).
+    pub fn sample_trace_ids(&self, n: usize) -> Vec<TraceId> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        let total: usize = inner.blocks.iter().map(|b| b.reader.traces()).sum();
+        if total == 0 || n == 0 {
+            return Vec::new();
+        }
+        let step = (total / n).max(1);
+        let mut out = Vec::with_capacity(n);
+        let mut k = step / 2;
+        let mut base = 0;
+        for b in &inner.blocks {
+            let len = b.reader.traces();
+            while k < base + len && out.len() < n {
+                if let Some(t) = b.reader.trace_id_at(k - base) {
+                    out.push(t);
+                }
+                k += step;
+            }
+            base += len;
+        }
+        out
+    }
+
     /// The manifest's blocks.
     pub fn blocks(&self) -> Vec<BlockMeta> {
         self.inner

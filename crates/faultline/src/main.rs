@@ -62,6 +62,15 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Trace-by-id latency of the store in DATA_DIR (stop the server first): samples trace
+    /// ids spread over every block and times each lookup.
+    TraceById {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Lookups.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +144,45 @@ pub struct ServeArgs {
     pub block_max_age_secs: Option<u64>,
 }
 
+fn bench_trace_by_id(data_dir: &std::path::Path, samples: usize) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use faultline_store::SpanStore;
+    let opened = std::time::Instant::now();
+    let (store, report) =
+        faultline_store::Store::open(faultline_store::StoreOptions::new(data_dir))
+            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let open_ms = opened.elapsed().as_secs_f64() * 1e3;
+    let ids = store.sample_trace_ids(samples);
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "no sealed blocks in {}",
+        data_dir.display()
+    );
+    let mut lat = Vec::with_capacity(ids.len());
+    let mut spans = 0usize;
+    for id in &ids {
+        let t = std::time::Instant::now();
+        let answer = store.trace(id).context("lookup failed")?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(!answer.spans.is_empty(), "a sampled trace was not found");
+        spans += answer.spans.len();
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{} blocks, {} spans (opened in {open_ms:.0} ms); {} lookups ({:.1} spans each): ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        report.blocks,
+        report.spans,
+        lat.len(),
+        spans as f64 / lat.len() as f64,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -157,6 +205,7 @@ fn main() -> ExitCode {
                 templates,
                 json,
             } => loadgen::bench_decode(seconds, spans_per_request, templates, json),
+            BenchCommand::TraceById { data_dir, samples } => bench_trace_by_id(&data_dir, samples),
         },
     };
     match result {
