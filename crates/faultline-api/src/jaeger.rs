@@ -30,9 +30,7 @@ pub fn router() -> Router<ApiState> {
         .route("/api/traces/{id}", get(trace))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use faultline_model::hex;
 
 /// Parses a Jaeger trace id: 1 to 32 hex digits (shorter ids are left-padded, as Jaeger
 /// does for 64-bit ids).

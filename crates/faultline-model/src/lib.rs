@@ -52,6 +52,31 @@ pub enum ModelError {
 /// The service name used when a resource has none, as OpenTelemetry SDKs do.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
+/// Lowercase hex of bytes (trace and span ids in JSON, logs and messages).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+/// At most 64 bytes of `s`, quoted, with `...` when cut: for error messages that quote
+/// client input.
+pub(crate) fn clip(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{:?}...", &s[..end])
+    } else {
+        format!("{s:?}")
+    }
+}
+
 /// Number of spans in a request.
 pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
     req.resource_spans

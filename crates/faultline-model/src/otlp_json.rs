@@ -125,17 +125,7 @@ fn show(v: &Json) -> String {
         Json::Null => "null".into(),
         Json::Bool(_) => "a boolean".into(),
         Json::Number(n) => format!("the number {n}"),
-        Json::String(s) => {
-            let mut end = s.len().min(64);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            if end < s.len() {
-                format!("{:?}...", &s[..end])
-            } else {
-                format!("{s:?}")
-            }
-        }
+        Json::String(s) => crate::clip(s),
         Json::Array(_) => "an array".into(),
         Json::Object(_) => "an object".into(),
     }

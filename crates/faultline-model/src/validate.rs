@@ -53,7 +53,7 @@ const MAX_VALUE_DEPTH: usize = 64;
 
 /// Lowercase hex of an id, at most 32 bytes of it (ids in requests can be any length).
 fn hex(b: &[u8]) -> String {
-    let mut s: String = b.iter().take(32).map(|x| format!("{x:02x}")).collect();
+    let mut s = crate::hex(&b[..b.len().min(32)]);
     if b.len() > 32 {
         s.push_str("...");
     }

@@ -70,18 +70,7 @@ pub struct ZipkinBatch {
     pub rejected: Vec<String>,
 }
 
-/// At most 64 bytes of `s`, for messages.
-fn clip(s: &str) -> String {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < s.len() {
-        format!("{:?}...", &s[..end])
-    } else {
-        format!("{s:?}")
-    }
-}
+use crate::clip;
 
 fn hex_id(field: &str, s: &str, lens: &[usize], index: usize) -> Result<Vec<u8>, String> {
     let bad = || {

@@ -101,9 +101,7 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use faultline_model::hex;
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != N * 2 {

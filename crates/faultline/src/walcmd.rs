@@ -111,9 +111,7 @@ fn attrs_json(attrs: &[KeyValue]) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use faultline_model::hex;
 
 fn time_rfc3339(ns: u64) -> String {
     // A small civil-from-days conversion avoids a date dependency for one log column.
