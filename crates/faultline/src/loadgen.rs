@@ -106,6 +106,8 @@ struct Template {
     spans: usize,
     /// For each trace in the request, the byte offsets of every copy of its id.
     trace_offsets: Vec<Vec<usize>>,
+    /// Byte offsets of every span id (as `span_id` and as `parent_span_id`).
+    span_offsets: Vec<usize>,
 }
 
 fn generate_trace(
@@ -267,7 +269,21 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
             schema_url: String::new(),
         })
         .collect();
-    let body = ExportTraceServiceRequest { resource_spans }.encode_to_vec();
+    let req = ExportTraceServiceRequest { resource_spans };
+    let span_ids: std::collections::HashSet<Vec<u8>> = req
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .map(|s| s.span_id.clone())
+        .collect();
+    let body = req.encode_to_vec();
+    let span_offsets = body
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| span_ids.contains(*w))
+        .map(|(i, _)| i)
+        .collect();
     let trace_offsets = ids
         .iter()
         .map(|id| {
@@ -282,13 +298,23 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
         body,
         spans,
         trace_offsets,
+        span_offsets,
     }
 }
 
 /// Copies a template and stamps unique trace ids: the first 8 bytes of every trace id
 /// become `nonce ^ request number` (with the trace's index in the last byte of those 8).
+/// Span ids (and the parent ids that point at them) get their first 4 bytes XORed with a
+/// per-request mask, so ids do not repeat across requests, as they would not in real
+/// traffic (repeated ids would make blocks compress unrealistically well).
 fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<String>) {
     let mut body = t.body.clone();
+    let mask = ((request as u32).wrapping_mul(0x9E37_79B1) ^ (nonce >> 32) as u32).to_be_bytes();
+    for &o in &t.span_offsets {
+        for (b, m) in body[o..o + 4].iter_mut().zip(mask) {
+            *b ^= m;
+        }
+    }
     let mut ids = Vec::with_capacity(t.trace_offsets.len());
     for (k, offsets) in t.trace_offsets.iter().enumerate() {
         let prefix = (nonce ^ (request << 16) ^ k as u64).to_be_bytes();
@@ -799,6 +825,28 @@ mod tests {
         );
         let ra = ExportTraceServiceRequest::decode(&a[..]).unwrap();
         ExportTraceServiceRequest::decode(&b[..]).unwrap();
+        // Span ids differ between requests, and every parent still points at a span of the
+        // same request.
+        let rb = ExportTraceServiceRequest::decode(&b[..]).unwrap();
+        let span_ids = |r: &ExportTraceServiceRequest| -> std::collections::HashSet<Vec<u8>> {
+            r.resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans[0].spans)
+                .map(|s| s.span_id.clone())
+                .collect()
+        };
+        let (sa, sb) = (span_ids(&ra), span_ids(&rb));
+        assert!(sa.is_disjoint(&sb), "span ids are unique across requests");
+        for sp in ra
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans[0].spans)
+        {
+            assert!(
+                sp.parent_span_id.is_empty() || sa.contains(&sp.parent_span_id),
+                "parent resolves"
+            );
+        }
         // Every span's trace id is one of the stamped ids: no copy was missed.
         for rs in &ra.resource_spans {
             for sp in &rs.scope_spans[0].spans {
