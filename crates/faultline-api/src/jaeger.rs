@@ -27,6 +27,11 @@ use crate::ApiState;
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/api/services", get(services))
+        .route(
+            "/api/services/{service}/operations",
+            get(service_operations),
+        )
+        .route("/api/operations", get(operations))
         .route("/api/traces/{id}", get(trace))
 }
 
@@ -239,6 +244,71 @@ async fn services(State(st): State<ApiState>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("query task failed: {e}"),
         ),
+    }
+}
+
+async fn operations_of(
+    st: &ApiState,
+    service: String,
+    kind: Option<SpanKind>,
+) -> Result<(Vec<(String, SpanKind)>, Completeness), Response> {
+    let store = st.store.clone();
+    match tokio::task::spawn_blocking(move || store.operations(&service)).await {
+        Ok(Ok((mut ops, c))) => {
+            if let Some(k) = kind {
+                ops.retain(|(_, kk)| *kk == k);
+            }
+            Ok((ops, with_lag(st, c)))
+        }
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query task failed: {e}"),
+        )),
+    }
+}
+
+/// `GET /api/services/{service}/operations`: operation names.
+async fn service_operations(State(st): State<ApiState>, Path(service): Path<String>) -> Response {
+    match operations_of(&st, service, None).await {
+        Ok((ops, c)) => {
+            let mut names: Vec<String> = ops.into_iter().map(|(n, _)| n).collect();
+            names.dedup();
+            let n = names.len();
+            envelope(StatusCode::OK, json!(names), n, Value::Null, &c)
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/operations?service=&spanKind=`: operations with their span kinds.
+async fn operations(
+    State(st): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let Some(service) = q.get("service").filter(|s| !s.is_empty()).cloned() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "parameter service is required".into(),
+        );
+    };
+    let kind = match q.get("spanKind").filter(|s| !s.is_empty()) {
+        Some(k) => match crate::native::parse_kind(k) {
+            Ok(k) => Some(k),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+        None => None,
+    };
+    match operations_of(&st, service, kind).await {
+        Ok((ops, c)) => {
+            let data: Vec<Value> = ops
+                .iter()
+                .map(|(n, k)| json!({"name": n, "spanKind": k.as_str()}))
+                .collect();
+            let n = data.len();
+            envelope(StatusCode::OK, json!(data), n, Value::Null, &c)
+        }
+        Err(r) => r,
     }
 }
 

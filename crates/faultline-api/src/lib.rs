@@ -1,6 +1,6 @@
-//! The query API served on the HTTP port. Today: Jaeger's v1 JSON API for services and
-//! trace by id (`jaeger.rs`); more of issue 4 (search, operations, dependencies, api_v3,
-//! RED) builds on the same pieces.
+//! The query API served on the HTTP port: Jaeger's v1 JSON API for services, operations
+//! and trace by id (`jaeger.rs`), and the native RED endpoint (`native.rs`). Search,
+//! dependencies and api_v3 (issue 4) build on the same pieces.
 //!
 //! **Architecture invariant:** the API layer knows nothing about file formats; it reads
 //! through [`faultline_store::SpanStore`] and is the only layer that serialises JSON for
@@ -11,6 +11,7 @@
 //! answers carry the same in a `partial` field (ignored by Jaeger clients).
 
 pub mod jaeger;
+pub mod native;
 
 use std::sync::Arc;
 
@@ -38,5 +39,5 @@ impl std::fmt::Debug for ApiState {
 
 /// Every query route.
 pub fn router(state: ApiState) -> Router {
-    jaeger::router().with_state(state)
+    jaeger::router().merge(native::router()).with_state(state)
 }

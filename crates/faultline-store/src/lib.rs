@@ -3,7 +3,8 @@
 //! - [`store`]: the head (recent spans in memory), sealing into blocks, the manifest's
 //!   position in the WAL, and the [`SpanStore`] trait the query layer uses;
 //! - [`block`]: the Parquet block format and its trace-id index;
-//! - [`manifest`]: the atomically replaced list of blocks.
+//! - [`manifest`]: the atomically replaced list of blocks;
+//! - [`rollup`]: RED cells per minute with latency sketches, persisted beside each block.
 //!
 //! **Architecture invariant:** the store knows nothing about HTTP, protobuf or the WAL's
 //! file format: it receives [`faultline_model::span::Span`]s tagged with a sequence number,
@@ -12,6 +13,7 @@
 pub mod block;
 pub mod error;
 pub mod manifest;
+pub mod rollup;
 pub mod store;
 
 #[cfg(test)]
@@ -19,4 +21,5 @@ mod tests;
 
 pub use error::StoreError;
 pub use manifest::{BlockMeta, Manifest};
+pub use rollup::RedPoint;
 pub use store::{Completeness, OpenReport, SpanStore, Store, StoreOptions, TraceAnswer};

@@ -24,9 +24,12 @@ use std::time::{Duration, Instant};
 
 use faultline_model::span::{Span, TraceId};
 
+use faultline_model::span::SpanKind;
+
 use crate::block::{self, BlockReader};
 use crate::error::StoreError;
 use crate::manifest::{BlockMeta, Manifest};
+use crate::rollup::{RedPoint, Rollups};
 
 /// Settings of the store.
 #[derive(Debug, Clone)]
@@ -80,10 +83,28 @@ pub trait SpanStore: Send + Sync {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError>;
     /// Services that emitted spans, sorted.
     fn services(&self) -> Result<(Vec<String>, Completeness), StoreError>;
+    /// Operations of a service with their span kinds, sorted.
+    fn operations(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError>;
+    /// RED series of a service (and operation, and kind) over `[start_s, end_s)` in steps
+    /// of `step_s` seconds (a multiple of 60).
+    fn red(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Result<(Vec<RedPoint>, Completeness), StoreError>;
 }
 
 #[derive(Default)]
 struct Head {
+    /// RED cells of the head's spans, written beside the block when it is sealed.
+    rollups: Rollups,
     spans: Vec<Span>,
     by_trace: HashMap<TraceId, Vec<u32>>,
     services: BTreeSet<String>,
@@ -97,6 +118,7 @@ impl Head {
             self.started = Some(Instant::now());
         }
         for s in spans {
+            self.rollups.add(&s);
             let idx = self.spans.len() as u32;
             self.by_trace.entry(s.trace_id).or_default().push(idx);
             if !self.services.contains(s.service()) {
@@ -127,6 +149,8 @@ struct Inner {
     blocks: Vec<Arc<Sealed>>,
     manifest: Manifest,
     quarantined: Vec<String>,
+    /// RED cells of every span: the blocks' rollup files plus everything ingested since.
+    rollups: Rollups,
 }
 
 /// What opening the store found.
@@ -199,9 +223,21 @@ impl Store {
                 report.removed_orphans += 1;
             }
         }
+        let mut rollups = Rollups::default();
         for meta in &manifest.blocks {
             match BlockReader::open(&dir, &meta.id) {
                 Ok(reader) => {
+                    match Rollups::read_file(&dir, &meta.id) {
+                        Ok(r) => rollups.merge(&r),
+                        Err(e) => {
+                            let reason = format!(
+                                "RED rollups of block {} are unreadable ({e}); RED answers miss its {} spans",
+                                meta.id, meta.spans
+                            );
+                            tracing::error!(%reason);
+                            quarantined.push(reason);
+                        }
+                    }
                     report.blocks += 1;
                     report.spans += meta.spans;
                     blocks.push(Arc::new(Sealed {
@@ -230,6 +266,7 @@ impl Store {
                 blocks,
                 manifest,
                 quarantined,
+                rollups,
             }),
             seal_lock: Mutex::new(()),
         };
@@ -260,6 +297,9 @@ impl Store {
     /// Adds the spans of WAL record `seq`; they are queryable when this returns.
     pub fn ingest(&self, seq: u64, spans: Vec<Span>) -> Result<(), StoreError> {
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        for s in &spans {
+            inner.rollups.add(s);
+        }
         inner.head.push(seq, spans);
         Ok(())
     }
@@ -327,6 +367,11 @@ impl Store {
                 // Keep the spans queryable and sealable: put them back in front of the head.
                 inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
                 let mut restored = Arc::try_unwrap(head).unwrap_or_else(|h| Head {
+                    rollups: {
+                        let mut r = Rollups::default();
+                        r.merge(&h.rollups);
+                        r
+                    },
                     spans: h.spans.clone(),
                     by_trace: h.by_trace.clone(),
                     services: h.services.clone(),
@@ -345,6 +390,7 @@ impl Store {
     fn write_and_publish(&self, head: &Head) -> Result<Sealed, StoreError> {
         let id = format!("{:020}", head.max_seq);
         let written = block::write_block(&self.opts.dir, &id, &head.spans)?;
+        head.rollups.write_file(&self.opts.dir, &id)?;
         let meta = BlockMeta {
             id: id.clone(),
             spans: written.spans,
@@ -412,7 +458,7 @@ impl Store {
 fn quarantine(dir: &Path, id: &str) {
     let q = dir.join("quarantine");
     let _ = std::fs::create_dir_all(&q);
-    for ext in ["parquet", "tidx"] {
+    for ext in ["parquet", "tidx", "red"] {
         let from = dir.join(format!("{id}.{ext}"));
         if from.exists() {
             let _ = std::fs::rename(&from, q.join(format!("{id}.{ext}")));
@@ -461,5 +507,32 @@ impl SpanStore for Store {
             all.extend(b.services.iter().cloned());
         }
         Ok((all.into_iter().collect(), Self::completeness(&inner)))
+    }
+
+    fn operations(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner.rollups.operations(service),
+            Self::completeness(&inner),
+        ))
+    }
+
+    fn red(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        let points = inner
+            .rollups
+            .series(service, operation, kind, start_s, end_s, step_s);
+        Ok((points, Self::completeness(&inner)))
     }
 }

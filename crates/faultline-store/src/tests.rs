@@ -227,3 +227,45 @@ fn an_unreadable_block_is_quarantined_and_answers_say_partial() {
     assert!(!t.completeness.is_complete());
     assert!(t.completeness.reasons[0].contains("quarantined"));
 }
+
+#[test]
+fn red_rollups_cover_head_and_blocks_and_survive_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    // span() starts at 1_000 ns: minute 0.
+    store
+        .ingest(1, (1..=6).map(|i| span(i, 1, None, &a)).collect())
+        .unwrap();
+    store.seal().unwrap().unwrap();
+    store
+        .ingest(2, (7..=9).map(|i| span(i, 1, None, &a)).collect())
+        .unwrap();
+    let (points, c) = store.red("a", None, None, 0, 60, 60).unwrap();
+    assert!(c.is_complete());
+    assert_eq!(points[0].count, 9, "blocks and head");
+    let (ops, _) = store.operations("a").unwrap();
+    assert_eq!(
+        ops,
+        vec![("op-1".to_string(), faultline_model::span::SpanKind::Server)]
+    );
+    drop(store);
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    assert_eq!(
+        store.red("a", None, None, 0, 60, 60).unwrap().0[0].count,
+        6,
+        "the block's rollup file; the head replays from the WAL"
+    );
+    drop(store);
+    // A corrupt rollup file is reported, not fatal.
+    let red = std::fs::read_dir(tmp.path().join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "red"))
+        .unwrap();
+    std::fs::write(&red, b"garbage").unwrap();
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    let (points, c) = store.red("a", None, None, 0, 60, 60).unwrap();
+    assert_eq!(points[0].count, 0);
+    assert!(c.reasons[0].contains("RED rollups"), "{:?}", c.reasons);
+}

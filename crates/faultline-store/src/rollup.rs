@@ -1,0 +1,466 @@
+//! RED rollups: per minute and per (service, operation, span kind), the span count, the
+//! error count and a mergeable latency sketch (DDSketch, 1% relative accuracy), computed
+//! from every span the store receives. They answer "rate, errors and latency of service X
+//! over the last hour" from at most 60 x operations cells, whatever the span volume.
+//!
+//! In memory, [`Rollups`] holds every minute. On disk, each sealed block has a rollup file
+//! `BLOCKID.red` with the cells of the spans in that block, written and fsynced with the
+//! block before the manifest names it; at start-up the files of the listed blocks are
+//! merged back, and the WAL replay adds the head's spans. Layout (little endian):
+//!
+//! ```text
+//! 0   8  magic     b"FLTRED01"
+//! 8   4  version   1
+//! 12  4  cells     number of cells
+//! then per cell:
+//!     8  minute    Unix minute (seconds / 60)
+//!     1  kind      OTLP span kind (0-5)
+//!     2  n         service name length, then n bytes of UTF-8
+//!     2  m         operation name length, then m bytes of UTF-8
+//!     8  count     spans
+//!     8  errors    spans with status ERROR
+//!     4  k         sketch length, then k bytes: the DDSketch in DataDog's Java-compatible
+//!                  encoding (durations in milliseconds, exact count, sum, min and max)
+//! ..  4  crc       CRC32C of everything before it
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use sketches_ddsketch::{Config, DDSketch};
+
+use faultline_model::span::{Span, SpanKind};
+
+use crate::error::StoreError;
+
+const MAGIC: &[u8; 8] = b"FLTRED01";
+const VERSION: u32 = 1;
+
+/// One cell: a minute of one (service, operation, kind).
+#[derive(Clone)]
+pub struct Cell {
+    /// Spans.
+    pub count: u64,
+    /// Spans with status ERROR.
+    pub errors: u64,
+    /// Durations in milliseconds.
+    pub sketch: DDSketch,
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("count", &self.count)
+            .field("errors", &self.errors)
+            .finish()
+    }
+}
+
+impl Default for Cell {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            errors: 0,
+            sketch: DDSketch::new(Config::defaults()),
+        }
+    }
+}
+
+impl Cell {
+    fn merge(&mut self, other: &Cell) {
+        self.count += other.count;
+        self.errors += other.errors;
+        // Sketches made with the same config always merge.
+        let _ = self.sketch.merge(&other.sketch);
+    }
+}
+
+/// service -> operation -> kind -> cell, for one minute.
+type MinuteCells = HashMap<String, HashMap<String, [Option<Box<Cell>>; 6]>>;
+
+/// Rollups by minute.
+#[derive(Default)]
+pub struct Rollups {
+    minutes: BTreeMap<u64, MinuteCells>,
+}
+
+impl std::fmt::Debug for Rollups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollups")
+            .field("minutes", &self.minutes.len())
+            .finish()
+    }
+}
+
+/// One point of a RED series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedPoint {
+    /// Start of the step, Unix seconds.
+    pub start_s: u64,
+    /// Spans in the step.
+    pub count: u64,
+    /// Error spans in the step.
+    pub errors: u64,
+    /// Latency quantiles and mean in milliseconds (None when there were no spans).
+    pub p50_ms: Option<f64>,
+    /// 90th percentile.
+    pub p90_ms: Option<f64>,
+    /// 99th percentile.
+    pub p99_ms: Option<f64>,
+    /// Mean.
+    pub mean_ms: Option<f64>,
+}
+
+impl Rollups {
+    /// Adds one span.
+    pub fn add(&mut self, s: &Span) {
+        let minute = s.start_ns / 60_000_000_000;
+        let cells = self.minutes.entry(minute).or_default();
+        let ops = match cells.get_mut(s.service()) {
+            Some(o) => o,
+            None => cells.entry(s.service().to_string()).or_default(),
+        };
+        let kinds = match ops.get_mut(s.name.as_str()) {
+            Some(k) => k,
+            None => ops.entry(s.name.clone()).or_default(),
+        };
+        let cell = kinds[s.kind as usize].get_or_insert_with(Box::default);
+        cell.count += 1;
+        if s.is_error() {
+            cell.errors += 1;
+        }
+        cell.sketch.add(s.duration_ns() as f64 / 1e6);
+    }
+
+    /// Adds every cell of `other`.
+    pub fn merge(&mut self, other: &Rollups) {
+        for (minute, services) in &other.minutes {
+            let dst = self.minutes.entry(*minute).or_default();
+            for (service, ops) in services {
+                let dops = dst.entry(service.clone()).or_default();
+                for (op, kinds) in ops {
+                    let dkinds = dops.entry(op.clone()).or_default();
+                    for (k, c) in kinds.iter().enumerate() {
+                        if let Some(c) = c {
+                            dkinds[k].get_or_insert_with(Box::default).merge(c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.minutes.is_empty()
+    }
+
+    /// The RED series of `service` (and `operation`, and `kind`, when given) from
+    /// `start_s` to `end_s` (Unix seconds) in steps of `step_s` (a multiple of 60).
+    pub fn series(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Vec<RedPoint> {
+        let step_m = (step_s / 60).max(1);
+        let first = start_s / 60;
+        let last = end_s.saturating_sub(1) / 60;
+        let mut out = Vec::new();
+        let mut m = first - first % step_m;
+        while m <= last {
+            let mut acc = Cell::default();
+            for (_, services) in self.minutes.range(m.max(first)..(m + step_m).min(last + 1)) {
+                let Some(ops) = services.get(service) else {
+                    continue;
+                };
+                for (op, kinds) in ops {
+                    if operation.is_some_and(|o| o != op) {
+                        continue;
+                    }
+                    for (k, c) in kinds.iter().enumerate() {
+                        if kind.is_some_and(|want| want as usize != k) {
+                            continue;
+                        }
+                        if let Some(c) = c {
+                            acc.merge(c);
+                        }
+                    }
+                }
+            }
+            let q = |p: f64| {
+                if acc.count == 0 {
+                    None
+                } else {
+                    acc.sketch.quantile(p).ok().flatten()
+                }
+            };
+            out.push(RedPoint {
+                start_s: m * 60,
+                count: acc.count,
+                errors: acc.errors,
+                p50_ms: q(0.5),
+                p90_ms: q(0.9),
+                p99_ms: q(0.99),
+                mean_ms: if acc.count == 0 {
+                    None
+                } else {
+                    acc.sketch.sum().map(|s| s / acc.count as f64)
+                },
+            });
+            m += step_m;
+        }
+        out
+    }
+
+    /// Operations of `service` seen in the rollups, with their span kinds.
+    pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
+        let mut out = std::collections::BTreeSet::new();
+        for services in self.minutes.values() {
+            if let Some(ops) = services.get(service) {
+                for (op, kinds) in ops {
+                    for (k, c) in kinds.iter().enumerate() {
+                        if c.is_some() {
+                            out.insert((op.clone(), k as u8));
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(o, k)| (o, SpanKind::from_i32(i32::from(k))))
+            .collect()
+    }
+
+    /// Encodes the file format of the module doc.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut cells = 0u32;
+        for (minute, services) in &self.minutes {
+            for (service, ops) in services {
+                for (op, kinds) in ops {
+                    for (k, c) in kinds.iter().enumerate() {
+                        let Some(c) = c else { continue };
+                        cells += 1;
+                        out.extend_from_slice(&minute.to_le_bytes());
+                        out.push(k as u8);
+                        for name in [service, op] {
+                            let b = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+                            out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+                            out.extend_from_slice(b);
+                        }
+                        out.extend_from_slice(&c.count.to_le_bytes());
+                        out.extend_from_slice(&c.errors.to_le_bytes());
+                        let sk = c.sketch.to_java_bytes();
+                        out.extend_from_slice(&(sk.len() as u32).to_le_bytes());
+                        out.extend_from_slice(&sk);
+                    }
+                }
+            }
+        }
+        out[12..16].copy_from_slice(&cells.to_le_bytes());
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes the file format; the error says what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < 20 || &bytes[0..8] != MAGIC {
+            return Err("not a faultline rollup file (bad magic)".into());
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return Err("checksum mismatch".into());
+        }
+        let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
+        if version != VERSION {
+            return Err(format!("rollup version {version} is not supported"));
+        }
+        let cells = u32::from_le_bytes([body[12], body[13], body[14], body[15]]);
+        let mut r = Rollups::default();
+        let mut pos = 16usize;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            let s = body.get(pos..pos + n).ok_or("truncated cell")?;
+            pos += n;
+            Ok(s)
+        };
+        for _ in 0..cells {
+            let mut m = [0u8; 8];
+            m.copy_from_slice(take(8)?);
+            let kind = take(1)?[0] as usize;
+            if kind > 5 {
+                return Err(format!("span kind {kind} out of range"));
+            }
+            let mut names = Vec::with_capacity(2);
+            for _ in 0..2 {
+                let l = take(2)?;
+                let n = u16::from_le_bytes([l[0], l[1]]) as usize;
+                names.push(String::from_utf8(take(n)?.to_vec()).map_err(|_| "name is not UTF-8")?);
+            }
+            let mut c = [0u8; 8];
+            c.copy_from_slice(take(8)?);
+            let mut e = [0u8; 8];
+            e.copy_from_slice(take(8)?);
+            let l = take(4)?;
+            let k = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
+            let sketch =
+                DDSketch::from_java_bytes(take(k)?).map_err(|e| format!("bad sketch: {e:?}"))?;
+            let op = names.pop().unwrap_or_default();
+            let service = names.pop().unwrap_or_default();
+            let slot = r
+                .minutes
+                .entry(u64::from_le_bytes(m))
+                .or_default()
+                .entry(service)
+                .or_default()
+                .entry(op)
+                .or_default();
+            slot[kind] = Some(Box::new(Cell {
+                count: u64::from_le_bytes(c),
+                errors: u64::from_le_bytes(e),
+                sketch,
+            }));
+        }
+        Ok(r)
+    }
+
+    /// Writes `BLOCKID.red` durably (temporary name, fsync, rename). Blocking.
+    pub fn write_file(&self, dir: &Path, id: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let tmp = dir.join(format!("{id}.red.tmp"));
+        let path = dir.join(format!("{id}.red"));
+        let io = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(io("create rollup file", &tmp))?;
+        f.write_all(&self.encode())
+            .map_err(io("write rollup file", &tmp))?;
+        f.sync_all().map_err(io("fsync rollup file", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename rollup file", &tmp))
+    }
+
+    /// Reads `BLOCKID.red`.
+    pub fn read_file(dir: &Path, id: &str) -> Result<Self, StoreError> {
+        let path = dir.join(format!("{id}.red"));
+        let bytes = std::fs::read(&path).map_err(|source| StoreError::Io {
+            op: "read rollup file",
+            path: path.clone(),
+            source,
+        })?;
+        Self::decode(&bytes).map_err(|reason| StoreError::Corrupt { path, reason })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use faultline_model::span::{Origin, StatusCode};
+
+    use super::*;
+
+    fn span(service: &str, op: &str, minute: u64, ms: u64, error: bool) -> Span {
+        let start = minute * 60_000_000_000 + 1_000;
+        Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            name: op.into(),
+            kind: SpanKind::Server,
+            start_ns: start,
+            end_ns: start + ms * 1_000_000,
+            status: if error {
+                StatusCode::Error
+            } else {
+                StatusCode::Unset
+            },
+            status_message: String::new(),
+            attributes: vec![],
+            events: vec![],
+            links: vec![],
+            origin: Arc::new(Origin {
+                service: service.into(),
+                ..Origin::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn series_counts_errors_and_quantiles() {
+        let mut r = Rollups::default();
+        for i in 1..=100u64 {
+            r.add(&span("cart", "GET", 1000, i, i % 10 == 0));
+            r.add(&span("cart", "POST", 1001, 500, false));
+        }
+        r.add(&span("other", "GET", 1000, 7, false));
+        let s = r.series("cart", None, None, 1000 * 60, 1002 * 60, 60);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].count, s[0].errors), (100, 10));
+        let p50 = s[0].p50_ms.unwrap();
+        assert!((49.0..=52.0).contains(&p50), "p50 {p50} within 1%");
+        assert!((98.0..=101.0).contains(&s[0].p99_ms.unwrap()));
+        assert!((s[0].mean_ms.unwrap() - 50.5).abs() < 1e-6, "exact mean");
+        assert_eq!(s[1].count, 100);
+        let one = r.series(
+            "cart",
+            Some("GET"),
+            Some(SpanKind::Server),
+            1000 * 60,
+            1002 * 60,
+            120,
+        );
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].count, 100, "operation filter");
+        assert_eq!(
+            r.series(
+                "cart",
+                None,
+                Some(SpanKind::Client),
+                1000 * 60,
+                1001 * 60,
+                60
+            )[0]
+            .count,
+            0
+        );
+        assert_eq!(r.operations("cart").len(), 2);
+    }
+
+    #[test]
+    fn file_round_trip_and_corruption() {
+        let mut r = Rollups::default();
+        for i in 0..50u64 {
+            r.add(&span("svc", "op", 7 + i % 3, i + 1, i % 5 == 0));
+        }
+        let bytes = r.encode();
+        let back = Rollups::decode(&bytes).unwrap();
+        assert_eq!(
+            back.series("svc", None, None, 0, 20 * 60, 60),
+            r.series("svc", None, None, 0, 20 * 60, 60)
+        );
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        assert!(Rollups::decode(&bad).unwrap_err().contains("checksum"));
+        assert!(Rollups::decode(b"nonsense").is_err());
+        let mut merged = Rollups::default();
+        merged.merge(&r);
+        merged.merge(&back);
+        assert_eq!(
+            merged.series("svc", None, None, 0, 20 * 60, 1200)[0].count,
+            100
+        );
+    }
+}
