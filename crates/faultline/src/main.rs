@@ -5,6 +5,7 @@
 mod config;
 mod loadgen;
 mod pipeline;
+mod query;
 mod serve;
 mod walcmd;
 
@@ -35,6 +36,11 @@ enum Command {
     Wal {
         #[command(subcommand)]
         command: WalCommand,
+    },
+    /// Query a running faultline from the terminal.
+    Query {
+        #[command(subcommand)]
+        command: query::QueryCommand,
     },
     /// Send realistic traces to a faultline (or any OTLP receiver) and report throughput.
     Loadgen(loadgen::LoadgenArgs),
@@ -198,6 +204,7 @@ fn main() -> ExitCode {
             } => walcmd::dump(&dir, spans, json, from, limit),
         },
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Query { command } => query::run(command),
         Command::Bench { command } => match command {
             BenchCommand::Decode {
                 seconds,

@@ -190,6 +190,62 @@ fn sdk_spans_come_back_from_head_blocks_and_after_sigkill() {
         check_shape(&v, id, marker, service);
     }
 
+    // The terminal client prints the same trace as a tree.
+    let out = Command::new(common::BIN)
+        .args([
+            "query",
+            "trace",
+            &a,
+            "--api",
+            &format!("http://127.0.0.1:{}", server.api),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with(&format!("trace {a} - 3 spans")), "{text}");
+    assert!(
+        text.contains("query-a checkout qa")
+            && text.contains("  query-a db.query")
+            && text.contains("payment.charge  [error]"),
+        "{text}"
+    );
+    let out = Command::new(common::BIN)
+        .args([
+            "query",
+            "trace",
+            "00ff",
+            "--api",
+            &format!("http://127.0.0.1:{}", server.api),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trace not found"));
+    let out = Command::new(common::BIN)
+        .args([
+            "query",
+            "red",
+            "query-a",
+            "--since",
+            "600",
+            "--step",
+            "300",
+            "--api",
+            &format!("http://127.0.0.1:{}", server.api),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("query-a: 300 s steps"),
+        "{text}"
+    );
+    assert!(
+        text.lines().count() >= 4,
+        "a header and two or three steps: {text}"
+    );
+
     // Errors: a bad id is a 400 naming it, an unknown one a 404, both in Jaeger's envelope.
     let (status, body) = http_get(server.api, "/api/traces/not-hex").unwrap();
     assert_eq!(status, 400);
