@@ -68,6 +68,15 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// RED latency of the store in DATA_DIR (stop the server first): one hour of one
+    /// service, for every service, repeatedly.
+    Red {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Queries.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+    },
     /// Trace-by-id latency of the store in DATA_DIR (stop the server first): samples trace
     /// ids spread over every block and times each lookup.
     TraceById {
@@ -189,6 +198,54 @@ fn bench_trace_by_id(data_dir: &std::path::Path, samples: usize) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench_red(data_dir: &std::path::Path, samples: usize) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use faultline_store::SpanStore;
+    let (store, report) =
+        faultline_store::Store::open(faultline_store::StoreOptions::new(data_dir))
+            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let (services, _) = store.services().context("cannot list services")?;
+    anyhow::ensure!(
+        !services.is_empty(),
+        "no services in {}",
+        data_dir.display()
+    );
+    let end_s = store
+        .blocks()
+        .iter()
+        .map(|b| b.max_end_ns / 1_000_000_000)
+        .max()
+        .unwrap_or(0)
+        + 60;
+    let start_s = end_s.saturating_sub(3600);
+    let mut lat = Vec::with_capacity(samples);
+    let mut spans = 0u64;
+    for i in 0..samples.max(1) {
+        let service = &services[i % services.len()];
+        let t = std::time::Instant::now();
+        let (points, _) = store
+            .red(service, None, None, start_s, end_s, 60)
+            .context("RED query failed")?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        spans += points.iter().map(|p| p.count).sum::<u64>();
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{} blocks, {} spans, {} services; {} queries of one service over one hour in 60 s steps ({:.0} spans each on average): ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        report.blocks,
+        report.spans,
+        services.len(),
+        lat.len(),
+        spans as f64 / lat.len() as f64,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -213,6 +270,7 @@ fn main() -> ExitCode {
                 json,
             } => loadgen::bench_decode(seconds, spans_per_request, templates, json),
             BenchCommand::TraceById { data_dir, samples } => bench_trace_by_id(&data_dir, samples),
+            BenchCommand::Red { data_dir, samples } => bench_red(&data_dir, samples),
         },
     };
     match result {
