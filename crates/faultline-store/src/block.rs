@@ -642,11 +642,18 @@ impl BlockReader {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let file = File::open(&self.path).map_err(|source| StoreError::Io {
-            op: "open block",
-            path: self.path.clone(),
-            source,
-        })?;
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            // Retention deleted the block after this query picked it: nothing to return.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "open block",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
             .with_row_groups(groups)
             .with_row_selection(RowSelection::from(selectors))

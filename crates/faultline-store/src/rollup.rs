@@ -150,6 +150,51 @@ impl Rollups {
         }
     }
 
+    /// Drops every minute before `minute` (retention).
+    pub fn prune_before(&mut self, minute: u64) {
+        self.minutes = self.minutes.split_off(&minute);
+    }
+
+    /// Writes the rollups to `path` durably (temporary name, fsync, rename). Blocking.
+    pub fn write_path(&self, path: &Path) -> Result<(), StoreError> {
+        use std::io::Write;
+        let mut tmp_name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        tmp_name.push(".tmp");
+        let tmp = path.with_file_name(tmp_name);
+        let io = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(io("create rollup file", &tmp))?;
+        f.write_all(&self.encode())
+            .map_err(io("write rollup file", &tmp))?;
+        f.sync_all().map_err(io("fsync rollup file", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io("rename rollup file", &tmp))
+    }
+
+    /// Reads a rollup file; a missing file is empty.
+    pub fn read_path(path: &Path) -> Result<Self, StoreError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::decode(&bytes).map_err(|reason| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(StoreError::Io {
+                op: "read rollup file",
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.minutes.is_empty()

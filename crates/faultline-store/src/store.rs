@@ -40,6 +40,10 @@ pub struct StoreOptions {
     pub block_max_spans: usize,
     /// Seal the head once its oldest span arrived this long ago.
     pub block_max_age: Duration,
+    /// Delete blocks whose spans all ended longer ago than this.
+    pub retention: Duration,
+    /// Delete the oldest blocks while the blocks take more bytes than this.
+    pub max_bytes: u64,
 }
 
 impl StoreOptions {
@@ -49,6 +53,8 @@ impl StoreOptions {
             dir: data_dir.join("blocks"),
             block_max_spans: 250_000,
             block_max_age: Duration::from_secs(60),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: u64::MAX,
         }
     }
 }
@@ -181,6 +187,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Rollups of blocks evicted for space (see `rollup.rs`).
+const ARCHIVE: &str = "archive.rollup";
+
 fn lock_err() -> StoreError {
     StoreError::Encode("store lock poisoned by a panic in another thread".into())
 }
@@ -223,7 +232,17 @@ impl Store {
                 report.removed_orphans += 1;
             }
         }
-        let mut rollups = Rollups::default();
+        let mut rollups = match Rollups::read_path(&dir.join(ARCHIVE)) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!(
+                    "archived RED rollups are unreadable ({e}); RED answers miss evicted blocks"
+                );
+                tracing::error!(%reason);
+                quarantined.push(reason);
+                Rollups::default()
+            }
+        };
         for meta in &manifest.blocks {
             match BlockReader::open(&dir, &meta.id) {
                 Ok(reader) => {
@@ -438,6 +457,89 @@ impl Store {
             base += len;
         }
         out
+    }
+
+    /// Deletes blocks past the retention age, then the oldest blocks while the blocks
+    /// exceed `max_bytes`, and drops RED cells older than the retention age. The manifest
+    /// is replaced before any file is deleted, so a crash leaves at worst unlisted files
+    /// (removed at the next start). Blocking. Returns the deleted blocks.
+    pub fn enforce_retention(&self, now_ns: u64) -> Result<Vec<BlockMeta>, StoreError> {
+        let _one_at_a_time = self.seal_lock.lock().map_err(|_| lock_err())?;
+        let cutoff_ns =
+            now_ns.saturating_sub(self.opts.retention.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let cutoff_minute = cutoff_ns / 60_000_000_000;
+        let manifest = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
+        let mut expired: Vec<BlockMeta> = Vec::new();
+        let mut evicted: Vec<BlockMeta> = Vec::new();
+        let mut kept: Vec<BlockMeta> = Vec::new();
+        for b in manifest.blocks {
+            if b.max_end_ns < cutoff_ns {
+                expired.push(b);
+            } else {
+                kept.push(b);
+            }
+        }
+        let mut total: u64 = kept.iter().map(|b| b.bytes).sum();
+        while total > self.opts.max_bytes && !kept.is_empty() {
+            let b = kept.remove(0);
+            total -= b.bytes;
+            evicted.push(b);
+        }
+        if expired.is_empty() && evicted.is_empty() {
+            if let Ok(mut inner) = self.inner.write() {
+                inner.rollups.prune_before(cutoff_minute);
+            }
+            return Ok(Vec::new());
+        }
+        let dir = &self.opts.dir;
+        if !evicted.is_empty() {
+            // Keep the RED cells of blocks evicted for space.
+            let mut archive = Rollups::read_path(&dir.join(ARCHIVE))?;
+            for b in &evicted {
+                match Rollups::read_file(dir, &b.id) {
+                    Ok(r) => archive.merge(&r),
+                    Err(e) => {
+                        tracing::warn!(block = %b.id, error = %e, "evicting a block whose rollups are unreadable")
+                    }
+                }
+            }
+            archive.prune_before(cutoff_minute);
+            archive.write_path(&dir.join(ARCHIVE))?;
+        }
+        let mut next = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
+        let gone: BTreeSet<&str> = expired
+            .iter()
+            .chain(&evicted)
+            .map(|b| b.id.as_str())
+            .collect();
+        next.blocks.retain(|b| !gone.contains(b.id.as_str()));
+        next.store(dir)?;
+        {
+            let mut inner = self.inner.write().map_err(|_| lock_err())?;
+            inner.blocks.retain(|b| !gone.contains(b.meta.id.as_str()));
+            inner
+                .manifest
+                .blocks
+                .retain(|b| !gone.contains(b.id.as_str()));
+            inner.rollups.prune_before(cutoff_minute);
+        }
+        for id in &gone {
+            for ext in ["parquet", "tidx", "red"] {
+                let path = dir.join(format!("{id}.{ext}"));
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete a retired block file; it is removed at the next start");
+                }
+            }
+        }
+        for b in &expired {
+            tracing::info!(block = %b.id, spans = b.spans, bytes = b.bytes, "deleted a block past the retention age");
+        }
+        for b in &evicted {
+            tracing::info!(block = %b.id, spans = b.spans, bytes = b.bytes, "deleted the oldest block to stay within store.max_bytes");
+        }
+        Ok(expired.into_iter().chain(evicted).collect())
     }
 
     /// The manifest's blocks.

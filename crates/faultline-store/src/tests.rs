@@ -117,9 +117,9 @@ fn corrupt_index_or_parquet_is_refused_with_the_path() {
 
 fn opts(dir: &std::path::Path) -> StoreOptions {
     StoreOptions {
-        dir: dir.join("blocks"),
         block_max_spans: 10,
         block_max_age: Duration::from_secs(3600),
+        ..StoreOptions::new(dir)
     }
 }
 
@@ -268,4 +268,75 @@ fn red_rollups_cover_head_and_blocks_and_survive_reopen() {
     let (points, c) = store.red("a", None, None, 0, 60, 60).unwrap();
     assert_eq!(points[0].count, 0);
     assert!(c.reasons[0].contains("RED rollups"), "{:?}", c.reasons);
+}
+
+#[test]
+fn retention_deletes_by_age_and_size_and_keeps_red_of_evicted_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let now_ns = 1_900_000_000_000_000_000u64;
+    let recent = |trace: u8, id: u8| {
+        let mut s = span(trace, id, None, &a);
+        s.start_ns = now_ns - 120_000_000_000;
+        s.end_ns = s.start_ns + 1_000_000;
+        s
+    };
+    let mut o = opts(tmp.path());
+    o.retention = Duration::from_secs(24 * 3600);
+    let (store, _) = Store::open(o.clone()).unwrap();
+    // Block A: spans from 1970, far past retention. Block B: two minutes old.
+    store.ingest(1, vec![span(1, 1, None, &a)]).unwrap();
+    let old = store.seal().unwrap().unwrap();
+    store.ingest(2, vec![recent(2, 1), recent(2, 2)]).unwrap();
+    let b = store.seal().unwrap().unwrap();
+    let dir = tmp.path().join("blocks");
+    assert!(dir.join(format!("{}.parquet", old.id)).exists());
+    let removed = store.enforce_retention(now_ns).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].id, old.id);
+    for ext in ["parquet", "tidx", "red"] {
+        assert!(
+            !dir.join(format!("{}.{ext}", old.id)).exists(),
+            "{ext} deleted"
+        );
+    }
+    assert!(
+        store.trace(&[1; 16]).unwrap().spans.is_empty(),
+        "gone from queries"
+    );
+    assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 2);
+    assert_eq!(
+        store.red("a", None, None, 0, 60, 60).unwrap().0[0].count,
+        0,
+        "old RED cells pruned too"
+    );
+    assert_eq!(store.blocks().len(), 1);
+    assert!(
+        store.enforce_retention(now_ns).unwrap().is_empty(),
+        "idempotent"
+    );
+    drop(store);
+
+    // Size: room for one block only; the older recent block is evicted, its RED kept.
+    o.max_bytes = b.bytes + b.bytes / 2;
+    let (store, _) = Store::open(o.clone()).unwrap();
+    store.ingest(3, vec![recent(3, 1)]).unwrap();
+    store.seal().unwrap().unwrap();
+    let removed = store.enforce_retention(now_ns).unwrap();
+    assert_eq!(
+        removed.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![b.id.clone()]
+    );
+    assert!(store.trace(&[2; 16]).unwrap().spans.is_empty());
+    let minute = (now_ns - 120_000_000_000) / 60_000_000_000 * 60;
+    let red_count = |s: &Store| s.red("a", None, None, minute, minute + 60, 60).unwrap().0[0].count;
+    assert_eq!(
+        red_count(&store),
+        3,
+        "RED still counts the evicted block's spans"
+    );
+    drop(store);
+    let (store, _) = Store::open(o).unwrap();
+    assert_eq!(red_count(&store), 3, "from the archive after a restart");
+    assert!(dir.join("archive.rollup").exists());
 }

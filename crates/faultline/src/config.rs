@@ -28,6 +28,8 @@
 //! [store]
 //! block_max_spans    = 250000     # seal the in-memory head into a block at this many spans
 //! block_max_age_secs = 60         # ... or when its oldest span is this old
+//! retention_secs     = 604800     # delete blocks whose spans all ended longer ago (7 days)
+//! max_bytes          = (none)     # delete the oldest blocks beyond this many bytes
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +58,8 @@ pub struct FileConfig {
 pub struct StoreFileConfig {
     pub block_max_spans: Option<usize>,
     pub block_max_age_secs: Option<u64>,
+    pub retention_secs: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

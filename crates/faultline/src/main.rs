@@ -157,6 +157,12 @@ pub struct ServeArgs {
     /// Seal the head when its oldest span is this many seconds old [default: 60].
     #[arg(long, env = "FAULTLINE_BLOCK_MAX_AGE_SECS")]
     pub block_max_age_secs: Option<u64>,
+    /// Delete blocks whose spans all ended more than this many seconds ago [default: 7 days].
+    #[arg(long, env = "FAULTLINE_RETENTION_SECS")]
+    pub retention_secs: Option<u64>,
+    /// Delete the oldest blocks while blocks take more than this many bytes [default: no limit].
+    #[arg(long, env = "FAULTLINE_STORE_MAX_BYTES")]
+    pub store_max_bytes: Option<u64>,
 }
 
 fn bench_trace_by_id(data_dir: &std::path::Path, samples: usize) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,8 @@
 //! record (envelope, OTLP protobuf, flat spans) and hands it to the store; when the store
 //! sealed a block, the WAL is truncated before the store's durable position.
 //!
+//! The sealer thread also enforces retention (age and size) once a second.
+//!
 //! Start-up replays the WAL from the store's durable position, so spans acknowledged but
 //! not yet in a block are back in the head before (and while) new ones arrive.
 //!
@@ -64,9 +66,23 @@ pub fn spawn(
 /// stays bounded when sealing is slower than intake.
 const MAX_HEAD_FACTOR: usize = 2;
 
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+
 fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(10);
+    let mut last_retention = std::time::Instant::now() - RETENTION_EVERY;
     while !stop.load(Ordering::Acquire) {
+        if last_retention.elapsed() >= RETENTION_EVERY {
+            last_retention = std::time::Instant::now();
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            if let Err(e) = store.enforce_retention(now_ns) {
+                tracing::error!(error = %e, "retention failed; it is retried in a second");
+            }
+        }
         if !store.should_seal() {
             std::thread::sleep(Duration::from_millis(20));
             continue;

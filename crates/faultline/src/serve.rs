@@ -40,6 +40,8 @@ struct Settings {
     intake: IntakeConfig,
     block_max_spans: Option<usize>,
     block_max_age_secs: Option<u64>,
+    retention_secs: Option<u64>,
+    store_max_bytes: Option<u64>,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -113,6 +115,8 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         intake,
         block_max_spans: args.block_max_spans.or(file.store.block_max_spans),
         block_max_age_secs: args.block_max_age_secs.or(file.store.block_max_age_secs),
+        retention_secs: args.retention_secs.or(file.store.retention_secs),
+        store_max_bytes: args.store_max_bytes.or(file.store.max_bytes),
     })
 }
 
@@ -189,6 +193,13 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     }
     if let Some(secs) = s.block_max_age_secs {
         store_opts.block_max_age = std::time::Duration::from_secs(secs);
+    }
+    if let Some(secs) = s.retention_secs {
+        anyhow::ensure!(secs >= 60, "store.retention_secs must be at least 60");
+        store_opts.retention = std::time::Duration::from_secs(secs);
+    }
+    if let Some(bytes) = s.store_max_bytes {
+        store_opts.max_bytes = bytes;
     }
     let (store, store_report) =
         tokio::task::spawn_blocking(move || faultline_store::Store::open(store_opts))
