@@ -542,6 +542,101 @@ impl Store {
         Ok(expired.into_iter().chain(evicted).collect())
     }
 
+    /// Merges runs of adjacent small blocks (each under a quarter of `block_max_spans`)
+    /// into one block of up to `block_max_spans` spans, so low traffic does not leave
+    /// thousands of tiny files. The new block (with the merged RED cells) is written and
+    /// fsynced, then the manifest is replaced, then the old files are deleted: a crash at
+    /// any point leaves either the old blocks or the new one listed, and the other side
+    /// unlisted (removed at the next start). Blocking. Returns how many blocks were merged.
+    pub fn compact(&self) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.seal_lock.lock().map_err(|_| lock_err())?;
+        let small = (self.opts.block_max_spans / 4).max(1) as u64;
+        let target = self.opts.block_max_spans as u64;
+        let blocks: Vec<Arc<Sealed>> = self.inner.read().map_err(|_| lock_err())?.blocks.clone();
+        // The first run of at least two adjacent small blocks, up to the target size.
+        let mut group: Vec<Arc<Sealed>> = Vec::new();
+        let mut spans = 0u64;
+        for b in &blocks {
+            if b.meta.spans < small && spans + b.meta.spans <= target {
+                spans += b.meta.spans;
+                group.push(b.clone());
+            } else if group.len() >= 2 {
+                break;
+            } else {
+                group.clear();
+                spans = 0;
+                if b.meta.spans < small {
+                    spans = b.meta.spans;
+                    group.push(b.clone());
+                }
+            }
+        }
+        if group.len() < 2 {
+            return Ok(0);
+        }
+        let dir = &self.opts.dir;
+        let mut all = Vec::with_capacity(spans as usize);
+        let mut rollups = Rollups::default();
+        let mut services = BTreeSet::new();
+        for b in &group {
+            all.extend(b.reader.all()?);
+            rollups.merge(&Rollups::read_file(dir, &b.meta.id)?);
+            services.extend(b.services.iter().cloned());
+        }
+        let last = group.last().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
+        let first = group.first().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
+        let id = format!("{}-{}", last.id, first.id);
+        let written = block::write_block(dir, &id, &all)?;
+        rollups.write_file(dir, &id)?;
+        let meta = BlockMeta {
+            id: id.clone(),
+            spans: written.spans,
+            traces: written.traces,
+            min_start_ns: written.min_start_ns,
+            max_end_ns: written.max_end_ns,
+            bytes: written.bytes,
+            source_seq: last.source_seq,
+            services: services.iter().cloned().collect(),
+        };
+        let reader = BlockReader::open(dir, &id)?;
+        let gone: BTreeSet<String> = group.iter().map(|b| b.meta.id.clone()).collect();
+        let mut next = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
+        let pos = next
+            .blocks
+            .iter()
+            .position(|b| gone.contains(&b.id))
+            .unwrap_or(next.blocks.len());
+        next.blocks.retain(|b| !gone.contains(&b.id));
+        next.blocks.insert(pos.min(next.blocks.len()), meta.clone());
+        next.store(dir)?;
+        {
+            let mut inner = self.inner.write().map_err(|_| lock_err())?;
+            let pos = inner
+                .blocks
+                .iter()
+                .position(|b| gone.contains(&b.meta.id))
+                .unwrap_or(inner.blocks.len());
+            inner.blocks.retain(|b| !gone.contains(&b.meta.id));
+            let pos = pos.min(inner.blocks.len());
+            inner.blocks.insert(
+                pos,
+                Arc::new(Sealed {
+                    meta,
+                    reader,
+                    services,
+                }),
+            );
+            inner.manifest = next;
+        }
+        for old in &gone {
+            for ext in ["parquet", "tidx", "red"] {
+                let _ = std::fs::remove_file(dir.join(format!("{old}.{ext}")));
+            }
+        }
+        tracing::info!(block = %id, merged = gone.len(), spans = written.spans, "compacted small blocks");
+        Ok(gone.len())
+    }
+
     /// The manifest's blocks.
     pub fn blocks(&self) -> Vec<BlockMeta> {
         self.inner

@@ -340,3 +340,63 @@ fn retention_deletes_by_age_and_size_and_keeps_red_of_evicted_blocks() {
     assert_eq!(red_count(&store), 3, "from the archive after a restart");
     assert!(dir.join("archive.rollup").exists());
 }
+
+#[test]
+fn compaction_merges_small_blocks_and_keeps_every_span_and_red_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let mut o = opts(tmp.path());
+    o.block_max_spans = 40; // small blocks are under 10 spans
+    let (store, _) = Store::open(o.clone()).unwrap();
+    for seq in 1..=5u64 {
+        store
+            .ingest(
+                seq,
+                vec![
+                    span(seq as u8, 1, None, &a),
+                    span(seq as u8, 2, Some(1), &a),
+                ],
+            )
+            .unwrap();
+        store.seal().unwrap().unwrap();
+    }
+    store
+        .ingest(6, (0..20).map(|i| span(100 + i, 1, None, &a)).collect())
+        .unwrap();
+    store.seal().unwrap().unwrap(); // a large block ends the run
+    let before: Vec<String> = store.blocks().iter().map(|b| b.id.clone()).collect();
+    assert_eq!(store.compact().unwrap(), 5);
+    assert_eq!(store.compact().unwrap(), 0, "nothing left to merge");
+    let blocks = store.blocks();
+    assert_eq!(blocks.len(), 2);
+    assert_eq!(blocks[0].spans, 10);
+    assert_eq!(blocks[0].source_seq, 5);
+    assert_eq!(store.durable_seq(), 6, "the WAL position is unchanged");
+    for t in 1..=5u8 {
+        assert_eq!(
+            store.trace(&[t; 16]).unwrap().spans.len(),
+            2,
+            "trace {t} intact"
+        );
+    }
+    assert_eq!(
+        store.red("a", None, None, 0, 60, 60).unwrap().0[0].count,
+        30
+    );
+    let dir = tmp.path().join("blocks");
+    for id in &before[..5] {
+        assert!(
+            !dir.join(format!("{id}.parquet")).exists(),
+            "old block {id} deleted"
+        );
+    }
+    drop(store);
+    let (store, report) = Store::open(o).unwrap();
+    assert_eq!((report.blocks, report.removed_orphans), (2, 0));
+    assert_eq!(
+        store.red("a", None, None, 0, 60, 60).unwrap().0[0].count,
+        30,
+        "merged RED cells persisted"
+    );
+    assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
+}

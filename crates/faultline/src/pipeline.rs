@@ -2,7 +2,8 @@
 //! record (envelope, OTLP protobuf, flat spans) and hands it to the store; when the store
 //! sealed a block, the WAL is truncated before the store's durable position.
 //!
-//! The sealer thread also enforces retention (age and size) once a second.
+//! The sealer thread also enforces retention (age and size) once a second, and merges
+//! runs of small blocks every ten seconds when nothing needs sealing.
 //!
 //! Start-up replays the WAL from the store's durable position, so spans acknowledged but
 //! not yet in a block are back in the head before (and while) new ones arrive.
@@ -68,10 +69,13 @@ const MAX_HEAD_FACTOR: usize = 2;
 
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// How often small blocks are looked for and merged (when nothing needs sealing).
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
 
 fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(10);
     let mut last_retention = std::time::Instant::now() - RETENTION_EVERY;
+    let mut last_compaction = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
         if last_retention.elapsed() >= RETENTION_EVERY {
             last_retention = std::time::Instant::now();
@@ -84,6 +88,13 @@ fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<A
             }
         }
         if !store.should_seal() {
+            if last_compaction.elapsed() >= COMPACT_EVERY {
+                last_compaction = std::time::Instant::now();
+                // One run per pass keeps the sealer responsive; the next pass takes the next.
+                if let Err(e) = store.compact() {
+                    tracing::error!(error = %e, "compaction failed; it is retried later");
+                }
+            }
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
