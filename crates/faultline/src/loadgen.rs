@@ -108,6 +108,10 @@ struct Template {
     trace_offsets: Vec<Vec<usize>>,
     /// Byte offsets of every span id (as `span_id` and as `parent_span_id`).
     span_offsets: Vec<usize>,
+    /// Byte offsets of every timestamp (span start and end, event times: fixed64).
+    time_offsets: Vec<usize>,
+    /// When the template was generated, Unix nanoseconds.
+    created_ns: u64,
 }
 
 fn generate_trace(
@@ -277,7 +281,28 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
         .flat_map(|ss| &ss.spans)
         .map(|s| s.span_id.clone())
         .collect();
+    let times: std::collections::HashSet<u64> = req
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .flat_map(|s| {
+            [s.start_time_unix_nano, s.end_time_unix_nano]
+                .into_iter()
+                .chain(s.events.iter().map(|e| e.time_unix_nano))
+        })
+        .collect();
     let body = req.encode_to_vec();
+    let time_offsets = body
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            times.contains(&u64::from_le_bytes(b))
+        })
+        .map(|(i, _)| i)
+        .collect();
     let span_offsets = body
         .windows(8)
         .enumerate()
@@ -299,16 +324,31 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
         spans,
         trace_offsets,
         span_offsets,
+        time_offsets,
+        created_ns: now_ns,
     }
 }
 
 /// Copies a template and stamps unique trace ids: the first 8 bytes of every trace id
 /// become `nonce ^ request number` (with the trace's index in the last byte of those 8).
+/// Timestamps move forward by the template's age.
 /// Span ids (and the parent ids that point at them) get their first 4 bytes XORed with a
 /// per-request mask, so ids do not repeat across requests, as they would not in real
 /// traffic (repeated ids would make blocks compress unrealistically well).
 fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<String>) {
     let mut body = t.body.clone();
+    // Shift every timestamp by the template's age, so spans carry the time they are sent
+    // (time-range queries and RED minutes then see realistic data).
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        .saturating_sub(t.created_ns);
+    for &o in &t.time_offsets {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&body[o..o + 8]);
+        body[o..o + 8].copy_from_slice(&u64::from_le_bytes(b).wrapping_add(age).to_le_bytes());
+    }
     let mask = ((request as u32).wrapping_mul(0x9E37_79B1) ^ (nonce >> 32) as u32).to_be_bytes();
     for &o in &t.span_offsets {
         for (b, m) in body[o..o + 4].iter_mut().zip(mask) {
@@ -847,6 +887,20 @@ mod tests {
                 "parent resolves"
             );
         }
+        // Timestamps moved with the template's age: every span now starts after the
+        // template's earliest start, and durations are unchanged.
+        let orig = ExportTraceServiceRequest::decode(&t.body[..]).unwrap();
+        let o0 = &orig.resource_spans[0].scope_spans[0].spans[0];
+        let a0 = &ra.resource_spans[0].scope_spans[0].spans[0];
+        assert!(a0.start_time_unix_nano >= o0.start_time_unix_nano);
+        assert_eq!(
+            a0.end_time_unix_nano - a0.start_time_unix_nano,
+            o0.end_time_unix_nano - o0.start_time_unix_nano
+        );
+        assert!(
+            t.time_offsets.len() >= 2 * t.spans,
+            "start and end of every span found"
+        );
         // Every span's trace id is one of the stamped ids: no copy was missed.
         for rs in &ra.resource_spans {
             for sp in &rs.scope_spans[0].spans {
