@@ -2,6 +2,7 @@
 //! work; this crate connects them (`serve`), and hosts the operator tools (`wal verify`,
 //! `wal dump`) and the load generator (`loadgen`).
 
+mod bench;
 mod config;
 mod loadgen;
 mod pipeline;
@@ -165,93 +166,6 @@ pub struct ServeArgs {
     pub store_max_bytes: Option<u64>,
 }
 
-fn bench_trace_by_id(data_dir: &std::path::Path, samples: usize) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    use faultline_store::SpanStore;
-    let opened = std::time::Instant::now();
-    let (store, report) =
-        faultline_store::Store::open(faultline_store::StoreOptions::new(data_dir))
-            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let open_ms = opened.elapsed().as_secs_f64() * 1e3;
-    let ids = store.sample_trace_ids(samples);
-    anyhow::ensure!(
-        !ids.is_empty(),
-        "no sealed blocks in {}",
-        data_dir.display()
-    );
-    let mut lat = Vec::with_capacity(ids.len());
-    let mut spans = 0usize;
-    for id in &ids {
-        let t = std::time::Instant::now();
-        let answer = store.trace(id).context("lookup failed")?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-        anyhow::ensure!(!answer.spans.is_empty(), "a sampled trace was not found");
-        spans += answer.spans.len();
-    }
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "{} blocks, {} spans (opened in {open_ms:.0} ms); {} lookups ({:.1} spans each): ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
-        report.blocks,
-        report.spans,
-        lat.len(),
-        spans as f64 / lat.len() as f64,
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        pct(1.0)
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench_red(data_dir: &std::path::Path, samples: usize) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    use faultline_store::SpanStore;
-    let (store, report) =
-        faultline_store::Store::open(faultline_store::StoreOptions::new(data_dir))
-            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let (services, _) = store.services().context("cannot list services")?;
-    anyhow::ensure!(
-        !services.is_empty(),
-        "no services in {}",
-        data_dir.display()
-    );
-    let end_s = store
-        .blocks()
-        .iter()
-        .map(|b| b.max_end_ns / 1_000_000_000)
-        .max()
-        .unwrap_or(0)
-        + 60;
-    let start_s = end_s.saturating_sub(3600);
-    let mut lat = Vec::with_capacity(samples);
-    let mut spans = 0u64;
-    for i in 0..samples.max(1) {
-        let service = &services[i % services.len()];
-        let t = std::time::Instant::now();
-        let (points, _) = store
-            .red(service, None, None, start_s, end_s, 60)
-            .context("RED query failed")?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-        spans += points.iter().map(|p| p.count).sum::<u64>();
-    }
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "{} blocks, {} spans, {} services; {} queries of one service over one hour in 60 s steps ({:.0} spans each on average): ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
-        report.blocks,
-        report.spans,
-        services.len(),
-        lat.len(),
-        spans as f64 / lat.len() as f64,
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        pct(1.0)
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -275,8 +189,8 @@ fn main() -> ExitCode {
                 templates,
                 json,
             } => loadgen::bench_decode(seconds, spans_per_request, templates, json),
-            BenchCommand::TraceById { data_dir, samples } => bench_trace_by_id(&data_dir, samples),
-            BenchCommand::Red { data_dir, samples } => bench_red(&data_dir, samples),
+            BenchCommand::TraceById { data_dir, samples } => bench::trace_by_id(&data_dir, samples),
+            BenchCommand::Red { data_dir, samples } => bench::red(&data_dir, samples),
         },
     };
     match result {
