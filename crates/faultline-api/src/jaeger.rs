@@ -353,6 +353,180 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+
+    use faultline_model::span::{Event, Link, Origin};
+
+    /// Jaeger's documented JSON model (model/json in jaeger, and jaeger-ui's types):
+    /// every object's keys and the JSON type of each value. A key we emit that is not here,
+    /// or a wrong type, fails the test.
+    fn check_keys(obj: &Value, allowed: &[(&str, &str)], what: &str) {
+        let map = obj
+            .as_object()
+            .unwrap_or_else(|| panic!("{what} is not an object: {obj}"));
+        for (k, v) in map {
+            let Some((_, ty)) = allowed.iter().find(|(name, _)| name == k) else {
+                panic!("{what} has key {k:?}, not in Jaeger's model");
+            };
+            let ok = match *ty {
+                "string" => v.is_string(),
+                "u64" => v.is_u64(),
+                "array" => v.is_array(),
+                "object" => v.is_object(),
+                "null|array" => v.is_null() || v.is_array(),
+                "any" => true,
+                other => panic!("unknown type {other}"),
+            };
+            assert!(ok, "{what}.{k} should be {ty}: {v}");
+        }
+        for (name, _) in allowed
+            .iter()
+            .filter(|(n, _)| !["warnings", "flags"].contains(n))
+        {
+            assert!(map.contains_key(*name), "{what} lacks {name}: {obj}");
+        }
+    }
+
+    fn check_tag(t: &Value) {
+        check_keys(
+            t,
+            &[("key", "string"), ("type", "string"), ("value", "any")],
+            "tag",
+        );
+        let ty = t["type"].as_str().unwrap();
+        let v = &t["value"];
+        let ok = match ty {
+            "string" | "binary" => v.is_string(),
+            "bool" => v.is_boolean(),
+            "int64" => v.is_i64(),
+            "float64" => v.is_f64(),
+            other => panic!("tag type {other} is not one of Jaeger's"),
+        };
+        assert!(ok, "tag value does not match its type: {t}");
+    }
+
+    #[test]
+    fn trace_json_matches_jaegers_documented_shape() {
+        let origin = Arc::new(Origin {
+            service: "svc".into(),
+            resource: vec![
+                ("service.name".into(), AttrValue::Str("svc".into())),
+                ("host.name".into(), AttrValue::Str("h".into())),
+                ("pid".into(), AttrValue::Int(7)),
+            ],
+            scope_name: "lib".into(),
+            scope_version: "1".into(),
+        });
+        let attrs = vec![
+            ("s".to_string(), AttrValue::Str("x".into())),
+            ("b".to_string(), AttrValue::Bool(true)),
+            ("i".to_string(), AttrValue::Int(-3)),
+            ("d".to_string(), AttrValue::Double(0.25)),
+            ("x".to_string(), AttrValue::Bytes(vec![1, 2])),
+            ("a".to_string(), AttrValue::Array(vec![AttrValue::Int(1)])),
+            (
+                "k".to_string(),
+                AttrValue::KvList(vec![("n".into(), AttrValue::Bool(false))]),
+            ),
+        ];
+        let root = Span {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            parent_span_id: None,
+            name: "root".into(),
+            kind: SpanKind::Server,
+            start_ns: 1_000_000,
+            end_ns: 9_000_000,
+            status: SpanStatus::Error,
+            status_message: "boom".into(),
+            attributes: attrs.clone(),
+            events: vec![Event {
+                time_ns: 2_000_000,
+                name: "exception".into(),
+                attributes: attrs.clone(),
+            }],
+            links: vec![Link {
+                trace_id: [2; 16],
+                span_id: [3; 8],
+                attributes: vec![],
+            }],
+            origin: origin.clone(),
+        };
+        let child = Span {
+            span_id: [4; 8],
+            parent_span_id: Some([1; 8]),
+            name: "child".into(),
+            status: SpanStatus::Ok,
+            ..root.clone()
+        };
+        let t = trace_json(&[1; 16], &[root, child]);
+        check_keys(
+            &t,
+            &[
+                ("traceID", "string"),
+                ("spans", "array"),
+                ("processes", "object"),
+                ("warnings", "null|array"),
+            ],
+            "trace",
+        );
+        for p in t["processes"].as_object().unwrap().values() {
+            check_keys(
+                p,
+                &[("serviceName", "string"), ("tags", "array")],
+                "process",
+            );
+            p["tags"].as_array().unwrap().iter().for_each(check_tag);
+        }
+        for s in t["spans"].as_array().unwrap() {
+            check_keys(
+                s,
+                &[
+                    ("traceID", "string"),
+                    ("spanID", "string"),
+                    ("operationName", "string"),
+                    ("references", "array"),
+                    ("startTime", "u64"),
+                    ("duration", "u64"),
+                    ("tags", "array"),
+                    ("logs", "array"),
+                    ("processID", "string"),
+                    ("warnings", "null|array"),
+                    ("flags", "u64"),
+                ],
+                "span",
+            );
+            assert!(
+                t["processes"]
+                    .get(s["processID"].as_str().unwrap())
+                    .is_some(),
+                "processID resolves"
+            );
+            assert_eq!(s["traceID"].as_str().unwrap().len(), 32);
+            assert_eq!(s["spanID"].as_str().unwrap().len(), 16);
+            s["tags"].as_array().unwrap().iter().for_each(check_tag);
+            for r in s["references"].as_array().unwrap() {
+                check_keys(
+                    r,
+                    &[
+                        ("refType", "string"),
+                        ("traceID", "string"),
+                        ("spanID", "string"),
+                    ],
+                    "reference",
+                );
+                assert!(["CHILD_OF", "FOLLOWS_FROM"].contains(&r["refType"].as_str().unwrap()));
+            }
+            for l in s["logs"].as_array().unwrap() {
+                check_keys(l, &[("timestamp", "u64"), ("fields", "array")], "log");
+                l["fields"].as_array().unwrap().iter().for_each(check_tag);
+            }
+        }
+        // Times are microseconds.
+        assert_eq!(t["spans"][0]["startTime"], 1000);
+        assert_eq!(t["spans"][0]["duration"], 8000);
+    }
+
     #[test]
     fn parses_trace_ids_like_jaeger() {
         assert_eq!(parse_trace_id("1").unwrap()[15], 1);
