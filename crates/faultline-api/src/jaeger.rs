@@ -32,6 +32,7 @@ pub fn router() -> Router<ApiState> {
             get(service_operations),
         )
         .route("/api/operations", get(operations))
+        .route("/api/dependencies", get(dependencies))
         .route("/api/traces/{id}", get(trace))
 }
 
@@ -309,6 +310,55 @@ async fn operations(
             envelope(StatusCode::OK, json!(data), n, Value::Null, &c)
         }
         Err(r) => r,
+    }
+}
+
+/// `GET /api/dependencies?endTs=&lookback=` (milliseconds, as Jaeger): service calls.
+async fn dependencies(
+    State(st): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let parse = |name: &str, default: u64| -> Result<u64, String> {
+        match q.get(name).filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| format!("{name}={v:?} is not a whole number of milliseconds")),
+        }
+    };
+    let (end_ms, lookback_ms) = match (parse("endTs", now_ms), parse("lookback", 3_600_000)) {
+        (Ok(e), Ok(l)) => (e, l),
+        (Err(msg), _) | (_, Err(msg)) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let (start_s, end_s) = (
+        end_ms.saturating_sub(lookback_ms) / 1000,
+        end_ms.div_ceil(1000),
+    );
+    let store = st.store.clone();
+    match tokio::task::spawn_blocking(move || store.dependencies(start_s, end_s)).await {
+        Ok(Ok((deps, c))) => {
+            let data: Vec<Value> = deps
+                .iter()
+                .map(|d| json!({"parent": d.parent, "child": d.child, "callCount": d.calls}))
+                .collect();
+            let n = data.len();
+            envelope(
+                StatusCode::OK,
+                json!(data),
+                n,
+                Value::Null,
+                &with_lag(&st, c),
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query task failed: {e}"),
+        ),
     }
 }
 

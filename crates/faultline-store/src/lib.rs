@@ -21,5 +21,5 @@ mod tests;
 
 pub use error::StoreError;
 pub use manifest::{BlockMeta, Manifest};
-pub use rollup::RedPoint;
+pub use rollup::{Dependency, RedPoint};
 pub use store::{Completeness, OpenReport, SpanStore, Store, StoreOptions, TraceAnswer};

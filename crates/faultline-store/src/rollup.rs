@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! 0   8  magic     b"FLTRED01"
-//! 8   4  version   1
+//! 8   4  version   2 (version 1, without edges, is still read)
 //! 12  4  cells     number of cells
 //! then per cell:
 //!     8  minute    Unix minute (seconds / 60)
@@ -21,8 +21,16 @@
 //!     8  errors    spans with status ERROR
 //!     4  k         sketch length, then k bytes: the DDSketch in DataDog's Java-compatible
 //!                  encoding (durations in milliseconds, exact count, sum, min and max)
+//! then (version 2) the service dependency edges:
+//!     4  edges     number of edges
+//!     per edge: 8 minute, 2+n parent service, 2+m child service, 8 calls, 8 errors
 //! ..  4  crc       CRC32C of everything before it
 //! ```
+//!
+//! Dependency edges: a call from service P to service C is a span of C whose parent span
+//! (in the same head) belongs to P, counted in the child's minute. Parent and child are
+//! matched within one head (the spans ingested between two seals), in either arrival
+//! order; a pair split across a seal is not counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -34,7 +42,7 @@ use faultline_model::span::{Span, SpanKind};
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"FLTRED01";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// One cell: a minute of one (service, operation, kind).
 #[derive(Clone)]
@@ -78,10 +86,27 @@ impl Cell {
 /// service -> operation -> kind -> cell, for one minute.
 type MinuteCells = HashMap<String, HashMap<String, [Option<Box<Cell>>; 6]>>;
 
+/// Calls and errors of one (caller service, callee service) edge in one minute.
+type MinuteEdges = HashMap<(String, String), (u64, u64)>;
+
 /// Rollups by minute.
 #[derive(Default)]
 pub struct Rollups {
     minutes: BTreeMap<u64, MinuteCells>,
+    edges: BTreeMap<u64, MinuteEdges>,
+}
+
+/// A service dependency over a time range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// Calling service (the parent span's).
+    pub parent: String,
+    /// Called service (the child span's).
+    pub child: String,
+    /// Calls: child spans whose parent is in the other service.
+    pub calls: u64,
+    /// Calls whose child span is an error.
+    pub errors: u64,
 }
 
 impl std::fmt::Debug for Rollups {
@@ -132,8 +157,54 @@ impl Rollups {
         cell.sketch.add(s.duration_ns() as f64 / 1e6);
     }
 
+    /// Counts one call from `parent` to `child` service, in the child span's minute.
+    pub fn add_edge(&mut self, start_ns: u64, parent: &str, child: &str, error: bool) {
+        let e = self
+            .edges
+            .entry(start_ns / 60_000_000_000)
+            .or_default()
+            .entry((parent.to_string(), child.to_string()))
+            .or_default();
+        e.0 += 1;
+        if error {
+            e.1 += 1;
+        }
+    }
+
+    /// Service dependencies with calls in `[start_s, end_s)`, sorted by parent and child.
+    pub fn dependencies(&self, start_s: u64, end_s: u64) -> Vec<Dependency> {
+        let mut acc: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for edges in self
+            .edges
+            .range(start_s / 60..end_s.div_ceil(60))
+            .map(|(_, e)| e)
+        {
+            for ((p, c), (calls, errors)) in edges {
+                let a = acc.entry((p.clone(), c.clone())).or_default();
+                a.0 += calls;
+                a.1 += errors;
+            }
+        }
+        acc.into_iter()
+            .map(|((parent, child), (calls, errors))| Dependency {
+                parent,
+                child,
+                calls,
+                errors,
+            })
+            .collect()
+    }
+
     /// Adds every cell of `other`.
     pub fn merge(&mut self, other: &Rollups) {
+        for (minute, edges) in &other.edges {
+            let dst = self.edges.entry(*minute).or_default();
+            for (k, (c, e)) in edges {
+                let d = dst.entry(k.clone()).or_default();
+                d.0 += c;
+                d.1 += e;
+            }
+        }
         for (minute, services) in &other.minutes {
             let dst = self.minutes.entry(*minute).or_default();
             for (service, ops) in services {
@@ -153,6 +224,7 @@ impl Rollups {
     /// Drops every minute before `minute` (retention).
     pub fn prune_before(&mut self, minute: u64) {
         self.minutes = self.minutes.split_off(&minute);
+        self.edges = self.edges.split_off(&minute);
     }
 
     /// Writes the rollups to `path` durably (temporary name, fsync, rename). Blocking.
@@ -197,7 +269,7 @@ impl Rollups {
 
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.minutes.is_empty()
+        self.minutes.is_empty() && self.edges.is_empty()
     }
 
     /// The RED series of `service` (and `operation`, and `kind`, when given) from
@@ -310,6 +382,20 @@ impl Rollups {
             }
         }
         out[12..16].copy_from_slice(&cells.to_le_bytes());
+        let n_edges: usize = self.edges.values().map(|e| e.len()).sum();
+        out.extend_from_slice(&(n_edges as u32).to_le_bytes());
+        for (minute, edges) in &self.edges {
+            for ((parent, child), (calls, errors)) in edges {
+                out.extend_from_slice(&minute.to_le_bytes());
+                for name in [parent, child] {
+                    let b = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+                    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+                    out.extend_from_slice(b);
+                }
+                out.extend_from_slice(&calls.to_le_bytes());
+                out.extend_from_slice(&errors.to_le_bytes());
+            }
+        }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -325,8 +411,10 @@ impl Rollups {
             return Err("checksum mismatch".into());
         }
         let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
-        if version != VERSION {
-            return Err(format!("rollup version {version} is not supported"));
+        if version != 1 && version != VERSION {
+            return Err(format!(
+                "rollup version {version} is not supported (this build reads 1 and {VERSION})"
+            ));
         }
         let cells = u32::from_le_bytes([body[12], body[13], body[14], body[15]]);
         let mut r = Rollups::default();
@@ -373,27 +461,44 @@ impl Rollups {
                 sketch,
             }));
         }
+        if version >= 2 {
+            let l = take(4)?;
+            let n = u32::from_le_bytes([l[0], l[1], l[2], l[3]]);
+            for _ in 0..n {
+                let mut m = [0u8; 8];
+                m.copy_from_slice(take(8)?);
+                let mut names = Vec::with_capacity(2);
+                for _ in 0..2 {
+                    let l = take(2)?;
+                    let len = u16::from_le_bytes([l[0], l[1]]) as usize;
+                    names.push(
+                        String::from_utf8(take(len)?.to_vec()).map_err(|_| "name is not UTF-8")?,
+                    );
+                }
+                let mut c = [0u8; 8];
+                c.copy_from_slice(take(8)?);
+                let mut e = [0u8; 8];
+                e.copy_from_slice(take(8)?);
+                let child = names.pop().unwrap_or_default();
+                let parent = names.pop().unwrap_or_default();
+                r.edges.entry(u64::from_le_bytes(m)).or_default().insert(
+                    (parent, child),
+                    (u64::from_le_bytes(c), u64::from_le_bytes(e)),
+                );
+            }
+        }
+        if pos != body.len() {
+            return Err(format!(
+                "{} unexpected bytes after the last entry",
+                body.len() - pos
+            ));
+        }
         Ok(r)
     }
 
     /// Writes `BLOCKID.red` durably (temporary name, fsync, rename). Blocking.
     pub fn write_file(&self, dir: &Path, id: &str) -> Result<(), StoreError> {
-        use std::io::Write;
-        let tmp = dir.join(format!("{id}.red.tmp"));
-        let path = dir.join(format!("{id}.red"));
-        let io = |op: &'static str, p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StoreError::Io {
-                op,
-                path: p,
-                source,
-            }
-        };
-        let mut f = std::fs::File::create(&tmp).map_err(io("create rollup file", &tmp))?;
-        f.write_all(&self.encode())
-            .map_err(io("write rollup file", &tmp))?;
-        f.sync_all().map_err(io("fsync rollup file", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename rollup file", &tmp))
+        self.write_path(&dir.join(format!("{id}.red")))
     }
 
     /// Reads `BLOCKID.red`.
@@ -507,5 +612,17 @@ mod tests {
             merged.series("svc", None, None, 0, 20 * 60, 1200)[0].count,
             100
         );
+    }
+}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod edge_tests {
+    use super::*;
+    #[test]
+    fn edges_round_trip() {
+        let mut r = Rollups::default();
+        r.add_edge(1_000, "a", "b", true);
+        let back = Rollups::decode(&r.encode()).unwrap();
+        assert_eq!(back.dependencies(0, 120).len(), 1);
     }
 }

@@ -94,6 +94,12 @@ pub trait SpanStore: Send + Sync {
         &self,
         service: &str,
     ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError>;
+    /// Service dependencies with calls in `[start_s, end_s)`.
+    fn dependencies(
+        &self,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(Vec<crate::rollup::Dependency>, Completeness), StoreError>;
     /// RED series of a service (and operation, and kind) over `[start_s, end_s)` in steps
     /// of `step_s` seconds (a multiple of 60).
     fn red(
@@ -113,26 +119,70 @@ struct Head {
     rollups: Rollups,
     spans: Vec<Span>,
     by_trace: HashMap<TraceId, Vec<u32>>,
+    /// Span positions by (trace, span id), to find parents for dependency edges.
+    by_span: HashMap<(TraceId, faultline_model::span::SpanId), u32>,
+    /// Spans whose parent has not arrived yet, by (trace, parent span id).
+    waiting: HashMap<(TraceId, faultline_model::span::SpanId), Vec<u32>>,
     services: BTreeSet<String>,
     max_seq: u64,
     started: Option<Instant>,
 }
 
+/// A call between services found while ingesting: child start, parent service, child
+/// service, child is an error.
+type Edge = (u64, String, String, bool);
+
 impl Head {
-    fn push(&mut self, seq: u64, spans: Vec<Span>) {
+    /// Adds spans; returns the service-to-service calls their arrival completed.
+    fn push(&mut self, seq: u64, spans: Vec<Span>) -> Vec<Edge> {
         if self.started.is_none() && !spans.is_empty() {
             self.started = Some(Instant::now());
         }
+        let mut edges = Vec::new();
         for s in spans {
             self.rollups.add(&s);
             let idx = self.spans.len() as u32;
+            if let Some(p) = s.parent_span_id {
+                match self.by_span.get(&(s.trace_id, p)) {
+                    Some(&pi) => {
+                        let parent = &self.spans[pi as usize];
+                        if parent.service() != s.service() {
+                            edges.push((
+                                s.start_ns,
+                                parent.service().to_string(),
+                                s.service().to_string(),
+                                s.is_error(),
+                            ));
+                        }
+                    }
+                    None => self.waiting.entry((s.trace_id, p)).or_default().push(idx),
+                }
+            }
+            if let Some(children) = self.waiting.remove(&(s.trace_id, s.span_id)) {
+                for ci in children {
+                    let child = &self.spans[ci as usize];
+                    if child.service() != s.service() {
+                        edges.push((
+                            child.start_ns,
+                            s.service().to_string(),
+                            child.service().to_string(),
+                            child.is_error(),
+                        ));
+                    }
+                }
+            }
+            self.by_span.insert((s.trace_id, s.span_id), idx);
             self.by_trace.entry(s.trace_id).or_default().push(idx);
             if !self.services.contains(s.service()) {
                 self.services.insert(s.service().to_string());
             }
             self.spans.push(s);
         }
+        for (start, p, c, err) in &edges {
+            self.rollups.add_edge(*start, p, c, *err);
+        }
         self.max_seq = self.max_seq.max(seq);
+        edges
     }
 
     fn trace(&self, id: &TraceId, out: &mut Vec<Span>) {
@@ -319,7 +369,10 @@ impl Store {
         for s in &spans {
             inner.rollups.add(s);
         }
-        inner.head.push(seq, spans);
+        let edges = inner.head.push(seq, spans);
+        for (start, p, c, err) in &edges {
+            inner.rollups.add_edge(*start, p, c, *err);
+        }
         Ok(())
     }
 
@@ -393,13 +446,18 @@ impl Store {
                     },
                     spans: h.spans.clone(),
                     by_trace: h.by_trace.clone(),
+                    by_span: h.by_span.clone(),
+                    waiting: h.waiting.clone(),
                     services: h.services.clone(),
                     max_seq: h.max_seq,
                     started: h.started,
                 });
                 let newer = std::mem::take(&mut inner.head);
                 let newer_seq = newer.max_seq;
-                restored.push(newer_seq, newer.spans);
+                // The global rollups already counted these spans and the calls among them;
+                // calls between the two heads stay uncounted (this path only runs after a
+                // failed seal).
+                let _ = restored.push(newer_seq, newer.spans);
                 inner.head = restored;
                 Err(e)
             }
@@ -713,6 +771,18 @@ impl SpanStore for Store {
         let inner = self.inner.read().map_err(|_| lock_err())?;
         Ok((
             inner.rollups.operations(service),
+            Self::completeness(&inner),
+        ))
+    }
+
+    fn dependencies(
+        &self,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(Vec<crate::rollup::Dependency>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner.rollups.dependencies(start_s, end_s),
             Self::completeness(&inner),
         ))
     }

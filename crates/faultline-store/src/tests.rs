@@ -400,3 +400,46 @@ fn compaction_merges_small_blocks_and_keeps_every_span_and_red_cell() {
     );
     assert_eq!(store.trace(&[3; 16]).unwrap().spans.len(), 2);
 }
+
+#[test]
+fn dependency_edges_in_either_arrival_order_survive_sealing_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (front, cart, db) = (origin("front"), origin("cart"), origin("db"));
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    // Parent first: front -> cart (the child is an error, id 2).
+    store
+        .ingest(
+            1,
+            vec![span(1, 1, None, &front), span(1, 2, Some(1), &cart)],
+        )
+        .unwrap();
+    // Child first, in an earlier request: cart -> db, then its parent arrives.
+    store.ingest(2, vec![span(1, 3, Some(2), &db)]).unwrap();
+    // Same-service child: no edge.
+    store.ingest(3, vec![span(1, 5, Some(3), &db)]).unwrap();
+    let (deps, _) = store.dependencies(0, 120).unwrap();
+    let got: Vec<(String, String, u64, u64)> = deps
+        .into_iter()
+        .map(|d| (d.parent, d.child, d.calls, d.errors))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("cart".into(), "db".into(), 1, 0),
+            ("front".into(), "cart".into(), 1, 1)
+        ],
+        "edges in both arrival orders, errors of the callee counted"
+    );
+    store.seal().unwrap().unwrap();
+    drop(store);
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    assert_eq!(
+        store.dependencies(0, 120).unwrap().0.len(),
+        2,
+        "persisted with the block"
+    );
+    assert!(
+        store.dependencies(3600, 7200).unwrap().0.is_empty(),
+        "time range respected"
+    );
+}

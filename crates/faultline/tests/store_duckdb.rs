@@ -74,6 +74,23 @@ fn duckdb_reads_sealed_blocks_and_agrees_with_the_api() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         api_counts.push(v["data"][0]["spans"].as_array().unwrap().len() as u64);
     }
+    // Dependencies of loadgen's traffic: frontend calls the other services.
+    let (status, body) = http_get(server.api, "/api/dependencies?lookback=86400000").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let deps: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let edges = deps["data"].as_array().unwrap();
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["parent"] == "frontend" && e["callCount"].as_u64().unwrap() > 0),
+        "{deps}"
+    );
+    assert!(
+        edges.iter().all(|e| e["parent"] != e["child"]),
+        "no self edges: {deps}"
+    );
+    let (status, _) = http_get(server.api, "/api/dependencies?endTs=soon").unwrap();
+    assert_eq!(status, 400);
     server.stop();
 
     let out = Command::new(python())
