@@ -228,9 +228,8 @@ fn with_lag(st: &ApiState, mut c: Completeness) -> Completeness {
 }
 
 async fn services(State(st): State<ApiState>) -> Response {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.services()).await {
-        Ok(Ok((list, c))) => {
+    match crate::query(&st, |store| store.services()).await {
+        Ok((list, c)) => {
             let n = list.len();
             envelope(
                 StatusCode::OK,
@@ -240,11 +239,7 @@ async fn services(State(st): State<ApiState>) -> Response {
                 &with_lag(&st, c),
             )
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query task failed: {e}"),
-        ),
+        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }
 
@@ -253,19 +248,14 @@ async fn operations_of(
     service: String,
     kind: Option<SpanKind>,
 ) -> Result<(Vec<(String, SpanKind)>, Completeness), Response> {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.operations(&service)).await {
-        Ok(Ok((mut ops, c))) => {
+    match crate::query(st, move |store| store.operations(&service)).await {
+        Ok((mut ops, c)) => {
             if let Some(k) = kind {
                 ops.retain(|(_, kk)| *kk == k);
             }
             Ok((ops, with_lag(st, c)))
         }
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Err(e) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query task failed: {e}"),
-        )),
+        Err(msg) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, msg)),
     }
 }
 
@@ -338,9 +328,8 @@ async fn dependencies(
         end_ms.saturating_sub(lookback_ms) / 1000,
         end_ms.div_ceil(1000),
     );
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || store.dependencies(start_s, end_s)).await {
-        Ok(Ok((deps, c))) => {
+    match crate::query(&st, move |store| store.dependencies(start_s, end_s)).await {
+        Ok((deps, c)) => {
             let data: Vec<Value> = deps
                 .iter()
                 .map(|d| json!({"parent": d.parent, "child": d.child, "callCount": d.calls}))
@@ -354,11 +343,7 @@ async fn dependencies(
                 &with_lag(&st, c),
             )
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query task failed: {e}"),
-        ),
+        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }
 
@@ -367,34 +352,18 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
         Ok(t) => t,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let store = st.store.clone();
-    // Block reads are file I/O: off the executor.
-    match tokio::task::spawn_blocking(move || store.trace(&trace_id)).await {
-        Ok(Ok(answer)) if answer.spans.is_empty() => {
+    match crate::query(&st, move |store| store.trace(&trace_id)).await {
+        Ok(answer) => {
             let c = with_lag(&st, answer.completeness);
-            let mut resp = error(StatusCode::NOT_FOUND, "trace not found".into());
-            if !c.is_complete()
-                && let Ok(v) = HeaderValue::from_str(&c.reasons.join("; "))
-            {
-                resp.headers_mut().insert("x-faultline-partial", v);
+            if answer.spans.is_empty() {
+                // A trace may be missing because part of the store is: say so here too.
+                let errors = json!([{"code": 404, "msg": "trace not found"}]);
+                return envelope(StatusCode::NOT_FOUND, Value::Null, 0, errors, &c);
             }
-            resp
+            let data = json!([trace_json(&trace_id, &answer.spans)]);
+            envelope(StatusCode::OK, data, 1, Value::Null, &c)
         }
-        Ok(Ok(answer)) => {
-            let c = with_lag(&st, answer.completeness);
-            envelope(
-                StatusCode::OK,
-                json!([trace_json(&trace_id, &answer.spans)]),
-                1,
-                Value::Null,
-                &c,
-            )
-        }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query task failed: {e}"),
-        ),
+        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }
 

@@ -37,6 +37,19 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
+/// Runs a store query off the async executor (block reads are file I/O and can take
+/// milliseconds). The error is the message of a 500 answer.
+pub(crate) async fn query<T: Send + 'static>(
+    st: &ApiState,
+    f: impl FnOnce(&dyn SpanStore) -> Result<T, faultline_store::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let store = st.store.clone();
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("query task failed: {e}")),
+    }
+}
+
 /// Every query route.
 pub fn router(state: ApiState) -> Router {
     jaeger::router().merge(native::router()).with_state(state)

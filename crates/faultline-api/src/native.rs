@@ -110,24 +110,17 @@ async fn red(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>
             (end - start) / step
         ));
     }
-    let store = st.store.clone();
     let (svc, op) = (service.clone(), operation.clone());
-    let answer =
-        tokio::task::spawn_blocking(move || store.red(&svc, op.as_deref(), kind, start, end, step))
-            .await;
+    let answer = crate::query(&st, move |store| {
+        store.red(&svc, op.as_deref(), kind, start, end, step)
+    })
+    .await;
     let (points, completeness) = match answer {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => {
+        Ok(a) => a,
+        Err(msg) => {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": e.to_string()})),
-            )
-                .into_response();
-        }
-        Err(e) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": format!("query task failed: {e}")})),
+                Json(json!({"error": msg})),
             )
                 .into_response();
         }

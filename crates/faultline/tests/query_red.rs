@@ -95,21 +95,7 @@ fn red_is_exact_where_it_can_be_and_survives_restart() {
         .as_secs();
     let minute = now_s / 60 * 60;
     let body = request(minute * 1_000_000_000).encode_to_vec();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let status = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/v1/traces", server.http_url()))
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status.as_u16(), 200);
+    assert_eq!(common::post_otlp(&server, body), 200);
     let q = format!(
         "service=red-svc&operation=GET%20/cart&spanKind=server&start={minute}&end={}&step=60",
         minute + 60

@@ -55,21 +55,7 @@ fn data_past_retention_leaves_the_api_and_the_disk() {
             ..ResourceSpans::default()
         }],
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let status = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/v1/traces", server.http_url()))
-            .header("content-type", "application/x-protobuf")
-            .body(req.encode_to_vec())
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert_eq!(status.as_u16(), 200);
+    assert_eq!(common::post_otlp(&server, req.encode_to_vec()), 200);
     let id = "07".repeat(16);
     let blocks = data.join("blocks");
     let (mut seen, mut peak_bytes) = (false, 0u64);

@@ -197,6 +197,25 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// POSTs an OTLP/HTTP protobuf body to `/v1/traces` from a synchronous test; the status.
+pub fn post_otlp(server: &Server, body: Vec<u8>) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/v1/traces", server.http_url()))
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
 /// The value of an unlabelled or exactly labelled metric line, 0 when absent.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
