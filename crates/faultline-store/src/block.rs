@@ -42,7 +42,9 @@
 //!   ..  4  crc       CRC32C of everything before it
 //!   ```
 //!
-//! Both files are written to temporary names, fsynced, and renamed; the manifest (see
+//! - `BLOCKID.sidx`: the search index's tag postings (format in `search.rs`).
+//!
+//! All files are written to temporary names, fsynced, and renamed; the manifest (see
 //! `manifest.rs`) is what makes a block part of the store.
 
 use std::fs::File;
@@ -69,6 +71,7 @@ use faultline_model::span::{
 };
 
 use crate::error::StoreError;
+use crate::search::{self, BlockIndex, LightRows, Postings};
 
 /// Largest row group.
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
@@ -278,7 +281,7 @@ pub struct WrittenBlock {
     pub min_start_ns: u64,
     /// Latest span end, Unix nanoseconds.
     pub max_end_ns: u64,
-    /// Bytes of the Parquet file plus the index.
+    /// Bytes of the Parquet file plus the trace-id and search indexes.
     pub bytes: u64,
 }
 
@@ -293,6 +296,15 @@ fn tidx_path(dir: &Path, id: &str) -> PathBuf {
 /// Writes `spans` (any order) as block `id` in `dir`, durably. Blocking: call off the
 /// async executor.
 pub fn write_block(dir: &Path, id: &str, spans: &[Span]) -> Result<WrittenBlock, StoreError> {
+    write_block_indexed(dir, id, spans).map(|(w, _)| w)
+}
+
+/// [`write_block`], also returning the block's search index.
+pub(crate) fn write_block_indexed(
+    dir: &Path,
+    id: &str,
+    spans: &[Span],
+) -> Result<(WrittenBlock, BlockIndex), StoreError> {
     // Sort references, not spans: the head stays queryable (and unmoved) while it is written.
     let mut sorted: Vec<&Span> = spans.iter().collect();
     sorted.sort_by(|a, b| {
@@ -376,20 +388,34 @@ pub fn write_block(dir: &Path, id: &str, spans: &[Span]) -> Result<WrittenBlock,
     f.sync_all().map_err(io("fsync trace index", &tmp_idx))?;
     drop(f);
 
+    // Search index: postings on disk, span and trace columns in memory.
+    let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
+    let postings = Postings::build(&spans, &traces);
+    let sidx_bytes = search::write_postings(dir, id, &postings)?;
+    let mut light = LightRows::default();
+    for s in &spans {
+        light.push_span(s);
+    }
+    let index = BlockIndex::build(light, &traces, postings);
+
     let final_idx = tidx_path(dir, id);
     std::fs::rename(&tmp_idx, &final_idx).map_err(io("rename trace index", &tmp_idx))?;
     std::fs::rename(&tmp_pq, &final_pq).map_err(io("rename block file", &tmp_pq))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync block directory", dir))?;
-    let bytes = std::fs::metadata(&final_pq).map(|m| m.len()).unwrap_or(0) + idx.len() as u64;
-    Ok(WrittenBlock {
-        spans: spans.len() as u64,
-        traces: entries.len() as u64,
-        min_start_ns,
-        max_end_ns,
-        bytes,
-    })
+    let bytes =
+        std::fs::metadata(&final_pq).map(|m| m.len()).unwrap_or(0) + idx.len() as u64 + sidx_bytes;
+    Ok((
+        WrittenBlock {
+            spans: spans.len() as u64,
+            traces: entries.len() as u64,
+            min_start_ns,
+            max_end_ns,
+            bytes,
+        },
+        index,
+    ))
 }
 
 fn to_batch(schema: &SchemaRef, spans: &[&Span]) -> Result<RecordBatch, StoreError> {
@@ -589,6 +615,11 @@ impl BlockReader {
         self.index.get(i).map(|e| e.0)
     }
 
+    /// The position of `trace_id` in the index, if the block holds it.
+    pub fn ordinal(&self, trace_id: &TraceId) -> Option<usize> {
+        self.index.binary_search_by(|e| e.0.cmp(trace_id)).ok()
+    }
+
     /// Number of traces in the block.
     pub fn traces(&self) -> usize {
         self.index.len()
@@ -606,6 +637,126 @@ impl BlockReader {
         };
         let (_, first, rows) = self.index[pos];
         self.read_rows(u64::from(first), u64::from(rows))
+    }
+
+    /// The trace's (first row, rows) at ordinal `t` of the index.
+    pub(crate) fn trace_rows(&self) -> Vec<(u32, u32)> {
+        self.index.iter().map(|e| (e.1, e.2)).collect()
+    }
+
+    /// Reads the columns the search index keeps in memory and builds it, with the postings
+    /// from `BLOCKID.sidx`; when that file is missing or unreadable (a block written
+    /// before search existed, or a damaged file) the postings are rebuilt from the spans
+    /// and the file rewritten. Blocking.
+    pub(crate) fn load_index(&self, dir: &Path) -> Result<BlockIndex, StoreError> {
+        let traces = self.trace_rows();
+        let postings = match search::read_postings(dir, &self.id) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(block = %self.id, error = %e, "rebuilding the search index of a block");
+                let spans = self.all()?;
+                let refs: Vec<&Span> = spans.iter().collect();
+                let p = Postings::build(&refs, &traces);
+                search::write_postings(dir, &self.id, &p)?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| StoreError::Io {
+                        op: "fsync block directory",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                p
+            }
+        };
+        let light = self.light_rows()?;
+        Ok(BlockIndex::build(light, &traces, postings))
+    }
+
+    fn light_rows(&self) -> Result<LightRows, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        let file = File::open(&self.path).map_err(|source| StoreError::Io {
+            op: "open block",
+            path: self.path.clone(),
+            source,
+        })?;
+        let names = [
+            "span_id",
+            "parent_span_id",
+            "service",
+            "name",
+            "start_unix_nano",
+            "duration_nano",
+            "status_code",
+        ];
+        let arrow_schema = self.meta.schema();
+        let mut roots = Vec::new();
+        for n in names {
+            roots.push(
+                arrow_schema
+                    .index_of(n)
+                    .map_err(|_| corrupt(format!("column {n} is missing")))?,
+            );
+        }
+        let mask = parquet::arrow::ProjectionMask::roots(
+            self.meta.metadata().file_metadata().schema_descr(),
+            roots,
+        );
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let mut rows = LightRows::default();
+        // Rows of one trace often repeat the service and name: skip the map for those.
+        let mut last_svc: Option<(String, u32)> = None;
+        let mut last_name: Option<(String, u32)> = None;
+        for batch in reader {
+            let b = batch.map_err(|e| corrupt(e.to_string()))?;
+            let span = col::<FixedSizeBinaryArray>(&b, "span_id").map_err(corrupt)?;
+            let parent = col::<FixedSizeBinaryArray>(&b, "parent_span_id").map_err(corrupt)?;
+            let service = col::<StringArray>(&b, "service").map_err(corrupt)?;
+            let name = col::<StringArray>(&b, "name").map_err(corrupt)?;
+            let start = col::<Int64Array>(&b, "start_unix_nano").map_err(corrupt)?;
+            let dur = col::<Int64Array>(&b, "duration_nano").map_err(corrupt)?;
+            let status = col::<Int32Array>(&b, "status_code").map_err(corrupt)?;
+            for i in 0..b.num_rows() {
+                let mut intern = |cache: &mut Option<(String, u32)>, v: &str| match cache {
+                    Some((s, id)) if s == v => *id,
+                    _ => {
+                        let id = rows.intern(v);
+                        *cache = Some((v.to_string(), id));
+                        id
+                    }
+                };
+                let svc = intern(&mut last_svc, service.value(i));
+                let nm = intern(&mut last_name, name.value(i));
+                rows.service.push(svc);
+                rows.name.push(nm);
+                rows.start_ns.push(start.value(i).max(0) as u64);
+                rows.dur_ns.push(dur.value(i).max(0) as u64);
+                rows.error.push(status.value(i) == StatusCode::Error as i32);
+                let mut sid = [0u8; 8];
+                let v = span.value(i);
+                if v.len() == 8 {
+                    sid.copy_from_slice(v);
+                }
+                rows.span_id.push(sid);
+                rows.parent.push(if parent.is_null(i) {
+                    None
+                } else {
+                    let mut p = [0u8; 8];
+                    let v = parent.value(i);
+                    if v.len() == 8 {
+                        p.copy_from_slice(v);
+                    }
+                    Some(p)
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// Every span of the block (for compaction and tests).

@@ -4,7 +4,8 @@
 //!   position in the WAL, and the [`SpanStore`] trait the query layer uses;
 //! - [`block`]: the Parquet block format and its trace-id index;
 //! - [`manifest`]: the atomically replaced list of blocks;
-//! - [`rollup`]: RED cells per minute with latency sketches, persisted beside each block.
+//! - [`rollup`]: RED cells per minute with latency sketches, persisted beside each block;
+//! - [`search`]: trace summaries, each block's search index and how a search runs.
 //!
 //! **Architecture invariant:** the store knows nothing about HTTP, protobuf or the WAL's
 //! file format: it receives [`faultline_model::span::Span`]s tagged with a sequence number,
@@ -12,8 +13,10 @@
 
 pub mod block;
 pub mod error;
+mod locs;
 pub mod manifest;
 pub mod rollup;
+pub mod search;
 pub mod store;
 
 #[cfg(test)]
@@ -22,4 +25,8 @@ mod tests;
 pub use error::StoreError;
 pub use manifest::{BlockMeta, Manifest};
 pub use rollup::{Dependency, RedPoint};
+pub use search::{SortOrder, TraceQuery, TraceSummary};
 pub use store::{Completeness, OpenReport, SpanStore, Store, StoreOptions, TraceAnswer};
+
+#[cfg(test)]
+mod search_tests;

@@ -17,7 +17,7 @@
 //! to `blocks/quarantine/`, reported, and every answer that could have used it says it is
 //! partial.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -28,8 +28,11 @@ use faultline_model::span::SpanKind;
 
 use crate::block::{self, BlockReader};
 use crate::error::StoreError;
+use crate::locs::TraceLocs;
 use crate::manifest::{BlockMeta, Manifest};
 use crate::rollup::{RedPoint, Rollups};
+use crate::search::{Agg, BlockIndex, MAX_VERIFY_TRACES, TopK, TraceQuery, TraceSummary};
+use roaring::RoaringBitmap;
 
 /// Settings of the store.
 #[derive(Debug, Clone)]
@@ -111,6 +114,8 @@ pub trait SpanStore: Send + Sync {
         end_s: u64,
         step_s: u64,
     ) -> Result<(Vec<RedPoint>, Completeness), StoreError>;
+    /// Summaries of the traces matching `q`, best first by `q.sort`, at most `q.limit`.
+    fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError>;
 }
 
 #[derive(Default)]
@@ -190,12 +195,69 @@ impl Head {
             out.extend(rows.iter().map(|&i| self.spans[i as usize].clone()));
         }
     }
+
+    /// Adds the head's traces matching `q` to `top` (source `HEAD + found.len()`), keeping
+    /// their summaries in `found`; traces for which `is_split` holds (spans elsewhere too)
+    /// add this part's findings to `agg` instead. Exact: reads the spans.
+    fn search(
+        &self,
+        q: &TraceQuery,
+        top: &mut TopK,
+        found: &mut Vec<TraceSummary>,
+        agg: &mut HashMap<TraceId, Agg>,
+        is_split: &dyn Fn(&TraceId) -> bool,
+    ) {
+        let mut refs: Vec<&Span> = Vec::new();
+        for (id, rows) in &self.by_trace {
+            refs.clear();
+            refs.extend(rows.iter().map(|&i| &self.spans[i as usize]));
+            if is_split(id) {
+                let mut part = Agg {
+                    mask: q.part_mask(&refs),
+                    ..Agg::default()
+                };
+                for s in &refs {
+                    part.start_ns = part.start_ns.min(s.start_ns);
+                    part.end_ns = part.end_ns.max(s.end_ns.max(s.start_ns));
+                    part.errors += u32::from(s.is_error());
+                }
+                agg.entry(*id).or_default().merge(&part);
+                continue;
+            }
+            let start = refs.iter().map(|s| s.start_ns).min().unwrap_or(0);
+            let end = refs
+                .iter()
+                .map(|s| s.end_ns.max(s.start_ns))
+                .max()
+                .unwrap_or(0);
+            if start > q.end_ns || end < q.start_ns || !top.would_take(q.sort.key(start, end)) {
+                continue;
+            }
+            let Some(summary) = TraceSummary::of_refs(&refs) else {
+                continue;
+            };
+            if q.trace_matches(&refs, &summary) {
+                top.push(q.sort.key(start, end), HEAD + found.len(), 0);
+                found.push(summary);
+            }
+        }
+    }
 }
+
+/// Sources at or above this in a [`TopK`] are head traces (see [`Head::search`]).
+const HEAD: usize = usize::MAX / 2;
+/// Sources at or above this are traces stored in several places.
+const SPLIT: usize = usize::MAX / 4 * 3;
 
 struct Sealed {
     meta: BlockMeta,
     reader: BlockReader,
     services: BTreeSet<String>,
+    index: BlockIndex,
+    /// Number of the block in this process (for [`TraceLocs`]).
+    serial: u32,
+    /// Ordinals of its traces that also have spans elsewhere (another block or a head).
+    split: Mutex<RoaringBitmap>,
 }
 
 struct Inner {
@@ -207,6 +269,80 @@ struct Inner {
     quarantined: Vec<String>,
     /// RED cells of every span: the blocks' rollup files plus everything ingested since.
     rollups: Rollups,
+    /// Trace id → blocks holding it.
+    locs: TraceLocs,
+    /// Traces with spans in more than one place (blocks, heads); searched as a whole.
+    split: HashSet<TraceId>,
+    next_serial: u32,
+}
+
+impl Inner {
+    fn in_heads(&self, id: &TraceId) -> usize {
+        usize::from(self.head.by_trace.contains_key(id))
+            + self
+                .sealing
+                .iter()
+                .filter(|h| h.by_trace.contains_key(id))
+                .count()
+    }
+
+    fn block_by_serial(&self, serial: u32) -> Option<&Arc<Sealed>> {
+        self.blocks.iter().find(|b| b.serial == serial)
+    }
+
+    /// Marks `id` as stored in several places, in every block holding it.
+    fn mark_split(&mut self, id: &TraceId) {
+        self.split.insert(*id);
+        for &serial in self.locs.get(id) {
+            if let Some(b) = self.block_by_serial(serial)
+                && let Some(ord) = b.reader.ordinal(id)
+                && let Ok(mut bits) = b.split.lock()
+            {
+                bits.insert(ord as u32);
+            }
+        }
+    }
+
+    /// Adds a block (already in `blocks`) to the trace locations.
+    fn register(&mut self, b: &Arc<Sealed>) {
+        for ord in 0..b.reader.traces() {
+            let Some(id) = b.reader.trace_id_at(ord) else {
+                continue;
+            };
+            let elsewhere = self.locs.add(&id, b.serial);
+            if elsewhere || self.in_heads(&id) > 0 || self.split.contains(&id) {
+                self.mark_split(&id);
+            }
+        }
+    }
+
+    /// Removes a block (already gone from `blocks`) from the trace locations; traces left
+    /// in one place are whole again.
+    fn unregister(&mut self, b: &Sealed) {
+        for ord in 0..b.reader.traces() {
+            let Some(id) = b.reader.trace_id_at(ord) else {
+                continue;
+            };
+            self.locs.remove(&id, b.serial);
+            if !self.split.contains(&id) {
+                continue;
+            }
+            let places: Vec<u32> = self.locs.get(&id).to_vec();
+            let holders: Vec<&Arc<Sealed>> = places
+                .iter()
+                .filter_map(|&s| self.block_by_serial(s))
+                .filter(|b| b.reader.contains(&id))
+                .collect();
+            if holders.len() + self.in_heads(&id) <= 1 {
+                for h in holders {
+                    if let (Some(ord), Ok(mut bits)) = (h.reader.ordinal(&id), h.split.lock()) {
+                        bits.remove(ord as u32);
+                    }
+                }
+                self.split.remove(&id);
+            }
+        }
+    }
 }
 
 /// What opening the store found.
@@ -236,6 +372,9 @@ impl std::fmt::Debug for Store {
             .finish()
     }
 }
+
+/// The files of a block, by extension.
+const BLOCK_FILES: [&str; 4] = ["parquet", "tidx", "sidx", "red"];
 
 /// Rollups of blocks evicted for space (see `rollup.rs`).
 const ARCHIVE: &str = "archive.rollup";
@@ -271,8 +410,11 @@ impl Store {
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let stem = name.split('.').next().unwrap_or_default();
-            let is_block_file =
-                name.ends_with(".parquet") || name.ends_with(".tidx") || name.ends_with(".tmp");
+            let is_block_file = name.ends_with(".parquet")
+                || name.ends_with(".tidx")
+                || name.ends_with(".sidx")
+                || name.ends_with(".red")
+                || name.ends_with(".tmp");
             if is_block_file
                 && name != "manifest.json.tmp"
                 && (!listed.contains(stem) || name.ends_with(".tmp"))
@@ -294,8 +436,10 @@ impl Store {
             }
         };
         for meta in &manifest.blocks {
-            match BlockReader::open(&dir, &meta.id) {
-                Ok(reader) => {
+            let opened = BlockReader::open(&dir, &meta.id)
+                .and_then(|reader| reader.load_index(&dir).map(|index| (reader, index)));
+            match opened {
+                Ok((reader, index)) => {
                     match Rollups::read_file(&dir, &meta.id) {
                         Ok(r) => rollups.merge(&r),
                         Err(e) => {
@@ -313,6 +457,9 @@ impl Store {
                         services: meta.services.iter().cloned().collect(),
                         meta: meta.clone(),
                         reader,
+                        index,
+                        serial: blocks.len() as u32,
+                        split: Mutex::new(RoaringBitmap::new()),
                     }));
                 }
                 Err(e) => {
@@ -327,16 +474,23 @@ impl Store {
                 }
             }
         }
+        let mut inner = Inner {
+            head: Head::default(),
+            sealing: Vec::new(),
+            next_serial: blocks.len() as u32,
+            blocks: blocks.clone(),
+            manifest,
+            quarantined,
+            rollups,
+            locs: TraceLocs::default(),
+            split: HashSet::new(),
+        };
+        for b in &blocks {
+            inner.register(b);
+        }
         let store = Self {
             opts,
-            inner: RwLock::new(Inner {
-                head: Head::default(),
-                sealing: Vec::new(),
-                blocks,
-                manifest,
-                quarantined,
-                rollups,
-            }),
+            inner: RwLock::new(inner),
             seal_lock: Mutex::new(()),
         };
         Ok((store, report))
@@ -368,6 +522,23 @@ impl Store {
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
         for s in &spans {
             inner.rollups.add(s);
+            // A trace new to the head but already in a block or a sealing head is split.
+            if !inner.head.by_trace.contains_key(&s.trace_id)
+                && !inner.split.contains(&s.trace_id)
+                && (!inner.locs.get(&s.trace_id).is_empty() || inner.in_heads(&s.trace_id) > 0)
+            {
+                let holders = inner
+                    .locs
+                    .get(&s.trace_id)
+                    .iter()
+                    .filter_map(|&b| inner.block_by_serial(b))
+                    .filter(|b| b.reader.contains(&s.trace_id))
+                    .count()
+                    + inner.in_heads(&s.trace_id);
+                if holders > 0 {
+                    inner.mark_split(&s.trace_id);
+                }
+            }
         }
         let edges = inner.head.push(seq, spans);
         for (start, p, c, err) in &edges {
@@ -424,15 +595,22 @@ impl Store {
             inner.sealing.push(head.clone());
             head
         };
-        let result = self.write_and_publish(&head);
+        let serial = {
+            let mut inner = self.inner.write().map_err(|_| lock_err())?;
+            inner.next_serial += 1;
+            inner.next_serial - 1
+        };
+        let result = self.write_and_publish(&head, serial);
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
         match result {
             Ok(sealed) => {
                 let meta = sealed.meta.clone();
-                inner.blocks.push(Arc::new(sealed));
+                let sealed = Arc::new(sealed);
+                inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
+                inner.blocks.push(sealed.clone());
                 inner.manifest.blocks.push(meta.clone());
                 inner.manifest.source_seq = meta.source_seq;
-                inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
+                inner.register(&sealed);
                 Ok(Some(meta))
             }
             Err(e) => {
@@ -464,9 +642,9 @@ impl Store {
         }
     }
 
-    fn write_and_publish(&self, head: &Head) -> Result<Sealed, StoreError> {
+    fn write_and_publish(&self, head: &Head, serial: u32) -> Result<Sealed, StoreError> {
         let id = format!("{:020}", head.max_seq);
-        let written = block::write_block(&self.opts.dir, &id, &head.spans)?;
+        let (written, index) = block::write_block_indexed(&self.opts.dir, &id, &head.spans)?;
         head.rollups.write_file(&self.opts.dir, &id)?;
         let meta = BlockMeta {
             id: id.clone(),
@@ -487,6 +665,9 @@ impl Store {
             meta,
             reader,
             services: head.services.clone(),
+            index,
+            serial,
+            split: Mutex::new(RoaringBitmap::new()),
         })
     }
 
@@ -574,7 +755,16 @@ impl Store {
         next.store(dir)?;
         {
             let mut inner = self.inner.write().map_err(|_| lock_err())?;
+            let removed: Vec<Arc<Sealed>> = inner
+                .blocks
+                .iter()
+                .filter(|b| gone.contains(b.meta.id.as_str()))
+                .cloned()
+                .collect();
             inner.blocks.retain(|b| !gone.contains(b.meta.id.as_str()));
+            for b in &removed {
+                inner.unregister(b);
+            }
             inner
                 .manifest
                 .blocks
@@ -582,7 +772,7 @@ impl Store {
             inner.rollups.prune_before(cutoff_minute);
         }
         for id in &gone {
-            for ext in ["parquet", "tidx", "red"] {
+            for ext in BLOCK_FILES {
                 let path = dir.join(format!("{id}.{ext}"));
                 if let Err(e) = std::fs::remove_file(&path)
                     && e.kind() != std::io::ErrorKind::NotFound
@@ -644,7 +834,7 @@ impl Store {
         let last = group.last().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
         let first = group.first().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
         let id = format!("{}-{}", last.id, first.id);
-        let written = block::write_block(dir, &id, &all)?;
+        let (written, index) = block::write_block_indexed(dir, &id, &all)?;
         rollups.write_file(dir, &id)?;
         let meta = BlockMeta {
             id: id.clone(),
@@ -675,19 +865,25 @@ impl Store {
                 .position(|b| gone.contains(&b.meta.id))
                 .unwrap_or(inner.blocks.len());
             inner.blocks.retain(|b| !gone.contains(&b.meta.id));
+            for b in &group {
+                inner.unregister(b);
+            }
             let pos = pos.min(inner.blocks.len());
-            inner.blocks.insert(
-                pos,
-                Arc::new(Sealed {
-                    meta,
-                    reader,
-                    services,
-                }),
-            );
+            inner.next_serial += 1;
+            let merged = Arc::new(Sealed {
+                meta,
+                reader,
+                services,
+                index,
+                serial: inner.next_serial - 1,
+                split: Mutex::new(RoaringBitmap::new()),
+            });
+            inner.blocks.insert(pos, merged.clone());
+            inner.register(&merged);
             inner.manifest = next;
         }
         for old in &gone {
-            for ext in ["parquet", "tidx", "red"] {
+            for ext in BLOCK_FILES {
                 let _ = std::fs::remove_file(dir.join(format!("{old}.{ext}")));
             }
         }
@@ -713,7 +909,7 @@ impl Store {
 fn quarantine(dir: &Path, id: &str) {
     let q = dir.join("quarantine");
     let _ = std::fs::create_dir_all(&q);
-    for ext in ["parquet", "tidx", "red"] {
+    for ext in BLOCK_FILES {
         let from = dir.join(format!("{id}.{ext}"));
         if from.exists() {
             let _ = std::fs::rename(&from, q.join(format!("{id}.{ext}")));
@@ -731,8 +927,10 @@ impl SpanStore for Store {
                 h.trace(trace_id, &mut spans);
             }
             let blocks: Vec<Arc<Sealed>> = inner
-                .blocks
+                .locs
+                .get(trace_id)
                 .iter()
+                .filter_map(|&s| inner.block_by_serial(s))
                 .filter(|b| b.reader.contains(trace_id))
                 .cloned()
                 .collect();
@@ -801,5 +999,97 @@ impl SpanStore for Store {
             .rollups
             .series(service, operation, kind, start_s, end_s, step_s);
         Ok((points, Self::completeness(&inner)))
+    }
+
+    fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+        let mut q = q.clone();
+        q.tags.truncate(crate::search::MAX_TAGS);
+        let q = &q;
+        let mut top = TopK::new(q.limit);
+        let mut head_found = Vec::new();
+        let mut agg: HashMap<TraceId, Agg> = HashMap::new();
+        let (blocks, mut completeness) = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            let is_split = |id: &TraceId| inner.split.contains(id) || inner.in_heads(id) > 1;
+            inner
+                .head
+                .search(q, &mut top, &mut head_found, &mut agg, &is_split);
+            for h in &inner.sealing {
+                h.search(q, &mut top, &mut head_found, &mut agg, &is_split);
+            }
+            let blocks: Vec<(Arc<Sealed>, RoaringBitmap)> = inner
+                .blocks
+                .iter()
+                .map(|b| {
+                    let split = b.split.lock().map(|s| s.clone()).unwrap_or_default();
+                    (b.clone(), split)
+                })
+                .collect();
+            (blocks, Self::completeness(&inner))
+        };
+        // Newest blocks first: with the default order they fill the top quickly.
+        let mut budget = MAX_VERIFY_TRACES;
+        let mut unverified = 0;
+        for (bi, (b, split)) in blocks.iter().enumerate().rev() {
+            // Blocks outside the range hold no matching trace, except parts of split ones.
+            if (b.meta.min_start_ns > q.end_ns || b.meta.max_end_ns < q.start_ns)
+                && split.is_empty()
+            {
+                continue;
+            }
+            let reader = &b.reader;
+            let mut verify = |t: usize| -> Result<Option<Vec<Span>>, StoreError> {
+                match reader.trace_id_at(t) {
+                    Some(id) => reader.trace(&id).map(Some),
+                    None => Ok(None),
+                }
+            };
+            let outcome = b.index.search(
+                q,
+                &mut top,
+                bi,
+                split,
+                &mut agg,
+                &|t| reader.trace_id_at(t),
+                &mut budget,
+                &mut verify,
+            )?;
+            unverified += outcome.unverified;
+        }
+        // Traces stored in several places, judged as a whole.
+        let split_ids: Vec<TraceId> = agg
+            .iter()
+            .filter(|(_, a)| a.matches(q))
+            .map(|(id, _)| *id)
+            .collect();
+        for (i, id) in split_ids.iter().enumerate() {
+            if let Some(a) = agg.get(id) {
+                top.push(q.sort.key(a.start_ns, a.end_ns), SPLIT + i, 0);
+            }
+        }
+        if unverified > 0 {
+            completeness.reasons.push(format!(
+                "{unverified} candidate traces were not checked because a searched tag is not indexed (its values are long, non-text or nearly unique) and one search checks at most {MAX_VERIFY_TRACES}; narrow the time range or add filters"
+            ));
+        }
+        let mut out: Vec<TraceSummary> = Vec::new();
+        for (_, source, t) in top.into_sorted() {
+            let summary = if source >= SPLIT {
+                match split_ids.get(source - SPLIT) {
+                    Some(id) => TraceSummary::of(&self.trace(id)?.spans),
+                    None => None,
+                }
+            } else if source >= HEAD {
+                head_found.get(source - HEAD).cloned()
+            } else {
+                blocks.get(source).and_then(|(b, _)| {
+                    b.reader
+                        .trace_id_at(t as usize)
+                        .map(|id| b.index.summary(t as usize, id))
+                })
+            };
+            out.extend(summary);
+        }
+        Ok((out, completeness))
     }
 }

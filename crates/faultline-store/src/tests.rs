@@ -186,7 +186,14 @@ fn a_crash_before_the_manifest_leaves_no_trace_of_the_block() {
     write_block(&dir, "00000000000000000009", &[span(2, 1, None, &a)]).unwrap();
     std::fs::write(dir.join("00000000000000000010.parquet.tmp"), b"torn").unwrap();
     let (store, report) = Store::open(opts(tmp.path())).unwrap();
-    assert_eq!(report.removed_orphans, 3, "{report:?}");
+    // .parquet, .tidx and .sidx of the unpublished block, and the torn temp.
+    assert_eq!(report.removed_orphans, 4, "{report:?}");
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("00000000000000000009") || n.contains("00000000000000000010"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(
         store.durable_seq(),
         1,

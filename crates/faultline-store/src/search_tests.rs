@@ -1,0 +1,344 @@
+//! Search tests: the store's answers against a brute-force model over every span, across
+//! the head, sealed blocks, traces split by a seal, a reopen, and a lost search index.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use faultline_model::span::{AttrValue, Event, Origin, Span, SpanKind, StatusCode, TraceId};
+
+use crate::search::{SortOrder, TraceQuery, TraceSummary};
+use crate::{SpanStore, Store, StoreOptions};
+
+const SERVICES: [&str; 3] = ["api", "db", "cache"];
+const NAMES: [&str; 2] = ["get", "put"];
+
+/// A generated span: (service, name, parent choice, duration µs, error, k value, n, long).
+type Gen = (usize, usize, Option<usize>, u64, bool, u8, i64, bool);
+
+fn build(traces: &[Vec<Gen>]) -> Vec<Vec<Span>> {
+    let origins: Vec<Arc<Origin>> = SERVICES
+        .iter()
+        .map(|s| {
+            Arc::new(Origin {
+                service: s.to_string(),
+                resource: vec![
+                    ("service.name".into(), AttrValue::Str(s.to_string())),
+                    ("region".into(), AttrValue::Str(format!("r-{s}"))),
+                ],
+                scope_name: "lib".into(),
+                scope_version: "1".into(),
+            })
+        })
+        .collect();
+    traces
+        .iter()
+        .enumerate()
+        .map(|(t, spans)| {
+            let mut tid: TraceId = [0; 16];
+            tid[0] = 1;
+            tid[15] = t as u8;
+            let base = 1_000_000_000_000 + t as u64 * 10_000_000;
+            spans
+                .iter()
+                .enumerate()
+                .map(|(j, &(svc, name, parent, dur_us, err, k, n, long))| {
+                    let mut attributes = vec![
+                        ("k".into(), AttrValue::Str(format!("v{k}"))),
+                        ("n".into(), AttrValue::Int(n)),
+                        ("d".into(), AttrValue::Double(n as f64 + 0.5)),
+                    ];
+                    if long {
+                        attributes.push(("long".into(), AttrValue::Str("x".repeat(200))));
+                    }
+                    Span {
+                        trace_id: tid,
+                        span_id: [j as u8 + 1, t as u8, 0, 0, 0, 0, 0, 1],
+                        // Parent index past the spans means "parent never arrived": an orphan.
+                        parent_span_id: parent.map(|p| {
+                            if p < j {
+                                [p as u8 + 1, t as u8, 0, 0, 0, 0, 0, 1]
+                            } else {
+                                [0xee, t as u8, 0, 0, 0, 0, 0, 2]
+                            }
+                        }),
+                        name: NAMES[name].into(),
+                        kind: SpanKind::Server,
+                        start_ns: base + j as u64 * 1000,
+                        end_ns: base + j as u64 * 1000 + dur_us * 1000,
+                        status: if err {
+                            StatusCode::Error
+                        } else {
+                            StatusCode::Unset
+                        },
+                        status_message: if err { "boom".into() } else { String::new() },
+                        attributes,
+                        events: if err {
+                            vec![Event {
+                                time_ns: base,
+                                name: "exception".into(),
+                                attributes: vec![(
+                                    "exception.type".into(),
+                                    AttrValue::Str(format!("E{k}")),
+                                )],
+                            }]
+                        } else {
+                            Vec::new()
+                        },
+                        links: Vec::new(),
+                        origin: origins[svc].clone(),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn model(all: &[Span], q: &TraceQuery) -> Vec<TraceSummary> {
+    let mut by_trace: BTreeMap<TraceId, Vec<&Span>> = BTreeMap::new();
+    for s in all {
+        by_trace.entry(s.trace_id).or_default().push(s);
+    }
+    let mut out: Vec<TraceSummary> = by_trace
+        .values()
+        .filter_map(|spans| {
+            let sum = TraceSummary::of_refs(spans)?;
+            q.trace_matches(spans, &sum).then_some(sum)
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        q.sort
+            .key(b.start_ns, b.end_ns)
+            .cmp(&q.sort.key(a.start_ns, a.end_ns))
+            .then(a.trace_id.cmp(&b.trace_id))
+    });
+    out.truncate(q.limit);
+    out
+}
+
+fn check(store: &Store, all: &[Span], q: &TraceQuery) -> Result<(), TestCaseError> {
+    let (got, completeness) = store.search(q).unwrap();
+    prop_assert!(completeness.is_complete(), "{:?}", completeness);
+    let want = model(all, q);
+    // Equal sort keys may pick different traces: compare keys, then each summary exactly.
+    let keys = |v: &[TraceSummary]| -> Vec<u64> {
+        v.iter().map(|s| q.sort.key(s.start_ns, s.end_ns)).collect()
+    };
+    prop_assert_eq!(keys(&got), keys(&want), "query {:?}", q);
+    let every = model(
+        all,
+        &TraceQuery {
+            limit: usize::MAX,
+            ..q.clone()
+        },
+    );
+    for g in &got {
+        prop_assert!(every.contains(g), "{:?} is not an answer to {:?}", g, q);
+    }
+    Ok(())
+}
+
+fn gen_span() -> impl Strategy<Value = Gen> {
+    (
+        0..SERVICES.len(),
+        0..NAMES.len(),
+        prop::option::weighted(0.8, 0..8usize),
+        1..50u64,
+        prop::bool::weighted(0.2),
+        0..3u8,
+        0..3i64,
+        prop::bool::weighted(0.1),
+    )
+}
+
+fn gen_query() -> impl Strategy<Value = TraceQuery> {
+    (
+        prop::option::of(0..SERVICES.len()),
+        prop::option::of(0..NAMES.len()),
+        prop::collection::vec((0..6usize, 0..3u8), 0..3),
+        prop::option::of(1..40u64),
+        prop::option::of(1..60u64),
+        prop::option::of((0..30u64, 0..30u64)),
+        any::<bool>(),
+        0..4usize,
+        1..12usize,
+    )
+        .prop_map(|(svc, op, tags, min, max, window, errors, sort, limit)| {
+            let (start_ns, end_ns) = match window {
+                Some((a, b)) => (
+                    1_000_000_000_000 + a.min(b) * 10_000_000,
+                    1_000_000_000_000 + a.max(b) * 10_000_000 + 5_000_000,
+                ),
+                None => (0, u64::MAX),
+            };
+            TraceQuery {
+                service: svc.map(|s| SERVICES[s].to_string()),
+                operation: op.map(|o| NAMES[o].to_string()),
+                tags: tags
+                    .into_iter()
+                    .map(|(k, v)| match k {
+                        0 => ("k".to_string(), format!("v{v}")),
+                        1 => ("n".to_string(), v.to_string()),
+                        // A double: not indexed, checked by reading the trace.
+                        2 => ("d".to_string(), format!("{}.5", v)),
+                        3 => ("region".to_string(), format!("r-{}", SERVICES[v as usize])),
+                        4 => ("exception.type".to_string(), format!("E{v}")),
+                        _ => ("error".to_string(), "true".to_string()),
+                    })
+                    .collect(),
+                min_duration_ns: min.map(|m| m * 1000),
+                max_duration_ns: max.map(|m| m * 1000),
+                start_ns,
+                end_ns,
+                errors_only: errors,
+                sort: [
+                    SortOrder::Newest,
+                    SortOrder::Oldest,
+                    SortOrder::Longest,
+                    SortOrder::Shortest,
+                ][sort],
+                limit,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn search_matches_a_brute_force_model_across_head_blocks_and_reopen(
+        traces in prop::collection::vec(prop::collection::vec(gen_span(), 1..8), 1..30),
+        seal_every in 3..40usize,
+        queries in prop::collection::vec(gen_query(), 12),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            block_max_spans: 1_000,
+            block_max_age: Duration::from_secs(3600),
+            ..StoreOptions::new(tmp.path())
+        };
+        let built = build(&traces);
+        // Interleave traces so many are split across seals: span j of every trace, then j+1.
+        let mut order = Vec::new();
+        let longest = built.iter().map(Vec::len).max().unwrap_or(0);
+        for j in 0..longest {
+            for t in &built {
+                if let Some(s) = t.get(j) {
+                    order.push(s.clone());
+                }
+            }
+        }
+        let all = order.clone();
+        {
+            let (store, _) = Store::open(opts.clone()).unwrap();
+            for (i, s) in order.into_iter().enumerate() {
+                store.ingest(i as u64 + 1, vec![s]).unwrap();
+                if (i + 1) % seal_every == 0 {
+                    store.seal().unwrap();
+                }
+            }
+            for q in &queries {
+                check(&store, &all, q)?;
+            }
+            store.seal().unwrap();
+        }
+        // Reopened: the index comes from the Parquet columns and the postings file; one
+        // postings file is lost and rebuilt.
+        if let Some(sidx) = std::fs::read_dir(tmp.path().join("blocks"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sidx"))
+        {
+            std::fs::write(&sidx, b"garbage").unwrap();
+        }
+        let (store, report) = Store::open(opts).unwrap();
+        prop_assert!(report.quarantined.is_empty());
+        for q in &queries {
+            check(&store, &all, q)?;
+        }
+    }
+}
+
+#[test]
+fn summaries_count_roots_errors_orphans_and_services() {
+    let spans = build(&[vec![
+        (0, 0, None, 10, false, 0, 0, false),
+        (1, 1, Some(0), 5, true, 0, 0, false),
+        (2, 0, Some(7), 3, true, 0, 0, false),
+    ]])
+    .remove(0);
+    let s = TraceSummary::of(&spans).unwrap();
+    assert_eq!(s.root_service.as_deref(), Some("api"));
+    assert_eq!(s.root_name.as_deref(), Some("get"));
+    assert_eq!(s.span_count, 3);
+    assert_eq!(s.error_count, 2);
+    assert_eq!(s.orphan_count, 1);
+    assert_eq!(s.services, vec!["api", "cache", "db"]);
+    assert_eq!(s.duration_ns(), 10_000);
+}
+
+#[test]
+fn nearly_unique_values_are_left_unindexed_and_still_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreOptions::new(tmp.path())).unwrap();
+    let o = Arc::new(Origin {
+        service: "svc".into(),
+        ..Origin::default()
+    });
+    let n = 3000u32;
+    for t in 0..n {
+        let mut tid = [0u8; 16];
+        tid[12..].copy_from_slice(&t.to_be_bytes());
+        store
+            .ingest(
+                u64::from(t) + 1,
+                vec![Span {
+                    trace_id: tid,
+                    span_id: [1; 8],
+                    parent_span_id: None,
+                    name: "op".into(),
+                    kind: SpanKind::Server,
+                    start_ns: 1_000_000 + u64::from(t),
+                    end_ns: 2_000_000 + u64::from(t),
+                    status: StatusCode::Unset,
+                    status_message: String::new(),
+                    attributes: vec![("request.id".into(), AttrValue::Str(format!("req-{t}")))],
+                    events: Vec::new(),
+                    links: Vec::new(),
+                    origin: o.clone(),
+                }],
+            )
+            .unwrap();
+    }
+    store.seal().unwrap();
+    let dir = tmp.path().join("blocks");
+    let sidx = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().extension().is_some_and(|x| x == "sidx"))
+        .unwrap();
+    let postings =
+        crate::search::read_postings(&dir, sidx.path().file_stem().unwrap().to_str().unwrap())
+            .unwrap();
+    assert!(
+        postings.is_unindexed("svc", "request.id"),
+        "3000 distinct values in 3000 traces are not worth postings"
+    );
+    let (found, c) = store
+        .search(&TraceQuery {
+            service: Some("svc".into()),
+            tags: vec![("request.id".into(), "req-1234".into())],
+            end_ns: u64::MAX,
+            limit: 5,
+            ..TraceQuery::default()
+        })
+        .unwrap();
+    assert!(c.is_complete());
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].start_ns, 1_001_234);
+}
