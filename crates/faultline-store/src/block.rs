@@ -390,8 +390,8 @@ pub(crate) fn write_block_indexed(
 
     // Search index: postings on disk, span and trace columns in memory.
     let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
-    let postings = Postings::build(&spans, &traces);
-    let sidx_bytes = search::write_postings(dir, id, &postings)?;
+    let (postings, body) = Postings::build(&spans, &traces)?;
+    let sidx_bytes = search::write_postings(dir, id, &body)?;
     let mut light = LightRows::default();
     for s in &spans {
         light.push_span(s);
@@ -656,8 +656,8 @@ impl BlockReader {
                 tracing::warn!(block = %self.id, error = %e, "rebuilding the search index of a block");
                 let spans = self.all()?;
                 let refs: Vec<&Span> = spans.iter().collect();
-                let p = Postings::build(&refs, &traces);
-                search::write_postings(dir, &self.id, &p)?;
+                let (p, body) = Postings::build(&refs, &traces)?;
+                search::write_postings(dir, &self.id, &body)?;
                 File::open(dir)
                     .and_then(|d| d.sync_all())
                     .map_err(|source| StoreError::Io {

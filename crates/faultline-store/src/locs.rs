@@ -1,8 +1,8 @@
 //! Where each trace is stored: trace id → the blocks holding its spans.
 //!
-//! Traces are keyed by the last 8 bytes of their id. Two traces sharing those bytes share
-//! an entry, so a lookup can name a block that does not hold the trace; callers confirm
-//! with the block's trace-id index. The common case, a trace in one block, costs one map
+//! Traces are keyed by a 64-bit mix of both halves of their id (some generators vary only
+//! one half). Two traces sharing a key share an entry, so a lookup can name a block that
+//! does not hold the trace; callers confirm with the block's trace-id index. The common case, a trace in one block, costs one map
 //! entry (12 bytes plus the map's overhead); traces in several blocks keep a list aside.
 
 use std::collections::HashMap;
@@ -15,15 +15,18 @@ const MANY: u32 = 1 << 31;
 /// Trace id → blocks (by their serial number).
 #[derive(Debug, Default)]
 pub(crate) struct TraceLocs {
-    map: HashMap<u64, u32>,
+    map: HashMap<u64, u32, crate::search::IdBuild>,
     many: Vec<Vec<u32>>,
     free: Vec<u32>,
 }
 
 fn key(id: &TraceId) -> u64 {
-    let mut k = [0u8; 8];
-    k.copy_from_slice(&id[8..16]);
-    u64::from_le_bytes(k)
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&id[0..8]);
+    lo.copy_from_slice(&id[8..16]);
+    let (hi, lo) = (u64::from_le_bytes(hi), u64::from_le_bytes(lo));
+    lo ^ hi.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31)
 }
 
 impl TraceLocs {
@@ -107,6 +110,17 @@ impl TraceLocs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_differing_in_either_half_get_different_keys() {
+        let mut a = [7u8; 16];
+        let b = a;
+        a[0] = 8;
+        assert_ne!(key(&a), key(&b));
+        let mut c = b;
+        c[15] = 8;
+        assert_ne!(key(&c), key(&b));
+    }
 
     #[test]
     fn add_remove_and_lists() {

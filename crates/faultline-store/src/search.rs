@@ -65,7 +65,7 @@ const NO_OP: u32 = u32::MAX;
 /// unindexed: a key whose values are nearly unique per trace (request ids) would make the
 /// postings larger than the spans.
 pub fn max_distinct_values(traces: usize) -> usize {
-    (traces / 4).max(1024)
+    (traces * 3 / 4).max(1024)
 }
 
 /// How search results are ordered.
@@ -277,47 +277,59 @@ impl TraceSummary {
     }
 }
 
+/// A searchable value, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub enum Tag<'a> {
+    /// An attribute value.
+    Attr(&'a AttrValue),
+    /// A string (the tags faultline adds).
+    Str(&'a str),
+    /// A boolean (`error=true`).
+    Bool(bool),
+}
+
 /// Calls `f` with every searchable (key, value) of a span: see the module docs.
-pub fn for_each_tag(s: &Span, mut f: impl FnMut(&str, &AttrValue)) {
+pub fn for_each_tag(s: &Span, mut f: impl FnMut(&str, Tag<'_>)) {
+    for_each_span_tag(s, &mut f);
+    for_each_origin_tag(&s.origin, &mut f);
+}
+
+/// The searchable tags of the span itself (not of its resource and scope).
+fn for_each_span_tag(s: &Span, f: &mut impl FnMut(&str, Tag<'_>)) {
     for (k, v) in &s.attributes {
-        f(k, v);
-    }
-    for (k, v) in &s.origin.resource {
-        f(k, v);
+        f(k, Tag::Attr(v));
     }
     for e in &s.events {
         for (k, v) in &e.attributes {
-            f(k, v);
+            f(k, Tag::Attr(v));
         }
     }
     if s.kind != faultline_model::span::SpanKind::Unspecified {
-        f("span.kind", &AttrValue::Str(s.kind.as_str().to_string()));
+        f("span.kind", Tag::Str(s.kind.as_str()));
     }
     match s.status {
         StatusCode::Error => {
-            f("error", &AttrValue::Bool(true));
-            f("otel.status_code", &AttrValue::Str("ERROR".into()));
+            f("error", Tag::Bool(true));
+            f("otel.status_code", Tag::Str("ERROR"));
             if !s.status_message.is_empty() {
-                f(
-                    "otel.status_description",
-                    &AttrValue::Str(s.status_message.clone()),
-                );
+                f("otel.status_description", Tag::Str(&s.status_message));
             }
         }
-        StatusCode::Ok => f("otel.status_code", &AttrValue::Str("OK".into())),
+        StatusCode::Ok => f("otel.status_code", Tag::Str("OK")),
         StatusCode::Unset => {}
     }
-    if !s.origin.scope_name.is_empty() {
-        f(
-            "otel.scope.name",
-            &AttrValue::Str(s.origin.scope_name.clone()),
-        );
+}
+
+/// The searchable tags of a resource and scope.
+fn for_each_origin_tag(o: &faultline_model::span::Origin, f: &mut impl FnMut(&str, Tag<'_>)) {
+    for (k, v) in &o.resource {
+        f(k, Tag::Attr(v));
     }
-    if !s.origin.scope_version.is_empty() {
-        f(
-            "otel.scope.version",
-            &AttrValue::Str(s.origin.scope_version.clone()),
-        );
+    if !o.scope_name.is_empty() {
+        f("otel.scope.name", Tag::Str(&o.scope_name));
+    }
+    if !o.scope_version.is_empty() {
+        f("otel.scope.version", Tag::Str(&o.scope_version));
     }
 }
 
@@ -332,19 +344,25 @@ pub fn span_has_tag(s: &Span, key: &str, value: &str) -> bool {
     found
 }
 
-fn value_text_eq(v: &AttrValue, text: &str) -> bool {
+fn value_text_eq(v: Tag<'_>, text: &str) -> bool {
     match v {
-        AttrValue::Str(s) => s == text,
-        other => other.to_text() == text,
+        Tag::Attr(AttrValue::Str(s)) => s == text,
+        Tag::Str(s) => s == text,
+        Tag::Bool(b) => text == if b { "true" } else { "false" },
+        Tag::Attr(other) => other.to_text() == text,
     }
 }
 
 /// The text under which a value is indexed, or `None` when it is not indexed.
-fn indexed_text(v: &AttrValue) -> Option<String> {
+fn indexed_text(v: Tag<'_>) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    let short = |s: &str| s.len() <= MAX_INDEXED_VALUE;
     match v {
-        AttrValue::Str(s) if s.len() <= MAX_INDEXED_VALUE => Some(s.clone()),
-        AttrValue::Int(i) => Some(i.to_string()),
-        AttrValue::Bool(b) => Some(b.to_string()),
+        Tag::Attr(AttrValue::Str(s)) if short(s) => Some(Cow::Borrowed(s.as_str())),
+        Tag::Str(s) if short(s) => Some(Cow::Borrowed(s)),
+        Tag::Attr(AttrValue::Int(i)) => Some(Cow::Owned(i.to_string())),
+        Tag::Attr(AttrValue::Bool(b)) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Tag::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
         _ => None,
     }
 }
@@ -376,8 +394,16 @@ impl LightRows {
     }
 
     pub(crate) fn push_span(&mut self, s: &Span) {
-        let svc = self.intern(s.service());
-        let name = self.intern(&s.name);
+        // Neighbouring rows (one trace) often repeat the service and name.
+        let n = self.service.len();
+        let svc = match n.checked_sub(1) {
+            Some(i) if self.strings[self.service[i] as usize] == s.service() => self.service[i],
+            _ => self.intern(s.service()),
+        };
+        let name = match n.checked_sub(1) {
+            Some(i) if self.strings[self.name[i] as usize] == s.name => self.name[i],
+            _ => self.intern(&s.name),
+        };
         self.service.push(svc);
         self.name.push(name);
         self.start_ns.push(s.start_ns);
@@ -388,93 +414,178 @@ impl LightRows {
     }
 }
 
-/// Tag postings of one block.
+/// Hash of a (service, key) or (service, key, value) term. Deterministic within a process;
+/// two terms sharing a hash would share a posting set, which has a chance of about one in
+/// 10^10 per block and could only add candidates.
+fn term_hash(parts: &[&str]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x6661_756c_746c_696e).build_hasher();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// A hasher for keys that are already well-mixed 64-bit hashes: passes them through.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed with this; fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Build-hasher for [`IdHasher`].
+pub(crate) type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+
+/// The traces of one term: a short sorted list, or a bitmap.
+#[derive(Debug)]
+enum Posting {
+    Few(Box<[u32]>),
+    Many(RoaringBitmap),
+}
+
+/// Up to this many traces a posting is a plain list (a bitmap costs about 100 bytes even
+/// for one entry, and most values of a high-cardinality key are in one or two traces).
+const FEW: u64 = 8;
+
+impl Posting {
+    fn from_bitmap(b: RoaringBitmap) -> Self {
+        if b.len() <= FEW {
+            Self::Few(b.iter().collect())
+        } else {
+            Self::Many(b)
+        }
+    }
+
+    fn to_bitmap(&self) -> RoaringBitmap {
+        match self {
+            Self::Few(v) => v.iter().copied().collect(),
+            Self::Many(b) => b.clone(),
+        }
+    }
+}
+
+/// Tag postings of one block, in memory.
 #[derive(Debug, Default)]
 pub(crate) struct Postings {
-    /// (service, key, value) → traces.
-    terms: HashMap<(String, String, String), RoaringBitmap>,
-    /// (service, key) pairs with values not in `terms`.
-    unindexed: HashSet<(String, String)>,
+    /// Hash of (service, key, value) → traces.
+    terms: HashMap<u64, Posting, IdBuild>,
+    /// Hashes of (service, key) pairs with values not in `terms`.
+    unindexed: HashSet<u64, IdBuild>,
+}
+
+/// Postings as built from spans, with their strings (what the file holds).
+struct BuiltTerm {
+    service: String,
+    key: String,
+    value: String,
+    traces: RoaringBitmap,
 }
 
 impl Postings {
     /// Builds the postings of a block from its spans in row order, with `traces` giving
-    /// each trace's first row and row count.
-    pub(crate) fn build(spans: &[&Span], traces: &[(u32, u32)]) -> Self {
-        let mut terms: HashMap<(String, String, String), RoaringBitmap> = HashMap::new();
-        let mut unindexed: HashSet<(String, String)> = HashSet::new();
+    /// each trace's first row and row count; returns them and the compressed file body.
+    pub(crate) fn build(
+        spans: &[&Span],
+        traces: &[(u32, u32)],
+    ) -> Result<(Self, Vec<u8>), StoreError> {
+        let mut ids: HashMap<u64, usize, IdBuild> = HashMap::default();
+        let mut built: Vec<BuiltTerm> = Vec::new();
+        let mut unindexed: HashMap<u64, (String, String), IdBuild> = HashMap::default();
+        let mut origins_seen: Vec<*const faultline_model::span::Origin> = Vec::new();
         for (t, &(first, rows)) in traces.iter().enumerate() {
             let end = (first + rows) as usize;
+            origins_seen.clear();
             for s in spans.get(first as usize..end).unwrap_or_default() {
                 let svc = s.service();
-                for_each_tag(s, |k, v| match indexed_text(v) {
+                let mut add = |k: &str, v: Tag<'_>| match indexed_text(v) {
                     Some(text) => {
-                        // Avoid allocating the key for values already present.
-                        let key = (svc.to_string(), k.to_string(), text);
-                        terms.entry(key).or_default().insert(t as u32);
+                        let h = term_hash(&[svc, k, &text]);
+                        let i = *ids.entry(h).or_insert_with(|| {
+                            built.push(BuiltTerm {
+                                service: svc.to_string(),
+                                key: k.to_string(),
+                                value: text.to_string(),
+                                traces: RoaringBitmap::new(),
+                            });
+                            built.len() - 1
+                        });
+                        built[i].traces.insert(t as u32);
                     }
                     None => {
-                        if !unindexed.contains(&(svc.to_string(), k.to_string())) {
-                            unindexed.insert((svc.to_string(), k.to_string()));
-                        }
+                        unindexed
+                            .entry(term_hash(&[svc, k]))
+                            .or_insert_with(|| (svc.to_string(), k.to_string()));
                     }
-                });
+                };
+                for_each_span_tag(s, &mut add);
+                // A resource's tags are the same for all its spans: once per trace.
+                let o = std::sync::Arc::as_ptr(&s.origin);
+                if !origins_seen.contains(&o) {
+                    origins_seen.push(o);
+                    for_each_origin_tag(&s.origin, &mut add);
+                }
             }
         }
         // Keys with too many distinct values become unindexed.
-        let mut distinct: HashMap<(&str, &str), usize> = HashMap::new();
-        for (s, k, _) in terms.keys() {
-            *distinct.entry((s.as_str(), k.as_str())).or_default() += 1;
+        let mut distinct: HashMap<u64, usize, IdBuild> = HashMap::default();
+        for b in &built {
+            *distinct
+                .entry(term_hash(&[&b.service, &b.key]))
+                .or_default() += 1;
         }
         let cap = max_distinct_values(traces.len());
-        let too_many: HashSet<(String, String)> = distinct
-            .into_iter()
-            .filter(|(_, n)| *n > cap)
-            .map(|((s, k), _)| (s.to_string(), k.to_string()))
-            .collect();
-        if !too_many.is_empty() {
-            terms.retain(|(s, k, _), _| !too_many.contains(&(s.clone(), k.clone())));
-            unindexed.extend(too_many);
-        }
-        Self { terms, unindexed }
+        built.retain(|b| {
+            let h = term_hash(&[&b.service, &b.key]);
+            if distinct.get(&h).is_some_and(|&n| n > cap) {
+                unindexed
+                    .entry(h)
+                    .or_insert_with(|| (b.service.clone(), b.key.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        built.sort_by(|a, b| (&a.service, &a.key, &a.value).cmp(&(&b.service, &b.key, &b.value)));
+        let mut un: Vec<(String, String)> = unindexed.into_values().collect();
+        un.sort();
+        let body = encode(&built, &un)?;
+        let postings = Self {
+            terms: built
+                .into_iter()
+                .map(|b| {
+                    (
+                        term_hash(&[&b.service, &b.key, &b.value]),
+                        Posting::from_bitmap(b.traces),
+                    )
+                })
+                .collect(),
+            unindexed: un.iter().map(|(s, k)| term_hash(&[s, k])).collect(),
+        };
+        Ok((postings, body))
     }
 
     /// Whether (service, key) has values the postings do not hold.
     pub(crate) fn is_unindexed(&self, service: &str, key: &str) -> bool {
-        self.unindexed
-            .contains(&(service.to_string(), key.to_string()))
+        self.unindexed.contains(&term_hash(&[service, key]))
     }
 
-    fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        fn put_str(out: &mut Vec<u8>, s: &str) {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-        let mut body = Vec::new();
-        let mut terms: Vec<_> = self.terms.iter().collect();
-        terms.sort_by(|a, b| a.0.cmp(b.0));
-        body.extend_from_slice(&(terms.len() as u32).to_le_bytes());
-        let mut bm = Vec::new();
-        for ((s, k, v), bitmap) in terms {
-            put_str(&mut body, s);
-            put_str(&mut body, k);
-            put_str(&mut body, v);
-            bm.clear();
-            bitmap
-                .serialize_into(&mut bm)
-                .map_err(|e| StoreError::Encode(format!("search index bitmap: {e}")))?;
-            body.extend_from_slice(&(bm.len() as u32).to_le_bytes());
-            body.extend_from_slice(&bm);
-        }
-        let mut un: Vec<_> = self.unindexed.iter().collect();
-        un.sort();
-        body.extend_from_slice(&(un.len() as u32).to_le_bytes());
-        for (s, k) in un {
-            put_str(&mut body, s);
-            put_str(&mut body, k);
-        }
-        zstd::bulk::compress(&body, 3)
-            .map_err(|e| StoreError::Encode(format!("search index compression: {e}")))
+    /// The traces with a span of `service` carrying `key` = `value`.
+    fn lookup(&self, service: &str, key: &str, value: &str) -> Option<RoaringBitmap> {
+        self.terms
+            .get(&term_hash(&[service, key, value]))
+            .map(Posting::to_bitmap)
     }
 
     fn decode(body: &[u8]) -> Result<Self, String> {
@@ -492,35 +603,64 @@ impl Postings {
                 let b = self.take(4)?;
                 Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             }
-            fn string(&mut self) -> Result<String, String> {
+            fn str(&mut self) -> Result<&'a str, String> {
                 let n = self.u32()? as usize;
-                String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())
+                std::str::from_utf8(self.take(n)?).map_err(|e| e.to_string())
             }
         }
         let mut c = Cur(body);
         let n = c.u32()? as usize;
-        let mut terms = HashMap::with_capacity(n.min(1 << 20));
+        let mut terms = HashMap::with_capacity_and_hasher(n.min(1 << 20), IdBuild::default());
         for _ in 0..n {
-            let s = c.string()?;
-            let k = c.string()?;
-            let v = c.string()?;
+            let s = c.str()?;
+            let k = c.str()?;
+            let v = c.str()?;
             let len = c.u32()? as usize;
             let bitmap = RoaringBitmap::deserialize_from(c.take(len)?)
                 .map_err(|e| format!("bitmap of {k}={v}: {e}"))?;
-            terms.insert((s, k, v), bitmap);
+            terms.insert(term_hash(&[s, k, v]), Posting::from_bitmap(bitmap));
         }
         let n = c.u32()? as usize;
-        let mut unindexed = HashSet::with_capacity(n.min(1 << 20));
+        let mut unindexed = HashSet::with_capacity_and_hasher(n.min(1 << 20), IdBuild::default());
         for _ in 0..n {
-            let s = c.string()?;
-            let k = c.string()?;
-            unindexed.insert((s, k));
+            let s = c.str()?;
+            let k = c.str()?;
+            unindexed.insert(term_hash(&[s, k]));
         }
         if !c.0.is_empty() {
             return Err(format!("{} bytes after the last entry", c.0.len()));
         }
         Ok(Self { terms, unindexed })
     }
+}
+
+/// The compressed body of a postings file (layout in the module docs).
+fn encode(terms: &[BuiltTerm], unindexed: &[(String, String)]) -> Result<Vec<u8>, StoreError> {
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut body = Vec::new();
+    body.extend_from_slice(&(terms.len() as u32).to_le_bytes());
+    let mut bm = Vec::new();
+    for t in terms {
+        put_str(&mut body, &t.service);
+        put_str(&mut body, &t.key);
+        put_str(&mut body, &t.value);
+        bm.clear();
+        t.traces
+            .serialize_into(&mut bm)
+            .map_err(|e| StoreError::Encode(format!("search index bitmap: {e}")))?;
+        body.extend_from_slice(&(bm.len() as u32).to_le_bytes());
+        body.extend_from_slice(&bm);
+    }
+    body.extend_from_slice(&(unindexed.len() as u32).to_le_bytes());
+    for (s, k) in unindexed {
+        put_str(&mut body, s);
+        put_str(&mut body, k);
+    }
+    zstd::bulk::compress(&body, 3)
+        .map_err(|e| StoreError::Encode(format!("search index compression: {e}")))
 }
 
 /// Path of a block's search index.
@@ -530,13 +670,12 @@ pub(crate) fn sidx_path(dir: &Path, id: &str) -> PathBuf {
 
 /// Writes the postings durably (temporary name, fsync, rename; the caller fsyncs the
 /// directory). Returns the file size.
-pub(crate) fn write_postings(dir: &Path, id: &str, p: &Postings) -> Result<u64, StoreError> {
-    let body = p.encode()?;
+pub(crate) fn write_postings(dir: &Path, id: &str, body: &[u8]) -> Result<u64, StoreError> {
     let mut out = Vec::with_capacity(body.len() + 20);
     out.extend_from_slice(SIDX_MAGIC);
     out.extend_from_slice(&SIDX_VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     let tmp = dir.join(format!("{id}.sidx.tmp"));
@@ -761,9 +900,8 @@ impl BlockIndex {
         for (k, v) in &q.tags {
             let mut set = RoaringBitmap::new();
             let mut unindexed = false;
-            let key = |s: &str| (s.to_string(), k.to_string(), v.to_string());
             for s in &services {
-                if let Some(b) = self.postings.terms.get(&key(s)) {
+                if let Some(b) = self.postings.lookup(s, k, v) {
                     set |= b;
                 }
                 unindexed |= self.postings.is_unindexed(s, k);

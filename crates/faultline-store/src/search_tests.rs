@@ -258,6 +258,7 @@ proptest! {
         }
         let (store, report) = Store::open(opts).unwrap();
         prop_assert!(report.quarantined.is_empty());
+        prop_assert!(store.wait_for_indexes(Duration::from_secs(30)));
         for q in &queries {
             check(&store, &all, q)?;
         }

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use faultline_model::span::{Span, TraceId};
@@ -253,7 +253,10 @@ struct Sealed {
     meta: BlockMeta,
     reader: BlockReader,
     services: BTreeSet<String>,
-    index: BlockIndex,
+    /// The search index: set at seal, or by the loader thread after a restart.
+    index: OnceLock<BlockIndex>,
+    /// Why the search index could not be loaded, if it could not.
+    index_error: OnceLock<String>,
     /// Number of the block in this process (for [`TraceLocs`]).
     serial: u32,
     /// Ordinals of its traces that also have spans elsewhere (another block or a head).
@@ -436,10 +439,8 @@ impl Store {
             }
         };
         for meta in &manifest.blocks {
-            let opened = BlockReader::open(&dir, &meta.id)
-                .and_then(|reader| reader.load_index(&dir).map(|index| (reader, index)));
-            match opened {
-                Ok((reader, index)) => {
+            match BlockReader::open(&dir, &meta.id) {
+                Ok(reader) => {
                     match Rollups::read_file(&dir, &meta.id) {
                         Ok(r) => rollups.merge(&r),
                         Err(e) => {
@@ -457,7 +458,8 @@ impl Store {
                         services: meta.services.iter().cloned().collect(),
                         meta: meta.clone(),
                         reader,
-                        index,
+                        index: OnceLock::new(),
+                        index_error: OnceLock::new(),
                         serial: blocks.len() as u32,
                         split: Mutex::new(RoaringBitmap::new()),
                     }));
@@ -488,12 +490,53 @@ impl Store {
         for b in &blocks {
             inner.register(b);
         }
+        // Search indexes load in the background, newest block first, so start-up does not
+        // wait for them; searches say which blocks they could not search yet.
+        let to_load: Vec<Arc<Sealed>> = blocks.iter().rev().cloned().collect();
+        if !to_load.is_empty() {
+            let dir = dir.clone();
+            let spawned = std::thread::Builder::new()
+                .name("store-index-loader".into())
+                .spawn(move || load_indexes(&dir, to_load));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the search index loader; searches skip sealed blocks");
+            }
+        }
         let store = Self {
             opts,
             inner: RwLock::new(inner),
             seal_lock: Mutex::new(()),
         };
         Ok((store, report))
+    }
+
+    /// Blocks whose search index is not loaded yet (it loads in the background after
+    /// [`Store::open`]; blocks whose index failed to load do not count).
+    pub fn indexes_loading(&self) -> usize {
+        self.inner
+            .read()
+            .map(|i| {
+                i.blocks
+                    .iter()
+                    .filter(|b| b.index.get().is_none() && b.index_error.get().is_none())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until every search index is loaded (or failed), at most `limit`; returns
+    /// whether they all were.
+    pub fn wait_for_indexes(&self, limit: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.indexes_loading() == 0 {
+                return true;
+            }
+            if started.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The highest WAL sequence number whose spans are all in durable blocks.
@@ -665,7 +708,8 @@ impl Store {
             meta,
             reader,
             services: head.services.clone(),
-            index,
+            index: OnceLock::from(index),
+            index_error: OnceLock::new(),
             serial,
             split: Mutex::new(RoaringBitmap::new()),
         })
@@ -874,7 +918,8 @@ impl Store {
                 meta,
                 reader,
                 services,
-                index,
+                index: OnceLock::from(index),
+                index_error: OnceLock::new(),
                 serial: inner.next_serial - 1,
                 split: Mutex::new(RoaringBitmap::new()),
             });
@@ -904,6 +949,33 @@ impl Store {
             reasons: inner.quarantined.clone(),
         }
     }
+}
+
+/// Loads the search index of each block (see [`Store::open`]).
+fn load_indexes(dir: &Path, blocks: Vec<Arc<Sealed>>) {
+    let started = Instant::now();
+    let mut loaded = 0usize;
+    for b in blocks {
+        // A block deleted by retention meanwhile is simply skipped.
+        if !dir.join(format!("{}.parquet", b.meta.id)).exists() {
+            continue;
+        }
+        match b.reader.load_index(dir) {
+            Ok(index) => {
+                let _ = b.index.set(index);
+                loaded += 1;
+            }
+            Err(e) => {
+                tracing::error!(block = %b.meta.id, error = %e, "cannot load the search index of a block; searches skip it");
+                let _ = b.index_error.set(e.to_string());
+            }
+        }
+    }
+    tracing::info!(
+        blocks = loaded,
+        ms = started.elapsed().as_millis() as u64,
+        "search indexes loaded"
+    );
 }
 
 fn quarantine(dir: &Path, id: &str) {
@@ -1030,6 +1102,7 @@ impl SpanStore for Store {
         // Newest blocks first: with the default order they fill the top quickly.
         let mut budget = MAX_VERIFY_TRACES;
         let mut unverified = 0;
+        let (mut loading, mut broken) = (0usize, Vec::new());
         for (bi, (b, split)) in blocks.iter().enumerate().rev() {
             // Blocks outside the range hold no matching trace, except parts of split ones.
             if (b.meta.min_start_ns > q.end_ns || b.meta.max_end_ns < q.start_ns)
@@ -1037,6 +1110,13 @@ impl SpanStore for Store {
             {
                 continue;
             }
+            let Some(index) = b.index.get() else {
+                match b.index_error.get() {
+                    Some(e) => broken.push(format!("block {} is not searchable: {e}", b.meta.id)),
+                    None => loading += 1,
+                }
+                continue;
+            };
             let reader = &b.reader;
             let mut verify = |t: usize| -> Result<Option<Vec<Span>>, StoreError> {
                 match reader.trace_id_at(t) {
@@ -1044,7 +1124,7 @@ impl SpanStore for Store {
                     None => Ok(None),
                 }
             };
-            let outcome = b.index.search(
+            let outcome = index.search(
                 q,
                 &mut top,
                 bi,
@@ -1067,6 +1147,12 @@ impl SpanStore for Store {
                 top.push(q.sort.key(a.start_ns, a.end_ns), SPLIT + i, 0);
             }
         }
+        if loading > 0 {
+            completeness.reasons.push(format!(
+                "the search indexes of {loading} blocks are still loading after a restart; their traces are not in this answer"
+            ));
+        }
+        completeness.reasons.extend(broken);
         if unverified > 0 {
             completeness.reasons.push(format!(
                 "{unverified} candidate traces were not checked because a searched tag is not indexed (its values are long, non-text or nearly unique) and one search checks at most {MAX_VERIFY_TRACES}; narrow the time range or add filters"
@@ -1083,9 +1169,10 @@ impl SpanStore for Store {
                 head_found.get(source - HEAD).cloned()
             } else {
                 blocks.get(source).and_then(|(b, _)| {
+                    let index = b.index.get()?;
                     b.reader
                         .trace_id_at(t as usize)
-                        .map(|id| b.index.summary(t as usize, id))
+                        .map(|id| index.summary(t as usize, id))
                 })
             };
             out.extend(summary);

@@ -1,12 +1,13 @@
-//! `faultline bench trace-by-id` and `faultline bench red`: query latency measured on a
-//! stopped server's data directory, at the store level (no HTTP), for BENCHMARKS.md.
+//! `faultline bench trace-by-id`, `faultline bench red` and `faultline bench search`: query
+//! latency measured on a stopped server's data directory, at the store level (no HTTP),
+//! for BENCHMARKS.md.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use faultline_store::{OpenReport, SpanStore, Store, StoreOptions};
+use faultline_store::{OpenReport, SortOrder, SpanStore, Store, StoreOptions, TraceQuery};
 
 fn open(data_dir: &Path) -> anyhow::Result<(Store, OpenReport, f64)> {
     let started = Instant::now();
@@ -94,5 +95,131 @@ pub fn red(data_dir: &Path, samples: usize) -> anyhow::Result<ExitCode> {
         spans as f64 / lat.len() as f64,
         percentiles(&mut lat)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Search shapes over the last 24 hours of the data, each repeated `samples` times over
+/// every service: the tag values are those `faultline loadgen` sends.
+pub fn search(data_dir: &Path, samples: usize) -> anyhow::Result<ExitCode> {
+    let (store, report, open_ms) = open(data_dir)?;
+    let started = Instant::now();
+    anyhow::ensure!(
+        store.wait_for_indexes(std::time::Duration::from_secs(600)),
+        "search indexes did not load within 10 minutes"
+    );
+    let index_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (services, _) = store.services().context("cannot list services")?;
+    anyhow::ensure!(
+        !services.is_empty(),
+        "no services in {}",
+        data_dir.display()
+    );
+    let end_ns = store
+        .blocks()
+        .iter()
+        .map(|b| b.max_end_ns)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(60_000_000_000);
+    let start_ns = end_ns.saturating_sub(24 * 3600 * 1_000_000_000);
+    println!(
+        "{} blocks, {} spans, {} services (opened in {open_ms:.0} ms, search indexes loaded {index_ms:.0} ms later in the background); window 24 h; limit 20",
+        report.blocks,
+        report.spans,
+        services.len()
+    );
+    type Shape = (
+        &'static str,
+        fn(usize) -> (Vec<(String, String)>, Option<u64>),
+        bool,
+    );
+    let shapes: [Shape; 5] = [
+        (
+            "service + http.request.method=POST + minDuration 50ms (common tag)",
+            |_| {
+                (
+                    vec![("http.request.method".into(), "POST".into())],
+                    Some(50_000_000),
+                )
+            },
+            false,
+        ),
+        (
+            "service + http.response.status_code=500 + minDuration 1ms (rare tag)",
+            |_| {
+                (
+                    vec![("http.response.status_code".into(), "500".into())],
+                    Some(1_000_000),
+                )
+            },
+            false,
+        ),
+        (
+            "service + user.id=user-N + minDuration 1ms (one user, 10,000 values)",
+            |i| {
+                (
+                    vec![("user.id".into(), format!("user-{}", (i * 7919) % 10_000))],
+                    Some(1_000_000),
+                )
+            },
+            false,
+        ),
+        (
+            "service + retry=true + minDuration 300ms (few matches: scans deep)",
+            |_| (vec![("retry".into(), "true".into())], Some(300_000_000)),
+            false,
+        ),
+        (
+            "as the first, then reading the 20 whole traces (Jaeger /api/traces)",
+            |_| {
+                (
+                    vec![("http.request.method".into(), "POST".into())],
+                    Some(50_000_000),
+                )
+            },
+            true,
+        ),
+    ];
+    for (name, make, fetch) in shapes {
+        let mut lat = Vec::with_capacity(samples);
+        let mut found = 0usize;
+        let mut partial = 0usize;
+        for i in 0..samples.max(1) {
+            let (tags, min) = make(i);
+            // user.id is on frontend spans only.
+            let service = if tags[0].0 == "user.id" {
+                "frontend".to_string()
+            } else {
+                services[i % services.len()].clone()
+            };
+            let q = TraceQuery {
+                service: Some(service),
+                tags,
+                min_duration_ns: min,
+                start_ns,
+                end_ns,
+                sort: SortOrder::Newest,
+                limit: 20,
+                ..TraceQuery::default()
+            };
+            let t = Instant::now();
+            let (hits, c) = store.search(&q).context("search failed")?;
+            if fetch {
+                for h in &hits {
+                    let a = store.trace(&h.trace_id).context("trace read failed")?;
+                    anyhow::ensure!(!a.spans.is_empty(), "a found trace has no spans");
+                }
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            found += hits.len();
+            partial += usize::from(!c.is_complete());
+        }
+        println!(
+            "{name}: {} queries, {:.1} traces each, {partial} partial: {}",
+            lat.len(),
+            found as f64 / lat.len() as f64,
+            percentiles(&mut lat)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

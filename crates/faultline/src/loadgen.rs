@@ -330,7 +330,9 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
 }
 
 /// Copies a template and stamps unique trace ids: the first 8 bytes of every trace id
-/// become `nonce ^ request number` (with the trace's index in the last byte of those 8).
+/// become `nonce ^ request number` (with the trace's index in the last byte of those 8),
+/// and the last 8 bytes are XORed with a mix of those, so both halves vary as W3C's
+/// random trace ids do.
 /// Timestamps move forward by the template's age.
 /// Span ids (and the parent ids that point at them) get their first 4 bytes XORed with a
 /// per-request mask, so ids do not repeat across requests, as they would not in real
@@ -357,9 +359,17 @@ fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<String>) {
     }
     let mut ids = Vec::with_capacity(t.trace_offsets.len());
     for (k, offsets) in t.trace_offsets.iter().enumerate() {
-        let prefix = (nonce ^ (request << 16) ^ k as u64).to_be_bytes();
+        let prefix_n = nonce ^ (request << 16) ^ k as u64;
+        let prefix = prefix_n.to_be_bytes();
+        let mix = prefix_n
+            .wrapping_mul(0xD6E8_FEB8_6659_FD93)
+            .rotate_left(29)
+            .to_be_bytes();
         for &o in offsets {
             body[o..o + 8].copy_from_slice(&prefix);
+            for (b, m) in body[o + 8..o + 16].iter_mut().zip(mix) {
+                *b ^= m;
+            }
         }
         if let Some(&o) = offsets.first() {
             ids.push(body[o..o + 16].iter().map(|b| format!("{b:02x}")).collect());
@@ -862,6 +872,12 @@ mod tests {
         assert!(
             ids_a.iter().all(|id| !ids_b.contains(id)),
             "requests never share trace ids"
+        );
+        assert!(
+            ids_a
+                .iter()
+                .all(|id| ids_b.iter().all(|other| id[16..] != other[16..])),
+            "both halves of the ids vary, as random W3C trace ids do"
         );
         let ra = ExportTraceServiceRequest::decode(&a[..]).unwrap();
         ExportTraceServiceRequest::decode(&b[..]).unwrap();

@@ -69,6 +69,15 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Trace search latency of the store in DATA_DIR (stop the server first): service plus
+    /// one tag plus minDuration over the last 24 hours of the data, in several shapes.
+    Search {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Queries per shape.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
     /// RED latency of the store in DATA_DIR (stop the server first): one hour of one
     /// service, for every service, repeatedly.
     Red {
@@ -191,6 +200,7 @@ fn main() -> ExitCode {
             } => loadgen::bench_decode(seconds, spans_per_request, templates, json),
             BenchCommand::TraceById { data_dir, samples } => bench::trace_by_id(&data_dir, samples),
             BenchCommand::Red { data_dir, samples } => bench::red(&data_dir, samples),
+            BenchCommand::Search { data_dir, samples } => bench::search(&data_dir, samples),
         },
     };
     match result {
