@@ -1,5 +1,5 @@
-//! Jaeger's v1 JSON API, as Grafana's Jaeger data source calls it: `GET /api/services` and
-//! `GET /api/traces/{id}`, with Jaeger's envelope (`data`, `total`, `limit`, `offset`,
+//! Jaeger's v1 JSON API, as Grafana's Jaeger data source and Jaeger UI call it: services,
+//! operations, dependencies, trace search (`GET /api/traces`) and trace by id, with Jaeger's envelope (`data`, `total`, `limit`, `offset`,
 //! `errors`) and trace shape (spans with `references`, typed `tags` and `logs`, and
 //! `processes` keyed by `processID`).
 //!
@@ -12,14 +12,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use faultline_model::span::{AttrValue, Span, SpanKind, StatusCode as SpanStatus, TraceId};
-use faultline_store::Completeness;
+use faultline_store::{Completeness, SortOrder, TraceQuery};
 
 use crate::ApiState;
 
@@ -33,7 +33,146 @@ pub fn router() -> Router<ApiState> {
         )
         .route("/api/operations", get(operations))
         .route("/api/dependencies", get(dependencies))
+        .route("/api/traces", get(search))
         .route("/api/traces/{id}", get(trace))
+}
+
+/// Jaeger's default number of traces per search.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most traces one search returns.
+pub const MAX_LIMIT: usize = 1500;
+/// Jaeger's default search window when `start` is absent.
+const DEFAULT_LOOKBACK_NS: u64 = 2 * 24 * 3600 * 1_000_000_000;
+
+/// Parses Jaeger's `/api/traces` parameters into a query.
+pub fn parse_search(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, String> {
+    use crate::params::{get, num, parse_go_duration, parse_tags};
+    let Some(service) = get(p, "service") else {
+        return Err("parameter service is required (or traceID)".into());
+    };
+    let end_ns = match num(p, "end", "microseconds")? {
+        Some(us) => us.saturating_mul(1000),
+        None => now_ns,
+    };
+    let start_ns = match num(p, "start", "microseconds")? {
+        Some(us) => us.saturating_mul(1000),
+        None => match get(p, "lookback").filter(|l| *l != "custom") {
+            Some(l) => {
+                end_ns.saturating_sub(parse_go_duration(l).map_err(|e| format!("lookback: {e}"))?)
+            }
+            None => end_ns.saturating_sub(DEFAULT_LOOKBACK_NS),
+        },
+    };
+    if start_ns > end_ns {
+        return Err(format!(
+            "start ({}) is after end ({}); both are Unix microseconds",
+            start_ns / 1000,
+            end_ns / 1000
+        ));
+    }
+    let dur = |name: &str| -> Result<Option<u64>, String> {
+        get(p, name)
+            .map(|v| parse_go_duration(v).map_err(|e| format!("{name}: {e}")))
+            .transpose()
+    };
+    let (min, max) = (dur("minDuration")?, dur("maxDuration")?);
+    if let (Some(a), Some(b)) = (min, max)
+        && a > b
+    {
+        return Err("minDuration is greater than maxDuration".into());
+    }
+    let limit = match num(p, "limit", "traces")? {
+        None | Some(0) => DEFAULT_LIMIT,
+        Some(n) if n as usize > MAX_LIMIT => {
+            return Err(format!("limit={n} is above the maximum of {MAX_LIMIT}"));
+        }
+        Some(n) => n as usize,
+    };
+    let tags = parse_tags(p)?;
+    if tags.len() > faultline_store::search::MAX_TAGS {
+        return Err(format!(
+            "{} tags given; at most {} per search",
+            tags.len(),
+            faultline_store::search::MAX_TAGS
+        ));
+    }
+    Ok(TraceQuery {
+        service: Some(service.to_string()),
+        operation: get(p, "operation").map(str::to_string),
+        tags,
+        min_duration_ns: min,
+        max_duration_ns: max,
+        start_ns,
+        end_ns,
+        errors_only: false,
+        sort: SortOrder::Newest,
+        limit,
+    })
+}
+
+/// `GET /api/traces?service=&operation=&tags=&tag=&minDuration=&maxDuration=&start=&end=&lookback=&limit=`
+/// (or `traceID=` repeated): whole traces, newest first.
+async fn search(
+    State(st): State<ApiState>,
+    axum::extract::Query(p): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    let ids: Vec<&str> = p
+        .iter()
+        .filter(|(k, v)| k == "traceID" && !v.is_empty())
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if !ids.is_empty() {
+        let mut parsed = Vec::new();
+        for id in ids {
+            match parse_trace_id(id) {
+                Ok(t) => parsed.push(t),
+                Err(msg) => return error(StatusCode::BAD_REQUEST, format!("traceID: {msg}")),
+            }
+        }
+        return traces_answer(&st, parsed, Completeness::default()).await;
+    }
+    let q = match parse_search(&p, crate::params::now_ns()) {
+        Ok(q) => q,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    match crate::query(&st, move |store| store.search(&q)).await {
+        Ok((found, c)) => {
+            let ids = found.iter().map(|s| s.trace_id).collect();
+            traces_answer(&st, ids, c).await
+        }
+        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
+    }
+}
+
+/// Reads whole traces and answers them in Jaeger's envelope, in the given order.
+async fn traces_answer(st: &ApiState, ids: Vec<TraceId>, c: Completeness) -> Response {
+    let fetched = crate::query(st, move |store| {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut reasons = Vec::new();
+        for id in ids {
+            let a = store.trace(&id)?;
+            reasons.extend(a.completeness.reasons);
+            if !a.spans.is_empty() {
+                out.push((id, a.spans));
+            }
+        }
+        Ok((out, reasons))
+    })
+    .await;
+    match fetched {
+        Ok((traces, reasons)) => {
+            let mut c = with_lag(st, c);
+            for r in reasons {
+                if !c.reasons.contains(&r) {
+                    c.reasons.push(r);
+                }
+            }
+            let data: Vec<Value> = traces.iter().map(|(id, s)| trace_json(id, s)).collect();
+            let n = data.len();
+            envelope(StatusCode::OK, Value::Array(data), n, Value::Null, &c)
+        }
+        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
+    }
 }
 
 use faultline_model::hex;
@@ -193,21 +332,7 @@ fn envelope(
     let mut headers = HeaderMap::new();
     if !completeness.is_complete() {
         body["partial"] = json!({"complete": false, "reasons": completeness.reasons});
-        let joined = completeness.reasons.join("; ");
-        // Header values must be visible ASCII; reasons are ours, but be safe.
-        let clean: String = joined
-            .chars()
-            .map(|c| {
-                if c.is_ascii() && !c.is_ascii_control() {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect();
-        if let Ok(v) = HeaderValue::from_str(&clean) {
-            headers.insert("x-faultline-partial", v);
-        }
+        crate::mark_partial(&mut headers, &completeness.reasons);
     }
     (status, headers, Json(body)).into_response()
 }

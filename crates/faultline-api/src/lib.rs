@@ -1,6 +1,6 @@
-//! The query API served on the HTTP port: Jaeger's v1 JSON API for services, operations
-//! and trace by id (`jaeger.rs`), and the native RED endpoint (`native.rs`). Search,
-//! dependencies and api_v3 (issue 4) build on the same pieces.
+//! The query API served on the HTTP port: Jaeger's v1 JSON API (`jaeger.rs`), Jaeger's
+//! api_v3 over HTTP answering in OTLP JSON (`v3.rs`), and the native RED and trace summary
+//! endpoints (`native.rs`), with the parameter parsing they share (`params.rs`).
 //!
 //! **Architecture invariant:** the API layer knows nothing about file formats; it reads
 //! through [`faultline_store::SpanStore`] and is the only layer that serialises JSON for
@@ -12,6 +12,8 @@
 
 pub mod jaeger;
 pub mod native;
+pub mod params;
+pub mod v3;
 
 use std::sync::Arc;
 
@@ -52,5 +54,30 @@ pub(crate) async fn query<T: Send + 'static>(
 
 /// Every query route.
 pub fn router(state: ApiState) -> Router {
-    jaeger::router().merge(native::router()).with_state(state)
+    jaeger::router()
+        .merge(native::router())
+        .merge(v3::router())
+        .with_state(state)
+}
+
+/// Sets `X-Faultline-Partial` to the reasons an answer is incomplete (none: no header).
+pub fn mark_partial(headers: &mut axum::http::HeaderMap, reasons: &[String]) {
+    if reasons.is_empty() {
+        return;
+    }
+    // Header values must be visible ASCII; reasons are ours, but be safe.
+    let clean: String = reasons
+        .join("; ")
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&clean) {
+        headers.insert("x-faultline-partial", v);
+    }
 }

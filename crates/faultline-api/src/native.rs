@@ -15,6 +15,22 @@
 //!
 //! Latency quantiles come from DDSketches with 1% relative accuracy; counts and the mean
 //! are exact. Bad parameters get a 400 that names them.
+//!
+//! `GET /api/v1/traces/summaries` lists matching traces without their spans. Parameters:
+//! `service`, `operation`, `tag=key:value` (repeated) or `tags` (JSON object),
+//! `minDuration`/`maxDuration` (Go durations such as `250ms`; a span of the service within
+//! the bounds), `start`/`end` (Unix seconds, fractions allowed; default the last
+//! `lookback`, itself default `1h`), `errors=true` (traces with an error span), `sort`
+//! (`newest`, `oldest`, `longest`, `shortest`), `limit` (default 20, at most 1000).
+//! Answer:
+//!
+//! ```json
+//! {"traces": [{"traceId": "4bf9...", "startTimeUs": 1700000000000000,
+//!              "endTimeUs": 1700000000250000, "durationUs": 250000,
+//!              "rootService": "frontend", "rootOperation": "GET /cart", "spanCount": 17,
+//!              "errorCount": 1, "orphanCount": 0, "services": ["cart", "frontend"]}],
+//!  "limit": 20, "sort": "newest", "complete": true, "partialReasons": []}
+//! ```
 
 use std::collections::HashMap;
 
@@ -27,6 +43,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use faultline_model::span::SpanKind;
+use faultline_store::{SortOrder, TraceQuery, TraceSummary};
 
 use crate::ApiState;
 
@@ -35,7 +52,138 @@ pub const MAX_POINTS: u64 = 10_080;
 
 /// The native routes.
 pub fn router() -> Router<ApiState> {
-    Router::new().route("/api/v1/red", get(red))
+    Router::new()
+        .route("/api/v1/red", get(red))
+        .route("/api/v1/traces/summaries", get(summaries))
+}
+
+/// Default and largest number of summaries per answer.
+pub const SUMMARIES_DEFAULT_LIMIT: usize = 20;
+/// See [`SUMMARIES_DEFAULT_LIMIT`].
+pub const SUMMARIES_MAX_LIMIT: usize = 1000;
+
+/// Parses a time given as Unix seconds, possibly with a fraction.
+fn seconds(p: &[(String, String)], name: &str) -> Result<Option<u64>, String> {
+    match crate::params::get(p, name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => Ok(Some((s * 1e9) as u64)),
+            _ => Err(format!(
+                "{name}={v:?} is not a time in Unix seconds (for example 1700000000 or 1700000000.25)"
+            )),
+        },
+    }
+}
+
+/// Parses `/api/v1/traces/summaries` parameters.
+pub fn parse_summaries(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, String> {
+    use crate::params::{get, num, parse_go_duration, parse_tags};
+    let end_ns = seconds(p, "end")?.unwrap_or(now_ns);
+    let start_ns = match seconds(p, "start")? {
+        Some(s) => s,
+        None => end_ns.saturating_sub(
+            get(p, "lookback")
+                .map(|l| parse_go_duration(l).map_err(|e| format!("lookback: {e}")))
+                .transpose()?
+                .unwrap_or(3_600_000_000_000),
+        ),
+    };
+    if start_ns > end_ns {
+        return Err("start is after end".into());
+    }
+    let dur = |name: &str| -> Result<Option<u64>, String> {
+        get(p, name)
+            .map(|v| parse_go_duration(v).map_err(|e| format!("{name}: {e}")))
+            .transpose()
+    };
+    let (min, max) = (dur("minDuration")?, dur("maxDuration")?);
+    if let (Some(a), Some(b)) = (min, max)
+        && a > b
+    {
+        return Err("minDuration is greater than maxDuration".into());
+    }
+    let sort = match get(p, "sort") {
+        None => SortOrder::Newest,
+        Some(v) => SortOrder::parse(v)
+            .ok_or_else(|| format!("sort={v:?} is not one of newest, oldest, longest, shortest"))?,
+    };
+    let errors_only = match get(p, "errors") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(format!("errors={v:?} must be true or false")),
+    };
+    let limit = match num(p, "limit", "traces")? {
+        None | Some(0) => SUMMARIES_DEFAULT_LIMIT,
+        Some(n) if n as usize > SUMMARIES_MAX_LIMIT => {
+            return Err(format!(
+                "limit={n} is above the maximum of {SUMMARIES_MAX_LIMIT}"
+            ));
+        }
+        Some(n) => n as usize,
+    };
+    let tags = parse_tags(p)?;
+    if tags.len() > faultline_store::search::MAX_TAGS {
+        return Err(format!(
+            "at most {} tags per search",
+            faultline_store::search::MAX_TAGS
+        ));
+    }
+    Ok(TraceQuery {
+        service: get(p, "service").map(str::to_string),
+        operation: get(p, "operation").map(str::to_string),
+        tags,
+        min_duration_ns: min,
+        max_duration_ns: max,
+        start_ns,
+        end_ns,
+        errors_only,
+        sort,
+        limit,
+    })
+}
+
+/// A trace summary as JSON (times in Unix microseconds).
+pub fn summary_json(s: &TraceSummary) -> serde_json::Value {
+    json!({
+        "traceId": faultline_model::hex(&s.trace_id),
+        "startTimeUs": s.start_ns / 1000,
+        "endTimeUs": s.end_ns / 1000,
+        "durationUs": s.duration_ns() / 1000,
+        "rootService": s.root_service,
+        "rootOperation": s.root_name,
+        "spanCount": s.span_count,
+        "errorCount": s.error_count,
+        "orphanCount": s.orphan_count,
+        "services": s.services,
+    })
+}
+
+/// `GET /api/v1/traces/summaries`: what matching traces look like, without their spans.
+async fn summaries(State(st): State<ApiState>, Query(p): Query<Vec<(String, String)>>) -> Response {
+    let q = match parse_summaries(&p, crate::params::now_ns()) {
+        Ok(q) => q,
+        Err(e) => return bad(e),
+    };
+    let (limit, sort) = (q.limit, q.sort);
+    match crate::query(&st, move |store| store.search(&q)).await {
+        Ok((found, c)) => {
+            let mut reasons = c.reasons;
+            reasons.extend((st.lag)());
+            let traces: Vec<_> = found.iter().map(summary_json).collect();
+            let mut resp = Json(json!({
+                "traces": traces, "limit": limit, "sort": format!("{sort:?}").to_lowercase(),
+                "complete": reasons.is_empty(), "partialReasons": reasons,
+            }))
+            .into_response();
+            crate::mark_partial(resp.headers_mut(), &reasons);
+            resp
+        }
+        Err(msg) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": msg})),
+        )
+            .into_response(),
+    }
 }
 
 fn bad(msg: String) -> Response {

@@ -276,6 +276,115 @@ impl AttrValue {
     }
 }
 
+fn value_to_otlp(v: &AttrValue) -> AnyValue {
+    use crate::otlp::common::{ArrayValue, KeyValueList};
+    let value = match v {
+        AttrValue::Str(s) => Some(Value::StringValue(s.clone())),
+        AttrValue::Bool(b) => Some(Value::BoolValue(*b)),
+        AttrValue::Int(i) => Some(Value::IntValue(*i)),
+        AttrValue::Double(d) => Some(Value::DoubleValue(*d)),
+        AttrValue::Bytes(b) => Some(Value::BytesValue(b.clone())),
+        AttrValue::Array(a) => Some(Value::ArrayValue(ArrayValue {
+            values: a.iter().map(value_to_otlp).collect(),
+        })),
+        AttrValue::KvList(kv) => Some(Value::KvlistValue(KeyValueList {
+            values: attrs_to_otlp(kv),
+        })),
+        AttrValue::Empty => None,
+    };
+    AnyValue { value }
+}
+
+fn attrs_to_otlp(attrs: &Attributes) -> Vec<KeyValue> {
+    attrs
+        .iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: Some(value_to_otlp(v)),
+            ..KeyValue::default()
+        })
+        .collect()
+}
+
+/// Converts spans back to an OTLP request, one resource and scope per distinct origin, in
+/// the order origins first appear.
+pub fn to_otlp(spans: &[Span]) -> ExportTraceServiceRequest {
+    use crate::otlp::common::InstrumentationScope;
+    use crate::otlp::resource::Resource;
+    use crate::otlp::trace::{ResourceSpans, ScopeSpans, Status, span};
+    let mut groups: Vec<(&Origin, Vec<crate::otlp::trace::Span>)> = Vec::new();
+    for s in spans {
+        let pos = match groups
+            .iter()
+            .position(|(o, _)| std::ptr::eq(*o, s.origin.as_ref()) || **o == *s.origin)
+        {
+            Some(p) => p,
+            None => {
+                groups.push((s.origin.as_ref(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[pos].1.push(crate::otlp::trace::Span {
+            trace_id: s.trace_id.to_vec(),
+            span_id: s.span_id.to_vec(),
+            parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+            name: s.name.clone(),
+            kind: s.kind as i32,
+            start_time_unix_nano: s.start_ns,
+            end_time_unix_nano: s.end_ns,
+            attributes: attrs_to_otlp(&s.attributes),
+            events: s
+                .events
+                .iter()
+                .map(|e| span::Event {
+                    time_unix_nano: e.time_ns,
+                    name: e.name.clone(),
+                    attributes: attrs_to_otlp(&e.attributes),
+                    dropped_attributes_count: 0,
+                })
+                .collect(),
+            links: s
+                .links
+                .iter()
+                .map(|l| span::Link {
+                    trace_id: l.trace_id.to_vec(),
+                    span_id: l.span_id.to_vec(),
+                    attributes: attrs_to_otlp(&l.attributes),
+                    ..span::Link::default()
+                })
+                .collect(),
+            status: (s.status != StatusCode::Unset || !s.status_message.is_empty()).then(|| {
+                Status {
+                    message: s.status_message.clone(),
+                    code: s.status as i32,
+                }
+            }),
+            ..crate::otlp::trace::Span::default()
+        });
+    }
+    ExportTraceServiceRequest {
+        resource_spans: groups
+            .into_iter()
+            .map(|(o, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: attrs_to_otlp(&o.resource),
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: o.scope_name.clone(),
+                        version: o.scope_version.clone(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect(),
+    }
+}
+
 /// Like [`from_otlp`], consuming the request so strings move instead of being copied
 /// (the store pipeline's path: it decodes a request only to convert it).
 pub fn from_otlp_owned(req: ExportTraceServiceRequest) -> Vec<Span> {
@@ -534,5 +643,85 @@ mod tests {
             Arc::ptr_eq(&spans[0].origin, &spans[1].origin),
             "origin shared, not copied"
         );
+    }
+}
+
+#[cfg(test)]
+mod to_otlp_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn to_otlp_round_trips_through_otlp_json() {
+        let o = Arc::new(Origin {
+            service: "s".into(),
+            resource: vec![
+                ("service.name".into(), AttrValue::Str("s".into())),
+                ("n".into(), AttrValue::Int(5)),
+            ],
+            scope_name: "x".into(),
+            scope_version: "1".into(),
+        });
+        let other = Arc::new(Origin {
+            service: "t".into(),
+            resource: vec![("service.name".into(), AttrValue::Str("t".into()))],
+            ..Origin::default()
+        });
+        let attrs = vec![
+            ("d".to_string(), AttrValue::Double(1.5)),
+            ("b".to_string(), AttrValue::Bytes(vec![1, 2])),
+            ("i".to_string(), AttrValue::Int(-9)),
+            ("t".to_string(), AttrValue::Bool(true)),
+            (
+                "a".to_string(),
+                AttrValue::Array(vec![AttrValue::Str("x".into())]),
+            ),
+            (
+                "k".to_string(),
+                AttrValue::KvList(vec![("in".into(), AttrValue::Int(1))]),
+            ),
+        ];
+        let s1 = Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            name: "op".into(),
+            kind: SpanKind::Server,
+            start_ns: 1_700_000_000_000_000_001,
+            end_ns: 1_700_000_000_000_000_999,
+            status: StatusCode::Error,
+            status_message: "m".into(),
+            attributes: attrs.clone(),
+            events: vec![Event {
+                time_ns: 1_700_000_000_000_000_500,
+                name: "exception".into(),
+                attributes: attrs.clone(),
+            }],
+            links: vec![Link {
+                trace_id: [7; 16],
+                span_id: [8; 8],
+                attributes: attrs,
+            }],
+            origin: o.clone(),
+        };
+        let s2 = Span {
+            span_id: [3; 8],
+            parent_span_id: Some([2; 8]),
+            status: StatusCode::Unset,
+            status_message: String::new(),
+            origin: other,
+            ..s1.clone()
+        };
+        let s3 = Span {
+            span_id: [4; 8],
+            ..s1.clone()
+        };
+        let req = to_otlp(&[s1.clone(), s2.clone(), s3.clone()]);
+        assert_eq!(req.resource_spans.len(), 2, "one resource per origin");
+        let json = serde_json::to_vec(&req).unwrap();
+        let back = crate::otlp_json::decode(&json).unwrap();
+        let mut spans = from_otlp(&back);
+        spans.sort_by_key(|s| s.span_id);
+        assert_eq!(spans, vec![s1, s2, s3]);
     }
 }
