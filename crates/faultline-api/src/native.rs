@@ -16,6 +16,11 @@
 //! Latency quantiles come from DDSketches with 1% relative accuracy; counts and the mean
 //! are exact. Bad parameters get a 400 that names them.
 //!
+//! `GET /api/v1/dependencies?start=&end=` (Unix seconds, default the last hour) answers
+//! the calls between services: `{"edges": [{"parent", "child", "calls", "errors",
+//! "errorRate", "p50Ms", "p90Ms", "p99Ms", "meanMs"}], "complete", "partialReasons"}`
+//! (latency of the callee spans; null for data written before edges had sketches).
+//!
 //! `GET /api/v1/traces/summaries` lists matching traces without their spans. Parameters:
 //! `service`, `operation`, `tag=key:value` (repeated) or `tags` (JSON object),
 //! `minDuration`/`maxDuration` (Go durations such as `250ms`; a span of the service within
@@ -55,6 +60,59 @@ pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/api/v1/red", get(red))
         .route("/api/v1/traces/summaries", get(summaries))
+        .route("/api/v1/dependencies", get(dependencies))
+}
+
+/// `GET /api/v1/dependencies?start=&end=` (Unix seconds, default the last hour): calls
+/// between services with errors and the callee spans' latency.
+async fn dependencies(
+    State(st): State<ApiState>,
+    Query(p): Query<Vec<(String, String)>>,
+) -> Response {
+    let (end, start) = match (
+        crate::params::num(&p, "end", "seconds"),
+        crate::params::num(&p, "start", "seconds"),
+    ) {
+        (Ok(e), Ok(s)) => {
+            let end = e.unwrap_or_else(now_s);
+            (end, s.unwrap_or(end.saturating_sub(3600)))
+        }
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    if start >= end {
+        return bad(format!("start={start} must be before end={end}"));
+    }
+    match crate::query(&st, move |store| store.dependencies(start, end)).await {
+        Ok((deps, c)) => {
+            let mut reasons = c.reasons;
+            reasons.extend((st.lag)());
+            let edges: Vec<_> = deps
+                .iter()
+                .map(|d| {
+                    let l = d.latency_ms;
+                    json!({
+                        "parent": d.parent, "child": d.child, "calls": d.calls,
+                        "errors": d.errors,
+                        "errorRate": if d.calls == 0 { 0.0 } else { d.errors as f64 / d.calls as f64 },
+                        "p50Ms": l.map(|l| l[0]), "p90Ms": l.map(|l| l[1]),
+                        "p99Ms": l.map(|l| l[2]), "meanMs": l.map(|l| l[3]),
+                    })
+                })
+                .collect();
+            let mut resp = Json(json!({
+                "start": start, "end": end, "edges": edges,
+                "complete": reasons.is_empty(), "partialReasons": reasons,
+            }))
+            .into_response();
+            crate::mark_partial(resp.headers_mut(), &reasons);
+            resp
+        }
+        Err(msg) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": msg})),
+        )
+            .into_response(),
+    }
 }
 
 /// Default and largest number of summaries per answer.

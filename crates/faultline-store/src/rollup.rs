@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! 0   8  magic     b"FLTRED01"
-//! 8   4  version   2 (version 1, without edges, is still read)
+//! 8   4  version   3 (versions 1, without edges, and 2, without edge sketches, are
+//!                  still read)
 //! 12  4  cells     number of cells
 //! then per cell:
 //!     8  minute    Unix minute (seconds / 60)
@@ -21,9 +22,10 @@
 //!     8  errors    spans with status ERROR
 //!     4  k         sketch length, then k bytes: the DDSketch in DataDog's Java-compatible
 //!                  encoding (durations in milliseconds, exact count, sum, min and max)
-//! then (version 2) the service dependency edges:
+//! then (version 2 and later) the service dependency edges:
 //!     4  edges     number of edges
-//!     per edge: 8 minute, 2+n parent service, 2+m child service, 8 calls, 8 errors
+//!     per edge: 8 minute, 2+n parent service, 2+m child service, 8 calls, 8 errors,
+//!               and (version 3) 4+k the child spans' latency sketch, encoded as above
 //! ..  4  crc       CRC32C of everything before it
 //! ```
 //!
@@ -42,7 +44,7 @@ use faultline_model::span::{Span, SpanKind};
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"FLTRED01";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// One cell: a minute of one (service, operation, kind).
 #[derive(Clone)]
@@ -86,8 +88,8 @@ impl Cell {
 /// service -> operation -> kind -> cell, for one minute.
 type MinuteCells = HashMap<String, HashMap<String, [Option<Box<Cell>>; 6]>>;
 
-/// Calls and errors of one (caller service, callee service) edge in one minute.
-type MinuteEdges = HashMap<(String, String), (u64, u64)>;
+/// Calls, errors and the callee spans' latency of one (caller, callee) edge in one minute.
+type MinuteEdges = HashMap<(String, String), Cell>;
 
 /// Rollups by minute.
 #[derive(Default)]
@@ -97,7 +99,7 @@ pub struct Rollups {
 }
 
 /// A service dependency over a time range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dependency {
     /// Calling service (the parent span's).
     pub parent: String,
@@ -107,6 +109,9 @@ pub struct Dependency {
     pub calls: u64,
     /// Calls whose child span is an error.
     pub errors: u64,
+    /// Latency of the calls (the child spans) in milliseconds: p50, p90, p99 (1% relative
+    /// accuracy) and the exact mean; `None` when the data predates edge sketches.
+    pub latency_ms: Option<[f64; 4]>,
 }
 
 impl std::fmt::Debug for Rollups {
@@ -157,40 +162,57 @@ impl Rollups {
         cell.sketch.add(s.duration_ns() as f64 / 1e6);
     }
 
-    /// Counts one call from `parent` to `child` service, in the child span's minute.
-    pub fn add_edge(&mut self, start_ns: u64, parent: &str, child: &str, error: bool) {
+    /// Counts one call from `parent` to `child` service, in the child span's minute, with
+    /// the child span's duration.
+    pub fn add_edge(
+        &mut self,
+        start_ns: u64,
+        parent: &str,
+        child: &str,
+        error: bool,
+        duration_ns: u64,
+    ) {
         let e = self
             .edges
             .entry(start_ns / 60_000_000_000)
             .or_default()
             .entry((parent.to_string(), child.to_string()))
             .or_default();
-        e.0 += 1;
+        e.count += 1;
         if error {
-            e.1 += 1;
+            e.errors += 1;
         }
+        e.sketch.add(duration_ns as f64 / 1e6);
     }
 
     /// Service dependencies with calls in `[start_s, end_s)`, sorted by parent and child.
     pub fn dependencies(&self, start_s: u64, end_s: u64) -> Vec<Dependency> {
-        let mut acc: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let mut acc: BTreeMap<(String, String), Cell> = BTreeMap::new();
         for edges in self
             .edges
             .range(start_s / 60..end_s.div_ceil(60))
             .map(|(_, e)| e)
         {
-            for ((p, c), (calls, errors)) in edges {
-                let a = acc.entry((p.clone(), c.clone())).or_default();
-                a.0 += calls;
-                a.1 += errors;
+            for (k, cell) in edges {
+                acc.entry(k.clone()).or_default().merge(cell);
             }
         }
         acc.into_iter()
-            .map(|((parent, child), (calls, errors))| Dependency {
-                parent,
-                child,
-                calls,
-                errors,
+            .map(|((parent, child), c)| {
+                let q = |p: f64| c.sketch.quantile(p).ok().flatten();
+                let latency_ms = match (q(0.5), q(0.9), q(0.99), c.sketch.sum()) {
+                    (Some(a), Some(b), Some(d), Some(sum)) if c.sketch.count() > 0 => {
+                        Some([a, b, d, sum / c.sketch.count() as f64])
+                    }
+                    _ => None,
+                };
+                Dependency {
+                    parent,
+                    child,
+                    calls: c.count,
+                    errors: c.errors,
+                    latency_ms,
+                }
             })
             .collect()
     }
@@ -199,10 +221,8 @@ impl Rollups {
     pub fn merge(&mut self, other: &Rollups) {
         for (minute, edges) in &other.edges {
             let dst = self.edges.entry(*minute).or_default();
-            for (k, (c, e)) in edges {
-                let d = dst.entry(k.clone()).or_default();
-                d.0 += c;
-                d.1 += e;
+            for (k, c) in edges {
+                dst.entry(k.clone()).or_default().merge(c);
             }
         }
         for (minute, services) in &other.minutes {
@@ -385,15 +405,18 @@ impl Rollups {
         let n_edges: usize = self.edges.values().map(|e| e.len()).sum();
         out.extend_from_slice(&(n_edges as u32).to_le_bytes());
         for (minute, edges) in &self.edges {
-            for ((parent, child), (calls, errors)) in edges {
+            for ((parent, child), c) in edges {
                 out.extend_from_slice(&minute.to_le_bytes());
                 for name in [parent, child] {
                     let b = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
                     out.extend_from_slice(&(b.len() as u16).to_le_bytes());
                     out.extend_from_slice(b);
                 }
-                out.extend_from_slice(&calls.to_le_bytes());
-                out.extend_from_slice(&errors.to_le_bytes());
+                out.extend_from_slice(&c.count.to_le_bytes());
+                out.extend_from_slice(&c.errors.to_le_bytes());
+                let sk = c.sketch.to_java_bytes();
+                out.extend_from_slice(&(sk.len() as u32).to_le_bytes());
+                out.extend_from_slice(&sk);
             }
         }
         let crc = crc32c::crc32c(&out);
@@ -411,9 +434,9 @@ impl Rollups {
             return Err("checksum mismatch".into());
         }
         let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
-        if version != 1 && version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(format!(
-                "rollup version {version} is not supported (this build reads 1 and {VERSION})"
+                "rollup version {version} is not supported (this build reads 1 to {VERSION})"
             ));
         }
         let cells = u32::from_le_bytes([body[12], body[13], body[14], body[15]]);
@@ -479,11 +502,23 @@ impl Rollups {
                 c.copy_from_slice(take(8)?);
                 let mut e = [0u8; 8];
                 e.copy_from_slice(take(8)?);
+                let sketch = if version >= 3 {
+                    let l = take(4)?;
+                    let k = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
+                    DDSketch::from_java_bytes(take(k)?)
+                        .map_err(|e| format!("bad edge sketch: {e:?}"))?
+                } else {
+                    Cell::default().sketch
+                };
                 let child = names.pop().unwrap_or_default();
                 let parent = names.pop().unwrap_or_default();
                 r.edges.entry(u64::from_le_bytes(m)).or_default().insert(
                     (parent, child),
-                    (u64::from_le_bytes(c), u64::from_le_bytes(e)),
+                    Cell {
+                        count: u64::from_le_bytes(c),
+                        errors: u64::from_le_bytes(e),
+                        sketch,
+                    },
                 );
             }
         }
@@ -619,10 +654,44 @@ mod tests {
 mod edge_tests {
     use super::*;
     #[test]
-    fn edges_round_trip() {
+    fn edges_round_trip_with_their_latency() {
         let mut r = Rollups::default();
-        r.add_edge(1_000, "a", "b", true);
+        for ms in 1..=100u64 {
+            r.add_edge(1_000, "a", "b", ms % 10 == 0, ms * 1_000_000);
+        }
         let back = Rollups::decode(&r.encode()).unwrap();
-        assert_eq!(back.dependencies(0, 120).len(), 1);
+        let deps = back.dependencies(0, 120);
+        assert_eq!(deps.len(), 1);
+        let d = &deps[0];
+        assert_eq!((d.calls, d.errors), (100, 10));
+        let [p50, p90, p99, mean] = d.latency_ms.unwrap();
+        assert!((p50 - 50.0).abs() <= 1.0, "{p50}");
+        assert!((p90 - 90.0).abs() <= 1.5, "{p90}");
+        assert!((p99 - 99.0).abs() <= 1.5, "{p99}");
+        assert!((mean - 50.5).abs() < 1e-9, "{mean}");
+    }
+
+    #[test]
+    fn version_2_edges_are_read_without_latency() {
+        let mut r = Rollups::default();
+        r.add_edge(1_000, "a", "b", false, 5_000_000);
+        // A version 2 file: the same layout without edge sketches.
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(MAGIC);
+        v2.extend_from_slice(&2u32.to_le_bytes());
+        v2.extend_from_slice(&0u32.to_le_bytes());
+        v2.extend_from_slice(&1u32.to_le_bytes());
+        v2.extend_from_slice(&0u64.to_le_bytes());
+        for name in ["a", "b"] {
+            v2.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            v2.extend_from_slice(name.as_bytes());
+        }
+        v2.extend_from_slice(&3u64.to_le_bytes());
+        v2.extend_from_slice(&1u64.to_le_bytes());
+        let crc = crc32c::crc32c(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        let back = Rollups::decode(&v2).unwrap();
+        let d = &back.dependencies(0, 120)[0];
+        assert_eq!((d.calls, d.errors, d.latency_ms), (3, 1, None));
     }
 }

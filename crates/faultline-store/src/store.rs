@@ -134,8 +134,8 @@ struct Head {
 }
 
 /// A call between services found while ingesting: child start, parent service, child
-/// service, child is an error.
-type Edge = (u64, String, String, bool);
+/// service, child is an error, child duration.
+type Edge = (u64, String, String, bool, u64);
 
 impl Head {
     /// Adds spans; returns the service-to-service calls their arrival completed.
@@ -157,6 +157,7 @@ impl Head {
                                 parent.service().to_string(),
                                 s.service().to_string(),
                                 s.is_error(),
+                                s.duration_ns(),
                             ));
                         }
                     }
@@ -172,6 +173,7 @@ impl Head {
                             s.service().to_string(),
                             child.service().to_string(),
                             child.is_error(),
+                            child.duration_ns(),
                         ));
                     }
                 }
@@ -183,8 +185,8 @@ impl Head {
             }
             self.spans.push(s);
         }
-        for (start, p, c, err) in &edges {
-            self.rollups.add_edge(*start, p, c, *err);
+        for (start, p, c, err, dur) in &edges {
+            self.rollups.add_edge(*start, p, c, *err, *dur);
         }
         self.max_seq = self.max_seq.max(seq);
         edges
@@ -584,8 +586,8 @@ impl Store {
             }
         }
         let edges = inner.head.push(seq, spans);
-        for (start, p, c, err) in &edges {
-            inner.rollups.add_edge(*start, p, c, *err);
+        for (start, p, c, err, dur) in &edges {
+            inner.rollups.add_edge(*start, p, c, *err, *dur);
         }
         Ok(())
     }

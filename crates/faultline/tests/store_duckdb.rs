@@ -91,6 +91,23 @@ fn duckdb_reads_sealed_blocks_and_agrees_with_the_api() {
     );
     let (status, _) = http_get(server.api, "/api/dependencies?endTs=soon").unwrap();
     assert_eq!(status, 400);
+    // The native answer adds errors and the callee spans' latency; it agrees on calls.
+    let (status, body) = http_get(server.api, "/api/v1/dependencies?start=0").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let native: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let native_edges = native["edges"].as_array().unwrap();
+    assert_eq!(native_edges.len(), edges.len(), "{native}");
+    for e in native_edges {
+        let jaeger = edges
+            .iter()
+            .find(|j| j["parent"] == e["parent"] && j["child"] == e["child"])
+            .unwrap();
+        assert_eq!(e["calls"], jaeger["callCount"]);
+        let (p50, p99) = (e["p50Ms"].as_f64().unwrap(), e["p99Ms"].as_f64().unwrap());
+        // loadgen's child spans last 0.2 to 80 ms.
+        assert!(0.1 < p50 && p50 <= p99 && p99 < 90.0, "{e}");
+        assert!(e["errors"].as_u64().unwrap() <= e["calls"].as_u64().unwrap());
+    }
     server.stop();
 
     let out = Command::new(python())
