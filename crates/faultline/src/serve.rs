@@ -239,10 +239,12 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             Vec::new()
         }
     });
-    let query = faultline_api::router(faultline_api::ApiState {
+    let query_state = faultline_api::ApiState {
         store: store.clone(),
         lag,
-    });
+    };
+    let query = faultline_api::router(query_state.clone())
+        .merge(faultline_ui::router().with_state(query_state));
 
     let grpc_l = bind(s.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
     let http_l = bind(s.otlp_http, "OTLP/HTTP", "--otlp-http").await?;

@@ -1,0 +1,175 @@
+//! HTML building blocks: escaping, the page layout with its partial-data banner, small
+//! SVG charts, and formatting of durations and rates. Pages are plain strings: every value
+//! from spans goes through [`esc`].
+
+use std::fmt::Write as _;
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a URL path segment or query value.
+pub fn url(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A duration in nanoseconds as `850 µs`, `12.3 ms`, `1.24 s`.
+pub fn dur(ns: u64) -> String {
+    let ms = ns as f64 / 1e6;
+    if ns < 1_000_000 {
+        format!("{:.0} µs", ns as f64 / 1e3)
+    } else if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+/// Milliseconds as [`dur`] does, or `-`.
+pub fn ms(v: Option<f64>) -> String {
+    v.map(|m| dur((m * 1e6) as u64))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A share as a percentage.
+pub fn pct(v: f64) -> String {
+    if v > 0.0 && v < 0.001 {
+        "<0.1%".into()
+    } else {
+        format!("{:.1}%", v * 100.0)
+    }
+}
+
+const CSS: &str = r#"
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d1f24;background:#fafafa}
+header{background:#20232a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center}
+header a{color:#cfe3ff;text-decoration:none}header b{color:#fff}
+main{padding:12px 16px}table{border-collapse:collapse;width:100%;background:#fff}
+th,td{padding:4px 8px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top}
+th a{color:inherit}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.partial{background:#fff3cd;border:1px solid #e0c36c;padding:6px 10px;margin-bottom:10px}
+.err{color:#b3261e}.muted{color:#777}.bar{background:#7aa7e0;height:10px;display:inline-block}
+.errbar{background:#d9534f}section{margin:14px 0}h2{font-size:16px;margin:6px 0}
+details{background:#fff;border:1px solid #ddd;margin:4px 0;padding:4px 8px}
+summary{cursor:pointer}.wf td{padding:2px 6px;border:none}.wf tr:hover{background:#eef4ff}
+.wf .lane{position:relative;width:55%;min-width:300px}
+.wf .span{position:absolute;height:12px;top:4px;background:#7aa7e0;min-width:2px}
+.wf .critical .span{background:#e08a1e}.wf .errspan .span{background:#d9534f}
+.toggle{cursor:pointer;display:inline-block;width:1em}.orphan{color:#b3261e;font-size:12px}
+.detail{background:#f4f6fa;font-size:12px}.detail td{border-bottom:1px solid #e6e6e6}
+form.q input,form.q select{margin-right:6px}.hidden{display:none}
+"#;
+
+/// A whole page: header with navigation, the partial banner when `partial` has reasons,
+/// then `body`. `refresh` reloads the page every so many seconds.
+pub fn page(title: &str, partial: &[String], refresh: Option<u64>, body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 2048);
+    out.push_str("<!doctype html><html lang=en><head><meta charset=utf-8>");
+    let _ = write!(out, "<title>{} · faultline</title>", esc(title));
+    if let Some(r) = refresh.filter(|r| *r > 0) {
+        let _ = write!(out, "<meta http-equiv=refresh content=\"{r}\">");
+    }
+    let _ = write!(
+        out,
+        "<style>{CSS}</style><script src=\"/ui.js\" defer></script></head><body>"
+    );
+    out.push_str(
+        "<header><b>faultline</b><a href=\"/\">Services</a><a href=\"/search\">Search</a>\
+         <a href=\"/dependencies\">Dependencies</a></header><main>",
+    );
+    if !partial.is_empty() {
+        out.push_str("<div class=partial id=partial><b>Partial data.</b> ");
+        for r in partial {
+            let _ = write!(out, "{}. ", esc(r));
+        }
+        out.push_str("</div>");
+    }
+    let _ = write!(out, "<h1 style=\"font-size:20px\">{}</h1>", esc(title));
+    out.push_str(body);
+    out.push_str("</main></body></html>");
+    out
+}
+
+/// A sparkline of `values` (missing points are gaps), `w` x `h` pixels.
+pub fn sparkline(values: &[Option<f64>], w: u32, h: u32, color: &str) -> String {
+    let max = values.iter().flatten().copied().fold(0.0f64, f64::max);
+    let n = values.len().max(2) - 1;
+    let mut out = format!("<svg width={w} height={h} viewBox=\"0 0 {w} {h}\" role=img>");
+    let mut path = String::new();
+    let mut pen_up = true;
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = v else {
+            pen_up = true;
+            continue;
+        };
+        let x = i as f64 * f64::from(w) / n as f64;
+        let y = f64::from(h)
+            - 1.0
+            - if max > 0.0 {
+                v / max * f64::from(h - 2)
+            } else {
+                0.0
+            };
+        let _ = write!(path, "{}{x:.1},{y:.1} ", if pen_up { "M" } else { "L" });
+        pen_up = false;
+    }
+    let _ = write!(
+        out,
+        "<path d=\"{path}\" fill=none stroke=\"{color}\" stroke-width=1.5></path>"
+    );
+    // Points alone (a single minute of data) would draw nothing: mark them.
+    let points = values.iter().filter(|v| v.is_some()).count();
+    if points <= 3 {
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                let x = i as f64 * f64::from(w) / n as f64;
+                let y = f64::from(h)
+                    - 1.0
+                    - if max > 0.0 {
+                        v / max * f64::from(h - 2)
+                    } else {
+                        0.0
+                    };
+                let _ = write!(
+                    out,
+                    "<circle cx={x:.1} cy={y:.1} r=2 fill=\"{color}\"></circle>"
+                );
+            }
+        }
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// A labelled line chart over time (`points` of (x seconds, value)).
+pub fn chart(title: &str, points: &[(u64, Option<f64>)], unit: &str) -> String {
+    let max = points.iter().filter_map(|p| p.1).fold(0.0f64, f64::max);
+    let values: Vec<Option<f64>> = points.iter().map(|p| p.1).collect();
+    format!(
+        "<figure style=\"display:inline-block;margin:0 16px 0 0\"><figcaption>{} <span class=muted>(max {:.2} {})</span></figcaption>{}</figure>",
+        esc(title),
+        max,
+        esc(unit),
+        sparkline(&values, 360, 80, "#2f6fb5")
+    )
+}

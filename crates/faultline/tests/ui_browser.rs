@@ -1,0 +1,121 @@
+//! The web UI in headless Chromium (Debian's chromium and chromium-driver, installed by
+//! scripts/test), over traces sent by the Python OpenTelemetry SDK and by loadgen: the
+//! services page, search to a trace, collapsing and expanding spans, span details, find in
+//! trace, a "look here first" error group, and the dependency map. Screenshots are kept in
+//! the target directory's `tmp/ui-screenshots`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, client_script, http_get, python};
+
+#[test]
+fn pages_work_in_a_real_browser() {
+    for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is missing: run ./scripts/test, which installs Debian's chromium and chromium-driver"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    // Cross-service traffic for the dependency map, then two SDK traces.
+    let out = Command::new(common::BIN)
+        .args([
+            "loadgen",
+            "--protocol",
+            "http",
+            "--endpoint",
+            &server.http_url(),
+            "--duration",
+            "1",
+            "--concurrency",
+            "1",
+            "--rate",
+            "2000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for marker in ["b1", "b2"] {
+        let out = Command::new(python())
+            .arg(client_script("otel_send.py"))
+            .args([
+                "--protocol",
+                "http",
+                "--endpoint",
+                &server.http_url(),
+                "--service",
+                "browser-svc",
+                "--marker",
+                marker,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let started = Instant::now();
+    loop {
+        let (_, body) =
+            http_get(server.api, "/api/v1/traces/summaries?service=browser-svc").unwrap();
+        if body.matches("\"traceId\"").count() == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let out = Command::new(python())
+        .arg(client_script("ui_check.py"))
+        .args(["--base", &format!("http://127.0.0.1:{}", server.api)])
+        .args(["--service", "browser-svc"])
+        .arg("--screenshots")
+        .arg(&shots)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser checks failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(seen["dependency_edges"].as_u64().unwrap() > 0, "{seen}");
+    assert!(
+        seen["error_group"]
+            .as_str()
+            .unwrap()
+            .contains("card declined"),
+        "{seen}"
+    );
+    for name in [
+        "1-services",
+        "2-search",
+        "3-trace",
+        "4b-service-error-group",
+        "5-dependencies",
+    ] {
+        assert!(
+            shots.join(format!("{name}.png")).exists(),
+            "screenshot {name}"
+        );
+    }
+}

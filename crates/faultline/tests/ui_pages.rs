@@ -1,0 +1,287 @@
+//! The UI's pages over HTTP: a planted cause (one attribute value in 90% of slow traces and
+//! 5% of the others) is ranked first on the service page, failing traces are grouped by
+//! their exception, and every page answers with the content it should.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use common::{Server, http_get, post_otlp};
+use faultline_model::ExportTraceServiceRequest;
+use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
+use faultline_model::otlp::resource::Resource;
+use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status, span::Event};
+
+fn kv(k: &str, v: Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..KeyValue::default()
+    }
+}
+
+fn s(v: &str) -> Value {
+    Value::StringValue(v.into())
+}
+
+/// 200 traces of `checkout-api`: every tenth is slow (2 s instead of 40 ms); db.pool=exhausted
+/// is on 18 of the 20 slow ones and 9 of the 180 others. Nine traces fail: six with a
+/// TimeoutError whose message differs only in a number, three with ConnectionRefused.
+fn planted(now_ns: u64) -> ExportTraceServiceRequest {
+    let mut spans = Vec::new();
+    for t in 0..200u32 {
+        let mut trace_id = vec![0xab; 16];
+        trace_id[12..].copy_from_slice(&t.to_be_bytes());
+        let slow = t % 10 == 0;
+        let planted = if slow {
+            t / 10 < 18
+        } else {
+            t % 20 == 1 && t < 180
+        };
+        let start = now_ns - u64::from(200 - t) * 2_000_000_000;
+        let dur = if slow {
+            2_000_000_000
+        } else {
+            40_000_000 + u64::from(t) * 10_000
+        };
+        let root_id = vec![1, 0, 0, 0, t as u8, 0, 0, 1];
+        let db_id = vec![2, 0, 0, 0, t as u8, 0, 0, 1];
+        let failing = (101..=109).contains(&t);
+        let (exc, msg) = if t <= 106 {
+            ("TimeoutError", format!("timed out after {} ms", 1000 + t))
+        } else {
+            (
+                "ConnectionRefused",
+                "connection refused by 10.0.0.7".to_string(),
+            )
+        };
+        spans.push(Span {
+            trace_id: trace_id.clone(),
+            span_id: root_id.clone(),
+            name: "POST /checkout".into(),
+            kind: 2,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + dur,
+            attributes: vec![
+                kv(
+                    "region",
+                    s(["eu-west", "us-east", "ap-south", "us-west"][t as usize % 4]),
+                ),
+                kv("cache.hit", Value::BoolValue(t % 3 == 0)),
+                kv("request.id", s(&format!("req-{t}"))),
+            ],
+            status: failing.then(|| Status {
+                code: 2,
+                message: String::new(),
+            }),
+            ..Span::default()
+        });
+        spans.push(Span {
+            trace_id,
+            span_id: db_id,
+            parent_span_id: root_id,
+            name: "SELECT orders".into(),
+            kind: 3,
+            start_time_unix_nano: start + 1_000_000,
+            end_time_unix_nano: start + dur - 1_000_000,
+            attributes: vec![
+                kv("db.pool", s(if planted { "exhausted" } else { "ok" })),
+                kv("db.system", s("postgresql")),
+            ],
+            events: if failing {
+                vec![Event {
+                    time_unix_nano: start + 2_000_000,
+                    name: "exception".into(),
+                    attributes: vec![
+                        kv("exception.type", s(exc)),
+                        kv("exception.message", s(&msg)),
+                    ],
+                    ..Event::default()
+                }]
+            } else {
+                Vec::new()
+            },
+            status: failing.then(|| Status {
+                code: 2,
+                message: msg.clone(),
+            }),
+            ..Span::default()
+        });
+    }
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", s("checkout-api"))],
+                ..Resource::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    }
+}
+
+fn get(api: u16, path: &str) -> String {
+    let (status, body) = http_get(api, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// The text of the first element after `marker` that starts with `open`, tags removed.
+fn first_after(html: &str, marker: &str, open: &str) -> String {
+    let from = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in page"));
+    let rest = &html[from..];
+    let start = rest
+        .find(open)
+        .unwrap_or_else(|| panic!("{open} after {marker}"));
+    let end = rest[start..]
+        .find("</tr>")
+        .map_or(rest.len(), |e| start + e);
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in rest[start..end].chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert_eq!(post_otlp(&server, planted(now).encode_to_vec()), 200);
+    let started = Instant::now();
+    loop {
+        let body = get(
+            server.api,
+            "/api/v1/traces/summaries?service=checkout-api&limit=1000",
+        );
+        if body.matches("\"traceId\"").count() == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let body = get(
+        server.api,
+        "/api/v1/traces/summaries?service=checkout-api&limit=1000",
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ids: std::collections::HashSet<&str> = v["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["traceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 200, "distinct traces");
+    let page = get(server.api, "/service/checkout-api?sample=200&range=1h");
+    let read = page
+        .split("read; ")
+        .next()
+        .and_then(|p| p.rsplit('(').next())
+        .unwrap_or("");
+    assert_eq!(
+        read.trim(),
+        "200",
+        "every trace read: {}",
+        &page[page.find("From the").unwrap_or(0)..]
+    );
+    let top = first_after(&page, "id=contrast-slow", "<tr class=finding>");
+    assert_eq!(
+        top, "db.pool=exhausted 90.0% 13.5%",
+        "the planted cause ranks first"
+    );
+    // Errors: one group of the six timeouts (numbers masked), one of the three refusals.
+    let groups: Vec<&str> = page.split("<details class=error-group>").skip(1).collect();
+    assert_eq!(groups.len(), 2, "{page}");
+    assert!(
+        groups[0].contains("TimeoutError · timed out after # ms") && groups[0].contains("× 6"),
+        "{}",
+        groups[0]
+    );
+    assert!(
+        groups[1].contains("ConnectionRefused") && groups[1].contains("× 3"),
+        "{}",
+        groups[1]
+    );
+    assert!(page.contains("<h3>Representative traces</h3>") && page.contains(">slowest<"));
+    assert!(page.contains("id=histogram") && page.contains("id=operations"));
+    // Every operation has its figures over the range: 200 root spans, 9 failing.
+    let op = first_after(
+        &page,
+        "id=operations",
+        "<tr><td><a href=\"/search?service=checkout-api&operation=POST",
+    );
+    assert!(op.starts_with("POST /checkout server 0.05 4.5%"), "{op}");
+    let services_page = get(server.api, "/?range=1h");
+    let row = first_after(&services_page, "id=services", "<tr class=service-row>");
+    assert!(
+        row.starts_with("checkout-api 0.11 "),
+        "400 spans over the hour: {row}"
+    );
+    let (status, body) = http_get(server.api, "/service/checkout-api?sample=5").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sample"), "{body}");
+
+    // The other pages.
+    let services = get(server.api, "/?range=1h&sort=p99");
+    assert!(
+        services.contains("href=\"/service/checkout-api?range=1h\""),
+        "{services}"
+    );
+    let search = get(
+        server.api,
+        "/search?service=checkout-api&tags=db.pool%3Dexhausted&minDuration=1s&lookback=1h&limit=50",
+    );
+    assert_eq!(
+        search.matches("<tr class=result>").count(),
+        18,
+        "the slow traces with the planted value"
+    );
+    assert!(search.contains("id=scatter"));
+    let id = search
+        .split("href=\"/trace/")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let trace = get(server.api, &format!("/trace/{id}"));
+    assert_eq!(trace.matches("<tr class=\"span-row").count(), 2, "{trace}");
+    assert!(
+        trace.contains(&format!("href=\"/api/v3/traces/{id}\"")),
+        "raw OTLP JSON link"
+    );
+    assert!(
+        trace.contains("span-row critical"),
+        "the critical path is marked"
+    );
+    let (status, _) = http_get(server.api, &format!("/trace/{}", "cd".repeat(16))).unwrap();
+    assert_eq!(status, 404);
+    let deps = get(server.api, "/dependencies?range=1h");
+    assert!(deps.contains("id=depmap"));
+    assert!(
+        !deps.contains("class=partial"),
+        "complete data says nothing"
+    );
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Drive faultline's web UI in headless Chromium and check what a user sees.
+
+Used by faultline's integration tests (crates/faultline/tests/ui_browser.rs):
+
+    ui_check.py --base http://127.0.0.1:16686 --service checkout-svc \
+        --screenshots DIR
+
+It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
+/usr/bin/chromedriver, or --chromium and --chromedriver). Steps, each checked:
+
+1. Services page: the service is listed; sorting by p99 keeps it.
+2. Search: the service's traces are listed with a scatter plot; the first
+   result opens the trace page.
+3. Trace view: three spans are shown; collapsing the root hides its two
+   children, expanding shows them again; clicking a span shows its details;
+   finding "db.query" in the trace marks that span.
+4. Service page: "look here first" has representative traces and an error
+   group for the recorded ValueError; opening the group shows its example
+   trace link.
+5. Dependencies page: the map is drawn.
+
+A screenshot of every page goes to --screenshots. On success it prints one
+JSON line with what it saw and exits 0; on a failed check it prints the
+reason on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise CheckFailed(what)
+
+
+def visible_rows(driver) -> list:
+    return [r for r in driver.find_elements(By.CSS_SELECTOR, "tr.span-row") if r.is_displayed()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--service", required=True)
+    ap.add_argument("--screenshots", required=True)
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
+    args = ap.parse_args()
+    os.makedirs(args.screenshots, exist_ok=True)
+
+    opts = Options()
+    opts.binary_location = args.chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(args.chromedriver), options=opts)
+    driver.set_page_load_timeout(30)
+    seen: dict = {}
+    try:
+        def shot(name: str) -> None:
+            driver.save_screenshot(os.path.join(args.screenshots, f"{name}.png"))
+
+        base = args.base.rstrip("/")
+        svc = args.service
+
+        # 1. Services.
+        driver.get(f"{base}/?range=1h&sort=p99")
+        shot("1-services")
+        names = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#services tr.service-row td:first-child a")]
+        check(svc in names, f"services page lists {svc}: {names}")
+        seen["services"] = names
+
+        # 2. Search, then follow the first result.
+        driver.get(f"{base}/search?service={svc}&lookback=1h&limit=20")
+        shot("2-search")
+        results = driver.find_elements(By.CSS_SELECTOR, "#results tr.result a.trace-link")
+        check(len(results) >= 1, "search lists the service's traces")
+        check(len(driver.find_elements(By.CSS_SELECTOR, "#scatter circle.point")) == len(results),
+              "one scatter point per result")
+        seen["search_results"] = len(results)
+        results[0].click()
+        check("/trace/" in driver.current_url, f"the result opens a trace: {driver.current_url}")
+
+        # 3. Trace view: collapse, expand, details, find.
+        shot("3-trace")
+        rows = visible_rows(driver)
+        check(len(rows) == 3, f"three spans shown, saw {len(rows)}")
+        root = rows[0]
+        toggle = root.find_element(By.CSS_SELECTOR, ".toggle")
+        toggle.click()
+        check(len(visible_rows(driver)) == 1, "collapsing the root hides its children")
+        shot("3b-trace-collapsed")
+        toggle.click()
+        check(len(visible_rows(driver)) == 3, "expanding the root shows them again")
+        db = next(r for r in visible_rows(driver) if "db.query" in r.text)
+        db.click()
+        detail = driver.find_element(By.CSS_SELECTOR, f"tr[data-detail-of='{db.get_attribute('data-span')}']")
+        check(detail.is_displayed() and "db.system" in detail.text, "clicking a span shows its attributes")
+        f = driver.find_element(By.ID, "trace-filter")
+        f.send_keys("db.query")
+        marked = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "tr.span-row.match")]
+        check(len(marked) == 1 and "db.query" in marked[0], f"find in trace marks db.query: {marked}")
+        shot("3c-trace-details")
+        raw = driver.find_element(By.LINK_TEXT, "raw OTLP JSON").get_attribute("href")
+        check("/api/v3/traces/" in raw, "the raw OTLP JSON link")
+        seen["trace"] = driver.current_url.rsplit("/", 1)[-1]
+
+        # 4. Service page: look here first.
+        driver.get(f"{base}/service/{svc}?range=1h")
+        shot("4-service")
+        reps = driver.find_elements(By.CSS_SELECTOR, "#representatives tr")
+        check(len(reps) == 4, f"p50, p90, p99 and slowest: {len(reps)}")
+        groups = driver.find_elements(By.CSS_SELECTOR, "details.error-group")
+        check(len(groups) >= 1, "an error group")
+        g = groups[0]
+        summary = g.find_element(By.TAG_NAME, "summary")
+        check("ValueError" in summary.text, f"the group names the exception: {summary.text}")
+        example = g.find_element(By.CSS_SELECTOR, "a.trace-link")
+        check(not example.is_displayed(), "a closed group hides its example")
+        summary.click()
+        check(example.is_displayed(), "opening the group shows its example trace")
+        shot("4b-service-error-group")
+        seen["error_group"] = summary.text
+
+        # 5. Dependencies.
+        driver.get(f"{base}/dependencies?range=1h")
+        shot("5-dependencies")
+        check(len(driver.find_elements(By.CSS_SELECTOR, "#depmap")) == 1, "the dependency map")
+        seen["dependency_edges"] = len(driver.find_elements(By.CSS_SELECTOR, "#depmap line.edge"))
+    except CheckFailed as e:
+        print(f"check failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        driver.quit()
+    print(json.dumps(seen))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
