@@ -379,7 +379,7 @@ pub(crate) struct LightRows {
     pub parent: Vec<Option<SpanId>>,
     /// Interned services and names.
     pub strings: Vec<String>,
-    ids: HashMap<String, u32>,
+    ids: HashMap<String, u32, foldhash::fast::FixedState>,
 }
 
 impl LightRows {
