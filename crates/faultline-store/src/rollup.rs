@@ -353,6 +353,70 @@ impl Rollups {
         out
     }
 
+    /// The latency distribution of a service (and operation) over `[start_s, end_s)`:
+    /// for each upper bound in `bounds_ms` (ascending), the spans at most that long and
+    /// longer than the previous bound, and a last count for the rest. Counts come from
+    /// the merged sketch (1% relative accuracy on the bounds), so they sum to the exact
+    /// span count.
+    pub fn distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Vec<u64> {
+        let mut acc = Cell::default();
+        let (first, last) = (start_s / 60, end_s.saturating_sub(1) / 60);
+        for (_, services) in self.minutes.range(first..=last) {
+            let Some(ops) = services.get(service) else {
+                continue;
+            };
+            for (op, kinds) in ops {
+                if operation.is_some_and(|o| o != op) {
+                    continue;
+                }
+                for c in kinds.iter().flatten() {
+                    acc.merge(c);
+                }
+            }
+        }
+        let n = acc.sketch.count() as u64;
+        // Rank of a value: the largest q whose quantile is at most the value.
+        let rank = |v: f64| -> u64 {
+            if n == 0 {
+                return 0;
+            }
+            let (mut lo, mut hi) = (0.0f64, 1.0f64);
+            if acc
+                .sketch
+                .quantile(1.0)
+                .ok()
+                .flatten()
+                .is_some_and(|q| q <= v)
+            {
+                return n;
+            }
+            for _ in 0..30 {
+                let mid = (lo + hi) / 2.0;
+                match acc.sketch.quantile(mid).ok().flatten() {
+                    Some(q) if q <= v => lo = mid,
+                    _ => hi = mid,
+                }
+            }
+            (lo * n as f64).round() as u64
+        };
+        let mut out = Vec::with_capacity(bounds_ms.len() + 1);
+        let mut below = 0u64;
+        for &b in bounds_ms {
+            let r = rank(b).max(below).min(n);
+            out.push(r - below);
+            below = r;
+        }
+        out.push(n - below);
+        out
+    }
+
     /// Operations of `service` seen in the rollups, with their span kinds.
     pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
         let mut out = std::collections::BTreeSet::new();
@@ -669,6 +733,39 @@ mod edge_tests {
         assert!((p90 - 90.0).abs() <= 1.5, "{p90}");
         assert!((p99 - 99.0).abs() <= 1.5, "{p99}");
         assert!((mean - 50.5).abs() < 1e-9, "{mean}");
+    }
+
+    #[test]
+    fn distribution_counts_every_span_into_the_right_bucket() {
+        let mut r = Rollups::default();
+        let origin = std::sync::Arc::new(faultline_model::span::Origin {
+            service: "svc".into(),
+            ..Default::default()
+        });
+        // 100 spans of 1..=100 ms in minute 0.
+        for ms in 1..=100u64 {
+            r.add(&Span {
+                trace_id: [1; 16],
+                span_id: [ms as u8; 8],
+                parent_span_id: None,
+                name: "op".into(),
+                kind: SpanKind::Server,
+                start_ns: 1_000,
+                end_ns: 1_000 + ms * 1_000_000,
+                status: faultline_model::span::StatusCode::Unset,
+                status_message: String::new(),
+                attributes: Vec::new(),
+                events: Vec::new(),
+                links: Vec::new(),
+                origin: origin.clone(),
+            });
+        }
+        let d = r.distribution("svc", None, 0, 60, &[10.5, 50.5, 90.5]);
+        assert_eq!(d.iter().sum::<u64>(), 100);
+        for (got, want) in d.iter().zip([10u64, 40, 40, 10]) {
+            assert!(got.abs_diff(want) <= 1, "{d:?}");
+        }
+        assert_eq!(r.distribution("nobody", None, 0, 60, &[1.0]), vec![0, 0]);
     }
 
     #[test]

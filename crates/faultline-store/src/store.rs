@@ -116,6 +116,17 @@ pub trait SpanStore: Send + Sync {
     ) -> Result<(Vec<RedPoint>, Completeness), StoreError>;
     /// Summaries of the traces matching `q`, best first by `q.sort`, at most `q.limit`.
     fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError>;
+    /// Span counts of a service (and operation) over `[start_s, end_s)` between the
+    /// ascending latency bounds in milliseconds, plus a last count above them (see
+    /// `Rollups::distribution`).
+    fn latency_distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Result<(Vec<u64>, Completeness), StoreError>;
 }
 
 #[derive(Default)]
@@ -1073,6 +1084,23 @@ impl SpanStore for Store {
             .rollups
             .series(service, operation, kind, start_s, end_s, step_s);
         Ok((points, Self::completeness(&inner)))
+    }
+
+    fn latency_distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Result<(Vec<u64>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner
+                .rollups
+                .distribution(service, operation, start_s, end_s, bounds_ms),
+            Self::completeness(&inner),
+        ))
     }
 
     fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {

@@ -330,6 +330,7 @@ async fn service(
             op_rows.push((op.clone(), *kind, t.into_iter().next()));
         }
         let (series, _) = store.red(&svc, None, None, start, end, step)?;
+        let (dist, _) = store.latency_distribution(&svc, None, start, end, &histogram_bounds())?;
         let base = TraceQuery {
             service: Some(svc.clone()),
             start_ns,
@@ -358,10 +359,10 @@ async fn service(
                 reasons.push(r);
             }
         }
-        Ok((op_rows, series, sample, traces, reasons))
+        Ok((op_rows, series, dist, sample, traces, reasons))
     })
     .await;
-    let (op_rows, series, sample, traces, partial) = match data {
+    let (op_rows, series, dist, sample, traces, partial) = match data {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -420,8 +421,8 @@ async fn service(
         );
     }
     body.push_str("</table></section>");
-    // Latency histogram of the sampled traces.
-    body.push_str(&histogram(&sample));
+    // Latency histogram of every span of the service.
+    body.push_str(&histogram(&histogram_bounds(), &dist));
     // Look here first.
     body.push_str("<section id=look-here-first><h2>Look here first</h2>");
     let reps = insights::representatives(&sample);
@@ -593,51 +594,51 @@ fn contrast_section(traces: &[Vec<Span>]) -> String {
     out
 }
 
-/// A histogram of trace durations on a log scale.
-fn histogram(sample: &[TraceSummary]) -> String {
-    let mut out = String::from("<section><h2>Latency distribution</h2>");
-    if sample.is_empty() {
-        out.push_str("<p class=muted>No traces.</p></section>");
-        return out;
-    }
-    // Buckets at 1-2-5 steps from 100 µs to 100 s.
-    let mut edges = Vec::new();
-    let mut e = 100_000u64;
-    while e <= 100_000_000_000 {
-        for m in [1, 2, 5] {
-            edges.push(e * m);
+/// Bucket bounds of the latency histogram: 1-2-5 steps from 100 µs to 100 s, in ms.
+fn histogram_bounds() -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut e = 0.1f64;
+    while e <= 100_000.0 {
+        for m in [1.0, 2.0, 5.0] {
+            out.push(e * m);
         }
-        e *= 10;
+        e *= 10.0;
     }
-    let mut counts = vec![0usize; edges.len() + 1];
-    for s in sample {
-        let d = s.duration_ns();
-        let i = edges.iter().position(|&e| d < e).unwrap_or(edges.len());
-        counts[i] += 1;
+    out
+}
+
+/// The service's span latency distribution over the range (every span, from the rollups).
+fn histogram(bounds: &[f64], counts: &[u64]) -> String {
+    let mut out = String::from("<section><h2>Latency distribution</h2>");
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        out.push_str("<p class=muted>No spans in this range.</p></section>");
+        return out;
     }
     let first = counts.iter().position(|&c| c > 0).unwrap_or(0);
     let last = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
     let max = counts.iter().copied().max().unwrap_or(1).max(1);
+    let d = |ms: f64| dur((ms * 1e6) as u64);
     out.push_str("<table id=histogram>");
     for i in first..=last {
         let label = if i == 0 {
-            format!("< {}", dur(edges[0]))
-        } else if i == edges.len() {
-            format!("≥ {}", dur(edges[i - 1]))
+            format!("≤ {}", d(bounds[0]))
+        } else if i == bounds.len() {
+            format!("> {}", d(bounds[i - 1]))
         } else {
-            format!("{} – {}", dur(edges[i - 1]), dur(edges[i]))
+            format!("{} – {}", d(bounds[i - 1]), d(bounds[i]))
         };
         let _ = write!(
             out,
-            "<tr><td class=num>{label}</td><td><span class=bar style=\"width:{}px\"></span> {}</td></tr>",
+            "<tr><td class=num>{label}</td><td><span class=bar style=\"width:{}px\"></span> {} <span class=muted>({})</span></td></tr>",
             counts[i] * 300 / max,
-            counts[i]
+            counts[i],
+            pct(counts[i] as f64 / total as f64)
         );
     }
     let _ = write!(
         out,
-        "</table><p class=muted>Durations of the {} newest traces of the range.</p></section>",
-        sample.len()
+        "</table><p class=muted>All {total} spans of the service in the range (bucket edges within 1%).</p></section>"
     );
     out
 }

@@ -227,6 +227,10 @@ fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception()
     );
     assert!(page.contains("<h3>Representative traces</h3>") && page.contains(">slowest<"));
     assert!(page.contains("id=histogram") && page.contains("id=operations"));
+    assert!(
+        page.contains("All 400 spans of the service"),
+        "the histogram counts every span"
+    );
     // Every operation has its figures over the range: 200 root spans, 9 failing.
     let op = first_after(
         &page,
@@ -276,12 +280,78 @@ fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception()
         trace.contains("span-row critical"),
         "the critical path is marked"
     );
-    let (status, _) = http_get(server.api, &format!("/trace/{}", "cd".repeat(16))).unwrap();
+    let (status, _) = http_get(server.api, &format!("/trace/{}", "ef".repeat(16))).unwrap();
     assert_eq!(status, 404);
+    // A span whose parent never arrived is marked in the waterfall.
+    let mut orphan = planted(now);
+    let spans = &mut orphan.resource_spans[0].scope_spans[0].spans;
+    spans.truncate(2);
+    for sp in spans.iter_mut() {
+        sp.trace_id = vec![0xcd; 16];
+    }
+    spans[1].parent_span_id = vec![9; 8];
+    assert_eq!(post_otlp(&server, orphan.encode_to_vec()), 200);
+    let started = Instant::now();
+    let page = loop {
+        let (status, body) = http_get(server.api, &format!("/trace/{}", "cd".repeat(16))).unwrap();
+        if status == 200 {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        page.contains("(parent missing)") && page.contains("1 spans whose parent is missing"),
+        "{page}"
+    );
     let deps = get(server.api, "/dependencies?range=1h");
     assert!(deps.contains("id=depmap"));
     assert!(
         !deps.contains("class=partial"),
         "complete data says nothing"
     );
+}
+
+#[test]
+fn pages_say_plainly_when_a_block_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = Server::start(&data, &["--block-max-spans", "100"]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert_eq!(post_otlp(&server, planted(now).encode_to_vec()), 200);
+    let started = Instant::now();
+    while common::metric(&server.metrics(), "faultline_store_blocks") < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "a block sealed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let page = get(server.api, "/?range=1h");
+    assert!(!page.contains("id=partial"), "complete before the damage");
+    server.stop();
+    // Damage one block's trace-id index: it is quarantined at the next start.
+    let tidx = std::fs::read_dir(data.join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "tidx"))
+        .unwrap();
+    std::fs::write(&tidx, b"not an index").unwrap();
+    let server = Server::start(&data, &[]);
+    for path in [
+        "/?range=1h",
+        "/service/checkout-api?range=1h",
+        "/search?service=checkout-api&lookback=1h",
+        "/dependencies?range=1h",
+    ] {
+        let page = get(server.api, path);
+        let banner = page
+            .split("<div class=partial id=partial>")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{path} has the partial banner: {page}"));
+        assert!(
+            banner.starts_with("<b>Partial data.</b>") && banner.contains("quarantined"),
+            "{path}: {banner}"
+        );
+    }
 }
