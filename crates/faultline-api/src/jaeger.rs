@@ -70,17 +70,7 @@ pub fn parse_search(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, S
             end_ns / 1000
         ));
     }
-    let dur = |name: &str| -> Result<Option<u64>, String> {
-        get(p, name)
-            .map(|v| parse_go_duration(v).map_err(|e| format!("{name}: {e}")))
-            .transpose()
-    };
-    let (min, max) = (dur("minDuration")?, dur("maxDuration")?);
-    if let (Some(a), Some(b)) = (min, max)
-        && a > b
-    {
-        return Err("minDuration is greater than maxDuration".into());
-    }
+    let (min, max) = crate::params::duration_bounds(p, "minDuration", "maxDuration")?;
     let limit = match num(p, "limit", "traces")? {
         None | Some(0) => DEFAULT_LIMIT,
         Some(n) if n as usize > MAX_LIMIT => {

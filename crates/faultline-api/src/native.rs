@@ -149,17 +149,7 @@ pub fn parse_summaries(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery
     if start_ns > end_ns {
         return Err("start is after end".into());
     }
-    let dur = |name: &str| -> Result<Option<u64>, String> {
-        get(p, name)
-            .map(|v| parse_go_duration(v).map_err(|e| format!("{name}: {e}")))
-            .transpose()
-    };
-    let (min, max) = (dur("minDuration")?, dur("maxDuration")?);
-    if let (Some(a), Some(b)) = (min, max)
-        && a > b
-    {
-        return Err("minDuration is greater than maxDuration".into());
-    }
+    let (min, max) = crate::params::duration_bounds(p, "minDuration", "maxDuration")?;
     let sort = match get(p, "sort") {
         None => SortOrder::Newest,
         Some(v) => SortOrder::parse(v)

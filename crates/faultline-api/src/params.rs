@@ -52,6 +52,27 @@ pub fn parse_go_duration(s: &str) -> Result<u64, String> {
     Ok(total.round() as u64)
 }
 
+/// The optional duration bounds `min_name` and `max_name` (Go durations), checked to be in
+/// order; errors name the parameter.
+pub fn duration_bounds(
+    pairs: &[(String, String)],
+    min_name: &str,
+    max_name: &str,
+) -> Result<(Option<u64>, Option<u64>), String> {
+    let d = |name: &str| -> Result<Option<u64>, String> {
+        get(pairs, name)
+            .map(|v| parse_go_duration(v).map_err(|e| format!("{name}: {e}")))
+            .transpose()
+    };
+    let (min, max) = (d(min_name)?, d(max_name)?);
+    if let (Some(a), Some(b)) = (min, max)
+        && a > b
+    {
+        return Err(format!("{min_name} is greater than {max_name}"));
+    }
+    Ok((min, max))
+}
+
 /// Collects tag filters from repeated `tag=key:value` and `tags={"key":"value"}` (JSON;
 /// numbers and booleans are taken as their text).
 pub fn parse_tags(pairs: &[(String, String)]) -> Result<Vec<(String, String)>, String> {

@@ -24,7 +24,7 @@ use faultline_model::span::{Span, to_otlp};
 use faultline_store::{Completeness, SortOrder, TraceQuery};
 
 use crate::ApiState;
-use crate::params::{get as param, json_tags, num, parse_go_duration, parse_rfc3339};
+use crate::params::{get as param, json_tags, num, parse_rfc3339};
 
 /// Default number of traces of a search.
 pub const DEFAULT_NUM_TRACES: usize = 20;
@@ -138,11 +138,9 @@ pub fn parse_find(p: &[(String, String)]) -> Result<TraceQuery, String> {
     if start_ns > end_ns {
         return Err("query.start_time_min is after query.start_time_max".into());
     }
-    let dur = |name: &str| -> Result<Option<u64>, String> {
-        param(p, name)
-            .map(|v| parse_go_duration(v).map_err(|e| format!("malformed parameter {name}: {e}")))
-            .transpose()
-    };
+    let (min_duration_ns, max_duration_ns) =
+        crate::params::duration_bounds(p, "query.duration_min", "query.duration_max")
+            .map_err(|e| format!("malformed parameter {e}"))?;
     let n = match num(p, "query.num_traces", "traces")? {
         Some(n) => Some(n),
         None => num(p, "query.search_depth", "traces")?,
@@ -171,8 +169,8 @@ pub fn parse_find(p: &[(String, String)]) -> Result<TraceQuery, String> {
         service: param(p, "query.service_name").map(str::to_string),
         operation: param(p, "query.operation_name").map(str::to_string),
         tags,
-        min_duration_ns: dur("query.duration_min")?,
-        max_duration_ns: dur("query.duration_max")?,
+        min_duration_ns,
+        max_duration_ns,
         start_ns,
         end_ns,
         errors_only: false,

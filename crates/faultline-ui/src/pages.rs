@@ -736,11 +736,8 @@ fn parse_query(p: &[(String, String)]) -> Result<TraceQuery, String> {
     let lookback = param(p, "lookback").unwrap_or("1h");
     let start_ns =
         end_ns.saturating_sub(parse_go_duration(lookback).map_err(|e| format!("lookback: {e}"))?);
-    let d = |n: &str| -> Result<Option<u64>, String> {
-        param(p, n)
-            .map(|v| parse_go_duration(v).map_err(|e| format!("{n}: {e}")))
-            .transpose()
-    };
+    let (min_duration_ns, max_duration_ns) =
+        faultline_api::params::duration_bounds(p, "minDuration", "maxDuration")?;
     let limit = match param(p, "limit") {
         None => 20,
         Some(v) => v
@@ -753,8 +750,8 @@ fn parse_query(p: &[(String, String)]) -> Result<TraceQuery, String> {
         service: param(p, "service").map(str::to_string),
         operation: param(p, "operation").map(str::to_string),
         tags: parse_tags(p)?,
-        min_duration_ns: d("minDuration")?,
-        max_duration_ns: d("maxDuration")?,
+        min_duration_ns,
+        max_duration_ns,
         start_ns,
         end_ns,
         errors_only: false,

@@ -12,37 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{Server, client_script, http_get, python};
+use common::{Server, http_get};
 
 fn send(server: &Server, service: &str, marker: &str) -> String {
-    let out = Command::new(python())
-        .arg(client_script("otel_send.py"))
-        .args([
-            "--protocol",
-            "http",
-            "--endpoint",
-            &server.http_url(),
-            "--service",
-            service,
-            "--marker",
-            marker,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
-    v["trace_id"].as_str().unwrap().to_string()
+    common::send_sdk_trace(server, "http", service, marker)
 }
 
 /// Polls until the trace has `spans` spans (indexing is asynchronous but must take well

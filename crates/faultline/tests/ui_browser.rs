@@ -46,25 +46,7 @@ fn pages_work_in_a_real_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
     for marker in ["b1", "b2"] {
-        let out = Command::new(python())
-            .arg(client_script("otel_send.py"))
-            .args([
-                "--protocol",
-                "http",
-                "--endpoint",
-                &server.http_url(),
-                "--service",
-                "browser-svc",
-                "--marker",
-                marker,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::send_sdk_trace(&server, "http", "browser-svc", marker);
     }
     let started = Instant::now();
     loop {

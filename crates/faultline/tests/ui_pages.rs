@@ -324,7 +324,10 @@ fn pages_say_plainly_when_a_block_is_missing() {
     assert_eq!(post_otlp(&server, planted(now).encode_to_vec()), 200);
     let started = Instant::now();
     while common::metric(&server.metrics(), "faultline_store_blocks") < 1.0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "a block sealed");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a block sealed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let page = get(server.api, "/?range=1h");

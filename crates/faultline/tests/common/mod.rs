@@ -264,3 +264,27 @@ pub fn client_script(name: &str) -> PathBuf {
         .join("../../tests/clients")
         .join(name)
 }
+
+/// Sends one known trace with the Python OpenTelemetry SDK (`tests/clients/otel_send.py`:
+/// three spans, one failing with a recorded exception) over `protocol` (`http` or `grpc`);
+/// returns its trace id.
+pub fn send_sdk_trace(server: &Server, protocol: &str, service: &str, marker: &str) -> String {
+    let endpoint = match protocol {
+        "grpc" => server.grpc_url(),
+        _ => server.http_url(),
+    };
+    let out = std::process::Command::new(python())
+        .arg(client_script("otel_send.py"))
+        .args(["--protocol", protocol, "--endpoint", &endpoint])
+        .args(["--service", service, "--marker", marker])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    v["trace_id"].as_str().unwrap().to_string()
+}
