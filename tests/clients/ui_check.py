@@ -19,6 +19,7 @@ It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
    group for the recorded ValueError; opening the group shows its example
    trace link.
 5. Dependencies page: the map is drawn.
+6. Status page: every part is listed with its state.
 
 A screenshot of every page goes to --screenshots. On success it prints one
 JSON line with what it saw and exits 0; on a failed check it prints the
@@ -140,6 +141,13 @@ def main() -> int:
         shot("5-dependencies")
         check(len(driver.find_elements(By.CSS_SELECTOR, "#depmap")) == 1, "the dependency map")
         seen["dependency_edges"] = len(driver.find_elements(By.CSS_SELECTOR, "#depmap line.edge"))
+
+        # 6. Status.
+        driver.get(f"{base}/status")
+        shot("6-status")
+        parts = [r.get_attribute("data-name") for r in driver.find_elements(By.CSS_SELECTOR, "#status tr.component")]
+        check(parts == ["wal", "disk", "indexing", "sealing", "store"], f"status parts: {parts}")
+        seen["status"] = driver.find_element(By.ID, "overall").text
     except CheckFailed as e:
         print(f"check failed: {e}", file=sys.stderr)
         return 1

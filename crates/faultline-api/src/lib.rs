@@ -13,6 +13,7 @@
 pub mod jaeger;
 pub mod native;
 pub mod params;
+pub mod status;
 pub mod v3;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub store: Arc<dyn SpanStore>,
     /// Extra reasons an answer may be partial.
     pub lag: Arc<LagFn>,
+    /// The health of faultline's parts (`/api/v1/status`, the status page).
+    pub status: Arc<status::StatusFn>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -57,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
     jaeger::router()
         .merge(native::router())
         .merge(v3::router())
+        .merge(status::router())
         .with_state(state)
 }
 

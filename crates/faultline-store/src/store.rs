@@ -611,6 +611,19 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Why answers may miss data: quarantined blocks and unreadable rollup files.
+    pub fn quarantined(&self) -> Vec<String> {
+        self.inner
+            .read()
+            .map(|i| i.quarantined.clone())
+            .unwrap_or_default()
+    }
+
+    /// The configured limit on the blocks' bytes (`u64::MAX`: none).
+    pub fn max_bytes(&self) -> u64 {
+        self.opts.max_bytes
+    }
+
     /// The configured block size in spans.
     pub fn block_max_spans(&self) -> usize {
         self.opts.block_max_spans

@@ -78,6 +78,7 @@ summary{cursor:pointer}.wf td{padding:2px 6px;border:none}.wf tr:hover{backgroun
 .toggle{cursor:pointer;display:inline-block;width:1em}.orphan{color:#b3261e;font-size:12px}
 .detail{background:#f4f6fa;font-size:12px}.detail td{border-bottom:1px solid #e6e6e6}
 form.q input,form.q select{margin-right:6px}.hidden{display:none}
+.state-degraded b,b.state-degraded{color:#a86400}.state-failed b,b.state-failed{color:#b3261e}
 "#;
 
 /// A whole page: header with navigation, the partial banner when `partial` has reasons,
@@ -95,7 +96,7 @@ pub fn page(title: &str, partial: &[String], refresh: Option<u64>, body: &str) -
     );
     out.push_str(
         "<header><b>faultline</b><a href=\"/\">Services</a><a href=\"/search\">Search</a>\
-         <a href=\"/dependencies\">Dependencies</a></header><main>",
+         <a href=\"/dependencies\">Dependencies</a><a href=\"/status\">Status</a></header><main>",
     );
     if !partial.is_empty() {
         out.push_str("<div class=partial id=partial><b>Partial data.</b> ");

@@ -36,6 +36,7 @@ pub fn router() -> Router<ApiState> {
         .route("/search", get(search))
         .route("/trace/{id}", get(trace))
         .route("/dependencies", get(dependencies))
+        .route("/status", get(status))
         .route("/ui.js", get(script))
 }
 
@@ -1110,6 +1111,47 @@ async fn dependencies(State(st): State<ApiState>, Query(p): Params) -> Response 
         &body,
     ))
     .into_response()
+}
+
+/// `/status`: the health of each part, with what to do about it.
+async fn status(State(st): State<ApiState>, Query(p): Params) -> Response {
+    let f = st.status.clone();
+    let s = match tokio::task::spawn_blocking(move || f()).await {
+        Ok(s) => s,
+        Err(e) => {
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("status task failed: {e}"),
+            );
+        }
+    };
+    let refresh = param(&p, "refresh").and_then(|r| r.parse().ok());
+    let mut body = format!(
+        "<p>Overall: <b class=\"state-{}\" id=overall>{}</b> · <a href=\"/api/v1/status\">JSON</a> · <a href=\"/status?refresh=10\">refresh every 10 s</a></p>",
+        s.health().as_str(),
+        s.health().as_str()
+    );
+    body.push_str("<table id=status><tr><th>Part</th><th>State</th><th>What is going on</th><th>What to do</th></tr>");
+    for c in &s.components {
+        let _ = write!(
+            body,
+            "<tr class=\"component state-{}\" data-name=\"{}\"><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td></tr>",
+            c.health.as_str(),
+            c.name,
+            c.name,
+            c.health.as_str(),
+            esc(&c.summary),
+            c.action.as_deref().map(esc).unwrap_or_default()
+        );
+    }
+    body.push_str("</table>");
+    let partial: Vec<String> = s
+        .components
+        .iter()
+        .filter(|c| c.health != faultline_api::status::Health::Ok)
+        .map(|c| format!("{}: {}", c.name, c.summary))
+        .collect();
+    Html(page("Status", &partial, refresh, &body)).into_response()
 }
 
 const SCRIPT: &str = r#"// faultline UI: collapse and expand spans, span details, find in trace.

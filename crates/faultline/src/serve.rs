@@ -239,9 +239,14 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             Vec::new()
         }
     });
+    let status_fn: Arc<faultline_api::status::StatusFn> = {
+        let (intake, store, pipeline) = (intake.clone(), store.clone(), pipeline_stats.clone());
+        Arc::new(move || status(&intake, &store, &pipeline))
+    };
     let query_state = faultline_api::ApiState {
         store: store.clone(),
         lag,
+        status: status_fn,
     };
     let query = faultline_api::router(query_state.clone())
         .merge(faultline_ui::router().with_state(query_state));
@@ -348,6 +353,159 @@ async fn shutdown_signal() {
     }
 }
 
+/// Bytes as `512.5 KiB`, `3.9 GiB`.
+fn human(n: u64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 || unit == "TiB" {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    format!("{n} B")
+}
+
+/// The health of each part, for `/api/v1/status` and the status page.
+fn status(
+    intake: &Intake,
+    store: &faultline_store::Store,
+    pipeline: &crate::pipeline::PipelineStats,
+) -> faultline_api::status::Status {
+    use faultline_api::status::{Component, Health, Status};
+    use serde_json::json;
+    let wal = intake.wal();
+    let mut parts = Vec::new();
+
+    let (size, max) = (wal.size_bytes(), wal.options().max_bytes);
+    let wal_quarantined = intake.metrics().wal_quarantined_segments.get();
+    let (health, summary, action) = if let Some(reason) = wal.failure() {
+        (
+            Health::Failed,
+            format!("the write-ahead log stopped accepting writes: {reason}"),
+            Some("restart faultline after checking the disk holding DATA_DIR/wal; intake answers 503 until then".to_string()),
+        )
+    } else if size.saturating_mul(10) > max.saturating_mul(8) {
+        (
+            Health::Degraded,
+            format!("{} of {} used (over 80%); intake refuses writes at 100%", human(size), human(max)),
+            Some("the store is behind or sealing fails (see indexing and sealing); or raise wal.max_bytes".to_string()),
+        )
+    } else if wal_quarantined > 0 {
+        (
+            Health::Degraded,
+            format!("{wal_quarantined} corrupt segments were quarantined at start-up; their records are lost"),
+            Some("inspect DATA_DIR/wal/quarantine with `faultline wal verify`, then move the files away".to_string()),
+        )
+    } else {
+        (
+            Health::Ok,
+            format!("{} of {} used", human(size), human(max)),
+            None,
+        )
+    };
+    parts.push(Component {
+        name: "wal",
+        health,
+        summary,
+        action,
+        details: json!({"bytes": size, "max_bytes": max, "committed_seq": wal.committed_seq(), "quarantined_segments": wal_quarantined}),
+    });
+
+    let reserve = intake.config().min_free_disk_bytes;
+    let free = intake.disk_free_bytes();
+    let (health, summary, action) = match free {
+        Some(f) if f < reserve => (
+            Health::Failed,
+            format!("{} free, below the reserve of {}: intake refuses writes", human(f), human(reserve)),
+            Some("free disk space on the volume holding DATA_DIR, or lower store.max_bytes / store.retention_secs".to_string()),
+        ),
+        Some(f) if f < reserve.saturating_mul(2) => (
+            Health::Degraded,
+            format!("{} free, near the reserve of {}", human(f), human(reserve)),
+            Some("free disk space on the volume holding DATA_DIR".to_string()),
+        ),
+        Some(f) => (Health::Ok, format!("{} free", human(f)), None),
+        None => (Health::Ok, "free space unknown (statvfs failed)".to_string(), None),
+    };
+    parts.push(Component {
+        name: "disk",
+        health,
+        summary,
+        action,
+        details: json!({"free_bytes": free, "reserve_bytes": reserve}),
+    });
+
+    let committed = wal.committed_seq();
+    let indexed = store.ingested_seq();
+    let behind = committed.saturating_sub(indexed);
+    let undecodable = pipeline.undecodable.load(Ordering::Relaxed);
+    let loading = store.indexes_loading();
+    let (health, summary, action) = if undecodable > 0 {
+        (
+            Health::Degraded,
+            format!("{undecodable} WAL records could not be decoded and were skipped"),
+            Some("inspect them with `faultline wal dump DATA_DIR/wal --json` (the log names their sequence numbers)".to_string()),
+        )
+    } else if behind > 100 {
+        (
+            Health::Degraded,
+            format!("{behind} acknowledged records are not yet indexed; answers say they are partial"),
+            Some("indexing catches up by itself; if it does not, the load is above what this machine indexes (see BENCHMARKS.md)".to_string()),
+        )
+    } else if loading > 0 {
+        (
+            Health::Degraded,
+            format!("search indexes of {loading} blocks are still loading after a restart"),
+            None,
+        )
+    } else {
+        (Health::Ok, format!("{behind} records behind"), None)
+    };
+    parts.push(Component {
+        name: "indexing",
+        health,
+        summary,
+        action,
+        details: json!({"committed_seq": committed, "indexed_seq": indexed, "records_behind": behind, "undecodable_records": undecodable, "search_indexes_loading": loading, "head_spans": store.head_spans()}),
+    });
+
+    let failing = pipeline.seal_failing.load(Ordering::Relaxed);
+    parts.push(Component {
+        name: "sealing",
+        health: if failing { Health::Degraded } else { Health::Ok },
+        summary: if failing {
+            "sealing blocks fails (the log says why); the WAL keeps accepting within wal.max_bytes".to_string()
+        } else {
+            format!("{} blocks sealed since start", pipeline.blocks.load(Ordering::Relaxed))
+        },
+        action: failing.then(|| "free disk space or fix permissions on DATA_DIR/blocks; sealing retries with backoff".to_string()),
+        details: json!({"failing": failing, "blocks_sealed": pipeline.blocks.load(Ordering::Relaxed)}),
+    });
+
+    let blocks = store.blocks();
+    let bytes: u64 = blocks.iter().map(|b| b.bytes).sum();
+    let quarantined = store.quarantined();
+    let max_bytes = store.max_bytes();
+    parts.push(Component {
+        name: "store",
+        health: if quarantined.is_empty() { Health::Ok } else { Health::Degraded },
+        summary: if quarantined.is_empty() {
+            format!("{} blocks, {}", blocks.len(), human(bytes))
+        } else {
+            format!("{} unreadable files quarantined; answers are partial", quarantined.len())
+        },
+        action: (!quarantined.is_empty()).then(|| {
+            "inspect DATA_DIR/blocks/quarantine; the spans in those files are missing from answers (the WAL no longer holds them)".to_string()
+        }),
+        details: json!({"blocks": blocks.len(), "bytes": bytes, "max_bytes": (max_bytes != u64::MAX).then_some(max_bytes), "quarantined": quarantined}),
+    });
+    Status { components: parts }
+}
+
 fn api_router(state: ApiState) -> Router {
     Router::new()
         .route("/ready", get(ready))
@@ -401,4 +559,14 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         )],
         st.intake.metrics().encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_sizes() {
+        assert_eq!(super::human(512), "512 B");
+        assert_eq!(super::human(524_800), "512.5 KiB");
+        assert_eq!(super::human(4 << 30), "4.0 GiB");
+    }
 }

@@ -332,6 +332,16 @@ fn pages_say_plainly_when_a_block_is_missing() {
     }
     let page = get(server.api, "/?range=1h");
     assert!(!page.contains("id=partial"), "complete before the damage");
+    let status: serde_json::Value =
+        serde_json::from_str(&get(server.api, "/api/v1/status")).unwrap();
+    assert_eq!(status["state"], "ok", "{status}");
+    let names: Vec<&str> = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["wal", "disk", "indexing", "sealing", "store"]);
     server.stop();
     // Damage one block's trace-id index: it is quarantined at the next start.
     let tidx = std::fs::read_dir(data.join("blocks"))
@@ -357,4 +367,39 @@ fn pages_say_plainly_when_a_block_is_missing() {
             "{path}: {banner}"
         );
     }
+    // The status says which part is degraded, why, and what to do.
+    let status: serde_json::Value =
+        serde_json::from_str(&get(server.api, "/api/v1/status")).unwrap();
+    assert_eq!(status["state"], "degraded", "{status}");
+    let store = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "store")
+        .unwrap();
+    assert_eq!(store["state"], "degraded");
+    assert!(
+        store["action"]
+            .as_str()
+            .unwrap()
+            .contains("blocks/quarantine"),
+        "{store}"
+    );
+    assert!(
+        store["details"]["quarantined"][0]
+            .as_str()
+            .unwrap()
+            .contains("quarantined")
+    );
+    let page = get(server.api, "/status");
+    let row = first_after(
+        &page,
+        "id=status",
+        "<tr class=\"component state-degraded\" data-name=\"store\">",
+    );
+    assert!(
+        row.starts_with("store degraded 1 unreadable files quarantined"),
+        "{row}"
+    );
+    assert!(row.contains("inspect DATA_DIR/blocks/quarantine"), "{row}");
 }
