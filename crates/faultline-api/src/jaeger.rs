@@ -97,6 +97,7 @@ pub fn parse_search(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, S
         errors_only: false,
         sort: SortOrder::Newest,
         limit,
+        time_limit: Some(crate::params::timeout(p)?),
     })
 }
 

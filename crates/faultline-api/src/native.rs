@@ -187,6 +187,7 @@ pub fn parse_summaries(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery
         errors_only,
         sort,
         limit,
+        time_limit: Some(crate::params::timeout(p)?),
     })
 }
 

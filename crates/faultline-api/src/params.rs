@@ -73,6 +73,31 @@ pub fn duration_bounds(
     Ok((min, max))
 }
 
+/// Default time limit of a search (`timeout` parameter).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest `timeout` accepted.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The `timeout` parameter (Go duration; default [`DEFAULT_TIMEOUT`], at most
+/// [`MAX_TIMEOUT`]): how long a search may run before it answers with what it found,
+/// marked partial.
+pub fn timeout(pairs: &[(String, String)]) -> Result<std::time::Duration, String> {
+    match get(pairs, "timeout") {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(v) => {
+            let ns = parse_go_duration(v).map_err(|e| format!("timeout: {e}"))?;
+            let d = std::time::Duration::from_nanos(ns);
+            if d > MAX_TIMEOUT {
+                return Err(format!(
+                    "timeout={v} is above the maximum of {} s",
+                    MAX_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(d)
+        }
+    }
+}
+
 /// Collects tag filters from repeated `tag=key:value` and `tags={"key":"value"}` (JSON;
 /// numbers and booleans are taken as their text).
 pub fn parse_tags(pairs: &[(String, String)]) -> Result<Vec<(String, String)>, String> {

@@ -176,6 +176,7 @@ pub fn parse_find(p: &[(String, String)]) -> Result<TraceQuery, String> {
         errors_only: false,
         sort: SortOrder::Newest,
         limit,
+        time_limit: Some(crate::params::timeout(p)?),
     })
 }
 

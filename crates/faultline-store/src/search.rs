@@ -129,6 +129,9 @@ pub struct TraceQuery {
     pub sort: SortOrder,
     /// Most results.
     pub limit: usize,
+    /// Stop searching sealed blocks after this long and answer with what was found, marked
+    /// partial (`None`: no limit).
+    pub time_limit: Option<std::time::Duration>,
 }
 
 impl TraceQuery {

@@ -202,6 +202,7 @@ fn gen_query() -> impl Strategy<Value = TraceQuery> {
                     SortOrder::Shortest,
                 ][sort],
                 limit,
+                time_limit: None,
             }
         })
 }
@@ -342,4 +343,43 @@ fn nearly_unique_values_are_left_unindexed_and_still_found() {
     assert!(c.is_complete());
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].start_ns, 1_001_234);
+}
+
+#[test]
+fn a_search_past_its_time_limit_answers_what_it_found_marked_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreOptions::new(tmp.path())).unwrap();
+    let built = build(&[
+        vec![(0, 0, None, 5, false, 0, 0, false)],
+        vec![(0, 0, None, 5, false, 0, 0, false)],
+        vec![(0, 0, None, 5, false, 0, 0, false)],
+    ]);
+    // Two traces in two sealed blocks, one in the head.
+    for (i, t) in built.into_iter().enumerate() {
+        store.ingest(i as u64 + 1, t).unwrap();
+        if i < 2 {
+            store.seal().unwrap();
+        }
+    }
+    let q = TraceQuery {
+        service: Some("api".into()),
+        end_ns: u64::MAX,
+        limit: 10,
+        ..TraceQuery::default()
+    };
+    let (all, c) = store.search(&q).unwrap();
+    assert_eq!((all.len(), c.is_complete()), (3, true));
+    let (found, c) = store
+        .search(&TraceQuery {
+            time_limit: Some(Duration::ZERO),
+            ..q
+        })
+        .unwrap();
+    assert_eq!(found.len(), 1, "the head is always searched");
+    assert!(
+        c.reasons
+            .iter()
+            .any(|r| r.contains("time limit") && r.contains("2 of 2 blocks not searched")),
+        "{c:?}"
+    );
 }

@@ -1117,6 +1117,7 @@ impl SpanStore for Store {
     }
 
     fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+        let started = Instant::now();
         let mut q = q.clone();
         q.tags.truncate(crate::search::MAX_TAGS);
         let q = &q;
@@ -1146,7 +1147,12 @@ impl SpanStore for Store {
         let mut budget = MAX_VERIFY_TRACES;
         let mut unverified = 0;
         let (mut loading, mut broken) = (0usize, Vec::new());
+        let mut timed_out = 0usize;
         for (bi, (b, split)) in blocks.iter().enumerate().rev() {
+            if q.time_limit.is_some_and(|l| started.elapsed() >= l) {
+                timed_out += 1;
+                continue;
+            }
             // Blocks outside the range hold no matching trace, except parts of split ones.
             if (b.meta.min_start_ns > q.end_ns || b.meta.max_end_ns < q.start_ns)
                 && split.is_empty()
@@ -1189,6 +1195,13 @@ impl SpanStore for Store {
             if let Some(a) = agg.get(id) {
                 top.push(q.sort.key(a.start_ns, a.end_ns), SPLIT + i, 0);
             }
+        }
+        if timed_out > 0 {
+            completeness.reasons.push(format!(
+                "the search stopped at its time limit of {} ms with {timed_out} of {} blocks not searched; narrow the time range or add filters",
+                q.time_limit.map_or(0, |l| l.as_millis()),
+                blocks.len()
+            ));
         }
         if loading > 0 {
             completeness.reasons.push(format!(

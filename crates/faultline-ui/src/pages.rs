@@ -337,6 +337,7 @@ async fn service(
             start_ns,
             end_ns,
             limit: sample_n.max(400),
+            time_limit: Some(std::time::Duration::from_secs(5)),
             ..TraceQuery::default()
         };
         let (sample, c2) = store.search(&base)?;
@@ -758,6 +759,7 @@ fn parse_query(p: &[(String, String)]) -> Result<TraceQuery, String> {
         errors_only: false,
         sort: SortOrder::Newest,
         limit,
+        time_limit: Some(faultline_api::params::timeout(p)?),
     })
 }
 

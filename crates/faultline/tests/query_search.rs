@@ -197,6 +197,14 @@ fn sdk_traces_are_found_by_service_operation_tag_and_duration_in_v1_summaries_an
         3,
         "every trace has an error span"
     );
+    // A search past its time limit answers what it found, marked partial.
+    let (status, v, body) = get_json(api, "/api/v1/traces/summaries?service=search-a&timeout=0s");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(v["complete"], false, "{body}");
+    assert!(body.contains("time limit"), "{body}");
+    let (status, _, body) = get_json(api, "/api/traces?service=search-a&timeout=10m");
+    assert_eq!(status, 400);
+    assert!(body.contains("timeout"), "{body}");
     let (status, _, body) = get_json(api, "/api/v1/traces/summaries?sort=sideways");
     assert_eq!(status, 400);
     assert!(body.contains("sort"), "{body}");
