@@ -12,8 +12,9 @@
 //! - `wal_size_bytes`, `wal_max_bytes`, `wal_committed_seq`, `wal_failed`,
 //!   `wal_quarantined_segments`, `wal_truncated_bytes`: state of the log.
 //! - `store_head_spans`, `store_blocks`, `store_block_bytes`, `store_block_spans`,
-//!   `store_indexed_seq`, `store_undecodable_records`, `store_seal_failing`: the store,
-//!   set by the binary before each scrape.
+//!   `store_indexed_seq`, `store_undecodable_records`, `store_seal_failing`,
+//!   `dlq_records`, `dlq_moved`: the store and the dead letters, set by the binary before
+//!   each scrape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,10 @@ pub struct Metrics {
     pub store_undecodable_records: Gauge,
     /// 1 while sealing blocks fails.
     pub store_seal_failing: Gauge,
+    /// Dead letters on disk (`faultline dlq list`).
+    pub dlq_records: Gauge,
+    /// WAL records moved to the dead letters since start.
+    pub dlq_moved: Gauge,
 }
 
 impl Default for Metrics {
@@ -146,6 +151,8 @@ impl Metrics {
             store_indexed_seq: Gauge::default(),
             store_undecodable_records: Gauge::default(),
             store_seal_failing: Gauge::default(),
+            dlq_records: Gauge::default(),
+            dlq_moved: Gauge::default(),
             registry,
             requests,
             spans,
@@ -223,6 +230,16 @@ impl Metrics {
                 "store_seal_failing",
                 "1 while sealing blocks fails",
                 m.store_seal_failing.clone(),
+            ),
+            (
+                "dlq_records",
+                "Dead letters on disk (faultline dlq list)",
+                m.dlq_records.clone(),
+            ),
+            (
+                "dlq_moved",
+                "WAL records moved to the dead letters since start",
+                m.dlq_moved.clone(),
             ),
         ];
         for (name, help, g) in gauges.into_iter().chain(store_gauges) {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod config;
+mod dlq;
 mod loadgen;
 mod pipeline;
 mod query;
@@ -38,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         command: WalCommand,
     },
+    /// Dead letters: WAL records the pipeline could not process.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Query a running faultline from the terminal.
     Query {
         #[command(subcommand)]
@@ -49,6 +55,40 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Lists the dead letters of DATA_DIR (sequence number, attempts, reason).
+    List {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Asks the running faultline to append dead letters to its WAL again (after a fix);
+    /// one that fails again comes back.
+    Replay {
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Sequence numbers to replay.
+        seqs: Vec<u64>,
+        /// faultline's HTTP API.
+        #[arg(long, default_value = "http://127.0.0.1:16686")]
+        api: String,
+    },
+    /// Deletes dead letters for good.
+    Drop {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Sequence numbers to drop.
+        seqs: Vec<u64>,
     },
 }
 
@@ -191,6 +231,15 @@ fn main() -> ExitCode {
         },
         Command::Loadgen(args) => loadgen::run(args),
         Command::Query { command } => query::run(command),
+        Command::Dlq { command } => match command {
+            DlqCommand::List { data_dir, json } => dlq::list(&data_dir, json),
+            DlqCommand::Replay { all, seqs, api } => dlq::replay(&api, all, &seqs),
+            DlqCommand::Drop {
+                data_dir,
+                all,
+                seqs,
+            } => dlq::drop(&data_dir, all, &seqs),
+        },
         Command::Bench { command } => match command {
             BenchCommand::Decode {
                 seconds,

@@ -33,6 +33,8 @@ pub struct PipelineStats {
     pub blocks: AtomicU64,
     /// Set when sealing failed; cleared by the next success.
     pub seal_failing: AtomicBool,
+    /// Records moved to the dead letters since start.
+    pub dead_letters: AtomicU64,
 }
 
 /// Bytes read from the WAL per poll.
@@ -46,6 +48,7 @@ pub fn spawn(
     store: Arc<Store>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
+    dlq_dir: std::path::PathBuf,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let (w, st, sa, so) = (wal.clone(), store.clone(), stats.clone(), stop.clone());
     let sealer = std::thread::Builder::new()
@@ -53,7 +56,7 @@ pub fn spawn(
         .spawn(move || seal_loop(w, st, sa, so))?;
     let ingest = std::thread::Builder::new()
         .name("store-pipeline".into())
-        .spawn(move || run(wal, store, stats, stop))?;
+        .spawn(move || run(wal, store, stats, stop, dlq_dir))?;
     std::thread::Builder::new()
         .name("store-join".into())
         .spawn(move || {
@@ -121,7 +124,86 @@ fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<A
     }
 }
 
-fn run(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicBool>) {
+/// Decodes one record and hands its spans to the store.
+fn process(store: &Store, stats: &PipelineStats, seq: u64, payload: &[u8]) -> Result<(), String> {
+    let req = faultline_intake::envelope::decode(payload)
+        .and_then(|env| env.request())
+        .map_err(|e| format!("undecodable record: {e}"))?;
+    let spans = faultline_model::span::from_otlp_owned(req);
+    let n = spans.len() as u64;
+    store
+        .ingest(seq, spans)
+        .map_err(|e| format!("the store refused the record: {e}"))?;
+    stats.spans.fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Processes a record, retrying with backoff; after [`crate::dlq::MAX_ATTEMPTS`] failures
+/// the record becomes a dead letter (durably, before the pipeline moves on).
+fn process_or_dead_letter(
+    store: &Store,
+    stats: &PipelineStats,
+    stop: &AtomicBool,
+    dlq_dir: &std::path::Path,
+    seq: u64,
+    payload: &[u8],
+) {
+    let mut last = String::new();
+    for attempt in 1..=crate::dlq::MAX_ATTEMPTS {
+        match process(store, stats, seq, payload) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(seq, attempt, error = %e, "processing a WAL record failed");
+                last = e;
+                if attempt < crate::dlq::MAX_ATTEMPTS {
+                    std::thread::sleep(Duration::from_millis(10 << (2 * attempt)));
+                }
+            }
+        }
+    }
+    let letter = crate::dlq::DeadLetter {
+        seq,
+        time_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        attempts: crate::dlq::MAX_ATTEMPTS,
+        reason: last,
+        payload: payload.to_vec(),
+    };
+    // The WAL may be truncated past this record once the store moves on: the dead letter
+    // must be on disk first.
+    loop {
+        match letter.write(dlq_dir) {
+            Ok(path) => {
+                tracing::error!(seq, file = %path.display(), reason = %letter.reason, "moved a WAL record to the dead letters (`faultline dlq list`)");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(seq, error = %e, dir = %dlq_dir.display(), "cannot write a dead letter; retrying in 1 s");
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    stats.undecodable.fetch_add(
+        u64::from(letter.reason.starts_with("undecodable")),
+        Ordering::Relaxed,
+    );
+    stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+    // Let the store's position move past the record.
+    let _ = store.ingest(seq, Vec::new());
+}
+
+fn run(
+    wal: Wal,
+    store: Arc<Store>,
+    stats: Arc<PipelineStats>,
+    stop: Arc<AtomicBool>,
+    dlq_dir: std::path::PathBuf,
+) {
     let mut tail = wal.tail(store.durable_seq() + 1);
     let max_head = store.block_max_spans().saturating_mul(MAX_HEAD_FACTOR);
     while !stop.load(Ordering::Acquire) {
@@ -139,21 +221,8 @@ fn run(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<AtomicB
         };
         let idle = records.is_empty();
         for rec in records {
-            let spans = match faultline_intake::envelope::decode(&rec.payload)
-                .and_then(|env| env.request())
-            {
-                Ok(req) => faultline_model::span::from_otlp_owned(req),
-                Err(e) => {
-                    stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(seq = rec.seq, error = %e, "skipping an undecodable WAL record (inspect it with `faultline wal dump --from SEQ --limit 1`)");
-                    Vec::new()
-                }
-            };
             stats.records.fetch_add(1, Ordering::Relaxed);
-            stats.spans.fetch_add(spans.len() as u64, Ordering::Relaxed);
-            if let Err(e) = store.ingest(rec.seq, spans) {
-                tracing::error!(seq = rec.seq, error = %e, "the store refused a record");
-            }
+            process_or_dead_letter(&store, &stats, &stop, &dlq_dir, rec.seq, &rec.payload);
         }
         if idle {
             std::thread::sleep(Duration::from_millis(20));

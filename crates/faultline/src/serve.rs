@@ -148,6 +148,7 @@ struct ApiState {
     ready: Arc<AtomicBool>,
     store: Arc<faultline_store::Store>,
     pipeline: Arc<crate::pipeline::PipelineStats>,
+    dlq_dir: PathBuf,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -217,11 +218,13 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let store = Arc::new(store);
     let pipeline_stats = Arc::new(crate::pipeline::PipelineStats::default());
     let pipeline_stop = Arc::new(AtomicBool::new(false));
+    let dlq_dir = crate::dlq::dir(&s.data_dir);
     let pipeline = crate::pipeline::spawn(
         wal.clone(),
         store.clone(),
         pipeline_stats.clone(),
         pipeline_stop.clone(),
+        dlq_dir.clone(),
     )
     .context("cannot start the store pipeline thread")?;
     let intake = Arc::new(Intake::new(wal.clone(), metrics.clone(), s.intake.clone()));
@@ -241,7 +244,8 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     });
     let status_fn: Arc<faultline_api::status::StatusFn> = {
         let (intake, store, pipeline) = (intake.clone(), store.clone(), pipeline_stats.clone());
-        Arc::new(move || status(&intake, &store, &pipeline))
+        let dlq_dir = dlq_dir.clone();
+        Arc::new(move || status(&intake, &store, &pipeline, &dlq_dir))
     };
     let query_state = faultline_api::ApiState {
         store: store.clone(),
@@ -292,6 +296,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         ready: ready.clone(),
         store: store.clone(),
         pipeline: pipeline_stats.clone(),
+        dlq_dir: dlq_dir.clone(),
     };
     let api = axum::serve(nodelay(api_l), api_router(api_state).merge(query))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -374,6 +379,7 @@ fn status(
     intake: &Intake,
     store: &faultline_store::Store,
     pipeline: &crate::pipeline::PipelineStats,
+    dlq_dir: &std::path::Path,
 ) -> faultline_api::status::Status {
     use faultline_api::status::{Component, Health, Status};
     use serde_json::json;
@@ -444,13 +450,8 @@ fn status(
     let behind = committed.saturating_sub(indexed);
     let undecodable = pipeline.undecodable.load(Ordering::Relaxed);
     let loading = store.indexes_loading();
-    let (health, summary, action) = if undecodable > 0 {
-        (
-            Health::Degraded,
-            format!("{undecodable} WAL records could not be decoded and were skipped"),
-            Some("inspect them with `faultline wal dump DATA_DIR/wal --json` (the log names their sequence numbers)".to_string()),
-        )
-    } else if behind > 100 {
+    // Undecodable records are dead letters (their own part below).
+    let (health, summary, action) = if behind > 100 {
         (
             Health::Degraded,
             format!("{behind} acknowledged records are not yet indexed; answers say they are partial"),
@@ -503,6 +504,20 @@ fn status(
         }),
         details: json!({"blocks": blocks.len(), "bytes": bytes, "max_bytes": (max_bytes != u64::MAX).then_some(max_bytes), "quarantined": quarantined}),
     });
+    let dead = crate::dlq::count(dlq_dir);
+    parts.push(Component {
+        name: "dead letters",
+        health: if dead == 0 { Health::Ok } else { Health::Degraded },
+        summary: if dead == 0 {
+            "none".to_string()
+        } else {
+            format!("{dead} WAL records could not be processed and were set aside; their spans are not indexed")
+        },
+        action: (dead > 0).then(|| {
+            "`faultline dlq list DATA_DIR` shows why; after a fix `faultline dlq replay --all`, or `faultline dlq drop DATA_DIR --all`".to_string()
+        }),
+        details: json!({"records": dead, "moved_since_start": pipeline.dead_letters.load(Ordering::Relaxed), "dir": dlq_dir.display().to_string()}),
+    });
     Status { components: parts }
 }
 
@@ -511,6 +526,7 @@ fn api_router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/api/v1/dlq/replay", axum::routing::post(dlq_replay))
         .with_state(state)
 }
 
@@ -533,6 +549,71 @@ async fn ready(State(st): State<ApiState>) -> impl IntoResponse {
     }
 }
 
+/// `POST /api/v1/dlq/replay?all=true` or `?seq=N&seq=M`: appends dead letters' payloads to
+/// the WAL as new records, then deletes them; answers how many.
+async fn dlq_replay(
+    State(st): State<ApiState>,
+    axum::extract::Query(p): axum::extract::Query<Vec<(String, String)>>,
+) -> impl IntoResponse {
+    let all = p.iter().any(|(k, v)| k == "all" && v == "true");
+    let mut seqs = Vec::new();
+    for (k, v) in &p {
+        if k == "seq" {
+            match v.parse::<u64>() {
+                Ok(n) => seqs.push(n),
+                Err(_) => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("seq={v:?} is not a sequence number\n"),
+                    );
+                }
+            }
+        }
+    }
+    if !all && seqs.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "say which dead letters: all=true or seq=N (repeated)\n".to_string(),
+        );
+    }
+    let dir = st.dlq_dir.clone();
+    let letters = match tokio::task::spawn_blocking(move || crate::dlq::read_all(&dir)).await {
+        Ok((letters, _)) => letters,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let mut replayed = Vec::new();
+    for (path, d) in letters {
+        if !(all || seqs.contains(&d.seq)) {
+            continue;
+        }
+        match st.intake.wal().append(d.payload).await {
+            Ok(ack) => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "replayed a dead letter but cannot delete it; drop it with `faultline dlq drop`");
+                }
+                replayed.push(format!("{} -> {}", d.seq, ack.seq));
+            }
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the WAL refused the replay after {} records: {e}; retry later\n",
+                        replayed.len()
+                    ),
+                );
+            }
+        }
+    }
+    (
+        StatusCode::OK,
+        format!(
+            "replayed {} dead letters (old seq -> new seq): {}\n",
+            replayed.len(),
+            replayed.join(", ")
+        ),
+    )
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -552,6 +633,9 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         .set(st.pipeline.undecodable.load(Ordering::Relaxed) as i64);
     m.store_seal_failing
         .set(i64::from(st.pipeline.seal_failing.load(Ordering::Relaxed)));
+    m.dlq_records.set(crate::dlq::count(&st.dlq_dir) as i64);
+    m.dlq_moved
+        .set(st.pipeline.dead_letters.load(Ordering::Relaxed) as i64);
     (
         [(
             header::CONTENT_TYPE,

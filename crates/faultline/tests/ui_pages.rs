@@ -341,7 +341,17 @@ fn pages_say_plainly_when_a_block_is_missing() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["wal", "disk", "indexing", "sealing", "store"]);
+    assert_eq!(
+        names,
+        [
+            "wal",
+            "disk",
+            "indexing",
+            "sealing",
+            "store",
+            "dead letters"
+        ]
+    );
     server.stop();
     // Damage one block's trace-id index: it is quarantined at the next start.
     let tidx = std::fs::read_dir(data.join("blocks"))
