@@ -344,7 +344,7 @@ fn with_lag(st: &ApiState, mut c: Completeness) -> Completeness {
 }
 
 async fn services(State(st): State<ApiState>) -> Response {
-    match crate::query(&st, |store| store.services()).await {
+    match crate::query_cached(&st, "services".into(), |store| store.services()).await {
         Ok((list, c)) => {
             let n = list.len();
             envelope(

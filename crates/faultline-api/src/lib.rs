@@ -34,6 +34,115 @@ pub struct ApiState {
     pub lag: Arc<LagFn>,
     /// The health of faultline's parts (`/api/v1/status`, the status page).
     pub status: Arc<status::StatusFn>,
+    /// Recent answers of cheap, frequent queries, served when the store is slow.
+    pub cache: Arc<QueryCache>,
+}
+
+/// Recent answers of service lists and RED queries, by query. When the store does not
+/// answer such a query within `slow`, the cached answer (if younger than `max_age`) is
+/// served instead, marked stale with its age, and the store's answer refreshes the cache
+/// when it comes.
+pub struct QueryCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, CacheEntry>>,
+    /// How long a query may take before the cache answers.
+    pub slow: std::time::Duration,
+    /// Oldest answer the cache serves.
+    pub max_age: std::time::Duration,
+}
+
+/// When an answer was stored, and the answer.
+type CacheEntry = (std::time::Instant, Arc<dyn std::any::Any + Send + Sync>);
+
+/// Most entries the cache keeps (the oldest go first).
+const CACHE_ENTRIES: usize = 1024;
+
+impl std::fmt::Debug for QueryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryCache")
+            .field("slow", &self.slow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueryCache {
+    /// A cache answering after `slow` with answers up to `max_age` old.
+    pub fn new(slow: std::time::Duration, max_age: std::time::Duration) -> Self {
+        Self {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+            slow,
+            max_age,
+        }
+    }
+
+    fn put<T: Send + Sync + 'static>(&self, key: String, v: T) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= CACHE_ENTRIES
+                && let Some(oldest) = m
+                    .iter()
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(k, _)| k.clone())
+            {
+                m.remove(&oldest);
+            }
+            m.insert(key, (std::time::Instant::now(), Arc::new(v)));
+        }
+    }
+
+    fn get<T: Clone + Send + Sync + 'static>(&self, key: &str) -> Option<(std::time::Duration, T)> {
+        let m = self.map.lock().ok()?;
+        let (t, v) = m.get(key)?;
+        let age = t.elapsed();
+        if age > self.max_age {
+            return None;
+        }
+        v.downcast_ref::<T>().map(|v| (age, v.clone()))
+    }
+}
+
+/// Like [`query`] for cheap, frequent queries: when the store takes longer than the
+/// cache's `slow`, answers from the cache (marked stale with its age) if it can.
+pub(crate) async fn query_cached<T: Clone + Send + Sync + 'static>(
+    st: &ApiState,
+    key: String,
+    f: impl FnOnce(
+        &dyn SpanStore,
+    ) -> Result<(T, faultline_store::Completeness), faultline_store::StoreError>
+    + Send
+    + 'static,
+) -> Result<(T, faultline_store::Completeness), String> {
+    let store = st.store.clone();
+    let mut handle = tokio::task::spawn_blocking(move || f(store.as_ref()));
+    let joined = match tokio::time::timeout(st.cache.slow, &mut handle).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            if let Some((age, (v, mut c))) =
+                st.cache.get::<(T, faultline_store::Completeness)>(&key)
+            {
+                c.reasons.push(format!(
+                    "stale: served from a cache {:.1} s old because the store did not answer within {} ms",
+                    age.as_secs_f64(),
+                    st.cache.slow.as_millis()
+                ));
+                // Refresh the cache when the store answers.
+                let cache = st.cache.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(fresh)) = handle.await {
+                        cache.put(key, fresh);
+                    }
+                });
+                return Ok((v, c));
+            }
+            handle.await
+        }
+    };
+    match joined {
+        Ok(Ok(v)) => {
+            st.cache.put(key, v.clone());
+            Ok(v)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("query task failed: {e}")),
+    }
 }
 
 impl std::fmt::Debug for ApiState {
@@ -83,5 +192,156 @@ pub fn mark_partial(headers: &mut axum::http::HeaderMap, reasons: &[String]) {
         .collect();
     if let Ok(v) = axum::http::HeaderValue::from_str(&clean) {
         headers.insert("x-faultline-partial", v);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod cache_tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use faultline_model::span::{SpanKind, TraceId};
+    use faultline_store::{
+        Completeness, Dependency, RedPoint, StoreError, TraceAnswer, TraceQuery, TraceSummary,
+    };
+
+    use super::*;
+
+    /// A store that answers services and RED after `delay_ms`.
+    #[derive(Default)]
+    struct SlowStore {
+        delay_ms: AtomicU64,
+        calls: AtomicU64,
+    }
+
+    impl SlowStore {
+        fn wait(&self) -> u64 {
+            std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
+            self.calls.fetch_add(1, Ordering::SeqCst) + 1
+        }
+    }
+
+    impl SpanStore for SlowStore {
+        fn trace(&self, _: &TraceId) -> Result<TraceAnswer, StoreError> {
+            Ok(TraceAnswer {
+                spans: Vec::new(),
+                completeness: Completeness::default(),
+            })
+        }
+        fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
+            let n = self.wait();
+            Ok((vec![format!("svc-{n}")], Completeness::default()))
+        }
+        fn operations(
+            &self,
+            _: &str,
+        ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
+            Ok((Vec::new(), Completeness::default()))
+        }
+        fn dependencies(
+            &self,
+            _: u64,
+            _: u64,
+        ) -> Result<(Vec<Dependency>, Completeness), StoreError> {
+            Ok((Vec::new(), Completeness::default()))
+        }
+        fn red(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: Option<SpanKind>,
+            start_s: u64,
+            _: u64,
+            _: u64,
+        ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
+            let n = self.wait();
+            Ok((
+                vec![RedPoint {
+                    start_s,
+                    count: n,
+                    errors: 0,
+                    p50_ms: None,
+                    p90_ms: None,
+                    p99_ms: None,
+                    mean_ms: None,
+                }],
+                Completeness::default(),
+            ))
+        }
+        fn search(&self, _: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+            Ok((Vec::new(), Completeness::default()))
+        }
+        fn latency_distribution(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: u64,
+            _: u64,
+            bounds: &[f64],
+        ) -> Result<(Vec<u64>, Completeness), StoreError> {
+            Ok((vec![0; bounds.len() + 1], Completeness::default()))
+        }
+    }
+
+    async fn get(app: &Router, uri: &str) -> (Option<String>, serde_json::Value) {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let partial = resp
+            .headers()
+            .get("x-faultline-partial")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (partial, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_store_is_answered_from_the_cache_marked_stale() {
+        let store = Arc::new(SlowStore::default());
+        let app = router(ApiState {
+            store: store.clone(),
+            lag: Arc::new(Vec::new),
+            status: Arc::new(crate::status::Status::default),
+            cache: Arc::new(QueryCache::new(
+                Duration::from_millis(100),
+                Duration::from_secs(60),
+            )),
+        });
+        // Fast: fresh answers, which fill the cache.
+        let (partial, v) = get(&app, "/api/services").await;
+        assert_eq!((partial, v["data"][0].as_str()), (None, Some("svc-1")));
+        let red = "/api/v1/red?service=a&start=600&end=4200";
+        let (partial, v) = get(&app, red).await;
+        assert_eq!((partial, v["points"][0]["count"].as_u64()), (None, Some(2)));
+
+        // Slow: the cached answers come back at once, marked stale with their age.
+        store.delay_ms.store(2_000, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let (partial, v) = get(&app, "/api/services").await;
+        assert!(started.elapsed() < Duration::from_millis(1_000));
+        assert_eq!(v["data"][0], "svc-1");
+        assert!(partial.unwrap().contains("stale: served from a cache"));
+        assert!(
+            v["partial"]["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("stale")
+        );
+        // The same length of window, later: still served from the cache.
+        let (partial, v) = get(&app, "/api/v1/red?service=a&start=660&end=4260").await;
+        assert_eq!(v["points"][0]["count"], 2);
+        assert_eq!(v["complete"], false);
+        assert!(partial.unwrap().contains("stale"));
+        // Nothing cached for this one: it waits for the store.
+        let (partial, v) = get(&app, "/api/v1/red?service=b&start=0&end=60").await;
+        assert!(partial.is_none() && v["points"][0]["count"].as_u64().unwrap() >= 3);
     }
 }

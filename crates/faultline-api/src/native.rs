@@ -308,7 +308,13 @@ async fn red(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>
         ));
     }
     let (svc, op) = (service.clone(), operation.clone());
-    let answer = crate::query(&st, move |store| {
+    // Keyed by the window's length, not its position: when the store is slow, the last
+    // answer for the same kind of window is served, marked stale with its age.
+    let key = format!(
+        "red\u{0}{svc}\u{0}{op:?}\u{0}{kind:?}\u{0}{}\u{0}{step}",
+        end - start
+    );
+    let answer = crate::query_cached(&st, key, move |store| {
         store.red(&svc, op.as_deref(), kind, start, end, step)
     })
     .await;
@@ -335,10 +341,12 @@ async fn red(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>
             })
         })
         .collect();
-    Json(json!({
+    let mut resp = Json(json!({
         "service": service, "operation": operation, "spanKind": kind.map(|k| k.as_str()),
         "start": start, "end": end, "step": step,
         "complete": reasons.is_empty(), "partialReasons": reasons, "points": points,
     }))
-    .into_response()
+    .into_response();
+    crate::mark_partial(resp.headers_mut(), &reasons);
+    resp
 }

@@ -65,7 +65,7 @@ pub fn traces_data(spans: &[Span]) -> Value {
 }
 
 async fn services(State(st): State<ApiState>) -> Response {
-    match crate::query(&st, |store| store.services()).await {
+    match crate::query_cached(&st, "services".into(), |store| store.services()).await {
         Ok((list, c)) => answer(json!({"services": list}), &with_lag(&st, c)),
         Err(msg) => err(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }

@@ -251,6 +251,10 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         store: store.clone(),
         lag,
         status: status_fn,
+        cache: Arc::new(faultline_api::QueryCache::new(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(300),
+        )),
     };
     let query = faultline_api::router(query_state.clone())
         .merge(faultline_ui::router().with_state(query_state));
