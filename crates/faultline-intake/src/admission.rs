@@ -8,7 +8,15 @@
 //! 4. (the caller decodes the body; a malformed body is `Invalid`, 400)
 //! 5. each span is validated; invalid spans are removed and reported as OTLP partial
 //!    success; a request with no valid span left is `Invalid`;
-//! 6. the envelope is appended to the WAL and the request answered only when the WAL
+//! 6. priority lanes: a request is `critical` when it has a span with error status, a span
+//!    of a service in `intake.critical_services`, or a synthetic probe span (attribute
+//!    `faultline.synthetic=true`); `bulk` when its sender says so (header or gRPC metadata
+//!    `x-faultline-lane: bulk`, for replays and imports); `normal` otherwise. Under
+//!    pressure (the larger of the WAL's and the in-flight budget's used share) `bulk` is
+//!    shed from [`SHED_BULK_AT`] and `normal` from [`SHED_NORMAL_AT`], with `Busy` (429,
+//!    retryable, Retry-After) and counted in `faultline_intake_shed_spans{lane,reason}`;
+//!    `critical` is refused only by the hard limits above (a full WAL or disk);
+//! 7. the envelope is appended to the WAL and the request answered only when the WAL
 //!    acknowledged it.
 
 use std::path::PathBuf;
@@ -37,6 +45,44 @@ pub struct IntakeConfig {
     pub max_inflight_bytes: usize,
     /// Seconds a refused client is told to wait (Retry-After).
     pub retry_after_secs: u32,
+    /// Services whose traces are always in the `critical` lane.
+    pub critical_services: Vec<String>,
+}
+
+/// Pressure (share of the WAL or in-flight budget in use) from which `bulk` is shed.
+pub const SHED_BULK_AT: f64 = 0.5;
+/// Pressure from which `normal` is shed.
+pub const SHED_NORMAL_AT: f64 = 0.8;
+
+/// How important a request is when faultline is under pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    /// Replays and imports: shed first.
+    Bulk,
+    /// Everything else.
+    Normal,
+    /// Errors, critical services, synthetic probes: accepted while there is room at all.
+    Critical,
+}
+
+impl Lane {
+    /// `bulk`, `normal` or `critical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bulk => "bulk",
+            Self::Normal => "normal",
+            Self::Critical => "critical",
+        }
+    }
+
+    /// The lane a sender asks for (`x-faultline-lane`); only `bulk` lowers the lane, and
+    /// no sender can raise it.
+    pub fn from_hint(h: Option<&str>) -> Self {
+        match h {
+            Some(v) if v.eq_ignore_ascii_case("bulk") => Self::Bulk,
+            _ => Self::Normal,
+        }
+    }
 }
 
 impl Default for IntakeConfig {
@@ -47,6 +93,7 @@ impl Default for IntakeConfig {
             min_free_disk_bytes: 256 << 20,
             max_inflight_bytes: 512 << 20,
             retry_after_secs: 1,
+            critical_services: Vec::new(),
         }
     }
 }
@@ -164,6 +211,46 @@ impl Intake {
         Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    /// The larger of the WAL's and the in-flight budget's used share (0 to 1).
+    pub fn pressure(&self) -> f64 {
+        let max = self.wal.options().max_bytes.max(1);
+        let wal = self.wal.size_bytes() as f64 / max as f64;
+        let used = self
+            .inflight_permits
+            .saturating_sub(self.inflight.available_permits() as u32);
+        let inflight = f64::from(used) / f64::from(self.inflight_permits.max(1));
+        wal.max(inflight)
+    }
+
+    /// The lane of a validated request (see the module doc).
+    fn lane(&self, request: &ExportTraceServiceRequest, hint: Lane) -> Lane {
+        if hint == Lane::Bulk {
+            return Lane::Bulk;
+        }
+        for rs in &request.resource_spans {
+            let service = faultline_model::service_name(rs.resource.as_ref());
+            if self.cfg.critical_services.iter().any(|c| c == service) {
+                return Lane::Critical;
+            }
+            for sp in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                let error = sp.status.as_ref().is_some_and(|st| st.code == 2);
+                let synthetic = sp.attributes.iter().any(|kv| {
+                    kv.key == "faultline.synthetic"
+                        && matches!(
+                            kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                            Some(faultline_model::otlp::common::any_value::Value::BoolValue(
+                                true
+                            ))
+                        )
+                });
+                if error || synthetic {
+                    return Lane::Critical;
+                }
+            }
+        }
+        Lane::Normal
+    }
+
     /// Checks 1-3 of the module doc for a request of `body_bytes`.
     pub fn admit(&self, body_bytes: usize) -> Result<Admitted, IngestError> {
         if let Some(reason) = self.wal.failure() {
@@ -216,6 +303,7 @@ impl Intake {
         raw: Option<&[u8]>,
         pre_rejected: Vec<String>,
         _ticket: &Admitted,
+        lane_hint: Lane,
     ) -> Result<Accepted, IngestError> {
         let v = validate_and_filter(&mut request, &self.cfg.limits);
         let rejected = v.rejected_spans + pre_rejected.len() as u64;
@@ -238,6 +326,33 @@ impl Intake {
                 return Err(IngestError::Invalid(message.unwrap_or_default()));
             }
             return Ok(Accepted::default());
+        }
+        let lane = self.lane(&request, lane_hint);
+        let shed_at = match lane {
+            Lane::Bulk => Some(SHED_BULK_AT),
+            Lane::Normal => Some(SHED_NORMAL_AT),
+            Lane::Critical => None,
+        };
+        if let Some(at) = shed_at {
+            let max = self.wal.options().max_bytes.max(1);
+            let wal = self.wal.size_bytes() as f64 / max as f64;
+            let pressure = self.pressure();
+            if pressure >= at {
+                let reason = if wal >= at { "wal" } else { "inflight" };
+                self.metrics.shed(lane.as_str(), reason, v.accepted_spans);
+                self.metrics.spans(protocol, "shed", v.accepted_spans);
+                return Err(IngestError::Busy(format!(
+                    "shedding {} traffic under pressure ({} at {:.0}% of its budget); retry after {} s; spans with errors and critical services are still accepted",
+                    lane.as_str(),
+                    if reason == "wal" {
+                        "write-ahead log"
+                    } else {
+                        "in-flight requests"
+                    },
+                    pressure * 100.0,
+                    self.cfg.retry_after_secs
+                )));
+            }
         }
         let spans = u32::try_from(v.accepted_spans).unwrap_or(u32::MAX);
         let payload = match raw {

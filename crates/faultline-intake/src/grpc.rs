@@ -26,7 +26,7 @@ use faultline_model::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-use crate::admission::{IngestError, Intake};
+use crate::admission::{IngestError, Intake, Lane};
 use crate::envelope::Protocol;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -104,13 +104,20 @@ impl UnaryService<Bytes> for Export {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let intake = self.0.clone();
-        Box::pin(async move { export(&intake, request.into_inner()).await })
+        let lane = Lane::from_hint(
+            request
+                .metadata()
+                .get("x-faultline-lane")
+                .and_then(|v| v.to_str().ok()),
+        );
+        Box::pin(async move { export(&intake, request.into_inner(), lane).await })
     }
 }
 
 async fn export(
     intake: &Intake,
     raw: Bytes,
+    lane: Lane,
 ) -> Result<Response<ExportTraceServiceResponse>, Status> {
     let protocol = Protocol::OtlpGrpc;
     let wire_len = raw.len();
@@ -122,7 +129,7 @@ async fn export(
             ))
         })?;
         intake
-            .ingest(protocol, req, Some(&raw), Vec::new(), &ticket)
+            .ingest(protocol, req, Some(&raw), Vec::new(), &ticket, lane)
             .await
     }
     .await;

@@ -23,7 +23,7 @@ use faultline_model::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-use crate::admission::{Accepted, IngestError, Intake};
+use crate::admission::{Accepted, IngestError, Intake, Lane};
 use crate::envelope::Protocol;
 
 /// `google.rpc.Status`, the error body of OTLP/HTTP in protobuf.
@@ -106,6 +106,15 @@ fn error_response(intake: &Intake, e: &IngestError, enc: Option<Encoding>) -> Re
         );
     }
     resp
+}
+
+/// The lane the sender asks for with `x-faultline-lane` (only `bulk` has an effect).
+fn lane_hint(headers: &HeaderMap) -> Lane {
+    Lane::from_hint(
+        headers
+            .get("x-faultline-lane")
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
@@ -271,6 +280,7 @@ async fn otlp_inner(
         .await
         .map_err(|e| (e, 0))?;
     let ticket = intake.admit(bytes.len()).map_err(|e| (e, wire_len))?;
+    let lane = lane_hint(headers);
     let accepted = match enc {
         Encoding::Protobuf => {
             let req = ExportTraceServiceRequest::decode(&bytes[..]).map_err(|e| {
@@ -282,14 +292,14 @@ async fn otlp_inner(
                 )
             })?;
             intake
-                .ingest(protocol, req, Some(&bytes), Vec::new(), &ticket)
+                .ingest(protocol, req, Some(&bytes), Vec::new(), &ticket, lane)
                 .await
         }
         Encoding::Json => {
             let req = faultline_model::otlp_json::decode(&bytes)
                 .map_err(|e| (IngestError::Invalid(e.to_string()), wire_len))?;
             intake
-                .ingest(protocol, req, None, Vec::new(), &ticket)
+                .ingest(protocol, req, None, Vec::new(), &ticket, lane)
                 .await
         }
     };
@@ -317,10 +327,11 @@ async fn zipkin_spans(
             .await
             .map_err(|e| (e, 0))?;
         let ticket = intake.admit(bytes.len()).map_err(|e| (e, wire_len))?;
+        let lane = lane_hint(&headers);
         let batch = faultline_model::zipkin::decode_v2_json(&bytes)
             .map_err(|e| (IngestError::Invalid(e.to_string()), wire_len))?;
         intake
-            .ingest(protocol, batch.request, None, batch.rejected, &ticket)
+            .ingest(protocol, batch.request, None, batch.rejected, &ticket, lane)
             .await
             .map(|a| (a, wire_len))
             .map_err(|e| (e, wire_len))

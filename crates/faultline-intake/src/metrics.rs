@@ -9,6 +9,8 @@
 //! - `wal_append_seconds`: time from handing a request's record to the WAL to its
 //!   acknowledgement (queueing, write and fsync).
 //! - `wal_fsync_seconds`, `wal_write_seconds`, `wal_batch_records`: per group commit.
+//! - `intake_shed_spans{lane, reason}`: spans refused (retryably) under pressure to keep
+//!   room for more important lanes (see `admission.rs`).
 //! - `wal_size_bytes`, `wal_max_bytes`, `wal_committed_seq`, `wal_failed`,
 //!   `wal_quarantined_segments`, `wal_truncated_bytes`: state of the log.
 //! - `store_head_spans`, `store_blocks`, `store_block_bytes`, `store_block_spans`,
@@ -41,6 +43,12 @@ struct ProtocolLabel {
     protocol: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneReason {
+    lane: &'static str,
+    reason: &'static str,
+}
+
 /// All metrics of one faultline process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,6 +56,7 @@ pub struct Metrics {
     requests: Family<ProtocolOutcome, Counter>,
     spans: Family<ProtocolOutcome, Counter>,
     bytes: Family<ProtocolLabel, Counter>,
+    shed: Family<LaneReason, Counter>,
     ack_seconds: Histogram,
     fsync_seconds: Histogram,
     write_seconds: Histogram,
@@ -97,6 +106,12 @@ impl Metrics {
         let requests = Family::<ProtocolOutcome, Counter>::default();
         let spans = Family::<ProtocolOutcome, Counter>::default();
         let bytes = Family::<ProtocolLabel, Counter>::default();
+        let shed = Family::<LaneReason, Counter>::default();
+        registry.register(
+            "intake_shed_spans",
+            "Spans refused (retryably) to keep room for more important lanes, by lane and reason",
+            shed.clone(),
+        );
         let latency = || Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         let ack_seconds = latency();
         let fsync_seconds = latency();
@@ -157,6 +172,7 @@ impl Metrics {
             requests,
             spans,
             bytes,
+            shed,
             ack_seconds,
             fsync_seconds,
             write_seconds,
@@ -288,6 +304,13 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Counts spans shed from `lane` because of `reason` (`wal` or `inflight`).
+    pub fn shed(&self, lane: &'static str, reason: &'static str, n: u64) {
+        self.shed
+            .get_or_create(&LaneReason { lane, reason })
+            .inc_by(n);
     }
 
     /// Records the time a request waited for its WAL acknowledgement.

@@ -24,6 +24,7 @@
 //! max_attribute_value_bytes = 262144     # larger attribute values reject their span
 //! max_attributes_per_span   = 1024
 //! retry_after_secs          = 1
+//! critical_services         = []         # services whose spans are never shed (lane critical)
 //!
 //! [store]
 //! block_max_spans    = 250000     # seal the in-memory head into a block at this many spans
@@ -88,6 +89,7 @@ pub struct IntakeFileConfig {
     pub max_attribute_value_bytes: Option<usize>,
     pub max_attributes_per_span: Option<usize>,
     pub retry_after_secs: Option<u32>,
+    pub critical_services: Option<Vec<String>>,
 }
 
 impl FileConfig {

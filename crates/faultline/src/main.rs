@@ -201,6 +201,14 @@ pub struct ServeArgs {
     /// Refuse requests when the disk has less free space than this [default: 256 MiB].
     #[arg(long, env = "FAULTLINE_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// A service whose spans are never shed under pressure (repeat for several; replaces
+    /// intake.critical_services).
+    #[arg(
+        long = "critical-service",
+        env = "FAULTLINE_CRITICAL_SERVICES",
+        value_delimiter = ','
+    )]
+    pub critical_services: Vec<String>,
     /// Seal the in-memory head into a block at this many spans [default: 250000].
     #[arg(long, env = "FAULTLINE_BLOCK_MAX_SPANS")]
     pub block_max_spans: Option<usize>,

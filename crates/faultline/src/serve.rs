@@ -92,6 +92,11 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .or(fi.min_free_disk_bytes)
             .unwrap_or(d.min_free_disk_bytes),
         retry_after_secs: fi.retry_after_secs.unwrap_or(d.retry_after_secs),
+        critical_services: if args.critical_services.is_empty() {
+            fi.critical_services.unwrap_or_default()
+        } else {
+            args.critical_services.clone()
+        },
         limits: Limits {
             max_attribute_value_bytes: fi
                 .max_attribute_value_bytes
@@ -507,6 +512,32 @@ fn status(
             "inspect DATA_DIR/blocks/quarantine; the spans in those files are missing from answers (the WAL no longer holds them)".to_string()
         }),
         details: json!({"blocks": blocks.len(), "bytes": bytes, "max_bytes": (max_bytes != u64::MAX).then_some(max_bytes), "quarantined": quarantined}),
+    });
+    let pressure = intake.pressure();
+    let shedding: Vec<&str> = [
+        ("bulk", faultline_intake::admission::SHED_BULK_AT),
+        ("normal", faultline_intake::admission::SHED_NORMAL_AT),
+    ]
+    .iter()
+    .filter(|(_, at)| pressure >= *at)
+    .map(|(l, _)| *l)
+    .collect();
+    parts.push(Component {
+        name: "lanes",
+        health: if shedding.is_empty() { Health::Ok } else { Health::Degraded },
+        summary: if shedding.is_empty() {
+            format!("accepting every lane (pressure {:.0}%)", pressure * 100.0)
+        } else {
+            format!(
+                "shedding {} traffic (pressure {:.0}%); critical spans are still accepted",
+                shedding.join(" and "),
+                pressure * 100.0
+            )
+        },
+        action: (!shedding.is_empty()).then(|| {
+            "the write-ahead log or the in-flight budget is filling: see indexing and sealing; clients retry shed requests".to_string()
+        }),
+        details: json!({"pressure": pressure, "shed_bulk_at": faultline_intake::admission::SHED_BULK_AT, "shed_normal_at": faultline_intake::admission::SHED_NORMAL_AT, "shedding": shedding, "critical_services": intake.config().critical_services}),
     });
     let dead = crate::dlq::count(dlq_dir);
     parts.push(Component {

@@ -1,6 +1,8 @@
 //! Disk budget: when the WAL reaches its configured maximum, or the disk's free space falls
 //! below the reserve, requests are refused with a retryable status (HTTP 503 with
-//! Retry-After, gRPC UNAVAILABLE) before anything is acknowledged.
+//! Retry-After, gRPC UNAVAILABLE) before anything is acknowledged. The spans here have
+//! error status, so they are in the `critical` lane, which is refused only by these hard
+//! limits (shedding of the other lanes is in `intake_lanes.rs`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +12,7 @@ use prost::Message;
 
 use common::{Server, metric};
 use faultline_model::ExportTraceServiceRequest;
-use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span};
+use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status};
 
 fn request(n: u8, spans: usize) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
@@ -23,6 +25,10 @@ fn request(n: u8, spans: usize) -> ExportTraceServiceRequest {
                         name: "budget".repeat(20),
                         start_time_unix_nano: 1,
                         end_time_unix_nano: 2,
+                        status: Some(Status {
+                            code: 2,
+                            message: String::new(),
+                        }),
                         ..Span::default()
                     })
                     .collect(),

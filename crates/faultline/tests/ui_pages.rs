@@ -349,6 +349,7 @@ fn pages_say_plainly_when_a_block_is_missing() {
             "indexing",
             "sealing",
             "store",
+            "lanes",
             "dead letters"
         ]
     );
