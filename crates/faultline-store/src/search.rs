@@ -732,12 +732,30 @@ pub(crate) fn read_postings(dir: &Path, id: &str) -> Result<Postings, StoreError
 }
 
 /// The in-memory search index of one block.
+/// Operation ids per span: two bytes each while a block has at most 65,536 distinct
+/// operations (nearly always), four otherwise. At 50M spans the difference is 100 MB.
+#[derive(Debug)]
+enum OpIds {
+    Small(Vec<u16>),
+    Large(Vec<u32>),
+}
+
+impl OpIds {
+    #[inline]
+    fn at(&self, i: usize) -> u32 {
+        match self {
+            Self::Small(v) => u32::from(v[i]),
+            Self::Large(v) => v[i],
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct BlockIndex {
     strings: Vec<String>,
     /// Distinct (service, name) pairs, as string ids.
     ops: Vec<(u32, u32)>,
-    span_op: Vec<u32>,
+    span_op: OpIds,
     /// Duration in microseconds, saturating.
     span_dur_us: Vec<u32>,
     trace_first: Vec<u32>,
@@ -764,6 +782,11 @@ impl BlockIndex {
             });
             span_op.push(id);
         }
+        let span_op = if ops.len() <= usize::from(u16::MAX) + 1 {
+            OpIds::Small(span_op.into_iter().map(|o| o as u16).collect())
+        } else {
+            OpIds::Large(span_op)
+        };
         let span_dur_us = rows
             .dur_ns
             .iter()
@@ -804,7 +827,7 @@ impl BlockIndex {
                 match rows.parent[i] {
                     None => {
                         if root.is_none_or(|(rs, _)| s < rs) {
-                            root = Some((s, idx.span_op[i]));
+                            root = Some((s, idx.span_op.at(i)));
                         }
                     }
                     Some(p) => orphans += u32::from(!ids.contains(&p)),
@@ -835,9 +858,8 @@ impl BlockIndex {
             self.trace_first[t] as usize,
             self.trace_first[t + 1] as usize,
         );
-        let mut svcs: Vec<u32> = self.span_op[a..b]
-            .iter()
-            .map(|&o| self.ops[o as usize].0)
+        let mut svcs: Vec<u32> = (a..b)
+            .map(|i| self.ops[self.span_op.at(i) as usize].0)
             .collect();
         svcs.sort_unstable();
         svcs.dedup();
@@ -924,7 +946,7 @@ impl BlockIndex {
             );
             (a..b).any(|i| {
                 let d = u64::from(self.span_dur_us[i]);
-                op_ok[self.span_op[i] as usize] && d >= lo && d <= hi
+                op_ok[self.span_op.at(i) as usize] && d >= lo && d <= hi
             })
         };
         let full = q.full_mask();

@@ -383,3 +383,50 @@ fn a_search_past_its_time_limit_answers_what_it_found_marked_partial() {
         "{c:?}"
     );
 }
+
+#[test]
+fn blocks_with_more_operations_than_two_bytes_count_still_search_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreOptions::new(tmp.path())).unwrap();
+    let o = Arc::new(Origin {
+        service: "svc".into(),
+        ..Origin::default()
+    });
+    let n = 70_000u32;
+    let spans: Vec<Span> = (0..n)
+        .map(|t| {
+            let mut tid = [0u8; 16];
+            tid[12..].copy_from_slice(&t.to_be_bytes());
+            Span {
+                trace_id: tid,
+                span_id: [1; 8],
+                parent_span_id: None,
+                name: format!("op-{t}"),
+                kind: SpanKind::Server,
+                start_ns: 1_000_000 + u64::from(t),
+                end_ns: 2_000_000 + u64::from(t),
+                status: StatusCode::Unset,
+                status_message: String::new(),
+                attributes: Vec::new(),
+                events: Vec::new(),
+                links: Vec::new(),
+                origin: o.clone(),
+            }
+        })
+        .collect();
+    store.ingest(1, spans).unwrap();
+    store.seal().unwrap();
+    let (found, c) = store
+        .search(&TraceQuery {
+            service: Some("svc".into()),
+            operation: Some("op-69999".into()),
+            end_ns: u64::MAX,
+            limit: 5,
+            ..TraceQuery::default()
+        })
+        .unwrap();
+    assert!(c.is_complete(), "{c:?}");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].root_name.as_deref(), Some("op-69999"));
+    assert_eq!(found[0].start_ns, 1_000_000 + 69_999);
+}
