@@ -153,7 +153,7 @@ impl std::fmt::Debug for ApiState {
 
 /// Runs a store query off the async executor (block reads are file I/O and can take
 /// milliseconds). The error is the message of a 500 answer.
-pub(crate) async fn query<T: Send + 'static>(
+pub async fn query<T: Send + 'static>(
     st: &ApiState,
     f: impl FnOnce(&dyn SpanStore) -> Result<T, faultline_store::StoreError> + Send + 'static,
 ) -> Result<T, String> {
@@ -276,6 +276,27 @@ mod cache_tests {
         }
         fn search(&self, _: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
             Ok((Vec::new(), Completeness::default()))
+        }
+        fn red_total(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: Option<SpanKind>,
+            start_s: u64,
+            _: u64,
+        ) -> Result<(RedPoint, Completeness), StoreError> {
+            Ok((
+                RedPoint {
+                    start_s,
+                    count: 0,
+                    errors: 0,
+                    p50_ms: None,
+                    p90_ms: None,
+                    p99_ms: None,
+                    mean_ms: None,
+                },
+                Completeness::default(),
+            ))
         }
         fn latency_distribution(
             &self,

@@ -99,19 +99,9 @@ async fn dependencies(
                     })
                 })
                 .collect();
-            let mut resp = Json(json!({
-                "start": start, "end": end, "edges": edges,
-                "complete": reasons.is_empty(), "partialReasons": reasons,
-            }))
-            .into_response();
-            crate::mark_partial(resp.headers_mut(), &reasons);
-            resp
+            answer(json!({"start": start, "end": end, "edges": edges}), reasons)
         }
-        Err(msg) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": msg})),
-        )
-            .into_response(),
+        Err(msg) => failed(msg),
     }
 }
 
@@ -219,24 +209,35 @@ async fn summaries(State(st): State<ApiState>, Query(p): Query<Vec<(String, Stri
             let mut reasons = c.reasons;
             reasons.extend((st.lag)());
             let traces: Vec<_> = found.iter().map(summary_json).collect();
-            let mut resp = Json(json!({
-                "traces": traces, "limit": limit, "sort": format!("{sort:?}").to_lowercase(),
-                "complete": reasons.is_empty(), "partialReasons": reasons,
-            }))
-            .into_response();
-            crate::mark_partial(resp.headers_mut(), &reasons);
-            resp
+            answer(
+                json!({"traces": traces, "limit": limit, "sort": format!("{sort:?}").to_lowercase()}),
+                reasons,
+            )
         }
-        Err(msg) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": msg})),
-        )
-            .into_response(),
+        Err(msg) => failed(msg),
     }
 }
 
 fn bad(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": msg}))).into_response()
+}
+
+fn failed(msg: String) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": msg})),
+    )
+        .into_response()
+}
+
+/// A native answer: `body` with `complete` and `partialReasons` added, and the
+/// `X-Faultline-Partial` header when there are reasons.
+fn answer(mut body: serde_json::Value, reasons: Vec<String>) -> Response {
+    let mut headers = axum::http::HeaderMap::new();
+    crate::mark_partial(&mut headers, &reasons);
+    body["complete"] = json!(reasons.is_empty());
+    body["partialReasons"] = json!(reasons);
+    (headers, Json(body)).into_response()
 }
 
 /// Parses a span kind as Jaeger and OpenTelemetry spell it.
@@ -314,19 +315,13 @@ async fn red(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>
         "red\u{0}{svc}\u{0}{op:?}\u{0}{kind:?}\u{0}{}\u{0}{step}",
         end - start
     );
-    let answer = crate::query_cached(&st, key, move |store| {
+    let result = crate::query_cached(&st, key, move |store| {
         store.red(&svc, op.as_deref(), kind, start, end, step)
     })
     .await;
-    let (points, completeness) = match answer {
+    let (points, completeness) = match result {
         Ok(a) => a,
-        Err(msg) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": msg})),
-            )
-                .into_response();
-        }
+        Err(msg) => return failed(msg),
     };
     let mut reasons = completeness.reasons;
     reasons.extend((st.lag)());
@@ -341,12 +336,11 @@ async fn red(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>
             })
         })
         .collect();
-    let mut resp = Json(json!({
-        "service": service, "operation": operation, "spanKind": kind.map(|k| k.as_str()),
-        "start": start, "end": end, "step": step,
-        "complete": reasons.is_empty(), "partialReasons": reasons, "points": points,
-    }))
-    .into_response();
-    crate::mark_partial(resp.headers_mut(), &reasons);
-    resp
+    answer(
+        json!({
+            "service": service, "operation": operation, "spanKind": kind.map(|k| k.as_str()),
+            "start": start, "end": end, "step": step, "points": points,
+        }),
+        reasons,
+    )
 }

@@ -213,13 +213,21 @@ impl Intake {
 
     /// The larger of the WAL's and the in-flight budget's used share (0 to 1).
     pub fn pressure(&self) -> f64 {
+        let (wal, inflight) = self.budget_use();
+        wal.max(inflight)
+    }
+
+    /// Used shares of the WAL budget and of the in-flight budget.
+    fn budget_use(&self) -> (f64, f64) {
         let max = self.wal.options().max_bytes.max(1);
         let wal = self.wal.size_bytes() as f64 / max as f64;
         let used = self
             .inflight_permits
             .saturating_sub(self.inflight.available_permits() as u32);
-        let inflight = f64::from(used) / f64::from(self.inflight_permits.max(1));
-        wal.max(inflight)
+        (
+            wal,
+            f64::from(used) / f64::from(self.inflight_permits.max(1)),
+        )
     }
 
     /// The lane of a validated request (see the module doc).
@@ -334,9 +342,8 @@ impl Intake {
             Lane::Critical => None,
         };
         if let Some(at) = shed_at {
-            let max = self.wal.options().max_bytes.max(1);
-            let wal = self.wal.size_bytes() as f64 / max as f64;
-            let pressure = self.pressure();
+            let (wal, inflight) = self.budget_use();
+            let pressure = wal.max(inflight);
             if pressure >= at {
                 let reason = if wal >= at { "wal" } else { "inflight" };
                 self.metrics.shed(lane.as_str(), reason, v.accepted_spans);

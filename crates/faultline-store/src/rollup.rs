@@ -77,6 +77,30 @@ impl Default for Cell {
 }
 
 impl Cell {
+    /// The RED figures of this cell as a point starting at `start_s`.
+    fn point(&self, start_s: u64) -> RedPoint {
+        let q = |p: f64| {
+            if self.count == 0 {
+                None
+            } else {
+                self.sketch.quantile(p).ok().flatten()
+            }
+        };
+        RedPoint {
+            start_s,
+            count: self.count,
+            errors: self.errors,
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            mean_ms: if self.count == 0 {
+                None
+            } else {
+                self.sketch.sum().map(|s| s / self.count as f64)
+            },
+        }
+    }
+
     fn merge(&mut self, other: &Cell) {
         self.count += other.count;
         self.errors += other.errors;
@@ -309,48 +333,63 @@ impl Rollups {
         let mut out = Vec::new();
         let mut m = first - first % step_m;
         while m <= last {
-            let mut acc = Cell::default();
-            for (_, services) in self.minutes.range(m.max(first)..(m + step_m).min(last + 1)) {
-                let Some(ops) = services.get(service) else {
-                    continue;
-                };
-                for (op, kinds) in ops {
-                    if operation.is_some_and(|o| o != op) {
-                        continue;
-                    }
-                    for (k, c) in kinds.iter().enumerate() {
-                        if kind.is_some_and(|want| want as usize != k) {
-                            continue;
-                        }
-                        if let Some(c) = c {
-                            acc.merge(c);
-                        }
-                    }
-                }
-            }
-            let q = |p: f64| {
-                if acc.count == 0 {
-                    None
-                } else {
-                    acc.sketch.quantile(p).ok().flatten()
-                }
-            };
-            out.push(RedPoint {
-                start_s: m * 60,
-                count: acc.count,
-                errors: acc.errors,
-                p50_ms: q(0.5),
-                p90_ms: q(0.9),
-                p99_ms: q(0.99),
-                mean_ms: if acc.count == 0 {
-                    None
-                } else {
-                    acc.sketch.sum().map(|s| s / acc.count as f64)
-                },
-            });
+            let acc = self.merged(
+                service,
+                operation,
+                kind,
+                m.max(first)..(m + step_m).min(last + 1),
+            );
+            out.push(acc.point(m * 60));
             m += step_m;
         }
         out
+    }
+
+    /// One RED point for all of `[start_s, end_s)` (its `start_s` is the range's start).
+    pub fn total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> RedPoint {
+        let minutes = start_s / 60..end_s.saturating_sub(1) / 60 + 1;
+        self.merged(service, operation, kind, minutes)
+            .point(start_s)
+    }
+
+    /// Every cell of a service (operation, kind) in a range of minutes, merged.
+    fn merged(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        minutes: std::ops::Range<u64>,
+    ) -> Cell {
+        let mut acc = Cell::default();
+        if minutes.is_empty() {
+            return acc;
+        }
+        for (_, services) in self.minutes.range(minutes) {
+            let Some(ops) = services.get(service) else {
+                continue;
+            };
+            for (op, kinds) in ops {
+                if operation.is_some_and(|o| o != op) {
+                    continue;
+                }
+                for (k, c) in kinds.iter().enumerate() {
+                    if kind.is_some_and(|want| want as usize != k) {
+                        continue;
+                    }
+                    if let Some(c) = c {
+                        acc.merge(c);
+                    }
+                }
+            }
+        }
+        acc
     }
 
     /// The latency distribution of a service (and operation) over `[start_s, end_s)`:
@@ -366,21 +405,12 @@ impl Rollups {
         end_s: u64,
         bounds_ms: &[f64],
     ) -> Vec<u64> {
-        let mut acc = Cell::default();
-        let (first, last) = (start_s / 60, end_s.saturating_sub(1) / 60);
-        for (_, services) in self.minutes.range(first..=last) {
-            let Some(ops) = services.get(service) else {
-                continue;
-            };
-            for (op, kinds) in ops {
-                if operation.is_some_and(|o| o != op) {
-                    continue;
-                }
-                for c in kinds.iter().flatten() {
-                    acc.merge(c);
-                }
-            }
-        }
+        let acc = self.merged(
+            service,
+            operation,
+            None,
+            start_s / 60..end_s.saturating_sub(1) / 60 + 1,
+        );
         let n = acc.sketch.count() as u64;
         // Rank of a value: the largest q whose quantile is at most the value.
         let rank = |v: f64| -> u64 {

@@ -116,6 +116,15 @@ pub trait SpanStore: Send + Sync {
     ) -> Result<(Vec<RedPoint>, Completeness), StoreError>;
     /// Summaries of the traces matching `q`, best first by `q.sort`, at most `q.limit`.
     fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError>;
+    /// RED figures of a service (and operation, and kind) over all of `[start_s, end_s)`.
+    fn red_total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(RedPoint, Completeness), StoreError>;
     /// Span counts of a service (and operation) over `[start_s, end_s)` between the
     /// ascending latency bounds in milliseconds, plus a last count above them (see
     /// `Rollups::distribution`).
@@ -1097,6 +1106,23 @@ impl SpanStore for Store {
             .rollups
             .series(service, operation, kind, start_s, end_s, step_s);
         Ok((points, Self::completeness(&inner)))
+    }
+
+    fn red_total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(RedPoint, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner
+                .rollups
+                .total(service, operation, kind, start_s, end_s),
+            Self::completeness(&inner),
+        ))
     }
 
     fn latency_distribution(

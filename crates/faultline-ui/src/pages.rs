@@ -42,23 +42,14 @@ pub fn router() -> Router<ApiState> {
 
 type Params = Query<Vec<(String, String)>>;
 
-/// Runs store work off the async executor.
+/// Runs store work off the async executor; a failure is an error page.
 async fn blocking<T: Send + 'static>(
     st: &ApiState,
     f: impl FnOnce(&dyn SpanStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error_page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &e.to_string(),
-        )),
-        Err(e) => Err(error_page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("query task failed: {e}"),
-        )),
-    }
+    faultline_api::query(st, f)
+        .await
+        .map_err(|msg| error_page(StatusCode::INTERNAL_SERVER_ERROR, &msg))
 }
 
 fn error_page(status: StatusCode, msg: &str) -> Response {
@@ -147,12 +138,6 @@ impl Range {
     }
 }
 
-/// A RED step that puts all of `[start, end)` in one point: the rollups align steps to
-/// multiples of the step since the epoch and clip them to the range.
-fn whole(end_s: u64) -> u64 {
-    end_s.div_ceil(60) * 60 + 60
-}
-
 fn reasons(st: &ApiState, mut r: Vec<String>) -> Vec<String> {
     r.extend((st.lag)());
     r
@@ -170,9 +155,9 @@ async fn services(State(st): State<ApiState>, Query(p): Params) -> Response {
         let (names, c) = store.services()?;
         let mut rows = Vec::new();
         for s in names {
-            let (total, _) = store.red(&s, None, None, start, end, whole(end))?;
+            let (total, _) = store.red_total(&s, None, None, start, end)?;
             let (series, _) = store.red(&s, None, None, start, end, step)?;
-            rows.push((s, total.into_iter().next(), series));
+            rows.push((s, Some(total), series));
         }
         Ok((rows, c))
     })
@@ -327,8 +312,8 @@ async fn service(
         let (ops, c) = store.operations(&svc)?;
         let mut op_rows = Vec::new();
         for (op, kind) in &ops {
-            let (t, _) = store.red(&svc, Some(op), Some(*kind), start, end, whole(end))?;
-            op_rows.push((op.clone(), *kind, t.into_iter().next()));
+            let (t, _) = store.red_total(&svc, Some(op), Some(*kind), start, end)?;
+            op_rows.push((op.clone(), *kind, Some(t)));
         }
         let (series, _) = store.red(&svc, None, None, start, end, step)?;
         let (dist, _) = store.latency_distribution(&svc, None, start, end, &histogram_bounds())?;

@@ -623,8 +623,11 @@ async fn dlq_replay(
         }
         match st.intake.wal().append(d.payload).await {
             Ok(ack) => {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(file = %path.display(), error = %e, "replayed a dead letter but cannot delete it; drop it with `faultline dlq drop`");
+                let file = path.clone();
+                let removed =
+                    tokio::task::spawn_blocking(move || std::fs::remove_file(&file)).await;
+                if !matches!(removed, Ok(Ok(()))) {
+                    tracing::warn!(file = %path.display(), "replayed a dead letter but cannot delete it; drop it with `faultline dlq drop`");
                 }
                 replayed.push(format!("{} -> {}", d.seq, ack.seq));
             }
@@ -668,7 +671,12 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         .set(st.pipeline.undecodable.load(Ordering::Relaxed) as i64);
     m.store_seal_failing
         .set(i64::from(st.pipeline.seal_failing.load(Ordering::Relaxed)));
-    m.dlq_records.set(crate::dlq::count(&st.dlq_dir) as i64);
+    // Counting dead letters reads a directory: not on the executor.
+    let dir = st.dlq_dir.clone();
+    let dead = tokio::task::spawn_blocking(move || crate::dlq::count(&dir))
+        .await
+        .unwrap_or(0);
+    m.dlq_records.set(dead as i64);
     m.dlq_moved
         .set(st.pipeline.dead_letters.load(Ordering::Relaxed) as i64);
     (

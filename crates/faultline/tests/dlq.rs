@@ -116,14 +116,7 @@ fn a_poison_record_becomes_a_dead_letter_and_the_records_behind_it_are_indexed()
         letter["reason"].as_str().unwrap().contains("undecodable"),
         "{letter}"
     );
-    let (_, body) = http_get(api, "/api/v1/status").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let part = status["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "dead letters")
-        .unwrap();
+    let part = common::status_part(api, "dead letters");
     assert_eq!(part["state"], "degraded", "{part}");
     assert!(
         part["action"]

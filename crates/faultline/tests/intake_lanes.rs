@@ -100,10 +100,7 @@ fn under_pressure_bulk_then_normal_are_shed_and_critical_spans_are_kept() {
         ],
     );
     // Sealing broken: nothing leaves the WAL, so it fills.
-    let blocks = data.join("blocks");
-    let away = data.join("blocks.away");
-    std::fs::rename(&blocks, &away).unwrap();
-    std::fs::write(&blocks, b"not a directory").unwrap();
+    let outage = common::SealingOutage::start(&data);
     let out = Command::new(BIN)
         .args([
             "loadgen",
@@ -164,14 +161,7 @@ fn under_pressure_bulk_then_normal_are_shed_and_critical_spans_are_kept() {
             "faultline_intake_shed_spans_total{lane=\"bulk\",reason=\"wal\"}"
         ) >= 2.0
     );
-    let (_, body) = http_get(server.api, "/api/v1/status").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let lanes = status["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "lanes")
-        .unwrap();
+    let lanes = common::status_part(server.api, "lanes");
     assert_eq!(lanes["state"], "degraded", "{lanes}");
     assert!(
         lanes["summary"]
@@ -183,8 +173,7 @@ fn under_pressure_bulk_then_normal_are_shed_and_critical_spans_are_kept() {
 
     // Sealing works again: the WAL drains, the critical spans are queryable, and normal
     // traffic is accepted again.
-    std::fs::remove_file(&blocks).unwrap();
-    std::fs::rename(&away, &blocks).unwrap();
+    outage.repair();
     let started = Instant::now();
     for id in ["03", "04"] {
         while http_get(server.api, &format!("/api/traces/{}", id.repeat(16)))

@@ -30,10 +30,7 @@ fn acknowledged_spans_survive_a_sealing_outage() {
         ],
     );
     // Break sealing before any block is written.
-    let blocks = data.join("blocks");
-    let away = data.join("blocks.away");
-    std::fs::rename(&blocks, &away).unwrap();
-    std::fs::write(&blocks, b"not a directory").unwrap();
+    let outage = common::SealingOutage::start(&data);
 
     let log = tmp.path().join("ack.log");
     let load = Command::new(BIN)
@@ -65,14 +62,7 @@ fn acknowledged_spans_survive_a_sealing_outage() {
         assert!(started.elapsed() < Duration::from_secs(10), "sealing fails");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (_, body) = http_get(server.api, "/api/v1/status").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let sealing = status["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "sealing")
-        .unwrap();
+    let sealing = common::status_part(server.api, "sealing");
     assert_eq!(sealing["state"], "degraded", "{sealing}");
     let out = load.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -92,8 +82,7 @@ fn acknowledged_spans_survive_a_sealing_outage() {
     assert!(text.contains("failed 0"), "{text}");
 
     // Space is back: everything acknowledged is sealed and queryable.
-    std::fs::remove_file(&blocks).unwrap();
-    std::fs::rename(&away, &blocks).unwrap();
+    outage.repair();
     let started = Instant::now();
     loop {
         let m = server.metrics();

@@ -288,3 +288,38 @@ pub fn send_sdk_trace(server: &Server, protocol: &str, service: &str, marker: &s
     let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     v["trace_id"].as_str().unwrap().to_string()
 }
+
+/// Breaks sealing the way a full or broken disk would (block writes fail) by putting a
+/// file where the blocks directory is; [`SealingOutage::repair`] puts it back.
+pub struct SealingOutage {
+    blocks: PathBuf,
+    away: PathBuf,
+}
+
+impl SealingOutage {
+    pub fn start(data_dir: &Path) -> Self {
+        let blocks = data_dir.join("blocks");
+        let away = data_dir.join("blocks.away");
+        std::fs::rename(&blocks, &away).unwrap();
+        std::fs::write(&blocks, b"not a directory").unwrap();
+        Self { blocks, away }
+    }
+
+    pub fn repair(self) {
+        std::fs::remove_file(&self.blocks).unwrap();
+        std::fs::rename(&self.away, &self.blocks).unwrap();
+    }
+}
+
+/// The part `name` of `/api/v1/status`.
+pub fn status_part(api: u16, name: &str) -> serde_json::Value {
+    let (_, body) = http_get(api, "/api/v1/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no part {name} in {status}"))
+}
