@@ -15,8 +15,9 @@
 //!   `wal_quarantined_segments`, `wal_truncated_bytes`: state of the log.
 //! - `store_head_spans`, `store_blocks`, `store_block_bytes`, `store_block_spans`,
 //!   `store_indexed_seq`, `store_undecodable_records`, `store_seal_failing`,
-//!   `dlq_records`, `dlq_moved`: the store and the dead letters, set by the binary before
-//!   each scrape.
+//!   `dlq_records`, `dlq_moved`, `backlog_spans`, `backlog_replayed_spans`: the store,
+//!   the dead letters and the WAL backlog replayed behind live data, set by the binary
+//!   before each scrape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +92,10 @@ pub struct Metrics {
     pub dlq_records: Gauge,
     /// WAL records moved to the dead letters since start.
     pub dlq_moved: Gauge,
+    /// Spans of the WAL backlog not yet replayed.
+    pub backlog_spans: Gauge,
+    /// Backlog spans replayed since start.
+    pub backlog_replayed_spans: Gauge,
 }
 
 impl Default for Metrics {
@@ -168,6 +173,8 @@ impl Metrics {
             store_seal_failing: Gauge::default(),
             dlq_records: Gauge::default(),
             dlq_moved: Gauge::default(),
+            backlog_spans: Gauge::default(),
+            backlog_replayed_spans: Gauge::default(),
             registry,
             requests,
             spans,
@@ -256,6 +263,16 @@ impl Metrics {
                 "dlq_moved",
                 "WAL records moved to the dead letters since start",
                 m.dlq_moved.clone(),
+            ),
+            (
+                "backlog_spans",
+                "Spans of the WAL backlog not yet replayed (live data is indexed first)",
+                m.backlog_spans.clone(),
+            ),
+            (
+                "backlog_replayed_spans",
+                "Backlog spans replayed since start",
+                m.backlog_replayed_spans.clone(),
             ),
         ];
         for (name, help, g) in gauges.into_iter().chain(store_gauges) {

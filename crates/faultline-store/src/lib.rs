@@ -5,7 +5,8 @@
 //! - [`block`]: the Parquet block format and its trace-id index;
 //! - [`manifest`]: the atomically replaced list of blocks;
 //! - [`rollup`]: RED cells per minute with latency sketches, persisted beside each block;
-//! - [`search`]: trace summaries, each block's search index and how a search runs.
+//! - [`search`]: trace summaries, each block's search index and how a search runs;
+//! - [`seqs`]: sets of WAL sequence numbers (the backlog replayed out of order).
 //!
 //! **Architecture invariant:** the store knows nothing about HTTP, protobuf or the WAL's
 //! file format: it receives [`faultline_model::span::Span`]s tagged with a sequence number,
@@ -17,6 +18,7 @@ mod locs;
 pub mod manifest;
 pub mod rollup;
 pub mod search;
+pub mod seqs;
 pub mod store;
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! ```json
 //! {
 //!   "format": "faultline-manifest",
-//!   "version": 1,
+//!   "version": 2,
 //!   "source_seq": 1234,
 //!   "blocks": [
 //!     {"id": "00000000000000000001", "spans": 200000, "traces": 13000,
@@ -16,9 +16,13 @@
 //! }
 //! ```
 //!
-//! `source_seq` is the highest WAL sequence number whose spans are all in listed blocks:
-//! records up to it may be truncated from the WAL, and replay after a restart starts after
-//! it. A block file not listed in the manifest (a crash between writing it and publishing
+//! `source_seq` is the highest WAL sequence number the store has sealed in order: every
+//! record up to it is in listed blocks except those in `pending`. `pending` (omitted when
+//! empty) lists inclusive ranges `[first, last]` of records at or below `source_seq` that
+//! are not yet in blocks: the backlog the pipeline skipped to index live data first, for
+//! example `"pending": [[100, 5000]]`. Records before the first pending one (or up to
+//! `source_seq` when none is pending) may be truncated from the WAL; replay after a restart
+//! starts after `source_seq` and replays the pending ranges in the background. A block file not listed in the manifest (a crash between writing it and publishing
 //! the manifest) is ignored and deleted at start-up; its spans are replayed from the WAL.
 
 use std::path::{Path, PathBuf};
@@ -26,9 +30,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::seqs::SeqRanges;
 
 const FORMAT: &str = "faultline-manifest";
-const VERSION: u32 = 1;
+/// Version 2 added `pending`; version 1 files are read as having none. A version 1 reader
+/// refuses version 2 files instead of ignoring `pending` and losing the backlog.
+const VERSION: u32 = 2;
 
 /// One sealed block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +68,9 @@ pub struct Manifest {
     pub source_seq: u64,
     /// Blocks, oldest first.
     pub blocks: Vec<BlockMeta>,
+    /// See the module doc.
+    #[serde(default, skip_serializing_if = "SeqRanges::is_empty")]
+    pub pending: SeqRanges,
 }
 
 impl Default for Manifest {
@@ -70,6 +80,7 @@ impl Default for Manifest {
             version: VERSION,
             source_seq: 0,
             blocks: Vec::new(),
+            pending: SeqRanges::default(),
         }
     }
 }
@@ -98,7 +109,7 @@ impl Manifest {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        if m.format != FORMAT || m.version != VERSION {
+        if m.format != FORMAT || !(1..=VERSION).contains(&m.version) {
             return Err(StoreError::Manifest {
                 path: p,
                 reason: format!(
@@ -107,7 +118,21 @@ impl Manifest {
                 ),
             });
         }
+        let mut m = m;
+        m.version = VERSION;
+        // Ranges above source_seq are replayed in order anyway; keeping them would replay
+        // those records twice.
+        m.pending.clip_above(m.source_seq);
         Ok(m)
+    }
+
+    /// Every record up to this one is in listed blocks: the WAL may be truncated before
+    /// the next.
+    pub fn durable_prefix(&self) -> u64 {
+        match self.pending.first() {
+            Some(first) => first.saturating_sub(1).min(self.source_seq),
+            None => self.source_seq,
+        }
     }
 
     /// Replaces the manifest atomically and durably. Blocking.

@@ -32,6 +32,7 @@ use crate::locs::TraceLocs;
 use crate::manifest::{BlockMeta, Manifest};
 use crate::rollup::{RedPoint, Rollups};
 use crate::search::{Agg, BlockIndex, MAX_VERIFY_TRACES, TopK, TraceQuery, TraceSummary};
+use crate::seqs::SeqRanges;
 use roaring::RoaringBitmap;
 
 /// Settings of the store.
@@ -149,8 +150,33 @@ struct Head {
     /// Spans whose parent has not arrived yet, by (trace, parent span id).
     waiting: HashMap<(TraceId, faultline_model::span::SpanId), Vec<u32>>,
     services: BTreeSet<String>,
+    /// Highest sequence number of a record in this head (names the block).
     max_seq: u64,
+    /// Every record up to this one that is not pending was ingested into this head or an
+    /// earlier one: the manifest's `source_seq` once this head is sealed.
+    in_order: u64,
+    /// Pending (backlog) records ingested into this head.
+    backlog: SeqRanges,
+    /// Pending ranges whose replay finished before or in this head: once it is sealed,
+    /// nothing in them is pending any more (numbers without a record included).
+    finished: SeqRanges,
     started: Option<Instant>,
+}
+
+/// The manifest once `head` is durable, and (in `pending`) what is still pending then.
+/// Heads are sealed one at a time and in order, so everything an earlier head held is
+/// durable already.
+fn advanced(manifest: &Manifest, pending: &mut SeqRanges, head: &Head) -> Manifest {
+    let mut next = manifest.clone();
+    next.source_seq = next.source_seq.max(head.in_order);
+    pending.subtract(&head.backlog);
+    pending.subtract(&head.finished);
+    let mut listed = pending.clone();
+    // Ranges deferred after this head was taken lie above its position: a restart
+    // replays them in order.
+    listed.clip_above(next.source_seq);
+    next.pending = listed;
+    next
 }
 
 /// A call between services found while ingesting: child start, parent service, child
@@ -210,6 +236,14 @@ impl Head {
         }
         self.max_seq = self.max_seq.max(seq);
         edges
+    }
+
+    /// Takes over a newer head's spans and positions (after a failed seal).
+    fn absorb(&mut self, newer: Head) {
+        let _ = self.push(newer.max_seq, newer.spans);
+        self.in_order = self.in_order.max(newer.in_order);
+        self.backlog.union(&newer.backlog);
+        self.finished.union(&newer.finished);
     }
 
     fn trace(&self, id: &TraceId, out: &mut Vec<Span>) {
@@ -299,6 +333,9 @@ struct Inner {
     /// Traces with spans in more than one place (blocks, heads); searched as a whole.
     split: HashSet<TraceId>,
     next_serial: u32,
+    /// Backlog records not yet in durable blocks: the manifest's pending ranges plus those
+    /// deferred since, minus those sealed since.
+    pending: SeqRanges,
 }
 
 impl Inner {
@@ -503,11 +540,12 @@ impl Store {
             sealing: Vec::new(),
             next_serial: blocks.len() as u32,
             blocks: blocks.clone(),
-            manifest,
+            manifest: manifest.clone(),
             quarantined,
             rollups,
             locs: TraceLocs::default(),
             split: HashSet::new(),
+            pending: manifest.pending.clone(),
         };
         for b in &blocks {
             inner.register(b);
@@ -561,30 +599,81 @@ impl Store {
         }
     }
 
-    /// The highest WAL sequence number whose spans are all in durable blocks.
+    /// The highest WAL sequence number such that it and every record before it are in
+    /// durable blocks: the WAL may be truncated before the next one.
     pub fn durable_seq(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|i| i.manifest.durable_prefix())
+            .unwrap_or(0)
+    }
+
+    /// The manifest's `source_seq`: in-order replay after a restart starts after it (the
+    /// pending ranges below it are replayed separately, see [`Store::pending`]).
+    pub fn source_seq(&self) -> u64 {
         self.inner
             .read()
             .map(|i| i.manifest.source_seq)
             .unwrap_or(0)
     }
 
-    /// The highest WAL sequence number ingested (durable or in memory).
+    /// The highest WAL sequence number up to which every record not pending is ingested
+    /// (durable or in memory).
     pub fn ingested_seq(&self) -> u64 {
         self.inner
             .read()
             .map(|i| {
                 i.head
-                    .max_seq
+                    .in_order
                     .max(i.manifest.source_seq)
-                    .max(i.sealing.iter().map(|h| h.max_seq).max().unwrap_or(0))
+                    .max(i.sealing.iter().map(|h| h.in_order).max().unwrap_or(0))
             })
             .unwrap_or(0)
+    }
+
+    /// Backlog records not yet in durable blocks (ingested into the head or not).
+    pub fn pending(&self) -> SeqRanges {
+        self.inner
+            .read()
+            .map(|i| i.pending.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether record `seq` belongs to the backlog and is not yet durable.
+    pub fn is_pending(&self, seq: u64) -> bool {
+        self.inner
+            .read()
+            .map(|i| i.pending.contains(seq))
+            .unwrap_or(false)
+    }
+
+    /// Declares records `first..=last` a backlog: the caller moves on to the records after
+    /// `last` and replays these later through [`Store::ingest`], then calls
+    /// [`Store::finish_pending`]. Until they are sealed the WAL keeps them, and a restart
+    /// replays whichever are not yet durable.
+    pub fn defer(&self, first: u64, last: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        inner.pending.insert_range(first, last);
+        inner.head.in_order = inner.head.in_order.max(last);
+        Ok(())
+    }
+
+    /// Says that every record of `first..=last` that exists was ingested: once the head
+    /// holding the last of them is sealed, the range is no longer pending.
+    pub fn finish_pending(&self, first: u64, last: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        inner.head.finished.insert_range(first, last);
+        Ok(())
     }
 
     /// Adds the spans of WAL record `seq`; they are queryable when this returns.
     pub fn ingest(&self, seq: u64, spans: Vec<Span>) -> Result<(), StoreError> {
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        if inner.pending.contains(seq) {
+            inner.head.backlog.insert(seq);
+        } else {
+            inner.head.in_order = inner.head.in_order.max(seq);
+        }
         for s in &spans {
             inner.rollups.add(s);
             // A trace new to the head but already in a block or a sealing head is split.
@@ -659,14 +748,18 @@ impl Store {
             let mut inner = self.inner.write().map_err(|_| lock_err())?;
             if inner.head.spans.is_empty() {
                 // Nothing to write, but the WAL position may still advance (records
-                // without spans).
-                let seq = inner.head.max_seq;
-                if seq > inner.manifest.source_seq {
-                    let mut m = inner.manifest.clone();
-                    m.source_seq = seq;
-                    m.store(&self.opts.dir)?;
+                // without spans, finished backlog ranges).
+                let head = std::mem::take(&mut inner.head);
+                let mut pending = inner.pending.clone();
+                let m = advanced(&inner.manifest, &mut pending, &head);
+                if m != inner.manifest {
+                    if let Err(e) = m.store(&self.opts.dir) {
+                        inner.head = head;
+                        return Err(e);
+                    }
                     inner.manifest = m;
                 }
+                inner.pending = pending;
                 return Ok(None);
             }
             let head = Arc::new(std::mem::take(&mut inner.head));
@@ -681,13 +774,14 @@ impl Store {
         let result = self.write_and_publish(&head, serial);
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
         match result {
-            Ok(sealed) => {
+            Ok((sealed, manifest)) => {
                 let meta = sealed.meta.clone();
                 let sealed = Arc::new(sealed);
                 inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
                 inner.blocks.push(sealed.clone());
-                inner.manifest.blocks.push(meta.clone());
-                inner.manifest.source_seq = meta.source_seq;
+                inner.manifest = manifest;
+                inner.pending.subtract(&head.backlog);
+                inner.pending.subtract(&head.finished);
                 inner.register(&sealed);
                 Ok(Some(meta))
             }
@@ -706,21 +800,27 @@ impl Store {
                     waiting: h.waiting.clone(),
                     services: h.services.clone(),
                     max_seq: h.max_seq,
+                    in_order: h.in_order,
+                    backlog: h.backlog.clone(),
+                    finished: h.finished.clone(),
                     started: h.started,
                 });
                 let newer = std::mem::take(&mut inner.head);
-                let newer_seq = newer.max_seq;
                 // The global rollups already counted these spans and the calls among them;
                 // calls between the two heads stay uncounted (this path only runs after a
                 // failed seal).
-                let _ = restored.push(newer_seq, newer.spans);
+                restored.absorb(newer);
                 inner.head = restored;
                 Err(e)
             }
         }
     }
 
-    fn write_and_publish(&self, head: &Head, serial: u32) -> Result<Sealed, StoreError> {
+    fn write_and_publish(
+        &self,
+        head: &Head,
+        serial: u32,
+    ) -> Result<(Sealed, Manifest), StoreError> {
         let id = format!("{:020}", head.max_seq);
         let (written, index) = block::write_block_indexed(&self.opts.dir, &id, &head.spans)?;
         head.rollups.write_file(&self.opts.dir, &id)?;
@@ -731,15 +831,18 @@ impl Store {
             min_start_ns: written.min_start_ns,
             max_end_ns: written.max_end_ns,
             bytes: written.bytes,
-            source_seq: head.max_seq,
+            source_seq: head.in_order.max(head.max_seq),
             services: head.services.iter().cloned().collect(),
         };
-        let mut next = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
+        let mut next = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            let mut pending = inner.pending.clone();
+            advanced(&inner.manifest, &mut pending, head)
+        };
         next.blocks.push(meta.clone());
-        next.source_seq = meta.source_seq;
         next.store(&self.opts.dir)?;
         let reader = BlockReader::open(&self.opts.dir, &id)?;
-        Ok(Sealed {
+        let sealed = Sealed {
             meta,
             reader,
             services: head.services.clone(),
@@ -747,7 +850,8 @@ impl Store {
             index_error: OnceLock::new(),
             serial,
             split: Mutex::new(RoaringBitmap::new()),
-        })
+        };
+        Ok((sealed, next))
     }
 
     /// Up to `n` trace ids spread evenly over the sealed blocks (for benchmarks and

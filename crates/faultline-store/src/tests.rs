@@ -450,3 +450,94 @@ fn dependency_edges_in_either_arrival_order_survive_sealing_and_restart() {
         "time range respected"
     );
 }
+
+/// Live data first: records 4..=6 are deferred while 7 and 8 are indexed; the manifest
+/// keeps 4..=6 pending (so the WAL keeps them) across a restart until their replay is
+/// sealed, and no record is replayed twice.
+#[test]
+fn a_deferred_backlog_becomes_durable_out_of_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    for seq in 1..=3u64 {
+        store
+            .ingest(seq, vec![span(seq as u8, 1, None, &a)])
+            .unwrap();
+    }
+    store.defer(4, 6).unwrap();
+    assert!(store.is_pending(5) && !store.is_pending(7));
+    store.ingest(7, vec![span(7, 1, None, &a)]).unwrap();
+    assert_eq!(
+        store.ingested_seq(),
+        7,
+        "the deferred records count as handed over"
+    );
+    store.seal().unwrap().unwrap();
+    assert_eq!(store.durable_seq(), 3, "the WAL must keep 4..=6");
+    assert_eq!(store.source_seq(), 7);
+    // Part of the backlog is replayed and sealed, then the process stops.
+    store.ingest(4, vec![span(4, 1, None, &a)]).unwrap();
+    store.ingest(8, vec![span(8, 1, None, &a)]).unwrap();
+    store.seal().unwrap().unwrap();
+    assert_eq!(store.durable_seq(), 4);
+    assert_eq!(store.pending().ranges(), &[(5, 6)]);
+    drop(store);
+
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    assert_eq!((store.durable_seq(), store.source_seq()), (4, 8));
+    assert_eq!(
+        store.pending().ranges(),
+        &[(5, 6)],
+        "only 5 and 6 are replayed again"
+    );
+    assert_eq!(store.trace(&[4; 16]).unwrap().spans.len(), 1);
+    // 5 was lost from the WAL (say, a quarantined segment); 6 is replayed.
+    store.ingest(6, vec![span(6, 1, None, &a)]).unwrap();
+    store.finish_pending(5, 6).unwrap();
+    assert_eq!(
+        store.pending().ranges(),
+        &[(5, 6)],
+        "not durable before the seal"
+    );
+    store.seal().unwrap().unwrap();
+    assert!(store.pending().is_empty());
+    assert_eq!(store.durable_seq(), 8);
+    let ids: Vec<String> = store.blocks().iter().map(|b| b.id.clone()).collect();
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "block ids are unique: {ids:?}");
+    for t in [1u8, 2, 3, 4, 6, 7, 8] {
+        assert_eq!(store.trace(&[t; 16]).unwrap().spans.len(), 1, "trace {t}");
+    }
+    drop(store);
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    assert!(store.pending().is_empty());
+    assert_eq!(store.durable_seq(), 8);
+}
+
+/// A range deferred while an older head is being sealed is not written as pending by
+/// that seal (it lies above the older head's position, so a restart replays it in
+/// order), and an empty head still publishes a finished backlog.
+#[test]
+fn deferring_during_a_seal_and_finishing_in_an_empty_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    store.ingest(1, vec![span(1, 1, None, &a)]).unwrap();
+    store.defer(2, 3).unwrap();
+    store.seal().unwrap().unwrap();
+    assert_eq!((store.durable_seq(), store.source_seq()), (1, 3));
+    store.ingest(2, vec![span(2, 1, None, &a)]).unwrap();
+    store.seal().unwrap().unwrap();
+    assert_eq!(store.durable_seq(), 2);
+    store.ingest(3, Vec::new()).unwrap();
+    store.finish_pending(2, 3).unwrap();
+    assert_eq!(
+        store.durable_seq(),
+        2,
+        "3 is not published before the next seal"
+    );
+    assert!(store.seal().unwrap().is_none(), "the head has no spans");
+    assert_eq!(store.durable_seq(), 3);
+    let m = crate::Manifest::load(&tmp.path().join("blocks")).unwrap();
+    assert!(m.pending.is_empty() && m.source_seq == 3, "{m:?}");
+}

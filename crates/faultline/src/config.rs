@@ -31,6 +31,7 @@
 //! block_max_age_secs = 60         # ... or when its oldest span is this old
 //! retention_secs     = 604800     # delete blocks whose spans all ended longer ago (7 days)
 //! max_bytes          = (none)     # delete the oldest blocks beyond this many bytes
+//! backlog_spans_per_second = 100000 # replay rate of a backlog (live data is indexed first)
 //! ```
 
 use std::net::SocketAddr;
@@ -61,6 +62,7 @@ pub struct StoreFileConfig {
     pub block_max_age_secs: Option<u64>,
     pub retention_secs: Option<u64>,
     pub max_bytes: Option<u64>,
+    pub backlog_spans_per_second: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the receivers and the HTTP API with the embedded store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Operator tools for the write-ahead log.
     Wal {
         #[command(subcommand)]
@@ -221,12 +221,16 @@ pub struct ServeArgs {
     /// Delete the oldest blocks while blocks take more than this many bytes [default: no limit].
     #[arg(long, env = "FAULTLINE_STORE_MAX_BYTES")]
     pub store_max_bytes: Option<u64>,
+    /// Replay a WAL backlog (after a restart or a stall) at most this many spans per
+    /// second, after live data [default: 100000].
+    #[arg(long, env = "FAULTLINE_BACKLOG_RATE")]
+    pub backlog_rate: Option<u64>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Wal { command } => match command {
             WalCommand::Verify { dir } => walcmd::verify(&dir),
             WalCommand::Dump {

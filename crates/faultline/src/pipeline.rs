@@ -5,8 +5,15 @@
 //! The sealer thread also enforces retention (age and size) once a second, and merges
 //! runs of small blocks every ten seconds when nothing needs sealing.
 //!
-//! Start-up replays the WAL from the store's durable position, so spans acknowledged but
-//! not yet in a block are back in the head before (and while) new ones arrive.
+//! Live data first: when the record the ingest thread is about to read was appended more
+//! than [`LIVE_FIRST_AFTER`] ago (after a restart with a backlog, or after a stall), it
+//! declares everything up to the newest committed record a backlog
+//! ([`Store::defer`]), hands the range to the backlog thread and continues with the newest
+//! records. The backlog thread counts the range's spans (for the status page and the
+//! partial-answer reasons), then replays it at most at the configured rate and only while
+//! the ingest thread has nothing waiting. Ranges still pending after a restart (from the
+//! manifest) are replayed the same way; in-order replay starts after the manifest's
+//! `source_seq`.
 //!
 //! A record that cannot be decoded (it passed its checksum, so this means a bug or a
 //! format from another version) is logged with its sequence number and counted in
@@ -35,7 +42,83 @@ pub struct PipelineStats {
     pub seal_failing: AtomicBool,
     /// Records moved to the dead letters since start.
     pub dead_letters: AtomicU64,
+    /// The backlog being replayed.
+    pub backlog: BacklogStats,
 }
+
+/// What the backlog thread reports.
+#[derive(Debug, Default)]
+pub struct BacklogStats {
+    /// Records and spans handed to the backlog and not yet replayed (counted when a range
+    /// is handed over, so they lag a range's scan briefly).
+    pub records: AtomicU64,
+    /// See `records`.
+    pub spans: AtomicU64,
+    /// Append time (Unix ns) of the oldest record not yet replayed; 0 when none.
+    pub oldest_ns: AtomicU64,
+    /// Ranges still to replay (including the one being replayed).
+    pub ranges: AtomicU64,
+    /// Spans replayed since start.
+    pub replayed_spans: AtomicU64,
+    /// Times the ingest thread skipped ahead to live data.
+    pub skips: AtomicU64,
+    /// The configured replay rate, spans per second.
+    pub rate: AtomicU64,
+    /// Set while the ingest thread has committed records it has not read yet.
+    pub live_behind: AtomicBool,
+}
+
+impl BacklogStats {
+    /// A reason answers may be partial while a backlog is pending, or `None`.
+    pub fn reason(&self) -> Option<String> {
+        let ranges = self.ranges.load(Ordering::Relaxed);
+        if ranges == 0 {
+            return None;
+        }
+        let spans = self.spans.load(Ordering::Relaxed);
+        let oldest = self.oldest_ns.load(Ordering::Relaxed);
+        let since = if oldest == 0 {
+            "being counted".to_string()
+        } else {
+            format!("received since {}", rfc3339(oldest))
+        };
+        Some(format!(
+            "backlog: {spans} acknowledged spans ({} WAL records) {since} are not indexed yet; they are replayed in the background at up to {} spans/s",
+            self.records.load(Ordering::Relaxed),
+            self.rate.load(Ordering::Relaxed)
+        ))
+    }
+}
+
+/// Unix nanoseconds as RFC 3339 (UTC, seconds).
+pub fn rfc3339(ns: u64) -> String {
+    let secs = (ns / 1_000_000_000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A record read by the ingest thread that was appended longer ago than this makes it skip
+/// ahead to the newest records (see the module doc).
+pub const LIVE_FIRST_AFTER: Duration = Duration::from_secs(1);
+
+/// Default replay rate of the backlog, spans per second.
+pub const DEFAULT_BACKLOG_RATE: u64 = 100_000;
 
 /// Bytes read from the WAL per poll.
 const POLL_BYTES: usize = 8 << 20;
@@ -49,18 +132,36 @@ pub fn spawn(
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
     dlq_dir: std::path::PathBuf,
+    backlog_rate: u64,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    stats.backlog.rate.store(backlog_rate, Ordering::Relaxed);
     let (w, st, sa, so) = (wal.clone(), store.clone(), stats.clone(), stop.clone());
     let sealer = std::thread::Builder::new()
         .name("store-sealer".into())
         .spawn(move || seal_loop(w, st, sa, so))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backlog = {
+        let (w, st, sa, so, d) = (
+            wal.clone(),
+            store.clone(),
+            stats.clone(),
+            stop.clone(),
+            dlq_dir.clone(),
+        );
+        std::thread::Builder::new()
+            .name("store-backlog".into())
+            .spawn(move || replay_backlog(w, st, sa, so, d, rx, backlog_rate))?
+    };
+    // Everything committed before intake starts is a backlog behind what arrives next.
+    let at_open = wal.committed_seq();
     let ingest = std::thread::Builder::new()
         .name("store-pipeline".into())
-        .spawn(move || run(wal, store, stats, stop, dlq_dir))?;
+        .spawn(move || run(wal, store, stats, stop, dlq_dir, tx, at_open))?;
     std::thread::Builder::new()
         .name("store-join".into())
         .spawn(move || {
             let _ = ingest.join();
+            let _ = backlog.join();
             let _ = sealer.join();
         })
 }
@@ -197,17 +298,47 @@ fn process_or_dead_letter(
     let _ = store.ingest(seq, Vec::new());
 }
 
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 fn run(
     wal: Wal,
     store: Arc<Store>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
     dlq_dir: std::path::PathBuf,
+    backlog: std::sync::mpsc::Sender<(u64, u64)>,
+    at_open: u64,
 ) {
-    let mut tail = wal.tail(store.durable_seq() + 1);
+    // What an earlier process left pending is replayed in the background, and so is what
+    // it acknowledged but did not seal; in-order ingest continues with new records.
+    let mut ranges = store.pending();
+    let mut next = store.source_seq() + 1;
+    if at_open >= next {
+        match store.defer(next, at_open) {
+            Ok(()) => {
+                ranges.insert_range(next, at_open);
+                next = at_open + 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot defer the backlog; replaying it in order")
+            }
+        }
+    }
+    for &(first, last) in ranges.ranges() {
+        stats.backlog.ranges.fetch_add(1, Ordering::Relaxed);
+        let _ = backlog.send((first, last));
+    }
+    let mut tail = wal.tail(next);
     let max_head = store.block_max_spans().saturating_mul(MAX_HEAD_FACTOR);
+    let live = &stats.backlog.live_behind;
     while !stop.load(Ordering::Acquire) {
         if store.head_spans() >= max_head {
+            live.store(true, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
@@ -219,13 +350,184 @@ fn run(
                 continue;
             }
         };
+        if let Some(first) = records.first() {
+            let newest = wal.committed_seq();
+            let age = now_ns().saturating_sub(first.time_ns);
+            if age > LIVE_FIRST_AFTER.as_nanos() as u64 && newest > first.seq {
+                match store.defer(first.seq, newest) {
+                    Ok(()) => {
+                        tracing::info!(
+                            first = first.seq,
+                            last = newest,
+                            behind_ms = age / 1_000_000,
+                            "indexing live data first; the records in between are replayed in the background"
+                        );
+                        stats.backlog.skips.fetch_add(1, Ordering::Relaxed);
+                        stats.backlog.ranges.fetch_add(1, Ordering::Relaxed);
+                        let _ = backlog.send((first.seq, newest));
+                        tail = wal.tail(newest + 1);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot defer the backlog; indexing in order");
+                    }
+                }
+            }
+        }
         let idle = records.is_empty();
         for rec in records {
             stats.records.fetch_add(1, Ordering::Relaxed);
             process_or_dead_letter(&store, &stats, &stop, &dlq_dir, rec.seq, &rec.payload);
         }
+        live.store(tail.next_seq() <= wal.committed_seq(), Ordering::Relaxed);
         if idle {
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Bytes the backlog thread reads per poll: small, so it yields to live data often.
+const BACKLOG_POLL_BYTES: usize = 1 << 20;
+
+/// Counts the spans of the committed records in `first..=last` and finds the oldest
+/// append time, reading only envelope headers.
+fn scan_range(wal: &Wal, first: u64, last: u64, stop: &AtomicBool) -> (u64, u64, u64) {
+    let (mut records, mut spans, mut oldest) = (0u64, 0u64, u64::MAX);
+    let mut tail = wal.tail(first);
+    while tail.next_seq() <= last && !stop.load(Ordering::Acquire) {
+        let batch = match tail.poll(POLL_BYTES) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, first, last, "cannot count the backlog's spans");
+                break;
+            }
+        };
+        for rec in batch.iter().filter(|r| r.seq <= last) {
+            records += 1;
+            spans += faultline_intake::envelope::decode(&rec.payload)
+                .map(|e| u64::from(e.spans))
+                .unwrap_or(0);
+            oldest = oldest.min(rec.time_ns);
+        }
+    }
+    (records, spans, if oldest == u64::MAX { 0 } else { oldest })
+}
+
+/// The backlog thread: replays deferred ranges, oldest first, throttled (see the module
+/// doc).
+fn replay_backlog(
+    wal: Wal,
+    store: Arc<Store>,
+    stats: Arc<PipelineStats>,
+    stop: Arc<AtomicBool>,
+    dlq_dir: std::path::PathBuf,
+    ranges: std::sync::mpsc::Receiver<(u64, u64)>,
+    rate: u64,
+) {
+    let b = &stats.backlog;
+    let mut queue: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
+    // A token bucket of spans: refilled at `rate`, holding at most a tenth of a second.
+    let burst = (rate / 10).max(1) as f64;
+    let mut tokens = burst;
+    let mut refilled = std::time::Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        // Take every range handed over so far, counting what each holds.
+        let wait = if queue.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        match ranges.recv_timeout(wait) {
+            Ok((first, last)) => {
+                let (records, spans, oldest) = scan_range(&wal, first, last, &stop);
+                b.records.fetch_add(records, Ordering::Relaxed);
+                b.spans.fetch_add(spans, Ordering::Relaxed);
+                if queue.is_empty() {
+                    b.oldest_ns.store(oldest, Ordering::Relaxed);
+                }
+                tracing::info!(
+                    first,
+                    last,
+                    records,
+                    spans,
+                    "backlog to replay in the background"
+                );
+                queue.push_back((first, last, first));
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if queue.is_empty() {
+                    return;
+                }
+            }
+        }
+        let Some(&mut (first, last, ref mut next)) = queue.front_mut() else {
+            continue;
+        };
+        // Live data first: wait while the ingest thread has records waiting, and keep to
+        // the rate.
+        if b.live_behind.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        tokens = (tokens + refilled.elapsed().as_secs_f64() * rate as f64).min(burst);
+        refilled = std::time::Instant::now();
+        if tokens <= 0.0 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let mut tail = wal.tail(*next);
+        let batch = match tail.poll(BACKLOG_POLL_BYTES) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the backlog from the WAL; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mut done = batch.is_empty() || tail.next_seq() > last;
+        for rec in &batch {
+            if rec.seq > last {
+                done = true;
+                break;
+            }
+            let spans = faultline_intake::envelope::decode(&rec.payload)
+                .map(|e| u64::from(e.spans))
+                .unwrap_or(0);
+            if store.is_pending(rec.seq) {
+                stats.records.fetch_add(1, Ordering::Relaxed);
+                process_or_dead_letter(&store, &stats, &stop, &dlq_dir, rec.seq, &rec.payload);
+                b.replayed_spans.fetch_add(spans, Ordering::Relaxed);
+                tokens -= spans as f64;
+            }
+            let _ = b
+                .records
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(1))
+                });
+            let _ = b
+                .spans
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(spans))
+                });
+            b.oldest_ns.store(rec.time_ns, Ordering::Relaxed);
+            *next = rec.seq + 1;
+        }
+        if !done {
+            continue;
+        }
+        if let Err(e) = store.finish_pending(first, last) {
+            tracing::error!(error = %e, "cannot finish a backlog range; it is replayed again after a restart");
+        }
+        queue.pop_front();
+        b.ranges.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(first, last, "backlog range replayed");
+        if queue.is_empty() {
+            b.records.store(0, Ordering::Relaxed);
+            b.spans.store(0, Ordering::Relaxed);
+            b.oldest_ns.store(0, Ordering::Relaxed);
         }
     }
 }

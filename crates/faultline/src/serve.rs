@@ -42,6 +42,7 @@ struct Settings {
     block_max_age_secs: Option<u64>,
     retention_secs: Option<u64>,
     store_max_bytes: Option<u64>,
+    backlog_rate: u64,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -122,6 +123,10 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         block_max_age_secs: args.block_max_age_secs.or(file.store.block_max_age_secs),
         retention_secs: args.retention_secs.or(file.store.retention_secs),
         store_max_bytes: args.store_max_bytes.or(file.store.max_bytes),
+        backlog_rate: args
+            .backlog_rate
+            .or(file.store.backlog_spans_per_second)
+            .unwrap_or(crate::pipeline::DEFAULT_BACKLOG_RATE),
     })
 }
 
@@ -230,22 +235,25 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         pipeline_stats.clone(),
         pipeline_stop.clone(),
         dlq_dir.clone(),
+        s.backlog_rate,
     )
     .context("cannot start the store pipeline thread")?;
     let intake = Arc::new(Intake::new(wal.clone(), metrics.clone(), s.intake.clone()));
     let lag_wal = wal.clone();
     let lag_store = store.clone();
+    let lag_stats = pipeline_stats.clone();
     let lag: Arc<faultline_api::LagFn> = Arc::new(move || {
         let committed = lag_wal.committed_seq();
         let indexed = lag_store.ingested_seq();
+        let mut reasons = Vec::new();
         if committed > indexed {
-            vec![format!(
+            reasons.push(format!(
                 "{} acknowledged WAL records are not yet indexed",
                 committed - indexed
-            )]
-        } else {
-            Vec::new()
+            ));
         }
+        reasons.extend(lag_stats.backlog.reason());
+        reasons
     });
     let status_fn: Arc<faultline_api::status::StatusFn> = {
         let (intake, store, pipeline) = (intake.clone(), store.clone(), pipeline_stats.clone());
@@ -483,6 +491,31 @@ fn status(
         details: json!({"committed_seq": committed, "indexed_seq": indexed, "records_behind": behind, "undecodable_records": undecodable, "search_indexes_loading": loading, "head_spans": store.head_spans()}),
     });
 
+    let b = &pipeline.backlog;
+    let backlog_reason = b.reason();
+    parts.push(Component {
+        name: "backlog",
+        health: if backlog_reason.is_some() { Health::Degraded } else { Health::Ok },
+        summary: backlog_reason.clone().unwrap_or_else(|| {
+            format!(
+                "none; {} spans replayed since start",
+                b.replayed_spans.load(Ordering::Relaxed)
+            )
+        }),
+        action: backlog_reason.map(|_| {
+            "nothing to do: live data is indexed first and the backlog follows; raise store.backlog_spans_per_second (--backlog-rate) to replay faster".to_string()
+        }),
+        details: json!({
+            "pending_spans": b.spans.load(Ordering::Relaxed),
+            "pending_records": b.records.load(Ordering::Relaxed),
+            "pending_ranges": b.ranges.load(Ordering::Relaxed),
+            "oldest": match b.oldest_ns.load(Ordering::Relaxed) { 0 => None, ns => Some(crate::pipeline::rfc3339(ns)) },
+            "replayed_spans": b.replayed_spans.load(Ordering::Relaxed),
+            "rate_spans_per_second": b.rate.load(Ordering::Relaxed),
+            "skips_to_live": b.skips.load(Ordering::Relaxed),
+        }),
+    });
+
     let failing = pipeline.seal_failing.load(Ordering::Relaxed);
     parts.push(Component {
         name: "sealing",
@@ -679,6 +712,10 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     m.dlq_records.set(dead as i64);
     m.dlq_moved
         .set(st.pipeline.dead_letters.load(Ordering::Relaxed) as i64);
+    let b = &st.pipeline.backlog;
+    m.backlog_spans.set(b.spans.load(Ordering::Relaxed) as i64);
+    m.backlog_replayed_spans
+        .set(b.replayed_spans.load(Ordering::Relaxed) as i64);
     (
         [(
             header::CONTENT_TYPE,

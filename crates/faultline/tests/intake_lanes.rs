@@ -10,50 +10,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prost::Message;
-
 use common::{BIN, Server, http_get, metric};
-use faultline_model::ExportTraceServiceRequest;
-use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
-use faultline_model::otlp::resource::Resource;
-use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status};
 
 fn request(service: &str, trace: u8, error: bool) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue(service.into())),
-                    }),
-                    ..KeyValue::default()
-                }],
-                ..Resource::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: vec![trace; 16],
-                    span_id: vec![trace; 8],
-                    name: "op".into(),
-                    start_time_unix_nano: now,
-                    end_time_unix_nano: now + 1_000_000,
-                    status: error.then(|| Status {
-                        code: 2,
-                        message: "boom".into(),
-                    }),
-                    ..Span::default()
-                }],
-                ..ScopeSpans::default()
-            }],
-            ..ResourceSpans::default()
-        }],
-    }
-    .encode_to_vec()
+    common::one_span_request(service, &[trace; 16], error)
 }
 
 /// POSTs an OTLP/HTTP request, with `x-faultline-lane: bulk` when asked; status and body.

@@ -323,3 +323,48 @@ pub fn status_part(api: u16, name: &str) -> serde_json::Value {
         .cloned()
         .unwrap_or_else(|| panic!("no part {name} in {status}"))
 }
+
+/// An OTLP/HTTP protobuf body with one span of `service` in trace `trace_id`, starting now;
+/// with error status if `error`.
+pub fn one_span_request(service: &str, trace_id: &[u8], error: bool) -> Vec<u8> {
+    use faultline_model::ExportTraceServiceRequest;
+    use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
+    use faultline_model::otlp::resource::Resource;
+    use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status};
+    use prost::Message;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue(service.into())),
+                    }),
+                    ..KeyValue::default()
+                }],
+                ..Resource::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: trace_id.to_vec(),
+                    span_id: trace_id[..8].to_vec(),
+                    name: "op".into(),
+                    start_time_unix_nano: now,
+                    end_time_unix_nano: now + 1_000_000,
+                    status: error.then(|| Status {
+                        code: 2,
+                        message: "boom".into(),
+                    }),
+                    ..Span::default()
+                }],
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    }
+    .encode_to_vec()
+}

@@ -1,0 +1,183 @@
+//! Live data first: faultline is killed with more than a million acknowledged spans in the
+//! WAL and none in blocks, then restarted. New spans must be queryable within 2 s of their
+//! acknowledgement while the backlog is still replaying; answers say the backlog is
+//! pending (spans and oldest time); afterwards the backlog is fully indexed and every
+//! acknowledged span is in the store exactly once.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, http_get, metric, one_span_request, post_otlp, status_part};
+
+/// Spans to leave in the WAL before the restart.
+const BACKLOG_SPANS: u64 = 1_000_000;
+
+fn loadgen(server: &Server, log: &std::path::Path) -> u64 {
+    let out = Command::new(BIN)
+        .args([
+            "loadgen",
+            "--protocol",
+            "http",
+            "--endpoint",
+            &server.http_url(),
+        ])
+        .args(["--duration", "3", "--concurrency", "4"])
+        .args(["--spans-per-request", "1000", "--templates", "8", "--json"])
+        .arg("--ack-log")
+        .arg(log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    v["spans_ok"].as_u64().unwrap()
+}
+
+/// Acknowledged trace ids from a loadgen ack log.
+fn acked_traces(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(2))
+        .flat_map(|ids| ids.split(',').map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+fn stored_spans(server: &Server) -> f64 {
+    let m = server.metrics();
+    metric(&m, "faultline_store_block_spans") + metric(&m, "faultline_store_head_spans")
+}
+
+#[test]
+fn after_a_restart_live_spans_come_first_and_the_backlog_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Nothing is sealed before the kill: the whole load stays a WAL backlog.
+    let mut server = Server::start(
+        &data,
+        &[
+            "--block-max-spans",
+            "5000000",
+            "--block-max-age-secs",
+            "3600",
+        ],
+    );
+    let mut acked = 0u64;
+    let mut logs = Vec::new();
+    while acked < BACKLOG_SPANS {
+        let log = tmp.path().join(format!("ack-{}.log", logs.len()));
+        acked += loadgen(&server, &log);
+        logs.push(log);
+        assert!(logs.len() < 10, "loadgen acknowledged only {acked} spans");
+    }
+    server.kill9();
+    eprintln!("backlog: {acked} acknowledged spans");
+
+    let mut server = Server::start(&data, &["--backlog-rate", "100000"]);
+    let api = server.api;
+    // New traces, one at a time: each must be queryable within 2 s of its
+    // acknowledgement, while the backlog is still pending.
+    let mut worst = Duration::ZERO;
+    let mut live_ids = Vec::new();
+    for i in 0..20u64 {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(0xfeed_0000_0000_0000u64 + i + 1).to_be_bytes());
+        id[8..].copy_from_slice(&(i + 1).to_be_bytes());
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            post_otlp(&server, one_span_request("live", &id, false)),
+            200
+        );
+        let acked_at = Instant::now();
+        loop {
+            let (code, _) = http_get(api, &format!("/api/traces/{hex}")).unwrap();
+            if code == 200 {
+                break;
+            }
+            assert!(
+                acked_at.elapsed() < Duration::from_secs(2),
+                "live trace {hex} not queryable within 2 s of its acknowledgement; log:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        worst = worst.max(acked_at.elapsed());
+        live_ids.push(hex);
+    }
+    eprintln!("slowest live trace became queryable {worst:?} after its acknowledgement");
+
+    // The backlog was still replaying: the status and the answers say so.
+    let backlog = status_part(api, "backlog");
+    assert_eq!(backlog["state"], "degraded", "{backlog}");
+    eprintln!("backlog after the live checks: {backlog}");
+    let pending = backlog["details"]["pending_spans"].as_u64().unwrap();
+    assert!(
+        pending > 0 && pending <= acked,
+        "the backlog must still be pending after the live checks: {backlog}"
+    );
+    assert!(backlog["details"]["oldest"].is_string(), "{backlog}");
+    let (_, body) = http_get(api, &format!("/api/traces/{}", live_ids[0])).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reasons = answer["partial"]["reasons"].to_string();
+    assert!(
+        reasons.contains("backlog") && reasons.contains("received since"),
+        "answers name the pending backlog: {answer}"
+    );
+
+    // The backlog finishes replaying in the background.
+    let start = Instant::now();
+    while status_part(api, "backlog")["state"] != "ok" {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the backlog did not finish: {}",
+            status_part(api, "backlog")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "backlog replayed {:?} after the live checks",
+        start.elapsed()
+    );
+    // Every acknowledged span is stored exactly once (nothing was in blocks before).
+    assert_eq!(
+        stored_spans(&server),
+        (acked + live_ids.len() as u64) as f64
+    );
+    let m = server.metrics();
+    assert_eq!(metric(&m, "faultline_backlog_replayed_spans"), acked as f64);
+    // A sample of acknowledged traces, whole.
+    let ids: Vec<String> = logs.iter().flat_map(|l| acked_traces(l)).collect();
+    let step = (ids.len() / 500).max(1);
+    for id in ids.iter().step_by(step) {
+        let (code, body) = http_get(api, &format!("/api/traces/{id}")).unwrap();
+        assert_eq!(code, 200, "acknowledged trace {id} missing: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(!v["partial"].to_string().contains("backlog"), "{v}");
+    }
+    for id in &live_ids {
+        assert_eq!(http_get(api, &format!("/api/traces/{id}")).unwrap().0, 200);
+    }
+
+    // After another restart nothing is replayed twice.
+    server.stop();
+    let server = Server::start(&data, &[]);
+    let start = Instant::now();
+    while stored_spans(&server) < (acked + live_ids.len() as u64) as f64
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        stored_spans(&server),
+        (acked + live_ids.len() as u64) as f64
+    );
+}
