@@ -12,7 +12,8 @@
 //!    of a service in `intake.critical_services`, or a synthetic probe span (attribute
 //!    `faultline.synthetic=true`); `bulk` when its sender says so (header or gRPC metadata
 //!    `x-faultline-lane: bulk`, for replays and imports); `normal` otherwise. Under
-//!    pressure (the larger of the WAL's and the in-flight budget's used share) `bulk` is
+//!    pressure (the largest used share of the WAL budget, the in-flight budget and, when
+//!    `intake.max_memory_bytes` is set, resident memory) `bulk` is
 //!    shed from [`SHED_BULK_AT`] and `normal` from [`SHED_NORMAL_AT`], with `Busy` (429,
 //!    retryable, Retry-After) and counted in `faultline_intake_shed_spans{lane,reason}`;
 //!    `critical` is refused only by the hard limits above (a full WAL or disk);
@@ -47,6 +48,9 @@ pub struct IntakeConfig {
     pub retry_after_secs: u32,
     /// Services whose traces are always in the `critical` lane.
     pub critical_services: Vec<String>,
+    /// Resident memory the process should stay under: its used share is pressure like
+    /// the WAL's (`None`: memory is not watched).
+    pub max_memory_bytes: Option<u64>,
 }
 
 /// Pressure (share of the WAL or in-flight budget in use) from which `bulk` is shed.
@@ -94,6 +98,7 @@ impl Default for IntakeConfig {
             max_inflight_bytes: 512 << 20,
             retry_after_secs: 1,
             critical_services: Vec::new(),
+            max_memory_bytes: None,
         }
     }
 }
@@ -153,6 +158,20 @@ pub struct Accepted {
     pub seq: Option<u64>,
 }
 
+/// Used shares of the budgets that make pressure.
+#[derive(Debug, Clone, Copy)]
+struct BudgetUse {
+    wal: f64,
+    inflight: f64,
+    memory: f64,
+}
+
+impl BudgetUse {
+    fn pressure(self) -> f64 {
+        self.wal.max(self.inflight).max(self.memory)
+    }
+}
+
 /// Admission ticket: holds in-flight budget until the request is answered.
 #[derive(Debug)]
 pub struct Admitted {
@@ -168,6 +187,51 @@ pub struct Intake {
     inflight: Arc<Semaphore>,
     inflight_permits: u32,
     data_dir: PathBuf,
+    memory: ResidentMemory,
+}
+
+/// Resident memory of this process, read from `/proc/self/status` at most every
+/// [`MEMORY_EVERY`] (a procfs read does not touch a disk, so it may run on the executor).
+#[derive(Debug)]
+struct ResidentMemory {
+    base: Instant,
+    /// Nanoseconds after `base` of the last read, and the bytes read then.
+    read_at: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// How long a reading of resident memory is used.
+const MEMORY_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl ResidentMemory {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            read_at: std::sync::atomic::AtomicU64::new(0),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.base.elapsed().as_nanos() as u64;
+        let last = self.read_at.load(Relaxed);
+        if last == 0 || now.saturating_sub(last) >= MEMORY_EVERY.as_nanos() as u64 {
+            self.read_at.store(now.max(1), Relaxed);
+            if let Some(b) = resident_bytes() {
+                self.bytes.store(b, Relaxed);
+            }
+        }
+        self.bytes.load(Relaxed)
+    }
+}
+
+/// This process's resident set (`VmRSS`), if the platform says.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// In-flight budget is counted in KiB so large budgets fit a semaphore's permit count.
@@ -187,6 +251,7 @@ impl Intake {
             inflight_permits,
             cfg,
             data_dir,
+            memory: ResidentMemory::new(),
         }
     }
 
@@ -211,23 +276,33 @@ impl Intake {
         Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
-    /// The larger of the WAL's and the in-flight budget's used share (0 to 1).
+    /// The largest used share of the WAL budget, the in-flight budget and the memory bound
+    /// (0 to 1, or above when memory is over its bound).
     pub fn pressure(&self) -> f64 {
-        let (wal, inflight) = self.budget_use();
-        wal.max(inflight)
+        self.budget_use().pressure()
     }
 
-    /// Used shares of the WAL budget and of the in-flight budget.
-    fn budget_use(&self) -> (f64, f64) {
+    /// Resident memory of the process (as last read) and the configured bound.
+    pub fn memory(&self) -> (u64, Option<u64>) {
+        (self.memory.get(), self.cfg.max_memory_bytes)
+    }
+
+    /// Used shares of the budgets.
+    fn budget_use(&self) -> BudgetUse {
         let max = self.wal.options().max_bytes.max(1);
         let wal = self.wal.size_bytes() as f64 / max as f64;
         let used = self
             .inflight_permits
             .saturating_sub(self.inflight.available_permits() as u32);
-        (
+        let memory = match self.cfg.max_memory_bytes {
+            Some(bound) => self.memory.get() as f64 / bound.max(1) as f64,
+            None => 0.0,
+        };
+        BudgetUse {
             wal,
-            f64::from(used) / f64::from(self.inflight_permits.max(1)),
-        )
+            inflight: f64::from(used) / f64::from(self.inflight_permits.max(1)),
+            memory,
+        }
     }
 
     /// The lane of a validated request (see the module doc).
@@ -342,20 +417,21 @@ impl Intake {
             Lane::Critical => None,
         };
         if let Some(at) = shed_at {
-            let (wal, inflight) = self.budget_use();
-            let pressure = wal.max(inflight);
+            let used = self.budget_use();
+            let pressure = used.pressure();
             if pressure >= at {
-                let reason = if wal >= at { "wal" } else { "inflight" };
+                let (reason, what) = if used.wal >= at {
+                    ("wal", "write-ahead log")
+                } else if used.memory >= at {
+                    ("memory", "resident memory")
+                } else {
+                    ("inflight", "in-flight requests")
+                };
                 self.metrics.shed(lane.as_str(), reason, v.accepted_spans);
                 self.metrics.spans(protocol, "shed", v.accepted_spans);
                 return Err(IngestError::Busy(format!(
-                    "shedding {} traffic under pressure ({} at {:.0}% of its budget); retry after {} s; spans with errors and critical services are still accepted",
+                    "shedding {} traffic under pressure ({what} at {:.0}% of its budget); retry after {} s; spans with errors and critical services are still accepted",
                     lane.as_str(),
-                    if reason == "wal" {
-                        "write-ahead log"
-                    } else {
-                        "in-flight requests"
-                    },
                     pressure * 100.0,
                     self.cfg.retry_after_secs
                 )));

@@ -25,6 +25,8 @@
 //! max_attributes_per_span   = 1024
 //! retry_after_secs          = 1
 //! critical_services         = []         # services whose spans are never shed (lane critical)
+//! max_memory_bytes          = (none)     # resident memory bound: shed bulk at 50%, normal at 80%
+//!                                        # (also caps max_inflight_bytes at a quarter of it)
 //!
 //! [store]
 //! block_max_spans    = 250000     # seal the in-memory head into a block at this many spans
@@ -32,6 +34,7 @@
 //! retention_secs     = 604800     # delete blocks whose spans all ended longer ago (7 days)
 //! max_bytes          = (none)     # delete the oldest blocks beyond this many bytes
 //! backlog_spans_per_second = 100000 # replay rate of a backlog (live data is indexed first)
+//! max_index_spans_per_second = (none) # cap on indexing, backlog included (leaves CPU to queries)
 //! ```
 
 use std::net::SocketAddr;
@@ -63,6 +66,7 @@ pub struct StoreFileConfig {
     pub retention_secs: Option<u64>,
     pub max_bytes: Option<u64>,
     pub backlog_spans_per_second: Option<u64>,
+    pub max_index_spans_per_second: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +96,7 @@ pub struct IntakeFileConfig {
     pub max_attributes_per_span: Option<usize>,
     pub retry_after_secs: Option<u32>,
     pub critical_services: Option<Vec<String>>,
+    pub max_memory_bytes: Option<u64>,
 }
 
 impl FileConfig {

@@ -225,6 +225,13 @@ pub struct ServeArgs {
     /// second, after live data [default: 100000].
     #[arg(long, env = "FAULTLINE_BACKLOG_RATE")]
     pub backlog_rate: Option<u64>,
+    /// Index at most this many spans per second, backlog included [default: no limit].
+    #[arg(long, env = "FAULTLINE_INDEX_RATE")]
+    pub index_rate: Option<u64>,
+    /// Resident memory to stay under: shed bulk traffic from half of it, normal from 80%
+    /// [default: not watched].
+    #[arg(long, env = "FAULTLINE_MAX_MEMORY_BYTES")]
+    pub max_memory_bytes: Option<u64>,
 }
 
 fn main() -> ExitCode {

@@ -5,15 +5,20 @@
 //! The sealer thread also enforces retention (age and size) once a second, and merges
 //! runs of small blocks every ten seconds when nothing needs sealing.
 //!
-//! Live data first: when the record the ingest thread is about to read was appended more
-//! than [`LIVE_FIRST_AFTER`] ago (after a restart with a backlog, or after a stall), it
-//! declares everything up to the newest committed record a backlog
-//! ([`Store::defer`]), hands the range to the backlog thread and continues with the newest
-//! records. The backlog thread counts the range's spans (for the status page and the
-//! partial-answer reasons), then replays it at most at the configured rate and only while
-//! the ingest thread has nothing waiting. Ranges still pending after a restart (from the
-//! manifest) are replayed the same way; in-order replay starts after the manifest's
-//! `source_seq`.
+//! Live data first: everything committed before intake opens is a backlog
+//! ([`Store::defer`]), and so is, after a stall, everything up to the newest committed
+//! record once the record the ingest thread is about to read was appended more than
+//! [`LIVE_FIRST_AFTER`] ago (only while no backlog is pending: under sustained overload
+//! skipping again would only pin more of the WAL). The backlog thread counts each range's
+//! spans (for the status page and the partial-answer reasons), then replays it at most at
+//! the configured rate, and only while the ingest thread has nothing waiting or the WAL is
+//! more than half full (the backlog pins the WAL: it cannot be truncated past it). Ranges
+//! still pending after a restart (from the manifest) are replayed the same way; in-order
+//! ingest starts after the manifest's `source_seq`.
+//!
+//! `store.max_index_spans_per_second` caps both threads together (a token bucket): it
+//! leaves CPU to queries on a shared machine, and the overload test uses it to give the
+//! store a small, known capacity.
 //!
 //! A record that cannot be decoded (it passed its checksum, so this means a bug or a
 //! format from another version) is logged with its sequence number and counted in
@@ -40,6 +45,8 @@ pub struct PipelineStats {
     pub blocks: AtomicU64,
     /// Set when sealing failed; cleared by the next success.
     pub seal_failing: AtomicBool,
+    /// Why the last seal failed, while sealing fails.
+    pub seal_error: std::sync::Mutex<Option<String>>,
     /// Records moved to the dead letters since start.
     pub dead_letters: AtomicU64,
     /// The backlog being replayed.
@@ -120,6 +127,52 @@ pub const LIVE_FIRST_AFTER: Duration = Duration::from_secs(1);
 /// Default replay rate of the backlog, spans per second.
 pub const DEFAULT_BACKLOG_RATE: u64 = 100_000;
 
+/// A token bucket of spans per second holding at most a tenth of a second's worth.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimit {
+    /// A bucket refilled at `rate` spans per second (`u64::MAX`: no limit).
+    pub fn new(rate: u64) -> Self {
+        let rate = rate as f64;
+        Self {
+            rate,
+            state: std::sync::Mutex::new(((rate / 10.0).max(1.0), std::time::Instant::now())),
+        }
+    }
+
+    /// Waits until `spans` may be processed (a request larger than the bucket waits for
+    /// it to be full, then leaves it in debt).
+    pub fn take(&self, spans: u64, stop: &AtomicBool) {
+        if self.rate >= u64::MAX as f64 {
+            return;
+        }
+        let burst = (self.rate / 10.0).max(1.0);
+        loop {
+            let wait = {
+                let Ok(mut st) = self.state.lock() else {
+                    return;
+                };
+                let (tokens, at) = &mut *st;
+                *tokens = (*tokens + at.elapsed().as_secs_f64() * self.rate).min(burst);
+                *at = std::time::Instant::now();
+                if *tokens > 0.0 {
+                    *tokens -= spans as f64;
+                    return;
+                }
+                Duration::from_secs_f64((-*tokens / self.rate).min(0.1))
+            };
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(wait.max(Duration::from_millis(1)));
+        }
+    }
+}
+
 /// Bytes read from the WAL per poll.
 const POLL_BYTES: usize = 8 << 20;
 
@@ -133,30 +186,32 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
     dlq_dir: std::path::PathBuf,
     backlog_rate: u64,
+    index_rate: u64,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     stats.backlog.rate.store(backlog_rate, Ordering::Relaxed);
+    let limit = RateLimit::new(index_rate);
     let (w, st, sa, so) = (wal.clone(), store.clone(), stats.clone(), stop.clone());
     let sealer = std::thread::Builder::new()
         .name("store-sealer".into())
         .spawn(move || seal_loop(w, st, sa, so))?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let backlog = {
-        let (w, st, sa, so, d) = (
-            wal.clone(),
-            store.clone(),
-            stats.clone(),
-            stop.clone(),
-            dlq_dir.clone(),
-        );
-        std::thread::Builder::new()
-            .name("store-backlog".into())
-            .spawn(move || replay_backlog(w, st, sa, so, d, rx, backlog_rate))?
-    };
     // Everything committed before intake starts is a backlog behind what arrives next.
     let at_open = wal.committed_seq();
+    let shared = Arc::new(Shared {
+        wal,
+        store,
+        stats,
+        stop,
+        dlq_dir,
+        limit,
+    });
+    let sh = shared.clone();
+    let backlog = std::thread::Builder::new()
+        .name("store-backlog".into())
+        .spawn(move || replay_backlog(&sh, rx, backlog_rate))?;
     let ingest = std::thread::Builder::new()
         .name("store-pipeline".into())
-        .spawn(move || run(wal, store, stats, stop, dlq_dir, tx, at_open))?;
+        .spawn(move || run(&shared, tx, at_open))?;
     std::thread::Builder::new()
         .name("store-join".into())
         .spawn(move || {
@@ -205,6 +260,9 @@ fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<A
         match store.seal() {
             Ok(block) => {
                 stats.seal_failing.store(false, Ordering::Relaxed);
+                if let Ok(mut e) = stats.seal_error.lock() {
+                    *e = None;
+                }
                 backoff = Duration::from_millis(10);
                 if let Some(b) = block {
                     stats.blocks.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +275,9 @@ fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<A
             Err(e) => {
                 // The WAL still holds everything; intake keeps accepting within its budget.
                 stats.seal_failing.store(true, Ordering::Relaxed);
+                if let Ok(mut last) = stats.seal_error.lock() {
+                    *last = Some(e.to_string());
+                }
                 tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "sealing a block failed");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -305,15 +366,25 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn run(
+/// What the ingest and backlog threads share.
+struct Shared {
     wal: Wal,
     store: Arc<Store>,
     stats: Arc<PipelineStats>,
     stop: Arc<AtomicBool>,
     dlq_dir: std::path::PathBuf,
-    backlog: std::sync::mpsc::Sender<(u64, u64)>,
-    at_open: u64,
-) {
+    limit: RateLimit,
+}
+
+fn run(sh: &Shared, backlog: std::sync::mpsc::Sender<(u64, u64)>, at_open: u64) {
+    let Shared {
+        wal,
+        store,
+        stats,
+        stop,
+        dlq_dir,
+        limit,
+    } = sh;
     // What an earlier process left pending is replayed in the background, and so is what
     // it acknowledged but did not seal; in-order ingest continues with new records.
     let mut ranges = store.pending();
@@ -353,7 +424,10 @@ fn run(
         if let Some(first) = records.first() {
             let newest = wal.committed_seq();
             let age = now_ns().saturating_sub(first.time_ns);
-            if age > LIVE_FIRST_AFTER.as_nanos() as u64 && newest > first.seq {
+            if age > LIVE_FIRST_AFTER.as_nanos() as u64
+                && newest > first.seq
+                && stats.backlog.ranges.load(Ordering::Relaxed) == 0
+            {
                 match store.defer(first.seq, newest) {
                     Ok(()) => {
                         tracing::info!(
@@ -376,14 +450,22 @@ fn run(
         }
         let idle = records.is_empty();
         for rec in records {
+            limit.take(record_spans(&rec.payload), stop);
             stats.records.fetch_add(1, Ordering::Relaxed);
-            process_or_dead_letter(&store, &stats, &stop, &dlq_dir, rec.seq, &rec.payload);
+            process_or_dead_letter(store, stats, stop, dlq_dir, rec.seq, &rec.payload);
         }
         live.store(tail.next_seq() <= wal.committed_seq(), Ordering::Relaxed);
         if idle {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Spans in a record, from its envelope header (0 if it has none).
+fn record_spans(payload: &[u8]) -> u64 {
+    faultline_intake::envelope::decode(payload)
+        .map(|e| u64::from(e.spans))
+        .unwrap_or(0)
 }
 
 /// Bytes the backlog thread reads per poll: small, so it yields to live data often.
@@ -405,9 +487,7 @@ fn scan_range(wal: &Wal, first: u64, last: u64, stop: &AtomicBool) -> (u64, u64,
         };
         for rec in batch.iter().filter(|r| r.seq <= last) {
             records += 1;
-            spans += faultline_intake::envelope::decode(&rec.payload)
-                .map(|e| u64::from(e.spans))
-                .unwrap_or(0);
+            spans += record_spans(&rec.payload);
             oldest = oldest.min(rec.time_ns);
         }
     }
@@ -416,15 +496,15 @@ fn scan_range(wal: &Wal, first: u64, last: u64, stop: &AtomicBool) -> (u64, u64,
 
 /// The backlog thread: replays deferred ranges, oldest first, throttled (see the module
 /// doc).
-fn replay_backlog(
-    wal: Wal,
-    store: Arc<Store>,
-    stats: Arc<PipelineStats>,
-    stop: Arc<AtomicBool>,
-    dlq_dir: std::path::PathBuf,
-    ranges: std::sync::mpsc::Receiver<(u64, u64)>,
-    rate: u64,
-) {
+fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, rate: u64) {
+    let Shared {
+        wal,
+        store,
+        stats,
+        stop,
+        dlq_dir,
+        limit,
+    } = sh;
     let b = &stats.backlog;
     let mut queue: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
     // A token bucket of spans: refilled at `rate`, holding at most a tenth of a second.
@@ -440,7 +520,7 @@ fn replay_backlog(
         };
         match ranges.recv_timeout(wait) {
             Ok((first, last)) => {
-                let (records, spans, oldest) = scan_range(&wal, first, last, &stop);
+                let (records, spans, oldest) = scan_range(wal, first, last, stop);
                 b.records.fetch_add(records, Ordering::Relaxed);
                 b.spans.fetch_add(spans, Ordering::Relaxed);
                 if queue.is_empty() {
@@ -466,9 +546,10 @@ fn replay_backlog(
         let Some(&mut (first, last, ref mut next)) = queue.front_mut() else {
             continue;
         };
-        // Live data first: wait while the ingest thread has records waiting, and keep to
-        // the rate.
-        if b.live_behind.load(Ordering::Relaxed) {
+        // Live data first: wait while the ingest thread has records waiting (unless the
+        // WAL fills up behind the backlog), and keep to the rate.
+        let wal_use = wal.size_bytes() as f64 / wal.options().max_bytes.max(1) as f64;
+        if b.live_behind.load(Ordering::Relaxed) && wal_use < 0.5 {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
@@ -493,12 +574,11 @@ fn replay_backlog(
                 done = true;
                 break;
             }
-            let spans = faultline_intake::envelope::decode(&rec.payload)
-                .map(|e| u64::from(e.spans))
-                .unwrap_or(0);
+            let spans = record_spans(&rec.payload);
             if store.is_pending(rec.seq) {
+                limit.take(spans, stop);
                 stats.records.fetch_add(1, Ordering::Relaxed);
-                process_or_dead_letter(&store, &stats, &stop, &dlq_dir, rec.seq, &rec.payload);
+                process_or_dead_letter(store, stats, stop, dlq_dir, rec.seq, &rec.payload);
                 b.replayed_spans.fetch_add(spans, Ordering::Relaxed);
                 tokens -= spans as f64;
             }

@@ -43,6 +43,7 @@ struct Settings {
     retention_secs: Option<u64>,
     store_max_bytes: Option<u64>,
     backlog_rate: u64,
+    index_rate: u64,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -82,12 +83,26 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     let d = IntakeConfig::default();
     let dl = Limits::default();
     let fi = file.intake;
+    let max_memory = args.max_memory_bytes.or(fi.max_memory_bytes);
+    if let Some(m) = max_memory {
+        anyhow::ensure!(
+            m >= 16 << 20,
+            "intake.max_memory_bytes ({m}) must be at least 16 MiB (it is in bytes)"
+        );
+    }
     let intake = IntakeConfig {
         max_request_bytes: args
             .max_request_bytes
             .or(fi.max_request_bytes)
             .unwrap_or(d.max_request_bytes),
-        max_inflight_bytes: fi.max_inflight_bytes.unwrap_or(d.max_inflight_bytes),
+        max_inflight_bytes: fi.max_inflight_bytes.unwrap_or(match max_memory {
+            // Request bodies in flight must not take the memory bound by themselves.
+            Some(m) => d
+                .max_inflight_bytes
+                .min(usize::try_from(m / 4).unwrap_or(usize::MAX)),
+            None => d.max_inflight_bytes,
+        }),
+        max_memory_bytes: max_memory,
         min_free_disk_bytes: args
             .min_free_disk_bytes
             .or(fi.min_free_disk_bytes)
@@ -127,6 +142,10 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .backlog_rate
             .or(file.store.backlog_spans_per_second)
             .unwrap_or(crate::pipeline::DEFAULT_BACKLOG_RATE),
+        index_rate: args
+            .index_rate
+            .or(file.store.max_index_spans_per_second)
+            .unwrap_or(u64::MAX),
     })
 }
 
@@ -236,6 +255,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         pipeline_stop.clone(),
         dlq_dir.clone(),
         s.backlog_rate,
+        s.index_rate,
     )
     .context("cannot start the store pipeline thread")?;
     let intake = Arc::new(Intake::new(wal.clone(), metrics.clone(), s.intake.clone()));
@@ -517,16 +537,20 @@ fn status(
     });
 
     let failing = pipeline.seal_failing.load(Ordering::Relaxed);
+    let seal_error = pipeline.seal_error.lock().ok().and_then(|e| e.clone());
     parts.push(Component {
         name: "sealing",
         health: if failing { Health::Degraded } else { Health::Ok },
         summary: if failing {
-            "sealing blocks fails (the log says why); the WAL keeps accepting within wal.max_bytes".to_string()
+            format!(
+                "sealing blocks fails: {}; the WAL keeps accepting within wal.max_bytes",
+                seal_error.as_deref().unwrap_or("see the log")
+            )
         } else {
             format!("{} blocks sealed since start", pipeline.blocks.load(Ordering::Relaxed))
         },
         action: failing.then(|| "free disk space or fix permissions on DATA_DIR/blocks; sealing retries with backoff".to_string()),
-        details: json!({"failing": failing, "blocks_sealed": pipeline.blocks.load(Ordering::Relaxed)}),
+        details: json!({"failing": failing, "error": seal_error, "blocks_sealed": pipeline.blocks.load(Ordering::Relaxed)}),
     });
 
     let blocks = store.blocks();
@@ -545,6 +569,23 @@ fn status(
             "inspect DATA_DIR/blocks/quarantine; the spans in those files are missing from answers (the WAL no longer holds them)".to_string()
         }),
         details: json!({"blocks": blocks.len(), "bytes": bytes, "max_bytes": (max_bytes != u64::MAX).then_some(max_bytes), "quarantined": quarantined}),
+    });
+    let (rss, bound) = intake.memory();
+    let share = bound.map(|b| rss as f64 / b.max(1) as f64);
+    parts.push(Component {
+        name: "memory",
+        health: match share {
+            Some(x) if x >= faultline_intake::admission::SHED_BULK_AT => Health::Degraded,
+            _ => Health::Ok,
+        },
+        summary: match bound {
+            Some(b) => format!("{} resident of {} ({:.0}%)", human(rss), human(b), share.unwrap_or(0.0) * 100.0),
+            None => format!("{} resident; no bound set (intake.max_memory_bytes)", human(rss)),
+        },
+        action: share.filter(|&x| x >= faultline_intake::admission::SHED_BULK_AT).map(|_| {
+            "memory pressure sheds bulk, then normal traffic: lower store.block_max_spans (the in-memory head) or raise intake.max_memory_bytes".to_string()
+        }),
+        details: json!({"resident_bytes": rss, "max_bytes": bound}),
     });
     let pressure = intake.pressure();
     let shedding: Vec<&str> = [
@@ -568,7 +609,7 @@ fn status(
             )
         },
         action: (!shedding.is_empty()).then(|| {
-            "the write-ahead log or the in-flight budget is filling: see indexing and sealing; clients retry shed requests".to_string()
+            "the write-ahead log, the in-flight budget or memory is filling: see indexing, sealing and memory; clients retry shed requests".to_string()
         }),
         details: json!({"pressure": pressure, "shed_bulk_at": faultline_intake::admission::SHED_BULK_AT, "shed_normal_at": faultline_intake::admission::SHED_NORMAL_AT, "shedding": shedding, "critical_services": intake.config().critical_services}),
     });

@@ -160,3 +160,39 @@ fn under_pressure_bulk_then_normal_are_shed_and_critical_spans_are_kept() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Memory is pressure too: with a bound below what the process already uses, normal and
+/// bulk requests are shed with reason `memory`, critical ones are accepted, and the status
+/// shows the memory part degraded.
+#[test]
+fn over_the_memory_bound_only_critical_spans_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--max-memory-bytes", "16777216"]);
+    let (status, body, retry) = post(&server, request("web", 1, false), false);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("resident memory"), "{body}");
+    assert!(retry.is_some(), "Retry-After");
+    let (status, body, _) = post(&server, request("web", 2, false), true);
+    assert_eq!(status, 429, "{body}");
+    let (status, body, _) = post(&server, request("web", 3, true), false);
+    assert_eq!(status, 200, "an error span is critical: {body}");
+    let m = server.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "faultline_intake_shed_spans_total{lane=\"normal\",reason=\"memory\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "faultline_intake_shed_spans_total{lane=\"bulk\",reason=\"memory\"}"
+        ),
+        1.0
+    );
+    let memory = common::status_part(server.api, "memory");
+    assert_eq!(memory["state"], "degraded", "{memory}");
+    assert!(memory["details"]["resident_bytes"].as_u64().unwrap() > 16 << 20);
+}

@@ -1,7 +1,9 @@
-//! Sealing fails (here the blocks directory is replaced by a file, as a full or broken
-//! disk would make writes fail): acknowledgements go on while the WAL has room, then become
-//! retryable refusals; the status says sealing is failing; once the directory is back,
-//! everything acknowledged is sealed and returned by `/api/traces/{id}`.
+//! Sealing fails: acknowledgements go on while the WAL has room, then become retryable
+//! refusals; the status says sealing is failing and why; once the fault is gone, everything
+//! acknowledged is sealed and returned by `/api/traces/{id}`. Two faults: a real full disk
+//! (the blocks directory on a small tmpfs, filled up; mounted in a private mount namespace
+//! with `unshare`, so no privileges beyond those of the test are needed), and an I/O error
+//! (the blocks directory replaced by a file).
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,26 +14,85 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, Server, http_get, metric};
 
+const FLAGS: &[&str] = &[
+    "--block-max-spans",
+    "2000",
+    "--block-max-age-secs",
+    "1",
+    "--wal-segment-bytes",
+    "1048576",
+    "--wal-max-bytes",
+    "8388608",
+];
+
 #[test]
-fn acknowledged_spans_survive_a_sealing_outage() {
+fn acknowledged_spans_survive_a_sealing_io_error() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let server = Server::start(
-        &data,
-        &[
-            "--block-max-spans",
-            "2000",
-            "--block-max-age-secs",
-            "1",
-            "--wal-segment-bytes",
-            "1048576",
-            "--wal-max-bytes",
-            "8388608",
-        ],
-    );
+    let server = Server::start(&data, FLAGS);
     // Break sealing before any block is written.
     let outage = common::SealingOutage::start(&data);
+    survive_outage(&tmp, &server, "cannot create block directory", move || {
+        outage.repair();
+    });
+}
 
+#[test]
+fn acknowledged_spans_survive_a_full_disk_during_sealing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let blocks = data.join("blocks");
+    std::fs::create_dir_all(&blocks).unwrap();
+    let blocks_arg = blocks.to_str().unwrap().to_string();
+    let server = Server::start_wrapped(
+        &data,
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=16m faultline-test \"$0\" && exec \"$@\"",
+            &blocks_arg,
+        ],
+        FLAGS,
+    );
+    // The test sees the tmpfs through the server's root, /proc/PID/root.
+    let inside = std::path::PathBuf::from(format!("/proc/{}/root", server.child.id()))
+        .join(blocks.strip_prefix("/").unwrap());
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T %b"])
+        .arg(&inside)
+        .output()
+        .unwrap();
+    let fs = String::from_utf8_lossy(&fs.stdout).to_string();
+    assert!(
+        fs.starts_with("tmpfs "),
+        "the blocks are on the tmpfs: {fs}"
+    );
+    // Fill it: sealing now fails with ENOSPC.
+    let filler = inside.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        loop {
+            match f.write_all(&chunk).and_then(|()| f.sync_all()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+    }
+    survive_outage(&tmp, &server, "No space left on device", move || {
+        std::fs::remove_file(&filler).unwrap();
+    });
+}
+
+/// Runs load against `server` while sealing is broken, checks the outage is reported with
+/// `why`, calls `repair`, and checks every acknowledged trace is then returned.
+fn survive_outage(tmp: &tempfile::TempDir, server: &Server, why: &str, repair: impl FnOnce()) {
     let log = tmp.path().join("ack.log");
     let load = Command::new(BIN)
         .args([
@@ -64,6 +125,10 @@ fn acknowledged_spans_survive_a_sealing_outage() {
     }
     let sealing = common::status_part(server.api, "sealing");
     assert_eq!(sealing["state"], "degraded", "{sealing}");
+    assert!(
+        sealing["summary"].as_str().unwrap().contains(why),
+        "the status says why: {sealing}"
+    );
     let out = load.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -81,8 +146,8 @@ fn acknowledged_spans_survive_a_sealing_outage() {
     assert!(refused > 0, "the WAL budget turned writes away: {text}");
     assert!(text.contains("failed 0"), "{text}");
 
-    // Space is back: everything acknowledged is sealed and queryable.
-    outage.repair();
+    // The fault is gone: everything acknowledged is sealed and queryable.
+    repair();
     let started = Instant::now();
     loop {
         let m = server.metrics();

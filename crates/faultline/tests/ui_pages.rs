@@ -347,8 +347,10 @@ fn pages_say_plainly_when_a_block_is_missing() {
             "wal",
             "disk",
             "indexing",
+            "backlog",
             "sealing",
             "store",
+            "memory",
             "lanes",
             "dead letters"
         ]

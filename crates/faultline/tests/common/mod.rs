@@ -67,10 +67,40 @@ impl Server {
             .unwrap_or_else(|log| panic!("faultline exited during start-up; log:\n{log}"))
     }
 
+    /// Like [`Server::start`], run through `wrapper` (a command that ends by executing the
+    /// rest of its arguments, so the child's pid stays faultline's).
+    pub fn start_wrapped(data_dir: &Path, wrapper: &[&str], extra: &[&str]) -> Server {
+        for _ in 0..5 {
+            match Self::try_start_wrapped(data_dir, Ports::new(), wrapper, extra) {
+                Ok(s) => return s,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("faultline exited during start-up; log:\n{log}"),
+            }
+        }
+        panic!("no free ports after 5 attempts");
+    }
+
     fn try_start_on(data_dir: &Path, p: Ports, extra: &[&str]) -> Result<Server, String> {
+        Self::try_start_wrapped(data_dir, p, &[], extra)
+    }
+
+    fn try_start_wrapped(
+        data_dir: &Path,
+        p: Ports,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Result<Server, String> {
         let log = data_dir.with_extension(format!("{}.log", p.api));
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
