@@ -120,23 +120,29 @@ async fn search(
                 Err(msg) => return error(StatusCode::BAD_REQUEST, format!("traceID: {msg}")),
             }
         }
-        return traces_answer(&st, parsed, Completeness::default()).await;
+        return traces_answer(&st, parsed, Completeness::default(), None).await;
     }
     let q = match parse_search(&p, crate::params::now_ns()) {
         Ok(q) => q,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
+    let range = Some((q.start_ns, q.end_ns));
     match crate::query(&st, move |store| store.search(&q)).await {
         Ok((found, c)) => {
             let ids = found.iter().map(|s| s.trace_id).collect();
-            traces_answer(&st, ids, c).await
+            traces_answer(&st, ids, c, range).await
         }
         Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }
 
 /// Reads whole traces and answers them in Jaeger's envelope, in the given order.
-async fn traces_answer(st: &ApiState, ids: Vec<TraceId>, c: Completeness) -> Response {
+async fn traces_answer(
+    st: &ApiState,
+    ids: Vec<TraceId>,
+    c: Completeness,
+    range: Option<(u64, u64)>,
+) -> Response {
     let fetched = crate::query(st, move |store| {
         let mut out = Vec::with_capacity(ids.len());
         let mut reasons = Vec::new();
@@ -152,7 +158,7 @@ async fn traces_answer(st: &ApiState, ids: Vec<TraceId>, c: Completeness) -> Res
     .await;
     match fetched {
         Ok((traces, reasons)) => {
-            let mut c = with_lag(st, c);
+            let mut c = with_lag(st, c, range);
             for r in reasons {
                 if !c.reasons.contains(&r) {
                     c.reasons.push(r);
@@ -338,8 +344,8 @@ fn error(status: StatusCode, msg: String) -> Response {
     )
 }
 
-fn with_lag(st: &ApiState, mut c: Completeness) -> Completeness {
-    c.reasons.extend((st.lag)());
+fn with_lag(st: &ApiState, mut c: Completeness, range: Option<(u64, u64)>) -> Completeness {
+    c.reasons.extend((st.lag)(range));
     c
 }
 
@@ -352,7 +358,7 @@ async fn services(State(st): State<ApiState>) -> Response {
                 json!(list),
                 n,
                 Value::Null,
-                &with_lag(&st, c),
+                &with_lag(&st, c, None),
             )
         }
         Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
@@ -369,7 +375,7 @@ async fn operations_of(
             if let Some(k) = kind {
                 ops.retain(|(_, kk)| *kk == k);
             }
-            Ok((ops, with_lag(st, c)))
+            Ok((ops, with_lag(st, c, None)))
         }
         Err(msg) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, msg)),
     }
@@ -456,7 +462,7 @@ async fn dependencies(
                 json!(data),
                 n,
                 Value::Null,
-                &with_lag(&st, c),
+                &with_lag(&st, c, None),
             )
         }
         Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
@@ -470,7 +476,7 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
     };
     match crate::query(&st, move |store| store.trace(&trace_id)).await {
         Ok(answer) => {
-            let c = with_lag(&st, answer.completeness);
+            let c = with_lag(&st, answer.completeness, None);
             if answer.spans.is_empty() {
                 // A trace may be missing because part of the store is: say so here too.
                 let errors = json!([{"code": 404, "msg": "trace not found"}]);

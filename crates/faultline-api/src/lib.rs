@@ -22,8 +22,10 @@ use axum::Router;
 use faultline_store::SpanStore;
 
 /// Reasons, beyond the store's own, why answers may be missing data right now (for
-/// example WAL records acknowledged but not yet indexed).
-pub type LagFn = dyn Fn() -> Vec<String> + Send + Sync;
+/// example WAL records acknowledged but not yet indexed, or a backlog replaying). The
+/// argument is the time range the answer covers (Unix ns, inclusive), when it has one:
+/// reasons that cannot touch it are left out.
+pub type LagFn = dyn Fn(Option<(u64, u64)>) -> Vec<String> + Send + Sync;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -329,7 +331,7 @@ mod cache_tests {
         let store = Arc::new(SlowStore::default());
         let app = router(ApiState {
             store: store.clone(),
-            lag: Arc::new(Vec::new),
+            lag: Arc::new(|_| Vec::new()),
             status: Arc::new(crate::status::Status::default),
             cache: Arc::new(QueryCache::new(
                 Duration::from_millis(100),

@@ -63,6 +63,9 @@ pub fn router() -> Router<ApiState> {
         .route("/api/v1/dependencies", get(dependencies))
 }
 
+/// Nanoseconds per second.
+const NS: u64 = 1_000_000_000;
+
 /// `GET /api/v1/dependencies?start=&end=` (Unix seconds, default the last hour): calls
 /// between services with errors and the callee spans' latency.
 async fn dependencies(
@@ -85,7 +88,7 @@ async fn dependencies(
     match crate::query(&st, move |store| store.dependencies(start, end)).await {
         Ok((deps, c)) => {
             let mut reasons = c.reasons;
-            reasons.extend((st.lag)());
+            reasons.extend((st.lag)(Some((start * NS, end * NS))));
             let edges: Vec<_> = deps
                 .iter()
                 .map(|d| {
@@ -204,10 +207,11 @@ async fn summaries(State(st): State<ApiState>, Query(p): Query<Vec<(String, Stri
         Err(e) => return bad(e),
     };
     let (limit, sort) = (q.limit, q.sort);
+    let range = Some((q.start_ns, q.end_ns));
     match crate::query(&st, move |store| store.search(&q)).await {
         Ok((found, c)) => {
             let mut reasons = c.reasons;
-            reasons.extend((st.lag)());
+            reasons.extend((st.lag)(range));
             let traces: Vec<_> = found.iter().map(summary_json).collect();
             answer(
                 json!({"traces": traces, "limit": limit, "sort": format!("{sort:?}").to_lowercase()}),
@@ -324,7 +328,7 @@ async fn red(State(st): State<ApiState>, Query(q): Query<HashMap<String, String>
         Err(msg) => return failed(msg),
     };
     let mut reasons = completeness.reasons;
-    reasons.extend((st.lag)());
+    reasons.extend((st.lag)(Some((start * NS, end * NS))));
     let points: Vec<_> = points
         .iter()
         .map(|p| {

@@ -52,8 +52,8 @@ fn answer(body: Value, c: &Completeness) -> Response {
     (StatusCode::OK, headers, Json(body)).into_response()
 }
 
-fn with_lag(st: &ApiState, mut c: Completeness) -> Completeness {
-    c.reasons.extend((st.lag)());
+fn with_lag(st: &ApiState, mut c: Completeness, range: Option<(u64, u64)>) -> Completeness {
+    c.reasons.extend((st.lag)(range));
     c
 }
 
@@ -66,7 +66,7 @@ pub fn traces_data(spans: &[Span]) -> Value {
 
 async fn services(State(st): State<ApiState>) -> Response {
     match crate::query_cached(&st, "services".into(), |store| store.services()).await {
-        Ok((list, c)) => answer(json!({"services": list}), &with_lag(&st, c)),
+        Ok((list, c)) => answer(json!({"services": list}), &with_lag(&st, c, None)),
         Err(msg) => err(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }
@@ -95,7 +95,7 @@ async fn operations(
                 .filter(|(_, k)| kind.is_none_or(|want| *k == want))
                 .map(|(n, k)| json!({"name": n, "spanKind": k.as_str()}))
                 .collect();
-            answer(json!({"operations": list}), &with_lag(&st, c))
+            answer(json!({"operations": list}), &with_lag(&st, c, None))
         }
         Err(msg) => err(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
@@ -113,12 +113,12 @@ async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> Respon
     };
     match crate::query(&st, move |store| store.trace(&trace_id)).await {
         Ok(a) if a.spans.is_empty() => {
-            let c = with_lag(&st, a.completeness);
+            let c = with_lag(&st, a.completeness, None);
             let mut resp = err(StatusCode::NOT_FOUND, "trace not found".into());
             crate::mark_partial(resp.headers_mut(), &c.reasons);
             resp
         }
-        Ok(a) => answer(traces_data(&a.spans), &with_lag(&st, a.completeness)),
+        Ok(a) => answer(traces_data(&a.spans), &with_lag(&st, a.completeness, None)),
         Err(msg) => err(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }
@@ -188,6 +188,7 @@ async fn find_traces(
         Ok(q) => q,
         Err(msg) => return err(StatusCode::BAD_REQUEST, msg),
     };
+    let range = Some((q.start_ns, q.end_ns));
     let found = crate::query(&st, move |store| {
         let (found, mut c) = store.search(&q)?;
         let mut spans = Vec::new();
@@ -204,7 +205,7 @@ async fn find_traces(
     })
     .await;
     match found {
-        Ok((spans, c)) => answer(traces_data(&spans), &with_lag(&st, c)),
+        Ok((spans, c)) => answer(traces_data(&spans), &with_lag(&st, c, range)),
         Err(msg) => err(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }

@@ -15,7 +15,8 @@
 //!   `wal_quarantined_segments`, `wal_truncated_bytes`: state of the log.
 //! - `store_head_spans`, `store_blocks`, `store_block_bytes`, `store_block_spans`,
 //!   `store_indexed_seq`, `store_undecodable_records`, `store_seal_failing`,
-//!   `dlq_records`, `dlq_moved`, `backlog_spans`, `backlog_replayed_spans`: the store,
+//!   `dlq_records`, `dlq_moved`, `backlog_spans`, `backlog_replayed_spans`,
+//!   `backlog_ranges`: the store,
 //!   the dead letters and the WAL backlog replayed behind live data, set by the binary
 //!   before each scrape.
 
@@ -96,6 +97,8 @@ pub struct Metrics {
     pub backlog_spans: Gauge,
     /// Backlog spans replayed since start.
     pub backlog_replayed_spans: Gauge,
+    /// Backlog ranges not yet replayed (0: no backlog).
+    pub backlog_ranges: Gauge,
 }
 
 impl Default for Metrics {
@@ -175,6 +178,7 @@ impl Metrics {
             dlq_moved: Gauge::default(),
             backlog_spans: Gauge::default(),
             backlog_replayed_spans: Gauge::default(),
+            backlog_ranges: Gauge::default(),
             registry,
             requests,
             spans,
@@ -273,6 +277,11 @@ impl Metrics {
                 "backlog_replayed_spans",
                 "Backlog spans replayed since start",
                 m.backlog_replayed_spans.clone(),
+            ),
+            (
+                "backlog_ranges",
+                "WAL ranges deferred behind live data and not yet replayed (0: no backlog)",
+                m.backlog_ranges.clone(),
             ),
         ];
         for (name, help, g) in gauges.into_iter().chain(store_gauges) {

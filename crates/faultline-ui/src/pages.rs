@@ -139,7 +139,7 @@ impl Range {
 }
 
 fn reasons(st: &ApiState, mut r: Vec<String>) -> Vec<String> {
-    r.extend((st.lag)());
+    r.extend((st.lag)(None));
     r
 }
 

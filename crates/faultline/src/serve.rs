@@ -28,6 +28,11 @@ use faultline_wal::{Durability, Wal, WalOptions};
 use crate::ServeArgs;
 use crate::config::FileConfig;
 
+/// How long before its receipt a span in the backlog may have started, for deciding which
+/// answers the backlog can touch: an answer about times that ended longer before the
+/// backlog's oldest record is complete.
+const BACKLOG_REACH: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Settings after merging file, environment and flags.
 #[derive(Debug)]
 struct Settings {
@@ -262,7 +267,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let lag_wal = wal.clone();
     let lag_store = store.clone();
     let lag_stats = pipeline_stats.clone();
-    let lag: Arc<faultline_api::LagFn> = Arc::new(move || {
+    let lag: Arc<faultline_api::LagFn> = Arc::new(move |range: Option<(u64, u64)>| {
         let committed = lag_wal.committed_seq();
         let indexed = lag_store.ingested_seq();
         let mut reasons = Vec::new();
@@ -272,7 +277,15 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
                 committed - indexed
             ));
         }
-        reasons.extend(lag_stats.backlog.reason());
+        // The backlog holds spans received since its oldest record; a span may have
+        // started up to BACKLOG_REACH before it was received.
+        let oldest = lag_stats.backlog.oldest_ns.load(Ordering::Relaxed);
+        let touches = range.is_none_or(|(_, end)| {
+            oldest == 0 || end.saturating_add(BACKLOG_REACH.as_nanos() as u64) >= oldest
+        });
+        if touches {
+            reasons.extend(lag_stats.backlog.reason());
+        }
         reasons
     });
     let status_fn: Arc<faultline_api::status::StatusFn> = {
@@ -757,6 +770,8 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     m.backlog_spans.set(b.spans.load(Ordering::Relaxed) as i64);
     m.backlog_replayed_spans
         .set(b.replayed_spans.load(Ordering::Relaxed) as i64);
+    m.backlog_ranges
+        .set(b.ranges.load(Ordering::Relaxed) as i64);
     (
         [(
             header::CONTENT_TYPE,

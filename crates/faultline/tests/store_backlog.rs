@@ -132,6 +132,31 @@ fn after_a_restart_live_spans_come_first_and_the_backlog_follows() {
         "answers name the pending backlog: {answer}"
     );
 
+    // Only answers about times the backlog can touch say so: yesterday's are complete.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let summaries = |start: u64, end: u64| -> serde_json::Value {
+        let (code, body) = http_get(
+            api,
+            &format!("/api/v1/traces/summaries?start={start}&end={end}&limit=1"),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let recent = summaries(now_s - 600, now_s);
+    assert!(
+        recent["partialReasons"].to_string().contains("backlog"),
+        "{recent}"
+    );
+    let yesterday = summaries(now_s - 2 * 86_400, now_s - 86_400);
+    assert!(
+        !yesterday["partialReasons"].to_string().contains("backlog"),
+        "{yesterday}"
+    );
+
     // The backlog finishes replaying in the background.
     let start = Instant::now();
     while status_part(api, "backlog")["state"] != "ok" {

@@ -91,8 +91,9 @@ async fn every_acknowledged_trace_is_queryable_after_sigkills() {
     let started = std::time::Instant::now();
     loop {
         let m = server.metrics();
-        let caught_up =
-            metric(&m, "faultline_store_indexed_seq") >= metric(&m, "faultline_wal_committed_seq");
+        let caught_up = metric(&m, "faultline_store_indexed_seq")
+            >= metric(&m, "faultline_wal_committed_seq")
+            && metric(&m, "faultline_backlog_ranges") == 0.0;
         if caught_up && metric(&m, "faultline_store_blocks") >= 2.0 {
             break;
         }

@@ -155,6 +155,7 @@ fn survive_outage(tmp: &tempfile::TempDir, server: &Server, why: &str, repair: i
             && metric(&m, "faultline_store_indexed_seq")
                 >= metric(&m, "faultline_wal_committed_seq")
             && metric(&m, "faultline_store_head_spans") == 0.0
+            && metric(&m, "faultline_backlog_ranges") == 0.0
         {
             break;
         }
