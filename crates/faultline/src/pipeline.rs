@@ -87,7 +87,7 @@ impl BacklogStats {
         let since = if oldest == 0 {
             "being counted".to_string()
         } else {
-            format!("received since {}", rfc3339(oldest))
+            format!("received since {}", crate::walcmd::time_rfc3339(oldest))
         };
         Some(format!(
             "backlog: {spans} acknowledged spans ({} WAL records) {since} are not indexed yet; they are replayed in the background at up to {} spans/s",
@@ -95,29 +95,6 @@ impl BacklogStats {
             self.rate.load(Ordering::Relaxed)
         ))
     }
-}
-
-/// Unix nanoseconds as RFC 3339 (UTC, seconds).
-pub fn rfc3339(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// A record read by the ingest thread that was appended longer ago than this makes it skip

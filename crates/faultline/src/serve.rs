@@ -542,7 +542,7 @@ fn status(
             "pending_spans": b.spans.load(Ordering::Relaxed),
             "pending_records": b.records.load(Ordering::Relaxed),
             "pending_ranges": b.ranges.load(Ordering::Relaxed),
-            "oldest": match b.oldest_ns.load(Ordering::Relaxed) { 0 => None, ns => Some(crate::pipeline::rfc3339(ns)) },
+            "oldest": match b.oldest_ns.load(Ordering::Relaxed) { 0 => None, ns => Some(crate::walcmd::time_rfc3339(ns)) },
             "replayed_spans": b.replayed_spans.load(Ordering::Relaxed),
             "rate_spans_per_second": b.rate.load(Ordering::Relaxed),
             "skips_to_live": b.skips.load(Ordering::Relaxed),

@@ -113,7 +113,8 @@ fn attrs_json(attrs: &[KeyValue]) -> serde_json::Value {
 
 use faultline_model::hex;
 
-fn time_rfc3339(ns: u64) -> String {
+/// Unix nanoseconds as RFC 3339 in UTC with milliseconds.
+pub(crate) fn time_rfc3339(ns: u64) -> String {
     // A small civil-from-days conversion avoids a date dependency for one log column.
     let secs = ns / 1_000_000_000;
     let ms = (ns / 1_000_000) % 1000;

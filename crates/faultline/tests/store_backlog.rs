@@ -41,16 +41,6 @@ fn loadgen(server: &Server, log: &std::path::Path) -> u64 {
     v["spans_ok"].as_u64().unwrap()
 }
 
-/// Acknowledged trace ids from a loadgen ack log.
-fn acked_traces(log: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(2))
-        .flat_map(|ids| ids.split(',').map(str::to_string).collect::<Vec<_>>())
-        .collect()
-}
-
 fn stored_spans(server: &Server) -> f64 {
     let m = server.metrics();
     metric(&m, "faultline_store_block_spans") + metric(&m, "faultline_store_head_spans")
@@ -179,7 +169,10 @@ fn after_a_restart_live_spans_come_first_and_the_backlog_follows() {
     let m = server.metrics();
     assert_eq!(metric(&m, "faultline_backlog_replayed_spans"), acked as f64);
     // A sample of acknowledged traces, whole.
-    let ids: Vec<String> = logs.iter().flat_map(|l| acked_traces(l)).collect();
+    let ids: Vec<String> = logs
+        .iter()
+        .flat_map(|l| common::acked_trace_ids(l))
+        .collect();
     let step = (ids.len() / 500).max(1);
     for id in ids.iter().step_by(step) {
         let (code, body) = http_get(api, &format!("/api/traces/{id}")).unwrap();

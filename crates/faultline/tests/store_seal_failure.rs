@@ -165,12 +165,7 @@ fn survive_outage(tmp: &tempfile::TempDir, server: &Server, why: &str, repair: i
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut ids = Vec::new();
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
-        if let Some(list) = line.split(' ').nth(2) {
-            ids.extend(list.split(',').map(str::to_string));
-        }
-    }
+    let ids = common::acked_trace_ids(&log);
     assert!(
         ids.len() > 100,
         "load was acknowledged before the WAL filled: {}",

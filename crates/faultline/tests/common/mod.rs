@@ -398,3 +398,13 @@ pub fn one_span_request(service: &str, trace_id: &[u8], error: bool) -> Vec<u8> 
     }
     .encode_to_vec()
 }
+
+/// Acknowledged trace ids from a `faultline loadgen --ack-log` file.
+pub fn acked_trace_ids(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(2))
+        .flat_map(|ids| ids.split(',').map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
