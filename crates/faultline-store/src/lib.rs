@@ -32,3 +32,6 @@ pub use store::{Completeness, OpenReport, SpanStore, Store, StoreOptions, TraceA
 
 #[cfg(test)]
 mod search_tests;
+
+#[cfg(test)]
+mod backlog_tests;
