@@ -85,7 +85,7 @@ impl BacklogStats {
         let spans = self.spans.load(Ordering::Relaxed);
         let oldest = self.oldest_ns.load(Ordering::Relaxed);
         let since = if oldest == 0 {
-            "being counted".to_string()
+            "(still being counted)".to_string()
         } else {
             format!("received since {}", crate::walcmd::time_rfc3339(oldest))
         };
@@ -450,8 +450,17 @@ const BACKLOG_POLL_BYTES: usize = 1 << 20;
 
 /// Counts the spans of the committed records in `first..=last` and finds the oldest
 /// append time, reading only envelope headers.
-fn scan_range(wal: &Wal, first: u64, last: u64, stop: &AtomicBool) -> (u64, u64, u64) {
-    let (mut records, mut spans, mut oldest) = (0u64, 0u64, u64::MAX);
+/// The counts are added to `b` as they are read (a large backlog takes seconds to count);
+/// the oldest time is set when `oldest_first` (no earlier range is pending).
+fn scan_range(
+    wal: &Wal,
+    first: u64,
+    last: u64,
+    stop: &AtomicBool,
+    b: &BacklogStats,
+    oldest_first: bool,
+) -> (u64, u64) {
+    let (mut records, mut spans) = (0u64, 0u64);
     let mut tail = wal.tail(first);
     while tail.next_seq() <= last && !stop.load(Ordering::Acquire) {
         let batch = match tail.poll(POLL_BYTES) {
@@ -462,13 +471,20 @@ fn scan_range(wal: &Wal, first: u64, last: u64, stop: &AtomicBool) -> (u64, u64,
                 break;
             }
         };
+        let (mut n, mut k) = (0u64, 0u64);
         for rec in batch.iter().filter(|r| r.seq <= last) {
-            records += 1;
-            spans += record_spans(&rec.payload);
-            oldest = oldest.min(rec.time_ns);
+            if oldest_first && records == 0 && n == 0 {
+                b.oldest_ns.store(rec.time_ns, Ordering::Relaxed);
+            }
+            n += 1;
+            k += record_spans(&rec.payload);
         }
+        b.records.fetch_add(n, Ordering::Relaxed);
+        b.spans.fetch_add(k, Ordering::Relaxed);
+        records += n;
+        spans += k;
     }
-    (records, spans, if oldest == u64::MAX { 0 } else { oldest })
+    (records, spans)
 }
 
 /// The backlog thread: replays deferred ranges, oldest first, throttled (see the module
@@ -497,12 +513,7 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
         };
         match ranges.recv_timeout(wait) {
             Ok((first, last)) => {
-                let (records, spans, oldest) = scan_range(wal, first, last, stop);
-                b.records.fetch_add(records, Ordering::Relaxed);
-                b.spans.fetch_add(spans, Ordering::Relaxed);
-                if queue.is_empty() {
-                    b.oldest_ns.store(oldest, Ordering::Relaxed);
-                }
+                let (records, spans) = scan_range(wal, first, last, stop, b, queue.is_empty());
                 tracing::info!(
                     first,
                     last,
