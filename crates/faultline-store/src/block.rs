@@ -31,8 +31,20 @@
 //!
 //!   Attribute JSON: an object whose values are `{"s": string}`, `{"i": int}`, `{"d":
 //!   double}`, `{"b": bool}`, `{"x": hex bytes}`, `{"a": [values]}` or `{"k": {object}}`, so
-//!   types survive a round trip; DuckDB reads them with `json_extract`. The key-value
-//!   metadata holds `faultline.block.format = 1` and the block's time range.
+//!   types survive a round trip; DuckDB reads them with `json_extract`.
+//!
+//!   Promoted attributes (format 2): a span attribute key present on at least 1% of a
+//!   block's spans with one scalar type throughout (string, int, double or bool) gets its
+//!   own nullable column `attr.KEY` (utf8, int64, double or boolean), up to
+//!   [`MAX_PROMOTED`] keys per block, the most frequent. Such a span's first value for the
+//!   key is in that column; everything else stays in `attributes`. When a block has
+//!   promoted columns it also has `attribute_keys` (utf8): the JSON array of the span's
+//!   attribute keys in their original order, so a reader puts them back in order. Blocks
+//!   promote different keys, so read a directory of them by name (DuckDB:
+//!   `read_parquet('blocks/*.parquet', union_by_name = true)`, then `"attr.http.route"`).
+//!   Typed columns cost about 12 bytes per span less than the same values in JSON for
+//!   loadgen's traffic. The key-value metadata holds `faultline.block.format` (`2`; `1`
+//!   blocks, without promoted columns, are read as before) and the block's time range.
 //!
 //! - `BLOCKID.tidx`: the trace-id index, little endian:
 //!
@@ -105,6 +117,87 @@ pub fn schema() -> SchemaRef {
         s("events"),
         s("links"),
     ]))
+}
+
+/// The type of a promoted attribute column (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promo {
+    Str,
+    Int,
+    Double,
+    Bool,
+}
+
+impl Promo {
+    fn of(v: &AttrValue) -> Option<Self> {
+        match v {
+            AttrValue::Str(_) => Some(Self::Str),
+            AttrValue::Int(_) => Some(Self::Int),
+            AttrValue::Double(_) => Some(Self::Double),
+            AttrValue::Bool(_) => Some(Self::Bool),
+            _ => None,
+        }
+    }
+
+    fn data_type(self) -> DataType {
+        match self {
+            Self::Str => DataType::Utf8,
+            Self::Int => DataType::Int64,
+            Self::Double => DataType::Float64,
+            Self::Bool => DataType::Boolean,
+        }
+    }
+}
+
+/// Prefix of promoted attribute columns.
+const ATTR_PREFIX: &str = "attr.";
+/// Most attribute keys promoted to their own columns in one block.
+pub const MAX_PROMOTED: usize = 32;
+
+/// The attribute keys of `spans` that get their own column: those on at least 1% of the
+/// spans with one scalar type throughout, the most frequent [`MAX_PROMOTED`], by name.
+fn choose_promoted(spans: &[&Span]) -> Vec<(String, Promo)> {
+    let mut seen: std::collections::HashMap<&str, (usize, Option<Promo>)> =
+        std::collections::HashMap::new();
+    for s in spans {
+        for (k, v) in &s.attributes {
+            let e = seen.entry(k.as_str()).or_insert((0, Promo::of(v)));
+            e.0 += 1;
+            if e.1 != Promo::of(v) {
+                e.1 = None;
+            }
+        }
+    }
+    let least = spans.len().div_ceil(100).max(1);
+    let mut keys: Vec<(&str, usize, Promo)> = seen
+        .into_iter()
+        .filter_map(|(k, (n, p))| Some((k, n, p?)))
+        .filter(|&(_, n, _)| n >= least)
+        .collect();
+    keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    keys.truncate(MAX_PROMOTED);
+    let mut out: Vec<(String, Promo)> = keys
+        .into_iter()
+        .map(|(k, _, p)| (k.to_string(), p))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The Arrow schema of a block with `promoted` attribute columns.
+fn block_schema(promoted: &[(String, Promo)]) -> SchemaRef {
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    if !promoted.is_empty() {
+        fields.push(Field::new("attribute_keys", DataType::Utf8, false));
+        for (k, p) in promoted {
+            fields.push(Field::new(format!("{ATTR_PREFIX}{k}"), p.data_type(), true));
+        }
+    }
+    Arc::new(Schema::new(fields))
 }
 
 use faultline_model::hex;
@@ -261,8 +354,13 @@ fn write_value(out: &mut String, v: &AttrValue) {
 
 /// Writes attributes as a JSON object (see the module doc for the value encoding).
 fn write_attrs(out: &mut String, attrs: &Attributes) {
+    write_attr_pairs(out, attrs.iter().map(|(k, v)| (k.as_str(), v)));
+}
+
+/// [`write_attrs`] over any key-value pairs.
+fn write_attr_pairs<'a>(out: &mut String, attrs: impl Iterator<Item = (&'a str, &'a AttrValue)>) {
     out.push('{');
-    for (i, (k, v)) in attrs.iter().enumerate() {
+    for (i, (k, v)) in attrs.enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -350,7 +448,7 @@ pub(crate) fn write_block_indexed(
         .set_key_value_metadata(Some(vec![
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.format".into(),
-                "1".to_string(),
+                "2".to_string(),
             ),
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.min_start_ns".into(),
@@ -379,13 +477,18 @@ pub(crate) fn write_block_indexed(
             ColumnPath::from("resource_attributes"),
             Compression::UNCOMPRESSED,
         )
+        .set_column_compression(
+            ColumnPath::from("attribute_keys"),
+            Compression::UNCOMPRESSED,
+        )
         .build();
     let file = File::create(&tmp_pq).map_err(io("create block file", &tmp_pq))?;
-    let schema = schema();
+    let promoted = choose_promoted(&spans);
+    let schema = block_schema(&promoted);
     let mut writer =
         ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(StoreError::parquet)?;
     for chunk in spans.chunks(ROW_GROUP_ROWS) {
-        let batch = to_batch(&schema, chunk)?;
+        let batch = to_batch(&schema, chunk, &promoted)?;
         writer.write(&batch).map_err(StoreError::parquet)?;
     }
     let file = writer.into_inner().map_err(StoreError::parquet)?;
@@ -448,7 +551,60 @@ pub(crate) fn write_block_indexed(
     ))
 }
 
-fn to_batch(schema: &SchemaRef, spans: &[&Span]) -> Result<RecordBatch, StoreError> {
+/// A builder of one promoted attribute column.
+enum PromoBuilder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Double(arrow_array::builder::Float64Builder),
+    Bool(arrow_array::builder::BooleanBuilder),
+}
+
+impl PromoBuilder {
+    fn new(p: Promo, n: usize) -> Self {
+        match p {
+            Promo::Str => Self::Str(StringBuilder::new()),
+            Promo::Int => Self::Int(Int64Builder::with_capacity(n)),
+            Promo::Double => Self::Double(arrow_array::builder::Float64Builder::with_capacity(n)),
+            Promo::Bool => Self::Bool(arrow_array::builder::BooleanBuilder::with_capacity(n)),
+        }
+    }
+
+    /// Appends `v` if it has the column's type; false (nothing appended) otherwise.
+    fn append(&mut self, v: &AttrValue) -> bool {
+        match (self, v) {
+            (Self::Str(b), AttrValue::Str(s)) => b.append_value(s),
+            (Self::Int(b), AttrValue::Int(i)) => b.append_value(*i),
+            (Self::Double(b), AttrValue::Double(d)) => b.append_value(*d),
+            (Self::Bool(b), AttrValue::Bool(x)) => b.append_value(*x),
+            _ => return false,
+        }
+        true
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Self::Str(b) => b.append_null(),
+            Self::Int(b) => b.append_null(),
+            Self::Double(b) => b.append_null(),
+            Self::Bool(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Str(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::Double(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn to_batch(
+    schema: &SchemaRef,
+    spans: &[&Span],
+    promoted: &[(String, Promo)],
+) -> Result<RecordBatch, StoreError> {
     let n = spans.len();
     let mut trace = FixedSizeBinaryBuilder::with_capacity(n, 16);
     let mut span = FixedSizeBinaryBuilder::with_capacity(n, 8);
@@ -467,6 +623,19 @@ fn to_batch(schema: &SchemaRef, spans: &[&Span]) -> Result<RecordBatch, StoreErr
     let mut events = StringBuilder::new();
     let mut links = StringBuilder::new();
     let mut buf = String::with_capacity(512);
+    let mut keys = StringBuilder::new();
+    let mut keys_buf = String::with_capacity(256);
+    let mut columns: Vec<PromoBuilder> = promoted
+        .iter()
+        .map(|(_, p)| PromoBuilder::new(*p, n))
+        .collect();
+    let column_of: std::collections::HashMap<&str, usize> = promoted
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_str(), i))
+        .collect();
+    let mut filled = vec![false; promoted.len()];
+    let mut residual: Vec<(&str, &AttrValue)> = Vec::new();
     // Spans of one request share their origin; serialise each origin's resource once.
     let mut last_origin: Option<(*const Origin, String)> = None;
     for s in spans {
@@ -484,7 +653,34 @@ fn to_batch(schema: &SchemaRef, spans: &[&Span]) -> Result<RecordBatch, StoreErr
         status.append_value(s.status as i32);
         status_msg.append_value(&s.status_message);
         buf.clear();
-        write_attrs(&mut buf, &s.attributes);
+        if promoted.is_empty() {
+            write_attrs(&mut buf, &s.attributes);
+        } else {
+            // Promoted keys go to their columns (the first occurrence, if it has the
+            // column's type), the rest to the JSON; the key order is kept aside.
+            filled.iter_mut().for_each(|f| *f = false);
+            residual.clear();
+            keys_buf.clear();
+            keys_buf.push('[');
+            for (i, (k, v)) in s.attributes.iter().enumerate() {
+                if i > 0 {
+                    keys_buf.push(',');
+                }
+                write_json_str(&mut keys_buf, k);
+                match column_of.get(k.as_str()) {
+                    Some(&c) if !filled[c] && columns[c].append(v) => filled[c] = true,
+                    _ => residual.push((k.as_str(), v)),
+                }
+            }
+            keys_buf.push(']');
+            for (c, f) in filled.iter().enumerate() {
+                if !f {
+                    columns[c].append_null();
+                }
+            }
+            keys.append_value(&keys_buf);
+            write_attr_pairs(&mut buf, residual.iter().copied());
+        }
         attrs.append_value(&buf);
         let ptr = Arc::as_ptr(&s.origin);
         match &last_origin {
@@ -536,7 +732,7 @@ fn to_batch(schema: &SchemaRef, spans: &[&Span]) -> Result<RecordBatch, StoreErr
             links.append_value(&buf);
         }
     }
-    let cols: Vec<ArrayRef> = vec![
+    let mut cols: Vec<ArrayRef> = vec![
         Arc::new(trace.finish()),
         Arc::new(span.finish()),
         Arc::new(parent.finish()),
@@ -554,6 +750,10 @@ fn to_batch(schema: &SchemaRef, spans: &[&Span]) -> Result<RecordBatch, StoreErr
         Arc::new(events.finish()),
         Arc::new(links.finish()),
     ];
+    if !promoted.is_empty() {
+        cols.push(Arc::new(keys.finish()));
+        cols.extend(columns.iter_mut().map(PromoBuilder::finish));
+    }
     RecordBatch::try_new(schema.clone(), cols).map_err(StoreError::arrow)
 }
 
@@ -865,6 +1065,96 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> 
         .ok_or_else(|| format!("column {name} is missing or has the wrong type"))
 }
 
+/// The promoted attribute columns of a batch (format 2), to put attributes back together.
+struct PromotedColumns<'a> {
+    keys: &'a StringArray,
+    columns: std::collections::HashMap<&'a str, &'a dyn Array>,
+}
+
+impl<'a> PromotedColumns<'a> {
+    /// `None` for a block without promoted columns (format 1, or nothing promoted).
+    fn of(b: &'a RecordBatch) -> Result<Option<Self>, String> {
+        let Some(keys) = b.column_by_name("attribute_keys") else {
+            return Ok(None);
+        };
+        let keys = keys
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or("column attribute_keys has the wrong type")?;
+        let mut columns = std::collections::HashMap::new();
+        for (f, c) in b.schema_ref().fields().iter().zip(b.columns()) {
+            if let Some(k) = f.name().strip_prefix(ATTR_PREFIX) {
+                columns.insert(k, c.as_ref());
+            }
+        }
+        Ok(Some(Self { keys, columns }))
+    }
+
+    fn value(&self, key: &str, i: usize) -> Option<AttrValue> {
+        let c = self.columns.get(key)?;
+        if c.is_null(i) {
+            return None;
+        }
+        let any = c.as_any();
+        if let Some(a) = any.downcast_ref::<StringArray>() {
+            Some(AttrValue::Str(a.value(i).to_string()))
+        } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+            Some(AttrValue::Int(a.value(i)))
+        } else if let Some(a) = any.downcast_ref::<arrow_array::Float64Array>() {
+            Some(AttrValue::Double(a.value(i)))
+        } else {
+            any.downcast_ref::<arrow_array::BooleanArray>()
+                .map(|a| AttrValue::Bool(a.value(i)))
+        }
+    }
+
+    /// Row `i`'s attributes in their original order: each key from its column (first
+    /// occurrence) or from the JSON of the others.
+    fn attributes(
+        &self,
+        i: usize,
+        rest: &Json,
+        last: &mut Option<(String, Vec<String>)>,
+    ) -> Result<Attributes, String> {
+        let text = self.keys.value(i);
+        if last.as_ref().is_none_or(|(t, _)| t != text) {
+            let list: Vec<String> = serde_json::from_str(text)
+                .map_err(|e| format!("bad attribute_keys in a block: {e}"))?;
+            *last = Some((text.to_string(), list));
+        }
+        let keys = last.as_ref().map(|(_, k)| k.as_slice()).unwrap_or_default();
+        // The others, in order; a key found twice in a JSON object keeps one value (as in
+        // format 1), so a lookup that finds nothing is skipped, not an error.
+        let mut others: Vec<Option<(&String, &Json)>> = rest
+            .as_object()
+            .map(|m| m.iter().map(Some).collect())
+            .unwrap_or_default();
+        let mut taken: Vec<&str> = Vec::new();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if !taken.contains(&k.as_str())
+                && let Some(v) = self.value(k, i)
+            {
+                taken.push(k);
+                out.push((k.clone(), v));
+                continue;
+            }
+            if let Some(slot) = others.iter_mut().find(|o| o.is_some_and(|(ok, _)| ok == k))
+                && let Some((_, v)) = slot.take()
+            {
+                out.push((k.clone(), value_from_json(v)));
+            }
+        }
+        out.extend(
+            others
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), value_from_json(v))),
+        );
+        Ok(out)
+    }
+}
+
 fn from_batch(b: &RecordBatch, out: &mut Vec<Span>) -> Result<(), String> {
     let trace = col::<FixedSizeBinaryArray>(b, "trace_id")?;
     let span = col::<FixedSizeBinaryArray>(b, "span_id")?;
@@ -885,6 +1175,8 @@ fn from_batch(b: &RecordBatch, out: &mut Vec<Span>) -> Result<(), String> {
     let parse = |s: &str| {
         serde_json::from_str::<Json>(s).map_err(|e| format!("bad JSON in a block column: {e}"))
     };
+    let promoted = PromotedColumns::of(b)?;
+    let mut last_keys: Option<(String, Vec<String>)> = None;
     let mut last_origin: Option<Arc<Origin>> = None;
     for i in 0..b.num_rows() {
         let mut t = [0u8; 16];
@@ -955,7 +1247,10 @@ fn from_batch(b: &RecordBatch, out: &mut Vec<Span>) -> Result<(), String> {
             end_ns: start_ns.saturating_add(dur.value(i).max(0) as u64),
             status: StatusCode::from_i32(status.value(i)),
             status_message: status_msg.value(i).to_string(),
-            attributes: attrs_from_json(&parse(attrs.value(i))?),
+            attributes: match &promoted {
+                None => attrs_from_json(&parse(attrs.value(i))?),
+                Some(p) => p.attributes(i, &parse(attrs.value(i))?, &mut last_keys)?,
+            },
             events,
             links,
             origin,

@@ -541,3 +541,77 @@ fn deferring_during_a_seal_and_finishing_in_an_empty_head() {
     let m = crate::Manifest::load(&tmp.path().join("blocks")).unwrap();
     assert!(m.pending.is_empty() && m.source_seq == 3, "{m:?}");
 }
+
+/// Format 2: frequent scalar attributes get typed `attr.KEY` columns; the rest stay in the
+/// JSON; every span comes back with its attributes in their original order, duplicates,
+/// NaN, mixed-type keys and spans without attributes included.
+#[test]
+fn promoted_attribute_columns_round_trip_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = origin("a");
+    let mut spans = Vec::new();
+    for i in 0..300u32 {
+        let mut s = span((i % 200) as u8 + 1, (i / 200) as u8 + 1, None, &o);
+        s.attributes = match i % 5 {
+            // Promoted keys around JSON ones, and a duplicate of a promoted key.
+            0 => vec![
+                ("route".into(), AttrValue::Str(format!("/r/{}", i % 7))),
+                ("blob".into(), AttrValue::Bytes(vec![1, 2])),
+                ("code".into(), AttrValue::Int(200 + i64::from(i % 3))),
+                ("route".into(), AttrValue::Str("again".into())),
+                ("ms".into(), AttrValue::Double(f64::from(i) / 3.0)),
+            ],
+            // The same keys in another order, a NaN, and a flag.
+            1 => vec![
+                ("ms".into(), AttrValue::Double(f64::NAN)),
+                ("code".into(), AttrValue::Int(500)),
+                ("ok".into(), AttrValue::Bool(false)),
+                ("route".into(), AttrValue::Str("/x".into())),
+            ],
+            // A key whose type varies between spans stays in the JSON.
+            2 => vec![("mixed".into(), AttrValue::Int(1))],
+            3 => vec![
+                ("mixed".into(), AttrValue::Str("one".into())),
+                ("route".into(), AttrValue::Str("/y".into())),
+            ],
+            _ => Vec::new(),
+        };
+        spans.push(s);
+    }
+    write_block(tmp.path(), "b1", &spans).unwrap();
+    let r = BlockReader::open(tmp.path(), "b1").unwrap();
+    let mut got = r.all().unwrap();
+    let mut want = spans.clone();
+    let key = |s: &Span| (s.trace_id, s.span_id);
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        // NaN != NaN: compare its text.
+        assert_eq!(format!("{:?}", g.attributes), format!("{:?}", w.attributes));
+    }
+    // The typed columns are there for other readers too.
+    let file = std::fs::File::open(tmp.path().join("b1.parquet")).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap(),
+    )
+    .clone();
+    let cols: Vec<String> = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    for c in [
+        "attr.route",
+        "attr.code",
+        "attr.ms",
+        "attr.ok",
+        "attribute_keys",
+    ] {
+        assert!(cols.contains(&c.to_string()), "{c} in {cols:?}");
+    }
+    assert!(!cols.contains(&"attr.mixed".to_string()), "{cols:?}");
+    assert!(!cols.contains(&"attr.blob".to_string()), "{cols:?}");
+}
