@@ -736,6 +736,13 @@ impl Store {
                     || i.head
                         .started
                         .is_some_and(|s| s.elapsed() >= self.opts.block_max_age)
+                    // Positions without spans (dead letters, deferred or finished backlog
+                    // ranges) are published at once: an idle server would otherwise keep
+                    // them pending, and replay them after a restart.
+                    || (i.head.spans.is_empty()
+                        && (!i.head.finished.is_empty()
+                            || !i.head.backlog.is_empty()
+                            || i.head.in_order > i.manifest.source_seq))
             })
             .unwrap_or(false)
     }
@@ -816,12 +823,33 @@ impl Store {
         }
     }
 
+    /// A block id for `head` no listed block or file has: `max_seq`, with a suffix when a
+    /// seal that failed after renaming its files (or publishing its manifest) left that
+    /// name taken.
+    fn block_id(&self, head: &Head) -> Result<String, StoreError> {
+        let base = format!("{:020}", head.max_seq);
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        let taken = |id: &str| {
+            inner.manifest.blocks.iter().any(|b| b.id == id)
+                || BLOCK_FILES
+                    .iter()
+                    .any(|ext| self.opts.dir.join(format!("{id}.{ext}")).exists())
+        };
+        if !taken(&base) {
+            return Ok(base);
+        }
+        Ok((1u32..)
+            .map(|k| format!("{base}_{k}"))
+            .find(|id| !taken(id))
+            .unwrap_or(base))
+    }
+
     fn write_and_publish(
         &self,
         head: &Head,
         serial: u32,
     ) -> Result<(Sealed, Manifest), StoreError> {
-        let id = format!("{:020}", head.max_seq);
+        let id = self.block_id(head)?;
         let (written, index) = block::write_block_indexed(&self.opts.dir, &id, &head.spans)?;
         head.rollups.write_file(&self.opts.dir, &id)?;
         let meta = BlockMeta {

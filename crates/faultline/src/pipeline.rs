@@ -364,21 +364,33 @@ fn run(sh: &Shared, backlog: std::sync::mpsc::Sender<(u64, u64)>, at_open: u64) 
     } = sh;
     // What an earlier process left pending is replayed in the background, and so is what
     // it acknowledged but did not seal; in-order ingest continues with new records.
-    let mut ranges = store.pending();
+    let pending = store.pending();
     let mut next = store.source_seq() + 1;
+    let mut ranges = pending.clone();
+    if at_open >= next {
+        ranges.insert_range(next, at_open);
+    }
+    // Counted before the store says the records are handed over, so no one sees
+    // "indexed, and no backlog" in between.
+    let count = |r: &faultline_store::seqs::SeqRanges| r.ranges().len() as u64;
+    stats
+        .backlog
+        .ranges
+        .store(count(&ranges), Ordering::Relaxed);
     if at_open >= next {
         match store.defer(next, at_open) {
-            Ok(()) => {
-                ranges.insert_range(next, at_open);
-                next = at_open + 1;
-            }
+            Ok(()) => next = at_open + 1,
             Err(e) => {
-                tracing::error!(error = %e, "cannot defer the backlog; replaying it in order")
+                tracing::error!(error = %e, "cannot defer the backlog; replaying it in order");
+                ranges = pending;
+                stats
+                    .backlog
+                    .ranges
+                    .store(count(&ranges), Ordering::Relaxed);
             }
         }
     }
     for &(first, last) in ranges.ranges() {
-        stats.backlog.ranges.fetch_add(1, Ordering::Relaxed);
         let _ = backlog.send((first, last));
     }
     let mut tail = wal.tail(next);
@@ -405,6 +417,9 @@ fn run(sh: &Shared, backlog: std::sync::mpsc::Sender<(u64, u64)>, at_open: u64) 
                 && newest > first.seq
                 && stats.backlog.ranges.load(Ordering::Relaxed) == 0
             {
+                // Counted before the store says the records are handed over, so no one
+                // sees "indexed, and no backlog" in between.
+                stats.backlog.ranges.fetch_add(1, Ordering::Relaxed);
                 match store.defer(first.seq, newest) {
                     Ok(()) => {
                         tracing::info!(
@@ -414,24 +429,30 @@ fn run(sh: &Shared, backlog: std::sync::mpsc::Sender<(u64, u64)>, at_open: u64) 
                             "indexing live data first; the records in between are replayed in the background"
                         );
                         stats.backlog.skips.fetch_add(1, Ordering::Relaxed);
-                        stats.backlog.ranges.fetch_add(1, Ordering::Relaxed);
                         let _ = backlog.send((first.seq, newest));
                         tail = wal.tail(newest + 1);
                         continue;
                     }
                     Err(e) => {
+                        stats.backlog.ranges.fetch_sub(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "cannot defer the backlog; indexing in order");
                     }
                 }
             }
         }
         let idle = records.is_empty();
+        let read: usize = records.iter().map(|r| r.payload.len()).sum();
         for rec in records {
             limit.take(record_spans(&rec.payload), stop);
             stats.records.fetch_add(1, Ordering::Relaxed);
             process_or_dead_letter(store, stats, stop, dlq_dir, rec.seq, &rec.payload);
         }
-        live.store(tail.next_seq() <= wal.committed_seq(), Ordering::Relaxed);
+        // Behind: this poll filled half its budget and more is committed. (Under steady
+        // traffic a record or two always arrives during a batch; that is not behind.)
+        live.store(
+            read >= POLL_BYTES / 2 && tail.next_seq() <= wal.committed_seq(),
+            Ordering::Relaxed,
+        );
         if idle {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -444,6 +465,11 @@ fn record_spans(payload: &[u8]) -> u64 {
         .map(|e| u64::from(e.spans))
         .unwrap_or(0)
 }
+
+/// WAL use from which the backlog replays even while live data waits: it keeps the WAL
+/// from being truncated, and must drain before the WAL reaches the point where bulk
+/// traffic is shed.
+const BACKLOG_FIRST_AT: f64 = faultline_intake::admission::SHED_BULK_AT * 0.8;
 
 /// Bytes the backlog thread reads per poll: small, so it yields to live data often.
 const BACKLOG_POLL_BYTES: usize = 1 << 20;
@@ -499,7 +525,10 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
         limit,
     } = sh;
     let b = &stats.backlog;
-    let mut queue: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
+    let max_head = store.block_max_spans().saturating_mul(MAX_HEAD_FACTOR);
+    // Each range with its own tailer: a new tailer scans its segment from the start.
+    let mut queue: std::collections::VecDeque<(u64, u64, faultline_wal::Tailer)> =
+        Default::default();
     // A token bucket of spans: refilled at `rate`, holding at most a tenth of a second.
     let burst = (rate / 10).max(1) as f64;
     let mut tokens = burst;
@@ -521,7 +550,7 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
                     spans,
                     "backlog to replay in the background"
                 );
-                queue.push_back((first, last, first));
+                queue.push_back((first, last, wal.tail(first)));
                 continue;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -531,13 +560,16 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
                 }
             }
         }
-        let Some(&mut (first, last, ref mut next)) = queue.front_mut() else {
+        let Some(&mut (first, last, ref mut tail)) = queue.front_mut() else {
             continue;
         };
-        // Live data first: wait while the ingest thread has records waiting (unless the
-        // WAL fills up behind the backlog), and keep to the rate.
+        // Live data first: wait while the ingest thread is behind (unless the WAL fills
+        // up behind the backlog: it starts before bulk traffic is shed), while the head is
+        // full (sealing is behind or failing), and keep to the rate.
         let wal_use = wal.size_bytes() as f64 / wal.options().max_bytes.max(1) as f64;
-        if b.live_behind.load(Ordering::Relaxed) && wal_use < 0.5 {
+        if (b.live_behind.load(Ordering::Relaxed) && wal_use < BACKLOG_FIRST_AT)
+            || store.head_spans() >= max_head
+        {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
@@ -547,7 +579,6 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let mut tail = wal.tail(*next);
         let batch = match tail.poll(BACKLOG_POLL_BYTES) {
             Ok(batch) => batch,
             Err(e) => {
@@ -556,7 +587,19 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
                 continue;
             }
         };
-        let mut done = batch.is_empty() || tail.next_seq() > last;
+        if batch.is_empty() && tail.next_seq() <= last {
+            // Committed records that cannot be read now (the reader stops at a damaged
+            // frame): never finish the range past them, or the WAL would be truncated
+            // over records nobody indexed.
+            tracing::error!(
+                next = tail.next_seq(),
+                last,
+                "cannot read the next backlog record from the WAL; retrying in 1 s (`faultline wal verify` checks the segments)"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        let mut done = tail.next_seq() > last;
         for rec in &batch {
             if rec.seq > last {
                 done = true;
@@ -581,7 +624,6 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
                     Some(v.saturating_sub(spans))
                 });
             b.oldest_ns.store(rec.time_ns, Ordering::Relaxed);
-            *next = rec.seq + 1;
         }
         if !done {
             continue;

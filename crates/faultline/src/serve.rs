@@ -221,6 +221,14 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     if s.wal.durability == Durability::Os {
         tracing::warn!("wal.durability = \"os\": acknowledged data can be lost on power failure");
     }
+    anyhow::ensure!(
+        s.backlog_rate >= 1,
+        "store.backlog_spans_per_second must be at least 1 (0 would never replay the backlog, and the WAL could not be truncated)"
+    );
+    anyhow::ensure!(
+        s.index_rate >= 1,
+        "store.max_index_spans_per_second must be at least 1 (leave it unset for no limit)"
+    );
     let mut store_opts = faultline_store::StoreOptions::new(&s.data_dir);
     if let Some(n) = s.block_max_spans {
         anyhow::ensure!(n > 0, "store.block_max_spans must be at least 1");

@@ -44,18 +44,18 @@ fn acknowledged_spans_survive_a_full_disk_during_sealing() {
     let blocks = data.join("blocks");
     std::fs::create_dir_all(&blocks).unwrap();
     let blocks_arg = blocks.to_str().unwrap().to_string();
+    let mut wrapper = mount_namespace();
+    wrapper.extend(["sh", "-c"]);
     let server = Server::start_wrapped(
         &data,
         &[
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=16m faultline-test \"$0\" && exec \"$@\"",
-            &blocks_arg,
-        ],
+            &wrapper[..],
+            &[
+                "mount -t tmpfs -o size=16m faultline-test \"$0\" && exec \"$@\"",
+                &blocks_arg,
+            ],
+        ]
+        .concat(),
         FLAGS,
     );
     // The test sees the tmpfs through the server's root, /proc/PID/root.
@@ -88,6 +88,34 @@ fn acknowledged_spans_survive_a_full_disk_during_sealing() {
     survive_outage(&tmp, &server, "No space left on device", move || {
         std::fs::remove_file(&filler).unwrap();
     });
+}
+
+/// The `unshare` flags that give a private mount namespace where tmpfs can be mounted: as
+/// root `--mount` is enough; otherwise an unprivileged user namespace is needed too.
+fn mount_namespace() -> Vec<&'static str> {
+    let candidates: [&[&'static str]; 2] = [
+        &["unshare", "--mount"],
+        &["unshare", "--user", "--map-root-user", "--mount"],
+    ];
+    for c in candidates {
+        let probe = Command::new(c[0])
+            .args(&c[1..])
+            .args([
+                "sh",
+                "-c",
+                "d=$(mktemp -d) && mount -t tmpfs -o size=1m probe \"$d\"",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if probe.is_ok_and(|s| s.success()) {
+            return c.to_vec();
+        }
+    }
+    panic!(
+        "this test mounts a small tmpfs in a private mount namespace (util-linux `unshare`), \
+         which needs root or unprivileged user namespaces; neither works here"
+    );
 }
 
 /// Runs load against `server` while sealing is broken, checks the outage is reported with
