@@ -6,20 +6,23 @@
 //!   then start time, so the spans of one trace are contiguous. Row groups hold at most
 //!   [`ROW_GROUP_ROWS`] rows and pages at most [`PAGE_ROWS`]; columns are zstd-compressed
 //!   with dictionary encoding, and the page index is written so a reader can fetch and
-//!   decompress only the pages of the rows it wants. The
-//!   schema (readable by DuckDB, ClickHouse or Spark). `span_id` and `parent_span_id` are
-//!   written without a dictionary (they are nearly unique) and `start_unix_nano` with
-//!   delta encoding; the other columns use dictionaries where they pay:
+//!   decompress only the pages of the rows it wants. The schema (format 3; readable by
+//!   DuckDB, ClickHouse or Spark) follows. `span_id` and `parent_span_id` are written
+//!   without a dictionary (they are nearly unique), `start_offset_nano` with a small
+//!   dictionary falling back to delta encoding; the other columns use dictionaries where
+//!   they pay:
 //!
 //!   | column | type | notes |
 //!   |---|---|---|
 //!   | `trace_id` | fixed_len_byte_array(16) | |
 //!   | `span_id` | fixed_len_byte_array(8) | |
-//!   | `parent_span_id` | fixed_len_byte_array(8), nullable | null for roots |
+//!   | `parent_span_id` | fixed_len_byte_array(8), nullable | null for roots and for parents stored as a row delta |
+//!   | `parent_row_delta` | int32, nullable | the parent is this many rows before (negative: after) in the same trace |
 //!   | `service` | string | resource `service.name` |
 //!   | `name` | string | operation |
 //!   | `kind` | int32 | OTLP span kind (0-5) |
-//!   | `start_unix_nano` | int64 | |
+//!   | `trace_start_unix_nano` | int64 | earliest start of the span's trace in this block |
+//!   | `start_offset_nano` | int64 | start = `trace_start_unix_nano` + this |
 //!   | `duration_nano` | int64 | |
 //!   | `status_code` | int32 | 0 unset, 1 ok, 2 error |
 //!   | `status_message` | string | |
@@ -43,8 +46,15 @@
 //!   promote different keys, so read a directory of them by name (DuckDB:
 //!   `read_parquet('blocks/*.parquet', union_by_name = true)`, then `"attr.http.route"`).
 //!   Typed columns cost about 12 bytes per span less than the same values in JSON for
-//!   loadgen's traffic. The key-value metadata holds `faultline.block.format` (`2`; `1`
-//!   blocks, without promoted columns, are read as before) and the block's time range.
+//!   loadgen's traffic.
+//!
+//!   Format 3 stores a start time as the trace's start plus an offset (the offsets of
+//!   similar traces repeat; absolute times do not) and a parent that is in the same trace
+//!   in this block as a row delta instead of its 8-byte id; in SQL:
+//!   `trace_start_unix_nano + start_offset_nano`, and the parent's `span_id` from the row
+//!   `file_row_number - parent_row_delta` (DuckDB's `read_parquet(..., file_row_number =
+//!   true)`). Formats 1 and 2 (`start_unix_nano`, every parent as an id) are still read.
+//!   The key-value metadata holds `faultline.block.format` and the block's time range.
 //!
 //! - `BLOCKID.tidx`: the trace-id index, little endian:
 //!
@@ -89,7 +99,7 @@ use crate::error::StoreError;
 use crate::search::{self, BlockIndex, LightRows, Postings};
 
 /// Largest row group.
-pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 /// Largest data page, in rows.
 pub const PAGE_ROWS: usize = 2048;
 const TIDX_MAGIC: &[u8; 8] = b"FLTTIDX1";
@@ -103,10 +113,12 @@ pub fn schema() -> SchemaRef {
         Field::new("trace_id", DataType::FixedSizeBinary(16), false),
         Field::new("span_id", DataType::FixedSizeBinary(8), false),
         Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+        Field::new("parent_row_delta", DataType::Int32, true),
         s("service"),
         s("name"),
         Field::new("kind", DataType::Int32, false),
-        Field::new("start_unix_nano", DataType::Int64, false),
+        Field::new("trace_start_unix_nano", DataType::Int64, false),
+        Field::new("start_offset_nano", DataType::Int64, false),
         Field::new("duration_nano", DataType::Int64, false),
         Field::new("status_code", DataType::Int32, false),
         s("status_message"),
@@ -440,15 +452,17 @@ pub(crate) fn write_block_indexed(
         // measured). Start times within a trace are close: delta encoding.
         .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
         .set_column_dictionary_enabled(ColumnPath::from("parent_span_id"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("start_unix_nano"), false)
+        // Offsets within a trace: a small dictionary when they repeat, else delta
+        // encoding (offsets rise within a trace).
+        .set_column_dictionary_page_size_limit(ColumnPath::from("start_offset_nano"), 64 << 10)
         .set_column_encoding(
-            ColumnPath::from("start_unix_nano"),
+            ColumnPath::from("start_offset_nano"),
             Encoding::DELTA_BINARY_PACKED,
         )
         .set_key_value_metadata(Some(vec![
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.format".into(),
-                "2".to_string(),
+                "3".to_string(),
             ),
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.min_start_ns".into(),
@@ -485,10 +499,14 @@ pub(crate) fn write_block_indexed(
     let file = File::create(&tmp_pq).map_err(io("create block file", &tmp_pq))?;
     let promoted = choose_promoted(&spans);
     let schema = block_schema(&promoted);
+    let derived = derive_rows(&spans);
     let mut writer =
         ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(StoreError::parquet)?;
-    for chunk in spans.chunks(ROW_GROUP_ROWS) {
-        let batch = to_batch(&schema, chunk, &promoted)?;
+    for (chunk, rows) in spans
+        .chunks(ROW_GROUP_ROWS)
+        .zip(derived.chunks(ROW_GROUP_ROWS))
+    {
+        let batch = to_batch(&schema, chunk, rows, &promoted)?;
         writer.write(&batch).map_err(StoreError::parquet)?;
     }
     let file = writer.into_inner().map_err(StoreError::parquet)?;
@@ -600,19 +618,63 @@ impl PromoBuilder {
     }
 }
 
+/// Per row of a sorted block: its trace's start, and how many rows before it its parent
+/// is when the parent is in the same trace in this block.
+#[derive(Debug, Clone, Copy)]
+struct Derived {
+    trace_start: u64,
+    parent_delta: Option<i32>,
+}
+
+/// [`Derived`] for spans sorted by trace id, then start.
+fn derive_rows(spans: &[&Span]) -> Vec<Derived> {
+    let mut out = Vec::with_capacity(spans.len());
+    let mut a = 0;
+    while a < spans.len() {
+        let t = spans[a].trace_id;
+        let b = a + spans[a..].iter().take_while(|s| s.trace_id == t).count();
+        let group = &spans[a..b];
+        let trace_start = group.iter().map(|s| s.start_ns).min().unwrap_or(0);
+        // Small traces: a scan; large ones: a map (first row of each span id).
+        let map: Option<std::collections::HashMap<[u8; 8], usize>> =
+            (group.len() > 32).then(|| {
+                let mut m = std::collections::HashMap::with_capacity(group.len());
+                for (i, s) in group.iter().enumerate() {
+                    m.entry(s.span_id).or_insert(i);
+                }
+                m
+            });
+        for (i, s) in group.iter().enumerate() {
+            let parent_row = s.parent_span_id.and_then(|p| match &map {
+                Some(m) => m.get(&p).copied(),
+                None => group.iter().position(|g| g.span_id == p),
+            });
+            out.push(Derived {
+                trace_start,
+                parent_delta: parent_row.and_then(|q| i32::try_from(i as i64 - q as i64).ok()),
+            });
+        }
+        a = b;
+    }
+    out
+}
+
 fn to_batch(
     schema: &SchemaRef,
     spans: &[&Span],
+    derived: &[Derived],
     promoted: &[(String, Promo)],
 ) -> Result<RecordBatch, StoreError> {
     let n = spans.len();
     let mut trace = FixedSizeBinaryBuilder::with_capacity(n, 16);
     let mut span = FixedSizeBinaryBuilder::with_capacity(n, 8);
     let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut parent_delta = Int32Builder::with_capacity(n);
+    let mut trace_start = Int64Builder::with_capacity(n);
     let mut service = StringBuilder::new();
     let mut name = StringBuilder::new();
     let mut kind = Int32Builder::with_capacity(n);
-    let mut start = Int64Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
     let mut dur = Int64Builder::with_capacity(n);
     let mut status = Int32Builder::with_capacity(n);
     let mut status_msg = StringBuilder::new();
@@ -638,17 +700,28 @@ fn to_batch(
     let mut residual: Vec<(&str, &AttrValue)> = Vec::new();
     // Spans of one request share their origin; serialise each origin's resource once.
     let mut last_origin: Option<(*const Origin, String)> = None;
-    for s in spans {
+    for (s, d) in spans.iter().zip(derived) {
         trace.append_value(s.trace_id).map_err(StoreError::arrow)?;
         span.append_value(s.span_id).map_err(StoreError::arrow)?;
-        match &s.parent_span_id {
-            Some(p) => parent.append_value(p).map_err(StoreError::arrow)?,
-            None => parent.append_null(),
+        match (&s.parent_span_id, d.parent_delta) {
+            (Some(_), Some(delta)) => {
+                parent.append_null();
+                parent_delta.append_value(delta);
+            }
+            (Some(p), None) => {
+                parent.append_value(p).map_err(StoreError::arrow)?;
+                parent_delta.append_null();
+            }
+            (None, _) => {
+                parent.append_null();
+                parent_delta.append_null();
+            }
         }
+        trace_start.append_value(i64::try_from(d.trace_start).unwrap_or(i64::MAX));
+        offset.append_value(i64::try_from(s.start_ns - d.trace_start).unwrap_or(i64::MAX));
         service.append_value(s.service());
         name.append_value(&s.name);
         kind.append_value(s.kind as i32);
-        start.append_value(i64::try_from(s.start_ns).unwrap_or(i64::MAX));
         dur.append_value(i64::try_from(s.duration_ns()).unwrap_or(i64::MAX));
         status.append_value(s.status as i32);
         status_msg.append_value(&s.status_message);
@@ -736,10 +809,12 @@ fn to_batch(
         Arc::new(trace.finish()),
         Arc::new(span.finish()),
         Arc::new(parent.finish()),
+        Arc::new(parent_delta.finish()),
         Arc::new(service.finish()),
         Arc::new(name.finish()),
         Arc::new(kind.finish()),
-        Arc::new(start.finish()),
+        Arc::new(trace_start.finish()),
+        Arc::new(offset.finish()),
         Arc::new(dur.finish()),
         Arc::new(status.finish()),
         Arc::new(status_msg.finish()),
@@ -912,16 +987,16 @@ impl BlockReader {
             path: self.path.clone(),
             source,
         })?;
-        let names = [
+        let arrow_schema = self.meta.schema();
+        let mut names = vec![
             "span_id",
             "parent_span_id",
             "service",
             "name",
-            "start_unix_nano",
             "duration_nano",
             "status_code",
         ];
-        let arrow_schema = self.meta.schema();
+        names.extend(position_columns(arrow_schema));
         let mut roots = Vec::new();
         for n in names {
             roots.push(
@@ -943,13 +1018,14 @@ impl BlockReader {
         // Rows of one trace often repeat the service and name: skip the map for those.
         let mut last_svc: Option<(String, u32)> = None;
         let mut last_name: Option<(String, u32)> = None;
+        let mut fixups: Vec<(usize, i32)> = Vec::new();
         for batch in reader {
             let b = batch.map_err(|e| corrupt(e.to_string()))?;
             let span = col::<FixedSizeBinaryArray>(&b, "span_id").map_err(corrupt)?;
             let parent = col::<FixedSizeBinaryArray>(&b, "parent_span_id").map_err(corrupt)?;
             let service = col::<StringArray>(&b, "service").map_err(corrupt)?;
             let name = col::<StringArray>(&b, "name").map_err(corrupt)?;
-            let start = col::<Int64Array>(&b, "start_unix_nano").map_err(corrupt)?;
+            let pos = Positions::of(&b).map_err(corrupt)?;
             let dur = col::<Int64Array>(&b, "duration_nano").map_err(corrupt)?;
             let status = col::<Int32Array>(&b, "status_code").map_err(corrupt)?;
             for i in 0..b.num_rows() {
@@ -965,13 +1041,16 @@ impl BlockReader {
                 let nm = intern(&mut last_name, name.value(i));
                 rows.service.push(svc);
                 rows.name.push(nm);
-                rows.start_ns.push(start.value(i).max(0) as u64);
+                rows.start_ns.push(pos.start_ns(i));
                 rows.dur_ns.push(dur.value(i).max(0) as u64);
                 rows.error.push(status.value(i) == StatusCode::Error as i32);
                 let mut sid = [0u8; 8];
                 let v = span.value(i);
                 if v.len() == 8 {
                     sid.copy_from_slice(v);
+                }
+                if let Some(d) = pos.parent_delta(i) {
+                    fixups.push((rows.span_id.len(), d));
                 }
                 rows.span_id.push(sid);
                 rows.parent.push(if parent.is_null(i) {
@@ -986,6 +1065,10 @@ impl BlockReader {
                 });
             }
         }
+        let LightRows {
+            span_id, parent, ..
+        } = &mut rows;
+        resolve_parents(&fixups, span_id, |k, id| parent[k] = Some(id)).map_err(corrupt)?;
         Ok(rows)
     }
 
@@ -1045,18 +1128,95 @@ impl BlockReader {
                 reason: e.to_string(),
             })?;
         let mut out = Vec::with_capacity(rows as usize);
+        let mut fixups = Vec::new();
+        let corrupt = |reason| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
         for batch in reader {
-            let batch = batch.map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
-            from_batch(&batch, &mut out).map_err(|reason| StoreError::Corrupt {
-                path: self.path.clone(),
-                reason,
-            })?;
+            let batch = batch.map_err(|e| corrupt(e.to_string()))?;
+            from_batch(&batch, &mut out, &mut fixups).map_err(corrupt)?;
         }
+        // Whole traces were read, so every parent stored as a row delta is among them.
+        let ids: Vec<[u8; 8]> = out.iter().map(|s| s.span_id).collect();
+        resolve_parents(&fixups, &ids, |k, id| out[k].parent_span_id = Some(id))
+            .map_err(corrupt)?;
         Ok(out)
     }
+}
+
+/// Start times and parent rows of a batch, whatever the block's format: format 3 stores
+/// the trace's start and each span's offset from it, and a parent in the same trace as a
+/// row delta; older formats store `start_unix_nano` and every parent id.
+struct Positions<'a> {
+    start: Option<&'a Int64Array>,
+    trace_start: Option<&'a Int64Array>,
+    offset: Option<&'a Int64Array>,
+    parent_delta: Option<&'a Int32Array>,
+}
+
+impl<'a> Positions<'a> {
+    fn of(b: &'a RecordBatch) -> Result<Self, String> {
+        let p = Self {
+            start: col::<Int64Array>(b, "start_unix_nano").ok(),
+            trace_start: col::<Int64Array>(b, "trace_start_unix_nano").ok(),
+            offset: col::<Int64Array>(b, "start_offset_nano").ok(),
+            parent_delta: col::<Int32Array>(b, "parent_row_delta").ok(),
+        };
+        if p.start.is_none() && (p.trace_start.is_none() || p.offset.is_none()) {
+            return Err("the block has no start time columns".into());
+        }
+        Ok(p)
+    }
+
+    fn start_ns(&self, i: usize) -> u64 {
+        match (self.start, self.trace_start, self.offset) {
+            (Some(s), _, _) => s.value(i).max(0) as u64,
+            (None, Some(t), Some(o)) => {
+                (t.value(i).max(0) as u64).saturating_add(o.value(i).max(0) as u64)
+            }
+            _ => 0,
+        }
+    }
+
+    /// How many rows before row `i` its parent is, when stored that way.
+    fn parent_delta(&self, i: usize) -> Option<i32> {
+        self.parent_delta
+            .filter(|d| !d.is_null(i))
+            .map(|d| d.value(i))
+    }
+}
+
+/// Names of the start-time and parent-delta columns a block has.
+fn position_columns(schema: &Schema) -> Vec<&'static str> {
+    let has = |n: &str| schema.index_of(n).is_ok();
+    let mut out = Vec::new();
+    if has("start_unix_nano") {
+        out.push("start_unix_nano");
+    } else {
+        out.extend(["trace_start_unix_nano", "start_offset_nano"]);
+    }
+    if has("parent_row_delta") {
+        out.push("parent_row_delta");
+    }
+    out
+}
+
+/// Sets the parents stored as row deltas: `fixups` holds (index in `ids`, delta).
+fn resolve_parents(
+    fixups: &[(usize, i32)],
+    ids: &[[u8; 8]],
+    mut set: impl FnMut(usize, [u8; 8]),
+) -> Result<(), String> {
+    for &(k, delta) in fixups {
+        let q = k as i64 - i64::from(delta);
+        let id = usize::try_from(q)
+            .ok()
+            .and_then(|q| ids.get(q))
+            .ok_or_else(|| format!("row {k}: its parent row {q} is outside the rows read"))?;
+        set(k, *id);
+    }
+    Ok(())
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
@@ -1155,14 +1315,20 @@ impl<'a> PromotedColumns<'a> {
     }
 }
 
-fn from_batch(b: &RecordBatch, out: &mut Vec<Span>) -> Result<(), String> {
+/// Appends the spans of `b` to `out`; parents stored as row deltas are left unset and
+/// listed in `fixups` (index in `out`, delta) for [`resolve_parents`].
+fn from_batch(
+    b: &RecordBatch,
+    out: &mut Vec<Span>,
+    fixups: &mut Vec<(usize, i32)>,
+) -> Result<(), String> {
     let trace = col::<FixedSizeBinaryArray>(b, "trace_id")?;
     let span = col::<FixedSizeBinaryArray>(b, "span_id")?;
     let parent = col::<FixedSizeBinaryArray>(b, "parent_span_id")?;
     let service = col::<StringArray>(b, "service")?;
     let name = col::<StringArray>(b, "name")?;
     let kind = col::<Int32Array>(b, "kind")?;
-    let start = col::<Int64Array>(b, "start_unix_nano")?;
+    let pos = Positions::of(b)?;
     let dur = col::<Int64Array>(b, "duration_nano")?;
     let status = col::<Int32Array>(b, "status_code")?;
     let status_msg = col::<StringArray>(b, "status_message")?;
@@ -1210,7 +1376,10 @@ fn from_batch(b: &RecordBatch, out: &mut Vec<Span>) -> Result<(), String> {
                 o
             }
         };
-        let start_ns = start.value(i).max(0) as u64;
+        let start_ns = pos.start_ns(i);
+        if let Some(d) = pos.parent_delta(i) {
+            fixups.push((out.len(), d));
+        }
         let events = parse(events.value(i))?
             .as_array()
             .map(|a| {

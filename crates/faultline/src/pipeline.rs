@@ -99,7 +99,7 @@ impl BacklogStats {
 
 /// A record read by the ingest thread that was appended longer ago than this makes it skip
 /// ahead to the newest records (see the module doc).
-pub const LIVE_FIRST_AFTER: Duration = Duration::from_secs(1);
+pub const LIVE_FIRST_AFTER: Duration = Duration::from_secs(5);
 
 /// Default replay rate of the backlog, spans per second.
 pub const DEFAULT_BACKLOG_RATE: u64 = 100_000;
