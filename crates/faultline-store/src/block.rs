@@ -131,6 +131,10 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// A hash map with a fast hasher: sealing hashes every attribute key of every span, and
+/// SipHash was a visible share of it (a collision would only cost one seal some time).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
 /// The type of a promoted attribute column (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Promo {
@@ -169,8 +173,7 @@ pub const MAX_PROMOTED: usize = 32;
 /// The attribute keys of `spans` that get their own column: those on at least 1% of the
 /// spans with one scalar type throughout, the most frequent [`MAX_PROMOTED`], by name.
 fn choose_promoted(spans: &[&Span]) -> Vec<(String, Promo)> {
-    let mut seen: std::collections::HashMap<&str, (usize, Option<Promo>)> =
-        std::collections::HashMap::new();
+    let mut seen: FastMap<&str, (usize, Option<Promo>)> = FastMap::default();
     for s in spans {
         for (k, v) in &s.attributes {
             let e = seen.entry(k.as_str()).or_insert((0, Promo::of(v)));
@@ -420,10 +423,11 @@ pub(crate) fn write_block_indexed(
 ) -> Result<(WrittenBlock, BlockIndex), StoreError> {
     // Sort references, not spans: the head stays queryable (and unmoved) while it is written.
     let mut sorted: Vec<&Span> = spans.iter().collect();
-    sorted.sort_by(|a, b| {
+    sorted.sort_unstable_by(|a, b| {
         a.trace_id
             .cmp(&b.trace_id)
             .then(a.start_ns.cmp(&b.start_ns))
+            .then(a.span_id.cmp(&b.span_id))
     });
     let spans = sorted;
     let io = |op: &'static str, path: &Path| {
@@ -636,14 +640,13 @@ fn derive_rows(spans: &[&Span]) -> Vec<Derived> {
         let group = &spans[a..b];
         let trace_start = group.iter().map(|s| s.start_ns).min().unwrap_or(0);
         // Small traces: a scan; large ones: a map (first row of each span id).
-        let map: Option<std::collections::HashMap<[u8; 8], usize>> =
-            (group.len() > 32).then(|| {
-                let mut m = std::collections::HashMap::with_capacity(group.len());
-                for (i, s) in group.iter().enumerate() {
-                    m.entry(s.span_id).or_insert(i);
-                }
-                m
-            });
+        let map: Option<FastMap<[u8; 8], usize>> = (group.len() > 32).then(|| {
+            let mut m = FastMap::with_capacity_and_hasher(group.len(), Default::default());
+            for (i, s) in group.iter().enumerate() {
+                m.entry(s.span_id).or_insert(i);
+            }
+            m
+        });
         for (i, s) in group.iter().enumerate() {
             let parent_row = s.parent_span_id.and_then(|p| match &map {
                 Some(m) => m.get(&p).copied(),
@@ -671,27 +674,31 @@ fn to_batch(
     let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
     let mut parent_delta = Int32Builder::with_capacity(n);
     let mut trace_start = Int64Builder::with_capacity(n);
-    let mut service = StringBuilder::new();
-    let mut name = StringBuilder::new();
+    // Sized up front: growing builders of a quarter million rows copied them over and
+    // over (memmove and freshly zeroed pages showed in profiles of sealing).
+    let strings = |bytes_per_row: usize| StringBuilder::with_capacity(n, n * bytes_per_row);
+    let mut service = strings(12);
+    let mut name = strings(16);
     let mut kind = Int32Builder::with_capacity(n);
     let mut offset = Int64Builder::with_capacity(n);
     let mut dur = Int64Builder::with_capacity(n);
     let mut status = Int32Builder::with_capacity(n);
-    let mut status_msg = StringBuilder::new();
-    let mut attrs = StringBuilder::new();
-    let mut res = StringBuilder::new();
-    let mut scope_name = StringBuilder::new();
-    let mut scope_version = StringBuilder::new();
-    let mut events = StringBuilder::new();
-    let mut links = StringBuilder::new();
+    let mut status_msg = strings(1);
+    let mut attrs = strings(if promoted.is_empty() { 160 } else { 8 });
+    let mut res = strings(160);
+    let mut scope_name = strings(8);
+    let mut scope_version = strings(4);
+    let mut events = strings(2);
+    let mut links = strings(2);
     let mut buf = String::with_capacity(512);
-    let mut keys = StringBuilder::new();
-    let mut keys_buf = String::with_capacity(256);
+    let mut keys = strings(if promoted.is_empty() { 0 } else { 96 });
+    let mut keys_buf = String::from("[]");
+    let mut last_keys: Vec<&str> = Vec::new();
     let mut columns: Vec<PromoBuilder> = promoted
         .iter()
         .map(|(_, p)| PromoBuilder::new(*p, n))
         .collect();
-    let column_of: std::collections::HashMap<&str, usize> = promoted
+    let column_of: FastMap<&str, usize> = promoted
         .iter()
         .enumerate()
         .map(|(i, (k, _))| (k.as_str(), i))
@@ -733,19 +740,31 @@ fn to_batch(
             // column's type), the rest to the JSON; the key order is kept aside.
             filled.iter_mut().for_each(|f| *f = false);
             residual.clear();
-            keys_buf.clear();
-            keys_buf.push('[');
-            for (i, (k, v)) in s.attributes.iter().enumerate() {
-                if i > 0 {
-                    keys_buf.push(',');
+            // Most spans repeat the previous span's keys: write the list only when not.
+            let same_keys = last_keys.len() == s.attributes.len()
+                && last_keys
+                    .iter()
+                    .zip(&s.attributes)
+                    .all(|(a, (b, _))| *a == b.as_str());
+            if !same_keys {
+                last_keys.clear();
+                last_keys.extend(s.attributes.iter().map(|(k, _)| k.as_str()));
+                keys_buf.clear();
+                keys_buf.push('[');
+                for (i, (k, _)) in s.attributes.iter().enumerate() {
+                    if i > 0 {
+                        keys_buf.push(',');
+                    }
+                    write_json_str(&mut keys_buf, k);
                 }
-                write_json_str(&mut keys_buf, k);
+                keys_buf.push(']');
+            }
+            for (k, v) in &s.attributes {
                 match column_of.get(k.as_str()) {
                     Some(&c) if !filled[c] && columns[c].append(v) => filled[c] = true,
                     _ => residual.push((k.as_str(), v)),
                 }
             }
-            keys_buf.push(']');
             for (c, f) in filled.iter().enumerate() {
                 if !f {
                     columns[c].append_null();

@@ -234,6 +234,7 @@ fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<A
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
+        let sealing = std::time::Instant::now();
         match store.seal() {
             Ok(block) => {
                 stats.seal_failing.store(false, Ordering::Relaxed);
@@ -243,7 +244,7 @@ fn seal_loop(wal: Wal, store: Arc<Store>, stats: Arc<PipelineStats>, stop: Arc<A
                 backoff = Duration::from_millis(10);
                 if let Some(b) = block {
                     stats.blocks.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(block = %b.id, spans = b.spans, traces = b.traces, bytes = b.bytes, "sealed a block");
+                    tracing::info!(block = %b.id, spans = b.spans, traces = b.traces, bytes = b.bytes, ms = sealing.elapsed().as_millis() as u64, "sealed a block");
                 }
                 if let Err(e) = wal.truncate_before_blocking(store.durable_seq() + 1) {
                     tracing::warn!(error = %e, "cannot truncate the WAL after sealing; it will be retried after the next block");
