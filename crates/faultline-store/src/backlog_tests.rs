@@ -21,7 +21,7 @@ use crate::{SpanStore, Store, StoreOptions};
 const RECORDS: u64 = 60;
 
 fn spans_of(seq: u64, origin: &Arc<Origin>) -> Vec<Span> {
-    if seq % 7 == 0 {
+    if seq.is_multiple_of(7) {
         Vec::new()
     } else {
         vec![span_of(seq, origin)]
@@ -30,7 +30,7 @@ fn spans_of(seq: u64, origin: &Arc<Origin>) -> Vec<Span> {
 
 /// Spans record `seq` adds once ingested.
 fn holds(seq: u64) -> usize {
-    usize::from(seq % 7 != 0)
+    usize::from(!seq.is_multiple_of(7))
 }
 
 fn trace_of(seq: u64) -> [u8; 16] {
