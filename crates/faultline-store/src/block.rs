@@ -1247,7 +1247,7 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> 
 /// The promoted attribute columns of a batch (format 2), to put attributes back together.
 struct PromotedColumns<'a> {
     keys: &'a StringArray,
-    columns: std::collections::HashMap<&'a str, &'a dyn Array>,
+    columns: FastMap<&'a str, &'a dyn Array>,
 }
 
 impl<'a> PromotedColumns<'a> {
@@ -1260,7 +1260,7 @@ impl<'a> PromotedColumns<'a> {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or("column attribute_keys has the wrong type")?;
-        let mut columns = std::collections::HashMap::new();
+        let mut columns = FastMap::default();
         for (f, c) in b.schema_ref().fields().iter().zip(b.columns()) {
             if let Some(k) = f.name().strip_prefix(ATTR_PREFIX) {
                 columns.insert(k, c.as_ref());

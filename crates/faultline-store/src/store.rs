@@ -169,8 +169,7 @@ struct Head {
 fn advanced(manifest: &Manifest, pending: &mut SeqRanges, head: &Head) -> Manifest {
     let mut next = manifest.clone();
     next.source_seq = next.source_seq.max(head.in_order);
-    pending.subtract(&head.backlog);
-    pending.subtract(&head.finished);
+    head.settle(pending);
     let mut listed = pending.clone();
     // Ranges deferred after this head was taken lie above its position: a restart
     // replays them in order.
@@ -236,6 +235,12 @@ impl Head {
         }
         self.max_seq = self.max_seq.max(seq);
         edges
+    }
+
+    /// Removes from `pending` what this head makes durable once it is sealed.
+    fn settle(&self, pending: &mut SeqRanges) {
+        pending.subtract(&self.backlog);
+        pending.subtract(&self.finished);
     }
 
     /// Takes over a newer head's spans and positions (after a failed seal).
@@ -787,8 +792,7 @@ impl Store {
                 inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
                 inner.blocks.push(sealed.clone());
                 inner.manifest = manifest;
-                inner.pending.subtract(&head.backlog);
-                inner.pending.subtract(&head.finished);
+                head.settle(&mut inner.pending);
                 inner.register(&sealed);
                 Ok(Some(meta))
             }
@@ -828,9 +832,13 @@ impl Store {
     /// name taken.
     fn block_id(&self, head: &Head) -> Result<String, StoreError> {
         let base = format!("{:020}", head.max_seq);
-        let inner = self.inner.read().map_err(|_| lock_err())?;
+        let listed: HashSet<String> = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            inner.manifest.blocks.iter().map(|b| b.id.clone()).collect()
+        };
+        // File checks outside the lock.
         let taken = |id: &str| {
-            inner.manifest.blocks.iter().any(|b| b.id == id)
+            listed.contains(id)
                 || BLOCK_FILES
                     .iter()
                     .any(|ext| self.opts.dir.join(format!("{id}.{ext}")).exists())

@@ -591,18 +591,7 @@ fn promoted_attribute_columns_round_trip_in_order() {
         assert_eq!(format!("{:?}", g.attributes), format!("{:?}", w.attributes));
     }
     // The typed columns are there for other readers too.
-    let file = std::fs::File::open(tmp.path().join("b1.parquet")).unwrap();
-    let meta = parquet::file::reader::FileReader::metadata(
-        &parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap(),
-    )
-    .clone();
-    let cols: Vec<String> = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
+    let cols = parquet_columns(&tmp.path().join("b1.parquet"));
     for c in [
         "attr.route",
         "attr.code",
@@ -619,7 +608,8 @@ fn promoted_attribute_columns_round_trip_in_order() {
 /// Format 3: a parent in the same trace is stored as a row delta (forwards or backwards:
 /// a parent may start after its child under clock skew), an absent parent as its id, and
 /// start times as the trace's start plus an offset; all come back exactly, through a trace
-/// read, a whole-block read and the search index rebuilt from the columns.
+/// read and a whole-block read (the search index rebuilt from these columns is checked by
+/// the search proptest's reopen).
 #[test]
 fn parents_as_row_deltas_and_start_offsets_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
@@ -659,17 +649,7 @@ fn parents_as_row_deltas_and_start_offsets_round_trip() {
         };
         assert_eq!(brief(&got), brief(&want));
     }
-    let index = r.load_index(tmp.path()).unwrap();
-    drop(index);
-    let file = std::fs::File::open(tmp.path().join("b1.parquet")).unwrap();
-    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
-    let cols: Vec<String> = parquet::file::reader::FileReader::metadata(&reader)
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
+    let cols = parquet_columns(&tmp.path().join("b1.parquet"));
     for c in [
         "parent_row_delta",
         "trace_start_unix_nano",
@@ -677,4 +657,17 @@ fn parents_as_row_deltas_and_start_offsets_round_trip() {
     ] {
         assert!(cols.contains(&c.to_string()), "{c} in {cols:?}");
     }
+}
+
+/// The column names of a Parquet file, as any Parquet reader sees them.
+fn parquet_columns(path: &std::path::Path) -> Vec<String> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+    parquet::file::reader::FileReader::metadata(&reader)
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect()
 }

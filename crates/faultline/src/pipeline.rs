@@ -71,7 +71,8 @@ pub struct BacklogStats {
     pub skips: AtomicU64,
     /// The configured replay rate, spans per second.
     pub rate: AtomicU64,
-    /// Set while the ingest thread has committed records it has not read yet.
+    /// Set while the ingest thread is behind: its last poll filled half its budget and
+    /// more was committed, or the head is full.
     pub live_behind: AtomicBool,
 }
 
@@ -530,10 +531,7 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
     // Each range with its own tailer: a new tailer scans its segment from the start.
     let mut queue: std::collections::VecDeque<(u64, u64, faultline_wal::Tailer)> =
         Default::default();
-    // A token bucket of spans: refilled at `rate`, holding at most a tenth of a second.
-    let burst = (rate / 10).max(1) as f64;
-    let mut tokens = burst;
-    let mut refilled = std::time::Instant::now();
+    let backlog_limit = RateLimit::new(rate);
     while !stop.load(Ordering::Acquire) {
         // Take every range handed over so far, counting what each holds.
         let wait = if queue.is_empty() {
@@ -566,17 +564,11 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
         };
         // Live data first: wait while the ingest thread is behind (unless the WAL fills
         // up behind the backlog: it starts before bulk traffic is shed), while the head is
-        // full (sealing is behind or failing), and keep to the rate.
+        // full (sealing is behind or failing); keep to the backlog's rate and the index rate.
         let wal_use = wal.size_bytes() as f64 / wal.options().max_bytes.max(1) as f64;
         if (b.live_behind.load(Ordering::Relaxed) && wal_use < BACKLOG_FIRST_AT)
             || store.head_spans() >= max_head
         {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        tokens = (tokens + refilled.elapsed().as_secs_f64() * rate as f64).min(burst);
-        refilled = std::time::Instant::now();
-        if tokens <= 0.0 {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
@@ -608,11 +600,11 @@ fn replay_backlog(sh: &Shared, ranges: std::sync::mpsc::Receiver<(u64, u64)>, ra
             }
             let spans = record_spans(&rec.payload);
             if store.is_pending(rec.seq) {
+                backlog_limit.take(spans, stop);
                 limit.take(spans, stop);
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 process_or_dead_letter(store, stats, stop, dlq_dir, rec.seq, &rec.payload);
                 b.replayed_spans.fetch_add(spans, Ordering::Relaxed);
-                tokens -= spans as f64;
             }
             let _ = b
                 .records

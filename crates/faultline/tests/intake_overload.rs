@@ -25,15 +25,9 @@ const MEMORY_BOUND: u64 = 768 << 20;
 /// A request of one trace of `SPANS_PER_REQUEST` spans with trace id [`PLACEHOLDER`]
 /// (stamped per send): service `service`, the last span failing if `error`.
 fn template(service: &str, error: bool) -> Vec<u8> {
-    use faultline_model::ExportTraceServiceRequest;
     use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
-    use faultline_model::otlp::resource::Resource;
-    use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status};
-    use prost::Message;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    use faultline_model::otlp::trace::{Span, Status};
+    let now = common::now_ns();
     let spans = (0..SPANS_PER_REQUEST)
         .map(|i| Span {
             trace_id: PLACEHOLDER.to_vec(),
@@ -60,26 +54,7 @@ fn template(service: &str, error: bool) -> Vec<u8> {
             ..Span::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue(service.into())),
-                    }),
-                    ..KeyValue::default()
-                }],
-                ..Resource::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..ScopeSpans::default()
-            }],
-            ..ResourceSpans::default()
-        }],
-    }
-    .encode_to_vec()
+    common::otlp_request(service, spans)
 }
 
 /// `template` with every copy of the placeholder replaced by `id`.

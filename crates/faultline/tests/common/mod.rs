@@ -354,18 +354,13 @@ pub fn status_part(api: u16, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no part {name} in {status}"))
 }
 
-/// An OTLP/HTTP protobuf body with one span of `service` in trace `trace_id`, starting now;
-/// with error status if `error`.
-pub fn one_span_request(service: &str, trace_id: &[u8], error: bool) -> Vec<u8> {
+/// An OTLP/HTTP protobuf body with `spans` of one service (`service.name` = `service`).
+pub fn otlp_request(service: &str, spans: Vec<faultline_model::otlp::trace::Span>) -> Vec<u8> {
     use faultline_model::ExportTraceServiceRequest;
     use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
     use faultline_model::otlp::resource::Resource;
-    use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status};
+    use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans};
     use prost::Message;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
@@ -379,24 +374,43 @@ pub fn one_span_request(service: &str, trace_id: &[u8], error: bool) -> Vec<u8> 
                 ..Resource::default()
             }),
             scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: trace_id.to_vec(),
-                    span_id: trace_id[..8].to_vec(),
-                    name: "op".into(),
-                    start_time_unix_nano: now,
-                    end_time_unix_nano: now + 1_000_000,
-                    status: error.then(|| Status {
-                        code: 2,
-                        message: "boom".into(),
-                    }),
-                    ..Span::default()
-                }],
+                spans,
                 ..ScopeSpans::default()
             }],
             ..ResourceSpans::default()
         }],
     }
     .encode_to_vec()
+}
+
+/// Now, in Unix nanoseconds.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// An OTLP/HTTP protobuf body with one span of `service` in trace `trace_id`, starting now;
+/// with error status if `error`.
+pub fn one_span_request(service: &str, trace_id: &[u8], error: bool) -> Vec<u8> {
+    use faultline_model::otlp::trace::{Span, Status};
+    let now = now_ns();
+    otlp_request(
+        service,
+        vec![Span {
+            trace_id: trace_id.to_vec(),
+            span_id: trace_id[..8].to_vec(),
+            name: "op".into(),
+            start_time_unix_nano: now,
+            end_time_unix_nano: now + 1_000_000,
+            status: error.then(|| Status {
+                code: 2,
+                message: "boom".into(),
+            }),
+            ..Span::default()
+        }],
+    )
 }
 
 /// Acknowledged trace ids from a `faultline loadgen --ack-log` file.
