@@ -65,6 +65,10 @@ pub struct WalOptions {
     pub max_batch_bytes: usize,
     /// In `os` mode, how often written data is synced in the background.
     pub os_sync_interval: std::time::Duration,
+    /// The lowest sequence number the next record may get. The binary sets it past what
+    /// the store already made durable, so a WAL directory that lost its segments (deleted
+    /// by hand, or restored from a backup) never reuses numbers the store skips.
+    pub min_next_seq: u64,
 }
 
 impl Default for WalOptions {
@@ -75,6 +79,7 @@ impl Default for WalOptions {
             durability: Durability::Fsync,
             max_batch_bytes: 32 << 20,
             os_sync_interval: std::time::Duration::from_secs(1),
+            min_next_seq: 1,
         }
     }
 }
@@ -257,6 +262,14 @@ impl<V: Vfs> WalCore<V> {
                 len: valid_len,
                 last_seq,
             });
+        }
+        if opts.min_next_seq > next_seq {
+            tracing::info!(
+                from = next_seq,
+                to = opts.min_next_seq,
+                "WAL numbering continues after the store's durable position"
+            );
+            next_seq = opts.min_next_seq;
         }
         report.segments = segments.len();
         report.last_seq = next_seq - 1;
@@ -491,7 +504,9 @@ impl<V: Vfs> WalCore<V> {
         let active_index = self.active.as_ref().map(|a| a.index);
         let mut removable = 0;
         for (i, seg) in self.segments.iter().enumerate() {
-            if Some(i) == active_index {
+            // The active segment is written to; the last one, even when full and not
+            // active, is what tells the next start where numbering continues.
+            if Some(i) == active_index || i + 1 == self.segments.len() {
                 break;
             }
             let next_first = self

@@ -586,3 +586,40 @@ fn tailer_returns_every_committed_record_once_across_rolls_and_truncation() {
     assert_eq!(got.first(), Some(&mid_seq));
     assert_eq!(got.last(), Some(&140));
 }
+
+/// Regression: when the last segment was full at start-up (no active segment), truncating
+/// before the next sequence number removed every segment, and the next start numbered
+/// records from 1 again, below what the store had already made durable: new records were
+/// then skipped as "already durable" and truncated away. Found by the pipeline's crash test.
+#[test]
+fn sequence_numbers_survive_truncating_everything() {
+    let fs = Arc::new(SimFs::default());
+    let dir = Path::new("/wal");
+    let opts = WalOptions {
+        segment_bytes: 64,
+        ..small_opts()
+    };
+    let (mut core, _) = WalCore::open(fs.clone(), dir, opts.clone()).unwrap();
+    for i in 0..5u8 {
+        core.append(&[&[i; 80][..]], 0).unwrap();
+        core.sync().unwrap();
+    }
+    drop(core);
+    // Reopened with the last segment full: nothing is active.
+    let (mut core, _) = WalCore::open(fs.clone(), dir, opts.clone()).unwrap();
+    assert_eq!(core.next_seq(), 6);
+    core.truncate_before(6).unwrap();
+    drop(core);
+    let (mut core, report) = WalCore::open(fs.clone(), dir, opts.clone()).unwrap();
+    assert_eq!(core.next_seq(), 6, "numbering restarted: {report:?}");
+    assert_eq!(core.append(&[b"next"], 0).unwrap(), 6);
+    // The floor from the store: never hand out a number at or below what it made durable.
+    drop(core);
+    let floor = WalOptions {
+        min_next_seq: 100,
+        ..opts
+    };
+    let (mut core, _) = WalCore::open(fs, dir, floor).unwrap();
+    assert_eq!(core.next_seq(), 100);
+    assert_eq!(core.append(&[b"after the floor"], 0).unwrap(), 100);
+}
