@@ -12,16 +12,16 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use faultline_model::span::{AttrValue, Span, SpanKind, StatusCode as SpanStatus, TraceId};
-use faultline_store::{Completeness, SortOrder, TraceQuery};
+use faultline_store::{Completeness, TraceQuery};
 
-use crate::ApiState;
+use crate::{ApiError, ApiState};
 
 /// The Jaeger v1 routes.
 pub fn router() -> Router<ApiState> {
@@ -37,18 +37,17 @@ pub fn router() -> Router<ApiState> {
         .route("/api/traces/{id}", get(trace))
 }
 
-/// Jaeger's default number of traces per search.
-pub const DEFAULT_LIMIT: usize = 100;
-/// Most traces one search returns.
-pub const MAX_LIMIT: usize = 1500;
 /// Jaeger's default search window when `start` is absent.
 const DEFAULT_LOOKBACK_NS: u64 = 2 * 24 * 3600 * 1_000_000_000;
 
 /// Parses Jaeger's `/api/traces` parameters into a query.
-pub fn parse_search(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, String> {
-    use crate::params::{get, num, parse_go_duration, parse_tags};
+pub fn parse_search(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, ApiError> {
+    use crate::params::{TraceQueryBuilder, duration_bounds, get, go_duration, num, parse_tags};
     let Some(service) = get(p, "service") else {
-        return Err("parameter service is required (or traceID)".into());
+        return Err(ApiError::bad_parameter(
+            "service",
+            "parameter service is required (or traceID)",
+        ));
     };
     let end_ns = match num(p, "end", "microseconds")? {
         Some(us) => us.saturating_mul(1000),
@@ -57,48 +56,20 @@ pub fn parse_search(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, S
     let start_ns = match num(p, "start", "microseconds")? {
         Some(us) => us.saturating_mul(1000),
         None => match get(p, "lookback").filter(|l| *l != "custom") {
-            Some(l) => {
-                end_ns.saturating_sub(parse_go_duration(l).map_err(|e| format!("lookback: {e}"))?)
-            }
+            Some(l) => end_ns.saturating_sub(go_duration("lookback", l)?),
             None => end_ns.saturating_sub(DEFAULT_LOOKBACK_NS),
         },
     };
-    if start_ns > end_ns {
-        return Err(format!(
-            "start ({}) is after end ({}); both are Unix microseconds",
-            start_ns / 1000,
-            end_ns / 1000
-        ));
-    }
-    let (min, max) = crate::params::duration_bounds(p, "minDuration", "maxDuration")?;
-    let limit = match num(p, "limit", "traces")? {
-        None | Some(0) => DEFAULT_LIMIT,
-        Some(n) if n as usize > MAX_LIMIT => {
-            return Err(format!("limit={n} is above the maximum of {MAX_LIMIT}"));
-        }
-        Some(n) => n as usize,
-    };
-    let tags = parse_tags(p)?;
-    if tags.len() > faultline_store::search::MAX_TAGS {
-        return Err(format!(
-            "{} tags given; at most {} per search",
-            tags.len(),
-            faultline_store::search::MAX_TAGS
-        ));
-    }
-    Ok(TraceQuery {
-        service: Some(service.to_string()),
-        operation: get(p, "operation").map(str::to_string),
-        tags,
-        min_duration_ns: min,
-        max_duration_ns: max,
-        start_ns,
-        end_ns,
-        errors_only: false,
-        sort: SortOrder::Newest,
-        limit,
-        time_limit: Some(crate::params::timeout(p)?),
-    })
+    Ok(
+        TraceQueryBuilder::new(("start", start_ns), ("end", end_ns))?
+            .service(Some(service))
+            .operation(get(p, "operation"))
+            .tags("tags", parse_tags(p)?)?
+            .durations(duration_bounds(p, "minDuration", "maxDuration")?)
+            .limit("limit", num(p, "limit", "traces")?)?
+            .time_limit(crate::params::timeout(p)?)
+            .build(),
+    )
 }
 
 /// `GET /api/traces?service=&operation=&tags=&tag=&minDuration=&maxDuration=&start=&end=&lookback=&limit=`
@@ -106,34 +77,23 @@ pub fn parse_search(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery, S
 async fn search(
     State(st): State<ApiState>,
     axum::extract::Query(p): axum::extract::Query<Vec<(String, String)>>,
-) -> Response {
-    let ids: Vec<&str> = p
+) -> Result<Response, ApiError> {
+    let ids = p
         .iter()
         .filter(|(k, v)| k == "traceID" && !v.is_empty())
-        .map(|(_, v)| v.as_str())
-        .collect();
+        .map(|(_, v)| {
+            parse_trace_id(v)
+                .map_err(|e| ApiError::bad_parameter("traceID", format!("traceID: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if !ids.is_empty() {
-        let mut parsed = Vec::new();
-        for id in ids {
-            match parse_trace_id(id) {
-                Ok(t) => parsed.push(t),
-                Err(msg) => return error(StatusCode::BAD_REQUEST, format!("traceID: {msg}")),
-            }
-        }
-        return traces_answer(&st, parsed, Completeness::default(), None).await;
+        return traces_answer(&st, ids, Completeness::default(), None).await;
     }
-    let q = match parse_search(&p, crate::params::now_ns()) {
-        Ok(q) => q,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
-    };
+    let q = parse_search(&p, crate::params::now_ns())?;
     let range = Some((q.start_ns, q.end_ns));
-    match crate::query(&st, move |store| store.search(&q)).await {
-        Ok((found, c)) => {
-            let ids = found.iter().map(|s| s.trace_id).collect();
-            traces_answer(&st, ids, c, range).await
-        }
-        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
-    }
+    let (found, c) = crate::query(&st, move |store| store.search(&q)).await?;
+    let ids = found.iter().map(|s| s.trace_id).collect();
+    traces_answer(&st, ids, c, range).await
 }
 
 /// Reads whole traces and answers them in Jaeger's envelope, in the given order.
@@ -142,8 +102,8 @@ async fn traces_answer(
     ids: Vec<TraceId>,
     c: Completeness,
     range: Option<(u64, u64)>,
-) -> Response {
-    let fetched = crate::query(st, move |store| {
+) -> Result<Response, ApiError> {
+    let (traces, reasons) = crate::query(st, move |store| {
         let mut out = Vec::with_capacity(ids.len());
         let mut reasons = Vec::new();
         for id in ids {
@@ -155,21 +115,16 @@ async fn traces_answer(
         }
         Ok((out, reasons))
     })
-    .await;
-    match fetched {
-        Ok((traces, reasons)) => {
-            let mut c = with_lag(st, c, range);
-            for r in reasons {
-                if !c.reasons.contains(&r) {
-                    c.reasons.push(r);
-                }
-            }
-            let data: Vec<Value> = traces.iter().map(|(id, s)| trace_json(id, s)).collect();
-            let n = data.len();
-            envelope(StatusCode::OK, Value::Array(data), n, Value::Null, &c)
+    .await?;
+    let mut c = st.with_lag(c, range);
+    for r in reasons {
+        if !c.reasons.contains(&r) {
+            c.reasons.push(r);
         }
-        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
+    let data: Vec<Value> = traces.iter().map(|(id, s)| trace_json(id, s)).collect();
+    let n = data.len();
+    Ok(envelope(Value::Array(data), n, &c))
 }
 
 use faultline_model::hex;
@@ -318,175 +273,103 @@ pub fn trace_json(trace_id: &TraceId, spans: &[Span]) -> Value {
     json!({"traceID": hex(trace_id), "spans": out_spans, "processes": processes, "warnings": Value::Null})
 }
 
-fn envelope(
-    status: StatusCode,
-    data: Value,
-    total: usize,
-    errors: Value,
-    completeness: &Completeness,
-) -> Response {
-    let mut body = json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": errors});
+/// Jaeger's success envelope, with `partial` (and `X-Faultline-Partial`) when incomplete.
+fn envelope(data: Value, total: usize, completeness: &Completeness) -> Response {
+    let mut body = json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null});
     let mut headers = HeaderMap::new();
     if !completeness.is_complete() {
         body["partial"] = json!({"complete": false, "reasons": completeness.reasons});
         crate::mark_partial(&mut headers, &completeness.reasons);
     }
-    (status, headers, Json(body)).into_response()
+    (headers, Json(body)).into_response()
 }
 
-fn error(status: StatusCode, msg: String) -> Response {
-    envelope(
-        status,
-        Value::Null,
-        0,
-        json!([{"code": status.as_u16(), "msg": msg}]),
-        &Completeness::default(),
-    )
-}
-
-fn with_lag(st: &ApiState, mut c: Completeness, range: Option<(u64, u64)>) -> Completeness {
-    c.reasons.extend((st.lag)(range));
-    c
-}
-
-async fn services(State(st): State<ApiState>) -> Response {
-    match crate::query_cached(&st, "services".into(), |store| store.services()).await {
-        Ok((list, c)) => {
-            let n = list.len();
-            envelope(
-                StatusCode::OK,
-                json!(list),
-                n,
-                Value::Null,
-                &with_lag(&st, c, None),
-            )
-        }
-        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
-    }
+async fn services(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let (list, c) = crate::query_cached(&st, "services".into(), |store| store.services()).await?;
+    let n = list.len();
+    Ok(envelope(json!(list), n, &st.with_lag(c, None)))
 }
 
 async fn operations_of(
     st: &ApiState,
     service: String,
     kind: Option<SpanKind>,
-) -> Result<(Vec<(String, SpanKind)>, Completeness), Response> {
-    match crate::query(st, move |store| store.operations(&service)).await {
-        Ok((mut ops, c)) => {
-            if let Some(k) = kind {
-                ops.retain(|(_, kk)| *kk == k);
-            }
-            Ok((ops, with_lag(st, c, None)))
-        }
-        Err(msg) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, msg)),
+) -> Result<(Vec<(String, SpanKind)>, Completeness), ApiError> {
+    let (mut ops, c) = crate::query(st, move |store| store.operations(&service)).await?;
+    if let Some(k) = kind {
+        ops.retain(|(_, kk)| *kk == k);
     }
+    Ok((ops, st.with_lag(c, None)))
 }
 
 /// `GET /api/services/{service}/operations`: operation names.
-async fn service_operations(State(st): State<ApiState>, Path(service): Path<String>) -> Response {
-    match operations_of(&st, service, None).await {
-        Ok((ops, c)) => {
-            let mut names: Vec<String> = ops.into_iter().map(|(n, _)| n).collect();
-            names.dedup();
-            let n = names.len();
-            envelope(StatusCode::OK, json!(names), n, Value::Null, &c)
-        }
-        Err(r) => r,
-    }
+async fn service_operations(
+    State(st): State<ApiState>,
+    Path(service): Path<String>,
+) -> Result<Response, ApiError> {
+    let (ops, c) = operations_of(&st, service, None).await?;
+    let mut names: Vec<String> = ops.into_iter().map(|(n, _)| n).collect();
+    names.dedup();
+    let n = names.len();
+    Ok(envelope(json!(names), n, &c))
 }
 
 /// `GET /api/operations?service=&spanKind=`: operations with their span kinds.
 async fn operations(
     State(st): State<ApiState>,
-    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
-) -> Response {
-    let Some(service) = q.get("service").filter(|s| !s.is_empty()).cloned() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "parameter service is required".into(),
-        );
+    axum::extract::Query(p): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    use crate::params::get;
+    let Some(service) = get(&p, "service") else {
+        return Err(ApiError::bad_parameter(
+            "service",
+            "parameter service is required",
+        ));
     };
-    let kind = match q.get("spanKind").filter(|s| !s.is_empty()) {
-        Some(k) => match crate::native::parse_kind(k) {
-            Ok(k) => Some(k),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        },
-        None => None,
-    };
-    match operations_of(&st, service, kind).await {
-        Ok((ops, c)) => {
-            let data: Vec<Value> = ops
-                .iter()
-                .map(|(n, k)| json!({"name": n, "spanKind": k.as_str()}))
-                .collect();
-            let n = data.len();
-            envelope(StatusCode::OK, json!(data), n, Value::Null, &c)
-        }
-        Err(r) => r,
-    }
+    let kind = get(&p, "spanKind")
+        .map(|k| crate::native::parse_kind("spanKind", k))
+        .transpose()?;
+    let (ops, c) = operations_of(&st, service.to_string(), kind).await?;
+    let data: Vec<Value> = ops
+        .iter()
+        .map(|(n, k)| json!({"name": n, "spanKind": k.as_str()}))
+        .collect();
+    let n = data.len();
+    Ok(envelope(json!(data), n, &c))
 }
 
 /// `GET /api/dependencies?endTs=&lookback=` (milliseconds, as Jaeger): service calls.
 async fn dependencies(
     State(st): State<ApiState>,
-    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
-) -> Response {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let parse = |name: &str, default: u64| -> Result<u64, String> {
-        match q.get(name).filter(|v| !v.is_empty()) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| format!("{name}={v:?} is not a whole number of milliseconds")),
-        }
-    };
-    let (end_ms, lookback_ms) = match (parse("endTs", now_ms), parse("lookback", 3_600_000)) {
-        (Ok(e), Ok(l)) => (e, l),
-        (Err(msg), _) | (_, Err(msg)) => return error(StatusCode::BAD_REQUEST, msg),
-    };
+    axum::extract::Query(p): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    use crate::params::num;
+    let now_ms = crate::params::now_ns() / 1_000_000;
+    let end_ms = num(&p, "endTs", "milliseconds")?.unwrap_or(now_ms);
+    let lookback_ms = num(&p, "lookback", "milliseconds")?.unwrap_or(3_600_000);
     let (start_s, end_s) = (
         end_ms.saturating_sub(lookback_ms) / 1000,
         end_ms.div_ceil(1000),
     );
-    match crate::query(&st, move |store| store.dependencies(start_s, end_s)).await {
-        Ok((deps, c)) => {
-            let data: Vec<Value> = deps
-                .iter()
-                .map(|d| json!({"parent": d.parent, "child": d.child, "callCount": d.calls}))
-                .collect();
-            let n = data.len();
-            envelope(
-                StatusCode::OK,
-                json!(data),
-                n,
-                Value::Null,
-                &with_lag(&st, c, None),
-            )
-        }
-        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
-    }
+    let (deps, c) = crate::query(&st, move |store| store.dependencies(start_s, end_s)).await?;
+    let data: Vec<Value> = deps
+        .iter()
+        .map(|d| json!({"parent": d.parent, "child": d.child, "callCount": d.calls}))
+        .collect();
+    let n = data.len();
+    Ok(envelope(json!(data), n, &st.with_lag(c, None)))
 }
 
-async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
-    let trace_id = match parse_trace_id(&id) {
-        Ok(t) => t,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
-    };
-    match crate::query(&st, move |store| store.trace(&trace_id)).await {
-        Ok(answer) => {
-            let c = with_lag(&st, answer.completeness, None);
-            if answer.spans.is_empty() {
-                // A trace may be missing because part of the store is: say so here too.
-                let errors = json!([{"code": 404, "msg": "trace not found"}]);
-                return envelope(StatusCode::NOT_FOUND, Value::Null, 0, errors, &c);
-            }
-            let data = json!([trace_json(&trace_id, &answer.spans)]);
-            envelope(StatusCode::OK, data, 1, Value::Null, &c)
-        }
-        Err(msg) => error(StatusCode::INTERNAL_SERVER_ERROR, msg),
+async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let trace_id = parse_trace_id(&id).map_err(|e| ApiError::bad_parameter("trace id", e))?;
+    let answer = crate::query(&st, move |store| store.trace(&trace_id)).await?;
+    let c = st.with_lag(answer.completeness, None);
+    if answer.spans.is_empty() {
+        // A trace may be missing because part of the store is: say so here too.
+        return Err(ApiError::not_found("trace not found").with_partial(c.reasons));
     }
+    let data = json!([trace_json(&trace_id, &answer.spans)]);
+    Ok(envelope(data, 1, &c))
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@
 //! header lists the reasons (blocks quarantined, WAL records not yet indexed), and Jaeger
 //! answers carry the same in a `partial` field (ignored by Jaeger clients).
 
+pub mod error;
 pub mod jaeger;
 pub mod native;
+pub mod ops;
 pub mod params;
 pub mod status;
 pub mod v3;
@@ -19,25 +21,32 @@ pub mod v3;
 use std::sync::Arc;
 
 use axum::Router;
-use faultline_store::SpanStore;
+use faultline_store::{Completeness, SpanStore};
 
-/// Reasons, beyond the store's own, why answers may be missing data right now (for
-/// example WAL records acknowledged but not yet indexed, or a backlog replaying). The
-/// argument is the time range the answer covers (Unix ns, inclusive), when it has one:
-/// reasons that cannot touch it are left out.
-pub type LagFn = dyn Fn(Option<(u64, u64)>) -> Vec<String> + Send + Sync;
+pub use error::{ApiError, ErrorKind, PageFn, Shape, shaped};
+pub use ops::{DeadLetters, Process, ReplayError, Replayed, StoreOnly};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     /// The span store.
     pub store: Arc<dyn SpanStore>,
-    /// Extra reasons an answer may be partial.
-    pub lag: Arc<LagFn>,
-    /// The health of faultline's parts (`/api/v1/status`, the status page).
-    pub status: Arc<status::StatusFn>,
+    /// The rest of the process: partial reasons, status, readiness, metrics, dead letters.
+    pub process: Arc<dyn Process>,
     /// Recent answers of cheap, frequent queries, served when the store is slow.
     pub cache: Arc<QueryCache>,
+}
+
+impl ApiState {
+    /// `c` plus the process's reasons an answer about `range` may miss data.
+    pub fn with_lag(&self, mut c: Completeness, range: Option<(u64, u64)>) -> Completeness {
+        for r in self.process.partial_reasons(range) {
+            if !c.reasons.contains(&r) {
+                c.reasons.push(r);
+            }
+        }
+        c
+    }
 }
 
 /// Recent answers of service lists and RED queries, by query. When the store does not
@@ -111,7 +120,7 @@ pub(crate) async fn query_cached<T: Clone + Send + Sync + 'static>(
     ) -> Result<(T, faultline_store::Completeness), faultline_store::StoreError>
     + Send
     + 'static,
-) -> Result<(T, faultline_store::Completeness), String> {
+) -> Result<(T, faultline_store::Completeness), ApiError> {
     let store = st.store.clone();
     let mut handle = tokio::task::spawn_blocking(move || f(store.as_ref()));
     let joined = match tokio::time::timeout(st.cache.slow, &mut handle).await {
@@ -137,14 +146,9 @@ pub(crate) async fn query_cached<T: Clone + Send + Sync + 'static>(
             handle.await
         }
     };
-    match joined {
-        Ok(Ok(v)) => {
-            st.cache.put(key, v.clone());
-            Ok(v)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("query task failed: {e}")),
-    }
+    let v = joined??;
+    st.cache.put(key, v.clone());
+    Ok(v)
 }
 
 impl std::fmt::Debug for ApiState {
@@ -154,25 +158,26 @@ impl std::fmt::Debug for ApiState {
 }
 
 /// Runs a store query off the async executor (block reads are file I/O and can take
-/// milliseconds). The error is the message of a 500 answer.
+/// milliseconds).
 pub async fn query<T: Send + 'static>(
     st: &ApiState,
     f: impl FnOnce(&dyn SpanStore) -> Result<T, faultline_store::StoreError> + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, ApiError> {
     let store = st.store.clone();
-    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("query task failed: {e}")),
-    }
+    Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
 }
 
-/// Every query route.
-pub fn router(state: ApiState) -> Router {
-    jaeger::router()
-        .merge(native::router())
-        .merge(v3::router())
-        .merge(status::router())
-        .with_state(state)
+/// Every API route (Jaeger v1, api_v3, native, status, operator routes), each area with
+/// its error shape. The UI adds its pages and the fallback for unknown paths.
+pub fn router() -> Router<ApiState> {
+    shaped(jaeger::router(), Shape::Jaeger)
+        .merge(shaped(v3::router(), Shape::V3))
+        .merge(shaped(
+            native::router()
+                .merge(status::router())
+                .merge(ops::router()),
+            Shape::Native,
+        ))
 }
 
 /// Sets `X-Faultline-Partial` to the reasons an answer is incomplete (none: no header).
@@ -329,10 +334,9 @@ mod cache_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_store_is_answered_from_the_cache_marked_stale() {
         let store = Arc::new(SlowStore::default());
-        let app = router(ApiState {
+        let app = router().with_state(ApiState {
             store: store.clone(),
-            lag: Arc::new(|_| Vec::new()),
-            status: Arc::new(crate::status::Status::default),
+            process: Arc::new(StoreOnly),
             cache: Arc::new(QueryCache::new(
                 Duration::from_millis(100),
                 Duration::from_secs(60),

@@ -1,35 +1,51 @@
-//! Query parameters shared by the search endpoints: Go-style durations (`250ms`, `1.5s`,
-//! `1h30m`, as Jaeger takes them), tag filters (`tag=key:value` repeated, or `tags` as a
-//! JSON object, as Jaeger takes them), and RFC 3339 times (api_v3). Every error names the
-//! parameter and says what a valid value looks like.
+//! Query parameters every API shares, and the one way to build a trace search.
+//!
+//! Values: Go-style durations (`250ms`, `1.5s`, `1h30m`, as Jaeger takes them), tag filters
+//! (`tag=key:value` repeated, or `tags` as a JSON object, as Jaeger takes them), RFC 3339
+//! times (api_v3), whole numbers. Every error is an [`ApiError::bad_parameter`] that names
+//! the parameter and says what a valid value looks like.
+//!
+//! [`TraceQueryBuilder`] is the single vocabulary for searches: Jaeger v1, api_v3, the
+//! summaries endpoint and the UI map their own parameter names onto it, so they share one
+//! default and one maximum `limit` ([`DEFAULT_LIMIT`], [`MAX_LIMIT`]; `limit=0` means the
+//! default everywhere), one tag limit and one time limit.
+
+use std::time::Duration;
 
 use serde_json::Value;
 
+use faultline_store::search::MAX_TAGS;
+use faultline_store::{SortOrder, TraceQuery};
+
+use crate::ApiError;
+
+/// Traces a search returns when it does not say (or says `0`).
+pub const DEFAULT_LIMIT: usize = 20;
+/// Most traces one search returns.
+pub const MAX_LIMIT: usize = 1500;
+/// Default time limit of a search (`timeout` parameter).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `timeout` accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, `10us`, `10µs`, `5ns`) into
 /// nanoseconds. A bare number is not accepted (as in Go), except `0`.
-pub fn parse_go_duration(s: &str) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "{s:?} is not a duration; write a number with a unit, for example 250ms, 1.5s or 2h (units: ns, us, ms, s, m, h)"
-        )
-    };
+pub fn parse_go_duration(s: &str) -> Option<u64> {
     let t = s.trim();
     if t == "0" {
-        return Ok(0);
+        return Some(0);
     }
     if t.is_empty() || t.starts_with('-') {
-        return Err(bad());
+        return None;
     }
     let mut rest = t.trim_start_matches('+');
     let mut total: f64 = 0.0;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         if num_len == 0 {
-            return Err(bad());
+            return None;
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        let value: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -41,56 +57,64 @@ pub fn parse_go_duration(s: &str) -> Result<u64, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            _ => return Err(bad()),
+            _ => return None,
         };
         rest = &rest[unit_len..];
         total += value * scale;
     }
     if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(bad());
+        return None;
     }
-    Ok(total.round() as u64)
+    Some(total.round() as u64)
+}
+
+/// Parameter `name`'s value `v` as a Go duration in nanoseconds.
+pub fn go_duration(name: &str, v: &str) -> Result<u64, ApiError> {
+    parse_go_duration(v).ok_or_else(|| {
+        ApiError::bad_parameter(
+            name,
+            format!(
+                "{name}={v:?} is not a duration; write a number with a unit, for example 250ms, 1.5s or 2h (units: ns, us, ms, s, m, h)"
+            ),
+        )
+    })
 }
 
 /// The optional duration bounds `min_name` and `max_name` (Go durations), checked to be in
-/// order; errors name the parameter.
+/// order.
 pub fn duration_bounds(
     pairs: &[(String, String)],
     min_name: &str,
     max_name: &str,
-) -> Result<(Option<u64>, Option<u64>), String> {
-    let d = |name: &str| -> Result<Option<u64>, String> {
-        get(pairs, name)
-            .map(|v| parse_go_duration(v).map_err(|e| format!("{name}: {e}")))
-            .transpose()
-    };
+) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    let d = |name: &str| get(pairs, name).map(|v| go_duration(name, v)).transpose();
     let (min, max) = (d(min_name)?, d(max_name)?);
     if let (Some(a), Some(b)) = (min, max)
         && a > b
     {
-        return Err(format!("{min_name} is greater than {max_name}"));
+        return Err(ApiError::bad_parameter(
+            min_name,
+            format!("{min_name} is greater than {max_name}"),
+        ));
     }
     Ok((min, max))
 }
 
-/// Default time limit of a search (`timeout` parameter).
-pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Largest `timeout` accepted.
-pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
 /// The `timeout` parameter (Go duration; default [`DEFAULT_TIMEOUT`], at most
 /// [`MAX_TIMEOUT`]): how long a search may run before it answers with what it found,
 /// marked partial.
-pub fn timeout(pairs: &[(String, String)]) -> Result<std::time::Duration, String> {
+pub fn timeout(pairs: &[(String, String)]) -> Result<Duration, ApiError> {
     match get(pairs, "timeout") {
         None => Ok(DEFAULT_TIMEOUT),
         Some(v) => {
-            let ns = parse_go_duration(v).map_err(|e| format!("timeout: {e}"))?;
-            let d = std::time::Duration::from_nanos(ns);
+            let d = Duration::from_nanos(go_duration("timeout", v)?);
             if d > MAX_TIMEOUT {
-                return Err(format!(
-                    "timeout={v} is above the maximum of {} s",
-                    MAX_TIMEOUT.as_secs()
+                return Err(ApiError::bad_parameter(
+                    "timeout",
+                    format!(
+                        "timeout={v} is above the maximum of {} s",
+                        MAX_TIMEOUT.as_secs()
+                    ),
                 ));
             }
             Ok(d)
@@ -100,18 +124,24 @@ pub fn timeout(pairs: &[(String, String)]) -> Result<std::time::Duration, String
 
 /// Collects tag filters from repeated `tag=key:value` and `tags={"key":"value"}` (JSON;
 /// numbers and booleans are taken as their text).
-pub fn parse_tags(pairs: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+pub fn parse_tags(pairs: &[(String, String)]) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     for (k, v) in pairs {
         match k.as_str() {
             "tag" => {
                 let Some((key, value)) = v.split_once(':') else {
-                    return Err(format!(
-                        "tag={v:?} is not key:value; write for example tag=http.status_code:500"
+                    return Err(ApiError::bad_parameter(
+                        "tag",
+                        format!(
+                            "tag={v:?} is not key:value; write for example tag=http.status_code:500"
+                        ),
                     ));
                 };
                 if key.is_empty() {
-                    return Err(format!("tag={v:?} has an empty key"));
+                    return Err(ApiError::bad_parameter(
+                        "tag",
+                        format!("tag={v:?} has an empty key"),
+                    ));
                 }
                 out.push((key.to_string(), value.to_string()));
             }
@@ -123,12 +153,15 @@ pub fn parse_tags(pairs: &[(String, String)]) -> Result<Vec<(String, String)>, S
 }
 
 /// Parses a JSON object of tag filters (`{"http.status_code":"500","retry":true}`).
-pub fn json_tags(name: &str, v: &str) -> Result<Vec<(String, String)>, String> {
+pub fn json_tags(name: &str, v: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = |msg: String| ApiError::bad_parameter(name, msg);
     let parsed: Value = serde_json::from_str(v).map_err(|e| {
-        format!("{name}={v:?} is not a JSON object of tags ({e}); write for example {name}={{\"http.status_code\":\"500\"}}")
+        bad(format!(
+            "{name}={v:?} is not a JSON object of tags ({e}); write for example {name}={{\"http.status_code\":\"500\"}}"
+        ))
     })?;
     let Some(obj) = parsed.as_object() else {
-        return Err(format!("{name}={v:?} must be a JSON object"));
+        return Err(bad(format!("{name}={v:?} must be a JSON object")));
     };
     obj.iter()
         .map(|(k, val)| {
@@ -137,9 +170,9 @@ pub fn json_tags(name: &str, v: &str) -> Result<Vec<(String, String)>, String> {
                 Value::Number(n) => n.to_string(),
                 Value::Bool(b) => b.to_string(),
                 other => {
-                    return Err(format!(
+                    return Err(bad(format!(
                         "{name}: the value of {k:?} must be a string, number or boolean, not {other}"
-                    ));
+                    )));
                 }
             };
             Ok((k.clone(), text))
@@ -148,16 +181,17 @@ pub fn json_tags(name: &str, v: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Parses an RFC 3339 time (`2026-11-29T10:00:00.5Z`) into Unix nanoseconds.
-pub fn parse_rfc3339(name: &str, v: &str) -> Result<u64, String> {
+pub fn parse_rfc3339(name: &str, v: &str) -> Result<u64, ApiError> {
+    let bad = |msg: String| ApiError::bad_parameter(name, msg);
     let t = chrono::DateTime::parse_from_rfc3339(v).map_err(|e| {
-        format!(
+        bad(format!(
             "{name}={v:?} is not an RFC 3339 time ({e}); write for example 2026-11-29T10:00:00Z"
-        )
+        ))
     })?;
     let ns = t
         .timestamp_nanos_opt()
-        .ok_or_else(|| format!("{name}={v:?} is out of range"))?;
-    u64::try_from(ns).map_err(|_| format!("{name}={v:?} is before 1970"))
+        .ok_or_else(|| bad(format!("{name}={v:?} is out of range")))?;
+    u64::try_from(ns).map_err(|_| bad(format!("{name}={v:?} is before 1970")))
 }
 
 /// The first value of parameter `name`, if present and non-empty.
@@ -168,14 +202,16 @@ pub fn get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Parses an optional whole number.
-pub fn num(pairs: &[(String, String)], name: &str, what: &str) -> Result<Option<u64>, String> {
+/// Parses an optional whole number of `what` (the unit, for the message).
+pub fn num(pairs: &[(String, String)], name: &str, what: &str) -> Result<Option<u64>, ApiError> {
     match get(pairs, name) {
         None => Ok(None),
-        Some(v) => v
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| format!("{name}={v:?} is not a whole number of {what}")),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            ApiError::bad_parameter(
+                name,
+                format!("{name}={v:?} is not a whole number of {what}"),
+            )
+        }),
     }
 }
 
@@ -187,36 +223,149 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Builds a [`TraceQuery`] with the checks and defaults every API shares. Setters that
+/// check take the name the caller's API gives the parameter, for the error message.
+#[derive(Debug, Clone)]
+pub struct TraceQueryBuilder {
+    q: TraceQuery,
+}
+
+impl TraceQueryBuilder {
+    /// A search over `start_ns..=end_ns` (Unix ns) with the defaults: every service,
+    /// newest first, [`DEFAULT_LIMIT`] traces, [`DEFAULT_TIMEOUT`].
+    pub fn new(
+        (start_name, start_ns): (&str, u64),
+        (end_name, end_ns): (&str, u64),
+    ) -> Result<Self, ApiError> {
+        if start_ns > end_ns {
+            return Err(ApiError::bad_parameter(
+                start_name,
+                format!("{start_name} is after {end_name}"),
+            ));
+        }
+        Ok(Self {
+            q: TraceQuery {
+                start_ns,
+                end_ns,
+                limit: DEFAULT_LIMIT,
+                time_limit: Some(DEFAULT_TIMEOUT),
+                ..TraceQuery::default()
+            },
+        })
+    }
+
+    /// Only traces with a span of this service.
+    #[must_use]
+    pub fn service(mut self, s: Option<&str>) -> Self {
+        self.q.service = s.map(str::to_string);
+        self
+    }
+
+    /// Only traces with a span of this operation (of the service, if one is given).
+    #[must_use]
+    pub fn operation(mut self, s: Option<&str>) -> Self {
+        self.q.operation = s.map(str::to_string);
+        self
+    }
+
+    /// Tags every matching trace carries (at most [`MAX_TAGS`]); `name` is the parameter
+    /// they came from.
+    pub fn tags(mut self, name: &str, tags: Vec<(String, String)>) -> Result<Self, ApiError> {
+        if tags.len() > MAX_TAGS {
+            return Err(ApiError::bad_parameter(
+                name,
+                format!("{} tags given; at most {MAX_TAGS} per search", tags.len()),
+            ));
+        }
+        self.q.tags = tags;
+        Ok(self)
+    }
+
+    /// Duration bounds in nanoseconds (checked by [`duration_bounds`]).
+    #[must_use]
+    pub fn durations(mut self, (min, max): (Option<u64>, Option<u64>)) -> Self {
+        self.q.min_duration_ns = min;
+        self.q.max_duration_ns = max;
+        self
+    }
+
+    /// Only traces with an error span.
+    #[must_use]
+    pub fn errors_only(mut self, yes: bool) -> Self {
+        self.q.errors_only = yes;
+        self
+    }
+
+    /// The order of the answer.
+    #[must_use]
+    pub fn sort(mut self, s: SortOrder) -> Self {
+        self.q.sort = s;
+        self
+    }
+
+    /// The number of traces: `None` or `0` is [`DEFAULT_LIMIT`], more than [`MAX_LIMIT`]
+    /// is an error naming `name`.
+    pub fn limit(mut self, name: &str, n: Option<u64>) -> Result<Self, ApiError> {
+        self.q.limit = match n {
+            None | Some(0) => DEFAULT_LIMIT,
+            Some(n) if n > MAX_LIMIT as u64 => {
+                return Err(ApiError::bad_parameter(
+                    name,
+                    format!("{name}={n} is above the maximum of {MAX_LIMIT}"),
+                ));
+            }
+            Some(n) => n as usize,
+        };
+        Ok(self)
+    }
+
+    /// How long the search may run before answering what it found, marked partial.
+    #[must_use]
+    pub fn time_limit(mut self, d: Duration) -> Self {
+        self.q.time_limit = Some(d);
+        self
+    }
+
+    /// The query.
+    pub fn build(self) -> TraceQuery {
+        self.q
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn go_durations() {
-        assert_eq!(parse_go_duration("250ms").unwrap(), 250_000_000);
-        assert_eq!(parse_go_duration("1.5s").unwrap(), 1_500_000_000);
-        assert_eq!(parse_go_duration("1h30m").unwrap(), 5_400_000_000_000);
-        assert_eq!(parse_go_duration("10us").unwrap(), 10_000);
-        assert_eq!(parse_go_duration("10µs").unwrap(), 10_000);
-        assert_eq!(parse_go_duration("7ns").unwrap(), 7);
-        assert_eq!(parse_go_duration("0").unwrap(), 0);
+        assert_eq!(parse_go_duration("250ms"), Some(250_000_000));
+        assert_eq!(parse_go_duration("1.5s"), Some(1_500_000_000));
+        assert_eq!(parse_go_duration("1h30m"), Some(5_400_000_000_000));
+        assert_eq!(parse_go_duration("10us"), Some(10_000));
+        assert_eq!(parse_go_duration("10µs"), Some(10_000));
+        assert_eq!(parse_go_duration("7ns"), Some(7));
+        assert_eq!(parse_go_duration("0"), Some(0));
         for bad in ["", "5", "ms", "1.5x", "-1s", "1s5", "s1"] {
-            let e = parse_go_duration(bad).unwrap_err();
-            assert!(e.contains("250ms"), "{bad}: {e}");
+            let e = go_duration("minDuration", bad).unwrap_err();
+            assert!(e.message().contains("250ms"), "{bad}: {e}");
+            assert_eq!(e.parameter(), Some("minDuration"));
         }
     }
 
     #[test]
     fn tags_from_both_forms() {
-        let p = vec![
-            ("tag".to_string(), "http.status_code:500".to_string()),
-            ("tag".to_string(), "url:http://x:1/y".to_string()),
-            (
-                "tags".to_string(),
-                r#"{"retry":true,"n":3,"s":"v"}"#.to_string(),
-            ),
-        ];
+        let p = pairs(&[
+            ("tag", "http.status_code:500"),
+            ("tag", "url:http://x:1/y"),
+            ("tags", r#"{"retry":true,"n":3,"s":"v"}"#),
+        ]);
         let mut t = parse_tags(&p).unwrap();
         t.sort();
         assert_eq!(
@@ -229,16 +378,10 @@ mod tests {
                 ("url".into(), "http://x:1/y".into()),
             ]
         );
-        assert!(
-            parse_tags(&[("tag".into(), "novalue".into())])
-                .unwrap_err()
-                .contains("key:value")
-        );
-        assert!(
-            parse_tags(&[("tags".into(), "[1]".into())])
-                .unwrap_err()
-                .contains("JSON object")
-        );
+        let e = parse_tags(&pairs(&[("tag", "novalue")])).unwrap_err();
+        assert!(e.message().contains("key:value"));
+        let e = parse_tags(&pairs(&[("tags", "[1]")])).unwrap_err();
+        assert!(e.message().contains("JSON object") && e.parameter() == Some("tags"));
     }
 
     #[test]
@@ -247,6 +390,35 @@ mod tests {
             parse_rfc3339("t", "1970-01-01T00:00:01.5Z").unwrap(),
             1_500_000_000
         );
-        assert!(parse_rfc3339("t", "yesterday").unwrap_err().contains("t="));
+        assert!(
+            parse_rfc3339("t", "yesterday")
+                .unwrap_err()
+                .message()
+                .contains("t=")
+        );
+    }
+
+    #[test]
+    fn one_default_and_one_maximum_limit() {
+        let b = || TraceQueryBuilder::new(("start", 0), ("end", 10)).unwrap();
+        assert_eq!(b().build().limit, DEFAULT_LIMIT);
+        assert_eq!(
+            b().limit("limit", Some(0)).unwrap().build().limit,
+            DEFAULT_LIMIT
+        );
+        assert_eq!(b().limit("limit", Some(7)).unwrap().build().limit, 7);
+        let max = MAX_LIMIT as u64;
+        assert_eq!(
+            b().limit("limit", Some(max)).unwrap().build().limit,
+            MAX_LIMIT
+        );
+        let e = b().limit("query.num_traces", Some(max + 1)).unwrap_err();
+        assert_eq!(e.parameter(), Some("query.num_traces"));
+        let many = (0..=MAX_TAGS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(b().tags("tags", many).is_err());
+        let e = TraceQueryBuilder::new(("start", 11), ("end", 10)).unwrap_err();
+        assert_eq!(e.parameter(), Some("start"));
     }
 }

@@ -1,7 +1,9 @@
-//! `GET /api/v1/status`: the health of each part of faultline (write-ahead log, disk,
-//! indexing, sealing, store), each with a one-line summary, its figures, and the operator
-//! action when it is not healthy. The binary assembles the parts (it owns the WAL and the
-//! pipeline); this module defines the shape and serves it. Answer:
+//! `GET /api/v1/status`: the health of each part of faultline, as the stages judge
+//! themselves (intake: `wal`, `disk`, `memory`, `lanes`; the pipeline: `indexing`,
+//! `backlog`, `sealing`, `dead letters`; the store: `store`), each with a one-line summary,
+//! its figures, and the operator action when it is not healthy. The parts come through
+//! [`crate::Process::status`]; this module orders nothing and judges nothing, it serializes.
+//! Answer:
 //!
 //! ```json
 //! {"state": "degraded",
@@ -15,49 +17,13 @@
 //! `GET /ready` is the probe for load balancers.
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::ApiState;
+pub use faultline_model::health::{Component, Health};
 
-/// How healthy a part is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Health {
-    /// Working as intended.
-    Ok,
-    /// Working with less than everything (behind, partial, near a limit).
-    Degraded,
-    /// Not working; intake or queries are refused because of it.
-    Failed,
-}
-
-impl Health {
-    /// `ok`, `degraded` or `failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Degraded => "degraded",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// One part of faultline.
-#[derive(Debug, Clone)]
-pub struct Component {
-    /// Short name (`wal`, `disk`, `indexing`, `sealing`, `store`).
-    pub name: &'static str,
-    /// Its health.
-    pub health: Health,
-    /// One line saying what is going on.
-    pub summary: String,
-    /// What an operator can do about it, when it is not healthy.
-    pub action: Option<String>,
-    /// Its figures.
-    pub details: Value,
-}
+use crate::{ApiError, ApiState};
 
 /// Every part.
 #[derive(Debug, Clone, Default)]
@@ -88,24 +54,20 @@ impl Status {
     }
 }
 
-/// Builds the status on demand.
-pub type StatusFn = dyn Fn() -> Status + Send + Sync;
-
 /// The status route.
 pub fn router() -> Router<ApiState> {
     Router::new().route("/api/v1/status", get(status))
 }
 
-async fn status(State(st): State<ApiState>) -> Response {
-    let f = st.status.clone();
-    match tokio::task::spawn_blocking(move || f()).await {
-        Ok(s) => Json(s.to_json()).into_response(),
-        Err(e) => (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": format!("status task failed: {e}")})),
-        )
-            .into_response(),
-    }
+/// Every part's health, judged now (off the executor: the rules read files and `/proc`).
+pub async fn current(st: &ApiState) -> Result<Status, ApiError> {
+    let p = st.process.clone();
+    let components = tokio::task::spawn_blocking(move || p.status()).await?;
+    Ok(Status { components })
+}
+
+async fn status(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(current(&st).await?.to_json()))
 }
 
 #[cfg(test)]
@@ -114,13 +76,7 @@ mod tests {
 
     #[test]
     fn the_worst_part_decides() {
-        let part = |name, health| Component {
-            name,
-            health,
-            summary: String::new(),
-            action: None,
-            details: Value::Null,
-        };
+        let part = |name, health| Component::new(name, health, "");
         let mut s = Status::default();
         assert_eq!(s.health(), Health::Ok);
         s.components.push(part("wal", Health::Ok));

@@ -30,8 +30,8 @@ use faultline_model::ExportTraceServiceRequest;
 use faultline_model::validate::{Limits, validate_and_filter};
 use faultline_wal::{Wal, WalError};
 
-use crate::envelope::{self, Protocol};
 use crate::metrics::Metrics;
+use faultline_model::envelope::{self, Protocol};
 
 /// Limits and budgets of intake.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ use faultline_model::{
 };
 
 use crate::admission::{IngestError, Intake, Lane};
-use crate::envelope::Protocol;
+use faultline_model::envelope::Protocol;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 

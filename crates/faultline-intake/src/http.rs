@@ -24,7 +24,7 @@ use faultline_model::{
 };
 
 use crate::admission::{Accepted, IngestError, Intake, Lane};
-use crate::envelope::Protocol;
+use faultline_model::envelope::Protocol;
 
 /// `google.rpc.Status`, the error body of OTLP/HTTP in protobuf.
 #[derive(Clone, PartialEq, prost::Message)]

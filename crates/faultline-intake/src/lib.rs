@@ -6,11 +6,11 @@
 //! when retrying can help. Intake knows the WAL's API, not its file format.
 
 pub mod admission;
-pub mod envelope;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod metrics;
 
 pub use admission::{Accepted, Admitted, IngestError, Intake, IntakeConfig};
-pub use envelope::Protocol;
+pub use faultline_model::envelope::Protocol;
 pub use metrics::{Metrics, MetricsObserver};

@@ -5,10 +5,15 @@
 //! (OTLP/JSON, Zipkin v2) is converted into it at the edge:
 //! - [`otlp_json`]: OTLP/JSON decoding and response encoding;
 //! - [`zipkin`]: Zipkin v2 JSON to OTLP;
-//! - [`validate`]: the span rules intake enforces before acknowledging.
+//! - [`validate`]: the span rules intake enforces before acknowledging;
+//! - [`health`]: the status report's vocabulary (each stage judges its own parts);
+//! - [`envelope`]: the WAL payload around each accepted request (written by intake, read
+//!   by the pipeline and the operator tools).
 //!
 //! **Invariant:** this crate does no I/O.
 
+pub mod envelope;
+pub mod health;
 pub mod otlp_json;
 pub mod span;
 pub mod validate;
@@ -61,6 +66,26 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     s
+}
+
+/// Unix nanoseconds as RFC 3339 in UTC with milliseconds (`2026-11-29T10:00:00.250Z`).
+pub fn rfc3339(ns: u64) -> String {
+    // A small civil-from-days conversion avoids a date dependency for log and status lines.
+    let secs = ns / 1_000_000_000;
+    let ms = (ns / 1_000_000) % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
 
 /// At most 64 bytes of `s`, quoted, with `...` when cut: for error messages that quote
@@ -148,6 +173,20 @@ mod tests {
 
     fn name(s: &str) -> Option<Value> {
         Some(Value::StringValue(s.into()))
+    }
+
+    #[test]
+    fn rfc3339_in_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(1_709_210_096_789_000_000),
+            "2024-02-29T12:34:56.789Z"
+        );
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(1_795_000_000_123_000_000),
+            "2026-11-18T11:06:40.123Z"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod block;
 pub mod error;
+pub mod health;
 mod locs;
 pub mod manifest;
 pub mod rollup;
@@ -28,10 +29,9 @@ pub use error::StoreError;
 pub use manifest::{BlockMeta, Manifest};
 pub use rollup::{Dependency, RedPoint};
 pub use search::{SortOrder, TraceQuery, TraceSummary};
-pub use store::{Completeness, OpenReport, SpanStore, Store, StoreOptions, TraceAnswer};
+pub use store::{
+    Completeness, FaultHook, FaultPoint, OpenReport, SpanStore, Store, StoreOptions, TraceAnswer,
+};
 
 #[cfg(test)]
 mod search_tests;
-
-#[cfg(test)]
-mod backlog_tests;

@@ -48,6 +48,31 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// Delete the oldest blocks while the blocks take more bytes than this.
     pub max_bytes: u64,
+    /// Crash tests only: called at the points where a crash leaves files behind that no
+    /// manifest lists yet (or that the manifest no longer lists); an error stops the
+    /// operation there, as a crash would.
+    pub fault: Option<FaultHook>,
+}
+
+/// Where [`StoreOptions::fault`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// A sealed block's files are written and fsynced; the manifest does not list it yet.
+    SealBeforeManifest,
+    /// A compacted block's files are written; the manifest still lists the old blocks.
+    CompactBeforeManifest,
+    /// The manifest no longer lists retired blocks; their files are not deleted yet.
+    RetentionBeforeDelete,
+}
+
+/// A fault hook (see [`StoreOptions::fault`]).
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<dyn Fn(FaultPoint) -> std::io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
+    }
 }
 
 impl StoreOptions {
@@ -59,6 +84,19 @@ impl StoreOptions {
             block_max_age: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_bytes: u64::MAX,
+            fault: None,
+        }
+    }
+
+    /// Runs the fault hook at `point`, if any.
+    pub(crate) fn fault(&self, point: FaultPoint) -> Result<(), StoreError> {
+        match &self.fault {
+            Some(hook) => (hook.0)(point).map_err(|source| StoreError::Io {
+                op: "continue (fault injected) in",
+                path: self.dir.clone(),
+                source,
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -860,6 +898,7 @@ impl Store {
         let id = self.block_id(head)?;
         let (written, index) = block::write_block_indexed(&self.opts.dir, &id, &head.spans)?;
         head.rollups.write_file(&self.opts.dir, &id)?;
+        self.opts.fault(FaultPoint::SealBeforeManifest)?;
         let meta = BlockMeta {
             id: id.clone(),
             spans: written.spans,
@@ -990,6 +1029,7 @@ impl Store {
                 .retain(|b| !gone.contains(b.id.as_str()));
             inner.rollups.prune_before(cutoff_minute);
         }
+        self.opts.fault(FaultPoint::RetentionBeforeDelete)?;
         for id in &gone {
             for ext in BLOCK_FILES {
                 let path = dir.join(format!("{id}.{ext}"));
@@ -1055,6 +1095,7 @@ impl Store {
         let id = format!("{}-{}", last.id, first.id);
         let (written, index) = block::write_block_indexed(dir, &id, &all)?;
         rollups.write_file(dir, &id)?;
+        self.opts.fault(FaultPoint::CompactBeforeManifest)?;
         let meta = BlockMeta {
             id: id.clone(),
             spans: written.spans,

@@ -111,6 +111,26 @@ pub fn page(title: &str, partial: &[String], refresh: Option<u64>, body: &str) -
     out
 }
 
+/// An error page in the UI's layout (see `faultline_api::error`): what went wrong, and
+/// where to go from here.
+pub fn error_page(code: u16, title: &str, message: &str, partial: &[String]) -> String {
+    let hint = match code {
+        400 => "Check the address: a parameter above is not valid.",
+        404 => "It may not exist, or may have passed the retention time.",
+        503 => "faultline is busy or starting; try again in a moment.",
+        _ => "This is faultline's fault; the log says more.",
+    };
+    page(
+        &format!("{code} {title}"),
+        partial,
+        None,
+        &format!(
+            "<p class=err id=error>{}</p><p class=muted>{hint} <a href=\"/\">Services</a> · <a href=\"/search\">Search</a> · <a href=\"/status\">Status</a></p>",
+            esc(message)
+        ),
+    )
+}
+
 /// A sparkline of `values` (missing points are gaps), `w` x `h` pixels.
 pub fn sparkline(values: &[Option<f64>], w: u32, h: u32, color: &str) -> String {
     let max = values.iter().flatten().copied().fold(0.0f64, f64::max);

@@ -339,6 +339,29 @@ pub fn contrast(selected: &[&Vec<Span>], all: &[Vec<Span>], limit: usize) -> Vec
     out
 }
 
+/// A trace's duration: earliest start to latest end of its spans.
+pub fn trace_duration(t: &[Span]) -> u64 {
+    let start = t.iter().map(|s| s.start_ns).min().unwrap_or(0);
+    let end = t
+        .iter()
+        .map(|s| s.end_ns.max(s.start_ns))
+        .max()
+        .unwrap_or(0);
+    end.saturating_sub(start)
+}
+
+/// The slowest tenth of `traces` (at least one) and the failing ones, to contrast with all.
+pub fn slow_and_failing(traces: &[Vec<Span>]) -> (Vec<&Vec<Span>>, Vec<&Vec<Span>>) {
+    let mut by_dur: Vec<&Vec<Span>> = traces.iter().collect();
+    by_dur.sort_by_key(|t| std::cmp::Reverse(trace_duration(t)));
+    by_dur.truncate(traces.len().div_ceil(10));
+    let failing = traces
+        .iter()
+        .filter(|t| t.iter().any(Span::is_error))
+        .collect();
+    (by_dur, failing)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -1,13 +1,17 @@
 //! faultline's web UI, served on the HTTP port with the query API: server-rendered pages
-//! (`pages.rs`) built from small HTML helpers (`html.rs`), and the trace analysis behind
-//! "look here first" (`insights.rs`). No build step: the pages are strings and the one
-//! script is embedded.
+//! (`pages/`, one module per page) built from small HTML helpers (`html.rs`), the trace
+//! analysis behind "look here first" (`insights.rs`) and the waterfall's layout
+//! (`waterfall.rs`), and the one script (`assets.rs`). No build step: the pages are
+//! strings and the script is embedded.
 //!
 //! **Architecture invariant:** the UI reads only through [`faultline_store::SpanStore`],
-//! like the API, and escapes every value that comes from spans.
+//! like the API, and escapes every value that comes from spans. Analysis lives outside the
+//! handlers, which gather data and render it.
 
+mod assets;
 pub mod html;
 pub mod insights;
 pub mod pages;
+pub mod waterfall;
 
 pub use pages::router;

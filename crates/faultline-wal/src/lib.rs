@@ -19,8 +19,8 @@ pub mod reader;
 pub mod vfs;
 pub mod wal;
 
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 

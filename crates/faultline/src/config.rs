@@ -1,110 +1,480 @@
-//! Configuration of `faultline serve`: a TOML file (`--config`), overridden by
-//! `FAULTLINE_*` environment variables, overridden by flags.
+//! Configuration of `faultline serve`, in one place: the TOML file (`--config`), the
+//! `FAULTLINE_*` environment variables and the flags, merged here into [`Settings`] with
+//! precedence flag, then environment, then file, then default. Every value is checked
+//! here, with a message that names the key.
 //!
-//! Every key, with its default:
+//! Every key, with its default, its flag and its variable:
 //!
 //! ```toml
-//! data_dir = "./faultline-data"
+//! data_dir = "./faultline-data"          # --data-dir, FAULTLINE_DATA_DIR
 //!
-//! [listen]                       # loopback by default; use 0.0.0.0 to open up
-//! otlp_grpc = "127.0.0.1:4317"
-//! otlp_http = "127.0.0.1:4318"
-//! zipkin    = "127.0.0.1:9411"
-//! http      = "127.0.0.1:16686"  # API, /ready, /health, /metrics
+//! [listen]                               # loopback by default; use 0.0.0.0 to open up
+//! otlp_grpc = "127.0.0.1:4317"           # --otlp-grpc, FAULTLINE_OTLP_GRPC
+//! otlp_http = "127.0.0.1:4318"           # --otlp-http, FAULTLINE_OTLP_HTTP
+//! zipkin    = "127.0.0.1:9411"           # --zipkin, FAULTLINE_ZIPKIN
+//! http      = "127.0.0.1:16686"          # --http, FAULTLINE_HTTP (API, UI, /ready, /metrics)
 //!
 //! [wal]
-//! durability    = "fsync"        # or "os": acknowledge after write(), loses data on power failure
-//! max_bytes     = 4294967296     # refuse (retryably) beyond this much WAL
-//! segment_bytes = 67108864
+//! durability    = "fsync"                # --durability; or "os": acknowledge after write(),
+//!                                        #   loses data on power failure
+//! max_bytes     = 4294967296             # --wal-max-bytes; refuse (retryably) beyond this
+//! segment_bytes = 67108864               # --wal-segment-bytes (at least 4096)
 //!
 //! [intake]
-//! max_request_bytes         = 16777216   # per request, before and after gunzip
-//! max_inflight_bytes        = 536870912  # request bytes being processed at once (else 429)
-//! min_free_disk_bytes       = 268435456  # refuse (retryably) when the disk has less free
+//! max_request_bytes         = 16777216   # --max-request-bytes; before and after gunzip
+//! max_inflight_bytes        = 536870912  # request bytes processed at once (else 429)
+//! min_free_disk_bytes       = 268435456  # --min-free-disk-bytes; refuse (retryably) below
 //! max_attribute_value_bytes = 262144     # larger attribute values reject their span
 //! max_attributes_per_span   = 1024
 //! retry_after_secs          = 1
-//! critical_services         = []         # services whose spans are never shed (lane critical)
-//! max_memory_bytes          = (none)     # resident memory bound: shed bulk at 50%, normal at 80%
-//!                                        # (also caps max_inflight_bytes at a quarter of it)
+//! critical_services         = []         # --critical-service (repeatable); never shed
+//! max_memory_bytes          = (none)     # --max-memory-bytes; shed bulk at 50%, normal at
+//!                                        #   80% (also caps max_inflight_bytes at a quarter)
 //!
 //! [store]
-//! block_max_spans    = 250000     # seal the in-memory head into a block at this many spans
-//! block_max_age_secs = 60         # ... or when its oldest span is this old
-//! retention_secs     = 604800     # delete blocks whose spans all ended longer ago (7 days)
-//! max_bytes          = (none)     # delete the oldest blocks beyond this many bytes
-//! backlog_spans_per_second = 100000 # replay rate of a backlog (live data is indexed first)
-//! max_index_spans_per_second = (none) # cap on indexing, backlog included (leaves CPU to queries)
+//! block_max_spans    = 250000            # --block-max-spans; seal the head at this many
+//! block_max_age_secs = 60                # --block-max-age-secs; ... or when this old
+//! retention_secs     = 604800            # --retention-secs (at least 60); 7 days
+//! max_bytes          = (none)            # --store-max-bytes; delete the oldest beyond it
+//! backlog_spans_per_second   = 100000    # --backlog-rate; replay rate of a backlog
+//! max_index_spans_per_second = (none)    # --index-rate; cap on indexing, backlog included
 //! ```
+//!
+//! Unknown keys are errors, so a typo is reported, not ignored.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
 
-/// The file format. Unknown keys are errors, so a typo is reported, not ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
+use faultline_intake::IntakeConfig;
+use faultline_model::validate::Limits;
+use faultline_pipeline::PipelineOptions;
+use faultline_store::StoreOptions;
+use faultline_wal::{Durability, WalOptions};
+
+/// Flags of `faultline serve`; each also reads a `FAULTLINE_*` variable and overrides the
+/// config file.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "FAULTLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./faultline-data].
+    #[arg(long, env = "FAULTLINE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub listen: ListenConfig,
-    #[serde(default)]
-    pub wal: WalConfig,
-    #[serde(default)]
-    pub intake: IntakeFileConfig,
-    #[serde(default)]
-    pub store: StoreFileConfig,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreFileConfig {
-    pub block_max_spans: Option<usize>,
-    pub block_max_age_secs: Option<u64>,
-    pub retention_secs: Option<u64>,
-    pub max_bytes: Option<u64>,
-    pub backlog_spans_per_second: Option<u64>,
-    pub max_index_spans_per_second: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenConfig {
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "FAULTLINE_OTLP_GRPC")]
     pub otlp_grpc: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, env = "FAULTLINE_OTLP_HTTP")]
     pub otlp_http: Option<SocketAddr>,
+    /// Zipkin listen address [default: 127.0.0.1:9411].
+    #[arg(long, env = "FAULTLINE_ZIPKIN")]
     pub zipkin: Option<SocketAddr>,
+    /// HTTP API listen address [default: 127.0.0.1:16686].
+    #[arg(long, env = "FAULTLINE_HTTP")]
     pub http: Option<SocketAddr>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WalConfig {
+    /// WAL durability: fsync (default) or os.
+    #[arg(long, env = "FAULTLINE_DURABILITY")]
     pub durability: Option<String>,
-    pub max_bytes: Option<u64>,
-    pub segment_bytes: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IntakeFileConfig {
+    /// WAL budget in bytes [default: 4 GiB].
+    #[arg(long, env = "FAULTLINE_WAL_MAX_BYTES")]
+    pub wal_max_bytes: Option<u64>,
+    /// WAL segment size in bytes [default: 64 MiB].
+    #[arg(long, env = "FAULTLINE_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
+    /// Largest request body in bytes [default: 16 MiB].
+    #[arg(long, env = "FAULTLINE_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
-    pub max_inflight_bytes: Option<usize>,
+    /// Refuse requests when the disk has less free space than this [default: 256 MiB].
+    #[arg(long, env = "FAULTLINE_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
-    pub max_attribute_value_bytes: Option<usize>,
-    pub max_attributes_per_span: Option<usize>,
-    pub retry_after_secs: Option<u32>,
-    pub critical_services: Option<Vec<String>>,
+    /// A service whose spans are never shed under pressure (repeat for several; replaces
+    /// intake.critical_services).
+    #[arg(
+        long = "critical-service",
+        env = "FAULTLINE_CRITICAL_SERVICES",
+        value_delimiter = ','
+    )]
+    pub critical_services: Vec<String>,
+    /// Seal the in-memory head into a block at this many spans [default: 250000].
+    #[arg(long, env = "FAULTLINE_BLOCK_MAX_SPANS")]
+    pub block_max_spans: Option<usize>,
+    /// Seal the head when its oldest span is this many seconds old [default: 60].
+    #[arg(long, env = "FAULTLINE_BLOCK_MAX_AGE_SECS")]
+    pub block_max_age_secs: Option<u64>,
+    /// Delete blocks whose spans all ended more than this many seconds ago [default: 7 days].
+    #[arg(long, env = "FAULTLINE_RETENTION_SECS")]
+    pub retention_secs: Option<u64>,
+    /// Delete the oldest blocks while blocks take more than this many bytes [default: no limit].
+    #[arg(long, env = "FAULTLINE_STORE_MAX_BYTES")]
+    pub store_max_bytes: Option<u64>,
+    /// Replay a WAL backlog (after a restart or a stall) at most this many spans per
+    /// second, after live data [default: 100000].
+    #[arg(long, env = "FAULTLINE_BACKLOG_RATE")]
+    pub backlog_rate: Option<u64>,
+    /// Index at most this many spans per second, backlog included [default: no limit].
+    #[arg(long, env = "FAULTLINE_INDEX_RATE")]
+    pub index_rate: Option<u64>,
+    /// Resident memory to stay under: shed bulk traffic from half of it, normal from 80%
+    /// [default: not watched].
+    #[arg(long, env = "FAULTLINE_MAX_MEMORY_BYTES")]
     pub max_memory_bytes: Option<u64>,
 }
 
+/// The file format.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    listen: ListenFile,
+    #[serde(default)]
+    wal: WalFile,
+    #[serde(default)]
+    intake: IntakeFile,
+    #[serde(default)]
+    store: StoreFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenFile {
+    otlp_grpc: Option<SocketAddr>,
+    otlp_http: Option<SocketAddr>,
+    zipkin: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WalFile {
+    durability: Option<String>,
+    max_bytes: Option<u64>,
+    segment_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntakeFile {
+    max_request_bytes: Option<usize>,
+    max_inflight_bytes: Option<usize>,
+    min_free_disk_bytes: Option<u64>,
+    max_attribute_value_bytes: Option<usize>,
+    max_attributes_per_span: Option<usize>,
+    retry_after_secs: Option<u32>,
+    critical_services: Option<Vec<String>>,
+    max_memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    block_max_spans: Option<usize>,
+    block_max_age_secs: Option<u64>,
+    retention_secs: Option<u64>,
+    max_bytes: Option<u64>,
+    backlog_spans_per_second: Option<u64>,
+    max_index_spans_per_second: Option<u64>,
+}
+
 impl FileConfig {
-    /// Reads and parses a config file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text)
             .with_context(|| format!("config file {} is not valid", path.display()))
+    }
+}
+
+/// The listen addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// OTLP/gRPC.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub otlp_http: SocketAddr,
+    /// Zipkin v2.
+    pub zipkin: SocketAddr,
+    /// The API, the UI, `/ready`, `/metrics`.
+    pub http: SocketAddr,
+}
+
+/// Everything `faultline serve` runs with, merged and checked.
+#[derive(Debug)]
+pub struct Settings {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where each listener binds.
+    pub listen: Listen,
+    /// The WAL.
+    pub wal: WalOptions,
+    /// Admission.
+    pub intake: IntakeConfig,
+    /// The store.
+    pub store: StoreOptions,
+    /// The pipeline (the backlog-first threshold is set from intake's shedding threshold).
+    pub pipeline: PipelineOptions,
+}
+
+impl Settings {
+    /// Merges the file named by `--config` (if any), the environment (already in `args`
+    /// through clap) and the flags.
+    pub fn load(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./faultline-data"));
+        Ok(Self {
+            listen: listen(&args, &file.listen)?,
+            wal: wal(&args, file.wal)?,
+            intake: intake(&args, file.intake)?,
+            store: store(&args, &file.store, &data_dir)?,
+            pipeline: pipeline(&args, &file.store, &data_dir)?,
+            data_dir,
+        })
+    }
+}
+
+fn listen(args: &ServeArgs, f: &ListenFile) -> anyhow::Result<Listen> {
+    let addr = |flag: Option<SocketAddr>, file: Option<SocketAddr>, default: &str| {
+        flag.or(file)
+            .map(Ok)
+            .unwrap_or_else(|| default.parse::<SocketAddr>())
+    };
+    Ok(Listen {
+        otlp_grpc: addr(args.otlp_grpc, f.otlp_grpc, "127.0.0.1:4317")?,
+        otlp_http: addr(args.otlp_http, f.otlp_http, "127.0.0.1:4318")?,
+        zipkin: addr(args.zipkin, f.zipkin, "127.0.0.1:9411")?,
+        http: addr(args.http, f.http, "127.0.0.1:16686")?,
+    })
+}
+
+fn wal(args: &ServeArgs, f: WalFile) -> anyhow::Result<WalOptions> {
+    let durability: Durability = args
+        .durability
+        .clone()
+        .or(f.durability)
+        .map(|d| d.parse::<Durability>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("wal.durability: {e}"))?
+        .unwrap_or_default();
+    let d = WalOptions::default();
+    let opts = WalOptions {
+        durability,
+        max_bytes: args.wal_max_bytes.or(f.max_bytes).unwrap_or(d.max_bytes),
+        segment_bytes: args
+            .wal_segment_bytes
+            .or(f.segment_bytes)
+            .unwrap_or(d.segment_bytes),
+        ..d
+    };
+    anyhow::ensure!(
+        opts.segment_bytes >= 4096,
+        "wal.segment_bytes must be at least 4096"
+    );
+    Ok(opts)
+}
+
+fn intake(args: &ServeArgs, f: IntakeFile) -> anyhow::Result<IntakeConfig> {
+    let d = IntakeConfig::default();
+    let dl = Limits::default();
+    let max_memory = args.max_memory_bytes.or(f.max_memory_bytes);
+    if let Some(m) = max_memory {
+        anyhow::ensure!(
+            m >= 16 << 20,
+            "intake.max_memory_bytes ({m}) must be at least 16 MiB (it is in bytes)"
+        );
+    }
+    Ok(IntakeConfig {
+        max_request_bytes: args
+            .max_request_bytes
+            .or(f.max_request_bytes)
+            .unwrap_or(d.max_request_bytes),
+        max_inflight_bytes: f.max_inflight_bytes.unwrap_or(match max_memory {
+            // Request bodies in flight must not take the memory bound by themselves.
+            Some(m) => d
+                .max_inflight_bytes
+                .min(usize::try_from(m / 4).unwrap_or(usize::MAX)),
+            None => d.max_inflight_bytes,
+        }),
+        max_memory_bytes: max_memory,
+        min_free_disk_bytes: args
+            .min_free_disk_bytes
+            .or(f.min_free_disk_bytes)
+            .unwrap_or(d.min_free_disk_bytes),
+        retry_after_secs: f.retry_after_secs.unwrap_or(d.retry_after_secs),
+        critical_services: if args.critical_services.is_empty() {
+            f.critical_services.unwrap_or_default()
+        } else {
+            args.critical_services.clone()
+        },
+        limits: Limits {
+            max_attribute_value_bytes: f
+                .max_attribute_value_bytes
+                .unwrap_or(dl.max_attribute_value_bytes),
+            max_attributes_per_span: f
+                .max_attributes_per_span
+                .unwrap_or(dl.max_attributes_per_span),
+            ..dl
+        },
+    })
+}
+
+fn store(args: &ServeArgs, f: &StoreFile, data_dir: &Path) -> anyhow::Result<StoreOptions> {
+    let mut opts = StoreOptions::new(data_dir);
+    if let Some(n) = args.block_max_spans.or(f.block_max_spans) {
+        anyhow::ensure!(n > 0, "store.block_max_spans must be at least 1");
+        opts.block_max_spans = n;
+    }
+    if let Some(secs) = args.block_max_age_secs.or(f.block_max_age_secs) {
+        opts.block_max_age = Duration::from_secs(secs);
+    }
+    if let Some(secs) = args.retention_secs.or(f.retention_secs) {
+        anyhow::ensure!(secs >= 60, "store.retention_secs must be at least 60");
+        opts.retention = Duration::from_secs(secs);
+    }
+    if let Some(bytes) = args.store_max_bytes.or(f.max_bytes) {
+        opts.max_bytes = bytes;
+    }
+    Ok(opts)
+}
+
+fn pipeline(args: &ServeArgs, f: &StoreFile, data_dir: &Path) -> anyhow::Result<PipelineOptions> {
+    let mut opts = PipelineOptions::new(data_dir);
+    if let Some(rate) = args.backlog_rate.or(f.backlog_spans_per_second) {
+        anyhow::ensure!(
+            rate >= 1,
+            "store.backlog_spans_per_second must be at least 1 (0 would never replay the backlog, and the WAL could not be truncated)"
+        );
+        opts.backlog_rate = rate;
+    }
+    if let Some(rate) = args.index_rate.or(f.max_index_spans_per_second) {
+        anyhow::ensure!(
+            rate >= 1,
+            "store.max_index_spans_per_second must be at least 1 (leave it unset for no limit)"
+        );
+        opts.index_rate = rate;
+    }
+    // The backlog pins the WAL: it replays even while live data waits once the WAL is this
+    // full, before intake starts shedding bulk traffic.
+    opts.backlog_first_at = faultline_intake::admission::SHED_BULK_AT * 0.8;
+    Ok(opts)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let f = write(
+            "data_dir = \"/from-file\"\n[wal]\nmax_bytes = 1000000\n[store]\nbacklog_spans_per_second = 5\nblock_max_spans = 9\n",
+        );
+        let s = Settings::load(ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            wal_max_bytes: Some(2_000_000),
+            block_max_spans: Some(7),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from-file"));
+        assert_eq!(s.wal.max_bytes, 2_000_000);
+        assert_eq!(s.store.block_max_spans, 7);
+        assert_eq!(s.store.dir, PathBuf::from("/from-file/blocks"));
+        assert_eq!(s.pipeline.backlog_rate, 5);
+        assert_eq!(s.pipeline.dlq_dir, PathBuf::from("/from-file/dlq"));
+        assert_eq!(s.listen.http.to_string(), "127.0.0.1:16686");
+        assert_eq!(s.intake.max_inflight_bytes, 512 << 20);
+    }
+
+    #[test]
+    fn a_memory_bound_caps_the_inflight_budget() {
+        let s = Settings::load(ServeArgs {
+            max_memory_bytes: Some(256 << 20),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.intake.max_inflight_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (args, key) in [
+            (
+                ServeArgs {
+                    backlog_rate: Some(0),
+                    ..ServeArgs::default()
+                },
+                "store.backlog_spans_per_second",
+            ),
+            (
+                ServeArgs {
+                    index_rate: Some(0),
+                    ..ServeArgs::default()
+                },
+                "store.max_index_spans_per_second",
+            ),
+            (
+                ServeArgs {
+                    retention_secs: Some(5),
+                    ..ServeArgs::default()
+                },
+                "store.retention_secs",
+            ),
+            (
+                ServeArgs {
+                    block_max_spans: Some(0),
+                    ..ServeArgs::default()
+                },
+                "store.block_max_spans",
+            ),
+            (
+                ServeArgs {
+                    wal_segment_bytes: Some(100),
+                    ..ServeArgs::default()
+                },
+                "wal.segment_bytes",
+            ),
+            (
+                ServeArgs {
+                    max_memory_bytes: Some(1000),
+                    ..ServeArgs::default()
+                },
+                "intake.max_memory_bytes",
+            ),
+            (
+                ServeArgs {
+                    durability: Some("sometimes".into()),
+                    ..ServeArgs::default()
+                },
+                "wal.durability",
+            ),
+        ] {
+            let e = Settings::load(args).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let typo = write("[store]\nblock_max_span = 3\n");
+        let e = Settings::load(ServeArgs {
+            config: Some(typo.path().to_path_buf()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("block_max_span"), "{e:#}");
     }
 }

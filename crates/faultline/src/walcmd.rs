@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 
-use faultline_intake::envelope;
+use faultline_model::envelope;
 use faultline_model::otlp::common::any_value::Value;
 use faultline_model::otlp::common::{AnyValue, KeyValue};
 
@@ -113,26 +113,6 @@ fn attrs_json(attrs: &[KeyValue]) -> serde_json::Value {
 
 use faultline_model::hex;
 
-/// Unix nanoseconds as RFC 3339 in UTC with milliseconds.
-pub(crate) fn time_rfc3339(ns: u64) -> String {
-    // A small civil-from-days conversion avoids a date dependency for one log column.
-    let secs = ns / 1_000_000_000;
-    let ms = (ns / 1_000_000) % 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
-}
-
 /// `faultline wal dump DIR`.
 pub fn dump(
     dir: &Path,
@@ -179,7 +159,7 @@ fn dump_record(
     spans: bool,
     json_out: bool,
 ) -> std::io::Result<()> {
-    let time = time_rfc3339(rec.time_ns);
+    let time = faultline_model::rfc3339(rec.time_ns);
     let env = match envelope::decode(rec.payload) {
         Ok(e) => e,
         Err(e) => {
@@ -289,22 +269,4 @@ fn dump_record(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_times() {
-        assert_eq!(time_rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            time_rfc3339(1_795_000_000_123_000_000),
-            "2026-11-18T11:06:40.123Z"
-        );
-        assert_eq!(
-            time_rfc3339(951_782_400_000_000_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-    }
 }

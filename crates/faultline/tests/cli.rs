@@ -131,23 +131,17 @@ fn wal_verify_and_dump_report_what_is_on_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut server = Server::start(&data, &[]);
-    let load = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--endpoint",
-            &server.http_url(),
-            "--duration",
-            "0.5",
-            "--concurrency",
-            "2",
-            "--spans-per-request",
-            "50",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(load.status.success());
-    let summary: serde_json::Value = serde_json::from_slice(&load.stdout).unwrap();
+    let summary = common::loadgen(&[
+        "--endpoint",
+        &server.http_url(),
+        "--duration",
+        "0.5",
+        "--concurrency",
+        "2",
+        "--spans-per-request",
+        "50",
+    ])
+    .wait();
     let requests = summary["requests_ok"].as_u64().unwrap();
     assert!(requests > 0, "{summary}");
     server.stop();

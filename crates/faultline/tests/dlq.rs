@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faultline_intake::envelope::{Protocol, encode_request};
 use faultline_model::ExportTraceServiceRequest;
+use faultline_model::envelope::{Protocol, encode_request};
 use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
 use faultline_model::otlp::resource::Resource;
 use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span};

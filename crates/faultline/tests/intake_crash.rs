@@ -84,35 +84,29 @@ fn every_acknowledged_span_survives_sigkill() {
             ("grpc", server.grpc_url())
         };
         let ack_log = tmp.path().join(format!("ack-{cycle}.log"));
-        let load = Command::new(BIN)
-            .args(["loadgen", "--protocol", protocol, "--endpoint", &endpoint])
-            .args([
-                "--duration",
-                "1.6",
-                "--concurrency",
-                "8",
-                "--spans-per-request",
-                "120",
-                "--templates",
-                "8",
-                "--timeout",
-                "3",
-            ])
-            .arg("--ack-log")
-            .arg(&ack_log)
-            .args(["--seed", &rng.next().to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let load = common::loadgen(&[
+            "--protocol",
+            protocol,
+            "--endpoint",
+            &endpoint,
+            "--duration",
+            "1.6",
+            "--concurrency",
+            "8",
+            "--spans-per-request",
+            "120",
+            "--templates",
+            "8",
+            "--timeout",
+            "3",
+            "--ack-log",
+            ack_log.to_str().unwrap(),
+            "--seed",
+            &rng.next().to_string(),
+        ]);
         std::thread::sleep(Duration::from_millis(rng.range(100, 1400)));
         server.kill9();
-        let out = load.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "loadgen failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        load.wait();
         ack_logs.push(ack_log);
     }
     // One last start-up runs recovery over the final crash.
@@ -121,7 +115,7 @@ fn every_acknowledged_span_survives_sigkill() {
 
     let mut spans_by_trace: HashMap<String, u64> = HashMap::new();
     let scan = faultline_wal::scan_dir(&data.join("wal"), |_, rec| {
-        let env = faultline_intake::envelope::decode(rec.payload).unwrap();
+        let env = faultline_model::envelope::decode(rec.payload).unwrap();
         let req = env.request().unwrap();
         for rs in &req.resource_spans {
             for ss in &rs.scope_spans {

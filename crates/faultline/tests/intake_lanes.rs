@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, http_get, metric};
+use common::{Server, http_get, metric};
 
 fn request(service: &str, trace: u8, error: bool) -> Vec<u8> {
     common::one_span_request(service, &[trace; 16], error)
@@ -61,28 +60,26 @@ fn under_pressure_bulk_then_normal_are_shed_and_critical_spans_are_kept() {
     );
     // Sealing broken: nothing leaves the WAL, so it fills.
     let outage = common::SealingOutage::start(&data);
-    let out = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--protocol",
-            "http",
-            "--endpoint",
-            &server.http_url(),
-        ])
-        .args(["--duration", "3", "--concurrency", "4", "--rate", "20000"])
-        .args([
-            "--spans-per-request",
-            "100",
-            "--templates",
-            "4",
-            "--timeout",
-            "3",
-        ])
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains("failed 0"), "{text}");
+    let summary = common::loadgen(&[
+        "--protocol",
+        "http",
+        "--endpoint",
+        &server.http_url(),
+        "--duration",
+        "3",
+        "--concurrency",
+        "4",
+        "--rate",
+        "20000",
+        "--spans-per-request",
+        "100",
+        "--templates",
+        "4",
+        "--timeout",
+        "3",
+    ])
+    .wait();
+    assert_eq!(summary["requests_failed"], 0, "{summary}");
     let m = server.metrics();
     let used = metric(&m, "faultline_wal_size_bytes") / metric(&m, "faultline_wal_max_bytes");
     assert!(

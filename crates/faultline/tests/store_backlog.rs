@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, http_get, metric, one_span_request, post_otlp, status_part};
+use common::{Server, http_get, metric, one_span_request, post_otlp, status_part};
 
 /// Spans to leave in the WAL before the restart: a million, or
 /// `FAULTLINE_BACKLOG_SPANS` (`scripts/bench-degradation` runs larger backlogs).
@@ -23,27 +22,23 @@ fn backlog_spans() -> u64 {
 }
 
 fn loadgen(server: &Server, log: &std::path::Path) -> u64 {
-    let out = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--protocol",
-            "http",
-            "--endpoint",
-            &server.http_url(),
-        ])
-        .args(["--duration", "3", "--concurrency", "4"])
-        .args(["--spans-per-request", "1000", "--templates", "8", "--json"])
-        .arg("--ack-log")
-        .arg(log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "loadgen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let v = common::loadgen(&[
+        "--protocol",
+        "http",
+        "--endpoint",
+        &server.http_url(),
+        "--duration",
+        "3",
+        "--concurrency",
+        "4",
+        "--spans-per-request",
+        "1000",
+        "--templates",
+        "8",
+        "--ack-log",
+        log.to_str().unwrap(),
+    ])
+    .wait();
     v["spans_ok"].as_u64().unwrap()
 }
 

@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Server, metric};
+use common::{Server, metric};
 
 const STORE_FLAGS: &[&str] = &[
     "--block-max-spans",
@@ -41,48 +40,34 @@ async fn every_acknowledged_trace_is_queryable_after_sigkills() {
     for cycle in 0..10 {
         let mut server = Server::start(&data, STORE_FLAGS);
         let log = tmp.path().join(format!("ack-{cycle}.log"));
-        let load = Command::new(BIN)
-            .args([
-                "loadgen",
-                "--protocol",
-                if cycle % 2 == 0 { "http" } else { "grpc" },
-            ])
-            .args([
-                "--endpoint",
-                &if cycle % 2 == 0 {
-                    server.http_url()
-                } else {
-                    server.grpc_url()
-                },
-            ])
-            .args([
-                "--duration",
-                "1.5",
-                "--concurrency",
-                "4",
-                "--rate",
-                "20000",
-                "--spans-per-request",
-                "100",
-                "--templates",
-                "4",
-                "--timeout",
-                "3",
-            ])
-            .arg("--ack-log")
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let endpoint = if cycle % 2 == 0 {
+            server.http_url()
+        } else {
+            server.grpc_url()
+        };
+        let load = common::loadgen(&[
+            "--protocol",
+            if cycle % 2 == 0 { "http" } else { "grpc" },
+            "--endpoint",
+            &endpoint,
+            "--duration",
+            "1.5",
+            "--concurrency",
+            "4",
+            "--rate",
+            "20000",
+            "--spans-per-request",
+            "100",
+            "--templates",
+            "4",
+            "--timeout",
+            "3",
+            "--ack-log",
+            log.to_str().unwrap(),
+        ]);
         std::thread::sleep(Duration::from_millis(rand(300, 1400)));
         server.kill9();
-        let out = load.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        load.wait();
         logs.push(log);
     }
     let server = Server::start(&data, STORE_FLAGS);

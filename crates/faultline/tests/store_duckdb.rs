@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, client_script, http_get, metric, python};
+use common::{Server, client_script, http_get, metric, python};
 
 #[test]
 fn duckdb_reads_sealed_blocks_and_agrees_with_the_api() {
@@ -19,23 +19,19 @@ fn duckdb_reads_sealed_blocks_and_agrees_with_the_api() {
         &["--block-max-spans", "2000", "--block-max-age-secs", "1"],
     );
     let log = tmp.path().join("acks.log");
-    let out = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--endpoint",
-            &server.http_url(),
-            "--duration",
-            "1",
-            "--concurrency",
-            "2",
-            "--spans-per-request",
-            "200",
-        ])
-        .arg("--ack-log")
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    common::loadgen(&[
+        "--endpoint",
+        &server.http_url(),
+        "--duration",
+        "1",
+        "--concurrency",
+        "2",
+        "--spans-per-request",
+        "200",
+        "--ack-log",
+        log.to_str().unwrap(),
+    ])
+    .wait();
     let acked: Vec<(u64, Vec<String>)> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()

@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, http_get, metric};
+use common::{Server, http_get, metric};
 
 const FLAGS: &[&str] = &[
     "--block-max-spans",
@@ -122,29 +122,26 @@ fn mount_namespace() -> Vec<&'static str> {
 /// `why`, calls `repair`, and checks every acknowledged trace is then returned.
 fn survive_outage(tmp: &tempfile::TempDir, server: &Server, why: &str, repair: impl FnOnce()) {
     let log = tmp.path().join("ack.log");
-    let load = Command::new(BIN)
-        .args([
-            "loadgen",
-            "--protocol",
-            "http",
-            "--endpoint",
-            &server.http_url(),
-        ])
-        .args(["--duration", "4", "--concurrency", "4", "--rate", "20000"])
-        .args([
-            "--spans-per-request",
-            "100",
-            "--templates",
-            "4",
-            "--timeout",
-            "3",
-        ])
-        .arg("--ack-log")
-        .arg(&log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let load = common::loadgen(&[
+        "--protocol",
+        "http",
+        "--endpoint",
+        &server.http_url(),
+        "--duration",
+        "4",
+        "--concurrency",
+        "4",
+        "--rate",
+        "20000",
+        "--spans-per-request",
+        "100",
+        "--templates",
+        "4",
+        "--timeout",
+        "3",
+        "--ack-log",
+        log.to_str().unwrap(),
+    ]);
     // While it runs: sealing is reported as failing.
     let started = Instant::now();
     while metric(&server.metrics(), "faultline_store_seal_failing") < 1.0 {
@@ -157,22 +154,11 @@ fn survive_outage(tmp: &tempfile::TempDir, server: &Server, why: &str, repair: i
         sealing["summary"].as_str().unwrap().contains(why),
         "the status says why: {sealing}"
     );
-    let out = load.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let summary = load.wait();
     // The WAL filled up: later requests were refused, retryably, and none failed.
-    let refused: u64 = text
-        .split("refused ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap();
-    assert!(refused > 0, "the WAL budget turned writes away: {text}");
-    assert!(text.contains("failed 0"), "{text}");
+    let refused = summary["requests_refused"].as_u64().unwrap();
+    assert!(refused > 0, "the WAL budget turned writes away: {summary}");
+    assert_eq!(summary["requests_failed"], 0, "{summary}");
 
     // The fault is gone: everything acknowledged is sealed and queryable.
     repair();

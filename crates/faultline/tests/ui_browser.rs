@@ -24,27 +24,19 @@ fn pages_work_in_a_real_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), &[]);
     // Cross-service traffic for the dependency map, then two SDK traces.
-    let out = Command::new(common::BIN)
-        .args([
-            "loadgen",
-            "--protocol",
-            "http",
-            "--endpoint",
-            &server.http_url(),
-            "--duration",
-            "1",
-            "--concurrency",
-            "1",
-            "--rate",
-            "2000",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::loadgen(&[
+        "--protocol",
+        "http",
+        "--endpoint",
+        &server.http_url(),
+        "--duration",
+        "1",
+        "--concurrency",
+        "1",
+        "--rate",
+        "2000",
+    ])
+    .wait();
     for marker in ["b1", "b2"] {
         common::send_sdk_trace(&server, "http", "browser-svc", marker);
     }

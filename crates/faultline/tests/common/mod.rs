@@ -10,6 +10,31 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 
+/// A run of the load generator (`faultline-bench loadgen`) on its own thread, in-process:
+/// the server binary no longer carries it.
+pub struct Load(std::thread::JoinHandle<Result<serde_json::Value, String>>);
+
+/// Starts the load generator with `faultline-bench loadgen`'s flags.
+pub fn loadgen(args: &[&str]) -> Load {
+    let args = faultline_bench::loadgen::parse_args(args)
+        .unwrap_or_else(|e| panic!("bad loadgen flags {args:?}: {e}"));
+    Load(std::thread::spawn(move || {
+        faultline_bench::loadgen::run(&args).map_err(|e| format!("{e:#}"))
+    }))
+}
+
+impl Load {
+    /// Waits for the run and answers its summary (`spans_ok`, `requests_failed`, ...);
+    /// panics if the load generator itself failed.
+    pub fn wait(self) -> serde_json::Value {
+        match self.0.join() {
+            Ok(Ok(summary)) => summary,
+            Ok(Err(e)) => panic!("loadgen failed: {e}"),
+            Err(_) => panic!("loadgen panicked"),
+        }
+    }
+}
+
 /// A free loopback port (bound and released; fine on a quiet test machine).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

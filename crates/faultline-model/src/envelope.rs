@@ -1,4 +1,6 @@
-//! The WAL payload that intake writes: one envelope per accepted request.
+//! The WAL payload: one envelope per accepted request. Intake writes it; the pipeline, the
+//! operator tools (`faultline wal dump`) and dead-letter replay read it. It lives here, in
+//! the shared model, so that none of them depends on another's crate.
 //!
 //! Whatever protocol a request arrived in, intake stores it as an OTLP
 //! `ExportTraceServiceRequest` in protobuf encoding (Zipkin and OTLP/JSON are converted
@@ -20,7 +22,7 @@
 
 use prost::Message;
 
-use faultline_model::ExportTraceServiceRequest;
+use crate::ExportTraceServiceRequest;
 
 /// Envelope magic.
 pub const MAGIC: &[u8; 4] = b"FLIN";

@@ -1,4 +1,4 @@
-//! `faultline bench trace-by-id`, `faultline bench red` and `faultline bench search`: query
+//! `faultline-bench trace-by-id`, `red` and `search`: query
 //! latency measured on a stopped server's data directory, at the store level (no HTTP),
 //! for BENCHMARKS.md.
 

@@ -1,4 +1,4 @@
-//! `faultline loadgen`: realistic multi-service traces sent over OTLP/HTTP or OTLP/gRPC at
+//! `faultline-bench loadgen`: realistic multi-service traces sent over OTLP/HTTP or OTLP/gRPC at
 //! a fixed rate or a fixed concurrency, for a fixed time.
 //!
 //! Requests are generated and encoded before the clock starts (a pool of templates);
@@ -29,7 +29,7 @@ use faultline_model::otlp::common::{
 use faultline_model::otlp::resource::Resource;
 use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span, Status, span::Event};
 
-/// Flags of `faultline loadgen`.
+/// Flags of `faultline-bench loadgen`.
 #[derive(Debug, clap::Args)]
 pub struct LoadgenArgs {
     /// grpc or http.
@@ -561,7 +561,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
-/// Runs `faultline bench decode`: the single-core ceiling of what intake does per request,
+/// Runs `faultline-bench decode`: the single-core ceiling of what intake does per request,
 /// on the same requests loadgen sends: protobuf decode alone, decode plus validation, and
 /// decode plus validation plus re-encode (the gRPC path).
 pub fn bench_decode(
@@ -637,8 +637,25 @@ pub fn bench_decode(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `faultline loadgen`.
-pub fn run(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+/// Parses loadgen's flags from `argv` (without a program name), as tests call it.
+pub fn parse_args<I, T>(argv: I) -> Result<LoadgenArgs, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: LoadgenArgs,
+    }
+    let argv = std::iter::once(std::ffi::OsString::from("loadgen"))
+        .chain(argv.into_iter().map(Into::into));
+    <Cmd as clap::Parser>::try_parse_from(argv).map(|c| c.args)
+}
+
+/// Runs the load and answers the summary (JSON: `spans_ok`, `spans_per_second`,
+/// `latency_ms`, ...); [`print`] writes it as the command does.
+pub fn run(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -646,7 +663,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(run_async(args))
 }
 
-async fn run_async(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.templates > 0, "--templates must be at least 1");
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
@@ -828,30 +845,35 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         "latency_ms": {"p50": percentile(l, 0.5), "p90": percentile(l, 0.9), "p99": percentile(l, 0.99), "max": percentile(l, 1.0)},
         "last_error": all.last_error,
     });
+    Ok(summary)
+}
+
+/// Prints a summary of [`run`]: JSON with `--json`, else a line of text.
+pub fn print(args: &LoadgenArgs, summary: &serde_json::Value) {
     if args.json {
         println!("{summary}");
-    } else {
-        println!(
-            "{} over {:.1} s, concurrency {}: {} requests ({:.0} spans, {:.0} bytes each) acknowledged, {:.0} spans/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; refused {}, failed {}",
-            args.protocol,
-            elapsed,
-            args.concurrency,
-            all.ok_requests,
-            mean_spans,
-            mean_bytes,
-            all.ok_spans as f64 / elapsed,
-            percentile(l, 0.5),
-            percentile(l, 0.9),
-            percentile(l, 0.99),
-            percentile(l, 1.0),
-            all.refused,
-            all.errors
-        );
-        if let Some(e) = &all.last_error {
-            println!("last error: {e}");
-        }
+        return;
     }
-    Ok(ExitCode::SUCCESS)
+    let l = &summary["latency_ms"];
+    println!(
+        "{} over {:.1} s, concurrency {}: {} requests ({:.0} spans, {:.0} bytes each) acknowledged, {:.0} spans/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; refused {}, failed {}",
+        args.protocol,
+        summary["seconds"].as_f64().unwrap_or(0.0),
+        args.concurrency,
+        summary["requests_ok"],
+        summary["spans_per_request"].as_f64().unwrap_or(0.0),
+        summary["request_bytes"].as_f64().unwrap_or(0.0),
+        summary["spans_per_second"].as_f64().unwrap_or(0.0),
+        l["p50"].as_f64().unwrap_or(0.0),
+        l["p90"].as_f64().unwrap_or(0.0),
+        l["p99"].as_f64().unwrap_or(0.0),
+        l["max"].as_f64().unwrap_or(0.0),
+        summary["requests_refused"],
+        summary["requests_failed"]
+    );
+    if let Some(e) = summary["last_error"].as_str() {
+        println!("last error: {e}");
+    }
 }
 
 #[cfg(test)]

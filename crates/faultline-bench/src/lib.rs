@@ -1,0 +1,11 @@
+//! faultline's load generator and benchmarks, apart from the server binary so that it
+//! ships the product only. The `faultline-bench` binary runs them (`loadgen`, `decode`,
+//! `trace-by-id`, `red`, `search`; see `scripts/bench-*` and BENCHMARKS.md); the
+//! integration tests call [`loadgen`] in-process to drive a server under test.
+//!
+//! - [`loadgen`]: realistic multi-service traces over OTLP/HTTP or OTLP/gRPC, and the
+//!   single-core decode ceiling of the same requests;
+//! - [`store`]: query latency at the store level on a stopped server's data directory.
+
+pub mod loadgen;
+pub mod store;

@@ -1,0 +1,94 @@
+//! `faultline-bench`: the load generator and the benchmarks behind BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use faultline_bench::{loadgen, store};
+
+/// mimalloc, as the server uses, so decode figures compare with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// faultline's load generator and benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "faultline-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send realistic traces to a faultline (or any OTLP receiver) and report throughput.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Single-core protobuf decode (and validate, and re-encode) rate of loadgen's requests:
+    /// the ceiling intake is compared against.
+    Decode {
+        /// Seconds per stage.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Spans per request.
+        #[arg(long, default_value_t = 500)]
+        spans_per_request: usize,
+        /// Distinct requests.
+        #[arg(long, default_value_t = 32)]
+        templates: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trace search latency of the store in DATA_DIR (stop the server first): service plus
+    /// one tag plus minDuration over the last 24 hours of the data, in several shapes.
+    Search {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Queries per shape.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
+    /// RED latency of the store in DATA_DIR (stop the server first): one hour of one
+    /// service, for every service, repeatedly.
+    Red {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Queries.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+    },
+    /// Trace-by-id latency of the store in DATA_DIR (stop the server first): samples trace
+    /// ids spread over every block and times each lookup.
+    TraceById {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Lookups.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Loadgen(args) => loadgen::run(&args).map(|summary| {
+            loadgen::print(&args, &summary);
+            ExitCode::SUCCESS
+        }),
+        Command::Decode {
+            seconds,
+            spans_per_request,
+            templates,
+            json,
+        } => loadgen::bench_decode(seconds, spans_per_request, templates, json),
+        Command::TraceById { data_dir, samples } => store::trace_by_id(&data_dir, samples),
+        Command::Red { data_dir, samples } => store::red(&data_dir, samples),
+        Command::Search { data_dir, samples } => store::search(&data_dir, samples),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("faultline-bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

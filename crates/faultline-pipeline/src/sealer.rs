@@ -1,0 +1,111 @@
+//! The sealer thread: seals the store's head into a block when it is due and then
+//! truncates the WAL before the store's durable position; enforces retention (age and
+//! size) once a second; merges runs of small blocks every ten seconds when nothing needs
+//! sealing. A failed seal is retried with backoff while the WAL keeps everything.
+
+use std::time::{Duration, Instant};
+
+use faultline_store::StoreError;
+
+use crate::{Shared, Step};
+
+/// How often retention runs.
+pub(crate) const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// How often small blocks are looked for and merged (when nothing needs sealing).
+pub(crate) const COMPACT_EVERY: Duration = Duration::from_secs(10);
+/// First wait after a failed seal; it doubles up to [`MAX_SEAL_BACKOFF`].
+const FIRST_SEAL_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait between seal attempts while sealing fails.
+const MAX_SEAL_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The sealer's schedule.
+pub(crate) struct Sealer {
+    backoff: Duration,
+    last_retention: Option<Instant>,
+    last_compaction: Instant,
+}
+
+impl Sealer {
+    pub(crate) fn new() -> Self {
+        Self {
+            backoff: FIRST_SEAL_BACKOFF,
+            last_retention: None,
+            last_compaction: Instant::now(),
+        }
+    }
+
+    /// Retention when due, then a seal when due, else a compaction when due. `Failed`
+    /// means sealing failed: wait [`Sealer::backoff`] before the next step.
+    pub(crate) fn step(&mut self, sh: &Shared) -> Step {
+        if self
+            .last_retention
+            .is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+        {
+            self.last_retention = Some(Instant::now());
+            retention(sh);
+        }
+        if !sh.store.should_seal() {
+            if self.last_compaction.elapsed() >= COMPACT_EVERY {
+                self.last_compaction = Instant::now();
+                compact(sh);
+            }
+            return Step::Idle;
+        }
+        match seal_and_truncate(sh) {
+            Ok(()) => {
+                self.backoff = FIRST_SEAL_BACKOFF;
+                Step::Worked
+            }
+            Err(_) => Step::Failed,
+        }
+    }
+
+    /// How long to wait after a failed seal (doubling each time).
+    pub(crate) fn backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_SEAL_BACKOFF);
+        wait
+    }
+}
+
+/// Seals the head (if it holds anything or the WAL position can advance), then truncates
+/// the WAL before the store's durable position. A failed truncation is only logged: the
+/// next seal retries it.
+pub(crate) fn seal_and_truncate(sh: &Shared) -> Result<(), StoreError> {
+    let sealing = Instant::now();
+    match sh.store.seal() {
+        Ok(block) => {
+            sh.stats.sealing(None);
+            if let Some(b) = block {
+                sh.stats
+                    .blocks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(block = %b.id, spans = b.spans, traces = b.traces, bytes = b.bytes, ms = sealing.elapsed().as_millis() as u64, "sealed a block");
+            }
+            if let Err(e) = sh.wal.truncate_before_blocking(sh.store.durable_seq() + 1) {
+                tracing::warn!(error = %e, "cannot truncate the WAL after sealing; it will be retried after the next block");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // The WAL still holds everything; intake keeps accepting within its budget.
+            sh.stats.sealing(Some(e.to_string()));
+            tracing::error!(error = %e, "sealing a block failed; retrying with backoff");
+            Err(e)
+        }
+    }
+}
+
+/// Deletes blocks past the retention age or beyond the size limit.
+pub(crate) fn retention(sh: &Shared) {
+    if let Err(e) = sh.store.enforce_retention((sh.opts.clock)()) {
+        tracing::error!(error = %e, "retention failed; it is retried in a second");
+    }
+}
+
+/// Merges one run of small blocks (one per pass keeps the sealer responsive).
+pub(crate) fn compact(sh: &Shared) {
+    if let Err(e) = sh.store.compact() {
+        tracing::error!(error = %e, "compaction failed; it is retried later");
+    }
+}

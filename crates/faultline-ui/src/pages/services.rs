@@ -1,0 +1,101 @@
+//! `/`: every service with rate, error rate, p50 and p99 over the range, sortable, with a
+//! chart of each over time.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Response};
+
+use faultline_api::params::get as param;
+use faultline_api::{ApiError, ApiState};
+
+use super::{Params, Range, blocking, reasons};
+use crate::html::{esc, ms, page as layout, pct, sparkline, url};
+
+/// `/`: every service with rate, error rate, p50 and p99 over the range, and a chart.
+pub(crate) async fn page(
+    State(st): State<ApiState>,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    let range = Range::parse(&p)?;
+    let sort = param(&p, "sort").unwrap_or("name").to_string();
+    let (start, end, step) = (range.start_s(), range.end_s(), range.step_s());
+    let rows = blocking(&st, move |store| {
+        let (names, c) = store.services()?;
+        let mut rows = Vec::new();
+        for s in names {
+            let (total, _) = store.red_total(&s, None, None, start, end)?;
+            let (series, _) = store.red(&s, None, None, start, end, step)?;
+            rows.push((s, Some(total), series));
+        }
+        Ok((rows, c))
+    })
+    .await?;
+    let (mut rows, c) = rows;
+    let secs = (end - start) as f64;
+    let key = |r: &(String, Option<faultline_store::RedPoint>, _)| -> f64 {
+        let t = r.1.as_ref();
+        match sort.as_str() {
+            "rate" => -(t.map_or(0, |t| t.count) as f64),
+            "errors" => -t.map_or(0.0, |t| {
+                if t.count == 0 {
+                    0.0
+                } else {
+                    t.errors as f64 / t.count as f64
+                }
+            }),
+            "p50" => -t.and_then(|t| t.p50_ms).unwrap_or(0.0),
+            "p99" => -t.and_then(|t| t.p99_ms).unwrap_or(0.0),
+            _ => 0.0,
+        }
+    };
+    rows.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.0.cmp(&b.0)));
+    let qs = range.qs();
+    let mut body = range.picker("/", &format!("&sort={}", url(&sort)));
+    body.push_str("<table id=services><tr>");
+    for (k, label) in [
+        ("name", "Service"),
+        ("rate", "Rate /s"),
+        ("errors", "Error rate"),
+        ("p50", "p50"),
+        ("p99", "p99"),
+    ] {
+        let _ = write!(body, "<th><a href=\"/?{qs}&sort={k}\">{label}</a></th>");
+    }
+    body.push_str("<th>p99 over time</th><th>requests over time</th></tr>");
+    for (name, total, series) in &rows {
+        let t = total.as_ref();
+        let count = t.map_or(0, |t| t.count);
+        let errors = t.map_or(0, |t| t.errors);
+        let p99s: Vec<Option<f64>> = series.iter().map(|p| p.p99_ms).collect();
+        let counts: Vec<Option<f64>> = series.iter().map(|p| Some(p.count as f64)).collect();
+        let _ = write!(
+            body,
+            "<tr class=service-row><td><a href=\"/service/{}?{qs}\">{}</a></td><td class=num>{:.2}</td><td class=\"num{}\">{}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
+            url(name),
+            esc(name),
+            count as f64 / secs,
+            if errors > 0 { " err" } else { "" },
+            if count == 0 {
+                "-".into()
+            } else {
+                pct(errors as f64 / count as f64)
+            },
+            ms(t.and_then(|t| t.p50_ms)),
+            ms(t.and_then(|t| t.p99_ms)),
+            sparkline(&p99s, 160, 24, "#e08a1e"),
+            sparkline(&counts, 160, 24, "#2f6fb5"),
+        );
+    }
+    body.push_str("</table>");
+    if rows.is_empty() {
+        body.push_str("<p class=muted>No services yet: send spans over OTLP or Zipkin.</p>");
+    }
+    Ok(Html(layout(
+        "Services",
+        &reasons(&st, c.reasons),
+        range.refresh,
+        &body,
+    ))
+    .into_response())
+}

@@ -1,0 +1,158 @@
+//! `/trace/{id}`: the waterfall (layout in `waterfall.rs`), with span details, the
+//! critical path, marks on spans whose parent is missing, and find in trace.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Response};
+
+use faultline_api::{ApiError, ApiState};
+use faultline_model::hex;
+use faultline_model::span::Span;
+use faultline_store::TraceSummary;
+
+use super::{blocking, reasons, trace_link};
+use crate::html::{dur, esc, page as layout_page};
+use crate::waterfall::{Row, layout};
+
+/// `/trace/{id}`.
+pub(crate) async fn page(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let trace_id = faultline_api::jaeger::parse_trace_id(&id)
+        .map_err(|e| ApiError::bad_parameter("trace id", e))?;
+    let answer = blocking(&st, move |store| store.trace(&trace_id)).await?;
+    let partial = reasons(&st, answer.completeness.reasons);
+    let spans = answer.spans;
+    if spans.is_empty() {
+        return Err(
+            ApiError::not_found(format!("no spans of trace {id} are stored")).with_partial(partial),
+        );
+    }
+    let w = layout(&spans);
+    let mut body = String::new();
+    if let Some(s) = TraceSummary::of(&spans) {
+        let _ = write!(
+            body,
+            "<p>{} spans · {} services · {} · {} errors{} · <a href=\"/api/v3/traces/{}\">raw OTLP JSON</a></p>",
+            s.span_count,
+            s.services.len(),
+            dur(s.duration_ns()),
+            s.error_count,
+            if s.orphan_count > 0 {
+                format!(
+                    " · <span class=err>{} spans whose parent is missing</span>",
+                    s.orphan_count
+                )
+            } else {
+                String::new()
+            },
+            hex(&trace_id)
+        );
+    }
+    body.push_str("<p><input id=trace-filter placeholder=\"Find in trace (service, operation, attribute)\" size=40> <span class=muted>Critical path in orange; click a span for details.</span></p>");
+    body.push_str("<table class=wf id=waterfall>");
+    for row in &w.rows {
+        span_row(&mut body, &spans[row.index], row, w.t0, w.t1);
+    }
+    body.push_str("</table>");
+    Ok(Html(layout_page(
+        &format!("Trace {}", hex(&trace_id)),
+        &partial,
+        None,
+        &body,
+    ))
+    .into_response())
+}
+
+/// A span's row and its (hidden) detail row.
+fn span_row(body: &mut String, s: &Span, row: &Row, t0: u64, t1: u64) {
+    let left = (s.start_ns - t0) as f64 / (t1 - t0) as f64 * 100.0;
+    let width = (s.duration_ns() as f64 / (t1 - t0) as f64 * 100.0).max(0.2);
+    let mut class = String::from("span-row");
+    if row.critical {
+        class.push_str(" critical");
+    }
+    if s.is_error() {
+        class.push_str(" errspan");
+    }
+    let search_text = {
+        let mut t = format!("{} {} ", s.service(), s.name);
+        for (k, v) in &s.attributes {
+            let _ = write!(t, "{k}={} ", v.to_text());
+        }
+        t.to_lowercase()
+    };
+    let _ = write!(
+        body,
+        "<tr class=\"{class}\" data-span=\"{}\" data-parent=\"{}\" data-text=\"{}\"><td style=\"padding-left:{}px;white-space:nowrap\"><span class=toggle>{}</span><b>{}</b> {}{}</td><td class=num>{}</td><td class=lane><div class=span style=\"left:{left:.2}%;width:{width:.2}%\"></div></td></tr>",
+        hex(&s.span_id),
+        row.parent.map(|p| hex(&p)).unwrap_or_default(),
+        esc(&search_text),
+        row.depth * 16,
+        if row.has_children { "▾" } else { "" },
+        esc(s.service()),
+        esc(&s.name),
+        if row.orphan {
+            " <span class=orphan>(parent missing)</span>"
+        } else {
+            ""
+        },
+        dur(s.duration_ns()),
+    );
+    let _ = write!(
+        body,
+        "<tr class=\"detail hidden\" data-detail-of=\"{}\"><td colspan=3>{}</td></tr>",
+        hex(&s.span_id),
+        span_detail(s, t0)
+    );
+}
+
+fn kv_table(title: &str, kvs: &[(String, faultline_model::span::AttrValue)]) -> String {
+    if kvs.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("<b>{}</b><table>", esc(title));
+    for (k, v) in kvs {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(k),
+            esc(&v.to_text())
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
+fn span_detail(s: &Span, t0: u64) -> String {
+    let mut out = format!(
+        "<p>span {} · kind {} · starts at +{} · status {:?}{}</p>",
+        hex(&s.span_id),
+        s.kind.as_str(),
+        dur(s.start_ns.saturating_sub(t0)),
+        s.status,
+        if s.status_message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", esc(&s.status_message))
+        }
+    );
+    out.push_str(&kv_table("Attributes", &s.attributes));
+    for e in &s.events {
+        out.push_str(&kv_table(&format!("Event {}", e.name), &e.attributes));
+    }
+    for l in &s.links {
+        let _ = write!(
+            out,
+            "<p>Link to {}</p>",
+            trace_link(
+                &l.trace_id,
+                &format!("{} / {}", hex(&l.trace_id), hex(&l.span_id))
+            )
+        );
+    }
+    out.push_str(&kv_table("Resource", &s.origin.resource));
+    out
+}
