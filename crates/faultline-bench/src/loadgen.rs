@@ -663,6 +663,53 @@ pub fn run(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     runtime.block_on(run_async(args))
 }
 
+impl Client {
+    /// The client `args` ask for (protocol, endpoint, timeout, gzip).
+    fn new(args: &LoadgenArgs) -> anyhow::Result<Self> {
+        let timeout = Duration::from_secs_f64(args.timeout);
+        Ok(match args.protocol.as_str() {
+            "http" => {
+                let base = args
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "http://127.0.0.1:4318".into());
+                let url = if base.ends_with("/v1/traces") {
+                    base
+                } else {
+                    format!("{}/v1/traces", base.trim_end_matches('/'))
+                };
+                Client::Http {
+                    client: reqwest::Client::builder()
+                        .timeout(timeout)
+                        .pool_max_idle_per_host(args.concurrency)
+                        .build()
+                        .context("cannot build the HTTP client")?,
+                    url,
+                    gzip: args.gzip,
+                }
+            }
+            "grpc" => {
+                let url = args
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "http://127.0.0.1:4317".into());
+                let channel = tonic::transport::Channel::from_shared(url.clone())
+                    .with_context(|| format!("invalid endpoint {url}"))?
+                    .timeout(timeout)
+                    .tcp_nodelay(true)
+                    .initial_stream_window_size(Some(4 << 20))
+                    .initial_connection_window_size(Some(16 << 20))
+                    .connect_lazy();
+                Client::Grpc {
+                    channel,
+                    gzip: args.gzip,
+                }
+            }
+            other => anyhow::bail!("unknown protocol {other:?}; use grpc or http"),
+        })
+    }
+}
+
 async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.templates > 0, "--templates must be at least 1");
@@ -684,47 +731,7 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
         templates.iter().map(|t| t.spans).sum::<usize>() as f64 / templates.len() as f64;
     let mean_bytes =
         templates.iter().map(|t| t.body.len()).sum::<usize>() as f64 / templates.len() as f64;
-    let timeout = Duration::from_secs_f64(args.timeout);
-    let client = Arc::new(match args.protocol.as_str() {
-        "http" => {
-            let base = args
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| "http://127.0.0.1:4318".into());
-            let url = if base.ends_with("/v1/traces") {
-                base
-            } else {
-                format!("{}/v1/traces", base.trim_end_matches('/'))
-            };
-            Client::Http {
-                client: reqwest::Client::builder()
-                    .timeout(timeout)
-                    .pool_max_idle_per_host(args.concurrency)
-                    .build()
-                    .context("cannot build the HTTP client")?,
-                url,
-                gzip: args.gzip,
-            }
-        }
-        "grpc" => {
-            let url = args
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| "http://127.0.0.1:4317".into());
-            let channel = tonic::transport::Channel::from_shared(url.clone())
-                .with_context(|| format!("invalid endpoint {url}"))?
-                .timeout(timeout)
-                .tcp_nodelay(true)
-                .initial_stream_window_size(Some(4 << 20))
-                .initial_connection_window_size(Some(16 << 20))
-                .connect_lazy();
-            Client::Grpc {
-                channel,
-                gzip: args.gzip,
-            }
-        }
-        other => anyhow::bail!("unknown protocol {other:?}; use grpc or http"),
-    });
+    let client = Arc::new(Client::new(args)?);
     let ack_log = match &args.ack_log {
         Some(p) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
             std::fs::File::create(p)

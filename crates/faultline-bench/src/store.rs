@@ -111,7 +111,7 @@ pub fn red(data_dir: &Path, samples: usize) -> anyhow::Result<ExitCode> {
 }
 
 /// Search shapes over the last 24 hours of the data, each repeated `samples` times over
-/// every service: the tag values are those `faultline loadgen` sends.
+/// every service: the tag values are those `faultline-bench loadgen` sends.
 pub fn search(data_dir: &Path, samples: usize) -> anyhow::Result<ExitCode> {
     let (store, report, _) = open(data_dir)?;
     let (services, _) = store.services().context("cannot list services")?;

@@ -4,7 +4,7 @@
 //! `TraceServiceServer`, with a codec that hands over the request's raw protobuf bytes:
 //! intake decodes them once to validate, and stores the same bytes in the WAL when every
 //! span is valid. The generated server would decode, and intake would have to encode again
-//! (about a third of the per-request CPU, measured with `faultline bench decode`).
+//! (about a third of the per-request CPU, measured with `faultline-bench decode`).
 //!
 //! Answers: an `ExportTraceServiceResponse` (with partial success when spans were
 //! dropped), or a status: INVALID_ARGUMENT (malformed, nothing valid), RESOURCE_EXHAUSTED

@@ -438,7 +438,7 @@ pub fn one_span_request(service: &str, trace_id: &[u8], error: bool) -> Vec<u8> 
     )
 }
 
-/// Acknowledged trace ids from a `faultline loadgen --ack-log` file.
+/// Acknowledged trace ids from a `faultline-bench loadgen --ack-log` file.
 pub fn acked_trace_ids(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap()

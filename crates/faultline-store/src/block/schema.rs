@@ -1,0 +1,116 @@
+//! The Arrow schema of a block (the column table is in the module doc of `block`), and the
+//! choice of promoted attribute columns: keys on at least 1% of a block's spans with one
+//! scalar type throughout, up to [`MAX_PROMOTED`], each in a nullable `attr.KEY` column.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use faultline_model::span::{AttrValue, Span};
+
+use super::FastMap;
+
+/// The Arrow schema of a block.
+pub fn schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("span_id", DataType::FixedSizeBinary(8), false),
+        Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+        Field::new("parent_row_delta", DataType::Int32, true),
+        s("service"),
+        s("name"),
+        Field::new("kind", DataType::Int32, false),
+        Field::new("trace_start_unix_nano", DataType::Int64, false),
+        Field::new("start_offset_nano", DataType::Int64, false),
+        Field::new("duration_nano", DataType::Int64, false),
+        Field::new("status_code", DataType::Int32, false),
+        s("status_message"),
+        s("attributes"),
+        s("resource_attributes"),
+        s("scope_name"),
+        s("scope_version"),
+        s("events"),
+        s("links"),
+    ]))
+}
+
+/// The type of a promoted attribute column (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Promo {
+    Str,
+    Int,
+    Double,
+    Bool,
+}
+
+impl Promo {
+    pub(crate) fn of(v: &AttrValue) -> Option<Self> {
+        match v {
+            AttrValue::Str(_) => Some(Self::Str),
+            AttrValue::Int(_) => Some(Self::Int),
+            AttrValue::Double(_) => Some(Self::Double),
+            AttrValue::Bool(_) => Some(Self::Bool),
+            _ => None,
+        }
+    }
+
+    fn data_type(self) -> DataType {
+        match self {
+            Self::Str => DataType::Utf8,
+            Self::Int => DataType::Int64,
+            Self::Double => DataType::Float64,
+            Self::Bool => DataType::Boolean,
+        }
+    }
+}
+
+/// Prefix of promoted attribute columns.
+pub(crate) const ATTR_PREFIX: &str = "attr.";
+/// Most attribute keys promoted to their own columns in one block.
+pub const MAX_PROMOTED: usize = 32;
+
+/// The attribute keys of `spans` that get their own column: those on at least 1% of the
+/// spans with one scalar type throughout, the most frequent [`MAX_PROMOTED`], by name.
+pub(crate) fn choose_promoted(spans: &[&Span]) -> Vec<(String, Promo)> {
+    let mut seen: FastMap<&str, (usize, Option<Promo>)> = FastMap::default();
+    for s in spans {
+        for (k, v) in &s.attributes {
+            let e = seen.entry(k.as_str()).or_insert((0, Promo::of(v)));
+            e.0 += 1;
+            if e.1 != Promo::of(v) {
+                e.1 = None;
+            }
+        }
+    }
+    let least = spans.len().div_ceil(100).max(1);
+    let mut keys: Vec<(&str, usize, Promo)> = seen
+        .into_iter()
+        .filter_map(|(k, (n, p))| Some((k, n, p?)))
+        .filter(|&(_, n, _)| n >= least)
+        .collect();
+    keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    keys.truncate(MAX_PROMOTED);
+    let mut out: Vec<(String, Promo)> = keys
+        .into_iter()
+        .map(|(k, _, p)| (k.to_string(), p))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The Arrow schema of a block with `promoted` attribute columns.
+pub(crate) fn block_schema(promoted: &[(String, Promo)]) -> SchemaRef {
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    if !promoted.is_empty() {
+        fields.push(Field::new("attribute_keys", DataType::Utf8, false));
+        for (k, p) in promoted {
+            fields.push(Field::new(format!("{ATTR_PREFIX}{k}"), p.data_type(), true));
+        }
+    }
+    Arc::new(Schema::new(fields))
+}

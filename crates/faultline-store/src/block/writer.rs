@@ -1,0 +1,543 @@
+//! Writing a block: spans sorted by trace id and start, encoded into Parquet with the
+//! writer settings below (each one's reason beside it), the trace-id index and the search
+//! postings, all fsynced under temporary names and renamed together.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeBinaryBuilder, Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use faultline_model::hex;
+use faultline_model::span::{AttrValue, Origin, Span};
+
+use super::json::{attrs_str, write_attr_pairs, write_attrs, write_json_str};
+use super::schema::{Promo, block_schema, choose_promoted};
+use super::{FastMap, parquet_path, tidx, tidx_path};
+use crate::error::StoreError;
+use crate::search::{self, BlockIndex, LightRows, Postings};
+
+/// Largest row group.
+pub const ROW_GROUP_ROWS: usize = 256 * 1024;
+/// Largest data page, in rows.
+pub const PAGE_ROWS: usize = 2048;
+
+/// Summary of a written block.
+#[derive(Debug, Clone)]
+pub struct WrittenBlock {
+    /// Spans written.
+    pub spans: u64,
+    /// Distinct traces.
+    pub traces: u64,
+    /// Earliest span start, Unix nanoseconds.
+    pub min_start_ns: u64,
+    /// Latest span end, Unix nanoseconds.
+    pub max_end_ns: u64,
+    /// Bytes of the Parquet file plus the trace-id and search indexes.
+    pub bytes: u64,
+}
+
+/// Writes `spans` (any order) as block `id` in `dir`, durably. Blocking: call off the
+/// async executor.
+pub fn write_block(dir: &Path, id: &str, spans: &[Span]) -> Result<WrittenBlock, StoreError> {
+    write_block_indexed(dir, id, spans).map(|(w, _)| w)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { op, path, source }
+}
+
+/// [`write_block`], also returning the block's search index.
+pub(crate) fn write_block_indexed(
+    dir: &Path,
+    id: &str,
+    spans: &[Span],
+) -> Result<(WrittenBlock, BlockIndex), StoreError> {
+    // Sort references, not spans: the head stays queryable (and unmoved) while it is written.
+    let mut sorted: Vec<&Span> = spans.iter().collect();
+    sorted.sort_unstable_by(|a, b| {
+        a.trace_id
+            .cmp(&b.trace_id)
+            .then(a.start_ns.cmp(&b.start_ns))
+            .then(a.span_id.cmp(&b.span_id))
+    });
+    let spans = sorted;
+    std::fs::create_dir_all(dir).map_err(io_err("create block directory", dir))?;
+    let min_start_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
+    let max_end_ns = spans
+        .iter()
+        .map(|s| s.end_ns.max(s.start_ns))
+        .max()
+        .unwrap_or(0);
+    let tmp_pq = dir.join(format!("{id}.parquet.tmp"));
+    write_parquet(&tmp_pq, &spans, (min_start_ns, max_end_ns))?;
+
+    // Trace-id index: one entry per trace, in row order (rows are sorted by trace id).
+    let entries = tidx::entries(spans.iter().map(|s| &s.trace_id));
+    let idx = tidx::encode(&entries);
+    let tmp_idx = dir.join(format!("{id}.tidx.tmp"));
+    tidx::write_tmp(&tmp_idx, &idx)?;
+
+    // Search index: postings on disk, span and trace columns in memory.
+    let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
+    let (postings, body) = Postings::build(&spans, &traces)?;
+    let sidx_bytes = search::write_postings(dir, id, &body)?;
+    let mut light = LightRows::default();
+    for s in &spans {
+        light.push_span(s);
+    }
+    let index = BlockIndex::build(light, &traces, postings);
+
+    let final_pq = parquet_path(dir, id);
+    std::fs::rename(&tmp_idx, tidx_path(dir, id))
+        .map_err(io_err("rename trace index", &tmp_idx))?;
+    std::fs::rename(&tmp_pq, &final_pq).map_err(io_err("rename block file", &tmp_pq))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync block directory", dir))?;
+    let bytes =
+        std::fs::metadata(&final_pq).map(|m| m.len()).unwrap_or(0) + idx.len() as u64 + sidx_bytes;
+    Ok((
+        WrittenBlock {
+            spans: spans.len() as u64,
+            traces: entries.len() as u64,
+            min_start_ns,
+            max_end_ns,
+            bytes,
+        },
+        index,
+    ))
+}
+
+/// Writes the sorted spans as Parquet at `tmp` and fsyncs it.
+fn write_parquet(
+    tmp: &Path,
+    spans: &[&Span],
+    (min_start_ns, max_end_ns): (u64, u64),
+) -> Result<(), StoreError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(StoreError::parquet)?,
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        // Small pages: a trace-by-id lookup decompresses only the pages holding its rows.
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        // Span ids are unique: a dictionary only adds its indices (1.6 bytes per span
+        // measured). Start times within a trace are close: delta encoding.
+        .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("parent_span_id"), false)
+        // Offsets within a trace: a small dictionary when they repeat, else delta
+        // encoding (offsets rise within a trace).
+        .set_column_dictionary_page_size_limit(ColumnPath::from("start_offset_nano"), 64 << 10)
+        .set_column_encoding(
+            ColumnPath::from("start_offset_nano"),
+            Encoding::DELTA_BINARY_PACKED,
+        )
+        .set_key_value_metadata(Some(vec![
+            parquet::file::metadata::KeyValue::new(
+                "faultline.block.format".into(),
+                "3".to_string(),
+            ),
+            parquet::file::metadata::KeyValue::new(
+                "faultline.block.min_start_ns".into(),
+                min_start_ns.to_string(),
+            ),
+            parquet::file::metadata::KeyValue::new(
+                "faultline.block.max_end_ns".into(),
+                max_end_ns.to_string(),
+            ),
+        ]))
+        // Small dictionary-encoded columns stay uncompressed: they cost little, and every
+        // zstd column costs a trace read a fresh zstd context (measured: a quarter of a
+        // trace read's time went to creating them).
+        .set_column_compression(ColumnPath::from("service"), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from("name"), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from("kind"), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from("status_code"), Compression::UNCOMPRESSED)
+        .set_column_compression(
+            ColumnPath::from("status_message"),
+            Compression::UNCOMPRESSED,
+        )
+        .set_column_compression(ColumnPath::from("scope_name"), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from("scope_version"), Compression::UNCOMPRESSED)
+        .set_column_compression(ColumnPath::from("links"), Compression::UNCOMPRESSED)
+        .set_column_compression(
+            ColumnPath::from("resource_attributes"),
+            Compression::UNCOMPRESSED,
+        )
+        .set_column_compression(
+            ColumnPath::from("attribute_keys"),
+            Compression::UNCOMPRESSED,
+        )
+        .build();
+    let file = File::create(tmp).map_err(io_err("create block file", tmp))?;
+    let promoted = choose_promoted(spans);
+    let schema = block_schema(&promoted);
+    let derived = derive_rows(spans);
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(StoreError::parquet)?;
+    for (chunk, rows) in spans
+        .chunks(ROW_GROUP_ROWS)
+        .zip(derived.chunks(ROW_GROUP_ROWS))
+    {
+        let mut b = Columns::new(chunk.len(), &promoted);
+        for (s, d) in chunk.iter().zip(rows) {
+            b.push(s, d)?;
+        }
+        writer
+            .write(&b.finish(&schema)?)
+            .map_err(StoreError::parquet)?;
+    }
+    let file = writer.into_inner().map_err(StoreError::parquet)?;
+    file.sync_all().map_err(io_err("fsync block file", tmp))
+}
+
+/// A builder of one promoted attribute column.
+enum PromoBuilder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Double(arrow_array::builder::Float64Builder),
+    Bool(arrow_array::builder::BooleanBuilder),
+}
+
+impl PromoBuilder {
+    fn new(p: Promo, n: usize) -> Self {
+        match p {
+            Promo::Str => Self::Str(StringBuilder::new()),
+            Promo::Int => Self::Int(Int64Builder::with_capacity(n)),
+            Promo::Double => Self::Double(arrow_array::builder::Float64Builder::with_capacity(n)),
+            Promo::Bool => Self::Bool(arrow_array::builder::BooleanBuilder::with_capacity(n)),
+        }
+    }
+
+    /// Appends `v` if it has the column's type; false (nothing appended) otherwise.
+    fn append(&mut self, v: &AttrValue) -> bool {
+        match (self, v) {
+            (Self::Str(b), AttrValue::Str(s)) => b.append_value(s),
+            (Self::Int(b), AttrValue::Int(i)) => b.append_value(*i),
+            (Self::Double(b), AttrValue::Double(d)) => b.append_value(*d),
+            (Self::Bool(b), AttrValue::Bool(x)) => b.append_value(*x),
+            _ => return false,
+        }
+        true
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Self::Str(b) => b.append_null(),
+            Self::Int(b) => b.append_null(),
+            Self::Double(b) => b.append_null(),
+            Self::Bool(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Str(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::Double(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Per row of a sorted block: its trace's start, and how many rows before it its parent
+/// is when the parent is in the same trace in this block.
+#[derive(Debug, Clone, Copy)]
+struct Derived {
+    trace_start: u64,
+    parent_delta: Option<i32>,
+}
+
+/// [`Derived`] for spans sorted by trace id, then start.
+fn derive_rows(spans: &[&Span]) -> Vec<Derived> {
+    let mut out = Vec::with_capacity(spans.len());
+    let mut a = 0;
+    while a < spans.len() {
+        let t = spans[a].trace_id;
+        let b = a + spans[a..].iter().take_while(|s| s.trace_id == t).count();
+        let group = &spans[a..b];
+        let trace_start = group.iter().map(|s| s.start_ns).min().unwrap_or(0);
+        // Small traces: a scan; large ones: a map (first row of each span id).
+        let map: Option<FastMap<[u8; 8], usize>> = (group.len() > 32).then(|| {
+            let mut m = FastMap::with_capacity_and_hasher(group.len(), Default::default());
+            for (i, s) in group.iter().enumerate() {
+                m.entry(s.span_id).or_insert(i);
+            }
+            m
+        });
+        for (i, s) in group.iter().enumerate() {
+            let parent_row = s.parent_span_id.and_then(|p| match &map {
+                Some(m) => m.get(&p).copied(),
+                None => group.iter().position(|g| g.span_id == p),
+            });
+            out.push(Derived {
+                trace_start,
+                parent_delta: parent_row.and_then(|q| i32::try_from(i as i64 - q as i64).ok()),
+            });
+        }
+        a = b;
+    }
+    out
+}
+
+/// The column builders of one row group; [`Columns::push`] adds a span, [`Columns::finish`]
+/// makes the batch. Builders are sized up front: growing builders of a quarter million
+/// rows copied them over and over (memmove and freshly zeroed pages showed in profiles of
+/// sealing).
+struct Columns<'a> {
+    trace: FixedSizeBinaryBuilder,
+    span: FixedSizeBinaryBuilder,
+    parent: FixedSizeBinaryBuilder,
+    parent_delta: Int32Builder,
+    trace_start: Int64Builder,
+    service: StringBuilder,
+    name: StringBuilder,
+    kind: Int32Builder,
+    offset: Int64Builder,
+    dur: Int64Builder,
+    status: Int32Builder,
+    status_msg: StringBuilder,
+    attrs: StringBuilder,
+    res: StringBuilder,
+    scope_name: StringBuilder,
+    scope_version: StringBuilder,
+    events: StringBuilder,
+    links: StringBuilder,
+    /// Scratch for JSON values.
+    buf: String,
+    promoted: Promoted<'a>,
+    /// Spans of one request share their origin; its resource is serialised once.
+    last_origin: Option<(*const Origin, String)>,
+}
+
+/// The promoted attribute columns and the `attribute_keys` column that keeps key order.
+struct Promoted<'a> {
+    keys: StringBuilder,
+    keys_buf: String,
+    last_keys: Vec<&'a str>,
+    columns: Vec<PromoBuilder>,
+    column_of: FastMap<&'a str, usize>,
+    filled: Vec<bool>,
+    residual: Vec<(&'a str, &'a AttrValue)>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(n: usize, promoted: &'a [(String, Promo)]) -> Self {
+        let strings = |bytes_per_row: usize| StringBuilder::with_capacity(n, n * bytes_per_row);
+        Self {
+            trace: FixedSizeBinaryBuilder::with_capacity(n, 16),
+            span: FixedSizeBinaryBuilder::with_capacity(n, 8),
+            parent: FixedSizeBinaryBuilder::with_capacity(n, 8),
+            parent_delta: Int32Builder::with_capacity(n),
+            trace_start: Int64Builder::with_capacity(n),
+            service: strings(12),
+            name: strings(16),
+            kind: Int32Builder::with_capacity(n),
+            offset: Int64Builder::with_capacity(n),
+            dur: Int64Builder::with_capacity(n),
+            status: Int32Builder::with_capacity(n),
+            status_msg: strings(1),
+            attrs: strings(if promoted.is_empty() { 160 } else { 8 }),
+            res: strings(160),
+            scope_name: strings(8),
+            scope_version: strings(4),
+            events: strings(2),
+            links: strings(2),
+            buf: String::with_capacity(512),
+            promoted: Promoted {
+                keys: strings(if promoted.is_empty() { 0 } else { 96 }),
+                keys_buf: String::from("[]"),
+                last_keys: Vec::new(),
+                columns: promoted
+                    .iter()
+                    .map(|(_, p)| PromoBuilder::new(*p, n))
+                    .collect(),
+                column_of: promoted
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, _))| (k.as_str(), i))
+                    .collect(),
+                filled: vec![false; promoted.len()],
+                residual: Vec::new(),
+            },
+            last_origin: None,
+        }
+    }
+
+    fn push(&mut self, s: &'a Span, d: &Derived) -> Result<(), StoreError> {
+        self.trace
+            .append_value(s.trace_id)
+            .map_err(StoreError::arrow)?;
+        self.span
+            .append_value(s.span_id)
+            .map_err(StoreError::arrow)?;
+        match (&s.parent_span_id, d.parent_delta) {
+            (Some(_), Some(delta)) => {
+                self.parent.append_null();
+                self.parent_delta.append_value(delta);
+            }
+            (Some(p), None) => {
+                self.parent.append_value(p).map_err(StoreError::arrow)?;
+                self.parent_delta.append_null();
+            }
+            (None, _) => {
+                self.parent.append_null();
+                self.parent_delta.append_null();
+            }
+        }
+        self.trace_start
+            .append_value(i64::try_from(d.trace_start).unwrap_or(i64::MAX));
+        self.offset
+            .append_value(i64::try_from(s.start_ns - d.trace_start).unwrap_or(i64::MAX));
+        self.service.append_value(s.service());
+        self.name.append_value(&s.name);
+        self.kind.append_value(s.kind as i32);
+        self.dur
+            .append_value(i64::try_from(s.duration_ns()).unwrap_or(i64::MAX));
+        self.status.append_value(s.status as i32);
+        self.status_msg.append_value(&s.status_message);
+        self.buf.clear();
+        if self.promoted.columns.is_empty() {
+            write_attrs(&mut self.buf, &s.attributes);
+        } else {
+            self.promoted.push(s, &mut self.buf);
+        }
+        self.attrs.append_value(&self.buf);
+        let ptr = Arc::as_ptr(&s.origin);
+        match &self.last_origin {
+            Some((p, text)) if *p == ptr => self.res.append_value(text),
+            _ => {
+                let text = attrs_str(&s.origin.resource);
+                self.res.append_value(&text);
+                self.last_origin = Some((ptr, text));
+            }
+        }
+        self.scope_name.append_value(&s.origin.scope_name);
+        self.scope_version.append_value(&s.origin.scope_version);
+        self.push_events_and_links(s);
+        Ok(())
+    }
+
+    fn push_events_and_links(&mut self, s: &Span) {
+        let buf = &mut self.buf;
+        if s.events.is_empty() {
+            self.events.append_value("[]");
+        } else {
+            buf.clear();
+            buf.push('[');
+            for (i, e) in s.events.iter().enumerate() {
+                if i > 0 {
+                    buf.push(',');
+                }
+                buf.push_str(&format!("{{\"time_unix_nano\":{},\"name\":", e.time_ns));
+                write_json_str(buf, &e.name);
+                buf.push_str(",\"attributes\":");
+                write_attrs(buf, &e.attributes);
+                buf.push('}');
+            }
+            buf.push(']');
+            self.events.append_value(&*buf);
+        }
+        if s.links.is_empty() {
+            self.links.append_value("[]");
+        } else {
+            buf.clear();
+            buf.push('[');
+            for (i, l) in s.links.iter().enumerate() {
+                if i > 0 {
+                    buf.push(',');
+                }
+                buf.push_str(&format!(
+                    "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",\"attributes\":",
+                    hex(&l.trace_id),
+                    hex(&l.span_id)
+                ));
+                write_attrs(buf, &l.attributes);
+                buf.push('}');
+            }
+            buf.push(']');
+            self.links.append_value(&*buf);
+        }
+    }
+
+    fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch, StoreError> {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.trace.finish()),
+            Arc::new(self.span.finish()),
+            Arc::new(self.parent.finish()),
+            Arc::new(self.parent_delta.finish()),
+            Arc::new(self.service.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.trace_start.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.dur.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.status_msg.finish()),
+            Arc::new(self.attrs.finish()),
+            Arc::new(self.res.finish()),
+            Arc::new(self.scope_name.finish()),
+            Arc::new(self.scope_version.finish()),
+            Arc::new(self.events.finish()),
+            Arc::new(self.links.finish()),
+        ];
+        let p = &mut self.promoted;
+        if !p.columns.is_empty() {
+            cols.push(Arc::new(p.keys.finish()));
+            cols.extend(p.columns.iter_mut().map(PromoBuilder::finish));
+        }
+        RecordBatch::try_new(schema.clone(), cols).map_err(StoreError::arrow)
+    }
+}
+
+impl<'a> Promoted<'a> {
+    /// Promoted keys go to their columns (the first occurrence, if it has the column's
+    /// type), the rest to the JSON in `buf`; the key order is kept aside.
+    fn push(&mut self, s: &'a Span, buf: &mut String) {
+        self.filled.iter_mut().for_each(|f| *f = false);
+        self.residual.clear();
+        // Most spans repeat the previous span's keys: write the list only when not.
+        let same_keys = self.last_keys.len() == s.attributes.len()
+            && self
+                .last_keys
+                .iter()
+                .zip(&s.attributes)
+                .all(|(a, (b, _))| *a == b.as_str());
+        if !same_keys {
+            self.last_keys.clear();
+            self.last_keys
+                .extend(s.attributes.iter().map(|(k, _)| k.as_str()));
+            self.keys_buf.clear();
+            self.keys_buf.push('[');
+            for (i, (k, _)) in s.attributes.iter().enumerate() {
+                if i > 0 {
+                    self.keys_buf.push(',');
+                }
+                write_json_str(&mut self.keys_buf, k);
+            }
+            self.keys_buf.push(']');
+        }
+        for (k, v) in &s.attributes {
+            match self.column_of.get(k.as_str()) {
+                Some(&c) if !self.filled[c] && self.columns[c].append(v) => self.filled[c] = true,
+                _ => self.residual.push((k.as_str(), v)),
+            }
+        }
+        for (c, f) in self.filled.iter().enumerate() {
+            if !f {
+                self.columns[c].append_null();
+            }
+        }
+        self.keys.append_value(&self.keys_buf);
+        write_attr_pairs(buf, self.residual.iter().copied());
+    }
+}

@@ -1,0 +1,55 @@
+//! Trace search and trace summaries: what a block's search index holds, how it is built,
+//! written and read, and how a query runs over blocks and the head.
+//!
+//! Each sealed block has a search index in memory ([`BlockIndex`]):
+//!
+//! - per span (in the block's row order): the operation (an id into the block's table of
+//!   (service, operation name)) and the duration in microseconds;
+//! - per trace (in the trace-id index's order): start, end, root operation, error count and
+//!   orphan count (spans whose parent is not in the trace);
+//! - tag postings: for each (service, tag key, tag value) the set of traces with a span of
+//!   that service carrying the tag, as a Roaring bitmap of trace ordinals.
+//!
+//! The span and trace columns are rebuilt from the block's Parquet columns when the block is
+//! opened; only the postings are kept on disk, in `BLOCKID.sidx` (format in `postings.rs`).
+//!
+//! Code map: the query vocabulary, trace summaries and which tags a span carries
+//! (`query.rs`); the postings and their file (`postings.rs`); the in-memory index of a
+//! block and how a search runs over it (`index.rs`).
+//!
+//! **What is searchable:** a span's attributes, its resource's attributes, its events'
+//! attributes, and the tags faultline's Jaeger answers add (`span.kind`, `error=true`,
+//! `otel.status_code`, `otel.status_description`, `otel.scope.name`,
+//! `otel.scope.version`). Values are compared as text (`500`, `true`). String values up to
+//! [`MAX_INDEXED_VALUE`] bytes, integers and booleans are indexed; other values (doubles,
+//! arrays, long strings) and keys with more distinct values in a block than
+//! [`max_distinct_values`] allows are listed as *unindexed*, and a search on them reads the
+//! candidate traces to check (bounded by [`MAX_VERIFY_TRACES`], beyond which the answer is
+//! marked partial).
+//!
+//! **Match semantics** (as Jaeger's Cassandra backend): a trace matches when it has a span
+//! of the service (and operation) whose duration is within the bounds, and for each tag a
+//! span of the service carrying it; the tag and the duration need not be on the same span.
+//! A trace matches the time range when it overlaps it.
+
+mod index;
+mod postings;
+mod query;
+
+pub(crate) use index::{Agg, BlockIndex, LightRows, TopK};
+pub(crate) use postings::{IdBuild, Postings, read_postings, write_postings};
+pub use query::{SortOrder, Tag, TraceQuery, TraceSummary, for_each_tag, span_has_tag};
+
+/// Longest string value kept in the postings.
+pub const MAX_INDEXED_VALUE: usize = 128;
+/// How many candidate traces one search reads from blocks to check unindexed tags.
+pub const MAX_VERIFY_TRACES: usize = 20_000;
+/// Most tags in one search.
+pub const MAX_TAGS: usize = 32;
+
+/// The most distinct values one (service, key) may have in a block before it is listed as
+/// unindexed: a key whose values are nearly unique per trace (request ids) would make the
+/// postings larger than the spans.
+pub fn max_distinct_values(traces: usize) -> usize {
+    (traces * 3 / 4).max(1024)
+}

@@ -1,0 +1,315 @@
+//! The query vocabulary of search ([`TraceQuery`], [`SortOrder`]), trace summaries, and
+//! which tags a span carries and how they compare as text.
+
+use std::collections::HashSet;
+
+use roaring::RoaringBitmap;
+
+use faultline_model::span::{AttrValue, Span, SpanId, StatusCode, TraceId};
+
+use super::{MAX_INDEXED_VALUE, MAX_TAGS};
+
+/// How search results are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    /// Latest start first.
+    #[default]
+    Newest,
+    /// Earliest start first.
+    Oldest,
+    /// Longest duration first.
+    Longest,
+    /// Shortest duration first.
+    Shortest,
+}
+
+impl SortOrder {
+    /// Parses `newest`, `oldest`, `longest`/`duration`, `shortest`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "newest" | "start" | "start_desc" => Some(Self::Newest),
+            "oldest" | "start_asc" => Some(Self::Oldest),
+            "longest" | "duration" | "duration_desc" => Some(Self::Longest),
+            "shortest" | "duration_asc" => Some(Self::Shortest),
+            _ => None,
+        }
+    }
+
+    /// Larger is better.
+    pub(crate) fn key(self, start_ns: u64, end_ns: u64) -> u64 {
+        let dur = end_ns.saturating_sub(start_ns);
+        match self {
+            Self::Newest => start_ns,
+            Self::Oldest => u64::MAX - start_ns,
+            Self::Longest => dur,
+            Self::Shortest => u64::MAX - dur,
+        }
+    }
+}
+
+/// A trace search.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// Only traces with spans of this service.
+    pub service: Option<String>,
+    /// Only traces with spans of this operation (of `service` when given).
+    pub operation: Option<String>,
+    /// Tags (key, value as text) that spans of the service must carry.
+    pub tags: Vec<(String, String)>,
+    /// Least duration of a matching span.
+    pub min_duration_ns: Option<u64>,
+    /// Greatest duration of a matching span.
+    pub max_duration_ns: Option<u64>,
+    /// Traces overlapping `[start_ns, end_ns]`.
+    pub start_ns: u64,
+    /// See `start_ns`.
+    pub end_ns: u64,
+    /// Only traces with at least one error span.
+    pub errors_only: bool,
+    /// Result order.
+    pub sort: SortOrder,
+    /// Most results.
+    pub limit: usize,
+    /// Stop searching sealed blocks after this long and answer with what was found, marked
+    /// partial (`None`: no limit).
+    pub time_limit: Option<std::time::Duration>,
+}
+
+impl TraceQuery {
+    pub(crate) fn has_span_filter(&self) -> bool {
+        self.service.is_some()
+            || self.operation.is_some()
+            || self.min_duration_ns.is_some()
+            || self.max_duration_ns.is_some()
+    }
+
+    /// Bounds in whole microseconds (Jaeger's unit), inclusive.
+    pub(crate) fn duration_bounds_us(&self) -> (u64, u64) {
+        (
+            self.min_duration_ns.map_or(0, |m| m.div_ceil(1000)),
+            self.max_duration_ns.map_or(u64::MAX, |m| m / 1000),
+        )
+    }
+
+    /// Whether a duration is within the bounds, compared in whole microseconds.
+    fn duration_ok(&self, dur_ns: u64) -> bool {
+        let (lo, hi) = self.duration_bounds_us();
+        let us = (dur_ns / 1000).min(u64::from(u32::MAX));
+        us >= lo && us <= hi
+    }
+
+    /// Whether a span satisfies the service, operation and duration filters.
+    pub fn span_matches(&self, s: &Span) -> bool {
+        self.service.as_deref().is_none_or(|v| s.service() == v)
+            && self.operation.as_deref().is_none_or(|v| s.name == v)
+            && self.duration_ok(s.duration_ns())
+    }
+
+    /// Whether a span is of the queried service (tags are looked for on these spans).
+    fn service_matches(&self, s: &Span) -> bool {
+        self.service.as_deref().is_none_or(|v| s.service() == v)
+    }
+
+    /// Exact check of a whole trace.
+    pub fn trace_matches(&self, spans: &[&Span], summary: &TraceSummary) -> bool {
+        summary.overlaps(self.start_ns, self.end_ns)
+            && (!self.errors_only || summary.error_count > 0)
+            && self.part_mask(spans) == self.full_mask()
+    }
+
+    /// Criteria a set of spans satisfies: bit 0 when a span passes the service, operation
+    /// and duration filters (or there are none), bit `i + 1` when a span of the service
+    /// carries tag `i`.
+    pub(crate) fn part_mask(&self, spans: &[&Span]) -> u64 {
+        let mut m =
+            u64::from(!self.has_span_filter() || spans.iter().any(|s| self.span_matches(s)));
+        for (i, (k, v)) in self.tags.iter().enumerate() {
+            if spans
+                .iter()
+                .filter(|s| self.service_matches(s))
+                .any(|s| span_has_tag(s, k, v))
+            {
+                m |= 1 << (i + 1);
+            }
+        }
+        m
+    }
+
+    /// Every criterion satisfied.
+    pub(crate) fn full_mask(&self) -> u64 {
+        (1u64 << (self.tags.len().min(MAX_TAGS) + 1)) - 1
+    }
+
+    /// The bits of tags the postings cannot answer (`None` in `sets`).
+    pub(crate) fn unindexed_bits(&self, sets: &[Option<RoaringBitmap>]) -> u64 {
+        sets.iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .fold(0, |m, (i, _)| m | (1 << (i + 1)))
+    }
+}
+
+/// What a trace looks like at a glance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSummary {
+    /// Trace id.
+    pub trace_id: TraceId,
+    /// Earliest span start, Unix nanoseconds.
+    pub start_ns: u64,
+    /// Latest span end, Unix nanoseconds.
+    pub end_ns: u64,
+    /// Service of the root span (the earliest span without a parent), if there is one.
+    pub root_service: Option<String>,
+    /// Operation of the root span.
+    pub root_name: Option<String>,
+    /// Spans.
+    pub span_count: u32,
+    /// Spans with error status.
+    pub error_count: u32,
+    /// Spans whose parent is not in the trace.
+    pub orphan_count: u32,
+    /// Services with spans in the trace, sorted.
+    pub services: Vec<String>,
+}
+
+impl TraceSummary {
+    /// The summary of a trace from its spans (`None` when there are none).
+    pub fn of(spans: &[Span]) -> Option<Self> {
+        let refs: Vec<&Span> = spans.iter().collect();
+        Self::of_refs(&refs)
+    }
+
+    /// [`TraceSummary::of`] over references.
+    pub fn of_refs(spans: &[&Span]) -> Option<Self> {
+        let first = *spans.first()?;
+        let ids: HashSet<SpanId> = spans.iter().map(|s| s.span_id).collect();
+        let root = spans
+            .iter()
+            .filter(|s| s.parent_span_id.is_none())
+            .min_by_key(|s| s.start_ns);
+        let mut services: Vec<String> = spans.iter().map(|s| s.service().to_string()).collect();
+        services.sort();
+        services.dedup();
+        Some(Self {
+            trace_id: first.trace_id,
+            start_ns: spans.iter().map(|s| s.start_ns).min().unwrap_or(0),
+            end_ns: spans
+                .iter()
+                .map(|s| s.end_ns.max(s.start_ns))
+                .max()
+                .unwrap_or(0),
+            root_service: root.map(|r| r.service().to_string()),
+            root_name: root.map(|r| r.name.clone()),
+            span_count: spans.len() as u32,
+            error_count: spans.iter().filter(|s| s.is_error()).count() as u32,
+            orphan_count: spans
+                .iter()
+                .filter(|s| s.parent_span_id.is_some_and(|p| !ids.contains(&p)))
+                .count() as u32,
+            services,
+        })
+    }
+
+    /// Duration from the earliest start to the latest end.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// Whether the trace overlaps `[start_ns, end_ns]`.
+    pub fn overlaps(&self, start_ns: u64, end_ns: u64) -> bool {
+        self.start_ns <= end_ns && self.end_ns >= start_ns
+    }
+}
+
+/// A searchable value, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub enum Tag<'a> {
+    /// An attribute value.
+    Attr(&'a AttrValue),
+    /// A string (the tags faultline adds).
+    Str(&'a str),
+    /// A boolean (`error=true`).
+    Bool(bool),
+}
+
+/// Calls `f` with every searchable (key, value) of a span: see the module docs.
+pub fn for_each_tag(s: &Span, mut f: impl FnMut(&str, Tag<'_>)) {
+    for_each_span_tag(s, &mut f);
+    for_each_origin_tag(&s.origin, &mut f);
+}
+
+/// The searchable tags of the span itself (not of its resource and scope).
+pub(crate) fn for_each_span_tag(s: &Span, f: &mut impl FnMut(&str, Tag<'_>)) {
+    for (k, v) in &s.attributes {
+        f(k, Tag::Attr(v));
+    }
+    for e in &s.events {
+        for (k, v) in &e.attributes {
+            f(k, Tag::Attr(v));
+        }
+    }
+    if s.kind != faultline_model::span::SpanKind::Unspecified {
+        f("span.kind", Tag::Str(s.kind.as_str()));
+    }
+    match s.status {
+        StatusCode::Error => {
+            f("error", Tag::Bool(true));
+            f("otel.status_code", Tag::Str("ERROR"));
+            if !s.status_message.is_empty() {
+                f("otel.status_description", Tag::Str(&s.status_message));
+            }
+        }
+        StatusCode::Ok => f("otel.status_code", Tag::Str("OK")),
+        StatusCode::Unset => {}
+    }
+}
+
+/// The searchable tags of a resource and scope.
+pub(crate) fn for_each_origin_tag(
+    o: &faultline_model::span::Origin,
+    f: &mut impl FnMut(&str, Tag<'_>),
+) {
+    for (k, v) in &o.resource {
+        f(k, Tag::Attr(v));
+    }
+    if !o.scope_name.is_empty() {
+        f("otel.scope.name", Tag::Str(&o.scope_name));
+    }
+    if !o.scope_version.is_empty() {
+        f("otel.scope.version", Tag::Str(&o.scope_version));
+    }
+}
+
+/// Whether a span carries the tag `key` with the text `value`.
+pub fn span_has_tag(s: &Span, key: &str, value: &str) -> bool {
+    let mut found = false;
+    for_each_tag(s, |k, v| {
+        if !found && k == key && value_text_eq(v, value) {
+            found = true;
+        }
+    });
+    found
+}
+
+fn value_text_eq(v: Tag<'_>, text: &str) -> bool {
+    match v {
+        Tag::Attr(AttrValue::Str(s)) => s == text,
+        Tag::Str(s) => s == text,
+        Tag::Bool(b) => text == if b { "true" } else { "false" },
+        Tag::Attr(other) => other.to_text() == text,
+    }
+}
+
+/// The text under which a value is indexed, or `None` when it is not indexed.
+pub(crate) fn indexed_text(v: Tag<'_>) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    let short = |s: &str| s.len() <= MAX_INDEXED_VALUE;
+    match v {
+        Tag::Attr(AttrValue::Str(s)) if short(s) => Some(Cow::Borrowed(s.as_str())),
+        Tag::Str(s) if short(s) => Some(Cow::Borrowed(s)),
+        Tag::Attr(AttrValue::Int(i)) => Some(Cow::Owned(i.to_string())),
+        Tag::Attr(AttrValue::Bool(b)) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Tag::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+        _ => None,
+    }
+}

@@ -1,0 +1,238 @@
+//! The head: spans in memory since the last seal, queryable at once, with the dependency
+//! edges their arrival completes; and how records enter it ([`Store::ingest`]) or are
+//! deferred to the backlog ([`Store::defer`], [`Store::finish_pending`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use faultline_model::span::{Span, TraceId};
+
+use super::query::HEAD;
+use super::{Store, lock_err};
+use crate::error::StoreError;
+use crate::manifest::Manifest;
+use crate::rollup::Rollups;
+use crate::search::{Agg, TopK, TraceQuery, TraceSummary};
+use crate::seqs::SeqRanges;
+
+#[derive(Default)]
+pub(crate) struct Head {
+    /// RED cells of the head's spans, written beside the block when it is sealed.
+    pub(crate) rollups: Rollups,
+    pub(crate) spans: Vec<Span>,
+    pub(crate) by_trace: HashMap<TraceId, Vec<u32>>,
+    /// Span positions by (trace, span id), to find parents for dependency edges.
+    pub(crate) by_span: HashMap<(TraceId, faultline_model::span::SpanId), u32>,
+    /// Spans whose parent has not arrived yet, by (trace, parent span id).
+    pub(crate) waiting: HashMap<(TraceId, faultline_model::span::SpanId), Vec<u32>>,
+    pub(crate) services: BTreeSet<String>,
+    /// Highest sequence number of a record in this head (names the block).
+    pub(crate) max_seq: u64,
+    /// Every record up to this one that is not pending was ingested into this head or an
+    /// earlier one: the manifest's `source_seq` once this head is sealed.
+    pub(crate) in_order: u64,
+    /// Pending (backlog) records ingested into this head.
+    pub(crate) backlog: SeqRanges,
+    /// Pending ranges whose replay finished before or in this head: once it is sealed,
+    /// nothing in them is pending any more (numbers without a record included).
+    pub(crate) finished: SeqRanges,
+    pub(crate) started: Option<Instant>,
+}
+
+/// The manifest once `head` is durable, and (in `pending`) what is still pending then.
+/// Heads are sealed one at a time and in order, so everything an earlier head held is
+/// durable already.
+pub(crate) fn advanced(manifest: &Manifest, pending: &mut SeqRanges, head: &Head) -> Manifest {
+    let mut next = manifest.clone();
+    next.source_seq = next.source_seq.max(head.in_order);
+    head.settle(pending);
+    let mut listed = pending.clone();
+    // Ranges deferred after this head was taken lie above its position: a restart
+    // replays them in order.
+    listed.clip_above(next.source_seq);
+    next.pending = listed;
+    next
+}
+
+/// A call between services found while ingesting: child start, parent service, child
+/// service, child is an error, child duration.
+type Edge = (u64, String, String, bool, u64);
+
+impl Head {
+    /// Adds spans; returns the service-to-service calls their arrival completed.
+    pub(crate) fn push(&mut self, seq: u64, spans: Vec<Span>) -> Vec<Edge> {
+        if self.started.is_none() && !spans.is_empty() {
+            self.started = Some(Instant::now());
+        }
+        let mut edges = Vec::new();
+        for s in spans {
+            self.rollups.add(&s);
+            let idx = self.spans.len() as u32;
+            if let Some(p) = s.parent_span_id {
+                match self.by_span.get(&(s.trace_id, p)) {
+                    Some(&pi) => {
+                        let parent = &self.spans[pi as usize];
+                        if parent.service() != s.service() {
+                            edges.push((
+                                s.start_ns,
+                                parent.service().to_string(),
+                                s.service().to_string(),
+                                s.is_error(),
+                                s.duration_ns(),
+                            ));
+                        }
+                    }
+                    None => self.waiting.entry((s.trace_id, p)).or_default().push(idx),
+                }
+            }
+            if let Some(children) = self.waiting.remove(&(s.trace_id, s.span_id)) {
+                for ci in children {
+                    let child = &self.spans[ci as usize];
+                    if child.service() != s.service() {
+                        edges.push((
+                            child.start_ns,
+                            s.service().to_string(),
+                            child.service().to_string(),
+                            child.is_error(),
+                            child.duration_ns(),
+                        ));
+                    }
+                }
+            }
+            self.by_span.insert((s.trace_id, s.span_id), idx);
+            self.by_trace.entry(s.trace_id).or_default().push(idx);
+            if !self.services.contains(s.service()) {
+                self.services.insert(s.service().to_string());
+            }
+            self.spans.push(s);
+        }
+        for (start, p, c, err, dur) in &edges {
+            self.rollups.add_edge(*start, p, c, *err, *dur);
+        }
+        self.max_seq = self.max_seq.max(seq);
+        edges
+    }
+
+    /// Removes from `pending` what this head makes durable once it is sealed.
+    pub(crate) fn settle(&self, pending: &mut SeqRanges) {
+        pending.subtract(&self.backlog);
+        pending.subtract(&self.finished);
+    }
+
+    /// Takes over a newer head's spans and positions (after a failed seal).
+    pub(crate) fn absorb(&mut self, newer: Head) {
+        let _ = self.push(newer.max_seq, newer.spans);
+        self.in_order = self.in_order.max(newer.in_order);
+        self.backlog.union(&newer.backlog);
+        self.finished.union(&newer.finished);
+    }
+
+    pub(crate) fn trace(&self, id: &TraceId, out: &mut Vec<Span>) {
+        if let Some(rows) = self.by_trace.get(id) {
+            out.extend(rows.iter().map(|&i| self.spans[i as usize].clone()));
+        }
+    }
+
+    /// Adds the head's traces matching `q` to `top` (source `HEAD + found.len()`), keeping
+    /// their summaries in `found`; traces for which `is_split` holds (spans elsewhere too)
+    /// add this part's findings to `agg` instead. Exact: reads the spans.
+    pub(crate) fn search(
+        &self,
+        q: &TraceQuery,
+        top: &mut TopK,
+        found: &mut Vec<TraceSummary>,
+        agg: &mut HashMap<TraceId, Agg>,
+        is_split: &dyn Fn(&TraceId) -> bool,
+    ) {
+        let mut refs: Vec<&Span> = Vec::new();
+        for (id, rows) in &self.by_trace {
+            refs.clear();
+            refs.extend(rows.iter().map(|&i| &self.spans[i as usize]));
+            if is_split(id) {
+                let mut part = Agg {
+                    mask: q.part_mask(&refs),
+                    ..Agg::default()
+                };
+                for s in &refs {
+                    part.start_ns = part.start_ns.min(s.start_ns);
+                    part.end_ns = part.end_ns.max(s.end_ns.max(s.start_ns));
+                    part.errors += u32::from(s.is_error());
+                }
+                agg.entry(*id).or_default().merge(&part);
+                continue;
+            }
+            let start = refs.iter().map(|s| s.start_ns).min().unwrap_or(0);
+            let end = refs
+                .iter()
+                .map(|s| s.end_ns.max(s.start_ns))
+                .max()
+                .unwrap_or(0);
+            if start > q.end_ns || end < q.start_ns || !top.would_take(q.sort.key(start, end)) {
+                continue;
+            }
+            let Some(summary) = TraceSummary::of_refs(&refs) else {
+                continue;
+            };
+            if q.trace_matches(&refs, &summary) {
+                top.push(q.sort.key(start, end), HEAD + found.len(), 0);
+                found.push(summary);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Declares records `first..=last` a backlog: the caller moves on to the records after
+    /// `last` and replays these later through [`Store::ingest`], then calls
+    /// [`Store::finish_pending`]. Until they are sealed the WAL keeps them, and a restart
+    /// replays whichever are not yet durable.
+    pub fn defer(&self, first: u64, last: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        inner.pending.insert_range(first, last);
+        inner.head.in_order = inner.head.in_order.max(last);
+        Ok(())
+    }
+
+    /// Says that every record of `first..=last` that exists was ingested: once the head
+    /// holding the last of them is sealed, the range is no longer pending.
+    pub fn finish_pending(&self, first: u64, last: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        inner.head.finished.insert_range(first, last);
+        Ok(())
+    }
+
+    /// Adds the spans of WAL record `seq`; they are queryable when this returns.
+    pub fn ingest(&self, seq: u64, spans: Vec<Span>) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        if inner.pending.contains(seq) {
+            inner.head.backlog.insert(seq);
+        } else {
+            inner.head.in_order = inner.head.in_order.max(seq);
+        }
+        for s in &spans {
+            inner.rollups.add(s);
+            // A trace new to the head but already in a block or a sealing head is split.
+            if !inner.head.by_trace.contains_key(&s.trace_id)
+                && !inner.split.contains(&s.trace_id)
+                && (!inner.locs.get(&s.trace_id).is_empty() || inner.in_heads(&s.trace_id) > 0)
+            {
+                let holders = inner
+                    .locs
+                    .get(&s.trace_id)
+                    .iter()
+                    .filter_map(|&b| inner.block_by_serial(b))
+                    .filter(|b| b.reader.contains(&s.trace_id))
+                    .count()
+                    + inner.in_heads(&s.trace_id);
+                if holders > 0 {
+                    inner.mark_split(&s.trace_id);
+                }
+            }
+        }
+        let edges = inner.head.push(seq, spans);
+        for (start, p, c, err, dur) in &edges {
+            inner.rollups.add_edge(*start, p, c, *err, *dur);
+        }
+        Ok(())
+    }
+}

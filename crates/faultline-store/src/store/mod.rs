@@ -1,0 +1,557 @@
+//! The embedded store: a head of recent spans in memory, sealed Parquet blocks on disk,
+//! and the manifest that ties them to a position in the WAL.
+//!
+//! Code map: options, the store's state and start-up (this file); the head and ingestion
+//! (`head.rs`); sealing (`seal.rs`); retention and compaction (`retention.rs`); the read
+//! trait [`SpanStore`] and queries (`query.rs`).
+//!
+//! Data flow: the consumer (`faultline-pipeline`) calls [`Store::ingest`] with the spans
+//! of each WAL record and its sequence number; spans are queryable from the head at once.
+//! When the head is large or old enough ([`Store::should_seal`]), [`Store::seal`] writes it
+//! as a block, publishes a new manifest whose `source_seq` is the last WAL record in the
+//! block, and only then drops the head. The consumer may then truncate the WAL before
+//! [`Store::durable_seq`] + 1.
+//!
+//! **Invariant:** every span acknowledged by intake is in the WAL after `durable_seq`, in
+//! the head, or in a block listed in the manifest; a crash at any point leaves the
+//! manifest naming only complete blocks, and replay from `durable_seq + 1` rebuilds the
+//! head.
+//!
+//! **Invariant:** start-up never fails because of a bad block: an unreadable block is moved
+//! to `blocks/quarantine/`, reported, and every answer that could have used it says it is
+//! partial.
+
+mod head;
+mod query;
+mod retention;
+mod seal;
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use roaring::RoaringBitmap;
+
+use faultline_model::span::{Span, TraceId};
+
+use crate::block::BlockReader;
+use crate::error::StoreError;
+use crate::locs::TraceLocs;
+use crate::manifest::{BlockMeta, Manifest};
+use crate::rollup::Rollups;
+use crate::search::BlockIndex;
+use crate::seqs::SeqRanges;
+
+use head::Head;
+pub use query::SpanStore;
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Directory of blocks and the manifest (`DATA_DIR/blocks`).
+    pub dir: PathBuf,
+    /// Seal the head once it holds this many spans.
+    pub block_max_spans: usize,
+    /// Seal the head once its oldest span arrived this long ago.
+    pub block_max_age: Duration,
+    /// Delete blocks whose spans all ended longer ago than this.
+    pub retention: Duration,
+    /// Delete the oldest blocks while the blocks take more bytes than this.
+    pub max_bytes: u64,
+    /// Crash tests only: called at the points where a crash leaves files behind that no
+    /// manifest lists yet (or that the manifest no longer lists); an error stops the
+    /// operation there, as a crash would.
+    pub fault: Option<FaultHook>,
+}
+
+/// Where [`StoreOptions::fault`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// A sealed block's files are written and fsynced; the manifest does not list it yet.
+    SealBeforeManifest,
+    /// A compacted block's files are written; the manifest still lists the old blocks.
+    CompactBeforeManifest,
+    /// The manifest no longer lists retired blocks; their files are not deleted yet.
+    RetentionBeforeDelete,
+}
+
+/// A fault hook (see [`StoreOptions::fault`]).
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<dyn Fn(FaultPoint) -> std::io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
+    }
+}
+
+impl StoreOptions {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("blocks"),
+            block_max_spans: 250_000,
+            block_max_age: Duration::from_secs(60),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: u64::MAX,
+            fault: None,
+        }
+    }
+
+    /// Runs the fault hook at `point`, if any.
+    pub(crate) fn fault(&self, point: FaultPoint) -> Result<(), StoreError> {
+        match &self.fault {
+            Some(hook) => (hook.0)(point).map_err(|source| StoreError::Io {
+                op: "continue (fault injected) in",
+                path: self.dir.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether an answer covers everything it should, and if not, why not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completeness {
+    /// Reasons the answer may be missing data; empty when complete.
+    pub reasons: Vec<String>,
+}
+
+impl Completeness {
+    /// True when nothing is missing.
+    pub fn is_complete(&self) -> bool {
+        self.reasons.is_empty()
+    }
+}
+
+/// The spans of one trace.
+#[derive(Debug, Clone)]
+pub struct TraceAnswer {
+    /// Spans ordered by start time (empty when the trace is unknown).
+    pub spans: Vec<Span>,
+    /// Whether the answer is complete.
+    pub completeness: Completeness,
+}
+
+pub(crate) struct Sealed {
+    meta: BlockMeta,
+    reader: BlockReader,
+    services: BTreeSet<String>,
+    /// The search index: set at seal, or by the loader thread after a restart.
+    index: OnceLock<BlockIndex>,
+    /// Why the search index could not be loaded, if it could not.
+    index_error: OnceLock<String>,
+    /// Number of the block in this process (for [`TraceLocs`]).
+    serial: u32,
+    /// Ordinals of its traces that also have spans elsewhere (another block or a head).
+    split: Mutex<RoaringBitmap>,
+}
+
+pub(crate) struct Inner {
+    head: Head,
+    /// Heads being written, oldest first; still queryable.
+    sealing: Vec<Arc<Head>>,
+    blocks: Vec<Arc<Sealed>>,
+    manifest: Manifest,
+    quarantined: Vec<String>,
+    /// RED cells of every span: the blocks' rollup files plus everything ingested since.
+    rollups: Rollups,
+    /// Trace id → blocks holding it.
+    locs: TraceLocs,
+    /// Traces with spans in more than one place (blocks, heads); searched as a whole.
+    split: HashSet<TraceId>,
+    next_serial: u32,
+    /// Backlog records not yet in durable blocks: the manifest's pending ranges plus those
+    /// deferred since, minus those sealed since.
+    pending: SeqRanges,
+}
+
+impl Inner {
+    fn in_heads(&self, id: &TraceId) -> usize {
+        usize::from(self.head.by_trace.contains_key(id))
+            + self
+                .sealing
+                .iter()
+                .filter(|h| h.by_trace.contains_key(id))
+                .count()
+    }
+
+    fn block_by_serial(&self, serial: u32) -> Option<&Arc<Sealed>> {
+        self.blocks.iter().find(|b| b.serial == serial)
+    }
+
+    /// Marks `id` as stored in several places, in every block holding it.
+    fn mark_split(&mut self, id: &TraceId) {
+        self.split.insert(*id);
+        for &serial in self.locs.get(id) {
+            if let Some(b) = self.block_by_serial(serial)
+                && let Some(ord) = b.reader.ordinal(id)
+                && let Ok(mut bits) = b.split.lock()
+            {
+                bits.insert(ord as u32);
+            }
+        }
+    }
+
+    /// Adds a block (already in `blocks`) to the trace locations.
+    fn register(&mut self, b: &Arc<Sealed>) {
+        for ord in 0..b.reader.traces() {
+            let Some(id) = b.reader.trace_id_at(ord) else {
+                continue;
+            };
+            let elsewhere = self.locs.add(&id, b.serial);
+            if elsewhere || self.in_heads(&id) > 0 || self.split.contains(&id) {
+                self.mark_split(&id);
+            }
+        }
+    }
+
+    /// Removes a block (already gone from `blocks`) from the trace locations; traces left
+    /// in one place are whole again.
+    fn unregister(&mut self, b: &Sealed) {
+        for ord in 0..b.reader.traces() {
+            let Some(id) = b.reader.trace_id_at(ord) else {
+                continue;
+            };
+            self.locs.remove(&id, b.serial);
+            if !self.split.contains(&id) {
+                continue;
+            }
+            let places: Vec<u32> = self.locs.get(&id).to_vec();
+            let holders: Vec<&Arc<Sealed>> = places
+                .iter()
+                .filter_map(|&s| self.block_by_serial(s))
+                .filter(|b| b.reader.contains(&id))
+                .collect();
+            if holders.len() + self.in_heads(&id) <= 1 {
+                for h in holders {
+                    if let (Some(ord), Ok(mut bits)) = (h.reader.ordinal(&id), h.split.lock()) {
+                        bits.remove(ord as u32);
+                    }
+                }
+                self.split.remove(&id);
+            }
+        }
+    }
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Blocks opened.
+    pub blocks: usize,
+    /// Spans in them.
+    pub spans: u64,
+    /// Blocks moved to quarantine, with the reason.
+    pub quarantined: Vec<String>,
+    /// Unlisted block files deleted (left by a crash before the manifest was published).
+    pub removed_orphans: usize,
+}
+
+/// The embedded store.
+pub struct Store {
+    opts: StoreOptions,
+    inner: RwLock<Inner>,
+    seal_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.opts.dir)
+            .finish()
+    }
+}
+
+/// The files of a block, by extension.
+pub(crate) const BLOCK_FILES: [&str; 4] = ["parquet", "tidx", "sidx", "red"];
+
+/// Rollups of blocks evicted for space (see `rollup.rs`).
+pub(crate) const ARCHIVE: &str = "archive.rollup";
+
+pub(crate) fn lock_err() -> StoreError {
+    StoreError::Encode("store lock poisoned by a panic in another thread".into())
+}
+
+impl Store {
+    /// Opens the store in `opts.dir`: loads the manifest, opens its blocks (quarantining
+    /// unreadable ones) and deletes files no manifest lists. Blocking.
+    pub fn open(opts: StoreOptions) -> Result<(Self, OpenReport), StoreError> {
+        let dir = opts.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let manifest = Manifest::load(&dir)?;
+        let mut report = OpenReport::default();
+        let mut blocks = Vec::new();
+        let mut quarantined = Vec::new();
+        let listed: BTreeSet<&str> = manifest.blocks.iter().map(|b| b.id.as_str()).collect();
+        for entry in std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+            op: "list",
+            path: dir.clone(),
+            source,
+        })? {
+            let entry = entry.map_err(|source| StoreError::Io {
+                op: "list",
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or_default();
+            let is_block_file = name.ends_with(".parquet")
+                || name.ends_with(".tidx")
+                || name.ends_with(".sidx")
+                || name.ends_with(".red")
+                || name.ends_with(".tmp");
+            if is_block_file
+                && name != "manifest.json.tmp"
+                && (!listed.contains(stem) || name.ends_with(".tmp"))
+            {
+                tracing::warn!(file = %entry.path().display(), "deleting a block file no manifest lists (left by a crash; its spans are replayed from the WAL)");
+                let _ = std::fs::remove_file(entry.path());
+                report.removed_orphans += 1;
+            }
+        }
+        let mut rollups = match Rollups::read_path(&dir.join(ARCHIVE)) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!(
+                    "archived RED rollups are unreadable ({e}); RED answers miss evicted blocks"
+                );
+                tracing::error!(%reason);
+                quarantined.push(reason);
+                Rollups::default()
+            }
+        };
+        for meta in &manifest.blocks {
+            match BlockReader::open(&dir, &meta.id) {
+                Ok(reader) => {
+                    match Rollups::read_file(&dir, &meta.id) {
+                        Ok(r) => rollups.merge(&r),
+                        Err(e) => {
+                            let reason = format!(
+                                "RED rollups of block {} are unreadable ({e}); RED answers miss its {} spans",
+                                meta.id, meta.spans
+                            );
+                            tracing::error!(%reason);
+                            quarantined.push(reason);
+                        }
+                    }
+                    report.blocks += 1;
+                    report.spans += meta.spans;
+                    blocks.push(Arc::new(Sealed {
+                        services: meta.services.iter().cloned().collect(),
+                        meta: meta.clone(),
+                        reader,
+                        index: OnceLock::new(),
+                        index_error: OnceLock::new(),
+                        serial: blocks.len() as u32,
+                        split: Mutex::new(RoaringBitmap::new()),
+                    }));
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "block {} ({} spans) is unreadable and was quarantined: {e}",
+                        meta.id, meta.spans
+                    );
+                    tracing::error!(%reason);
+                    quarantine(&dir, &meta.id);
+                    report.quarantined.push(reason.clone());
+                    quarantined.push(reason);
+                }
+            }
+        }
+        let mut inner = Inner {
+            head: Head::default(),
+            sealing: Vec::new(),
+            next_serial: blocks.len() as u32,
+            blocks: blocks.clone(),
+            manifest: manifest.clone(),
+            quarantined,
+            rollups,
+            locs: TraceLocs::default(),
+            split: HashSet::new(),
+            pending: manifest.pending.clone(),
+        };
+        for b in &blocks {
+            inner.register(b);
+        }
+        // Search indexes load in the background, newest block first, so start-up does not
+        // wait for them; searches say which blocks they could not search yet.
+        let to_load: Vec<Arc<Sealed>> = blocks.iter().rev().cloned().collect();
+        if !to_load.is_empty() {
+            let dir = dir.clone();
+            let spawned = std::thread::Builder::new()
+                .name("store-index-loader".into())
+                .spawn(move || load_indexes(&dir, to_load));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the search index loader; searches skip sealed blocks");
+            }
+        }
+        let store = Self {
+            opts,
+            inner: RwLock::new(inner),
+            seal_lock: Mutex::new(()),
+        };
+        Ok((store, report))
+    }
+
+    /// Blocks whose search index is not loaded yet (it loads in the background after
+    /// [`Store::open`]; blocks whose index failed to load do not count).
+    pub fn indexes_loading(&self) -> usize {
+        self.inner
+            .read()
+            .map(|i| {
+                i.blocks
+                    .iter()
+                    .filter(|b| b.index.get().is_none() && b.index_error.get().is_none())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until every search index is loaded (or failed), at most `limit`; returns
+    /// whether they all were.
+    pub fn wait_for_indexes(&self, limit: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.indexes_loading() == 0 {
+                return true;
+            }
+            if started.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The highest WAL sequence number such that it and every record before it are in
+    /// durable blocks: the WAL may be truncated before the next one.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|i| i.manifest.durable_prefix())
+            .unwrap_or(0)
+    }
+
+    /// The manifest's `source_seq`: in-order replay after a restart starts after it (the
+    /// pending ranges below it are replayed separately, see [`Store::pending`]).
+    pub fn source_seq(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|i| i.manifest.source_seq)
+            .unwrap_or(0)
+    }
+
+    /// The highest WAL sequence number up to which every record not pending is ingested
+    /// (durable or in memory).
+    pub fn ingested_seq(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|i| {
+                i.head
+                    .in_order
+                    .max(i.manifest.source_seq)
+                    .max(i.sealing.iter().map(|h| h.in_order).max().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Backlog records not yet in durable blocks (ingested into the head or not).
+    pub fn pending(&self) -> SeqRanges {
+        self.inner
+            .read()
+            .map(|i| i.pending.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether record `seq` belongs to the backlog and is not yet durable.
+    pub fn is_pending(&self, seq: u64) -> bool {
+        self.inner
+            .read()
+            .map(|i| i.pending.contains(seq))
+            .unwrap_or(false)
+    }
+
+    /// Spans in memory, not yet in a durable block.
+    pub fn head_spans(&self) -> usize {
+        self.inner
+            .read()
+            .map(|i| i.head.spans.len() + i.sealing.iter().map(|h| h.spans.len()).sum::<usize>())
+            .unwrap_or(0)
+    }
+
+    /// Why answers may miss data: quarantined blocks and unreadable rollup files.
+    pub fn quarantined(&self) -> Vec<String> {
+        self.inner
+            .read()
+            .map(|i| i.quarantined.clone())
+            .unwrap_or_default()
+    }
+
+    /// The configured limit on the blocks' bytes (`u64::MAX`: none).
+    pub fn max_bytes(&self) -> u64 {
+        self.opts.max_bytes
+    }
+
+    /// The configured block size in spans.
+    pub fn block_max_spans(&self) -> usize {
+        self.opts.block_max_spans
+    }
+
+    /// The manifest's blocks.
+    pub fn blocks(&self) -> Vec<BlockMeta> {
+        self.inner
+            .read()
+            .map(|i| i.manifest.blocks.clone())
+            .unwrap_or_default()
+    }
+
+    fn completeness(inner: &Inner) -> Completeness {
+        Completeness {
+            reasons: inner.quarantined.clone(),
+        }
+    }
+}
+
+/// Loads the search index of each block (see [`Store::open`]).
+fn load_indexes(dir: &Path, blocks: Vec<Arc<Sealed>>) {
+    let started = Instant::now();
+    let mut loaded = 0usize;
+    for b in blocks {
+        // A block deleted by retention meanwhile is simply skipped.
+        if !dir.join(format!("{}.parquet", b.meta.id)).exists() {
+            continue;
+        }
+        match b.reader.load_index(dir) {
+            Ok(index) => {
+                let _ = b.index.set(index);
+                loaded += 1;
+            }
+            Err(e) => {
+                tracing::error!(block = %b.meta.id, error = %e, "cannot load the search index of a block; searches skip it");
+                let _ = b.index_error.set(e.to_string());
+            }
+        }
+    }
+    tracing::info!(
+        blocks = loaded,
+        ms = started.elapsed().as_millis() as u64,
+        "search indexes loaded"
+    );
+}
+
+fn quarantine(dir: &Path, id: &str) {
+    let q = dir.join("quarantine");
+    let _ = std::fs::create_dir_all(&q);
+    for ext in BLOCK_FILES {
+        let from = dir.join(format!("{id}.{ext}"));
+        if from.exists() {
+            let _ = std::fs::rename(&from, q.join(format!("{id}.{ext}")));
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Queries: the read trait [`SpanStore`] the API and the UI use, and the store's answers
+//! from the head, the sealing heads and the blocks (trace by id, services, operations,
+//! dependencies, RED, search), plus trace-id sampling for benchmarks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use roaring::RoaringBitmap;
+
+use faultline_model::span::{Span, SpanKind, TraceId};
+
+use super::{Completeness, Sealed, Store, TraceAnswer, lock_err};
+use crate::error::StoreError;
+use crate::rollup::RedPoint;
+use crate::search::{Agg, MAX_VERIFY_TRACES, TopK, TraceQuery, TraceSummary};
+
+/// Read access to stored spans; the query layer depends on this trait only, so another
+/// backend (ClickHouse) can stand behind it.
+pub trait SpanStore: Send + Sync {
+    /// One trace by id.
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError>;
+    /// Services that emitted spans, sorted.
+    fn services(&self) -> Result<(Vec<String>, Completeness), StoreError>;
+    /// Operations of a service with their span kinds, sorted.
+    fn operations(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError>;
+    /// Service dependencies with calls in `[start_s, end_s)`.
+    fn dependencies(
+        &self,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(Vec<crate::rollup::Dependency>, Completeness), StoreError>;
+    /// RED series of a service (and operation, and kind) over `[start_s, end_s)` in steps
+    /// of `step_s` seconds (a multiple of 60).
+    fn red(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Result<(Vec<RedPoint>, Completeness), StoreError>;
+    /// Summaries of the traces matching `q`, best first by `q.sort`, at most `q.limit`.
+    fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError>;
+    /// RED figures of a service (and operation, and kind) over all of `[start_s, end_s)`.
+    fn red_total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(RedPoint, Completeness), StoreError>;
+    /// Span counts of a service (and operation) over `[start_s, end_s)` between the
+    /// ascending latency bounds in milliseconds, plus a last count above them (see
+    /// `Rollups::distribution`).
+    fn latency_distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Result<(Vec<u64>, Completeness), StoreError>;
+}
+
+/// Sources at or above this in a [`TopK`] are head traces (see [`Head::search`]).
+pub(crate) const HEAD: usize = usize::MAX / 2;
+/// Sources at or above this are traces stored in several places.
+const SPLIT: usize = usize::MAX / 4 * 3;
+
+impl Store {
+    /// Up to `n` trace ids spread evenly over the sealed blocks (for benchmarks and
+    /// spot checks).
+    pub fn sample_trace_ids(&self, n: usize) -> Vec<TraceId> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        let total: usize = inner.blocks.iter().map(|b| b.reader.traces()).sum();
+        if total == 0 || n == 0 {
+            return Vec::new();
+        }
+        let step = (total / n).max(1);
+        let mut out = Vec::with_capacity(n);
+        let mut k = step / 2;
+        let mut base = 0;
+        for b in &inner.blocks {
+            let len = b.reader.traces();
+            while k < base + len && out.len() < n {
+                if let Some(t) = b.reader.trace_id_at(k - base) {
+                    out.push(t);
+                }
+                k += step;
+            }
+            base += len;
+        }
+        out
+    }
+}
+
+impl SpanStore for Store {
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
+        let (blocks, mut spans, completeness) = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            let mut spans = Vec::new();
+            inner.head.trace(trace_id, &mut spans);
+            for h in &inner.sealing {
+                h.trace(trace_id, &mut spans);
+            }
+            let blocks: Vec<Arc<Sealed>> = inner
+                .locs
+                .get(trace_id)
+                .iter()
+                .filter_map(|&s| inner.block_by_serial(s))
+                .filter(|b| b.reader.contains(trace_id))
+                .cloned()
+                .collect();
+            (blocks, spans, Self::completeness(&inner))
+        };
+        // Block reads happen outside the lock.
+        for b in blocks {
+            spans.extend(b.reader.trace(trace_id)?);
+        }
+        spans.sort_by_key(|s| s.start_ns);
+        // A span can be in a sealing head and, once published, in its block too.
+        let mut seen = BTreeSet::new();
+        spans.retain(|s| seen.insert(s.span_id));
+        Ok(TraceAnswer {
+            spans,
+            completeness,
+        })
+    }
+
+    fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        let mut all: BTreeSet<String> = inner.head.services.clone();
+        for h in &inner.sealing {
+            all.extend(h.services.iter().cloned());
+        }
+        for b in &inner.blocks {
+            all.extend(b.services.iter().cloned());
+        }
+        Ok((all.into_iter().collect(), Self::completeness(&inner)))
+    }
+
+    fn operations(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner.rollups.operations(service),
+            Self::completeness(&inner),
+        ))
+    }
+
+    fn dependencies(
+        &self,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(Vec<crate::rollup::Dependency>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner.rollups.dependencies(start_s, end_s),
+            Self::completeness(&inner),
+        ))
+    }
+
+    fn red(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        let points = inner
+            .rollups
+            .series(service, operation, kind, start_s, end_s, step_s);
+        Ok((points, Self::completeness(&inner)))
+    }
+
+    fn red_total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(RedPoint, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner
+                .rollups
+                .total(service, operation, kind, start_s, end_s),
+            Self::completeness(&inner),
+        ))
+    }
+
+    fn latency_distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Result<(Vec<u64>, Completeness), StoreError> {
+        let inner = self.inner.read().map_err(|_| lock_err())?;
+        Ok((
+            inner
+                .rollups
+                .distribution(service, operation, start_s, end_s, bounds_ms),
+            Self::completeness(&inner),
+        ))
+    }
+
+    fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+        let started = Instant::now();
+        let mut q = q.clone();
+        q.tags.truncate(crate::search::MAX_TAGS);
+        let q = &q;
+        let mut top = TopK::new(q.limit);
+        let mut head_found = Vec::new();
+        let mut agg: HashMap<TraceId, Agg> = HashMap::new();
+        let (blocks, mut completeness) = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            let is_split = |id: &TraceId| inner.split.contains(id) || inner.in_heads(id) > 1;
+            inner
+                .head
+                .search(q, &mut top, &mut head_found, &mut agg, &is_split);
+            for h in &inner.sealing {
+                h.search(q, &mut top, &mut head_found, &mut agg, &is_split);
+            }
+            let blocks: Vec<(Arc<Sealed>, RoaringBitmap)> = inner
+                .blocks
+                .iter()
+                .map(|b| {
+                    let split = b.split.lock().map(|s| s.clone()).unwrap_or_default();
+                    (b.clone(), split)
+                })
+                .collect();
+            (blocks, Self::completeness(&inner))
+        };
+        // Newest blocks first: with the default order they fill the top quickly.
+        let mut budget = MAX_VERIFY_TRACES;
+        let mut unverified = 0;
+        let (mut loading, mut broken) = (0usize, Vec::new());
+        let mut timed_out = 0usize;
+        for (bi, (b, split)) in blocks.iter().enumerate().rev() {
+            if q.time_limit.is_some_and(|l| started.elapsed() >= l) {
+                timed_out += 1;
+                continue;
+            }
+            // Blocks outside the range hold no matching trace, except parts of split ones.
+            if (b.meta.min_start_ns > q.end_ns || b.meta.max_end_ns < q.start_ns)
+                && split.is_empty()
+            {
+                continue;
+            }
+            let Some(index) = b.index.get() else {
+                match b.index_error.get() {
+                    Some(e) => broken.push(format!("block {} is not searchable: {e}", b.meta.id)),
+                    None => loading += 1,
+                }
+                continue;
+            };
+            let reader = &b.reader;
+            let mut verify = |t: usize| -> Result<Option<Vec<Span>>, StoreError> {
+                match reader.trace_id_at(t) {
+                    Some(id) => reader.trace(&id).map(Some),
+                    None => Ok(None),
+                }
+            };
+            let outcome = index.search(
+                q,
+                &mut top,
+                bi,
+                split,
+                &mut agg,
+                &|t| reader.trace_id_at(t),
+                &mut budget,
+                &mut verify,
+            )?;
+            unverified += outcome.unverified;
+        }
+        // Traces stored in several places, judged as a whole.
+        let split_ids: Vec<TraceId> = agg
+            .iter()
+            .filter(|(_, a)| a.matches(q))
+            .map(|(id, _)| *id)
+            .collect();
+        for (i, id) in split_ids.iter().enumerate() {
+            if let Some(a) = agg.get(id) {
+                top.push(q.sort.key(a.start_ns, a.end_ns), SPLIT + i, 0);
+            }
+        }
+        if timed_out > 0 {
+            completeness.reasons.push(format!(
+                "the search stopped at its time limit of {} ms with {timed_out} of {} blocks not searched; narrow the time range or add filters",
+                q.time_limit.map_or(0, |l| l.as_millis()),
+                blocks.len()
+            ));
+        }
+        if loading > 0 {
+            completeness.reasons.push(format!(
+                "the search indexes of {loading} blocks are still loading after a restart; their traces are not in this answer"
+            ));
+        }
+        completeness.reasons.extend(broken);
+        if unverified > 0 {
+            completeness.reasons.push(format!(
+                "{unverified} candidate traces were not checked because a searched tag is not indexed (its values are long, non-text or nearly unique) and one search checks at most {MAX_VERIFY_TRACES}; narrow the time range or add filters"
+            ));
+        }
+        let mut out: Vec<TraceSummary> = Vec::new();
+        for (_, source, t) in top.into_sorted() {
+            let summary = if source >= SPLIT {
+                match split_ids.get(source - SPLIT) {
+                    Some(id) => TraceSummary::of(&self.trace(id)?.spans),
+                    None => None,
+                }
+            } else if source >= HEAD {
+                head_found.get(source - HEAD).cloned()
+            } else {
+                blocks.get(source).and_then(|(b, _)| {
+                    let index = b.index.get()?;
+                    b.reader
+                        .trace_id_at(t as usize)
+                        .map(|id| index.summary(t as usize, id))
+                })
+            };
+            out.extend(summary);
+        }
+        Ok((out, completeness))
+    }
+}

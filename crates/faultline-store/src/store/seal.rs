@@ -1,0 +1,178 @@
+//! Sealing: the head becomes a block ([`Store::seal`]): it is moved aside (still
+//! queryable), written and fsynced, then a manifest naming the block and the WAL position
+//! it completes replaces the old one atomically. A failed seal puts the spans back in
+//! front of the head.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use roaring::RoaringBitmap;
+
+use super::head::{Head, advanced};
+use super::{BLOCK_FILES, Sealed, Store, lock_err};
+use crate::FaultPoint;
+use crate::block::{self, BlockReader};
+use crate::error::StoreError;
+use crate::manifest::{BlockMeta, Manifest};
+use crate::rollup::Rollups;
+
+impl Store {
+    /// Whether the head is due to be sealed.
+    pub fn should_seal(&self) -> bool {
+        self.inner
+            .read()
+            .map(|i| {
+                i.head.spans.len() >= self.opts.block_max_spans
+                    || i.head
+                        .started
+                        .is_some_and(|s| s.elapsed() >= self.opts.block_max_age)
+                    // Positions without spans (dead letters, deferred or finished backlog
+                    // ranges) are published at once: an idle server would otherwise keep
+                    // them pending, and replay them after a restart.
+                    || (i.head.spans.is_empty()
+                        && (!i.head.finished.is_empty()
+                            || !i.head.backlog.is_empty()
+                            || i.head.in_order > i.manifest.source_seq))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Writes the head as a block and publishes it. Blocking (encoding and fsync): call
+    /// from a blocking thread. Returns the new block, or `None` when the head was empty.
+    pub fn seal(&self) -> Result<Option<BlockMeta>, StoreError> {
+        let _one_at_a_time = self.seal_lock.lock().map_err(|_| lock_err())?;
+        let head = {
+            let mut inner = self.inner.write().map_err(|_| lock_err())?;
+            if inner.head.spans.is_empty() {
+                // Nothing to write, but the WAL position may still advance (records
+                // without spans, finished backlog ranges).
+                let head = std::mem::take(&mut inner.head);
+                let mut pending = inner.pending.clone();
+                let m = advanced(&inner.manifest, &mut pending, &head);
+                if m != inner.manifest {
+                    if let Err(e) = m.store(&self.opts.dir) {
+                        inner.head = head;
+                        return Err(e);
+                    }
+                    inner.manifest = m;
+                }
+                inner.pending = pending;
+                return Ok(None);
+            }
+            let head = Arc::new(std::mem::take(&mut inner.head));
+            inner.sealing.push(head.clone());
+            head
+        };
+        let serial = {
+            let mut inner = self.inner.write().map_err(|_| lock_err())?;
+            inner.next_serial += 1;
+            inner.next_serial - 1
+        };
+        let result = self.write_and_publish(&head, serial);
+        let mut inner = self.inner.write().map_err(|_| lock_err())?;
+        match result {
+            Ok((sealed, manifest)) => {
+                let meta = sealed.meta.clone();
+                let sealed = Arc::new(sealed);
+                inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
+                inner.blocks.push(sealed.clone());
+                inner.manifest = manifest;
+                head.settle(&mut inner.pending);
+                inner.register(&sealed);
+                Ok(Some(meta))
+            }
+            Err(e) => {
+                // Keep the spans queryable and sealable: put them back in front of the head.
+                inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
+                let mut restored = Arc::try_unwrap(head).unwrap_or_else(|h| Head {
+                    rollups: {
+                        let mut r = Rollups::default();
+                        r.merge(&h.rollups);
+                        r
+                    },
+                    spans: h.spans.clone(),
+                    by_trace: h.by_trace.clone(),
+                    by_span: h.by_span.clone(),
+                    waiting: h.waiting.clone(),
+                    services: h.services.clone(),
+                    max_seq: h.max_seq,
+                    in_order: h.in_order,
+                    backlog: h.backlog.clone(),
+                    finished: h.finished.clone(),
+                    started: h.started,
+                });
+                let newer = std::mem::take(&mut inner.head);
+                // The global rollups already counted these spans and the calls among them;
+                // calls between the two heads stay uncounted (this path only runs after a
+                // failed seal).
+                restored.absorb(newer);
+                inner.head = restored;
+                Err(e)
+            }
+        }
+    }
+
+    /// A block id for `head` no listed block or file has: `max_seq`, with a suffix when a
+    /// seal that failed after renaming its files (or publishing its manifest) left that
+    /// name taken.
+    fn block_id(&self, head: &Head) -> Result<String, StoreError> {
+        let base = format!("{:020}", head.max_seq);
+        let listed: HashSet<String> = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            inner.manifest.blocks.iter().map(|b| b.id.clone()).collect()
+        };
+        // File checks outside the lock.
+        let taken = |id: &str| {
+            listed.contains(id)
+                || BLOCK_FILES
+                    .iter()
+                    .any(|ext| self.opts.dir.join(format!("{id}.{ext}")).exists())
+        };
+        if !taken(&base) {
+            return Ok(base);
+        }
+        Ok((1u32..)
+            .map(|k| format!("{base}_{k}"))
+            .find(|id| !taken(id))
+            .unwrap_or(base))
+    }
+
+    fn write_and_publish(
+        &self,
+        head: &Head,
+        serial: u32,
+    ) -> Result<(Sealed, Manifest), StoreError> {
+        let id = self.block_id(head)?;
+        let (written, index) = block::write_block_indexed(&self.opts.dir, &id, &head.spans)?;
+        head.rollups.write_file(&self.opts.dir, &id)?;
+        self.opts.fault(FaultPoint::SealBeforeManifest)?;
+        let meta = BlockMeta {
+            id: id.clone(),
+            spans: written.spans,
+            traces: written.traces,
+            min_start_ns: written.min_start_ns,
+            max_end_ns: written.max_end_ns,
+            bytes: written.bytes,
+            source_seq: head.in_order.max(head.max_seq),
+            services: head.services.iter().cloned().collect(),
+        };
+        let mut next = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            let mut pending = inner.pending.clone();
+            advanced(&inner.manifest, &mut pending, head)
+        };
+        next.blocks.push(meta.clone());
+        next.store(&self.opts.dir)?;
+        let reader = BlockReader::open(&self.opts.dir, &id)?;
+        let sealed = Sealed {
+            meta,
+            reader,
+            services: head.services.clone(),
+            index: OnceLock::from(index),
+            index_error: OnceLock::new(),
+            serial,
+            split: Mutex::new(RoaringBitmap::new()),
+        };
+        Ok((sealed, next))
+    }
+}

@@ -1,0 +1,256 @@
+//! The architecture as the code has it, checked: the crate graph follows the flow of a
+//! span, the binary stays wiring, no function grows past a screenful and a half, and
+//! ARCHITECTURE.md names only paths that exist and numbers the code agrees with.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The workspace crates (directory names under `crates/`).
+fn crates() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join("crates"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("Cargo.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The faultline crates in `[dependencies]` of a crate (dev-dependencies excluded).
+fn deps(krate: &str) -> BTreeSet<String> {
+    let text =
+        std::fs::read_to_string(root().join("crates").join(krate).join("Cargo.toml")).unwrap();
+    let mut out = BTreeSet::new();
+    let mut in_deps = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        if in_deps && line.starts_with("faultline") {
+            let name = line
+                .split(|c: char| c == '=' || c == '.' || c.is_whitespace())
+                .next()
+                .unwrap();
+            out.insert(name.to_string());
+        }
+    }
+    out
+}
+
+/// The stages of a span's flow, in order; each may depend on the shared model and on the
+/// crates listed (always earlier in the flow, or the stage it writes into).
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("faultline-model", &[]),
+    ("faultline-wal", &[]),
+    ("faultline-intake", &["faultline-model", "faultline-wal"]),
+    (
+        "faultline-pipeline",
+        &["faultline-model", "faultline-wal", "faultline-store"],
+    ),
+    ("faultline-store", &["faultline-model"]),
+    ("faultline-api", &["faultline-model", "faultline-store"]),
+    (
+        "faultline-ui",
+        &["faultline-model", "faultline-store", "faultline-api"],
+    ),
+    ("faultline-bench", &["faultline-model", "faultline-store"]),
+];
+
+#[test]
+fn the_crate_graph_follows_the_flow_of_a_span() {
+    for krate in crates() {
+        let got = deps(&krate);
+        if krate == "faultline" {
+            // The binary wires everything, except the benchmarks.
+            assert!(
+                !got.contains("faultline-bench"),
+                "the server binary ships the product only"
+            );
+            continue;
+        }
+        let Some((_, allowed)) = ALLOWED.iter().find(|(k, _)| *k == krate) else {
+            panic!(
+                "crate {krate} is not in ALLOWED: say where it sits in the flow (and in ARCHITECTURE.md)"
+            );
+        };
+        for d in &got {
+            assert!(
+                allowed.contains(&d.as_str()),
+                "{krate} depends on {d}, against the flow (allowed: {allowed:?})"
+            );
+        }
+        assert!(
+            !got.contains("faultline-intake"),
+            "{krate} depends on the receivers crate"
+        );
+    }
+}
+
+/// Lines of `text` before its test module (`#[cfg(test)]` followed by `mod`).
+fn non_test(text: &str) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines
+        .windows(3)
+        .position(|w| {
+            w[0].trim() == "#[cfg(test)]"
+                && (w[1].trim_start().starts_with("mod ") || w[2].trim_start().starts_with("mod "))
+        })
+        .unwrap_or(lines.len());
+    lines[..end].to_vec()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn the_binary_is_cli_configuration_and_wiring() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates/faultline/src"), &mut files);
+    let lines: usize = files
+        .iter()
+        .map(|f| non_test(&std::fs::read_to_string(f).unwrap()).len())
+        .sum();
+    assert!(
+        lines < 1500,
+        "crates/faultline/src has {lines} non-test lines; behaviour belongs in a library crate"
+    );
+}
+
+#[test]
+fn no_function_is_longer_than_150_lines() {
+    let mut files = Vec::new();
+    for k in crates() {
+        rust_files(&root().join("crates").join(&k).join("src"), &mut files);
+    }
+    let mut long = Vec::new();
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "tests.rs" || name.ends_with("_tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines = non_test(&text);
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let is_fn = [
+                "fn ",
+                "pub fn ",
+                "pub(crate) fn ",
+                "async fn ",
+                "pub async fn ",
+                "pub(crate) async fn ",
+                "const fn ",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p));
+            if !is_fn || t.ends_with(';') {
+                continue;
+            }
+            let indent = &l[..l.len() - t.len()];
+            let close = format!("{indent}}}");
+            if let Some(n) = lines[i + 1..].iter().position(|x| **x == close)
+                && n + 2 > 150
+            {
+                long.push(format!("{}:{} is {} lines", f.display(), i + 1, n + 2));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these: {long:#?}");
+}
+
+/// Backticked paths in ARCHITECTURE.md (`crates/...`, `scripts/...`, `tests/...`, or a
+/// file name with an extension under a crate named just before).
+fn named_paths(doc: &str) -> Vec<String> {
+    doc.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            (s.starts_with("crates/") || s.starts_with("scripts/") || s.starts_with("docs/"))
+                && !s.contains(' ')
+                && !s.contains('*')
+        })
+        .map(|s| s.trim_end_matches(['.', ',', ':', ')']).to_string())
+        .collect()
+}
+
+#[test]
+fn architecture_md_names_only_paths_that_exist() {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let paths = named_paths(&doc);
+    assert!(
+        paths.len() > 20,
+        "ARCHITECTURE.md names too few paths: {paths:?}"
+    );
+    let missing: Vec<&String> = paths.iter().filter(|p| !root().join(p).exists()).collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names paths that do not exist: {missing:?}"
+    );
+}
+
+#[test]
+fn architecture_md_states_the_numbers_the_code_has() {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let flat = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let expect = [
+        format!(
+            "more than {} s old",
+            faultline_pipeline::DEFAULT_LIVE_FIRST_AFTER.as_secs()
+        ),
+        format!(
+            "{} times the block size",
+            faultline_pipeline::MAX_HEAD_FACTOR
+        ),
+        format!(
+            "row groups of at most {} rows",
+            faultline_store::block::ROW_GROUP_ROWS
+        ),
+        format!(
+            "pages of at most {} rows",
+            faultline_store::block::PAGE_ROWS
+        ),
+        "a block is four files".to_string(),
+        format!(
+            "fails processing {} times",
+            faultline_pipeline::dlq::MAX_ATTEMPTS
+        ),
+        format!(
+            "default {} traces, at most {}",
+            faultline_api::params::DEFAULT_LIMIT,
+            faultline_api::params::MAX_LIMIT
+        ),
+        format!(
+            "more than {} records behind",
+            faultline_pipeline::health::BEHIND_RECORDS
+        ),
+        format!(
+            "{} spans per second by default",
+            faultline_pipeline::DEFAULT_BACKLOG_RATE
+        ),
+    ];
+    let missing: Vec<&String> = expect
+        .iter()
+        .filter(|e| !flat.contains(e.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md does not say (or no longer matches the code): {missing:#?}"
+    );
+}
