@@ -81,10 +81,7 @@ async fn search(
     let ids = p
         .iter()
         .filter(|(k, v)| k == "traceID" && !v.is_empty())
-        .map(|(_, v)| {
-            parse_trace_id(v)
-                .map_err(|e| ApiError::bad_parameter("traceID", format!("traceID: {e}")))
-        })
+        .map(|(_, v)| parse_trace_id("traceID", v))
         .collect::<Result<Vec<_>, _>>()?;
     if !ids.is_empty() {
         return traces_answer(&st, ids, Completeness::default(), None).await;
@@ -129,16 +126,22 @@ async fn traces_answer(
 
 use faultline_model::hex;
 
-/// Parses a Jaeger trace id: 1 to 32 hex digits (shorter ids are left-padded, as Jaeger
-/// does for 64-bit ids).
-pub fn parse_trace_id(s: &str) -> Result<TraceId, String> {
+/// Parses a Jaeger trace id given as parameter `name`: 1 to 32 hex digits (shorter ids
+/// are left-padded, as Jaeger does for 64-bit ids).
+pub fn parse_trace_id(name: &str, s: &str) -> Result<TraceId, ApiError> {
+    let bad = || {
+        ApiError::bad_parameter(
+            name,
+            format!("{name}: trace id {s:?} is not 1 to 32 hexadecimal digits"),
+        )
+    };
     if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("trace id {s:?} is not 1 to 32 hexadecimal digits"));
+        return Err(bad());
     }
     let padded = format!("{s:0>32}");
     let mut out = [0u8; 16];
     for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&padded[i * 2..i * 2 + 2], 16).map_err(|e| e.to_string())?;
+        *o = u8::from_str_radix(&padded[i * 2..i * 2 + 2], 16).map_err(|_| bad())?;
     }
     Ok(out)
 }
@@ -361,7 +364,7 @@ async fn dependencies(
 }
 
 async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let trace_id = parse_trace_id(&id).map_err(|e| ApiError::bad_parameter("trace id", e))?;
+    let trace_id = parse_trace_id("trace id", &id)?;
     let answer = crate::query(&st, move |store| store.trace(&trace_id)).await?;
     let c = st.with_lag(answer.completeness, None);
     if answer.spans.is_empty() {
@@ -553,10 +556,11 @@ mod tests {
 
     #[test]
     fn parses_trace_ids_like_jaeger() {
-        assert_eq!(parse_trace_id("1").unwrap()[15], 1);
-        assert_eq!(parse_trace_id(&"ab".repeat(16)).unwrap(), [0xab; 16]);
-        assert!(parse_trace_id("xyz").unwrap_err().contains("hexadecimal"));
-        assert!(parse_trace_id(&"a".repeat(33)).is_err());
-        assert!(parse_trace_id("").is_err());
+        assert_eq!(parse_trace_id("id", "1").unwrap()[15], 1);
+        assert_eq!(parse_trace_id("id", &"ab".repeat(16)).unwrap(), [0xab; 16]);
+        let e = parse_trace_id("traceID", "xyz").unwrap_err();
+        assert!(e.message().contains("hexadecimal") && e.parameter() == Some("traceID"));
+        assert!(parse_trace_id("id", &"a".repeat(33)).is_err());
+        assert!(parse_trace_id("id", "").is_err());
     }
 }

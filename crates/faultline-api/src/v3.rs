@@ -83,8 +83,7 @@ async fn get_trace(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let trace_id = crate::jaeger::parse_trace_id(&id)
-        .map_err(|e| ApiError::bad_parameter("trace_id", format!("malformed trace_id: {e}")))?;
+    let trace_id = crate::jaeger::parse_trace_id("trace_id", &id)?;
     let a = crate::query(&st, move |store| store.trace(&trace_id)).await?;
     let c = st.with_lag(a.completeness, None);
     if a.spans.is_empty() {

@@ -20,8 +20,7 @@ pub(crate) async fn page(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let trace_id = faultline_api::jaeger::parse_trace_id(&id)
-        .map_err(|e| ApiError::bad_parameter("trace id", e))?;
+    let trace_id = faultline_api::jaeger::parse_trace_id("trace id", &id)?;
     let answer = blocking(&st, move |store| store.trace(&trace_id)).await?;
     let partial = reasons(&st, answer.completeness.reasons);
     let spans = answer.spans;
