@@ -95,6 +95,8 @@ pub struct ApiError {
     parameter: Option<String>,
     retry_after: Option<Duration>,
     partial: Vec<String>,
+    /// Not logged (an expected answer, such as `/ready` while starting).
+    quiet: bool,
 }
 
 impl std::fmt::Display for ApiError {
@@ -114,7 +116,15 @@ impl ApiError {
             parameter: None,
             retry_after: (kind == ErrorKind::Unavailable).then_some(RETRY_AFTER),
             partial: Vec::new(),
+            quiet: false,
         }
+    }
+
+    /// An expected answer that is not worth a log line (a readiness probe while starting).
+    #[must_use]
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
     }
 
     /// Parameter `name` is invalid; `message` says why and what a valid value looks like.
@@ -252,6 +262,7 @@ impl IntoResponse for ApiError {
     /// Native shape unless the router says otherwise (see [`shaped`]).
     fn into_response(self) -> Response {
         match self.kind {
+            _ if self.quiet => {}
             ErrorKind::Internal | ErrorKind::Unavailable => {
                 tracing::warn!(status = self.status().as_u16(), error = %self.message, "answered with an error")
             }

@@ -103,7 +103,8 @@ pub fn router() -> Router<ApiState> {
 async fn ready(State(st): State<ApiState>) -> Result<&'static str, ApiError> {
     match st.process.ready() {
         Ok(()) => Ok("ready\n"),
-        Err(reason) => Err(ApiError::unavailable(format!("not ready: {reason}"))),
+        // Probes ask every few seconds: an expected answer, not worth a log line each.
+        Err(reason) => Err(ApiError::unavailable(format!("not ready: {reason}")).quiet()),
     }
 }
 

@@ -272,6 +272,24 @@ impl World {
         store.trace(&trace_id(n)).unwrap().spans.len()
     }
 
+    /// Spans the store holds, counting duplicates (blocks plus heads): a trace lookup
+    /// would hide a record ingested twice, this does not.
+    fn stored_total(&self) -> u64 {
+        let store = &self.run.as_ref().unwrap().sh.store;
+        store.blocks().iter().map(|b| b.spans).sum::<u64>() + store.head_spans() as u64
+    }
+
+    /// Spans of every acknowledged record.
+    fn acked_total(&self) -> u64 {
+        self.acked
+            .values()
+            .map(|c| match c {
+                Content::Spans(_, k) => *k as u64,
+                Content::Poison => 0,
+            })
+            .sum()
+    }
+
     fn is_dead_letter(&self, seq: u64) -> bool {
         self.dlq_dir().join(format!("{seq:020}.dead")).exists()
     }
@@ -289,6 +307,13 @@ impl World {
             }
             in_wal.extend(batch.iter().map(|rec| rec.seq));
         }
+        let total = self.stored_total();
+        prop_assert!(
+            total <= self.acked_total(),
+            "the store holds {} spans of {} acknowledged: a record was ingested twice",
+            total,
+            self.acked_total()
+        );
         for (&seq, &content) in &self.acked {
             let n = self.stored(content);
             let want = match content {
@@ -360,6 +385,12 @@ impl World {
                 r.sh.store.pending()
             );
             prop_assert_eq!(r.sh.store.durable_seq(), r.sh.wal.committed_seq());
+            prop_assert_eq!(
+                self.stored_total(),
+                self.acked_total(),
+                "exactly once (round {})",
+                round
+            );
             for (&seq, &content) in &self.acked {
                 match content {
                     Content::Spans(_, k) => {

@@ -65,9 +65,11 @@ pub struct WalOptions {
     pub max_batch_bytes: usize,
     /// In `os` mode, how often written data is synced in the background.
     pub os_sync_interval: std::time::Duration,
-    /// The lowest sequence number the next record may get. The binary sets it past what
-    /// the store already made durable, so a WAL directory that lost its segments (deleted
-    /// by hand, or restored from a backup) never reuses numbers the store skips.
+    /// The lowest sequence number the next record may get. The binary sets it past the
+    /// store's `source_seq` (the position up to which the store sealed in order, and above
+    /// which it replays; not `durable_seq`, which lags behind a pending backlog), so a WAL
+    /// directory that lost its segments (deleted by hand, or restored from a backup) never
+    /// hands out a number the store would skip as already sealed.
     pub min_next_seq: u64,
 }
 

@@ -44,7 +44,8 @@ pub enum QueryCommand {
     },
 }
 
-fn get(url: &str) -> anyhow::Result<(u16, Value)> {
+/// GETs `url`: status, the `X-Faultline-Partial` reasons, and the JSON body.
+fn get(url: &str) -> anyhow::Result<(u16, Option<String>, Value)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,6 +60,11 @@ fn get(url: &str) -> anyhow::Result<(u16, Value)> {
                 format!("cannot reach {url}; is faultline serving there? (--api)")
             })?;
         let status = resp.status().as_u16();
+        let partial = resp
+            .headers()
+            .get("x-faultline-partial")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp.bytes().await.context("cannot read the answer")?;
         let v = serde_json::from_slice(&bytes).with_context(|| {
             format!(
@@ -66,12 +72,12 @@ fn get(url: &str) -> anyhow::Result<(u16, Value)> {
                 String::from_utf8_lossy(&bytes)
             )
         })?;
-        Ok((status, v))
+        Ok((status, partial, v))
     })
 }
 
 fn api_error(v: &Value) -> String {
-    v["errors"][0]["msg"]
+    v["error"]["message"]
         .as_str()
         .or(v["error"].as_str())
         .unwrap_or("unknown error")
@@ -82,7 +88,8 @@ fn api_error(v: &Value) -> String {
 pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         QueryCommand::Trace { id, api, json } => {
-            let (status, v) = get(&format!("{}/api/traces/{id}", api.trim_end_matches('/')))?;
+            let url = format!("{}/api/v3/traces/{id}", api.trim_end_matches('/'));
+            let (status, partial, v) = get(&url)?;
             if json {
                 println!("{v}");
             }
@@ -91,11 +98,15 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             if !json {
-                print!("{}", render_trace(&v["data"][0]));
-                if let Some(reasons) = v["partial"]["reasons"].as_array() {
-                    for r in reasons {
-                        println!("note: partial answer: {}", r.as_str().unwrap_or_default());
-                    }
+                let body = serde_json::to_vec(&v["result"]).unwrap_or_default();
+                let req = faultline_model::otlp_json::decode(&body)
+                    .with_context(|| format!("the answer from {url} is not OTLP JSON"))?;
+                print!(
+                    "{}",
+                    render_trace(&id, &faultline_model::span::from_otlp(&req))
+                );
+                for r in partial.iter().flat_map(|p| p.split("; ")) {
+                    println!("note: partial answer: {r}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -122,7 +133,7 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
             if let Some(op) = &operation {
                 url.push_str(&format!("&operation={}", encode(op)));
             }
-            let (status, v) = get(&url)?;
+            let (status, _, v) = get(&url)?;
             if json {
                 println!("{v}");
             }
@@ -151,81 +162,25 @@ fn encode(s: &str) -> String {
     out
 }
 
-fn render_trace(t: &Value) -> String {
-    let empty = Vec::new();
-    let spans = t["spans"].as_array().unwrap_or(&empty);
-    let start0 = spans
-        .iter()
-        .filter_map(|s| s["startTime"].as_u64())
-        .min()
-        .unwrap_or(0);
-    let end = spans
-        .iter()
-        .filter_map(|s| Some(s["startTime"].as_u64()? + s["duration"].as_u64()?))
-        .max()
-        .unwrap_or(start0);
-    let ids: std::collections::HashSet<&str> =
-        spans.iter().filter_map(|s| s["spanID"].as_str()).collect();
-    let parent_of = |s: &Value| -> Option<String> {
-        s["references"]
-            .as_array()?
-            .iter()
-            .find(|r| r["refType"] == "CHILD_OF")
-            .and_then(|r| r["spanID"].as_str())
-            .map(String::from)
-    };
+/// The trace as an indented tree in the waterfall's order (the UI's layout).
+fn render_trace(id: &str, spans: &[faultline_model::span::Span]) -> String {
+    let w = faultline_ui::waterfall::layout(spans);
     let mut out = format!(
-        "trace {} - {} spans, {:.3} ms\n",
-        t["traceID"].as_str().unwrap_or_default(),
+        "trace {id} - {} spans, {:.3} ms\n",
         spans.len(),
-        (end - start0) as f64 / 1000.0
+        (w.t1 - w.t0) as f64 / 1e6
     );
-    // Roots: no parent, or a parent that is not in the trace (marked as orphans).
-    let mut order: Vec<(usize, &Value, bool)> = Vec::new();
-    fn walk<'a>(
-        spans: &'a [Value],
-        parent: &str,
-        depth: usize,
-        parent_of: &dyn Fn(&Value) -> Option<String>,
-        out: &mut Vec<(usize, &'a Value, bool)>,
-    ) {
-        for s in spans
-            .iter()
-            .filter(|s| parent_of(s).as_deref() == Some(parent))
-        {
-            out.push((depth, s, false));
-            if let Some(id) = s["spanID"].as_str() {
-                walk(spans, id, depth + 1, parent_of, out);
-            }
-        }
-    }
-    for s in spans {
-        let p = parent_of(s);
-        let orphan = p.as_deref().is_some_and(|p| !ids.contains(p));
-        if p.is_none() || orphan {
-            order.push((0, s, orphan));
-            if let Some(id) = s["spanID"].as_str() {
-                walk(spans, id, 1, &parent_of, &mut order);
-            }
-        }
-    }
-    for (depth, s, orphan) in order {
-        let service = t["processes"][s["processID"].as_str().unwrap_or_default()]["serviceName"]
-            .as_str()
-            .unwrap_or("?");
-        let error = s["tags"].as_array().is_some_and(|tags| {
-            tags.iter()
-                .any(|t| t["key"] == "error" && t["value"] == true)
-        });
+    for row in &w.rows {
+        let s = &spans[row.index];
         out.push_str(&format!(
             "{:>10.3} ms {:>10.3} ms  {}{} {}{}{}\n",
-            (s["startTime"].as_u64().unwrap_or(start0) - start0) as f64 / 1000.0,
-            s["duration"].as_u64().unwrap_or(0) as f64 / 1000.0,
-            "  ".repeat(depth),
-            service,
-            s["operationName"].as_str().unwrap_or_default(),
-            if error { "  [error]" } else { "" },
-            if orphan { "  [parent missing]" } else { "" },
+            (s.start_ns - w.t0) as f64 / 1e6,
+            s.duration_ns() as f64 / 1e6,
+            "  ".repeat(row.depth),
+            s.service(),
+            s.name,
+            if s.is_error() { "  [error]" } else { "" },
+            if row.orphan { "  [parent missing]" } else { "" },
         ));
     }
     out
@@ -285,18 +240,40 @@ mod tests {
 
     #[test]
     fn renders_a_tree_with_orphans_and_errors() {
-        let t = serde_json::json!({
-            "traceID": "ab",
-            "processes": {"p1": {"serviceName": "front"}, "p2": {"serviceName": "db"}},
-            "spans": [
-                {"spanID": "1", "operationName": "GET /", "startTime": 1000, "duration": 5000, "processID": "p1", "references": [], "tags": []},
-                {"spanID": "2", "operationName": "SELECT", "startTime": 2000, "duration": 1000, "processID": "p2",
-                 "references": [{"refType": "CHILD_OF", "spanID": "1"}], "tags": [{"key": "error", "value": true}]},
-                {"spanID": "3", "operationName": "late", "startTime": 3000, "duration": 10, "processID": "p2",
-                 "references": [{"refType": "CHILD_OF", "spanID": "9"}], "tags": []}
-            ]
-        });
-        let text = render_trace(&t);
+        use faultline_model::span::{Origin, Span, SpanKind, StatusCode};
+        let origin = |service: &str| {
+            std::sync::Arc::new(Origin {
+                service: service.into(),
+                resource: Vec::new(),
+                scope_name: String::new(),
+                scope_version: String::new(),
+            })
+        };
+        let span =
+            |id: u8, parent: Option<u8>, name: &str, service: &str, at: u64, dur: u64| Span {
+                trace_id: [0xab; 16],
+                span_id: [id; 8],
+                parent_span_id: parent.map(|p| [p; 8]),
+                name: name.into(),
+                kind: SpanKind::Server,
+                start_ns: at * 1000,
+                end_ns: (at + dur) * 1000,
+                status: StatusCode::Unset,
+                status_message: String::new(),
+                attributes: Vec::new(),
+                events: Vec::new(),
+                links: Vec::new(),
+                origin: origin(service),
+            };
+        let mut failing = span(2, Some(1), "SELECT", "db", 2000, 1000);
+        failing.status = StatusCode::Error;
+        let spans = vec![
+            span(1, None, "GET /", "front", 1000, 5000),
+            failing,
+            span(3, Some(9), "late", "db", 3000, 10),
+        ];
+        let text = render_trace("ab", &spans);
+
         assert!(text.starts_with("trace ab - 3 spans, 5.000 ms"), "{text}");
         assert!(text.contains(" ms  front GET /\n"), "{text}");
         assert!(text.contains(" ms    db SELECT  [error]\n"), "{text}");

@@ -139,7 +139,8 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpLis
 }
 
 /// Opens and recovers the WAL, logging what recovery did. Numbering continues after
-/// `store_seq`, what the store already made durable, whatever is left in the directory.
+/// `store_seq`, the store's `source_seq` (above it the store replays; at or below it a
+/// record would be skipped as sealed), whatever is left in the directory.
 async fn open_wal(s: &Settings, metrics: &Arc<Metrics>, store_seq: u64) -> anyhow::Result<Wal> {
     let wal_dir = s.data_dir.join("wal");
     let mut opts = s.wal.clone();

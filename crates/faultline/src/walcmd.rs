@@ -160,113 +160,84 @@ fn dump_record(
     json_out: bool,
 ) -> std::io::Result<()> {
     let time = faultline_model::rfc3339(rec.time_ns);
-    let env = match envelope::decode(rec.payload) {
-        Ok(e) => e,
-        Err(e) => {
-            return if json_out {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({"seq": rec.seq, "time": time, "error": e.to_string()})
-                )
-            } else {
-                writeln!(out, "{} {time} unreadable: {e}", rec.seq)
-            };
+    let decoded =
+        envelope::decode(rec.payload).and_then(|env| Ok((env.protocol, env.spans, env.request()?)));
+    let (protocol, count, req) = match decoded {
+        Ok(d) => d,
+        Err(e) if json_out => {
+            return writeln!(
+                out,
+                "{}",
+                json!({"seq": rec.seq, "time": time, "error": e.to_string()})
+            );
         }
-    };
-    let req = match env.request() {
-        Ok(r) => r,
-        Err(e) => {
-            return writeln!(out, "{} {time} {} unreadable: {e}", rec.seq, env.protocol);
-        }
+        Err(e) => return writeln!(out, "{} {time} unreadable: {e}", rec.seq),
     };
     let services = faultline_model::service_names(&req);
     let mut trace_ids: Vec<String> = Vec::new();
+    let mut list = Vec::new();
     for rs in &req.resource_spans {
-        for ss in &rs.scope_spans {
-            for sp in &ss.spans {
-                let t = hex(&sp.trace_id);
-                if !trace_ids.contains(&t) {
-                    trace_ids.push(t);
-                }
+        let resource = attrs_json(rs.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        for sp in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            let t = hex(&sp.trace_id);
+            if !trace_ids.contains(&t) {
+                trace_ids.push(t);
+            }
+            if spans {
+                list.push(json!({
+                    "trace_id": hex(&sp.trace_id), "span_id": hex(&sp.span_id),
+                    "parent_span_id": hex(&sp.parent_span_id), "name": sp.name, "kind": sp.kind,
+                    "start_ns": sp.start_time_unix_nano, "end_ns": sp.end_time_unix_nano,
+                    "status": sp.status.as_ref().map(|s| json!({"code": s.code, "message": s.message})),
+                    "attributes": attrs_json(&sp.attributes),
+                    "events": sp.events.iter().map(|e| json!({"name": e.name, "time_ns": e.time_unix_nano, "attributes": attrs_json(&e.attributes)})).collect::<Vec<_>>(),
+                    "resource": resource,
+                }));
             }
         }
     }
     if json_out {
         let mut line = json!({
-            "seq": rec.seq, "time": time, "protocol": env.protocol.as_str(),
-            "spans": env.spans, "services": services, "trace_ids": trace_ids,
+            "seq": rec.seq, "time": time, "protocol": protocol.as_str(),
+            "spans": count, "services": services, "trace_ids": trace_ids,
         });
         if spans {
-            let mut list = Vec::new();
-            for rs in &req.resource_spans {
-                let resource = rs
-                    .resource
-                    .as_ref()
-                    .map(|r| attrs_json(&r.attributes))
-                    .unwrap_or(json!({}));
-                for ss in &rs.scope_spans {
-                    for sp in &ss.spans {
-                        list.push(json!({
-                            "trace_id": hex(&sp.trace_id), "span_id": hex(&sp.span_id),
-                            "parent_span_id": hex(&sp.parent_span_id), "name": sp.name, "kind": sp.kind,
-                            "start_ns": sp.start_time_unix_nano, "end_ns": sp.end_time_unix_nano,
-                            "status": sp.status.as_ref().map(|s| json!({"code": s.code, "message": s.message})),
-                            "attributes": attrs_json(&sp.attributes),
-                            "events": sp.events.iter().map(|e| json!({"name": e.name, "time_ns": e.time_unix_nano, "attributes": attrs_json(&e.attributes)})).collect::<Vec<_>>(),
-                            "resource": resource,
-                        }));
-                    }
-                }
-            }
             line["span_list"] = serde_json::Value::Array(list);
         }
         return writeln!(out, "{line}");
     }
     writeln!(
         out,
-        "{} {time} {} spans={} traces={} services={}",
+        "{} {time} {protocol} spans={count} traces={} services={}",
         rec.seq,
-        env.protocol,
-        env.spans,
         trace_ids.len(),
         services.join(",")
     )?;
-    if spans {
-        for rs in &req.resource_spans {
-            let resource = rs
-                .resource
-                .as_ref()
-                .map(|r| attrs_json(&r.attributes))
-                .unwrap_or(json!({}));
-            for ss in &rs.scope_spans {
-                for sp in &ss.spans {
-                    writeln!(
-                        out,
-                        "  span {} {} parent={} name={:?} kind={} duration_us={} attributes={} events={} resource={}",
-                        hex(&sp.trace_id),
-                        hex(&sp.span_id),
-                        if sp.parent_span_id.is_empty() {
-                            "-".into()
-                        } else {
-                            hex(&sp.parent_span_id)
-                        },
-                        sp.name,
-                        sp.kind,
-                        sp.end_time_unix_nano
-                            .saturating_sub(sp.start_time_unix_nano)
-                            / 1000,
-                        attrs_json(&sp.attributes),
-                        sp.events
-                            .iter()
-                            .map(|e| e.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        resource,
-                    )?;
-                }
-            }
-        }
+    for sp in &list {
+        let parent = sp["parent_span_id"].as_str().filter(|p| !p.is_empty());
+        let dur_us = sp["end_ns"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(sp["start_ns"].as_u64().unwrap_or(0))
+            / 1000;
+        let events: Vec<&str> = sp["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        writeln!(
+            out,
+            "  span {} {} parent={} name={} kind={} duration_us={dur_us} attributes={} events={} resource={}",
+            sp["trace_id"].as_str().unwrap_or_default(),
+            sp["span_id"].as_str().unwrap_or_default(),
+            parent.unwrap_or("-"),
+            sp["name"],
+            sp["kind"],
+            sp["attributes"],
+            events.join(","),
+            sp["resource"],
+        )?;
     }
     Ok(())
 }
