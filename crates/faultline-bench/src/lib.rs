@@ -4,8 +4,10 @@
 //! integration tests call [`loadgen`] in-process to drive a server under test.
 //!
 //! - [`loadgen`]: realistic multi-service traces over OTLP/HTTP or OTLP/gRPC, and the
-//!   single-core decode ceiling of the same requests;
+//!   single-core decode ceiling of the same requests; [`varied`] is its production-like
+//!   profile (fresh high-cardinality values, varied durations);
 //! - [`store`]: query latency at the store level on a stopped server's data directory.
 
 pub mod loadgen;
 pub mod store;
+pub mod varied;

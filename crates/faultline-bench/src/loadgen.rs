@@ -53,6 +53,11 @@ pub struct LoadgenArgs {
     /// Distinct pre-encoded request templates.
     #[arg(long, default_value_t = 32)]
     pub templates: usize,
+    /// Traffic profile: `templated` (9 services, attribute values and timings repeat
+    /// across the templates) or `varied` (12 services, ~20 attributes per span, fresh
+    /// high-cardinality values and durations on every send; see `varied.rs`).
+    #[arg(long, default_value = "templated")]
+    pub profile: Profile,
     /// Compress request bodies with gzip.
     #[arg(long)]
     pub gzip: bool,
@@ -100,6 +105,15 @@ fn s(v: &str) -> Value {
     Value::StringValue(v.to_string())
 }
 
+/// A traffic profile (see [`LoadgenArgs::profile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// The original templates.
+    Templated,
+    /// Production-like variety (`varied.rs`).
+    Varied,
+}
+
 /// One template: an encoded request and where its trace ids sit.
 struct Template {
     body: Vec<u8>,
@@ -112,6 +126,14 @@ struct Template {
     time_offsets: Vec<usize>,
     /// When the template was generated, Unix nanoseconds.
     created_ns: u64,
+    /// Byte offsets of every copy of each fresh-value placeholder (varied profile).
+    tokens: Vec<Vec<usize>>,
+    /// Byte offset of each span's end time and its duration (varied profile: every send
+    /// scales the duration).
+    ends: Vec<(usize, u64)>,
+    /// Per trace (in `trace_offsets` order): its spans, and whether one fails (such traces
+    /// are kept when a server sheds the rest of a request under pressure).
+    trace_spans: Vec<(usize, bool)>,
 }
 
 fn generate_trace(
@@ -230,19 +252,33 @@ fn generate_trace(
     n
 }
 
-fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
+fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Profile) -> Template {
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
+    let services = match profile {
+        Profile::Templated => SERVICES.len(),
+        Profile::Varied => crate::varied::SERVICES.len(),
+    };
+    let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); services];
     let mut ids = Vec::new();
     let mut spans = 0;
+    let mut ph = crate::varied::Placeholders::default();
+    let mut span_times = Vec::new();
     while spans < target_spans.max(1) {
         let mut id = [0u8; 16];
         rng.fill(&mut id);
         ids.push(id);
-        spans += generate_trace(rng, id, now_ns, &mut by_service);
+        spans += match profile {
+            Profile::Templated => generate_trace(rng, id, now_ns, &mut by_service),
+            Profile::Varied => {
+                let t = crate::varied::generate_trace(rng, id, now_ns, &mut by_service, &mut ph);
+                let n = t.len();
+                span_times.extend(t);
+                n
+            }
+        };
     }
     let resource_spans = by_service
         .into_iter()
@@ -250,13 +286,16 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
         .filter(|(_, v)| !v.is_empty())
         .map(|(i, spans)| ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", s(SERVICES[i].0)),
-                    kv("service.version", s("1.4.2")),
-                    kv("host.name", s(&format!("{}-7f9c-{}", SERVICES[i].0, i))),
-                    kv("deployment.environment", s("loadtest")),
-                    kv("telemetry.sdk.language", s("rust")),
-                ],
+                attributes: match profile {
+                    Profile::Templated => vec![
+                        kv("service.name", s(SERVICES[i].0)),
+                        kv("service.version", s("1.4.2")),
+                        kv("host.name", s(&format!("{}-7f9c-{}", SERVICES[i].0, i))),
+                        kv("deployment.environment", s("loadtest")),
+                        kv("telemetry.sdk.language", s("rust")),
+                    ],
+                    Profile::Varied => crate::varied::resource(rng, i),
+                },
                 dropped_attributes_count: 0,
                 entity_refs: Vec::new(),
             }),
@@ -319,6 +358,31 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
                 .collect()
         })
         .collect();
+    let tokens = token_offsets(&body, &ph.list);
+    let trace_spans = ids
+        .iter()
+        .map(|id| {
+            let spans = req
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .filter(|sp| sp.trace_id == id);
+            spans.fold((0, false), |(n, failing), sp| {
+                (
+                    n + 1,
+                    failing || sp.status.as_ref().is_some_and(|st| st.code == 2),
+                )
+            })
+        })
+        .collect();
+    let ends = span_times
+        .iter()
+        .filter_map(|&(start, end)| {
+            let at = body.windows(8).position(|w| w == end.to_le_bytes())?;
+            Some((at, end - start))
+        })
+        .collect();
     Template {
         body,
         spans,
@@ -326,7 +390,34 @@ fn make_template(rng: &mut SmallRng, target_spans: usize) -> Template {
         span_offsets,
         time_offsets,
         created_ns: now_ns,
+        tokens,
+        ends,
+        trace_spans,
     }
+}
+
+/// The offsets of every copy of each placeholder in `body`, in placeholder order.
+fn token_offsets(body: &[u8], list: &[[u8; crate::varied::TOKEN_LEN]]) -> Vec<Vec<usize>> {
+    let index: std::collections::HashMap<&[u8], usize> =
+        list.iter().enumerate().map(|(i, t)| (&t[..], i)).collect();
+    let mut out = vec![Vec::new(); list.len()];
+    if list.is_empty() {
+        return out;
+    }
+    for (at, w) in body.windows(crate::varied::TOKEN_LEN).enumerate() {
+        if let Some(&i) = index.get(w) {
+            out[i].push(at);
+        }
+    }
+    out
+}
+
+/// A fast, well-mixed 64-bit hash (SplitMix64's finaliser), for fresh values at send time.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Copies a template and stamps unique trace ids: the first 8 bytes of every trace id
@@ -375,6 +466,26 @@ fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<String>) {
             ids.push(body[o..o + 16].iter().map(|b| format!("{b:02x}")).collect());
         }
     }
+    // Varied profile: a fresh value for every placeholder, and every duration scaled by a
+    // fresh factor in [0.6, 1.6).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let seed = nonce ^ request.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    for (slot, offsets) in t.tokens.iter().enumerate() {
+        let v = mix64(seed ^ (slot as u64).wrapping_mul(0x9E37_79B9));
+        for &o in offsets {
+            for (i, b) in body[o..o + crate::varied::TOKEN_LEN].iter_mut().enumerate() {
+                *b = HEX[((v >> (4 * (i % 16))) & 0xf) as usize];
+            }
+        }
+    }
+    for (k, &(o, dur)) in t.ends.iter().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&body[o..o + 8]);
+        let end = u64::from_le_bytes(b);
+        let factor = 0.6 + (mix64(seed ^ 0xDEAD ^ k as u64) % 1000) as f64 / 1000.0;
+        let scaled = end - dur + (dur as f64 * factor) as u64;
+        body[o..o + 8].copy_from_slice(&scaled.to_le_bytes());
+    }
     (body, ids)
 }
 
@@ -384,6 +495,7 @@ struct Totals {
     ok_requests: u64,
     ok_spans: u64,
     partial: u64,
+    shed_spans: u64,
     refused: u64,
     errors: u64,
     last_error: Option<String>,
@@ -391,8 +503,22 @@ struct Totals {
 
 enum Outcome {
     Ok,
+    /// Acknowledged with OTLP partial success: this many spans were not stored (a server
+    /// shedding load keeps the failing traces).
+    Partial(u64, String),
     Refused(String),
     Error(String),
+}
+
+/// An acknowledgement with OTLP partial success. Loadgen sends only valid spans, so spans
+/// are rejected only when the server sheds load: that is a partial acknowledgement, not
+/// an error.
+fn partial(p: Option<faultline_model::ExportTracePartialSuccess>) -> Outcome {
+    let p = p.unwrap_or_default();
+    Outcome::Partial(
+        u64::try_from(p.rejected_spans).unwrap_or(0),
+        format!("partial success: {}", p.error_message),
+    )
 }
 
 /// gRPC codec that sends pre-encoded bytes and decodes the response.
@@ -488,10 +614,7 @@ impl Client {
                                         .as_ref()
                                         .is_some_and(|p| p.rejected_spans > 0) =>
                                 {
-                                    Outcome::Error(format!(
-                                        "partial success: {:?}",
-                                        r.partial_success
-                                    ))
+                                    partial(r.partial_success)
                                 }
                                 Ok(_) => Outcome::Ok,
                                 Err(e) => Outcome::Error(format!("undecodable response: {e}")),
@@ -530,10 +653,7 @@ impl Client {
                             .as_ref()
                             .is_some_and(|p| p.rejected_spans > 0)
                         {
-                            Outcome::Error(format!(
-                                "partial success: {:?}",
-                                resp.get_ref().partial_success
-                            ))
+                            partial(resp.get_ref().partial_success.clone())
                         } else {
                             Outcome::Ok
                         }
@@ -567,7 +687,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 pub fn bench_decode(
     seconds: f64,
     spans_per_request: usize,
-    templates: usize,
+    (templates, profile): (usize, Profile),
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
@@ -576,7 +696,7 @@ pub fn bench_decode(
     );
     let mut rng = SmallRng::seed_from_u64(42);
     let pool: Vec<Template> = (0..templates)
-        .map(|_| make_template(&mut rng, spans_per_request))
+        .map(|_| make_template(&mut rng, spans_per_request, profile))
         .collect();
     let limits = faultline_model::validate::Limits::default();
     let mut results = serde_json::Map::new();
@@ -710,6 +830,74 @@ impl Client {
     }
 }
 
+/// One answered request, for [`record`].
+struct Ack<'a> {
+    n: u64,
+    template: &'a Template,
+    ids: &'a [String],
+    took: Duration,
+}
+
+/// Adds an answer to `totals` (and the ack log); false when it was refused or failed.
+fn record(
+    totals: &mut Totals,
+    outcome: Outcome,
+    ack: Ack<'_>,
+    ack_log: Option<&Mutex<std::io::BufWriter<std::fs::File>>>,
+    acked_spans: &AtomicU64,
+) -> bool {
+    let log = |line: String| {
+        if let Some(log) = ack_log
+            && let Ok(mut w) = log.lock()
+        {
+            let _ = writeln!(w, "{line}");
+        }
+    };
+    match outcome {
+        Outcome::Ok => {
+            let spans = ack.template.spans;
+            let us = ack.took.as_micros().min(u32::MAX as u128) as u32;
+            totals.latencies_us.push(us);
+            totals.ok_requests += 1;
+            totals.ok_spans += spans as u64;
+            acked_spans.fetch_add(spans as u64, Ordering::Relaxed);
+            log(format!("{} {spans} {}", ack.n, ack.ids.join(",")));
+            true
+        }
+        Outcome::Partial(rejected, e) => {
+            // The failing traces were kept, the others shed.
+            let kept: Vec<(&str, usize)> = ack
+                .ids
+                .iter()
+                .zip(&ack.template.trace_spans)
+                .filter(|(_, (_, failing))| *failing)
+                .map(|(id, (n, _))| (id.as_str(), *n))
+                .collect();
+            let spans: usize = kept.iter().map(|(_, n)| n).sum();
+            totals.partial += 1;
+            totals.shed_spans += rejected;
+            totals.ok_spans += spans as u64;
+            totals.last_error = Some(e);
+            acked_spans.fetch_add(spans as u64, Ordering::Relaxed);
+            if !kept.is_empty() {
+                let ids: Vec<&str> = kept.iter().map(|(id, _)| *id).collect();
+                log(format!("{} {spans} {}", ack.n, ids.join(",")));
+            }
+            true
+        }
+        Outcome::Refused(e) => {
+            totals.refused += 1;
+            totals.last_error = Some(e);
+            false
+        }
+        Outcome::Error(e) => {
+            totals.errors += 1;
+            totals.last_error = Some(e);
+            false
+        }
+    }
+}
+
 async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.templates > 0, "--templates must be at least 1");
@@ -724,7 +912,7 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     let nonce: u64 = rng.random();
     let templates: Arc<Vec<Template>> = Arc::new(
         (0..args.templates)
-            .map(|_| make_template(&mut rng, args.spans_per_request))
+            .map(|_| make_template(&mut rng, args.spans_per_request, args.profile))
             .collect(),
     );
     let mean_spans =
@@ -776,30 +964,16 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
                 let t = &templates[(n as usize) % templates.len()];
                 let (body, ids) = stamp(t, nonce, n);
                 let sent = Instant::now();
-                match client.send(body).await {
-                    Outcome::Ok => {
-                        let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        totals.latencies_us.push(us);
-                        totals.ok_requests += 1;
-                        totals.ok_spans += t.spans as u64;
-                        acked_spans.fetch_add(t.spans as u64, Ordering::Relaxed);
-                        if let Some(log) = &ack_log
-                            && let Ok(mut w) = log.lock()
-                        {
-                            let _ = writeln!(w, "{n} {} {}", t.spans, ids.join(","));
-                        }
-                    }
-                    Outcome::Refused(e) => {
-                        totals.refused += 1;
-                        totals.last_error = Some(e);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Outcome::Error(e) => {
-                        totals.errors += 1;
-                        totals.last_error = Some(e);
-                        // The receiver may be restarting: don't spin.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                let outcome = client.send(body).await;
+                let ack = Ack {
+                    n,
+                    template: t,
+                    ids: &ids,
+                    took: sent.elapsed(),
+                };
+                if !record(&mut totals, outcome, ack, ack_log.as_deref(), &acked_spans) {
+                    // Refused or failed: the receiver may be restarting; don't spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
             totals
@@ -827,6 +1001,7 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
         all.ok_requests += t.ok_requests;
         all.ok_spans += t.ok_spans;
         all.partial += t.partial;
+        all.shed_spans += t.shed_spans;
         all.refused += t.refused;
         all.errors += t.errors;
         if t.last_error.is_some() {
@@ -848,6 +1023,7 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
         "spans_per_request": mean_spans, "request_bytes": mean_bytes,
         "requests_ok": all.ok_requests, "spans_ok": all.ok_spans,
         "spans_per_second": all.ok_spans as f64 / elapsed,
+        "requests_partial": all.partial, "spans_shed": all.shed_spans,
         "requests_refused": all.refused, "requests_failed": all.errors,
         "latency_ms": {"p50": percentile(l, 0.5), "p90": percentile(l, 0.9), "p99": percentile(l, 0.99), "max": percentile(l, 1.0)},
         "last_error": all.last_error,
@@ -863,7 +1039,7 @@ pub fn print(args: &LoadgenArgs, summary: &serde_json::Value) {
     }
     let l = &summary["latency_ms"];
     println!(
-        "{} over {:.1} s, concurrency {}: {} requests ({:.0} spans, {:.0} bytes each) acknowledged, {:.0} spans/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; refused {}, failed {}",
+        "{} over {:.1} s, concurrency {}: {} requests ({:.0} spans, {:.0} bytes each) acknowledged, {:.0} spans/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}; partly shed {} ({} spans), refused {}, failed {}",
         args.protocol,
         summary["seconds"].as_f64().unwrap_or(0.0),
         args.concurrency,
@@ -875,6 +1051,8 @@ pub fn print(args: &LoadgenArgs, summary: &serde_json::Value) {
         l["p90"].as_f64().unwrap_or(0.0),
         l["p99"].as_f64().unwrap_or(0.0),
         l["max"].as_f64().unwrap_or(0.0),
+        summary["requests_partial"],
+        summary["spans_shed"],
         summary["requests_refused"],
         summary["requests_failed"]
     );
@@ -891,7 +1069,7 @@ mod tests {
     #[test]
     fn templates_have_realistic_traces_and_stamping_makes_ids_unique() {
         let mut rng = SmallRng::seed_from_u64(7);
-        let t = make_template(&mut rng, 500);
+        let t = make_template(&mut rng, 500, Profile::Templated);
         assert!(t.spans >= 500 && t.spans < 530, "{}", t.spans);
         let req = ExportTraceServiceRequest::decode(&t.body[..]).unwrap();
         assert!(req.resource_spans.len() >= 5, "several services");
@@ -962,5 +1140,114 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn attr<'a>(sp: &'a Span, key: &str) -> Option<&'a Value> {
+        sp.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    fn text(v: Option<&Value>) -> String {
+        match v {
+            Some(Value::StringValue(s)) => s.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_varied_profile_sends_fresh_values_and_durations_every_time() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let t = make_template(&mut rng, 500, Profile::Varied);
+        let bytes_per_span = t.body.len() as f64 / t.spans as f64;
+        assert!(
+            (200.0..400.0).contains(&bytes_per_span),
+            "about 280 bytes per span as OTLP protobuf: {bytes_per_span:.0}"
+        );
+        let spans = |body: &[u8]| -> Vec<Span> {
+            let r = ExportTraceServiceRequest::decode(body).unwrap();
+            r.resource_spans
+                .into_iter()
+                .flat_map(|rs| rs.scope_spans)
+                .flat_map(|ss| ss.spans)
+                .collect()
+        };
+        let (a, _) = stamp(&t, 3, 1);
+        let (b, _) = stamp(&t, 3, 2);
+        let (sa, sb) = (spans(&a), spans(&b));
+        assert_eq!(sa.len(), t.spans);
+        // Attributes per span, with its resource's (a span carries them).
+        let req = ExportTraceServiceRequest::decode(&a[..]).unwrap();
+        let attrs: usize = req
+            .resource_spans
+            .iter()
+            .map(|rs| {
+                let res = rs.resource.as_ref().map_or(0, |r| r.attributes.len());
+                rs.scope_spans
+                    .iter()
+                    .flat_map(|ss| &ss.spans)
+                    .map(|sp| sp.attributes.len() + res)
+                    .sum::<usize>()
+            })
+            .sum();
+        let per_span = attrs as f64 / sa.len() as f64;
+        assert!(
+            (15.0..25.0).contains(&per_span),
+            "about 20 attributes per span: {per_span}"
+        );
+        // user.id: one per trace, the same on every span of it, fresh on every send.
+        let mut by_trace: std::collections::HashMap<&[u8], std::collections::HashSet<String>> =
+            Default::default();
+        for sp in &sa {
+            by_trace
+                .entry(&sp.trace_id[..])
+                .or_default()
+                .insert(text(attr(sp, "user.id")));
+        }
+        assert!(by_trace.values().all(|users| users.len() == 1));
+        let users_a: std::collections::HashSet<String> =
+            sa.iter().map(|sp| text(attr(sp, "user.id"))).collect();
+        let users_b: std::collections::HashSet<String> =
+            sb.iter().map(|sp| text(attr(sp, "user.id"))).collect();
+        assert_eq!(users_a.len(), by_trace.len(), "a user per trace");
+        assert!(users_a.is_disjoint(&users_b), "fresh users on every send");
+        // Per-span fresh values (message ids) differ between sends too.
+        let ids = |v: &[Span]| -> Vec<String> {
+            v.iter()
+                .filter_map(|sp| attr(sp, "messaging.message.id"))
+                .map(|u| text(Some(u)))
+                .collect()
+        };
+        assert!(!ids(&sa).is_empty());
+        assert!(ids(&sa).iter().zip(ids(&sb)).all(|(x, y)| *x != y));
+        // Durations are rescaled on every send.
+        let durs = |v: &[Span]| -> Vec<u64> {
+            v.iter()
+                .map(|sp| sp.end_time_unix_nano - sp.start_time_unix_nano)
+                .collect()
+        };
+        let same = durs(&sa)
+            .iter()
+            .zip(durs(&sb))
+            .filter(|(x, y)| **x == *y)
+            .count();
+        assert!(
+            same * 20 < t.spans,
+            "{same} of {} durations repeated",
+            t.spans
+        );
+        // 12 services, 4 regions, a few percent of failing spans.
+        let r = ExportTraceServiceRequest::decode(&a[..]).unwrap();
+        assert!(r.resource_spans.len() >= 10, "{}", r.resource_spans.len());
+        let regions: std::collections::HashSet<String> =
+            sa.iter().map(|sp| text(attr(sp, "region"))).collect();
+        assert_eq!(regions.len(), 4);
+        let errors = sa
+            .iter()
+            .filter(|sp| sp.status.as_ref().is_some_and(|s| s.code == 2))
+            .count();
+        assert!(errors > 0 && errors * 100 < sa.len() * 6, "{errors} errors");
     }
 }

@@ -35,6 +35,9 @@ enum Command {
         /// Distinct requests.
         #[arg(long, default_value_t = 32)]
         templates: usize,
+        /// Traffic profile, as loadgen's.
+        #[arg(long, default_value = "templated")]
+        profile: loadgen::Profile,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -78,8 +81,9 @@ fn main() -> ExitCode {
             seconds,
             spans_per_request,
             templates,
+            profile,
             json,
-        } => loadgen::bench_decode(seconds, spans_per_request, templates, json),
+        } => loadgen::bench_decode(seconds, spans_per_request, (templates, profile), json),
         Command::TraceById { data_dir, samples } => store::trace_by_id(&data_dir, samples),
         Command::Red { data_dir, samples } => store::red(&data_dir, samples),
         Command::Search { data_dir, samples } => store::search(&data_dir, samples),

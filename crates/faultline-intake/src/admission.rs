@@ -8,18 +8,26 @@
 //! 4. (the caller decodes the body; a malformed body is `Invalid`, 400)
 //! 5. each span is validated; invalid spans are removed and reported as OTLP partial
 //!    success; a request with no valid span left is `Invalid`;
-//! 6. priority lanes: a request is `critical` when it has a span with error status, a span
-//!    of a service in `intake.critical_services`, or a synthetic probe span (attribute
-//!    `faultline.synthetic=true`); `bulk` when its sender says so (header or gRPC metadata
-//!    `x-faultline-lane: bulk`, for replays and imports); `normal` otherwise. Under
-//!    pressure (the largest used share of the WAL budget, the in-flight budget and, when
-//!    `intake.max_memory_bytes` is set, resident memory) `bulk` is
-//!    shed from [`SHED_BULK_AT`] and `normal` from [`SHED_NORMAL_AT`], with `Busy` (429,
-//!    retryable, Retry-After) and counted in `faultline_intake_shed_spans{lane,reason}`;
-//!    `critical` is refused only by the hard limits above (a full WAL or disk);
+//! 6. priority lanes, decided per trace: a trace is `critical` when the request holds a
+//!    span of it with error status, a span of it from a service in
+//!    `intake.critical_services`, or a synthetic probe span of it (attribute
+//!    `faultline.synthetic=true`); the rest of a request is `bulk` when its sender says so
+//!    (header or gRPC metadata `x-faultline-lane: bulk`, for replays and imports) and
+//!    `normal` otherwise. Under pressure (the largest used share of the WAL budget, the
+//!    in-flight budget and, when `intake.max_memory_bytes` is set, resident memory) `bulk`
+//!    is shed from [`SHED_BULK_AT`] (whole: a replay stays bulk even with errors, so it
+//!    never crowds out live traffic) and `normal` from [`SHED_NORMAL_AT`]: a request with no
+//!    critical trace gets `Busy` (429, retryable, Retry-After); a request with critical
+//!    traces keeps them whole and sheds the others, answered as OTLP partial success (the
+//!    shed spans counted as rejected, with the reason). Either way the shed spans are
+//!    counted in `faultline_intake_shed_spans{lane,reason}`. Critical traces are refused
+//!    only by the hard limits above (a full WAL or disk). An OpenTelemetry SDK batches up
+//!    to 512 spans, so with a few percent of failing requests nearly every batch holds an
+//!    error span: deciding per request would shed nothing;
 //! 7. the envelope is appended to the WAL and the request answered only when the WAL
 //!    acknowledged it.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +59,31 @@ pub struct IntakeConfig {
     /// Resident memory the process should stay under: its used share is pressure like
     /// the WAL's (`None`: memory is not watched).
     pub max_memory_bytes: Option<u64>,
+}
+
+/// Spans removed from a request under pressure.
+#[derive(Debug)]
+struct Shed {
+    lane: Lane,
+    reason: &'static str,
+    spans: u64,
+    message: String,
+}
+
+fn is_error(sp: &faultline_model::otlp::trace::Span) -> bool {
+    sp.status.as_ref().is_some_and(|st| st.code == 2)
+}
+
+fn is_synthetic(sp: &faultline_model::otlp::trace::Span) -> bool {
+    sp.attributes.iter().any(|kv| {
+        kv.key == "faultline.synthetic"
+            && matches!(
+                kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                Some(faultline_model::otlp::common::any_value::Value::BoolValue(
+                    true
+                ))
+            )
+    })
 }
 
 /// Pressure (share of the WAL or in-flight budget in use) from which `bulk` is shed.
@@ -305,33 +338,31 @@ impl Intake {
         }
     }
 
-    /// The lane of a validated request (see the module doc).
-    fn lane(&self, request: &ExportTraceServiceRequest, hint: Lane) -> Lane {
-        if hint == Lane::Bulk {
-            return Lane::Bulk;
-        }
+    /// The traces of a validated request that are critical (see the module doc), and how
+    /// many of its spans belong to them.
+    fn critical_traces(&self, request: &ExportTraceServiceRequest) -> (HashSet<Vec<u8>>, u64) {
+        let mut critical: HashSet<Vec<u8>> = HashSet::new();
         for rs in &request.resource_spans {
             let service = faultline_model::service_name(rs.resource.as_ref());
-            if self.cfg.critical_services.iter().any(|c| c == service) {
-                return Lane::Critical;
-            }
+            let whole = self.cfg.critical_services.iter().any(|c| c == service);
             for sp in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                let error = sp.status.as_ref().is_some_and(|st| st.code == 2);
-                let synthetic = sp.attributes.iter().any(|kv| {
-                    kv.key == "faultline.synthetic"
-                        && matches!(
-                            kv.value.as_ref().and_then(|v| v.value.as_ref()),
-                            Some(faultline_model::otlp::common::any_value::Value::BoolValue(
-                                true
-                            ))
-                        )
-                });
-                if error || synthetic {
-                    return Lane::Critical;
+                if whole || is_error(sp) || is_synthetic(sp) {
+                    critical.insert(sp.trace_id.clone());
                 }
             }
         }
-        Lane::Normal
+        let spans = if critical.is_empty() {
+            0
+        } else {
+            request
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .filter(|sp| critical.contains(&sp.trace_id))
+                .count() as u64
+        };
+        (critical, spans)
     }
 
     /// Checks 1-3 of the module doc for a request of `body_bytes`.
@@ -410,36 +441,30 @@ impl Intake {
             }
             return Ok(Accepted::default());
         }
-        let lane = self.lane(&request, lane_hint);
-        let shed_at = match lane {
-            Lane::Bulk => Some(SHED_BULK_AT),
-            Lane::Normal => Some(SHED_NORMAL_AT),
-            Lane::Critical => None,
-        };
-        if let Some(at) = shed_at {
-            let used = self.budget_use();
-            let pressure = used.pressure();
-            if pressure >= at {
-                let (reason, what) = if used.wal >= at {
-                    ("wal", "write-ahead log")
-                } else if used.memory >= at {
-                    ("memory", "resident memory")
-                } else {
-                    ("inflight", "in-flight requests")
-                };
-                self.metrics.shed(lane.as_str(), reason, v.accepted_spans);
-                self.metrics.spans(protocol, "shed", v.accepted_spans);
-                return Err(IngestError::Busy(format!(
-                    "shedding {} traffic under pressure ({what} at {:.0}% of its budget); retry after {} s; spans with errors and critical services are still accepted",
-                    lane.as_str(),
-                    pressure * 100.0,
-                    self.cfg.retry_after_secs
-                )));
-            }
+        let mut accepted = v.accepted_spans;
+        let mut rejected = rejected;
+        let mut message = message;
+        let mut modified = v.modified;
+        let shed = self
+            .shed(&mut request, lane_hint, accepted)
+            .inspect_err(|_| {
+                self.metrics.spans(protocol, "shed", accepted);
+            })?;
+        if let Some(shed) = shed {
+            self.metrics
+                .shed(shed.lane.as_str(), shed.reason, shed.spans);
+            self.metrics.spans(protocol, "shed", shed.spans);
+            accepted -= shed.spans;
+            rejected += shed.spans;
+            modified = true;
+            message = Some(match message {
+                Some(m) => format!("{m}; {}", shed.message),
+                None => shed.message,
+            });
         }
-        let spans = u32::try_from(v.accepted_spans).unwrap_or(u32::MAX);
+        let spans = u32::try_from(accepted).unwrap_or(u32::MAX);
         let payload = match raw {
-            Some(raw) if !v.modified && rejected == 0 => envelope::encode(protocol, spans, raw),
+            Some(raw) if !modified && rejected == 0 => envelope::encode(protocol, spans, raw),
             _ => envelope::encode_request(protocol, spans, &request),
         };
         let started = Instant::now();
@@ -447,16 +472,16 @@ impl Intake {
         self.metrics.ack_latency(started.elapsed());
         match result {
             Ok(ack) => {
-                self.metrics.spans(protocol, "accepted", v.accepted_spans);
+                self.metrics.spans(protocol, "accepted", accepted);
                 Ok(Accepted {
-                    accepted_spans: v.accepted_spans,
+                    accepted_spans: accepted,
                     rejected_spans: rejected,
                     message,
                     seq: Some(ack.seq),
                 })
             }
             Err(e) => {
-                self.metrics.spans(protocol, "refused", v.accepted_spans);
+                self.metrics.spans(protocol, "refused", accepted);
                 Err(match e {
                     WalError::Full { .. } | WalError::NoSpace { .. } => IngestError::Full(format!(
                         "{e}; retry after {} s",
@@ -469,6 +494,78 @@ impl Intake {
                 })
             }
         }
+    }
+
+    /// Sheds what pressure allows no room for (see the module doc): `Err(Busy)` when no
+    /// trace of the request is critical; `Ok(Some(shed))` after removing the spans of the
+    /// non-critical traces from `request`; `Ok(None)` when everything stays.
+    fn shed(
+        &self,
+        request: &mut ExportTraceServiceRequest,
+        lane_hint: Lane,
+        accepted: u64,
+    ) -> Result<Option<Shed>, IngestError> {
+        let lane = if lane_hint == Lane::Bulk {
+            Lane::Bulk
+        } else {
+            Lane::Normal
+        };
+        let at = if lane == Lane::Bulk {
+            SHED_BULK_AT
+        } else {
+            SHED_NORMAL_AT
+        };
+        let used = self.budget_use();
+        let pressure = used.pressure();
+        if pressure < at {
+            return Ok(None);
+        }
+        // A bulk request (a replay, an import) stays bulk even with errors: it must not
+        // crowd out live traffic.
+        let (critical, critical_spans) = if lane == Lane::Bulk {
+            (HashSet::new(), 0)
+        } else {
+            self.critical_traces(request)
+        };
+        if critical_spans >= accepted && lane != Lane::Bulk {
+            return Ok(None);
+        }
+        let (reason, what) = if used.wal >= at {
+            ("wal", "write-ahead log")
+        } else if used.memory >= at {
+            ("memory", "resident memory")
+        } else {
+            ("inflight", "in-flight requests")
+        };
+        if critical.is_empty() {
+            self.metrics.shed(lane.as_str(), reason, accepted);
+            return Err(IngestError::Busy(format!(
+                "shedding {} traffic under pressure ({what} at {:.0}% of its budget); retry after {} s; traces with errors and critical services are still accepted",
+                lane.as_str(),
+                pressure * 100.0,
+                self.cfg.retry_after_secs
+            )));
+        }
+        for rs in &mut request.resource_spans {
+            for ss in &mut rs.scope_spans {
+                ss.spans.retain(|sp| critical.contains(&sp.trace_id));
+            }
+            rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+        }
+        request
+            .resource_spans
+            .retain(|rs| !rs.scope_spans.is_empty());
+        let spans = accepted - critical_spans;
+        Ok(Some(Shed {
+            lane,
+            reason,
+            spans,
+            message: format!(
+                "shed {spans} span(s) of {} traffic under pressure ({what} at {:.0}% of its budget): only traces with errors, critical services or synthetic probes were kept; the shed spans are not stored",
+                lane.as_str(),
+                pressure * 100.0
+            ),
+        }))
     }
 
     /// Refreshes the gauges that mirror WAL state; called before each scrape.

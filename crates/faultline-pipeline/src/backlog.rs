@@ -1,6 +1,7 @@
 //! The backlog thread: replays deferred WAL ranges (what was committed before a restart,
 //! what the store left pending, what the ingest thread skipped after a stall), oldest
-//! first, behind live data and at most at the backlog rate.
+//! first, behind live data: at most at the backlog rate while live data flows, and as fast
+//! as the store takes it while the ingest thread finds nothing new.
 //!
 //! It replays only while the ingest thread has nothing waiting, or once the WAL is
 //! `backlog_first_at` full (the backlog pins the WAL: it cannot be truncated past it, so it
@@ -118,7 +119,11 @@ impl Backlog {
             }
             let spans = record_spans(&rec.payload);
             if sh.store.is_pending(rec.seq) {
-                self.rate.take(spans, &sh.stop);
+                // The backlog rate is a cap for busy times: with no live data waiting, the
+                // backlog replays as fast as the store takes it.
+                if !b.live_idle.load(Ordering::Relaxed) {
+                    self.rate.take(spans, &sh.stop);
+                }
                 sh.limit.take(spans, &sh.stop);
                 process_or_dead_letter(sh, rec.seq, &rec.payload);
                 b.replayed_spans.fetch_add(spans, Ordering::Relaxed);

@@ -80,6 +80,7 @@ impl Ingest {
             return Step::Worked;
         }
         let idle = records.is_empty();
+        sh.stats.backlog.live_idle.store(idle, Ordering::Relaxed);
         let read: usize = records.iter().map(|r| r.payload.len()).sum();
         for rec in records {
             sh.limit.take(record_spans(&rec.payload), &sh.stop);

@@ -61,6 +61,9 @@ pub struct BacklogStats {
     /// Set while the ingest thread is behind: its last poll filled half its budget and
     /// more was committed, or the head is full.
     pub live_behind: AtomicBool,
+    /// Set while the ingest thread finds nothing new: no live data waits, so the backlog
+    /// replays at full speed (the configured rate caps it only while live data flows).
+    pub live_idle: AtomicBool,
 }
 
 impl BacklogStats {

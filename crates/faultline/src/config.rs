@@ -36,7 +36,8 @@
 //! block_max_age_secs = 60                # --block-max-age-secs; ... or when this old
 //! retention_secs     = 604800            # --retention-secs (at least 60); 7 days
 //! max_bytes          = (none)            # --store-max-bytes; delete the oldest beyond it
-//! backlog_spans_per_second   = 100000    # --backlog-rate; replay rate of a backlog
+//! backlog_spans_per_second   = 100000    # --backlog-rate; backlog replay cap while live
+//!                                        #   data flows (none waiting: full speed)
 //! max_index_spans_per_second = (none)    # --index-rate; cap on indexing, backlog included
 //! ```
 //!
@@ -113,7 +114,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FAULTLINE_STORE_MAX_BYTES")]
     pub store_max_bytes: Option<u64>,
     /// Replay a WAL backlog (after a restart or a stall) at most this many spans per
-    /// second, after live data [default: 100000].
+    /// second while live data flows; with none waiting it replays at full speed
+    /// [default: 100000].
     #[arg(long, env = "FAULTLINE_BACKLOG_RATE")]
     pub backlog_rate: Option<u64>,
     /// Index at most this many spans per second, backlog included [default: no limit].
