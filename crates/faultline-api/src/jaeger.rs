@@ -103,11 +103,10 @@ async fn traces_answer(
     let (traces, reasons) = crate::query(st, move |store| {
         let mut out = Vec::with_capacity(ids.len());
         let mut reasons = Vec::new();
-        for id in ids {
-            let a = store.trace(&id)?;
+        for (id, a) in ids.iter().zip(store.traces(&ids)?) {
             reasons.extend(a.completeness.reasons);
             if !a.spans.is_empty() {
-                out.push((id, a.spans));
+                out.push((*id, a.spans));
             }
         }
         Ok((out, reasons))

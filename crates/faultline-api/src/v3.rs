@@ -141,9 +141,9 @@ async fn find_traces(
     let range = Some((q.start_ns, q.end_ns));
     let (spans, c) = crate::query(&st, move |store| {
         let (found, mut c) = store.search(&q)?;
+        let ids: Vec<_> = found.iter().map(|s| s.trace_id).collect();
         let mut spans = Vec::new();
-        for s in &found {
-            let a = store.trace(&s.trace_id)?;
+        for a in store.traces(&ids)? {
             for r in a.completeness.reasons {
                 if !c.reasons.contains(&r) {
                     c.reasons.push(r);

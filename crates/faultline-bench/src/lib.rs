@@ -6,8 +6,10 @@
 //! - [`loadgen`]: realistic multi-service traces over OTLP/HTTP or OTLP/gRPC, and the
 //!   single-core decode ceiling of the same requests; [`varied`] is its production-like
 //!   profile (fresh high-cardinality values, varied durations);
-//! - [`store`]: query latency at the store level on a stopped server's data directory.
+//! - [`store`]: query latency at the store level on a stopped server's data directory;
+//! - [`http`]: query latency over HTTP with concurrent clients, against a running server.
 
+pub mod http;
 pub mod loadgen;
 pub mod store;
 pub mod varied;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use faultline_bench::{loadgen, store};
+use faultline_bench::{http, loadgen, store};
 
 /// mimalloc, as the server uses, so decode figures compare with it.
 #[global_allocator]
@@ -41,6 +41,17 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Query latency over HTTP with concurrent clients, against a running faultline: trace
+    /// by id (ids from loadgen ack logs) or Jaeger search with whole traces.
+    Query(http::QueryArgs),
+    /// Rewrites every block of SRC's store with this build's block writer into DST (a new
+    /// directory), to compare block layouts on the same spans.
+    Reseal {
+        /// The data directory to read.
+        src: PathBuf,
+        /// The data directory to write (must not exist).
+        dst: PathBuf,
     },
     /// Trace search latency of the store in DATA_DIR (stop the server first): service plus
     /// one tag plus minDuration over the last 24 hours of the data, in several shapes.
@@ -84,6 +95,11 @@ fn main() -> ExitCode {
             profile,
             json,
         } => loadgen::bench_decode(seconds, spans_per_request, (templates, profile), json),
+        Command::Query(args) => http::run(&args).map(|v| {
+            http::print(&args, &v);
+            ExitCode::SUCCESS
+        }),
+        Command::Reseal { src, dst } => store::reseal(&src, &dst),
         Command::TraceById { data_dir, samples } => store::trace_by_id(&data_dir, samples),
         Command::Red { data_dir, samples } => store::red(&data_dir, samples),
         Command::Search { data_dir, samples } => store::search(&data_dir, samples),

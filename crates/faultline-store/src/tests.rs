@@ -671,3 +671,61 @@ fn parquet_columns(path: &std::path::Path) -> Vec<String> {
         .map(|c| c.name().to_string())
         .collect()
 }
+
+/// Several traces read in one pass (`BlockReader::read_traces`, used by searches that
+/// return whole traces) equal the same traces read one by one: in the order asked, with
+/// repeated and unknown ids, and a trace whose rows continue into the next row group.
+#[test]
+fn traces_read_together_equal_traces_read_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = origin("svc");
+    let id = |n: u32| {
+        let mut t = [0u8; 16];
+        t[..4].copy_from_slice(&n.to_be_bytes());
+        t[15] = 1;
+        t
+    };
+    // Traces of 3 spans, so that one of them straddles the first row-group boundary.
+    let traces = (crate::block::ROW_GROUP_ROWS / 3 + 50) as u32;
+    let mut spans = Vec::with_capacity(traces as usize * 3);
+    for n in 0..traces {
+        for k in 0..3u8 {
+            let mut s = span(0, k + 1, (k > 0).then_some(1), &o);
+            s.trace_id = id(n);
+            s.attributes.truncate(2);
+            s.events.clear();
+            s.links.clear();
+            spans.push(s);
+        }
+    }
+    write_block(tmp.path(), "b", &spans).unwrap();
+    let r = BlockReader::open(tmp.path(), "b").unwrap();
+    let boundary = (crate::block::ROW_GROUP_ROWS / 3) as u32; // rows 3n..3n+2 cross it
+    let wanted = vec![
+        id(boundary),
+        id(5),
+        id(traces + 9),
+        id(traces - 1),
+        id(5),
+        id(0),
+    ];
+    let together = r.read_traces(&wanted).unwrap();
+    assert_eq!(together.len(), wanted.len());
+    for (w, got) in wanted.iter().zip(&together) {
+        assert_eq!(got, &r.trace(w).unwrap(), "trace {w:?}");
+    }
+    assert_eq!(
+        together[0].len(),
+        3,
+        "the trace across the row groups is whole"
+    );
+    assert!(together[2].is_empty(), "unknown id");
+    assert_eq!(together[1], together[4], "a repeated id");
+    assert!(
+        together[0]
+            .iter()
+            .filter(|s| s.parent_span_id.is_some())
+            .count()
+            == 2
+    );
+}

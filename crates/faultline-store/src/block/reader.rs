@@ -234,26 +234,80 @@ impl BlockReader {
     }
 
     fn read_rows(&self, first: u64, rows: u64) -> Result<Vec<Span>, StoreError> {
+        self.read_ranges(&[(first, rows)])
+    }
+
+    /// The spans of several traces, in one pass over the block: every column is read
+    /// once, with a selection of the rows of all of them. Answers one list per id, in the
+    /// order asked (empty for an id the block does not hold).
+    pub fn read_traces(&self, ids: &[TraceId]) -> Result<Vec<Vec<Span>>, StoreError> {
+        // (first row, rows, index of the id), in row order.
+        let mut ranges: Vec<(u64, u64, usize)> = ids
+            .iter()
+            .enumerate()
+            .filter_map(|(k, id)| {
+                let pos = self.index.binary_search_by(|e| e.0.cmp(id)).ok()?;
+                let (_, first, rows) = self.index[pos];
+                Some((u64::from(first), u64::from(rows), k))
+            })
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup_by_key(|r| r.0);
+        let spans =
+            self.read_ranges(&ranges.iter().map(|&(f, n, _)| (f, n)).collect::<Vec<_>>())?;
+        let mut out = vec![Vec::new(); ids.len()];
+        let mut it = spans.into_iter();
+        for &(_, n, k) in &ranges {
+            out[k] = it.by_ref().take(n as usize).collect();
+        }
+        // Another id naming a trace already read (a repeated id) gets a copy.
+        for (k, id) in ids.iter().enumerate() {
+            if out[k].is_empty()
+                && let Some(j) = ids[..k].iter().position(|x| x == id)
+            {
+                out[k] = out[j].clone();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the rows of `ranges` ((first row, rows), sorted, not overlapping): the row
+    /// groups holding them, and within those a selection of exactly their rows.
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Span>, StoreError> {
         let md = self.meta.metadata();
-        // Pick the row groups overlapping [first, first + rows), and a selection within them.
         let mut groups = Vec::new();
         let mut selectors = Vec::new();
         let mut group_start = 0u64;
-        let end = first + rows;
+        let total: u64 = ranges.iter().map(|r| r.1).sum();
+        let mut next = ranges.iter().peekable();
         for (i, rg) in md.row_groups().iter().enumerate() {
             let n = rg.num_rows().max(0) as u64;
             let g_end = group_start + n;
-            if g_end > first && group_start < end {
-                groups.push(i);
-                let skip = first.saturating_sub(group_start);
-                let take = end.min(g_end) - group_start.max(first);
-                let rest = n - skip - take;
-                if skip > 0 {
-                    selectors.push(RowSelector::skip(skip as usize));
+            // The ranges in this group; a trace can continue into the next group (groups
+            // are cut by row count), so a range is clipped here and finished there.
+            let mut pos = group_start;
+            let mut picked = false;
+            while let Some(&&(first, rows)) = next.peek() {
+                if first >= g_end {
+                    break;
                 }
-                selectors.push(RowSelector::select(take as usize));
-                if rest > 0 {
-                    selectors.push(RowSelector::skip(rest as usize));
+                let (from, to) = (first.max(group_start), (first + rows).min(g_end));
+                if from > pos {
+                    selectors.push(RowSelector::skip((from - pos) as usize));
+                }
+                selectors.push(RowSelector::select((to - from) as usize));
+                pos = to;
+                picked = true;
+                if first + rows <= g_end {
+                    next.next();
+                } else {
+                    break;
+                }
+            }
+            if picked {
+                groups.push(i);
+                if g_end > pos {
+                    selectors.push(RowSelector::skip((g_end - pos) as usize));
                 }
             }
             group_start = g_end;
@@ -282,7 +336,7 @@ impl BlockReader {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
-        let mut out = Vec::with_capacity(rows as usize);
+        let mut out = Vec::with_capacity(total as usize);
         let mut fixups = Vec::new();
         let corrupt = |reason| StoreError::Corrupt {
             path: self.path.clone(),

@@ -20,6 +20,11 @@ use crate::search::{Agg, MAX_VERIFY_TRACES, TopK, TraceQuery, TraceSummary};
 pub trait SpanStore: Send + Sync {
     /// One trace by id.
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError>;
+    /// Several traces by id, in the order asked (a store may read them together: the
+    /// embedded store reads each block once for all of them).
+    fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
+        ids.iter().map(|id| self.trace(id)).collect()
+    }
     /// Services that emitted spans, sorted.
     fn services(&self) -> Result<(Vec<String>, Completeness), StoreError>;
     /// Operations of a service with their span kinds, sorted.
@@ -104,35 +109,58 @@ impl Store {
 
 impl SpanStore for Store {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
-        let (blocks, mut spans, completeness) = {
+        let mut all = self.traces(std::slice::from_ref(trace_id))?;
+        Ok(all.pop().unwrap_or(TraceAnswer {
+            spans: Vec::new(),
+            completeness: Completeness::default(),
+        }))
+    }
+
+    fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
+        // Heads under the lock; blocks, each with the ids it holds, read outside it.
+        let (mut spans, by_block, completeness) = {
             let inner = self.inner.read().map_err(|_| lock_err())?;
-            let mut spans = Vec::new();
-            inner.head.trace(trace_id, &mut spans);
-            for h in &inner.sealing {
-                h.trace(trace_id, &mut spans);
+            let mut spans: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
+            let mut by_block: Vec<(Arc<Sealed>, Vec<usize>)> = Vec::new();
+            for (k, id) in ids.iter().enumerate() {
+                inner.head.trace(id, &mut spans[k]);
+                for h in &inner.sealing {
+                    h.trace(id, &mut spans[k]);
+                }
+                let holders = inner
+                    .locs
+                    .get(id)
+                    .iter()
+                    .filter_map(|&s| inner.block_by_serial(s))
+                    .filter(|b| b.reader.contains(id));
+                for b in holders {
+                    match by_block.iter_mut().find(|(x, _)| Arc::ptr_eq(x, b)) {
+                        Some((_, ks)) => ks.push(k),
+                        None => by_block.push((b.clone(), vec![k])),
+                    }
+                }
             }
-            let blocks: Vec<Arc<Sealed>> = inner
-                .locs
-                .get(trace_id)
-                .iter()
-                .filter_map(|&s| inner.block_by_serial(s))
-                .filter(|b| b.reader.contains(trace_id))
-                .cloned()
-                .collect();
-            (blocks, spans, Self::completeness(&inner))
+            (spans, by_block, Self::completeness(&inner))
         };
-        // Block reads happen outside the lock.
-        for b in blocks {
-            spans.extend(b.reader.trace(trace_id)?);
+        for (b, ks) in by_block {
+            let wanted: Vec<TraceId> = ks.iter().map(|&k| ids[k]).collect();
+            for (k, found) in ks.into_iter().zip(b.reader.read_traces(&wanted)?) {
+                spans[k].extend(found);
+            }
         }
-        spans.sort_by_key(|s| s.start_ns);
-        // A span can be in a sealing head and, once published, in its block too.
-        let mut seen = BTreeSet::new();
-        spans.retain(|s| seen.insert(s.span_id));
-        Ok(TraceAnswer {
-            spans,
-            completeness,
-        })
+        Ok(spans
+            .into_iter()
+            .map(|mut s| {
+                s.sort_by_key(|s| s.start_ns);
+                // A span can be in a sealing head and, once published, in its block too.
+                let mut seen = BTreeSet::new();
+                s.retain(|s| seen.insert(s.span_id));
+                TraceAnswer {
+                    spans: s,
+                    completeness: completeness.clone(),
+                }
+            })
+            .collect())
     }
 
     fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {

@@ -175,14 +175,12 @@ pub(crate) fn read_traces(
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
-                    let mut out = Vec::with_capacity(part.len());
-                    for id in part {
-                        let a = store.trace(id)?;
-                        if !a.spans.is_empty() {
-                            out.push(a.spans);
-                        }
-                    }
-                    Ok(out)
+                    Ok(store
+                        .traces(part)?
+                        .into_iter()
+                        .map(|a| a.spans)
+                        .filter(|s| !s.is_empty())
+                        .collect())
                 })
             })
             .collect();
