@@ -285,7 +285,7 @@ fn summaries_count_roots_errors_orphans_and_services() {
 }
 
 #[test]
-fn nearly_unique_values_are_left_unindexed_and_still_found() {
+fn nearly_unique_values_become_needles_and_are_found() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(StoreOptions::new(tmp.path())).unwrap();
     let o = Arc::new(Origin {
@@ -328,9 +328,16 @@ fn nearly_unique_values_are_left_unindexed_and_still_found() {
         crate::search::read_postings(&dir, sidx.path().file_stem().unwrap().to_str().unwrap())
             .unwrap();
     assert!(
-        postings.is_unindexed("svc", "request.id"),
-        "3000 distinct values in 3000 traces are not worth postings"
+        matches!(
+            postings.find("svc", "request.id", "req-1234"),
+            Some(crate::search::Found::Candidates(c)) if c.len() == 1
+        ),
+        "3000 distinct values in 3000 traces are needles, not postings"
     );
+    assert!(matches!(
+        postings.find("svc", "request.id", "req-no-such"),
+        Some(crate::search::Found::Candidates(c)) if c.is_empty()
+    ));
     let (found, c) = store
         .search(&TraceQuery {
             service: Some("svc".into()),

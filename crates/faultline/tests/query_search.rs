@@ -293,3 +293,140 @@ fn sdk_traces_are_found_by_service_operation_tag_and_duration_in_v1_summaries_an
     );
     assert!(ops.iter().all(|o| o["spanKind"] == "client"), "{body}");
 }
+
+/// A string attribute on a span.
+fn attr(key: &str, value: &str) -> faultline_model::otlp::common::KeyValue {
+    use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+/// Keys with a fresh value per trace (user ids) are indexed as hashed needles in sealed
+/// blocks (with 64 or more distinct values): a search by one finds exactly its traces,
+/// combined with other tags, and not another service's spans carrying the same value.
+#[test]
+fn nearly_unique_values_are_found_exactly_in_sealed_blocks() {
+    use faultline_model::otlp::trace::Span;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &["--block-max-spans", "400"]);
+    let now = common::now_ns();
+    let run = now % 1_000_000_007;
+    let regions = ["eu-west", "us-east", "ap-south"];
+    // 300 traces: user ids fresh per run, the last one shared by traces 298 and 299.
+    let user = |i: u64| format!("user-{run}-{}", i.min(298) * 7919);
+    let trace_id = |i: u64| {
+        let mut id = now.to_be_bytes().to_vec();
+        id.extend_from_slice(&(i + 1).to_be_bytes());
+        id
+    };
+    let spans: Vec<Span> = (0..300u64)
+        .map(|i| Span {
+            trace_id: trace_id(i),
+            span_id: (i + 1).to_be_bytes().to_vec(),
+            name: "checkout".into(),
+            start_time_unix_nano: now + i * 1000,
+            end_time_unix_nano: now + i * 1000 + 2_000_000,
+            attributes: vec![
+                attr("user.id", &user(i)),
+                attr("region", regions[(i % 3) as usize]),
+            ],
+            ..Span::default()
+        })
+        .collect();
+    assert_eq!(
+        common::post_otlp(&server, common::otlp_request("shop", spans)),
+        200
+    );
+    // Another service with ids of its own, one of them also a shop user's; in traces
+    // 1000.. of its own, except that its span 1 joins shop's trace 6.
+    let audit: Vec<Span> = (0..70u64)
+        .map(|j| Span {
+            trace_id: trace_id(if j == 1 { 6 } else { 1000 + j }),
+            span_id: (1000 + j).to_be_bytes().to_vec(),
+            name: "audit".into(),
+            start_time_unix_nano: now,
+            end_time_unix_nano: now + 1_000_000,
+            attributes: vec![attr(
+                "user.id",
+                &if j == 0 {
+                    user(5)
+                } else {
+                    format!("audit-{run}-{j}")
+                },
+            )],
+            ..Span::default()
+        })
+        .collect();
+    assert_eq!(
+        common::post_otlp(&server, common::otlp_request("audit", audit)),
+        200
+    );
+    // Filler to seal the 370 spans above into one block.
+    let filler: Vec<Span> = (0..40u64)
+        .map(|i| Span {
+            trace_id: trace_id(2000 + i),
+            span_id: (2000 + i).to_be_bytes().to_vec(),
+            name: "fill".into(),
+            start_time_unix_nano: now,
+            end_time_unix_nano: now + 1_000,
+            ..Span::default()
+        })
+        .collect();
+    assert_eq!(
+        common::post_otlp(&server, common::otlp_request("fill", filler)),
+        200
+    );
+    let started = Instant::now();
+    while common::metric(&server.metrics(), "faultline_store_blocks") < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "block sealed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hex = |i: u64| -> String { trace_id(i).iter().map(|b| format!("{b:02x}")).collect() };
+    let api = server.api;
+    let q = |tags: &[(&str, String)], service: &str| {
+        let tags: String = tags
+            .iter()
+            .map(|(k, v)| format!("&tag={}", enc(&format!("{k}:{v}"))))
+            .collect();
+        let mut ids = search_ids(
+            api,
+            &format!("service={service}&limit=50&lookback=1h{tags}"),
+        );
+        ids.sort();
+        ids
+    };
+    for i in [0u64, 5, 77, 150, 297] {
+        assert_eq!(q(&[("user.id", user(i))], "shop"), vec![hex(i)], "user {i}");
+        let region = regions[(i % 3) as usize].to_string();
+        assert_eq!(
+            q(&[("user.id", user(i)), ("region", region)], "shop"),
+            vec![hex(i)],
+            "user {i} with its region"
+        );
+        let wrong = regions[((i + 1) % 3) as usize].to_string();
+        assert!(q(&[("user.id", user(i)), ("region", wrong)], "shop").is_empty());
+    }
+    assert_eq!(
+        q(&[("user.id", user(298))], "shop"),
+        vec![hex(298), hex(299)]
+    );
+    assert_eq!(q(&[("user.id", user(5))], "audit"), vec![hex(1000)]);
+    // Needles do not name the service: trace 6 has an audit span, but its user id is on
+    // the shop span, so it is not an audit answer.
+    assert!(q(&[("user.id", user(6))], "audit").is_empty());
+    assert_eq!(
+        q(&[("user.id", format!("audit-{run}-1"))], "audit"),
+        vec![hex(6)]
+    );
+    assert_eq!(
+        q(&[("user.id", format!("audit-{run}-9"))], "audit"),
+        vec![hex(1009)]
+    );
+    assert!(q(&[("user.id", user(5))], "fill").is_empty());
+    assert!(q(&[("user.id", format!("user-{run}-nobody"))], "shop").is_empty());
+}

@@ -9,7 +9,7 @@ use roaring::RoaringBitmap;
 
 use faultline_model::span::{Span, SpanId, TraceId};
 
-use super::postings::Postings;
+use super::postings::{Found, Postings};
 use super::query::{TraceQuery, TraceSummary};
 use crate::error::StoreError;
 
@@ -239,21 +239,35 @@ impl BlockIndex {
             }
         };
         let mut tag_sets: Vec<Option<RoaringBitmap>> = Vec::with_capacity(q.tags.len());
+        let mut exact = Vec::with_capacity(q.tags.len());
         for (k, v) in &q.tags {
             let mut set = RoaringBitmap::new();
-            let mut unindexed = false;
+            let (mut unknown, mut candidates) = (false, false);
             for s in &services {
-                if let Some(b) = self.postings.lookup(s, k, v) {
-                    set |= b;
+                match self.postings.find(s, k, v) {
+                    Some(Found::Exact(b)) => set |= b,
+                    Some(Found::Candidates(b)) => {
+                        set |= b;
+                        candidates = true;
+                    }
+                    Some(Found::Unindexed) => unknown = true,
+                    None => {}
                 }
-                unindexed |= self.postings.is_unindexed(s, k);
             }
-            tag_sets.push((!unindexed).then_some(set));
+            tag_sets.push((!unknown).then_some(set));
+            exact.push(!unknown && !candidates);
         }
         let (lo, hi) = q.duration_bounds_us();
+        // Tags whose traces must be checked by reading spans: unindexed, or needles.
+        let inexact = exact
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !**e)
+            .fold(0u64, |m, (i, _)| m | (1 << (i + 1)));
         Plan {
             op_ok,
-            to_verify: tag_sets.iter().any(Option::is_none),
+            to_verify: inexact != 0,
+            inexact,
             tag_sets,
             lo,
             hi,
@@ -298,18 +312,20 @@ impl BlockIndex {
             let Some(id) = trace_id_at(t) else { continue };
             let mut mask = u64::from(self.span_bit(p, t));
             for (i, set) in p.tag_sets.iter().enumerate() {
-                if set.as_ref().is_some_and(|s| s.contains(t as u32)) {
+                if p.inexact & (1 << (i + 1)) == 0
+                    && set.as_ref().is_some_and(|s| s.contains(t as u32))
+                {
                     mask |= 1 << (i + 1);
                 }
             }
-            if p.to_verify && mask | q.unindexed_bits(&p.tag_sets) != mask {
+            if p.to_verify && mask | p.inexact != mask {
                 if *verify_budget == 0 {
                     outcome.unverified += 1;
                 } else {
                     *verify_budget -= 1;
                     if let Some(spans) = verify(t)? {
                         let refs: Vec<&Span> = spans.iter().collect();
-                        mask |= q.part_mask(&refs) & q.unindexed_bits(&p.tag_sets);
+                        mask |= q.part_mask(&refs) & p.inexact;
                     }
                 }
             }
@@ -415,10 +431,13 @@ impl BlockIndex {
 struct Plan {
     /// Per operation of the block: whether it is the query's service and operation.
     op_ok: Vec<bool>,
-    /// Per tag: the traces carrying it, or `None` when the postings cannot say.
+    /// Per tag: the traces carrying it (or at most those: needles), or `None` when the
+    /// index cannot say.
     tag_sets: Vec<Option<RoaringBitmap>>,
     /// Whether some tag must be checked by reading spans.
     to_verify: bool,
+    /// The mask bits of those tags.
+    inexact: u64,
     /// Duration bounds in microseconds.
     lo: u64,
     hi: u64,

@@ -21,11 +21,12 @@
 //! attributes, and the tags faultline's Jaeger answers add (`span.kind`, `error=true`,
 //! `otel.status_code`, `otel.status_description`, `otel.scope.name`,
 //! `otel.scope.version`). Values are compared as text (`500`, `true`). String values up to
-//! [`MAX_INDEXED_VALUE`] bytes, integers and booleans are indexed; other values (doubles,
-//! arrays, long strings) and keys with more distinct values in a block than
-//! [`max_distinct_values`] allows are listed as *unindexed*, and a search on them reads the
-//! candidate traces to check (bounded by [`MAX_VERIFY_TRACES`], beyond which the answer is
-//! marked partial).
+//! [`MAX_INDEXED_VALUE`] bytes, integers and booleans are indexed: as postings when a key's
+//! values repeat, in a table of (value hash, trace) needles when they are nearly unique (a
+//! search checks the few candidate traces a needle names). Other values (doubles, arrays,
+//! long strings) are listed as *unindexed*, and a search on them reads the candidate
+//! traces to check (bounded by [`MAX_VERIFY_TRACES`], beyond which the answer is marked
+//! partial).
 //!
 //! **Match semantics** (as Jaeger's Cassandra backend): a trace matches when it has a span
 //! of the service (and operation) whose duration is within the bounds, and for each tag a
@@ -37,6 +38,8 @@ mod postings;
 mod query;
 
 pub(crate) use index::{Agg, BlockIndex, LightRows, TopK};
+#[cfg(test)]
+pub(crate) use postings::Found;
 pub(crate) use postings::{IdBuild, Postings, read_postings, write_postings};
 pub use query::{SortOrder, Tag, TraceQuery, TraceSummary, for_each_tag, span_has_tag};
 
@@ -46,10 +49,3 @@ pub const MAX_INDEXED_VALUE: usize = 128;
 pub const MAX_VERIFY_TRACES: usize = 20_000;
 /// Most tags in one search.
 pub const MAX_TAGS: usize = 32;
-
-/// The most distinct values one (service, key) may have in a block before it is listed as
-/// unindexed: a key whose values are nearly unique per trace (request ids) would make the
-/// postings larger than the spans.
-pub fn max_distinct_values(traces: usize) -> usize {
-    (traces * 3 / 4).max(1024)
-}

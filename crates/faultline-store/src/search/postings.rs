@@ -1,20 +1,43 @@
-//! Tag postings of a block: for each (service, tag key, tag value) the traces with a span
-//! of that service carrying the tag, and the (service, key) pairs left unindexed. Kept on
-//! disk in `BLOCKID.sidx`, little endian:
+//! The tag index of a block: which traces carry a (service, key, value) tag. Two kinds of
+//! entry, chosen per (service, key) by how often its values repeat in the block:
+//!
+//! - **postings**, for keys whose values repeat (a region, a route, a status): for each
+//!   (service, key, value), the traces with a span of that service carrying it, as a
+//!   Roaring bitmap of trace ordinals. Exact.
+//! - **needles**, for keys whose values are nearly unique (a user id, a request id, a
+//!   message id: more distinct values than a quarter of the (trace, value) pairs, and more
+//!   than [`NEEDLE_MIN_VALUES`]): a table of (hash of key and value, trace) pairs, sorted,
+//!   without the service. A lookup gives candidates; the search checks their spans.
+//!   Four plus four bytes per trace and value, where postings cost a bitmap per value per
+//!   service.
+//!
+//! Values not indexed at all (doubles, arrays, strings over [`super::MAX_INDEXED_VALUE`]
+//! bytes) list their (service, key) as unindexed: a search on them checks candidate
+//! traces' spans. Terms are kept as 64-bit hashes, not text: a lookup hashes the query's.
+//!
+//! File `BLOCKID.sidx`, little endian:
 //!
 //! ```text
 //! 0   8  magic    b"FLTSIDX1"
-//! 8   4  version  1
+//! 8   4  version  2
 //! 12  4  length   bytes of the compressed body
 //! 16  n  body     zstd-compressed:
-//!          u32 term count, then per term: service, key, value (each u32 length + UTF-8)
-//!                                         and a bitmap (u32 length + Roaring portable format)
-//!          u32 unindexed count, then per entry: service, key (u32 length + UTF-8)
+//!          u32 trace count of the block
+//!          u32 posting count, then per posting: u64 hash of (service, key, value),
+//!                                               u8 kind, u32 length + the traces:
+//!                                               kind 0: ascending, as LEB128 varints of
+//!                                                       the gaps (first: the ordinal);
+//!                                               kind 1: a bitset, one bit per trace
+//!                                                       (the smaller of the two)
+//!          u32 unindexed count, then per entry: u64 hash of (service, key)
+//!          u32 needle-key count, then per entry: u64 hash of (service, key)
+//!          u32 needle count, then per needle:   u32 hash of (key, value), u32 trace
+//!                                               (sorted by hash, then trace)
 //! ..  4  crc      CRC32C of everything before it
 //! ```
 //!
-//! Written to a temporary name, fsynced and renamed; an unreadable file is rebuilt from
-//! the block's spans when the block opens.
+//! Written to a temporary name, fsynced and renamed; a file of another version or an
+//! unreadable one is rebuilt from the block's spans when the block opens.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -25,21 +48,30 @@ use roaring::RoaringBitmap;
 
 use faultline_model::span::Span;
 
-use super::max_distinct_values;
 use super::query::{Tag, for_each_origin_tag, for_each_span_tag, indexed_text};
 use crate::error::StoreError;
 
 const SIDX_MAGIC: &[u8; 8] = b"FLTSIDX1";
-const SIDX_VERSION: u32 = 1;
+const SIDX_VERSION: u32 = 2;
 
-/// Hash of a (service, key) or (service, key, value) term. Deterministic within a process;
-/// two terms sharing a hash would share a posting set, which has a chance of about one in
-/// 10^10 per block and could only add candidates.
+/// A (service, key) with fewer distinct values than this in a block keeps postings. (Two
+/// in tests, so the search model test, whose blocks are small, exercises needles.)
+#[cfg(not(test))]
+pub(crate) const NEEDLE_MIN_VALUES: usize = 64;
+#[cfg(test)]
+pub(crate) const NEEDLE_MIN_VALUES: usize = 2;
+
+/// Hash of a (service, key) or (service, key, value) term: XXH64 (a specified algorithm,
+/// so files written by one build are read alike by every other) over each part's length
+/// as a u32 LE followed by its bytes. A query term sharing a hash with another term of the
+/// block would be answered with that term's traces: for a block of 100,000 terms, a
+/// chance of about one in 10^14 per query term.
 fn term_hash(parts: &[&str]) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = foldhash::fast::FixedState::with_seed(0x6661_756c_746c_696e).build_hasher();
+    use std::hash::Hasher;
+    let mut h = twox_hash::XxHash64::with_seed(0x6661_756c_746c_696e);
     for p in parts {
-        p.hash(&mut h);
+        h.write(&(p.len() as u32).to_le_bytes());
+        h.write(p.as_bytes());
     }
     h.finish()
 }
@@ -94,116 +126,134 @@ impl Posting {
     }
 }
 
-/// Tag postings of one block, in memory.
+/// What the index knows of one (service, key, value).
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// Exactly these traces carry it.
+    Exact(RoaringBitmap),
+    /// At most these traces carry it (a needle lookup): check their spans.
+    Candidates(RoaringBitmap),
+    /// The index does not hold the key's values: check the spans of every candidate.
+    Unindexed,
+}
+
+/// The tag index of one block, in memory.
 #[derive(Debug, Default)]
 pub(crate) struct Postings {
     /// Hash of (service, key, value) → traces.
     terms: HashMap<u64, Posting, IdBuild>,
-    /// Hashes of (service, key) pairs with values not in `terms`.
+    /// Hashes of (service, key) whose values are not indexed.
     unindexed: HashSet<u64, IdBuild>,
+    /// Hashes of (service, key) whose values are in `needles`.
+    needle_keys: HashSet<u64, IdBuild>,
+    /// (hash of (key, value), trace), sorted.
+    needles: Vec<(u32, u32)>,
 }
 
-/// Postings as built from spans, with their strings (what the file holds).
-struct BuiltTerm {
-    service: String,
-    key: String,
-    value: String,
-    traces: RoaringBitmap,
+/// The 32-bit hash of a (key, value) in the needle table.
+fn needle_hash(key: &str, value: &str) -> u32 {
+    let h = term_hash(&[key, value]);
+    (h ^ (h >> 32)) as u32
 }
 
 impl Postings {
-    /// Builds the postings of a block from its spans in row order, with `traces` giving
-    /// each trace's first row and row count; returns them and the compressed file body.
+    /// Builds the index of a block from its spans in row order, with `traces` giving each
+    /// trace's first row and row count; returns it and the compressed file body.
     pub(crate) fn build(
         spans: &[&Span],
         traces: &[(u32, u32)],
     ) -> Result<(Self, Vec<u8>), StoreError> {
-        let mut ids: HashMap<u64, usize, IdBuild> = HashMap::default();
-        let mut built: Vec<BuiltTerm> = Vec::new();
-        let mut unindexed: HashMap<u64, (String, String), IdBuild> = HashMap::default();
-        let mut origins_seen: Vec<*const faultline_model::span::Origin> = Vec::new();
+        let mut occ = Occurrences::default();
         for (t, &(first, rows)) in traces.iter().enumerate() {
-            let end = (first + rows) as usize;
-            origins_seen.clear();
-            for s in spans.get(first as usize..end).unwrap_or_default() {
-                let svc = s.service();
-                let mut add = |k: &str, v: Tag<'_>| match indexed_text(v) {
-                    Some(text) => {
-                        let h = term_hash(&[svc, k, &text]);
-                        let i = *ids.entry(h).or_insert_with(|| {
-                            built.push(BuiltTerm {
-                                service: svc.to_string(),
-                                key: k.to_string(),
-                                value: text.to_string(),
-                                traces: RoaringBitmap::new(),
-                            });
-                            built.len() - 1
-                        });
-                        built[i].traces.insert(t as u32);
-                    }
-                    None => {
-                        unindexed
-                            .entry(term_hash(&[svc, k]))
-                            .or_insert_with(|| (svc.to_string(), k.to_string()));
-                    }
-                };
-                for_each_span_tag(s, &mut add);
-                // A resource's tags are the same for all its spans: once per trace.
-                let o = std::sync::Arc::as_ptr(&s.origin);
-                if !origins_seen.contains(&o) {
-                    origins_seen.push(o);
-                    for_each_origin_tag(&s.origin, &mut add);
-                }
+            occ.trace(
+                spans
+                    .get(first as usize..(first + rows) as usize)
+                    .unwrap_or_default(),
+                t as u32,
+            );
+        }
+        let Occurrences {
+            mut pairs,
+            terms,
+            unindexed,
+            ..
+        } = occ;
+        pairs.sort_unstable();
+        pairs.dedup();
+        // Per (service, key): distinct values and (trace, value) pairs.
+        let mut per_key: HashMap<u64, (usize, usize), IdBuild> = HashMap::default();
+        let mut last = None;
+        for &(term, _) in &pairs {
+            let skey = terms.get(&term).map_or(0, |t| t.0);
+            let e = per_key.entry(skey).or_default();
+            if last != Some(term) {
+                e.0 += 1;
+                last = Some(term);
             }
+            e.1 += 1;
         }
-        // Keys with too many distinct values become unindexed.
-        let mut distinct: HashMap<u64, usize, IdBuild> = HashMap::default();
-        for b in &built {
-            *distinct
-                .entry(term_hash(&[&b.service, &b.key]))
-                .or_default() += 1;
-        }
-        let cap = max_distinct_values(traces.len());
-        built.retain(|b| {
-            let h = term_hash(&[&b.service, &b.key]);
-            if distinct.get(&h).is_some_and(|&n| n > cap) {
-                unindexed
-                    .entry(h)
-                    .or_insert_with(|| (b.service.clone(), b.key.clone()));
-                false
+        let needle_keys: HashSet<u64, IdBuild> = per_key
+            .iter()
+            .filter(|(_, (distinct, pairs))| {
+                *distinct >= NEEDLE_MIN_VALUES && distinct * 4 > *pairs
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let mut postings: Vec<(u64, RoaringBitmap)> = Vec::new();
+        let mut needles: Vec<(u32, u32)> = Vec::new();
+        for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+            let term = group[0].0;
+            let (skey, kv) = terms.get(&term).copied().unwrap_or_default();
+            if needle_keys.contains(&skey) {
+                needles.extend(group.iter().map(|&(_, t)| (kv, t)));
             } else {
-                true
+                let bitmap = RoaringBitmap::from_sorted_iter(group.iter().map(|&(_, t)| t))
+                    .map_err(|e| StoreError::Encode(format!("search index bitmap: {e}")))?;
+                postings.push((term, bitmap));
             }
-        });
-        built.sort_by(|a, b| (&a.service, &a.key, &a.value).cmp(&(&b.service, &b.key, &b.value)));
-        let mut un: Vec<(String, String)> = unindexed.into_values().collect();
-        un.sort();
-        let body = encode(&built, &un)?;
-        let postings = Self {
-            terms: built
+        }
+        needles.sort_unstable();
+        needles.dedup();
+        let mut unindexed: Vec<u64> = unindexed.into_iter().collect();
+        unindexed.sort_unstable();
+        let mut nkeys: Vec<u64> = needle_keys.iter().copied().collect();
+        nkeys.sort_unstable();
+        let body = encode(
+            (traces.len() as u32, &postings),
+            &unindexed,
+            &nkeys,
+            &needles,
+        )?;
+        let index = Self {
+            terms: postings
                 .into_iter()
-                .map(|b| {
-                    (
-                        term_hash(&[&b.service, &b.key, &b.value]),
-                        Posting::from_bitmap(b.traces),
-                    )
-                })
+                .map(|(h, b)| (h, Posting::from_bitmap(b)))
                 .collect(),
-            unindexed: un.iter().map(|(s, k)| term_hash(&[s, k])).collect(),
+            unindexed: unindexed.into_iter().collect(),
+            needle_keys,
+            needles,
         };
-        Ok((postings, body))
+        Ok((index, body))
     }
 
-    /// Whether (service, key) has values the postings do not hold.
-    pub(crate) fn is_unindexed(&self, service: &str, key: &str) -> bool {
-        self.unindexed.contains(&term_hash(&[service, key]))
-    }
-
-    /// The traces with a span of `service` carrying `key` = `value`.
-    pub(crate) fn lookup(&self, service: &str, key: &str, value: &str) -> Option<RoaringBitmap> {
+    /// What the index knows of `key` = `value` on spans of `service`.
+    pub(crate) fn find(&self, service: &str, key: &str, value: &str) -> Option<Found> {
+        let skey = term_hash(&[service, key]);
+        if self.unindexed.contains(&skey) {
+            return Some(Found::Unindexed);
+        }
+        if self.needle_keys.contains(&skey) {
+            let h = needle_hash(key, value);
+            let from = self.needles.partition_point(|&(x, _)| x < h);
+            let traces = self.needles[from..]
+                .iter()
+                .take_while(|&&(x, _)| x == h)
+                .map(|&(_, t)| t);
+            return Some(Found::Candidates(traces.collect()));
+        }
         self.terms
             .get(&term_hash(&[service, key, value]))
-            .map(Posting::to_bitmap)
+            .map(|p| Found::Exact(p.to_bitmap()))
     }
 
     fn decode(body: &[u8]) -> Result<Self, String> {
@@ -221,61 +271,205 @@ impl Postings {
                 let b = self.take(4)?;
                 Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             }
-            fn str(&mut self) -> Result<&'a str, String> {
+            fn u64(&mut self) -> Result<u64, String> {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(self.take(8)?);
+                Ok(u64::from_le_bytes(a))
+            }
+            fn hashes(&mut self) -> Result<HashSet<u64, IdBuild>, String> {
                 let n = self.u32()? as usize;
-                std::str::from_utf8(self.take(n)?).map_err(|e| e.to_string())
+                let mut out = HashSet::with_capacity_and_hasher(n.min(1 << 20), IdBuild::default());
+                for _ in 0..n {
+                    out.insert(self.u64()?);
+                }
+                Ok(out)
             }
         }
         let mut c = Cur(body);
+        let _traces = c.u32()?;
         let n = c.u32()? as usize;
         let mut terms = HashMap::with_capacity_and_hasher(n.min(1 << 20), IdBuild::default());
         for _ in 0..n {
-            let s = c.str()?;
-            let k = c.str()?;
-            let v = c.str()?;
+            let h = c.u64()?;
+            let kind = c.take(1)?[0];
             let len = c.u32()? as usize;
-            let bitmap = RoaringBitmap::deserialize_from(c.take(len)?)
-                .map_err(|e| format!("bitmap of {k}={v}: {e}"))?;
-            terms.insert(term_hash(&[s, k, v]), Posting::from_bitmap(bitmap));
+            let bitmap = decode_posting(kind, c.take(len)?)
+                .map_err(|e| format!("posting of term {h:016x}: {e}"))?;
+            terms.insert(h, Posting::from_bitmap(bitmap));
         }
+        let unindexed = c.hashes()?;
+        let needle_keys = c.hashes()?;
         let n = c.u32()? as usize;
-        let mut unindexed = HashSet::with_capacity_and_hasher(n.min(1 << 20), IdBuild::default());
-        for _ in 0..n {
-            let s = c.str()?;
-            let k = c.str()?;
-            unindexed.insert(term_hash(&[s, k]));
+        let raw = c.take(n.checked_mul(8).ok_or("needle count overflows")?)?;
+        let needles: Vec<(u32, u32)> = raw
+            .chunks_exact(8)
+            .map(|e| {
+                (
+                    u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+                    u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+                )
+            })
+            .collect();
+        if !needles.is_sorted() {
+            return Err("the needle table is not sorted".into());
         }
         if !c.0.is_empty() {
             return Err(format!("{} bytes after the last entry", c.0.len()));
         }
-        Ok(Self { terms, unindexed })
+        Ok(Self {
+            terms,
+            unindexed,
+            needle_keys,
+            needles,
+        })
     }
 }
 
-/// The compressed body of a postings file (layout in the module docs).
-fn encode(terms: &[BuiltTerm], unindexed: &[(String, String)]) -> Result<Vec<u8>, StoreError> {
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
+/// Tag occurrences while a block's index is built.
+#[derive(Default)]
+struct Occurrences {
+    /// (hash of (service, key, value), trace), with repeats.
+    pairs: Vec<(u64, u32)>,
+    /// Per term hash: hash of (service, key), and the needle hash of (key, value).
+    terms: HashMap<u64, (u64, u32), IdBuild>,
+    /// Hashes of (service, key) with a value that is not indexed.
+    unindexed: HashSet<u64, IdBuild>,
+    /// Terms of the current trace (most repeat on its spans).
+    seen: HashSet<u64, IdBuild>,
+    origins: Vec<*const faultline_model::span::Origin>,
+}
+
+impl Occurrences {
+    /// Adds the tags of trace `t` (its spans).
+    fn trace(&mut self, spans: &[&Span], t: u32) {
+        self.seen.clear();
+        self.origins.clear();
+        for s in spans {
+            let svc = s.service();
+            let mut add = |k: &str, v: Tag<'_>| match indexed_text(v) {
+                Some(text) => {
+                    let term = term_hash(&[svc, k, &text]);
+                    if self.seen.insert(term) {
+                        self.terms
+                            .entry(term)
+                            .or_insert_with(|| (term_hash(&[svc, k]), needle_hash(k, &text)));
+                        self.pairs.push((term, t));
+                    }
+                }
+                None => {
+                    self.unindexed.insert(term_hash(&[svc, k]));
+                }
+            };
+            for_each_span_tag(s, &mut add);
+            // A resource's tags are the same for all its spans: once per trace.
+            let o = std::sync::Arc::as_ptr(&s.origin);
+            if !self.origins.contains(&o) {
+                self.origins.push(o);
+                for_each_origin_tag(&s.origin, &mut add);
+            }
+        }
     }
+}
+
+/// The traces of a posting as the smaller of gap varints (kind 0) and a bitset over the
+/// block's `traces` (kind 1).
+fn encode_posting(b: &RoaringBitmap, traces: u32, out: &mut Vec<u8>) -> u8 {
+    let mut prev = 0u32;
+    let start = out.len();
+    for (i, t) in b.iter().enumerate() {
+        let mut gap = if i == 0 { t } else { t - prev };
+        prev = t;
+        loop {
+            let byte = (gap & 0x7f) as u8;
+            gap >>= 7;
+            if gap == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let bits = (traces as usize).div_ceil(8);
+    if out.len() - start <= bits {
+        return 0;
+    }
+    out.truncate(start);
+    out.resize(start + bits, 0);
+    for t in b {
+        out[start + (t / 8) as usize] |= 1 << (t % 8);
+    }
+    1
+}
+
+/// Reads a posting written by [`encode_posting`].
+fn decode_posting(kind: u8, bytes: &[u8]) -> Result<RoaringBitmap, String> {
+    let mut out = Vec::new();
+    match kind {
+        0 => {
+            let (mut v, mut shift, mut prev) = (0u32, 0u32, 0u32);
+            for &b in bytes {
+                if shift > 28 {
+                    return Err("a posting's varint is too long".into());
+                }
+                v |= u32::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    prev = if out.is_empty() {
+                        v
+                    } else {
+                        prev.checked_add(v).ok_or("a posting overflows")?
+                    };
+                    out.push(prev);
+                    (v, shift) = (0, 0);
+                } else {
+                    shift += 7;
+                }
+            }
+            if shift != 0 {
+                return Err("a posting ends inside a varint".into());
+            }
+        }
+        1 => {
+            for (i, &b) in bytes.iter().enumerate() {
+                for bit in 0..8 {
+                    if b & (1 << bit) != 0 {
+                        out.push(i as u32 * 8 + bit);
+                    }
+                }
+            }
+        }
+        k => return Err(format!("unknown posting kind {k}")),
+    }
+    RoaringBitmap::from_sorted_iter(out).map_err(|e| format!("a posting is not ascending: {e}"))
+}
+
+fn encode(
+    (traces, postings): (u32, &[(u64, RoaringBitmap)]),
+    unindexed: &[u64],
+    needle_keys: &[u64],
+    needles: &[(u32, u32)],
+) -> Result<Vec<u8>, StoreError> {
     let mut body = Vec::new();
-    body.extend_from_slice(&(terms.len() as u32).to_le_bytes());
+    body.extend_from_slice(&traces.to_le_bytes());
+    body.extend_from_slice(&(postings.len() as u32).to_le_bytes());
     let mut bm = Vec::new();
-    for t in terms {
-        put_str(&mut body, &t.service);
-        put_str(&mut body, &t.key);
-        put_str(&mut body, &t.value);
+    for (h, b) in postings {
+        body.extend_from_slice(&h.to_le_bytes());
         bm.clear();
-        t.traces
-            .serialize_into(&mut bm)
-            .map_err(|e| StoreError::Encode(format!("search index bitmap: {e}")))?;
+        let kind = encode_posting(b, traces, &mut bm);
+        body.push(kind);
         body.extend_from_slice(&(bm.len() as u32).to_le_bytes());
         body.extend_from_slice(&bm);
     }
-    body.extend_from_slice(&(unindexed.len() as u32).to_le_bytes());
-    for (s, k) in unindexed {
-        put_str(&mut body, s);
-        put_str(&mut body, k);
+    for list in [unindexed, needle_keys] {
+        body.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for h in list {
+            body.extend_from_slice(&h.to_le_bytes());
+        }
+    }
+    body.extend_from_slice(&(needles.len() as u32).to_le_bytes());
+    for (h, t) in needles {
+        body.extend_from_slice(&h.to_le_bytes());
+        body.extend_from_slice(&t.to_le_bytes());
     }
     zstd::bulk::compress(&body, 3)
         .map_err(|e| StoreError::Encode(format!("search index compression: {e}")))
@@ -344,4 +538,50 @@ pub(crate) fn read_postings(dir: &Path, id: &str) -> Result<Postings, StoreError
     let body = zstd::bulk::decompress(&all[16..], 1 << 30)
         .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
     Postings::decode(&body).map_err(corrupt)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Files on disk hold these hashes: a change of algorithm must bump the version.
+    #[test]
+    fn term_hashes_are_fixed() {
+        let got = [
+            term_hash(&["cart", "region", "eu-west"]),
+            term_hash(&["cart", "regione", "u-west"]),
+            u64::from(needle_hash("user.id", "u-1")),
+        ];
+        assert_eq!(
+            got,
+            [0xb859_bf82_e567_7b05, 0x668f_b5b0_0cb0_afe8, 0x68e2_6f9c],
+            "{got:x?}"
+        );
+    }
+
+    #[test]
+    fn postings_round_trip_in_the_smaller_encoding() {
+        let traces = 20_000u32;
+        for set in [
+            vec![],
+            vec![0],
+            vec![5, 6, 7, 300, 19_999],
+            (0..traces).step_by(3).collect::<Vec<_>>(),
+            (0..traces).collect(),
+        ] {
+            let b: RoaringBitmap = set.iter().copied().collect();
+            let mut out = Vec::new();
+            let kind = encode_posting(&b, traces, &mut out);
+            assert!(
+                out.len() <= (traces as usize).div_ceil(8),
+                "{} bytes",
+                out.len()
+            );
+            assert_eq!(kind == 1, set.len() > 2000, "{} traces", set.len());
+            assert_eq!(decode_posting(kind, &out).unwrap(), b);
+        }
+        assert!(decode_posting(0, &[0x80]).is_err(), "cut inside a varint");
+        assert!(decode_posting(9, &[]).is_err(), "unknown kind");
+    }
 }

@@ -3,8 +3,6 @@
 
 use std::collections::HashSet;
 
-use roaring::RoaringBitmap;
-
 use faultline_model::span::{AttrValue, Span, SpanId, StatusCode, TraceId};
 
 use super::{MAX_INDEXED_VALUE, MAX_TAGS};
@@ -138,14 +136,6 @@ impl TraceQuery {
     /// Every criterion satisfied.
     pub(crate) fn full_mask(&self) -> u64 {
         (1u64 << (self.tags.len().min(MAX_TAGS) + 1)) - 1
-    }
-
-    /// The bits of tags the postings cannot answer (`None` in `sets`).
-    pub(crate) fn unindexed_bits(&self, sets: &[Option<RoaringBitmap>]) -> u64 {
-        sets.iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_none())
-            .fold(0, |m, (i, _)| m | (1 << (i + 1)))
     }
 }
 
