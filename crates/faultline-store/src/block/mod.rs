@@ -1,8 +1,9 @@
 //! Sealed blocks: immutable Parquet files of spans, and their trace-id index.
 //!
 //! Code map: the Arrow schema and the promoted columns (`schema.rs`), the JSON encoding of
-//! attributes (`json.rs`), writing (`writer.rs`), reading (`reader.rs`) and the trace-id
-//! index (`tidx.rs`, whose layout is documented there).
+//! attributes (`json.rs`), writing (`writer.rs`), reading (`reader.rs`, through
+//! `pages.rs`, which decompresses zstd pages with one context per thread) and the
+//! trace-id index (`tidx.rs`, whose layout is documented there).
 //!
 //! A block is four files in `DATA_DIR/blocks/`, named by the block id:
 //!
@@ -12,10 +13,10 @@
 //!   and pages at most [`PAGE_ROWS`]; columns are zstd-compressed
 //!   with dictionary encoding, and the page index is written so a reader can fetch and
 //!   decompress only the pages of the rows it wants. The schema (format 3; readable by
-//!   DuckDB, ClickHouse or Spark) follows. `span_id` and `parent_span_id` are written
-//!   without a dictionary (they are nearly unique), `start_offset_nano` with a small
-//!   dictionary falling back to delta encoding; the other columns use dictionaries where
-//!   they pay:
+//!   DuckDB, ClickHouse or Spark) follows. `span_id`, `parent_span_id` and `events` are
+//!   written without a dictionary (they are nearly unique; a lookup would decode the
+//!   whole dictionary), `start_offset_nano` with a small dictionary falling back to delta
+//!   encoding; the other columns use dictionaries where they pay (see `writer.rs`):
 //!
 //!   | column | type | notes |
 //!   |---|---|---|
@@ -72,6 +73,7 @@
 //! `manifest.rs`) is what makes a block part of the store.
 
 mod json;
+mod pages;
 mod reader;
 mod schema;
 mod tidx;

@@ -21,7 +21,7 @@ use faultline_model::span::{
 
 use super::json::{attrs_from_json, attrs_str, unhex, value_from_json};
 use super::schema::ATTR_PREFIX;
-use super::{FastMap, parquet_path, tidx, tidx_path};
+use super::{FastMap, pages, parquet_path, tidx, tidx_path};
 use crate::error::StoreError;
 use crate::search::{self, BlockIndex, LightRows, Postings};
 
@@ -32,6 +32,8 @@ pub struct BlockReader {
     id: String,
     path: PathBuf,
     meta: ArrowReaderMetadata,
+    /// How the block's columns decode into Arrow fields, for [`pages::read`].
+    levels: parquet::arrow::FieldLevels,
     /// Sorted trace ids with (first row, rows).
     index: Vec<(TraceId, u32, u32)>,
 }
@@ -57,10 +59,13 @@ impl BlockReader {
                 .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
         )
         .map_err(|e| corrupt(&path, format!("unreadable Parquet: {e}")))?;
+        let levels = pages::field_levels(meta.metadata(), meta.schema().fields())
+            .map_err(|e| corrupt(&path, format!("unreadable Parquet schema: {e}")))?;
         Ok(Self {
             id: id.to_string(),
             path,
             meta,
+            levels,
             index,
         })
     }
@@ -327,15 +332,18 @@ impl BlockReader {
                 });
             }
         };
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
-            .with_row_groups(groups)
-            .with_row_selection(RowSelection::from(selectors))
-            .with_batch_size(8192)
-            .build()
-            .map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+        let reader = pages::read(
+            file,
+            self.meta.metadata().clone(),
+            &self.levels,
+            groups,
+            RowSelection::from(selectors),
+            8192,
+        )
+        .map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         let mut out = Vec::with_capacity(total as usize);
         let mut fixups = Vec::new();
         let corrupt = |reason| StoreError::Corrupt {
