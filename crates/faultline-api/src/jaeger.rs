@@ -16,6 +16,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
 use faultline_model::span::{AttrValue, Span, SpanKind, StatusCode as SpanStatus, TraceId};
@@ -118,9 +120,9 @@ async fn traces_answer(
             c.reasons.push(r);
         }
     }
-    let data: Vec<Value> = traces.iter().map(|(id, s)| trace_json(id, s)).collect();
+    let data: Vec<JaegerTrace<'_>> = traces.iter().map(|(id, s)| trace_json(id, s)).collect();
     let n = data.len();
-    Ok(envelope(Value::Array(data), n, &c))
+    Ok(envelope(data, n, &c))
 }
 
 use faultline_model::hex;
@@ -145,16 +147,77 @@ pub fn parse_trace_id(name: &str, s: &str) -> Result<TraceId, ApiError> {
     Ok(out)
 }
 
-fn tag(key: &str, v: &AttrValue) -> Value {
-    match v {
-        AttrValue::Str(s) => json!({"key": key, "type": "string", "value": s}),
-        AttrValue::Bool(b) => json!({"key": key, "type": "bool", "value": b}),
-        AttrValue::Int(i) => json!({"key": key, "type": "int64", "value": i}),
-        AttrValue::Double(d) => json!({"key": key, "type": "float64", "value": d}),
-        AttrValue::Bytes(b) => json!({"key": key, "type": "binary", "value": hex(b)}),
-        // Jaeger has no arrays or maps: they travel as JSON text, as Jaeger's own
-        // OTLP translator does.
-        other => json!({"key": key, "type": "string", "value": attr_json(other).to_string()}),
+/// A Jaeger tag value as it is written: strings, bools, int64, float64, or JSON text for
+/// what Jaeger has no type for.
+enum TagValue<'a> {
+    Str(&'a str),
+    Owned(String),
+    Binary(String),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+}
+
+/// A typed Jaeger tag (`{"key", "type", "value"}`), serialized without building a tree.
+struct Tag<'a> {
+    key: &'a str,
+    value: TagValue<'a>,
+}
+
+impl<'a> Tag<'a> {
+    fn new(key: &'a str, v: &'a AttrValue) -> Self {
+        let value = match v {
+            AttrValue::Str(s) => TagValue::Str(s),
+            AttrValue::Bool(b) => TagValue::Bool(*b),
+            AttrValue::Int(i) => TagValue::Int(*i),
+            AttrValue::Double(d) => TagValue::Double(*d),
+            AttrValue::Bytes(b) => TagValue::Binary(hex(b)),
+            // Jaeger has no arrays or maps: they travel as JSON text, as Jaeger's own
+            // OTLP translator does.
+            other => TagValue::Owned(attr_json(other).to_string()),
+        };
+        Self { key, value }
+    }
+
+    fn str(key: &'a str, value: &'a str) -> Self {
+        Self {
+            key,
+            value: TagValue::Str(value),
+        }
+    }
+}
+
+impl Serialize for Tag<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(Some(3))?;
+        m.serialize_entry("key", self.key)?;
+        match &self.value {
+            TagValue::Str(s) => {
+                m.serialize_entry("type", "string")?;
+                m.serialize_entry("value", s)?;
+            }
+            TagValue::Owned(s) => {
+                m.serialize_entry("type", "string")?;
+                m.serialize_entry("value", s)?;
+            }
+            TagValue::Binary(s) => {
+                m.serialize_entry("type", "binary")?;
+                m.serialize_entry("value", s)?;
+            }
+            TagValue::Bool(b) => {
+                m.serialize_entry("type", "bool")?;
+                m.serialize_entry("value", b)?;
+            }
+            TagValue::Int(i) => {
+                m.serialize_entry("type", "int64")?;
+                m.serialize_entry("value", i)?;
+            }
+            TagValue::Double(d) => {
+                m.serialize_entry("type", "float64")?;
+                m.serialize_entry("value", d)?;
+            }
+        }
+        m.end()
     }
 }
 
@@ -173,116 +236,267 @@ fn attr_json(v: &AttrValue) -> Value {
     }
 }
 
-fn span_json(s: &Span, process_id: &str) -> Value {
-    let mut tags: Vec<Value> = s.attributes.iter().map(|(k, v)| tag(k, v)).collect();
-    if s.kind != SpanKind::Unspecified {
-        tags.push(tag("span.kind", &AttrValue::Str(s.kind.as_str().into())));
+/// A Jaeger span, serialized from the stored span.
+struct JaegerSpan<'a> {
+    span: &'a Span,
+    process_id: &'a str,
+}
+
+/// Jaeger's `references`: the parent as `CHILD_OF`, links as `FOLLOWS_FROM`.
+struct References<'a>(&'a Span);
+
+impl Serialize for References<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let s = self.0;
+        let n = usize::from(s.parent_span_id.is_some()) + s.links.len();
+        let mut seq = ser.serialize_seq(Some(n))?;
+        let one = |kind: &'static str, trace: &TraceId, span: &[u8; 8]| {
+            [
+                ("refType", kind.to_string()),
+                ("traceID", hex(trace)),
+                ("spanID", hex(span)),
+            ]
+        };
+        if let Some(p) = &s.parent_span_id {
+            seq.serialize_element(&Pairs(one("CHILD_OF", &s.trace_id, p)))?;
+        }
+        for l in &s.links {
+            seq.serialize_element(&Pairs(one("FOLLOWS_FROM", &l.trace_id, &l.span_id)))?;
+        }
+        seq.end()
     }
-    match s.status {
-        SpanStatus::Error => {
-            tags.push(tag("otel.status_code", &AttrValue::Str("ERROR".into())));
-            tags.push(tag("error", &AttrValue::Bool(true)));
-            if !s.status_message.is_empty() {
-                tags.push(tag(
-                    "otel.status_description",
-                    &AttrValue::Str(s.status_message.clone()),
-                ));
+}
+
+/// A JSON object of string values in a fixed order.
+struct Pairs<const N: usize>([(&'static str, String); N]);
+
+impl<const N: usize> Serialize for Pairs<N> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(Some(N))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// The span's attributes, then the tags Jaeger derives from kind, status and scope.
+struct SpanTags<'a>(&'a Span);
+
+impl Serialize for SpanTags<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let s = self.0;
+        let mut seq = ser.serialize_seq(None)?;
+        for (k, v) in &s.attributes {
+            seq.serialize_element(&Tag::new(k, v))?;
+        }
+        if s.kind != SpanKind::Unspecified {
+            seq.serialize_element(&Tag::str("span.kind", s.kind.as_str()))?;
+        }
+        match s.status {
+            SpanStatus::Error => {
+                seq.serialize_element(&Tag::str("otel.status_code", "ERROR"))?;
+                seq.serialize_element(&Tag {
+                    key: "error",
+                    value: TagValue::Bool(true),
+                })?;
+                if !s.status_message.is_empty() {
+                    seq.serialize_element(&Tag::str("otel.status_description", &s.status_message))?;
+                }
+            }
+            SpanStatus::Ok => seq.serialize_element(&Tag::str("otel.status_code", "OK"))?,
+            SpanStatus::Unset => {}
+        }
+        if !s.origin.scope_name.is_empty() {
+            seq.serialize_element(&Tag::str("otel.scope.name", &s.origin.scope_name))?;
+        }
+        if !s.origin.scope_version.is_empty() {
+            seq.serialize_element(&Tag::str("otel.scope.version", &s.origin.scope_version))?;
+        }
+        seq.end()
+    }
+}
+
+/// Events as Jaeger logs: the event name as field `event`, then its attributes.
+struct Logs<'a>(&'a Span);
+
+impl Serialize for Logs<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        struct Fields<'a>(&'a faultline_model::span::Event);
+        impl Serialize for Fields<'_> {
+            fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut seq = ser.serialize_seq(Some(1 + self.0.attributes.len()))?;
+                seq.serialize_element(&Tag::str("event", &self.0.name))?;
+                for (k, v) in &self.0.attributes {
+                    seq.serialize_element(&Tag::new(k, v))?;
+                }
+                seq.end()
             }
         }
-        SpanStatus::Ok => tags.push(tag("otel.status_code", &AttrValue::Str("OK".into()))),
-        SpanStatus::Unset => {}
+        #[derive(Serialize)]
+        struct Log<'a> {
+            timestamp: u64,
+            fields: Fields<'a>,
+        }
+        ser.collect_seq(self.0.events.iter().map(|e| Log {
+            timestamp: e.time_ns / 1000,
+            fields: Fields(e),
+        }))
     }
-    if !s.origin.scope_name.is_empty() {
-        tags.push(tag(
-            "otel.scope.name",
-            &AttrValue::Str(s.origin.scope_name.clone()),
-        ));
+}
+
+impl Serialize for JaegerSpan<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let s = self.span;
+        let mut m = ser.serialize_map(Some(11))?;
+        m.serialize_entry("traceID", &hex(&s.trace_id))?;
+        m.serialize_entry("spanID", &hex(&s.span_id))?;
+        m.serialize_entry("operationName", &s.name)?;
+        m.serialize_entry("references", &References(s))?;
+        m.serialize_entry("startTime", &(s.start_ns / 1000))?;
+        m.serialize_entry("duration", &(s.duration_ns() / 1000))?;
+        m.serialize_entry("tags", &SpanTags(s))?;
+        m.serialize_entry("logs", &Logs(s))?;
+        m.serialize_entry("processID", self.process_id)?;
+        m.serialize_entry("warnings", &())?;
+        m.serialize_entry("flags", &1)?;
+        m.end()
     }
-    if !s.origin.scope_version.is_empty() {
-        tags.push(tag(
-            "otel.scope.version",
-            &AttrValue::Str(s.origin.scope_version.clone()),
-        ));
+}
+
+/// A Jaeger process: the service and its resource attributes other than `service.name`.
+struct Process<'a>(&'a faultline_model::span::Origin);
+
+impl Serialize for Process<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        struct Tags<'a>(&'a faultline_model::span::Origin);
+        impl Serialize for Tags<'_> {
+            fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                ser.collect_seq(
+                    self.0
+                        .resource
+                        .iter()
+                        .filter(|(k, _)| k != "service.name")
+                        .map(|(k, v)| Tag::new(k, v)),
+                )
+            }
+        }
+        let mut m = ser.serialize_map(Some(2))?;
+        m.serialize_entry("serviceName", self.0.service.as_str())?;
+        m.serialize_entry("tags", &Tags(self.0))?;
+        m.end()
     }
-    let mut references = Vec::new();
-    if let Some(p) = &s.parent_span_id {
-        references
-            .push(json!({"refType": "CHILD_OF", "traceID": hex(&s.trace_id), "spanID": hex(p)}));
-    }
-    for l in &s.links {
-        references.push(json!({"refType": "FOLLOWS_FROM", "traceID": hex(&l.trace_id), "spanID": hex(&l.span_id)}));
-    }
-    let logs: Vec<Value> = s
-        .events
-        .iter()
-        .map(|e| {
-            let mut fields = vec![tag("event", &AttrValue::Str(e.name.clone()))];
-            fields.extend(e.attributes.iter().map(|(k, v)| tag(k, v)));
-            json!({"timestamp": e.time_ns / 1000, "fields": fields})
-        })
-        .collect();
-    json!({
-        "traceID": hex(&s.trace_id),
-        "spanID": hex(&s.span_id),
-        "operationName": s.name,
-        "references": references,
-        "startTime": s.start_ns / 1000,
-        "duration": s.duration_ns() / 1000,
-        "tags": tags,
-        "logs": logs,
-        "processID": process_id,
-        "warnings": Value::Null,
-        "flags": 1,
-    })
+}
+
+/// A Jaeger trace object from the spans of one trace; serializes straight to JSON text.
+pub struct JaegerTrace<'a> {
+    trace_id: &'a TraceId,
+    spans: &'a [Span],
+    /// Per span, its process's index in `processes`.
+    process_of: Vec<usize>,
+    /// One span's origin per distinct process (equal processes from different requests
+    /// share one id).
+    processes: Vec<&'a faultline_model::span::Origin>,
 }
 
 /// A Jaeger trace object from spans of one trace.
-pub fn trace_json(trace_id: &TraceId, spans: &[Span]) -> Value {
-    let mut processes = serde_json::Map::new();
-    let mut ids: HashMap<*const faultline_model::span::Origin, String> = HashMap::new();
-    let mut by_content: HashMap<String, String> = HashMap::new();
-    let mut out_spans = Vec::with_capacity(spans.len());
+pub fn trace_json<'a>(trace_id: &'a TraceId, spans: &'a [Span]) -> JaegerTrace<'a> {
+    let mut by_ptr: HashMap<*const faultline_model::span::Origin, usize> = HashMap::new();
+    let mut by_content: HashMap<String, usize> = HashMap::new();
+    let mut processes = Vec::new();
+    let mut process_of = Vec::with_capacity(spans.len());
     for s in spans {
         let key = std::sync::Arc::as_ptr(&s.origin);
-        let pid = match ids.get(&key) {
-            Some(p) => p.clone(),
+        let i = match by_ptr.get(&key) {
+            Some(&i) => i,
             None => {
-                let tags: Vec<Value> = s
-                    .origin
-                    .resource
-                    .iter()
-                    .filter(|(k, _)| k != "service.name")
-                    .map(|(k, v)| tag(k, v))
-                    .collect();
-                let process = json!({"serviceName": s.service(), "tags": tags});
-                // Equal processes from different requests share one id.
-                let content = process.to_string();
-                let pid = match by_content.get(&content) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = format!("p{}", processes.len() + 1);
-                        processes.insert(p.clone(), process);
-                        by_content.insert(content, p.clone());
-                        p
-                    }
-                };
-                ids.insert(key, pid.clone());
-                pid
+                let content = serde_json::to_string(&Process(&s.origin)).unwrap_or_default();
+                let i = *by_content.entry(content).or_insert_with(|| {
+                    processes.push(&*s.origin);
+                    processes.len() - 1
+                });
+                by_ptr.insert(key, i);
+                i
             }
         };
-        out_spans.push(span_json(s, &pid));
+        process_of.push(i);
     }
-    json!({"traceID": hex(trace_id), "spans": out_spans, "processes": processes, "warnings": Value::Null})
+    JaegerTrace {
+        trace_id,
+        spans,
+        process_of,
+        processes,
+    }
+}
+
+impl Serialize for JaegerTrace<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let ids: Vec<String> = (1..=self.processes.len())
+            .map(|i| format!("p{i}"))
+            .collect();
+        struct Spans<'a>(&'a JaegerTrace<'a>, &'a [String]);
+        impl Serialize for Spans<'_> {
+            fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                ser.collect_seq(self.0.spans.iter().zip(&self.0.process_of).map(|(s, &p)| {
+                    JaegerSpan {
+                        span: s,
+                        process_id: &self.1[p],
+                    }
+                }))
+            }
+        }
+        struct Processes<'a>(&'a JaegerTrace<'a>, &'a [String]);
+        impl Serialize for Processes<'_> {
+            fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                ser.collect_map(
+                    self.1
+                        .iter()
+                        .zip(self.0.processes.iter().map(|o| Process(o))),
+                )
+            }
+        }
+        let mut m = ser.serialize_map(Some(4))?;
+        m.serialize_entry("traceID", &hex(self.trace_id))?;
+        m.serialize_entry("spans", &Spans(self, &ids))?;
+        m.serialize_entry("processes", &Processes(self, &ids))?;
+        m.serialize_entry("warnings", &())?;
+        m.end()
+    }
 }
 
 /// Jaeger's success envelope, with `partial` (and `X-Faultline-Partial`) when incomplete.
-fn envelope(data: Value, total: usize, completeness: &Completeness) -> Response {
-    let mut body = json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null});
-    let mut headers = HeaderMap::new();
-    if !completeness.is_complete() {
-        body["partial"] = json!({"complete": false, "reasons": completeness.reasons});
-        crate::mark_partial(&mut headers, &completeness.reasons);
+fn envelope(data: impl Serialize, total: usize, completeness: &Completeness) -> Response {
+    #[derive(Serialize)]
+    struct Partial<'a> {
+        complete: bool,
+        reasons: &'a [String],
     }
+    #[derive(Serialize)]
+    struct Envelope<'a, T> {
+        data: T,
+        total: usize,
+        limit: usize,
+        offset: usize,
+        errors: (),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        partial: Option<Partial<'a>>,
+    }
+    let mut headers = HeaderMap::new();
+    let partial = (!completeness.is_complete()).then(|| {
+        crate::mark_partial(&mut headers, &completeness.reasons);
+        Partial {
+            complete: false,
+            reasons: &completeness.reasons,
+        }
+    });
+    let body = Envelope {
+        data,
+        total,
+        limit: 0,
+        offset: 0,
+        errors: (),
+        partial,
+    };
     (headers, Json(body)).into_response()
 }
 
@@ -370,8 +584,7 @@ async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Res
         // A trace may be missing because part of the store is: say so here too.
         return Err(ApiError::not_found("trace not found").with_partial(c.reasons));
     }
-    let data = json!([trace_json(&trace_id, &answer.spans)]);
-    Ok(envelope(data, 1, &c))
+    Ok(envelope([trace_json(&trace_id, &answer.spans)], 1, &c))
 }
 
 #[cfg(test)]
@@ -485,7 +698,7 @@ mod tests {
             status: SpanStatus::Ok,
             ..root.clone()
         };
-        let t = trace_json(&[1; 16], &[root, child]);
+        let t = serde_json::to_value(trace_json(&[1; 16], &[root, child])).unwrap();
         check_keys(
             &t,
             &[
@@ -551,6 +764,41 @@ mod tests {
         // Times are microseconds.
         assert_eq!(t["spans"][0]["startTime"], 1000);
         assert_eq!(t["spans"][0]["duration"], 8000);
+        // Every tag of the root, in order, with Jaeger's type and value.
+        let tags: Vec<String> = t["spans"][0]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| format!("{}:{}={}", g["key"], g["type"], g["value"]))
+            .collect();
+        let want = [
+            r#""s":"string"="x""#,
+            r#""b":"bool"=true"#,
+            r#""i":"int64"=-3"#,
+            r#""d":"float64"=0.25"#,
+            r#""x":"binary"="0102""#,
+            r#""a":"string"="[1]""#,
+            r#""k":"string"="{\"n\":false}""#,
+            r#""span.kind":"string"="server""#,
+            r#""otel.status_code":"string"="ERROR""#,
+            r#""error":"bool"=true"#,
+            r#""otel.status_description":"string"="boom""#,
+            r#""otel.scope.name":"string"="lib""#,
+            r#""otel.scope.version":"string"="1""#,
+        ];
+        assert_eq!(tags, want);
+        // The child is a CHILD_OF the root; both share one process without service.name.
+        assert_eq!(t["spans"][1]["references"][0]["spanID"], "0101010101010101");
+        assert_eq!(t["spans"][0]["references"][0]["refType"], "FOLLOWS_FROM");
+        assert_eq!(t["processes"].as_object().unwrap().len(), 1);
+        assert_eq!(
+            t["processes"]["p1"]["tags"],
+            json!([
+                {"key": "host.name", "type": "string", "value": "h"},
+                {"key": "pid", "type": "int64", "value": 7}
+            ])
+        );
+        assert_eq!(t["spans"][0]["logs"][0]["fields"][0]["value"], "exception");
     }
 
     #[test]
