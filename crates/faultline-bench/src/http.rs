@@ -4,7 +4,11 @@
 //! - `--kind trace`: `GET /api/traces/{id}` for trace ids taken from loadgen ack logs
 //!   (`--ids FILE`, repeatable), spread over the whole file;
 //! - `--kind search`: `GET /api/traces?{--query}` (Jaeger search returning whole traces),
-//!   the same query repeatedly.
+//!   the same query repeatedly;
+//! - `--kind rare`: searches for one rare value each, as someone looking for one user's
+//!   requests would: the value of tag `--tag-key` (default `user.id`) and the service of
+//!   the span carrying it, taken from up to 200 traces of the ack logs (fetched by id
+//!   before the clock starts), plus `--query` (e.g. `limit=20&lookback=24h`).
 //!
 //! Each client sends one request after the other for `--seconds`; the answer must be 200
 //! (a 404 for a trace id counts as an error and is reported). Prints requests per second
@@ -22,7 +26,7 @@ pub struct QueryArgs {
     /// Base URL of the query API.
     #[arg(long, default_value = "http://127.0.0.1:16686")]
     pub api: String,
-    /// `trace` (by id) or `search`.
+    /// `trace` (by id), `search` or `rare`.
     #[arg(long, default_value = "trace")]
     pub kind: String,
     /// Loadgen ack logs with the trace ids to look up (`--kind trace`).
@@ -32,6 +36,9 @@ pub struct QueryArgs {
     /// `service=gateway&tag=region:eu-west&minDuration=100ms&limit=20&lookback=1h`.
     #[arg(long, default_value = "")]
     pub query: String,
+    /// The tag whose values `--kind rare` searches for.
+    #[arg(long, default_value = "user.id")]
+    pub tag_key: String,
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
@@ -62,6 +69,80 @@ fn read_ids(files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Search URLs for `--kind rare`: per sampled trace, the service and value of the first
+/// span carrying `--tag-key`.
+async fn rare_queries(args: &QueryArgs, base: &str) -> anyhow::Result<Vec<String>> {
+    let ids = read_ids(&args.ids)?;
+    anyhow::ensure!(!ids.is_empty(), "no trace ids: give --ids ACK_LOG");
+    let stride = (7919 % ids.len()).max(1);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let mut out = Vec::new();
+    for i in 0..ids.len().min(200) {
+        let id = &ids[(i * stride) % ids.len()];
+        let url = format!("{base}/api/traces/{id}");
+        let body = async {
+            client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await
+        }
+        .await
+        .with_context(|| format!("cannot fetch {url}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).with_context(|| format!("{url} is not JSON"))?;
+        let t = &v["data"][0];
+        let found = t["spans"].as_array().into_iter().flatten().find_map(|s| {
+            let tag = s["tags"]
+                .as_array()?
+                .iter()
+                .find(|g| g["key"] == args.tag_key.as_str())?;
+            let value = match &tag["value"] {
+                serde_json::Value::String(x) => x.clone(),
+                other => other.to_string(),
+            };
+            let service = t["processes"][s["processID"].as_str()?]["serviceName"].as_str()?;
+            Some((service.to_string(), value))
+        });
+        if let Some((service, value)) = found {
+            let extra = if args.query.is_empty() {
+                String::new()
+            } else {
+                format!("&{}", args.query)
+            };
+            out.push(format!(
+                "{base}/api/traces?service={}&tag={}{extra}",
+                enc(&service),
+                enc(&format!("{}:{value}", args.tag_key))
+            ));
+        }
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "none of the sampled traces has a span with tag {:?}",
+        args.tag_key
+    );
+    Ok(out)
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -73,6 +154,11 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 pub fn run(args: &QueryArgs) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     let base = args.api.trim_end_matches('/').to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let paths: Vec<String> = match args.kind.as_str() {
         "trace" => {
             let ids = read_ids(&args.ids)?;
@@ -88,13 +174,9 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<serde_json::Value> {
             anyhow::ensure!(!args.query.is_empty(), "give --query for --kind search");
             vec![format!("{base}/api/traces?{}", args.query)]
         }
-        other => anyhow::bail!("unknown --kind {other:?}; use trace or search"),
+        "rare" => runtime.block_on(rare_queries(args, &base))?,
+        other => anyhow::bail!("unknown --kind {other:?}; use trace, search or rare"),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let paths = Arc::new(paths);
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let results = runtime.block_on(async {
