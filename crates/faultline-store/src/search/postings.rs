@@ -67,14 +67,24 @@ pub(crate) const NEEDLE_MIN_VALUES: usize = 2;
 /// block would be answered with that term's traces: for a block of 100,000 terms, a
 /// chance of about one in 10^14 per query term.
 fn term_hash(parts: &[&str]) -> u64 {
-    use std::hash::Hasher;
-    let mut h = twox_hash::XxHash64::with_seed(0x6661_756c_746c_696e);
-    for p in parts {
-        h.write(&(p.len() as u32).to_le_bytes());
-        h.write(p.as_bytes());
+    // One-shot over the parts laid out in a reused buffer: the same value as streaming
+    // them, at a fraction of the cost for the short strings tags are (the index hashes
+    // every tag of every span).
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    h.finish()
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        for p in parts {
+            b.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            b.extend_from_slice(p.as_bytes());
+        }
+        twox_hash::XxHash64::oneshot(TERM_SEED, &b)
+    })
 }
+
+const TERM_SEED: u64 = 0x6661_756c_746c_696e;
 
 /// A hasher for keys that are already well-mixed 64-bit hashes: passes them through.
 #[derive(Debug, Default, Clone, Copy)]
@@ -173,24 +183,35 @@ impl Postings {
             );
         }
         let Occurrences {
-            mut pairs,
+            pairs,
             terms,
             unindexed,
             ..
         } = occ;
-        pairs.sort_unstable();
-        pairs.dedup();
+        // Group the (term, trace) pairs by term with a counting sort over the dense term
+        // numbers: traces were visited in order, so each group comes out ascending.
+        let mut start = vec![0u32; terms.len() + 1];
+        for &(term, _) in &pairs {
+            start[term as usize + 1] += 1;
+        }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let mut grouped = vec![0u32; pairs.len()];
+        let mut fill = start.clone();
+        for &(term, trace) in &pairs {
+            let slot = &mut fill[term as usize];
+            grouped[*slot as usize] = trace;
+            *slot += 1;
+        }
+        drop(pairs);
+        let group = |i: usize| &grouped[start[i] as usize..start[i + 1] as usize];
         // Per (service, key): distinct values and (trace, value) pairs.
         let mut per_key: HashMap<u64, (usize, usize), IdBuild> = HashMap::default();
-        let mut last = None;
-        for &(term, _) in &pairs {
-            let skey = terms.get(&term).map_or(0, |t| t.0);
-            let e = per_key.entry(skey).or_default();
-            if last != Some(term) {
-                e.0 += 1;
-                last = Some(term);
-            }
-            e.1 += 1;
+        for (i, t) in terms.iter().enumerate() {
+            let e = per_key.entry(t.skey).or_default();
+            e.0 += 1;
+            e.1 += group(i).len();
         }
         let needle_keys: HashSet<u64, IdBuild> = per_key
             .iter()
@@ -201,15 +222,14 @@ impl Postings {
             .collect();
         let mut postings: Vec<(u64, RoaringBitmap)> = Vec::new();
         let mut needles: Vec<(u32, u32)> = Vec::new();
-        for group in pairs.chunk_by(|a, b| a.0 == b.0) {
-            let term = group[0].0;
-            let (skey, kv) = terms.get(&term).copied().unwrap_or_default();
-            if needle_keys.contains(&skey) {
-                needles.extend(group.iter().map(|&(_, t)| (kv, t)));
+        for (i, t) in terms.iter().enumerate() {
+            let traces = group(i);
+            if needle_keys.contains(&t.skey) {
+                needles.extend(traces.iter().map(|&tr| (t.needle, tr)));
             } else {
-                let bitmap = RoaringBitmap::from_sorted_iter(group.iter().map(|&(_, t)| t))
+                let bitmap = RoaringBitmap::from_sorted_iter(traces.iter().copied())
                     .map_err(|e| StoreError::Encode(format!("search index bitmap: {e}")))?;
-                postings.push((term, bitmap));
+                postings.push((t.term, bitmap));
             }
         }
         needles.sort_unstable();
@@ -328,19 +348,31 @@ impl Postings {
 /// Tag occurrences while a block's index is built.
 #[derive(Default)]
 struct Occurrences {
-    /// (hash of (service, key, value), trace), with repeats.
-    pairs: Vec<(u64, u32)>,
-    /// Per term hash: hash of (service, key), and the needle hash of (key, value).
-    terms: HashMap<u64, (u64, u32), IdBuild>,
+    /// (term number, trace), each term once per trace, traces ascending.
+    pairs: Vec<(u32, u32)>,
+    /// Per term number: its hashes.
+    terms: Vec<Term>,
+    /// Term number by hash of (service, key, value).
+    number: HashMap<u64, u32, IdBuild>,
     /// Hashes of (service, key) with a value that is not indexed.
     unindexed: HashSet<u64, IdBuild>,
     /// Terms of the current trace (most repeat on its spans).
-    seen: HashSet<u64, IdBuild>,
+    seen: HashSet<u32, foldhash::fast::FixedState>,
     origins: Vec<*const faultline_model::span::Origin>,
 }
 
+/// A distinct (service, key, value) of the block.
+struct Term {
+    /// Hash of (service, key, value).
+    term: u64,
+    /// Hash of (service, key).
+    skey: u64,
+    /// The needle hash of (key, value).
+    needle: u32,
+}
+
 impl Occurrences {
-    /// Adds the tags of trace `t` (its spans).
+    /// Adds the tags of trace `t` (its spans); traces come in ascending order.
     fn trace(&mut self, spans: &[&Span], t: u32) {
         self.seen.clear();
         self.origins.clear();
@@ -349,11 +381,17 @@ impl Occurrences {
             let mut add = |k: &str, v: Tag<'_>| match indexed_text(v) {
                 Some(text) => {
                     let term = term_hash(&[svc, k, &text]);
-                    if self.seen.insert(term) {
-                        self.terms
-                            .entry(term)
-                            .or_insert_with(|| (term_hash(&[svc, k]), needle_hash(k, &text)));
-                        self.pairs.push((term, t));
+                    let next = self.terms.len() as u32;
+                    let n = *self.number.entry(term).or_insert(next);
+                    if n == next {
+                        self.terms.push(Term {
+                            term,
+                            skey: term_hash(&[svc, k]),
+                            needle: needle_hash(k, &text),
+                        });
+                    }
+                    if self.seen.insert(n) {
+                        self.pairs.push((n, t));
                     }
                 }
                 None => {
