@@ -729,3 +729,79 @@ fn traces_read_together_equal_traces_read_alone() {
             == 2
     );
 }
+
+/// Blocks written before format 4 store `resource_attributes` as plain strings (no Arrow
+/// dictionary in the embedded schema): they read back the same.
+#[test]
+fn blocks_with_plain_resource_strings_read_the_same() {
+    use arrow_array::{Array, DictionaryArray, RecordBatch, StringArray, types::Int32Type};
+    use arrow_schema::{DataType, Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (origin("a"), origin("b"));
+    let mut spans = Vec::new();
+    for t in 1..=40u8 {
+        for k in 1..=3u8 {
+            let o = if (t + k) % 2 == 0 { &a } else { &b };
+            spans.push(span(t, k, (k > 1).then_some(1), o));
+        }
+    }
+    write_block(tmp.path(), "b", &spans).unwrap();
+    let path = crate::block::parquet_path(tmp.path(), "b");
+    let new = BlockReader::open(tmp.path(), "b").unwrap().all().unwrap();
+
+    // Rewrite the Parquet file as format 3 wrote it: the same columns, resources as text.
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+    let kv = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned();
+    let batches: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
+    let schema = batches[0].schema();
+    let i = schema.index_of("resource_attributes").unwrap();
+    assert!(matches!(
+        schema.field(i).data_type(),
+        DataType::Dictionary(..)
+    ));
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[i] = Field::new("resource_attributes", DataType::Utf8, false);
+    let plain_schema = Arc::new(Schema::new(fields));
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(kv)
+        .build();
+    let mut w = ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        plain_schema.clone(),
+        Some(props),
+    )
+    .unwrap();
+    for batch in &batches {
+        let d = batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()
+            .unwrap();
+        let values = d.values().as_any().downcast_ref::<StringArray>().unwrap();
+        let text: StringArray = d
+            .keys()
+            .values()
+            .iter()
+            .map(|&k| Some(values.value(k as usize)))
+            .collect();
+        let mut cols = batch.columns().to_vec();
+        cols[i] = Arc::new(text);
+        w.write(&RecordBatch::try_new(plain_schema.clone(), cols).unwrap())
+            .unwrap();
+    }
+    w.close().unwrap();
+
+    let old = BlockReader::open(tmp.path(), "b").unwrap();
+    assert_eq!(old.all().unwrap(), new);
+    assert_eq!(old.trace(&[7; 16]).unwrap().len(), 3);
+    assert_eq!(new.len(), 120);
+    assert!(new.iter().any(|s| s.service() == "a") && new.iter().any(|s| s.service() == "b"));
+}

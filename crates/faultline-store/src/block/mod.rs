@@ -12,7 +12,7 @@
 //!   [`ROW_GROUP_ROWS`] rows (so a block of the default 250,000 spans is one row group)
 //!   and pages at most [`PAGE_ROWS`]; columns are zstd-compressed
 //!   with dictionary encoding, and the page index is written so a reader can fetch and
-//!   decompress only the pages of the rows it wants. The schema (format 3; readable by
+//!   decompress only the pages of the rows it wants. The schema (format 4; readable by
 //!   DuckDB, ClickHouse or Spark) follows. `span_id`, `parent_span_id` and `events` are
 //!   written without a dictionary (they are nearly unique; a lookup would decode the
 //!   whole dictionary), `start_offset_nano` with a small dictionary falling back to delta
@@ -60,7 +60,11 @@
 //!   `trace_start_unix_nano + start_offset_nano`, and the parent's `span_id` from the row
 //!   `file_row_number - parent_row_delta` (DuckDB's `read_parquet(..., file_row_number =
 //!   true)`). Formats 1 and 2 (`start_unix_nano`, every parent as an id) are still read.
-//!   The key-value metadata holds `faultline.block.format` and the block's time range.
+//!   Format 4 declares `resource_attributes` in the embedded Arrow schema as a dictionary
+//!   (int32 keys, utf8 values): each distinct resource's JSON is stored once per column
+//!   chunk, as Parquet's dictionary encoding already did; format 3 files (plain utf8 in
+//!   the Arrow schema) are read alike. The key-value metadata holds
+//!   `faultline.block.format` and the block's time range.
 //!
 //! - `BLOCKID.tidx`: the trace-id index: each trace's first row and row count (format
 //!   in `tidx.rs`).

@@ -19,7 +19,7 @@ use faultline_model::span::{
     AttrValue, Attributes, Event, Link, Origin, Span, SpanKind, StatusCode, TraceId,
 };
 
-use super::json::{attrs_from_json, attrs_str, unhex, value_from_json};
+use super::json::{attrs_from_json, unhex, value_from_json};
 use super::schema::ATTR_PREFIX;
 use super::{FastMap, pages, parquet_path, tidx, tidx_path};
 use crate::error::StoreError;
@@ -442,6 +442,49 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> 
         .ok_or_else(|| format!("column {name} is missing or has the wrong type"))
 }
 
+/// A string column stored plainly (formats 1-3) or as an Arrow dictionary (format 4's
+/// `resource_attributes`).
+enum Strs<'a> {
+    Plain(&'a StringArray),
+    Dict(&'a [i32], &'a StringArray),
+}
+
+impl<'a> Strs<'a> {
+    fn of(b: &'a RecordBatch, name: &str) -> Result<Self, String> {
+        use arrow_array::{DictionaryArray, types::Int32Type};
+        let c = b
+            .column_by_name(name)
+            .ok_or_else(|| format!("column {name} is missing"))?;
+        if let Some(a) = c.as_any().downcast_ref::<StringArray>() {
+            return Ok(Self::Plain(a));
+        }
+        let d = c
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()
+            .ok_or_else(|| format!("column {name} has the wrong type {}", c.data_type()))?;
+        let values = d
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| format!("column {name}'s dictionary is not strings"))?;
+        let keys = d.keys().values();
+        if keys
+            .iter()
+            .any(|&k| usize::try_from(k).map_or(true, |k| k >= values.len()))
+        {
+            return Err(format!("column {name} has a key outside its dictionary"));
+        }
+        Ok(Self::Dict(keys, values))
+    }
+
+    fn value(&self, i: usize) -> &'a str {
+        match self {
+            Self::Plain(a) => a.value(i),
+            Self::Dict(keys, values) => values.value(keys[i] as usize),
+        }
+    }
+}
+
 /// The promoted attribute columns of a batch (format 2), to put attributes back together.
 struct PromotedColumns<'a> {
     keys: &'a StringArray,
@@ -532,6 +575,9 @@ impl<'a> PromotedColumns<'a> {
     }
 }
 
+/// Origins [`from_batch`] remembers (the oldest is forgotten first).
+const MAX_ORIGINS: usize = 64;
+
 /// Appends the spans of `b` to `out`; parents stored as row deltas are left unset and
 /// listed in `fixups` (index in `out`, delta) for [`resolve_parents`].
 fn from_batch(
@@ -550,7 +596,7 @@ fn from_batch(
     let status = col::<Int32Array>(b, "status_code")?;
     let status_msg = col::<StringArray>(b, "status_message")?;
     let attrs = col::<StringArray>(b, "attributes")?;
-    let res = col::<StringArray>(b, "resource_attributes")?;
+    let res = Strs::of(b, "resource_attributes")?;
     let scope_name = col::<StringArray>(b, "scope_name")?;
     let scope_version = col::<StringArray>(b, "scope_version")?;
     let events = col::<StringArray>(b, "events")?;
@@ -560,7 +606,7 @@ fn from_batch(
     };
     let promoted = PromotedColumns::of(b)?;
     let mut last_keys: Option<(String, Vec<String>)> = None;
-    let mut last_origin: Option<Arc<Origin>> = None;
+    let mut origins: Vec<(&str, Arc<Origin>)> = Vec::new();
     for i in 0..b.num_rows() {
         let mut t = [0u8; 16];
         t.copy_from_slice(trace.value(i));
@@ -573,23 +619,28 @@ fn from_batch(
             p.copy_from_slice(parent.value(i));
             Some(p)
         };
-        let origin = match &last_origin {
-            Some(o)
-                if o.service == service.value(i)
-                    && o.scope_name == scope_name.value(i)
-                    && o.scope_version == scope_version.value(i)
-                    && attrs_str(&o.resource) == res.value(i) =>
-            {
-                o.clone()
-            }
-            _ => {
+        // Origins seen in this batch, by their columns' text: spans sorted by trace
+        // alternate between a few services.
+        let text = res.value(i);
+        let known = origins.iter().find(|(t, o)| {
+            (std::ptr::eq(*t, text) || *t == text)
+                && o.service == service.value(i)
+                && o.scope_name == scope_name.value(i)
+                && o.scope_version == scope_version.value(i)
+        });
+        let origin = match known {
+            Some((_, o)) => o.clone(),
+            None => {
                 let o = Arc::new(Origin {
                     service: service.value(i).to_string(),
-                    resource: attrs_from_json(&parse(res.value(i))?),
+                    resource: attrs_from_json(&parse(text)?),
                     scope_name: scope_name.value(i).to_string(),
                     scope_version: scope_version.value(i).to_string(),
                 });
-                last_origin = Some(o.clone());
+                if origins.len() == MAX_ORIGINS {
+                    origins.remove(0);
+                }
+                origins.push((text, o.clone()));
                 o
             }
         };

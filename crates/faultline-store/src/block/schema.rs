@@ -27,7 +27,12 @@ pub fn schema() -> SchemaRef {
         Field::new("status_code", DataType::Int32, false),
         s("status_message"),
         s("attributes"),
-        s("resource_attributes"),
+        // One resource serves many spans: an Arrow dictionary of its JSON (see `writer.rs`).
+        Field::new(
+            "resource_attributes",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        ),
         s("scope_name"),
         s("scope_version"),
         s("events"),
