@@ -5,10 +5,12 @@
 //!
 //! - [`loadgen`]: realistic multi-service traces over OTLP/HTTP or OTLP/gRPC, and the
 //!   single-core decode ceiling of the same requests; [`varied`] is its production-like
-//!   profile (fresh high-cardinality values, varied durations);
+//!   profile (fresh high-cardinality values, varied durations), [`fresh`] its probe of how
+//!   soon acknowledged traces are readable;
 //! - [`store`]: query latency at the store level on a stopped server's data directory;
 //! - [`http`]: query latency over HTTP with concurrent clients, against a running server.
 
+pub mod fresh;
 pub mod http;
 pub mod loadgen;
 pub mod store;

@@ -6,7 +6,8 @@
 //! at generation time, so every request carries unique traces and generation costs a
 //! memcpy, not an encode. `--ack-log FILE` writes one line per acknowledged request
 //! (`<request number> <spans> <trace id>,<trace id>,...`), which the crash tests compare
-//! with what survives in the WAL.
+//! with what survives in the WAL. `--probe-api URL` also measures how soon acknowledged
+//! traces are readable by id (see `fresh.rs`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,6 +74,12 @@ pub struct LoadgenArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    /// Query API (base URL) to probe: how soon an acknowledged trace is readable by id.
+    #[arg(long)]
+    pub probe_api: Option<String>,
+    /// Seconds between freshness probes.
+    #[arg(long, default_value_t = 1.0)]
+    pub probe_every: f64,
 }
 
 const SERVICES: &[(&str, &[&str])] = &[
@@ -845,6 +852,7 @@ fn record(
     ack: Ack<'_>,
     ack_log: Option<&Mutex<std::io::BufWriter<std::fs::File>>>,
     acked_spans: &AtomicU64,
+    probe: Option<&crate::fresh::Probe>,
 ) -> bool {
     let log = |line: String| {
         if let Some(log) = ack_log
@@ -862,6 +870,9 @@ fn record(
             totals.ok_spans += spans as u64;
             acked_spans.fetch_add(spans as u64, Ordering::Relaxed);
             log(format!("{} {spans} {}", ack.n, ack.ids.join(",")));
+            if let (Some(p), Some(id)) = (probe, ack.ids.first()) {
+                p.acked(id);
+            }
             true
         }
         Outcome::Partial(rejected, e) => {
@@ -933,7 +944,17 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
         .map(|r| Duration::from_secs_f64(mean_spans / r.max(1.0)));
     let counter = Arc::new(AtomicU64::new(0));
     let acked_spans = Arc::new(AtomicU64::new(0));
+    let probe = match &args.probe_api {
+        Some(api) => Some(crate::fresh::Probe::new(
+            api,
+            Duration::from_secs_f64(args.probe_every.max(0.0)),
+        )?),
+        None => None,
+    };
     let started = Instant::now();
+    let probing = probe
+        .clone()
+        .map(|p| tokio::spawn(p.run(started + duration)));
     let progress = indicatif::ProgressBar::new(duration.as_secs());
     progress.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
@@ -941,12 +962,13 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     );
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (templates, client, counter, ack_log, acked_spans) = (
+        let (templates, client, counter, ack_log, acked_spans, probe) = (
             templates.clone(),
             client.clone(),
             counter.clone(),
             ack_log.clone(),
             acked_spans.clone(),
+            probe.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut totals = Totals::default();
@@ -971,7 +993,8 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
                     ids: &ids,
                     took: sent.elapsed(),
                 };
-                if !record(&mut totals, outcome, ack, ack_log.as_deref(), &acked_spans) {
+                let logged = (ack_log.as_deref(), probe.as_deref());
+                if !record(&mut totals, outcome, ack, logged.0, &acked_spans, logged.1) {
                     // Refused or failed: the receiver may be restarting; don't spin.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -1018,7 +1041,12 @@ async fn run_async(args: &LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     }
     all.latencies_us.sort_unstable();
     let l = &all.latencies_us;
+    let freshness = match probing {
+        Some(t) => Some(t.await.context("the freshness probe panicked")?.json()),
+        None => None,
+    };
     let summary = serde_json::json!({
+        "readable_after_ack_s": freshness,
         "protocol": args.protocol, "seconds": elapsed, "concurrency": args.concurrency,
         "spans_per_request": mean_spans, "request_bytes": mean_bytes,
         "requests_ok": all.ok_requests, "spans_ok": all.ok_spans,
@@ -1058,6 +1086,21 @@ pub fn print(args: &LoadgenArgs, summary: &serde_json::Value) {
     );
     if let Some(e) = summary["last_error"].as_str() {
         println!("last error: {e}");
+    }
+    let f = &summary["readable_after_ack_s"];
+    if !f.is_null() {
+        println!(
+            "readable by id after acknowledgement: {} probes, s p50 {:.2} p99 {:.2} max {:.2}; never {}{}",
+            f["probes"],
+            f["p50"].as_f64().unwrap_or(0.0),
+            f["p99"].as_f64().unwrap_or(0.0),
+            f["max"].as_f64().unwrap_or(0.0),
+            f["never"],
+            f["last_error"]
+                .as_str()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        );
     }
 }
 
