@@ -146,7 +146,7 @@ def main() -> int:
         driver.get(f"{base}/status")
         shot("6-status")
         parts = [r.get_attribute("data-name") for r in driver.find_elements(By.CSS_SELECTOR, "#status tr.component")]
-        check(parts == ["wal", "disk", "indexing", "backlog", "sealing", "store", "memory", "lanes", "dead letters"], f"status parts: {parts}")
+        check(parts == ["wal", "disk", "indexing", "backlog", "sealing", "store", "memory", "lanes", "dead letters", "sampling policy"], f"status parts: {parts}")
         seen["status"] = driver.find_element(By.ID, "overall").text
     except CheckFailed as e:
         print(f"check failed: {e}", file=sys.stderr)

@@ -1,6 +1,7 @@
 //! The query API served on the HTTP port: Jaeger's v1 JSON API (`jaeger.rs`), Jaeger's
 //! api_v3 over HTTP answering in OTLP JSON (`v3.rs`), and the native RED and trace summary
-//! endpoints (`native.rs`), with the parameter parsing they share (`params.rs`).
+//! endpoints (`native.rs`), with the parameter parsing they share (`params.rs`); and the
+//! sampling port's Jaeger remote sampling endpoint (`sampling.rs`).
 //!
 //! **Architecture invariant:** the API layer knows nothing about file formats; it reads
 //! through [`faultline_store::SpanStore`] and is the only layer that serialises JSON for
@@ -15,6 +16,7 @@ pub mod jaeger;
 pub mod native;
 pub mod ops;
 pub mod params;
+pub mod sampling;
 pub mod status;
 pub mod v3;
 
@@ -175,7 +177,8 @@ pub fn router() -> Router<ApiState> {
         .merge(shaped(
             native::router()
                 .merge(status::router())
-                .merge(ops::router()),
+                .merge(ops::router())
+                .merge(sampling::api_router()),
             Shape::Native,
         ))
 }
@@ -273,6 +276,8 @@ mod cache_tests {
                     start_s,
                     count: n,
                     errors: 0,
+                    stored: n,
+                    stored_errors: 0,
                     p50_ms: None,
                     p90_ms: None,
                     p99_ms: None,
@@ -297,6 +302,8 @@ mod cache_tests {
                     start_s,
                     count: 0,
                     errors: 0,
+                    stored: 0,
+                    stored_errors: 0,
                     p50_ms: None,
                     p90_ms: None,
                     p99_ms: None,

@@ -8,18 +8,21 @@
 //! ```json
 //! {"service": "cart", "operation": null, "spanKind": null, "start": 1700000000,
 //!  "end": 1700003600, "step": 60, "complete": true, "partialReasons": [],
-//!  "points": [{"start": 1700000000, "count": 1200, "errors": 3, "ratePerSecond": 20.0,
-//!              "errorRate": 0.0025, "p50Ms": 12.1, "p90Ms": 40.2, "p99Ms": 95.0,
-//!              "meanMs": 18.4}]}
+//!  "points": [{"start": 1700000000, "count": 1200, "errors": 3, "storedCount": 120,
+//!              "storedErrors": 1, "ratePerSecond": 20.0, "errorRate": 0.0025,
+//!              "p50Ms": 12.1, "p90Ms": 40.2, "p99Ms": 95.0, "meanMs": 18.4}]}
 //! ```
 //!
-//! Latency quantiles come from DDSketches with 1% relative accuracy; counts and the mean
-//! are exact. Bad parameters get a 400 that names them (`{"error": "...", "code": 400,
+//! `count` and `errors` are the spans the stored ones stand for (each weighted by its
+//! adjusted count: `faultline_model::sampling`), so rates and error rates are right when
+//! SDKs sample; `storedCount` and `storedErrors` are the spans stored (equal when nothing
+//! is sampled). Latency quantiles come from DDSketches of the stored spans with 1% relative
+//! accuracy; the mean is exact over the stored spans. Bad parameters get a 400 that names them (`{"error": "...", "code": 400,
 //! "kind": "bad_parameter", "parameter": "step"}`, see `error.rs`).
 //!
 //! `GET /api/v1/dependencies?start=&end=` (Unix seconds, default the last hour) answers
 //! the calls between services: `{"edges": [{"parent", "child", "calls", "errors",
-//! "errorRate", "p50Ms", "p90Ms", "p99Ms", "meanMs"}], "complete", "partialReasons"}`
+//! "storedCalls", "errorRate", "p50Ms", "p90Ms", "p99Ms", "meanMs"}], "complete", "partialReasons"}`
 //! (latency of the callee spans; null for data written before edges had sketches).
 //!
 //! `GET /api/v1/traces/summaries` lists matching traces without their spans. Parameters:
@@ -95,7 +98,7 @@ async fn dependencies(State(st): State<ApiState>, Query(p): Params) -> Result<Re
             let l = d.latency_ms;
             json!({
                 "parent": d.parent, "child": d.child, "calls": d.calls,
-                "errors": d.errors,
+                "errors": d.errors, "storedCalls": d.stored,
                 "errorRate": if d.calls == 0 { 0.0 } else { d.errors as f64 / d.calls as f64 },
                 "p50Ms": l.map(|l| l[0]), "p90Ms": l.map(|l| l[1]),
                 "p99Ms": l.map(|l| l[2]), "meanMs": l.map(|l| l[3]),
@@ -272,6 +275,7 @@ async fn red(State(st): State<ApiState>, Query(p): Params) -> Result<Response, A
         .map(|p| {
             json!({
                 "start": p.start_s, "count": p.count, "errors": p.errors,
+                "storedCount": p.stored, "storedErrors": p.stored_errors,
                 "ratePerSecond": p.count as f64 / step as f64,
                 "errorRate": if p.count == 0 { 0.0 } else { p.errors as f64 / p.count as f64 },
                 "p50Ms": p.p50_ms, "p90Ms": p.p90_ms, "p99Ms": p.p99_ms, "meanMs": p.mean_ms,

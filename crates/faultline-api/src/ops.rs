@@ -67,6 +67,10 @@ pub trait Process: Send + Sync {
     fn metrics(&self) -> String;
     /// Appends dead letters to the WAL again and deletes them. Blocking.
     fn replay_dead_letters(&self, which: &DeadLetters) -> Result<Vec<Replayed>, ReplayError>;
+    /// The sampling policy this process serves, if it serves one.
+    fn sampling_policy(&self) -> Option<faultline_sampling::PolicyHandle> {
+        None
+    }
 }
 
 /// A process with nothing beyond the store (tests, tools).

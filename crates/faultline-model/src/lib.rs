@@ -8,13 +8,15 @@
 //! - [`validate`]: the span rules intake enforces before acknowledging;
 //! - [`health`]: the status report's vocabulary (each stage judges its own parts);
 //! - [`envelope`]: the WAL payload around each accepted request (written by intake, read
-//!   by the pipeline and the operator tools).
+//!   by the pipeline and the operator tools);
+//! - [`sampling`]: adjusted counts (how many spans a sampled span stands for).
 //!
 //! **Invariant:** this crate does no I/O.
 
 pub mod envelope;
 pub mod health;
 pub mod otlp_json;
+pub mod sampling;
 pub mod span;
 pub mod validate;
 pub mod zipkin;

@@ -385,6 +385,23 @@ pub fn to_otlp(spans: &[Span]) -> ExportTraceServiceRequest {
     }
 }
 
+/// `attributes` plus the span's W3C tracestate, when it has one, as the
+/// [`TRACESTATE_ATTR`](crate::sampling::TRACESTATE_ATTR) attribute (as Jaeger stores it):
+/// its `ot=th:` threshold gives the span's adjusted count.
+fn with_tracestate(mut attributes: Attributes, trace_state: String) -> Attributes {
+    if !trace_state.is_empty()
+        && !attributes
+            .iter()
+            .any(|(k, _)| k == crate::sampling::TRACESTATE_ATTR)
+    {
+        attributes.push((
+            crate::sampling::TRACESTATE_ATTR.to_string(),
+            AttrValue::Str(trace_state),
+        ));
+    }
+    attributes
+}
+
 /// Like [`from_otlp`], consuming the request so strings move instead of being copied
 /// (the store pipeline's path: it decodes a request only to convert it).
 pub fn from_otlp_owned(req: ExportTraceServiceRequest) -> Vec<Span> {
@@ -425,7 +442,7 @@ pub fn from_otlp_owned(req: ExportTraceServiceRequest) -> Vec<Span> {
                     end_ns: sp.end_time_unix_nano,
                     status,
                     status_message,
-                    attributes: attrs_into(sp.attributes),
+                    attributes: with_tracestate(attrs_into(sp.attributes), sp.trace_state),
                     events: sp
                         .events
                         .into_iter()
@@ -505,7 +522,10 @@ pub fn from_otlp(req: &ExportTraceServiceRequest) -> Vec<Span> {
                         .as_ref()
                         .map(|s| s.message.clone())
                         .unwrap_or_default(),
-                    attributes: attrs_from_otlp(&sp.attributes),
+                    attributes: with_tracestate(
+                        attrs_from_otlp(&sp.attributes),
+                        sp.trace_state.clone(),
+                    ),
                     events: sp
                         .events
                         .iter()

@@ -1,6 +1,9 @@
 //! RED rollups: per minute and per (service, operation, span kind), the span count, the
-//! error count and a mergeable latency sketch (DDSketch, 1% relative accuracy), computed
-//! from every span the store receives. They answer "rate, errors and latency of service X
+//! error count, their estimates weighted by each span's adjusted count (how many spans a
+//! sampled span stands for: `faultline_model::sampling`), and a mergeable latency sketch
+//! (DDSketch, 1% relative accuracy, of the stored spans), computed from every span the
+//! store receives. Rates and error rates come from the weighted estimates, so they stay
+//! right when services sample at different rates. They answer "rate, errors and latency of service X
 //! over the last hour" from at most 60 x operations cells, whatever the span volume.
 //!
 //! In memory, [`Rollups`] holds every minute. On disk, each sealed block has a rollup file
@@ -10,8 +13,8 @@
 //!
 //! ```text
 //! 0   8  magic     b"FLTRED01"
-//! 8   4  version   3 (versions 1, without edges, and 2, without edge sketches, are
-//!                  still read)
+//! 8   4  version   4 (versions 1, without edges, 2, without edge sketches, and 3,
+//!                  without weighted counts, are still read: their weights are the counts)
 //! 12  4  cells     number of cells
 //! then per cell:
 //!     8  minute    Unix minute (seconds / 60)
@@ -20,11 +23,14 @@
 //!     2  m         operation name length, then m bytes of UTF-8
 //!     8  count     spans
 //!     8  errors    spans with status ERROR
+//!     8  weighted  (version 4) sum of the spans' adjusted counts, f64
+//!     8  w_errors  (version 4) the same over the error spans, f64
 //!     4  k         sketch length, then k bytes: the DDSketch in DataDog's Java-compatible
 //!                  encoding (durations in milliseconds, exact count, sum, min and max)
 //! then (version 2 and later) the service dependency edges:
 //!     4  edges     number of edges
 //!     per edge: 8 minute, 2+n parent service, 2+m child service, 8 calls, 8 errors,
+//!               (version 4) 8 weighted calls and 8 weighted errors as f64,
 //!               and (version 3) 4+k the child spans' latency sketch, encoded as above
 //! ..  4  crc       CRC32C of everything before it
 //! ```
@@ -44,7 +50,7 @@ use faultline_model::span::{Span, SpanKind};
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"FLTRED01";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 
 /// One cell: a minute of one (service, operation, kind).
 #[derive(Clone)]
@@ -53,6 +59,10 @@ pub struct Cell {
     pub count: u64,
     /// Spans with status ERROR.
     pub errors: u64,
+    /// Sum of the spans' adjusted counts: the spans they stand for.
+    pub weighted: f64,
+    /// The same over the error spans.
+    pub weighted_errors: f64,
     /// Durations in milliseconds.
     pub sketch: DDSketch,
 }
@@ -71,6 +81,8 @@ impl Default for Cell {
         Self {
             count: 0,
             errors: 0,
+            weighted: 0.0,
+            weighted_errors: 0.0,
             sketch: DDSketch::new(Config::defaults()),
         }
     }
@@ -86,17 +98,20 @@ impl Cell {
                 self.sketch.quantile(p).ok().flatten()
             }
         };
+        let stored = self.sketch.count();
         RedPoint {
             start_s,
-            count: self.count,
-            errors: self.errors,
+            count: estimate(self.weighted),
+            errors: estimate(self.weighted_errors),
+            stored: self.count,
+            stored_errors: self.errors,
             p50_ms: q(0.5),
             p90_ms: q(0.9),
             p99_ms: q(0.99),
-            mean_ms: if self.count == 0 {
+            mean_ms: if stored == 0 {
                 None
             } else {
-                self.sketch.sum().map(|s| s / self.count as f64)
+                self.sketch.sum().map(|s| s / stored as f64)
             },
         }
     }
@@ -104,8 +119,26 @@ impl Cell {
     fn merge(&mut self, other: &Cell) {
         self.count += other.count;
         self.errors += other.errors;
+        self.weighted += other.weighted;
+        self.weighted_errors += other.weighted_errors;
         // Sketches made with the same config always merge.
         let _ = self.sketch.merge(&other.sketch);
+    }
+}
+
+/// An f64 from 8 little-endian bytes (`take` always yields 8 here).
+fn f64_at(b: &[u8]) -> f64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    f64::from_le_bytes(a)
+}
+
+/// A sum of adjusted counts as a whole number of spans (sums of 1s are exact).
+fn estimate(weighted: f64) -> u64 {
+    if weighted.is_finite() && weighted > 0.0 {
+        weighted.round() as u64
+    } else {
+        0
     }
 }
 
@@ -129,10 +162,13 @@ pub struct Dependency {
     pub parent: String,
     /// Called service (the child span's).
     pub child: String,
-    /// Calls: child spans whose parent is in the other service.
+    /// Calls: child spans whose parent is in the other service, estimated from their
+    /// adjusted counts.
     pub calls: u64,
-    /// Calls whose child span is an error.
+    /// Calls whose child span is an error, estimated likewise.
     pub errors: u64,
+    /// Calls stored (child spans kept by sampling).
+    pub stored: u64,
     /// Latency of the calls (the child spans) in milliseconds: p50, p90, p99 (1% relative
     /// accuracy) and the exact mean; `None` when the data predates edge sketches.
     pub latency_ms: Option<[f64; 4]>,
@@ -151,10 +187,15 @@ impl std::fmt::Debug for Rollups {
 pub struct RedPoint {
     /// Start of the step, Unix seconds.
     pub start_s: u64,
-    /// Spans in the step.
+    /// Spans in the step, estimated from the stored spans' adjusted counts (equal to
+    /// `stored` when nothing was sampled).
     pub count: u64,
-    /// Error spans in the step.
+    /// Error spans in the step, estimated likewise.
     pub errors: u64,
+    /// Spans stored in the step.
+    pub stored: u64,
+    /// Error spans stored in the step.
+    pub stored_errors: u64,
     /// Latency quantiles and mean in milliseconds (None when there were no spans).
     pub p50_ms: Option<f64>,
     /// 90th percentile.
@@ -179,22 +220,24 @@ impl Rollups {
             None => ops.entry(s.name.clone()).or_default(),
         };
         let cell = kinds[s.kind as usize].get_or_insert_with(Box::default);
+        let weight = faultline_model::sampling::adjusted_count(&s.attributes);
         cell.count += 1;
+        cell.weighted += weight;
         if s.is_error() {
             cell.errors += 1;
+            cell.weighted_errors += weight;
         }
         cell.sketch.add(s.duration_ns() as f64 / 1e6);
     }
 
     /// Counts one call from `parent` to `child` service, in the child span's minute, with
-    /// the child span's duration.
+    /// the child span's duration and adjusted count.
     pub fn add_edge(
         &mut self,
         start_ns: u64,
         parent: &str,
         child: &str,
-        error: bool,
-        duration_ns: u64,
+        (error, duration_ns, weight): (bool, u64, f64),
     ) {
         let e = self
             .edges
@@ -203,8 +246,10 @@ impl Rollups {
             .entry((parent.to_string(), child.to_string()))
             .or_default();
         e.count += 1;
+        e.weighted += weight;
         if error {
             e.errors += 1;
+            e.weighted_errors += weight;
         }
         e.sketch.add(duration_ns as f64 / 1e6);
     }
@@ -233,8 +278,9 @@ impl Rollups {
                 Dependency {
                     parent,
                     child,
-                    calls: c.count,
-                    errors: c.errors,
+                    calls: estimate(c.weighted),
+                    errors: estimate(c.weighted_errors),
+                    stored: c.count,
                     latency_ms,
                 }
             })
@@ -488,6 +534,8 @@ impl Rollups {
                         }
                         out.extend_from_slice(&c.count.to_le_bytes());
                         out.extend_from_slice(&c.errors.to_le_bytes());
+                        out.extend_from_slice(&c.weighted.to_le_bytes());
+                        out.extend_from_slice(&c.weighted_errors.to_le_bytes());
                         let sk = c.sketch.to_java_bytes();
                         out.extend_from_slice(&(sk.len() as u32).to_le_bytes());
                         out.extend_from_slice(&sk);
@@ -508,6 +556,8 @@ impl Rollups {
                 }
                 out.extend_from_slice(&c.count.to_le_bytes());
                 out.extend_from_slice(&c.errors.to_le_bytes());
+                out.extend_from_slice(&c.weighted.to_le_bytes());
+                out.extend_from_slice(&c.weighted_errors.to_le_bytes());
                 let sk = c.sketch.to_java_bytes();
                 out.extend_from_slice(&(sk.len() as u32).to_le_bytes());
                 out.extend_from_slice(&sk);
@@ -558,6 +608,12 @@ impl Rollups {
             c.copy_from_slice(take(8)?);
             let mut e = [0u8; 8];
             e.copy_from_slice(take(8)?);
+            let (count, errors) = (u64::from_le_bytes(c), u64::from_le_bytes(e));
+            let (weighted, weighted_errors) = if version >= 4 {
+                (f64_at(take(8)?), f64_at(take(8)?))
+            } else {
+                (count as f64, errors as f64)
+            };
             let l = take(4)?;
             let k = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
             let sketch =
@@ -573,8 +629,10 @@ impl Rollups {
                 .entry(op)
                 .or_default();
             slot[kind] = Some(Box::new(Cell {
-                count: u64::from_le_bytes(c),
-                errors: u64::from_le_bytes(e),
+                count,
+                errors,
+                weighted,
+                weighted_errors,
                 sketch,
             }));
         }
@@ -596,6 +654,12 @@ impl Rollups {
                 c.copy_from_slice(take(8)?);
                 let mut e = [0u8; 8];
                 e.copy_from_slice(take(8)?);
+                let (count, errors) = (u64::from_le_bytes(c), u64::from_le_bytes(e));
+                let (weighted, weighted_errors) = if version >= 4 {
+                    (f64_at(take(8)?), f64_at(take(8)?))
+                } else {
+                    (count as f64, errors as f64)
+                };
                 let sketch = if version >= 3 {
                     let l = take(4)?;
                     let k = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
@@ -609,8 +673,10 @@ impl Rollups {
                 r.edges.entry(u64::from_le_bytes(m)).or_default().insert(
                     (parent, child),
                     Cell {
-                        count: u64::from_le_bytes(c),
-                        errors: u64::from_le_bytes(e),
+                        count,
+                        errors,
+                        weighted,
+                        weighted_errors,
                         sketch,
                     },
                 );
@@ -751,7 +817,7 @@ mod edge_tests {
     fn edges_round_trip_with_their_latency() {
         let mut r = Rollups::default();
         for ms in 1..=100u64 {
-            r.add_edge(1_000, "a", "b", ms % 10 == 0, ms * 1_000_000);
+            r.add_edge(1_000, "a", "b", (ms % 10 == 0, ms * 1_000_000, 1.0));
         }
         let back = Rollups::decode(&r.encode()).unwrap();
         let deps = back.dependencies(0, 120);
@@ -801,7 +867,7 @@ mod edge_tests {
     #[test]
     fn version_2_edges_are_read_without_latency() {
         let mut r = Rollups::default();
-        r.add_edge(1_000, "a", "b", false, 5_000_000);
+        r.add_edge(1_000, "a", "b", (false, 5_000_000, 1.0));
         // A version 2 file: the same layout without edge sketches.
         let mut v2 = Vec::new();
         v2.extend_from_slice(MAGIC);

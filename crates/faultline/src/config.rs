@@ -13,6 +13,14 @@
 //! otlp_http = "127.0.0.1:4318"           # --otlp-http, FAULTLINE_OTLP_HTTP
 //! zipkin    = "127.0.0.1:9411"           # --zipkin, FAULTLINE_ZIPKIN
 //! http      = "127.0.0.1:16686"          # --http, FAULTLINE_HTTP (API, UI, /ready, /metrics)
+//! sampling  = "127.0.0.1:5778"           # --sampling, FAULTLINE_SAMPLING (Jaeger remote
+//!                                        #   sampling: GET /sampling?service=NAME)
+//!
+//! [sampling]
+//! policy_file = (none)                   # --sampling-policy, FAULTLINE_SAMPLING_POLICY;
+//!                                        #   TOML, or Jaeger's strategies JSON (*.json);
+//!                                        #   read again within a second of each change;
+//!                                        #   none: every SDK is told to keep every trace
 //!
 //! [wal]
 //! durability    = "fsync"                # --durability; or "os": acknowledge after write(),
@@ -78,6 +86,13 @@ pub struct ServeArgs {
     /// HTTP API listen address [default: 127.0.0.1:16686].
     #[arg(long, env = "FAULTLINE_HTTP")]
     pub http: Option<SocketAddr>,
+    /// Jaeger remote sampling listen address [default: 127.0.0.1:5778].
+    #[arg(long, env = "FAULTLINE_SAMPLING")]
+    pub sampling: Option<SocketAddr>,
+    /// Sampling policy file served to every SDK (TOML, or Jaeger's strategies JSON when
+    /// it ends in .json), reloaded when it changes [default: keep every trace].
+    #[arg(long, env = "FAULTLINE_SAMPLING_POLICY")]
+    pub sampling_policy: Option<PathBuf>,
     /// WAL durability: fsync (default) or os.
     #[arg(long, env = "FAULTLINE_DURABILITY")]
     pub durability: Option<String>,
@@ -140,6 +155,14 @@ struct FileConfig {
     intake: IntakeFile,
     #[serde(default)]
     store: StoreFile,
+    #[serde(default)]
+    sampling: SamplingFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplingFile {
+    policy_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +172,7 @@ struct ListenFile {
     otlp_http: Option<SocketAddr>,
     zipkin: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    sampling: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +227,8 @@ pub struct Listen {
     pub zipkin: SocketAddr,
     /// The API, the UI, `/ready`, `/metrics`.
     pub http: SocketAddr,
+    /// Jaeger remote sampling.
+    pub sampling: SocketAddr,
 }
 
 /// Everything `faultline serve` runs with, merged and checked.
@@ -220,6 +246,8 @@ pub struct Settings {
     pub store: StoreOptions,
     /// The pipeline (the backlog-first threshold is set from intake's shedding threshold).
     pub pipeline: PipelineOptions,
+    /// The sampling policy file, if one is configured.
+    pub sampling_policy: Option<PathBuf>,
 }
 
 impl Settings {
@@ -241,6 +269,7 @@ impl Settings {
             intake: intake(&args, file.intake)?,
             store: store(&args, &file.store, &data_dir)?,
             pipeline: pipeline(&args, &file.store, &data_dir)?,
+            sampling_policy: args.sampling_policy.clone().or(file.sampling.policy_file),
             data_dir,
         })
     }
@@ -257,6 +286,7 @@ fn listen(args: &ServeArgs, f: &ListenFile) -> anyhow::Result<Listen> {
         otlp_http: addr(args.otlp_http, f.otlp_http, "127.0.0.1:4318")?,
         zipkin: addr(args.zipkin, f.zipkin, "127.0.0.1:9411")?,
         http: addr(args.http, f.http, "127.0.0.1:16686")?,
+        sampling: addr(args.sampling, f.sampling, "127.0.0.1:5778")?,
     })
 }
 

@@ -22,6 +22,7 @@ use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Rep
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
 use faultline_pipeline::{Pipeline, PipelineMetrics, PipelineView};
+use faultline_sampling::{Policy, PolicyHandle, SamplingMetrics};
 use faultline_store::Store;
 use faultline_wal::{Durability, Wal};
 
@@ -50,7 +51,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The order of the parts on the status page: along the flow of a span.
-const STATUS_ORDER: [&str; 9] = [
+const STATUS_ORDER: [&str; 10] = [
     "wal",
     "disk",
     "indexing",
@@ -60,6 +61,7 @@ const STATUS_ORDER: [&str; 9] = [
     "memory",
     "lanes",
     "dead letters",
+    "sampling policy",
 ];
 
 /// What the API asks of the process, answered from intake, the pipeline and the store.
@@ -70,6 +72,8 @@ struct Wiring {
     registry: Registry,
     pipeline_metrics: PipelineMetrics,
     ready: Arc<AtomicBool>,
+    sampling: PolicyHandle,
+    sampling_metrics: SamplingMetrics,
 }
 
 impl Process for Wiring {
@@ -81,6 +85,7 @@ impl Process for Wiring {
         let mut parts = self.intake.health();
         parts.extend(self.pipeline.health());
         parts.push(self.store.health());
+        parts.push(self.sampling.health());
         parts.sort_by_key(|c| {
             STATUS_ORDER
                 .iter()
@@ -106,10 +111,15 @@ impl Process for Wiring {
     fn metrics(&self) -> String {
         self.intake.refresh_gauges();
         self.pipeline_metrics.refresh(&self.pipeline);
+        self.sampling_metrics.refresh(&self.sampling);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    fn sampling_policy(&self) -> Option<PolicyHandle> {
+        Some(self.sampling.clone())
     }
 
     fn replay_dead_letters(&self, which: &DeadLetters) -> Result<Vec<Replayed>, ReplayError> {
@@ -196,6 +206,17 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("faultline");
     let metrics = Arc::new(Metrics::new(&mut registry));
     let pipeline_metrics = PipelineMetrics::new(&mut registry);
+    let sampling_metrics = SamplingMetrics::new(&mut registry);
+    // The policy first: a bad policy file stops the start before anything is opened.
+    let sampling = match &s.sampling_policy {
+        Some(path) => PolicyHandle::from_file(path).context(
+            "cannot start with this sampling policy; fix it or start without --sampling-policy",
+        )?,
+        None => PolicyHandle::fixed(Policy::default()),
+    };
+    let _policy_watcher = sampling
+        .watch(std::time::Duration::from_secs(1))
+        .context("cannot start the sampling policy watcher thread")?;
     let store = open_store(&s).await?;
     let wal = open_wal(&s, &metrics, store.source_seq()).await?;
     // Before intake opens: everything committed so far is the backlog behind live data.
@@ -212,6 +233,8 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             registry,
             pipeline_metrics,
             ready: ready.clone(),
+            sampling: sampling.clone(),
+            sampling_metrics,
         }),
         cache: Arc::new(QueryCache::new(
             std::time::Duration::from_millis(500),
@@ -223,6 +246,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let http_l = bind(l.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
     let zipkin_l = bind(l.zipkin, "Zipkin", "--zipkin").await?;
     let api_l = bind(l.http, "the HTTP API", "--http").await?;
+    let sampling_l = bind(l.sampling, "Jaeger remote sampling", "--sampling").await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -257,16 +281,27 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         .merge(faultline_ui::router())
         .with_state(state);
     let api = axum::serve(nodelay(api_l), app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let sampling_srv = axum::serve(
+        nodelay(sampling_l),
+        faultline_api::sampling::router(sampling),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
 
     let tasks = vec![
         tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
         tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),
         tokio::spawn(async move { zipkin.await.context("Zipkin server failed") }),
         tokio::spawn(async move { api.await.context("HTTP API server failed") }),
+        tokio::spawn(async move {
+            sampling_srv
+                .await
+                .context("Jaeger remote sampling server failed")
+        }),
     ];
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
+        sampling = %l.sampling,
         data_dir = %s.data_dir.display(),
         "faultline is accepting spans"
     );

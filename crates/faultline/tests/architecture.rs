@@ -51,13 +51,19 @@ fn deps(krate: &str) -> BTreeSet<String> {
 const ALLOWED: &[(&str, &[&str])] = &[
     ("faultline-model", &[]),
     ("faultline-wal", &[]),
+    // The sampling policy and arithmetic: used by the API (the sampling port) and, for
+    // adjusted counts, by the stages that read spans.
+    ("faultline-sampling", &["faultline-model"]),
     ("faultline-intake", &["faultline-model", "faultline-wal"]),
     (
         "faultline-pipeline",
         &["faultline-model", "faultline-wal", "faultline-store"],
     ),
     ("faultline-store", &["faultline-model"]),
-    ("faultline-api", &["faultline-model", "faultline-store"]),
+    (
+        "faultline-api",
+        &["faultline-model", "faultline-store", "faultline-sampling"],
+    ),
     (
         "faultline-ui",
         &["faultline-model", "faultline-store", "faultline-api"],

@@ -24,11 +24,12 @@ fn config_file_env_and_flags_in_that_order() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\n[listen]\nhttp = \"127.0.0.1:{file_api}\"\notlp_grpc = \"127.0.0.1:{}\"\notlp_http = \"127.0.0.1:{}\"\nzipkin = \"127.0.0.1:{}\"\n[wal]\ndurability = \"os\"\n",
+            "data_dir = \"{}\"\n[listen]\nhttp = \"127.0.0.1:{file_api}\"\notlp_grpc = \"127.0.0.1:{}\"\notlp_http = \"127.0.0.1:{}\"\nzipkin = \"127.0.0.1:{}\"\nsampling = \"127.0.0.1:{}\"\n[wal]\ndurability = \"os\"\n",
             tmp.path().join("from-file").display(),
             p.grpc,
             p.http,
-            p.zipkin
+            p.zipkin,
+            p.sampling
         ),
     )
     .unwrap();
@@ -114,6 +115,8 @@ fn bad_config_and_busy_ports_fail_with_clear_messages() {
             &format!("127.0.0.1:{}", p.zipkin),
             "--http",
             &format!("127.0.0.1:{}", p.api),
+            "--sampling",
+            &format!("127.0.0.1:{}", p.sampling),
         ])
         .output()
         .unwrap();

@@ -63,6 +63,7 @@ fn every_acknowledged_span_survives_sigkill() {
                 .args(["--otlp-http", &format!("127.0.0.1:{}", common::free_port())])
                 .args(["--zipkin", &format!("127.0.0.1:{}", common::free_port())])
                 .args(["--http", &format!("127.0.0.1:{}", common::free_port())])
+                .args(["--sampling", &format!("127.0.0.1:{}", common::free_port())])
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();

@@ -352,7 +352,8 @@ fn pages_say_plainly_when_a_block_is_missing() {
             "store",
             "memory",
             "lanes",
-            "dead letters"
+            "dead letters",
+            "sampling policy"
         ]
     );
     server.stop();

@@ -37,6 +37,8 @@ pub fn schema() -> SchemaRef {
         s("scope_version"),
         s("events"),
         s("links"),
+        // Format 5: the spans each row stands for (`faultline_model::sampling`).
+        Field::new("adjusted_count", DataType::Float64, false),
     ]))
 }
 

@@ -198,7 +198,7 @@ fn write_parquet(
         .set_key_value_metadata(Some(vec![
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.format".into(),
-                "4".to_string(),
+                "5".to_string(),
             ),
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.min_start_ns".into(),
@@ -222,6 +222,12 @@ fn write_parquet(
         .set_column_compression(ColumnPath::from("scope_name"), Compression::UNCOMPRESSED)
         .set_column_compression(ColumnPath::from("scope_version"), Compression::UNCOMPRESSED)
         .set_column_compression(ColumnPath::from("links"), Compression::UNCOMPRESSED)
+        // Almost always 1.0 or a few sampling rates: dictionary indices, nothing to
+        // decompress.
+        .set_column_compression(
+            ColumnPath::from("adjusted_count"),
+            Compression::UNCOMPRESSED,
+        )
         .set_column_compression(
             ColumnPath::from("attribute_keys"),
             Compression::UNCOMPRESSED,
@@ -429,6 +435,7 @@ struct Columns<'a> {
     scope_version: StringBuilder,
     events: StringBuilder,
     links: StringBuilder,
+    adjusted: arrow_array::builder::Float64Builder,
     /// Scratch for JSON values.
     buf: String,
     promoted: Promoted<'a>,
@@ -513,6 +520,7 @@ impl<'a> Columns<'a> {
             scope_version: strings(4),
             events: strings(2),
             links: strings(2),
+            adjusted: arrow_array::builder::Float64Builder::with_capacity(n),
             buf: String::with_capacity(512),
             promoted: Promoted {
                 keys: strings(if promoted.is_empty() { 0 } else { 96 }),
@@ -576,6 +584,8 @@ impl<'a> Columns<'a> {
         self.scope_name.append_value(&s.origin.scope_name);
         self.scope_version.append_value(&s.origin.scope_version);
         self.push_events_and_links(s);
+        self.adjusted
+            .append_value(faultline_model::sampling::adjusted_count(&s.attributes));
         Ok(())
     }
 
@@ -641,6 +651,7 @@ impl<'a> Columns<'a> {
             Arc::new(self.scope_version.finish()),
             Arc::new(self.events.finish()),
             Arc::new(self.links.finish()),
+            Arc::new(self.adjusted.finish()),
         ];
         let p = &mut self.promoted;
         if !p.columns.is_empty() {

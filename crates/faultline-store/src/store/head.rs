@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
+use faultline_model::sampling::adjusted_count;
 use faultline_model::span::{Span, TraceId};
 
 use super::query::HEAD;
@@ -59,8 +60,8 @@ pub(crate) fn advanced(manifest: &Manifest, pending: &mut SeqRanges, head: &Head
 }
 
 /// A call between services found while ingesting: child start, parent service, child
-/// service, child is an error, child duration.
-type Edge = (u64, String, String, bool, u64);
+/// service, and of the child: error, duration, adjusted count.
+type Edge = (u64, String, String, (bool, u64, f64));
 
 impl Head {
     /// Adds spans; returns the service-to-service calls their arrival completed.
@@ -81,8 +82,7 @@ impl Head {
                                 s.start_ns,
                                 parent.service().to_string(),
                                 s.service().to_string(),
-                                s.is_error(),
-                                s.duration_ns(),
+                                (s.is_error(), s.duration_ns(), adjusted_count(&s.attributes)),
                             ));
                         }
                     }
@@ -97,8 +97,11 @@ impl Head {
                             child.start_ns,
                             s.service().to_string(),
                             child.service().to_string(),
-                            child.is_error(),
-                            child.duration_ns(),
+                            (
+                                child.is_error(),
+                                child.duration_ns(),
+                                adjusted_count(&child.attributes),
+                            ),
                         ));
                     }
                 }
@@ -110,8 +113,8 @@ impl Head {
             }
             self.spans.push(s);
         }
-        for (start, p, c, err, dur) in &edges {
-            self.rollups.add_edge(*start, p, c, *err, *dur);
+        for (start, p, c, call) in &edges {
+            self.rollups.add_edge(*start, p, c, *call);
         }
         self.max_seq = self.max_seq.max(seq);
         edges
@@ -234,8 +237,8 @@ impl Store {
             }
         }
         let edges = inner.head.push(seq, spans);
-        for (start, p, c, err, dur) in &edges {
-            inner.rollups.add_edge(*start, p, c, *err, *dur);
+        for (start, p, c, call) in &edges {
+            inner.rollups.add_edge(*start, p, c, *call);
         }
         Ok(())
     }

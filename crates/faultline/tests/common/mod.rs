@@ -51,6 +51,7 @@ pub struct Server {
     pub http: u16,
     pub zipkin: u16,
     pub api: u16,
+    pub sampling: u16,
     pub log: PathBuf,
 }
 
@@ -59,6 +60,7 @@ pub struct Ports {
     pub http: u16,
     pub zipkin: u16,
     pub api: u16,
+    pub sampling: u16,
 }
 
 impl Ports {
@@ -68,6 +70,7 @@ impl Ports {
             http: free_port(),
             zipkin: free_port(),
             api: free_port(),
+            sampling: free_port(),
         }
     }
 }
@@ -133,6 +136,7 @@ impl Server {
             .args(["--otlp-http", &format!("127.0.0.1:{}", p.http)])
             .args(["--zipkin", &format!("127.0.0.1:{}", p.zipkin)])
             .args(["--http", &format!("127.0.0.1:{}", p.api)])
+            .args(["--sampling", &format!("127.0.0.1:{}", p.sampling)])
             .args(extra)
             .env("FAULTLINE_LOG", "info")
             .stdout(Stdio::null())
@@ -146,6 +150,7 @@ impl Server {
             http: p.http,
             zipkin: p.zipkin,
             api: p.api,
+            sampling: p.sampling,
             log,
         };
         s.try_wait_ready(Duration::from_secs(30))?;
@@ -446,4 +451,16 @@ pub fn acked_trace_ids(log: &Path) -> Vec<String> {
         .filter_map(|l| l.split(' ').nth(2))
         .flat_map(|ids| ids.split(',').map(str::to_string).collect::<Vec<_>>())
         .collect()
+}
+
+/// The directory of the Node.js test clients, with their packages installed (by
+/// scripts/test: `npm ci` in tests/clients/node).
+pub fn node_clients() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/node");
+    assert!(
+        dir.join("node_modules/@opentelemetry/sampler-jaeger-remote")
+            .exists(),
+        "the Node.js test clients are not installed: run ./scripts/test (it runs npm ci in tests/clients/node), or npm ci there yourself"
+    );
+    dir
 }
