@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--base", required=True)
     ap.add_argument("--service", required=True)
     ap.add_argument("--screenshots", required=True)
+    ap.add_argument("--skew-trace", help="a trace with planted clock skew: its moved spans are marked")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     args = ap.parse_args()
@@ -148,6 +149,29 @@ def main() -> int:
         parts = [r.get_attribute("data-name") for r in driver.find_elements(By.CSS_SELECTOR, "#status tr.component")]
         check(parts == ["wal", "disk", "indexing", "backlog", "sealing", "store", "memory", "lanes", "dead letters", "sampling policy"], f"status parts: {parts}")
         seen["status"] = driver.find_element(By.ID, "overall").text
+
+        # 7. Clock skew: the moved spans are marked, with their amount and basis; the
+        # switch shows the stored times.
+        if args.skew_trace:
+            driver.get(f"{base}/trace/{args.skew_trace}")
+            shot("7-skew")
+            marked = driver.find_elements(By.CSS_SELECTOR, "#waterfall tr.span-row.skewed")
+            check(len(marked) == 3, f"moved spans marked: {len(marked)}")
+            marks = [m.text for m in driver.find_elements(By.CSS_SELECTOR, "#waterfall .skewmark")]
+            check(any("moved −2.0" in m for m in marks), f"the 2 s move is shown: {marks}")
+            check(any("moved −29" in m or "moved −30" in m for m in marks), f"the 300 ms move is shown: {marks}")
+            marked[0].click()
+            detail = driver.find_element(
+                By.CSS_SELECTOR, f"tr.detail[data-detail-of='{marked[0].get_attribute('data-span')}']"
+            )
+            check("Clock skew corrected" in detail.text and "client/server calls" in detail.text,
+                  f"the basis in the span's details: {detail.text[:200]}")
+            seen["skew_marks"] = marks
+            driver.find_element(By.LINK_TEXT, "Show stored times").click()
+            shot("7b-skew-raw")
+            check(len(driver.find_elements(By.CSS_SELECTOR, "#waterfall tr.skewed")) == 0,
+                  "stored times: nothing marked")
+            check("Correct clock skew" in driver.find_element(By.ID, "skew").text, "the switch back")
     except CheckFailed as e:
         print(f"check failed: {e}", file=sys.stderr)
         return 1

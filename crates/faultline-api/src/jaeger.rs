@@ -85,14 +85,15 @@ async fn search(
         .filter(|(k, v)| k == "traceID" && !v.is_empty())
         .map(|(_, v)| parse_trace_id("traceID", v))
         .collect::<Result<Vec<_>, _>>()?;
+    let raw = wants_raw(&p);
     if !ids.is_empty() {
-        return traces_answer(&st, ids, Completeness::default(), None).await;
+        return traces_answer(&st, ids, Completeness::default(), None, raw).await;
     }
     let q = parse_search(&p, crate::params::now_ns())?;
     let range = Some((q.start_ns, q.end_ns));
     let (found, c) = crate::query(&st, move |store| store.search(&q)).await?;
     let ids = found.iter().map(|s| s.trace_id).collect();
-    traces_answer(&st, ids, c, range).await
+    traces_answer(&st, ids, c, range, raw).await
 }
 
 /// Reads whole traces and answers them in Jaeger's envelope, in the given order.
@@ -101,14 +102,18 @@ async fn traces_answer(
     ids: Vec<TraceId>,
     c: Completeness,
     range: Option<(u64, u64)>,
+    raw: bool,
 ) -> Result<Response, ApiError> {
     let (traces, reasons) = crate::query(st, move |store| {
         let mut out = Vec::with_capacity(ids.len());
         let mut reasons = Vec::new();
+        let estimates = store.clock_offsets();
         for (id, a) in ids.iter().zip(store.traces(&ids)?) {
             reasons.extend(a.completeness.reasons);
             if !a.spans.is_empty() {
-                out.push((*id, a.spans));
+                let mut spans = a.spans;
+                let warnings = adjust_skew(&mut spans, &estimates, raw);
+                out.push((*id, spans, warnings));
             }
         }
         Ok((out, reasons))
@@ -120,7 +125,10 @@ async fn traces_answer(
             c.reasons.push(r);
         }
     }
-    let data: Vec<JaegerTrace<'_>> = traces.iter().map(|(id, s)| trace_json(id, s)).collect();
+    let data: Vec<JaegerTrace<'_>> = traces
+        .iter()
+        .map(|(id, s, w)| trace_json(id, s).with_warnings(w))
+        .collect();
     let n = data.len();
     Ok(envelope(data, n, &c))
 }
@@ -240,6 +248,8 @@ fn attr_json(v: &AttrValue) -> Value {
 struct JaegerSpan<'a> {
     span: &'a Span,
     process_id: &'a str,
+    /// Why the span's times differ from what was stored (clock-skew correction).
+    warning: Option<&'a str>,
 }
 
 /// Jaeger's `references`: the parent as `CHILD_OF`, links as `FOLLOWS_FROM`.
@@ -358,7 +368,10 @@ impl Serialize for JaegerSpan<'_> {
         m.serialize_entry("tags", &SpanTags(s))?;
         m.serialize_entry("logs", &Logs(s))?;
         m.serialize_entry("processID", self.process_id)?;
-        m.serialize_entry("warnings", &())?;
+        match self.warning {
+            Some(w) => m.serialize_entry("warnings", &[w])?,
+            None => m.serialize_entry("warnings", &())?,
+        }
         m.serialize_entry("flags", &1)?;
         m.end()
     }
@@ -397,6 +410,8 @@ pub struct JaegerTrace<'a> {
     /// One span's origin per distinct process (equal processes from different requests
     /// share one id).
     processes: Vec<&'a faultline_model::span::Origin>,
+    /// Per span index, a warning (empty: none).
+    warnings: &'a [Option<String>],
 }
 
 /// A Jaeger trace object from spans of one trace.
@@ -426,7 +441,50 @@ pub fn trace_json<'a>(trace_id: &'a TraceId, spans: &'a [Span]) -> JaegerTrace<'
         spans,
         process_of,
         processes,
+        warnings: &[],
     }
+}
+
+impl<'a> JaegerTrace<'a> {
+    /// The trace with a warning on each span that has one (indexed as the spans).
+    #[must_use]
+    pub fn with_warnings(mut self, warnings: &'a [Option<String>]) -> Self {
+        self.warnings = warnings;
+        self
+    }
+}
+
+/// Corrects clock skew in `spans` (`faultline_store::skew`) unless `raw`, and returns a
+/// Jaeger warning per moved span, indexed as the spans (empty when nothing moved).
+pub fn adjust_skew(
+    spans: &mut [Span],
+    estimates: &faultline_store::skew::Estimates,
+    raw: bool,
+) -> Vec<Option<String>> {
+    if raw {
+        return Vec::new();
+    }
+    let moved = faultline_store::skew::correct(spans, estimates);
+    if moved.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![None; spans.len()];
+    for a in moved {
+        out[a.index] = Some(format!(
+            "clock skew adjusted: moved {}{}; {}",
+            if a.shift_ns < 0 { "-" } else { "+" },
+            faultline_store::skew::human(a.shift_ns.unsigned_abs()),
+            a.basis
+        ));
+    }
+    out
+}
+
+/// Whether the request asks for stored times (`raw=true` or `raw=1`) instead of
+/// clock-skew-corrected ones.
+pub fn wants_raw(p: &[(String, String)]) -> bool {
+    p.iter()
+        .any(|(k, v)| k == "raw" && (v == "true" || v == "1"))
 }
 
 impl Serialize for JaegerTrace<'_> {
@@ -437,12 +495,13 @@ impl Serialize for JaegerTrace<'_> {
         struct Spans<'a>(&'a JaegerTrace<'a>, &'a [String]);
         impl Serialize for Spans<'_> {
             fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-                ser.collect_seq(self.0.spans.iter().zip(&self.0.process_of).map(|(s, &p)| {
-                    JaegerSpan {
+                ser.collect_seq(self.0.spans.iter().zip(&self.0.process_of).enumerate().map(
+                    |(i, (s, &p))| JaegerSpan {
                         span: s,
                         process_id: &self.1[p],
-                    }
-                }))
+                        warning: self.0.warnings.get(i).and_then(|w| w.as_deref()),
+                    },
+                ))
             }
         }
         struct Processes<'a>(&'a JaegerTrace<'a>, &'a [String]);
@@ -576,15 +635,29 @@ async fn dependencies(
     Ok(envelope(json!(data), n, &st.with_lag(c, None)))
 }
 
-async fn trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `GET /api/traces/{id}[?raw=true]`: one trace; clock skew corrected unless `raw`.
+async fn trace(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    axum::extract::Query(p): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
     let trace_id = parse_trace_id("trace id", &id)?;
-    let answer = crate::query(&st, move |store| store.trace(&trace_id)).await?;
+    let raw = wants_raw(&p);
+    let (mut answer, estimates) = crate::query(&st, move |store| {
+        Ok((store.trace(&trace_id)?, store.clock_offsets()))
+    })
+    .await?;
     let c = st.with_lag(answer.completeness, None);
     if answer.spans.is_empty() {
         // A trace may be missing because part of the store is: say so here too.
         return Err(ApiError::not_found("trace not found").with_partial(c.reasons));
     }
-    Ok(envelope([trace_json(&trace_id, &answer.spans)], 1, &c))
+    let warnings = adjust_skew(&mut answer.spans, &estimates, raw);
+    Ok(envelope(
+        [trace_json(&trace_id, &answer.spans).with_warnings(&warnings)],
+        1,
+        &c,
+    ))
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ pub struct QueryArgs {
     #[arg(long)]
     pub ids: Vec<PathBuf>,
     /// The search's query string (`--kind search`), e.g.
-    /// `service=gateway&tag=region:eu-west&minDuration=100ms&limit=20&lookback=1h`.
+    /// `service=gateway&tag=region:eu-west&minDuration=100ms&limit=20&lookback=1h`; for
+    /// `--kind trace`, parameters added to each lookup (`raw=true`: no clock-skew
+    /// correction).
     #[arg(long, default_value = "")]
     pub query: String,
     /// The tag whose values `--kind rare` searches for.
@@ -166,8 +168,18 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<serde_json::Value> {
             // Spread over the whole file: a stride prime to its length.
             let stride = 7919 % ids.len().max(1);
             let stride = if stride == 0 { 1 } else { stride };
+            let params = if args.query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", args.query)
+            };
             (0..ids.len().min(100_000))
-                .map(|i| format!("{base}/api/traces/{}", ids[(i * stride) % ids.len()]))
+                .map(|i| {
+                    format!(
+                        "{base}/api/traces/{}{params}",
+                        ids[(i * stride) % ids.len()]
+                    )
+                })
                 .collect()
         }
         "search" => {

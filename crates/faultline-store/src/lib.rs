@@ -6,7 +6,9 @@
 //! - [`manifest`]: the atomically replaced list of blocks;
 //! - [`rollup`]: RED cells per minute with latency sketches, persisted beside each block;
 //! - [`search`]: trace summaries, each block's search index and how a search runs;
-//! - [`seqs`]: sets of WAL sequence numbers (the backlog replayed out of order).
+//! - [`seqs`]: sets of WAL sequence numbers (the backlog replayed out of order);
+//! - [`skew`]: clock-skew estimates from client/server calls, and their read-time
+//!   correction of a trace's spans.
 //!
 //! **Architecture invariant:** the store knows nothing about HTTP, protobuf or the WAL's
 //! file format: it receives [`faultline_model::span::Span`]s tagged with a sequence number,
@@ -20,6 +22,7 @@ pub mod manifest;
 pub mod rollup;
 pub mod search;
 pub mod seqs;
+pub mod skew;
 pub mod store;
 
 #[cfg(test)]

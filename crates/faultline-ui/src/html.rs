@@ -74,7 +74,7 @@ details{background:#fff;border:1px solid #ddd;margin:4px 0;padding:4px 8px}
 summary{cursor:pointer}.wf td{padding:2px 6px;border:none}.wf tr:hover{background:#eef4ff}
 .wf .lane{position:relative;width:55%;min-width:300px}
 .wf .span{position:absolute;height:12px;top:4px;background:#7aa7e0;min-width:2px}
-.wf .critical .span{background:#e08a1e}.wf .errspan .span{background:#d9534f}
+.wf .skewed .span{outline:2px dashed #6f42c1}.skewmark{color:#6f42c1;font-size:.85em}.skew{color:#6f42c1}.wf .critical .span{background:#e08a1e}.wf .errspan .span{background:#d9534f}
 .toggle{cursor:pointer;display:inline-block;width:1em}.orphan{color:#b3261e;font-size:12px}
 .detail{background:#f4f6fa;font-size:12px}.detail td{border-bottom:1px solid #e6e6e6}
 form.q input,form.q select{margin-right:6px}.hidden{display:none}

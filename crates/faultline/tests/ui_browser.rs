@@ -1,7 +1,8 @@
 //! The web UI in headless Chromium (Debian's chromium and chromium-driver, installed by
 //! scripts/test), over traces sent by the Python OpenTelemetry SDK and by loadgen: the
 //! services page, search to a trace, collapsing and expanding spans, span details, find in
-//! trace, a "look here first" error group, and the dependency map. Screenshots are kept in
+//! trace, a "look here first" error group, the dependency map, and spans moved by
+//! clock-skew correction marked (and not with `?raw=1`). Screenshots are kept in
 //! the target directory's `tmp/ui-screenshots`.
 
 #![allow(clippy::unwrap_used)]
@@ -40,6 +41,18 @@ fn pages_work_in_a_real_browser() {
     for marker in ["b1", "b2"] {
         common::send_sdk_trace(&server, "http", "browser-svc", marker);
     }
+    // Traces with planted clock skew: enough calls for the estimates.
+    let skewed = common::send_skewed_traces(&server, 40);
+    let skew_trace = skewed.last().unwrap();
+    let started = Instant::now();
+    loop {
+        let (status, body) = http_get(server.api, &format!("/api/traces/{skew_trace}")).unwrap();
+        if status == 200 && body.contains("clock skew adjusted") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let started = Instant::now();
     loop {
         let (_, body) =
@@ -57,6 +70,7 @@ fn pages_work_in_a_real_browser() {
         .args(["--service", "browser-svc"])
         .arg("--screenshots")
         .arg(&shots)
+        .args(["--skew-trace", skew_trace])
         .output()
         .unwrap();
     assert!(
@@ -73,6 +87,7 @@ fn pages_work_in_a_real_browser() {
     )
     .unwrap();
     assert!(seen["dependency_edges"].as_u64().unwrap() > 0, "{seen}");
+    assert_eq!(seen["skew_marks"].as_array().unwrap().len(), 3, "{seen}");
     assert!(
         seen["error_group"]
             .as_str()
@@ -86,6 +101,8 @@ fn pages_work_in_a_real_browser() {
         "3-trace",
         "4b-service-error-group",
         "5-dependencies",
+        "7-skew",
+        "7b-skew-raw",
     ] {
         assert!(
             shots.join(format!("{name}.png")).exists(),

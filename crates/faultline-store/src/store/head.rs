@@ -19,6 +19,7 @@ use crate::manifest::Manifest;
 use crate::rollup::Rollups;
 use crate::search::{Agg, TopK, TraceQuery, TraceSummary};
 use crate::seqs::SeqRanges;
+use crate::skew::{self, Sample};
 
 #[derive(Default)]
 pub(crate) struct Head {
@@ -64,12 +65,14 @@ pub(crate) fn advanced(manifest: &Manifest, pending: &mut SeqRanges, head: &Head
 type Edge = (u64, String, String, (bool, u64, f64));
 
 impl Head {
-    /// Adds spans; returns the service-to-service calls their arrival completed.
-    pub(crate) fn push(&mut self, seq: u64, spans: Vec<Span>) -> Vec<Edge> {
+    /// Adds spans; returns the service-to-service calls their arrival completed, and the
+    /// clock-skew samples of the client/server pairs it matched.
+    pub(crate) fn push(&mut self, seq: u64, spans: Vec<Span>) -> (Vec<Edge>, Vec<Sample>) {
         if self.started.is_none() && !spans.is_empty() {
             self.started = Some(Instant::now());
         }
         let mut edges = Vec::new();
+        let mut samples = Vec::new();
         for s in spans {
             self.rollups.add(&s);
             let idx = self.spans.len() as u32;
@@ -77,6 +80,7 @@ impl Head {
                 match self.by_span.get(&(s.trace_id, p)) {
                     Some(&pi) => {
                         let parent = &self.spans[pi as usize];
+                        samples.extend(skew::sample(parent, &s));
                         if parent.service() != s.service() {
                             edges.push((
                                 s.start_ns,
@@ -92,6 +96,7 @@ impl Head {
             if let Some(children) = self.waiting.remove(&(s.trace_id, s.span_id)) {
                 for ci in children {
                     let child = &self.spans[ci as usize];
+                    samples.extend(skew::sample(&s, child));
                     if child.service() != s.service() {
                         edges.push((
                             child.start_ns,
@@ -117,7 +122,7 @@ impl Head {
             self.rollups.add_edge(*start, p, c, *call);
         }
         self.max_seq = self.max_seq.max(seq);
-        edges
+        (edges, samples)
     }
 
     /// Removes from `pending` what this head makes durable once it is sealed.
@@ -236,9 +241,12 @@ impl Store {
                 }
             }
         }
-        let edges = inner.head.push(seq, spans);
+        let (edges, samples) = inner.head.push(seq, spans);
         for (start, p, c, call) in &edges {
             inner.rollups.add_edge(*start, p, c, *call);
+        }
+        for x in samples {
+            inner.skew.observe(x);
         }
         Ok(())
     }

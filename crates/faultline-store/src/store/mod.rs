@@ -158,6 +158,8 @@ pub(crate) struct Inner {
     quarantined: Vec<String>,
     /// RED cells of every span: the blocks' rollup files plus everything ingested since.
     rollups: Rollups,
+    /// Clock-skew samples of the client/server calls seen since start.
+    skew: crate::skew::SkewSamples,
     /// Trace id → blocks holding it.
     locs: TraceLocs,
     /// Traces with spans in more than one place (blocks, heads); searched as a whole.
@@ -373,6 +375,7 @@ impl Store {
             manifest: manifest.clone(),
             quarantined,
             rollups,
+            skew: Default::default(),
             locs: TraceLocs::default(),
             split: HashSet::new(),
             pending: manifest.pending.clone(),

@@ -71,6 +71,11 @@ pub trait SpanStore: Send + Sync {
         end_s: u64,
         bounds_ms: &[f64],
     ) -> Result<(Vec<u64>, Completeness), StoreError>;
+    /// Every clock's estimated offset (`crate::skew`); none when the store keeps no
+    /// samples.
+    fn clock_offsets(&self) -> std::sync::Arc<crate::skew::Estimates> {
+        std::sync::Arc::default()
+    }
 }
 
 /// Sources at or above this in a [`TopK`] are head traces (see [`Head::search`]).
@@ -108,6 +113,13 @@ impl Store {
 }
 
 impl SpanStore for Store {
+    fn clock_offsets(&self) -> std::sync::Arc<crate::skew::Estimates> {
+        match self.inner.read() {
+            Ok(inner) => inner.skew.current(),
+            Err(_) => std::sync::Arc::default(),
+        }
+    }
+
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
         let mut all = self.traces(std::slice::from_ref(trace_id))?;
         Ok(all.pop().unwrap_or(TraceAnswer {

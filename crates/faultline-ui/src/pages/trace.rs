@@ -1,9 +1,11 @@
 //! `/trace/{id}`: the waterfall (layout in `waterfall.rs`), with span details, the
-//! critical path, marks on spans whose parent is missing, and find in trace.
+//! critical path, marks on spans whose parent is missing, and find in trace. Times are
+//! corrected for clock skew (`faultline_store::skew`): each moved span is marked with the
+//! amount and the estimate's basis; `?raw=1` shows the stored times.
 
 use std::fmt::Write as _;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 
 use faultline_api::{ApiError, ApiState};
@@ -19,11 +21,21 @@ use crate::waterfall::{Row, layout};
 pub(crate) async fn page(
     State(st): State<ApiState>,
     Path(id): Path<String>,
+    Query(p): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let trace_id = faultline_api::jaeger::parse_trace_id("trace id", &id)?;
-    let answer = blocking(&st, move |store| store.trace(&trace_id)).await?;
+    let raw = faultline_api::jaeger::wants_raw(&p);
+    let (answer, estimates) = blocking(&st, move |store| {
+        Ok((store.trace(&trace_id)?, store.clock_offsets()))
+    })
+    .await?;
     let partial = reasons(&st, answer.completeness.reasons);
-    let spans = answer.spans;
+    let mut spans = answer.spans;
+    let moved = if raw {
+        Vec::new()
+    } else {
+        faultline_store::skew::correct(&mut spans, &estimates)
+    };
     if spans.is_empty() {
         return Err(
             ApiError::not_found(format!("no spans of trace {id} are stored")).with_partial(partial),
@@ -50,10 +62,27 @@ pub(crate) async fn page(
             hex(&trace_id)
         );
     }
+    let switch = if raw {
+        format!(
+            "<p id=skew>Stored times, as the services' clocks reported them. <a href=\"/trace/{}\">Correct clock skew</a></p>",
+            hex(&trace_id)
+        )
+    } else if moved.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<p id=skew class=skew>{} span{} moved to correct clock skew (dashed outline). <a href=\"/trace/{}?raw=1\">Show stored times</a></p>",
+            moved.len(),
+            if moved.len() == 1 { "" } else { "s" },
+            hex(&trace_id)
+        )
+    };
+    body.push_str(&switch);
     body.push_str("<p><input id=trace-filter placeholder=\"Find in trace (service, operation, attribute)\" size=40> <span class=muted>Critical path in orange; click a span for details.</span></p>");
     body.push_str("<table class=wf id=waterfall>");
     for row in &w.rows {
-        span_row(&mut body, &spans[row.index], row, w.t0, w.t1);
+        let adjustment = moved.iter().find(|a| a.index == row.index);
+        span_row(&mut body, &spans[row.index], row, (w.t0, w.t1), adjustment);
     }
     body.push_str("</table>");
     Ok(Html(layout_page(
@@ -65,8 +94,14 @@ pub(crate) async fn page(
     .into_response())
 }
 
-/// A span's row and its (hidden) detail row.
-fn span_row(body: &mut String, s: &Span, row: &Row, t0: u64, t1: u64) {
+/// A span's row and its (hidden) detail row; `moved` when clock-skew correction moved it.
+fn span_row(
+    body: &mut String,
+    s: &Span,
+    row: &Row,
+    (t0, t1): (u64, u64),
+    moved: Option<&faultline_store::skew::Adjustment>,
+) {
     let left = (s.start_ns - t0) as f64 / (t1 - t0) as f64 * 100.0;
     let width = (s.duration_ns() as f64 / (t1 - t0) as f64 * 100.0).max(0.2);
     let mut class = String::from("span-row");
@@ -76,6 +111,18 @@ fn span_row(body: &mut String, s: &Span, row: &Row, t0: u64, t1: u64) {
     if s.is_error() {
         class.push_str(" errspan");
     }
+    let skew_mark = match moved {
+        Some(a) => {
+            class.push_str(" skewed");
+            format!(
+                " <span class=skewmark title=\"{}\">clock skew: moved {}{}</span>",
+                esc(&a.basis),
+                if a.shift_ns < 0 { "−" } else { "+" },
+                faultline_store::skew::human(a.shift_ns.unsigned_abs())
+            )
+        }
+        None => String::new(),
+    };
     let search_text = {
         let mut t = format!("{} {} ", s.service(), s.name);
         for (k, v) in &s.attributes {
@@ -85,7 +132,7 @@ fn span_row(body: &mut String, s: &Span, row: &Row, t0: u64, t1: u64) {
     };
     let _ = write!(
         body,
-        "<tr class=\"{class}\" data-span=\"{}\" data-parent=\"{}\" data-text=\"{}\"><td style=\"padding-left:{}px;white-space:nowrap\"><span class=toggle>{}</span><b>{}</b> {}{}</td><td class=num>{}</td><td class=lane><div class=span style=\"left:{left:.2}%;width:{width:.2}%\"></div></td></tr>",
+        "<tr class=\"{class}\" data-span=\"{}\" data-parent=\"{}\" data-text=\"{}\"><td style=\"padding-left:{}px;white-space:nowrap\"><span class=toggle>{}</span><b>{}</b> {}{}{skew_mark}</td><td class=num>{}</td><td class=lane><div class=span style=\"left:{left:.2}%;width:{width:.2}%\"></div></td></tr>",
         hex(&s.span_id),
         row.parent.map(|p| hex(&p)).unwrap_or_default(),
         esc(&search_text),
@@ -104,7 +151,7 @@ fn span_row(body: &mut String, s: &Span, row: &Row, t0: u64, t1: u64) {
         body,
         "<tr class=\"detail hidden\" data-detail-of=\"{}\"><td colspan=3>{}</td></tr>",
         hex(&s.span_id),
-        span_detail(s, t0)
+        span_detail(s, t0, moved)
     );
 }
 
@@ -125,8 +172,19 @@ fn kv_table(title: &str, kvs: &[(String, faultline_model::span::AttrValue)]) -> 
     out
 }
 
-fn span_detail(s: &Span, t0: u64) -> String {
-    let mut out = format!(
+fn span_detail(s: &Span, t0: u64, moved: Option<&faultline_store::skew::Adjustment>) -> String {
+    let mut out = String::new();
+    if let Some(a) = moved {
+        let _ = write!(
+            out,
+            "<p class=skew>Clock skew corrected: moved {}{}; {}.</p>",
+            if a.shift_ns < 0 { "−" } else { "+" },
+            faultline_store::skew::human(a.shift_ns.unsigned_abs()),
+            esc(&a.basis)
+        );
+    }
+    let _ = write!(
+        out,
         "<p>span {} · kind {} · starts at +{} · status {:?}{}</p>",
         hex(&s.span_id),
         s.kind.as_str(),

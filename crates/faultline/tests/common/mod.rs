@@ -464,3 +464,174 @@ pub fn node_clients() -> PathBuf {
     );
     dir
 }
+
+// ---- Planted clock skew (tests/clock_skew.rs, tests/ui_browser.rs) ----
+
+const MS: u64 = 1_000_000;
+/// How far api's clock is ahead in [`send_skewed_traces`].
+pub const API_SKEW: u64 = 2_000 * MS;
+/// How far host db-2's clock is ahead.
+pub const DB2_SKEW: u64 = 300 * MS;
+
+use faultline_model::otlp::common::{AnyValue as SkewAnyValue, KeyValue as SkewKeyValue};
+use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+
+/// A xorshift generator for the planted-skew traffic.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+fn skew_kv(k: &str, v: &str) -> SkewKeyValue {
+    SkewKeyValue {
+        key: k.into(),
+        value: Some(SkewAnyValue {
+            value: Some(faultline_model::otlp::common::any_value::Value::StringValue(v.into())),
+        }),
+        ..SkewKeyValue::default()
+    }
+}
+
+fn resource_spans(service: &str, host: &str, spans: Vec<OtlpSpan>) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(faultline_model::otlp::resource::Resource {
+            attributes: vec![skew_kv("service.name", service), skew_kv("host.name", host)],
+            ..faultline_model::otlp::resource::Resource::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..ScopeSpans::default()
+        }],
+        ..ResourceSpans::default()
+    }
+}
+
+fn skew_span(
+    trace: &[u8; 16],
+    id: u64,
+    parent: u64,
+    name: &str,
+    kind: i32,
+    start: u64,
+    end: u64,
+) -> OtlpSpan {
+    OtlpSpan {
+        trace_id: trace.to_vec(),
+        span_id: id.to_be_bytes().to_vec(),
+        parent_span_id: if parent == 0 {
+            Vec::new()
+        } else {
+            parent.to_be_bytes().to_vec()
+        },
+        name: name.into(),
+        kind,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        ..OtlpSpan::default()
+    }
+}
+
+/// One request: frontend → api (clock 2 s fast) → db on db-1 (right) or db-2 (300 ms
+/// fast), with random network legs and durations. Returns the request body.
+fn skewed_trace(
+    rng: &mut Rng,
+    n: u64,
+    base: u64,
+) -> ([u8; 16], faultline_model::ExportTraceServiceRequest) {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&rng.next().to_be_bytes());
+    t[8..].copy_from_slice(&n.to_be_bytes());
+    let id = |k: u64| n * 16 + k;
+    let (c, s) = (3, 2); // OTLP client and server kinds
+    let root_len = rng.range(80, 200) * MS;
+    let call_start = base + rng.range(1, 10) * MS;
+    let call_len = root_len - rng.range(15, 40) * MS;
+    let (up, down) = (rng.range(200, 3_000) * 1000, rng.range(200, 3_000) * 1000);
+    let (api_s, api_e) = (call_start + up, call_start + call_len - down);
+    let db_host = if n.is_multiple_of(2) { "db-1" } else { "db-2" };
+    let db_skew = if n.is_multiple_of(2) { 0 } else { DB2_SKEW };
+    let q_start = api_s + rng.range(2, 8) * MS;
+    let q_end = q_start + rng.range(5, (api_e - api_s) / MS - 10) * MS;
+    let (up2, down2) = (rng.range(100, 1_500) * 1000, rng.range(100, 1_500) * 1000);
+    let req = faultline_model::ExportTraceServiceRequest {
+        resource_spans: vec![
+            resource_spans(
+                "frontend",
+                "fe-1",
+                vec![
+                    skew_span(&t, id(1), 0, "GET /checkout", s, base, base + root_len),
+                    skew_span(
+                        &t,
+                        id(2),
+                        id(1),
+                        "POST /api/order",
+                        c,
+                        call_start,
+                        call_start + call_len,
+                    ),
+                ],
+            ),
+            resource_spans(
+                "api",
+                "api-1",
+                vec![
+                    skew_span(
+                        &t,
+                        id(3),
+                        id(2),
+                        "POST /api/order",
+                        s,
+                        api_s + API_SKEW,
+                        api_e + API_SKEW,
+                    ),
+                    skew_span(
+                        &t,
+                        id(4),
+                        id(3),
+                        "INSERT orders",
+                        c,
+                        q_start + API_SKEW,
+                        q_end + API_SKEW,
+                    ),
+                ],
+            ),
+            resource_spans(
+                "db",
+                db_host,
+                vec![skew_span(
+                    &t,
+                    id(5),
+                    id(4),
+                    "INSERT orders",
+                    s,
+                    q_start + up2 + db_skew,
+                    q_end - down2 + db_skew,
+                )],
+            ),
+        ],
+    };
+    (t, req)
+}
+
+/// Sends `n` traces of [`skewed_trace`] from five minutes ago; returns their ids (hex).
+pub fn send_skewed_traces(server: &Server, n: u64) -> Vec<String> {
+    use prost::Message;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let base = now_ns() - 5 * 60 * 1_000 * MS;
+    (0..n)
+        .map(|i| {
+            let (t, req) = skewed_trace(&mut rng, i, base + i * 500 * MS);
+            assert_eq!(post_otlp(server, req.encode_to_vec()), 200);
+            faultline_model::hex(&t)
+        })
+        .collect()
+}

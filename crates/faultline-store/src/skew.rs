@@ -1,0 +1,571 @@
+//! Clock skew: how far each (service, host) clock is off, estimated from many calls, and
+//! the read-time correction of spans that fall outside their parent because of it.
+//!
+//! **Samples.** Each CLIENT → SERVER parent/child pair between two clocks (different
+//! services, or hosts) gives one sample when the store matches them (`store/head.rs`, as
+//! it finds dependency edges): the child's midpoint minus the parent's. With clocks that
+//! agree and a network that takes as long there as back, a server's span sits in the
+//! middle of its client's, so the sample is about 0; a server whose clock is 2 s fast
+//! gives about +2 s. The last [`SAMPLES_PER_PAIR`] samples of each (parent clock, child
+//! clock) pair are kept in memory; they are not written to disk (after a restart,
+//! estimates come back as calls arrive).
+//!
+//! **Estimates.** A clock's offset is the median, over every sample of calls into it, of
+//! the sample plus the calling clock's own offset (so a call from a skewed caller is not
+//! blamed on the callee); clocks that nobody calls are the reference (offset 0). The
+//! estimates are refined a few times so chains of calls settle. The median ignores
+//! outliers (a slow network leg, a retried call) as long as fewer than half the calls are
+//! odd. An estimate needs [`MIN_SAMPLES`] samples, and must stand out of their spread:
+//! at least [`MIN_OFFSET_NS`] and at least [`MIN_SIGNAL`] times the median absolute
+//! deviation of the samples. A clock whose servers do not sit in the middle of their
+//! clients' spans (asynchronous work, a timeout) scatters its samples and gets no
+//! estimate, rather than a wrong one.
+//!
+//! **Correction** ([`correct`]): walking a trace from its roots, a span that falls outside
+//! its parent (starts before it or ends after it) and whose clock has an estimate is moved
+//! back by that estimate, together with every descendant on the same clock (they share its
+//! error). A span that fits is never moved. Each move is reported with its amount and
+//! basis, so the UI can mark it and the Jaeger API can warn on the span.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use faultline_model::span::{Span, SpanKind};
+
+/// Samples kept per (parent clock, child clock) pair.
+pub const SAMPLES_PER_PAIR: usize = 256;
+
+/// Samples a clock's estimate needs.
+pub const MIN_SAMPLES: usize = 5;
+
+/// Offsets smaller than this are not estimated (the noise of one machine's timers).
+pub const MIN_OFFSET_NS: i64 = 1_000_000;
+
+/// An estimate must be this many times the samples' median absolute deviation.
+pub const MIN_SIGNAL: i64 = 3;
+
+/// A clock: a service on a host (`host.name`, else `host.id`, else none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Clock {
+    /// The service.
+    pub service: String,
+    /// The host, empty when the resource names none.
+    pub host: String,
+}
+
+impl Clock {
+    /// The clock of `span`.
+    pub fn of(span: &Span) -> Self {
+        let host = ["host.name", "host.id"]
+            .iter()
+            .find_map(|k| {
+                span.origin
+                    .resource
+                    .iter()
+                    .find(|(rk, _)| rk == k)
+                    .map(|(_, v)| v.to_text())
+            })
+            .unwrap_or_default();
+        Self {
+            service: span.service().to_string(),
+            host,
+        }
+    }
+
+    /// `service` or `service@host`.
+    pub fn label(&self) -> String {
+        if self.host.is_empty() {
+            self.service.clone()
+        } else {
+            format!("{}@{}", self.service, self.host)
+        }
+    }
+}
+
+/// One clock's estimated offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offset {
+    /// How far the clock is ahead (positive) or behind, in nanoseconds.
+    pub offset_ns: i64,
+    /// Samples behind the estimate.
+    pub samples: usize,
+    /// Their median absolute deviation from the estimate, in nanoseconds.
+    pub spread_ns: i64,
+    /// The calling clocks the samples came from.
+    pub callers: Vec<String>,
+}
+
+/// Every clock's estimate.
+pub type Estimates = HashMap<Clock, Offset>;
+
+/// One sample: from a parent/child pair, the clocks and the child's midpoint minus the
+/// parent's.
+pub type Sample = (Clock, Clock, i64);
+
+/// The sample a parent/child pair gives, if it is a call between two clocks.
+pub fn sample(parent: &Span, child: &Span) -> Option<Sample> {
+    let call = matches!(
+        (parent.kind, child.kind),
+        (SpanKind::Client, SpanKind::Server)
+    );
+    if !call {
+        return None;
+    }
+    let (p, c) = (Clock::of(parent), Clock::of(child));
+    if p == c {
+        return None;
+    }
+    let mid = |s: &Span| (i128::from(s.start_ns) + i128::from(s.end_ns)) / 2;
+    let delta = i64::try_from(mid(child) - mid(parent)).ok()?;
+    Some((p, c, delta))
+}
+
+/// The samples of every clock pair, and the estimates last computed from them.
+#[derive(Debug, Default)]
+pub struct SkewSamples {
+    pairs: HashMap<(Clock, Clock), VecDeque<i64>>,
+    /// Estimates are recomputed at most every [`ESTIMATE_EVERY`]: trace reads ask for
+    /// them every time.
+    cached: std::sync::Mutex<Option<(std::time::Instant, Arc<Estimates>)>>,
+}
+
+/// How old the estimates a trace read uses may be.
+pub const ESTIMATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl SkewSamples {
+    /// Keeps `s`, forgetting the pair's oldest sample beyond [`SAMPLES_PER_PAIR`].
+    pub fn observe(&mut self, (parent, child, delta): Sample) {
+        let ring = self.pairs.entry((parent, child)).or_default();
+        if ring.len() == SAMPLES_PER_PAIR {
+            ring.pop_front();
+        }
+        ring.push_back(delta);
+    }
+
+    /// [`Self::estimates`], at most [`ESTIMATE_EVERY`] old.
+    pub fn current(&self) -> Arc<Estimates> {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, est)) = cached.as_ref()
+            && at.elapsed() < ESTIMATE_EVERY
+        {
+            return est.clone();
+        }
+        let est = Arc::new(self.estimates());
+        *cached = Some((std::time::Instant::now(), est.clone()));
+        est
+    }
+
+    /// Every clock's offset (see the module header).
+    pub fn estimates(&self) -> Estimates {
+        let mut into: HashMap<&Clock, Vec<(&Clock, &VecDeque<i64>)>> = HashMap::new();
+        for ((p, c), ring) in &self.pairs {
+            into.entry(c).or_default().push((p, ring));
+        }
+        let mut est: HashMap<&Clock, (i64, i64)> = HashMap::new();
+        let mut values = Vec::new();
+        let mut deviations = Vec::new();
+        // A chain of n calls settles in n rounds; deeper chains are rare.
+        for _ in 0..6 {
+            let mut next = HashMap::with_capacity(into.len());
+            for (child, edges) in &into {
+                values.clear();
+                for (parent, ring) in edges {
+                    let base = est.get(parent).map_or(0, |e| e.0);
+                    values.extend(ring.iter().map(|d| d.saturating_add(base)));
+                }
+                if values.len() < MIN_SAMPLES {
+                    continue;
+                }
+                let mid = values.len() / 2;
+                let m = *values.select_nth_unstable(mid).1;
+                deviations.clear();
+                deviations.extend(values.iter().map(|v| v.abs_diff(m)));
+                let mad = *deviations.select_nth_unstable(mid).1;
+                let mad = i64::try_from(mad).unwrap_or(i64::MAX);
+                if m.abs() >= MIN_OFFSET_NS && m.abs() >= mad.saturating_mul(MIN_SIGNAL) {
+                    next.insert(*child, (m, mad));
+                }
+            }
+            if next == est {
+                break;
+            }
+            est = next;
+        }
+        est.into_iter()
+            .map(|(clock, (offset_ns, spread_ns))| {
+                let edges = &into[clock];
+                let mut callers: Vec<String> = edges.iter().map(|(p, _)| p.label()).collect();
+                callers.sort();
+                callers.dedup();
+                (
+                    clock.clone(),
+                    Offset {
+                        offset_ns,
+                        samples: edges.iter().map(|(_, r)| r.len()).sum(),
+                        spread_ns,
+                        callers,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// A span moved by [`correct`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adjustment {
+    /// Its index in the spans given to [`correct`].
+    pub index: usize,
+    /// Nanoseconds added to its start and end (negative: moved earlier).
+    pub shift_ns: i64,
+    /// Why, for people: the estimate and what it rests on.
+    pub basis: String,
+}
+
+/// Moves the spans of one trace that fall outside their parent by their clock's estimate
+/// (see the module header); returns what moved. Spans keep their order.
+pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
+    if estimates.is_empty() || spans.len() < 2 {
+        return Vec::new();
+    }
+    let index: HashMap<[u8; 8], usize> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.span_id, i))
+        .collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+    let mut roots = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        match s.parent_span_id.and_then(|p| index.get(&p)) {
+            Some(&p) if p != i => children[p].push(i),
+            _ => roots.push(i),
+        }
+    }
+    let clocks: Vec<Clock> = spans.iter().map(Clock::of).collect();
+    let mut shift = vec![0i64; spans.len()];
+    let mut moved = Vec::new();
+    let mut visited = vec![false; spans.len()];
+    // Breadth first from the roots: a parent's shift is final before its children's.
+    let mut queue: VecDeque<usize> = roots.into_iter().collect();
+    while let Some(p) = queue.pop_front() {
+        if std::mem::replace(&mut visited[p], true) {
+            continue;
+        }
+        let (ps, pe) = (
+            shifted(spans[p].start_ns, shift[p]),
+            shifted(spans[p].end_ns, shift[p]),
+        );
+        for &c in &children[p] {
+            // Same clock: share the parent's shift.
+            if clocks[c] == clocks[p] {
+                shift[c] = shift[p];
+            } else {
+                let (cs, ce) = (spans[c].start_ns, spans[c].end_ns);
+                let outside = cs < ps || ce > pe;
+                if let Some(o) = estimates.get(&clocks[c])
+                    && outside
+                {
+                    shift[c] = -o.offset_ns;
+                    moved.push(Adjustment {
+                        index: c,
+                        shift_ns: -o.offset_ns,
+                        basis: format!(
+                            "clock of {} is {} {} (median of {} client/server calls from {}, spread {})",
+                            clocks[c].label(),
+                            human(o.offset_ns.unsigned_abs()),
+                            if o.offset_ns > 0 { "ahead" } else { "behind" },
+                            o.samples,
+                            o.callers.join(", "),
+                            human(o.spread_ns.unsigned_abs())
+                        ),
+                    });
+                }
+            }
+            queue.push_back(c);
+        }
+    }
+    for (s, d) in spans.iter_mut().zip(&shift) {
+        if *d != 0 {
+            s.start_ns = shifted(s.start_ns, *d);
+            s.end_ns = shifted(s.end_ns, *d);
+            for e in &mut s.events {
+                e.time_ns = shifted(e.time_ns, *d);
+            }
+        }
+    }
+    // Descendants that moved with their span are reported too, as moved by their clock.
+    for (i, d) in shift.iter().enumerate() {
+        if *d != 0 && !moved.iter().any(|a| a.index == i) {
+            moved.push(Adjustment {
+                index: i,
+                shift_ns: *d,
+                basis: format!(
+                    "moved with its parent on the same clock ({})",
+                    clocks[i].label()
+                ),
+            });
+        }
+    }
+    moved.sort_by_key(|a| a.index);
+    moved
+}
+
+fn shifted(t: u64, d: i64) -> u64 {
+    t.saturating_add_signed(d)
+}
+
+/// `2.000 s`, `300.0 ms`, `950 µs`.
+pub fn human(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.3} s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    } else {
+        format!("{} µs", ns / 1000)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use faultline_model::span::{AttrValue, Origin, StatusCode};
+
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn origin(service: &str, host: &str) -> Arc<Origin> {
+        Arc::new(Origin {
+            service: service.into(),
+            resource: vec![("host.name".into(), AttrValue::Str(host.into()))],
+            scope_name: String::new(),
+            scope_version: String::new(),
+        })
+    }
+
+    fn span(
+        id: u8,
+        parent: Option<u8>,
+        kind: SpanKind,
+        o: &Arc<Origin>,
+        start: u64,
+        end: u64,
+    ) -> Span {
+        Span {
+            trace_id: [1; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            name: format!("op{id}"),
+            kind,
+            start_ns: start,
+            end_ns: end,
+            status: StatusCode::Unset,
+            status_message: String::new(),
+            attributes: Vec::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            origin: o.clone(),
+        }
+    }
+
+    /// A frontend calls api (2 s fast); api calls db on two hosts, one 300 ms fast.
+    fn trace(base: u64, jitter: u64) -> Vec<Span> {
+        let fe = origin("frontend", "fe-1");
+        let api = origin("api", "api-1");
+        let db1 = origin("db", "db-1");
+        let db2 = origin("db", "db-2");
+        let skew_api = 2_000 * MS;
+        let skew_db2 = 300 * MS;
+        vec![
+            span(1, None, SpanKind::Server, &fe, base, base + 100 * MS),
+            span(
+                2,
+                Some(1),
+                SpanKind::Client,
+                &fe,
+                base + 10 * MS,
+                base + 60 * MS,
+            ),
+            span(
+                3,
+                Some(2),
+                SpanKind::Server,
+                &api,
+                base + 12 * MS + jitter + skew_api,
+                base + 58 * MS + jitter + skew_api,
+            ),
+            span(
+                4,
+                Some(3),
+                SpanKind::Client,
+                &api,
+                base + 20 * MS + skew_api,
+                base + 30 * MS + skew_api,
+            ),
+            span(
+                5,
+                Some(4),
+                SpanKind::Server,
+                &db1,
+                base + 21 * MS,
+                base + 29 * MS,
+            ),
+            span(
+                6,
+                Some(3),
+                SpanKind::Client,
+                &api,
+                base + 35 * MS + skew_api,
+                base + 50 * MS + skew_api,
+            ),
+            span(
+                7,
+                Some(6),
+                SpanKind::Server,
+                &db2,
+                base + 36 * MS + skew_db2,
+                base + 49 * MS + skew_db2,
+            ),
+            span(
+                8,
+                Some(7),
+                SpanKind::Internal,
+                &db2,
+                base + 40 * MS + skew_db2,
+                base + 45 * MS + skew_db2,
+            ),
+        ]
+    }
+
+    fn samples_of(traces: &[Vec<Span>]) -> SkewSamples {
+        let mut s = SkewSamples::default();
+        for t in traces {
+            for c in t {
+                if let Some(p) = t.iter().find(|p| Some(p.span_id) == c.parent_span_id)
+                    && let Some(x) = sample(p, c)
+                {
+                    s.observe(x);
+                }
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn planted_offsets_are_found_through_a_skewed_caller() {
+        // Odd calls (a slow leg) on one in five: the median ignores them.
+        let traces: Vec<Vec<Span>> = (0..50)
+            .map(|i| {
+                trace(
+                    1_000_000_000_000 + i * 1_000 * MS,
+                    if i % 5 == 0 { 30 * MS } else { 0 },
+                )
+            })
+            .collect();
+        let est = samples_of(&traces).estimates();
+        let get = |svc: &str, host: &str| {
+            est[&Clock {
+                service: svc.into(),
+                host: host.into(),
+            }]
+                .offset_ns
+        };
+        assert!(
+            (get("api", "api-1") - 2_000 * MS as i64).abs() < 1_000_000,
+            "{est:?}"
+        );
+        // db-1's clock is right: no estimate (it would be 0).
+        assert!(
+            !est.contains_key(&Clock {
+                service: "db".into(),
+                host: "db-1".into()
+            }),
+            "{est:?}"
+        );
+        assert!(
+            (get("db", "db-2") - 300 * MS as i64).abs() < 1_000_000,
+            "{est:?}"
+        );
+        assert!(!est.contains_key(&Clock {
+            service: "frontend".into(),
+            host: "fe-1".into()
+        }));
+    }
+
+    #[test]
+    fn spans_outside_their_parent_move_with_their_clock_and_fitting_ones_stay() {
+        let traces: Vec<Vec<Span>> = (0..20)
+            .map(|i| trace(1_000_000_000_000 + i * 1_000 * MS, 0))
+            .collect();
+        let est = samples_of(&traces).estimates();
+        let mut t = trace(5_000_000_000_000, 0);
+        let before = t.clone();
+        let moved = correct(&mut t, &est);
+        let idx: Vec<usize> = moved.iter().map(|a| a.index).collect();
+        // api's server span is outside its client: moved with its two client children;
+        // db-1 then fits its (moved) parent and stays; db-2 is 300 ms out and moves with
+        // its internal child.
+        assert_eq!(idx, [2, 3, 5, 6, 7], "{moved:?}");
+        assert!(
+            moved[0].basis.contains("api@api-1 is 2.000 s ahead"),
+            "{}",
+            moved[0].basis
+        );
+        assert!(
+            moved[0].basis.contains("from frontend@fe-1"),
+            "{}",
+            moved[0].basis
+        );
+        assert!(moved[1].basis.contains("same clock"));
+        for (a, b) in t.iter().zip(&before) {
+            if !idx.contains(&t.iter().position(|x| x.span_id == a.span_id).unwrap()) {
+                assert_eq!((a.start_ns, a.end_ns), (b.start_ns, b.end_ns));
+            }
+        }
+        // Every child now lies within its parent.
+        for c in &t {
+            if let Some(p) = t.iter().find(|p| Some(p.span_id) == c.parent_span_id) {
+                assert!(
+                    c.start_ns >= p.start_ns && c.end_ns <= p.end_ns,
+                    "{} in {}",
+                    c.name,
+                    p.name
+                );
+            }
+        }
+        // A trace that already fits is left alone, whatever the estimates.
+        let mut fitting = vec![t[0].clone(), t[1].clone(), t[2].clone()];
+        assert!(correct(&mut fitting, &est).is_empty());
+    }
+
+    #[test]
+    fn scattered_samples_make_no_estimate() {
+        // Servers placed anywhere inside their clients' spans: no clock is off.
+        let fe = origin("frontend", "fe-1");
+        let api = origin("api", "api-1");
+        let mut s = SkewSamples::default();
+        for i in 0..200u64 {
+            let base = 1_000_000_000_000 + i * 1_000 * MS;
+            let c = span(1, None, SpanKind::Client, &fe, base, base + 100 * MS);
+            let offset = (i * 37 % 90) * MS;
+            let srv = span(
+                2,
+                Some(1),
+                SpanKind::Server,
+                &api,
+                base + offset,
+                base + offset + 10 * MS,
+            );
+            s.observe(sample(&c, &srv).unwrap());
+        }
+        assert!(s.estimates().is_empty(), "{:?}", s.estimates());
+    }
+
+    #[test]
+    fn too_few_samples_make_no_estimate() {
+        let est = samples_of(&[trace(1_000_000_000_000, 0)]).estimates();
+        assert!(est.is_empty(), "{est:?}");
+    }
+}
