@@ -1,7 +1,8 @@
 //! The query API served on the HTTP port: Jaeger's v1 JSON API (`jaeger.rs`), Jaeger's
 //! api_v3 over HTTP answering in OTLP JSON (`v3.rs`), and the native RED and trace summary
 //! endpoints (`native.rs`), with the parameter parsing they share (`params.rs`); and the
-//! sampling port's Jaeger remote sampling endpoint (`sampling.rs`).
+//! sampling port's Jaeger remote sampling endpoint (`sampling.rs`); the tracing-health
+//! report (`health_report.rs`).
 //!
 //! **Architecture invariant:** the API layer knows nothing about file formats; it reads
 //! through [`faultline_store::SpanStore`] and is the only layer that serialises JSON for
@@ -12,6 +13,7 @@
 //! answers carry the same in a `partial` field (ignored by Jaeger clients).
 
 pub mod error;
+pub mod health_report;
 pub mod jaeger;
 pub mod native;
 pub mod ops;
@@ -178,7 +180,8 @@ pub fn router() -> Router<ApiState> {
             native::router()
                 .merge(status::router())
                 .merge(ops::router())
-                .merge(sampling::api_router()),
+                .merge(sampling::api_router())
+                .merge(health_report::router()),
             Shape::Native,
         ))
 }

@@ -9,7 +9,8 @@
 //! - [`health`]: the status report's vocabulary (each stage judges its own parts);
 //! - [`envelope`]: the WAL payload around each accepted request (written by intake, read
 //!   by the pipeline and the operator tools);
-//! - [`sampling`]: adjusted counts (how many spans a sampled span stands for).
+//! - [`sampling`]: adjusted counts (how many spans a sampled span stands for);
+//! - [`semconv`]: OpenTelemetry semantic conventions tables (generated).
 //!
 //! **Invariant:** this crate does no I/O.
 
@@ -17,6 +18,7 @@ pub mod envelope;
 pub mod health;
 pub mod otlp_json;
 pub mod sampling;
+pub mod semconv;
 pub mod span;
 pub mod validate;
 pub mod zipkin;

@@ -6,6 +6,8 @@
 //! - [`manifest`]: the atomically replaced list of blocks;
 //! - [`rollup`]: RED cells per minute with latency sketches, persisted beside each block;
 //! - [`search`]: trace summaries, each block's search index and how a search runs;
+//! - [`quality`]: tracing health per service (orphans, sampling breaks, convention
+//!   violations);
 //! - [`seqs`]: sets of WAL sequence numbers (the backlog replayed out of order);
 //! - [`skew`]: clock-skew estimates from client/server calls, and their read-time
 //!   correction of a trace's spans.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod health;
 mod locs;
 pub mod manifest;
+pub mod quality;
 pub mod rollup;
 pub mod search;
 pub mod seqs;

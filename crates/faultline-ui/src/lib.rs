@@ -1,7 +1,8 @@
 //! faultline's web UI, served on the HTTP port with the query API: server-rendered pages
 //! (`pages/`, one module per page) built from small HTML helpers (`html.rs`), the trace
 //! analysis behind "look here first" (`insights.rs`) and the waterfall's layout
-//! (`waterfall.rs`), and the one script (`assets.rs`). No build step: the pages are
+//! (`waterfall.rs`), the one script (`assets.rs`), and the terminal's renderings of the
+//! same views for `faultline query` and `faultline report` (`text.rs`). No build step: the pages are
 //! strings and the script is embedded.
 //!
 //! **Architecture invariant:** the UI reads only through [`faultline_store::SpanStore`],
@@ -12,6 +13,7 @@ mod assets;
 pub mod html;
 pub mod insights;
 pub mod pages;
+pub mod text;
 pub mod waterfall;
 
 pub use pages::router;

@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: query::QueryCommand,
     },
+    /// Reports about the stored traces from a running faultline.
+    Report {
+        #[command(subcommand)]
+        command: query::ReportCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
             } => walcmd::dump(&dir, spans, json, from, limit),
         },
         Command::Query { command } => query::run(command),
+        Command::Report { command } => query::report(command),
         Command::Dlq { command } => match command {
             DlqCommand::List { data_dir, json } => dlq::list(&data_dir, json),
             DlqCommand::Replay { all, seqs, api } => dlq::replay(&api, all, &seqs),

@@ -1,6 +1,7 @@
-//! `faultline query trace ID` and `faultline query red SERVICE`: the query API for people
-//! who live in terminals. Both call a running faultline's HTTP API (`--api`, default
-//! `http://127.0.0.1:16686`) and print text; `--json` prints the API's answer as is.
+//! `faultline query trace ID`, `faultline query red SERVICE` and `faultline report
+//! tracing`: the query API for people who live in terminals. Each calls a running
+//! faultline's HTTP API (`--api`, default `http://127.0.0.1:16686`) and prints text
+//! (rendered by `faultline_ui::text`); `--json` prints the API's answer as is.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,6 +43,38 @@ pub enum QueryCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Flags of `faultline report`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ReportCommand {
+    /// Per service: orphans, sampling breaks, skewed clocks, convention violations.
+    Tracing {
+        /// Base URL of the faultline HTTP API.
+        #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
+        api: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `faultline report`.
+pub fn report(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
+    let ReportCommand::Tracing { api, json } = cmd;
+    let (status, _, v) = get(&format!(
+        "{}/api/v1/tracing-health",
+        api.trim_end_matches('/')
+    ))?;
+    if status != 200 {
+        eprintln!("faultline: {} (HTTP {status})", api_error(&v));
+        return Ok(ExitCode::from(1));
+    }
+    match json {
+        true => println!("{v}"),
+        false => print!("{}", faultline_ui::text::tracing_health(&v)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// GETs `url`: status, the `X-Faultline-Partial` reasons, and the JSON body.
@@ -103,7 +136,7 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("the answer from {url} is not OTLP JSON"))?;
                 print!(
                     "{}",
-                    render_trace(&id, &faultline_model::span::from_otlp(&req))
+                    faultline_ui::text::trace(&id, &faultline_model::span::from_otlp(&req))
                 );
                 for r in partial.iter().flat_map(|p| p.split("; ")) {
                     println!("note: partial answer: {r}");
@@ -128,10 +161,10 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
             let mut url = format!(
                 "{}/api/v1/red?service={}&start={start}&end={end}&step={step}",
                 api.trim_end_matches('/'),
-                encode(&service)
+                faultline_ui::text::encode(&service)
             );
             if let Some(op) = &operation {
-                url.push_str(&format!("&operation={}", encode(op)));
+                url.push_str(&format!("&operation={}", faultline_ui::text::encode(op)));
             }
             let (status, _, v) = get(&url)?;
             if json {
@@ -142,142 +175,9 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             if !json {
-                print!("{}", render_red(&v));
+                print!("{}", faultline_ui::text::red(&v));
             }
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// Percent-encodes a query parameter value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The trace as an indented tree in the waterfall's order (the UI's layout).
-fn render_trace(id: &str, spans: &[faultline_model::span::Span]) -> String {
-    let w = faultline_ui::waterfall::layout(spans);
-    let mut out = format!(
-        "trace {id} - {} spans, {:.3} ms\n",
-        spans.len(),
-        (w.t1 - w.t0) as f64 / 1e6
-    );
-    for row in &w.rows {
-        let s = &spans[row.index];
-        out.push_str(&format!(
-            "{:>10.3} ms {:>10.3} ms  {}{} {}{}{}\n",
-            (s.start_ns - w.t0) as f64 / 1e6,
-            s.duration_ns() as f64 / 1e6,
-            "  ".repeat(row.depth),
-            s.service(),
-            s.name,
-            if s.is_error() { "  [error]" } else { "" },
-            if row.orphan { "  [parent missing]" } else { "" },
-        ));
-    }
-    out
-}
-
-fn render_red(v: &Value) -> String {
-    let mut out = format!(
-        "{}{}: {} s steps\n{:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}\n",
-        v["service"].as_str().unwrap_or_default(),
-        v["operation"]
-            .as_str()
-            .map(|o| format!(" / {o}"))
-            .unwrap_or_default(),
-        v["step"],
-        "start (UTC)",
-        "req/s",
-        "errors",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "mean ms"
-    );
-    let ms = |x: &Value| {
-        x.as_f64()
-            .map(|f| format!("{f:.2}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    for p in v["points"].as_array().into_iter().flatten() {
-        let start = p["start"].as_u64().unwrap_or(0);
-        let (h, m) = ((start / 3600) % 24, (start / 60) % 60);
-        out.push_str(&format!(
-            "{:<20} {:>8.2} {:>7.1}% {:>9} {:>9} {:>9} {:>9}\n",
-            format!("day {} {h:02}:{m:02}", start / 86_400),
-            p["ratePerSecond"].as_f64().unwrap_or(0.0),
-            p["errorRate"].as_f64().unwrap_or(0.0) * 100.0,
-            ms(&p["p50Ms"]),
-            ms(&p["p90Ms"]),
-            ms(&p["p99Ms"]),
-            ms(&p["meanMs"]),
-        ));
-    }
-    if v["complete"] == false {
-        for r in v["partialReasons"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "note: partial answer: {}\n",
-                r.as_str().unwrap_or_default()
-            ));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_a_tree_with_orphans_and_errors() {
-        use faultline_model::span::{Origin, Span, SpanKind, StatusCode};
-        let origin = |service: &str| {
-            std::sync::Arc::new(Origin {
-                service: service.into(),
-                resource: Vec::new(),
-                scope_name: String::new(),
-                scope_version: String::new(),
-            })
-        };
-        let span =
-            |id: u8, parent: Option<u8>, name: &str, service: &str, at: u64, dur: u64| Span {
-                trace_id: [0xab; 16],
-                span_id: [id; 8],
-                parent_span_id: parent.map(|p| [p; 8]),
-                name: name.into(),
-                kind: SpanKind::Server,
-                start_ns: at * 1000,
-                end_ns: (at + dur) * 1000,
-                status: StatusCode::Unset,
-                status_message: String::new(),
-                attributes: Vec::new(),
-                events: Vec::new(),
-                links: Vec::new(),
-                origin: origin(service),
-            };
-        let mut failing = span(2, Some(1), "SELECT", "db", 2000, 1000);
-        failing.status = StatusCode::Error;
-        let spans = vec![
-            span(1, None, "GET /", "front", 1000, 5000),
-            failing,
-            span(3, Some(9), "late", "db", 3000, 10),
-        ];
-        let text = render_trace("ab", &spans);
-
-        assert!(text.starts_with("trace ab - 3 spans, 5.000 ms"), "{text}");
-        assert!(text.contains(" ms  front GET /\n"), "{text}");
-        assert!(text.contains(" ms    db SELECT  [error]\n"), "{text}");
-        assert!(text.contains("db late  [parent missing]"), "{text}");
-        assert_eq!(encode("GET /cart?x"), "GET%20%2Fcart%3Fx");
     }
 }

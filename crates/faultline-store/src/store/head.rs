@@ -241,6 +241,7 @@ impl Store {
                 }
             }
         }
+        inner.quality.observe(&spans, unix_now_s());
         let (edges, samples) = inner.head.push(seq, spans);
         for (start, p, c, call) in &edges {
             inner.rollups.add_edge(*start, p, c, *call);
@@ -250,4 +251,11 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Now, in Unix seconds (0 if the clock is before 1970).
+pub(crate) fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

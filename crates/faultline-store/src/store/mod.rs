@@ -160,6 +160,8 @@ pub(crate) struct Inner {
     rollups: Rollups,
     /// Clock-skew samples of the client/server calls seen since start.
     skew: crate::skew::SkewSamples,
+    /// Tracing health findings since start.
+    quality: crate::quality::Quality,
     /// Trace id → blocks holding it.
     locs: TraceLocs,
     /// Traces with spans in more than one place (blocks, heads); searched as a whole.
@@ -376,6 +378,7 @@ impl Store {
             quarantined,
             rollups,
             skew: Default::default(),
+            quality: Default::default(),
             locs: TraceLocs::default(),
             split: HashSet::new(),
             pending: manifest.pending.clone(),

@@ -76,6 +76,10 @@ pub trait SpanStore: Send + Sync {
     fn clock_offsets(&self) -> std::sync::Arc<crate::skew::Estimates> {
         std::sync::Arc::default()
     }
+    /// The tracing-health report (`crate::quality`); empty when the store keeps none.
+    fn tracing_health(&self) -> Result<crate::quality::TracingHealth, StoreError> {
+        Ok(crate::quality::TracingHealth::default())
+    }
 }
 
 /// Sources at or above this in a [`TopK`] are head traces (see [`Head::search`]).
@@ -118,6 +122,21 @@ impl SpanStore for Store {
             Ok(inner) => inner.skew.current(),
             Err(_) => std::sync::Arc::default(),
         }
+    }
+
+    fn tracing_health(&self) -> Result<crate::quality::TracingHealth, StoreError> {
+        let (services, estimates, deps) = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            let now_s = super::head::unix_now_s();
+            (
+                inner.quality.services(),
+                inner.skew.current(),
+                inner
+                    .rollups
+                    .dependencies(now_s.saturating_sub(3600), now_s + 60),
+            )
+        };
+        Ok(crate::quality::report(services, &estimates, &deps))
     }
 
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {

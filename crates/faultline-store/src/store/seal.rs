@@ -79,6 +79,18 @@ impl Store {
                 inner.manifest = manifest;
                 head.settle(&mut inner.pending);
                 inner.register(&sealed);
+                // Children whose parent never arrived in this head are orphans, unless
+                // their trace goes on elsewhere (the parent may be there).
+                let now_s = super::head::unix_now_s();
+                for ((trace, _), children) in &head.waiting {
+                    if !inner.split.contains(trace) {
+                        for &i in children {
+                            if let Some(span) = head.spans.get(i as usize) {
+                                inner.quality.orphan(span, now_s);
+                            }
+                        }
+                    }
+                }
                 Ok(Some(meta))
             }
             Err(e) => {

@@ -1,6 +1,7 @@
 //! The pages, one module each: `/` ([`services`]), `/service/{name}` ([`service`]),
 //! `/search` ([`search`]), `/trace/{id}` ([`trace`]), `/dependencies`
-//! ([`dependencies`]), `/status` ([`status`]), and the script they share (`/ui.js`,
+//! ([`dependencies`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
+//! and the script they share (`/ui.js`,
 //! `assets.rs`). Every page is rendered on the server from the
 //! [`faultline_store::SpanStore`]; its URL carries all its parameters (time range as
 //! `range=1h`, `refresh=30` to reload every 30 s, sort order, filters), so a view can be
@@ -17,6 +18,7 @@ pub mod service;
 pub mod services;
 pub mod status;
 pub mod trace;
+pub mod tracing_health;
 
 use std::fmt::Write as _;
 
@@ -43,6 +45,7 @@ pub fn router() -> Router<ApiState> {
         .route("/trace/{id}", get(trace::page))
         .route("/dependencies", get(dependencies::page))
         .route("/status", get(status::page))
+        .route("/tracing-health", get(tracing_health::page))
         .route("/ui.js", get(crate::assets::script));
     shaped(pages, Shape::Page(crate::html::error_page)).fallback(not_found)
 }

@@ -386,6 +386,14 @@ pub fn status_part(api: u16, name: &str) -> serde_json::Value {
 
 /// An OTLP/HTTP protobuf body with `spans` of one service (`service.name` = `service`).
 pub fn otlp_request(service: &str, spans: Vec<faultline_model::otlp::trace::Span>) -> Vec<u8> {
+    otlp_request_with(vec![("service.name", service)], spans)
+}
+
+/// An OTLP/HTTP protobuf body with `spans` under one resource of string attributes.
+pub fn otlp_request_with(
+    resource: Vec<(&str, &str)>,
+    spans: Vec<faultline_model::otlp::trace::Span>,
+) -> Vec<u8> {
     use faultline_model::ExportTraceServiceRequest;
     use faultline_model::otlp::common::{AnyValue, KeyValue, any_value::Value};
     use faultline_model::otlp::resource::Resource;
@@ -394,13 +402,16 @@ pub fn otlp_request(service: &str, spans: Vec<faultline_model::otlp::trace::Span
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue(service.into())),
-                    }),
-                    ..KeyValue::default()
-                }],
+                attributes: resource
+                    .into_iter()
+                    .map(|(k, v)| KeyValue {
+                        key: k.into(),
+                        value: Some(AnyValue {
+                            value: Some(Value::StringValue(v.into())),
+                        }),
+                        ..KeyValue::default()
+                    })
+                    .collect(),
                 ..Resource::default()
             }),
             scope_spans: vec![ScopeSpans {
