@@ -8,10 +8,12 @@
 //!   profile (fresh high-cardinality values, varied durations), [`fresh`] its probe of how
 //!   soon acknowledged traces are readable;
 //! - [`store`]: query latency at the store level on a stopped server's data directory;
-//! - [`http`]: query latency over HTTP with concurrent clients, against a running server.
+//! - [`http`]: query latency over HTTP with concurrent clients, against a running server;
+//! - [`skew`]: the cost of clock-skew correction per trace read.
 
 pub mod fresh;
 pub mod http;
 pub mod loadgen;
+pub mod skew;
 pub mod store;
 pub mod varied;

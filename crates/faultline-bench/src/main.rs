@@ -71,6 +71,9 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         samples: usize,
     },
+    /// The cost of clock-skew correction per trace read, on synthetic traces that all
+    /// cross skewed clocks.
+    Skew,
     /// Trace-by-id latency of the store in DATA_DIR (stop the server first): samples trace
     /// ids spread over every block and times each lookup.
     TraceById {
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::TraceById { data_dir, samples } => store::trace_by_id(&data_dir, samples),
         Command::Red { data_dir, samples } => store::red(&data_dir, samples),
         Command::Search { data_dir, samples } => store::search(&data_dir, samples),
+        Command::Skew => faultline_bench::skew::run(),
     };
     match result {
         Ok(code) => code,

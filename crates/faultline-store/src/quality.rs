@@ -16,12 +16,14 @@
 //! `crate::skew` and callers of a service from the rollups; the report joins them
 //! (`Store::tracing_health`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::OnceLock;
 
 use faultline_model::sampling::adjusted_count;
 use faultline_model::semconv;
 use faultline_model::span::{AttrValue, Origin, Span, TraceId};
+
+use crate::block::FastMap;
 
 /// Example trace ids kept per finding.
 pub const EXAMPLES: usize = 3;
@@ -143,24 +145,33 @@ pub struct ServiceHealth {
 /// Every service's findings.
 #[derive(Debug, Default)]
 pub struct Quality {
-    services: HashMap<String, ServiceHealth>,
+    services: FastMap<String, ServiceHealth>,
 }
 
-fn deprecated_names() -> &'static HashMap<&'static str, &'static str> {
-    static NAMES: OnceLock<HashMap<&'static str, &'static str>> = OnceLock::new();
-    NAMES.get_or_init(|| semconv::DEPRECATED.iter().copied().collect())
+/// What an attribute name is checked for.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    Typed(Kind),
+    Deprecated,
 }
 
-fn typed() -> &'static HashMap<&'static str, Kind> {
-    static TYPES: OnceLock<HashMap<&'static str, Kind>> = OnceLock::new();
-    TYPES.get_or_init(|| TYPED.iter().copied().collect())
+/// Every checked attribute name in one map: one lookup per attribute.
+fn checks() -> &'static FastMap<&'static str, Check> {
+    static CHECKS: OnceLock<FastMap<&'static str, Check>> = OnceLock::new();
+    CHECKS.get_or_init(|| {
+        let mut m: FastMap<&'static str, Check> = semconv::DEPRECATED
+            .iter()
+            .map(|(k, _)| (*k, Check::Deprecated))
+            .collect();
+        m.extend(TYPED.iter().map(|(k, kind)| (*k, Check::Typed(*kind))));
+        m
+    })
 }
 
 impl Quality {
     /// Checks the conventions of `spans` as they arrive (`now_s`: Unix seconds).
     pub fn observe(&mut self, spans: &[Span], now_s: u64) {
-        let deprecated = deprecated_names();
-        let typed = typed();
+        let checks = checks();
         // Spans of one request share their origin: judge each resource once.
         let mut last_origin: Option<(*const Origin, Vec<&'static str>)> = None;
         for s in spans {
@@ -170,15 +181,16 @@ impl Quality {
             };
             h.spans += 1;
             for (k, v) in &s.attributes {
-                if let Some(kind) = typed.get(k.as_str()) {
-                    if !kind.matches(v) {
+                match checks.get(k.as_str()) {
+                    None => {}
+                    Some(Check::Typed(kind)) if !kind.matches(v) => {
                         h.wrong_type
                             .entry((k.clone(), kind_name(v)))
                             .or_default()
                             .add(1, now_s, &s.trace_id);
                     }
-                } else if deprecated.contains_key(k.as_str()) {
-                    match h.deprecated.get_mut(k.as_str()) {
+                    Some(Check::Typed(_)) => {}
+                    Some(Check::Deprecated) => match h.deprecated.get_mut(k.as_str()) {
                         Some(t) => t.add(1, now_s, &s.trace_id),
                         None => {
                             h.deprecated
@@ -186,7 +198,7 @@ impl Quality {
                                 .or_default()
                                 .add(1, now_s, &s.trace_id)
                         }
-                    }
+                    },
                 }
             }
             let ptr = std::sync::Arc::as_ptr(&s.origin);

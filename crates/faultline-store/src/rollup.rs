@@ -207,8 +207,13 @@ pub struct RedPoint {
 }
 
 impl Rollups {
-    /// Adds one span.
+    /// Adds one span, weighted by its adjusted count.
     pub fn add(&mut self, s: &Span) {
+        self.add_weighted(s, faultline_model::sampling::adjusted_count(&s.attributes));
+    }
+
+    /// Adds one span whose adjusted count is known (`weight`).
+    pub fn add_weighted(&mut self, s: &Span, weight: f64) {
         let minute = s.start_ns / 60_000_000_000;
         let cells = self.minutes.entry(minute).or_default();
         let ops = match cells.get_mut(s.service()) {
@@ -220,7 +225,6 @@ impl Rollups {
             None => ops.entry(s.name.clone()).or_default(),
         };
         let cell = kinds[s.kind as usize].get_or_insert_with(Box::default);
-        let weight = faultline_model::sampling::adjusted_count(&s.attributes);
         cell.count += 1;
         cell.weighted += weight;
         if s.is_error() {

@@ -123,7 +123,7 @@ pub fn sample(parent: &Span, child: &Span) -> Option<Sample> {
 /// The samples of every clock pair, and the estimates last computed from them.
 #[derive(Debug, Default)]
 pub struct SkewSamples {
-    pairs: HashMap<(Clock, Clock), VecDeque<i64>>,
+    pairs: crate::block::FastMap<(Clock, Clock), VecDeque<i64>>,
     /// Estimates are recomputed at most every [`ESTIMATE_EVERY`]: trace reads ask for
     /// them every time.
     cached: std::sync::Mutex<Option<(std::time::Instant, Arc<Estimates>)>>,

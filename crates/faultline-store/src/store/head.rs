@@ -67,14 +67,20 @@ type Edge = (u64, String, String, (bool, u64, f64));
 impl Head {
     /// Adds spans; returns the service-to-service calls their arrival completed, and the
     /// clock-skew samples of the client/server pairs it matched.
-    pub(crate) fn push(&mut self, seq: u64, spans: Vec<Span>) -> (Vec<Edge>, Vec<Sample>) {
+    pub(crate) fn push(
+        &mut self,
+        seq: u64,
+        spans: Vec<Span>,
+        weights: &[f64],
+    ) -> (Vec<Edge>, Vec<Sample>) {
         if self.started.is_none() && !spans.is_empty() {
             self.started = Some(Instant::now());
         }
         let mut edges = Vec::new();
         let mut samples = Vec::new();
-        for s in spans {
-            self.rollups.add(&s);
+        for (n, s) in spans.into_iter().enumerate() {
+            let weight = weights.get(n).copied().unwrap_or(1.0);
+            self.rollups.add_weighted(&s, weight);
             let idx = self.spans.len() as u32;
             if let Some(p) = s.parent_span_id {
                 match self.by_span.get(&(s.trace_id, p)) {
@@ -86,7 +92,7 @@ impl Head {
                                 s.start_ns,
                                 parent.service().to_string(),
                                 s.service().to_string(),
-                                (s.is_error(), s.duration_ns(), adjusted_count(&s.attributes)),
+                                (s.is_error(), s.duration_ns(), weight),
                             ));
                         }
                     }
@@ -133,7 +139,12 @@ impl Head {
 
     /// Takes over a newer head's spans and positions (after a failed seal).
     pub(crate) fn absorb(&mut self, newer: Head) {
-        let _ = self.push(newer.max_seq, newer.spans);
+        let weights: Vec<f64> = newer
+            .spans
+            .iter()
+            .map(|s| adjusted_count(&s.attributes))
+            .collect();
+        let _ = self.push(newer.max_seq, newer.spans, &weights);
         self.in_order = self.in_order.max(newer.in_order);
         self.backlog.union(&newer.backlog);
         self.finished.union(&newer.finished);
@@ -215,14 +226,19 @@ impl Store {
 
     /// Adds the spans of WAL record `seq`; they are queryable when this returns.
     pub fn ingest(&self, seq: u64, spans: Vec<Span>) -> Result<(), StoreError> {
+        // Each span's adjusted count, once and before the lock (rollups and edges use it).
+        let weights: Vec<f64> = spans
+            .iter()
+            .map(|s| adjusted_count(&s.attributes))
+            .collect();
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
         if inner.pending.contains(seq) {
             inner.head.backlog.insert(seq);
         } else {
             inner.head.in_order = inner.head.in_order.max(seq);
         }
-        for s in &spans {
-            inner.rollups.add(s);
+        for (s, w) in spans.iter().zip(&weights) {
+            inner.rollups.add_weighted(s, *w);
             // A trace new to the head but already in a block or a sealing head is split.
             if !inner.head.by_trace.contains_key(&s.trace_id)
                 && !inner.split.contains(&s.trace_id)
@@ -242,7 +258,7 @@ impl Store {
             }
         }
         inner.quality.observe(&spans, unix_now_s());
-        let (edges, samples) = inner.head.push(seq, spans);
+        let (edges, samples) = inner.head.push(seq, spans, &weights);
         for (start, p, c, call) in &edges {
             inner.rollups.add_edge(*start, p, c, *call);
         }
