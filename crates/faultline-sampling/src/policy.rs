@@ -46,6 +46,33 @@ use serde::Deserialize;
 /// should take more than this many traces per second from one process).
 pub const MAX_TRACES_PER_SECOND: f64 = 1_000_000.0;
 
+/// Largest policy file read (a policy is a few kilobytes; anything near this is a wrong
+/// path, and the watcher reads the file every second).
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// Reads the policy file at `path`, refusing one over [`MAX_POLICY_BYTES`].
+pub fn read_file(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    let shown = || path.display().to_string();
+    let len = std::fs::metadata(path)
+        .map_err(|source| PolicyError::Read {
+            path: shown(),
+            source,
+        })?
+        .len();
+    if len > MAX_POLICY_BYTES {
+        return Err(PolicyError::Invalid {
+            path: shown(),
+            message: format!(
+                "the file is {len} bytes, over the {MAX_POLICY_BYTES}-byte limit for a policy; is this the right file?"
+            ),
+        });
+    }
+    std::fs::read(path).map_err(|source| PolicyError::Read {
+        path: shown(),
+        source,
+    })
+}
+
 /// Why a policy file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -167,9 +194,10 @@ impl Policy {
     /// else TOML).
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let bytes = read_file(path)?;
+        let text = String::from_utf8(bytes).map_err(|e| PolicyError::Parse {
             path: shown.clone(),
-            source,
+            message: format!("not UTF-8 text ({e})"),
         })?;
         let json = path
             .extension()
@@ -451,6 +479,15 @@ param = 20
             .unwrap_err()
             .to_string();
         assert!(err.contains("p.json does not parse"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        std::fs::write(&path, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
+        let err = Policy::load(&path).unwrap_err().to_string();
+        assert!(err.contains("over the 1048576-byte limit"), "{err}");
     }
 
     #[test]

@@ -91,10 +91,7 @@ impl PolicyHandle {
     /// Loads the policy file at `path`; an unreadable or invalid file is an error (at
     /// start-up there is no last good policy to fall back to).
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = crate::policy::read_file(path)?;
         let policy = parse_bytes(path, &bytes)?;
         let handle = Self::fixed(policy);
         let mut state = handle.write();
@@ -130,15 +127,11 @@ impl PolicyHandle {
         let Some(path) = &self.path else {
             return Check::NoFile;
         };
-        let read = std::fs::read(path);
+        let read = crate::policy::read_file(path);
         let mut s = self.write();
         let outcome = match read {
-            Err(source) => {
-                let message = PolicyError::Read {
-                    path: path.display().to_string(),
-                    source,
-                }
-                .to_string();
+            Err(e) => {
+                let message = e.to_string();
                 // A missing file is judged once, not every second.
                 if s.last_error.as_ref().is_some_and(|(_, m)| *m == message) {
                     return Check::Unchanged;

@@ -7,8 +7,9 @@
 //! agree and a network that takes as long there as back, a server's span sits in the
 //! middle of its client's, so the sample is about 0; a server whose clock is 2 s fast
 //! gives about +2 s. The last [`SAMPLES_PER_PAIR`] samples of each (parent clock, child
-//! clock) pair are kept in memory; they are not written to disk (after a restart,
-//! estimates come back as calls arrive).
+//! clock) pair are kept in memory, for at most [`MAX_PAIRS`] pairs (the least recently
+//! fed goes first); they are not written to disk (after a restart, estimates come back as
+//! calls arrive).
 //!
 //! **Estimates.** A clock's offset is the median, over every sample of calls into it, of
 //! the sample plus the calling clock's own offset (so a call from a skewed caller is not
@@ -34,6 +35,10 @@ use faultline_model::span::{Span, SpanKind};
 
 /// Samples kept per (parent clock, child clock) pair.
 pub const SAMPLES_PER_PAIR: usize = 256;
+
+/// Clock pairs kept at most: hosts come and go (a pod per deploy), so the pair whose
+/// newest sample is oldest is forgotten when a new pair would exceed this.
+pub const MAX_PAIRS: usize = 10_000;
 
 /// Samples a clock's estimate needs.
 pub const MIN_SAMPLES: usize = 5;
@@ -123,23 +128,52 @@ pub fn sample(parent: &Span, child: &Span) -> Option<Sample> {
 /// The samples of every clock pair, and the estimates last computed from them.
 #[derive(Debug, Default)]
 pub struct SkewSamples {
-    pairs: crate::block::FastMap<(Clock, Clock), VecDeque<i64>>,
+    pairs: crate::block::FastMap<(Clock, Clock), Ring>,
+    /// Samples observed since start: each ring remembers when it was last fed.
+    observed: u64,
     /// Estimates are recomputed at most every [`ESTIMATE_EVERY`]: trace reads ask for
     /// them every time.
     cached: std::sync::Mutex<Option<(std::time::Instant, Arc<Estimates>)>>,
+}
+
+/// One clock pair's recent samples.
+#[derive(Debug, Default)]
+struct Ring {
+    samples: VecDeque<i64>,
+    /// [`SkewSamples::observed`] when it was last fed.
+    fed: u64,
 }
 
 /// How old the estimates a trace read uses may be.
 pub const ESTIMATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl SkewSamples {
-    /// Keeps `s`, forgetting the pair's oldest sample beyond [`SAMPLES_PER_PAIR`].
+    /// Keeps `s`, forgetting the pair's oldest sample beyond [`SAMPLES_PER_PAIR`], and the
+    /// least recently fed pair beyond [`MAX_PAIRS`].
     pub fn observe(&mut self, (parent, child, delta): Sample) {
-        let ring = self.pairs.entry((parent, child)).or_default();
-        if ring.len() == SAMPLES_PER_PAIR {
-            ring.pop_front();
+        self.observed += 1;
+        let key = (parent, child);
+        if !self.pairs.contains_key(&key) && self.pairs.len() >= MAX_PAIRS {
+            let stale = self
+                .pairs
+                .iter()
+                .min_by_key(|(_, r)| r.fed)
+                .map(|(k, _)| k.clone());
+            if let Some(stale) = stale {
+                self.pairs.remove(&stale);
+            }
         }
-        ring.push_back(delta);
+        let ring = self.pairs.entry(key).or_default();
+        ring.fed = self.observed;
+        if ring.samples.len() == SAMPLES_PER_PAIR {
+            ring.samples.pop_front();
+        }
+        ring.samples.push_back(delta);
+    }
+
+    /// Clock pairs with samples.
+    pub fn pairs(&self) -> usize {
+        self.pairs.len()
     }
 
     /// [`Self::estimates`], at most [`ESTIMATE_EVERY`] old.
@@ -159,7 +193,7 @@ impl SkewSamples {
     pub fn estimates(&self) -> Estimates {
         let mut into: HashMap<&Clock, Vec<(&Clock, &VecDeque<i64>)>> = HashMap::new();
         for ((p, c), ring) in &self.pairs {
-            into.entry(c).or_default().push((p, ring));
+            into.entry(c).or_default().push((p, &ring.samples));
         }
         let mut est: HashMap<&Clock, (i64, i64)> = HashMap::new();
         let mut values = Vec::new();
@@ -561,6 +595,28 @@ mod tests {
             s.observe(sample(&c, &srv).unwrap());
         }
         assert!(s.estimates().is_empty(), "{:?}", s.estimates());
+    }
+
+    #[test]
+    fn pairs_are_bounded_and_the_stalest_goes() {
+        let mut s = SkewSamples::default();
+        let clock = |i: usize| Clock {
+            service: "svc".into(),
+            host: format!("pod-{i}"),
+        };
+        let root = Clock {
+            service: "gw".into(),
+            host: "gw-1".into(),
+        };
+        for i in 0..MAX_PAIRS + 50 {
+            s.observe((root.clone(), clock(i), 1));
+            // pod-0 keeps being called: it is never the stalest.
+            s.observe((root.clone(), clock(0), 1));
+        }
+        assert_eq!(s.pairs(), MAX_PAIRS);
+        assert!(s.pairs.contains_key(&(root.clone(), clock(0))));
+        assert!(!s.pairs.contains_key(&(root.clone(), clock(1))));
+        assert!(s.pairs.contains_key(&(root, clock(MAX_PAIRS + 49))));
     }
 
     #[test]
