@@ -64,19 +64,14 @@ pub fn to_json(r: &TracingHealth) -> Value {
                 let mut v = tally(t);
                 v["kind"] = json!("deprecated");
                 v["attribute"] = json!(k);
-                v["note"] =
-                    json!(faultline_store::quality::deprecation_note(k).unwrap_or("deprecated"));
+                v["note"] = json!(faultline_store::quality::deprecation_note(k));
                 conventions.push(v);
             }
             for ((k, got), t) in &h.wrong_type {
-                let want = faultline_store::quality::TYPED
-                    .iter()
-                    .find(|(n, _)| n == k)
-                    .map_or("?", |(_, kind)| kind.as_str());
                 let mut v = tally(t);
                 v["kind"] = json!("wrong_type");
                 v["attribute"] = json!(k);
-                v["note"] = json!(format!("expected {want}, got {got}"));
+                v["note"] = json!(faultline_store::quality::wrong_type_note(k, got));
                 conventions.push(v);
             }
             for (k, t) in &h.missing_resource {

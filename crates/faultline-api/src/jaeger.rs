@@ -473,7 +473,7 @@ pub fn adjust_skew(
         out[a.index] = Some(format!(
             "clock skew adjusted: moved {}{}; {}",
             if a.shift_ns < 0 { "-" } else { "+" },
-            faultline_store::skew::human(a.shift_ns.unsigned_abs()),
+            faultline_model::health::human_duration(a.shift_ns.unsigned_abs()),
             a.basis
         ));
     }

@@ -70,6 +70,19 @@ impl Component {
     }
 }
 
+/// A duration in nanoseconds as `850 µs`, `12.3 ms`, `1.24 s` (the UI's, the status
+/// report's and the clock-skew notes' format).
+pub fn human_duration(ns: u64) -> String {
+    let ms = ns as f64 / 1e6;
+    if ns < 1_000_000 {
+        format!("{:.0} µs", ns as f64 / 1e3)
+    } else if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
 /// Bytes as `512 B`, `512.5 KiB`, `3.9 GiB`.
 pub fn human_bytes(n: u64) -> String {
     let mut v = n as f64;

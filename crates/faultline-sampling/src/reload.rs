@@ -74,11 +74,16 @@ fn unix_secs(t: SystemTime) -> u64 {
 impl PolicyHandle {
     /// A policy that never changes (no file configured).
     pub fn fixed(policy: Policy) -> Self {
+        Self::new(policy, None, None)
+    }
+
+    /// Generation 1 of `policy`, read from `path` as `seen` (none: never reloaded).
+    fn new(policy: Policy, path: Option<PathBuf>, seen: Option<Vec<u8>>) -> Self {
         Self {
-            path: None,
+            path,
             state: Arc::new(RwLock::new(State {
                 policy: Arc::new(policy),
-                seen: None,
+                seen,
                 generation: 1,
                 loaded_at: SystemTime::now(),
                 last_error: None,
@@ -93,14 +98,7 @@ impl PolicyHandle {
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
         let bytes = crate::policy::read_file(path)?;
         let policy = parse_bytes(path, &bytes)?;
-        let handle = Self::fixed(policy);
-        let mut state = handle.write();
-        state.seen = Some(bytes);
-        drop(state);
-        Ok(Self {
-            path: Some(path.to_path_buf()),
-            ..handle
-        })
+        Ok(Self::new(policy, Some(path.to_path_buf()), Some(bytes)))
     }
 
     /// The policy in force.

@@ -306,9 +306,19 @@ pub fn report(
     }
 }
 
-/// The registry's note on a deprecated name.
-pub fn deprecation_note(name: &str) -> Option<&'static str> {
-    semconv::deprecated(name)
+/// The registry's note on a deprecated name (`deprecated` when it has none).
+pub fn deprecation_note(name: &str) -> &'static str {
+    semconv::deprecated(name).unwrap_or("deprecated")
+}
+
+/// `expected int, got string` for a value of type `got` under `attribute` (one of
+/// [`TYPED`]).
+pub fn wrong_type_note(attribute: &str, got: &str) -> String {
+    let want = TYPED
+        .iter()
+        .find(|(n, _)| *n == attribute)
+        .map_or("?", |(_, kind)| kind.as_str());
+    format!("expected {want}, got {got}")
 }
 
 #[cfg(test)]
@@ -401,7 +411,11 @@ mod tests {
         assert!(modern.missing_resource.is_empty());
         assert_eq!(
             deprecation_note("http.status_code"),
-            Some("Replaced by `http.response.status_code`.")
+            "Replaced by `http.response.status_code`."
+        );
+        assert_eq!(
+            wrong_type_note("http.response.status_code", "string"),
+            "expected int, got string"
         );
     }
 

@@ -31,6 +31,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use faultline_model::health::human_duration;
 use faultline_model::span::{Span, SpanKind};
 
 /// Samples kept per (parent clock, child clock) pair.
@@ -306,11 +307,11 @@ pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
                         basis: format!(
                             "clock of {} is {} {} (median of {} client/server calls from {}, spread {})",
                             clocks[c].label(),
-                            human(o.offset_ns.unsigned_abs()),
+                            human_duration(o.offset_ns.unsigned_abs()),
                             if o.offset_ns > 0 { "ahead" } else { "behind" },
                             o.samples,
                             o.callers.join(", "),
-                            human(o.spread_ns.unsigned_abs())
+                            human_duration(o.spread_ns.unsigned_abs())
                         ),
                     });
                 }
@@ -346,17 +347,6 @@ pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
 
 fn shifted(t: u64, d: i64) -> u64 {
     t.saturating_add_signed(d)
-}
-
-/// `2.000 s`, `300.0 ms`, `950 µs`.
-pub fn human(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.3} s", ns as f64 / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.1} ms", ns as f64 / 1e6)
-    } else {
-        format!("{} µs", ns / 1000)
-    }
 }
 
 #[cfg(test)]
@@ -543,7 +533,7 @@ mod tests {
         // its internal child.
         assert_eq!(idx, [2, 3, 5, 6, 7], "{moved:?}");
         assert!(
-            moved[0].basis.contains("api@api-1 is 2.000 s ahead"),
+            moved[0].basis.contains("api@api-1 is 2.00 s ahead"),
             "{}",
             moved[0].basis
         );

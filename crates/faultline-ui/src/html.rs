@@ -35,14 +35,7 @@ pub fn url(s: &str) -> String {
 
 /// A duration in nanoseconds as `850 µs`, `12.3 ms`, `1.24 s`.
 pub fn dur(ns: u64) -> String {
-    let ms = ns as f64 / 1e6;
-    if ns < 1_000_000 {
-        format!("{:.0} µs", ns as f64 / 1e3)
-    } else if ms < 1000.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{:.2} s", ms / 1000.0)
-    }
+    faultline_model::health::human_duration(ns)
 }
 
 /// Milliseconds as [`dur`] does, or `-`.

@@ -41,12 +41,23 @@ fn init_logging() {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let s = Settings::load(args)?;
+    // The policy first (file I/O, before the runtime): a bad policy file stops the start
+    // before anything is opened.
+    let sampling = match &s.sampling_policy {
+        Some(path) => PolicyHandle::from_file(path).context(
+            "cannot start with this sampling policy; fix it or start without --sampling-policy",
+        )?,
+        None => PolicyHandle::fixed(Policy::default()),
+    };
+    let _policy_watcher = sampling
+        .watch(std::time::Duration::from_secs(1))
+        .context("cannot start the sampling policy watcher thread")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("faultline")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(s))?;
+    runtime.block_on(serve(s, sampling))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -202,21 +213,11 @@ async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
     Ok(Arc::new(store))
 }
 
-async fn serve(s: Settings) -> anyhow::Result<()> {
+async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("faultline");
     let metrics = Arc::new(Metrics::new(&mut registry));
     let pipeline_metrics = PipelineMetrics::new(&mut registry);
     let sampling_metrics = SamplingMetrics::new(&mut registry);
-    // The policy first: a bad policy file stops the start before anything is opened.
-    let sampling = match &s.sampling_policy {
-        Some(path) => PolicyHandle::from_file(path).context(
-            "cannot start with this sampling policy; fix it or start without --sampling-policy",
-        )?,
-        None => PolicyHandle::fixed(Policy::default()),
-    };
-    let _policy_watcher = sampling
-        .watch(std::time::Duration::from_secs(1))
-        .context("cannot start the sampling policy watcher thread")?;
     let store = open_store(&s).await?;
     let wal = open_wal(&s, &metrics, store.source_seq()).await?;
     // Before intake opens: everything committed so far is the backlog behind live data.

@@ -150,7 +150,7 @@ fn planted_skew_is_detected_and_corrected_in_the_api_and_the_ui() {
     let (_, page) = http_get(server.api, &format!("/trace/{id}")).unwrap();
     assert!(page.contains("id=skew"), "{page}");
     assert_eq!(page.matches(" skewed\"").count(), 3, "{page}");
-    assert!(page.contains("clock skew: moved −2.000 s"), "{page}");
+    assert!(page.contains("clock skew: moved −2.00 s"), "{page}");
     assert!(page.contains(&format!("/trace/{id}?raw=1")));
     let (_, raw_page) = http_get(server.api, &format!("/trace/{id}?raw=1")).unwrap();
     assert!(!raw_page.contains(" skewed\""));

@@ -118,7 +118,7 @@ fn span_row(
                 " <span class=skewmark title=\"{}\">clock skew: moved {}{}</span>",
                 esc(&a.basis),
                 if a.shift_ns < 0 { "−" } else { "+" },
-                faultline_store::skew::human(a.shift_ns.unsigned_abs())
+                faultline_model::health::human_duration(a.shift_ns.unsigned_abs())
             )
         }
         None => String::new(),
@@ -179,7 +179,7 @@ fn span_detail(s: &Span, t0: u64, moved: Option<&faultline_store::skew::Adjustme
             out,
             "<p class=skew>Clock skew corrected: moved {}{}; {}.</p>",
             if a.shift_ns < 0 { "−" } else { "+" },
-            faultline_store::skew::human(a.shift_ns.unsigned_abs()),
+            faultline_model::health::human_duration(a.shift_ns.unsigned_abs()),
             esc(&a.basis)
         );
     }

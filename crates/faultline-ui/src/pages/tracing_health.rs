@@ -90,27 +90,27 @@ fn render(r: &TracingHealth) -> String {
                 } else {
                     host
                 }),
-                faultline_store::skew::human(o.offset_ns.unsigned_abs()),
+                faultline_model::health::human_duration(o.offset_ns.unsigned_abs()),
                 if o.offset_ns > 0 { "ahead" } else { "behind" },
                 o.samples,
                 esc(&o.callers.join(", ")),
-                faultline_store::skew::human(o.spread_ns.unsigned_abs()),
+                faultline_model::health::human_duration(o.spread_ns.unsigned_abs()),
                 o.samples
             );
             any = true;
         }
         for (k, t) in &h.deprecated {
-            let note = faultline_store::quality::deprecation_note(k).unwrap_or("deprecated");
+            let note = faultline_store::quality::deprecation_note(k);
             let what = format!("<code>{}</code>: {}", esc(k), esc(note));
             row(&mut out, &s.service, "deprecated attribute", &what, t);
             any = true;
         }
         for ((k, got), t) in &h.wrong_type {
-            let want = faultline_store::quality::TYPED
-                .iter()
-                .find(|(n, _)| n == k)
-                .map_or("?", |(_, kind)| kind.as_str());
-            let what = format!("<code>{}</code>: expected {want}, got {got}", esc(k));
+            let what = format!(
+                "<code>{}</code>: {}",
+                esc(k),
+                faultline_store::quality::wrong_type_note(k, got)
+            );
             row(&mut out, &s.service, "wrong type", &what, t);
             any = true;
         }
