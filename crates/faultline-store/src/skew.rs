@@ -26,7 +26,16 @@
 //! its parent (starts before it or ends after it) and whose clock has an estimate is moved
 //! back by that estimate, together with every descendant on the same clock (they share its
 //! error). A span that fits is never moved. Each move is reported with its amount and
-//! basis, so the UI can mark it and the Jaeger API can warn on the span.
+//! basis, so the UI can mark it and the Jaeger API can warn on the span. Sealing stores
+//! each span's shift (the block column `clock_shift_nano`, see [`shifts`]), so the search
+//! index's trace start, end and duration are the corrected ones.
+//!
+//! **Across restarts** the estimates last computed are kept in `clock-offsets.json` in the
+//! store directory ([`OFFSETS_FILE`], written after each seal when they changed, replaced
+//! atomically): a JSON object `{"version": 1, "clocks": [{"service", "host", "offset_ns",
+//! "samples", "spread_ns", "callers"}]}`. After a restart a restored estimate stands for
+//! its clock until calls into that clock arrive again; from then on only the new samples
+//! count. An unreadable file is logged and ignored (estimates come back as calls arrive).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -89,7 +98,7 @@ impl Clock {
 }
 
 /// One clock's estimated offset.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Offset {
     /// How far the clock is ahead (positive) or behind, in nanoseconds.
     pub offset_ns: i64,
@@ -99,6 +108,9 @@ pub struct Offset {
     pub spread_ns: i64,
     /// The calling clocks the samples came from.
     pub callers: Vec<String>,
+    /// Whether it was restored from [`OFFSETS_FILE`] (no call into the clock since start).
+    #[serde(default, skip_serializing)]
+    pub restored: bool,
 }
 
 /// Every clock's estimate.
@@ -135,6 +147,8 @@ pub struct SkewSamples {
     /// Estimates are recomputed at most every [`ESTIMATE_EVERY`]: trace reads ask for
     /// them every time.
     cached: std::sync::Mutex<Option<(std::time::Instant, Arc<Estimates>)>>,
+    /// Estimates read from [`OFFSETS_FILE`] at start.
+    restored: Estimates,
 }
 
 /// One clock pair's recent samples.
@@ -170,6 +184,23 @@ impl SkewSamples {
             ring.samples.pop_front();
         }
         ring.samples.push_back(delta);
+    }
+
+    /// Takes the estimates of a previous run: each stands until calls into its clock
+    /// arrive.
+    pub fn restore(&mut self, estimates: Estimates) {
+        self.restored = estimates
+            .into_iter()
+            .map(|(c, o)| {
+                (
+                    c,
+                    Offset {
+                        restored: true,
+                        ..o
+                    },
+                )
+            })
+            .collect();
     }
 
     /// Clock pairs with samples.
@@ -226,6 +257,11 @@ impl SkewSamples {
             }
             est = next;
         }
+        let restored = self
+            .restored
+            .iter()
+            .filter(|(c, _)| !into.contains_key(c))
+            .map(|(c, o)| (c.clone(), o.clone()));
         est.into_iter()
             .map(|(clock, (offset_ns, spread_ns))| {
                 let edges = &into[clock];
@@ -239,11 +275,85 @@ impl SkewSamples {
                         samples: edges.iter().map(|(_, r)| r.len()).sum(),
                         spread_ns,
                         callers,
+                        restored: false,
                     },
                 )
             })
+            .chain(restored)
             .collect()
     }
+}
+
+/// The file keeping the estimates across restarts (format in the module header).
+pub const OFFSETS_FILE: &str = "clock-offsets.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OffsetsFile {
+    version: u32,
+    clocks: Vec<ClockOffset>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClockOffset {
+    service: String,
+    host: String,
+    #[serde(flatten)]
+    offset: Offset,
+}
+
+/// Writes `estimates` to [`OFFSETS_FILE`] in `dir` (temporary file, then rename).
+pub fn save(dir: &std::path::Path, estimates: &Estimates) -> Result<(), crate::StoreError> {
+    let mut clocks: Vec<ClockOffset> = estimates
+        .iter()
+        .map(|(c, o)| ClockOffset {
+            service: c.service.clone(),
+            host: c.host.clone(),
+            offset: o.clone(),
+        })
+        .collect();
+    clocks.sort_by(|a, b| (&a.service, &a.host).cmp(&(&b.service, &b.host)));
+    let body = serde_json::to_vec_pretty(&OffsetsFile { version: 1, clocks })
+        .map_err(|e| crate::StoreError::Encode(e.to_string()))?;
+    let path = dir.join(OFFSETS_FILE);
+    let tmp = dir.join(format!("{OFFSETS_FILE}.tmp"));
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| crate::StoreError::Io { op, path, source }
+    };
+    std::fs::write(&tmp, body).map_err(io("write clock offsets", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename clock offsets", &tmp))
+}
+
+/// Reads [`OFFSETS_FILE`] in `dir`: empty when there is none; an error names the file and
+/// what is wrong with it.
+pub fn load(dir: &std::path::Path) -> Result<Estimates, String> {
+    let path = dir.join(OFFSETS_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Estimates::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let f: OffsetsFile = serde_json::from_slice(&text)
+        .map_err(|e| format!("{} is not a clock-offsets file: {e}", path.display()))?;
+    if f.version != 1 {
+        return Err(format!(
+            "{} has version {}, this build reads version 1",
+            path.display(),
+            f.version
+        ));
+    }
+    Ok(f.clocks
+        .into_iter()
+        .map(|c| {
+            (
+                Clock {
+                    service: c.service,
+                    host: c.host,
+                },
+                c.offset,
+            )
+        })
+        .collect())
 }
 
 /// A span moved by [`correct`].
@@ -263,6 +373,52 @@ pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
     if estimates.is_empty() || spans.len() < 2 {
         return Vec::new();
     }
+    let (shift, moved) = {
+        let refs: Vec<&Span> = spans.iter().collect();
+        plan(&refs, estimates)
+    };
+    for (s, d) in spans.iter_mut().zip(&shift) {
+        if *d != 0 {
+            s.start_ns = shifted(s.start_ns, *d);
+            s.end_ns = shifted(s.end_ns, *d);
+            for e in &mut s.events {
+                e.time_ns = shifted(e.time_ns, *d);
+            }
+        }
+    }
+    moved
+}
+
+/// The shift [`correct`] would give each span of one trace (0: not moved), without moving
+/// anything: sealing stores it beside each span (`clock_shift_nano`) so trace summaries
+/// and durations in the search index are the corrected ones.
+pub fn shifts(spans: &[&Span], estimates: &Estimates) -> Vec<i64> {
+    if estimates.is_empty() || spans.len() < 2 {
+        return vec![0; spans.len()];
+    }
+    plan(spans, estimates).0
+}
+
+/// Whether a trace with `spans` may need moving: one of them is of a service with an
+/// estimated clock. Cheap, so that traces of well-behaved services skip [`plan`].
+pub fn may_move<'a>(
+    spans: impl IntoIterator<Item = &'a Span>,
+    skewed: &std::collections::HashSet<&str>,
+) -> bool {
+    !skewed.is_empty() && spans.into_iter().any(|s| skewed.contains(s.service()))
+}
+
+/// The services of the clocks in `estimates`.
+pub fn skewed_services(estimates: &Estimates) -> std::collections::HashSet<&str> {
+    estimates.keys().map(|c| c.service.as_str()).collect()
+}
+
+/// Each span's shift and the adjustments behind them (see the module header).
+fn plan(spans: &[&Span], estimates: &Estimates) -> (Vec<i64>, Vec<Adjustment>) {
+    let mut shift = vec![0i64; spans.len()];
+    if estimates.is_empty() || spans.len() < 2 {
+        return (shift, Vec::new());
+    }
     let index: HashMap<[u8; 8], usize> = spans
         .iter()
         .enumerate()
@@ -276,8 +432,7 @@ pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
             _ => roots.push(i),
         }
     }
-    let clocks: Vec<Clock> = spans.iter().map(Clock::of).collect();
-    let mut shift = vec![0i64; spans.len()];
+    let clocks: Vec<Clock> = spans.iter().map(|s| Clock::of(s)).collect();
     let mut moved = Vec::new();
     let mut visited = vec![false; spans.len()];
     // Breadth first from the roots: a parent's shift is final before its children's.
@@ -305,27 +460,19 @@ pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
                         index: c,
                         shift_ns: -o.offset_ns,
                         basis: format!(
-                            "clock of {} is {} {} (median of {} client/server calls from {}, spread {})",
+                            "clock of {} is {} {} (median of {} client/server calls from {}, spread {}{})",
                             clocks[c].label(),
                             human_duration(o.offset_ns.unsigned_abs()),
                             if o.offset_ns > 0 { "ahead" } else { "behind" },
                             o.samples,
                             o.callers.join(", "),
-                            human_duration(o.spread_ns.unsigned_abs())
+                            human_duration(o.spread_ns.unsigned_abs()),
+                            if o.restored { "; estimated before the last restart" } else { "" }
                         ),
                     });
                 }
             }
             queue.push_back(c);
-        }
-    }
-    for (s, d) in spans.iter_mut().zip(&shift) {
-        if *d != 0 {
-            s.start_ns = shifted(s.start_ns, *d);
-            s.end_ns = shifted(s.end_ns, *d);
-            for e in &mut s.events {
-                e.time_ns = shifted(e.time_ns, *d);
-            }
         }
     }
     // Descendants that moved with their span are reported too, as moved by their clock.
@@ -342,7 +489,7 @@ pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
         }
     }
     moved.sort_by_key(|a| a.index);
-    moved
+    (shift, moved)
 }
 
 fn shifted(t: u64, d: i64) -> u64 {
@@ -613,5 +760,90 @@ mod tests {
     fn too_few_samples_make_no_estimate() {
         let est = samples_of(&[trace(1_000_000_000_000, 0)]).estimates();
         assert!(est.is_empty(), "{est:?}");
+    }
+
+    #[test]
+    fn estimates_survive_a_restart_until_new_calls_replace_them() {
+        let traces: Vec<Vec<Span>> = (0..20)
+            .map(|i| trace(1_000_000_000_000 + i * 1_000 * MS, 0))
+            .collect();
+        let est = samples_of(&traces).estimates();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            load(dir.path()).unwrap().is_empty(),
+            "no file: no estimates"
+        );
+        save(dir.path(), &est).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(loaded, est);
+        // Restored: moves the same spans, and says the estimate is from before.
+        let mut after = SkewSamples::default();
+        after.restore(loaded);
+        let restored = after.estimates();
+        let mut t = trace(1_000_000_000_000, 0);
+        let moved = correct(&mut t, &restored);
+        let mut live = trace(1_000_000_000_000, 0);
+        let want: Vec<(usize, i64)> = correct(&mut live, &est)
+            .iter()
+            .map(|a| (a.index, a.shift_ns))
+            .collect();
+        let got: Vec<(usize, i64)> = moved.iter().map(|a| (a.index, a.shift_ns)).collect();
+        assert_eq!(got, want);
+        assert!(!got.is_empty());
+        assert!(
+            moved[0].basis.contains("before the last restart"),
+            "{moved:?}"
+        );
+        // Calls into api with a right clock replace its restored estimate; db-2's stays.
+        for i in 0..10 {
+            let mut t = trace(2_000_000_000_000 + i * 1_000 * MS, 0);
+            for s in &mut t {
+                if s.service() == "api" {
+                    s.start_ns -= 2_000 * MS;
+                    s.end_ns -= 2_000 * MS;
+                }
+            }
+            for c in &t {
+                if let Some(p) = t.iter().find(|p| Some(p.span_id) == c.parent_span_id)
+                    && let Some(x) = sample(p, c)
+                    && x.1.service == "api"
+                {
+                    after.observe(x);
+                }
+            }
+        }
+        let now = after.estimates();
+        assert!(!now.keys().any(|c| c.service == "api"), "{now:?}");
+        assert!(now.keys().any(|c| c.host == "db-2"), "{now:?}");
+        // Damaged files are refused with the file named.
+        std::fs::write(dir.path().join(OFFSETS_FILE), b"{not json").unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.contains(OFFSETS_FILE), "{err}");
+    }
+
+    #[test]
+    fn shifts_match_the_correction_and_skip_traces_of_right_clocks() {
+        let traces: Vec<Vec<Span>> = (0..20)
+            .map(|i| trace(1_000_000_000_000 + i * 1_000 * MS, 0))
+            .collect();
+        let est = samples_of(&traces).estimates();
+        let t = trace(1_000_000_000_000, 0);
+        let refs: Vec<&Span> = t.iter().collect();
+        let shifts = shifts(&refs, &est);
+        let mut moved = t.clone();
+        correct(&mut moved, &est);
+        for ((s, m), d) in t.iter().zip(&moved).zip(&shifts) {
+            assert_eq!(s.start_ns.saturating_add_signed(*d), m.start_ns);
+        }
+        assert!(shifts.iter().any(|d| *d != 0));
+        let skewed = skewed_services(&est);
+        assert!(may_move(&t, &skewed));
+        let right: Vec<Span> = t
+            .iter()
+            .filter(|s| s.service() == "frontend")
+            .cloned()
+            .collect();
+        assert!(!may_move(&right, &skewed));
+        assert!(!may_move(&t, &std::collections::HashSet::new()));
     }
 }

@@ -12,7 +12,7 @@
 //!   [`ROW_GROUP_ROWS`] rows (so a block of the default 250,000 spans is one row group)
 //!   and pages at most [`PAGE_ROWS`]; columns are zstd-compressed
 //!   with dictionary encoding, and the page index is written so a reader can fetch and
-//!   decompress only the pages of the rows it wants. The schema (format 5; readable by
+//!   decompress only the pages of the rows it wants. The schema (format 6; readable by
 //!   DuckDB, ClickHouse or Spark) follows. `span_id`, `parent_span_id` and `events` are
 //!   written without a dictionary (they are nearly unique; a lookup would decode the
 //!   whole dictionary), `start_offset_nano` with a small dictionary falling back to delta
@@ -38,6 +38,7 @@
 //!   | `events` | string | JSON array of `{"time_unix_nano","name","attributes"}` |
 //!   | `links` | string | JSON array of `{"trace_id","span_id","attributes"}` (hex ids) |
 //!   | `adjusted_count` | double | (format 5) how many spans this one stands for: 1/p for a span kept with probability p (`faultline_model::sampling`); 1 when not sampled. `sum(adjusted_count)` estimates the spans sent |
+//!   | `clock_shift_nano` | int64 | (format 6) nanoseconds to add to this span's start and end to correct its clock's skew, as estimated when the block was written (`crate::skew`); 0 for spans that fit their parent |
 //!
 //!   Attribute JSON: an object whose values are `{"s": string}`, `{"i": int}`, `{"d":
 //!   double}`, `{"b": bool}`, `{"x": hex bytes}`, `{"a": [values]}` or `{"k": {object}}`, so
@@ -66,7 +67,8 @@
 //!   chunk, as Parquet's dictionary encoding already did; format 3 files (plain utf8 in
 //!   the Arrow schema) are read alike. Format 5 adds `adjusted_count`; the store derives
 //!   it again from the attributes when reading, so older formats read alike (DuckDB users
-//!   of older blocks: their spans count 1). The key-value metadata holds
+//!   of older blocks: their spans count 1). Format 6 adds `clock_shift_nano`, read into
+//!   the search index's trace times (older blocks: no shift). The key-value metadata holds
 //!   `faultline.block.format` and the block's time range.
 //!
 //! - `BLOCKID.tidx`: the trace-id index: each trace's first row and row count (format

@@ -157,6 +157,11 @@ impl BlockReader {
             "status_code",
         ];
         names.extend(position_columns(arrow_schema));
+        // Format 6: each span's clock shift (older blocks: none).
+        let has_shift = arrow_schema.index_of("clock_shift_nano").is_ok();
+        if has_shift {
+            names.push("clock_shift_nano");
+        }
         let mut roots = Vec::new();
         for n in names {
             roots.push(
@@ -188,6 +193,11 @@ impl BlockReader {
             let pos = Positions::of(&b).map_err(corrupt)?;
             let dur = col::<Int64Array>(&b, "duration_nano").map_err(corrupt)?;
             let status = col::<Int32Array>(&b, "status_code").map_err(corrupt)?;
+            let shift = if has_shift {
+                Some(col::<Int64Array>(&b, "clock_shift_nano").map_err(corrupt)?)
+            } else {
+                None
+            };
             for i in 0..b.num_rows() {
                 let mut intern = |cache: &mut Option<(String, u32)>, v: &str| match cache {
                     Some((s, id)) if s == v => *id,
@@ -201,7 +211,9 @@ impl BlockReader {
                 let nm = intern(&mut last_name, name.value(i));
                 rows.service.push(svc);
                 rows.name.push(nm);
-                rows.start_ns.push(pos.start_ns(i));
+                let shift = shift.map_or(0, |c| c.value(i));
+                rows.start_ns
+                    .push(pos.start_ns(i).saturating_add_signed(shift));
                 rows.dur_ns.push(dur.value(i).max(0) as u64);
                 rows.error.push(status.value(i) == StatusCode::Error as i32);
                 let mut sid = [0u8; 8];

@@ -39,6 +39,9 @@ pub fn schema() -> SchemaRef {
         s("links"),
         // Format 5: the spans each row stands for (`faultline_model::sampling`).
         Field::new("adjusted_count", DataType::Float64, false),
+        // Format 6: nanoseconds added to this span's times to correct its clock's skew, as
+        // estimated when the block was written (`crate::skew`); 0 for nearly every span.
+        Field::new("clock_shift_nano", DataType::Int64, false),
     ]))
 }
 

@@ -22,6 +22,7 @@ use super::schema::{ATTR_PREFIX, Promo, block_schema, choose_promoted};
 use super::{FastMap, parquet_path, tidx, tidx_path};
 use crate::error::StoreError;
 use crate::search::{self, BlockIndex, LightRows, Postings};
+use crate::skew::Estimates;
 
 /// Largest row group.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
@@ -46,7 +47,7 @@ pub struct WrittenBlock {
 /// Writes `spans` (any order) as block `id` in `dir`, durably. Blocking: call off the
 /// async executor.
 pub fn write_block(dir: &Path, id: &str, spans: &[Span]) -> Result<WrittenBlock, StoreError> {
-    write_block_indexed(dir, id, spans).map(|(w, _)| w)
+    write_block_indexed(dir, id, spans, &Estimates::default()).map(|(w, _)| w)
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -54,11 +55,13 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Store
     move |source| StoreError::Io { op, path, source }
 }
 
-/// [`write_block`], also returning the block's search index.
+/// [`write_block`], also returning the block's search index; spans of clocks in
+/// `estimates` that fall outside their parent get their shift stored (`crate::skew`).
 pub(crate) fn write_block_indexed(
     dir: &Path,
     id: &str,
     spans: &[Span],
+    estimates: &Estimates,
 ) -> Result<(WrittenBlock, BlockIndex), StoreError> {
     // Sort references, not spans: the head stays queryable (and unmoved) while it is written.
     let mut sorted: Vec<&Span> = spans.iter().collect();
@@ -80,6 +83,7 @@ pub(crate) fn write_block_indexed(
     // Trace-id index: one entry per trace, in row order (rows are sorted by trace id).
     let entries = tidx::entries(spans.iter().map(|s| &s.trace_id));
     let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
+    let shifts = clock_shifts(&spans, &traces, estimates);
     // The Parquet file and the search index take about the same time and share nothing
     // but the sorted spans: built side by side, a seal takes about half as long when a
     // core is free (catching up after a burst or a restart).
@@ -90,12 +94,12 @@ pub(crate) fn write_block_indexed(
                 // Search index: postings on disk, span and trace columns in memory.
                 let (postings, body) = Postings::build(&spans, &traces)?;
                 let mut light = LightRows::default();
-                for s in &spans {
-                    light.push_span(s);
+                for (s, shift) in spans.iter().zip(&shifts) {
+                    light.push_span(s, *shift);
                 }
                 Ok((BlockIndex::build(light, &traces, postings), body))
             });
-        let written = write_parquet(&tmp_pq, &spans, (min_start_ns, max_end_ns));
+        let written = write_parquet(&tmp_pq, &spans, &shifts, (min_start_ns, max_end_ns));
         let indexed = match index {
             Ok(handle) => handle.join().unwrap_or_else(|_| {
                 Err(StoreError::Encode(
@@ -138,10 +142,29 @@ pub(crate) fn write_block_indexed(
     ))
 }
 
-/// Writes the sorted spans as Parquet at `tmp` and fsyncs it.
+/// Each sorted span's clock shift: 0 unless its trace has a span of a skewed service and
+/// [`crate::skew::shifts`] moves it.
+fn clock_shifts(spans: &[&Span], traces: &[(u32, u32)], estimates: &Estimates) -> Vec<i64> {
+    let mut out = vec![0i64; spans.len()];
+    let skewed = crate::skew::skewed_services(estimates);
+    if skewed.is_empty() {
+        return out;
+    }
+    for &(first, count) in traces {
+        let rows = first as usize..(first as usize + count as usize).min(spans.len());
+        let trace = &spans[rows.clone()];
+        if crate::skew::may_move(trace.iter().copied(), &skewed) {
+            out[rows].copy_from_slice(&crate::skew::shifts(trace, estimates));
+        }
+    }
+    out
+}
+
+/// Writes the sorted spans, with their clock shifts, as Parquet at `tmp` and fsyncs it.
 fn write_parquet(
     tmp: &Path,
     spans: &[&Span],
+    shifts: &[i64],
     (min_start_ns, max_end_ns): (u64, u64),
 ) -> Result<(), StoreError> {
     let promoted = choose_promoted(spans);
@@ -198,7 +221,7 @@ fn write_parquet(
         .set_key_value_metadata(Some(vec![
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.format".into(),
-                "5".to_string(),
+                "6".to_string(),
             ),
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.min_start_ns".into(),
@@ -228,6 +251,11 @@ fn write_parquet(
             ColumnPath::from("adjusted_count"),
             Compression::UNCOMPRESSED,
         )
+        // Nearly always 0: a one-value dictionary, run-length encoded.
+        .set_column_compression(
+            ColumnPath::from("clock_shift_nano"),
+            Compression::UNCOMPRESSED,
+        )
         .set_column_compression(
             ColumnPath::from("attribute_keys"),
             Compression::UNCOMPRESSED,
@@ -237,13 +265,15 @@ fn write_parquet(
     let schema = block_schema(&promoted);
     let mut writer =
         ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(StoreError::parquet)?;
-    for (chunk, rows) in spans
+    for ((chunk, rows), shifts) in spans
         .chunks(ROW_GROUP_ROWS)
         .zip(derived.chunks(ROW_GROUP_ROWS))
+        .zip(shifts.chunks(ROW_GROUP_ROWS))
     {
         let mut b = Columns::new(chunk.len(), &promoted);
-        for (s, d) in chunk.iter().zip(rows) {
+        for ((s, d), shift) in chunk.iter().zip(rows).zip(shifts) {
             b.push(s, d)?;
+            b.shift.append_value(*shift);
         }
         writer
             .write(&b.finish(&schema)?)
@@ -436,6 +466,7 @@ struct Columns<'a> {
     events: StringBuilder,
     links: StringBuilder,
     adjusted: arrow_array::builder::Float64Builder,
+    shift: Int64Builder,
     /// Scratch for JSON values.
     buf: String,
     promoted: Promoted<'a>,
@@ -521,6 +552,7 @@ impl<'a> Columns<'a> {
             events: strings(2),
             links: strings(2),
             adjusted: arrow_array::builder::Float64Builder::with_capacity(n),
+            shift: Int64Builder::with_capacity(n),
             buf: String::with_capacity(512),
             promoted: Promoted {
                 keys: strings(if promoted.is_empty() { 0 } else { 96 }),
@@ -652,6 +684,7 @@ impl<'a> Columns<'a> {
             Arc::new(self.events.finish()),
             Arc::new(self.links.finish()),
             Arc::new(self.adjusted.finish()),
+            Arc::new(self.shift.finish()),
         ];
         let p = &mut self.promoted;
         if !p.columns.is_empty() {

@@ -42,7 +42,9 @@ impl LightRows {
         i
     }
 
-    pub(crate) fn push_span(&mut self, s: &Span) {
+    /// Adds a span whose times are to be moved by `shift` nanoseconds (its clock's
+    /// correction, `crate::skew`; usually 0).
+    pub(crate) fn push_span(&mut self, s: &Span, shift: i64) {
         // Neighbouring rows (one trace) often repeat the service and name.
         let n = self.service.len();
         let svc = match n.checked_sub(1) {
@@ -55,7 +57,7 @@ impl LightRows {
         };
         self.service.push(svc);
         self.name.push(name);
-        self.start_ns.push(s.start_ns);
+        self.start_ns.push(s.start_ns.saturating_add_signed(shift));
         self.dur_ns.push(s.duration_ns());
         self.error.push(s.is_error());
         self.span_id.push(s.span_id);

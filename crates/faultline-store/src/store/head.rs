@@ -158,50 +158,59 @@ impl Head {
 
     /// Adds the head's traces matching `q` to `top` (source `HEAD + found.len()`), keeping
     /// their summaries in `found`; traces for which `is_split` holds (spans elsewhere too)
-    /// add this part's findings to `agg` instead. Exact: reads the spans.
+    /// add this part's findings to `agg` instead. Exact: reads the spans. Times are
+    /// corrected for clock skew by `estimates` (`crate::skew`), as sealed blocks store them.
     pub(crate) fn search(
         &self,
         q: &TraceQuery,
+        estimates: &skew::Estimates,
         top: &mut TopK,
         found: &mut Vec<TraceSummary>,
         agg: &mut HashMap<TraceId, Agg>,
         is_split: &dyn Fn(&TraceId) -> bool,
     ) {
+        let skewed = skew::skewed_services(estimates);
         let mut refs: Vec<&Span> = Vec::new();
         for (id, rows) in &self.by_trace {
             refs.clear();
             refs.extend(rows.iter().map(|&i| &self.spans[i as usize]));
+            let shifts = skew::may_move(refs.iter().copied(), &skewed)
+                .then(|| skew::shifts(&refs, estimates));
+            let (start, end) = span_range(&refs, shifts.as_deref());
             if is_split(id) {
-                let mut part = Agg {
+                let part = Agg {
                     mask: q.part_mask(&refs),
-                    ..Agg::default()
+                    start_ns: start,
+                    end_ns: end,
+                    errors: refs.iter().map(|s| u32::from(s.is_error())).sum(),
                 };
-                for s in &refs {
-                    part.start_ns = part.start_ns.min(s.start_ns);
-                    part.end_ns = part.end_ns.max(s.end_ns.max(s.start_ns));
-                    part.errors += u32::from(s.is_error());
-                }
                 agg.entry(*id).or_default().merge(&part);
                 continue;
             }
-            let start = refs.iter().map(|s| s.start_ns).min().unwrap_or(0);
-            let end = refs
-                .iter()
-                .map(|s| s.end_ns.max(s.start_ns))
-                .max()
-                .unwrap_or(0);
             if start > q.end_ns || end < q.start_ns || !top.would_take(q.sort.key(start, end)) {
                 continue;
             }
-            let Some(summary) = TraceSummary::of_refs(&refs) else {
+            let Some(mut summary) = TraceSummary::of_refs(&refs) else {
                 continue;
             };
+            (summary.start_ns, summary.end_ns) = (start, end);
             if q.trace_matches(&refs, &summary) {
                 top.push(q.sort.key(start, end), HEAD + found.len(), 0);
                 found.push(summary);
             }
         }
     }
+}
+
+/// The earliest start and latest end of `spans`, each moved by its shift when given.
+fn span_range(spans: &[&Span], shifts: Option<&[i64]>) -> (u64, u64) {
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for (i, s) in spans.iter().enumerate() {
+        let d = shifts.map_or(0, |v| v[i]);
+        start = start.min(s.start_ns.saturating_add_signed(d));
+        end = end.max(s.end_ns.max(s.start_ns).saturating_add_signed(d));
+    }
+    (if start == u64::MAX { 0 } else { start }, end)
 }
 
 impl Store {

@@ -259,6 +259,8 @@ pub struct Store {
     opts: StoreOptions,
     inner: RwLock<Inner>,
     seal_lock: Mutex<()>,
+    /// The clock-skew estimates last written to `crate::skew::OFFSETS_FILE`.
+    offsets_saved: Mutex<Arc<crate::skew::Estimates>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -398,10 +400,20 @@ impl Store {
                 tracing::error!(error = %e, "cannot start the search index loader; searches skip sealed blocks");
             }
         }
+        let restored = match crate::skew::load(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "clock-skew estimates of the last run are unreadable; they come back as calls arrive");
+                Default::default()
+            }
+        };
+        let saved = Arc::new(restored.clone());
+        inner.skew.restore(restored);
         let store = Self {
             opts,
             inner: RwLock::new(inner),
             seal_lock: Mutex::new(()),
+            offsets_saved: Mutex::new(saved),
         };
         Ok((store, report))
     }

@@ -287,14 +287,27 @@ impl SpanStore for Store {
         let mut top = TopK::new(q.limit);
         let mut head_found = Vec::new();
         let mut agg: HashMap<TraceId, Agg> = HashMap::new();
+        let estimates = self.clock_offsets();
         let (blocks, mut completeness) = {
             let inner = self.inner.read().map_err(|_| lock_err())?;
             let is_split = |id: &TraceId| inner.split.contains(id) || inner.in_heads(id) > 1;
-            inner
-                .head
-                .search(q, &mut top, &mut head_found, &mut agg, &is_split);
+            inner.head.search(
+                q,
+                &estimates,
+                &mut top,
+                &mut head_found,
+                &mut agg,
+                &is_split,
+            );
             for h in &inner.sealing {
-                h.search(q, &mut top, &mut head_found, &mut agg, &is_split);
+                h.search(
+                    q,
+                    &estimates,
+                    &mut top,
+                    &mut head_found,
+                    &mut agg,
+                    &is_split,
+                );
             }
             let blocks: Vec<(Arc<Sealed>, RoaringBitmap)> = inner
                 .blocks
@@ -381,7 +394,11 @@ impl SpanStore for Store {
         for (_, source, t) in top.into_sorted() {
             let summary = if source >= SPLIT {
                 match split_ids.get(source - SPLIT) {
-                    Some(id) => TraceSummary::of(&self.trace(id)?.spans),
+                    Some(id) => {
+                        let mut spans = self.trace(id)?.spans;
+                        crate::skew::correct(&mut spans, &estimates);
+                        TraceSummary::of(&spans)
+                    }
                     None => None,
                 }
             } else if source >= HEAD {

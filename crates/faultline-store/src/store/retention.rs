@@ -154,7 +154,9 @@ impl Store {
         let last = group.last().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
         let first = group.first().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
         let id = format!("{}-{}", last.id, first.id);
-        let (written, index) = block::write_block_indexed(dir, &id, &all)?;
+        // Shifts again with today's estimates: the merged traces may be more complete.
+        let estimates = self.inner.read().map_err(|_| lock_err())?.skew.current();
+        let (written, index) = block::write_block_indexed(dir, &id, &all, &estimates)?;
         rollups.write_file(dir, &id)?;
         self.opts.fault(FaultPoint::CompactBeforeManifest)?;
         let meta = BlockMeta {

@@ -149,13 +149,33 @@ impl Store {
             .unwrap_or(base))
     }
 
+    /// Keeps `estimates` for the next start (`crate::skew`) when they changed since last
+    /// written. Failing to is logged, not fatal: estimates come back as calls arrive.
+    fn save_clock_offsets(&self, estimates: &Arc<crate::skew::Estimates>) {
+        let Ok(mut saved) = self.offsets_saved.lock() else {
+            return;
+        };
+        if Arc::ptr_eq(&saved, estimates) || **saved == **estimates {
+            return;
+        }
+        match crate::skew::save(&self.opts.dir, estimates) {
+            Ok(()) => *saved = estimates.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep the clock-skew estimates for the next start")
+            }
+        }
+    }
+
     fn write_and_publish(
         &self,
         head: &Head,
         serial: u32,
     ) -> Result<(Sealed, Manifest), StoreError> {
         let id = self.block_id(head)?;
-        let (written, index) = block::write_block_indexed(&self.opts.dir, &id, &head.spans)?;
+        let estimates = self.inner.read().map_err(|_| lock_err())?.skew.current();
+        let (written, index) =
+            block::write_block_indexed(&self.opts.dir, &id, &head.spans, &estimates)?;
+        self.save_clock_offsets(&estimates);
         head.rollups.write_file(&self.opts.dir, &id)?;
         self.opts.fault(FaultPoint::SealBeforeManifest)?;
         let meta = BlockMeta {

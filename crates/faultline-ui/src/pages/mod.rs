@@ -163,8 +163,10 @@ pub(crate) fn reasons(st: &ApiState, r: Vec<String>) -> Vec<String> {
         .reasons
 }
 
-/// The spans of several traces (empty ones left out), in the order asked, read by up to
-/// as many threads as the machine has cores (at most 4): each read decodes its own pages.
+/// The spans of several traces (empty ones left out), in the order asked, with clock skew
+/// corrected (`faultline_store::skew`: the analyses of the service page judge durations),
+/// read by up to as many threads as the machine has cores (at most 4): each read decodes
+/// its own pages.
 pub(crate) fn read_traces(
     store: &dyn SpanStore,
     ids: &[TraceId],
@@ -173,6 +175,8 @@ pub(crate) fn read_traces(
         .map_or(1, usize::from)
         .clamp(1, 4);
     let chunk = ids.len().div_ceil(threads).max(1);
+    let estimates = store.clock_offsets();
+    let estimates = &*estimates;
     let parts: Vec<Result<Vec<Vec<Span>>, StoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ids
             .chunks(chunk)
@@ -181,7 +185,11 @@ pub(crate) fn read_traces(
                     Ok(store
                         .traces(part)?
                         .into_iter()
-                        .map(|a| a.spans)
+                        .map(|a| {
+                            let mut spans = a.spans;
+                            faultline_store::skew::correct(&mut spans, estimates);
+                            spans
+                        })
                         .filter(|s| !s.is_empty())
                         .collect())
                 })

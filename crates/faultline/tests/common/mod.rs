@@ -552,24 +552,35 @@ fn skew_span(
 }
 
 /// One request: frontend → api (clock 2 s fast) → db on db-1 (right) or db-2 (300 ms
-/// fast), with random network legs and durations. Returns the request body.
+/// fast), with random network legs and durations; with `skew` false every clock is right.
+/// One request in ten (`n % 20` is 3 or 8) is slow in the frontend itself (400 ms after
+/// the call returns) and carries `checkout.variant=b` on its root span (the others `a`):
+/// the planted cause. Returns the request body.
 fn skewed_trace(
     rng: &mut Rng,
     n: u64,
     base: u64,
+    skew: bool,
 ) -> ([u8; 16], faultline_model::ExportTraceServiceRequest) {
     let mut t = [0u8; 16];
     t[..8].copy_from_slice(&rng.next().to_be_bytes());
     t[8..].copy_from_slice(&n.to_be_bytes());
     let id = |k: u64| n * 16 + k;
     let (c, s) = (3, 2); // OTLP client and server kinds
+    let slow = matches!(n % 20, 3 | 8);
     let root_len = rng.range(80, 200) * MS;
     let call_start = base + rng.range(1, 10) * MS;
     let call_len = root_len - rng.range(15, 40) * MS;
+    let root_len = root_len + if slow { 400 * MS } else { 0 };
+    let api_skew = if skew { API_SKEW } else { 0 };
     let (up, down) = (rng.range(200, 3_000) * 1000, rng.range(200, 3_000) * 1000);
     let (api_s, api_e) = (call_start + up, call_start + call_len - down);
     let db_host = if n.is_multiple_of(2) { "db-1" } else { "db-2" };
-    let db_skew = if n.is_multiple_of(2) { 0 } else { DB2_SKEW };
+    let db_skew = if n.is_multiple_of(2) || !skew {
+        0
+    } else {
+        DB2_SKEW
+    };
     let q_start = api_s + rng.range(2, 8) * MS;
     let q_end = q_start + rng.range(5, (api_e - api_s) / MS - 10) * MS;
     let (up2, down2) = (rng.range(100, 1_500) * 1000, rng.range(100, 1_500) * 1000);
@@ -579,7 +590,10 @@ fn skewed_trace(
                 "frontend",
                 "fe-1",
                 vec![
-                    skew_span(&t, id(1), 0, "GET /checkout", s, base, base + root_len),
+                    OtlpSpan {
+                        attributes: vec![skew_kv("checkout.variant", if slow { "b" } else { "a" })],
+                        ..skew_span(&t, id(1), 0, "GET /checkout", s, base, base + root_len)
+                    },
                     skew_span(
                         &t,
                         id(2),
@@ -601,8 +615,8 @@ fn skewed_trace(
                         id(2),
                         "POST /api/order",
                         s,
-                        api_s + API_SKEW,
-                        api_e + API_SKEW,
+                        api_s + api_skew,
+                        api_e + api_skew,
                     ),
                     skew_span(
                         &t,
@@ -610,8 +624,8 @@ fn skewed_trace(
                         id(3),
                         "INSERT orders",
                         c,
-                        q_start + API_SKEW,
-                        q_end + API_SKEW,
+                        q_start + api_skew,
+                        q_end + api_skew,
                     ),
                 ],
             ),
@@ -635,12 +649,18 @@ fn skewed_trace(
 
 /// Sends `n` traces of [`skewed_trace`] from five minutes ago; returns their ids (hex).
 pub fn send_skewed_traces(server: &Server, n: u64) -> Vec<String> {
+    send_traces_with_skew(server, n, true)
+}
+
+/// [`send_skewed_traces`], with or without the skew: the same traces (ids, shapes,
+/// durations) either way.
+pub fn send_traces_with_skew(server: &Server, n: u64, skew: bool) -> Vec<String> {
     use prost::Message;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let base = now_ns() - 5 * 60 * 1_000 * MS;
     (0..n)
         .map(|i| {
-            let (t, req) = skewed_trace(&mut rng, i, base + i * 500 * MS);
+            let (t, req) = skewed_trace(&mut rng, i, base + i * 500 * MS, skew);
             assert_eq!(post_otlp(server, req.encode_to_vec()), 200);
             faultline_model::hex(&t)
         })
