@@ -24,6 +24,19 @@
 //! ```
 //!
 //! The findings are counted since the process started (in memory).
+//!
+//! `GET /api/v1/tail-sampling`: what tail sampling (`faultline_store::tail`) decided over
+//! the blocks still stored, by root service and policy, so no trace goes missing
+//! unexplained:
+//!
+//! ```json
+//! {"enabled": true, "policy": {"waitSecs": 30, "keepErrors": true,
+//!   "keepSlowerThanP99": true, "restTracesPerSecond": 10.0},
+//!  "blocksDecided": 12, "blocksWaiting": 1,
+//!  "services": [{"service": "frontend", "keptError": {"traces": 20, "spans": 310},
+//!    "keptSlow": {...}, "keptRate": {...}, "dropped": {...}}],
+//!  "totals": {"keptError": {...}, "keptSlow": {...}, "keptRate": {...}, "dropped": {...}}}
+//! ```
 
 use axum::Json;
 use axum::extract::State;
@@ -31,12 +44,58 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use faultline_store::quality::{Tally, TracingHealth};
+use faultline_store::tail::{ServiceDecisions, TailReport};
 
 use crate::{ApiError, ApiState, Router};
 
 /// The route.
 pub fn router() -> Router<ApiState> {
-    Router::new().route("/api/v1/tracing-health", get(report))
+    Router::new()
+        .route("/api/v1/tracing-health", get(report))
+        .route("/api/v1/tail-sampling", get(tail_report))
+}
+
+async fn tail_report(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let r = crate::query(&st, |store| store.tail_sampling()).await?;
+    Ok(Json(tail_json(&r)))
+}
+
+fn decisions_json(d: &ServiceDecisions) -> Value {
+    let t = |t: &faultline_store::tail::Tally| json!({"traces": t.traces, "spans": t.spans});
+    json!({
+        "keptError": t(&d.kept_error),
+        "keptSlow": t(&d.kept_slow),
+        "keptRate": t(&d.kept_rate),
+        "dropped": t(&d.dropped),
+    })
+}
+
+/// The tail-sampling report as the API answers it.
+pub fn tail_json(r: &TailReport) -> Value {
+    let mut totals = ServiceDecisions::default();
+    let services: Vec<Value> = r
+        .services
+        .iter()
+        .map(|(s, d)| {
+            totals.merge(d);
+            let mut v = decisions_json(d);
+            v["service"] = json!(s);
+            v
+        })
+        .collect();
+    json!({
+        "enabled": r.policy.is_some(),
+        "policy": r.policy.as_ref().map(|p| json!({
+            "waitSecs": p.wait_secs,
+            "keepErrors": p.keep_errors,
+            "keepSlowerThanP99": p.keep_slower_than_p99,
+            "restTracesPerSecond": p.rest_traces_per_second,
+        })),
+        "blocksDecided": r.blocks_decided,
+        "blocksWaiting": r.blocks_waiting,
+        "services": services,
+        "totals": decisions_json(&totals),
+    })
 }
 
 async fn report(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {

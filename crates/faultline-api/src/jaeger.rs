@@ -643,14 +643,14 @@ async fn trace(
 ) -> Result<Response, ApiError> {
     let trace_id = parse_trace_id("trace id", &id)?;
     let raw = wants_raw(&p);
-    let (mut answer, estimates) = crate::query(&st, move |store| {
-        Ok((store.trace(&trace_id)?, store.clock_offsets()))
+    let ((mut answer, dropped), estimates) = crate::query(&st, move |store| {
+        Ok((store.trace_or_dropped(&trace_id)?, store.clock_offsets()))
     })
     .await?;
     let c = st.with_lag(answer.completeness, None);
     if answer.spans.is_empty() {
         // A trace may be missing because part of the store is: say so here too.
-        return Err(ApiError::not_found("trace not found").with_partial(c.reasons));
+        return Err(crate::trace_missing(dropped, c.reasons));
     }
     let warnings = adjust_skew(&mut answer.spans, &estimates, raw);
     Ok(envelope(

@@ -171,6 +171,18 @@ pub async fn query<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
 }
 
+/// The answer for a trace id with no spans: not found, saying when tail sampling dropped
+/// it (a decision, recorded) rather than leaving it unexplained.
+pub fn trace_missing(dropped_at_s: Option<u64>, reasons: Vec<String>) -> ApiError {
+    match dropped_at_s {
+        Some(at) => ApiError::not_found(format!(
+            "trace not found: tail sampling dropped it at {at} (Unix seconds) by the policy of its root service; its spans were counted in RED and dependencies before the decision (GET /api/v1/tail-sampling)"
+        )),
+        None => ApiError::not_found("trace not found"),
+    }
+    .with_partial(reasons)
+}
+
 /// Every API route (Jaeger v1, api_v3, native, status, operator routes), each area with
 /// its error shape. The UI adds its pages and the fallback for unknown paths.
 pub fn router() -> Router<ApiState> {

@@ -84,10 +84,10 @@ async fn get_trace(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let trace_id = crate::jaeger::parse_trace_id("trace_id", &id)?;
-    let a = crate::query(&st, move |store| store.trace(&trace_id)).await?;
+    let (a, dropped) = crate::query(&st, move |store| store.trace_or_dropped(&trace_id)).await?;
     let c = st.with_lag(a.completeness, None);
     if a.spans.is_empty() {
-        return Err(ApiError::not_found("trace not found").with_partial(c.reasons));
+        return Err(crate::trace_missing(dropped, c.reasons));
     }
     Ok(answer(traces_data(&a.spans), &c))
 }

@@ -1,7 +1,9 @@
 //! The sealer thread: seals the store's head into a block when it is due and then
 //! truncates the WAL before the store's durable position; enforces retention (age and
-//! size) once a second; merges runs of small blocks every ten seconds when nothing needs
-//! sealing. A failed seal is retried with backoff while the WAL keeps everything.
+//! size) once a second; when nothing needs sealing, decides one block by tail sampling
+//! (when it is on and a block is due; looked for once a second) and merges runs of small
+//! blocks every ten seconds. A failed seal is retried with backoff while the WAL keeps
+//! everything.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,8 @@ use crate::{Shared, Step};
 pub(crate) const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// How often small blocks are looked for and merged (when nothing needs sealing).
 pub(crate) const COMPACT_EVERY: Duration = Duration::from_secs(10);
+/// How often a block due for tail sampling is looked for when none was last time.
+pub(crate) const TAIL_EVERY: Duration = Duration::from_secs(1);
 /// First wait after a failed seal; it doubles up to [`MAX_SEAL_BACKOFF`].
 const FIRST_SEAL_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest wait between seal attempts while sealing fails.
@@ -23,6 +27,8 @@ pub(crate) struct Sealer {
     backoff: Duration,
     last_retention: Option<Instant>,
     last_compaction: Instant,
+    /// When a tail-sampling pass last found no block due.
+    tail_idle: Option<Instant>,
 }
 
 impl Sealer {
@@ -31,6 +37,7 @@ impl Sealer {
             backoff: FIRST_SEAL_BACKOFF,
             last_retention: None,
             last_compaction: Instant::now(),
+            tail_idle: None,
         }
     }
 
@@ -45,6 +52,12 @@ impl Sealer {
             retention(sh);
         }
         if !sh.store.should_seal() {
+            if self.tail_idle.is_none_or(|t| t.elapsed() >= TAIL_EVERY) {
+                match tail_sample(sh) {
+                    true => return Step::Worked,
+                    false => self.tail_idle = Some(Instant::now()),
+                }
+            }
             if self.last_compaction.elapsed() >= COMPACT_EVERY {
                 self.last_compaction = Instant::now();
                 compact(sh);
@@ -100,6 +113,22 @@ pub(crate) fn seal_and_truncate(sh: &Shared) -> Result<(), StoreError> {
 pub(crate) fn retention(sh: &Shared) {
     if let Err(e) = sh.store.enforce_retention((sh.opts.clock)()) {
         tracing::error!(error = %e, "retention failed; it is retried in a second");
+    }
+}
+
+/// Decides one block by tail sampling, if one is due; true when one was.
+pub(crate) fn tail_sample(sh: &Shared) -> bool {
+    let now_s = (sh.opts.clock)() / 1_000_000_000;
+    match sh.store.tail_sample(now_s) {
+        Ok(Some(p)) => {
+            tracing::info!(block = %p.block, now = %p.now, kept = p.kept, dropped = p.dropped, "tail sampling decided a block");
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "tail sampling failed; the block stays undecided and is retried");
+            false
+        }
     }
 }
 

@@ -260,6 +260,10 @@ impl World {
             }
             FaultPoint::CompactBeforeManifest => sealer::compact(&self.run().sh),
             FaultPoint::RetentionBeforeDelete => sealer::retention(&self.run().sh),
+            // The model keeps every span: tail sampling is off here (store tests cover it).
+            FaultPoint::TailBeforeManifest => {
+                sealer::tail_sample(&self.run().sh);
+            }
         }
         self.crash(seed);
     }

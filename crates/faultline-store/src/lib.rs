@@ -10,7 +10,8 @@
 //!   violations);
 //! - [`seqs`]: sets of WAL sequence numbers (the backlog replayed out of order);
 //! - [`skew`]: clock-skew estimates from client/server calls, and their read-time
-//!   correction of a trace's spans.
+//!   correction of a trace's spans;
+//! - [`tail`]: tail-sampling policies, decisions and their records.
 //!
 //! **Architecture invariant:** the store knows nothing about HTTP, protobuf or the WAL's
 //! file format: it receives [`faultline_model::span::Span`]s tagged with a sequence number,
@@ -27,6 +28,7 @@ pub mod search;
 pub mod seqs;
 pub mod skew;
 pub mod store;
+pub mod tail;
 
 #[cfg(test)]
 mod tests;
@@ -36,8 +38,11 @@ pub use manifest::{BlockMeta, Manifest};
 pub use rollup::{Dependency, RedPoint};
 pub use search::{SortOrder, TraceQuery, TraceSummary};
 pub use store::{
-    Completeness, FaultHook, FaultPoint, OpenReport, SpanStore, Store, StoreOptions, TraceAnswer,
+    Completeness, FaultHook, FaultPoint, OpenReport, SpanStore, Store, StoreOptions, TailPassed,
+    TraceAnswer,
 };
 
 #[cfg(test)]
 mod search_tests;
+#[cfg(test)]
+mod tail_tests;

@@ -57,6 +57,9 @@ pub struct BlockMeta {
     /// Services with spans in the block.
     #[serde(default)]
     pub services: Vec<String>,
+    /// Whether tail sampling decided the block (its record is `ID.tails`, `crate::tail`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tail_decided: bool,
 }
 
 /// The manifest contents.

@@ -47,6 +47,13 @@
 //! backlog_spans_per_second   = 100000    # --backlog-rate; backlog replay cap while live
 //!                                        #   data flows (none waiting: full speed)
 //! max_index_spans_per_second = (none)    # --index-rate; cap on indexing, backlog included
+//!
+//! [tail_sampling]                        # decide stored traces once complete (after the
+//! enabled = false                        #   WAL and the rollups; faultline_store::tail)
+//! wait_secs = 30                         # after its block is sealed (1 to 3600)
+//! keep_errors = true                     # every trace with an error span
+//! keep_slower_than_p99 = true            # every trace slower than its root op's p99
+//! rest_traces_per_second = 10.0          # of the rest, per root service
 //! ```
 //!
 //! Unknown keys are errors, so a typo is reported, not ignored.
@@ -157,6 +164,7 @@ struct FileConfig {
     store: StoreFile,
     #[serde(default)]
     sampling: SamplingFile,
+    tail_sampling: Option<faultline_store::tail::TailPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,10 +272,10 @@ impl Settings {
             .or(file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("./faultline-data"));
         Ok(Self {
+            store: store(&args, &file, &data_dir)?,
             listen: listen(&args, &file.listen)?,
             wal: wal(&args, file.wal)?,
             intake: intake(&args, file.intake)?,
-            store: store(&args, &file.store, &data_dir)?,
             pipeline: pipeline(&args, &file.store, &data_dir)?,
             sampling_policy: args.sampling_policy.clone().or(file.sampling.policy_file),
             data_dir,
@@ -361,8 +369,12 @@ fn intake(args: &ServeArgs, f: IntakeFile) -> anyhow::Result<IntakeConfig> {
     })
 }
 
-fn store(args: &ServeArgs, f: &StoreFile, data_dir: &Path) -> anyhow::Result<StoreOptions> {
-    let mut opts = StoreOptions::new(data_dir);
+fn store(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> anyhow::Result<StoreOptions> {
+    let (f, mut opts) = (&file.store, StoreOptions::new(data_dir));
+    if let Some(t) = file.tail_sampling.as_ref() {
+        t.check().map_err(anyhow::Error::msg)?;
+        opts.tail = t.enabled.then(|| t.clone());
+    }
     if let Some(n) = args.block_max_spans.or(f.block_max_spans) {
         anyhow::ensure!(n > 0, "store.block_max_spans must be at least 1");
         opts.block_max_spans = n;

@@ -88,6 +88,7 @@ mod schema;
 mod tidx;
 mod writer;
 
+use crate::error::StoreError;
 use std::path::{Path, PathBuf};
 
 pub use reader::BlockReader;
@@ -98,6 +99,17 @@ pub use writer::{PAGE_ROWS, ROW_GROUP_ROWS, WrittenBlock, write_block};
 /// A hash map with a fast hasher: sealing hashes every attribute key of every span, and
 /// SipHash was a visible share of it (a collision would only cost one seal some time).
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
+/// Fsyncs directory `dir` (after renames in it).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            op: "fsync block directory",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
 
 pub(crate) fn parquet_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.parquet"))

@@ -2,8 +2,9 @@
 //! and the manifest that ties them to a position in the WAL.
 //!
 //! Code map: options, the store's state and start-up (this file); the head and ingestion
-//! (`head.rs`); sealing (`seal.rs`); retention and compaction (`retention.rs`); the read
-//! trait [`SpanStore`] and queries (`query.rs`).
+//! (`head.rs`); sealing (`seal.rs`); retention and compaction (`retention.rs`); tail
+//! sampling of sealed blocks (`tail_pass.rs`); the read trait [`SpanStore`] and queries
+//! (`query.rs`).
 //!
 //! Data flow: the consumer (`faultline-pipeline`) calls [`Store::ingest`] with the spans
 //! of each WAL record and its sequence number; spans are queryable from the head at once.
@@ -25,6 +26,7 @@ mod head;
 mod query;
 mod retention;
 mod seal;
+mod tail_pass;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +47,7 @@ use crate::seqs::SeqRanges;
 
 use head::Head;
 pub use query::SpanStore;
+pub use tail_pass::TailPassed;
 
 /// Settings of the store.
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// Delete the oldest blocks while the blocks take more bytes than this.
     pub max_bytes: u64,
+    /// Tail sampling of sealed blocks (`crate::tail`); `None` (the default): off.
+    pub tail: Option<crate::tail::TailPolicy>,
     /// Crash tests only: called at the points where a crash leaves files behind that no
     /// manifest lists yet (or that the manifest no longer lists); an error stops the
     /// operation there, as a crash would.
@@ -74,6 +79,9 @@ pub enum FaultPoint {
     CompactBeforeManifest,
     /// The manifest no longer lists retired blocks; their files are not deleted yet.
     RetentionBeforeDelete,
+    /// A tail-sampled block and its record are written; the manifest still lists the
+    /// undecided block.
+    TailBeforeManifest,
 }
 
 /// A fault hook (see [`StoreOptions::fault`]).
@@ -95,6 +103,7 @@ impl StoreOptions {
             block_max_age: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_bytes: u64::MAX,
+            tail: None,
             fault: None,
         }
     }
@@ -147,6 +156,10 @@ pub(crate) struct Sealed {
     serial: u32,
     /// Ordinals of its traces that also have spans elsewhere (another block or a head).
     split: Mutex<RoaringBitmap>,
+    /// When it was sealed in this process (`None`: before this start).
+    sealed_at: Option<Instant>,
+    /// Its tail-sampling record, once decided (`crate::tail`).
+    tail: OnceLock<Arc<crate::tail::TailRecord>>,
 }
 
 pub(crate) struct Inner {
@@ -272,7 +285,7 @@ impl std::fmt::Debug for Store {
 }
 
 /// The files of a block, by extension.
-pub(crate) const BLOCK_FILES: [&str; 4] = ["parquet", "tidx", "sidx", "red"];
+pub(crate) const BLOCK_FILES: [&str; 5] = ["parquet", "tidx", "sidx", "red", "tails"];
 
 /// Rollups of blocks evicted for space (see `rollup.rs`).
 pub(crate) const ARCHIVE: &str = "archive.rollup";
@@ -312,6 +325,7 @@ impl Store {
                 || name.ends_with(".tidx")
                 || name.ends_with(".sidx")
                 || name.ends_with(".red")
+                || name.ends_with(".tails")
                 || name.ends_with(".tmp");
             if is_block_file
                 && name != "manifest.json.tmp"
@@ -349,6 +363,20 @@ impl Store {
                     }
                     report.blocks += 1;
                     report.spans += meta.spans;
+                    let tail = OnceLock::new();
+                    if meta.tail_decided {
+                        let record = crate::tail::TailRecord::read(&dir, &meta.id)
+                            .unwrap_or_else(|e| {
+                                let reason = format!(
+                                    "the tail-sampling record of block {} is unreadable ({e}); its decisions are not counted",
+                                    meta.id
+                                );
+                                tracing::error!(%reason);
+                                quarantined.push(reason);
+                                crate::tail::TailRecord::default()
+                            });
+                        let _ = tail.set(Arc::new(record));
+                    }
                     blocks.push(Arc::new(Sealed {
                         services: meta.services.iter().cloned().collect(),
                         meta: meta.clone(),
@@ -357,6 +385,8 @@ impl Store {
                         index_error: OnceLock::new(),
                         serial: blocks.len() as u32,
                         split: Mutex::new(RoaringBitmap::new()),
+                        sealed_at: None,
+                        tail,
                     }));
                 }
                 Err(e) => {

@@ -80,6 +80,24 @@ pub trait SpanStore: Send + Sync {
     fn tracing_health(&self) -> Result<crate::quality::TracingHealth, StoreError> {
         Ok(crate::quality::TracingHealth::default())
     }
+    /// What tail sampling decided (`crate::tail`); empty when the store does none.
+    fn tail_sampling(&self) -> Result<crate::tail::TailReport, StoreError> {
+        Ok(crate::tail::TailReport::default())
+    }
+    /// When tail sampling dropped trace `id` (Unix seconds), if it did.
+    fn dropped_by_policy(&self, _id: &TraceId) -> Option<u64> {
+        None
+    }
+    /// [`Self::trace`], and when it has no spans, [`Self::dropped_by_policy`].
+    fn trace_or_dropped(&self, id: &TraceId) -> Result<(TraceAnswer, Option<u64>), StoreError> {
+        let answer = self.trace(id)?;
+        let dropped = answer
+            .spans
+            .is_empty()
+            .then(|| self.dropped_by_policy(id))
+            .flatten();
+        Ok((answer, dropped))
+    }
 }
 
 /// Sources at or above this in a [`TopK`] are head traces (see [`Head::search`]).
@@ -117,6 +135,14 @@ impl Store {
 }
 
 impl SpanStore for Store {
+    fn tail_sampling(&self) -> Result<crate::tail::TailReport, StoreError> {
+        self.tail_report()
+    }
+
+    fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
+        Store::dropped_by_policy(self, id)
+    }
+
     fn clock_offsets(&self) -> std::sync::Arc<crate::skew::Estimates> {
         match self.inner.read() {
             Ok(inner) => inner.skew.current(),

@@ -121,11 +121,18 @@ impl Store {
         let small = (self.opts.block_max_spans / 4).max(1) as u64;
         let target = self.opts.block_max_spans as u64;
         let blocks: Vec<Arc<Sealed>> = self.inner.read().map_err(|_| lock_err())?.blocks.clone();
+        // Blocks decided by tail sampling merge only with decided ones (their records
+        // merge), undecided ones only with undecided ones, and while tail sampling is on
+        // undecided blocks wait for their decision.
+        let tail_on = self.opts.tail.as_ref().is_some_and(|t| t.enabled);
+        let decided = |b: &Sealed| b.tail.get().is_some();
+        let mergeable = |b: &Sealed| b.meta.spans < small && (decided(b) || !tail_on);
         // The first run of at least two adjacent small blocks, up to the target size.
         let mut group: Vec<Arc<Sealed>> = Vec::new();
         let mut spans = 0u64;
         for b in &blocks {
-            if b.meta.spans < small && spans + b.meta.spans <= target {
+            let same = group.first().is_none_or(|g| decided(g) == decided(b));
+            if mergeable(b) && same && spans + b.meta.spans <= target {
                 spans += b.meta.spans;
                 group.push(b.clone());
             } else if group.len() >= 2 {
@@ -133,7 +140,7 @@ impl Store {
             } else {
                 group.clear();
                 spans = 0;
-                if b.meta.spans < small {
+                if mergeable(b) {
                     spans = b.meta.spans;
                     group.push(b.clone());
                 }
@@ -146,10 +153,14 @@ impl Store {
         let mut all = Vec::with_capacity(spans as usize);
         let mut rollups = Rollups::default();
         let mut services = BTreeSet::new();
+        let mut record: Option<crate::tail::TailRecord> = None;
         for b in &group {
             all.extend(b.reader.all()?);
             rollups.merge(&Rollups::read_file(dir, &b.meta.id)?);
             services.extend(b.services.iter().cloned());
+            if let Some(r) = b.tail.get() {
+                record.get_or_insert_with(Default::default).merge(r);
+            }
         }
         let last = group.last().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
         let first = group.first().map(|b| b.meta.clone()).ok_or_else(lock_err)?;
@@ -158,6 +169,10 @@ impl Store {
         let estimates = self.inner.read().map_err(|_| lock_err())?.skew.current();
         let (written, index) = block::write_block_indexed(dir, &id, &all, &estimates)?;
         rollups.write_file(dir, &id)?;
+        if let Some(r) = &record {
+            r.write(dir, &id)?;
+            crate::block::sync_dir(dir)?;
+        }
         self.opts.fault(FaultPoint::CompactBeforeManifest)?;
         let meta = BlockMeta {
             id: id.clone(),
@@ -168,6 +183,7 @@ impl Store {
             bytes: written.bytes,
             source_seq: last.source_seq,
             services: services.iter().cloned().collect(),
+            tail_decided: record.is_some(),
         };
         let reader = BlockReader::open(dir, &id)?;
         let gone: BTreeSet<String> = group.iter().map(|b| b.meta.id.clone()).collect();
@@ -201,6 +217,11 @@ impl Store {
                 index_error: OnceLock::new(),
                 serial: inner.next_serial - 1,
                 split: Mutex::new(RoaringBitmap::new()),
+                sealed_at: Some(std::time::Instant::now()),
+                tail: match record {
+                    Some(r) => OnceLock::from(Arc::new(r)),
+                    None => OnceLock::new(),
+                },
             });
             inner.blocks.insert(pos, merged.clone());
             inner.register(&merged);

@@ -3,13 +3,12 @@
 //! it completes replaces the old one atomically. A failed seal puts the spans back in
 //! front of the head.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use roaring::RoaringBitmap;
 
 use super::head::{Head, advanced};
-use super::{BLOCK_FILES, Sealed, Store, lock_err};
+use super::{Sealed, Store, lock_err};
 use crate::FaultPoint;
 use crate::block::{self, BlockReader};
 use crate::error::StoreError;
@@ -128,25 +127,7 @@ impl Store {
     /// seal that failed after renaming its files (or publishing its manifest) left that
     /// name taken.
     fn block_id(&self, head: &Head) -> Result<String, StoreError> {
-        let base = format!("{:020}", head.max_seq);
-        let listed: HashSet<String> = {
-            let inner = self.inner.read().map_err(|_| lock_err())?;
-            inner.manifest.blocks.iter().map(|b| b.id.clone()).collect()
-        };
-        // File checks outside the lock.
-        let taken = |id: &str| {
-            listed.contains(id)
-                || BLOCK_FILES
-                    .iter()
-                    .any(|ext| self.opts.dir.join(format!("{id}.{ext}")).exists())
-        };
-        if !taken(&base) {
-            return Ok(base);
-        }
-        Ok((1u32..)
-            .map(|k| format!("{base}_{k}"))
-            .find(|id| !taken(id))
-            .unwrap_or(base))
+        self.unused_id(&format!("{:020}", head.max_seq))
     }
 
     /// Keeps `estimates` for the next start (`crate::skew`) when they changed since last
@@ -187,6 +168,7 @@ impl Store {
             bytes: written.bytes,
             source_seq: head.in_order.max(head.max_seq),
             services: head.services.iter().cloned().collect(),
+            tail_decided: false,
         };
         let mut next = {
             let inner = self.inner.read().map_err(|_| lock_err())?;
@@ -204,6 +186,8 @@ impl Store {
             index_error: OnceLock::new(),
             serial,
             split: Mutex::new(RoaringBitmap::new()),
+            sealed_at: Some(std::time::Instant::now()),
+            tail: OnceLock::new(),
         };
         Ok((sealed, next))
     }

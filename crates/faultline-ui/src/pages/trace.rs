@@ -25,8 +25,8 @@ pub(crate) async fn page(
 ) -> Result<Response, ApiError> {
     let trace_id = faultline_api::jaeger::parse_trace_id("trace id", &id)?;
     let raw = faultline_api::jaeger::wants_raw(&p);
-    let (answer, estimates) = blocking(&st, move |store| {
-        Ok((store.trace(&trace_id)?, store.clock_offsets()))
+    let ((answer, dropped), estimates) = blocking(&st, move |store| {
+        Ok((store.trace_or_dropped(&trace_id)?, store.clock_offsets()))
     })
     .await?;
     let partial = reasons(&st, answer.completeness.reasons);
@@ -37,8 +37,14 @@ pub(crate) async fn page(
         faultline_store::skew::correct(&mut spans, &estimates)
     };
     if spans.is_empty() {
+        let why = dropped.map_or(String::new(), |at| {
+            format!(
+                ": tail sampling dropped it at {at} (Unix seconds) by policy; see /tracing-health"
+            )
+        });
         return Err(
-            ApiError::not_found(format!("no spans of trace {id} are stored")).with_partial(partial),
+            ApiError::not_found(format!("no spans of trace {id} are stored{why}"))
+                .with_partial(partial),
         );
     }
     let w = layout(&spans);

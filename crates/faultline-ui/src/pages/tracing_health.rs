@@ -2,7 +2,8 @@
 //! `GET /api/v1/tracing-health`'s data (`faultline_store::quality`): orphans with the
 //! services that should have sent their parents, traces broken by sampling, skewed clocks,
 //! and semantic-convention violations, each with its count, its trend over the last hour
-//! and links to example traces.
+//! and links to example traces; then what tail sampling decided (`faultline_store::tail`),
+//! by root service and policy.
 
 use std::fmt::Write as _;
 
@@ -17,8 +18,56 @@ use crate::html::{esc, page as layout};
 
 /// `/tracing-health`.
 pub(crate) async fn page(State(st): State<ApiState>) -> Result<Response, ApiError> {
-    let report = blocking(&st, |store| store.tracing_health()).await?;
-    Ok(Html(layout("Tracing health", &[], None, &render(&report))).into_response())
+    let (report, tail) = blocking(&st, |store| {
+        Ok((store.tracing_health()?, store.tail_sampling()?))
+    })
+    .await?;
+    let body = render(&report) + &render_tail(&tail);
+    Ok(Html(layout("Tracing health", &[], None, &body)).into_response())
+}
+
+/// Tail sampling's decisions: kept by each policy and dropped, traces and spans.
+fn render_tail(r: &faultline_store::tail::TailReport) -> String {
+    let mut out = String::from("<h2>Tail sampling</h2>");
+    let Some(p) = &r.policy else {
+        out.push_str("<p id=tail-off>Tail sampling is off: every stored trace is kept (<code>[tail_sampling] enabled = true</code> in the configuration file turns it on).</p>");
+        return out;
+    };
+    let _ = write!(
+        out,
+        "<p>Traces are decided {} s after their block is sealed: kept when {}{}, and of the rest about {} per second per root service; RED and dependencies count every span. {} blocks decided, {} waiting. Also as JSON: <a href=\"/api/v1/tail-sampling\">/api/v1/tail-sampling</a>.</p>",
+        p.wait_secs,
+        if p.keep_errors {
+            "they have an error"
+        } else {
+            "(errors: not kept by rule)"
+        },
+        if p.keep_slower_than_p99 {
+            " or are slower than their root operation's p99"
+        } else {
+            ""
+        },
+        p.rest_traces_per_second,
+        r.blocks_decided,
+        r.blocks_waiting
+    );
+    out.push_str("<table id=tail-sampling><tr><th>root service</th><th>kept: error</th><th>kept: slow</th><th>kept: rate</th><th>dropped</th></tr>");
+    for (s, d) in &r.services {
+        let t =
+            |t: &faultline_store::tail::Tally| format!("{} traces ({} spans)", t.traces, t.spans);
+        let _ = write!(
+            out,
+            "<tr data-service=\"{}\"><td>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td></tr>",
+            esc(s),
+            esc(s),
+            t(&d.kept_error),
+            t(&d.kept_slow),
+            t(&d.kept_rate),
+            t(&d.dropped)
+        );
+    }
+    out.push_str("</table>");
+    out
 }
 
 fn examples(t: &Tally) -> String {

@@ -512,7 +512,7 @@ fn skew_kv(k: &str, v: &str) -> SkewKeyValue {
     }
 }
 
-fn resource_spans(service: &str, host: &str, spans: Vec<OtlpSpan>) -> ResourceSpans {
+pub fn resource_spans(service: &str, host: &str, spans: Vec<OtlpSpan>) -> ResourceSpans {
     ResourceSpans {
         resource: Some(faultline_model::otlp::resource::Resource {
             attributes: vec![skew_kv("service.name", service), skew_kv("host.name", host)],
@@ -526,7 +526,7 @@ fn resource_spans(service: &str, host: &str, spans: Vec<OtlpSpan>) -> ResourceSp
     }
 }
 
-fn skew_span(
+pub fn skew_span(
     trace: &[u8; 16],
     id: u64,
     parent: u64,
