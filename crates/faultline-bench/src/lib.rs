@@ -9,11 +9,13 @@
 //!   soon acknowledged traces are readable;
 //! - [`store`]: query latency at the store level on a stopped server's data directory;
 //! - [`http`]: query latency over HTTP with concurrent clients, against a running server;
-//! - [`skew`]: the cost of clock-skew correction per trace read.
+//! - [`skew`]: the cost of clock-skew correction per trace read and per seal;
+//! - [`tail`]: what tail sampling costs (decisions per second) and saves (block bytes).
 
 pub mod fresh;
 pub mod http;
 pub mod loadgen;
 pub mod skew;
 pub mod store;
+pub mod tail;
 pub mod varied;

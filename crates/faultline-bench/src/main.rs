@@ -74,6 +74,9 @@ enum Command {
     /// The cost of clock-skew correction per trace read, on synthetic traces that all
     /// cross skewed clocks.
     Skew,
+    /// What tail sampling costs and saves: synthetic traces sealed, then every block
+    /// decided by the default policy.
+    Tail,
     /// Trace-by-id latency of the store in DATA_DIR (stop the server first): samples trace
     /// ids spread over every block and times each lookup.
     TraceById {
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
         Command::Red { data_dir, samples } => store::red(&data_dir, samples),
         Command::Search { data_dir, samples } => store::search(&data_dir, samples),
         Command::Skew => faultline_bench::skew::run(),
+        Command::Tail => faultline_bench::tail::run(),
     };
     match result {
         Ok(code) => code,

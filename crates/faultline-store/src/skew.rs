@@ -87,6 +87,12 @@ impl Clock {
         }
     }
 
+    /// Whether two spans are on the same clock, without building either: spans of one
+    /// resource are, and otherwise their services and hosts are compared.
+    fn same(a: &Span, b: &Span) -> bool {
+        Arc::ptr_eq(&a.origin, &b.origin) || (a.service() == b.service() && host(a) == host(b))
+    }
+
     /// `service` or `service@host`.
     pub fn label(&self) -> String {
         if self.host.is_empty() {
@@ -95,6 +101,17 @@ impl Clock {
             format!("{}@{}", self.service, self.host)
         }
     }
+}
+
+/// The host attribute of a span's resource (`host.name`, else `host.id`).
+fn host(s: &Span) -> Option<&faultline_model::span::AttrValue> {
+    ["host.name", "host.id"].iter().find_map(|k| {
+        s.origin
+            .resource
+            .iter()
+            .find(|(rk, _)| rk == k)
+            .map(|(_, v)| v)
+    })
 }
 
 /// One clock's estimated offset.
@@ -375,7 +392,7 @@ pub fn correct(spans: &mut [Span], estimates: &Estimates) -> Vec<Adjustment> {
     }
     let (shift, moved) = {
         let refs: Vec<&Span> = spans.iter().collect();
-        plan(&refs, estimates)
+        plan(&refs, estimates, true)
     };
     for (s, d) in spans.iter_mut().zip(&shift) {
         if *d != 0 {
@@ -396,7 +413,7 @@ pub fn shifts(spans: &[&Span], estimates: &Estimates) -> Vec<i64> {
     if estimates.is_empty() || spans.len() < 2 {
         return vec![0; spans.len()];
     }
-    plan(spans, estimates).0
+    plan(spans, estimates, false).0
 }
 
 /// Whether a trace with `spans` may need moving: one of them is of a service with an
@@ -414,7 +431,9 @@ pub fn skewed_services(estimates: &Estimates) -> std::collections::HashSet<&str>
 }
 
 /// Each span's shift and the adjustments behind them (see the module header).
-fn plan(spans: &[&Span], estimates: &Estimates) -> (Vec<i64>, Vec<Adjustment>) {
+/// Each span's shift and, with `explain`, the adjustments behind them (see the module
+/// header); without, no adjustment is described (sealing needs only the shifts).
+fn plan(spans: &[&Span], estimates: &Estimates, explain: bool) -> (Vec<i64>, Vec<Adjustment>) {
     let mut shift = vec![0i64; spans.len()];
     if estimates.is_empty() || spans.len() < 2 {
         return (shift, Vec::new());
@@ -432,7 +451,6 @@ fn plan(spans: &[&Span], estimates: &Estimates) -> (Vec<i64>, Vec<Adjustment>) {
             _ => roots.push(i),
         }
     }
-    let clocks: Vec<Clock> = spans.iter().map(|s| Clock::of(s)).collect();
     let mut moved = Vec::new();
     let mut visited = vec![false; spans.len()];
     // Breadth first from the roots: a parent's shift is final before its children's.
@@ -447,21 +465,26 @@ fn plan(spans: &[&Span], estimates: &Estimates) -> (Vec<i64>, Vec<Adjustment>) {
         );
         for &c in &children[p] {
             // Same clock: share the parent's shift.
-            if clocks[c] == clocks[p] {
+            if Clock::same(spans[c], spans[p]) {
                 shift[c] = shift[p];
             } else {
                 let (cs, ce) = (spans[c].start_ns, spans[c].end_ns);
                 let outside = cs < ps || ce > pe;
-                if let Some(o) = estimates.get(&clocks[c])
-                    && outside
+                let clock = outside.then(|| Clock::of(spans[c]));
+                if let Some(clock) = &clock
+                    && let Some(o) = estimates.get(clock)
                 {
                     shift[c] = -o.offset_ns;
+                    if !explain {
+                        queue.push_back(c);
+                        continue;
+                    }
                     moved.push(Adjustment {
                         index: c,
                         shift_ns: -o.offset_ns,
                         basis: format!(
                             "clock of {} is {} {} (median of {} client/server calls from {}, spread {}{})",
-                            clocks[c].label(),
+                            clock.label(),
                             human_duration(o.offset_ns.unsigned_abs()),
                             if o.offset_ns > 0 { "ahead" } else { "behind" },
                             o.samples,
@@ -475,6 +498,9 @@ fn plan(spans: &[&Span], estimates: &Estimates) -> (Vec<i64>, Vec<Adjustment>) {
             queue.push_back(c);
         }
     }
+    if !explain {
+        return (shift, moved);
+    }
     // Descendants that moved with their span are reported too, as moved by their clock.
     for (i, d) in shift.iter().enumerate() {
         if *d != 0 && !moved.iter().any(|a| a.index == i) {
@@ -483,7 +509,7 @@ fn plan(spans: &[&Span], estimates: &Estimates) -> (Vec<i64>, Vec<Adjustment>) {
                 shift_ns: *d,
                 basis: format!(
                     "moved with its parent on the same clock ({})",
-                    clocks[i].label()
+                    Clock::of(spans[i]).label()
                 ),
             });
         }

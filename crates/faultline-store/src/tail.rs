@@ -13,8 +13,9 @@
 //! **Policies** ([`TailPolicy`]), in order, for each trace (times corrected for clock
 //! skew; a trace with spans in several blocks is judged as a whole):
 //! 1. `keep_errors`: a trace with an error span is kept;
-//! 2. `keep_slower_than_p99`: a trace longer than the p99 of its root operation over the
-//!    last hour (from the rollups, which saw every span) is kept;
+//! 2. `keep_slower_than_p99`: a trace longer than the p99 of its root operation (service,
+//!    name and span kind) over the last hour (from the rollups, which saw every span) is
+//!    kept;
 //! 3. the rest: per root service, about `rest_traces_per_second` traces per second of the
 //!    block's time range are kept, chosen by a hash of the trace id (so the parts of one
 //!    trace in different blocks get the same decision); the others are dropped.
@@ -29,7 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use faultline_model::span::{Span, TraceId};
+use faultline_model::span::{Span, SpanKind, TraceId};
 
 /// The tail-sampling policy (`[tail_sampling]` in the configuration file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -144,15 +145,15 @@ pub fn rest_share(policy: &TailPolicy, n: usize, secs: f64) -> f64 {
     (policy.rest_traces_per_second * secs.max(1.0) / n as f64).min(1.0)
 }
 
-/// The root service and operation of a trace: its earliest span without a parent (else
-/// its earliest span).
-pub fn root(spans: &[&Span]) -> Option<(String, String)> {
+/// The root service, operation and span kind of a trace: its earliest span without a
+/// parent (else its earliest span).
+pub fn root(spans: &[&Span]) -> Option<(String, String, SpanKind)> {
     spans
         .iter()
         .filter(|s| s.parent_span_id.is_none())
         .min_by_key(|s| s.start_ns)
         .or_else(|| spans.iter().min_by_key(|s| s.start_ns))
-        .map(|s| (s.service().to_string(), s.name.clone()))
+        .map(|s| (s.service().to_string(), s.name.clone(), s.kind))
 }
 
 /// Traces and their spans.

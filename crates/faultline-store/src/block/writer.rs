@@ -251,11 +251,6 @@ fn write_parquet(
             ColumnPath::from("adjusted_count"),
             Compression::UNCOMPRESSED,
         )
-        // Nearly always 0: a one-value dictionary, run-length encoded.
-        .set_column_compression(
-            ColumnPath::from("clock_shift_nano"),
-            Compression::UNCOMPRESSED,
-        )
         .set_column_compression(
             ColumnPath::from("attribute_keys"),
             Compression::UNCOMPRESSED,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use roaring::RoaringBitmap;
 
-use faultline_model::span::{Span, TraceId};
+use faultline_model::span::{Span, SpanKind, TraceId};
 
 use super::{BLOCK_FILES, Sealed, SpanStore, Store, lock_err};
 use crate::FaultPoint;
@@ -22,8 +22,8 @@ use crate::rollup::Rollups;
 use crate::skew;
 use crate::tail::{self, Decision, TailPolicy, TailRecord, TailReport, TraceFacts};
 
-/// A trace's root service and operation.
-type Root = (String, String);
+/// A trace's root service, operation and span kind.
+type Root = (String, String, SpanKind);
 
 /// What the policy looks at in one trace: any error, the corrected duration, the root.
 type Facts = (bool, u64, Option<Root>);
@@ -120,7 +120,7 @@ impl Store {
                         .total(
                             &r.0,
                             Some(&r.1),
-                            None,
+                            Some(r.2),
                             now_s.saturating_sub(3600),
                             now_s + 60,
                         )
@@ -132,7 +132,7 @@ impl Store {
         };
         // First errors and slow traces; the rest, per root service, then share the rate
         // over the block's time range.
-        let no_root = (String::new(), String::new());
+        let no_root = (String::new(), String::new(), SpanKind::Unspecified);
         let root_of = |f: &Facts| f.2.clone().unwrap_or_else(|| no_root.clone());
         let mut decisions: Vec<Decision> = groups
             .iter()
@@ -291,7 +291,10 @@ impl Store {
             traces: written.traces,
             min_start_ns: written.min_start_ns,
             max_end_ns: written.max_end_ns,
-            bytes: written.bytes,
+            // The record counts: it holds the dropped ids.
+            bytes: written.bytes
+                + std::fs::metadata(dir.join(format!("{id}.{}", tail::RECORD_EXT)))
+                    .map_or(0, |m| m.len()),
             source_seq: block.meta.source_seq,
             services: block.meta.services.clone(),
             tail_decided: true,
