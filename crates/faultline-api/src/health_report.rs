@@ -13,7 +13,7 @@
 //!                "expectedParentFrom": ["frontend"]},
 //!    "samplingBreaks": {"count": 0, "trend": [], "examples": [], "expectedParentFrom": []},
 //!    "clocks": [{"host": "api-1", "offsetMs": 2000.1, "samples": 256, "spreadMs": 1.2,
-//!                "callers": ["frontend@fe-1"]}],
+//!                "callers": ["frontend@fe-1"], "basis": "calls"}],
 //!    "conventions": [{"kind": "deprecated", "attribute": "http.status_code",
 //!                     "note": "Replaced by `http.response.status_code`.", "count": 1200,
 //!                     "trend": [...], "examples": [...]},
@@ -155,6 +155,7 @@ pub fn to_json(r: &TracingHealth) -> Value {
                     "samples": o.samples,
                     "spreadMs": o.spread_ns as f64 / 1e6,
                     "callers": o.callers,
+                    "basis": if o.messages { "messages" } else { "calls" },
                 })).collect::<Vec<_>>(),
                 "conventions": conventions,
             })

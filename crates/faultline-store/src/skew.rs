@@ -22,6 +22,14 @@
 //! clients' spans (asynchronous work, a timeout) scatters its samples and gets no
 //! estimate, rather than a wrong one.
 //!
+//! **Messages.** A PRODUCER → CONSUMER pair between two clocks gives a message sample: the
+//! consumer's start minus the producer's end. A message is consumed after it is sent, so
+//! the sample is the queueing time plus the consumer clock's offset, and only a clock that
+//! is behind can be told apart: when the median of the messages into a clock (that no
+//! call reaches) is negative, its consumers mostly start before their producers ended, and
+//! that median is its estimate, short of the true offset by the median queueing time (a
+//! lower bound). A clock ahead looks like a slow queue and gets no estimate from messages.
+//!
 //! **Correction** ([`correct`]): walking a trace from its roots, a span that falls outside
 //! its parent (starts before it or ends after it) and whose clock has an estimate is moved
 //! back by that estimate, together with every descendant on the same clock (they share its
@@ -128,37 +136,54 @@ pub struct Offset {
     /// Whether it was restored from [`OFFSETS_FILE`] (no call into the clock since start).
     #[serde(default, skip_serializing)]
     pub restored: bool,
+    /// Whether it rests on producer/consumer messages rather than calls (a lower bound:
+    /// see the module header).
+    #[serde(default)]
+    pub messages: bool,
 }
 
 /// Every clock's estimate.
 pub type Estimates = HashMap<Clock, Offset>;
 
-/// One sample: from a parent/child pair, the clocks and the child's midpoint minus the
-/// parent's.
-pub type Sample = (Clock, Clock, i64);
+/// What a sample comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// A client/server call: the child's midpoint minus the parent's.
+    Call,
+    /// A producer/consumer message: the consumer's start minus the producer's end.
+    Message,
+}
 
-/// The sample a parent/child pair gives, if it is a call between two clocks.
+/// One sample: from a parent/child pair, the clocks, the difference, and its kind.
+pub type Sample = (Clock, Clock, i64, Via);
+
+/// The sample a parent/child pair gives, if it is a call or a message between two clocks.
 pub fn sample(parent: &Span, child: &Span) -> Option<Sample> {
-    let call = matches!(
-        (parent.kind, child.kind),
-        (SpanKind::Client, SpanKind::Server)
-    );
-    if !call {
-        return None;
-    }
+    let via = match (parent.kind, child.kind) {
+        (SpanKind::Client, SpanKind::Server) => Via::Call,
+        (SpanKind::Producer, SpanKind::Consumer) => Via::Message,
+        _ => return None,
+    };
     let (p, c) = (Clock::of(parent), Clock::of(child));
     if p == c {
         return None;
     }
-    let mid = |s: &Span| (i128::from(s.start_ns) + i128::from(s.end_ns)) / 2;
-    let delta = i64::try_from(mid(child) - mid(parent)).ok()?;
-    Some((p, c, delta))
+    let delta = match via {
+        Via::Call => {
+            let mid = |s: &Span| (i128::from(s.start_ns) + i128::from(s.end_ns)) / 2;
+            i64::try_from(mid(child) - mid(parent)).ok()?
+        }
+        Via::Message => {
+            i64::try_from(i128::from(child.start_ns) - i128::from(parent.end_ns)).ok()?
+        }
+    };
+    Some((p, c, delta, via))
 }
 
 /// The samples of every clock pair, and the estimates last computed from them.
 #[derive(Debug, Default)]
 pub struct SkewSamples {
-    pairs: crate::block::FastMap<(Clock, Clock), Ring>,
+    pairs: crate::block::FastMap<(Clock, Clock, Via), Ring>,
     /// Samples observed since start: each ring remembers when it was last fed.
     observed: u64,
     /// Estimates are recomputed at most every [`ESTIMATE_EVERY`]: trace reads ask for
@@ -182,9 +207,9 @@ pub const ESTIMATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1
 impl SkewSamples {
     /// Keeps `s`, forgetting the pair's oldest sample beyond [`SAMPLES_PER_PAIR`], and the
     /// least recently fed pair beyond [`MAX_PAIRS`].
-    pub fn observe(&mut self, (parent, child, delta): Sample) {
+    pub fn observe(&mut self, (parent, child, delta, via): Sample) {
         self.observed += 1;
-        let key = (parent, child);
+        let key = (parent, child, via);
         if !self.pairs.contains_key(&key) && self.pairs.len() >= MAX_PAIRS {
             let stale = self
                 .pairs
@@ -241,8 +266,12 @@ impl SkewSamples {
     /// Every clock's offset (see the module header).
     pub fn estimates(&self) -> Estimates {
         let mut into: HashMap<&Clock, Vec<(&Clock, &VecDeque<i64>)>> = HashMap::new();
-        for ((p, c), ring) in &self.pairs {
-            into.entry(c).or_default().push((p, &ring.samples));
+        let mut messages: HashMap<&Clock, Vec<(&Clock, &VecDeque<i64>)>> = HashMap::new();
+        for ((p, c, via), ring) in &self.pairs {
+            match via {
+                Via::Call => into.entry(c).or_default().push((p, &ring.samples)),
+                Via::Message => messages.entry(c).or_default().push((p, &ring.samples)),
+            }
         }
         let mut est: HashMap<&Clock, (i64, i64)> = HashMap::new();
         let mut values = Vec::new();
@@ -274,11 +303,52 @@ impl SkewSamples {
             }
             est = next;
         }
+        // Messages, into clocks no call reaches: only a clock behind shows.
+        let mut behind: HashMap<&Clock, (i64, i64)> = HashMap::new();
+        for (child, edges) in &messages {
+            if into.contains_key(child) {
+                continue;
+            }
+            values.clear();
+            for (parent, ring) in edges {
+                let base = est.get(parent).map_or(0, |e| e.0);
+                values.extend(ring.iter().map(|d| d.saturating_add(base)));
+            }
+            if values.len() < MIN_SAMPLES {
+                continue;
+            }
+            let mid = values.len() / 2;
+            let m = *values.select_nth_unstable(mid).1;
+            deviations.clear();
+            deviations.extend(values.iter().map(|v| v.abs_diff(m)));
+            let mad = *deviations.select_nth_unstable(mid).1;
+            let mad = i64::try_from(mad).unwrap_or(i64::MAX);
+            if m <= -MIN_OFFSET_NS && m.abs() >= mad.saturating_mul(MIN_SIGNAL) {
+                behind.insert(*child, (m, mad));
+            }
+        }
         let restored = self
             .restored
             .iter()
-            .filter(|(c, _)| !into.contains_key(c))
+            .filter(|(c, _)| !into.contains_key(c) && !messages.contains_key(c))
             .map(|(c, o)| (c.clone(), o.clone()));
+        let by_message = behind.into_iter().map(|(clock, (offset_ns, spread_ns))| {
+            let edges = &messages[clock];
+            let mut callers: Vec<String> = edges.iter().map(|(p, _)| p.label()).collect();
+            callers.sort();
+            callers.dedup();
+            (
+                clock.clone(),
+                Offset {
+                    offset_ns,
+                    samples: edges.iter().map(|(_, r)| r.len()).sum(),
+                    spread_ns,
+                    callers,
+                    restored: false,
+                    messages: true,
+                },
+            )
+        });
         est.into_iter()
             .map(|(clock, (offset_ns, spread_ns))| {
                 let edges = &into[clock];
@@ -293,9 +363,11 @@ impl SkewSamples {
                         spread_ns,
                         callers,
                         restored: false,
+                        messages: false,
                     },
                 )
             })
+            .chain(by_message)
             .chain(restored)
             .collect()
     }
@@ -483,11 +555,16 @@ fn plan(spans: &[&Span], estimates: &Estimates, explain: bool) -> (Vec<i64>, Vec
                         index: c,
                         shift_ns: -o.offset_ns,
                         basis: format!(
-                            "clock of {} is {} {} (median of {} client/server calls from {}, spread {}{})",
+                            "clock of {} is {} {} (median of {} {} from {}, spread {}{})",
                             clock.label(),
                             human_duration(o.offset_ns.unsigned_abs()),
                             if o.offset_ns > 0 { "ahead" } else { "behind" },
                             o.samples,
+                            if o.messages {
+                                "producer/consumer messages, consumers starting before their producers; at least this much"
+                            } else {
+                                "client/server calls"
+                            },
                             o.callers.join(", "),
                             human_duration(o.spread_ns.unsigned_abs()),
                             if o.restored { "; estimated before the last restart" } else { "" }
@@ -772,14 +849,17 @@ mod tests {
             host: "gw-1".into(),
         };
         for i in 0..MAX_PAIRS + 50 {
-            s.observe((root.clone(), clock(i), 1));
+            s.observe((root.clone(), clock(i), 1, Via::Call));
             // pod-0 keeps being called: it is never the stalest.
-            s.observe((root.clone(), clock(0), 1));
+            s.observe((root.clone(), clock(0), 1, Via::Call));
         }
         assert_eq!(s.pairs(), MAX_PAIRS);
-        assert!(s.pairs.contains_key(&(root.clone(), clock(0))));
-        assert!(!s.pairs.contains_key(&(root.clone(), clock(1))));
-        assert!(s.pairs.contains_key(&(root, clock(MAX_PAIRS + 49))));
+        assert!(s.pairs.contains_key(&(root.clone(), clock(0), Via::Call)));
+        assert!(!s.pairs.contains_key(&(root.clone(), clock(1), Via::Call)));
+        assert!(
+            s.pairs
+                .contains_key(&(root, clock(MAX_PAIRS + 49), Via::Call))
+        );
     }
 
     #[test]
@@ -871,5 +951,50 @@ mod tests {
             .collect();
         assert!(!may_move(&right, &skewed));
         assert!(!may_move(&t, &std::collections::HashSet::new()));
+    }
+
+    /// A producer on `orders@o-1` and its consumer on `billing@b-1` (clock `skew` off),
+    /// queued 5-50 ms.
+    fn message(i: u64, skew: i64) -> Vec<Span> {
+        let (p, c) = (origin("orders", "o-1"), origin("billing", "b-1"));
+        let base = 1_000_000_000_000 + i * 1_000 * MS;
+        let queued = (5 + (i * 7919) % 46) * MS;
+        let start = (base + 10 * MS + queued).saturating_add_signed(skew);
+        vec![
+            span(1, None, SpanKind::Producer, &p, base, base + 10 * MS),
+            span(2, Some(1), SpanKind::Consumer, &c, start, start + 20 * MS),
+        ]
+    }
+
+    #[test]
+    fn messages_show_a_clock_behind_and_never_invent_one_ahead() {
+        let behind: Vec<Vec<Span>> = (0..40).map(|i| message(i, -300 * MS as i64)).collect();
+        let est = samples_of(&behind).estimates();
+        let o = &est[&Clock {
+            service: "billing".into(),
+            host: "b-1".into(),
+        }];
+        // The median includes the queueing time: a lower bound within 10% here.
+        assert!(o.messages && o.offset_ns < 0, "{o:?}");
+        assert!(
+            (o.offset_ns + 300 * MS as i64).abs() <= 30 * MS as i64,
+            "{o:?}"
+        );
+        let mut t = message(99, -300 * MS as i64);
+        let moved = correct(&mut t, &est);
+        assert_eq!(moved.len(), 1);
+        assert!(
+            moved[0].basis.contains("producer/consumer messages"),
+            "{moved:?}"
+        );
+        assert_eq!(moved[0].shift_ns, -o.offset_ns);
+        // Within the queueing spread of its producer's end, not 300 ms before it.
+        assert!(t[1].start_ns + 50 * MS >= t[0].end_ns, "{t:?}");
+        // A clock ahead is indistinguishable from a slow queue: no estimate.
+        let ahead: Vec<Vec<Span>> = (0..40).map(|i| message(i, 2_000 * MS as i64)).collect();
+        assert!(samples_of(&ahead).estimates().is_empty());
+        // Right clocks: nothing.
+        let right: Vec<Vec<Span>> = (0..40).map(|i| message(i, 0)).collect();
+        assert!(samples_of(&right).estimates().is_empty());
     }
 }
