@@ -8,15 +8,22 @@
 //! ```json
 //! {"service": "cart", "operation": null, "spanKind": null, "start": 1700000000,
 //!  "end": 1700003600, "step": 60, "complete": true, "partialReasons": [],
-//!  "points": [{"start": 1700000000, "count": 1200, "errors": 3, "storedCount": 120,
+//!  "points": [{"start": 1700000000, "seconds": 60, "requests": 400, "requestErrors": 2,
+//!              "storedRequests": 40, "requestsPerSecond": 6.67, "requestErrorRate": 0.005,
+//!              "count": 1200, "errors": 3, "storedCount": 120,
 //!              "storedErrors": 1, "ratePerSecond": 20.0, "errorRate": 0.0025,
 //!              "p50Ms": 12.1, "p90Ms": 40.2, "p99Ms": 95.0, "meanMs": 18.4}]}
 //! ```
 //!
-//! `count` and `errors` are the spans the stored ones stand for (each weighted by its
-//! adjusted count: `faultline_model::sampling`), so rates and error rates are right when
-//! SDKs sample; `storedCount` and `storedErrors` are the spans stored (equal when nothing
-//! is sampled). Latency quantiles come from DDSketches of the stored spans with 1% relative
+//! Requests are the service's entry spans: SERVER and CONSUMER spans, and roots of any
+//! kind (a span without a parent); `count`, `errors` and `ratePerSecond` count every span
+//! (client and internal ones too). Each rate divides by the seconds the point covers:
+//! `seconds`, the step, or for the point of the current minute the seconds elapsed in it.
+//! Latency is over the spans selected (all of the service's, or `spanKind`'s).
+//! `requests`, `count` and `errors` are what the stored spans stand for (each weighted by
+//! its adjusted count: `faultline_model::sampling`), so rates and error rates are right
+//! when SDKs sample; `storedRequests`, `storedCount` and `storedErrors` are the spans
+//! stored (equal when nothing is sampled). Latency quantiles come from DDSketches of the stored spans with 1% relative
 //! accuracy; the mean is exact over the stored spans. Bad parameters get a 400 that names them (`{"error": "...", "code": 400,
 //! "kind": "bad_parameter", "parameter": "step"}`, see `error.rs`).
 //!
@@ -270,14 +277,23 @@ async fn red(State(st): State<ApiState>, Query(p): Params) -> Result<Response, A
     })
     .await?;
     let c = st.with_lag(c, Some((start * NS, end * NS)));
+    let now_s = crate::params::now_ns() / NS;
+    let share = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
     let points: Vec<_> = points
         .iter()
         .map(|p| {
+            // The point of the current minute covers only the seconds elapsed.
+            let secs = step.min(now_s.saturating_sub(p.start_s)).max(1);
             json!({
-                "start": p.start_s, "count": p.count, "errors": p.errors,
+                "start": p.start_s, "seconds": secs,
+                "requests": p.requests, "requestErrors": p.request_errors,
+                "storedRequests": p.stored_requests,
+                "requestsPerSecond": p.requests as f64 / secs as f64,
+                "requestErrorRate": share(p.request_errors, p.requests),
+                "count": p.count, "errors": p.errors,
                 "storedCount": p.stored, "storedErrors": p.stored_errors,
-                "ratePerSecond": p.count as f64 / step as f64,
-                "errorRate": if p.count == 0 { 0.0 } else { p.errors as f64 / p.count as f64 },
+                "ratePerSecond": p.count as f64 / secs as f64,
+                "errorRate": share(p.errors, p.count),
                 "p50Ms": p.p50_ms, "p90Ms": p.p90_ms, "p99Ms": p.p99_ms, "meanMs": p.mean_ms,
             })
         })

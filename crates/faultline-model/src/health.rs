@@ -70,6 +70,16 @@ impl Component {
     }
 }
 
+/// `n` and `word`, with an `s` when `n` is not 1 (`1 block`, `3 blocks`).
+pub fn plural(n: impl Into<u64>, word: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// A duration in nanoseconds as `850 µs`, `12.3 ms`, `1.24 s` (the UI's, the status
 /// report's and the clock-skew notes' format).
 pub fn human_duration(ns: u64) -> String {

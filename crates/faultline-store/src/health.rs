@@ -26,7 +26,11 @@ pub fn store(f: &StoreFacts) -> Component {
         Component::new(
             "store",
             Health::Ok,
-            format!("{} blocks, {}", f.blocks, human_bytes(f.bytes)),
+            format!(
+                "{}, {}",
+                faultline_model::health::plural(f.blocks as u64, "block"),
+                human_bytes(f.bytes)
+            ),
         )
     } else {
         Component::new(

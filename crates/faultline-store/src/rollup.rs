@@ -1,6 +1,8 @@
 //! RED rollups: per minute and per (service, operation, span kind), the span count, the
 //! error count, their estimates weighted by each span's adjusted count (how many spans a
-//! sampled span stands for: `faultline_model::sampling`), and a mergeable latency sketch
+//! sampled span stands for: `faultline_model::sampling`), the same four figures over the
+//! cell's entry spans (requests: SERVER and CONSUMER spans, and roots of any kind), and a
+//! mergeable latency sketch
 //! (DDSketch, 1% relative accuracy, of the stored spans), computed from every span the
 //! store receives. Rates and error rates come from the weighted estimates, so they stay
 //! right when services sample at different rates. They answer "rate, errors and latency of service X
@@ -13,8 +15,9 @@
 //!
 //! ```text
 //! 0   8  magic     b"FLTRED01"
-//! 8   4  version   4 (versions 1, without edges, 2, without edge sketches, and 3,
-//!                  without weighted counts, are still read: their weights are the counts)
+//! 8   4  version   5 (versions 1, without edges, 2, without edge sketches, 3, without
+//!                  weighted counts, and 4, without entry counts, are still read: their
+//!                  weights are the counts, their entries the SERVER and CONSUMER cells')
 //! 12  4  cells     number of cells
 //! then per cell:
 //!     8  minute    Unix minute (seconds / 60)
@@ -25,6 +28,10 @@
 //!     8  errors    spans with status ERROR
 //!     8  weighted  (version 4) sum of the spans' adjusted counts, f64
 //!     8  w_errors  (version 4) the same over the error spans, f64
+//!     8  entries   (version 5) entry spans: SERVER or CONSUMER, or without a parent
+//!     8  e_errors  (version 5) entry spans with status ERROR
+//!     8  w_entries (version 5) sum of the entry spans' adjusted counts, f64
+//!     8  w_e_errs  (version 5) the same over the failing entry spans, f64
 //!     4  k         sketch length, then k bytes: the DDSketch in DataDog's Java-compatible
 //!                  encoding (durations in milliseconds, exact count, sum, min and max)
 //! then (version 2 and later) the service dependency edges:
@@ -50,7 +57,7 @@ use faultline_model::span::{Span, SpanKind};
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"FLTRED01";
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 
 /// One cell: a minute of one (service, operation, kind).
 #[derive(Clone)]
@@ -63,8 +70,39 @@ pub struct Cell {
     pub weighted: f64,
     /// The same over the error spans.
     pub weighted_errors: f64,
+    /// The entry spans among them (requests: SERVER, CONSUMER or roots); counts, errors,
+    /// and their weighted sums. Unused for dependency edges.
+    pub entries: Entries,
     /// Durations in milliseconds.
     pub sketch: DDSketch,
+}
+
+/// A cell's entry spans (see [`Cell::entries`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Entries {
+    /// Entry spans stored.
+    pub count: u64,
+    /// Those with status ERROR.
+    pub errors: u64,
+    /// Sum of their adjusted counts.
+    pub weighted: f64,
+    /// The same over the failing ones.
+    pub weighted_errors: f64,
+}
+
+impl Entries {
+    fn merge(&mut self, o: &Entries) {
+        self.count += o.count;
+        self.errors += o.errors;
+        self.weighted += o.weighted;
+        self.weighted_errors += o.weighted_errors;
+    }
+}
+
+/// Whether a span is an entry into its service: a request it serves (SERVER), a message
+/// it consumes (CONSUMER), or the root of its trace.
+pub fn is_entry(s: &Span) -> bool {
+    matches!(s.kind, SpanKind::Server | SpanKind::Consumer) || s.parent_span_id.is_none()
 }
 
 impl std::fmt::Debug for Cell {
@@ -83,6 +121,7 @@ impl Default for Cell {
             errors: 0,
             weighted: 0.0,
             weighted_errors: 0.0,
+            entries: Entries::default(),
             sketch: DDSketch::new(Config::defaults()),
         }
     }
@@ -105,6 +144,9 @@ impl Cell {
             errors: estimate(self.weighted_errors),
             stored: self.count,
             stored_errors: self.errors,
+            requests: estimate(self.entries.weighted),
+            request_errors: estimate(self.entries.weighted_errors),
+            stored_requests: self.entries.count,
             p50_ms: q(0.5),
             p90_ms: q(0.9),
             p99_ms: q(0.99),
@@ -121,6 +163,7 @@ impl Cell {
         self.errors += other.errors;
         self.weighted += other.weighted;
         self.weighted_errors += other.weighted_errors;
+        self.entries.merge(&other.entries);
         // Sketches made with the same config always merge.
         let _ = self.sketch.merge(&other.sketch);
     }
@@ -196,6 +239,13 @@ pub struct RedPoint {
     pub stored: u64,
     /// Error spans stored in the step.
     pub stored_errors: u64,
+    /// Requests in the step: entry spans (SERVER, CONSUMER or roots, see [`is_entry`]),
+    /// estimated from their adjusted counts.
+    pub requests: u64,
+    /// Failing requests, estimated likewise.
+    pub request_errors: u64,
+    /// Requests stored.
+    pub stored_requests: u64,
     /// Latency quantiles and mean in milliseconds (None when there were no spans).
     pub p50_ms: Option<f64>,
     /// 90th percentile.
@@ -227,9 +277,19 @@ impl Rollups {
         let cell = kinds[s.kind as usize].get_or_insert_with(Box::default);
         cell.count += 1;
         cell.weighted += weight;
-        if s.is_error() {
+        let error = s.is_error();
+        if error {
             cell.errors += 1;
             cell.weighted_errors += weight;
+        }
+        if is_entry(s) {
+            let e = &mut cell.entries;
+            e.count += 1;
+            e.weighted += weight;
+            if error {
+                e.errors += 1;
+                e.weighted_errors += weight;
+            }
         }
         cell.sketch.add(s.duration_ns() as f64 / 1e6);
     }
@@ -540,6 +600,11 @@ impl Rollups {
                         out.extend_from_slice(&c.errors.to_le_bytes());
                         out.extend_from_slice(&c.weighted.to_le_bytes());
                         out.extend_from_slice(&c.weighted_errors.to_le_bytes());
+                        let e = &c.entries;
+                        out.extend_from_slice(&e.count.to_le_bytes());
+                        out.extend_from_slice(&e.errors.to_le_bytes());
+                        out.extend_from_slice(&e.weighted.to_le_bytes());
+                        out.extend_from_slice(&e.weighted_errors.to_le_bytes());
                         let sk = c.sketch.to_java_bytes();
                         out.extend_from_slice(&(sk.len() as u32).to_le_bytes());
                         out.extend_from_slice(&sk);
@@ -618,6 +683,29 @@ impl Rollups {
             } else {
                 (count as f64, errors as f64)
             };
+            let entries = if version >= 5 {
+                let mut u = [0u8; 8];
+                u.copy_from_slice(take(8)?);
+                let n = u64::from_le_bytes(u);
+                u.copy_from_slice(take(8)?);
+                let ne = u64::from_le_bytes(u);
+                Entries {
+                    count: n,
+                    errors: ne,
+                    weighted: f64_at(take(8)?),
+                    weighted_errors: f64_at(take(8)?),
+                }
+            } else if kind == SpanKind::Server as usize || kind == SpanKind::Consumer as usize {
+                // Older files did not mark roots: their SERVER and CONSUMER spans count.
+                Entries {
+                    count,
+                    errors,
+                    weighted,
+                    weighted_errors,
+                }
+            } else {
+                Entries::default()
+            };
             let l = take(4)?;
             let k = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
             let sketch =
@@ -637,6 +725,7 @@ impl Rollups {
                 errors,
                 weighted,
                 weighted_errors,
+                entries,
                 sketch,
             }));
         }
@@ -681,6 +770,7 @@ impl Rollups {
                         errors,
                         weighted,
                         weighted_errors,
+                        entries: Entries::default(),
                         sketch,
                     },
                 );
@@ -721,7 +811,7 @@ mod tests {
 
     use super::*;
 
-    fn span(service: &str, op: &str, minute: u64, ms: u64, error: bool) -> Span {
+    pub(super) fn span(service: &str, op: &str, minute: u64, ms: u64, error: bool) -> Span {
         let start = minute * 60_000_000_000 + 1_000;
         Span {
             trace_id: [1; 16],
@@ -890,5 +980,35 @@ mod edge_tests {
         let back = Rollups::decode(&v2).unwrap();
         let d = &back.dependencies(0, 120)[0];
         assert_eq!((d.calls, d.errors, d.latency_ms), (3, 1, None));
+    }
+
+    #[test]
+    fn requests_are_entry_spans_and_survive_the_file() {
+        use super::tests::span as base;
+        let mut r = Rollups::default();
+        let child = |kind: SpanKind, error: bool| Span {
+            kind,
+            parent_span_id: Some([1; 8]),
+            ..base("svc", "op", 0, 5, error)
+        };
+        // Entries: a SERVER child, a CONSUMER child, an INTERNAL root (failing).
+        r.add(&child(SpanKind::Server, false));
+        r.add(&child(SpanKind::Consumer, true));
+        r.add(&Span {
+            kind: SpanKind::Internal,
+            ..base("svc", "job", 0, 5, true)
+        });
+        // Not entries: CLIENT and INTERNAL children.
+        r.add(&child(SpanKind::Client, true));
+        r.add(&child(SpanKind::Internal, false));
+        let check = |r: &Rollups| {
+            let t = r.total("svc", None, None, 0, 60);
+            assert_eq!((t.requests, t.request_errors, t.stored_requests), (3, 2, 3));
+            assert_eq!((t.count, t.errors), (5, 3));
+            let server = r.total("svc", None, Some(SpanKind::Server), 0, 60);
+            assert_eq!(server.requests, 1);
+        };
+        check(&r);
+        check(&Rollups::decode(&r.encode()).unwrap());
     }
 }

@@ -80,7 +80,12 @@ fn check(v: &Value) {
     assert!((49.0..=52.0).contains(&p50), "p50 {p50}");
     let p99 = p["p99Ms"].as_f64().unwrap();
     assert!((98.0..=101.0).contains(&p99), "p99 {p99}");
-    assert!((p["ratePerSecond"].as_f64().unwrap() - 100.0 / 60.0).abs() < 1e-9);
+    // The rate divides by the seconds the point covers: the current minute so far.
+    let secs = p["seconds"].as_f64().unwrap();
+    assert!((1.0..=60.0).contains(&secs), "{v}");
+    assert!((p["ratePerSecond"].as_f64().unwrap() - 100.0 / secs).abs() < 1e-9);
+    assert_eq!(p["requests"], 100, "SERVER spans are requests: {v}");
+    assert!((p["requestErrorRate"].as_f64().unwrap() - 0.1).abs() < 1e-9);
     assert!((p["errorRate"].as_f64().unwrap() - 0.1).abs() < 1e-9);
 }
 

@@ -237,13 +237,22 @@ fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception()
         "id=operations",
         "<tr><td><a href=\"/search?service=checkout-api&operation=POST",
     );
-    assert!(op.starts_with("POST /checkout server 0.05 4.5%"), "{op}");
-    let services_page = get(server.api, "/?range=1h");
-    let row = first_after(&services_page, "id=services", "<tr class=service-row>");
+    // 200 spans over the hour (and the seconds of the current minute): 0.055-0.056 /s.
+    let rate: f64 = op.split(' ').nth(3).unwrap().parse().unwrap();
+    assert!((0.05..=0.06).contains(&rate), "{op}");
     assert!(
-        row.starts_with("checkout-api 0.11 "),
-        "400 spans over the hour: {row}"
+        op.starts_with("POST /checkout server ") && op.contains(" 4.5% "),
+        "{op}"
     );
+    let services_page = get(server.api, "/?range=1h");
+    let row = first_after(&services_page, "id=services", "<tr class=service-row ");
+    let cols: Vec<&str> = row.split(' ').collect();
+    let num = |i: usize| cols[i].parse::<f64>().unwrap();
+    // 200 requests (the root spans) and 400 spans over the hour.
+    assert_eq!(cols[0], "checkout-api", "{row}");
+    assert!((0.0545..0.0557).contains(&num(1)), "requests /s: {row}");
+    assert_eq!(cols[2], "4.5%", "9 of 200 requests failed: {row}");
+    assert!((0.109..0.1112).contains(&num(3)), "spans /s: {row}");
     let (status, body) = http_get(server.api, "/service/checkout-api?sample=5").unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("sample"), "{body}");
@@ -416,4 +425,168 @@ fn pages_say_plainly_when_a_block_is_missing() {
         "{row}"
     );
     assert!(row.contains("inspect DATA_DIR/blocks/quarantine"), "{row}");
+}
+
+/// One request to `frontend` (a SERVER root, or with `root_kind` another kind) calling
+/// `api` (CLIENT in frontend, SERVER and an INTERNAL child in api); `failing` marks the
+/// root and the api server span as errors.
+fn request(n: u32, now_ns: u64, root_kind: i32, failing: bool) -> Vec<ResourceSpans> {
+    let mut trace_id = vec![0xcd; 16];
+    trace_id[12..].copy_from_slice(&n.to_be_bytes());
+    let start = now_ns - 120_000_000_000 + u64::from(n) * 100_000_000;
+    let id = |k: u8| vec![k, 0, 0, 0, (n >> 8) as u8, n as u8, 0, 1];
+    let status = failing.then(|| Status {
+        code: 2,
+        message: "boom".into(),
+    });
+    let span = |k: u8, parent: Option<u8>, kind: i32, name: &str, failing: bool| Span {
+        trace_id: trace_id.clone(),
+        span_id: id(k),
+        parent_span_id: parent.map(id).unwrap_or_default(),
+        name: name.into(),
+        kind,
+        start_time_unix_nano: start + u64::from(k) * 1_000_000,
+        end_time_unix_nano: start + 50_000_000 - u64::from(k) * 1_000_000,
+        status: if failing { status.clone() } else { None },
+        ..Span::default()
+    };
+    let rs = |service: &str, spans: Vec<Span>| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", s(service))],
+            ..Resource::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..ScopeSpans::default()
+        }],
+        ..ResourceSpans::default()
+    };
+    vec![
+        rs(
+            "frontend",
+            vec![
+                span(1, None, root_kind, "GET /checkout", failing),
+                span(2, Some(1), 3, "POST /api", false),
+            ],
+        ),
+        rs(
+            "api",
+            vec![
+                Span {
+                    // An exception 2 ms into the span, when it fails.
+                    events: if failing {
+                        vec![Event {
+                            time_unix_nano: start + 5_000_000,
+                            name: "exception".into(),
+                            ..Event::default()
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                    ..span(3, Some(2), 2, "POST /api", failing)
+                },
+                span(4, Some(3), 1, "validate", false),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn request_rates_count_entry_spans_and_match_the_requests_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&tmp.path().join("data"), &[]);
+    let now = common::now_ns();
+    // 300 requests over the last two minutes, 1 in 20 failing; every third frontend root
+    // is INTERNAL (a root counts as a request whatever its kind).
+    let (sent, failed) = (300u32, 15u64);
+    for n in 0..sent {
+        let kind = if n % 3 == 0 { 1 } else { 2 };
+        let req = ExportTraceServiceRequest {
+            resource_spans: request(n, now, kind, n % 20 == 7),
+        };
+        assert_eq!(post_otlp(&server, req.encode_to_vec()), 200);
+    }
+    // Indexed: the services page no longer says records are waiting.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(server.api, "/").contains("not yet indexed") {
+        assert!(Instant::now() < deadline, "not indexed after 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both services: 300 requests (frontend's roots; api's SERVER spans), though frontend
+    // sent 600 spans and api 600.
+    for svc in ["frontend", "api"] {
+        let v: serde_json::Value = serde_json::from_str(&get(
+            server.api,
+            &format!(
+                "/api/v1/red?service={svc}&start={}",
+                now / 1_000_000_000 - 600
+            ),
+        ))
+        .unwrap();
+        let sum = |k: &str| -> u64 {
+            v["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p[k].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(sum("requests"), u64::from(sent), "{svc}: {v}");
+        assert_eq!(sum("requestErrors"), failed, "{svc}");
+        assert_eq!(sum("count"), 2 * u64::from(sent), "{svc}: spans apart");
+        for p in v["points"].as_array().unwrap() {
+            let (secs, req) = (
+                p["seconds"].as_u64().unwrap(),
+                p["requests"].as_u64().unwrap(),
+            );
+            assert!((1..=60).contains(&secs), "{p}");
+            let rate = p["requestsPerSecond"].as_f64().unwrap();
+            assert!((rate - req as f64 / secs as f64).abs() < 1e-9, "{p}");
+        }
+    }
+    // The services page says the same: requests and failed requests exactly, the error
+    // rate of requests (5.0%), not of spans.
+    let page = get(server.api, "/?range=15m");
+    for svc in ["frontend", "api"] {
+        let row = page
+            .split("<tr class=service-row ")
+            .find(|r| r.contains(&format!(">{svc}</a>")))
+            .unwrap();
+        assert!(
+            row.starts_with(&format!(
+                "data-requests={sent} data-request-errors={failed}>"
+            )),
+            "{row}"
+        );
+        assert!(row.contains(">5.0%<"), "{row}");
+    }
+    // No dead ends: an unknown service is a 404 that says so and suggests the near ones.
+    let (status, body) = http_get(server.api, "/service/fronten").unwrap();
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no service named") && body.contains("did you mean frontend"),
+        "{body}"
+    );
+    // A failing trace: its critical path keeps its own mark on failing spans, span details
+    // name the parent, and events show their time within the span; plurals are right.
+    let mut id = [0xcdu8; 16];
+    id[12..].copy_from_slice(&7u32.to_be_bytes());
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let page = get(server.api, &format!("/trace/{id}"));
+    assert!(
+        page.contains("4 spans · 2 services") && page.contains("· 2 errors"),
+        "{page}"
+    );
+    assert!(
+        page.contains("class=\"span-row critical errspan\""),
+        "{page}"
+    );
+    assert!(page.contains(".wf .critical.errspan .span{background:repeating-linear-gradient"));
+    assert!(page.contains("parent none (a root)"), "{page}");
+    assert!(page.contains("parent 0200000000070001"), "{page}");
+    assert!(page.contains("Event exception at +2.0 ms"), "{page}");
+    // Auto-refresh no faster than every 5 s.
+    let page = get(server.api, "/?refresh=1");
+    assert!(page.contains("http-equiv=refresh content=\"5\""), "{page}");
+    server.stop();
 }

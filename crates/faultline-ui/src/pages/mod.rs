@@ -97,13 +97,20 @@ impl Range {
                 "range must be at least 1m",
             ));
         }
+        // Auto-refresh no faster than every 5 s: a page reading the store every second
+        // is load nobody asked for (0 means off).
         let refresh = match param(p, "refresh") {
-            Some(r) => Some(r.parse::<u64>().map_err(|_| {
-                ApiError::bad_parameter(
-                    "refresh",
-                    format!("refresh={r:?} is not a number of seconds"),
-                )
-            })?),
+            Some(r) => Some(
+                r.parse::<u64>()
+                    .map_err(|_| {
+                        ApiError::bad_parameter(
+                            "refresh",
+                            format!("refresh={r:?} is not a number of seconds"),
+                        )
+                    })?
+                    .max(5),
+            )
+            .filter(|_| r != "0"),
             None => None,
         };
         let end_ns = now_ns();
@@ -121,6 +128,19 @@ impl Range {
 
     pub(crate) fn end_s(&self) -> u64 {
         (self.end_ns / 1_000_000_000).div_ceil(60) * 60 + 60
+    }
+
+    /// The seconds the rollup cells of [`Self::start_s`]..[`Self::end_s`] cover: from the
+    /// start of the first minute to now (the current minute is counted as far as it has
+    /// gone). Rates divide by this, exactly what their counts span.
+    pub(crate) fn covered_s(&self) -> f64 {
+        (self.end_ns as f64 / 1e9 - self.start_s() as f64).max(1.0)
+    }
+
+    /// The seconds point `start_s` of a series with step `step` covers (the last one only
+    /// as far as now).
+    pub(crate) fn point_s(&self, start_s: u64, step: u64) -> f64 {
+        (self.end_ns as f64 / 1e9 - start_s as f64).clamp(1.0, step as f64)
     }
 
     /// A step giving at most 60 points.

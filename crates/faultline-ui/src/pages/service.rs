@@ -61,6 +61,33 @@ pub(crate) async fn page(
             }
         },
     };
+    let svc = name.clone();
+    let (known, c) = blocking(&st, move |store| store.services()).await?;
+    // Only a complete list can say a service is unknown (a quarantined block may hold it).
+    if c.is_complete() && !known.contains(&svc) {
+        let mut near: Vec<&String> = known
+            .iter()
+            .filter(|k| k.contains(svc.as_str()) || svc.contains(k.as_str()))
+            .collect();
+        near.truncate(5);
+        let hint = if near.is_empty() {
+            format!(
+                "{} services are known; the services page lists them",
+                known.len()
+            )
+        } else {
+            format!(
+                "did you mean {}?",
+                near.iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(ApiError::not_found(format!(
+            "no service named {name:?} has spans in the stored data; {hint}"
+        )));
+    }
     let (start, end, step) = (range.start_s(), range.end_s(), range.step_s());
     let window = (range.start_ns, range.end_ns);
     let svc = name.clone();
@@ -75,13 +102,8 @@ pub(crate) async fn page(
         url(&name),
         url(&range.text)
     );
-    body.push_str(&over_time(&data.series, step));
-    body.push_str(&operations(
-        &name,
-        &range,
-        &data.op_rows,
-        (end - start) as f64,
-    ));
+    body.push_str(&over_time(&data.series, step, &range));
+    body.push_str(&operations(&name, &range, &data.op_rows, range.covered_s()));
     body.push_str(&histogram(&histogram_bounds(), &data.dist));
     body.push_str(&look_here_first(&data, sample_n));
     Ok(Html(layout_page(
@@ -149,19 +171,24 @@ fn gather(
     })
 }
 
-/// Requests per second, error rate and p99 per step.
-fn over_time(series: &[RedPoint], step: u64) -> String {
-    let secs = step as f64;
+/// Requests per second, their error rate and p99 per step (requests: entry spans, as
+/// `/api/v1/red` counts them; each point divides by the seconds it covers).
+fn over_time(series: &[RedPoint], step: u64, range: &Range) -> String {
     let rate: Vec<(u64, Option<f64>)> = series
         .iter()
-        .map(|p| (p.start_s, Some(p.count as f64 / secs)))
+        .map(|p| {
+            (
+                p.start_s,
+                Some(p.requests as f64 / range.point_s(p.start_s, step)),
+            )
+        })
         .collect();
     let errs: Vec<(u64, Option<f64>)> = series
         .iter()
         .map(|p| {
             (
                 p.start_s,
-                (p.count > 0).then(|| p.errors as f64 / p.count as f64 * 100.0),
+                (p.requests > 0).then(|| p.request_errors as f64 / p.requests as f64 * 100.0),
             )
         })
         .collect();
@@ -227,7 +254,7 @@ fn look_here_first(d: &ServiceData, sample_n: usize) -> String {
                 dur(r.summary.duration_ns()),
                 trace_link(
                     &r.summary.trace_id,
-                    &format!("{} spans", r.summary.span_count)
+                    &faultline_model::health::plural(r.summary.span_count, "span")
                 )
             );
         }

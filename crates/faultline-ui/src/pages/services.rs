@@ -1,5 +1,7 @@
-//! `/`: every service with rate, error rate, p50 and p99 over the range, sortable, with a
-//! chart of each over time.
+//! `/`: every service with its request rate and error rate (requests: entry spans, SERVER
+//! and CONSUMER spans and roots, as `/api/v1/red` counts them), its span rate, p50 and p99
+//! over the range, sortable, with a chart of each over time. Rates divide by exactly the
+//! seconds their counts cover (`Range::covered_s`).
 
 use std::fmt::Write as _;
 
@@ -32,16 +34,17 @@ pub(crate) async fn page(
     })
     .await?;
     let (mut rows, c) = rows;
-    let secs = (end - start) as f64;
+    let secs = range.covered_s();
     let key = |r: &(String, Option<faultline_store::RedPoint>, _)| -> f64 {
         let t = r.1.as_ref();
         match sort.as_str() {
-            "rate" => -(t.map_or(0, |t| t.count) as f64),
+            "rate" => -(t.map_or(0, |t| t.requests) as f64),
+            "spans" => -(t.map_or(0, |t| t.count) as f64),
             "errors" => -t.map_or(0.0, |t| {
-                if t.count == 0 {
+                if t.requests == 0 {
                     0.0
                 } else {
-                    t.errors as f64 / t.count as f64
+                    t.request_errors as f64 / t.requests as f64
                 }
             }),
             "p50" => -t.and_then(|t| t.p50_ms).unwrap_or(0.0),
@@ -55,8 +58,9 @@ pub(crate) async fn page(
     body.push_str("<table id=services><tr>");
     for (k, label) in [
         ("name", "Service"),
-        ("rate", "Rate /s"),
+        ("rate", "Requests /s"),
         ("errors", "Error rate"),
+        ("spans", "Spans /s"),
         ("p50", "p50"),
         ("p99", "p99"),
     ] {
@@ -65,22 +69,24 @@ pub(crate) async fn page(
     body.push_str("<th>p99 over time</th><th>requests over time</th></tr>");
     for (name, total, series) in &rows {
         let t = total.as_ref();
-        let count = t.map_or(0, |t| t.count);
-        let errors = t.map_or(0, |t| t.errors);
+        let requests = t.map_or(0, |t| t.requests);
+        let errors = t.map_or(0, |t| t.request_errors);
+        let spans = t.map_or(0, |t| t.count);
         let p99s: Vec<Option<f64>> = series.iter().map(|p| p.p99_ms).collect();
-        let counts: Vec<Option<f64>> = series.iter().map(|p| Some(p.count as f64)).collect();
+        let counts: Vec<Option<f64>> = series.iter().map(|p| Some(p.requests as f64)).collect();
         let _ = write!(
             body,
-            "<tr class=service-row><td><a href=\"/service/{}?{qs}\">{}</a></td><td class=num>{:.2}</td><td class=\"num{}\">{}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=service-row data-requests={requests} data-request-errors={errors}><td><a href=\"/service/{}?{qs}\">{}</a></td><td class=\"num requests\">{:.3}</td><td class=\"num{}\">{}</td><td class=num>{:.3}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
             url(name),
             esc(name),
-            count as f64 / secs,
+            requests as f64 / secs,
             if errors > 0 { " err" } else { "" },
-            if count == 0 {
+            if requests == 0 {
                 "-".into()
             } else {
-                pct(errors as f64 / count as f64)
+                pct(errors as f64 / requests as f64)
             },
+            spans as f64 / secs,
             ms(t.and_then(|t| t.p50_ms)),
             ms(t.and_then(|t| t.p99_ms)),
             sparkline(&p99s, 160, 24, "#e08a1e"),

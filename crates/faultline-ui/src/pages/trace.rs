@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 
 use faultline_api::{ApiError, ApiState};
+use faultline_model::health::plural;
 use faultline_model::hex;
 use faultline_model::span::Span;
 use faultline_store::TraceSummary;
@@ -52,11 +53,11 @@ pub(crate) async fn page(
     if let Some(s) = TraceSummary::of(&spans) {
         let _ = write!(
             body,
-            "<p>{} spans · {} services · {} · {} errors{} · <a href=\"/api/v3/traces/{}\">raw OTLP JSON</a></p>",
-            s.span_count,
-            s.services.len(),
+            "<p>{} · {} · {} · {}{} · <a href=\"/api/v3/traces/{}\">raw OTLP JSON</a></p>",
+            plural(s.span_count, "span"),
+            plural(s.services.len() as u64, "service"),
             dur(s.duration_ns()),
-            s.error_count,
+            plural(s.error_count, "error"),
             if s.orphan_count > 0 {
                 format!(
                     " · <span class=err>{} spans whose parent is missing</span>",
@@ -84,7 +85,7 @@ pub(crate) async fn page(
         )
     };
     body.push_str(&switch);
-    body.push_str("<p><input id=trace-filter placeholder=\"Find in trace (service, operation, attribute)\" size=40> <span class=muted>Critical path in orange; click a span for details.</span></p>");
+    body.push_str("<p><input id=trace-filter placeholder=\"Find in trace (service, operation, attribute)\" size=40> <span class=muted>Critical path in orange (its rows marked at the left; striped orange and red where a span on it failed); click a span for details.</span></p>");
     body.push_str("<table class=wf id=waterfall>");
     for row in &w.rows {
         let adjustment = moved.iter().find(|a| a.index == row.index);
@@ -157,7 +158,7 @@ fn span_row(
         body,
         "<tr class=\"detail hidden\" data-detail-of=\"{}\"><td colspan=3>{}</td></tr>",
         hex(&s.span_id),
-        span_detail(s, t0, moved)
+        span_detail(s, (t0, row.orphan), moved)
     );
 }
 
@@ -178,7 +179,11 @@ fn kv_table(title: &str, kvs: &[(String, faultline_model::span::AttrValue)]) -> 
     out
 }
 
-fn span_detail(s: &Span, t0: u64, moved: Option<&faultline_store::skew::Adjustment>) -> String {
+fn span_detail(
+    s: &Span,
+    (t0, orphan): (u64, bool),
+    moved: Option<&faultline_store::skew::Adjustment>,
+) -> String {
     let mut out = String::new();
     if let Some(a) = moved {
         let _ = write!(
@@ -189,9 +194,17 @@ fn span_detail(s: &Span, t0: u64, moved: Option<&faultline_store::skew::Adjustme
             esc(&a.basis)
         );
     }
+    let parent = match (&s.parent_span_id, orphan) {
+        (None, _) => "none (a root)".to_string(),
+        (Some(p), false) => hex(p),
+        (Some(p), true) => format!(
+            "{} <span class=orphan>(missing from the trace)</span>",
+            hex(p)
+        ),
+    };
     let _ = write!(
         out,
-        "<p>span {} · kind {} · starts at +{} · status {:?}{}</p>",
+        "<p class=ids>span {} · parent {parent} · kind {} · starts at +{} · status {:?}{}</p>",
         hex(&s.span_id),
         s.kind.as_str(),
         dur(s.start_ns.saturating_sub(t0)),
@@ -204,7 +217,18 @@ fn span_detail(s: &Span, t0: u64, moved: Option<&faultline_store::skew::Adjustme
     );
     out.push_str(&kv_table("Attributes", &s.attributes));
     for e in &s.events {
-        out.push_str(&kv_table(&format!("Event {}", e.name), &e.attributes));
+        // Event times relative to the span's start (negative: before it).
+        let at = if e.time_ns >= s.start_ns {
+            format!("+{}", dur(e.time_ns - s.start_ns))
+        } else {
+            format!("−{}", dur(s.start_ns - e.time_ns))
+        };
+        let title = format!("Event {} at {at}", e.name);
+        if e.attributes.is_empty() {
+            let _ = write!(out, "<p><b>{}</b></p>", esc(&title));
+        } else {
+            out.push_str(&kv_table(&title, &e.attributes));
+        }
     }
     for l in &s.links {
         let _ = write!(
