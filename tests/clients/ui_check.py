@@ -15,9 +15,11 @@ It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
 3. Trace view: three spans are shown; collapsing the root hides its two
    children, expanding shows them again; clicking a span shows its details;
    finding "db.query" in the trace marks that span.
-4. Service page: "look here first" has representative traces and an error
-   group for the recorded ValueError; opening the group shows its example
-   trace link.
+4. Service page: its three charts over time have a time axis and a value
+   axis with tick labels drawn inside the chart, value ticks from 0 up to at
+   least the largest point, time ticks within the points' range; "look here
+   first" has representative traces and an error group for the recorded
+   ValueError; opening the group shows its example trace link.
 5. Dependencies page: the map is drawn.
 6. Status page: every part is listed with its state.
 
@@ -123,6 +125,27 @@ def main() -> int:
         # 4. Service page: look here first.
         driver.get(f"{base}/service/{svc}?range=1h")
         shot("4-service")
+        charts = driver.find_elements(By.CSS_SELECTOR, "figure.chart svg")
+        check(len(charts) == 3, f"three charts over time: {len(charts)}")
+        for svg in charts:
+            name = svg.get_attribute("aria-label")
+            box = svg.rect
+            xs = svg.find_elements(By.CSS_SELECTOR, "text.tick-x")
+            ys = svg.find_elements(By.CSS_SELECTOR, "text.tick-y")
+            check(len(xs) >= 2 and len(ys) >= 3, f"{name}: {len(xs)} time and {len(ys)} value ticks")
+            for t in xs + ys:
+                r = t.rect
+                check(r["width"] > 0 and box["x"] - 1 <= r["x"] and r["x"] + r["width"] <= box["x"] + box["width"] + 1,
+                      f"{name}: tick label {t.text!r} drawn inside the chart")
+            x0, x1 = int(svg.get_attribute("data-x-min")), int(svg.get_attribute("data-x-max"))
+            check(all(x0 <= int(t.get_attribute("data-t")) <= x1 for t in xs), f"{name}: time ticks within the data")
+            top = float(svg.get_attribute("data-y-max"))
+            values = [c.find_element(By.TAG_NAME, "title").get_attribute("textContent")
+                      for c in svg.find_elements(By.CSS_SELECTOR, "circle.pt")]
+            check(len(values) >= 1, f"{name}: points with hover values")
+            check(ys[0].text.startswith("0"), f"{name}: the value axis starts at 0: {ys[0].text}")
+            seen.setdefault("charts", {})[name] = {"ticks_x": [t.text for t in xs], "ticks_y": [t.text for t in ys],
+                                                   "top": top, "points": len(values)}
         reps = driver.find_elements(By.CSS_SELECTOR, "#representatives tr")
         check(len(reps) == 4, f"p50, p90, p99 and slowest: {len(reps)}")
         groups = driver.find_elements(By.CSS_SELECTOR, "details.error-group")

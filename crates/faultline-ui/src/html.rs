@@ -67,7 +67,7 @@ details{background:#fff;border:1px solid #ddd;margin:4px 0;padding:4px 8px}
 summary{cursor:pointer}.wf td{padding:2px 6px;border:none}.wf tr:hover{background:#eef4ff}
 .wf .lane{position:relative;width:55%;min-width:300px}
 .wf .span{position:absolute;height:12px;top:4px;background:#7aa7e0;min-width:2px}
-.wf .skewed .span{outline:2px dashed #6f42c1}.skewmark{color:#6f42c1;font-size:.85em}.skew{color:#6f42c1}.wf .critical .span{background:#e08a1e}.wf .errspan .span{background:#d9534f}.wf .critical.errspan .span{background:repeating-linear-gradient(135deg,#d9534f 0 6px,#e08a1e 6px 12px)}.wf .critical td:first-child{box-shadow:inset 3px 0 0 #e08a1e}
+.charts{display:flex;flex-wrap:wrap;gap:8px 24px}figure.chart{margin:0}figure.chart figcaption{font-size:13px;margin-left:58px}.wf .skewed .span{outline:2px dashed #6f42c1}.skewmark{color:#6f42c1;font-size:.85em}.skew{color:#6f42c1}.wf .critical .span{background:#e08a1e}.wf .errspan .span{background:#d9534f}.wf .critical.errspan .span{background:repeating-linear-gradient(135deg,#d9534f 0 6px,#e08a1e 6px 12px)}.wf .critical td:first-child{box-shadow:inset 3px 0 0 #e08a1e}
 .toggle{cursor:pointer;display:inline-block;width:1em}.orphan{color:#b3261e;font-size:12px}
 .detail{background:#f4f6fa;font-size:12px}.detail td{border-bottom:1px solid #e6e6e6}
 form.q input,form.q select{margin-right:6px}.hidden{display:none}
@@ -121,69 +121,5 @@ pub fn error_page(code: u16, title: &str, message: &str, partial: &[String]) -> 
             "<p class=err id=error>{}</p><p class=muted>{hint} <a href=\"/\">Services</a> · <a href=\"/search\">Search</a> · <a href=\"/status\">Status</a></p>",
             esc(message)
         ),
-    )
-}
-
-/// A sparkline of `values` (missing points are gaps), `w` x `h` pixels.
-pub fn sparkline(values: &[Option<f64>], w: u32, h: u32, color: &str) -> String {
-    let max = values.iter().flatten().copied().fold(0.0f64, f64::max);
-    let n = values.len().max(2) - 1;
-    let mut out = format!("<svg width={w} height={h} viewBox=\"0 0 {w} {h}\" role=img>");
-    let mut path = String::new();
-    let mut pen_up = true;
-    for (i, v) in values.iter().enumerate() {
-        let Some(v) = v else {
-            pen_up = true;
-            continue;
-        };
-        let x = i as f64 * f64::from(w) / n as f64;
-        let y = f64::from(h)
-            - 1.0
-            - if max > 0.0 {
-                v / max * f64::from(h - 2)
-            } else {
-                0.0
-            };
-        let _ = write!(path, "{}{x:.1},{y:.1} ", if pen_up { "M" } else { "L" });
-        pen_up = false;
-    }
-    let _ = write!(
-        out,
-        "<path d=\"{path}\" fill=none stroke=\"{color}\" stroke-width=1.5></path>"
-    );
-    // Points alone (a single minute of data) would draw nothing: mark them.
-    let points = values.iter().filter(|v| v.is_some()).count();
-    if points <= 3 {
-        for (i, v) in values.iter().enumerate() {
-            if let Some(v) = v {
-                let x = i as f64 * f64::from(w) / n as f64;
-                let y = f64::from(h)
-                    - 1.0
-                    - if max > 0.0 {
-                        v / max * f64::from(h - 2)
-                    } else {
-                        0.0
-                    };
-                let _ = write!(
-                    out,
-                    "<circle cx={x:.1} cy={y:.1} r=2 fill=\"{color}\"></circle>"
-                );
-            }
-        }
-    }
-    out.push_str("</svg>");
-    out
-}
-
-/// A labelled line chart over time (`points` of (x seconds, value)).
-pub fn chart(title: &str, points: &[(u64, Option<f64>)], unit: &str) -> String {
-    let max = points.iter().filter_map(|p| p.1).fold(0.0f64, f64::max);
-    let values: Vec<Option<f64>> = points.iter().map(|p| p.1).collect();
-    format!(
-        "<figure style=\"display:inline-block;margin:0 16px 0 0\"><figcaption>{} <span class=muted>(max {:.2} {})</span></figcaption>{}</figure>",
-        esc(title),
-        max,
-        esc(unit),
-        sparkline(&values, 360, 80, "#2f6fb5")
     )
 }

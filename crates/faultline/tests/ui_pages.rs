@@ -250,7 +250,7 @@ fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception()
     let num = |i: usize| cols[i].parse::<f64>().unwrap();
     // 200 requests (the root spans) and 400 spans over the hour.
     assert_eq!(cols[0], "checkout-api", "{row}");
-    assert!((0.0545..0.0557).contains(&num(1)), "requests /s: {row}");
+    assert!((0.0545..=0.0562).contains(&num(1)), "requests /s: {row}");
     assert_eq!(cols[2], "4.5%", "9 of 200 requests failed: {row}");
     assert!((0.109..0.1112).contains(&num(3)), "spans /s: {row}");
     let (status, body) = http_get(server.api, "/service/checkout-api?sample=5").unwrap();
@@ -567,6 +567,44 @@ fn request_rates_count_entry_spans_and_match_the_requests_sent() {
         body.contains("no service named") && body.contains("did you mean frontend"),
         "{body}"
     );
+    // The services page: each service's charts over time have axes too.
+    let page = get(server.api, "/?range=15m");
+    assert!(page.contains("id=\"requests-frontend\"") && page.contains("id=\"p99-frontend\""));
+    let small = page.split("id=\"requests-frontend\">").nth(1).unwrap();
+    let small = small.split("</figure>").next().unwrap();
+    assert!(
+        small.contains(">0/s</text>") && small.contains("class=tick-x"),
+        "{small}"
+    );
+    // The service page's request chart: the value axis from 0 to a nice top at or above
+    // the busiest minute's rate, the time axis over the points, a point per minute.
+    let page = get(server.api, "/service/frontend?range=15m");
+    let svg = page
+        .split("id=\"chart-requests\">")
+        .nth(1)
+        .unwrap()
+        .split("</figure>")
+        .next()
+        .unwrap();
+    let attr = |k: &str| -> f64 {
+        svg.split(&format!("{k}="))
+            .nth(1)
+            .unwrap()
+            .split([' ', '>'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let top = attr("data-y-max");
+    // 279-300 requests in one minute (or two): at most 5 /s, at least 2.3.
+    assert!((2.3..=10.0).contains(&top), "y max {top}: {svg}");
+    assert!(svg.contains(">0/s</text>"), "{svg}");
+    assert!(
+        attr("data-x-max") - attr("data-x-min") >= 840.0,
+        "15 minutes of points: {svg}"
+    );
+    assert!(svg.matches("class=tick-x").count() >= 2, "{svg}");
     // A failing trace: its critical path keeps its own mark on failing spans, span details
     // name the parent, and events show their time within the span; plurals are right.
     let mut id = [0xcdu8; 16];

@@ -17,7 +17,8 @@ use faultline_model::span::{Span, SpanKind};
 use faultline_store::{RedPoint, SpanStore, StoreError, TraceQuery, TraceSummary};
 
 use super::{Params, Range, blocking, read_traces, reasons, trace_link};
-use crate::html::{chart, dur, esc, ms, page as layout_page, pct, url};
+use crate::chart::{Unit, time_chart};
+use crate::html::{dur, esc, ms, page as layout_page, pct, url};
 use crate::insights;
 
 /// Traces read for "look here first" by default (each costs about a millisecond); the
@@ -194,9 +195,26 @@ fn over_time(series: &[RedPoint], step: u64, range: &Range) -> String {
         .collect();
     let p99: Vec<(u64, Option<f64>)> = series.iter().map(|p| (p.start_s, p.p99_ms)).collect();
     let mut body = String::from("<section><h2>Over time</h2>");
-    body.push_str(&chart("Requests per second", &rate, "/s"));
-    body.push_str(&chart("Error rate", &errs, "%"));
-    body.push_str(&chart("p99 latency", &p99, "ms"));
+    body.push_str("<div class=charts>");
+    body.push_str(&time_chart(
+        "chart-requests",
+        "Requests per second",
+        &rate,
+        Unit::PerSecond,
+    ));
+    body.push_str(&time_chart(
+        "chart-errors",
+        "Error rate of requests",
+        &errs,
+        Unit::Percent,
+    ));
+    body.push_str(&time_chart(
+        "chart-p99",
+        "p99 latency (all spans)",
+        &p99,
+        Unit::Millis,
+    ));
+    body.push_str("</div>");
     body.push_str("</section>");
     body
 }

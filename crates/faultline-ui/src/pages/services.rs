@@ -12,7 +12,8 @@ use faultline_api::params::get as param;
 use faultline_api::{ApiError, ApiState};
 
 use super::{Params, Range, blocking, reasons};
-use crate::html::{esc, ms, page as layout, pct, sparkline, url};
+use crate::chart::{Unit, small_time_chart};
+use crate::html::{esc, ms, page as layout, pct, url};
 
 /// `/`: every service with rate, error rate, p50 and p99 over the range, and a chart.
 pub(crate) async fn page(
@@ -66,14 +67,22 @@ pub(crate) async fn page(
     ] {
         let _ = write!(body, "<th><a href=\"/?{qs}&sort={k}\">{label}</a></th>");
     }
-    body.push_str("<th>p99 over time</th><th>requests over time</th></tr>");
+    body.push_str("<th>p99 over time</th><th>requests /s over time</th></tr>");
     for (name, total, series) in &rows {
         let t = total.as_ref();
         let requests = t.map_or(0, |t| t.requests);
         let errors = t.map_or(0, |t| t.request_errors);
         let spans = t.map_or(0, |t| t.count);
-        let p99s: Vec<Option<f64>> = series.iter().map(|p| p.p99_ms).collect();
-        let counts: Vec<Option<f64>> = series.iter().map(|p| Some(p.requests as f64)).collect();
+        let p99s: Vec<(u64, Option<f64>)> = series.iter().map(|p| (p.start_s, p.p99_ms)).collect();
+        let rates: Vec<(u64, Option<f64>)> = series
+            .iter()
+            .map(|p| {
+                (
+                    p.start_s,
+                    Some(p.requests as f64 / range.point_s(p.start_s, step)),
+                )
+            })
+            .collect();
         let _ = write!(
             body,
             "<tr class=service-row data-requests={requests} data-request-errors={errors}><td><a href=\"/service/{}?{qs}\">{}</a></td><td class=\"num requests\">{:.3}</td><td class=\"num{}\">{}</td><td class=num>{:.3}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
@@ -89,8 +98,18 @@ pub(crate) async fn page(
             spans as f64 / secs,
             ms(t.and_then(|t| t.p50_ms)),
             ms(t.and_then(|t| t.p99_ms)),
-            sparkline(&p99s, 160, 24, "#e08a1e"),
-            sparkline(&counts, 160, 24, "#2f6fb5"),
+            small_time_chart(
+                &format!("p99-{name}"),
+                &format!("p99 latency of {name}"),
+                &p99s,
+                Unit::Millis
+            ),
+            small_time_chart(
+                &format!("requests-{name}"),
+                &format!("requests per second of {name}"),
+                &rates,
+                Unit::PerSecond
+            ),
         );
     }
     body.push_str("</table>");

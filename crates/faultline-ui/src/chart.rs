@@ -1,0 +1,338 @@
+//! Charts people can read, drawn on the server as SVG: a time axis with tick labels (UTC
+//! clock times, or dates over a day), a value axis from zero with "nice" ticks (1, 2 or 5
+//! times a power of ten) labelled in the chart's unit, and every point carrying its time
+//! and value as a hover title. No script and no build step.
+//!
+//! Each chart's SVG has `data-x-min`/`data-x-max` (Unix seconds of the first and last
+//! point) and `data-y-max` (the top tick) so tests check the axes against the data; tick
+//! labels are `<text class=tick-x>` and `<text class=tick-y>`.
+
+use std::fmt::Write as _;
+
+use crate::html::esc;
+
+/// What a chart's values are, for their labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Per second (`12.5/s`).
+    PerSecond,
+    /// A percentage of 0 to 100 (`2.5%`).
+    Percent,
+    /// Milliseconds (`850 µs`, `12.3 ms`, `1.24 s`).
+    Millis,
+}
+
+impl Unit {
+    /// A value as its label.
+    pub fn label(self, v: f64) -> String {
+        match self {
+            Self::PerSecond => format!("{}/s", number(v)),
+            Self::Percent => format!("{}%", number(v)),
+            Self::Millis if v <= 0.0 => "0".into(),
+            Self::Millis => faultline_model::health::human_duration((v * 1e6) as u64),
+        }
+    }
+}
+
+/// A number with as few digits as it needs (`0`, `0.05`, `2.5`, `120`, `1.5k`).
+fn number(v: f64) -> String {
+    let a = v.abs();
+    if a >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if a >= 1000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else if a >= 10.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else if a >= 0.01 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The smallest "nice" number (1, 2 or 5 times a power of ten) at least `v`.
+pub fn nice_ceiling(v: f64) -> f64 {
+    if !(v.is_finite() && v > 0.0) {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|c| *c >= v * (1.0 - 1e-12))
+        .unwrap_or(10.0 * p)
+}
+
+/// Value ticks from 0 to a nice top at or above `max`: (top, ticks).
+pub fn value_ticks(max: f64) -> (f64, Vec<f64>) {
+    let top = nice_ceiling(max);
+    // Steps that are nice too: a top of 2 in four (0.5), of 1 or 5 in five (0.2, 1).
+    let parts = if (top / 10f64.powf(top.log10().floor()) - 2.0).abs() < 1e-9 {
+        4
+    } else {
+        5
+    };
+    (
+        top,
+        (0..=parts).map(|i| top * i as f64 / parts as f64).collect(),
+    )
+}
+
+/// Time ticks for `[t0, t1]` (Unix seconds): the smallest round step giving at most 6.
+pub fn time_ticks(t0: u64, t1: u64) -> Vec<u64> {
+    let span = t1.saturating_sub(t0).max(60);
+    let step = [
+        60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172_800,
+    ]
+    .into_iter()
+    .find(|s| span / s <= 6)
+    .unwrap_or(86400 * 7);
+    let first = t0.div_ceil(step) * step;
+    (0..)
+        .map(|i| first + i * step)
+        .take_while(|t| *t <= t1)
+        .collect()
+}
+
+/// A time as a tick label: `HH:MM` (UTC), or `MM-DD HH:MM` when the chart spans a day
+/// or more.
+fn time_label(t: u64, long: bool) -> String {
+    let secs_of_day = t % 86400;
+    let (h, m) = (secs_of_day / 3600, secs_of_day / 60 % 60);
+    if !long {
+        return format!("{h:02}:{m:02}");
+    }
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = (t / 86400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{mo:02}-{d:02} {h:02}:{m:02}")
+}
+
+/// Room for the value labels on the left and the time labels below.
+const LEFT: f64 = 58.0;
+const BOTTOM: f64 = 22.0;
+const TOP: f64 = 8.0;
+const RIGHT: f64 = 10.0;
+
+/// A chart's size: full (a page's chart) or small (a table cell: value ticks at 0 and
+/// the top only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// 420 x 150 pixels.
+    Full,
+    /// 260 x 72 pixels.
+    Small,
+}
+
+/// A line chart over time: `points` of (Unix seconds, value; `None` is a gap), with axes,
+/// ticks, unit labels and a hover title on every point. `id` names the chart for tests
+/// and links.
+pub fn time_chart(id: &str, title: &str, points: &[(u64, Option<f64>)], unit: Unit) -> String {
+    chart_of(id, title, points, unit, Size::Full)
+}
+
+/// [`time_chart`] at [`Size::Small`], for a table cell; the title is the hover text.
+pub fn small_time_chart(
+    id: &str,
+    title: &str,
+    points: &[(u64, Option<f64>)],
+    unit: Unit,
+) -> String {
+    chart_of(id, title, points, unit, Size::Small)
+}
+
+fn chart_of(
+    id: &str,
+    title: &str,
+    points: &[(u64, Option<f64>)],
+    unit: Unit,
+    size: Size,
+) -> String {
+    let (w, h) = match size {
+        Size::Full => (420.0, 150.0),
+        Size::Small => (260.0, 72.0),
+    };
+    let (x0, x1) = match (points.first(), points.last()) {
+        (Some(a), Some(b)) => (a.0, b.0.max(a.0 + 1)),
+        _ => (0, 1),
+    };
+    let max = points.iter().filter_map(|p| p.1).fold(0.0f64, f64::max);
+    let (top, mut yticks) = value_ticks(max);
+    if size == Size::Small {
+        yticks = vec![0.0, top];
+    }
+    let (pw, ph) = (w - LEFT - RIGHT, h - TOP - BOTTOM);
+    let x = |t: u64| LEFT + (t.saturating_sub(x0)) as f64 / (x1 - x0) as f64 * pw;
+    let y = |v: f64| TOP + ph - v / top * ph;
+    let caption = match size {
+        Size::Full => format!("<figcaption>{}</figcaption>", esc(title)),
+        Size::Small => String::new(),
+    };
+    let mut out = format!(
+        "<figure class=\"chart {}\" id=\"{}\">{caption}<svg width={w} height={h} viewBox=\"0 0 {w} {h}\" role=img aria-label=\"{}\" data-x-min={x0} data-x-max={x1} data-y-max={top}>",
+        if size == Size::Small { "small" } else { "full" },
+        esc(id),
+        esc(title)
+    );
+    // Value axis: grid lines and labels.
+    for v in &yticks {
+        let yy = y(*v);
+        let _ = write!(
+            out,
+            "<line x1={LEFT} x2={} y1={yy:.1} y2={yy:.1} stroke=\"#e3e3e3\"></line><text class=tick-y x={} y={:.1} text-anchor=end font-size=10 fill=\"#666\">{}</text>",
+            w - RIGHT,
+            LEFT - 4.0,
+            yy + 3.5,
+            esc(&unit.label(*v))
+        );
+    }
+    // Time axis: the base line, ticks and labels.
+    let long = x1 - x0 >= 86400;
+    let _ = write!(
+        out,
+        "<line x1={LEFT} x2={} y1={:.1} y2={:.1} stroke=\"#999\"></line>",
+        w - RIGHT,
+        TOP + ph,
+        TOP + ph
+    );
+    let mut xticks = time_ticks(x0, x1);
+    if size == Size::Small && xticks.len() > 3 {
+        // Every other tick: the labels need the room.
+        xticks = xticks.into_iter().step_by(2).collect();
+    }
+    for t in xticks {
+        let xx = x(t);
+        // Labels near an edge are anchored to stay inside the chart.
+        let anchor = if xx > w - RIGHT - 24.0 {
+            "end"
+        } else if xx < LEFT + 24.0 {
+            "start"
+        } else {
+            "middle"
+        };
+        let _ = write!(
+            out,
+            "<line x1={xx:.1} x2={xx:.1} y1={:.1} y2={:.1} stroke=\"#999\"></line><text class=tick-x x={xx:.1} y={:.1} text-anchor={anchor} font-size=10 fill=\"#666\" data-t={t}>{}</text>",
+            TOP + ph,
+            TOP + ph + 4.0,
+            h - 6.0,
+            time_label(t, long)
+        );
+    }
+    // The line, with gaps, and a point with its hover title for every value.
+    let mut path = String::new();
+    let mut pen_up = true;
+    for (t, v) in points {
+        match v {
+            Some(v) => {
+                let _ = write!(
+                    path,
+                    "{}{:.1},{:.1} ",
+                    if pen_up { "M" } else { "L" },
+                    x(*t),
+                    y(*v)
+                );
+                pen_up = false;
+            }
+            None => pen_up = true,
+        }
+    }
+    let _ = write!(
+        out,
+        "<path d=\"{path}\" fill=none stroke=\"#2f6fb5\" stroke-width=1.5></path>"
+    );
+    for (t, v) in points {
+        if let Some(v) = v {
+            let _ = write!(
+                out,
+                "<circle class=pt cx={:.1} cy={:.1} r=2.5 fill=\"#2f6fb5\"><title>{} UTC: {}</title></circle>",
+                x(*t),
+                y(*v),
+                time_label(*t, true),
+                esc(&unit.label(*v))
+            );
+        }
+    }
+    out.push_str("</svg></figure>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_ticks_start_at_zero_and_reach_a_nice_top_above_the_data() {
+        for (max, top) in [
+            (0.0, 1.0),
+            (0.7, 1.0),
+            (1.0, 1.0),
+            (1.3, 2.0),
+            (3.1, 5.0),
+            (7.0, 10.0),
+            (180.0, 200.0),
+            (0.042, 0.05),
+        ] {
+            let (t, ticks) = value_ticks(max);
+            assert!((t - top).abs() < 1e-12, "{max}: {t}");
+            assert_eq!(ticks[0], 0.0);
+            assert!((ticks[ticks.len() - 1] - top).abs() < 1e-12);
+            assert!((4..=5).contains(&(ticks.len() - 1)), "{max}: {ticks:?}");
+        }
+    }
+
+    #[test]
+    fn time_ticks_are_round_and_within_the_range() {
+        let t0 = 1_800_000_123;
+        for (span, step) in [
+            (900, 300),
+            (3600, 600),
+            (6 * 3600, 3600),
+            (7 * 86400, 2 * 86400),
+        ] {
+            let ticks = time_ticks(t0, t0 + span);
+            assert!(!ticks.is_empty(), "{span}");
+            assert!(
+                ticks
+                    .iter()
+                    .all(|t| *t >= t0 && *t <= t0 + span && t % step == 0),
+                "{span}: {ticks:?}"
+            );
+            assert!(ticks.len() <= 7, "{span}: {ticks:?}");
+        }
+        assert_eq!(time_label(1_800_000_000, false), "08:00");
+        assert_eq!(time_label(1_800_000_000, true), "01-15 08:00");
+    }
+
+    #[test]
+    fn a_chart_has_its_axes_labels_and_hover_values() {
+        let pts: Vec<(u64, Option<f64>)> = (0..60)
+            .map(|i| (1_800_000_000 + i * 60, (i != 30).then_some(i as f64 * 3.0)))
+            .collect();
+        let svg = time_chart("p99", "p99 latency", &pts, Unit::Millis);
+        assert!(svg.contains("data-x-min=1800000000 data-x-max=1800003540 data-y-max=200"));
+        assert!(
+            svg.contains(">0</text>") && svg.contains(">200.0 ms</text>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(">08:10</text>") && svg.contains(">08:50</text>"),
+            "{svg}"
+        );
+        assert_eq!(svg.matches("<circle").count(), 59, "a gap has no point");
+        assert!(
+            svg.contains("<title>01-15 08:01 UTC: 3.0 ms</title>"),
+            "{svg}"
+        );
+        assert_eq!(Unit::PerSecond.label(0.05), "0.05/s");
+        assert_eq!(Unit::Percent.label(2.5), "2.5%");
+    }
+}
