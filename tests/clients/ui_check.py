@@ -94,6 +94,17 @@ def main() -> int:
         check(len(results) >= 1, "search lists the service's traces")
         check(len(driver.find_elements(By.CSS_SELECTOR, "#scatter circle.point")) == len(results),
               "one scatter point per result")
+        sc = driver.find_element(By.ID, "scatter")
+        box = sc.rect
+        sxs = sc.find_elements(By.CSS_SELECTOR, "text.tick-x")
+        sys_ = sc.find_elements(By.CSS_SELECTOR, "text.tick-y")
+        check(len(sxs) >= 1 and len(sys_) >= 3, f"scatter axes: {len(sxs)} time and {len(sys_)} duration ticks")
+        for t in sxs + sys_:
+            r = t.rect
+            check(r["width"] > 0 and box["x"] - 1 <= r["x"] and r["x"] + r["width"] <= box["x"] + box["width"] + 1,
+                  f"scatter tick label {t.text!r} drawn inside the plot")
+        check(sys_[0].text == "0", f"durations from 0: {sys_[0].text}")
+        seen["scatter_ticks"] = [t.text for t in sxs + sys_]
         seen["search_results"] = len(results)
         results[0].click()
         check("/trace/" in driver.current_url, f"the result opens a trace: {driver.current_url}")

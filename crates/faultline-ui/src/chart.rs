@@ -82,9 +82,10 @@ pub fn value_ticks(max: f64) -> (f64, Vec<f64>) {
 
 /// Time ticks for `[t0, t1]` (Unix seconds): the smallest round step giving at most 6.
 pub fn time_ticks(t0: u64, t1: u64) -> Vec<u64> {
-    let span = t1.saturating_sub(t0).max(60);
+    let span = t1.saturating_sub(t0).max(1);
     let step = [
-        60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172_800,
+        1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+        172_800,
     ]
     .into_iter()
     .find(|s| span / s <= 6)
@@ -104,6 +105,16 @@ fn time_label(t: u64, long: bool) -> String {
     if !long {
         return format!("{h:02}:{m:02}");
     }
+    date_label(t, h, m)
+}
+
+/// `HH:MM:SS` (UTC), for ticks less than a minute apart.
+fn seconds_label(t: u64) -> String {
+    let s = t % 86400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn date_label(t: u64, h: u64, m: u64) -> String {
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
     let z = (t / 86400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -265,6 +276,93 @@ fn chart_of(
     out
 }
 
+/// One point of a [`scatter`]: when (Unix ns), how long (ns), where it links, whether it
+/// failed, and its hover text.
+pub struct Dot {
+    /// Start, Unix nanoseconds.
+    pub t_ns: u64,
+    /// Duration, nanoseconds.
+    pub dur_ns: u64,
+    /// The link it opens.
+    pub href: String,
+    /// Drawn red.
+    pub error: bool,
+    /// Hover text (escaped here).
+    pub title: String,
+}
+
+/// Duration over start time with axes (time below, duration from 0 on the left), each
+/// point a link with its hover text.
+pub fn scatter(id: &str, dots: &[Dot]) -> String {
+    let (w, h) = (720.0, 180.0);
+    let t0 = dots.iter().map(|d| d.t_ns).min().unwrap_or(0);
+    let t1 = dots.iter().map(|d| d.t_ns).max().unwrap_or(0).max(t0 + 1);
+    let max_ms = dots.iter().map(|d| d.dur_ns).max().unwrap_or(0) as f64 / 1e6;
+    let (top, yticks) = value_ticks(max_ms);
+    let (pw, ph) = (w - LEFT - RIGHT, h - TOP - BOTTOM);
+    let x = |t: u64| LEFT + 6.0 + (t - t0) as f64 / (t1 - t0) as f64 * (pw - 12.0);
+    let y = |ms: f64| TOP + ph - ms / top * ph;
+    let mut out = format!(
+        "<svg id=\"{}\" class=scatter width={w} height={h} viewBox=\"0 0 {w} {h}\" style=\"background:#fff;border:1px solid #ddd\" data-x-min={} data-x-max={} data-y-max={top}>",
+        esc(id),
+        t0 / 1_000_000_000,
+        t1.div_ceil(1_000_000_000)
+    );
+    for v in &yticks {
+        let _ = write!(
+            out,
+            "<line x1={LEFT} x2={} y1={:.1} y2={:.1} stroke=\"#eee\"></line><text class=tick-y x={} y={:.1} text-anchor=end font-size=10 fill=\"#666\">{}</text>",
+            w - RIGHT,
+            y(*v),
+            y(*v),
+            LEFT - 4.0,
+            y(*v) + 3.5,
+            esc(&Unit::Millis.label(*v))
+        );
+    }
+    let (s0, s1) = (t0 / 1_000_000_000, t1.div_ceil(1_000_000_000));
+    let ticks = time_ticks(s0, s1);
+    let fine = ticks.windows(2).any(|p| p[1] - p[0] < 60);
+    for t in ticks {
+        let xx = x((t * 1_000_000_000).clamp(t0, t1));
+        let anchor = if xx > w - RIGHT - 24.0 {
+            "end"
+        } else {
+            "middle"
+        };
+        let label = if fine {
+            seconds_label(t)
+        } else {
+            time_label(t, s1 - s0 >= 86400)
+        };
+        let _ = write!(
+            out,
+            "<text class=tick-x x={xx:.1} y={:.1} text-anchor={anchor} font-size=10 fill=\"#666\" data-t={t}>{label}</text>",
+            h - 6.0
+        );
+    }
+    let _ = write!(
+        out,
+        "<line x1={LEFT} x2={} y1={:.1} y2={:.1} stroke=\"#999\"></line>",
+        w - RIGHT,
+        TOP + ph,
+        TOP + ph
+    );
+    for d in dots {
+        let _ = write!(
+            out,
+            "<a href=\"{}\"><circle class=point cx={:.1} cy={:.1} r=5 fill=\"{}\"><title>{}</title></circle></a>",
+            esc(&d.href),
+            x(d.t_ns),
+            y(d.dur_ns as f64 / 1e6),
+            if d.error { "#d9534f" } else { "#2f6fb5" },
+            esc(&d.title)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +408,36 @@ mod tests {
         }
         assert_eq!(time_label(1_800_000_000, false), "08:00");
         assert_eq!(time_label(1_800_000_000, true), "01-15 08:00");
+    }
+
+    #[test]
+    fn a_scatter_has_axes_from_zero_and_a_link_per_point() {
+        let dots: Vec<Dot> = (0..10u64)
+            .map(|i| Dot {
+                t_ns: 1_800_000_000_000_000_000 + i * 3_000_000_000,
+                dur_ns: (i + 1) * 40_000_000,
+                href: format!("/trace/{i:032x}"),
+                error: i == 3,
+                title: format!("trace {i}"),
+            })
+            .collect();
+        let svg = scatter("scatter", &dots);
+        // 40-400 ms: a top of 500 ms; 27 s of starts: ticks 5 s apart, with seconds.
+        assert!(svg.contains("data-y-max=500"), "{svg}");
+        assert!(
+            svg.contains(">0</text>") && svg.contains(">500.0 ms</text>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(">08:00:05</text>") && svg.contains(">08:00:25</text>"),
+            "{svg}"
+        );
+        assert_eq!(svg.matches("<a href=\"/trace/").count(), 10);
+        assert_eq!(
+            svg.matches("#d9534f").count(),
+            1,
+            "one failing trace in red"
+        );
     }
 
     #[test]

@@ -272,7 +272,7 @@ fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception()
         18,
         "the slow traces with the planted value"
     );
-    assert!(search.contains("id=scatter"));
+    assert!(search.contains("id=\"scatter\"") && search.contains("class=tick-y"));
     let id = search
         .split("href=\"/trace/")
         .nth(1)

@@ -13,6 +13,7 @@ use faultline_model::hex;
 use faultline_store::{TraceQuery, TraceSummary};
 
 use super::{Params, RESULT_HEAD, blocking, reasons, summary_row};
+use crate::chart::Dot;
 use crate::html::{dur, esc, page as layout};
 
 /// `/search`: the form, the results as a list, and duration over time as a scatter plot.
@@ -113,51 +114,27 @@ fn parse_query(p: &[(String, String)]) -> Result<TraceQuery, ApiError> {
     )
 }
 
-/// Duration over start time; each point opens its trace.
+/// Duration over start time, with axes; each point opens its trace.
 fn scatter(found: &[TraceSummary]) -> String {
     if found.is_empty() {
         return String::new();
     }
-    let (w, h) = (720.0, 160.0);
-    let t0 = found.iter().map(|s| s.start_ns).min().unwrap_or(0);
-    let t1 = found
+    let dots: Vec<Dot> = found
         .iter()
-        .map(|s| s.start_ns)
-        .max()
-        .unwrap_or(0)
-        .max(t0 + 1);
-    let dmax = found
-        .iter()
-        .map(TraceSummary::duration_ns)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut out = format!(
-        "<svg id=scatter width={w} height={h} style=\"background:#fff;border:1px solid #ddd\">"
-    );
-    for s in found {
-        let x = 6.0 + (s.start_ns - t0) as f64 / (t1 - t0) as f64 * (w - 12.0);
-        let y = h - 6.0 - s.duration_ns() as f64 / dmax as f64 * (h - 12.0);
-        let _ = write!(
-            out,
-            "<a href=\"/trace/{}\"><circle class=point cx={x:.1} cy={y:.1} r=5 fill=\"{}\"><title>{}</title></circle></a>",
-            hex(&s.trace_id),
-            if s.error_count > 0 {
-                "#d9534f"
-            } else {
-                "#2f6fb5"
-            },
-            esc(&format!(
+        .map(|s| Dot {
+            t_ns: s.start_ns,
+            dur_ns: s.duration_ns(),
+            href: format!("/trace/{}", hex(&s.trace_id)),
+            error: s.error_count > 0,
+            title: format!(
                 "{} {}",
                 dur(s.duration_ns()),
                 s.root_name.as_deref().unwrap_or("")
-            ))
-        );
-    }
-    let _ = write!(
-        out,
-        "</svg><p class=muted>Duration (up to {}) over start time; click a point to open its trace.</p>",
-        dur(dmax)
-    );
-    out
+            ),
+        })
+        .collect();
+    format!(
+        "{}<p class=muted>Trace duration over start time (UTC), failing traces in red; click a point to open its trace.</p>",
+        crate::chart::scatter("scatter", &dots)
+    )
 }
