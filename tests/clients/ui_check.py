@@ -10,8 +10,9 @@ It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
 /usr/bin/chromedriver, or --chromium and --chromedriver). Steps, each checked:
 
 1. Services page: the service is listed; sorting by p99 keeps it.
-2. Search: the service's traces are listed with a scatter plot; the first
-   result opens the trace page.
+2. Search: the service's traces are listed with a scatter plot with axes;
+   checking two results and pressing Compare shows their structural
+   difference; the first result opens the trace page.
 3. Trace view: three spans are shown; collapsing the root hides its two
    children, expanding shows them again; clicking a span shows its details;
    finding "db.query" in the trace marks that span.
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -106,6 +108,26 @@ def main() -> int:
         check(sys_[0].text == "0", f"durations from 0: {sys_[0].text}")
         seen["scatter_ticks"] = [t.text for t in sxs + sys_]
         seen["search_results"] = len(results)
+        # Pick two results and compare them.
+        if len(results) >= 2:
+            boxes = driver.find_elements(By.CSS_SELECTOR, "#results input[type=checkbox][name=t]")
+            boxes[0].click()
+            boxes[1].click()
+            driver.find_element(By.CSS_SELECTOR, "#compare-form button").click()
+            for _ in range(50):
+                if "/compare?" in driver.current_url:
+                    break
+                time.sleep(0.1)
+            url = driver.current_url
+            check("/compare?" in url, f"compare opens: {url}")
+            shot("2b-compare")
+            rows = driver.find_elements(By.CSS_SELECTOR, "#compare tr.path")
+            check(len(rows) >= 1, "the comparison lists paths")
+            check(len(driver.find_elements(By.CSS_SELECTOR, "#compare-traces a.trace-link")) == 2,
+                  "both traces are linked")
+            seen["compare_paths"] = len(rows)
+            driver.get(f"{base}/search?service={svc}&lookback=1h&limit=20")
+            results = driver.find_elements(By.CSS_SELECTOR, "#results tr.result a.trace-link")
         results[0].click()
         check("/trace/" in driver.current_url, f"the result opens a trace: {driver.current_url}")
 

@@ -623,6 +623,35 @@ fn request_rates_count_entry_spans_and_match_the_requests_sent() {
     assert!(page.contains("parent none (a root)"), "{page}");
     assert!(page.contains("parent 0200000000070001"), "{page}");
     assert!(page.contains("Event exception at +2.0 ms"), "{page}");
+    // Two traces compared: a failing request (an exception, same shape) against an INTERNAL
+    // root one (another root path), path by path.
+    let other = {
+        let mut x = [0xcdu8; 16];
+        x[12..].copy_from_slice(&9u32.to_be_bytes());
+        x.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let cmp = get(server.api, &format!("/compare?t={id}&t={other}"));
+    assert!(
+        cmp.contains("id=compare-traces") && cmp.contains("id=compare>"),
+        "{cmp}"
+    );
+    // Request 9's root is INTERNAL, 7's SERVER: the same names, so the same paths; the
+    // failing one differs in errors only.
+    assert!(cmp.matches("<tr class=\"path ").count() == 4, "{cmp}");
+    assert!(
+        cmp.contains("<td class=num>1 / 0</td>"),
+        "errors A / B: {cmp}"
+    );
+    let (status, body) = http_get(server.api, &format!("/compare?t={id}")).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("exactly two"), "{body}");
+    let (status, body) = http_get(
+        server.api,
+        &format!("/compare?t={id}&t=0123456789abcdef0123456789abcdef"),
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    assert!(body.contains("0123456789abcdef0123456789abcdef"), "{body}");
     // Auto-refresh no faster than every 5 s.
     let page = get(server.api, "/?refresh=1");
     assert!(page.contains("http-equiv=refresh content=\"5\""), "{page}");

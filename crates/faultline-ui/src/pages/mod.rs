@@ -1,5 +1,6 @@
 //! The pages, one module each: `/` ([`services`]), `/service/{name}` ([`service`]),
-//! `/search` ([`search`]), `/trace/{id}` ([`trace`]), `/dependencies`
+//! `/search` ([`search`]), `/trace/{id}` ([`trace`]), `/compare` ([`compare`]),
+//! `/dependencies`
 //! ([`dependencies`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
 //! and the script they share (`/ui.js`,
 //! `assets.rs`). Every page is rendered on the server from the
@@ -12,6 +13,7 @@
 //! This module holds what several pages share: the time range, store access off the
 //! executor, trace links and result rows.
 
+pub mod compare;
 pub mod dependencies;
 pub mod search;
 pub mod service;
@@ -43,6 +45,7 @@ pub fn router() -> Router<ApiState> {
         .route("/service/{name}", get(service::page))
         .route("/search", get(search::page))
         .route("/trace/{id}", get(trace::page))
+        .route("/compare", get(compare::page))
         .route("/dependencies", get(dependencies::page))
         .route("/status", get(status::page))
         .route("/tracing-health", get(tracing_health::page))
@@ -254,7 +257,8 @@ pub(crate) fn summary_row(s: &TraceSummary, max_ns: u64) -> String {
         s.root_name.as_deref().unwrap_or("")
     );
     format!(
-        "<tr class=result><td>{}</td><td><span class=\"bar{}\" style=\"width:{width:.0}px\"></span> {}</td><td class=num>{}</td><td class=\"num{}\">{}</td><td>{}</td><td class=muted>{}</td></tr>",
+        "<tr class=result><td><input type=checkbox name=t value=\"{}\" form=compare-form aria-label=\"compare\"></td><td>{}</td><td><span class=\"bar{}\" style=\"width:{width:.0}px\"></span> {}</td><td class=num>{}</td><td class=\"num{}\">{}</td><td>{}</td><td class=muted>{}</td></tr>",
+        hex(&s.trace_id),
         trace_link(&s.trace_id, &root),
         if s.error_count > 0 { " errbar" } else { "" },
         dur(s.duration_ns()),
@@ -267,4 +271,4 @@ pub(crate) fn summary_row(s: &TraceSummary, max_ns: u64) -> String {
 }
 
 /// The header row of [`summary_row`]s.
-pub(crate) const RESULT_HEAD: &str = "<tr><th>Root</th><th>Duration</th><th>Spans</th><th>Errors</th><th>Services</th><th>Trace</th></tr>";
+pub(crate) const RESULT_HEAD: &str = "<tr><th></th><th>Root</th><th>Duration</th><th>Spans</th><th>Errors</th><th>Services</th><th>Trace</th></tr>";

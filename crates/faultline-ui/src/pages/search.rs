@@ -89,6 +89,8 @@ pub(crate) async fn page(
         .map(TraceSummary::duration_ns)
         .max()
         .unwrap_or(0);
+    // Two checked results open the comparison.
+    body.push_str("<form id=compare-form method=get action=/compare><button type=submit>Compare the two checked traces</button></form>");
     let _ = write!(body, "<table id=results>{RESULT_HEAD}");
     for s in &found {
         body.push_str(&summary_row(s, max));
