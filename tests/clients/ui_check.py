@@ -13,7 +13,8 @@ It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
 2. Search: the service's traces are listed with a scatter plot with axes;
    checking two results and pressing Compare shows their structural
    difference; the first result opens the trace page.
-3. Trace view: three spans are shown; collapsing the root hides its two
+3. Trace view: a time ruler from 0 inside the lanes, bars with their offset
+   and duration on hover; three spans are shown; collapsing the root hides its two
    children, expanding shows them again; clicking a span shows its details;
    finding "db.query" in the trace marks that span.
 4. Service page: its three charts over time have a time axis and a value
@@ -131,10 +132,20 @@ def main() -> int:
         results[0].click()
         check("/trace/" in driver.current_url, f"the result opens a trace: {driver.current_url}")
 
-        # 3. Trace view: collapse, expand, details, find.
+        # 3. Trace view: a time ruler, collapse, expand, details, find.
         shot("3-trace")
         rows = visible_rows(driver)
         check(len(rows) == 3, f"three spans shown, saw {len(rows)}")
+        lane = driver.find_element(By.CSS_SELECTOR, "#ruler td.lane").rect
+        ticks = driver.find_elements(By.CSS_SELECTOR, "#ruler .tick")
+        check(len(ticks) >= 2 and ticks[0].text == "0", f"the ruler starts at 0: {[t.text for t in ticks]}")
+        for t in ticks:
+            r = t.rect
+            check(lane["x"] - 1 <= r["x"] and r["x"] + r["width"] <= lane["x"] + lane["width"] + 1,
+                  f"ruler tick {t.text!r} inside the lane")
+        bar = rows[0].find_element(By.CSS_SELECTOR, ".span")
+        check(bar.get_attribute("title").startswith("starts at +"), f"a bar's hover: {bar.get_attribute('title')}")
+        seen["ruler"] = [t.text for t in ticks]
         root = rows[0]
         toggle = root.find_element(By.CSS_SELECTOR, ".toggle")
         toggle.click()

@@ -67,6 +67,8 @@ details{background:#fff;border:1px solid #ddd;margin:4px 0;padding:4px 8px}
 summary{cursor:pointer}.wf td{padding:2px 6px;border:none}.wf tr:hover{background:#eef4ff}
 .wf .lane{position:relative;width:55%;min-width:300px}
 .wf .span{position:absolute;height:12px;top:4px;background:#7aa7e0;min-width:2px}
+.wf .ruler td{border-bottom:1px solid #ccc;height:16px}.wf .ruler .tick{position:absolute;top:2px;font-size:10px;color:#666;border-left:1px solid #bbb;padding-left:2px;white-space:nowrap}
+.wf .ruler .tick.end{transform:translateX(-100%);border-left:none;border-right:1px solid #bbb;padding:0 2px 0 0}
 #compare tr.only-a td,#compare tr.only-b td{background:#fff3cd}#compare tr.more td,#compare tr.fewer td{background:#fde8e8}#compare tr.slower td{background:#fdf0e2}#compare tr.faster td{background:#e8f4ea}.charts{display:flex;flex-wrap:wrap;gap:8px 24px}figure.chart{margin:0}figure.chart figcaption{font-size:13px;margin-left:58px}.wf .skewed .span{outline:2px dashed #6f42c1}.skewmark{color:#6f42c1;font-size:.85em}.skew{color:#6f42c1}.wf .critical .span{background:#e08a1e}.wf .errspan .span{background:#d9534f}.wf .critical.errspan .span{background:repeating-linear-gradient(135deg,#d9534f 0 6px,#e08a1e 6px 12px)}.wf .critical td:first-child{box-shadow:inset 3px 0 0 #e08a1e}
 .toggle{cursor:pointer;display:inline-block;width:1em}.orphan{color:#b3261e;font-size:12px}
 .detail{background:#f4f6fa;font-size:12px}.detail td{border-bottom:1px solid #e6e6e6}

@@ -623,6 +623,25 @@ fn request_rates_count_entry_spans_and_match_the_requests_sent() {
     assert!(page.contains("parent none (a root)"), "{page}");
     assert!(page.contains("parent 0200000000070001"), "{page}");
     assert!(page.contains("Event exception at +2.0 ms"), "{page}");
+    // The time ruler: offsets from 0 up to the trace's 48 ms, 10 ms apart.
+    let ruler = page
+        .split("id=ruler>")
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    for label in [">0<", ">10.0 ms<", ">40.0 ms<"] {
+        assert!(ruler.contains(label), "{label} in {ruler}");
+    }
+    assert!(
+        !ruler.contains(">50.0 ms<"),
+        "no tick past the trace's end: {ruler}"
+    );
+    assert!(
+        page.contains("title=\"starts at +0 µs · lasts 48.0 ms\""),
+        "{page}"
+    );
     // Two traces compared: a failing request (an exception, same shape) against an INTERNAL
     // root one (another root path), path by path.
     let other = {

@@ -87,6 +87,7 @@ pub(crate) async fn page(
     body.push_str(&switch);
     body.push_str("<p><input id=trace-filter placeholder=\"Find in trace (service, operation, attribute)\" size=40> <span class=muted>Critical path in orange (its rows marked at the left; striped orange and red where a span on it failed); click a span for details.</span></p>");
     body.push_str("<table class=wf id=waterfall>");
+    body.push_str(&ruler(w.t1.saturating_sub(w.t0)));
     for row in &w.rows {
         let adjustment = moved.iter().find(|a| a.index == row.index);
         span_row(&mut body, &spans[row.index], row, (w.t0, w.t1), adjustment);
@@ -99,6 +100,34 @@ pub(crate) async fn page(
         &body,
     ))
     .into_response())
+}
+
+/// The time ruler above the lanes: offsets from the trace's start at a round step (the
+/// value ticks of `chart.rs`), each placed where a span starting then would.
+fn ruler(span_ns: u64) -> String {
+    let mut out = String::from(
+        "<tr class=ruler id=ruler><td class=muted>from the trace's start</td><td></td><td class=lane>",
+    );
+    let ms = span_ns as f64 / 1e6;
+    let (_, ticks) = crate::chart::value_ticks(ms);
+    let step = ticks.get(1).copied().unwrap_or(1.0);
+    let mut k = 0usize;
+    loop {
+        let at = step * k as f64;
+        if at > ms * (1.0 + 1e-9) || (ms <= 0.0 && k > 0) {
+            break;
+        }
+        let left = if ms > 0.0 { at / ms * 100.0 } else { 0.0 };
+        let _ = write!(
+            out,
+            "<span class=\"tick{}\" style=\"left:{left:.2}%\" data-ms={at}>{}</span>",
+            if left > 85.0 { " end" } else { "" },
+            crate::chart::Unit::Millis.label(at)
+        );
+        k += 1;
+    }
+    out.push_str("</td></tr>");
+    out
 }
 
 /// A span's row and its (hidden) detail row; `moved` when clock-skew correction moved it.
@@ -139,7 +168,7 @@ fn span_row(
     };
     let _ = write!(
         body,
-        "<tr class=\"{class}\" data-span=\"{}\" data-parent=\"{}\" data-text=\"{}\"><td style=\"padding-left:{}px;white-space:nowrap\"><span class=toggle>{}</span><b>{}</b> {}{}{skew_mark}</td><td class=num>{}</td><td class=lane><div class=span style=\"left:{left:.2}%;width:{width:.2}%\"></div></td></tr>",
+        "<tr class=\"{class}\" data-span=\"{}\" data-parent=\"{}\" data-text=\"{}\"><td style=\"padding-left:{}px;white-space:nowrap\"><span class=toggle>{}</span><b>{}</b> {}{}{skew_mark}</td><td class=num>{}</td><td class=lane><div class=span style=\"left:{left:.2}%;width:{width:.2}%\" title=\"starts at +{} · lasts {}\"></div></td></tr>",
         hex(&s.span_id),
         row.parent.map(|p| hex(&p)).unwrap_or_default(),
         esc(&search_text),
@@ -152,6 +181,8 @@ fn span_row(
         } else {
             ""
         },
+        dur(s.duration_ns()),
+        dur(s.start_ns.saturating_sub(t0)),
         dur(s.duration_ns()),
     );
     let _ = write!(
