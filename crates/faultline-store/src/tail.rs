@@ -243,8 +243,8 @@ impl TailRecord {
     }
 
     /// Writes `BLOCKID.tails` in `dir` durably (temporary file, fsync, rename; the caller
-    /// fsyncs the directory).
-    pub fn write(&self, dir: &std::path::Path, id: &str) -> Result<(), crate::StoreError> {
+    /// fsyncs the directory). Returns its size in bytes.
+    pub fn write(&self, dir: &std::path::Path, id: &str) -> Result<u64, crate::StoreError> {
         use std::io::Write;
         let path = dir.join(format!("{id}.{RECORD_EXT}"));
         let tmp = dir.join(format!("{id}.{RECORD_EXT}.tmp"));
@@ -258,7 +258,8 @@ impl TailRecord {
         f.write_all(&body)
             .and_then(|()| f.sync_all())
             .map_err(io("write tail-sampling record", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename tail-sampling record", &tmp))
+        std::fs::rename(&tmp, &path).map_err(io("rename tail-sampling record", &tmp))?;
+        Ok(body.len() as u64)
     }
 
     /// Reads `BLOCKID.tails` in `dir`.

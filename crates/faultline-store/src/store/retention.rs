@@ -15,6 +15,7 @@ use crate::block::{self, BlockReader};
 use crate::error::StoreError;
 use crate::manifest::BlockMeta;
 use crate::rollup::Rollups;
+use crate::search::BlockIndex;
 
 impl Store {
     /// Deletes blocks past the retention age, then the oldest blocks while the blocks
@@ -169,24 +170,51 @@ impl Store {
         let estimates = self.inner.read().map_err(|_| lock_err())?.skew.current();
         let (written, index) = block::write_block_indexed(dir, &id, &all, &estimates)?;
         rollups.write_file(dir, &id)?;
+        let mut record_bytes = 0;
         if let Some(r) = &record {
-            r.write(dir, &id)?;
+            record_bytes = r.write(dir, &id)?;
             crate::block::sync_dir(dir)?;
         }
         self.opts.fault(FaultPoint::CompactBeforeManifest)?;
+        let bytes = written.bytes + record_bytes;
         let meta = BlockMeta {
             id: id.clone(),
             spans: written.spans,
             traces: written.traces,
             min_start_ns: written.min_start_ns,
             max_end_ns: written.max_end_ns,
-            bytes: written.bytes,
+            bytes,
             source_seq: last.source_seq,
             services: services.iter().cloned().collect(),
             tail_decided: record.is_some(),
         };
-        let reader = BlockReader::open(dir, &id)?;
-        let gone: BTreeSet<String> = group.iter().map(|b| b.meta.id.clone()).collect();
+        self.replace_blocks(
+            &group,
+            Replacement {
+                meta,
+                index,
+                services,
+                sealed_at: Some(std::time::Instant::now()),
+                record,
+            },
+        )?;
+        tracing::info!(block = %id, merged = group.len(), spans = written.spans, "compacted small blocks");
+        Ok(group.len())
+    }
+
+    /// Publishes block `new` (its files, and record if any, durable already) in place of
+    /// the adjacent blocks `old`: a manifest naming it where they were, then the blocks in
+    /// memory and the trace locations, then the old files deleted. A crash before the
+    /// manifest leaves `old` listed and the new files unlisted (removed at the next start);
+    /// after it, the reverse. Compaction and tail sampling both publish this way.
+    pub(crate) fn replace_blocks(
+        &self,
+        old: &[Arc<Sealed>],
+        new: Replacement,
+    ) -> Result<(), StoreError> {
+        let dir = &self.opts.dir;
+        let reader = BlockReader::open(dir, &new.meta.id)?;
+        let gone: BTreeSet<String> = old.iter().map(|b| b.meta.id.clone()).collect();
         let mut next = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
         let pos = next
             .blocks
@@ -194,7 +222,8 @@ impl Store {
             .position(|b| gone.contains(&b.id))
             .unwrap_or(next.blocks.len());
         next.blocks.retain(|b| !gone.contains(&b.id));
-        next.blocks.insert(pos.min(next.blocks.len()), meta.clone());
+        next.blocks
+            .insert(pos.min(next.blocks.len()), new.meta.clone());
         next.store(dir)?;
         {
             let mut inner = self.inner.write().map_err(|_| lock_err())?;
@@ -204,35 +233,45 @@ impl Store {
                 .position(|b| gone.contains(&b.meta.id))
                 .unwrap_or(inner.blocks.len());
             inner.blocks.retain(|b| !gone.contains(&b.meta.id));
-            for b in &group {
+            for b in old {
                 inner.unregister(b);
             }
             let pos = pos.min(inner.blocks.len());
             inner.next_serial += 1;
-            let merged = Arc::new(Sealed {
-                meta,
+            let block = Arc::new(Sealed {
+                meta: new.meta,
                 reader,
-                services,
-                index: OnceLock::from(index),
+                services: new.services,
+                index: OnceLock::from(new.index),
                 index_error: OnceLock::new(),
                 serial: inner.next_serial - 1,
                 split: Mutex::new(RoaringBitmap::new()),
-                sealed_at: Some(std::time::Instant::now()),
-                tail: match record {
+                sealed_at: new.sealed_at,
+                tail: match new.record {
                     Some(r) => OnceLock::from(Arc::new(r)),
                     None => OnceLock::new(),
                 },
             });
-            inner.blocks.insert(pos, merged.clone());
-            inner.register(&merged);
+            inner.blocks.insert(pos, block.clone());
+            inner.register(&block);
             inner.manifest = next;
         }
-        for old in &gone {
+        for id in &gone {
             for ext in BLOCK_FILES {
-                let _ = std::fs::remove_file(dir.join(format!("{old}.{ext}")));
+                let _ = std::fs::remove_file(dir.join(format!("{id}.{ext}")));
             }
         }
-        tracing::info!(block = %id, merged = gone.len(), spans = written.spans, "compacted small blocks");
-        Ok(gone.len())
+        Ok(())
     }
+}
+
+/// A block written to take the place of others ([`Store::replace_blocks`]).
+pub(crate) struct Replacement {
+    pub(crate) meta: BlockMeta,
+    pub(crate) index: BlockIndex,
+    pub(crate) services: BTreeSet<String>,
+    /// When the blocks it replaces were sealed (tail sampling's wait counts from it).
+    pub(crate) sealed_at: Option<std::time::Instant>,
+    /// Its tail-sampling record, written beside it already.
+    pub(crate) record: Option<crate::tail::TailRecord>,
 }

@@ -3,12 +3,13 @@
 //! it completes replaces the old one atomically. A failed seal puts the spans back in
 //! front of the head.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use roaring::RoaringBitmap;
 
 use super::head::{Head, advanced};
-use super::{Sealed, Store, lock_err};
+use super::{BLOCK_FILES, Sealed, Store, lock_err};
 use crate::FaultPoint;
 use crate::block::{self, BlockReader};
 use crate::error::StoreError;
@@ -128,6 +129,25 @@ impl Store {
     /// name taken.
     fn block_id(&self, head: &Head) -> Result<String, StoreError> {
         self.unused_id(&format!("{:020}", head.max_seq))
+    }
+
+    /// `base`, or `base` with a suffix, such that no listed block and no file has it
+    /// (a seal or rewrite that failed after renaming its files leaves the name taken).
+    pub(crate) fn unused_id(&self, base: &str) -> Result<String, StoreError> {
+        let listed: HashSet<String> = {
+            let inner = self.inner.read().map_err(|_| lock_err())?;
+            inner.manifest.blocks.iter().map(|b| b.id.clone()).collect()
+        };
+        let taken = |id: &str| {
+            listed.contains(id)
+                || BLOCK_FILES
+                    .iter()
+                    .any(|ext| self.opts.dir.join(format!("{id}.{ext}")).exists())
+        };
+        Ok(std::iter::once(base.to_string())
+            .chain((1u32..).map(|k| format!("{base}_{k}")))
+            .find(|id| !taken(id))
+            .unwrap_or_else(|| base.to_string()))
     }
 
     /// Keeps `estimates` for the next start (`crate::skew`) when they changed since last

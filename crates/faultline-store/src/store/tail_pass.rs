@@ -1,21 +1,19 @@
 //! The tail-sampling pass ([`Store::tail_sample`]): the oldest undecided block sealed at
 //! least the policy's wait ago is decided trace by trace (`crate::tail`), rewritten
 //! without the dropped traces beside its record, and swapped in the manifest, as
-//! compaction swaps blocks. Also what the decisions add up to ([`Store::tail_report`]) and
+//! compaction swaps blocks (`Store::replace_blocks`). Also what the decisions add up to ([`Store::tail_report`]) and
 //! whether a trace id was dropped ([`Store::dropped_by_policy`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-use roaring::RoaringBitmap;
 
 use faultline_model::span::{Span, SpanKind, TraceId};
 
-use super::{BLOCK_FILES, Sealed, SpanStore, Store, lock_err};
+use super::{Sealed, SpanStore, Store, lock_err};
 use crate::FaultPoint;
-use crate::block::{self, BlockReader};
+use crate::block;
 use crate::error::StoreError;
 use crate::manifest::BlockMeta;
 use crate::rollup::Rollups;
@@ -243,11 +241,12 @@ impl Store {
     /// Nothing dropped: the record says the block is decided, and the manifest too.
     fn mark_decided(&self, block: &Sealed, record: TailRecord) -> Result<(), StoreError> {
         let dir = &self.opts.dir;
-        record.write(dir, &block.meta.id)?;
+        let record_bytes = record.write(dir, &block.meta.id)?;
         block::sync_dir(dir)?;
         let mut next = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
         if let Some(m) = next.blocks.iter_mut().find(|m| m.id == block.meta.id) {
             m.tail_decided = true;
+            m.bytes += record_bytes;
         }
         next.store(dir)?;
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
@@ -282,7 +281,8 @@ impl Store {
         let (written, index) = block::write_block_indexed(dir, &id, &kept_spans, estimates)?;
         // The rollups stay as they were: they counted every span.
         Rollups::read_file(dir, &old)?.write_file(dir, &id)?;
-        record.write(dir, &id)?;
+        // The record counts: it holds the dropped ids.
+        let record_bytes = record.write(dir, &id)?;
         block::sync_dir(dir)?;
         self.opts.fault(FaultPoint::TailBeforeManifest)?;
         let meta = BlockMeta {
@@ -291,66 +291,22 @@ impl Store {
             traces: written.traces,
             min_start_ns: written.min_start_ns,
             max_end_ns: written.max_end_ns,
-            // The record counts: it holds the dropped ids.
-            bytes: written.bytes
-                + std::fs::metadata(dir.join(format!("{id}.{}", tail::RECORD_EXT)))
-                    .map_or(0, |m| m.len()),
+            bytes: written.bytes + record_bytes,
             source_seq: block.meta.source_seq,
             services: block.meta.services.clone(),
             tail_decided: true,
         };
-        let reader = BlockReader::open(dir, &id)?;
-        let mut next = self.inner.read().map_err(|_| lock_err())?.manifest.clone();
-        match next.blocks.iter_mut().find(|m| m.id == old) {
-            Some(m) => *m = meta.clone(),
-            None => return Err(lock_err()),
-        }
-        next.store(dir)?;
-        {
-            let mut inner = self.inner.write().map_err(|_| lock_err())?;
-            inner.next_serial += 1;
-            let replacement = Arc::new(Sealed {
+        self.replace_blocks(
+            std::slice::from_ref(block),
+            super::retention::Replacement {
                 meta,
-                reader,
+                index,
                 services: block.services.clone(),
-                index: OnceLock::from(index),
-                index_error: OnceLock::new(),
-                serial: inner.next_serial - 1,
-                split: Mutex::new(RoaringBitmap::new()),
                 sealed_at: block.sealed_at,
-                tail: OnceLock::from(Arc::new(record)),
-            });
-            match inner.blocks.iter().position(|b| Arc::ptr_eq(b, block)) {
-                Some(pos) => inner.blocks[pos] = replacement.clone(),
-                None => inner.blocks.push(replacement.clone()),
-            }
-            inner.unregister(block);
-            inner.register(&replacement);
-            inner.manifest = next;
-        }
-        for ext in BLOCK_FILES {
-            let _ = std::fs::remove_file(dir.join(format!("{old}.{ext}")));
-        }
+                record: Some(record),
+            },
+        )?;
         Ok(id)
-    }
-
-    /// `base`, or `base` with a suffix, such that no listed block and no file has it
-    /// (a seal or rewrite that failed after renaming its files leaves the name taken).
-    pub(crate) fn unused_id(&self, base: &str) -> Result<String, StoreError> {
-        let listed: HashSet<String> = {
-            let inner = self.inner.read().map_err(|_| lock_err())?;
-            inner.manifest.blocks.iter().map(|b| b.id.clone()).collect()
-        };
-        let taken = |id: &str| {
-            listed.contains(id)
-                || BLOCK_FILES
-                    .iter()
-                    .any(|ext| self.opts.dir.join(format!("{id}.{ext}")).exists())
-        };
-        Ok(std::iter::once(base.to_string())
-            .chain((1u32..).map(|k| format!("{base}_{k}")))
-            .find(|id| !taken(id))
-            .unwrap_or_else(|| base.to_string()))
     }
 
     /// The decisions of every stored block, summed by root service, with the policy.
