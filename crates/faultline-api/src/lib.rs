@@ -300,6 +300,7 @@ mod cache_tests {
                     p90_ms: None,
                     p99_ms: None,
                     mean_ms: None,
+                    request_ms: None,
                 }],
                 Completeness::default(),
             ))
@@ -329,6 +330,7 @@ mod cache_tests {
                     p90_ms: None,
                     p99_ms: None,
                     mean_ms: None,
+                    request_ms: None,
                 },
                 Completeness::default(),
             ))

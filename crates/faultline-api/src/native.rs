@@ -12,14 +12,18 @@
 //!              "storedRequests": 40, "requestsPerSecond": 6.67, "requestErrorRate": 0.005,
 //!              "count": 1200, "errors": 3, "storedCount": 120,
 //!              "storedErrors": 1, "ratePerSecond": 20.0, "errorRate": 0.0025,
-//!              "p50Ms": 12.1, "p90Ms": 40.2, "p99Ms": 95.0, "meanMs": 18.4}]}
+//!              "p50Ms": 12.1, "p90Ms": 40.2, "p99Ms": 95.0, "meanMs": 18.4,
+//!              "requestP50Ms": 20.3, "requestP90Ms": 61.0, "requestP99Ms": 130.2}]}
 //! ```
 //!
 //! Requests are the service's entry spans: SERVER and CONSUMER spans, and roots of any
 //! kind (a span without a parent); `count`, `errors` and `ratePerSecond` count every span
 //! (client and internal ones too). Each rate divides by the seconds the point covers:
 //! `seconds`, the step, or for the point of the current minute the seconds elapsed in it.
-//! Latency is over the spans selected (all of the service's, or `spanKind`'s).
+//! Latency (`p50Ms` ... `meanMs`) is over the spans selected (all of the service's, or
+//! `spanKind`'s); request latency (`requestP50Ms` ...) over the operations whose spans are
+//! all entry spans (SERVER and CONSUMER operations, operations seen only as roots): the
+//! service's latency as its callers see it, null when it has none in the point.
 //! `requests`, `count` and `errors` are what the stored spans stand for (each weighted by
 //! its adjusted count: `faultline_model::sampling`), so rates and error rates are right
 //! when SDKs sample; `storedRequests`, `storedCount` and `storedErrors` are the spans
@@ -37,7 +41,8 @@
 //! `minDuration`/`maxDuration` (Go durations such as `250ms`; a span of the service within
 //! the bounds), `start`/`end` (Unix seconds, fractions allowed; default the last
 //! `lookback`, itself default `1h`), `errors=true` (traces with an error span), `sort`
-//! (`newest`, `oldest`, `longest`, `shortest`), `limit` (default 20, at most 1500, as every
+//! (`newest`, `oldest`, `longest`, `shortest`, or `sample`: a random sample spread over the
+//! whole range, the same on every asking), `limit` (default 20, at most 1500, as every
 //! search: see `params.rs`).
 //! Answer:
 //!
@@ -149,7 +154,7 @@ pub fn parse_summaries(p: &[(String, String)], now_ns: u64) -> Result<TraceQuery
         Some(v) => SortOrder::parse(v).ok_or_else(|| {
             ApiError::bad_parameter(
                 "sort",
-                format!("sort={v:?} is not one of newest, oldest, longest, shortest"),
+                format!("sort={v:?} is not one of newest, oldest, longest, shortest, sample"),
             )
         })?,
     };
@@ -202,7 +207,7 @@ async fn summaries(State(st): State<ApiState>, Query(p): Params) -> Result<Respo
     let c = st.with_lag(c, range);
     let traces: Vec<_> = found.iter().map(summary_json).collect();
     Ok(answer(
-        json!({"traces": traces, "limit": limit, "sort": format!("{sort:?}").to_lowercase()}),
+        json!({"traces": traces, "limit": limit, "sort": sort.as_str()}),
         c.reasons,
     ))
 }
@@ -295,6 +300,9 @@ async fn red(State(st): State<ApiState>, Query(p): Params) -> Result<Response, A
                 "ratePerSecond": p.count as f64 / secs as f64,
                 "errorRate": share(p.errors, p.count),
                 "p50Ms": p.p50_ms, "p90Ms": p.p90_ms, "p99Ms": p.p99_ms, "meanMs": p.mean_ms,
+                "requestP50Ms": p.request_ms.map(|r| r[0]),
+                "requestP90Ms": p.request_ms.map(|r| r[1]),
+                "requestP99Ms": p.request_ms.map(|r| r[2]),
             })
         })
         .collect();

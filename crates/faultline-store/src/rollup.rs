@@ -128,8 +128,19 @@ impl Default for Cell {
 }
 
 impl Cell {
-    /// The RED figures of this cell as a point starting at `start_s`.
-    fn point(&self, start_s: u64) -> RedPoint {
+    /// Whether every span of the cell is an entry span (its sketch is request latency).
+    fn all_entries(&self) -> bool {
+        self.count > 0 && self.entries.count == self.count
+    }
+
+    /// The RED figures of this cell as a point starting at `start_s`; `requests` is the
+    /// merged sketch of its all-entry cells ([`Self::all_entries`]).
+    fn point(&self, start_s: u64, requests: &DDSketch) -> RedPoint {
+        let rq = |p: f64| requests.quantile(p).ok().flatten();
+        let request_ms = match (rq(0.5), rq(0.9), rq(0.99)) {
+            (Some(a), Some(b), Some(c)) if requests.count() > 0 => Some([a, b, c]),
+            _ => None,
+        };
         let q = |p: f64| {
             if self.count == 0 {
                 None
@@ -155,6 +166,7 @@ impl Cell {
             } else {
                 self.sketch.sum().map(|s| s / stored as f64)
             },
+            request_ms,
         }
     }
 
@@ -254,6 +266,11 @@ pub struct RedPoint {
     pub p99_ms: Option<f64>,
     /// Mean.
     pub mean_ms: Option<f64>,
+    /// Request latency in milliseconds (p50, p90, p99): the durations of the operations
+    /// whose spans are all entry spans (SERVER and CONSUMER operations, and operations seen
+    /// only as roots), so a service's own latency as its callers see it, without its
+    /// client and internal spans. `None` when no such operation has spans in the point.
+    pub request_ms: Option<[f64; 3]>,
 }
 
 impl Rollups {
@@ -443,13 +460,13 @@ impl Rollups {
         let mut out = Vec::new();
         let mut m = first - first % step_m;
         while m <= last {
-            let acc = self.merged(
+            let (acc, requests) = self.merged(
                 service,
                 operation,
                 kind,
                 m.max(first)..(m + step_m).min(last + 1),
             );
-            out.push(acc.point(m * 60));
+            out.push(acc.point(m * 60, &requests));
             m += step_m;
         }
         out
@@ -465,21 +482,23 @@ impl Rollups {
         end_s: u64,
     ) -> RedPoint {
         let minutes = start_s / 60..end_s.saturating_sub(1) / 60 + 1;
-        self.merged(service, operation, kind, minutes)
-            .point(start_s)
+        let (acc, requests) = self.merged(service, operation, kind, minutes);
+        acc.point(start_s, &requests)
     }
 
-    /// Every cell of a service (operation, kind) in a range of minutes, merged.
+    /// Every cell of a service (operation, kind) in a range of minutes, merged, and the
+    /// sketches of its all-entry cells merged apart (request latency).
     fn merged(
         &self,
         service: &str,
         operation: Option<&str>,
         kind: Option<SpanKind>,
         minutes: std::ops::Range<u64>,
-    ) -> Cell {
+    ) -> (Cell, DDSketch) {
         let mut acc = Cell::default();
+        let mut requests = DDSketch::new(Config::defaults());
         if minutes.is_empty() {
-            return acc;
+            return (acc, requests);
         }
         for (_, services) in self.minutes.range(minutes) {
             let Some(ops) = services.get(service) else {
@@ -495,18 +514,22 @@ impl Rollups {
                     }
                     if let Some(c) = c {
                         acc.merge(c);
+                        if c.all_entries() {
+                            // Sketches made with the same config always merge.
+                            let _ = requests.merge(&c.sketch);
+                        }
                     }
                 }
             }
         }
-        acc
+        (acc, requests)
     }
 
-    /// The latency distribution of a service (and operation) over `[start_s, end_s)`:
-    /// for each upper bound in `bounds_ms` (ascending), the spans at most that long and
-    /// longer than the previous bound, and a last count for the rest. Counts come from
-    /// the merged sketch (1% relative accuracy on the bounds), so they sum to the exact
-    /// span count.
+    /// The latency distribution of a service's requests (its all-entry operations, as
+    /// [`RedPoint::request_ms`]), or of one operation, over `[start_s, end_s)`: for each
+    /// upper bound in `bounds_ms` (ascending), the spans at most that long and longer than
+    /// the previous bound, and a last count for the rest. Counts come from the merged
+    /// sketch (1% relative accuracy on the bounds), so they sum to the exact span count.
     pub fn distribution(
         &self,
         service: &str,
@@ -515,31 +538,30 @@ impl Rollups {
         end_s: u64,
         bounds_ms: &[f64],
     ) -> Vec<u64> {
-        let acc = self.merged(
+        let (acc, requests) = self.merged(
             service,
             operation,
             None,
             start_s / 60..end_s.saturating_sub(1) / 60 + 1,
         );
-        let n = acc.sketch.count() as u64;
+        let sketch = if operation.is_some() {
+            acc.sketch
+        } else {
+            requests
+        };
+        let n = sketch.count() as u64;
         // Rank of a value: the largest q whose quantile is at most the value.
         let rank = |v: f64| -> u64 {
             if n == 0 {
                 return 0;
             }
             let (mut lo, mut hi) = (0.0f64, 1.0f64);
-            if acc
-                .sketch
-                .quantile(1.0)
-                .ok()
-                .flatten()
-                .is_some_and(|q| q <= v)
-            {
+            if sketch.quantile(1.0).ok().flatten().is_some_and(|q| q <= v) {
                 return n;
             }
             for _ in 0..30 {
                 let mid = (lo + hi) / 2.0;
-                match acc.sketch.quantile(mid).ok().flatten() {
+                match sketch.quantile(mid).ok().flatten() {
                     Some(q) if q <= v => lo = mid,
                     _ => hi = mid,
                 }
@@ -956,6 +978,44 @@ mod edge_tests {
             assert!(got.abs_diff(want) <= 1, "{d:?}");
         }
         assert_eq!(r.distribution("nobody", None, 0, 60, &[1.0]), vec![0, 0]);
+    }
+
+    #[test]
+    fn request_latency_leaves_client_and_internal_spans_out() {
+        use super::tests::span;
+        let mut r = Rollups::default();
+        // 100 requests of 100..199 ms; each makes a 1 ms client call and 1 ms of work.
+        for i in 0..100u64 {
+            let mut server = span("api", "GET /", 1000, 100 + i, false);
+            server.kind = SpanKind::Server;
+            server.parent_span_id = Some([9; 8]);
+            r.add(&server);
+            for kind in [SpanKind::Client, SpanKind::Internal] {
+                let mut s = span("api", "call", 1000, 1, false);
+                s.kind = kind;
+                s.parent_span_id = Some([1; 8]);
+                r.add(&s);
+            }
+        }
+        let t = r.total("api", None, None, 1000 * 60, 1001 * 60);
+        assert_eq!((t.count, t.requests), (300, 100));
+        let [p50, _, p99] = t.request_ms.unwrap();
+        assert!((148.0..=152.0).contains(&p50), "request p50 {p50}");
+        assert!((196.0..=201.0).contains(&p99), "request p99 {p99}");
+        assert!(t.p50_ms.unwrap() < 2.0, "all spans: two thirds are 1 ms");
+        let d = r.distribution("api", None, 1000 * 60, 1001 * 60, &[10.0]);
+        assert_eq!(d, vec![0, 100], "the distribution is of the requests");
+        assert_eq!(
+            r.total(
+                "api",
+                Some("call"),
+                Some(SpanKind::Client),
+                1000 * 60,
+                1001 * 60
+            )
+            .request_ms,
+            None
+        );
     }
 
     #[test]

@@ -112,8 +112,8 @@ fn model(all: &[Span], q: &TraceQuery) -> Vec<TraceSummary> {
         .collect();
     out.sort_by(|a, b| {
         q.sort
-            .key(b.start_ns, b.end_ns)
-            .cmp(&q.sort.key(a.start_ns, a.end_ns))
+            .key(b.start_ns, b.end_ns, || Some(b.trace_id))
+            .cmp(&q.sort.key(a.start_ns, a.end_ns, || Some(a.trace_id)))
             .then(a.trace_id.cmp(&b.trace_id))
     });
     out.truncate(q.limit);
@@ -126,7 +126,9 @@ fn check(store: &Store, all: &[Span], q: &TraceQuery) -> Result<(), TestCaseErro
     let want = model(all, q);
     // Equal sort keys may pick different traces: compare keys, then each summary exactly.
     let keys = |v: &[TraceSummary]| -> Vec<u64> {
-        v.iter().map(|s| q.sort.key(s.start_ns, s.end_ns)).collect()
+        v.iter()
+            .map(|s| q.sort.key(s.start_ns, s.end_ns, || Some(s.trace_id)))
+            .collect()
     };
     prop_assert_eq!(keys(&got), keys(&want), "query {:?}", q);
     let every = model(
@@ -164,7 +166,7 @@ fn gen_query() -> impl Strategy<Value = TraceQuery> {
         prop::option::of(1..60u64),
         prop::option::of((0..30u64, 0..30u64)),
         any::<bool>(),
-        0..4usize,
+        0..5usize,
         1..12usize,
     )
         .prop_map(|(svc, op, tags, min, max, window, errors, sort, limit)| {
@@ -200,6 +202,7 @@ fn gen_query() -> impl Strategy<Value = TraceQuery> {
                     SortOrder::Oldest,
                     SortOrder::Longest,
                     SortOrder::Shortest,
+                    SortOrder::Sample,
                 ][sort],
                 limit,
                 time_limit: None,

@@ -1,51 +1,104 @@
 //! The analysis behind "look here first": which traces of a service to open, and why.
 //!
 //! Everything here works on traces already read (spans grouped by trace) and knows nothing
-//! about storage or HTML:
+//! about storage or HTML. A service page's questions are about the service, so most of it
+//! looks at the service's own spans:
 //!
-//! - [`representatives`]: traces nearest the p50, p90 and p99 durations, and the slowest;
-//! - [`error_groups`]: traces grouped by the signature of their deepest error (the error
-//!   span with no error span below it): service, exception type, exception message and
-//!   status message with numbers and ids masked, and HTTP status code;
+//! - [`request_duration`]: how long the service took in a trace (its longest entry span);
+//!   [`exemplars`]: traces nearest given p50, p90 and p99 durations (the service's request
+//!   latency, or whole traces'), and the slowest;
+//! - [`error_groups`]: traces grouped by the signature of the service's deepest error (its
+//!   error span with no error span of its own below it): operation, exception type,
+//!   exception message and status message with numbers and ids masked, HTTP status code,
+//!   and the callee whose error it passed on, if any;
 //! - [`outliers`]: traces whose span count or set of (service, operation) pairs differs
 //!   sharply from the usual shape of traces with the same root operation;
-//! - [`contrast`]: attribute values over-represented in selected traces (slow or failing)
-//!   against all traces, with both percentages.
+//! - [`contrast`]: attribute values of the service's spans over-represented in selected
+//!   traces (slow or failing) against a random sample, ranked by difference among those
+//!   a two-proportion test finds significant.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use faultline_model::span::{AttrValue, Span, TraceId};
-use faultline_store::TraceSummary;
+
+/// How long `service` took in a trace: its longest entry span (SERVER or CONSUMER, or a
+/// root), or, when it has none there, its longest span. `None` when it has no span there.
+pub fn request_duration(spans: &[Span], service: &str) -> Option<u64> {
+    let own = || spans.iter().filter(|s| s.service() == service);
+    own()
+        .filter(|s| faultline_store::rollup::is_entry(s))
+        .map(Span::duration_ns)
+        .max()
+        .or_else(|| own().map(Span::duration_ns).max())
+}
+
+/// Which duration exemplars are chosen by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The service's request latency ([`request_duration`]).
+    Request,
+    /// The whole trace's duration ([`trace_duration`]).
+    Trace,
+}
 
 /// A trace picked to represent part of the latency distribution.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Representative {
+pub struct Exemplar {
     /// What it stands for: `p50`, `p90`, `p99` or `slowest`.
     pub label: &'static str,
-    /// The trace.
-    pub summary: TraceSummary,
+    /// The duration it was chosen to be near (none for `slowest`).
+    pub target_ns: Option<u64>,
+    /// Index of the trace in the pool.
+    pub index: usize,
+    /// Its duration by the chosen measure.
+    pub duration_ns: u64,
 }
 
-/// The traces whose durations are nearest p50, p90 and p99 of `traces`, and the slowest.
-pub fn representatives(traces: &[TraceSummary]) -> Vec<Representative> {
-    if traces.is_empty() {
-        return Vec::new();
+/// For each of p50, p90 and p99 with a target duration, the trace of `pool` whose duration
+/// (`durations`, by index; `None`: not measurable) is nearest it on a log scale, and the
+/// longest trace as `slowest`.
+pub fn exemplars(durations: &[Option<u64>], targets: [Option<u64>; 3]) -> Vec<Exemplar> {
+    let known: Vec<(usize, u64)> = durations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.map(|d| (i, d)))
+        .collect();
+    let mut out = Vec::new();
+    if known.is_empty() {
+        return out;
     }
-    let mut sorted: Vec<&TraceSummary> = traces.iter().collect();
-    sorted.sort_by_key(|t| (t.duration_ns(), t.trace_id));
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    [
-        ("p50", at(0.5)),
-        ("p90", at(0.9)),
-        ("p99", at(0.99)),
-        ("slowest", at(1.0)),
-    ]
-    .into_iter()
-    .map(|(label, s)| Representative {
-        label,
-        summary: s.clone(),
-    })
-    .collect()
+    let ln = |ns: u64| (ns.max(1) as f64).ln();
+    for (label, target) in ["p50", "p90", "p99"].into_iter().zip(targets) {
+        let Some(t) = target else { continue };
+        if let Some(&(index, duration_ns)) = known
+            .iter()
+            .min_by(|a, b| (ln(a.1) - ln(t)).abs().total_cmp(&(ln(b.1) - ln(t)).abs()))
+        {
+            out.push(Exemplar {
+                label,
+                target_ns: Some(t),
+                index,
+                duration_ns,
+            });
+        }
+    }
+    if let Some(&(index, duration_ns)) = known.iter().max_by_key(|(i, d)| (*d, usize::MAX - i)) {
+        out.push(Exemplar {
+            label: "slowest",
+            target_ns: None,
+            index,
+            duration_ns,
+        });
+    }
+    out
+}
+
+/// The p50, p90 and p99 of `durations` (nearest rank), or `None`s when it is empty.
+pub fn quantiles(durations: &[u64]) -> [Option<u64>; 3] {
+    let mut v = durations.to_vec();
+    v.sort_unstable();
+    let at = |q: f64| (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize]);
+    [at(0.5), at(0.9), at(0.99)]
 }
 
 /// What identifies a kind of failure.
@@ -63,6 +116,9 @@ pub struct ErrorSignature {
     pub status_message: Option<String>,
     /// `http.response.status_code` (or `http.status_code`).
     pub http_status: Option<i64>,
+    /// When the error came from a callee: the deepest error below it in another service,
+    /// as `service operation: exception type` (or its status message, masked).
+    pub cause: Option<String>,
 }
 
 /// Traces failing the same way.
@@ -107,19 +163,25 @@ fn text(v: Option<&AttrValue>) -> Option<String> {
     v.map(AttrValue::to_text).filter(|s| !s.is_empty())
 }
 
-/// The signature of a trace's deepest error, if it has an error span.
-pub fn signature(spans: &[Span]) -> Option<ErrorSignature> {
-    let errors: Vec<&Span> = spans.iter().filter(|s| s.is_error()).collect();
-    if errors.is_empty() {
-        return None;
-    }
-    let error_parents: HashSet<_> = errors.iter().filter_map(|s| s.parent_span_id).collect();
-    // Deepest: an error span that no other error span has as parent; the earliest of those.
-    let deepest = errors
+/// The error span among `errors` that has no other of them as parent (the earliest such).
+fn deepest<'a>(errors: &[&'a Span]) -> Option<&'a Span> {
+    let parents: HashSet<_> = errors.iter().filter_map(|s| s.parent_span_id).collect();
+    errors
         .iter()
-        .filter(|s| !error_parents.contains(&s.span_id))
+        .filter(|s| !parents.contains(&s.span_id))
         .min_by_key(|s| (s.start_ns, s.span_id))
-        .or_else(|| errors.first())?;
+        .or_else(|| errors.first())
+        .copied()
+}
+
+/// The signature of the deepest error of `service` in a trace (of the whole trace when
+/// `service` is `None`), if it has an error span there.
+pub fn signature(spans: &[Span], service: Option<&str>) -> Option<ErrorSignature> {
+    let errors: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.is_error() && service.is_none_or(|v| s.service() == v))
+        .collect();
+    let deepest = deepest(&errors)?;
     let exception = deepest.events.iter().find(|e| e.name == "exception");
     let http_status = ["http.response.status_code", "http.status_code"]
         .iter()
@@ -137,14 +199,49 @@ pub fn signature(spans: &[Span]) -> Option<ErrorSignature> {
             .map(|m| mask(&m)),
         status_message: Some(mask(&deepest.status_message)).filter(|m| !m.is_empty()),
         http_status,
+        cause: service.and_then(|_| cause_below(spans, deepest)),
     })
 }
 
-/// Groups failing traces by [`signature`], largest group first.
-pub fn error_groups(traces: &[Vec<Span>]) -> Vec<ErrorGroup> {
+/// The deepest error of another service below `span` (its descendants), in words.
+fn cause_below(spans: &[Span], span: &Span) -> Option<String> {
+    let parent: HashMap<_, _> = spans
+        .iter()
+        .filter_map(|s| s.parent_span_id.map(|p| (s.span_id, p)))
+        .collect();
+    let below = |s: &Span| {
+        let mut at = s.parent_span_id;
+        // Bounded: a malformed trace may have a cycle of parents.
+        for _ in 0..spans.len() {
+            match at {
+                Some(p) if p == span.span_id => return true,
+                Some(p) => at = parent.get(&p).copied(),
+                None => return false,
+            }
+        }
+        false
+    };
+    let errors: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.is_error() && s.service() != span.service() && below(s))
+        .collect();
+    let d = deepest(&errors)?;
+    let what = d
+        .events
+        .iter()
+        .find(|e| e.name == "exception")
+        .and_then(|e| text(attr(&e.attributes, "exception.type")))
+        .or_else(|| Some(mask(&d.status_message)).filter(|m| !m.is_empty()))
+        .unwrap_or_else(|| "error".to_string());
+    Some(format!("{} {}: {what}", d.service(), d.name))
+}
+
+/// Groups failing traces by the [`signature`] of `service`'s errors (of the whole trace
+/// when `None`), largest group first; traces without such an error are in no group.
+pub fn error_groups(traces: &[&Vec<Span>], service: Option<&str>) -> Vec<ErrorGroup> {
     let mut groups: HashMap<ErrorSignature, (usize, TraceId, usize)> = HashMap::new();
     for (i, t) in traces.iter().enumerate() {
-        let (Some(sig), Some(first)) = (signature(t), t.first()) else {
+        let (Some(sig), Some(first)) = (signature(t, service), t.first()) else {
             continue;
         };
         let g = groups.entry(sig).or_insert((0, first.trace_id, i));
@@ -251,9 +348,9 @@ pub struct Finding {
     pub key: String,
     /// Its value, as text.
     pub value: String,
-    /// Share of the selected traces with a span carrying it (0 to 1).
+    /// Share of the selected traces with a span of the service carrying it (0 to 1).
     pub selected: f64,
-    /// Share of all traces with a span carrying it.
+    /// Share of the baseline traces with one.
     pub baseline: f64,
 }
 
@@ -262,7 +359,8 @@ fn is_identity_key(key: &str) -> bool {
     key.ends_with(".id") || key.ends_with("_id") || key == "service.name"
 }
 
-fn trace_values(spans: &[Span]) -> HashSet<(String, String)> {
+/// The (key, value) pairs of `service`'s spans in a trace: span attributes and resource.
+fn trace_values(spans: &[Span], service: &str) -> HashSet<(String, String)> {
     let mut out = HashSet::new();
     let mut push = |k: &str, v: &AttrValue| {
         if is_identity_key(k) {
@@ -276,67 +374,107 @@ fn trace_values(spans: &[Span]) -> HashSet<(String, String)> {
         };
         out.insert((k.to_string(), text));
     };
-    for s in spans {
+    let mut origins = Vec::new();
+    for s in spans.iter().filter(|s| s.service() == service) {
         for (k, v) in &s.attributes {
             push(k, v);
         }
-        for (k, v) in &s.origin.resource {
+        if !origins.iter().any(|o| std::sync::Arc::ptr_eq(o, &s.origin)) {
+            origins.push(s.origin.clone());
+        }
+    }
+    for o in &origins {
+        for (k, v) in &o.resource {
             push(k, v);
         }
     }
     out
 }
 
-/// Attribute values present in a larger share of `selected` traces than of `all` traces,
-/// ranked by the difference of the shares (then by the ratio); values in fewer than 20% of
-/// the selected traces are left out, as are identity keys (`*.id`). At most `limit`.
-pub fn contrast(selected: &[&Vec<Span>], all: &[Vec<Span>], limit: usize) -> Vec<Finding> {
-    if selected.is_empty() || all.is_empty() {
+/// Least selected traces carrying a value for it to be reported.
+pub const MIN_SUPPORT: usize = 3;
+/// Least two-proportion z score (selected share against baseline share) for a value to be
+/// reported: about one chance in 700 that a value with no real difference passes.
+pub const MIN_Z: f64 = 3.0;
+/// Least difference of shares for a value of a near-unique key (one with at least 5
+/// distinct values in the baseline and at least one per four traces carrying it: host
+/// names, user ids): among so many values some pass the test by chance.
+pub const NEAR_UNIQUE_DIFFERENCE: f64 = 0.5;
+
+/// Attribute values of `service`'s spans present in a larger share of `selected` traces
+/// than of `baseline` traces (a random sample of all), ranked by the difference of the
+/// shares. Reported only with at least [`MIN_SUPPORT`] selected traces and 20% of them, a
+/// z score of at least [`MIN_Z`], and for near-unique keys a difference of at least
+/// [`NEAR_UNIQUE_DIFFERENCE`]; identity keys (`*.id`) never. At most `limit`.
+pub fn contrast(
+    selected: &[&Vec<Span>],
+    baseline: &[&Vec<Span>],
+    service: &str,
+    limit: usize,
+) -> Vec<Finding> {
+    if selected.is_empty() || baseline.is_empty() {
         return Vec::new();
     }
     let mut sel: HashMap<(String, String), usize> = HashMap::new();
     for t in selected {
-        for kv in trace_values(t) {
+        for kv in trace_values(t, service) {
             *sel.entry(kv).or_default() += 1;
         }
     }
     let mut base: HashMap<(String, String), usize> = HashMap::new();
-    for t in all {
-        for kv in trace_values(t) {
+    // Per key: distinct values and traces carrying it, in the baseline.
+    let mut keys: HashMap<String, (HashSet<String>, usize)> = HashMap::new();
+    for t in baseline {
+        for (k, v) in trace_values(t, service) {
+            let e = keys.entry(k.clone()).or_default();
+            e.1 += 1;
+            e.0.insert(v.clone());
+            let kv = (k, v);
             if sel.contains_key(&kv) {
                 *base.entry(kv).or_default() += 1;
             }
         }
     }
-    let (ns, nb) = (selected.len() as f64, all.len() as f64);
-    let mut out: Vec<Finding> = sel
+    let near_unique = |k: &str| {
+        keys.get(k)
+            .is_some_and(|(values, n)| values.len() >= 5 && values.len() * 4 >= *n)
+    };
+    let (ns, nb) = (selected.len() as f64, baseline.len() as f64);
+    let mut out: Vec<(Finding, f64)> = sel
         .into_iter()
         .filter_map(|((key, value), n)| {
-            let s = n as f64 / ns;
-            let b = base
+            let m = base
                 .get(&(key.clone(), value.clone()))
                 .copied()
-                .unwrap_or(0) as f64
-                / nb;
-            (s >= 0.2 && s > b).then_some(Finding {
-                key,
-                value,
-                selected: s,
-                baseline: b,
-            })
+                .unwrap_or(0);
+            let (s, b) = (n as f64 / ns, m as f64 / nb);
+            let pooled = (n + m) as f64 / (ns + nb);
+            let se = (pooled * (1.0 - pooled) * (1.0 / ns + 1.0 / nb)).sqrt();
+            let z = if se > 0.0 { (s - b) / se } else { 0.0 };
+            let keep = n >= MIN_SUPPORT
+                && s >= 0.2
+                && z >= MIN_Z
+                && (!near_unique(&key) || s - b >= NEAR_UNIQUE_DIFFERENCE);
+            keep.then_some((
+                Finding {
+                    key,
+                    value,
+                    selected: s,
+                    baseline: b,
+                },
+                z,
+            ))
         })
         .collect();
-    out.sort_by(|a, b| {
+    out.sort_by(|(a, za), (b, zb)| {
         (b.selected - b.baseline)
             .total_cmp(&(a.selected - a.baseline))
-            .then(
-                (b.selected / b.baseline.max(1e-9)).total_cmp(&(a.selected / a.baseline.max(1e-9))),
-            )
+            .then(zb.total_cmp(za))
             .then(a.key.cmp(&b.key))
             .then(a.value.cmp(&b.value))
     });
     out.truncate(limit);
-    out
+    out.into_iter().map(|(f, _)| f).collect()
 }
 
 /// A trace's duration: earliest start to latest end of its spans.
@@ -348,18 +486,6 @@ pub fn trace_duration(t: &[Span]) -> u64 {
         .max()
         .unwrap_or(0);
     end.saturating_sub(start)
-}
-
-/// The slowest tenth of `traces` (at least one) and the failing ones, to contrast with all.
-pub fn slow_and_failing(traces: &[Vec<Span>]) -> (Vec<&Vec<Span>>, Vec<&Vec<Span>>) {
-    let mut by_dur: Vec<&Vec<Span>> = traces.iter().collect();
-    by_dur.sort_by_key(|t| std::cmp::Reverse(trace_duration(t)));
-    by_dur.truncate(traces.len().div_ceil(10));
-    let failing = traces
-        .iter()
-        .filter(|t| t.iter().any(Span::is_error))
-        .collect();
-    (by_dur, failing)
 }
 
 #[cfg(test)]
@@ -437,7 +563,8 @@ mod tests {
             }
         }
         let selected: Vec<&Vec<Span>> = slow.iter().map(|&i| &traces[i]).collect();
-        let findings = contrast(&selected, &traces, 5);
+        let all: Vec<&Vec<Span>> = traces.iter().collect();
+        let findings = contrast(&selected, &all, "db", 5);
         let top = &findings[0];
         assert_eq!(
             (top.key.as_str(), top.value.as_str()),
@@ -447,9 +574,57 @@ mod tests {
         assert!((top.selected - 0.9).abs() < 1e-9);
         // 18 slow + 9 others of 200.
         assert!((top.baseline - 27.0 / 200.0).abs() < 1e-9);
-        assert!(
-            findings.iter().all(|f| f.key != "request.id"),
-            "identity keys are never causes"
+        // The api's own spans: the evenly spread region and the mildly more common decoy
+        // are noise, the request ids identities, and the db's attribute not the api's.
+        let api = contrast(&selected, &all, "api", 5);
+        assert!(api.is_empty(), "{api:?}");
+    }
+
+    #[test]
+    fn near_unique_values_need_a_large_difference() {
+        // 300 traces; the first 30 are slow. user.name and tenant.name have nearly a value
+        // per trace; the slow ones share user "whale" 40% of the time (and one other trace
+        // does), tenant "acme" 70% of the time (and 20 others do), and build "b-rare" 40% of
+        // the time (2 others do).
+        let mut traces = Vec::new();
+        for t in 0..300u32 {
+            let mut root = span(t, 1, None, "api", "GET /");
+            let slow = t < 30;
+            let user = if (slow && t < 12) || t == 100 {
+                "whale".to_string()
+            } else {
+                format!("user-{}", t % 100)
+            };
+            let tenant = if (slow && t < 21) || (200..220).contains(&t) {
+                "acme".to_string()
+            } else {
+                format!("tenant-{}", t % 80)
+            };
+            let build = if (slow && t % 5 < 2) || t == 100 || t == 200 {
+                "b-rare"
+            } else {
+                "b-main"
+            };
+            for (k, v) in [
+                ("user.name", user),
+                ("tenant.name", tenant),
+                ("build", build.into()),
+            ] {
+                root.attributes.push((k.into(), AttrValue::Str(v)));
+            }
+            traces.push(vec![root]);
+        }
+        let selected: Vec<&Vec<Span>> = traces[..30].iter().collect();
+        let all: Vec<&Vec<Span>> = traces.iter().collect();
+        let found = contrast(&selected, &all, "api", 10);
+        let got: Vec<(&str, &str)> = found
+            .iter()
+            .map(|f| (f.key.as_str(), f.value.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("tenant.name", "acme"), ("build", "b-rare")],
+            "user.name=whale differs by 0.36 only, too little for a near-unique key: {found:?}"
         );
     }
 
@@ -508,7 +683,8 @@ mod tests {
         ));
         // A healthy trace is in no group.
         traces.push(vec![span(6, 1, None, "api", "GET /")]);
-        let groups = error_groups(&traces);
+        let refs: Vec<&Vec<Span>> = traces.iter().collect();
+        let groups = error_groups(&refs, None);
         assert_eq!(groups.len(), 3, "{groups:#?}");
         assert_eq!(groups[0].count, 3);
         assert_eq!(
@@ -535,6 +711,30 @@ mod tests {
                 .iter()
                 .any(|g| g.signature.http_status == Some(503))
         );
+        // The api's own errors: its root span, caused by payment's exceptions.
+        let api = error_groups(&refs, Some("api"));
+        assert_eq!(api.len(), 2, "{api:#?}");
+        assert_eq!(api[0].count, 4);
+        assert_eq!(api[0].signature.service, "api");
+        assert_eq!(api[0].signature.operation, "POST /checkout");
+        assert_eq!(
+            api[0].signature.cause.as_deref(),
+            Some("payment Charge: TimeoutError")
+        );
+        assert_eq!(
+            api[1].signature.cause.as_deref(),
+            Some("payment Charge: CardDeclined")
+        );
+        assert!(error_groups(&refs, Some("auth")).is_empty());
+        // An error of its own with no failing callee names no cause.
+        let own = vec![Span {
+            status: StatusCode::Error,
+            status_message: "bad input".into(),
+            ..span(9, 1, None, "api", "POST /checkout")
+        }];
+        let g = error_groups(&[&own], Some("api"));
+        assert_eq!(g[0].signature.cause, None);
+        assert_eq!(g[0].signature.status_message.as_deref(), Some("bad input"));
     }
 
     #[test]
@@ -566,25 +766,40 @@ mod tests {
                     && o.reason.contains("legacy SOAP call"))
         );
 
-        let summaries: Vec<TraceSummary> = (0..100u64)
-            .map(|i| TraceSummary {
-                trace_id: [i as u8; 16],
-                start_ns: 0,
-                end_ns: (i + 1) * 1_000_000,
-                root_service: None,
-                root_name: None,
-                span_count: 1,
-                error_count: 0,
-                orphan_count: 0,
-                services: Vec::new(),
-            })
+        let durations: Vec<Option<u64>> = (0..100u64)
+            .map(|i| (i != 5).then_some((i + 1) * 1_000_000))
             .collect();
-        let r = representatives(&summaries);
-        let ms: Vec<u64> = r
+        let known: Vec<u64> = durations.iter().flatten().copied().collect();
+        let q = quantiles(&known);
+        assert_eq!(q, [Some(51_000_000), Some(90_000_000), Some(99_000_000)]);
+        let e = exemplars(&durations, [q[0], Some(6_100_000), None]);
+        let picked: Vec<(&str, u64)> = e
             .iter()
-            .map(|r| r.summary.duration_ns() / 1_000_000)
+            .map(|e| (e.label, e.duration_ns / 1_000_000))
             .collect();
-        assert_eq!(ms, vec![51, 90, 99, 100]);
+        // Nearest 6.1 ms is 7 ms, since trace 5 (6 ms) has no duration; no p99 target.
+        assert_eq!(picked, vec![("p50", 51), ("p90", 7), ("slowest", 100)]);
+        assert_eq!(e[2].index, 99);
+        assert!(exemplars(&[None, None], q).is_empty());
+    }
+
+    #[test]
+    fn request_duration_is_the_services_longest_entry_span() {
+        let mut root = span(1, 1, None, "web", "GET /");
+        root.end_ns = root.start_ns + 900;
+        let mut server = span(1, 2, Some(1), "auth", "Check");
+        server.end_ns = server.start_ns + 300;
+        let mut client = Span {
+            kind: SpanKind::Client,
+            ..span(1, 3, Some(2), "auth", "SELECT")
+        };
+        client.end_ns = client.start_ns + 500;
+        let t = vec![root, server, client];
+        assert_eq!(request_duration(&t, "auth"), Some(300));
+        assert_eq!(request_duration(&t, "web"), Some(900));
+        assert_eq!(request_duration(&t, "db"), None);
+        let only_client = vec![t[2].clone()];
+        assert_eq!(request_duration(&only_client, "auth"), Some(500));
     }
 
     #[test]

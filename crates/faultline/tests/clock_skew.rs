@@ -202,13 +202,14 @@ fn slow_ids(server: &Server) -> Vec<String> {
     ids
 }
 
-/// From the frontend's service page: the representative traces (label, trace id) and the
-/// first finding of "what sets the slowest 10% apart".
+/// From the frontend's service page: the exemplar traces chosen by whole-trace duration
+/// (which clock skew distorts; label, trace id) and the first finding of "what sets slow
+/// requests apart".
 fn analyses(server: &Server) -> (Vec<(String, String)>, String) {
-    let (status, page) = http_get(server.api, "/service/frontend?lookback=1h").unwrap();
+    let (status, page) = http_get(server.api, "/service/frontend?range=1h&by=trace").unwrap();
     assert_eq!(status, 200, "{page}");
     let reps = page
-        .split("<table id=representatives>")
+        .split("<table id=exemplars>")
         .nth(1)
         .unwrap()
         .split("</table>")
@@ -228,7 +229,12 @@ fn analyses(server: &Server) -> (Vec<(String, String)>, String) {
         .split("<tr class=finding><td>")
         .nth(1)
         .map_or(String::new(), |r| {
-            r.split("</td>").next().unwrap().to_string()
+            // The finding's text, without the link to its search.
+            let cell = r.split("</td>").next().unwrap();
+            cell.split('>')
+                .nth(1)
+                .map_or(cell, |t| t.trim_end_matches("</a"))
+                .to_string()
         });
     (reps, first)
 }

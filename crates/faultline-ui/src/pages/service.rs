@@ -1,10 +1,16 @@
 //! `/service/{name}`: the service's operations, RED over time, the latency distribution of
-//! every span, and "look here first" (representative traces, errors grouped by signature,
-//! outliers, and what sets slow and failing traces apart). The data is gathered in one
+//! its requests, and "look here first" about the service itself: exemplar traces by its
+//! request latency (`by=trace`: by whole-trace duration), its own errors grouped by
+//! signature with the callee that caused them, outliers, and which attribute values of its
+//! spans set slow and failing requests apart. "Look here first" reads three samples, each
+//! a random sample spread over the whole range (search order `sample`): `sample=N` traces
+//! of the service (default [`INSIGHT_TRACES`]), and a third as many where a span of the
+//! service took at least its request p90, and where one failed; the slow and failing ones
+//! are compared with the random one, never mixed into it. The data is gathered in one
 //! blocking call ([`gather`]); the analysis is in `insights.rs`; each section is rendered
 //! by its own function.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use axum::extract::{Path, Query, State};
@@ -14,15 +20,16 @@ use faultline_api::params::get as param;
 use faultline_api::{ApiError, ApiState};
 use faultline_model::hex;
 use faultline_model::span::{Span, SpanKind};
-use faultline_store::{RedPoint, SpanStore, StoreError, TraceQuery, TraceSummary};
+use faultline_store::{RedPoint, SortOrder, SpanStore, StoreError, TraceQuery};
 
 use super::{Params, Range, blocking, read_traces, reasons, trace_link};
 use crate::chart::{Unit, time_chart};
 use crate::html::{dur, esc, ms, page as layout_page, pct, url};
-use crate::insights;
+use crate::insights::{self, By};
 
-/// Traces read for "look here first" by default (each costs about a millisecond); the
-/// page's `sample` parameter changes it.
+/// Traces of the random sample read for "look here first" by default (each costs about a
+/// millisecond; the slow and failing samples add a third as many each); the page's
+/// `sample` parameter changes it.
 pub const INSIGHT_TRACES: usize = 60;
 /// Most traces the `sample` parameter may ask for.
 pub const MAX_SAMPLE: usize = 1000;
@@ -33,14 +40,29 @@ struct ServiceData {
     op_rows: Vec<(String, SpanKind, Option<RedPoint>)>,
     /// RED per step.
     series: Vec<RedPoint>,
-    /// Span counts per histogram bucket.
+    /// Request counts per histogram bucket.
     dist: Vec<u64>,
-    /// The newest traces of the range.
-    sample: Vec<TraceSummary>,
-    /// The sample's traces and failing ones, read whole.
+    /// RED over the whole range (request latency quantiles for the exemplars).
+    total: RedPoint,
+    /// Every trace read, once.
     traces: Vec<Vec<Span>>,
+    /// The samples, as indexes into `traces`.
+    samples: Samples,
     /// Why the data may be partial.
     reasons: Vec<String>,
+}
+
+/// The three samples of "look here first" (indexes into [`ServiceData::traces`]).
+#[derive(Default)]
+struct Samples {
+    /// Random traces of the service over the range.
+    random: Vec<usize>,
+    /// Random traces where a span of the service took at least `slow_ns`.
+    slow: Vec<usize>,
+    /// Random traces where a span of the service failed.
+    failing: Vec<usize>,
+    /// What made a trace slow: the service's request p90 (or its spans' p90).
+    slow_ns: Option<u64>,
 }
 
 /// `/service/{name}`.
@@ -61,6 +83,16 @@ pub(crate) async fn page(
                 ));
             }
         },
+    };
+    let by = match param(&p, "by") {
+        None | Some("request") => By::Request,
+        Some("trace") => By::Trace,
+        Some(v) => {
+            return Err(ApiError::bad_parameter(
+                "by",
+                format!("by={v:?} must be request (the service's own latency) or trace"),
+            ));
+        }
     };
     let svc = name.clone();
     let (known, c) = blocking(&st, move |store| store.services()).await?;
@@ -106,7 +138,7 @@ pub(crate) async fn page(
     body.push_str(&over_time(&data.series, step, &range));
     body.push_str(&operations(&name, &range, &data.op_rows, range.covered_s()));
     body.push_str(&histogram(&histogram_bounds(), &data.dist));
-    body.push_str(&look_here_first(&data, sample_n));
+    body.push_str(&look_here_first(&data, &name, &range, by));
     Ok(Html(layout_page(
         &format!("Service {name}"),
         &reasons(&st, data.reasons),
@@ -116,8 +148,7 @@ pub(crate) async fn page(
     .into_response())
 }
 
-/// Reads the operations, RED, the histogram and the sample of traces (the newest of the
-/// range and up to half as many failing ones).
+/// Reads the operations, RED, the histogram and the three samples of traces.
 fn gather(
     store: &dyn SpanStore,
     svc: &str,
@@ -132,32 +163,72 @@ fn gather(
         op_rows.push((op.clone(), *kind, Some(t)));
     }
     let (series, _) = store.red(svc, None, None, start, end, step)?;
+    let (total, _) = store.red_total(svc, None, None, start, end)?;
     let (dist, _) = store.latency_distribution(svc, None, start, end, &histogram_bounds())?;
+    let slow_ns = total
+        .request_ms
+        .map(|r| r[1])
+        .or(total.p90_ms)
+        .map(|ms| (ms * 1e6) as u64);
     let base = TraceQuery {
         service: Some(svc.to_string()),
         start_ns,
         end_ns,
-        limit: sample_n.max(400),
+        limit: sample_n,
+        sort: SortOrder::Sample,
         time_limit: Some(std::time::Duration::from_secs(5)),
         ..TraceQuery::default()
     };
-    let (sample, c2) = store.search(&base)?;
-    let (failing, _) = store.search(&TraceQuery {
-        errors_only: true,
-        limit: sample_n / 2,
+    let apart = (sample_n / 3).max(1);
+    let (random, c1) = store.search(&base)?;
+    let (slow, c2) = match slow_ns {
+        Some(ns) => store.search(&TraceQuery {
+            min_duration_ns: Some(ns),
+            limit: apart,
+            ..base.clone()
+        })?,
+        None => Default::default(),
+    };
+    let (failing, c3) = store.search(&TraceQuery {
+        tags: vec![("error".into(), "true".into())],
+        limit: apart,
         ..base.clone()
     })?;
-    // Read the newest traces and the failing ones (both bounded).
-    let mut ids: Vec<_> = sample.iter().take(sample_n).map(|s| s.trace_id).collect();
-    let mut seen: HashSet<_> = ids.iter().copied().collect();
-    for f in failing.iter().take(sample_n / 2) {
-        if seen.insert(f.trace_id) {
-            ids.push(f.trace_id);
-        }
-    }
-    let traces = read_traces(store, &ids)?;
+    // Read each trace once, whichever samples it is in.
+    let mut ids = Vec::new();
+    let mut at: HashMap<_, usize> = HashMap::new();
+    let mut index = |found: &[faultline_store::TraceSummary]| -> Vec<usize> {
+        found
+            .iter()
+            .map(|f| {
+                *at.entry(f.trace_id).or_insert_with(|| {
+                    ids.push(f.trace_id);
+                    ids.len() - 1
+                })
+            })
+            .collect()
+    };
+    let (random, slow, failing) = (index(&random), index(&slow), index(&failing));
+    let read = read_traces(store, &ids)?;
+    // A trace may have gone (retention) between search and read: map the ids that remain.
+    let pos: HashMap<_, usize> = read
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.first().map(|s| (s.trace_id, i)))
+        .collect();
+    let remap = |v: Vec<usize>| -> Vec<usize> {
+        v.into_iter()
+            .filter_map(|i| pos.get(&ids[i]).copied())
+            .collect()
+    };
+    let samples = Samples {
+        random: remap(random),
+        slow: remap(slow),
+        failing: remap(failing),
+        slow_ns,
+    };
     let mut reasons = c.reasons;
-    for r in c2.reasons {
+    for r in c1.reasons.into_iter().chain(c2.reasons).chain(c3.reasons) {
         if !reasons.contains(&r) {
             reasons.push(r);
         }
@@ -166,8 +237,9 @@ fn gather(
         op_rows,
         series,
         dist,
-        sample,
-        traces,
+        total,
+        traces: read,
+        samples,
         reasons,
     })
 }
@@ -193,7 +265,19 @@ fn over_time(series: &[RedPoint], step: u64, range: &Range) -> String {
             )
         })
         .collect();
-    let p99: Vec<(u64, Option<f64>)> = series.iter().map(|p| (p.start_s, p.p99_ms)).collect();
+    // Request latency when the service has entry operations; else every span's.
+    let has_requests = series.iter().any(|p| p.request_ms.is_some());
+    let p99: Vec<(u64, Option<f64>)> = series
+        .iter()
+        .map(|p| {
+            let v = if has_requests {
+                p.request_ms.map(|r| r[2])
+            } else {
+                p.p99_ms
+            };
+            (p.start_s, v)
+        })
+        .collect();
     let mut body = String::from("<section><h2>Over time</h2>");
     body.push_str("<div class=charts>");
     body.push_str(&time_chart(
@@ -210,7 +294,11 @@ fn over_time(series: &[RedPoint], step: u64, range: &Range) -> String {
     ));
     body.push_str(&time_chart(
         "chart-p99",
-        "p99 latency (all spans)",
+        if has_requests {
+            "p99 request latency"
+        } else {
+            "p99 latency (all spans: no requests)"
+        },
         &p99,
         Unit::Millis,
     ));
@@ -255,34 +343,20 @@ fn operations(
     body
 }
 
-/// Look here first: representatives, error groups, outliers, contrasts.
-fn look_here_first(d: &ServiceData, sample_n: usize) -> String {
-    let (sample, traces) = (&d.sample, &d.traces);
+/// Look here first: exemplars, the service's own error groups, outliers, contrasts.
+fn look_here_first(d: &ServiceData, svc: &str, range: &Range, by: By) -> String {
+    let sm = &d.samples;
+    let pick = |v: &[usize]| -> Vec<&Vec<Span>> { v.iter().map(|&i| &d.traces[i]).collect() };
+    let (random, slow, failing) = (pick(&sm.random), pick(&sm.slow), pick(&sm.failing));
     let mut body = String::from("<section id=look-here-first><h2>Look here first</h2>");
-    let reps = insights::representatives(sample);
-    if reps.is_empty() {
-        body.push_str("<p class=muted>No traces in this range.</p>");
-    } else {
-        body.push_str("<h3>Representative traces</h3><table id=representatives>");
-        for r in &reps {
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                r.label,
-                dur(r.summary.duration_ns()),
-                trace_link(
-                    &r.summary.trace_id,
-                    &faultline_model::health::plural(r.summary.span_count, "span")
-                )
-            );
-        }
-        body.push_str("</table>");
-    }
-    body.push_str(&error_groups(traces));
-    let outliers = insights::outliers(traces);
+    body.push_str(&exemplars(d, svc, range, by));
+    body.push_str(&error_groups(&failing, svc, range));
+    let outliers = insights::outliers(&random.iter().map(|t| (*t).clone()).collect::<Vec<_>>());
     let _ = write!(body, "<h3>Outliers ({})</h3>", outliers.len());
     if outliers.is_empty() {
-        body.push_str("<p class=muted>Every trace read has its operation's usual shape.</p>");
+        body.push_str(
+            "<p class=muted>Every trace of the random sample has its operation's usual shape.</p>",
+        );
     } else {
         body.push_str("<table id=outliers>");
         for o in outliers.iter().take(20) {
@@ -296,24 +370,109 @@ fn look_here_first(d: &ServiceData, sample_n: usize) -> String {
         }
         body.push_str("</table>");
     }
-    body.push_str(&contrast_section(traces));
+    body.push_str(&contrast_section(
+        svc, range, &random, &slow, &failing, sm.slow_ns,
+    ));
     let _ = write!(
         body,
-        "<p class=muted>From the {} newest traces of the range and up to {} failing ones ({} read; <code>sample=N</code> in the URL reads more).</p></section>",
-        sample.len().min(sample_n),
-        sample_n / 2,
-        traces.len()
+        "<p class=muted id=samples>Read: a random sample of {} of the service's traces spread over the range, {} where a span of {} took at least {} (its request p90), and {} where one failed ({} traces in all; <code>sample=N</code> in the URL reads more).</p></section>",
+        random.len(),
+        slow.len(),
+        esc(svc),
+        sm.slow_ns.map_or_else(|| "-".to_string(), dur),
+        failing.len(),
+        d.traces.len()
     );
     body
 }
 
-/// Failing traces grouped by the signature of their deepest error.
-fn error_groups(traces: &[Vec<Span>]) -> String {
-    let groups = insights::error_groups(traces);
-    let mut body = format!("<h3>Errors by signature ({} groups)</h3>", groups.len());
-    if groups.is_empty() {
-        body.push_str("<p class=muted>No failing traces among those read.</p>");
+/// Traces near the service's request p50, p90 and p99 (or the whole traces' quantiles with
+/// `by=trace`), and the slowest read, with a switch between the two measures.
+fn exemplars(d: &ServiceData, svc: &str, range: &Range, by: By) -> String {
+    let sm = &d.samples;
+    let requests: Vec<Option<u64>> = d
+        .traces
+        .iter()
+        .map(|t| insights::request_duration(t, svc))
+        .collect();
+    let wholes: Vec<Option<u64>> = d
+        .traces
+        .iter()
+        .map(|t| Some(insights::trace_duration(t)))
+        .collect();
+    let from_random = |v: &[Option<u64>]| {
+        let known: Vec<u64> = sm.random.iter().filter_map(|&i| v[i]).collect();
+        insights::quantiles(&known)
+    };
+    let (durations, targets, measure) = match by {
+        By::Request => {
+            let targets = match d.total.request_ms {
+                Some(r) => r.map(|ms| Some((ms * 1e6) as u64)),
+                None => from_random(&requests),
+            };
+            (&requests, targets, "request latency")
+        }
+        By::Trace => (&wholes, from_random(&wholes), "whole-trace duration"),
+    };
+    let base = format!("/service/{}?range={}", url(svc), url(&range.text));
+    let mut body = format!(
+        "<h3>Exemplar traces</h3><p class=muted>Chosen by the service's {measure}: {}.</p>",
+        match by {
+            By::Request => format!(
+                "p50, p90 and p99 of all its requests in the range; <a id=by-trace href=\"{base}&by=trace\">choose by whole-trace duration</a>"
+            ),
+            By::Trace => format!(
+                "quantiles of the random sample; <a id=by-request href=\"{base}\">choose by the service's request latency</a>"
+            ),
+        }
+    );
+    let picked = insights::exemplars(durations, targets);
+    if picked.is_empty() {
+        body.push_str("<p class=muted>No traces in this range.</p>");
+        return body;
     }
+    body.push_str("<table id=exemplars><tr><th></th><th>Target</th><th>Request</th><th>Trace</th><th></th></tr>");
+    for e in &picked {
+        let t = &d.traces[e.index];
+        let Some(first) = t.first() else { continue };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td>{}</td></tr>",
+            e.label,
+            e.target_ns.map_or_else(|| "-".to_string(), dur),
+            requests[e.index].map_or_else(|| "-".to_string(), dur),
+            dur(insights::trace_duration(t)),
+            trace_link(
+                &first.trace_id,
+                &faultline_model::health::plural(t.len() as u64, "span")
+            )
+        );
+    }
+    body.push_str("</table>");
+    body
+}
+
+/// The service's own errors in the failing sample, grouped by signature, with the callee
+/// whose error it passed on.
+fn error_groups(failing: &[&Vec<Span>], svc: &str, range: &Range) -> String {
+    let groups = insights::error_groups(failing, Some(svc));
+    let mut body = format!(
+        "<h3>Errors of {} by signature ({})</h3>",
+        esc(svc),
+        faultline_model::health::plural(groups.len() as u64, "group")
+    );
+    if groups.is_empty() {
+        body.push_str("<p class=muted>No span of this service failed in the range.</p>");
+        return body;
+    }
+    let _ = write!(
+        body,
+        "<p class=muted>Counts are of the {} sampled traces where a span of {} failed; <a href=\"/search?service={}&tags=error%3Dtrue&lookback={}\">search them all</a>.</p>",
+        failing.len(),
+        esc(svc),
+        url(svc),
+        url(&range.text)
+    );
     for g in &groups {
         let s = &g.signature;
         let mut parts: Vec<String> = Vec::new();
@@ -330,70 +489,82 @@ fn error_groups(traces: &[Vec<Span>]) -> String {
                 parts.push(p);
             }
         }
-        let title = parts.join(" · ");
+        let title = if parts.is_empty() {
+            "error".to_string()
+        } else {
+            parts.join(" · ")
+        };
         let _ = write!(
             body,
-            "<details class=error-group><summary><b>{}</b> × {} <span class=muted>in {} {}</span></summary><p>Example: {}</p><p class=muted>Signature: service {}, operation {}{}{}{}{}</p></details>",
-            if title.is_empty() {
-                "error".into()
-            } else {
-                esc(&title)
-            },
+            "<details class=error-group><summary><b>{}</b> × {} <span class=muted>in {}</span>{}</summary><p>Example: {}</p></details>",
+            esc(&title),
             g.count,
-            esc(&s.service),
             esc(&s.operation),
+            s.cause
+                .as_ref()
+                .map(|c| format!(" <span class=cause>caused by {}</span>", esc(c)))
+                .unwrap_or_default(),
             trace_link(&g.example, &hex(&g.example)),
-            esc(&s.service),
-            esc(&s.operation),
-            s.exception_type
-                .as_ref()
-                .map(|e| format!(", exception {}", esc(e)))
-                .unwrap_or_default(),
-            s.exception_message
-                .as_ref()
-                .map(|e| format!(", message “{}”", esc(e)))
-                .unwrap_or_default(),
-            s.status_message
-                .as_ref()
-                .map(|e| format!(", status “{}”", esc(e)))
-                .unwrap_or_default(),
-            s.http_status
-                .map(|h| format!(", HTTP {h}"))
-                .unwrap_or_default(),
         );
     }
     body
 }
 
-/// What sets the slowest tenth and the failing traces apart, with both percentages.
-fn contrast_section(traces: &[Vec<Span>]) -> String {
-    let mut out = String::from("<h3>What sets slow and failing traces apart</h3>");
-    if traces.len() < 10 {
-        out.push_str("<p class=muted>Too few traces read to compare.</p>");
+/// Which attribute values of the service's spans set the slow and the failing samples
+/// apart from the random one, with both percentages and a search for each.
+fn contrast_section(
+    svc: &str,
+    range: &Range,
+    random: &[&Vec<Span>],
+    slow: &[&Vec<Span>],
+    failing: &[&Vec<Span>],
+    slow_ns: Option<u64>,
+) -> String {
+    let mut out = String::from("<h3>What sets slow and failing requests apart</h3>");
+    if random.len() < 10 {
+        out.push_str("<p class=muted>Too few traces in the range to compare.</p>");
         return out;
     }
-    let (slow, failing) = insights::slow_and_failing(traces);
-    for (label, id, selected) in [
-        ("slowest 10%", "contrast-slow", slow),
-        ("failing", "contrast-errors", failing),
+    let slow_label = format!(
+        "slow (a span of {} ≥ {})",
+        esc(svc),
+        slow_ns.map_or_else(|| "-".to_string(), dur)
+    );
+    let fail_label = format!("failing (a span of {} failed)", esc(svc));
+    // Each finding links to a search for it among the same kind of traces.
+    for (label, id, selected, also_tag, min_duration) in [
+        (
+            slow_label,
+            "contrast-slow",
+            slow,
+            false,
+            slow_ns.map(|ns| format!("&minDuration={}us", ns / 1000)),
+        ),
+        (fail_label, "contrast-errors", failing, true, None),
     ] {
-        let findings = insights::contrast(&selected, traces, 8);
+        let findings = insights::contrast(selected, random, svc, 8);
         let _ = write!(
             out,
-            "<details open class=contrast id={id}><summary>In the {label} traces ({} of {})</summary>",
+            "<details open class=contrast id={id}><summary>In {} sampled {label} traces, against {} random ones</summary>",
             selected.len(),
-            traces.len()
+            random.len()
         );
         if findings.is_empty() {
-            out.push_str("<p class=muted>No attribute value stands out.</p>");
+            out.push_str(
+                "<p class=muted>No attribute value of this service's spans stands out.</p>",
+            );
         } else {
             out.push_str(
-                "<table><tr><th>Attribute</th><th>In these traces</th><th>In all traces</th></tr>",
+                "<table><tr><th>Attribute</th><th>In these</th><th>In the random sample</th></tr>",
             );
             for f in findings {
                 let _ = write!(
                     out,
-                    "<tr class=finding><td>{}={}</td><td class=num>{}</td><td class=num>{}</td></tr>",
+                    "<tr class=finding><td><a href=\"/search?service={}&tags={}{}&lookback={}\">{}={}</a></td><td class=num>{}</td><td class=num>{}</td></tr>",
+                    url(svc),
+                    url(&search_tags(&f.key, &f.value, also_tag)),
+                    min_duration.as_deref().unwrap_or(""),
+                    url(&range.text),
                     esc(&f.key),
                     esc(&f.value),
                     pct(f.selected),
@@ -405,6 +576,17 @@ fn contrast_section(traces: &[Vec<Span>]) -> String {
         out.push_str("</details>");
     }
     out
+}
+
+/// A `tags` search parameter for `key=value` (and `error=true`), as JSON so that values
+/// with spaces survive.
+fn search_tags(key: &str, value: &str, error: bool) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert(key.to_string(), value.into());
+    if error {
+        m.insert("error".into(), "true".into());
+    }
+    serde_json::Value::Object(m).to_string()
 }
 
 /// Bucket bounds of the latency histogram: 1-2-5 steps from 100 µs to 100 s, in ms.
@@ -420,12 +602,13 @@ fn histogram_bounds() -> Vec<f64> {
     out
 }
 
-/// The service's span latency distribution over the range (every span, from the rollups).
+/// The service's request latency distribution over the range (its all-entry operations,
+/// from the rollups).
 fn histogram(bounds: &[f64], counts: &[u64]) -> String {
     let mut out = String::from("<section><h2>Latency distribution</h2>");
     let total: u64 = counts.iter().sum();
     if total == 0 {
-        out.push_str("<p class=muted>No spans in this range.</p></section>");
+        out.push_str("<p class=muted>No requests in this range.</p></section>");
         return out;
     }
     let first = counts.iter().position(|&c| c > 0).unwrap_or(0);
@@ -451,7 +634,7 @@ fn histogram(bounds: &[f64], counts: &[u64]) -> String {
     }
     let _ = write!(
         out,
-        "</table><p class=muted>All {total} spans of the service in the range (bucket edges within 1%).</p></section>"
+        "</table><p class=muted>All {total} requests of the service in the range: the spans of its SERVER and CONSUMER operations and of operations seen only as roots (bucket edges within 1%).</p></section>"
     );
     out
 }

@@ -1,6 +1,7 @@
 //! `/`: every service with its request rate and error rate (requests: entry spans, SERVER
-//! and CONSUMER spans and roots, as `/api/v1/red` counts them), its span rate, p50 and p99
-//! over the range, sortable, with a chart of each over time. Rates divide by exactly the
+//! and CONSUMER spans and roots, as `/api/v1/red` counts them), its span rate, request
+//! latency p50 and p99 over the range (every span's for a service that serves no
+//! requests), sortable, with a chart of each over time. Rates divide by exactly the
 //! seconds their counts cover (`Range::covered_s`).
 
 use std::fmt::Write as _;
@@ -48,8 +49,12 @@ pub(crate) async fn page(
                     t.request_errors as f64 / t.requests as f64
                 }
             }),
-            "p50" => -t.and_then(|t| t.p50_ms).unwrap_or(0.0),
-            "p99" => -t.and_then(|t| t.p99_ms).unwrap_or(0.0),
+            "p50" => -t
+                .and_then(|t| t.request_ms.map(|r| r[0]).or(t.p50_ms))
+                .unwrap_or(0.0),
+            "p99" => -t
+                .and_then(|t| t.request_ms.map(|r| r[2]).or(t.p99_ms))
+                .unwrap_or(0.0),
             _ => 0.0,
         }
     };
@@ -73,7 +78,11 @@ pub(crate) async fn page(
         let requests = t.map_or(0, |t| t.requests);
         let errors = t.map_or(0, |t| t.request_errors);
         let spans = t.map_or(0, |t| t.count);
-        let p99s: Vec<(u64, Option<f64>)> = series.iter().map(|p| (p.start_s, p.p99_ms)).collect();
+        // Request latency; every span's for a service that serves no requests.
+        let p99s: Vec<(u64, Option<f64>)> = series
+            .iter()
+            .map(|p| (p.start_s, p.request_ms.map(|r| r[2]).or(p.p99_ms)))
+            .collect();
         let rates: Vec<(u64, Option<f64>)> = series
             .iter()
             .map(|p| {
@@ -96,8 +105,8 @@ pub(crate) async fn page(
                 pct(errors as f64 / requests as f64)
             },
             spans as f64 / secs,
-            ms(t.and_then(|t| t.p50_ms)),
-            ms(t.and_then(|t| t.p99_ms)),
+            ms(t.and_then(|t| t.request_ms.map(|r| r[0]).or(t.p50_ms))),
+            ms(t.and_then(|t| t.request_ms.map(|r| r[2]).or(t.p99_ms))),
             small_time_chart(
                 &format!("p99-{name}"),
                 &format!("p99 latency of {name}"),
