@@ -14,16 +14,23 @@ It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
    checking two results and pressing Compare shows their structural
    difference; the first result opens the trace page.
 3. Trace view: a time ruler from 0 inside the lanes, bars with their offset
-   and duration on hover; three spans are shown; collapsing the root hides its two
-   children, expanding shows them again; clicking a span shows its details;
-   finding "db.query" in the trace marks that span.
+   and duration on hover; three spans are shown; the failing span on the
+   critical path carries both marks (stripes and the edge bar); collapsing the
+   root hides its two children, expanding shows them again; clicking a span
+   shows its details; finding "db.query" in the trace marks that span.
 4. Service page: its three charts over time have a time axis and a value
    axis with tick labels drawn inside the chart, value ticks from 0 up to at
-   least the largest point, time ticks within the points' range; "look here
-   first" has representative traces and an error group for the recorded
-   ValueError; opening the group shows its example trace link.
+   least the largest point, time ticks within the points' range; the request
+   histogram's bars sum to the requests, with duration edges and counts on
+   axes drawn inside it; "look here first" has p50, p90, p99 and slowest
+   exemplars and an error group for the recorded ValueError; opening the
+   group shows its example trace link.
 5. Dependencies page: the map is drawn.
-6. Status page: every part is listed with its state.
+6. Status page: every part is listed with its state, and has a lane in the
+   health timeline over the hour. Tracing health renders; an unknown page,
+   trace and service each answer a 404 page that says what is missing and
+   links back.
+7. Clock skew (with --skew-trace): moved spans are marked.
 
 A screenshot of every page goes to --screenshots. On success it prints one
 JSON line with what it saw and exits 0; on a failed check it prints the
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -146,6 +154,13 @@ def main() -> int:
         bar = rows[0].find_element(By.CSS_SELECTOR, ".span")
         check(bar.get_attribute("title").startswith("starts at +"), f"a bar's hover: {bar.get_attribute('title')}")
         seen["ruler"] = [t.text for t in ticks]
+        # The failing payment.charge ends last: on the critical path, marked as both.
+        both = driver.find_elements(By.CSS_SELECTOR, "#waterfall tr.span-row.critical.errspan")
+        check(len(both) == 1 and "payment.charge" in both[0].text, f"the failing span on the critical path: {[b.text for b in both]}")
+        stripes = both[0].find_element(By.CSS_SELECTOR, ".span").value_of_css_property("background-image")
+        edge = both[0].find_element(By.CSS_SELECTOR, "td").value_of_css_property("box-shadow")
+        check("repeating-linear-gradient" in stripes and edge != "none",
+              f"error red does not hide the critical mark: {stripes!r} {edge!r}")
         root = rows[0]
         toggle = root.find_element(By.CSS_SELECTOR, ".toggle")
         toggle.click()
@@ -190,6 +205,24 @@ def main() -> int:
             check(ys[0].text.startswith("0"), f"{name}: the value axis starts at 0: {ys[0].text}")
             seen.setdefault("charts", {})[name] = {"ticks_x": [t.text for t in xs], "ticks_y": [t.text for t in ys],
                                                    "top": top, "points": len(values)}
+        hist = driver.find_element(By.CSS_SELECTOR, "figure#histogram svg")
+        box = hist.rect
+        bars = hist.find_elements(By.CSS_SELECTOR, "rect.bar")
+        counts = [int(b.get_attribute("data-count")) for b in bars]
+        total = int(re.search(r"All (\d+) requests", driver.page_source).group(1))
+        check(len(bars) >= 1 and sum(counts) == total, f"histogram bars {counts} sum to the {total} requests")
+        check(float(hist.get_attribute("data-y-max")) >= max(counts), "the count axis reaches the tallest bar")
+        edges = hist.find_elements(By.CSS_SELECTOR, "text.tick-x")
+        ms = [float(e.get_attribute("data-ms")) for e in edges]
+        check(len(edges) >= 2 and ms == sorted(ms) and ms[0] == float(hist.get_attribute("data-x-min")),
+              f"duration edges ascending from the first bucket: {[e.text for e in edges]}")
+        for t in edges + hist.find_elements(By.CSS_SELECTOR, "text.tick-y"):
+            r = t.rect
+            check(box["x"] - 1 <= r["x"] and r["x"] + r["width"] <= box["x"] + box["width"] + 1,
+                  f"histogram: tick label {t.text!r} drawn inside the chart")
+        check(all(b.find_element(By.TAG_NAME, "title").get_attribute("textContent").count("(") == 1 for b in bars),
+              "every bar has its range, count and share as hover text")
+        seen["histogram"] = {"edges": [e.text for e in edges], "counts": counts}
         reps = driver.find_elements(By.CSS_SELECTOR, "#exemplars tr > td:first-child")
         check([r.text for r in reps] == ["p50", "p90", "p99", "slowest"],
               f"p50, p90, p99 and slowest exemplars: {[r.text for r in reps]}")
@@ -217,6 +250,31 @@ def main() -> int:
         parts = [r.get_attribute("data-name") for r in driver.find_elements(By.CSS_SELECTOR, "#status tr.component")]
         check(parts == ["wal", "disk", "indexing", "backlog", "sealing", "store", "memory", "lanes", "dead letters", "sampling policy"], f"status parts: {parts}")
         seen["status"] = driver.find_element(By.ID, "overall").text
+        tl = driver.find_element(By.CSS_SELECTOR, "figure#health-timeline svg")
+        lanes = [t.text for t in tl.find_elements(By.CSS_SELECTOR, "text.lane")]
+        check(lanes == parts, f"a timeline lane per part, in order: {lanes}")
+        x0, x1 = int(tl.get_attribute("data-x-min")), int(tl.get_attribute("data-x-max"))
+        ticks = tl.find_elements(By.CSS_SELECTOR, "text.tick-x")
+        check(x1 - x0 == 3600 and len(ticks) >= 3 and all(x0 <= int(t.get_attribute("data-t")) <= x1 for t in ticks),
+              f"the time axis covers the hour: {[t.text for t in ticks]}")
+        runs = tl.find_elements(By.CSS_SELECTOR, "rect.run")
+        check(len(runs) >= len(parts) and all(
+            r.find_element(By.TAG_NAME, "title").get_attribute("textContent").count(" UTC") == 1 for r in runs),
+            f"every part has a run with its times as hover text: {len(runs)}")
+
+        # 6b. Tracing health, and no dead ends: unknown pages, traces and services answer
+        # 404 with a message and a way back.
+        driver.get(f"{base}/tracing-health")
+        shot("6b-tracing-health")
+        check("Tracing health" in driver.title, f"tracing health page: {driver.title}")
+        for i, path in enumerate(["/no/such/page", "/trace/" + "ab" * 16, f"/service/{svc}-missing"]):
+            driver.get(base + path)
+            shot(f"6c-not-found-{i}")
+            text = driver.find_element(By.ID, "error").text
+            links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "a")]
+            check(driver.title.startswith("404") and len(text) > 20, f"{path}: says what is missing: {driver.title}: {text}")
+            check(any(h.rstrip("/") == base for h in links), f"{path}: a link back to the services page")
+        seen["not_found_pages"] = 3
 
         # 7. Clock skew: the moved spans are marked, with their amount and basis; the
         # switch shows the stored times.

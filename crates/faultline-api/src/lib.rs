@@ -39,6 +39,8 @@ pub struct ApiState {
     pub process: Arc<dyn Process>,
     /// Recent answers of cheap, frequent queries, served when the store is slow.
     pub cache: Arc<QueryCache>,
+    /// Every part's health over the last day (`status::sample_forever` fills it).
+    pub history: Arc<status::History>,
 }
 
 impl ApiState {
@@ -371,6 +373,7 @@ mod cache_tests {
                 Duration::from_millis(100),
                 Duration::from_secs(60),
             )),
+            history: Arc::default(),
         });
         // Fast: fresh answers, which fill the cache.
         let (partial, v) = get(&app, "/api/services").await;

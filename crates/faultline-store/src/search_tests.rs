@@ -112,8 +112,8 @@ fn model(all: &[Span], q: &TraceQuery) -> Vec<TraceSummary> {
         .collect();
     out.sort_by(|a, b| {
         q.sort
-            .key(b.start_ns, b.end_ns, || Some(b.trace_id))
-            .cmp(&q.sort.key(a.start_ns, a.end_ns, || Some(a.trace_id)))
+            .key(b.start_ns, b.end_ns)
+            .cmp(&q.sort.key(a.start_ns, a.end_ns))
             .then(a.trace_id.cmp(&b.trace_id))
     });
     out.truncate(q.limit);
@@ -126,9 +126,7 @@ fn check(store: &Store, all: &[Span], q: &TraceQuery) -> Result<(), TestCaseErro
     let want = model(all, q);
     // Equal sort keys may pick different traces: compare keys, then each summary exactly.
     let keys = |v: &[TraceSummary]| -> Vec<u64> {
-        v.iter()
-            .map(|s| q.sort.key(s.start_ns, s.end_ns, || Some(s.trace_id)))
-            .collect()
+        v.iter().map(|s| q.sort.key(s.start_ns, s.end_ns)).collect()
     };
     prop_assert_eq!(keys(&got), keys(&want), "query {:?}", q);
     let every = model(
@@ -439,4 +437,89 @@ fn blocks_with_more_operations_than_two_bytes_count_still_search_right() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].root_name.as_deref(), Some("op-69999"));
     assert_eq!(found[0].start_ns, 1_000_000 + 69_999);
+}
+
+#[test]
+fn the_sample_order_spreads_over_the_range_and_is_stable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreOptions::new(tmp.path())).unwrap();
+    let origin = Arc::new(Origin {
+        service: "api".into(),
+        ..Origin::default()
+    });
+    // 2000 one-span traces a second apart (starts in whole microseconds, as some SDKs
+    // send), one in twenty failing; four sealed blocks and the head.
+    let base = 1_700_000_000_000_000_000u64;
+    let mut seq = 0;
+    for chunk in 0..5u64 {
+        let spans: Vec<Span> = (chunk * 400..(chunk + 1) * 400)
+            .map(|i| {
+                let mut tid: TraceId = [7; 16];
+                tid[8..].copy_from_slice(&i.to_be_bytes());
+                let start = base + i * 1_000_000_000 + (i * 7919 % 1000) * 1000;
+                Span {
+                    trace_id: tid,
+                    span_id: [1; 8],
+                    parent_span_id: None,
+                    name: "get".into(),
+                    kind: faultline_model::span::SpanKind::Server,
+                    start_ns: start,
+                    end_ns: start + 5_000_000,
+                    status: if i % 20 == 3 {
+                        faultline_model::span::StatusCode::Error
+                    } else {
+                        faultline_model::span::StatusCode::Unset
+                    },
+                    status_message: String::new(),
+                    attributes: Vec::new(),
+                    events: Vec::new(),
+                    links: Vec::new(),
+                    origin: origin.clone(),
+                }
+            })
+            .collect();
+        seq += 1;
+        store.ingest(seq, spans).unwrap();
+        if chunk < 4 {
+            store.seal().unwrap();
+        }
+    }
+    let q = TraceQuery {
+        service: Some("api".into()),
+        start_ns: base,
+        end_ns: u64::MAX,
+        sort: SortOrder::Sample,
+        limit: 200,
+        ..TraceQuery::default()
+    };
+    let (found, c) = store.search(&q).unwrap();
+    assert!(c.is_complete());
+    assert_eq!(found.len(), 200);
+    let older = found
+        .iter()
+        .filter(|t| t.start_ns < base + 1000 * 1_000_000_000)
+        .count();
+    assert!(
+        (70..=130).contains(&older),
+        "{older} of 200 in the older half"
+    );
+    let failing = found.iter().filter(|t| t.error_count > 0).count();
+    assert!(
+        (2..=22).contains(&failing),
+        "{failing} of 200 failing, 5% sent"
+    );
+    let (again, _) = store.search(&q).unwrap();
+    let ids = |v: &[TraceSummary]| v.iter().map(|t| t.trace_id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&found), "the same sample on every asking");
+    let (newest, _) = store
+        .search(&TraceQuery {
+            sort: SortOrder::Newest,
+            ..q
+        })
+        .unwrap();
+    assert!(
+        newest
+            .iter()
+            .all(|t| t.start_ns >= base + 1800 * 1_000_000_000)
+    );
 }

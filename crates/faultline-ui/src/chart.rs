@@ -20,6 +20,8 @@ pub enum Unit {
     Percent,
     /// Milliseconds (`850 µs`, `12.3 ms`, `1.24 s`).
     Millis,
+    /// A count (`0`, `250`, `1.5k`).
+    Count,
 }
 
 impl Unit {
@@ -30,6 +32,7 @@ impl Unit {
             Self::Percent => format!("{}%", number(v)),
             Self::Millis if v <= 0.0 => "0".into(),
             Self::Millis => faultline_model::health::human_duration((v * 1e6) as u64),
+            Self::Count => number(v),
         }
     }
 }
@@ -133,6 +136,22 @@ const BOTTOM: f64 = 22.0;
 const TOP: f64 = 8.0;
 const RIGHT: f64 = 10.0;
 
+/// The value axis of a chart `w` wide: a grid line and a label in `unit` at each tick,
+/// `y` placing a value.
+fn value_axis(out: &mut String, w: f64, ticks: &[f64], y: impl Fn(f64) -> f64, unit: Unit) {
+    for v in ticks {
+        let yy = y(*v);
+        let _ = write!(
+            out,
+            "<line x1={LEFT} x2={} y1={yy:.1} y2={yy:.1} stroke=\"#e3e3e3\"></line><text class=tick-y x={} y={:.1} text-anchor=end font-size=10 fill=\"#666\">{}</text>",
+            w - RIGHT,
+            LEFT - 4.0,
+            yy + 3.5,
+            esc(&unit.label(*v))
+        );
+    }
+}
+
 /// A chart's size: full (a page's chart) or small (a table cell: value ticks at 0 and
 /// the top only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,17 +213,7 @@ fn chart_of(
         esc(title)
     );
     // Value axis: grid lines and labels.
-    for v in &yticks {
-        let yy = y(*v);
-        let _ = write!(
-            out,
-            "<line x1={LEFT} x2={} y1={yy:.1} y2={yy:.1} stroke=\"#e3e3e3\"></line><text class=tick-y x={} y={:.1} text-anchor=end font-size=10 fill=\"#666\">{}</text>",
-            w - RIGHT,
-            LEFT - 4.0,
-            yy + 3.5,
-            esc(&unit.label(*v))
-        );
-    }
+    value_axis(&mut out, w, &yticks, y, unit);
     // Time axis: the base line, ticks and labels.
     let long = x1 - x0 >= 86400;
     let _ = write!(
@@ -269,6 +278,189 @@ fn chart_of(
                 y(*v),
                 time_label(*t, true),
                 esc(&unit.label(*v))
+            );
+        }
+    }
+    out.push_str("</svg></figure>");
+    out
+}
+
+/// A latency histogram: `counts[i]` are the values in bucket `i`, whose upper bound is
+/// `bounds_ms[i]` (ascending; the last count is above the last bound), drawn from the first
+/// to the last non-empty bucket as bars of equal width (the bounds grow geometrically), with
+/// the bucket edges as duration ticks below, a count axis from 0 on the left, and each bar's
+/// range, count and share as its hover title. `noun` names one of what is counted
+/// (`request`).
+/// The SVG's `data-x-min`/`data-x-max` are the edges in milliseconds (`inf` for an open
+/// last bucket) and `data-y-max` the top tick; bars are `<rect class=bar data-count=N>`.
+pub fn histogram(id: &str, title: &str, bounds_ms: &[f64], counts: &[u64], noun: &str) -> String {
+    let (w, h) = (720.0, 170.0);
+    let total: u64 = counts.iter().sum();
+    let (Some(first), Some(last)) = (
+        counts.iter().position(|&c| c > 0),
+        counts.iter().rposition(|&c| c > 0),
+    ) else {
+        return String::new();
+    };
+    let lower = |i: usize| if i == 0 { 0.0 } else { bounds_ms[i - 1] };
+    let upper = |i: usize| bounds_ms.get(i).copied();
+    let edge = |ms: f64| Unit::Millis.label(ms);
+    let max = counts[first..=last].iter().copied().max().unwrap_or(1);
+    // Counts are whole: up to 5, a tick per count; beyond, nice steps.
+    let (top, yticks) = if max <= 5 {
+        (max as f64, (0..=max).map(|v| v as f64).collect())
+    } else {
+        value_ticks(max as f64)
+    };
+    let (pw, ph) = (w - LEFT - RIGHT, h - TOP - BOTTOM);
+    let n = last - first + 1;
+    let bw = pw / n as f64;
+    let y = |v: f64| TOP + ph - v / top * ph;
+    let mut out = format!(
+        "<figure class=histogram id=\"{}\"><figcaption>{}</figcaption><svg width={w} height={h} viewBox=\"0 0 {w} {h}\" role=img aria-label=\"{}\" data-x-min={} data-x-max={} data-y-max={top}>",
+        esc(id),
+        esc(title),
+        esc(title),
+        lower(first),
+        upper(last).map_or_else(|| "inf".to_string(), |u| u.to_string()),
+    );
+    value_axis(&mut out, w, &yticks, y, Unit::Count);
+    let _ = write!(
+        out,
+        "<line x1={LEFT} x2={} y1={:.1} y2={:.1} stroke=\"#999\"></line>",
+        w - RIGHT,
+        TOP + ph,
+        TOP + ph
+    );
+    // Edge labels: at most about eight, the first and every k-th after it.
+    let every = (n + 1).div_ceil(8).max(1);
+    for k in (0..=n).step_by(every) {
+        let i = first + k;
+        let xx = LEFT + k as f64 * bw;
+        let label = match (k == n, upper(i.saturating_sub(1))) {
+            (true, None) => continue,
+            _ => edge(lower(i)),
+        };
+        let anchor = if k == 0 {
+            "start"
+        } else if k == n {
+            "end"
+        } else {
+            "middle"
+        };
+        let _ = write!(
+            out,
+            "<line x1={xx:.1} x2={xx:.1} y1={:.1} y2={:.1} stroke=\"#999\"></line><text class=tick-x x={xx:.1} y={:.1} text-anchor={anchor} font-size=10 fill=\"#666\" data-ms={}>{}</text>",
+            TOP + ph,
+            TOP + ph + 4.0,
+            h - 6.0,
+            lower(i),
+            esc(&label)
+        );
+    }
+    for (k, &c) in counts[first..=last].iter().enumerate() {
+        let i = first + k;
+        let range = match upper(i) {
+            Some(u) if i == 0 => format!("≤ {}", edge(u)),
+            Some(u) => format!("{} – {}", edge(lower(i)), edge(u)),
+            None => format!("> {}", edge(lower(i))),
+        };
+        let share = if total == 0 {
+            0.0
+        } else {
+            c as f64 * 100.0 / total as f64
+        };
+        let _ = write!(
+            out,
+            "<rect class=bar data-count={c} x={:.1} y={:.1} width={:.1} height={:.1} fill=\"#2f6fb5\"><title>{}: {} ({share:.1}%)</title></rect>",
+            LEFT + k as f64 * bw + 1.0,
+            y(c as f64),
+            (bw - 2.0).max(1.0),
+            TOP + ph - y(c as f64),
+            esc(&range),
+            esc(&faultline_model::health::plural(c, noun))
+        );
+    }
+    out.push_str("</svg></figure>");
+    out
+}
+
+/// One lane of a [`timeline`]: its label and its runs of (state, from, to in Unix
+/// seconds).
+pub type Lane<'a> = (&'a str, Vec<(&'a str, u64, u64)>);
+
+/// States over time, a lane per part: a time axis over `[from_s, to_s]` with tick labels,
+/// each lane's label on the left, and each run a bar coloured by its state (`ok`,
+/// `degraded`, `failed`) with its state and times as hover title. The SVG has
+/// `data-x-min`/`data-x-max`; runs are `<rect class="run state-STATE">`.
+pub fn timeline(id: &str, title: &str, (from_s, to_s): (u64, u64), lanes: &[Lane<'_>]) -> String {
+    let to_s = to_s.max(from_s + 1);
+    let lane_h = 18.0;
+    let (w, left) = (720.0, 110.0);
+    let h = TOP + lanes.len() as f64 * lane_h + BOTTOM;
+    let pw = w - left - RIGHT;
+    let x = |t: u64| left + (t.clamp(from_s, to_s) - from_s) as f64 / (to_s - from_s) as f64 * pw;
+    let mut out = format!(
+        "<figure class=timeline id=\"{}\"><figcaption>{}</figcaption><svg width={w} height={h} viewBox=\"0 0 {w} {h}\" role=img aria-label=\"{}\" data-x-min={from_s} data-x-max={to_s}>",
+        esc(id),
+        esc(title),
+        esc(title)
+    );
+    let long = to_s - from_s >= 86400;
+    let base = h - BOTTOM;
+    let _ = write!(
+        out,
+        "<line x1={left} x2={} y1={base:.1} y2={base:.1} stroke=\"#999\"></line>",
+        w - RIGHT
+    );
+    for t in time_ticks(from_s, to_s) {
+        let xx = x(t);
+        let anchor = if xx > w - RIGHT - 24.0 {
+            "end"
+        } else if xx < left + 24.0 {
+            "start"
+        } else {
+            "middle"
+        };
+        let label = if to_s - from_s < 600 {
+            seconds_label(t)
+        } else {
+            time_label(t, long)
+        };
+        let _ = write!(
+            out,
+            "<line x1={xx:.1} x2={xx:.1} y1={TOP} y2={:.1} stroke=\"#eee\"></line><text class=tick-x x={xx:.1} y={:.1} text-anchor={anchor} font-size=10 fill=\"#666\" data-t={t}>{label}</text>",
+            base + 4.0,
+            h - 6.0,
+        );
+    }
+    for (i, (name, runs)) in lanes.iter().enumerate() {
+        let y = TOP + i as f64 * lane_h;
+        let _ = write!(
+            out,
+            "<text class=lane x={} y={:.1} text-anchor=end font-size=11 fill=\"#333\">{}</text>",
+            left - 6.0,
+            y + lane_h * 0.7,
+            esc(name)
+        );
+        for (state, a, b) in runs {
+            let fill = match *state {
+                "ok" => "#3a9a5b",
+                "degraded" => "#e0a030",
+                _ => "#c8332b",
+            };
+            let _ = write!(
+                out,
+                "<rect class=\"run state-{}\" x={:.1} y={:.1} width={:.1} height={:.1} fill=\"{fill}\"><title>{}: {} from {} to {} UTC</title></rect>",
+                esc(state),
+                x(*a),
+                y + 2.0,
+                (x(*b) - x(*a)).max(2.0),
+                lane_h - 4.0,
+                esc(name),
+                esc(state),
+                seconds_label(*a),
+                seconds_label(*b)
             );
         }
     }
@@ -364,8 +556,89 @@ pub fn scatter(id: &str, dots: &[Dot]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeline_has_a_lane_per_part_and_a_bar_per_run() {
+        let lanes: Vec<Lane<'_>> = vec![
+            (
+                "wal",
+                vec![
+                    ("ok", 1000, 1600),
+                    ("degraded", 1600, 2000),
+                    ("ok", 2000, 4600),
+                ],
+            ),
+            ("disk", vec![("ok", 1000, 4600)]),
+        ];
+        let svg = timeline("t", "Health", (1000, 4600), &lanes);
+        assert_eq!(svg.matches("<rect class=\"run ").count(), 4);
+        assert_eq!(svg.matches("class=\"run state-degraded\"").count(), 1);
+        assert!(
+            svg.contains("<title>wal: degraded from 00:26:40 to 00:33:20 UTC</title>"),
+            "{svg}"
+        );
+        assert_eq!(svg.matches("<text class=lane").count(), 2);
+        let ticks: Vec<u64> = svg
+            .split("data-t=")
+            .skip(1)
+            .map(|t| t.split('>').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            ticks.len() >= 3 && ticks.iter().all(|t| (1000..=4600).contains(t)),
+            "{ticks:?}"
+        );
+    }
+
+    #[test]
+    fn a_histogram_draws_the_non_empty_range_with_edges_counts_and_hover_text() {
+        let bounds = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0];
+        // Nothing up to 1 ms, 30 in 2-5 ms, 7 in 5-10, none in 10-20, 3 in 20-50, 1 above.
+        let counts = [0, 0, 30, 7, 0, 3, 1];
+        let svg = histogram("h", "Requests by duration", &bounds, &counts, "request");
+        assert_eq!(
+            svg.matches("<rect class=bar").count(),
+            5,
+            "2 ms to beyond 50 ms"
+        );
+        assert!(
+            svg.contains("data-x-min=2 data-x-max=inf data-y-max=50"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("<title>2.0 ms – 5.0 ms: 30 requests (73.2%)</title>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("<title>&gt; 50.0 ms: 1 request (2.4%)</title>"),
+            "{svg}"
+        );
+        let edges: Vec<&str> = svg
+            .split("class=tick-x")
+            .skip(1)
+            .map(|t| t.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect();
+        assert_eq!(
+            edges,
+            vec!["2.0 ms", "5.0 ms", "10.0 ms", "20.0 ms", "50.0 ms"]
+        );
+        let values: Vec<&str> = svg
+            .split("class=tick-y")
+            .skip(1)
+            .map(|t| t.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect();
+        assert_eq!(values, vec!["0", "10", "20", "30", "40", "50"]);
+        assert_eq!(histogram("h", "t", &bounds, &[0; 7], "request"), "");
+        let small = histogram("h", "t", &bounds, &[0, 2, 1, 0, 0, 0, 0], "request");
+        assert!(small.contains("data-y-max=2"), "{small}");
+        assert_eq!(
+            small.matches("class=tick-y").count(),
+            3,
+            "0, 1 and 2: whole counts"
+        );
+    }
 
     #[test]
     fn value_ticks_start_at_zero_and_reach_a_nice_top_above_the_data() {

@@ -241,7 +241,9 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
             std::time::Duration::from_millis(500),
             std::time::Duration::from_secs(300),
         )),
+        history: Arc::default(),
     };
+    tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;
     let grpc_l = bind(l.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
     let http_l = bind(l.otlp_http, "OTLP/HTTP", "--otlp-http").await?;

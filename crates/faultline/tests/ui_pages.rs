@@ -228,7 +228,7 @@ fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception()
         groups[1]
     );
     assert!(page.contains("<table id=exemplars>") && page.contains(">slowest<"));
-    assert!(page.contains("id=histogram") && page.contains("id=operations"));
+    assert!(page.contains("id=\"histogram\"") && page.contains("id=operations"));
     assert!(
         page.contains("All 200 requests of the service"),
         "the histogram counts the requests (root SERVER spans), not the client spans"
@@ -839,4 +839,58 @@ fn each_service_page_names_its_own_slow_attribute_and_errors_on_sdk_traffic() {
             );
         }
     }
+}
+
+/// The status page: a lane per part in the health timeline (sampled from start), the
+/// history as JSON, and auto-refresh no faster than every 5 s.
+#[test]
+fn the_status_page_shows_each_parts_health_over_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let started = Instant::now();
+    let v: serde_json::Value = loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&get(server.api, "/api/v1/status/history?range=1h")).unwrap();
+        if !v["parts"].as_array().unwrap().is_empty() {
+            break v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(v["everySeconds"], 15);
+    assert_eq!(
+        v["to"].as_u64().unwrap() - v["from"].as_u64().unwrap(),
+        3600
+    );
+    let parts = v["parts"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(
+        names.contains(&"wal") && names.contains(&"store"),
+        "{names:?}"
+    );
+    for p in parts {
+        let run = &p["runs"][0];
+        assert!(
+            ["ok", "degraded", "failed"].contains(&run["state"].as_str().unwrap()),
+            "{p}"
+        );
+        assert!(
+            run["from"].as_u64().unwrap() >= v["from"].as_u64().unwrap(),
+            "{p}"
+        );
+    }
+    let page = get(server.api, "/status?refresh=1");
+    assert!(
+        page.contains("<meta http-equiv=refresh content=\"5\">"),
+        "no faster than 5 s"
+    );
+    assert_eq!(
+        page.matches("<text class=lane").count(),
+        names.len(),
+        "a lane per part"
+    );
+    assert!(!get(server.api, "/status?refresh=0").contains("http-equiv=refresh"));
+    let (status, body) = http_get(server.api, "/api/v1/status/history?range=48h").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("24 hours"), "{body}");
 }

@@ -390,7 +390,7 @@ impl BlockIndex {
             if q.errors_only && self.errors[t] == 0 {
                 return Ok(());
             }
-            let key = q.sort.key(start, end, || trace_id_at(t));
+            let key = q.sort.key(start, end);
             if !top.would_take(key) || !self.span_bit(&p, t) {
                 return Ok(());
             }

@@ -187,10 +187,7 @@ impl Head {
                 agg.entry(*id).or_default().merge(&part);
                 continue;
             }
-            if start > q.end_ns
-                || end < q.start_ns
-                || !top.would_take(q.sort.key(start, end, || Some(*id)))
-            {
+            if start > q.end_ns || end < q.start_ns || !top.would_take(q.sort.key(start, end)) {
                 continue;
             }
             let Some(mut summary) = TraceSummary::of_refs(&refs) else {
@@ -198,7 +195,7 @@ impl Head {
             };
             (summary.start_ns, summary.end_ns) = (start, end);
             if q.trace_matches(&refs, &summary) {
-                top.push(q.sort.key(start, end, || Some(*id)), HEAD + found.len(), 0);
+                top.push(q.sort.key(start, end), HEAD + found.len(), 0);
                 found.push(summary);
             }
         }

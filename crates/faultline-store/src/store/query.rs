@@ -395,7 +395,7 @@ impl SpanStore for Store {
             .collect();
         for (i, id) in split_ids.iter().enumerate() {
             if let Some(a) = agg.get(id) {
-                top.push(q.sort.key(a.start_ns, a.end_ns, || Some(*id)), SPLIT + i, 0);
+                top.push(q.sort.key(a.start_ns, a.end_ns), SPLIT + i, 0);
             }
         }
         if timed_out > 0 {

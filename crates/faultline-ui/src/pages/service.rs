@@ -180,20 +180,41 @@ fn gather(
         ..TraceQuery::default()
     };
     let apart = (sample_n / 3).max(1);
-    let (random, c1) = store.search(&base)?;
-    let (slow, c2) = match slow_ns {
-        Some(ns) => store.search(&TraceQuery {
-            min_duration_ns: Some(ns),
-            limit: apart,
-            ..base.clone()
-        })?,
-        None => Default::default(),
-    };
-    let (failing, c3) = store.search(&TraceQuery {
+    let slow_q = slow_ns.map(|ns| TraceQuery {
+        min_duration_ns: Some(ns),
+        limit: apart,
+        ..base.clone()
+    });
+    let failing_q = TraceQuery {
         tags: vec![("error".into(), "true".into())],
         limit: apart,
         ..base.clone()
-    })?;
+    };
+    // The three searches each scan the range's index; side by side they take the time of
+    // the longest instead of the sum.
+    type Found = (
+        Vec<faultline_store::TraceSummary>,
+        faultline_store::Completeness,
+    );
+    let (random, slow, failing) = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| -> Result<Found, StoreError> {
+            match &slow_q {
+                Some(q) => store.search(q),
+                None => Ok(Default::default()),
+            }
+        });
+        let failing = scope.spawn(|| store.search(&failing_q));
+        let random = store.search(&base);
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Found, StoreError>>| {
+            h.join().unwrap_or_else(|_| {
+                Err(StoreError::Encode(
+                    "a thread searching for the service page panicked".into(),
+                ))
+            })
+        };
+        (random, join(slow), join(failing))
+    });
+    let ((random, c1), (slow, c2), (failing, c3)) = (random?, slow?, failing?);
     // Read each trace once, whichever samples it is in.
     let mut ids = Vec::new();
     let mut at: HashMap<_, usize> = HashMap::new();
@@ -611,30 +632,16 @@ fn histogram(bounds: &[f64], counts: &[u64]) -> String {
         out.push_str("<p class=muted>No requests in this range.</p></section>");
         return out;
     }
-    let first = counts.iter().position(|&c| c > 0).unwrap_or(0);
-    let last = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
-    let max = counts.iter().copied().max().unwrap_or(1).max(1);
-    let d = |ms: f64| dur((ms * 1e6) as u64);
-    out.push_str("<table id=histogram>");
-    for i in first..=last {
-        let label = if i == 0 {
-            format!("≤ {}", d(bounds[0]))
-        } else if i == bounds.len() {
-            format!("> {}", d(bounds[i - 1]))
-        } else {
-            format!("{} – {}", d(bounds[i - 1]), d(bounds[i]))
-        };
-        let _ = write!(
-            out,
-            "<tr><td class=num>{label}</td><td><span class=bar style=\"width:{}px\"></span> {} <span class=muted>({})</span></td></tr>",
-            counts[i] * 300 / max,
-            counts[i],
-            pct(counts[i] as f64 / total as f64)
-        );
-    }
+    out.push_str(&crate::chart::histogram(
+        "histogram",
+        "Requests by duration",
+        bounds,
+        counts,
+        "request",
+    ));
     let _ = write!(
         out,
-        "</table><p class=muted>All {total} requests of the service in the range: the spans of its SERVER and CONSUMER operations and of operations seen only as roots (bucket edges within 1%).</p></section>"
+        "<p class=muted>All {total} requests of the service in the range: the spans of its SERVER and CONSUMER operations and of operations seen only as roots (bucket edges within 1%).</p></section>"
     );
     out
 }

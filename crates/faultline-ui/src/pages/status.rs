@@ -1,5 +1,6 @@
 //! `/status`: the health of each part, with what to do about it (the same parts as
-//! `GET /api/v1/status`).
+//! `GET /api/v1/status`), and a timeline of each part's health over `range` (default 1h,
+//! at most 24h: `faultline_api::status::History`).
 
 use std::fmt::Write as _;
 
@@ -11,7 +12,47 @@ use faultline_api::status::Health;
 use faultline_api::{ApiError, ApiState};
 
 use super::Params;
+use crate::chart::Lane;
 use crate::html::{esc, page as layout};
+
+/// The health of every part over the page's `range`, from the sampled history.
+fn timeline(st: &ApiState, p: &[(String, String)]) -> Result<String, ApiError> {
+    let text = param(p, "range").unwrap_or("1h");
+    let range = faultline_api::params::go_duration("range", text)? / 1_000_000_000;
+    if !(60..=86_400).contains(&range) {
+        return Err(ApiError::bad_parameter(
+            "range",
+            "range must be from 1m to 24h: the history is kept for 24 hours",
+        ));
+    }
+    let to = faultline_api::params::now_ns() / 1_000_000_000;
+    let runs = st.history.runs(to - range);
+    let lanes: Vec<Lane<'_>> = runs
+        .iter()
+        .map(|(name, runs)| {
+            (
+                *name,
+                runs.iter()
+                    .map(|r| (r.health.as_str(), r.from_s, r.to_s))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut out = format!("<section><h2>Over the last {}</h2>", esc(text));
+    if lanes.is_empty() {
+        out.push_str("<p class=muted>No samples yet: health is sampled every 15 s from start.</p>");
+    } else {
+        out.push_str(&crate::chart::timeline(
+            "health-timeline",
+            "Health of each part",
+            (to - range, to),
+            &lanes,
+        ));
+        out.push_str("<p class=muted>Sampled every 15 s since faultline started (kept in memory for 24 hours; <a href=\"/api/v1/status/history\">JSON</a>).</p>");
+    }
+    out.push_str("</section>");
+    Ok(out)
+}
 
 /// `/status`: the health of each part, with what to do about it.
 pub(crate) async fn page(
@@ -19,7 +60,11 @@ pub(crate) async fn page(
     Query(p): Params,
 ) -> Result<Response, ApiError> {
     let s = faultline_api::status::current(&st).await?;
-    let refresh = param(&p, "refresh").and_then(|r| r.parse().ok());
+    // No faster than every 5 s, as every page (0: off).
+    let refresh = param(&p, "refresh")
+        .and_then(|r| r.parse::<u64>().ok())
+        .filter(|r| *r != 0)
+        .map(|r| r.max(5));
     let mut body = format!(
         "<p>Overall: <b class=\"state-{}\" id=overall>{}</b> · <a href=\"/api/v1/status\">JSON</a> · <a href=\"/status?refresh=10\">refresh every 10 s</a></p>",
         s.health().as_str(),
@@ -39,6 +84,7 @@ pub(crate) async fn page(
         );
     }
     body.push_str("</table>");
+    body.push_str(&timeline(&st, &p)?);
     let partial: Vec<String> = s
         .components
         .iter()

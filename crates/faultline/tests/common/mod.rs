@@ -649,15 +649,14 @@ fn skewed_trace(
 
 /// Sends `n` traces of [`skewed_trace`] from five minutes ago; returns their ids (hex).
 pub fn send_skewed_traces(server: &Server, n: u64) -> Vec<String> {
-    send_traces_with_skew(server, n, true)
+    send_traces_with_skew(server, n, true, now_ns() - 5 * 60 * 1_000 * MS)
 }
 
-/// [`send_skewed_traces`], with or without the skew: the same traces (ids, shapes,
-/// durations) either way.
-pub fn send_traces_with_skew(server: &Server, n: u64, skew: bool) -> Vec<String> {
+/// [`send_skewed_traces`], with or without the skew, the first starting at `base` (Unix
+/// ns) and one every 500 ms: the same traces (ids, shapes, durations) either way.
+pub fn send_traces_with_skew(server: &Server, n: u64, skew: bool, base: u64) -> Vec<String> {
     use prost::Message;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let base = now_ns() - 5 * 60 * 1_000 * MS;
     (0..n)
         .map(|i| {
             let (t, req) = skewed_trace(&mut rng, i, base + i * 500 * MS, skew);
