@@ -9,7 +9,8 @@ Used by faultline's integration tests (crates/faultline/tests/ui_browser.rs):
 It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
 /usr/bin/chromedriver, or --chromium and --chromedriver). Steps, each checked:
 
-1. Services page: the service is listed; sorting by p99 keeps it.
+1. Services page: the service is listed; sorting by p99 keeps it; each
+   service's two small charts have axes reaching its largest point.
 2. Search: the service's traces are listed with a scatter plot with axes;
    checking two results and pressing Compare shows their structural
    difference; the first result opens the trace page.
@@ -61,6 +62,32 @@ def check(cond: bool, what: str) -> None:
         raise CheckFailed(what)
 
 
+def check_chart(svg, seen: dict, min_value_ticks: int) -> None:
+    """A chart over time: time and value tick labels drawn inside it, time ticks within
+    the points' range, the value axis from 0 to at least the largest point, and every
+    point with its hover value."""
+    name = svg.get_attribute("aria-label")
+    box = svg.rect
+    xs = svg.find_elements(By.CSS_SELECTOR, "text.tick-x")
+    ys = svg.find_elements(By.CSS_SELECTOR, "text.tick-y")
+    check(len(xs) >= 1 and len(ys) >= min_value_ticks, f"{name}: {len(xs)} time and {len(ys)} value ticks")
+    for t in xs + ys:
+        r = t.rect
+        check(r["width"] > 0 and box["x"] - 1 <= r["x"] and r["x"] + r["width"] <= box["x"] + box["width"] + 1,
+              f"{name}: tick label {t.text!r} drawn inside the chart")
+    x0, x1 = int(svg.get_attribute("data-x-min")), int(svg.get_attribute("data-x-max"))
+    check(all(x0 <= int(t.get_attribute("data-t")) <= x1 for t in xs), f"{name}: time ticks within the data")
+    top = float(svg.get_attribute("data-y-max"))
+    points = svg.find_elements(By.CSS_SELECTOR, "circle.pt")
+    values = [float(c.get_attribute("data-v")) for c in points]
+    check(len(values) >= 1 and all(c.find_element(By.TAG_NAME, "title").get_attribute("textContent") for c in points),
+          f"{name}: points with hover values")
+    check(top >= max(values), f"{name}: the value axis reaches the largest point ({top} < {max(values)})")
+    check(ys[0].text.startswith("0"), f"{name}: the value axis starts at 0: {ys[0].text}")
+    seen.setdefault("charts", {})[name] = {"ticks_x": [t.text for t in xs], "ticks_y": [t.text for t in ys],
+                                           "top": top, "points": len(values)}
+
+
 def visible_rows(driver) -> list:
     return [r for r in driver.find_elements(By.CSS_SELECTOR, "tr.span-row") if r.is_displayed()]
 
@@ -97,6 +124,10 @@ def main() -> int:
         names = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#services tr.service-row td:first-child a")]
         check(svc in names, f"services page lists {svc}: {names}")
         seen["services"] = names
+        small = driver.find_elements(By.CSS_SELECTOR, "#services figure.chart.small svg")
+        check(len(small) == 2 * len(names), f"two charts per service: {len(small)} for {len(names)}")
+        for svg in small:
+            check_chart(svg, seen, min_value_ticks=2)
 
         # 2. Search, then follow the first result.
         driver.get(f"{base}/search?service={svc}&lookback=1h&limit=20")
@@ -187,24 +218,7 @@ def main() -> int:
         charts = driver.find_elements(By.CSS_SELECTOR, "figure.chart svg")
         check(len(charts) == 3, f"three charts over time: {len(charts)}")
         for svg in charts:
-            name = svg.get_attribute("aria-label")
-            box = svg.rect
-            xs = svg.find_elements(By.CSS_SELECTOR, "text.tick-x")
-            ys = svg.find_elements(By.CSS_SELECTOR, "text.tick-y")
-            check(len(xs) >= 2 and len(ys) >= 3, f"{name}: {len(xs)} time and {len(ys)} value ticks")
-            for t in xs + ys:
-                r = t.rect
-                check(r["width"] > 0 and box["x"] - 1 <= r["x"] and r["x"] + r["width"] <= box["x"] + box["width"] + 1,
-                      f"{name}: tick label {t.text!r} drawn inside the chart")
-            x0, x1 = int(svg.get_attribute("data-x-min")), int(svg.get_attribute("data-x-max"))
-            check(all(x0 <= int(t.get_attribute("data-t")) <= x1 for t in xs), f"{name}: time ticks within the data")
-            top = float(svg.get_attribute("data-y-max"))
-            values = [c.find_element(By.TAG_NAME, "title").get_attribute("textContent")
-                      for c in svg.find_elements(By.CSS_SELECTOR, "circle.pt")]
-            check(len(values) >= 1, f"{name}: points with hover values")
-            check(ys[0].text.startswith("0"), f"{name}: the value axis starts at 0: {ys[0].text}")
-            seen.setdefault("charts", {})[name] = {"ticks_x": [t.text for t in xs], "ticks_y": [t.text for t in ys],
-                                                   "top": top, "points": len(values)}
+            check_chart(svg, seen, min_value_ticks=3)
         hist = driver.find_element(By.CSS_SELECTOR, "figure#histogram svg")
         box = hist.rect
         bars = hist.find_elements(By.CSS_SELECTOR, "rect.bar")

@@ -4,8 +4,9 @@
 //! and value as a hover title. No script and no build step.
 //!
 //! Each chart's SVG has `data-x-min`/`data-x-max` (Unix seconds of the first and last
-//! point) and `data-y-max` (the top tick) so tests check the axes against the data; tick
-//! labels are `<text class=tick-x>` and `<text class=tick-y>`.
+//! point) and `data-y-max` (the top tick), and each point its value as `data-v`, so tests
+//! check the axes against the data; tick labels are `<text class=tick-x>` and
+//! `<text class=tick-y>`.
 
 use std::fmt::Write as _;
 
@@ -273,7 +274,7 @@ fn chart_of(
         if let Some(v) = v {
             let _ = write!(
                 out,
-                "<circle class=pt cx={:.1} cy={:.1} r=2.5 fill=\"#2f6fb5\"><title>{} UTC: {}</title></circle>",
+                "<circle class=pt data-v={v} cx={:.1} cy={:.1} r=2.5 fill=\"#2f6fb5\"><title>{} UTC: {}</title></circle>",
                 x(*t),
                 y(*v),
                 time_label(*t, true),
