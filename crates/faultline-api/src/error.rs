@@ -35,6 +35,8 @@ pub enum ErrorKind {
     BadParameter,
     /// What was asked for does not exist (404).
     NotFound,
+    /// The request conflicts with what exists (409): a name taken, a thing owned elsewhere.
+    Conflict,
     /// Retrying later can help (503 with `Retry-After`).
     Unavailable,
     /// A bug or damaged data (500).
@@ -47,6 +49,7 @@ impl ErrorKind {
         match self {
             Self::BadParameter => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,6 +60,7 @@ impl ErrorKind {
         match self {
             Self::BadParameter => "bad_parameter",
             Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -67,6 +71,7 @@ impl ErrorKind {
         match self {
             Self::BadParameter => 3,
             Self::NotFound => 5,
+            Self::Conflict => 6,
             Self::Unavailable => 14,
             Self::Internal => 13,
         }
@@ -143,6 +148,11 @@ impl ApiError {
     /// What was asked for does not exist.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, message)
+    }
+
+    /// The request conflicts with what exists (409).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
     }
 
     /// Retrying after [`RETRY_AFTER`] can help.
@@ -266,7 +276,7 @@ impl IntoResponse for ApiError {
             ErrorKind::Internal | ErrorKind::Unavailable => {
                 tracing::warn!(status = self.status().as_u16(), error = %self.message, "answered with an error")
             }
-            ErrorKind::BadParameter | ErrorKind::NotFound => {}
+            ErrorKind::BadParameter | ErrorKind::NotFound | ErrorKind::Conflict => {}
         }
         let mut resp = self.render(Shape::Native);
         resp.extensions_mut().insert(self);

@@ -18,6 +18,7 @@ pub mod jaeger;
 pub mod native;
 pub mod ops;
 pub mod params;
+pub mod probes;
 pub mod sampling;
 pub mod status;
 pub mod v3;
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub cache: Arc<QueryCache>,
     /// Every part's health over the last day (`status::sample_forever` fills it).
     pub history: Arc<status::History>,
+    /// The synthetic probes, when this process runs them.
+    pub probes: Option<faultline_probe::Probes>,
 }
 
 impl ApiState {
@@ -193,6 +196,7 @@ pub fn router() -> Router<ApiState> {
         .merge(shaped(
             native::router()
                 .merge(status::router())
+                .merge(probes::router())
                 .merge(ops::router())
                 .merge(sampling::api_router())
                 .merge(health_report::router()),
@@ -374,6 +378,7 @@ mod cache_tests {
                 Duration::from_secs(60),
             )),
             history: Arc::default(),
+            probes: None,
         });
         // Fast: fresh answers, which fill the cache.
         let (partial, v) = get(&app, "/api/services").await;

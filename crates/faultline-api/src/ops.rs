@@ -118,7 +118,13 @@ async fn health() -> &'static str {
 
 async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let p = st.process.clone();
-    let text = tokio::task::spawn_blocking(move || p.metrics()).await?;
+    let mut text = tokio::task::spawn_blocking(move || p.metrics()).await?;
+    // The probes' metrics under blackbox_exporter's names (no `faultline_` prefix), before
+    // the OpenMetrics end marker.
+    if let Some(probes) = &st.probes {
+        let end = text.rfind("# EOF").unwrap_or(text.len());
+        text.insert_str(end, &probes.metrics_text());
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -365,6 +365,19 @@ impl Intake {
         (critical, spans)
     }
 
+    /// Admits and ingests a request made in this process (the spans of faultline's own
+    /// synthetic probes) in `lane`, as a receiver would one that came over the network.
+    pub async fn ingest_own(
+        &self,
+        request: ExportTraceServiceRequest,
+        lane: Lane,
+    ) -> Result<Accepted, IngestError> {
+        use prost::Message;
+        let ticket = self.admit(request.encoded_len())?;
+        self.ingest(Protocol::Probe, request, None, Vec::new(), &ticket, lane)
+            .await
+    }
+
     /// Checks 1-3 of the module doc for a request of `body_bytes`.
     pub fn admit(&self, body_bytes: usize) -> Result<Admitted, IngestError> {
         if let Some(reason) = self.wal.failure() {

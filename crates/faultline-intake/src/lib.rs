@@ -11,6 +11,6 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 
-pub use admission::{Accepted, Admitted, IngestError, Intake, IntakeConfig};
+pub use admission::{Accepted, Admitted, IngestError, Intake, IntakeConfig, Lane};
 pub use faultline_model::envelope::Protocol;
 pub use metrics::{Metrics, MetricsObserver};

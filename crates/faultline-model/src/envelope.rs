@@ -10,7 +10,8 @@
 //! ```text
 //!   0  4  magic       b"FLIN"
 //!   4  1  version     1
-//!   5  1  protocol    1 otlp-grpc, 2 otlp-http-protobuf, 3 otlp-http-json, 4 zipkin-json
+//!   5  1  protocol    1 otlp-grpc, 2 otlp-http-protobuf, 3 otlp-http-json, 4 zipkin-json,
+//!                     5 faultline-probe (the spans of faultline's own synthetic probes)
 //!   6  1  lane        0 normal (priority lanes come later)
 //!   7  1  reserved    0
 //!   8  4  spans       number of spans in the request, little endian
@@ -42,15 +43,19 @@ pub enum Protocol {
     OtlpHttpJson,
     /// Zipkin v2 JSON.
     ZipkinJson,
+    /// Spans of faultline's own synthetic probes (`faultline-probe`), handed to intake in
+    /// process.
+    Probe,
 }
 
 impl Protocol {
     /// Every protocol, for pre-registering metrics.
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::OtlpGrpc,
         Protocol::OtlpHttpProtobuf,
         Protocol::OtlpHttpJson,
         Protocol::ZipkinJson,
+        Protocol::Probe,
     ];
 
     /// The label used in metrics and `wal dump`.
@@ -60,6 +65,7 @@ impl Protocol {
             Self::OtlpHttpProtobuf => "otlp-http-protobuf",
             Self::OtlpHttpJson => "otlp-http-json",
             Self::ZipkinJson => "zipkin-json",
+            Self::Probe => "faultline-probe",
         }
     }
 
@@ -69,6 +75,7 @@ impl Protocol {
             Self::OtlpHttpProtobuf => 2,
             Self::OtlpHttpJson => 3,
             Self::ZipkinJson => 4,
+            Self::Probe => 5,
         }
     }
 
@@ -78,6 +85,7 @@ impl Protocol {
             2 => Self::OtlpHttpProtobuf,
             3 => Self::OtlpHttpJson,
             4 => Self::ZipkinJson,
+            5 => Self::Probe,
             _ => return None,
         })
     }

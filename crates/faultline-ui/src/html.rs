@@ -112,6 +112,7 @@ pub fn error_page(code: u16, title: &str, message: &str, partial: &[String]) -> 
     let hint = match code {
         400 => "Check the address: a parameter above is not valid.",
         404 => "It may not exist, or may have passed the retention time.",
+        409 => "It conflicts with what exists; the message says what to do instead.",
         503 => "faultline is busy or starting; try again in a moment.",
         _ => "This is faultline's fault; the log says more.",
     };

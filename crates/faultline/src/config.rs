@@ -54,6 +54,12 @@
 //! keep_errors = true                     # every trace with an error span
 //! keep_slower_than_p99 = true            # every trace slower than its root op's p99
 //! rest_traces_per_second = 10.0          # of the rest, per root service
+//!
+//! [[probes]]                             # synthetic probes (repeatable), each checked
+//! name = "checkout-health"               #   here; fields in faultline_probe::def
+//! interval_secs = 30
+//! [probes.http]
+//! url = "http://127.0.0.1:8080/health"
 //! ```
 //!
 //! Unknown keys are errors, so a typo is reported, not ignored.
@@ -165,6 +171,8 @@ struct FileConfig {
     #[serde(default)]
     sampling: SamplingFile,
     tail_sampling: Option<faultline_store::tail::TailPolicy>,
+    #[serde(default)]
+    probes: Vec<faultline_probe::ProbeDef>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +264,8 @@ pub struct Settings {
     pub pipeline: PipelineOptions,
     /// The sampling policy file, if one is configured.
     pub sampling_policy: Option<PathBuf>,
+    /// The configuration file's probes, checked.
+    pub probes: Vec<faultline_probe::ProbeDef>,
 }
 
 impl Settings {
@@ -278,6 +288,9 @@ impl Settings {
             intake: intake(&args, file.intake)?,
             pipeline: pipeline(&args, &file.store, &data_dir)?,
             sampling_policy: args.sampling_policy.clone().or(file.sampling.policy_file),
+            probes: faultline_probe::def::check_all(&file.probes)
+                .map(|()| file.probes)
+                .map_err(|e| anyhow::anyhow!("probes: {e}"))?,
             data_dir,
         })
     }

@@ -153,6 +153,23 @@ impl Process for Wiring {
     }
 }
 
+/// The probes, their spans going through intake's critical lane as an SDK's would.
+fn start_probes(s: &Settings, intake: Arc<Intake>) -> anyhow::Result<faultline_probe::Probes> {
+    let sink = faultline_probe::FnSink(move |r| -> faultline_probe::Submitted {
+        let intake = intake.clone();
+        Box::pin(async move {
+            let lane = faultline_intake::Lane::Critical;
+            intake
+                .ingest_own(r, lane)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    });
+    faultline_probe::Probes::start(&s.data_dir, s.probes.clone(), Arc::new(sink))
+        .context("cannot start the probes")
+}
+
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen for {what} on {addr}; is another process using it? choose another address with {flag}")
@@ -242,6 +259,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
             std::time::Duration::from_secs(300),
         )),
         history: Arc::default(),
+        probes: Some(start_probes(&s, intake.clone())?),
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;

@@ -60,9 +60,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["faultline-model", "faultline-wal", "faultline-store"],
     ),
     ("faultline-store", &["faultline-model"]),
+    // Probes call services from outside and hand their spans to a sink the binary
+    // connects to intake: they know only the model.
+    ("faultline-probe", &["faultline-model"]),
     (
         "faultline-api",
-        &["faultline-model", "faultline-store", "faultline-sampling"],
+        &[
+            "faultline-model",
+            "faultline-store",
+            "faultline-sampling",
+            "faultline-probe",
+        ],
     ),
     (
         "faultline-ui",

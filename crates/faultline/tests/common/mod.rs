@@ -235,12 +235,23 @@ impl Drop for Server {
 
 /// A minimal blocking HTTP/1.1 GET (status, body), so tests need no client runtime.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_call(port, "GET", path, "")
+}
+
+/// A minimal blocking HTTP/1.1 request with a JSON body (status, body).
+pub fn http_call(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

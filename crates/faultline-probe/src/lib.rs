@@ -1,0 +1,695 @@
+//! Synthetic probes: checks that call services from outside on a schedule, as Uptime Kuma
+//! and Prometheus' blackbox_exporter do, with a twist: every HTTP check sends a W3C
+//! `traceparent` and records its own span ([`span`]) in the same trace, so a failed check
+//! opens onto the backend trace that explains it.
+//!
+//! - [`def`]: what a probe is, read from the configuration file or the API, validated;
+//! - [`check`]: one HTTP or TCP check, timed phase by phase;
+//! - [`span`]: the probe's span of a check;
+//! - [`Probes`] (this module): the set of probes, one scheduling task each, their recent
+//!   results, up/down state and incidents, the API's changes kept in `probes.json`, and
+//!   the blackbox_exporter metrics.
+//!
+//! Scheduling: each probe's first check is at a random offset within its interval (1,000
+//! probes never fire together), then one every interval, each check on its own task so a
+//! target that hangs delays nobody; a check's timeout is at most the interval, so checks
+//! of one probe never overlap. A tick that comes late is recorded as `lag` and the next one
+//! keeps the original grid. A probe is down after `retries + 1` failed checks in a row and
+//! up again after one success; each down period is an incident, with its first failing
+//! result (and so its trace).
+//!
+//! `probes.json` (the probes made through the API; configuration-file probes are read
+//! from the configuration file at every start), written whole to a temporary file,
+//! fsynced and renamed over the old one on every change:
+//!
+//! ```json
+//! {"version": 1, "probes": [{"name": "checkout", "interval_secs": 30, "http": {"url": "..."}}]}
+//! ```
+//!
+//! Results and incidents are kept in memory (the last [`MAX_RESULTS`] results and
+//! [`MAX_INCIDENTS`] incidents of each probe) and start afresh at each start.
+
+pub mod check;
+pub mod def;
+pub mod span;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use faultline_model::ExportTraceServiceRequest;
+
+pub use check::{Outcome, Phase};
+pub use def::{DefError, ProbeDef};
+
+/// Results kept per probe.
+pub const MAX_RESULTS: usize = 1000;
+/// Incidents kept per probe.
+pub const MAX_INCIDENTS: usize = 100;
+/// Most probes.
+pub const MAX_PROBES: usize = 10_000;
+
+/// Where probe spans go (the binary hands them to intake's critical lane).
+pub trait SpanSink: Send + Sync + 'static {
+    /// Stores one check's span; `Err` says why it could not.
+    fn submit(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// A [`SpanSink`] from a function.
+pub struct FnSink<F>(pub F);
+
+/// What a [`FnSink`]'s function returns.
+pub type Submitted = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+impl<F> SpanSink for FnSink<F>
+where
+    F: Fn(ExportTraceServiceRequest) -> Submitted + Send + Sync + 'static,
+{
+    fn submit(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        (self.0)(request)
+    }
+}
+
+/// Why a change to the probes was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The definition is not usable.
+    #[error(transparent)]
+    Invalid(#[from] DefError),
+    /// No probe by that name.
+    #[error("no probe named {0:?}; GET /api/v1/probes lists them")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("a probe named {0:?} exists; PUT /api/v1/probes/{0} replaces it")]
+    Exists(String),
+    /// Configuration-file probes change in the configuration file.
+    #[error("probe {0:?} is defined in the configuration file; change it there and restart")]
+    FromConfig(String),
+    /// Too many probes.
+    #[error("there are {MAX_PROBES} probes already, the most one faultline runs")]
+    TooMany,
+    /// `probes.json` could not be read or written.
+    #[error("{op} {}: {reason}", path.display())]
+    File {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// Up, down, or not yet checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// No check has finished yet (or the probe is paused).
+    Unknown,
+    /// The last check passed (or failed fewer than `retries + 1` times in a row).
+    Up,
+    /// `retries + 1` checks in a row failed.
+    Down,
+}
+
+/// One check's result.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// When it started, Unix milliseconds.
+    pub at_ms: u64,
+    /// How late it started against its schedule.
+    pub lag: Duration,
+    /// What it found.
+    pub outcome: Outcome,
+    /// The trace it sent `traceparent` for (HTTP) or recorded its span in (TCP).
+    pub trace_id: [u8; 16],
+    /// Why its span could not be stored, if it could not.
+    pub span_error: Option<String>,
+}
+
+/// A period when a probe was down.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    /// Unix milliseconds of the first failing check.
+    pub start_ms: u64,
+    /// Unix milliseconds of the check that passed again, if it has.
+    pub end_ms: Option<u64>,
+    /// The first failing check.
+    pub first_failure: CheckResult,
+}
+
+/// Where a probe's definition comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The configuration file.
+    Config,
+    /// The API (kept in `probes.json`).
+    Api,
+}
+
+/// A probe's definition and what is known of it.
+#[derive(Debug, Clone)]
+pub struct ProbeView {
+    /// The definition.
+    pub def: ProbeDef,
+    /// Where it comes from.
+    pub source: Source,
+    /// Up or down.
+    pub state: State,
+    /// The newest results first.
+    pub results: Vec<CheckResult>,
+    /// The newest incidents first.
+    pub incidents: Vec<Incident>,
+    /// Checks run since start, and how many passed.
+    pub checks: (u64, u64),
+}
+
+struct Runtime {
+    def: ProbeDef,
+    source: Source,
+    state: State,
+    failures: u32,
+    first_failure: Option<CheckResult>,
+    results: VecDeque<CheckResult>,
+    incidents: VecDeque<Incident>,
+    checks: (u64, u64),
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Runtime {
+    fn new(def: ProbeDef, source: Source, task: Option<tokio::task::JoinHandle<()>>) -> Self {
+        Self {
+            def,
+            source,
+            state: State::Unknown,
+            failures: 0,
+            first_failure: None,
+            results: VecDeque::new(),
+            incidents: VecDeque::new(),
+            checks: (0, 0),
+            task,
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+struct Shared {
+    probes: Mutex<BTreeMap<String, Runtime>>,
+    sink: Arc<dyn SpanSink>,
+    path: PathBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Runtime>> {
+        // A panic while holding the lock leaves the map consistent (every change is one
+        // insert or field update), so a poisoned lock is still usable.
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every probe, running.
+#[derive(Clone)]
+pub struct Probes {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("probes", &self.shared.lock().len())
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    version: u32,
+    probes: Vec<ProbeDef>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Probes {
+    /// Starts the probes of the configuration file and of `DATA_DIR/probes.json`; must be
+    /// called within a Tokio runtime. A name in both is refused.
+    pub fn start(
+        data_dir: &Path,
+        from_config: Vec<ProbeDef>,
+        sink: Arc<dyn SpanSink>,
+    ) -> Result<Self, ProbeError> {
+        let path = data_dir.join("probes.json");
+        let saved = match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice::<File>(&b)
+                    .map_err(|e| ProbeError::File {
+                        op: "cannot parse",
+                        path: path.clone(),
+                        reason: format!("{e}; fix it or move it aside"),
+                    })?
+                    .probes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(ProbeError::File {
+                    op: "cannot read",
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let probes = Self {
+            shared: Arc::new(Shared {
+                probes: Mutex::new(BTreeMap::new()),
+                sink,
+                path,
+            }),
+        };
+        for (defs, source) in [(from_config, Source::Config), (saved, Source::Api)] {
+            for def in defs {
+                def.validate()?;
+                let mut map = probes.shared.lock();
+                if map.contains_key(&def.name) {
+                    return Err(ProbeError::Exists(def.name));
+                }
+                probes.insert(&mut map, def, source);
+            }
+        }
+        Ok(probes)
+    }
+
+    fn insert(&self, map: &mut BTreeMap<String, Runtime>, def: ProbeDef, source: Source) {
+        let task =
+            (!def.paused).then(|| tokio::spawn(run(Arc::downgrade(&self.shared), def.clone())));
+        map.insert(def.name.clone(), Runtime::new(def, source, task));
+    }
+
+    /// Every probe.
+    pub fn list(&self) -> Vec<ProbeView> {
+        self.shared.lock().values().map(view).collect()
+    }
+
+    /// One probe.
+    pub fn get(&self, name: &str) -> Option<ProbeView> {
+        self.shared.lock().get(name).map(view)
+    }
+
+    /// Adds a probe (`replace`: or replaces an API probe of the same name) and saves.
+    pub async fn put(&self, def: ProbeDef, replace: bool) -> Result<(), ProbeError> {
+        def.validate()?;
+        {
+            let mut map = self.shared.lock();
+            match map.get(&def.name) {
+                Some(r) if r.source == Source::Config => {
+                    return Err(ProbeError::FromConfig(def.name));
+                }
+                Some(_) if !replace => return Err(ProbeError::Exists(def.name)),
+                None if replace => return Err(ProbeError::NotFound(def.name)),
+                None if map.len() >= MAX_PROBES => return Err(ProbeError::TooMany),
+                _ => {}
+            }
+            self.insert(&mut map, def, Source::Api);
+        }
+        self.save().await
+    }
+
+    /// Pauses or resumes an API probe and saves.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<(), ProbeError> {
+        let def = {
+            let map = self.shared.lock();
+            let r = map
+                .get(name)
+                .ok_or_else(|| ProbeError::NotFound(name.to_string()))?;
+            if r.source == Source::Config {
+                return Err(ProbeError::FromConfig(name.to_string()));
+            }
+            ProbeDef {
+                paused,
+                ..r.def.clone()
+            }
+        };
+        self.put(def, true).await
+    }
+
+    /// Deletes an API probe and saves.
+    pub async fn delete(&self, name: &str) -> Result<(), ProbeError> {
+        {
+            let mut map = self.shared.lock();
+            match map.get(name) {
+                None => return Err(ProbeError::NotFound(name.to_string())),
+                Some(r) if r.source == Source::Config => {
+                    return Err(ProbeError::FromConfig(name.to_string()));
+                }
+                Some(_) => {
+                    map.remove(name);
+                }
+            }
+        }
+        self.save().await
+    }
+
+    /// Writes the API probes to `probes.json` (off the executor: it fsyncs).
+    async fn save(&self) -> Result<(), ProbeError> {
+        let file = File {
+            version: 1,
+            probes: self
+                .shared
+                .lock()
+                .values()
+                .filter(|r| r.source == Source::Api)
+                .map(|r| r.def.clone())
+                .collect(),
+        };
+        let path = self.shared.path.clone();
+        let fail = |op, path: &Path, e: String| ProbeError::File {
+            op,
+            path: path.to_path_buf(),
+            reason: e,
+        };
+        let bytes = serde_json::to_vec_pretty(&file)
+            .map_err(|e| fail("cannot encode", &path, e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            write_durably(&path, &bytes).map_err(|(op, e)| fail(op, &path, e))
+        })
+        .await
+        .map_err(|e| ProbeError::File {
+            op: "cannot write",
+            path: self.shared.path.clone(),
+            reason: e.to_string(),
+        })?
+    }
+
+    /// The blackbox_exporter metrics of every probe's last check, in the Prometheus text
+    /// format: `probe_success`, `probe_duration_seconds` (the whole check; with `phase`,
+    /// each phase) and `probe_http_status_code`, labelled `probe`.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let map = self.shared.lock();
+        let mut out = String::new();
+        let last = || {
+            map.iter()
+                .filter_map(|(n, r)| r.results.back().map(|x| (n, x)))
+        };
+        out.push_str("# HELP probe_success Whether the probe's last check passed.\n# TYPE probe_success gauge\n");
+        for (n, x) in last() {
+            let _ = writeln!(
+                out,
+                "probe_success{{probe=\"{n}\"}} {}",
+                u8::from(x.outcome.ok)
+            );
+        }
+        out.push_str("# HELP probe_duration_seconds How long the probe's last check took, whole and by phase.\n# TYPE probe_duration_seconds gauge\n");
+        for (n, x) in last() {
+            let _ = writeln!(
+                out,
+                "probe_duration_seconds{{probe=\"{n}\"}} {}",
+                x.outcome.total.as_secs_f64()
+            );
+            for (p, d) in &x.outcome.phases {
+                let _ = writeln!(
+                    out,
+                    "probe_duration_seconds{{probe=\"{n}\",phase=\"{}\"}} {}",
+                    p.as_str(),
+                    d.as_secs_f64()
+                );
+            }
+        }
+        out.push_str("# HELP probe_http_status_code The HTTP status of the probe's last check.\n# TYPE probe_http_status_code gauge\n");
+        for (n, x) in last() {
+            if let Some(s) = x.outcome.status {
+                let _ = writeln!(out, "probe_http_status_code{{probe=\"{n}\"}} {s}");
+            }
+        }
+        out
+    }
+}
+
+/// Temporary file, fsync, rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, String)> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ("cannot create", e.to_string()))?;
+    f.write_all(bytes)
+        .map_err(|e| ("cannot write", e.to_string()))?;
+    f.sync_all().map_err(|e| ("cannot fsync", e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| ("cannot rename over", e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ("cannot fsync the directory of", e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn view(r: &Runtime) -> ProbeView {
+    ProbeView {
+        def: r.def.clone(),
+        source: r.source,
+        state: if r.def.paused {
+            State::Unknown
+        } else {
+            r.state
+        },
+        results: r.results.iter().rev().cloned().collect(),
+        incidents: r.incidents.iter().rev().cloned().collect(),
+        checks: r.checks,
+    }
+}
+
+/// A probe's schedule: a check every interval, on its own task. It holds the probes only
+/// weakly, so it ends when they are dropped.
+async fn run(shared: std::sync::Weak<Shared>, def: ProbeDef) {
+    let interval = Duration::from_secs(def.interval_secs);
+    let offset =
+        Duration::from_millis(rand::random::<u64>() % (interval.as_millis() as u64).max(1));
+    let mut next = tokio::time::Instant::now() + offset;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let lag = tokio::time::Instant::now().saturating_duration_since(next);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        tokio::spawn(one(shared, def.clone(), lag));
+        next += interval;
+        // After a stall (a suspended machine), skip the missed ticks rather than burst.
+        let now = tokio::time::Instant::now();
+        while next + interval < now {
+            next += interval;
+        }
+    }
+}
+
+/// One check: run it, store its span, record the result.
+async fn one(shared: Arc<Shared>, def: ProbeDef, lag: Duration) {
+    let ids: ([u8; 16], [u8; 8]) = (rand::random(), rand::random());
+    let at_ms = now_ms();
+    let start_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let started = Instant::now();
+    let outcome = match (&def.http, &def.tcp) {
+        (Some(h), _) => check::http(h, &span::traceparent(&ids.0, &ids.1), def.timeout()).await,
+        (None, Some(t)) => check::tcp(t, def.timeout()).await,
+        (None, None) => return,
+    };
+    debug_assert!(started.elapsed() >= outcome.total);
+    let span_error = shared
+        .sink
+        .submit(span::of(&def, &outcome, ids, start_ns))
+        .await
+        .err();
+    if let Some(e) = &span_error {
+        tracing::warn!(probe = %def.name, "the probe's span was not stored: {e}");
+    }
+    let result = CheckResult {
+        at_ms,
+        lag,
+        outcome,
+        trace_id: ids.0,
+        span_error,
+    };
+    let mut map = shared.lock();
+    let Some(r) = map.get_mut(&def.name) else {
+        return;
+    };
+    // A check of a definition since replaced or paused is not recorded.
+    if r.def != def {
+        return;
+    }
+    record(r, result);
+}
+
+/// Adds a result and moves the state (see the module doc).
+fn record(r: &mut Runtime, result: CheckResult) {
+    r.checks.0 += 1;
+    if result.outcome.ok {
+        r.checks.1 += 1;
+        r.failures = 0;
+        r.first_failure = None;
+        if r.state == State::Down
+            && let Some(i) = r.incidents.back_mut()
+        {
+            i.end_ms = Some(result.at_ms);
+        }
+        r.state = State::Up;
+    } else {
+        r.failures += 1;
+        if r.failures == 1 {
+            r.first_failure = Some(result.clone());
+        }
+        if r.failures > r.def.retries && r.state != State::Down {
+            r.state = State::Down;
+            let first = r.first_failure.clone().unwrap_or_else(|| result.clone());
+            r.incidents.push_back(Incident {
+                start_ms: first.at_ms,
+                end_ms: None,
+                first_failure: first,
+            });
+            if r.incidents.len() > MAX_INCIDENTS {
+                r.incidents.pop_front();
+            }
+        }
+    }
+    r.results.push_back(result);
+    if r.results.len() > MAX_RESULTS {
+        r.results.pop_front();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+
+    impl SpanSink for Nowhere {
+        fn submit(
+            &self,
+            _: ExportTraceServiceRequest,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn tcp(name: &str, port: u16) -> ProbeDef {
+        ProbeDef {
+            name: name.into(),
+            interval_secs: 1,
+            timeout_secs: Some(0.5),
+            retries: 1,
+            paused: false,
+            http: None,
+            tcp: Some(def::TcpTarget {
+                host: "127.0.0.1".into(),
+                port,
+            }),
+        }
+    }
+
+    fn result(ok: bool, at_ms: u64) -> CheckResult {
+        CheckResult {
+            at_ms,
+            lag: Duration::ZERO,
+            outcome: Outcome {
+                ok,
+                ..Outcome::default()
+            },
+            trace_id: [at_ms as u8; 16],
+            span_error: None,
+        }
+    }
+
+    #[test]
+    fn retries_then_down_then_up_make_one_incident_from_the_first_failure() {
+        let mut r = Runtime::new(tcp("p", 1), Source::Api, None);
+        record(&mut r, result(true, 1));
+        record(&mut r, result(false, 2));
+        assert_eq!(r.state, State::Up, "one failure is within retries = 1");
+        record(&mut r, result(false, 3));
+        record(&mut r, result(false, 4));
+        assert_eq!(r.state, State::Down);
+        assert_eq!(r.incidents.len(), 1);
+        assert_eq!(r.incidents[0].start_ms, 2, "from the first failing check");
+        assert_eq!(r.incidents[0].first_failure.trace_id, [2; 16]);
+        record(&mut r, result(true, 5));
+        assert_eq!((r.state, r.incidents[0].end_ms), (State::Up, Some(5)));
+        assert_eq!(r.checks, (5, 2));
+    }
+
+    #[tokio::test]
+    async fn api_probes_persist_and_config_probes_cannot_be_changed_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let p = Probes::start(
+            dir.path(),
+            vec![tcp("from-config", port)],
+            Arc::new(Nowhere),
+        )
+        .unwrap();
+        p.put(tcp("from-api", port), false).await.unwrap();
+        assert!(matches!(
+            p.put(tcp("from-api", port), false).await,
+            Err(ProbeError::Exists(_))
+        ));
+        assert!(matches!(
+            p.delete("from-config").await,
+            Err(ProbeError::FromConfig(_))
+        ));
+        p.set_paused("from-api", true).await.unwrap();
+        // A check within the 1 s interval, for the one running.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let v = p.get("from-config").unwrap();
+        assert!(v.checks.0 >= 1 && v.results[0].outcome.ok, "{v:?}");
+        assert_eq!(p.get("from-api").unwrap().checks.0, 0, "paused");
+        assert!(
+            p.metrics_text()
+                .contains("probe_success{probe=\"from-config\"} 1")
+        );
+        drop(p);
+        let again = Probes::start(
+            dir.path(),
+            vec![tcp("from-config", port)],
+            Arc::new(Nowhere),
+        )
+        .unwrap();
+        let names: Vec<(String, Source, bool)> = again
+            .list()
+            .into_iter()
+            .map(|v| (v.def.name, v.source, v.def.paused))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("from-api".into(), Source::Api, true),
+                ("from-config".into(), Source::Config, false)
+            ]
+        );
+        again.delete("from-api").await.unwrap();
+        let saved = std::fs::read_to_string(dir.path().join("probes.json")).unwrap();
+        assert!(saved.contains("\"probes\": []"), "{saved}");
+    }
+}

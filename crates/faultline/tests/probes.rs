@@ -1,0 +1,293 @@
+//! Synthetic probes against a real service: a small HTTP service instrumented with the
+//! OpenTelemetry Python SDK (tests/clients/probe_backend.py) that fails in planted ways,
+//! probed through the API. Each probe's verdict, reason and phases; a failing probe's
+//! trace holding both the probe's span and the service's; the blackbox_exporter metrics;
+//! bad definitions refused naming the field; the API's probes kept across a restart.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::{Server, http_call, http_get};
+
+struct Backend(Child);
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the instrumented service; its port.
+fn backend(server: &Server) -> (Backend, u16) {
+    let mut child = Command::new(common::python())
+        .arg(common::client_script("probe_backend.py"))
+        .args(["--otlp", &server.http_url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (Backend(child), v["port"].as_u64().unwrap() as u16)
+}
+
+fn call(server: &Server, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = http_call(server.api, method, path, &body.to_string()).unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn http_probe(name: &str, port: u16, path: &str, extra: Value) -> Value {
+    let mut http = json!({"url": format!("http://127.0.0.1:{port}{path}"), "expect_body": "ok"});
+    if let (Some(h), Some(e)) = (http.as_object_mut(), extra.as_object()) {
+        h.extend(e.clone());
+    }
+    json!({"name": name, "interval_secs": 2, "timeout_secs": 1.0, "http": http})
+}
+
+/// Waits until every named probe has a result; the probes by name.
+fn results(server: &Server, names: &[&str]) -> std::collections::HashMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = http_get(server.api, "/api/v1/probes").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let by_name: std::collections::HashMap<String, Value> = v["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_string(), p.clone()))
+            .collect();
+        if names
+            .iter()
+            .all(|n| by_name.get(*n).is_some_and(|p| !p["last"].is_null()))
+        {
+            return by_name;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no result for some of {names:?}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn probes_find_planted_failures_and_their_traces_join_the_services() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let (_backend, port) = backend(&server);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let defs = [
+        http_probe("ok", port, "/ok", json!({})),
+        http_probe("redirect-in", port, "/redirect-in", json!({})),
+        http_probe("fail", port, "/fail", json!({})),
+        http_probe("slow", port, "/slow", json!({})),
+        http_probe("mismatch", port, "/mismatch", json!({})),
+        http_probe("redirect-out", port, "/redirect-out", json!({})),
+        json!({"name": "tcp-open", "interval_secs": 2, "tcp": {"host": "127.0.0.1", "port": port}}),
+        json!({"name": "tcp-closed", "interval_secs": 2, "tcp": {"host": "127.0.0.1", "port": closed}}),
+    ];
+    for d in &defs {
+        let (status, body) = call(&server, "POST", "/api/v1/probes", d);
+        assert_eq!(status, 201, "{body}");
+    }
+    let names: Vec<&str> = defs.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    let got = results(&server, &names);
+    let last = |n: &str| got[n]["last"].clone();
+    let phases = |n: &str| -> Vec<String> {
+        let mut v: Vec<String> = last(n)["phases"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    // Verdicts and reasons.
+    for n in ["ok", "redirect-in", "tcp-open"] {
+        assert_eq!(last(n)["ok"], true, "{n}: {}", last(n));
+        assert_eq!(got[n]["state"], "up", "{n}");
+    }
+    assert_eq!(
+        phases("ok"),
+        vec!["connect", "processing", "resolve", "transfer"]
+    );
+    assert_eq!(last("ok")["status"], 200);
+    assert_eq!(
+        last("redirect-in")["status"],
+        200,
+        "followed on the same host"
+    );
+    let error = |n: &str| last(n)["error"].as_str().unwrap_or("").to_string();
+    assert_eq!(error("fail"), "HTTP 500, expected 2xx or 3xx");
+    assert_eq!(error("slow"), "timed out after 1.0 s during processing");
+    assert!(
+        error("mismatch").contains("does not contain \"ok\""),
+        "{}",
+        error("mismatch")
+    );
+    assert!(
+        error("redirect-out").contains("which the probe does not name"),
+        "{}",
+        error("redirect-out")
+    );
+    assert!(error("tcp-closed").starts_with(&format!("cannot connect to 127.0.0.1:{closed}")));
+    assert_eq!(phases("tcp-closed"), vec!["resolve"], "failed in connect");
+    for n in ["fail", "slow", "mismatch", "redirect-out", "tcp-closed"] {
+        assert_eq!(last(n)["ok"], false, "{n}");
+        assert_eq!(got[n]["state"], "down", "{n}: retries 0");
+    }
+    // The slow target did not hold up the others: its check took its whole timeout while
+    // every other probe's first check came on time.
+    assert!(last("slow")["totalMs"].as_f64().unwrap() >= 1000.0);
+
+    // The failing probe's trace: the probe's span and the service's, one trace.
+    let (_, body) = http_get(server.api, "/api/v1/probes/fail").unwrap();
+    let fail: Value = serde_json::from_str(&body).unwrap();
+    let incident = &fail["incidents"][0];
+    assert!(incident["end"].is_null(), "{fail}");
+    let trace_id = incident["firstFailure"]["traceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        incident["firstFailure"]["trace"],
+        format!("/trace/{trace_id}")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let services = loop {
+        let (status, body) = http_get(server.api, &format!("/api/traces/{trace_id}")).unwrap();
+        if status == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let mut s: Vec<String> = v["data"][0]["processes"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|p| p["serviceName"].as_str().unwrap().to_string())
+                .collect();
+            s.sort();
+            s.dedup();
+            if s.len() == 2 {
+                break (s, v);
+            }
+        }
+        assert!(Instant::now() < deadline, "{status}: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(services.0, vec!["faultline-probe", "probe-backend"]);
+    let spans = services.1["data"][0]["spans"].as_array().unwrap().clone();
+    let probe_span = spans
+        .iter()
+        .find(|s| {
+            s["operationName"]
+                .as_str()
+                .unwrap()
+                .starts_with("probe fail")
+        })
+        .unwrap();
+    let server_span = spans
+        .iter()
+        .find(|s| s["operationName"] == "GET /fail")
+        .unwrap();
+    assert_eq!(
+        server_span["references"][0]["spanID"], probe_span["spanID"],
+        "the service's span is the probe span's child"
+    );
+    let tags = probe_span["tags"].as_array().unwrap();
+    assert!(
+        tags.iter()
+            .any(|t| t["key"] == "faultline.synthetic" && t["value"] == true)
+    );
+    assert!(
+        tags.iter()
+            .any(|t| t["key"] == "http.response.status_code" && t["value"] == 500)
+    );
+
+    // blackbox_exporter's metrics.
+    let m = server.metrics();
+    assert_eq!(
+        common::metric(&m, "probe_success{probe=\"ok\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(m.contains("probe_success{probe=\"fail\"} 0"), "{m}");
+    assert!(common::metric(&m, "probe_duration_seconds{probe=\"ok\",phase=\"connect\"}") > 0.0);
+    assert_eq!(
+        common::metric(&m, "probe_http_status_code{probe=\"fail\"}"),
+        500.0
+    );
+
+    // Bad definitions are refused naming the field; names are unique.
+    for (def, field) in [
+        (
+            json!({"name": "x", "interval_secs": 0, "tcp": {"host": "h", "port": 1}}),
+            "interval_secs",
+        ),
+        (
+            json!({"name": "x", "http": {"url": "gopher://h/"}}),
+            "http.url",
+        ),
+        (json!({"name": "x"}), "http"),
+    ] {
+        let (status, body) = call(&server, "POST", "/api/v1/probes", &def);
+        assert_eq!(
+            (status, body["parameter"].as_str()),
+            (400, Some(field)),
+            "{body}"
+        );
+    }
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/api/v1/probes",
+        &json!({"name": "x", "intervall": 5}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("intervall"),
+        "{body}"
+    );
+    let (status, _) = call(&server, "POST", "/api/v1/probes", &defs[0]);
+    assert_eq!(status, 409);
+    let (status, _) = call(&server, "DELETE", "/api/v1/probes/nope", &Value::Null);
+    assert_eq!(status, 404);
+
+    // Pause, delete, and what remains after a restart.
+    let (status, body) = call(&server, "POST", "/api/v1/probes/slow/pause", &Value::Null);
+    assert_eq!((status, &body["paused"]), (200, &json!(true)), "{body}");
+    let (status, _) = call(&server, "DELETE", "/api/v1/probes/mismatch", &Value::Null);
+    assert_eq!(status, 204);
+    server.stop();
+    let server = Server::start(&data, &[]);
+    let (_, body) = http_get(server.api, "/api/v1/probes").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let kept: Vec<(String, bool)> = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["paused"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kept.len(), defs.len() - 1, "{kept:?}");
+    assert!(kept.contains(&("slow".to_string(), true)));
+    assert!(!kept.iter().any(|(n, _)| n == "mismatch"));
+}
