@@ -32,6 +32,9 @@ It needs Debian's chromium and chromium-driver (/usr/bin/chromium and
    trace and service each answer a 404 page that says what is missing and
    links back.
 7. Clock skew (with --skew-trace): moved spans are marked.
+8. Probes (with --probe): the probe is listed as up; its page has the checks
+   timeline and the duration chart with readable axes, and each check links to
+   its trace.
 
 A screenshot of every page goes to --screenshots. On success it prints one
 JSON line with what it saw and exits 0; on a failed check it prints the
@@ -98,6 +101,7 @@ def main() -> int:
     ap.add_argument("--service", required=True)
     ap.add_argument("--screenshots", required=True)
     ap.add_argument("--skew-trace", help="a trace with planted clock skew: its moved spans are marked")
+    ap.add_argument("--probe", help="a probe that passes: its pages are checked")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     args = ap.parse_args()
@@ -312,6 +316,21 @@ def main() -> int:
             check(len(driver.find_elements(By.CSS_SELECTOR, "#waterfall tr.skewed")) == 0,
                   "stored times: nothing marked")
             check("Correct clock skew" in driver.find_element(By.ID, "skew").text, "the switch back")
+        # 8. Probes.
+        if args.probe:
+            driver.get(f"{base}/probes")
+            shot("8-probes")
+            row = driver.find_element(By.CSS_SELECTOR, f"#probes tr.probe[data-name='{args.probe}']")
+            check("up" in row.text and "100.0%" in row.text, f"the probe is up, all checks passed: {row.text}")
+            row.find_element(By.LINK_TEXT, args.probe).click()
+            shot("8b-probe")
+            check_chart(driver.find_element(By.CSS_SELECTOR, "figure#probe-duration svg"), seen, min_value_ticks=3)
+            tl = driver.find_element(By.CSS_SELECTOR, "figure#probe-timeline svg")
+            check([t.text for t in tl.find_elements(By.CSS_SELECTOR, "text.lane")] == ["checks"], "one lane of checks")
+            check(len(tl.find_elements(By.CSS_SELECTOR, "rect.run.state-ok")) >= 1, "passed checks drawn")
+            links = driver.find_elements(By.CSS_SELECTOR, "#results a.trace-link")
+            check(len(links) >= 3, f"each check links to its trace: {len(links)}")
+            seen["probe_checks"] = len(links)
     except CheckFailed as e:
         print(f"check failed: {e}", file=sys.stderr)
         return 1

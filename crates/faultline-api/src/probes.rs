@@ -15,7 +15,8 @@
 //! ```json
 //! {"name": "checkout", "source": "api", "state": "down", "paused": false,
 //!  "definition": {"name": "checkout", "interval_secs": 30, "http": {"url": "..."}},
-//!  "checks": 120, "passed": 118, "uptime": 0.9833,
+//!  "checks": 120, "passed": 118,
+//!  "uptime": {"24h": {"checks": 120, "passed": 118, "ratio": 0.9833}, "7d": {...}, "30d": {...}},
 //!  "last": {"at": 1700000000000, "ok": false, "totalMs": 12.5, "lagMs": 0.4,
 //!           "phases": {"resolve": 0.1, "connect": 0.3, "processing": 11.9, "transfer": 0.2},
 //!           "status": 503, "error": "HTTP 503, expected 2xx or 3xx",
@@ -23,8 +24,9 @@
 //!  "incidents": [{"start": 1700000000000, "end": null, "firstFailure": {...}}]}
 //! ```
 //!
-//! `uptime` is the share of checks that passed since faultline started (null before the
-//! first); `trace` opens the check's trace, which holds the probe's span and, when the
+//! `checks` and `passed` count the results kept (the store's retention); `uptime` is the
+//! share of checks that passed over each window (`ratio` null without checks); `trace`
+//! opens the check's trace, which holds the probe's span and, when the
 //! service propagates `traceparent`, the service's spans.
 
 use axum::extract::{Path, State};
@@ -94,7 +96,10 @@ pub fn probe_json(v: &ProbeView, results: usize) -> Value {
     json!({
         "name": v.def.name, "source": v.source, "state": v.state, "paused": v.def.paused,
         "definition": v.def, "checks": checks, "passed": passed,
-        "uptime": (checks > 0).then(|| passed as f64 / checks as f64),
+        "uptime": v.uptime.iter().map(|u| (u.window.to_string(), json!({
+            "checks": u.checks, "passed": u.passed,
+            "ratio": (u.checks > 0).then(|| u.passed as f64 / u.checks as f64),
+        }))).collect::<serde_json::Map<String, Value>>(),
         "last": v.results.first().map(result_json),
         "results": v.results.iter().take(results).map(result_json).collect::<Vec<_>>(),
         "incidents": v.incidents.iter().map(|i| json!({

@@ -26,11 +26,15 @@
 //! {"version": 1, "probes": [{"name": "checkout", "interval_secs": 30, "http": {"url": "..."}}]}
 //! ```
 //!
-//! Results and incidents are kept in memory (the last [`MAX_RESULTS`] results and
-//! [`MAX_INCIDENTS`] incidents of each probe) and start afresh at each start.
+//! Every result is appended to the results log (`history.rs`, kept as long as the store's
+//! retention) and read back at start, which rebuilds each probe's state, incidents and
+//! uptime; in memory each probe keeps its last [`MAX_RESULTS`] results, [`MAX_INCIDENTS`]
+//! incidents and an hourly count of checks and passes for 31 days (uptime over 24 hours,
+//! 7 and 30 days).
 
 pub mod check;
 pub mod def;
+mod history;
 pub mod span;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -159,6 +163,20 @@ pub enum Source {
     Api,
 }
 
+/// Uptime over one window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Uptime {
+    /// `24h`, `7d` or `30d`.
+    pub window: &'static str,
+    /// Checks in the window.
+    pub checks: u64,
+    /// Those that passed.
+    pub passed: u64,
+}
+
+/// The uptime windows: name and hours.
+const WINDOWS: [(&str, u64); 3] = [("24h", 24), ("7d", 7 * 24), ("30d", 30 * 24)];
+
 /// A probe's definition and what is known of it.
 #[derive(Debug, Clone)]
 pub struct ProbeView {
@@ -172,8 +190,10 @@ pub struct ProbeView {
     pub results: Vec<CheckResult>,
     /// The newest incidents first.
     pub incidents: Vec<Incident>,
-    /// Checks run since start, and how many passed.
+    /// Checks known (within the results log's retention), and how many passed.
     pub checks: (u64, u64),
+    /// Uptime over 24 hours, 7 days and 30 days.
+    pub uptime: [Uptime; 3],
 }
 
 struct Runtime {
@@ -185,6 +205,8 @@ struct Runtime {
     results: VecDeque<CheckResult>,
     incidents: VecDeque<Incident>,
     checks: (u64, u64),
+    /// Unix hour -> (checks, passed), 31 days at most.
+    hours: BTreeMap<u64, (u64, u64)>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -199,6 +221,7 @@ impl Runtime {
             results: VecDeque::new(),
             incidents: VecDeque::new(),
             checks: (0, 0),
+            hours: BTreeMap::new(),
             task,
         }
     }
@@ -216,6 +239,7 @@ struct Shared {
     probes: Mutex<BTreeMap<String, Runtime>>,
     sink: Arc<dyn SpanSink>,
     path: PathBuf,
+    results: history::Writer,
 }
 
 impl Shared {
@@ -253,50 +277,72 @@ fn now_ms() -> u64 {
 }
 
 impl Probes {
-    /// Starts the probes of the configuration file and of `DATA_DIR/probes.json`; must be
-    /// called within a Tokio runtime. A name in both is refused.
-    pub fn start(
+    /// Starts the probes of the configuration file and of `DATA_DIR/probes.json` (a name
+    /// in both is refused), with their results of the last `retention` read back from
+    /// `DATA_DIR/probes/`.
+    pub async fn start(
         data_dir: &Path,
         from_config: Vec<ProbeDef>,
         sink: Arc<dyn SpanSink>,
+        retention: Duration,
     ) -> Result<Self, ProbeError> {
         let path = data_dir.join("probes.json");
-        let saved = match std::fs::read(&path) {
-            Ok(b) => {
-                serde_json::from_slice::<File>(&b)
-                    .map_err(|e| ProbeError::File {
-                        op: "cannot parse",
-                        path: path.clone(),
-                        reason: format!("{e}; fix it or move it aside"),
-                    })?
-                    .probes
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(ProbeError::File {
-                    op: "cannot read",
-                    path,
-                    reason: e.to_string(),
-                });
-            }
+        let dir = data_dir.join("probes");
+        let io = |op, path: &Path, e: String| ProbeError::File {
+            op,
+            path: path.to_path_buf(),
+            reason: e,
         };
+        let (p, d) = (path.clone(), dir.clone());
+        let (saved, (records, bad)) = tokio::task::spawn_blocking(move || {
+            let saved = match std::fs::read(&p) {
+                Ok(b) => {
+                    serde_json::from_slice::<File>(&b)
+                        .map_err(|e| {
+                            io("cannot parse", &p, format!("{e}; fix it or move it aside"))
+                        })?
+                        .probes
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(io("cannot read", &p, e.to_string())),
+            };
+            Ok((saved, history::read(&d, now_ms(), retention)))
+        })
+        .await
+        .map_err(|e| io("cannot read", &path, e.to_string()))??;
+        if bad > 0 {
+            tracing::warn!(
+                "{bad} unreadable probe result records in {} were skipped",
+                dir.display()
+            );
+        }
+        let results = history::Writer::start(dir.clone(), retention)
+            .map_err(|e| io("cannot open the results log in", &dir, e.to_string()))?;
         let probes = Self {
             shared: Arc::new(Shared {
                 probes: Mutex::new(BTreeMap::new()),
                 sink,
                 path,
+                results,
             }),
         };
+        let mut map = probes.shared.lock();
         for (defs, source) in [(from_config, Source::Config), (saved, Source::Api)] {
             for def in defs {
                 def.validate()?;
-                let mut map = probes.shared.lock();
                 if map.contains_key(&def.name) {
                     return Err(ProbeError::Exists(def.name));
                 }
                 probes.insert(&mut map, def, source);
             }
         }
+        // State, incidents and uptime, as the results happened.
+        for r in records {
+            if let Some(rt) = map.get_mut(&r.probe) {
+                record(rt, r.result());
+            }
+        }
+        drop(map);
         Ok(probes)
     }
 
@@ -475,6 +521,18 @@ fn view(r: &Runtime) -> ProbeView {
         results: r.results.iter().rev().cloned().collect(),
         incidents: r.incidents.iter().rev().cloned().collect(),
         checks: r.checks,
+        uptime: WINDOWS.map(|(window, hours)| {
+            let from = (now_ms() / 3_600_000).saturating_sub(hours - 1);
+            let (checks, passed) = r
+                .hours
+                .range(from..)
+                .fold((0, 0), |a, (_, c)| (a.0 + c.0, a.1 + c.1));
+            Uptime {
+                window,
+                checks,
+                passed,
+            }
+        }),
     }
 }
 
@@ -538,12 +596,21 @@ async fn one(shared: Arc<Shared>, def: ProbeDef, lag: Duration) {
     if r.def != def {
         return;
     }
+    shared
+        .results
+        .append(history::Record::of(&def.name, &result));
     record(r, result);
 }
 
 /// Adds a result and moves the state (see the module doc).
 fn record(r: &mut Runtime, result: CheckResult) {
     r.checks.0 += 1;
+    let hour = r.hours.entry(result.at_ms / 3_600_000).or_default();
+    hour.0 += 1;
+    hour.1 += u64::from(result.outcome.ok);
+    while r.hours.len() > 31 * 24 {
+        r.hours.pop_first();
+    }
     if result.outcome.ok {
         r.checks.1 += 1;
         r.failures = 0;
@@ -642,13 +709,16 @@ mod tests {
     #[tokio::test]
     async fn api_probes_persist_and_config_probes_cannot_be_changed_there() {
         let dir = tempfile::tempdir().unwrap();
+        let week = Duration::from_secs(7 * 86_400);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let p = Probes::start(
             dir.path(),
             vec![tcp("from-config", port)],
             Arc::new(Nowhere),
+            week,
         )
+        .await
         .unwrap();
         p.put(tcp("from-api", port), false).await.unwrap();
         assert!(matches!(
@@ -674,7 +744,9 @@ mod tests {
             dir.path(),
             vec![tcp("from-config", port)],
             Arc::new(Nowhere),
+            week,
         )
+        .await
         .unwrap();
         let names: Vec<(String, Source, bool)> = again
             .list()

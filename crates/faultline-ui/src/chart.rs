@@ -229,6 +229,8 @@ fn chart_of(
         // Every other tick: the labels need the room.
         xticks = xticks.into_iter().step_by(2).collect();
     }
+    // Ticks less than a minute apart are labelled to the second.
+    let fine = xticks.windows(2).any(|p| p[1] - p[0] < 60);
     for t in xticks {
         let xx = x(t);
         // Labels near an edge are anchored to stay inside the chart.
@@ -245,7 +247,11 @@ fn chart_of(
             TOP + ph,
             TOP + ph + 4.0,
             h - 6.0,
-            time_label(t, long)
+            if fine {
+                seconds_label(t)
+            } else {
+                time_label(t, long)
+            }
         );
     }
     // The line, with gaps, and a point with its hover title for every value.

@@ -154,7 +154,10 @@ impl Process for Wiring {
 }
 
 /// The probes, their spans going through intake's critical lane as an SDK's would.
-fn start_probes(s: &Settings, intake: Arc<Intake>) -> anyhow::Result<faultline_probe::Probes> {
+async fn start_probes(
+    s: &Settings,
+    intake: Arc<Intake>,
+) -> anyhow::Result<faultline_probe::Probes> {
     let sink = faultline_probe::FnSink(move |r| -> faultline_probe::Submitted {
         let intake = intake.clone();
         Box::pin(async move {
@@ -166,7 +169,9 @@ fn start_probes(s: &Settings, intake: Arc<Intake>) -> anyhow::Result<faultline_p
                 .map_err(|e| e.to_string())
         })
     });
-    faultline_probe::Probes::start(&s.data_dir, s.probes.clone(), Arc::new(sink))
+    let retention = s.store.retention;
+    faultline_probe::Probes::start(&s.data_dir, s.probes.clone(), Arc::new(sink), retention)
+        .await
         .context("cannot start the probes")
 }
 
@@ -259,7 +264,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
             std::time::Duration::from_secs(300),
         )),
         history: Arc::default(),
-        probes: Some(start_probes(&s, intake.clone())?),
+        probes: Some(start_probes(&s, intake.clone()).await?),
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;

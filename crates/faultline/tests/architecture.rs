@@ -74,7 +74,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "faultline-ui",
-        &["faultline-model", "faultline-store", "faultline-api"],
+        &[
+            "faultline-model",
+            "faultline-store",
+            "faultline-api",
+            "faultline-probe",
+        ],
     ),
     ("faultline-bench", &["faultline-model", "faultline-store"]),
 ];

@@ -218,6 +218,34 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
             .any(|t| t["key"] == "http.response.status_code" && t["value"] == 500)
     );
 
+    // The pages: the list with each state, and the failing probe's checks, phases and
+    // incident, each linking to its trace.
+    let (status, page) = http_get(server.api, "/probes").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<tr class=\"probe state-failed\" data-name=\"fail\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<tr class=\"probe state-ok\" data-name=\"ok\">"),
+        "{page}"
+    );
+    let (_, page) = http_get(server.api, "/probes/fail").unwrap();
+    assert!(page.contains("id=\"probe-timeline\"") && page.contains("class=\"run state-failed\""));
+    assert!(page.contains("id=\"probe-duration\"") && page.contains("class=tick-y"));
+    assert!(
+        page.contains("<td>resolve</td>") && page.contains("<td>connect</td>"),
+        "{page}"
+    );
+    let incidents = page.split("id=incidents>").nth(1).unwrap();
+    assert_eq!(incidents.matches("<tr class=incident>").count(), 1);
+    assert!(
+        incidents.contains(&format!("href=\"/trace/{trace_id}\"")),
+        "the first failure's trace"
+    );
+    let (status, _) = http_get(server.api, "/probes/nope").unwrap();
+    assert_eq!(status, 404);
+
     // blackbox_exporter's metrics.
     let m = server.metrics();
     assert_eq!(
@@ -290,4 +318,22 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
     assert_eq!(kept.len(), defs.len() - 1, "{kept:?}");
     assert!(kept.contains(&("slow".to_string(), true)));
     assert!(!kept.iter().any(|(n, _)| n == "mismatch"));
+    // Results, state and the open incident come back from the results log.
+    let (_, body) = http_get(server.api, "/api/v1/probes/fail").unwrap();
+    let after: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(after["state"], "down", "{after}");
+    assert_eq!(
+        after["incidents"][0]["firstFailure"]["traceId"],
+        trace_id.as_str(),
+        "the same incident"
+    );
+    assert!(after["incidents"][0]["end"].is_null());
+    let day = &after["uptime"]["24h"];
+    assert!(
+        day["checks"].as_u64().unwrap() >= 1 && day["passed"] == 0,
+        "{after}"
+    );
+    let (_, body) = http_get(server.api, "/api/v1/probes/ok").unwrap();
+    let ok: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ok["uptime"]["30d"]["ratio"], 1.0, "{ok}");
 }

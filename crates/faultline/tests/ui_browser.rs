@@ -63,6 +63,24 @@ fn pages_work_in_a_real_browser() {
         assert!(started.elapsed() < Duration::from_secs(10), "{body}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A probe of faultline's own /health, checked every second, with a few results.
+    let def = format!(
+        r#"{{"name":"self-health","interval_secs":1,"http":{{"url":"http://127.0.0.1:{}/health"}}}}"#,
+        server.api
+    );
+    let (status, body) = common::http_call(server.api, "POST", "/api/v1/probes", &def).unwrap();
+    assert_eq!(status, 201, "{body}");
+    let started = Instant::now();
+    while http_get(server.api, "/api/v1/probes/self-health")
+        .unwrap()
+        .1
+        .matches("\"ok\":true")
+        .count()
+        < 3
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     let out = Command::new(python())
         .arg(client_script("ui_check.py"))
@@ -71,6 +89,7 @@ fn pages_work_in_a_real_browser() {
         .arg("--screenshots")
         .arg(&shots)
         .args(["--skew-trace", skew_trace])
+        .args(["--probe", "self-health"])
         .output()
         .unwrap();
     assert!(

@@ -1,7 +1,7 @@
 //! The pages, one module each: `/` ([`services`]), `/service/{name}` ([`service`]),
 //! `/search` ([`search`]), `/trace/{id}` ([`trace`]), `/compare` ([`compare`]),
 //! `/dependencies`
-//! ([`dependencies`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
+//! ([`dependencies`]), `/probes` and `/probes/{name}` ([`probes`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
 //! and the script they share (`/ui.js`,
 //! `assets.rs`). Every page is rendered on the server from the
 //! [`faultline_store::SpanStore`]; its URL carries all its parameters (time range as
@@ -15,6 +15,7 @@
 
 pub mod compare;
 pub mod dependencies;
+pub mod probes;
 pub mod search;
 pub mod service;
 pub mod services;
@@ -47,6 +48,8 @@ pub fn router() -> Router<ApiState> {
         .route("/trace/{id}", get(trace::page))
         .route("/compare", get(compare::page))
         .route("/dependencies", get(dependencies::page))
+        .route("/probes", get(probes::list))
+        .route("/probes/{name}", get(probes::one))
         .route("/status", get(status::page))
         .route("/tracing-health", get(tracing_health::page))
         .route("/ui.js", get(crate::assets::script));

@@ -1,0 +1,270 @@
+//! `/probes`: every synthetic probe with its state, uptime over 24 hours, 7 and 30 days,
+//! and its last check; `/probes/{name}`: one probe's checks over the last 24 hours as a
+//! timeline (passed, failed), their duration over time, each phase's p50 and p99, its
+//! incidents with the first failing check's trace, and the recent checks, each linking to
+//! its trace. Read from `faultline_probe::Probes` through the API state.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Response};
+
+use faultline_api::{ApiError, ApiState};
+use faultline_probe::{CheckResult, ProbeView, Uptime};
+
+use crate::chart::{Lane, Unit, time_chart, timeline};
+use crate::html::{esc, page as layout, pct, url};
+
+fn probes(st: &ApiState) -> Result<&faultline_probe::Probes, ApiError> {
+    st.probes
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this faultline runs no probes"))
+}
+
+fn target(v: &ProbeView) -> String {
+    match (&v.def.http, &v.def.tcp) {
+        (Some(h), _) => format!("{} {}", h.method, h.url),
+        (None, Some(t)) => format!("tcp {}:{}", t.host, t.port),
+        _ => String::new(),
+    }
+}
+
+fn uptime_cell(u: &Uptime) -> String {
+    if u.checks == 0 {
+        "<td class=num>-</td>".into()
+    } else {
+        let r = u.passed as f64 / u.checks as f64;
+        format!(
+            "<td class=\"num{}\" title=\"{} of {} checks passed\">{}</td>",
+            if r < 1.0 { " err" } else { "" },
+            u.passed,
+            u.checks,
+            pct(r)
+        )
+    }
+}
+
+fn when(ms: u64) -> String {
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        s % 86400 / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
+fn trace_cell(r: &CheckResult) -> String {
+    let id = faultline_model::hex(&r.trace_id);
+    format!("<a class=trace-link href=\"/trace/{id}\">trace</a>")
+}
+
+/// `/probes`.
+pub(crate) async fn list(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let all = probes(&st)?.list();
+    let mut body = String::from(
+        "<p class=muted>Probes are made in the configuration file or with <code>POST /api/v1/probes</code> (README: Synthetic probes).</p>",
+    );
+    if all.is_empty() {
+        body.push_str("<p class=muted>No probes yet.</p>");
+    } else {
+        body.push_str("<table id=probes><tr><th>Probe</th><th>Target</th><th>State</th><th>24 h</th><th>7 days</th><th>30 days</th><th>Last check</th><th></th></tr>");
+        for v in &all {
+            let last = v.results.first();
+            let _ = write!(
+                body,
+                "<tr class=\"probe state-{}\" data-name=\"{}\"><td><a href=\"/probes/{}\">{}</a></td><td>{}</td><td><b>{}</b></td>{}{}{}<td>{}</td><td>{}</td></tr>",
+                if v.state == faultline_probe::State::Down {
+                    "failed"
+                } else {
+                    "ok"
+                },
+                esc(&v.def.name),
+                url(&v.def.name),
+                esc(&v.def.name),
+                esc(&target(v)),
+                if v.def.paused {
+                    "paused".to_string()
+                } else {
+                    format!("{:?}", v.state).to_lowercase()
+                },
+                uptime_cell(&v.uptime[0]),
+                uptime_cell(&v.uptime[1]),
+                uptime_cell(&v.uptime[2]),
+                last.map_or_else(String::new, |r| format!(
+                    "{} · {:.1} ms{}",
+                    when(r.at_ms),
+                    r.outcome.total.as_secs_f64() * 1000.0,
+                    r.outcome
+                        .error
+                        .as_ref()
+                        .map(|e| format!(" · <span class=err>{}</span>", esc(e)))
+                        .unwrap_or_default()
+                )),
+                last.map(trace_cell).unwrap_or_default()
+            );
+        }
+        body.push_str("</table>");
+    }
+    Ok(Html(layout("Probes", &[], Some(30), &body)).into_response())
+}
+
+/// `/probes/{name}`.
+pub(crate) async fn one(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let v = probes(&st)?.get(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no probe named {name:?}; the probes page lists them"
+        ))
+    })?;
+    let mut body = format!(
+        "<p>{} · every {} s · timeout {:.1} s · retries {} · <b>{}</b> · <a href=\"/api/v1/probes/{}\">JSON</a></p>",
+        esc(&target(&v)),
+        v.def.interval_secs,
+        v.def.timeout().as_secs_f64(),
+        v.def.retries,
+        if v.def.paused {
+            "paused".to_string()
+        } else {
+            format!("{:?}", v.state).to_lowercase()
+        },
+        url(&name)
+    );
+    body.push_str("<table id=uptime><tr><th>Uptime</th><th>24 h</th><th>7 days</th><th>30 days</th></tr><tr><td>checks passed</td>");
+    for u in &v.uptime {
+        body.push_str(&uptime_cell(u));
+    }
+    body.push_str("</tr></table>");
+    let now_s = faultline_api::params::now_ns() / 1_000_000_000;
+    let day: Vec<&CheckResult> = v
+        .results
+        .iter()
+        .rev()
+        .filter(|r| r.at_ms / 1000 + 86_400 >= now_s)
+        .collect();
+    // Runs of passed and failed checks, each lasting until the next check.
+    let mut runs: Vec<(&str, u64, u64)> = Vec::new();
+    for (i, r) in day.iter().enumerate() {
+        let state = if r.outcome.ok { "ok" } else { "failed" };
+        let end = day.get(i + 1).map_or(now_s, |n| n.at_ms / 1000);
+        match runs.last_mut() {
+            Some(last) if last.0 == state => last.2 = end,
+            _ => runs.push((state, r.at_ms / 1000, end)),
+        }
+    }
+    body.push_str("<section><h2>Checks</h2><div class=charts>");
+    if let Some(first) = day.first() {
+        let lanes: Vec<Lane<'_>> = vec![("checks", runs)];
+        body.push_str(&timeline(
+            "probe-timeline",
+            "Passed and failed checks",
+            (first.at_ms / 1000, now_s),
+            &lanes,
+        ));
+        let points: Vec<(u64, Option<f64>)> = day
+            .iter()
+            .map(|r| (r.at_ms / 1000, Some(r.outcome.total.as_secs_f64() * 1000.0)))
+            .collect();
+        body.push_str(&time_chart(
+            "probe-duration",
+            "Check duration",
+            &points,
+            Unit::Millis,
+        ));
+    } else {
+        body.push_str("<p class=muted>No checks in the last 24 hours.</p>");
+    }
+    body.push_str("</div></section>");
+    body.push_str(&phases(&day));
+    body.push_str(&incidents(&v));
+    body.push_str("<section><h2>Recent checks</h2><table id=results><tr><th>When</th><th>Result</th><th>Total</th><th>Phases</th><th></th></tr>");
+    for r in v.results.iter().take(50) {
+        let phases: Vec<String> = r
+            .outcome
+            .phases
+            .iter()
+            .map(|(p, d)| format!("{} {:.1} ms", p.as_str(), d.as_secs_f64() * 1000.0))
+            .collect();
+        let _ = write!(
+            body,
+            "<tr class=\"result {}\"><td>{}</td><td>{}</td><td class=num>{:.1} ms</td><td>{}</td><td>{}</td></tr>",
+            if r.outcome.ok { "passed" } else { "failed" },
+            when(r.at_ms),
+            r.outcome.error.as_deref().map_or_else(
+                || format!(
+                    "passed{}",
+                    r.outcome
+                        .status
+                        .map(|s| format!(" (HTTP {s})"))
+                        .unwrap_or_default()
+                ),
+                |e| format!("<span class=err>{}</span>", esc(e))
+            ),
+            r.outcome.total.as_secs_f64() * 1000.0,
+            esc(&phases.join(", ")),
+            trace_cell(r)
+        );
+    }
+    body.push_str("</table></section>");
+    Ok(Html(layout(&format!("Probe {name}"), &[], Some(30), &body)).into_response())
+}
+
+/// Each phase's p50 and p99 over the checks given.
+fn phases(day: &[&CheckResult]) -> String {
+    let mut out = String::from(
+        "<section><h2>Phases (last 24 hours)</h2><table id=phases><tr><th>Phase</th><th>Checks</th><th>p50</th><th>p99</th></tr>",
+    );
+    for p in [
+        faultline_probe::Phase::Dns,
+        faultline_probe::Phase::Connect,
+        faultline_probe::Phase::FirstByte,
+        faultline_probe::Phase::Body,
+    ] {
+        let mut ms: Vec<f64> = day
+            .iter()
+            .flat_map(|r| r.outcome.phases.iter().filter(|(q, _)| *q == p))
+            .map(|(_, d)| d.as_secs_f64() * 1000.0)
+            .collect();
+        if ms.is_empty() {
+            continue;
+        }
+        ms.sort_by(f64::total_cmp);
+        let q = |x: f64| ms[((ms.len() - 1) as f64 * x).round() as usize];
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=num>{}</td><td class=num>{:.2} ms</td><td class=num>{:.2} ms</td></tr>",
+            p.as_str(),
+            ms.len(),
+            q(0.5),
+            q(0.99)
+        );
+    }
+    out.push_str("</table></section>");
+    out
+}
+
+fn incidents(v: &ProbeView) -> String {
+    let mut out = format!("<section><h2>Incidents ({})</h2>", v.incidents.len());
+    if v.incidents.is_empty() {
+        out.push_str("<p class=muted>None: the probe has not been down.</p></section>");
+        return out;
+    }
+    out.push_str("<table id=incidents><tr><th>From</th><th>To</th><th>Lasted</th><th>First failure</th><th></th></tr>");
+    let now_ms = faultline_api::params::now_ns() / 1_000_000;
+    for i in &v.incidents {
+        let end = i.end_ms.unwrap_or(now_ms);
+        let _ = write!(
+            out,
+            "<tr class=incident><td>{}</td><td>{}</td><td class=num>{}</td><td class=err>{}</td><td>{}</td></tr>",
+            when(i.start_ms),
+            i.end_ms.map_or_else(|| "ongoing".to_string(), when),
+            faultline_model::health::human_duration(end.saturating_sub(i.start_ms) * 1_000_000),
+            esc(i.first_failure.outcome.error.as_deref().unwrap_or("")),
+            trace_cell(&i.first_failure)
+        );
+    }
+    out.push_str("</table></section>");
+    out
+}
