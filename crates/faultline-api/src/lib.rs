@@ -12,6 +12,7 @@
 //! header lists the reasons (blocks quarantined, WAL records not yet indexed), and Jaeger
 //! answers carry the same in a `partial` field (ignored by Jaeger clients).
 
+pub mod alerts;
 pub mod error;
 pub mod health_report;
 pub mod jaeger;
@@ -44,6 +45,8 @@ pub struct ApiState {
     pub history: Arc<status::History>,
     /// The synthetic probes, when this process runs them.
     pub probes: Option<faultline_probe::Probes>,
+    /// The alert rules, when this process evaluates them.
+    pub alerts: Option<faultline_alerts::Alerts>,
 }
 
 impl ApiState {
@@ -197,6 +200,7 @@ pub fn router() -> Router<ApiState> {
             native::router()
                 .merge(status::router())
                 .merge(probes::router())
+                .merge(alerts::router())
                 .merge(ops::router())
                 .merge(sampling::api_router())
                 .merge(health_report::router()),
@@ -379,6 +383,7 @@ mod cache_tests {
             )),
             history: Arc::default(),
             probes: None,
+            alerts: None,
         });
         // Fast: fresh answers, which fill the cache.
         let (partial, v) = get(&app, "/api/services").await;

@@ -253,6 +253,11 @@ impl ProbeDef {
     }
 }
 
+/// [`check_all`], giving the list back when it passes.
+pub fn checked(list: Vec<ProbeDef>) -> Result<Vec<ProbeDef>, DefError> {
+    check_all(&list).map(|()| list)
+}
+
 /// Checks a list of definitions (the configuration file's): each valid, each name once.
 pub fn check_all(defs: &[ProbeDef]) -> Result<(), DefError> {
     let mut names = std::collections::HashSet::new();

@@ -55,11 +55,9 @@
 //! keep_slower_than_p99 = true            # every trace slower than its root op's p99
 //! rest_traces_per_second = 10.0          # of the rest, per root service
 //!
-//! [[probes]]                             # synthetic probes (repeatable), each checked
-//! name = "checkout-health"               #   here; fields in faultline_probe::def
-//! interval_secs = 30
-//! [probes.http]
-//! url = "http://127.0.0.1:8080/health"
+//! [[probes]]                             # synthetic probes (repeatable): the fields of
+//!                                        #   faultline_probe::def
+//! [[alerts]]                             # alert rules (repeatable): faultline_alerts::rule
 //! ```
 //!
 //! Unknown keys are errors, so a typo is reported, not ignored.
@@ -68,7 +66,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use serde::Deserialize;
 
 use faultline_intake::IntakeConfig;
@@ -173,6 +171,8 @@ struct FileConfig {
     tail_sampling: Option<faultline_store::tail::TailPolicy>,
     #[serde(default)]
     probes: Vec<faultline_probe::ProbeDef>,
+    #[serde(default)]
+    alerts: Vec<faultline_alerts::RuleDef>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,6 +266,8 @@ pub struct Settings {
     pub sampling_policy: Option<PathBuf>,
     /// The configuration file's probes, checked.
     pub probes: Vec<faultline_probe::ProbeDef>,
+    /// The configuration file's alert rules, checked.
+    pub alerts: Vec<faultline_alerts::RuleDef>,
 }
 
 impl Settings {
@@ -288,9 +290,10 @@ impl Settings {
             intake: intake(&args, file.intake)?,
             pipeline: pipeline(&args, &file.store, &data_dir)?,
             sampling_policy: args.sampling_policy.clone().or(file.sampling.policy_file),
-            probes: faultline_probe::def::check_all(&file.probes)
-                .map(|()| file.probes)
-                .map_err(|e| anyhow::anyhow!("probes: {e}"))?,
+            probes: faultline_probe::def::checked(file.probes)
+                .map_err(|e| anyhow!("probes: {e}"))?,
+            alerts: faultline_alerts::rule::checked(file.alerts)
+                .map_err(|e| anyhow!("alerts: {e}"))?,
             data_dir,
         })
     }

@@ -160,14 +160,7 @@ async fn start_probes(
 ) -> anyhow::Result<faultline_probe::Probes> {
     let sink = faultline_probe::FnSink(move |r| -> faultline_probe::Submitted {
         let intake = intake.clone();
-        Box::pin(async move {
-            let lane = faultline_intake::Lane::Critical;
-            intake
-                .ingest_own(r, lane)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { intake.ingest_synthetic(r).await })
     });
     let retention = s.store.retention;
     faultline_probe::Probes::start(&s.data_dir, s.probes.clone(), Arc::new(sink), retention)
@@ -247,6 +240,10 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         .context("cannot start the store pipeline")?;
     let intake = Arc::new(Intake::new(wal, metrics, s.intake.clone()));
     let ready = Arc::new(AtomicBool::new(false));
+    // The alert rules, evaluated on their own thread over the store's rollups.
+    let alerts = faultline_alerts::Alerts::open(&s.data_dir, s.alerts.clone(), store.clone())
+        .context("cannot start the alert rules")?;
+    alerts.start().context("cannot start the alerts thread")?;
     let state = ApiState {
         store: store.clone(),
         process: Arc::new(Wiring {
@@ -265,6 +262,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         )),
         history: Arc::default(),
         probes: Some(start_probes(&s, intake.clone()).await?),
+        alerts: Some(alerts),
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;

@@ -63,6 +63,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Probes call services from outside and hand their spans to a sink the binary
     // connects to intake: they know only the model.
     ("faultline-probe", &["faultline-model"]),
+    // Alert rules read the store's rollups.
+    ("faultline-alerts", &["faultline-model", "faultline-store"]),
     (
         "faultline-api",
         &[
@@ -70,6 +72,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-store",
             "faultline-sampling",
             "faultline-probe",
+            "faultline-alerts",
         ],
     ),
     (
