@@ -346,10 +346,22 @@ impl Probes {
         Ok(probes)
     }
 
+    /// Starts `def`; a probe it replaces (a new definition, a pause) keeps its results,
+    /// state, incidents and uptime, and its old task stops.
     fn insert(&self, map: &mut BTreeMap<String, Runtime>, def: ProbeDef, source: Source) {
         let task =
             (!def.paused).then(|| tokio::spawn(run(Arc::downgrade(&self.shared), def.clone())));
-        map.insert(def.name.clone(), Runtime::new(def, source, task));
+        let mut new = Runtime::new(def, source, task);
+        if let Some(mut old) = map.remove(&new.def.name) {
+            new.state = old.state;
+            new.failures = old.failures;
+            new.first_failure = old.first_failure.take();
+            new.results = std::mem::take(&mut old.results);
+            new.incidents = std::mem::take(&mut old.incidents);
+            new.checks = old.checks;
+            new.hours = std::mem::take(&mut old.hours);
+        }
+        map.insert(new.def.name.clone(), new);
     }
 
     /// Every probe.
@@ -735,6 +747,26 @@ mod tests {
         let v = p.get("from-config").unwrap();
         assert!(v.checks.0 >= 1 && v.results[0].outcome.ok, "{v:?}");
         assert_eq!(p.get("from-api").unwrap().checks.0, 0, "paused");
+        // Replacing a running probe keeps what it found.
+        p.put(tcp("second", port), false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let before = p.get("second").unwrap().checks.0;
+        assert!(before >= 1);
+        p.put(
+            ProbeDef {
+                retries: 3,
+                ..tcp("second", port)
+            },
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            p.get("second").unwrap().checks.0,
+            before,
+            "kept across the change"
+        );
+        p.delete("second").await.unwrap();
         assert!(
             p.metrics_text()
                 .contains("probe_success{probe=\"from-config\"} 1")
