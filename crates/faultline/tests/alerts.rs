@@ -121,6 +121,15 @@ for_minutes = 2
         (Some("cart-slow"), &Value::Bool(false))
     );
     assert!(cart["incidents"].as_array().unwrap().is_empty());
+    // The page says the same.
+    let (status, page) = http_get(server.api, "/alerts").unwrap();
+    assert_eq!(status, 200);
+    let section = page
+        .split("<section class=\"alert firing\" data-name=\"checkout-slow\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{page}"));
+    assert!(section.contains("ongoing") && section.contains("POST /checkout above 500 ms"));
+    assert!(page.contains("<section class=\"alert quiet\" data-name=\"cart-slow\">"));
     // It stays one incident while the regression lasts.
     std::thread::sleep(Duration::from_secs(6));
     let (_, body) = http_get(server.api, "/api/v1/alerts").unwrap();

@@ -82,6 +82,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-store",
             "faultline-api",
             "faultline-probe",
+            "faultline-alerts",
         ],
     ),
     ("faultline-bench", &["faultline-model", "faultline-store"]),

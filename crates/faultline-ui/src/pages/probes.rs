@@ -2,7 +2,8 @@
 //! and its last check; `/probes/{name}`: one probe's checks over the last 24 hours as a
 //! timeline (passed, failed), their duration over time, each phase's p50 and p99, its
 //! incidents with the first failing check's trace, and the recent checks, each linking to
-//! its trace. Read from `faultline_probe::Probes` through the API state.
+//! its trace; `/alerts`: every alert rule (`faultline_alerts`), whether it fires, and its
+//! incidents. Read through the API state.
 
 use std::fmt::Write as _;
 
@@ -267,4 +268,47 @@ fn incidents(v: &ProbeView) -> String {
     }
     out.push_str("</table></section>");
     out
+}
+
+/// `/alerts`: every alert rule, whether it fires, and its incidents, newest first.
+pub(crate) async fn alerts(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let all = match st.alerts.clone() {
+        Some(a) => tokio::task::spawn_blocking(move || a.list()).await?,
+        None => Vec::new(),
+    };
+    let mut body = String::from(
+        "<p class=muted>Alert rules are set in the configuration file (README: Alerts); <a href=\"/api/v1/alerts\">JSON</a>.</p>",
+    );
+    if all.is_empty() {
+        body.push_str("<p class=muted>No alert rules.</p>");
+    }
+    for (rule, state) in &all {
+        let _ = write!(
+            body,
+            "<section class=\"alert {}\" data-name=\"{}\"><h2>{} <b class=state-{}>{}</b></h2><p>{}</p>",
+            if state.firing { "firing" } else { "quiet" },
+            esc(&rule.name),
+            esc(&rule.name),
+            if state.firing { "failed" } else { "ok" },
+            if state.firing { "firing" } else { "not firing" },
+            esc(&rule.describe())
+        );
+        if state.incidents.is_empty() {
+            body.push_str("<p class=muted>It has not fired.</p></section>");
+            continue;
+        }
+        body.push_str("<table class=incidents><tr><th>From</th><th>To</th><th>What held</th></tr>");
+        for i in state.incidents.iter().rev() {
+            let _ = write!(
+                body,
+                "<tr class=incident><td>{}</td><td>{}</td><td>{}</td></tr>",
+                when(i.start * 1000),
+                i.end
+                    .map_or_else(|| "ongoing".to_string(), |e| when(e * 1000)),
+                esc(&i.message)
+            );
+        }
+        body.push_str("</table></section>");
+    }
+    Ok(Html(layout("Alerts", &[], Some(30), &body)).into_response())
 }
