@@ -76,6 +76,15 @@ form.q input,form.q select{margin-right:6px}.hidden{display:none}
 .state-degraded b,b.state-degraded{color:#a86400}.state-failed b,b.state-failed{color:#b3261e}
 "#;
 
+/// A page for the public (`/public/status`): the same style, refreshing every 60 s, with
+/// no navigation into faultline and no script.
+pub fn public_page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{}</title><meta http-equiv=refresh content=\"60\"><style>{CSS}</style></head><body><main>{body}</main></body></html>",
+        esc(title)
+    )
+}
+
 /// A whole page: header with navigation, the partial banner when `partial` has reasons,
 /// then `body`. `refresh` reloads the page every so many seconds.
 pub fn page(title: &str, partial: &[String], refresh: Option<u64>, body: &str) -> String {

@@ -300,6 +300,31 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
     assert_eq!((status, &body["paused"]), (200, &json!(true)), "{body}");
     let (status, _) = call(&server, "DELETE", "/api/v1/probes/mismatch", &Value::Null);
     assert_eq!(status, 204);
+    // The public status page: states and uptime, nothing internal, no paused probe.
+    let (status, public) = http_get(server.api, "/public/status").unwrap();
+    assert_eq!(status, 200);
+    let section = |n: &str| {
+        public
+            .split(&format!(
+                "<section class=\"public-probe\" data-name=\"{n}\">"
+            ))
+            .nth(1)
+            .map(|s| s.split("</section>").next().unwrap_or("").to_string())
+    };
+    assert!(section("fail").unwrap().contains(">down</b>"), "{public}");
+    assert!(section("ok").unwrap().contains(">up</b>"), "{public}");
+    assert!(
+        section("ok").unwrap().contains("class=\"run state-ok\""),
+        "a bar of its day"
+    );
+    assert!(section("slow").is_none(), "paused probes are left out");
+    assert!(public.contains("checks failing"), "{public}");
+    for internal in ["href=", "/trace/", "127.0.0.1", "HTTP 500", "<script"] {
+        assert!(
+            !public.contains(internal),
+            "the public page shows {internal:?}"
+        );
+    }
     server.stop();
     let server = Server::start(&data, &[]);
     let (_, body) = http_get(server.api, "/api/v1/probes").unwrap();

@@ -1,8 +1,8 @@
 //! The pages, one module each: `/` ([`services`]), `/service/{name}` ([`service`]),
 //! `/search` ([`search`]), `/trace/{id}` ([`trace`]), `/compare` ([`compare`]),
 //! `/dependencies`
-//! ([`dependencies`]), `/probes`, `/probes/{name}` and `/alerts` ([`probes`]), `/status`
-//! ([`status`]), `/tracing-health` ([`tracing_health`]),
+//! ([`dependencies`]), `/probes`, `/probes/{name}`, `/alerts` and the public
+//! `/public/status` ([`probes`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
 //! and the script they share (`/ui.js`,
 //! `assets.rs`). Every page is rendered on the server from the
 //! [`faultline_store::SpanStore`]; its URL carries all its parameters (time range as
@@ -52,6 +52,7 @@ pub fn router() -> Router<ApiState> {
         .route("/probes", get(probes::list))
         .route("/probes/{name}", get(probes::one))
         .route("/alerts", get(probes::alerts))
+        .route("/public/status", get(probes::public))
         .route("/status", get(status::page))
         .route("/tracing-health", get(tracing_health::page))
         .route("/ui.js", get(crate::assets::script));

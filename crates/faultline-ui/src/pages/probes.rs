@@ -3,7 +3,8 @@
 //! timeline (passed, failed), their duration over time, each phase's p50 and p99, its
 //! incidents with the first failing check's trace, and the recent checks, each linking to
 //! its trace; `/alerts`: every alert rule (`faultline_alerts`), whether it fires, and its
-//! incidents. Read through the API state.
+//! incidents; `/public/status`: the probes' state and uptime for the services' users, with
+//! nothing internal. Read through the API state.
 
 use std::fmt::Write as _;
 
@@ -58,6 +59,27 @@ fn when(ms: u64) -> String {
 fn trace_cell(r: &CheckResult) -> String {
     let id = faultline_model::hex(&r.trace_id);
     format!("<a class=trace-link href=\"/trace/{id}\">trace</a>")
+}
+
+/// A probe's checks of the 24 hours before `now_s`, oldest first, and their runs of
+/// passed (`ok`) and failed checks, each lasting until the next check (Unix seconds).
+fn last_day(v: &ProbeView, now_s: u64) -> (Vec<&CheckResult>, Vec<(&'static str, u64, u64)>) {
+    let day: Vec<&CheckResult> = v
+        .results
+        .iter()
+        .rev()
+        .filter(|r| r.at_ms / 1000 + 86_400 >= now_s)
+        .collect();
+    let mut runs: Vec<(&'static str, u64, u64)> = Vec::new();
+    for (i, r) in day.iter().enumerate() {
+        let state = if r.outcome.ok { "ok" } else { "failed" };
+        let end = day.get(i + 1).map_or(now_s, |n| n.at_ms / 1000);
+        match runs.last_mut() {
+            Some(last) if last.0 == state => last.2 = end,
+            _ => runs.push((state, r.at_ms / 1000, end)),
+        }
+    }
+    (day, runs)
 }
 
 /// `/probes`.
@@ -139,22 +161,7 @@ pub(crate) async fn one(
     }
     body.push_str("</tr></table>");
     let now_s = faultline_api::params::now_ns() / 1_000_000_000;
-    let day: Vec<&CheckResult> = v
-        .results
-        .iter()
-        .rev()
-        .filter(|r| r.at_ms / 1000 + 86_400 >= now_s)
-        .collect();
-    // Runs of passed and failed checks, each lasting until the next check.
-    let mut runs: Vec<(&str, u64, u64)> = Vec::new();
-    for (i, r) in day.iter().enumerate() {
-        let state = if r.outcome.ok { "ok" } else { "failed" };
-        let end = day.get(i + 1).map_or(now_s, |n| n.at_ms / 1000);
-        match runs.last_mut() {
-            Some(last) if last.0 == state => last.2 = end,
-            _ => runs.push((state, r.at_ms / 1000, end)),
-        }
-    }
+    let (day, runs) = last_day(&v, now_s);
     body.push_str("<section><h2>Checks</h2><div class=charts>");
     if let Some(first) = day.first() {
         let lanes: Vec<Lane<'_>> = vec![("checks", runs)];
@@ -311,4 +318,83 @@ pub(crate) async fn alerts(State(st): State<ApiState>) -> Result<Response, ApiEr
         body.push_str("</table></section>");
     }
     Ok(Html(layout("Alerts", &[], Some(30), &body)).into_response())
+}
+
+/// `/public/status`: a status page for the services' users, safe to expose: each probe's
+/// state and uptime over 24 hours, 7 and 30 days, a bar of its last day, and when it was
+/// down. No targets, errors, traces or links into faultline; paused probes are left out.
+pub(crate) async fn public(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let all: Vec<ProbeView> = st
+        .probes
+        .as_ref()
+        .map(|p| p.list())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| !v.def.paused)
+        .collect();
+    let down = all
+        .iter()
+        .filter(|v| v.state == faultline_probe::State::Down)
+        .count();
+    let mut body = format!(
+        "<h1>Status</h1><p id=overall class={}>{}</p>",
+        if down > 0 { "err" } else { "" },
+        if all.is_empty() {
+            "Nothing is watched yet.".to_string()
+        } else if down == 0 {
+            "All systems operational.".to_string()
+        } else {
+            format!("{down} of {} checks failing.", all.len())
+        }
+    );
+    let now_s = faultline_api::params::now_ns() / 1_000_000_000;
+    for v in &all {
+        let (_, runs) = last_day(v, now_s);
+        let _ = write!(
+            body,
+            "<section class=\"public-probe\" data-name=\"{}\"><h2>{} <b class=state-{}>{}</b></h2><table><tr><th>24 h</th><th>7 days</th><th>30 days</th></tr><tr>{}{}{}</tr></table>",
+            esc(&v.def.name),
+            esc(&v.def.name),
+            if v.state == faultline_probe::State::Down {
+                "failed"
+            } else {
+                "ok"
+            },
+            match v.state {
+                faultline_probe::State::Down => "down",
+                faultline_probe::State::Up => "up",
+                faultline_probe::State::Unknown => "not checked yet",
+            },
+            uptime_cell(&v.uptime[0]),
+            uptime_cell(&v.uptime[1]),
+            uptime_cell(&v.uptime[2]),
+        );
+        if let Some(first) = runs.first().map(|r| r.1) {
+            let lanes: Vec<Lane<'_>> = vec![("last 24 h", runs)];
+            body.push_str(&timeline(
+                &format!("public-{}", v.def.name),
+                "Checks",
+                (first, now_s),
+                &lanes,
+            ));
+        }
+        let downs: Vec<String> = v
+            .incidents
+            .iter()
+            .take(5)
+            .map(|i| {
+                format!(
+                    "<li>down from {}{}</li>",
+                    when(i.start_ms),
+                    i.end_ms
+                        .map_or_else(|| " (ongoing)".to_string(), |e| format!(" to {}", when(e)))
+                )
+            })
+            .collect();
+        if !downs.is_empty() {
+            let _ = write!(body, "<ul class=downs>{}</ul>", downs.join(""));
+        }
+        body.push_str("</section>");
+    }
+    Ok(Html(crate::html::public_page("Status", &body)).into_response())
 }
