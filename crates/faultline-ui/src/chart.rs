@@ -131,6 +131,33 @@ fn date_label(t: u64, h: u64, m: u64) -> String {
     format!("{mo:02}-{d:02} {h:02}:{m:02}")
 }
 
+/// Time tick labels: to the second when ticks are less than a minute apart, else `HH:MM`
+/// (with the date when `long`).
+fn tick_labels(ticks: &[u64], long: bool) -> Vec<String> {
+    let fine = ticks.windows(2).any(|p| p[1] - p[0] < 60);
+    ticks
+        .iter()
+        .map(|&t| {
+            if fine {
+                seconds_label(t)
+            } else {
+                time_label(t, long)
+            }
+        })
+        .collect()
+}
+
+/// How a tick label at `x` is anchored so that it stays within `[lo, hi]`.
+fn anchor(x: f64, lo: f64, hi: f64) -> &'static str {
+    if x > hi - 24.0 {
+        "end"
+    } else if x < lo + 24.0 {
+        "start"
+    } else {
+        "middle"
+    }
+}
+
 /// Room for the value labels on the left and the time labels below.
 const LEFT: f64 = 58.0;
 const BOTTOM: f64 = 22.0;
@@ -229,29 +256,17 @@ fn chart_of(
         // Every other tick: the labels need the room.
         xticks = xticks.into_iter().step_by(2).collect();
     }
-    // Ticks less than a minute apart are labelled to the second.
-    let fine = xticks.windows(2).any(|p| p[1] - p[0] < 60);
-    for t in xticks {
+    let labels = tick_labels(&xticks, long);
+    for (t, label) in xticks.into_iter().zip(labels) {
         let xx = x(t);
-        // Labels near an edge are anchored to stay inside the chart.
-        let anchor = if xx > w - RIGHT - 24.0 {
-            "end"
-        } else if xx < LEFT + 24.0 {
-            "start"
-        } else {
-            "middle"
-        };
+        let anchor = anchor(xx, LEFT, w - RIGHT);
         let _ = write!(
             out,
             "<line x1={xx:.1} x2={xx:.1} y1={:.1} y2={:.1} stroke=\"#999\"></line><text class=tick-x x={xx:.1} y={:.1} text-anchor={anchor} font-size=10 fill=\"#666\" data-t={t}>{}</text>",
             TOP + ph,
             TOP + ph + 4.0,
             h - 6.0,
-            if fine {
-                seconds_label(t)
-            } else {
-                time_label(t, long)
-            }
+            label
         );
     }
     // The line, with gaps, and a point with its hover title for every value.
@@ -420,20 +435,11 @@ pub fn timeline(id: &str, title: &str, (from_s, to_s): (u64, u64), lanes: &[Lane
         "<line x1={left} x2={} y1={base:.1} y2={base:.1} stroke=\"#999\"></line>",
         w - RIGHT
     );
-    for t in time_ticks(from_s, to_s) {
+    let ticks = time_ticks(from_s, to_s);
+    let labels = tick_labels(&ticks, long);
+    for (t, label) in ticks.into_iter().zip(labels) {
         let xx = x(t);
-        let anchor = if xx > w - RIGHT - 24.0 {
-            "end"
-        } else if xx < left + 24.0 {
-            "start"
-        } else {
-            "middle"
-        };
-        let label = if to_s - from_s < 600 {
-            seconds_label(t)
-        } else {
-            time_label(t, long)
-        };
+        let anchor = anchor(xx, left, w - RIGHT);
         let _ = write!(
             out,
             "<line x1={xx:.1} x2={xx:.1} y1={TOP} y2={:.1} stroke=\"#eee\"></line><text class=tick-x x={xx:.1} y={:.1} text-anchor={anchor} font-size=10 fill=\"#666\" data-t={t}>{label}</text>",
@@ -507,33 +513,13 @@ pub fn scatter(id: &str, dots: &[Dot]) -> String {
         t0 / 1_000_000_000,
         t1.div_ceil(1_000_000_000)
     );
-    for v in &yticks {
-        let _ = write!(
-            out,
-            "<line x1={LEFT} x2={} y1={:.1} y2={:.1} stroke=\"#eee\"></line><text class=tick-y x={} y={:.1} text-anchor=end font-size=10 fill=\"#666\">{}</text>",
-            w - RIGHT,
-            y(*v),
-            y(*v),
-            LEFT - 4.0,
-            y(*v) + 3.5,
-            esc(&Unit::Millis.label(*v))
-        );
-    }
+    value_axis(&mut out, w, &yticks, y, Unit::Millis);
     let (s0, s1) = (t0 / 1_000_000_000, t1.div_ceil(1_000_000_000));
     let ticks = time_ticks(s0, s1);
-    let fine = ticks.windows(2).any(|p| p[1] - p[0] < 60);
-    for t in ticks {
+    let labels = tick_labels(&ticks, s1 - s0 >= 86400);
+    for (t, label) in ticks.into_iter().zip(labels) {
         let xx = x((t * 1_000_000_000).clamp(t0, t1));
-        let anchor = if xx > w - RIGHT - 24.0 {
-            "end"
-        } else {
-            "middle"
-        };
-        let label = if fine {
-            seconds_label(t)
-        } else {
-            time_label(t, s1 - s0 >= 86400)
-        };
+        let anchor = anchor(xx, LEFT, w - RIGHT);
         let _ = write!(
             out,
             "<text class=tick-x x={xx:.1} y={:.1} text-anchor={anchor} font-size=10 fill=\"#666\" data-t={t}>{label}</text>",

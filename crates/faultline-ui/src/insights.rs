@@ -278,9 +278,9 @@ pub struct Outlier {
 /// Traces whose span count is at least 3 times (or at most a third of) the median of
 /// traces with the same root operation, or that have (service, operation) pairs that at
 /// most 5% of those traces have. Groups of fewer than 5 traces are not judged.
-pub fn outliers(traces: &[Vec<Span>]) -> Vec<Outlier> {
+pub fn outliers(traces: &[&Vec<Span>]) -> Vec<Outlier> {
     let mut by_root: BTreeMap<String, Vec<&Vec<Span>>> = BTreeMap::new();
-    for t in traces {
+    for &t in traces {
         let root = t
             .iter()
             .filter(|s| s.parent_span_id.is_none())
@@ -752,7 +752,7 @@ mod tests {
             traces[3].push(span(3, i, Some(1), "db", "query"));
         }
         traces[7].push(span(7, 9, Some(1), "legacy", "SOAP call"));
-        let found = outliers(&traces);
+        let found = outliers(&traces.iter().collect::<Vec<_>>());
         assert_eq!(found.len(), 2, "{found:#?}");
         assert!(
             found

@@ -18,6 +18,7 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use faultline_alerts::Alerts;
 use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed};
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
@@ -162,8 +163,8 @@ async fn start_probes(
         let intake = intake.clone();
         Box::pin(async move { intake.ingest_synthetic(r).await })
     });
-    let retention = s.store.retention;
-    faultline_probe::Probes::start(&s.data_dir, s.probes.clone(), Arc::new(sink), retention)
+    let (dir, retention) = (&s.data_dir, s.store.retention);
+    faultline_probe::Probes::start(dir, s.probes.clone(), Arc::new(sink), retention)
         .await
         .context("cannot start the probes")
 }
@@ -240,9 +241,9 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         .context("cannot start the store pipeline")?;
     let intake = Arc::new(Intake::new(wal, metrics, s.intake.clone()));
     let ready = Arc::new(AtomicBool::new(false));
-    // The alert rules, evaluated on their own thread over the store's rollups.
-    let alerts = faultline_alerts::Alerts::open(&s.data_dir, s.alerts.clone(), store.clone())
-        .context("cannot start the alert rules")?;
+    let (d, rules, st) = (s.data_dir.clone(), s.alerts.clone(), store.clone());
+    let alerts = tokio::task::spawn_blocking(move || Alerts::open(&d, rules, st));
+    let alerts = alerts.await?.context("cannot start the alert rules")?;
     alerts.start().context("cannot start the alerts thread")?;
     let state = ApiState {
         store: store.clone(),

@@ -372,7 +372,7 @@ fn look_here_first(d: &ServiceData, svc: &str, range: &Range, by: By) -> String 
     let mut body = String::from("<section id=look-here-first><h2>Look here first</h2>");
     body.push_str(&exemplars(d, svc, range, by));
     body.push_str(&error_groups(&failing, svc, range));
-    let outliers = insights::outliers(&random.iter().map(|t| (*t).clone()).collect::<Vec<_>>());
+    let outliers = insights::outliers(&random);
     let _ = write!(body, "<h3>Outliers ({})</h3>", outliers.len());
     if outliers.is_empty() {
         body.push_str(
