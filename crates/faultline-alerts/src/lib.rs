@@ -71,6 +71,8 @@ pub struct RuleState {
 pub struct Transition {
     /// The rule.
     pub rule: String,
+    /// Unix seconds: the start of the incident it opened or closed.
+    pub start: u64,
     /// Fired (true) or resolved.
     pub firing: bool,
     /// In words.
@@ -103,6 +105,7 @@ struct Saved {
 
 struct Inner {
     rules: Vec<RuleDef>,
+    outbox: Option<faultline_notify::Outbox>,
     state: Mutex<BTreeMap<String, RuleState>>,
     store: Arc<dyn SpanStore>,
     path: PathBuf,
@@ -125,10 +128,13 @@ impl std::fmt::Debug for Alerts {
 impl Alerts {
     /// The rules, with the state kept in `DATA_DIR/alerts.json` for those still defined.
     /// Blocking (reads the file).
+    /// Transitions of the last day missing from `outbox` (a crash between saving a
+    /// transition and enqueueing it) are enqueued again; keys it has are ignored.
     pub fn open(
         data_dir: &Path,
         rules: Vec<RuleDef>,
         store: Arc<dyn SpanStore>,
+        outbox: Option<faultline_notify::Outbox>,
     ) -> Result<Self, AlertError> {
         rule::check_all(&rules)?;
         let path = data_dir.join("alerts.json");
@@ -151,13 +157,40 @@ impl Alerts {
                 });
             }
         };
-        let state = rules
+        let state: BTreeMap<String, RuleState> = rules
             .iter()
             .map(|r| (r.name.clone(), saved.remove(&r.name).unwrap_or_default()))
             .collect();
+        if let Some(o) = &outbox {
+            let since = (o.since_ms() / 1000).max(now_secs().saturating_sub(86_400));
+            for (rule, s) in &state {
+                for i in s.incidents.iter().filter(|i| i.fired_at >= since) {
+                    let mut t = Transition {
+                        rule: rule.clone(),
+                        start: i.start,
+                        firing: true,
+                        message: i.message.clone(),
+                    };
+                    let mut offer = vec![event(&t, i.fired_at)];
+                    if let Some(end) = i.end {
+                        t.firing = false;
+                        t.message = format!("resolved: {}", i.message);
+                        offer.push(event(&t, end));
+                    }
+                    for e in offer {
+                        o.enqueue(e).map_err(|e| AlertError::File {
+                            op: "cannot notify from",
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    }
+                }
+            }
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 rules,
+                outbox,
                 state: Mutex::new(state),
                 store,
                 path,
@@ -181,7 +214,8 @@ impl Alerts {
     }
 
     /// Judges every rule on the whole minutes ended [`GRACE_SECS`] before `now_s`; the
-    /// rules that fired or resolved. Blocking (reads the rollups, writes `alerts.json`).
+    /// rules that fired or resolved, each saved and then enqueued in the outbox. Blocking
+    /// (reads the rollups, writes `alerts.json` and the outbox).
     pub fn evaluate_at(&self, now_s: u64) -> Vec<Transition> {
         let end_m = now_s.saturating_sub(GRACE_SECS) / 60;
         let mut out = Vec::new();
@@ -206,17 +240,21 @@ impl Alerts {
                 }
                 out.push(Transition {
                     rule: r.name.clone(),
+                    start: (end_m - u64::from(r.for_minutes)) * 60,
                     firing: true,
                     message,
                 });
             } else if !holds && s.firing {
                 s.firing = false;
                 // The newest minute is the one that broke the condition: it ended there.
+                let mut start = 0;
                 if let Some(i) = s.incidents.last_mut() {
                     i.end = Some((end_m - 1) * 60);
+                    start = i.start;
                 }
                 out.push(Transition {
                     rule: r.name.clone(),
+                    start,
                     firing: false,
                     message: format!("resolved: {}; {value}", r.describe()),
                 });
@@ -227,6 +265,14 @@ impl Alerts {
             && let Err(e) = self.save()
         {
             tracing::warn!("cannot keep the alert states: {e}");
+        }
+        if let Some(o) = &self.inner.outbox {
+            for t in &out {
+                if let Err(e) = o.enqueue(event(t, now_s)) {
+                    // The next start re-offers it from alerts.json.
+                    tracing::error!(rule = %t.rule, "cannot enqueue the notification: {e}");
+                }
+            }
         }
         out
     }
@@ -341,6 +387,26 @@ impl Alerts {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The notification of a transition that happened at `at_s`.
+fn event(t: &Transition, at_s: u64) -> faultline_notify::Event {
+    let state = if t.firing { "firing" } else { "resolved" };
+    faultline_notify::Event {
+        key: format!("alert/{}/{}/{state}", t.rule, t.start),
+        kind: "alert".into(),
+        subject: t.rule.clone(),
+        state: state.into(),
+        at: at_s * 1000,
+        message: t.message.clone(),
+        link: Some("/alerts".into()),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -415,7 +481,16 @@ mod tests {
                 "name = \"cart\"\nservice = \"checkout\"\noperation = \"GET /cart\"\np99_above_ms = 800\nfor_minutes = 1\n",
             ),
         ];
-        let alerts = Alerts::open(dir.path(), rules.clone(), store.clone()).unwrap();
+        let outbox =
+            faultline_notify::Outbox::open(dir.path(), faultline_notify::NotifyConfig::default())
+                .unwrap();
+        let alerts = Alerts::open(
+            dir.path(),
+            rules.clone(),
+            store.clone(),
+            Some(outbox.clone()),
+        )
+        .unwrap();
         let mut seen = Vec::new();
         // Judge each minute as it ends (plus the grace), twice each: nothing twice; and
         // restart after it fired: the restarted process does not fire it again.
@@ -429,7 +504,7 @@ mod tests {
                 );
             }
         }
-        let alerts = Alerts::open(dir.path(), rules, store).unwrap();
+        let alerts = Alerts::open(dir.path(), rules, store, Some(outbox.clone())).unwrap();
         for m in 8..=14u64 {
             for _ in 0..2 {
                 seen.extend(
@@ -468,6 +543,18 @@ mod tests {
             (s.incidents[0].start, s.incidents[0].end),
             ((base + 5) * 60, Some((base + 9) * 60))
         );
+        // One notification per transition, through the restart, naming the operation.
+        let told: Vec<(String, String)> = outbox
+            .events(10)
+            .into_iter()
+            .rev()
+            .map(|e| (e.event.key, e.event.message))
+            .collect();
+        let start = (base + 5) * 60;
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert_eq!(told[0].0, format!("alert/slow/{start}/firing"));
+        assert_eq!(told[1].0, format!("alert/slow/{start}/resolved"));
+        assert!(told[0].1.contains("POST /checkout"), "{}", told[0].1);
     }
 
     #[test]
@@ -490,6 +577,7 @@ mod tests {
                 rule("name = \"quiet\"\nservice = \"checkout\"\nno_spans = true\nfor_minutes = 2\n"),
             ],
             store,
+            None,
         )
         .unwrap();
         let mut fired = Vec::new();

@@ -7,8 +7,23 @@
 //!              "incidents": [{"start": 1740000000, "end": null, "fired_at": 1740000315,
 //!                             "message": "p99 of ... for 5 minutes: 1.24 s in the last minute"}]}]}
 //! ```
+//!
+//! `GET /api/v1/notifications?limit=N`: the outbox (`faultline_notify`): each receiver with
+//! its counts, and the newest N (default 100, at most 1000) transitions with their
+//! delivery to each receiver:
+//!
+//! ```json
+//! {"receivers": [{"name": "ops-hook", "kind": "webhook", "target": "https://hooks.example.com/…",
+//!                 "waiting": 0, "sent": 12, "failedAttempts": 1, "gaveUp": 0, "lastError": null}],
+//!  "events": [{"key": "probe/checkout/1740000000000/down", "kind": "probe", "subject": "checkout",
+//!              "state": "down", "at": 1740000000000, "message": "HTTP 500, expected 200",
+//!              "link": "/trace/0af7...", "enqueuedAt": 1740000000100,
+//!              "deliveries": [{"receiver": "ops-hook", "state": "sent", "batch": "5f0c...",
+//!                              "attempts": 1, "lastError": null, "sentAt": 1740000010200,
+//!                              "nextAttemptAt": null}]}]}
+//! ```
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -17,7 +32,30 @@ use crate::{ApiError, ApiState};
 
 /// The alerts route.
 pub fn router() -> Router<ApiState> {
-    Router::new().route("/api/v1/alerts", get(list))
+    Router::new()
+        .route("/api/v1/alerts", get(list))
+        .route("/api/v1/notifications", get(notifications))
+}
+
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn notifications(
+    State(st): State<ApiState>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: give 1 to 1000"));
+    }
+    let Some(o) = st.outbox.clone() else {
+        return Ok(Json(json!({ "receivers": [], "events": [] })));
+    };
+    Ok(Json(
+        json!({ "receivers": o.receivers(), "events": o.events(limit) }),
+    ))
 }
 
 async fn list(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {

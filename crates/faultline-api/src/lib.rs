@@ -47,6 +47,8 @@ pub struct ApiState {
     pub probes: Option<faultline_probe::Probes>,
     /// The alert rules, when this process evaluates them.
     pub alerts: Option<faultline_alerts::Alerts>,
+    /// The notification outbox, when this process sends notifications.
+    pub outbox: Option<faultline_notify::Outbox>,
 }
 
 impl ApiState {
@@ -384,6 +386,7 @@ mod cache_tests {
             history: Arc::default(),
             probes: None,
             alerts: None,
+            outbox: None,
         });
         // Fast: fresh answers, which fill the cache.
         let (partial, v) = get(&app, "/api/services").await;

@@ -125,6 +125,10 @@ async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
         let end = text.rfind("# EOF").unwrap_or(text.len());
         text.insert_str(end, &probes.metrics_text());
     }
+    if let Some(o) = &st.outbox {
+        let end = text.rfind("# EOF").unwrap_or(text.len());
+        text.insert_str(end, &o.metrics_text());
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -26,6 +26,34 @@ use crate::{ExportTraceServiceRequest, ExportTraceServiceResponse, ModelError};
 
 const SPEC_HINT: &str = "send an ExportTraceServiceRequest as described at https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding";
 
+/// Attributes as one plain JSON object (`{"http.route": "/cart", "retries": 2}`), for
+/// people and tools rather than OTLP: bytes as hex, arrays and key-value lists nested.
+pub fn plain_attributes(attrs: &[KeyValue]) -> Json {
+    Json::Object(
+        attrs
+            .iter()
+            .map(|kv| (kv.key.clone(), plain_value(kv.value.as_ref())))
+            .collect(),
+    )
+}
+
+/// One attribute value as plain JSON (see [`plain_attributes`]).
+pub fn plain_value(v: Option<&AnyValue>) -> Json {
+    match v.and_then(|v| v.value.as_ref()) {
+        None => Json::Null,
+        Some(Value::StringValue(s)) => Json::String(s.clone()),
+        Some(Value::BoolValue(b)) => Json::Bool(*b),
+        Some(Value::IntValue(i)) => Json::from(*i),
+        Some(Value::DoubleValue(d)) => Number::from_f64(*d).map_or(Json::Null, Json::Number),
+        Some(Value::BytesValue(b)) => Json::String(crate::hex(b)),
+        Some(Value::ArrayValue(a)) => {
+            Json::Array(a.values.iter().map(|v| plain_value(Some(v))).collect())
+        }
+        Some(Value::KvlistValue(kv)) => plain_attributes(&kv.values),
+        Some(Value::StringValueStrindex(i)) => serde_json::json!({ "string_table_index": i }),
+    }
+}
+
 /// Decodes an OTLP/JSON `ExportTraceServiceRequest`.
 pub fn decode(body: &[u8]) -> Result<ExportTraceServiceRequest, ModelError> {
     let mut root: Json = serde_json::from_slice(body).map_err(syntax_error)?;

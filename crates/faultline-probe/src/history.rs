@@ -15,7 +15,9 @@
 //! ```
 //!
 //! The writer appends as results come and fdatasyncs at most once a second (a result is
-//! not an acknowledgement to anyone; a crash loses at most the last second of them). A
+//! not an acknowledgement to anyone; a crash loses at most the last second of them),
+//! except a result that changes a probe's state: it is synced (with all before it) before
+//! its notification is enqueued, so the outbox never tells of a transition the log lost. A
 //! torn or corrupt tail is ignored when read (counted in the start-up log); segments of
 //! days wholly older than the retention are deleted at start and at each new day.
 
@@ -201,14 +203,14 @@ pub(crate) fn read(dir: &Path, now_ms: u64, retention: Duration) -> (Vec<Record>
 /// The writer thread's handle: results sent here are appended to the log.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<(Record, Option<tokio::sync::oneshot::Sender<()>>)>,
 }
 
 impl Writer {
     /// Starts the writer thread for `dir` (created if missing).
     pub(crate) fn start(dir: PathBuf, retention: Duration) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        let (tx, rx) = mpsc::channel::<Record>();
+        let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("probe-results".into())
             .spawn(move || write_loop(&dir, retention, &rx))?;
@@ -218,11 +220,20 @@ impl Writer {
     /// Queues a result (never blocks).
     pub(crate) fn append(&self, r: Record) {
         // The thread ends only when every sender is gone.
-        let _ = self.tx.send(r);
+        let _ = self.tx.send((r, None));
+    }
+
+    /// Queues a result; the answer comes once it (and every result before it) is synced.
+    pub(crate) fn append_synced(&self, r: Record) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send((r, Some(tx)));
+        rx
     }
 }
 
-fn write_loop(dir: &Path, retention: Duration, rx: &mpsc::Receiver<Record>) {
+type Queued = (Record, Option<tokio::sync::oneshot::Sender<()>>);
+
+fn write_loop(dir: &Path, retention: Duration, rx: &mpsc::Receiver<Queued>) {
     let mut open: Option<(u64, std::fs::File)> = None;
     let mut dirty = false;
     loop {
@@ -231,7 +242,7 @@ fn write_loop(dir: &Path, retention: Duration, rx: &mpsc::Receiver<Record>) {
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(r) = r {
+        if let Some((r, synced)) = r {
             let day = r.at / DAY_MS;
             if open.as_ref().is_none_or(|(d, _)| *d != day) {
                 if let Some((_, f)) = open.take() {
@@ -258,6 +269,16 @@ fn write_loop(dir: &Path, retention: Duration, rx: &mpsc::Receiver<Record>) {
                     tracing::warn!("cannot append to the probe results log: {e}");
                 }
                 dirty = true;
+                if let Some(tx) = synced {
+                    match f.sync_data() {
+                        Ok(()) => {
+                            dirty = false;
+                            let _ = tx.send(());
+                        }
+                        // The waiter sees the sender dropped: not synced.
+                        Err(e) => tracing::warn!("cannot sync the probe results log: {e}"),
+                    }
+                }
             }
         } else if dirty {
             if let Some((_, f)) = &open {

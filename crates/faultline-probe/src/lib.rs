@@ -238,6 +238,7 @@ impl Drop for Runtime {
 struct Shared {
     probes: Mutex<BTreeMap<String, Runtime>>,
     sink: Arc<dyn SpanSink>,
+    outbox: Option<faultline_notify::Outbox>,
     path: PathBuf,
     results: history::Writer,
 }
@@ -284,6 +285,7 @@ impl Probes {
         data_dir: &Path,
         from_config: Vec<ProbeDef>,
         sink: Arc<dyn SpanSink>,
+        outbox: Option<faultline_notify::Outbox>,
         retention: Duration,
     ) -> Result<Self, ProbeError> {
         let path = data_dir.join("probes.json");
@@ -322,28 +324,61 @@ impl Probes {
             shared: Arc::new(Shared {
                 probes: Mutex::new(BTreeMap::new()),
                 sink,
+                outbox,
                 path,
                 results,
             }),
         };
-        let mut map = probes.shared.lock();
+        let offered = probes.rebuild(from_config, saved, records)?;
+        if let Some(o) = probes.shared.outbox.clone() {
+            tokio::task::spawn_blocking(move || {
+                offered.into_iter().try_for_each(|e| o.enqueue(e).map(drop))
+            })
+            .await
+            .map_err(|e| io("cannot notify from", &dir, e.to_string()))?
+            .map_err(|e| io("cannot notify from", &dir, e.to_string()))?;
+        }
+        Ok(probes)
+    }
+
+    /// Starts the probes, rebuilds their state, incidents and uptime from the results as
+    /// they happened, and returns the transitions of the last day to offer the outbox: a
+    /// crash can come between a transition's result being synced and its notification
+    /// being enqueued (keys the outbox has are ignored).
+    fn rebuild(
+        &self,
+        from_config: Vec<ProbeDef>,
+        saved: Vec<ProbeDef>,
+        records: Vec<history::Record>,
+    ) -> Result<Vec<faultline_notify::Event>, ProbeError> {
+        let mut map = self.shared.lock();
         for (defs, source) in [(from_config, Source::Config), (saved, Source::Api)] {
             for def in defs {
                 def.validate()?;
                 if map.contains_key(&def.name) {
                     return Err(ProbeError::Exists(def.name));
                 }
-                probes.insert(&mut map, def, source);
+                self.insert(&mut map, def, source);
             }
         }
-        // State, incidents and uptime, as the results happened.
         for r in records {
             if let Some(rt) = map.get_mut(&r.probe) {
                 record(rt, r.result());
             }
         }
-        drop(map);
-        Ok(probes)
+        let Some(o) = &self.shared.outbox else {
+            return Ok(Vec::new());
+        };
+        let since = o.since_ms().max(now_ms().saturating_sub(86_400_000));
+        Ok(map
+            .iter()
+            .flat_map(|(name, rt)| rt.incidents.iter().map(move |i| (name, i)))
+            .filter(|(_, i)| i.start_ms >= since)
+            .flat_map(|(name, i)| {
+                std::iter::once(event(name, i, true))
+                    .chain(i.end_ms.is_some().then(|| event(name, i, false)))
+            })
+            .collect())
     }
 
     /// Starts `def`; a probe it replaces (a new definition, a pause) keeps its results,
@@ -600,22 +635,73 @@ async fn one(shared: Arc<Shared>, def: ProbeDef, lag: Duration) {
         trace_id: ids.0,
         span_error,
     };
-    let mut map = shared.lock();
-    let Some(r) = map.get_mut(&def.name) else {
-        return;
+    let (synced, event) = {
+        let mut map = shared.lock();
+        let Some(r) = map.get_mut(&def.name) else {
+            return;
+        };
+        // A check of a definition since replaced or paused is not recorded.
+        if r.def != def {
+            return;
+        }
+        let rec = history::Record::of(&def.name, &result);
+        let Some(transition) = record(r, result) else {
+            shared.results.append(rec);
+            return;
+        };
+        // Queued under the lock, so the log keeps the order of the results.
+        let synced = shared.results.append_synced(rec);
+        (
+            synced,
+            event(&def.name, &transition, transition.end_ms.is_none()),
+        )
     };
-    // A check of a definition since replaced or paused is not recorded.
-    if r.def != def {
+    // Synced before it is told (see history.rs); if the sync fails, the outbox is not told
+    // and the next start re-offers nothing the log does not hold.
+    if synced.await.is_err() {
         return;
     }
-    shared
-        .results
-        .append(history::Record::of(&def.name, &result));
-    record(r, result);
+    if let Some(o) = shared.outbox.clone() {
+        let why = match tokio::task::spawn_blocking(move || o.enqueue(event)).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        // The next start re-offers it (the result is synced).
+        tracing::error!(probe = %def.name, "cannot enqueue the notification: {why}");
+    }
 }
 
-/// Adds a result and moves the state (see the module doc).
-fn record(r: &mut Runtime, result: CheckResult) {
+/// The notification of an incident's start (`down`) or end.
+fn event(probe: &str, i: &Incident, down: bool) -> faultline_notify::Event {
+    let f = &i.first_failure;
+    let why = f.outcome.error.as_deref().unwrap_or("failed");
+    let (state, at, message) = match (down, i.end_ms) {
+        (false, Some(end)) => (
+            "up",
+            end,
+            format!(
+                "passing again after {} s down (it failed with: {why})",
+                end.saturating_sub(i.start_ms).div_ceil(1000)
+            ),
+        ),
+        _ => ("down", i.start_ms, why.to_string()),
+    };
+    faultline_notify::Event {
+        key: format!("probe/{probe}/{}/{state}", i.start_ms),
+        kind: "probe".into(),
+        subject: probe.to_string(),
+        state: state.into(),
+        at,
+        message,
+        link: Some(format!("/trace/{}", faultline_model::hex(&f.trace_id))),
+    }
+}
+
+/// Adds a result and moves the state (see the module doc); the incident it opened or
+/// closed, if it did.
+fn record(r: &mut Runtime, result: CheckResult) -> Option<Incident> {
+    let mut changed = None;
     r.checks.0 += 1;
     let hour = r.hours.entry(result.at_ms / 3_600_000).or_default();
     hour.0 += 1;
@@ -631,6 +717,7 @@ fn record(r: &mut Runtime, result: CheckResult) {
             && let Some(i) = r.incidents.back_mut()
         {
             i.end_ms = Some(result.at_ms);
+            changed = Some(i.clone());
         }
         r.state = State::Up;
     } else {
@@ -641,11 +728,13 @@ fn record(r: &mut Runtime, result: CheckResult) {
         if r.failures > r.def.retries && r.state != State::Down {
             r.state = State::Down;
             let first = r.first_failure.clone().unwrap_or_else(|| result.clone());
-            r.incidents.push_back(Incident {
+            let i = Incident {
                 start_ms: first.at_ms,
                 end_ms: None,
                 first_failure: first,
-            });
+            };
+            changed = Some(i.clone());
+            r.incidents.push_back(i);
             if r.incidents.len() > MAX_INCIDENTS {
                 r.incidents.pop_front();
             }
@@ -655,6 +744,7 @@ fn record(r: &mut Runtime, result: CheckResult) {
     if r.results.len() > MAX_RESULTS {
         r.results.pop_front();
     }
+    changed
 }
 
 #[cfg(test)]
@@ -728,6 +818,7 @@ mod tests {
             dir.path(),
             vec![tcp("from-config", port)],
             Arc::new(Nowhere),
+            None,
             week,
         )
         .await
@@ -776,6 +867,7 @@ mod tests {
             dir.path(),
             vec![tcp("from-config", port)],
             Arc::new(Nowhere),
+            None,
             week,
         )
         .await

@@ -58,6 +58,8 @@
 //! [[probes]]                             # synthetic probes (repeatable): the fields of
 //!                                        #   faultline_probe::def
 //! [[alerts]]                             # alert rules (repeatable): faultline_alerts::rule
+//! [notify]                               # receivers of probe and alert notifications:
+//!                                        #   faultline_notify::config
 //! ```
 //!
 //! Unknown keys are errors, so a typo is reported, not ignored.
@@ -173,6 +175,8 @@ struct FileConfig {
     probes: Vec<faultline_probe::ProbeDef>,
     #[serde(default)]
     alerts: Vec<faultline_alerts::RuleDef>,
+    #[serde(default)]
+    notify: faultline_notify::NotifyConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +272,8 @@ pub struct Settings {
     pub probes: Vec<faultline_probe::ProbeDef>,
     /// The configuration file's alert rules, checked.
     pub alerts: Vec<faultline_alerts::RuleDef>,
+    /// Where notifications go, checked.
+    pub notify: faultline_notify::NotifyConfig,
 }
 
 impl Settings {
@@ -294,6 +300,7 @@ impl Settings {
                 .map_err(|e| anyhow!("probes: {e}"))?,
             alerts: faultline_alerts::rule::checked(file.alerts)
                 .map_err(|e| anyhow!("alerts: {e}"))?,
+            notify: file.notify.validate().map(|()| file.notify)?,
             data_dir,
         })
     }

@@ -22,6 +22,7 @@ use faultline_alerts::Alerts;
 use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed};
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
+use faultline_notify::Outbox;
 use faultline_pipeline::{Pipeline, PipelineMetrics, PipelineView};
 use faultline_sampling::{Policy, PolicyHandle, SamplingMetrics};
 use faultline_store::Store;
@@ -158,13 +159,15 @@ impl Process for Wiring {
 async fn start_probes(
     s: &Settings,
     intake: Arc<Intake>,
+    outbox: &Outbox,
 ) -> anyhow::Result<faultline_probe::Probes> {
     let sink = faultline_probe::FnSink(move |r| -> faultline_probe::Submitted {
         let intake = intake.clone();
         Box::pin(async move { intake.ingest_synthetic(r).await })
     });
     let (dir, retention) = (&s.data_dir, s.store.retention);
-    faultline_probe::Probes::start(dir, s.probes.clone(), Arc::new(sink), retention)
+    let (sink, outbox) = (Arc::new(sink), Some(outbox.clone()));
+    faultline_probe::Probes::start(dir, s.probes.clone(), sink, outbox, retention)
         .await
         .context("cannot start the probes")
 }
@@ -241,8 +244,19 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         .context("cannot start the store pipeline")?;
     let intake = Arc::new(Intake::new(wal, metrics, s.intake.clone()));
     let ready = Arc::new(AtomicBool::new(false));
-    let (d, rules, st) = (s.data_dir.clone(), s.alerts.clone(), store.clone());
-    let alerts = tokio::task::spawn_blocking(move || Alerts::open(&d, rules, st));
+    let (d, notify) = (s.data_dir.clone(), s.notify.clone());
+    let outbox = tokio::task::spawn_blocking(move || Outbox::open(&d, notify)).await?;
+    let outbox = outbox.context("cannot open the notification outbox")?;
+    outbox
+        .start()
+        .context("cannot start notification delivery")?;
+    let (d, rules, st, o) = (
+        s.data_dir.clone(),
+        s.alerts.clone(),
+        store.clone(),
+        outbox.clone(),
+    );
+    let alerts = tokio::task::spawn_blocking(move || Alerts::open(&d, rules, st, Some(o)));
     let alerts = alerts.await?.context("cannot start the alert rules")?;
     alerts.start().context("cannot start the alerts thread")?;
     let state = ApiState {
@@ -262,8 +276,9 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
             std::time::Duration::from_secs(300),
         )),
         history: Arc::default(),
-        probes: Some(start_probes(&s, intake.clone()).await?),
+        probes: Some(start_probes(&s, intake.clone(), &outbox).await?),
         alerts: Some(alerts),
+        outbox: Some(outbox),
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;

@@ -10,8 +10,6 @@ use anyhow::Context;
 use serde_json::json;
 
 use faultline_model::envelope;
-use faultline_model::otlp::common::any_value::Value;
-use faultline_model::otlp::common::{AnyValue, KeyValue};
 
 fn wal_dir(dir: &Path) -> PathBuf {
     let inner = dir.join("wal");
@@ -84,33 +82,6 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn value_json(v: &Option<AnyValue>) -> serde_json::Value {
-    match v.as_ref().and_then(|v| v.value.as_ref()) {
-        None => serde_json::Value::Null,
-        Some(Value::StringValue(s)) => json!(s),
-        Some(Value::BoolValue(b)) => json!(b),
-        Some(Value::IntValue(i)) => json!(i),
-        Some(Value::DoubleValue(d)) => json!(d),
-        Some(Value::BytesValue(b)) => json!(hex(b)),
-        Some(Value::ArrayValue(a)) => serde_json::Value::Array(
-            a.values
-                .iter()
-                .map(|v| value_json(&Some(v.clone())))
-                .collect(),
-        ),
-        Some(Value::KvlistValue(kv)) => attrs_json(&kv.values),
-        Some(Value::StringValueStrindex(i)) => json!({ "string_table_index": i }),
-    }
-}
-
-fn attrs_json(attrs: &[KeyValue]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for kv in attrs {
-        m.insert(kv.key.clone(), value_json(&kv.value));
-    }
-    serde_json::Value::Object(m)
-}
-
 use faultline_model::hex;
 
 /// `faultline wal dump DIR`.
@@ -177,7 +148,9 @@ fn dump_record(
     let mut trace_ids: Vec<String> = Vec::new();
     let mut list = Vec::new();
     for rs in &req.resource_spans {
-        let resource = attrs_json(rs.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        let resource = faultline_model::otlp_json::plain_attributes(
+            rs.resource.as_ref().map_or(&[][..], |r| &r.attributes),
+        );
         for sp in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
             let t = hex(&sp.trace_id);
             if !trace_ids.contains(&t) {
@@ -189,8 +162,8 @@ fn dump_record(
                     "parent_span_id": hex(&sp.parent_span_id), "name": sp.name, "kind": sp.kind,
                     "start_ns": sp.start_time_unix_nano, "end_ns": sp.end_time_unix_nano,
                     "status": sp.status.as_ref().map(|s| json!({"code": s.code, "message": s.message})),
-                    "attributes": attrs_json(&sp.attributes),
-                    "events": sp.events.iter().map(|e| json!({"name": e.name, "time_ns": e.time_unix_nano, "attributes": attrs_json(&e.attributes)})).collect::<Vec<_>>(),
+                    "attributes": faultline_model::otlp_json::plain_attributes(&sp.attributes),
+                    "events": sp.events.iter().map(|e| json!({"name": e.name, "time_ns": e.time_unix_nano, "attributes": faultline_model::otlp_json::plain_attributes(&e.attributes)})).collect::<Vec<_>>(),
                     "resource": resource,
                 }));
             }

@@ -62,9 +62,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("faultline-store", &["faultline-model"]),
     // Probes call services from outside and hand their spans to a sink the binary
     // connects to intake: they know only the model.
-    ("faultline-probe", &["faultline-model"]),
+    // The outbox knows nothing of where its transitions come from.
+    ("faultline-notify", &[]),
+    ("faultline-probe", &["faultline-model", "faultline-notify"]),
     // Alert rules read the store's rollups.
-    ("faultline-alerts", &["faultline-model", "faultline-store"]),
+    (
+        "faultline-alerts",
+        &["faultline-model", "faultline-store", "faultline-notify"],
+    ),
     (
         "faultline-api",
         &[
@@ -73,6 +78,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-sampling",
             "faultline-probe",
             "faultline-alerts",
+            "faultline-notify",
         ],
     ),
     (
@@ -83,6 +89,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-api",
             "faultline-probe",
             "faultline-alerts",
+            "faultline-notify",
         ],
     ),
     ("faultline-bench", &["faultline-model", "faultline-store"]),

@@ -8,37 +8,16 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use common::{Server, http_call, http_get};
 
-struct Backend(Child);
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the instrumented service; its port.
-fn backend(server: &Server) -> (Backend, u16) {
-    let mut child = Command::new(common::python())
-        .arg(common::client_script("probe_backend.py"))
-        .args(["--otlp", &server.http_url()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    (Backend(child), v["port"].as_u64().unwrap() as u16)
+fn backend(server: &Server) -> (common::Fixture, u16) {
+    let (f, v) = common::python_fixture("probe_backend.py", &["--otlp", &server.http_url()]);
+    (f, v["port"].as_u64().unwrap() as u16)
 }
 
 fn call(server: &Server, method: &str, path: &str, body: &Value) -> (u16, Value) {

@@ -317,7 +317,97 @@ pub(crate) async fn alerts(State(st): State<ApiState>) -> Result<Response, ApiEr
         }
         body.push_str("</table></section>");
     }
+    if let Some(o) = &st.outbox {
+        body.push_str(&notifications(o));
+    }
     Ok(Html(layout("Alerts", &[], Some(30), &body)).into_response())
+}
+
+/// The outbox: each receiver's counts, and the newest transitions with where each stands.
+fn notifications(o: &faultline_notify::Outbox) -> String {
+    let mut out = String::from(
+        "<section id=notifications><h2>Notifications</h2><p class=muted>Probe incidents and alert transitions, one message per transition and receiver; receivers are set in the configuration file (README: Notifications); <a href=\"/api/v1/notifications\">JSON</a>.</p>",
+    );
+    let receivers = o.receivers();
+    if receivers.is_empty() {
+        out.push_str("<p class=muted>No receivers: transitions are kept here only.</p>");
+    } else {
+        out.push_str("<table class=receivers><tr><th>Receiver</th><th>Kind</th><th>Target</th><th>Waiting</th><th>Sent</th><th>Failed attempts</th><th>Gave up</th><th>Last error</th></tr>");
+        for r in &receivers {
+            let _ = write!(
+                out,
+                "<tr class=receiver data-name=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=waiting>{}</td><td class=sent>{}</td><td>{}</td><td>{}</td><td class=err>{}</td></tr>",
+                esc(&r.name),
+                esc(&r.name),
+                r.kind,
+                esc(&r.target),
+                r.waiting,
+                r.sent,
+                r.failed_attempts,
+                r.gave_up,
+                esc(r.last_error.as_deref().unwrap_or(""))
+            );
+        }
+        out.push_str("</table>");
+    }
+    let events = o.events(50);
+    if events.is_empty() {
+        out.push_str("<p class=muted>No transitions yet.</p>");
+    } else {
+        out.push_str("<table class=notifications><tr><th>When</th><th>What</th><th>Message</th><th>Delivery</th></tr>");
+    }
+    for e in &events {
+        let link = e.event.link.as_deref().map_or(String::new(), |l| {
+            format!(
+                " <a href=\"{}\">{}</a>",
+                esc(l),
+                if l.starts_with("/trace/") {
+                    "trace"
+                } else {
+                    "open"
+                }
+            )
+        });
+        let deliveries: Vec<String> = e
+            .deliveries
+            .iter()
+            .map(|d| {
+                let state = serde_json::to_value(d.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let err = d
+                    .last_error
+                    .as_deref()
+                    .map_or(String::new(), |x| format!(": {}", esc(x)));
+                format!(
+                    "<span class=\"delivery {state}\" title=\"{} attempts\">{} {state}{err}</span>",
+                    d.attempts,
+                    esc(&d.receiver)
+                )
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "<tr class=notification data-key=\"{}\"><td>{}</td><td>{} {} <b>{}</b></td><td>{}{link}</td><td>{}</td></tr>",
+            esc(&e.event.key),
+            when(e.event.at),
+            esc(&e.event.kind),
+            esc(&e.event.subject),
+            esc(&e.event.state),
+            esc(&e.event.message),
+            if deliveries.is_empty() {
+                "no receivers".to_string()
+            } else {
+                deliveries.join("<br>")
+            }
+        );
+    }
+    if !events.is_empty() {
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    out
 }
 
 /// `/public/status`: a status page for the services' users, safe to expose: each probe's

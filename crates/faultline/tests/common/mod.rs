@@ -336,6 +336,38 @@ pub fn client_script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A helper server from `tests/clients`, killed when dropped.
+pub struct Fixture(pub Child);
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tests/clients/SCRIPT ARGS` in the test venv and reads the one JSON line it
+/// prints once it serves (its ports).
+pub fn python_fixture<S: AsRef<std::ffi::OsStr>>(
+    script: &str,
+    args: &[S],
+) -> (Fixture, serde_json::Value) {
+    use std::io::BufRead;
+    let mut child = Command::new(python())
+        .arg(client_script(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let fixture = Fixture(child);
+    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script}: {e}: {line:?}"));
+    (fixture, v)
+}
+
 /// Sends one known trace with the Python OpenTelemetry SDK (`tests/clients/otel_send.py`:
 /// three spans, one failing with a recorded exception) over `protocol` (`http` or `grpc`);
 /// returns its trace id.

@@ -1,0 +1,338 @@
+//! The notification outbox against real receivers (tests/clients/notify_receivers.py: a
+//! stdlib HTTP server for the JSON and Slack-compatible webhooks, aiosmtpd for e-mail):
+//! probes going down and up in bursts while faultline is SIGKILLed ten times, some kills
+//! mid-delivery (the receivers answer slowly) and the first attempts refused. Afterwards
+//! every transition the probes went through has reached every receiver, in messages whose
+//! idempotency keys make each transition count exactly once (a message in flight at a kill
+//! is sent again with the same key and body, which the receiver drops); bursts are
+//! grouped; the delivery state is in the API and the UI. A bad receiver stops `serve` naming the field.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::{Rng, Server, http_get};
+
+/// Starts the receivers writing to `out`; their HTTP and SMTP ports.
+fn receivers(out: &std::path::Path, args: &[&str]) -> (common::Fixture, u16, u16) {
+    let mut all = vec!["--out", out.to_str().unwrap()];
+    all.extend(args);
+    let (f, v) = common::python_fixture("notify_receivers.py", &all);
+    let port = |k: &str| v[k].as_u64().unwrap() as u16;
+    (f, port("http_port"), port("smtp_port"))
+}
+
+/// TCP targets the test opens and closes; an accepting thread serves the open ones.
+struct Targets {
+    ports: Vec<u16>,
+    open: Arc<Mutex<Vec<Option<TcpListener>>>>,
+}
+
+impl Targets {
+    fn new(n: usize) -> Self {
+        let listeners: Vec<Option<TcpListener>> = (0..n)
+            .map(|_| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                l.set_nonblocking(true).unwrap();
+                Some(l)
+            })
+            .collect();
+        let ports = listeners
+            .iter()
+            .map(|l| l.as_ref().unwrap().local_addr().unwrap().port())
+            .collect();
+        let open = Arc::new(Mutex::new(listeners));
+        let o = Arc::downgrade(&open);
+        std::thread::spawn(move || {
+            while let Some(open) = o.upgrade() {
+                for l in open.lock().unwrap().iter().flatten() {
+                    while l.accept().is_ok() {}
+                }
+                drop(open);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self { ports, open }
+    }
+
+    /// Opens (binds again) or closes target `i`.
+    fn set(&self, i: usize, up: bool) {
+        let mut open = self.open.lock().unwrap();
+        if up && open[i].is_none() {
+            let l = TcpListener::bind(("127.0.0.1", self.ports[i])).unwrap();
+            l.set_nonblocking(true).unwrap();
+            open[i] = Some(l);
+        } else if !up {
+            open[i] = None;
+        }
+    }
+}
+
+fn config(targets: &Targets, http: u16, smtp: u16) -> String {
+    let mut c = String::from("[notify]\ngroup_secs = 1\nbase_url = \"http://faultline.test\"\n");
+    c.push_str(&format!(
+        "[[notify.receivers]]\nname = \"hook\"\nwebhook = {{ url = \"http://127.0.0.1:{http}/hook\", headers = {{ \"x-team\" = \"ops\" }} }}\n\
+         [[notify.receivers]]\nname = \"slack\"\nslack = {{ url = \"http://127.0.0.1:{http}/slack/T0/B0/x\" }}\n\
+         [[notify.receivers]]\nname = \"mail\"\nsmtp = {{ host = \"127.0.0.1\", port = {smtp}, from = \"faultline@ops.test\", to = [\"oncall@ops.test\"] }}\n"
+    ));
+    for (i, p) in targets.ports.iter().enumerate() {
+        c.push_str(&format!(
+            "[[probes]]\nname = \"svc-{i}\"\ninterval_secs = 1\ntimeout_secs = 0.5\n[probes.tcp]\nhost = \"127.0.0.1\"\nport = {p}\n"
+        ));
+    }
+    c
+}
+
+fn lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+fn get(server: &Server, path: &str) -> Value {
+    let (status, body) = http_get(server.api, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Every incident transition the probes know of since `since_ms`, as outbox keys.
+fn transitions(server: &Server, since_ms: u64) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for p in get(server, "/api/v1/probes")["probes"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let one = get(server, &format!("/api/v1/probes/{name}"));
+        for i in one["incidents"].as_array().unwrap() {
+            let start = i["start"].as_u64().unwrap();
+            if start < since_ms {
+                continue;
+            }
+            keys.insert(format!("probe/{name}/{start}/down"));
+            if !i["end"].is_null() {
+                keys.insert(format!("probe/{name}/{start}/up"));
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let received = tmp.path().join("received.jsonl");
+    // Slow answers (kills land mid-request) and the first three refused (retries).
+    let (_r, http, smtp) = receivers(&received, &["--delay-ms", "300", "--fail-first", "3"]);
+    let targets = Targets::new(10);
+    let cfg = tmp.path().join("faultline.toml");
+    std::fs::write(&cfg, config(&targets, http, smtp)).unwrap();
+    let data = tmp.path().join("data");
+    let args = ["--config", cfg.to_str().unwrap()];
+    let started_ms = common::now_ns() / 1_000_000;
+    let mut server = Server::start(&data, &args);
+    let seed = common::now_ns();
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
+    let mut up = [true; 10];
+    // First the whole fleet fails together (one grouped message), then random subsets.
+    let mut kills = 0;
+    for cycle in 0..10 {
+        let flip: Vec<usize> = if cycle == 0 {
+            (0..10).collect()
+        } else {
+            (0..10).filter(|_| rng.range(0, 3) == 0).collect()
+        };
+        for &i in &flip {
+            up[i] = !up[i];
+            targets.set(i, up[i]);
+        }
+        if cycle % 2 == 0 {
+            // Mid-delivery: as soon as a receiver has recorded a message and before it
+            // answers (it waits 300 ms), so that message is sent again after the restart.
+            let before = lines(&received);
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while lines(&received) == before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.range(1500, 4000)));
+        }
+        server.kill9();
+        kills += 1;
+        server = Server::start(&data, &args);
+    }
+    // Everything back up, then let the last transitions be found and delivered.
+    for (i, u) in up.iter_mut().enumerate() {
+        *u = true;
+        targets.set(i, true);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (want, outbox) = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let want = transitions(&server, started_ms);
+        let outbox = get(&server, "/api/v1/notifications?limit=1000");
+        let events = outbox["events"].as_array().unwrap();
+        let done = events.iter().all(|e| {
+            e["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["state"] == "sent")
+        });
+        let all_up = get(&server, "/api/v1/probes")["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "up");
+        if done && all_up && events.len() == want.len() {
+            break (want, outbox);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all delivered: want {} transitions; outbox {outbox:#}",
+            want.len()
+        );
+    };
+    assert!(want.len() >= 20, "the fleet went down and up: {want:?}");
+    // The outbox holds exactly the probes' transitions: none lost, none made up.
+    let events = outbox["events"].as_array().unwrap();
+    let keys: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, want);
+    // Per receiver, the batches the outbox says were sent, and the keys in each.
+    let mut batches: BTreeMap<&str, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for e in events {
+        for d in e["deliveries"].as_array().unwrap() {
+            batches
+                .entry(d["receiver"].as_str().unwrap())
+                .or_default()
+                .entry(d["batch"].as_str().unwrap().to_string())
+                .or_default()
+                .insert(e["key"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(batches.len(), 3);
+    let largest = batches["hook"].values().map(BTreeSet::len).max().unwrap();
+    assert!(largest >= 5, "the fleet's failure was one grouped message");
+    // What each receiver got, by idempotency key (failed deliveries aside).
+    let mut got: BTreeMap<&str, BTreeMap<String, Vec<Value>>> = BTreeMap::new();
+    let text = std::fs::read_to_string(&received).unwrap();
+    let mut refused = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["failed"] == true {
+            refused += 1;
+            continue;
+        }
+        let who = match v["receiver"].as_str().unwrap() {
+            "webhook" => "hook",
+            "slack" => "slack",
+            _ => "mail",
+        };
+        let key = v["idempotency_key"].as_str().unwrap().to_string();
+        if who == "mail" {
+            assert_eq!(v["message_id"], format!("<{key}@faultline>"));
+            assert_eq!(v["rcpt_tos"][0], "oncall@ops.test");
+        }
+        got.entry(who).or_default().entry(key).or_default().push(v);
+    }
+    assert_eq!(
+        refused, 3,
+        "the first three attempts were refused and retried"
+    );
+    let mut repeats = 0;
+    for (who, sent) in &batches {
+        let arrived = got.get(who).cloned().unwrap_or_default();
+        let arrived_ids: BTreeSet<&String> = arrived.keys().collect();
+        let sent_ids: BTreeSet<&String> = sent.keys().collect();
+        assert_eq!(arrived_ids, sent_ids, "{who}: every message arrived");
+        // A repeat is the same message (same key, same body) re-sent after a kill.
+        for (id, copies) in &arrived {
+            repeats += copies.len() - 1;
+            assert!(
+                copies.iter().all(|c| c["body"] == copies[0]["body"]),
+                "{who} {id}: repeats are identical"
+            );
+        }
+    }
+    // Each transition is in exactly one message per receiver, and the webhook's body
+    // names the transitions it carries.
+    for (who, sent) in &batches {
+        let mut seen = BTreeSet::new();
+        for ks in sent.values() {
+            for k in ks {
+                assert!(seen.insert(k.clone()), "{who}: {k} in two messages");
+            }
+        }
+        assert_eq!(seen, want, "{who}");
+    }
+    for (id, copies) in &got["hook"] {
+        let body = &copies[0]["body"];
+        assert_eq!(body["id"], *id);
+        let in_body: BTreeSet<String> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["key"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(in_body, batches["hook"][id]);
+        assert_eq!(copies[0]["headers"]["x-team"], "ops");
+        for e in body["events"].as_array().unwrap() {
+            assert!(
+                e["link"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("http://faultline.test/trace/")
+            );
+        }
+    }
+    // A kill can only repeat a message in flight, at most one per receiver; the kills
+    // timed mid-delivery did make some.
+    assert!(
+        (1..=3 * kills).contains(&repeats),
+        "{repeats} repeats in {kills} kills"
+    );
+    eprintln!(
+        "{} transitions, {} messages per receiver, {repeats} repeated deliveries (same idempotency key) in {kills} kills",
+        want.len(),
+        batches["hook"].len()
+    );
+    // The UI shows the delivery state.
+    let (status, page) = http_get(server.api, "/alerts").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("<section id=notifications>"));
+    assert!(page.contains("<span class=\"delivery sent\""));
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("faultline_notifications_waiting{receiver=\"mail\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_bad_receiver_stops_serve_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("faultline.toml");
+    std::fs::write(
+        &cfg,
+        "[[notify.receivers]]\nname = \"mail\"\nsmtp = { host = \"127.0.0.1\", from = \"not an address\", to = [\"a@b.test\"] }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["serve", "--config", cfg.to_str().unwrap(), "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notify: receivers[0].smtp.from: \"not an address\" is not an e-mail address"),
+        "{err}"
+    );
+}
