@@ -20,12 +20,16 @@
 //!  "last": {"at": 1700000000000, "ok": false, "totalMs": 12.5, "lagMs": 0.4,
 //!           "phases": {"resolve": 0.1, "connect": 0.3, "processing": 11.9, "transfer": 0.2},
 //!           "status": 503, "error": "HTTP 503, expected 2xx or 3xx",
-//!           "traceId": "4bf9...", "trace": "/trace/4bf9...", "spanError": null},
+//!           "traceId": "4bf9...", "trace": "/trace/4bf9...", "spanError": null,
+//!           "certNotAfter": 1700250000 (https), "warning": "the certificate expires in ..."},
+//!  "phaseLatency": [{"phase": "connect", "checks": 120, "p50Ms": 0.3, "p90Ms": 0.5, "p99Ms": 2.1},
+//!                   ..., {"phase": "total", ...}],
 //!  "incidents": [{"start": 1700000000000, "end": null, "firstFailure": {...}}]}
 //! ```
 //!
 //! `checks` and `passed` count the results kept (the store's retention); `uptime` is the
-//! share of checks that passed over each window (`ratio` null without checks); `trace`
+//! share of checks that passed over each window (`ratio` null without checks);
+//! `phaseLatency` is over the last day's kept results (the last 1,000 checks); `trace`
 //! opens the check's trace, which holds the probe's span and, when the
 //! service propagates `traceparent`, the service's spans.
 
@@ -86,8 +90,13 @@ pub fn result_json(r: &CheckResult) -> Value {
         "at": r.at_ms, "ok": r.outcome.ok, "totalMs": ms(r.outcome.total),
         "lagMs": ms(r.lag), "phases": phases, "status": r.outcome.status,
         "error": r.outcome.error, "traceId": id, "trace": format!("/trace/{id}"),
-        "spanError": r.span_error,
+        "spanError": r.span_error, "certNotAfter": r.outcome.cert_not_after,
+        "warning": r.outcome.warning,
     })
+}
+
+fn now_ms() -> u64 {
+    crate::params::now_ns() / 1_000_000
 }
 
 /// A probe as JSON, with up to `results` results.
@@ -102,6 +111,7 @@ pub fn probe_json(v: &ProbeView, results: usize) -> Value {
         }))).collect::<serde_json::Map<String, Value>>(),
         "last": v.results.first().map(result_json),
         "results": v.results.iter().take(results).map(result_json).collect::<Vec<_>>(),
+        "phaseLatency": v.phase_latency(now_ms().saturating_sub(86_400_000)),
         "incidents": v.incidents.iter().map(|i| json!({
             "start": i.start_ms, "end": i.end_ms, "firstFailure": result_json(&i.first_failure),
         })).collect::<Vec<_>>(),

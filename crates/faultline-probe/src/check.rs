@@ -1,10 +1,16 @@
-//! One check of one probe: resolve the host, connect, (HTTP) send the request with the
-//! probe's `traceparent`, wait for the first byte and read the body; each phase timed,
-//! and a failure said in words with the phase it happened in. A check never outlives its
-//! timeout: on expiry it fails with the phase it was in.
+//! One check of one probe: resolve the host, connect, (HTTPS) shake hands, (HTTP) send
+//! the request with the probe's `traceparent`, wait for the first byte and read the body;
+//! or (DNS) ask a server one question. Each phase is timed, and a failure said in words
+//! with the phase it happened in. A check never outlives its timeout: on expiry it fails
+//! with the phase it was in.
 //!
 //! HTTP is spoken with hyper's HTTP/1 client over a connection opened here, so each phase
-//! is measured where it happens (a pooled client would hide DNS and connect).
+//! is measured where it happens (a pooled client would hide DNS and connect). TLS is
+//! rustls (ring provider) verifying against Mozilla's roots (webpki-roots) plus the
+//! probe's `ca_file`; the earliest `notAfter` of the chain the server presents is kept
+//! (`probe_ssl_earliest_cert_expiry`), and a chain expiring within
+//! `tls_expiry_warning_days` passes with a warning. DNS messages are hickory-proto's,
+//! sent over UDP (again over TCP when truncated) or TCP.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
-use crate::def::{HttpTarget, HttpUrl, TcpTarget};
+use crate::def::{DnsTarget, HttpTarget, HttpUrl, TcpTarget};
 
 /// Most of a response body read to match `expect_body`.
 pub const MAX_BODY: usize = 1 << 20;
@@ -25,6 +31,8 @@ pub enum Phase {
     Dns,
     /// TCP connect.
     Connect,
+    /// TLS handshake.
+    Tls,
     /// Request sent until the response's status line and headers.
     FirstByte,
     /// The response body.
@@ -32,12 +40,22 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a check goes through them.
+    pub const ALL: [Self; 5] = [
+        Self::Dns,
+        Self::Connect,
+        Self::Tls,
+        Self::FirstByte,
+        Self::Body,
+    ];
+
     /// Its name in results, events and metrics (as blackbox_exporter's `phase` label,
     /// where it has one: `resolve`, `connect`, `processing`, `transfer`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Dns => "resolve",
             Self::Connect => "connect",
+            Self::Tls => "tls",
             Self::FirstByte => "processing",
             Self::Body => "transfer",
         }
@@ -61,6 +79,10 @@ pub struct Outcome {
     pub redirects: u8,
     /// Why it failed.
     pub error: Option<String>,
+    /// The earliest expiry of the server's certificate chain (https), Unix seconds.
+    pub cert_not_after: Option<i64>,
+    /// Something to act on although the check passed (a certificate about to expire).
+    pub warning: Option<String>,
 }
 
 /// Where a check is, so a timeout can say which phase it cut short.
@@ -159,7 +181,8 @@ pub async fn http(t: &HttpTarget, traceparent: &str, timeout: Duration) -> Outco
                     ));
                 }
                 let next = follow(&url, &loc)?;
-                if (next.host.as_str(), next.port) != (first.host.as_str(), first.port) {
+                let upgrade = !first.tls && first.port == 80 && next.tls && next.port == 443;
+                if next.host != first.host || (next.port != first.port && !upgrade) {
                     return Err(format!(
                         "HTTP {status} redirects to {}, which the probe does not name; probe that address itself",
                         next.authority()
@@ -169,10 +192,34 @@ pub async fn http(t: &HttpTarget, traceparent: &str, timeout: Duration) -> Outco
                 url = next;
                 continue;
             }
-            return verdict(t, status, &body);
+            verdict(t, status, &body)?;
+            warn_expiry(p, t);
+            return Ok(());
         }
     })
     .await
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The warning for a chain expiring within `tls_expiry_warning_days`.
+fn warn_expiry(p: &mut Progress, t: &HttpTarget) {
+    let Some(not_after) = p.outcome.cert_not_after else {
+        return;
+    };
+    let left = not_after - unix_now();
+    if t.tls_expiry_warning_days > 0 && left < i64::from(t.tls_expiry_warning_days) * 86_400 {
+        p.outcome.warning = Some(format!(
+            "the certificate expires in {:.1} days, within the {}-day warning",
+            left as f64 / 86_400.0,
+            t.tls_expiry_warning_days
+        ));
+    }
 }
 
 /// Whether a final response passes.
@@ -228,7 +275,12 @@ async fn exchange(
 ) -> Result<(u16, Option<String>, Bytes), String> {
     let addr = resolve(p, &url.host, url.port).await?;
     let stream = connect(p, addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let io: Box<dyn Io> = if url.tls {
+        Box::new(tls(p, stream, &url.host, t.ca_file.as_deref()).await?)
+    } else {
+        Box::new(stream)
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
     // The connection is driven beside the request; it ends when the exchange does.
@@ -267,6 +319,228 @@ async fn exchange(
     p.end();
     driver.abort();
     Ok((status, location, body))
+}
+
+/// A connection hyper can speak over: plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The TLS client configuration: Mozilla's roots and the CAs of `ca_file`.
+async fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(f) = ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = tokio::fs::read(f)
+            .await
+            .map_err(|e| format!("cannot read http.ca_file {f}: {e}"))?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("http.ca_file {f} is not PEM certificates: {e}"))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("http.ca_file {f} holds no usable CA certificate"));
+        }
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("cannot set up TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// The TLS handshake, verifying the chain for `host`; keeps the chain's earliest expiry.
+async fn tls(
+    p: &mut Progress,
+    stream: tokio::net::TcpStream,
+    host: &str,
+    ca_file: Option<&str>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let config = tls_config(ca_file).await?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+    p.begin(Phase::Tls);
+    let s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| tls_error(host, &e))?;
+    p.end();
+    p.outcome.cert_not_after = s.get_ref().1.peer_certificates().and_then(|chain| {
+        chain
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .min()
+    });
+    Ok(s)
+}
+
+/// A failed handshake in words, with what to do for the usual causes.
+fn tls_error(host: &str, e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => format!(
+            "the certificate of {host} is not trusted (unknown issuer); give its CA in http.ca_file"
+        ),
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => format!("the certificate of {host} has expired ({e})"),
+        Some(Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => format!("the certificate is not valid for {host} ({e})"),
+        _ => format!("TLS handshake with {host} failed: {e}"),
+    }
+}
+
+/// The first nameserver of /etc/resolv.conf.
+async fn system_nameserver() -> Result<SocketAddr, String> {
+    let text = tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
+        .map_err(|e| format!("no dns.server given and /etc/resolv.conf cannot be read: {e}"))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .ok_or_else(|| "no dns.server given and /etc/resolv.conf names no nameserver".into())
+}
+
+/// A DNS check: one question to one server, the answers matched against `expect`.
+pub async fn dns(t: &DnsTarget, timeout: Duration) -> Outcome {
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    timed(timeout, async |p: &mut Progress| {
+        let server = match t.server_addr()? {
+            Some(a) => a,
+            None => system_nameserver().await?,
+        };
+        let name = Name::from_ascii(&t.name).map_err(|e| format!("dns.name: {e}"))?;
+        let rtype: RecordType = t
+            .record_type
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| format!("dns.record_type {:?} is not a record type", t.record_type))?;
+        let mut q = Message::query();
+        q.add_query(Query::query(name, rtype));
+        q.metadata.recursion_desired = true;
+        let bytes = q
+            .to_vec()
+            .map_err(|e| format!("cannot encode the query: {e}"))?;
+        p.begin(Phase::Dns);
+        p.outcome.address = Some(server);
+        let mut answer = if t.transport == "tcp" {
+            dns_tcp(server, &bytes).await?
+        } else {
+            dns_udp(server, &bytes, q.metadata.id).await?
+        };
+        if answer.metadata.truncation && t.transport == "udp" {
+            answer = dns_tcp(server, &bytes).await?;
+        }
+        p.end();
+        if answer.metadata.id != q.metadata.id {
+            return Err(format!("{server} answered another query (id mismatch)"));
+        }
+        if answer.metadata.response_code != ResponseCode::NoError {
+            return Err(format!(
+                "{server} answered {} for {} {}",
+                answer.metadata.response_code, t.name, t.record_type
+            ));
+        }
+        let got: Vec<String> = answer
+            .answers
+            .iter()
+            .filter(|r| r.record_type() == rtype)
+            .map(|r| r.data.to_string())
+            .collect();
+        if got.is_empty() {
+            return Err(format!(
+                "{server} has no {} record for {}",
+                t.record_type, t.name
+            ));
+        }
+        let norm = |s: &str| {
+            s.trim()
+                .trim_end_matches('.')
+                .trim_matches('"')
+                .to_ascii_lowercase()
+        };
+        if let Some(missing) = t
+            .expect
+            .iter()
+            .find(|e| !got.iter().any(|g| norm(g) == norm(e)))
+        {
+            return Err(format!(
+                "{} {} is {}, expected {missing}",
+                t.name,
+                t.record_type,
+                got.join(", ")
+            ));
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn dns_udp(
+    server: SocketAddr,
+    query: &[u8],
+    id: u16,
+) -> Result<hickory_proto::op::Message, String> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    sock.connect(server)
+        .await
+        .map_err(|e| format!("cannot reach {server}: {e}"))?;
+    sock.send(query)
+        .await
+        .map_err(|e| format!("cannot send to {server}: {e}"))?;
+    let mut buf = vec![0u8; 4096];
+    // Datagrams that are not the answer (a late answer to an earlier query) are skipped.
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .await
+            .map_err(|e| format!("no answer from {server}: {e}"))?;
+        if let Ok(m) = hickory_proto::op::Message::from_vec(&buf[..n])
+            && m.metadata.id == id
+        {
+            return Ok(m);
+        }
+    }
+}
+
+async fn dns_tcp(server: SocketAddr, query: &[u8]) -> Result<hickory_proto::op::Message, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("cannot connect to {server}: {e}"))?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    s.write_all(&framed)
+        .await
+        .map_err(|e| format!("cannot send to {server}: {e}"))?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)
+        .await
+        .map_err(|e| format!("no answer from {server}: {e}"))?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("the answer from {server} was cut short: {e}"))?;
+    hickory_proto::op::Message::from_vec(&buf)
+        .map_err(|e| format!("{server} sent an answer that is not DNS: {e}"))
 }
 
 #[cfg(test)]
@@ -311,6 +585,8 @@ mod tests {
             expect_status: Vec::new(),
             expect_body: Some("ok".into()),
             max_redirects: 2,
+            ca_file: None,
+            tls_expiry_warning_days: 14,
         }
     }
 

@@ -9,21 +9,34 @@
 //! timeout_secs = 5.0            # more than 0, at most the interval (default 10, or the interval)
 //! retries = 1                   # failed checks in a row before the probe is down (default 0)
 //! paused = false
-//! [probes.http]                 # exactly one of http and tcp
-//! url = "http://127.0.0.1:8080/health"
+//! [probes.http]                 # exactly one of http, tcp and dns
+//! url = "https://127.0.0.1:8443/health"   # http:// or https://
 //! method = "GET"                # default GET
 //! headers = { "x-probe" = "1" }
 //! body = ""                     # sent as is
 //! expect_status = [200, 204]    # default: any 2xx or 3xx after redirects
 //! expect_body = "ok"            # the body must contain it
 //! max_redirects = 5             # followed only to the same host and port (default 5)
+//! ca_file = "/etc/ssl/internal-ca.pem"  # https: CAs trusted besides Mozilla's roots
+//! tls_expiry_warning_days = 14  # https: warn (and notify once per certificate) when the
+//!                               #   earliest certificate of the chain expires sooner;
+//!                               #   0 turns it off (default 14)
 //! # [probes.tcp]
 //! # host = "db.internal"
 //! # port = 5432
+//! # [probes.dns]
+//! # name = "api.example.com"    # the name asked about
+//! # record_type = "A"           # A, AAAA, CNAME, MX, NS, TXT, PTR or SRV (default A)
+//! # server = "10.0.0.2:53"      # default: the first nameserver in /etc/resolv.conf
+//! # expect = ["203.0.113.7"]    # each must be among the answers (as written in a zone
+//! #                             #   file: "10 mx.example.com." for MX); empty: any answer
+//! # transport = "udp"           # or "tcp"; a truncated UDP answer is asked again over TCP
 //! ```
 //!
-//! A probe only ever connects to the host and port its definition names: redirects to
-//! anywhere else fail the check instead of being followed.
+//! A probe only ever connects to the host and port its definition names (for DNS, the
+//! server it names or the system's): redirects to anywhere else fail the check instead of
+//! being followed (an upgrade from http on port 80 to https on port 443 of the same host
+//! is followed).
 
 use std::collections::BTreeMap;
 
@@ -58,6 +71,9 @@ pub struct ProbeDef {
     /// A TCP connect check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpTarget>,
+    /// A DNS query check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsTarget>,
 }
 
 fn default_interval() -> u64 {
@@ -71,6 +87,21 @@ fn default_method() -> String {
 fn default_redirects() -> u8 {
     5
 }
+
+fn default_warning_days() -> u32 {
+    14
+}
+
+fn default_record_type() -> String {
+    "A".into()
+}
+
+fn default_transport() -> String {
+    "udp".into()
+}
+
+/// Record types a DNS probe can ask for.
+pub const RECORD_TYPES: [&str; 8] = ["A", "AAAA", "CNAME", "MX", "NS", "TXT", "PTR", "SRV"];
 
 /// What an HTTP probe calls and expects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +127,51 @@ pub struct HttpTarget {
     /// Redirects followed (same host and port only).
     #[serde(default = "default_redirects")]
     pub max_redirects: u8,
+    /// A PEM file of CAs trusted besides Mozilla's roots (https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Days before the certificate's expiry to warn (https); 0: never.
+    #[serde(default = "default_warning_days")]
+    pub tls_expiry_warning_days: u32,
+}
+
+/// What a DNS probe asks, of whom, and what it expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsTarget {
+    /// The name asked about.
+    pub name: String,
+    /// The record type.
+    #[serde(default = "default_record_type")]
+    pub record_type: String,
+    /// `address[:port]` of the server; `None`: the first nameserver of /etc/resolv.conf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Answers that must all be present; empty: any answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect: Vec<String>,
+    /// `udp` or `tcp`.
+    #[serde(default = "default_transport")]
+    pub transport: String,
+}
+
+impl DnsTarget {
+    /// The server's address: `server` with port 53 by default.
+    pub fn server_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(s) = &self.server else {
+            return Ok(None);
+        };
+        if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+            return Ok(Some(a));
+        }
+        s.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .map(|ip| Some(std::net::SocketAddr::new(ip, 53)))
+            .map_err(|_| {
+                format!("{s:?} is not an address; write 10.0.0.2, 10.0.0.2:5353 or [::1]:53")
+            })
+    }
 }
 
 /// What a TCP probe connects to.
@@ -120,32 +196,30 @@ pub struct DefError {
     pub message: String,
 }
 
-/// A parsed `http://` URL: where to connect and what to ask for.
+/// A parsed `http://` or `https://` URL: where to connect and what to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https`.
+    pub tls: bool,
     /// Host name or address (IPv6 without brackets).
     pub host: String,
-    /// Port (80 when not given).
+    /// Port (80 or 443 when not given).
     pub port: u16,
     /// Path and query, at least `/`.
     pub path: String,
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path][?query]`; `https` is refused with what to do.
+    /// Parses `http[s]://host[:port][/path][?query]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| format!("{url:?} is not a URL ({e}); write http://host:port/path"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "{url:?}: https probes are not supported by this build yet; probe the service over http, or its port with a tcp probe"
-                ));
-            }
-            _ => return Err(format!("{url:?} must start with http://")),
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("{url:?} must start with http:// or https://")),
+        };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
@@ -155,8 +229,9 @@ impl HttpUrl {
             .to_string();
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         Ok(Self {
+            tls,
             host,
-            port: uri.port_u16().unwrap_or(80),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             path: if path.is_empty() { "/".into() } else { path },
         })
     }
@@ -168,7 +243,7 @@ impl HttpUrl {
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == if self.tls { 443 } else { 80 } {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -229,9 +304,11 @@ impl ProbeDef {
         if self.retries > 100 {
             return Err(err("retries", format!("{} is more than 100", self.retries)));
         }
-        match (&self.http, &self.tcp) {
-            (Some(h), None) => validate_http(h).map_err(|(f, m)| err(&format!("http.{f}"), m)),
-            (None, Some(t)) => {
+        match (&self.http, &self.tcp, &self.dns) {
+            (Some(h), None, None) => {
+                validate_http(h).map_err(|(f, m)| err(&format!("http.{f}"), m))
+            }
+            (None, Some(t), None) => {
                 if t.host.is_empty() {
                     Err(err("tcp.host", "is empty".into()))
                 } else if t.port == 0 {
@@ -240,14 +317,15 @@ impl ProbeDef {
                     Ok(())
                 }
             }
-            (None, None) => Err(err(
+            (None, None, Some(d)) => validate_dns(d).map_err(|(f, m)| err(&format!("dns.{f}"), m)),
+            (None, None, None) => Err(err(
                 "http",
-                "a probe needs a target: an [http] table (url, ...) or a [tcp] table (host, port)"
+                "a probe needs a target: an [http] table (url, ...), a [tcp] table (host, port) or a [dns] table (name, ...)"
                     .into(),
             )),
-            (Some(_), Some(_)) => Err(err(
-                "tcp",
-                "a probe has one target: give either http or tcp, not both".into(),
+            _ => Err(err(
+                if self.dns.is_some() { "dns" } else { "tcp" },
+                "a probe has one target: give one of http, tcp and dns".into(),
             )),
         }
     }
@@ -306,6 +384,45 @@ fn validate_http(h: &HttpTarget) -> Result<(), (&'static str, String)> {
             format!("{} is more than 20", h.max_redirects),
         ));
     }
+    if let Some(f) = &h.ca_file {
+        if !h.url.starts_with("https://") {
+            return Err(("ca_file", "is for https:// URLs only".into()));
+        }
+        if !std::path::Path::new(f).is_file() {
+            return Err(("ca_file", format!("{f:?} is not a readable file")));
+        }
+    }
+    if h.tls_expiry_warning_days > 3650 {
+        return Err((
+            "tls_expiry_warning_days",
+            format!("{} is more than 3650", h.tls_expiry_warning_days),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_dns(d: &DnsTarget) -> Result<(), (&'static str, String)> {
+    hickory_proto::rr::Name::from_ascii(&d.name)
+        .ok()
+        .filter(|_| !d.name.is_empty())
+        .ok_or_else(|| ("name", format!("{:?} is not a domain name", d.name)))?;
+    if !RECORD_TYPES.contains(&d.record_type.to_ascii_uppercase().as_str()) {
+        return Err((
+            "record_type",
+            format!(
+                "{:?}: write one of {}",
+                d.record_type,
+                RECORD_TYPES.join(", ")
+            ),
+        ));
+    }
+    d.server_addr().map_err(|m| ("server", m))?;
+    if !matches!(d.transport.as_str(), "udp" | "tcp") {
+        return Err(("transport", format!("{:?}: write udp or tcp", d.transport)));
+    }
+    if d.expect.iter().any(|e| e.trim().is_empty()) {
+        return Err(("expect", "an expected answer is empty".into()));
+    }
     Ok(())
 }
 
@@ -329,8 +446,11 @@ mod tests {
                 expect_status: Vec::new(),
                 expect_body: None,
                 max_redirects: 5,
+                ca_file: None,
+                tls_expiry_warning_days: 14,
             }),
             tcp: None,
+            dns: None,
         }
     }
 
@@ -360,8 +480,47 @@ mod tests {
             "timeout_secs"
         );
         assert_eq!(field(&http("ftp://h/")), "http.url");
-        let e = http("https://h/").validate().unwrap_err();
-        assert!(e.message.contains("not supported by this build"), "{e}");
+        assert!(http("https://h/").validate().is_ok());
+        let mut d = http("https://h/");
+        d.http.as_mut().unwrap().ca_file = Some("/nonexistent/ca.pem".into());
+        assert_eq!(field(&d), "http.ca_file");
+        let dns = |f: &dyn Fn(&mut DnsTarget)| {
+            let mut t = DnsTarget {
+                name: "ok.probe.test".into(),
+                record_type: "A".into(),
+                server: Some("127.0.0.1:5353".into()),
+                expect: vec!["127.0.0.1".into()],
+                transport: "udp".into(),
+            };
+            f(&mut t);
+            ProbeDef {
+                http: None,
+                dns: Some(t),
+                ..http("http://h/")
+            }
+        };
+        assert!(dns(&|_| {}).validate().is_ok());
+        assert_eq!(field(&dns(&|t| t.name = "a..b".into())), "dns.name");
+        assert_eq!(
+            field(&dns(&|t| t.record_type = "SOAP".into())),
+            "dns.record_type"
+        );
+        assert_eq!(
+            field(&dns(&|t| t.server = Some("ns1".into()))),
+            "dns.server"
+        );
+        assert_eq!(
+            field(&dns(&|t| t.transport = "quic".into())),
+            "dns.transport"
+        );
+        assert_eq!(field(&dns(&|t| t.expect = vec![" ".into()])), "dns.expect");
+        assert_eq!(
+            dns(&|t| t.server = Some("10.0.0.2".into()))
+                .dns
+                .unwrap()
+                .server_addr(),
+            Ok(Some("10.0.0.2:53".parse().unwrap()))
+        );
         let mut d = http("http://h/");
         d.http.as_mut().unwrap().method = "GE T".into();
         assert_eq!(field(&d), "http.method");
@@ -404,6 +563,11 @@ mod tests {
             ("::1", 8080, "/a/b?c=d")
         );
         assert_eq!(u.authority(), "[::1]:8080");
+        let u = HttpUrl::parse("https://example.test/x").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.authority().as_str()),
+            (true, 443, "example.test")
+        );
     }
 
     #[test]

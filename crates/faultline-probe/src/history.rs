@@ -11,7 +11,8 @@
 //!         4  crc      CRC32C of the body
 //!       len  body     the result as JSON: {"probe", "at" (Unix ms), "lagUs", "ok",
 //!                     "totalUs", "phases": [["resolve", us], ...], "status", "error",
-//!                     "traceId" (hex), "spanError"}
+//!                     "traceId" (hex), "spanError", "certNotAfter" (Unix s, https;
+//!                     absent otherwise), "warning" (absent when none)}
 //! ```
 //!
 //! The writer appends as results come and fdatasyncs at most once a second (a result is
@@ -50,12 +51,14 @@ pub(crate) struct Record {
     pub error: Option<String>,
     pub trace_id: String,
     pub span_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 fn phase(name: &str) -> Option<Phase> {
-    [Phase::Dns, Phase::Connect, Phase::FirstByte, Phase::Body]
-        .into_iter()
-        .find(|p| p.as_str() == name)
+    Phase::ALL.into_iter().find(|p| p.as_str() == name)
 }
 
 impl Record {
@@ -77,6 +80,8 @@ impl Record {
             error: r.outcome.error.clone(),
             trace_id: faultline_model::hex(&r.trace_id),
             span_error: r.span_error.clone(),
+            cert_not_after: r.outcome.cert_not_after,
+            warning: r.outcome.warning.clone(),
         }
     }
 
@@ -104,6 +109,8 @@ impl Record {
                 address: None,
                 redirects: 0,
                 error: self.error.clone(),
+                cert_not_after: self.cert_not_after,
+                warning: self.warning.clone(),
             },
             trace_id,
             span_error: self.span_error.clone(),
@@ -324,6 +331,8 @@ mod tests {
             error: (!ok).then(|| "HTTP 500".into()),
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             span_error: None,
+            cert_not_after: None,
+            warning: None,
         }
     }
 

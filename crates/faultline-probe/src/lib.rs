@@ -196,6 +196,68 @@ pub struct ProbeView {
     pub uptime: [Uptime; 3],
 }
 
+/// The latency of one phase, or of whole checks (`total`), over some checks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseLatency {
+    /// The phase's name (`resolve`, `connect`, `tls`, `processing`, `transfer`) or `total`.
+    pub phase: &'static str,
+    /// Checks that completed the phase.
+    pub checks: usize,
+    /// Median, milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile, milliseconds.
+    pub p90_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+}
+
+impl ProbeView {
+    /// Each phase's p50, p90 and p99 (nearest rank) over the kept results (the last
+    /// [`MAX_RESULTS`]) at or after `since_ms`, then the whole checks' as `total`. A phase
+    /// counts for the checks that completed it, passed or failed; phases no check reached
+    /// are left out.
+    pub fn phase_latency(&self, since_ms: u64) -> Vec<PhaseLatency> {
+        let kept: Vec<&CheckResult> = self
+            .results
+            .iter()
+            .filter(|r| r.at_ms >= since_ms)
+            .collect();
+        let of = |phase: &'static str, mut ms: Vec<f64>| -> Option<PhaseLatency> {
+            if ms.is_empty() {
+                return None;
+            }
+            ms.sort_by(f64::total_cmp);
+            let q = |x: f64| ms[((ms.len() as f64 * x).ceil() as usize).clamp(1, ms.len()) - 1];
+            Some(PhaseLatency {
+                phase,
+                checks: ms.len(),
+                p50_ms: q(0.5),
+                p90_ms: q(0.9),
+                p99_ms: q(0.99),
+            })
+        };
+        let mut out: Vec<PhaseLatency> = Phase::ALL
+            .iter()
+            .filter_map(|p| {
+                let ms = kept
+                    .iter()
+                    .flat_map(|r| r.outcome.phases.iter().filter(|(q, _)| q == p))
+                    .map(|(_, d)| d.as_secs_f64() * 1000.0)
+                    .collect();
+                of(p.as_str(), ms)
+            })
+            .collect();
+        out.extend(of(
+            "total",
+            kept.iter()
+                .map(|r| r.outcome.total.as_secs_f64() * 1000.0)
+                .collect(),
+        ));
+        out
+    }
+}
+
 struct Runtime {
     def: ProbeDef,
     source: Source,
@@ -529,6 +591,12 @@ impl Probes {
                 );
             }
         }
+        out.push_str("# HELP probe_ssl_earliest_cert_expiry The earliest expiry of the certificate chain of the probe's last https check, Unix seconds.\n# TYPE probe_ssl_earliest_cert_expiry gauge\n");
+        for (n, x) in last() {
+            if let Some(t) = x.outcome.cert_not_after {
+                let _ = writeln!(out, "probe_ssl_earliest_cert_expiry{{probe=\"{n}\"}} {t}");
+            }
+        }
         out.push_str("# HELP probe_http_status_code The HTTP status of the probe's last check.\n# TYPE probe_http_status_code gauge\n");
         for (n, x) in last() {
             if let Some(s) = x.outcome.status {
@@ -614,11 +682,31 @@ async fn one(shared: Arc<Shared>, def: ProbeDef, lag: Duration) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let started = Instant::now();
-    let outcome = match (&def.http, &def.tcp) {
-        (Some(h), _) => check::http(h, &span::traceparent(&ids.0, &ids.1), def.timeout()).await,
-        (None, Some(t)) => check::tcp(t, def.timeout()).await,
-        (None, None) => return,
+    let outcome = match (&def.http, &def.tcp, &def.dns) {
+        (Some(h), _, _) => check::http(h, &span::traceparent(&ids.0, &ids.1), def.timeout()).await,
+        (None, Some(t), _) => check::tcp(t, def.timeout()).await,
+        (None, None, Some(d)) => check::dns(d, def.timeout()).await,
+        (None, None, None) => return,
     };
+    if let (Some(warning), Some(not_after), Some(o)) = (
+        &outcome.warning,
+        outcome.cert_not_after,
+        shared.outbox.clone(),
+    ) {
+        // Once per certificate: its expiry is in the key, and known keys are ignored.
+        let e = faultline_notify::Event {
+            key: format!("probe/{}/cert/{not_after}/expiring", def.name),
+            kind: "probe".into(),
+            subject: def.name.clone(),
+            state: "expiring".into(),
+            at: at_ms,
+            message: warning.clone(),
+            link: None,
+        };
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || o.enqueue(e)).await {
+            tracing::error!(probe = %def.name, "cannot enqueue the certificate warning: {e}");
+        }
+    }
     debug_assert!(started.elapsed() >= outcome.total);
     let span_error = shared
         .sink
@@ -775,6 +863,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port,
             }),
+            dns: None,
         }
     }
 
@@ -806,6 +895,34 @@ mod tests {
         record(&mut r, result(true, 5));
         assert_eq!((r.state, r.incidents[0].end_ms), (State::Up, Some(5)));
         assert_eq!(r.checks, (5, 2));
+    }
+
+    #[test]
+    fn phase_latency_is_nearest_rank_over_the_window() {
+        let mut r = Runtime::new(tcp("p", 1), Source::Api, None);
+        // 100 checks: connect takes i + 1 ms; check 0 is before the window, so the
+        // 99 in it take 2 to 100 ms.
+        for i in 0..100u64 {
+            let mut x = result(true, 1000 + i);
+            x.outcome.phases = vec![(Phase::Connect, Duration::from_millis(i + 1))];
+            x.outcome.total = Duration::from_millis(2 * (i + 1));
+            record(&mut r, x);
+        }
+        let v = view(&r);
+        let l = v.phase_latency(1001);
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (
+                l[0].phase,
+                l[0].checks,
+                l[0].p50_ms,
+                l[0].p90_ms,
+                l[0].p99_ms
+            ),
+            ("connect", 99, 51.0, 91.0, 100.0)
+        );
+        assert_eq!((l[1].phase, l[1].p99_ms), ("total", 200.0));
+        assert!(v.phase_latency(u64::MAX).is_empty());
     }
 
     #[tokio::test]

@@ -3,7 +3,9 @@
 //! `service.name=faultline-probe`; attributes `faultline.synthetic=true` (which puts the
 //! trace in the intake's critical lane), `faultline.probe.name`, `faultline.probe.ok`,
 //! `server.address`, `server.port` and, for HTTP, `url.full`, `http.request.method` and
-//! `http.response.status_code`; an event at the end of each phase (`resolve`, `connect`,
+//! `http.response.status_code`, for https `tls.server.not_after_unix`, for DNS
+//! `dns.question.name` and `dns.question.type`, and `faultline.probe.warning` when the
+//! check passed with one; an event at the end of each phase (`resolve`, `connect`, `tls`,
 //! `processing`, `transfer`) with its duration in `faultline.probe.phase_ms`; status ERROR
 //! with the reason when the check failed.
 
@@ -66,6 +68,14 @@ pub fn of(
             ));
         }
         format!("probe {} {}", def.name, h.method)
+    } else if let Some(d) = &def.dns {
+        attributes.push(kv("dns.question.name", s(&d.name)));
+        attributes.push(kv("dns.question.type", s(&d.record_type)));
+        if let Some(a) = o.address {
+            attributes.push(kv("server.address", s(&a.ip().to_string())));
+            attributes.push(kv("server.port", Value::IntValue(i64::from(a.port()))));
+        }
+        format!("probe {} dns {}", def.name, d.record_type)
     } else {
         if let Some(t) = &def.tcp {
             attributes.push(kv("server.address", s(&t.host)));
@@ -73,6 +83,12 @@ pub fn of(
         }
         format!("probe {} connect", def.name)
     };
+    if let Some(t) = o.cert_not_after {
+        attributes.push(kv("tls.server.not_after_unix", Value::IntValue(t)));
+    }
+    if let Some(w) = &o.warning {
+        attributes.push(kv("faultline.probe.warning", s(w)));
+    }
     let mut at = start_ns;
     let events = o
         .phases

@@ -61,7 +61,7 @@ main{padding:12px 16px}table{border-collapse:collapse;width:100%;background:#fff
 th,td{padding:4px 8px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top}
 th a{color:inherit}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .partial{background:#fff3cd;border:1px solid #e0c36c;padding:6px 10px;margin-bottom:10px}
-.err{color:#b3261e}.muted{color:#777}.bar{background:#7aa7e0;height:10px;display:inline-block}
+.err{color:#b3261e}.warn{color:#8a5a00}.muted{color:#777}.bar{background:#7aa7e0;height:10px;display:inline-block}
 .errbar{background:#d9534f}section{margin:14px 0}h2{font-size:16px;margin:6px 0}
 details{background:#fff;border:1px solid #ddd;margin:4px 0;padding:4px 8px}
 summary{cursor:pointer}.wf td{padding:2px 6px;border:none}.wf tr:hover{background:#eef4ff}

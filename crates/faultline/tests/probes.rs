@@ -341,3 +341,163 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
     let ok: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ok["uptime"]["30d"]["ratio"], 1.0, "{ok}");
 }
+
+#[test]
+fn https_and_dns_probes_against_real_servers_with_planted_faults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_servers, s) = common::python_fixture(
+        "tls_dns_servers.py",
+        &["--dir", tmp.path().join("pki").to_str().unwrap()],
+    );
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let ca = s["ca"].as_str().unwrap();
+    let https = |name: &str, host: &str, which: &str, ca_file: bool| {
+        let mut http = json!({"url": format!("https://{host}:{}/health", s["https"][which]), "expect_body": "ok"});
+        if ca_file {
+            http["ca_file"] = json!(ca);
+        }
+        json!({"name": name, "interval_secs": 2, "timeout_secs": 1.5, "http": http})
+    };
+    let dns = |name: &str, q: &str, rtype: &str, expect: &[&str], transport: &str| {
+        json!({"name": name, "interval_secs": 2, "timeout_secs": 1.5, "dns": {
+            "name": q, "record_type": rtype, "expect": expect, "transport": transport,
+            "server": format!("127.0.0.1:{}", s["dns"])}})
+    };
+    let defs = [
+        https("tls-soon", "localhost", "soon", true),
+        https("tls-fine", "127.0.0.1", "fine", true),
+        https("tls-no-ca", "localhost", "fine", false),
+        https("tls-untrusted", "localhost", "untrusted", true),
+        https("tls-expired", "localhost", "expired", true),
+        dns("dns-ok", "ok.probe.test", "A", &["127.0.0.1"], "udp"),
+        dns("dns-alias", "alias.probe.test", "A", &["127.0.0.1"], "udp"),
+        dns("dns-wrong", "wrong.probe.test", "A", &["127.0.0.1"], "udp"),
+        dns(
+            "dns-mx",
+            "mail.probe.test",
+            "MX",
+            &["10 mx.probe.test."],
+            "tcp",
+        ),
+        dns("dns-txt", "txt.probe.test", "TXT", &["v=faultline"], "udp"),
+        dns("dns-v6", "v6.probe.test", "AAAA", &["::1"], "tcp"),
+        dns("dns-missing", "nope.probe.test", "A", &[], "udp"),
+    ];
+    for d in &defs {
+        let (status, body) = call(&server, "POST", "/api/v1/probes", d);
+        assert_eq!(status, 201, "{body}");
+    }
+    let names: Vec<&str> = defs.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    let got = results(&server, &names);
+    let last = |n: &str| got[n]["last"].clone();
+    let error = |n: &str| last(n)["error"].as_str().unwrap_or("").to_string();
+    for n in [
+        "tls-soon",
+        "tls-fine",
+        "dns-ok",
+        "dns-alias",
+        "dns-mx",
+        "dns-txt",
+        "dns-v6",
+    ] {
+        assert_eq!(last(n)["ok"], true, "{n}: {}", last(n));
+    }
+    // The certificate expiring in 3 days passes with a warning; the 90-day one without.
+    let not_after = |k: &str| s["not_after"][k].as_i64().unwrap();
+    assert_eq!(last("tls-soon")["certNotAfter"], not_after("soon"));
+    let warning = last("tls-soon")["warning"].as_str().unwrap().to_string();
+    assert!(
+        warning.starts_with("the certificate expires in 3.0 days")
+            || warning.starts_with("the certificate expires in 2.9 days"),
+        "{warning}"
+    );
+    assert!(warning.ends_with("within the 14-day warning"), "{warning}");
+    assert_eq!(last("tls-fine")["certNotAfter"], not_after("fine"));
+    assert!(last("tls-fine")["warning"].is_null());
+    let mut phases: Vec<String> = last("tls-soon")["phases"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    phases.sort();
+    assert_eq!(
+        phases,
+        ["connect", "processing", "resolve", "tls", "transfer"]
+    );
+    // Planted TLS faults fail with what to do.
+    assert!(
+        error("tls-no-ca").contains("is not trusted (unknown issuer); give its CA in http.ca_file"),
+        "{}",
+        error("tls-no-ca")
+    );
+    assert!(
+        error("tls-untrusted").contains("is not trusted"),
+        "{}",
+        error("tls-untrusted")
+    );
+    assert!(
+        error("tls-expired").starts_with("the certificate of localhost has expired"),
+        "{}",
+        error("tls-expired")
+    );
+    // DNS: a wrong address and a missing name, said as such.
+    assert_eq!(
+        error("dns-wrong"),
+        "wrong.probe.test A is 10.9.8.7, expected 127.0.0.1"
+    );
+    let missing = error("dns-missing");
+    assert!(
+        missing.contains("for nope.probe.test A") && missing.contains("Non-Existent Domain"),
+        "{missing}"
+    );
+    assert_eq!(last("dns-ok")["phases"].as_object().unwrap().len(), 1);
+    // Per-phase latency in the API; the blackbox_exporter certificate metric.
+    let (_, body) = http_get(server.api, "/api/v1/probes/tls-fine").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let lat: Vec<&str> = v["phaseLatency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lat,
+        [
+            "resolve",
+            "connect",
+            "tls",
+            "processing",
+            "transfer",
+            "total"
+        ]
+    );
+    let tls = &v["phaseLatency"][2];
+    assert!(tls["p50Ms"].as_f64().unwrap() > 0.0 && tls["p99Ms"].as_f64() >= tls["p50Ms"].as_f64());
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "probe_ssl_earliest_cert_expiry{{probe=\"tls-soon\"}} {}",
+            not_after("soon")
+        )),
+        "{metrics}"
+    );
+    // The warning is one notification per certificate, however many checks see it.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, body) = http_get(server.api, "/api/v1/notifications").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .filter(|k| k.contains("/cert/"))
+        .collect();
+    assert_eq!(
+        keys,
+        [format!(
+            "probe/tls-soon/cert/{}/expiring",
+            not_after("soon")
+        )]
+    );
+}

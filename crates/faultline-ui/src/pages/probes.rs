@@ -24,9 +24,15 @@ fn probes(st: &ApiState) -> Result<&faultline_probe::Probes, ApiError> {
 }
 
 fn target(v: &ProbeView) -> String {
-    match (&v.def.http, &v.def.tcp) {
-        (Some(h), _) => format!("{} {}", h.method, h.url),
-        (None, Some(t)) => format!("tcp {}:{}", t.host, t.port),
+    match (&v.def.http, &v.def.tcp, &v.def.dns) {
+        (Some(h), _, _) => format!("{} {}", h.method, h.url),
+        (None, Some(t), _) => format!("tcp {}:{}", t.host, t.port),
+        (None, None, Some(d)) => format!(
+            "dns {} {} at {}",
+            d.record_type,
+            d.name,
+            d.server.as_deref().unwrap_or("the system's nameserver")
+        ),
         _ => String::new(),
     }
 }
@@ -185,7 +191,7 @@ pub(crate) async fn one(
         body.push_str("<p class=muted>No checks in the last 24 hours.</p>");
     }
     body.push_str("</div></section>");
-    body.push_str(&phases(&day));
+    body.push_str(&phases(&v, now_s.saturating_sub(86_400) * 1000));
     body.push_str(&incidents(&v));
     body.push_str("<section><h2>Recent checks</h2><table id=results><tr><th>When</th><th>Result</th><th>Total</th><th>Phases</th><th></th></tr>");
     for r in v.results.iter().take(50) {
@@ -202,11 +208,18 @@ pub(crate) async fn one(
             when(r.at_ms),
             r.outcome.error.as_deref().map_or_else(
                 || format!(
-                    "passed{}",
+                    "passed{}{}",
                     r.outcome
                         .status
                         .map(|s| format!(" (HTTP {s})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    r.outcome
+                        .warning
+                        .as_deref()
+                        .map_or(String::new(), |w| format!(
+                            " <span class=warn>{}</span>",
+                            esc(w)
+                        ))
                 ),
                 |e| format!("<span class=err>{}</span>", esc(e))
             ),
@@ -219,34 +232,16 @@ pub(crate) async fn one(
     Ok(Html(layout(&format!("Probe {name}"), &[], Some(30), &body)).into_response())
 }
 
-/// Each phase's p50 and p99 over the checks given.
-fn phases(day: &[&CheckResult]) -> String {
+/// Each phase's p50, p90 and p99 over the last day's kept checks.
+fn phases(v: &ProbeView, since_ms: u64) -> String {
     let mut out = String::from(
-        "<section><h2>Phases (last 24 hours)</h2><table id=phases><tr><th>Phase</th><th>Checks</th><th>p50</th><th>p99</th></tr>",
+        "<section><h2>Phases (last 24 hours)</h2><table id=phases><tr><th>Phase</th><th>Checks</th><th>p50</th><th>p90</th><th>p99</th></tr>",
     );
-    for p in [
-        faultline_probe::Phase::Dns,
-        faultline_probe::Phase::Connect,
-        faultline_probe::Phase::FirstByte,
-        faultline_probe::Phase::Body,
-    ] {
-        let mut ms: Vec<f64> = day
-            .iter()
-            .flat_map(|r| r.outcome.phases.iter().filter(|(q, _)| *q == p))
-            .map(|(_, d)| d.as_secs_f64() * 1000.0)
-            .collect();
-        if ms.is_empty() {
-            continue;
-        }
-        ms.sort_by(f64::total_cmp);
-        let q = |x: f64| ms[((ms.len() - 1) as f64 * x).round() as usize];
+    for l in v.phase_latency(since_ms) {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td class=num>{}</td><td class=num>{:.2} ms</td><td class=num>{:.2} ms</td></tr>",
-            p.as_str(),
-            ms.len(),
-            q(0.5),
-            q(0.99)
+            "<tr><td>{}</td><td class=num>{}</td><td class=num>{:.2} ms</td><td class=num>{:.2} ms</td><td class=num>{:.2} ms</td></tr>",
+            l.phase, l.checks, l.p50_ms, l.p90_ms, l.p99_ms
         );
     }
     out.push_str("</table></section>");
