@@ -3,6 +3,8 @@
 //!
 //! - `store_head_spans`, `store_blocks`, `store_block_bytes`, `store_block_spans`,
 //!   `store_indexed_seq`: the store;
+//! - `store_index_bytes`, `store_index_loads`, `store_index_evictions`: the search
+//!   indexes in memory (within `store.max_index_bytes`), read back and evicted since start;
 //! - `store_undecodable_records`, `store_seal_failing`: what went wrong;
 //! - `dlq_records`, `dlq_moved`: dead letters on disk, and moved since start;
 //! - `backlog_spans`, `backlog_replayed_spans`, `backlog_ranges`: the WAL backlog
@@ -23,6 +25,9 @@ pub struct PipelineMetrics {
     store_block_bytes: Gauge,
     store_block_spans: Gauge,
     store_indexed_seq: Gauge,
+    store_index_bytes: Gauge,
+    store_index_loads: Gauge,
+    store_index_evictions: Gauge,
     store_undecodable_records: Gauge,
     store_seal_failing: Gauge,
     dlq_records: Gauge,
@@ -57,6 +62,21 @@ impl PipelineMetrics {
                 "store_indexed_seq",
                 "Highest WAL sequence number indexed by the store",
                 &m.store_indexed_seq,
+            ),
+            (
+                "store_index_bytes",
+                "Bytes of search indexes in memory (at most store.max_index_bytes)",
+                &m.store_index_bytes,
+            ),
+            (
+                "store_index_loads",
+                "Search indexes read back from disk for a search since start",
+                &m.store_index_loads,
+            ),
+            (
+                "store_index_evictions",
+                "Search indexes dropped from memory for store.max_index_bytes since start",
+                &m.store_index_evictions,
             ),
             (
                 "store_undecodable_records",
@@ -112,6 +132,10 @@ impl PipelineMetrics {
         self.store_block_spans
             .set(g(blocks.iter().map(|b| b.spans).sum()));
         self.store_indexed_seq.set(g(view.store.ingested_seq()));
+        let ix = view.store.index_cache();
+        self.store_index_bytes.set(g(ix.bytes));
+        self.store_index_loads.set(g(ix.loads));
+        self.store_index_evictions.set(g(ix.evictions));
         let st = view.stats();
         self.store_undecodable_records
             .set(g(st.undecodable.load(Ordering::Relaxed)));

@@ -1,5 +1,6 @@
 //! Search tests: the store's answers against a brute-force model over every span, across
-//! the head, sealed blocks, traces split by a seal, a reopen, and a lost search index.
+//! the head, sealed blocks, traces split by a seal, a reopen, a lost search index, and
+//! indexes evicted for a memory budget and read back.
 
 #![allow(clippy::unwrap_used)]
 
@@ -216,11 +217,14 @@ proptest! {
         traces in prop::collection::vec(prop::collection::vec(gen_span(), 1..8), 1..30),
         seal_every in 3..40usize,
         queries in prop::collection::vec(gen_query(), 12),
+        // No budget, or one so small that indexes are evicted and read back.
+        max_index_bytes in prop_oneof![Just(u64::MAX), 1u64..20_000],
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let opts = StoreOptions {
             block_max_spans: 1_000,
             block_max_age: Duration::from_secs(3600),
+            max_index_bytes,
             ..StoreOptions::new(tmp.path())
         };
         let built = build(&traces);
@@ -264,6 +268,88 @@ proptest! {
         for q in &queries {
             check(&store, &all, q)?;
         }
+    }
+}
+
+#[test]
+fn a_memory_budget_evicts_indexes_and_searches_read_them_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let traces: Vec<Vec<Gen>> = (0..60u8)
+        .map(|t| {
+            (0..6usize)
+                .map(|j| {
+                    (
+                        j % 3,
+                        j % 2,
+                        j.checked_sub(1),
+                        100 + u64::from(t) * 10,
+                        t % 7 == 0,
+                        t % 5,
+                        i64::from(t),
+                        false,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let all: Vec<Span> = build(&traces).into_iter().flatten().collect();
+    let query = |service: &str| TraceQuery {
+        service: Some(service.into()),
+        end_ns: u64::MAX,
+        limit: 1000,
+        ..TraceQuery::default()
+    };
+    let answers = |store: &Store| -> Vec<Vec<TraceSummary>> {
+        SERVICES
+            .iter()
+            .map(|s| {
+                let (found, c) = store.search(&query(s)).unwrap();
+                assert!(c.is_complete(), "{c:?}");
+                found
+            })
+            .collect()
+    };
+    let mut want = None;
+    for budget in [u64::MAX, 1] {
+        let dir = tmp.path().join(budget.to_string());
+        let opts = StoreOptions {
+            max_index_bytes: budget,
+            ..StoreOptions::new(&dir)
+        };
+        let (store, _) = Store::open(opts.clone()).unwrap();
+        // Six blocks of ten traces each.
+        for (i, chunk) in all.chunks(60).enumerate() {
+            store.ingest(i as u64 + 1, chunk.to_vec()).unwrap();
+            store.seal().unwrap();
+        }
+        let got = answers(&store);
+        let stats = store.index_cache();
+        if budget == u64::MAX {
+            assert_eq!((stats.loads, stats.evictions), (0, 0));
+            assert!(stats.bytes > 0);
+            assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 3 * 60, "{got:?}");
+            want = Some(got);
+            continue;
+        }
+        assert_eq!(
+            Some(&got),
+            want.as_ref(),
+            "the same answers within a budget"
+        );
+        assert!(stats.evictions >= 5 && stats.loads >= 5, "{stats:?}");
+        // Only the index last used is held: the budget is smaller than one.
+        let one = stats.bytes;
+        drop(store);
+        // Reopened, the loader stops at the budget; searches read the rest back.
+        let (store, _) = Store::open(opts).unwrap();
+        assert!(store.wait_for_indexes(Duration::from_secs(30)));
+        assert_eq!(Some(&answers(&store)), want.as_ref());
+        let stats = store.index_cache();
+        assert!(stats.loads >= 5, "{stats:?}");
+        assert!(
+            stats.bytes <= one * 2,
+            "one index at a time: {stats:?} (one is {one})"
+        );
     }
 }
 

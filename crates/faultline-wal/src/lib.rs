@@ -27,5 +27,16 @@ mod tests;
 pub use crate::core::{Durability, Quarantined, RecoveryReport, SegmentMeta, WalCore, WalOptions};
 pub use crate::error::WalError;
 pub use crate::reader::{DirScan, Record, SegmentReport, WalReader, scan_dir};
+
+/// The WAL directory named by an operator: `DIR/wal` when `DIR` is a data directory,
+/// else `DIR` itself.
+pub fn dir_of(dir: &std::path::Path) -> std::path::PathBuf {
+    let inner = dir.join("wal");
+    if inner.is_dir() {
+        inner
+    } else {
+        dir.to_path_buf()
+    }
+}
 pub use crate::vfs::{StdFs, Vfs, VfsFile};
 pub use crate::wal::{Ack, Cursor, NoopObserver, Tailer, Wal, WalObserver};

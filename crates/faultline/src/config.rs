@@ -44,6 +44,8 @@
 //! block_max_age_secs = 60                # --block-max-age-secs; ... or when this old
 //! retention_secs     = 604800            # --retention-secs (at least 60); 7 days
 //! max_bytes          = (none)            # --store-max-bytes; delete the oldest beyond it
+//! max_index_bytes    = (none)            # --max-index-bytes; search indexes kept in memory,
+//!                                        #   the least recently used read back from disk
 //! backlog_spans_per_second   = 100000    # --backlog-rate; backlog replay cap while live
 //!                                        #   data flows (none waiting: full speed)
 //! max_index_spans_per_second = (none)    # --index-rate; cap on indexing, backlog included
@@ -141,6 +143,9 @@ pub struct ServeArgs {
     /// Delete the oldest blocks while blocks take more than this many bytes [default: no limit].
     #[arg(long, env = "FAULTLINE_STORE_MAX_BYTES")]
     pub store_max_bytes: Option<u64>,
+    /// Keep at most this many bytes of search indexes in memory [default: no limit].
+    #[arg(long, env = "FAULTLINE_MAX_INDEX_BYTES")]
+    pub max_index_bytes: Option<u64>,
     /// Replay a WAL backlog (after a restart or a stall) at most this many spans per
     /// second while live data flows; with none waiting it replays at full speed
     /// [default: 100000].
@@ -223,6 +228,7 @@ struct StoreFile {
     block_max_age_secs: Option<u64>,
     retention_secs: Option<u64>,
     max_bytes: Option<u64>,
+    max_index_bytes: Option<u64>,
     backlog_spans_per_second: Option<u64>,
     max_index_spans_per_second: Option<u64>,
 }
@@ -412,6 +418,10 @@ fn store(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> anyhow::Result
     if let Some(bytes) = args.store_max_bytes.or(f.max_bytes) {
         opts.max_bytes = bytes;
     }
+    opts.max_index_bytes = args
+        .max_index_bytes
+        .or(f.max_index_bytes)
+        .unwrap_or(u64::MAX);
     Ok(opts)
 }
 

@@ -3,7 +3,7 @@
 //! start-up), so they are safe to run beside a live server.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -11,18 +11,9 @@ use serde_json::json;
 
 use faultline_model::envelope;
 
-fn wal_dir(dir: &Path) -> PathBuf {
-    let inner = dir.join("wal");
-    if inner.is_dir() {
-        inner
-    } else {
-        dir.to_path_buf()
-    }
-}
-
 /// `faultline wal verify DIR`.
 pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
-    let dir = wal_dir(dir);
+    let dir = faultline_wal::dir_of(dir);
     let mut envelope_errors = 0u64;
     let mut spans = 0u64;
     let scan = faultline_wal::scan_dir(&dir, |_, rec| match envelope::decode(rec.payload) {
@@ -92,7 +83,7 @@ pub fn dump(
     from: u64,
     limit: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let dir = wal_dir(dir);
+    let dir = faultline_wal::dir_of(dir);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;

@@ -102,6 +102,23 @@ pub(crate) struct BlockIndex {
 }
 
 impl BlockIndex {
+    /// Bytes held on the heap, estimated from the columns' capacities and the postings'.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let strings: usize = self.strings.iter().map(|s| s.capacity() + 24).sum();
+        let span_op = match &self.span_op {
+            OpIds::Small(v) => v.capacity() * 2,
+            OpIds::Large(v) => v.capacity() * 4,
+        };
+        strings
+            + self.ops.capacity() * 8
+            + span_op
+            + self.span_dur_us.capacity() * 4
+            + self.trace_first.capacity() * 4
+            + (self.trace_start.capacity() + self.trace_end.capacity()) * 8
+            + (self.root_op.capacity() + self.errors.capacity() + self.orphans.capacity()) * 4
+            + self.postings.heap_bytes()
+    }
+
     /// Builds the index from light rows in row order and the traces' (first row, rows).
     pub(crate) fn build(rows: LightRows, traces: &[(u32, u32)], postings: Postings) -> Self {
         let mut op_ids: HashMap<(u32, u32), u32> = HashMap::new();

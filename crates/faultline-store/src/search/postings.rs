@@ -128,6 +128,15 @@ impl Posting {
         }
     }
 
+    /// Bytes it holds on the heap (a bitmap's serialized size stands for its
+    /// containers).
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Few(v) => v.len() * 4,
+            Self::Many(b) => b.serialized_size() + 48,
+        }
+    }
+
     fn to_bitmap(&self) -> RoaringBitmap {
         match self {
             Self::Few(v) => v.iter().copied().collect(),
@@ -167,6 +176,16 @@ fn needle_hash(key: &str, value: &str) -> u32 {
 }
 
 impl Postings {
+    /// Bytes held on the heap, estimated from the tables' capacities (a hash table entry
+    /// is its key, its value and a control byte).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let entry = 8 + std::mem::size_of::<Posting>() + 1;
+        self.terms.capacity() * entry
+            + self.terms.values().map(Posting::heap_bytes).sum::<usize>()
+            + (self.unindexed.capacity() + self.needle_keys.capacity()) * 9
+            + self.needles.capacity() * 8
+    }
+
     /// Builds the index of a block from its spans in row order, with `traces` giving each
     /// trace's first row and row count; returns it and the compressed file body.
     pub(crate) fn build(

@@ -23,6 +23,7 @@
 //! partial.
 
 mod head;
+mod index_cache;
 mod query;
 mod retention;
 mod seal;
@@ -42,8 +43,9 @@ use crate::error::StoreError;
 use crate::locs::TraceLocs;
 use crate::manifest::{BlockMeta, Manifest};
 use crate::rollup::Rollups;
-use crate::search::BlockIndex;
 use crate::seqs::SeqRanges;
+pub use index_cache::IndexCacheStats;
+use index_cache::{IndexCache, IndexSlot};
 
 use head::Head;
 pub use query::SpanStore;
@@ -62,6 +64,10 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// Delete the oldest blocks while the blocks take more bytes than this.
     pub max_bytes: u64,
+    /// Keep at most this many bytes of sealed blocks' search indexes in memory; the
+    /// least recently used are evicted and read back from disk when a search needs them
+    /// (`index_cache.rs`). `u64::MAX` (the default): all in memory.
+    pub max_index_bytes: u64,
     /// Tail sampling of sealed blocks (`crate::tail`); `None` (the default): off.
     pub tail: Option<crate::tail::TailPolicy>,
     /// Crash tests only: called at the points where a crash leaves files behind that no
@@ -103,6 +109,7 @@ impl StoreOptions {
             block_max_age: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_bytes: u64::MAX,
+            max_index_bytes: u64::MAX,
             tail: None,
             fault: None,
         }
@@ -148,10 +155,9 @@ pub(crate) struct Sealed {
     meta: BlockMeta,
     reader: BlockReader,
     services: BTreeSet<String>,
-    /// The search index: set at seal, or by the loader thread after a restart.
-    index: OnceLock<BlockIndex>,
-    /// Why the search index could not be loaded, if it could not.
-    index_error: OnceLock<String>,
+    /// The search index: set at seal, or by the loader thread after a restart; evicted
+    /// and read back within `StoreOptions::max_index_bytes` (`index_cache.rs`).
+    index: Arc<IndexSlot>,
     /// Number of the block in this process (for [`TraceLocs`]).
     serial: u32,
     /// Ordinals of its traces that also have spans elsewhere (another block or a head).
@@ -270,6 +276,8 @@ pub struct OpenReport {
 /// The embedded store.
 pub struct Store {
     opts: StoreOptions,
+    /// The sealed blocks' search indexes in memory, within `opts.max_index_bytes`.
+    index_cache: Arc<IndexCache>,
     inner: RwLock<Inner>,
     seal_lock: Mutex<()>,
     /// The clock-skew estimates last written to `crate::skew::OFFSETS_FILE`.
@@ -305,6 +313,7 @@ impl Store {
             source,
         })?;
         let manifest = Manifest::load(&dir)?;
+        let index_cache = IndexCache::new(opts.max_index_bytes);
         let mut report = OpenReport::default();
         let mut blocks = Vec::new();
         let mut quarantined = Vec::new();
@@ -381,8 +390,7 @@ impl Store {
                         services: meta.services.iter().cloned().collect(),
                         meta: meta.clone(),
                         reader,
-                        index: OnceLock::new(),
-                        index_error: OnceLock::new(),
+                        index: IndexSlot::loading(&index_cache),
                         serial: blocks.len() as u32,
                         split: Mutex::new(RoaringBitmap::new()),
                         sealed_at: None,
@@ -418,18 +426,7 @@ impl Store {
         for b in &blocks {
             inner.register(b);
         }
-        // Search indexes load in the background, newest block first, so start-up does not
-        // wait for them; searches say which blocks they could not search yet.
-        let to_load: Vec<Arc<Sealed>> = blocks.iter().rev().cloned().collect();
-        if !to_load.is_empty() {
-            let dir = dir.clone();
-            let spawned = std::thread::Builder::new()
-                .name("store-index-loader".into())
-                .spawn(move || load_indexes(&dir, to_load));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the search index loader; searches skip sealed blocks");
-            }
-        }
+        spawn_index_loader(&dir, &blocks, &index_cache);
         let restored = match crate::skew::load(&dir) {
             Ok(e) => e,
             Err(e) => {
@@ -441,6 +438,7 @@ impl Store {
         inner.skew.restore(restored);
         let store = Self {
             opts,
+            index_cache,
             inner: RwLock::new(inner),
             seal_lock: Mutex::new(()),
             offsets_saved: Mutex::new(saved),
@@ -453,12 +451,7 @@ impl Store {
     pub fn indexes_loading(&self) -> usize {
         self.inner
             .read()
-            .map(|i| {
-                i.blocks
-                    .iter()
-                    .filter(|b| b.index.get().is_none() && b.index_error.get().is_none())
-                    .count()
-            })
+            .map(|i| i.blocks.iter().filter(|b| b.index.is_loading()).count())
             .unwrap_or(0)
     }
 
@@ -541,6 +534,11 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// The search indexes in memory: bytes, budget, reads and evictions.
+    pub fn index_cache(&self) -> IndexCacheStats {
+        self.index_cache.stats()
+    }
+
     /// The configured limit on the blocks' bytes (`u64::MAX`: none).
     pub fn max_bytes(&self) -> u64 {
         self.opts.max_bytes
@@ -566,28 +564,51 @@ impl Store {
     }
 }
 
-/// Loads the search index of each block (see [`Store::open`]).
-fn load_indexes(dir: &Path, blocks: Vec<Arc<Sealed>>) {
+/// Starts loading the blocks' search indexes in the background, newest block first, so
+/// start-up does not wait for them; searches say which blocks they could not search yet.
+fn spawn_index_loader(dir: &Path, blocks: &[Arc<Sealed>], cache: &Arc<IndexCache>) {
+    let to_load: Vec<Arc<Sealed>> = blocks.iter().rev().cloned().collect();
+    if to_load.is_empty() {
+        return;
+    }
+    let (dir, cache) = (dir.to_path_buf(), cache.clone());
+    let spawned = std::thread::Builder::new()
+        .name("store-index-loader".into())
+        .spawn(move || load_indexes(&dir, to_load, &cache));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the search index loader; searches skip sealed blocks");
+    }
+}
+
+/// Loads the search index of each block, newest first (see [`Store::open`]), while the
+/// budget has room; the rest load when a search needs them.
+fn load_indexes(dir: &Path, blocks: Vec<Arc<Sealed>>, cache: &IndexCache) {
     let started = Instant::now();
-    let mut loaded = 0usize;
+    let (mut loaded, mut deferred) = (0usize, 0usize);
     for b in blocks {
         // A block deleted by retention meanwhile is simply skipped.
         if !dir.join(format!("{}.parquet", b.meta.id)).exists() {
             continue;
         }
+        if !cache.has_room() {
+            b.index.defer();
+            deferred += 1;
+            continue;
+        }
         match b.reader.load_index(dir) {
             Ok(index) => {
-                let _ = b.index.set(index);
+                b.index.fill(index);
                 loaded += 1;
             }
             Err(e) => {
                 tracing::error!(block = %b.meta.id, error = %e, "cannot load the search index of a block; searches skip it");
-                let _ = b.index_error.set(e.to_string());
+                b.index.fail(e.to_string());
             }
         }
     }
     tracing::info!(
         blocks = loaded,
+        deferred,
         ms = started.elapsed().as_millis() as u64,
         "search indexes loaded"
     );

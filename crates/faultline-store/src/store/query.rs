@@ -10,6 +10,7 @@ use roaring::RoaringBitmap;
 
 use faultline_model::span::{Span, SpanKind, TraceId};
 
+use super::index_cache::Got;
 use super::{Completeness, Sealed, Store, TraceAnswer, lock_err};
 use crate::error::StoreError;
 use crate::rollup::RedPoint;
@@ -361,12 +362,16 @@ impl SpanStore for Store {
             {
                 continue;
             }
-            let Some(index) = b.index.get() else {
-                match b.index_error.get() {
-                    Some(e) => broken.push(format!("block {} is not searchable: {e}", b.meta.id)),
-                    None => loading += 1,
+            let index = match b.index.get(|| b.reader.load_index(&self.opts.dir)) {
+                Got::Ready(i) => i,
+                Got::Loading => {
+                    loading += 1;
+                    continue;
                 }
-                continue;
+                Got::Failed(e) => {
+                    broken.push(format!("block {} is not searchable: {e}", b.meta.id));
+                    continue;
+                }
             };
             let reader = &b.reader;
             let mut verify = |t: usize| -> Result<Option<Vec<Span>>, StoreError> {
@@ -431,7 +436,10 @@ impl SpanStore for Store {
                 head_found.get(source - HEAD).cloned()
             } else {
                 blocks.get(source).and_then(|(b, _)| {
-                    let index = b.index.get()?;
+                    let Got::Ready(index) = b.index.get(|| b.reader.load_index(&self.opts.dir))
+                    else {
+                        return None;
+                    };
                     b.reader
                         .trace_id_at(t as usize)
                         .map(|id| index.summary(t as usize, id))

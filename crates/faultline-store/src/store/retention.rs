@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use roaring::RoaringBitmap;
 
+use super::index_cache::IndexSlot;
 use super::{ARCHIVE, BLOCK_FILES, Sealed, Store, lock_err};
 use crate::FaultPoint;
 use crate::block::{self, BlockReader};
@@ -242,8 +243,7 @@ impl Store {
                 meta: new.meta,
                 reader,
                 services: new.services,
-                index: OnceLock::from(new.index),
-                index_error: OnceLock::new(),
+                index: IndexSlot::with(&self.index_cache, new.index),
                 serial: inner.next_serial - 1,
                 split: Mutex::new(RoaringBitmap::new()),
                 sealed_at: new.sealed_at,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use roaring::RoaringBitmap;
 
 use super::head::{Head, advanced};
+use super::index_cache::IndexSlot;
 use super::{BLOCK_FILES, Sealed, Store, lock_err};
 use crate::FaultPoint;
 use crate::block::{self, BlockReader};
@@ -202,8 +203,7 @@ impl Store {
             meta,
             reader,
             services: head.services.clone(),
-            index: OnceLock::from(index),
-            index_error: OnceLock::new(),
+            index: IndexSlot::with(&self.index_cache, index),
             serial,
             split: Mutex::new(RoaringBitmap::new()),
             sealed_at: Some(std::time::Instant::now()),
