@@ -430,3 +430,101 @@ fn nearly_unique_values_are_found_exactly_in_sealed_blocks() {
     assert!(q(&[("user.id", user(5))], "fill").is_empty());
     assert!(q(&[("user.id", format!("user-{run}-nobody"))], "shop").is_empty());
 }
+
+/// With `--max-index-bytes` below one block's index, every search reads the indexes it
+/// needs back from disk, one at a time, and answers exactly as with all of them in
+/// memory; also after a restart, when the loader defers what does not fit.
+#[test]
+fn a_search_index_budget_gives_the_same_answers_reading_indexes_back() {
+    use faultline_model::otlp::trace::Span;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let args = [
+        "--block-max-spans",
+        "200",
+        "--block-max-age-secs",
+        "1",
+        "--max-index-bytes",
+        "1",
+    ];
+    let mut server = Server::start(&data, &args);
+    let now = common::now_ns();
+    let run = now % 1_000_000_007;
+    // Five blocks of 200 spans, each with a batch tag of its own and fresh user ids.
+    let trace_id = |i: u64| {
+        let mut id = now.to_be_bytes().to_vec();
+        id.extend_from_slice(&(i + 1).to_be_bytes());
+        id
+    };
+    for b in 0..5u64 {
+        let spans: Vec<Span> = (0..200u64)
+            .map(|j| {
+                let i = b * 200 + j;
+                Span {
+                    trace_id: trace_id(i),
+                    span_id: (i + 1).to_be_bytes().to_vec(),
+                    name: "work".into(),
+                    start_time_unix_nano: now + i * 1000,
+                    end_time_unix_nano: now + i * 1000 + 1_000_000 + j * 10_000,
+                    attributes: vec![
+                        attr("batch", &format!("b{b}")),
+                        attr("user.id", &format!("u-{run}-{i}")),
+                    ],
+                    ..Span::default()
+                }
+            })
+            .collect();
+        assert_eq!(
+            common::post_otlp(&server, common::otlp_request("jobs", spans)),
+            200
+        );
+        // Sealed before the next, so each batch is a block of its own.
+        let started = Instant::now();
+        while common::metric(&server.metrics(), "faultline_store_block_spans")
+            < (b as f64 + 1.0) * 200.0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "block {b} sealed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let blocks = common::metric(&server.metrics(), "faultline_store_blocks");
+    assert!(blocks >= 3.0, "{blocks} blocks");
+    let hex = |i: u64| -> String { trace_id(i).iter().map(|b| format!("{b:02x}")).collect() };
+    let check = |api: u16| {
+        for b in 0..5u64 {
+            let mut ids = search_ids(
+                api,
+                &format!("service=jobs&limit=500&lookback=1h&tag=batch:b{b}"),
+            );
+            ids.sort();
+            let mut want: Vec<String> = (b * 200..b * 200 + 200).map(hex).collect();
+            want.sort();
+            assert_eq!(ids, want, "batch {b}");
+            let i = b * 200 + 17;
+            assert_eq!(
+                search_ids(
+                    api,
+                    &format!(
+                        "service=jobs&lookback=1h&tag={}",
+                        enc(&format!("user.id:u-{run}-{i}"))
+                    )
+                ),
+                vec![hex(i)]
+            );
+        }
+    };
+    check(server.api);
+    let m = server.metrics();
+    assert!(
+        common::metric(&m, "faultline_store_index_loads") >= 4.0
+            && common::metric(&m, "faultline_store_index_evictions") >= 4.0,
+        "{m}"
+    );
+    server.stop();
+    let server = Server::start(&data, &args);
+    check(server.api);
+    assert!(common::metric(&server.metrics(), "faultline_store_index_loads") >= 4.0);
+}

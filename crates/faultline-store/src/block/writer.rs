@@ -73,17 +73,28 @@ pub(crate) fn write_block_indexed(
     });
     let spans = sorted;
     std::fs::create_dir_all(dir).map_err(io_err("create block directory", dir))?;
-    let min_start_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
+    let entries = tidx::entries(spans.iter().map(|s| &s.trace_id));
+    let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
+    let shifts = clock_shifts(&spans, &traces, estimates);
+    // The bounds hold the stored times and the clock-corrected ones (the search index's),
+    // so a search may skip a block by them whichever it compares.
+    let min_start_ns = spans
+        .iter()
+        .zip(&shifts)
+        .map(|(s, sh)| s.start_ns.min(s.start_ns.saturating_add_signed(*sh)))
+        .min()
+        .unwrap_or(0);
     let max_end_ns = spans
         .iter()
-        .map(|s| s.end_ns.max(s.start_ns))
+        .zip(&shifts)
+        .map(|(s, sh)| {
+            let end = s.end_ns.max(s.start_ns);
+            end.max(end.saturating_add_signed(*sh))
+        })
         .max()
         .unwrap_or(0);
     let tmp_pq = dir.join(format!("{id}.parquet.tmp"));
     // Trace-id index: one entry per trace, in row order (rows are sorted by trace id).
-    let entries = tidx::entries(spans.iter().map(|s| &s.trace_id));
-    let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
-    let shifts = clock_shifts(&spans, &traces, estimates);
     // The Parquet file and the search index take about the same time and share nothing
     // but the sorted spans: built side by side, a seal takes about half as long when a
     // core is free (catching up after a burst or a restart).

@@ -96,6 +96,7 @@ impl IndexCache {
     /// Evicts the least recently used indexes, never `keep`, until within the budget. A
     /// slot busy (being read back) is passed over.
     fn shrink(&self, keep: &IndexSlot) {
+        let mut freed = Vec::new();
         let mut loaded = lock(&self.loaded);
         if self.used.load(Ordering::Relaxed) > self.budget {
             let mut candidates: Vec<Arc<IndexSlot>> = loaded
@@ -108,8 +109,9 @@ impl IndexCache {
                 if self.used.load(Ordering::Relaxed) <= self.budget {
                     break;
                 }
-                if v.evict() {
+                if let Some(index) = v.evict() {
                     self.evictions.fetch_add(1, Ordering::Relaxed);
+                    freed.push(index);
                 }
             }
         }
@@ -117,6 +119,14 @@ impl IndexCache {
             w.upgrade()
                 .is_some_and(|s| s.bytes.load(Ordering::Relaxed) > 0)
         });
+        drop(loaded);
+        // Freeing an index is millions of deallocations: not on the sealer's or a
+        // search's thread.
+        if !freed.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("store-index-free".into())
+                .spawn(move || drop(freed));
+        }
     }
 }
 
@@ -204,21 +214,23 @@ impl IndexSlot {
         matches!(*lock(&self.state), State::Loading)
     }
 
-    /// Drops a loaded index; false when busy or not loaded.
-    fn evict(&self) -> bool {
+    /// Takes a loaded index out (searches holding it keep it until they finish); `None`
+    /// when busy or not loaded.
+    fn evict(&self) -> Option<Arc<BlockIndex>> {
         let mut state = match self.state.try_lock() {
             Ok(s) => s,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return false,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         };
         if !matches!(*state, State::Loaded(_)) {
-            return false;
+            return None;
         }
-        // Searches holding the Arc keep their copy until they finish.
-        *state = State::Evicted;
+        let State::Loaded(index) = std::mem::replace(&mut *state, State::Evicted) else {
+            return None;
+        };
         let bytes = self.bytes.swap(0, Ordering::Relaxed);
         self.cache.used.fetch_sub(bytes, Ordering::Relaxed);
-        true
+        Some(index)
     }
 
     /// The index for a search, read back with `load` if it was evicted. Blocking.

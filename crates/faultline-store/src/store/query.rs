@@ -14,7 +14,7 @@ use super::index_cache::Got;
 use super::{Completeness, Sealed, Store, TraceAnswer, lock_err};
 use crate::error::StoreError;
 use crate::rollup::RedPoint;
-use crate::search::{Agg, MAX_VERIFY_TRACES, TopK, TraceQuery, TraceSummary};
+use crate::search::{Agg, MAX_VERIFY_TRACES, SortOrder, TopK, TraceQuery, TraceSummary};
 
 /// Read access to stored spans; the query layer depends on this trait only, so another
 /// backend (ClickHouse) can stand behind it.
@@ -362,6 +362,9 @@ impl SpanStore for Store {
             {
                 continue;
             }
+            if split.is_empty() && out_of_reach(q, &b.meta, &top) {
+                continue;
+            }
             let index = match b.index.get(|| b.reader.load_index(&self.opts.dir)) {
                 Got::Ready(i) => i,
                 Got::Loading => {
@@ -449,4 +452,17 @@ impl SpanStore for Store {
         }
         Ok((out, completeness))
     }
+}
+
+/// Whether no trace of the block can enter a full top: ordered by start time, its traces
+/// start within the block's bounds (which hold clock-corrected times too), so a block
+/// whose bound ranks below the top's last is not read, nor its index loaded. Traces also
+/// stored elsewhere (split) are judged whole and never skipped by this.
+fn out_of_reach(q: &TraceQuery, meta: &crate::manifest::BlockMeta, top: &TopK) -> bool {
+    let bound = match q.sort {
+        SortOrder::Newest => q.sort.key(meta.max_end_ns, meta.max_end_ns),
+        SortOrder::Oldest => q.sort.key(meta.min_start_ns, meta.min_start_ns),
+        _ => return false,
+    };
+    !top.would_take(bound)
 }
