@@ -53,9 +53,10 @@ async fn notifications(
     let Some(o) = st.outbox.clone() else {
         return Ok(Json(json!({ "receivers": [], "events": [] })));
     };
-    Ok(Json(
-        json!({ "receivers": o.receivers(), "events": o.events(limit) }),
-    ))
+    // It walks the outbox's events under its lock: off the executor.
+    let (receivers, events) =
+        tokio::task::spawn_blocking(move || (o.receivers(), o.events(limit))).await?;
+    Ok(Json(json!({ "receivers": receivers, "events": events })))
 }
 
 async fn list(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {

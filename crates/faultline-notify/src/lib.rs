@@ -575,9 +575,12 @@ impl Outbox {
 
     async fn deliver_loop(self, r: ReceiverDef, client: send::Client) {
         loop {
+            // Registered before looking, so an enqueue in between still wakes this task.
+            let wake = self.inner.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
             let step = match self.next(&r.name, now_ms()) {
                 Next::Wait(d) => {
-                    let wake = self.inner.wake.notified();
                     let _ = tokio::time::timeout(d.min(Duration::from_secs(5)), wake).await;
                     Ok(())
                 }
@@ -702,22 +705,26 @@ impl Outbox {
     /// Every receiver with its counts.
     pub fn receivers(&self) -> Vec<ReceiverView> {
         let st = lock(&self.inner.state);
+        // One pass over the events for every receiver.
+        let mut waiting: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in st.events.values() {
+            for to in &e.to {
+                let done = e
+                    .batches
+                    .get(to)
+                    .and_then(|id| st.batches.get(id))
+                    .is_some_and(State::done);
+                if !done {
+                    *waiting.entry(to.as_str()).or_default() += 1;
+                }
+            }
+        }
         self.inner
             .cfg
             .receivers
             .iter()
             .map(|r| {
-                let waiting = st
-                    .events
-                    .values()
-                    .filter(|e| e.to.contains(&r.name))
-                    .filter(|e| {
-                        e.batches
-                            .get(&r.name)
-                            .and_then(|id| st.batches.get(id))
-                            .is_none_or(|b| !State::done(b))
-                    })
-                    .count() as u64;
+                let waiting = waiting.get(r.name.as_str()).copied().unwrap_or(0);
                 let c = st.counts.get(&r.name).cloned().unwrap_or_default();
                 ReceiverView {
                     name: r.name.clone(),

@@ -312,8 +312,9 @@ pub(crate) async fn alerts(State(st): State<ApiState>) -> Result<Response, ApiEr
         }
         body.push_str("</table></section>");
     }
-    if let Some(o) = &st.outbox {
-        body.push_str(&notifications(o));
+    if let Some(o) = st.outbox.clone() {
+        // It walks the outbox's events under its lock: off the executor.
+        body.push_str(&tokio::task::spawn_blocking(move || notifications(&o)).await?);
     }
     Ok(Html(layout("Alerts", &[], Some(30), &body)).into_response())
 }
