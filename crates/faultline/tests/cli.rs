@@ -14,61 +14,84 @@ use common::{BIN, Ports, Server, http_get};
 #[test]
 fn config_file_env_and_flags_in_that_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let (file_api, env_api, flag_api) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let p = Ports::new();
     let cfg = tmp.path().join("faultline.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\n[listen]\nhttp = \"127.0.0.1:{file_api}\"\notlp_grpc = \"127.0.0.1:{}\"\notlp_http = \"127.0.0.1:{}\"\nzipkin = \"127.0.0.1:{}\"\nsampling = \"127.0.0.1:{}\"\n[wal]\ndurability = \"os\"\n",
-            tmp.path().join("from-file").display(),
-            p.grpc,
-            p.http,
-            p.zipkin,
-            p.sampling
-        ),
-    )
-    .unwrap();
-    let start = |env: Option<u16>, flag: Option<u16>| {
-        let mut c = Command::new(BIN);
-        c.arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .stderr(std::process::Stdio::null());
-        if let Some(e) = env {
-            c.env("FAULTLINE_HTTP", format!("127.0.0.1:{e}"));
-        }
-        if let Some(f) = flag {
-            c.args(["--http", &format!("127.0.0.1:{f}")]);
-        }
-        c.spawn().unwrap()
-    };
-    for (env, flag, expect) in [
-        (None, None, file_api),
-        (Some(env_api), None, env_api),
-        (Some(env_api), Some(flag_api), flag_api),
-    ] {
-        let mut child = start(env, flag);
-        let mut ok = false;
-        for _ in 0..500 {
-            if http_get(expect, "/ready")
-                .map(|r| r.0 == 200)
-                .unwrap_or(false)
-            {
-                ok = true;
-                break;
+    // Which source should win, as (env set, flag set) -> the port the API must answer on.
+    // Ports are picked free and released before faultline binds them, so another test's
+    // client can take one in between: an attempt that fails with "Address already in use"
+    // is retried on fresh ports, any other early exit fails with faultline's log.
+    for (use_env, use_flag) in [(false, false), (true, false), (true, true)] {
+        let mut answered = None;
+        for _attempt in 0..5 {
+            let (file_api, env_api, flag_api) = (
+                common::free_port(),
+                common::free_port(),
+                common::free_port(),
+            );
+            let expect = if use_flag {
+                flag_api
+            } else if use_env {
+                env_api
+            } else {
+                file_api
+            };
+            let p = Ports::new();
+            std::fs::write(
+                &cfg,
+                format!(
+                    "data_dir = \"{}\"\n[listen]\nhttp = \"127.0.0.1:{file_api}\"\notlp_grpc = \"127.0.0.1:{}\"\notlp_http = \"127.0.0.1:{}\"\nzipkin = \"127.0.0.1:{}\"\nsampling = \"127.0.0.1:{}\"\n[wal]\ndurability = \"os\"\n",
+                    tmp.path().join("from-file").display(),
+                    p.grpc,
+                    p.http,
+                    p.zipkin,
+                    p.sampling
+                ),
+            )
+            .unwrap();
+            let log_path = tmp.path().join("serve.log");
+            let mut c = Command::new(BIN);
+            c.arg("serve")
+                .arg("--config")
+                .arg(&cfg)
+                .stderr(std::fs::File::create(&log_path).unwrap());
+            if use_env {
+                c.env("FAULTLINE_HTTP", format!("127.0.0.1:{env_api}"));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if use_flag {
+                c.args(["--http", &format!("127.0.0.1:{flag_api}")]);
+            }
+            let mut child = c.spawn().unwrap();
+            let mut outcome = Err(String::new());
+            for _ in 0..1500 {
+                if http_get(expect, "/ready")
+                    .map(|r| r.0 == 200)
+                    .unwrap_or(false)
+                {
+                    outcome = Ok(());
+                    break;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    outcome = Err(std::fs::read_to_string(&log_path).unwrap_or_default());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            match outcome {
+                Ok(()) => {
+                    answered = Some(expect);
+                    break;
+                }
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(_) => panic!(
+                    "API expected on port {expect} within 30 s (env {use_env}, flag {use_flag}); log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ),
+            }
         }
-        let _ = child.kill();
-        let _ = child.wait();
         assert!(
-            ok,
-            "API expected on port {expect} (env {env:?}, flag {flag:?})"
+            answered.is_some(),
+            "no free ports after 5 attempts (env {use_env}, flag {use_flag})"
         );
     }
     assert!(
