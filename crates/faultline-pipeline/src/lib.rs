@@ -42,6 +42,7 @@
 
 pub mod dlq;
 pub mod health;
+pub mod inspect;
 pub mod metrics;
 
 mod backlog;

@@ -125,7 +125,15 @@ fn main() -> ExitCode {
                 json,
                 from,
                 limit,
-            } => walcmd::dump(&dir, spans, json, from, limit),
+            } => walcmd::dump(
+                &dir,
+                faultline_pipeline::inspect::DumpOptions {
+                    spans,
+                    json,
+                    from,
+                    limit,
+                },
+            ),
         },
         Command::Query { command } => query::run(command),
         Command::Report { command } => query::report(command),
