@@ -337,7 +337,6 @@ impl Alerts {
 
     /// Writes every rule's state to `alerts.json` durably.
     fn save(&self) -> Result<(), AlertError> {
-        use std::io::Write;
         let saved = Saved {
             version: 1,
             rules: self.lock().clone(),
@@ -353,16 +352,7 @@ impl Alerts {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| fail("cannot create", e))?;
-        f.write_all(&bytes).map_err(|e| fail("cannot write", e))?;
-        f.sync_all().map_err(|e| fail("cannot fsync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| fail("cannot rename over", e))?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| fail("cannot fsync the directory of", e))?;
-        }
+        faultline_wal::durable::replace_file(path, &bytes).map_err(|e| fail(e.op, e.source))?;
         Ok(())
     }
 

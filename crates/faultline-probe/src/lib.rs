@@ -546,7 +546,8 @@ impl Probes {
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| fail("cannot encode", &path, e.to_string()))?;
         tokio::task::spawn_blocking(move || {
-            write_durably(&path, &bytes).map_err(|(op, e)| fail(op, &path, e))
+            faultline_wal::durable::replace_file(&path, &bytes)
+                .map_err(|e| fail(e.op, &e.path, e.source.to_string()))
         })
         .await
         .map_err(|e| ProbeError::File {
@@ -605,23 +606,6 @@ impl Probes {
         }
         out
     }
-}
-
-/// Temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, String)> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ("cannot create", e.to_string()))?;
-    f.write_all(bytes)
-        .map_err(|e| ("cannot write", e.to_string()))?;
-    f.sync_all().map_err(|e| ("cannot fsync", e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| ("cannot rename over", e.to_string()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| ("cannot fsync the directory of", e.to_string()))?;
-    }
-    Ok(())
 }
 
 fn view(r: &Runtime) -> ProbeView {

@@ -11,8 +11,11 @@
 //! - [`wal`]: the writer thread with group commit, acknowledgements, cursors.
 //! - [`reader`]: reading records back, and a read-only directory scan for operator tools.
 //! - [`vfs`]: the file-system boundary, so tests can simulate crashes and I/O errors.
+//! - [`durable`]: replacing a small state file atomically and durably, for the crates
+//!   that keep one (probes, alerts, the fault proxy).
 
 pub mod core;
+pub mod durable;
 pub mod error;
 pub mod format;
 pub mod reader;

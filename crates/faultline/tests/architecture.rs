@@ -64,11 +64,24 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // connects to intake: they know only the model.
     // The outbox knows nothing of where its transitions come from.
     ("faultline-notify", &[]),
-    ("faultline-probe", &["faultline-model", "faultline-notify"]),
+    // The fault proxy sits beside the flow: it moves bytes between other services and
+    // keeps only its own state file (replaced with the WAL crate's `durable`).
+    ("faultline-chaos", &["faultline-wal"]),
+    // Probes and alerts keep a state file, replaced durably with the WAL crate's
+    // `durable` (they write no log records).
+    (
+        "faultline-probe",
+        &["faultline-model", "faultline-wal", "faultline-notify"],
+    ),
     // Alert rules read the store's rollups.
     (
         "faultline-alerts",
-        &["faultline-model", "faultline-store", "faultline-notify"],
+        &[
+            "faultline-model",
+            "faultline-wal",
+            "faultline-store",
+            "faultline-notify",
+        ],
     ),
     (
         "faultline-api",
