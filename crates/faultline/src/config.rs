@@ -15,6 +15,9 @@
 //! http      = "127.0.0.1:16686"          # --http, FAULTLINE_HTTP (API, UI, /ready, /metrics)
 //! sampling  = "127.0.0.1:5778"           # --sampling, FAULTLINE_SAMPLING (Jaeger remote
 //!                                        #   sampling: GET /sampling?service=NAME)
+//! fault_proxy = (none)                   # --fault-proxy, FAULTLINE_FAULT_PROXY: the fault
+//!                                        #   proxy's Toxiproxy API (e.g. 127.0.0.1:8474);
+//!                                        #   state in DATA_DIR/proxies.json
 //!
 //! [sampling]
 //! policy_file = (none)                   # --sampling-policy, FAULTLINE_SAMPLING_POLICY;
@@ -104,6 +107,9 @@ pub struct ServeArgs {
     /// Jaeger remote sampling listen address [default: 127.0.0.1:5778].
     #[arg(long, env = "FAULTLINE_SAMPLING")]
     pub sampling: Option<SocketAddr>,
+    /// Run the fault proxy with Toxiproxy's API on this address [default: off].
+    #[arg(long, env = "FAULTLINE_FAULT_PROXY")]
+    pub fault_proxy: Option<SocketAddr>,
     /// Sampling policy file served to every SDK (TOML, or Jaeger's strategies JSON when
     /// it ends in .json), reloaded when it changes [default: keep every trace].
     #[arg(long, env = "FAULTLINE_SAMPLING_POLICY")]
@@ -198,6 +204,7 @@ struct ListenFile {
     zipkin: Option<SocketAddr>,
     http: Option<SocketAddr>,
     sampling: Option<SocketAddr>,
+    fault_proxy: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,6 +262,8 @@ pub struct Listen {
     pub http: SocketAddr,
     /// Jaeger remote sampling.
     pub sampling: SocketAddr,
+    /// The fault proxy's API, when it runs inside `serve`.
+    pub fault_proxy: Option<SocketAddr>,
 }
 
 /// Everything `faultline serve` runs with, merged and checked.
@@ -324,6 +333,7 @@ fn listen(args: &ServeArgs, f: &ListenFile) -> anyhow::Result<Listen> {
         zipkin: addr(args.zipkin, f.zipkin, "127.0.0.1:9411")?,
         http: addr(args.http, f.http, "127.0.0.1:16686")?,
         sampling: addr(args.sampling, f.sampling, "127.0.0.1:5778")?,
+        fault_proxy: args.fault_proxy.or(f.fault_proxy),
     })
 }
 

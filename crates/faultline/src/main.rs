@@ -1,10 +1,11 @@
 //! The `faultline` binary: command line, configuration and wiring. The libraries do the
 //! work; this crate connects them (`serve`) and hosts the operator tools (`wal verify`,
-//! `wal dump`, `dlq`, `query`). The load generator and the benchmarks are the
+//! `wal dump`, `dlq`, `query`, `report`) and the fault proxy (`proxy`). The load generator and the benchmarks are the
 //! `faultline-bench` binary.
 
 mod config;
 mod dlq;
+mod proxycmd;
 mod query;
 mod serve;
 mod walcmd;
@@ -46,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         command: query::QueryCommand,
     },
+    /// The fault proxy alone: TCP proxies with toxics, driven through Toxiproxy's HTTP
+    /// API (so Toxiproxy's clients and Chaos Toolkit work unmodified).
+    Proxy(proxycmd::ProxyArgs),
     /// Reports about the stored traces from a running faultline.
     Report {
         #[command(subcommand)]
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
             ),
         },
         Command::Query { command } => query::run(command),
+        Command::Proxy(args) => proxycmd::run(args),
         Command::Report { command } => query::report(command),
         Command::Dlq { command } => match command {
             DlqCommand::List { data_dir, json } => dlq::list(&data_dir, json),

@@ -30,7 +30,7 @@ use faultline_wal::{Durability, Wal};
 
 use crate::config::{ServeArgs, Settings};
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAULTLINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -87,6 +87,7 @@ struct Wiring {
     ready: Arc<AtomicBool>,
     sampling: PolicyHandle,
     sampling_metrics: SamplingMetrics,
+    proxies: Option<faultline_chaos::Proxies>,
 }
 
 impl Process for Wiring {
@@ -128,6 +129,10 @@ impl Process for Wiring {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if let Some(p) = &self.proxies {
+            let end = out.rfind("# EOF").unwrap_or(out.len());
+            out.insert_str(end, &p.metrics_text());
+        }
         out
     }
 
@@ -259,6 +264,10 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     let alerts = tokio::task::spawn_blocking(move || Alerts::open(&d, rules, st, Some(o)));
     let alerts = alerts.await?.context("cannot start the alert rules")?;
     alerts.start().context("cannot start the alerts thread")?;
+    let proxies = match s.listen.fault_proxy {
+        Some(_) => Some(crate::proxycmd::open(Some(&s.data_dir)).await?),
+        None => None,
+    };
     let state = ApiState {
         store: store.clone(),
         process: Arc::new(Wiring {
@@ -270,6 +279,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
             ready: ready.clone(),
             sampling: sampling.clone(),
             sampling_metrics,
+            proxies: proxies.clone(),
         }),
         cache: Arc::new(QueryCache::new(
             std::time::Duration::from_millis(500),
@@ -327,7 +337,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
 
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
         tokio::spawn(async move { http.await.context("OTLP/HTTP server failed") }),
         tokio::spawn(async move { zipkin.await.context("Zipkin server failed") }),
@@ -338,6 +348,9 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
                 .context("Jaeger remote sampling server failed")
         }),
     ];
+    if let (Some(addr), Some(p)) = (l.fault_proxy, proxies) {
+        tasks.push(crate::proxycmd::serve_api(addr, p, stop_rx.clone()).await?);
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
@@ -368,7 +381,7 @@ fn nodelay(
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -1,0 +1,88 @@
+//! The fault proxy's wiring: `faultline proxy` (the proxy alone, Toxiproxy's API on
+//! 127.0.0.1:8474) and the same API inside `serve` when `listen.fault_proxy` is set.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use faultline_chaos::Proxies;
+
+/// Flags of `faultline proxy`.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// Where Toxiproxy's HTTP API listens.
+    #[arg(long, env = "FAULTLINE_PROXY_API", default_value = faultline_chaos::DEFAULT_API)]
+    pub api: SocketAddr,
+    /// Directory of the durable state (proxies.json): proxies come back after a restart,
+    /// without their faults. Without it the proxies live in memory, as Toxiproxy's do.
+    #[arg(long, env = "FAULTLINE_PROXY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A JSON array of proxies created at start, as `POST /populate` would (Toxiproxy's
+    /// `-config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Runs `faultline proxy` until SIGINT or SIGTERM.
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    crate::serve::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("faultline-proxy")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let proxies = open(args.state_dir.as_deref()).await?;
+        if let Some(path) = &args.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read proxy config {}", path.display()))?;
+            let list: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("proxy config {} is not JSON", path.display()))?;
+            proxies.populate(&list).map_err(|(e, _)| {
+                anyhow::anyhow!("proxy config {}: {}", path.display(), e.message)
+            })?;
+            proxies.persist().await;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = serve_api(args.api, proxies, stop_rx).await?;
+        crate::serve::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        task.await.context("fault proxy API task panicked")?
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the proxies, durable when `dir` is given, logging what the start removed.
+pub async fn open(dir: Option<&Path>) -> anyhow::Result<Proxies> {
+    let Some(dir) = dir else {
+        return Ok(Proxies::in_memory());
+    };
+    let (proxies, restored) = Proxies::open(dir).await?;
+    tracing::info!(
+        proxies = restored.proxies,
+        removed_faults = restored.removed_faults.len(),
+        not_bound = restored.not_bound.len(),
+        state = %dir.join(faultline_chaos::STATE_FILE).display(),
+        "fault proxy state restored"
+    );
+    Ok(proxies)
+}
+
+/// Binds the API and serves it until `stop` turns true.
+pub async fn serve_api(
+    addr: SocketAddr,
+    proxies: Proxies,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for the fault proxy API on {addr}; is Toxiproxy or another process using it? choose another address with --api (serve: --fault-proxy)")
+    })?;
+    tracing::info!(api = %addr, "fault proxy API (Toxiproxy-compatible) listening");
+    let srv = axum::serve(l, faultline_chaos::router(proxies)).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|v| *v).await;
+    });
+    Ok(tokio::spawn(async move {
+        srv.await.context("fault proxy API server failed")
+    }))
+}

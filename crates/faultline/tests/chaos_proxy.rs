@@ -1,0 +1,333 @@
+//! The fault proxy (`faultline proxy`, and inside `serve` with `--fault-proxy`) driven by
+//! unmodified third-party clients: Toxiproxy's Python client adds and removes every toxic
+//! and each effect is measured on real connections; Chaos Toolkit runs experiments through
+//! its toxiproxy driver; a SIGKILLed proxy comes back without the faults it held.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, free_port, http_call, http_get};
+use serde_json::Value;
+
+/// `faultline proxy` on a free API port (retried if another process takes it first).
+struct Proxy {
+    child: Child,
+    api: u16,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    fn start(state: Option<&Path>) -> Proxy {
+        Self::start_on(free_port(), state)
+    }
+
+    fn start_on(api: u16, state: Option<&Path>) -> Proxy {
+        let mut c = Command::new(BIN);
+        c.args(["proxy", "--api", &format!("127.0.0.1:{api}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(s) = state {
+            c.arg("--state-dir").arg(s);
+        }
+        let mut child = c.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http_get(api, "/version").is_ok_and(|r| r.0 == 200) {
+                return Proxy { child, api };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("faultline proxy exited during start-up: {status}");
+            }
+            assert!(Instant::now() < deadline, "faultline proxy did not answer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn run_script(script: &str, args: &[&str]) -> Value {
+    let out = Command::new(common::python())
+        .arg(common::client_script(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("{k} missing in {v:#}"))
+}
+
+fn within(v: &Value, k: &str, lo: f64, hi: f64) {
+    let x = f(v, k);
+    assert!((lo..=hi).contains(&x), "{k} = {x}, expected {lo}..={hi}");
+}
+
+#[test]
+fn toxiproxy_python_drives_every_toxic_and_the_effects_are_measured() {
+    let proxy = Proxy::start(None);
+    let r = run_script("toxiproxy_drive.py", &[&proxy.api.to_string()]);
+    assert!(r["listen_port_assigned"].as_bool().unwrap(), "{r:#}");
+    // latency within 10% of the toxic's value, per direction and stacked; removal ends it.
+    within(&r, "latency_down_added_ms", 180.0, 220.0);
+    within(&r, "latency_both_added_ms", 270.0, 330.0);
+    assert_eq!(
+        r["update_merged"],
+        serde_json::json!({"latency": 200, "jitter": 50})
+    );
+    within(&r, "jitter_min_ms", 140.0, 205.0);
+    within(&r, "jitter_max_ms", 195.0, 265.0);
+    assert!(
+        f(&r, "jitter_max_ms") - f(&r, "jitter_min_ms") > 30.0,
+        "jitter spreads the delays: {r:#}"
+    );
+    within(&r, "latency_removed_added_ms", -5.0, 5.0);
+    // toxicity 0.5 over 40 connections: binomial, 40·0.5 ± 5σ.
+    within(&r, "toxicity_half_delayed_of_40", 6.0, 34.0);
+    within(&r, "live_connection_added_ms", 180.0, 240.0);
+    // bandwidth within 10% of 1,000 KB/s; without it far faster.
+    assert_eq!(r["bandwidth_bytes"], 2_000_000);
+    within(&r, "bandwidth_rate_kb_s", 900.0, 1100.0);
+    assert!(f(&r, "unlimited_rate_kb_s") > 10_000.0, "{r:#}");
+    // slow_close delays the close by 300 ms, passing the data.
+    within(&r, "plain_close_after_data_ms", 0.0, 50.0);
+    within(&r, "slow_close_after_data_ms", 270.0, 400.0);
+    assert_eq!(r["slow_close_bytes"], 1000);
+    // timeout: nothing through, closed after 250 ms; 0 never closes.
+    assert_eq!(r["timeout_bytes"], 0);
+    within(&r, "timeout_closed_ms", 225.0, 400.0);
+    assert_eq!(
+        (&r["timeout0_bytes"], &r["timeout0_error"]),
+        (&0.into(), &"TimeoutError".into())
+    );
+    // reset_peer: the client sees a reset, at once or after the toxic's timeout.
+    assert_eq!(r["reset_error"], "ConnectionResetError", "{r:#}");
+    assert_eq!(r["reset_bytes"], 0);
+    assert_eq!(r["reset_after_error"], "ConnectionResetError", "{r:#}");
+    within(&r, "reset_after_ms", 270.0, 450.0);
+    // slicer: every byte, in many small pieces, paced by the delay.
+    assert_eq!(r["slicer_bytes"], 20_000);
+    within(&r, "slicer_recv_calls", 40.0, 20_000.0);
+    within(&r, "slicer_ms", 100.0, 2_000.0);
+    // limit_data: exactly the limit, then closed.
+    assert_eq!(
+        (&r["limit_bytes"], &r["limit_closed"]),
+        (&1000.into(), &true.into())
+    );
+    // down: a disabled proxy refuses connections and says so; enabled again it works.
+    assert_eq!(r["down_refused"], true);
+    assert_eq!(r["down_listed_enabled"], false);
+    within(&r, "up_again_rtt_ms", 0.0, 50.0);
+    assert_eq!(r["down_toxic_echo"], "closed");
+    // Errors as Toxiproxy answers them.
+    let e = &r["errors"];
+    assert_eq!(e["duplicate_proxy"], "ProxyExists");
+    assert_eq!(e["busy_port"][0], 500);
+    assert!(
+        e["busy_port"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("bind: Address already in use"),
+        "{e:#}"
+    );
+    let expect = |k: &str, status: u16, msg: &str| {
+        assert_eq!(
+            e[k],
+            serde_json::json!([status, {"error": msg, "status": status}]),
+            "{k}"
+        );
+    };
+    expect("missing_upstream", 400, "missing required field: upstream");
+    expect("unknown_proxy", 404, "proxy not found");
+    expect("duplicate_toxic", 409, "toxic already exists");
+    expect("unknown_toxic", 404, "toxic not found");
+    assert_eq!(
+        e["unknown_toxic_type"],
+        serde_json::json!({"error": "invalid toxic type", "status": 400})
+    );
+    assert_eq!(e["bad_json"], serde_json::json!([400, "bad request body:"]));
+    assert_eq!(
+        e["browser"],
+        serde_json::json!([403, "User agent not allowed"])
+    );
+    // populate keeps a matching proxy (with its toxic) and adds the new one; reset clears.
+    assert_eq!(r["populate"], serde_json::json!([201, ["echo", "extra"]]));
+    assert_eq!(r["populate_kept_toxic"], serde_json::json!(["once"]));
+    assert_eq!(r["reset_status"], 204);
+    assert_eq!(r["after_reset_toxics"], serde_json::json!([]));
+    assert_eq!(r["proxies"], serde_json::json!(["echo", "extra", "source"]));
+    assert_eq!(r["metrics_has_bytes"], true);
+}
+
+#[test]
+fn chaos_toolkit_experiments_run_through_the_toxiproxy_driver() {
+    let proxy = Proxy::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let r = run_script(
+        "chaostoolkit_run.py",
+        &[&proxy.api.to_string(), work.path().to_str().unwrap()],
+    );
+    let (holds, breaks) = (&r["holds"], &r["breaks"]);
+    assert_eq!(
+        (&holds["exit"], &holds["status"], &holds["deviated"]),
+        (&0.into(), &"completed".into(), &false.into()),
+        "{r:#}"
+    );
+    within(holds, "method_rtt_ms", 45.0, 80.0);
+    assert_eq!(holds["extra_enabled_while_disabled"], false);
+    assert_eq!(holds["failed_activities"], serde_json::json!([]));
+    // The 300 ms experiment breaks its hypothesis and says so with its exit code.
+    assert_eq!(
+        (&breaks["exit"], &breaks["deviated"]),
+        (&1.into(), &true.into()),
+        "{r:#}"
+    );
+    within(breaks, "method_rtt_ms", 280.0, 360.0);
+    for run in [holds, breaks] {
+        assert_eq!(run["rollbacks"], serde_json::json!(["succeeded"]));
+        assert_eq!(run["toxics_after"], serde_json::json!([]), "rolled back");
+        assert_eq!(run["proxies_after"], serde_json::json!(["echo"]));
+    }
+}
+
+/// An echo server on a thread; its port.
+fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Milliseconds for a 4-byte echo through `port`, or the error.
+fn echo_ms(port: u16) -> Result<f64, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t0 = Instant::now();
+    s.write_all(b"ping").map_err(|e| e.to_string())?;
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).map_err(|e| e.to_string())?;
+    Ok(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn create(api: u16, body: &str) -> Value {
+    let (status, text) = http_call(api, "POST", "/proxies", body).unwrap();
+    assert_eq!(status, 201, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn listen_port(p: &Value) -> u16 {
+    p["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Puts faults in place on a fresh state: a latency toxic on `slow` and `down` disabled.
+fn plant_faults(api: u16, echo: u16) -> (u16, u16) {
+    let slow = create(
+        api,
+        &format!(r#"{{"name":"slow","listen":"127.0.0.1:0","upstream":"127.0.0.1:{echo}"}}"#),
+    );
+    let down = create(
+        api,
+        &format!(r#"{{"name":"down","listen":"127.0.0.1:0","upstream":"127.0.0.1:{echo}"}}"#),
+    );
+    let (slow, down) = (listen_port(&slow), listen_port(&down));
+    let (status, _) = http_call(
+        api,
+        "POST",
+        "/proxies/slow/toxics",
+        r#"{"type":"latency","attributes":{"latency":300}}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = http_call(api, "POST", "/proxies/down", r#"{"enabled":false}"#).unwrap();
+    assert_eq!(status, 200);
+    assert!(echo_ms(slow).unwrap() >= 290.0);
+    assert!(echo_ms(down).is_err(), "a disabled proxy refuses");
+    (slow, down)
+}
+
+/// After a restart: both proxies listen on their ports again, without toxics, enabled.
+fn assert_faults_gone(api: u16, slow: u16, down: u16) {
+    let (_, text) = http_get(api, "/proxies").unwrap();
+    let all: Value = serde_json::from_str(&text).unwrap();
+    for (name, port) in [("slow", slow), ("down", down)] {
+        assert_eq!(listen_port(&all[name]), port, "{all:#}");
+        assert_eq!(all[name]["enabled"], true, "{all:#}");
+        assert_eq!(all[name]["toxics"], serde_json::json!([]), "{all:#}");
+        let ms = echo_ms(port).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(ms < 100.0, "{name}: {ms} ms: a fault outlived the crash");
+    }
+}
+
+#[test]
+fn a_sigkilled_proxy_comes_back_without_its_faults() {
+    let state = tempfile::tempdir().unwrap();
+    let echo = echo_server();
+    let mut proxy = Proxy::start(Some(state.path()));
+    let api = proxy.api;
+    let (slow, down) = plant_faults(api, echo);
+    proxy.child.kill().unwrap();
+    proxy.child.wait().unwrap();
+    drop(proxy);
+    let proxy = Proxy::start_on(api, Some(state.path()));
+    assert_faults_gone(proxy.api, slow, down);
+}
+
+#[test]
+fn serve_runs_the_fault_proxy_and_a_restart_removes_its_faults() {
+    let data = tempfile::tempdir().unwrap();
+    let echo = echo_server();
+    let api = free_port();
+    let flag = format!("127.0.0.1:{api}");
+    let mut server = Server::start(data.path(), &["--fault-proxy", &flag]);
+    let (slow, down) = plant_faults(api, echo);
+    let m = server.metrics();
+    assert_eq!(
+        common::metric(&m, "faultline_proxy_toxics{proxy=\"slow\"}"),
+        1.0
+    );
+    assert_eq!(
+        common::metric(&m, "faultline_proxy_enabled{proxy=\"down\"}"),
+        0.0
+    );
+    server.kill9();
+    let _server = Server::start(data.path(), &["--fault-proxy", &flag]);
+    assert_faults_gone(api, slow, down);
+}
