@@ -10,11 +10,13 @@
 //! - [`store`]: query latency at the store level on a stopped server's data directory;
 //! - [`http`]: query latency over HTTP with concurrent clients, against a running server;
 //! - [`skew`]: the cost of clock-skew correction per trace read and per seal;
-//! - [`tail`]: what tail sampling costs (decisions per second) and saves (block bytes).
+//! - [`tail`]: what tail sampling costs (decisions per second) and saves (block bytes);
+//! - [`proxy`]: the fault proxy's added latency and throughput with no toxic.
 
 pub mod fresh;
 pub mod http;
 pub mod loadgen;
+pub mod proxy;
 pub mod skew;
 pub mod store;
 pub mod tail;

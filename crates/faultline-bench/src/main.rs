@@ -42,6 +42,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The fault proxy's added round-trip latency and one connection's throughput with no
+    /// toxic, against direct loopback connections (a running `faultline proxy`).
+    Proxy(faultline_bench::proxy::ProxyArgs),
+    /// A process of the proxy benchmark (servers, or the floor relay).
+    #[command(hide = true)]
+    ProxyHelper {
+        #[command(subcommand)]
+        helper: faultline_bench::proxy::Helper,
+    },
     /// Query latency over HTTP with concurrent clients, against a running faultline: trace
     /// by id (ids from loadgen ack logs) or Jaeger search with whole traces.
     Query(http::QueryArgs),
@@ -110,6 +119,13 @@ fn main() -> ExitCode {
         Command::Red { data_dir, samples } => store::red(&data_dir, samples),
         Command::Search { data_dir, samples } => store::search(&data_dir, samples),
         Command::Skew => faultline_bench::skew::run(),
+        Command::Proxy(args) => faultline_bench::proxy::run(&args).map(|v| {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }),
+        Command::ProxyHelper { helper } => {
+            faultline_bench::proxy::helper(&helper).map(|()| ExitCode::SUCCESS)
+        }
         Command::Tail => faultline_bench::tail::run(),
     };
     match result {
