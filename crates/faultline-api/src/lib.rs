@@ -22,6 +22,7 @@ pub mod params;
 pub mod probes;
 pub mod sampling;
 pub mod status;
+pub mod steady;
 pub mod v3;
 
 use std::sync::Arc;
@@ -205,7 +206,8 @@ pub fn router() -> Router<ApiState> {
                 .merge(alerts::router())
                 .merge(ops::router())
                 .merge(sampling::api_router())
-                .merge(health_report::router()),
+                .merge(health_report::router())
+                .merge(steady::router()),
             Shape::Native,
         ))
 }

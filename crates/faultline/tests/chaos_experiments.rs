@@ -1,0 +1,244 @@
+//! Chaos experiments on the example system (`examples/resilience`): three services
+//! instrumented with the OpenTelemetry Python SDK, the frontend reaching its backends
+//! through faultline's fault proxy (inside `serve`), a steady load. Chaos Toolkit runs the
+//! repository's experiment, whose steady-state probe is faultline's
+//! `/api/v1/steady-state`: it holds with the frontend's circuit breaker and breaks without
+//! it, and the endpoint names the slow spans.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Fixture, Server, free_port, http_call, http_get};
+use serde_json::Value;
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/resilience")
+        .join(name)
+}
+
+/// Starts `services.py ROLE ARGS` with spans going to `otlp`; its fixture and port.
+fn service(role: &str, otlp: &str, args: &[&str]) -> (Fixture, u16) {
+    use std::io::BufRead;
+    let mut child = Command::new(common::python())
+        .arg(example("services.py"))
+        .arg(role)
+        .args(args)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{role}: {e}: {line:?}"));
+    (Fixture(child), v["port"].as_u64().unwrap() as u16)
+}
+
+fn proxy(api: u16, name: &str, upstream: u16) -> String {
+    let body =
+        format!(r#"{{"name":"{name}","listen":"127.0.0.1:0","upstream":"127.0.0.1:{upstream}"}}"#);
+    let (status, text) = http_call(api, "POST", "/proxies", &body).unwrap();
+    assert_eq!(status, 201, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    format!("http://{}", v["listen"].as_str().unwrap())
+}
+
+const STEADY: &str = "/api/v1/steady-state?service=frontend&operation=GET%20/product&window=10s&maxErrorRate=0.01&maxP99=300ms&minRequests=20";
+
+/// Waits until the frontend's steady state holds (the load has filled the window).
+fn wait_steady(api: u16) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = http_get(api, STEADY).unwrap();
+        if status == 200 {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the example system never reached its steady state: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The example system with or without the frontend's breaker, and 40 requests/s on it.
+struct System {
+    _fixtures: Vec<Fixture>,
+    load: Child,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        let _ = self.load.kill();
+        let _ = self.load.wait();
+    }
+}
+
+fn start_system(server: &Server, proxy_api: u16, breaker: bool, tag: &str) -> System {
+    let otlp = server.http_url();
+    let (inv, inv_port) = service("inventory", &otlp, &[]);
+    let (pri, pri_port) = service("pricing", &otlp, &[]);
+    let inv_url = proxy(proxy_api, &format!("inventory{tag}"), inv_port);
+    let pri_url = proxy(proxy_api, "pricing", pri_port);
+    let mut args = vec!["--inventory", &inv_url, "--pricing", &pri_url];
+    if !breaker {
+        args.push("--no-breaker");
+    }
+    let (front, front_port) = service("frontend", &otlp, &args);
+    let load = Command::new(common::python())
+        .arg(example("load.py"))
+        .args([&format!("http://127.0.0.1:{front_port}/product"), "40", "0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    System {
+        _fixtures: vec![inv, pri, front],
+        load,
+    }
+}
+
+/// Runs a repository experiment with Chaos Toolkit; (exit code, journal).
+fn chaos_run(experiment: &str, proxy_api: u16, api: u16, work: &Path) -> (i32, Value) {
+    let chaos = common::python().parent().unwrap().join("chaos");
+    let journal = work.join(format!("{experiment}.journal.json"));
+    let out = Command::new(chaos)
+        .args(["--no-version-check", "--log-file"])
+        .arg(work.join("chaostoolkit.log"))
+        .args(["run", "--journal-path"])
+        .arg(&journal)
+        .arg(example(&format!("chaostoolkit/{experiment}")))
+        .env("PYTHONPATH", example(""))
+        .env("TOXIPROXY_PORT", proxy_api.to_string())
+        .env("FAULTLINE_API", format!("http://127.0.0.1:{api}"))
+        .current_dir(work)
+        .output()
+        .unwrap();
+    let journal: Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap_or_else(|e| {
+            panic!("no journal ({e}): {}", String::from_utf8_lossy(&out.stderr))
+        }))
+        .unwrap();
+    (out.status.code().unwrap_or(-1), journal)
+}
+
+/// The steady-state probe's answer after the method, from the journal.
+fn after_probe(journal: &Value) -> Value {
+    let after = &journal["steady_states"]["after"]["probes"][0];
+    let body = &after["output"]["body"];
+    match body {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn chaos_toolkit_with_the_steady_state_endpoint_passes_with_the_breaker_and_fails_without() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let proxy_api = free_port();
+    let server = Server::start(
+        data.path(),
+        &["--fault-proxy", &format!("127.0.0.1:{proxy_api}")],
+    );
+    let api = server.api;
+
+    // With the breaker: pricing timing out does not reach the product page.
+    let system = start_system(&server, proxy_api, true, "");
+    let before = wait_steady(api);
+    assert!(
+        before["measured"]["requests"].as_u64().unwrap() >= 20,
+        "{before:#}"
+    );
+    let (code, journal) = chaos_run("pricing-timeout.json", proxy_api, api, work.path());
+    let after = after_probe(&journal);
+    assert_eq!(
+        (
+            code,
+            journal["status"].as_str(),
+            journal["deviated"].as_bool()
+        ),
+        (0, Some("completed"), Some(false)),
+        "the hypothesis should hold with the breaker: {after:#}"
+    );
+    assert_eq!(after["pass"], true, "{after:#}");
+    let (_, toxics) = http_get(proxy_api, "/proxies/pricing/toxics").unwrap();
+    assert_eq!(toxics, "[]", "the experiment rolled its fault back");
+    drop(system);
+    let (s, _) = http_call(proxy_api, "DELETE", "/proxies/pricing", "").unwrap();
+    assert_eq!(s, 204);
+
+    // Without it every product page waits out the timeout: the hypothesis breaks, and the
+    // steady-state answer names the slow frontend spans.
+    let _system = start_system(&server, proxy_api, false, "-2");
+    wait_steady(api);
+    let (code, journal) = chaos_run("pricing-timeout.json", proxy_api, api, work.path());
+    let after = after_probe(&journal);
+    assert_eq!(
+        (code, journal["deviated"].as_bool()),
+        (1, Some(true)),
+        "the hypothesis should break without the breaker: {after:#}"
+    );
+    assert_eq!(after["pass"], false, "{after:#}");
+    let p99 = after["measured"]["p99Ms"].as_f64().unwrap();
+    assert!(
+        p99 > 450.0,
+        "p99 {p99} ms: every request waits the 500 ms timeout"
+    );
+    let violations = after["violations"].as_array().unwrap();
+    assert!(!violations.is_empty(), "{after:#}");
+    for v in violations {
+        assert_eq!(v["operation"], "GET /product");
+        assert!(v["durationMs"].as_f64().unwrap() > 300.0, "{v}");
+        // The named trace is readable, and holds the pricing call that timed out.
+        let id = v["traceId"].as_str().unwrap();
+        let (status, body) = http_get(api, &format!("/api/traces/{id}")).unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("GET /price") && body.contains("TimeoutError"),
+            "{id}"
+        );
+    }
+    let (_, toxics) = http_get(proxy_api, "/proxies/pricing/toxics").unwrap();
+    assert_eq!(toxics, "[]", "rolled back even when the hypothesis broke");
+}
+
+#[test]
+fn steady_state_parameters_are_checked() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    for (query, param) in [
+        ("", "service"),
+        ("?service=a&maxErrorRate=2", "maxErrorRate"),
+        ("?service=a&maxP99=fast", "maxP99"),
+        ("?service=a&window=0s", "window"),
+        ("?service=a&start=10", "end"),
+        ("?service=a&start=20&end=10", "end"),
+        ("?service=a&maxTraces=0", "maxTraces"),
+    ] {
+        let (status, body) = http_get(server.api, &format!("/api/v1/steady-state{query}")).unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (status, v["parameter"].as_str()),
+            (400, Some(param)),
+            "{query}: {body}"
+        );
+    }
+    // No requests in the window: nothing proves the steady state.
+    let (status, body) = http_get(server.api, "/api/v1/steady-state?service=nobody").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &v["pass"]), (417, &Value::Bool(false)), "{body}");
+    assert_eq!(v["checks"][0]["check"], "minRequests");
+    let (status, _) = http_get(
+        server.api,
+        "/api/v1/steady-state?service=nobody&minRequests=0",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+}
