@@ -139,6 +139,29 @@ type Letters = Vec<(PathBuf, DeadLetter)>;
 /// Unreadable dead-letter files with the reason.
 type Unreadable = Vec<(PathBuf, String)>;
 
+/// Deletes the dead letters in `dir` whose sequence number `wanted` picks; how many. An
+/// error names the file that could not be deleted.
+pub fn drop_letters(
+    dir: &Path,
+    wanted: impl Fn(u64) -> bool,
+) -> Result<usize, (PathBuf, std::io::Error)> {
+    let (letters, _) = read_all(dir);
+    let mut dropped = 0;
+    for (path, _) in letters.into_iter().filter(|(_, d)| wanted(d.seq)) {
+        std::fs::remove_file(&path).map_err(|e| (path.clone(), e))?;
+        dropped += 1;
+    }
+    Ok(dropped)
+}
+
+impl DeadLetter {
+    /// A line of `faultline dlq list --json`.
+    pub fn summary_json(&self, path: &Path) -> serde_json::Value {
+        serde_json::json!({"seq": self.seq, "time_unix_nano": self.time_ns, "attempts": self.attempts,
+            "reason": self.reason, "payload_bytes": self.payload.len(), "file": path.display().to_string()})
+    }
+}
+
 /// Every dead letter in `dir`, by sequence number, with unreadable files reported apart.
 pub fn read_all(dir: &Path) -> (Letters, Unreadable) {
     let mut ok = Vec::new();

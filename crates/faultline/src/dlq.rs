@@ -15,11 +15,7 @@ pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let (letters, bad) = read_all(&dir(data_dir));
     for (path, d) in &letters {
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"seq": d.seq, "time_unix_nano": d.time_ns, "attempts": d.attempts,
-                    "reason": d.reason, "payload_bytes": d.payload.len(), "file": path.display().to_string()})
-            );
+            println!("{}", d.summary_json(path));
         } else {
             println!(
                 "seq {} · {} attempts · {} payload bytes · {}",
@@ -53,15 +49,9 @@ pub fn drop(data_dir: &Path, all: bool, seqs: &[u64]) -> anyhow::Result<ExitCode
         all || !seqs.is_empty(),
         "say which dead letters to drop: --all, or their sequence numbers (see `faultline dlq list`)"
     );
-    let (letters, _) = read_all(&dir(data_dir));
-    let mut dropped = 0;
-    for (path, d) in letters {
-        if all || seqs.contains(&d.seq) {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot delete {}", path.display()))?;
-            dropped += 1;
-        }
-    }
+    let dropped =
+        faultline_pipeline::dlq::drop_letters(&dir(data_dir), |seq| all || seqs.contains(&seq))
+            .map_err(|(path, e)| anyhow::anyhow!("cannot delete {}: {e}", path.display()))?;
     println!("dropped {dropped} dead letters");
     Ok(ExitCode::SUCCESS)
 }
