@@ -8,9 +8,11 @@
 //! - `proxy.rs`: a listener, its connections and their toxics;
 //! - [`registry`]: the proxies by name, every API operation, the durable state (and the
 //!   removal at start of faults left by a crashed run);
-//! - [`api`]: the HTTP API.
+//! - [`api`]: the HTTP API;
+//! - [`experiment`]: experiments as files, their runs and reports (`faultline experiment`).
 
 pub mod api;
+pub mod experiment;
 mod link;
 mod proxy;
 pub mod registry;

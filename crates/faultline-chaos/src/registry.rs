@@ -217,8 +217,26 @@ impl Proxies {
         for f in &restored.removed_faults {
             tracing::warn!(fault = %f, "removed a fault left by the previous run");
         }
+        tracing::info!(
+            proxies = restored.proxies,
+            removed_faults = restored.removed_faults.len(),
+            not_bound = restored.not_bound.len(),
+            state = %path.display(),
+            "fault proxy state restored"
+        );
         proxies.persist().await;
         Ok((proxies, restored))
+    }
+
+    /// Creates the proxies of a JSON file holding an array, as `POST /populate` would
+    /// (Toxiproxy's `-config`).
+    pub async fn populate_file(&self, path: &Path) -> Result<(), String> {
+        let what = |e: String| format!("proxy config {}: {e}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
+        let list: Value = serde_json::from_str(&text).map_err(|e| what(e.to_string()))?;
+        let r = self.populate(&list);
+        self.persist().await;
+        r.map(|_| ()).map_err(|(e, _)| what(e.message))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -5,6 +5,7 @@
 
 mod config;
 mod dlq;
+mod experimentcmd;
 mod proxycmd;
 mod query;
 mod serve;
@@ -50,6 +51,11 @@ enum Command {
     /// The fault proxy alone: TCP proxies with toxics, driven through Toxiproxy's HTTP
     /// API (so Toxiproxy's clients and Chaos Toolkit work unmodified).
     Proxy(proxycmd::ProxyArgs),
+    /// Chaos experiments as files, checked against the trace data.
+    Experiment {
+        #[command(subcommand)]
+        command: experimentcmd::ExperimentCommand,
+    },
     /// Reports about the stored traces from a running faultline.
     Report {
         #[command(subcommand)]
@@ -141,6 +147,7 @@ fn main() -> ExitCode {
         },
         Command::Query { command } => query::run(command),
         Command::Proxy(args) => proxycmd::run(args),
+        Command::Experiment { command } => experimentcmd::run(command),
         Command::Report { command } => query::report(command),
         Command::Dlq { command } => match command {
             DlqCommand::List { data_dir, json } => dlq::list(&data_dir, json),

@@ -35,14 +35,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let proxies = open(args.state_dir.as_deref()).await?;
         if let Some(path) = &args.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read proxy config {}", path.display()))?;
-            let list: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("proxy config {} is not JSON", path.display()))?;
-            proxies.populate(&list).map_err(|(e, _)| {
-                anyhow::anyhow!("proxy config {}: {}", path.display(), e.message)
-            })?;
-            proxies.persist().await;
+            proxies
+                .populate_file(path)
+                .await
+                .map_err(anyhow::Error::msg)?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let task = serve_api(args.api, proxies, stop_rx).await?;
@@ -53,20 +49,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the proxies, durable when `dir` is given, logging what the start removed.
+/// Opens the proxies, durable when `dir` is given (what the start removed is logged).
 pub async fn open(dir: Option<&Path>) -> anyhow::Result<Proxies> {
-    let Some(dir) = dir else {
-        return Ok(Proxies::in_memory());
-    };
-    let (proxies, restored) = Proxies::open(dir).await?;
-    tracing::info!(
-        proxies = restored.proxies,
-        removed_faults = restored.removed_faults.len(),
-        not_bound = restored.not_bound.len(),
-        state = %dir.join(faultline_chaos::STATE_FILE).display(),
-        "fault proxy state restored"
-    );
-    Ok(proxies)
+    Ok(match dir {
+        Some(dir) => Proxies::open(dir).await?.0,
+        None => Proxies::in_memory(),
+    })
 }
 
 /// Binds the API and serves it until `stop` turns true.

@@ -3,7 +3,9 @@
 //! through faultline's fault proxy (inside `serve`), a steady load. Chaos Toolkit runs the
 //! repository's experiment, whose steady-state probe is faultline's
 //! `/api/v1/steady-state`: it holds with the frontend's circuit breaker and breaks without
-//! it, and the endpoint names the slow spans.
+//! it, and the endpoint names the slow spans. `faultline experiment run` on the same
+//! system: held (exit 0), broken with the spans named (exit 1), aborted by a stop
+//! condition (exit 2), and a run killed mid-fault has its fault removed by the next.
 
 #![allow(clippy::unwrap_used)]
 
@@ -81,11 +83,14 @@ impl Drop for System {
     }
 }
 
-fn start_system(server: &Server, proxy_api: u16, breaker: bool, tag: &str) -> System {
+fn start_system(server: &Server, proxy_api: u16, breaker: bool) -> System {
+    for name in ["inventory", "pricing"] {
+        let _ = http_call(proxy_api, "DELETE", &format!("/proxies/{name}"), "");
+    }
     let otlp = server.http_url();
     let (inv, inv_port) = service("inventory", &otlp, &[]);
     let (pri, pri_port) = service("pricing", &otlp, &[]);
-    let inv_url = proxy(proxy_api, &format!("inventory{tag}"), inv_port);
+    let inv_url = proxy(proxy_api, "inventory", inv_port);
     let pri_url = proxy(proxy_api, "pricing", pri_port);
     let mut args = vec!["--inventory", &inv_url, "--pricing", &pri_url];
     if !breaker {
@@ -150,7 +155,7 @@ fn chaos_toolkit_with_the_steady_state_endpoint_passes_with_the_breaker_and_fail
     let api = server.api;
 
     // With the breaker: pricing timing out does not reach the product page.
-    let system = start_system(&server, proxy_api, true, "");
+    let system = start_system(&server, proxy_api, true);
     let before = wait_steady(api);
     assert!(
         before["measured"]["requests"].as_u64().unwrap() >= 20,
@@ -171,12 +176,10 @@ fn chaos_toolkit_with_the_steady_state_endpoint_passes_with_the_breaker_and_fail
     let (_, toxics) = http_get(proxy_api, "/proxies/pricing/toxics").unwrap();
     assert_eq!(toxics, "[]", "the experiment rolled its fault back");
     drop(system);
-    let (s, _) = http_call(proxy_api, "DELETE", "/proxies/pricing", "").unwrap();
-    assert_eq!(s, 204);
 
     // Without it every product page waits out the timeout: the hypothesis breaks, and the
     // steady-state answer names the slow frontend spans.
-    let _system = start_system(&server, proxy_api, false, "-2");
+    let _system = start_system(&server, proxy_api, false);
     wait_steady(api);
     let (code, journal) = chaos_run("pricing-timeout.json", proxy_api, api, work.path());
     let after = after_probe(&journal);
@@ -241,4 +244,166 @@ fn steady_state_parameters_are_checked() {
     )
     .unwrap();
     assert_eq!(status, 200);
+}
+
+/// `faultline experiment run FILE` against the server; (exit code, stdout, journal, JUnit).
+fn experiment(
+    file: &str,
+    server: &Server,
+    proxy_api: u16,
+    work: &Path,
+) -> (i32, String, Value, String) {
+    let journal = work.join(format!("{file}.journal.json"));
+    let junit = work.join(format!("{file}.junit.xml"));
+    let out = experiment_cmd(file, server, proxy_api, work)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let journal: Value = serde_json::from_str(
+        &std::fs::read_to_string(&journal).unwrap_or_else(|e| panic!("no journal ({e}): {text}")),
+    )
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text,
+        journal,
+        std::fs::read_to_string(junit).unwrap(),
+    )
+}
+
+fn experiment_cmd(file: &str, server: &Server, proxy_api: u16, work: &Path) -> Command {
+    let mut c = Command::new(common::BIN);
+    c.args(["experiment", "run"])
+        .arg(example(&format!("experiments/{file}")))
+        .args(["--api", &format!("http://127.0.0.1:{}", server.api)])
+        .args(["--proxy", &format!("http://127.0.0.1:{proxy_api}")])
+        .arg("--state-dir")
+        .arg(work.join("state"));
+    c
+}
+
+fn toxics(proxy_api: u16, proxy: &str) -> Value {
+    let (_, body) = http_get(proxy_api, &format!("/proxies/{proxy}/toxics")).unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn faultline_experiment_run_holds_breaks_aborts_and_cleans_up_after_a_kill() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let proxy_api = free_port();
+    let server = Server::start(
+        data.path(),
+        &["--fault-proxy", &format!("127.0.0.1:{proxy_api}")],
+    );
+    let system = start_system(&server, proxy_api, true);
+    wait_steady(server.api);
+
+    // Held: exit 0, a journal and a JUnit report without failures.
+    let (code, text, journal, junit) =
+        experiment("pricing-timeout.json", &server, proxy_api, work.path());
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        (journal["status"].as_str(), &journal["deviated"]),
+        (Some("completed"), &Value::Bool(false))
+    );
+    assert_eq!(
+        journal["faultsRemoved"],
+        serde_json::json!(["toxic pricing-answers-after-2s on proxy pricing"])
+    );
+    assert!(junit.contains("failures=\"0\" errors=\"0\""), "{junit}");
+    assert!(
+        text.contains("Verdict: the hypothesis held (exit 0)"),
+        "{text}"
+    );
+    assert_eq!(toxics(proxy_api, "pricing"), serde_json::json!([]));
+
+    // Aborted by the stop condition: inventory down fails every product page.
+    wait_steady(server.api);
+    let (code, text, journal, junit) =
+        experiment("inventory-down.json", &server, proxy_api, work.path());
+    assert_eq!(code, 2, "{text}");
+    assert_eq!(journal["status"], "aborted");
+    assert!(
+        journal["abortReason"]
+            .as_str()
+            .unwrap()
+            .contains("stop condition product-page-failing fired"),
+        "{journal:#}"
+    );
+    assert!(
+        journal["method"][1]["seconds"].as_f64().unwrap_or(0.0) < 15.0,
+        "stopped before the 20 s wait ended"
+    );
+    assert!(junit.contains("<error"), "{junit}");
+    let (_, body) = http_get(proxy_api, "/proxies/inventory").unwrap();
+    assert!(
+        body.contains("\"enabled\":true"),
+        "inventory is back: {body}"
+    );
+
+    // Killed mid-run: the fault stays until the next run (here `cleanup`) removes it.
+    wait_steady(server.api);
+    let mut runner = experiment_cmd("pricing-timeout.json", &server, proxy_api, work.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while toxics(proxy_api, "pricing").as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the run never added its fault");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    assert_eq!(
+        toxics(proxy_api, "pricing").as_array().unwrap().len(),
+        1,
+        "the killed run's fault is still there"
+    );
+    let out = Command::new(common::BIN)
+        .args(["experiment", "cleanup", "--state-dir"])
+        .arg(work.path().join("state"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains(
+                "toxic pricing-answers-after-2s on proxy pricing (left by interrupted run"
+            ),
+        "{text}"
+    );
+    assert_eq!(toxics(proxy_api, "pricing"), serde_json::json!([]));
+    drop(system);
+
+    // Without the breaker: broken, exit 1, the report names the slow spans.
+    let _system = start_system(&server, proxy_api, false);
+    wait_steady(server.api);
+    let (code, text, journal, junit) =
+        experiment("pricing-timeout.json", &server, proxy_api, work.path());
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(journal["deviated"], true);
+    assert!(
+        text.contains("Verdict: the hypothesis was BROKEN (exit 1)"),
+        "{text}"
+    );
+    assert!(text.contains("product-page DOES NOT HOLD"), "{text}");
+    let touched = journal["tracesTouched"].as_array().unwrap();
+    assert!(!touched.is_empty(), "{journal:#}");
+    for id in touched.iter().take(3) {
+        let id = id.as_str().unwrap();
+        assert!(
+            text.contains(&format!("/trace/{id}")),
+            "the report links {id}: {text}"
+        );
+        let (status, body) = http_get(server.api, &format!("/api/traces/{id}")).unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("GET /product"), "{id}");
+    }
+    assert!(junit.contains("failures=\"1\""), "{junit}");
+    assert_eq!(toxics(proxy_api, "pricing"), serde_json::json!([]));
 }
