@@ -6,6 +6,7 @@
 //! - [`toxic`]: what a toxic is, its JSON, validation and update merging;
 //! - `link.rs`: one direction of one connection, the toxics applied to its data;
 //! - `proxy.rs`: a listener, its connections and their toxics;
+//! - [`http`]: HTTP mode, per-request faults and a span per request;
 //! - [`registry`]: the proxies by name, every API operation, the durable state (and the
 //!   removal at start of faults left by a crashed run);
 //! - [`api`]: the HTTP API;
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod experiment;
+pub mod http;
 mod link;
 mod proxy;
 pub mod registry;

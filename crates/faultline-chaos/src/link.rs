@@ -229,6 +229,8 @@ impl State {
                         .get_or_insert(now + Duration::from_millis(timeout));
                 }
                 Kind::SlowClose { .. } | Kind::Noop | Kind::Down => {}
+                // HTTP faults act in `http.rs`; a TCP link passes data by.
+                Kind::HttpError { .. } | Kind::HttpDelay { .. } | Kind::HttpAbort { .. } => {}
             }
         }
         let mut last = self.queue.back().map_or(now, |p| p.due);
@@ -416,6 +418,7 @@ mod tests {
             kind,
             stream: Stream::Downstream,
             toxicity: 1.0,
+            route: Default::default(),
         }
     }
 

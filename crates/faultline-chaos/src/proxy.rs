@@ -36,9 +36,20 @@ struct Running {
     accept: JoinHandle<()>,
 }
 
+/// What a proxy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Bytes, with Toxiproxy's toxics.
+    Tcp,
+    /// HTTP/1.1 requests, with HTTP faults and a span per request (`http.rs`).
+    Http,
+}
+
 /// A proxy as the registry holds it.
 pub struct Proxy {
     pub name: String,
+    pub protocol: Protocol,
+    sink: crate::http::SinkSlot,
     /// The address asked for, until the proxy is started; then the address bound.
     pub listen: String,
     pub upstream: String,
@@ -76,9 +87,17 @@ pub fn resolve(listen: &str) -> Result<SocketAddr, String> {
 }
 
 impl Proxy {
-    pub fn new(name: String, listen: String, upstream: String) -> Proxy {
+    pub fn new(
+        name: String,
+        protocol: Protocol,
+        listen: String,
+        upstream: String,
+        sink: crate::http::SinkSlot,
+    ) -> Proxy {
         Proxy {
             name,
+            protocol,
+            sink,
             listen,
             upstream,
             toxics: Vec::new(),
@@ -111,6 +130,32 @@ impl Proxy {
             .map_err(|e| format!("listen tcp {addr}: {e}"))?;
         self.listen = bound.to_string();
         let (stop, stop_rx) = watch::channel(false);
+        if self.protocol == Protocol::Http {
+            let ctx = Arc::new(crate::http::HttpCtx {
+                name: self.name.clone(),
+                upstream: self.upstream.clone(),
+                chain: self.down.subscribe(),
+                sink: self.sink.clone(),
+                client: crate::http::client(),
+            });
+            let (stats, name) = (self.stats.clone(), self.name.clone());
+            let accept = tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((c, _)) => {
+                            stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(crate::http::connection(c, ctx.clone(), stop_rx.clone()));
+                        }
+                        Err(e) => {
+                            tracing::warn!(proxy = %name, error = %e, "cannot accept a connection");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+            self.running = Some(Running { stop, accept });
+            return Ok(());
+        }
         let ctx = ConnCtx {
             upstream: self.upstream.clone(),
             up: self.up.subscribe(),

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 
-use crate::proxy::{Proxy, resolve};
+use crate::proxy::{Protocol, Proxy, resolve};
 use crate::toxic::{Toxic, ToxicError};
 
 /// A refused API call: Toxiproxy's status and message.
@@ -65,6 +65,8 @@ pub struct ProxyFields {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub enabled: Option<bool>,
+    /// `tcp` (default) or `http` (faultline's own).
+    pub protocol: Option<Protocol>,
 }
 
 impl ProxyFields {
@@ -97,7 +99,18 @@ impl ProxyFields {
                 ));
             }
         };
+        let protocol = match text("protocol")?.as_deref() {
+            None | Some("tcp") => None,
+            Some("http") => Some(Protocol::Http),
+            Some(other) => {
+                return Err(ApiError::new(
+                    400,
+                    format!("bad request body: protocol {other:?} is not tcp or http"),
+                ));
+            }
+        };
         Ok(ProxyFields {
+            protocol,
             name: text("name")?,
             listen: text("listen")?,
             upstream: text("upstream")?,
@@ -120,6 +133,8 @@ pub struct Proxies {
     state: Option<PathBuf>,
     /// Serializes writes of the state file and remembers the version last written.
     saved: Arc<tokio::sync::Mutex<u64>>,
+    /// Where HTTP proxies' spans go.
+    sink: crate::http::SinkSlot,
 }
 
 impl std::fmt::Debug for Proxies {
@@ -153,7 +168,33 @@ impl Proxies {
             next_id: Arc::new(AtomicU64::new(1)),
             state: None,
             saved: Arc::new(tokio::sync::Mutex::new(0)),
+            sink: Arc::default(),
         }
+    }
+
+    /// Sends the spans of HTTP proxies' requests to `sink` from now on.
+    pub fn set_span_sink(&self, sink: Arc<dyn crate::http::SpanSink>) {
+        if let Ok(mut slot) = self.sink.write() {
+            *slot = Some(sink);
+        }
+    }
+
+    /// [`Self::set_span_sink`] with an async function, run on its own task per span.
+    pub fn send_spans_to<F, Fut>(&self, f: F)
+    where
+        F: Fn(faultline_model::ExportTraceServiceRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.set_span_sink(Arc::new(move |r| {
+            tokio::spawn(f(r));
+        }));
+    }
+
+    fn new_proxy(&self, f: &ProxyFields, name: String, upstream: String) -> Proxy {
+        let protocol = f.protocol.unwrap_or(Protocol::Tcp);
+        let listen = f.listen.clone().unwrap_or_default();
+        Proxy::new(name, protocol, listen, upstream, self.sink.clone())
     }
 
     /// Opens the state in `dir` (created if missing) and starts its proxies without their
@@ -188,10 +229,10 @@ impl Proxies {
             let mut g = proxies.lock();
             for p in list {
                 let f = ProxyFields::parse(&p).map_err(|e| read_err(e.message))?;
-                let (Some(name), Some(upstream)) = (f.name, f.upstream) else {
+                let (Some(name), Some(upstream)) = (f.name.clone(), f.upstream.clone()) else {
                     return Err(read_err("a proxy without name or upstream".into()));
                 };
-                let mut proxy = Proxy::new(name.clone(), f.listen.unwrap_or_default(), upstream);
+                let mut proxy = proxies.new_proxy(&f, name.clone(), upstream);
                 for t in p["toxics"].as_array().into_iter().flatten() {
                     restored.removed_faults.push(format!(
                         "toxic {} ({}, {}) on proxy {name}",
@@ -295,16 +336,16 @@ impl Proxies {
 
     /// Creates a proxy (Toxiproxy's `POST /proxies`).
     pub fn create(&self, f: ProxyFields) -> Result<Value, ApiError> {
-        let name = f.name.filter(|n| !n.is_empty());
+        let name = f.name.clone().filter(|n| !n.is_empty());
         let name = name.ok_or_else(|| ApiError::new(400, "missing required field: name"))?;
-        let upstream = f.upstream.filter(|u| !u.is_empty());
+        let upstream = f.upstream.clone().filter(|u| !u.is_empty());
         let upstream =
             upstream.ok_or_else(|| ApiError::new(400, "missing required field: upstream"))?;
         let mut g = self.lock();
         if g.proxies.contains_key(&name) {
             return Err(ApiError::new(409, "proxy already exists"));
         }
-        let mut p = Proxy::new(name.clone(), f.listen.unwrap_or_default(), upstream);
+        let mut p = self.new_proxy(&f, name.clone(), upstream);
         if f.enabled.unwrap_or(true) {
             p.start().map_err(|e| ApiError::new(500, e))?;
         }
@@ -381,7 +422,7 @@ impl Proxies {
             if let Some(mut old) = g.proxies.remove(&name) {
                 old.stop();
             }
-            let mut p = Proxy::new(name.clone(), f.listen.unwrap_or_default(), upstream);
+            let mut p = self.new_proxy(&f, name.clone(), upstream);
             let started = if f.enabled.unwrap_or(true) {
                 p.start()
             } else {
@@ -436,6 +477,25 @@ impl Proxies {
             .get_mut(proxy)
             .ok_or_else(ApiError::proxy_not_found)?;
         let t = Toxic::parse(body)?;
+        let http = p.protocol == Protocol::Http;
+        if t.kind.is_http() && !http {
+            return Err(ApiError::new(
+                400,
+                format!(
+                    "{} is an HTTP fault: create the proxy with \"protocol\": \"http\"",
+                    t.kind.type_name()
+                ),
+            ));
+        }
+        if http && !t.kind.is_http() {
+            return Err(ApiError::new(
+                400,
+                format!(
+                    "proxy {proxy} speaks HTTP: its faults are http_error, http_delay and http_abort, not {}",
+                    t.kind.type_name()
+                ),
+            ));
+        }
         if p.toxics.iter().any(|(_, x)| x.name == t.name) {
             return Err(ApiError::new(409, "toxic already exists"));
         }
@@ -598,13 +658,17 @@ fn apply_update(p: &mut Proxy, f: ProxyFields) -> Result<(), ApiError> {
 
 /// Toxiproxy's JSON for a proxy.
 fn proxy_json(p: &Proxy) -> Value {
-    json!({
+    let mut v = json!({
         "name": p.name,
         "listen": p.listen,
         "upstream": p.upstream,
         "enabled": p.enabled(),
         "toxics": p.toxics_in_order().iter().map(|t| t.to_json()).collect::<Vec<_>>(),
-    })
+    });
+    if p.protocol == Protocol::Http {
+        v["protocol"] = json!("http");
+    }
+    v
 }
 
 fn state_json(g: &Inner) -> Value {

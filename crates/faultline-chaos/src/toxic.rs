@@ -12,6 +12,14 @@
 //! `limit_data` (`bytes`), `noop`, and faultline's `down` (no attributes: an affected
 //! connection is closed at once; Toxiproxy has no such toxic and takes a proxy down with
 //! `enabled: false`, which faultline supports as well).
+//!
+//! HTTP faults, faultline's own, for proxies created with `"protocol": "http"`: each acts
+//! on the requests matching its `method` (empty: any) and `path` (empty: any; exact, or a
+//! prefix when it ends in `*`), on a share of them (`toxicity`, drawn per request):
+//! `http_error` (`status`, default 503: answered by the proxy, not forwarded),
+//! `http_delay` (`delay` ms before forwarding), `http_abort` (`bytes`: the response body
+//! is cut after that many bytes and the connection closed). Their JSON attributes hold
+//! `method` and `path` as strings beside the numbers.
 
 use serde_json::{Map, Value, json};
 
@@ -61,11 +69,40 @@ pub enum Kind {
     },
     Noop,
     Down,
+    HttpError {
+        status: u64,
+    },
+    HttpDelay {
+        delay: u64,
+    },
+    HttpAbort {
+        bytes: u64,
+    },
 }
 
 /// The type names accepted, for error messages.
-pub const TYPES: &str =
-    "latency, bandwidth, slow_close, timeout, reset_peer, slicer, limit_data, noop, down";
+pub const TYPES: &str = "latency, bandwidth, slow_close, timeout, reset_peer, slicer, limit_data, noop, down, http_error, http_delay, http_abort";
+
+/// The requests an HTTP fault acts on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Route {
+    /// `GET`, `POST`...; empty: any.
+    pub method: String,
+    /// Exact path, or a prefix ending in `*`; empty: any.
+    pub path: String,
+}
+
+impl Route {
+    /// Whether a request matches.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        (self.method.is_empty() || self.method.eq_ignore_ascii_case(method))
+            && (self.path.is_empty()
+                || match self.path.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => path == self.path,
+                })
+    }
+}
 
 impl Kind {
     pub fn type_name(&self) -> &'static str {
@@ -79,7 +116,18 @@ impl Kind {
             Kind::LimitData { .. } => "limit_data",
             Kind::Noop => "noop",
             Kind::Down => "down",
+            Kind::HttpError { .. } => "http_error",
+            Kind::HttpDelay { .. } => "http_delay",
+            Kind::HttpAbort { .. } => "http_abort",
         }
+    }
+
+    /// Whether this is an HTTP fault (for proxies with `"protocol": "http"`).
+    pub fn is_http(&self) -> bool {
+        matches!(
+            self,
+            Kind::HttpError { .. } | Kind::HttpDelay { .. } | Kind::HttpAbort { .. }
+        )
     }
 
     /// The type with every attribute 0, or `None` for an unknown type.
@@ -101,6 +149,9 @@ impl Kind {
             "limit_data" => Kind::LimitData { bytes: 0 },
             "noop" => Kind::Noop,
             "down" => Kind::Down,
+            "http_error" => Kind::HttpError { status: 503 },
+            "http_delay" => Kind::HttpDelay { delay: 0 },
+            "http_abort" => Kind::HttpAbort { bytes: 0 },
             _ => return None,
         })
     }
@@ -121,7 +172,9 @@ impl Kind {
                 ("size_variation", size_variation),
                 ("delay", delay),
             ],
-            Kind::LimitData { bytes } => vec![("bytes", bytes)],
+            Kind::LimitData { bytes } | Kind::HttpAbort { bytes } => vec![("bytes", bytes)],
+            Kind::HttpError { status } => vec![("status", status)],
+            Kind::HttpDelay { delay } => vec![("delay", delay)],
             Kind::Noop | Kind::Down => vec![],
         }
     }
@@ -131,7 +184,9 @@ impl Kind {
             (Kind::Latency { latency, .. }, "latency") => *latency = v,
             (Kind::Latency { jitter, .. }, "jitter") => *jitter = v,
             (Kind::Bandwidth { rate }, "rate") => *rate = v,
-            (Kind::SlowClose { delay }, "delay") => *delay = v,
+            (Kind::SlowClose { delay } | Kind::HttpDelay { delay }, "delay") => *delay = v,
+            (Kind::HttpError { status }, "status") => *status = v,
+            (Kind::HttpAbort { bytes }, "bytes") => *bytes = v,
             (Kind::Timeout { timeout } | Kind::ResetPeer { timeout }, "timeout") => *timeout = v,
             (Kind::Slicer { average_size, .. }, "average_size") => *average_size = v,
             (Kind::Slicer { size_variation, .. }, "size_variation") => *size_variation = v,
@@ -160,6 +215,13 @@ impl Kind {
 
     /// Values that would make a toxic misbehave (Toxiproxy crashes on some of them).
     fn check(&self) -> Result<(), ToxicError> {
+        if let Kind::HttpError { status } = *self
+            && !(100..=599).contains(&status)
+        {
+            return Err(ToxicError::BadRequest(format!(
+                "http_error toxic: status {status} is not an HTTP status (100 to 599)"
+            )));
+        }
         if let Kind::Slicer {
             average_size,
             size_variation,
@@ -187,8 +249,39 @@ pub struct Toxic {
     pub name: String,
     pub kind: Kind,
     pub stream: Stream,
-    /// Share of connections (drawn per connection and direction) the toxic acts on.
+    /// Share of connections (drawn per connection and direction) the toxic acts on; for
+    /// HTTP faults, share of matching requests (drawn per request).
     pub toxicity: f32,
+    /// The requests an HTTP fault acts on (empty for the others).
+    pub route: Route,
+}
+
+/// Reads an HTTP fault's `method` and `path` attributes over `route`.
+fn merge_route(route: &mut Route, attrs: &Map<String, Value>) -> Result<(), ToxicError> {
+    for (key, slot) in [("method", &mut route.method), ("path", &mut route.path)] {
+        match attrs.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => *slot = s.clone(),
+            Some(other) => {
+                return Err(ToxicError::BadRequest(format!(
+                    "bad request body: attribute {key} of an HTTP fault must be a string, got {other}"
+                )));
+            }
+        }
+    }
+    if !route.method.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(ToxicError::BadRequest(format!(
+            "HTTP fault: method {:?} is not an HTTP method such as GET",
+            route.method
+        )));
+    }
+    if !(route.path.is_empty() || route.path.starts_with('/') || route.path == "*") {
+        return Err(ToxicError::BadRequest(format!(
+            "HTTP fault: path {:?} must start with / (a trailing * matches a prefix)",
+            route.path
+        )));
+    }
+    Ok(())
 }
 
 /// A refused toxic request, with Toxiproxy's status and message.
@@ -242,11 +335,16 @@ impl Toxic {
         };
         let toxicity = toxicity(obj.get("toxicity"), 1.0)?;
         kind.merge(&attrs)?;
+        let mut route = Route::default();
+        if kind.is_http() {
+            merge_route(&mut route, &attrs)?;
+        }
         Ok(Toxic {
             name,
             kind,
             stream,
             toxicity,
+            route,
         })
     }
 
@@ -262,7 +360,12 @@ impl Toxic {
         next.toxicity = toxicity(obj.get("toxicity"), self.toxicity)?;
         match obj.get("attributes") {
             None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => next.kind.merge(m)?,
+            Some(Value::Object(m)) => {
+                next.kind.merge(m)?;
+                if next.kind.is_http() {
+                    merge_route(&mut next.route, m)?;
+                }
+            }
             Some(other) => {
                 return Err(ToxicError::BadRequest(format!(
                     "bad request body: attributes must be an object, got {other}"
@@ -274,12 +377,16 @@ impl Toxic {
 
     /// Toxiproxy's JSON for this toxic.
     pub fn to_json(&self) -> Value {
-        let attrs: Map<String, Value> = self
+        let mut attrs: Map<String, Value> = self
             .kind
             .attributes()
             .into_iter()
             .map(|(k, v)| (k.to_string(), Value::from(v)))
             .collect();
+        if self.kind.is_http() {
+            attrs.insert("method".into(), Value::from(self.route.method.clone()));
+            attrs.insert("path".into(), Value::from(self.route.path.clone()));
+        }
         json!({
             "attributes": attrs,
             "name": self.name,
@@ -362,6 +469,44 @@ mod tests {
             let got = parse(v.clone()).err().map(|e| e.to_string());
             assert_eq!(got.as_deref(), Some(want), "{v}");
         }
+    }
+
+    #[test]
+    fn http_faults_carry_a_route() {
+        let t = parse(json!({"type": "http_error", "toxicity": 0.5,
+                             "attributes": {"method": "GET", "path": "/price*"}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.kind, Kind::HttpError { status: 503 });
+        assert!(t.route.matches("get", "/price/7") && !t.route.matches("POST", "/price"));
+        assert_eq!(
+            t.to_json()["attributes"],
+            json!({"status": 503, "method": "GET", "path": "/price*"})
+        );
+        let u = t
+            .update(&json!({"attributes": {"status": 500}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (u.kind, u.route.path.as_str()),
+            (Kind::HttpError { status: 500 }, "/price*")
+        );
+        for (v, want) in [
+            (
+                json!({"type": "http_error", "attributes": {"status": 700}}),
+                "status 700 is not an HTTP status",
+            ),
+            (
+                json!({"type": "http_delay", "attributes": {"path": "price"}}),
+                "must start with /",
+            ),
+            (
+                json!({"type": "http_abort", "attributes": {"method": 7}}),
+                "attribute method of an HTTP fault must be a string",
+            ),
+        ] {
+            let got = parse(v).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(got.contains(want), "{got}");
+        }
+        assert!(Route::default().matches("PUT", "/anything"));
     }
 
     #[test]

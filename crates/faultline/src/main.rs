@@ -1,7 +1,6 @@
 //! The `faultline` binary: command line, configuration and wiring. The libraries do the
-//! work; this crate connects them (`serve`) and hosts the operator tools (`wal verify`,
-//! `wal dump`, `dlq`, `query`, `report`) and the fault proxy (`proxy`). The load generator and the benchmarks are the
-//! `faultline-bench` binary.
+//! work; this crate connects them (`serve`, `proxy`, `experiment`) and hosts the operator
+//! tools (`wal`, `dlq`, `query`, `report`); benchmarks are the `faultline-bench` binary.
 
 mod config;
 mod dlq;
@@ -48,8 +47,7 @@ enum Command {
         #[command(subcommand)]
         command: query::QueryCommand,
     },
-    /// The fault proxy alone: TCP proxies with toxics, driven through Toxiproxy's HTTP
-    /// API (so Toxiproxy's clients and Chaos Toolkit work unmodified).
+    /// The fault proxy alone, driven through Toxiproxy's HTTP API.
     Proxy(proxycmd::ProxyArgs),
     /// Chaos experiments as files, checked against the trace data.
     Experiment {

@@ -14,8 +14,7 @@ pub struct ProxyArgs {
     /// Where Toxiproxy's HTTP API listens.
     #[arg(long, env = "FAULTLINE_PROXY_API", default_value = faultline_chaos::DEFAULT_API)]
     pub api: SocketAddr,
-    /// Directory of the durable state (proxies.json): proxies come back after a restart,
-    /// without their faults. Without it the proxies live in memory, as Toxiproxy's do.
+    /// Durable state (proxies.json; back after a restart without faults) [default: memory].
     #[arg(long, env = "FAULTLINE_PROXY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// A JSON array of proxies created at start, as `POST /populate` would (Toxiproxy's

@@ -268,6 +268,13 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         Some(_) => Some(crate::proxycmd::open(Some(&s.data_dir)).await?),
         None => None,
     };
+    if let Some(p) = &proxies {
+        let i = intake.clone(); // HTTP proxies' spans take the critical lane, as probes' do.
+        p.send_spans_to(move |r| {
+            let i = i.clone();
+            async move { i.ingest_synthetic(r).await }
+        });
+    }
     let state = ApiState {
         store: store.clone(),
         process: Arc::new(Wiring {

@@ -64,9 +64,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // connects to intake: they know only the model.
     // The outbox knows nothing of where its transitions come from.
     ("faultline-notify", &[]),
-    // The fault proxy sits beside the flow: it moves bytes between other services and
-    // keeps only its own state file (replaced with the WAL crate's `durable`).
-    ("faultline-chaos", &["faultline-wal"]),
+    // The fault proxy sits beside the flow: it moves bytes between other services, keeps
+    // its own state file (the WAL crate's `durable`) and makes spans of HTTP requests
+    // (the model), which the binary hands to intake.
+    ("faultline-chaos", &["faultline-model", "faultline-wal"]),
     // Probes and alerts keep a state file, replaced durably with the WAL crate's
     // `durable` (they write no log records).
     (

@@ -26,21 +26,11 @@ fn example(name: &str) -> PathBuf {
 
 /// Starts `services.py ROLE ARGS` with spans going to `otlp`; its fixture and port.
 fn service(role: &str, otlp: &str, args: &[&str]) -> (Fixture, u16) {
-    use std::io::BufRead;
-    let mut child = Command::new(common::python())
-        .arg(example("services.py"))
-        .arg(role)
-        .args(args)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{role}: {e}: {line:?}"));
-    (Fixture(child), v["port"].as_u64().unwrap() as u16)
+    let mut all = vec![role];
+    all.extend_from_slice(args);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)];
+    let (f, v) = common::python_fixture_at(&example("services.py"), &all, &env);
+    (f, v["port"].as_u64().unwrap() as u16)
 }
 
 fn proxy(api: u16, name: &str, upstream: u16) -> String {

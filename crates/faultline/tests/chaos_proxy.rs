@@ -331,3 +331,222 @@ fn serve_runs_the_fault_proxy_and_a_restart_removes_its_faults() {
     let _server = Server::start(data.path(), &["--fault-proxy", &flag]);
     assert_faults_gone(api, slow, down);
 }
+
+/// A GET through an HTTP proxy with a `traceparent`: (status, body, whether the body was
+/// as long as its content-length, milliseconds).
+fn get_traced(port: u16, path: &str, traceparent: &str) -> (u16, String, bool, f64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: pricing\r\ntraceparent: {traceparent}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let length = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
+    let whole = length.is_none_or(|n| body.len() >= n);
+    (status, body.to_string(), whole, ms)
+}
+
+fn add_toxic(api: u16, proxy: &str, body: &str) -> (u16, String) {
+    http_call(api, "POST", &format!("/proxies/{proxy}/toxics"), body).unwrap()
+}
+
+/// The spans of a trace from the Jaeger API once `n` are there: (service, span).
+fn trace_spans(api: u16, trace: &str, n: usize) -> Vec<(String, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(api, &format!("/api/traces/{trace}")).unwrap();
+        if status == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let t = &v["data"][0];
+            let spans: Vec<(String, Value)> = t["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    let pid = s["processID"].as_str().unwrap();
+                    (
+                        t["processes"][pid]["serviceName"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                        s.clone(),
+                    )
+                })
+                .collect();
+            if spans.len() >= n {
+                return spans;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace} never had {n} spans"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["key"] == key)
+        .map(|t| &t["value"])
+}
+
+#[test]
+fn http_faults_answer_delay_and_cut_requests_and_show_in_the_trace() {
+    let data = tempfile::tempdir().unwrap();
+    let api = free_port();
+    let server = Server::start(data.path(), &["--fault-proxy", &format!("127.0.0.1:{api}")]);
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/resilience/services.py");
+    let otlp = server.http_url();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str())];
+    let (_pricing, v) = common::python_fixture_at(&script, &["pricing"], &env);
+    let pricing = v["port"].as_u64().unwrap() as u16;
+    let proxy = create(
+        api,
+        &format!(
+            r#"{{"name":"pricing","protocol":"http","listen":"127.0.0.1:0","upstream":"127.0.0.1:{pricing}"}}"#
+        ),
+    );
+    assert_eq!(proxy["protocol"], "http");
+    let port = listen_port(&proxy);
+    // Each kind of fault on its kind of proxy only.
+    let (status, body) = add_toxic(
+        api,
+        "pricing",
+        r#"{"type":"latency","attributes":{"latency":10}}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("speaks HTTP: its faults are http_error, http_delay and http_abort"),
+        "{body}"
+    );
+    let tcp = create(
+        api,
+        &format!(r#"{{"name":"tcp","listen":"127.0.0.1:0","upstream":"127.0.0.1:{pricing}"}}"#),
+    );
+    assert!(
+        tcp.get("protocol").is_none(),
+        "a TCP proxy keeps Toxiproxy's shape: {tcp}"
+    );
+    let (status, body) = add_toxic(api, "tcp", r#"{"type":"http_error"}"#);
+    assert!(
+        status == 400 && body.contains("create the proxy with \\\"protocol\\\": \\\"http\\\""),
+        "{body}"
+    );
+
+    let tp = |n: u8| {
+        format!(
+            "00-{:032x}-{:016x}-01",
+            0xfa01_0000u128 + u128::from(n),
+            0xbeef_0000u64 + u64::from(n)
+        )
+    };
+    let (status, body, whole, _) = get_traced(port, "/price", &tp(0));
+    assert_eq!((status, whole), (200, true), "{body}");
+    assert!(body.contains("price"), "{body}");
+
+    let (status, _) = add_toxic(
+        api,
+        "pricing",
+        r#"{"name":"err","type":"http_error","attributes":{"status":503,"method":"GET","path":"/price"}}"#,
+    );
+    assert_eq!(status, 200);
+    let (status, body, _, _) = get_traced(port, "/price", &tp(1));
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("injected by faultline proxy pricing"),
+        "{body}"
+    );
+    let (status, _, _, _) = get_traced(port, "/other", &tp(2));
+    assert_eq!(
+        status, 404,
+        "another path is forwarded (pricing has no /other)"
+    );
+    http_call(api, "DELETE", "/proxies/pricing/toxics/err", "").unwrap();
+
+    add_toxic(
+        api,
+        "pricing",
+        r#"{"name":"slow","type":"http_delay","attributes":{"delay":300,"path":"/pri*"}}"#,
+    );
+    let (status, _, _, ms) = get_traced(port, "/price", &tp(3));
+    assert!(
+        status == 200 && (300.0..900.0).contains(&ms),
+        "{status} after {ms} ms"
+    );
+    http_call(api, "DELETE", "/proxies/pricing/toxics/slow", "").unwrap();
+
+    add_toxic(
+        api,
+        "pricing",
+        r#"{"name":"cut","type":"http_abort","attributes":{"bytes":3}}"#,
+    );
+    let (status, body, whole, _) = get_traced(port, "/price", &tp(4));
+    assert_eq!(status, 200);
+    assert!(
+        !whole && body.len() <= 3,
+        "the body is cut after 3 bytes: {body:?}"
+    );
+    http_call(api, "DELETE", "/proxies/pricing/toxics/cut", "").unwrap();
+
+    add_toxic(
+        api,
+        "pricing",
+        r#"{"name":"half","type":"http_error","toxicity":0.5}"#,
+    );
+    let failed = (0..40)
+        .filter(|i| get_traced(port, "/price", &tp(100 + i)).0 == 503)
+        .count();
+    assert!(
+        (6..=34).contains(&failed),
+        "toxicity 0.5 drawn per request: {failed} of 40"
+    );
+
+    // The traces: the proxy's span under the caller's, with the fault named on it, and
+    // the service behind the proxy under the proxy's span.
+    let spans = trace_spans(server.api, &format!("{:032x}", 0xfa01_0001u128), 1);
+    let (service, span) = &spans[0];
+    assert_eq!(service, "faultline-proxy");
+    assert_eq!(
+        tag(span, "faultline.fault"),
+        Some(&Value::from("http_error 503"))
+    );
+    assert_eq!(
+        span["references"][0]["spanID"],
+        format!("{:016x}", 0xbeef_0001u64)
+    );
+    let spans = trace_spans(server.api, &format!("{:032x}", 0xfa01_0000u128), 2);
+    let proxy_span = spans.iter().find(|(s, _)| s == "faultline-proxy").unwrap();
+    let backend = spans.iter().find(|(s, _)| s == "pricing").unwrap();
+    assert!(tag(&proxy_span.1, "faultline.fault").is_none());
+    assert_eq!(
+        backend.1["references"][0]["spanID"], proxy_span.1["spanID"],
+        "{spans:#?}"
+    );
+    let spans = trace_spans(server.api, &format!("{:032x}", 0xfa01_0004u128), 2);
+    let cut = spans.iter().find(|(s, _)| s == "faultline-proxy").unwrap();
+    assert_eq!(
+        tag(&cut.1, "faultline.fault"),
+        Some(&Value::from("http_abort after 3 bytes"))
+    );
+    assert_eq!(tag(&cut.1, "error"), Some(&Value::Bool(true)));
+}

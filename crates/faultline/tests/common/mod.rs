@@ -352,10 +352,20 @@ pub fn python_fixture<S: AsRef<std::ffi::OsStr>>(
     script: &str,
     args: &[S],
 ) -> (Fixture, serde_json::Value) {
+    python_fixture_at(&client_script(script), args, &[])
+}
+
+/// [`python_fixture`] for a script anywhere, with extra environment variables.
+pub fn python_fixture_at<S: AsRef<std::ffi::OsStr>>(
+    script: &Path,
+    args: &[S],
+    env: &[(&str, &str)],
+) -> (Fixture, serde_json::Value) {
     use std::io::BufRead;
     let mut child = Command::new(python())
-        .arg(client_script(script))
+        .arg(script)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -364,7 +374,8 @@ pub fn python_fixture<S: AsRef<std::ffi::OsStr>>(
         .read_line(&mut line)
         .unwrap();
     let fixture = Fixture(child);
-    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script}: {e}: {line:?}"));
+    let v = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("{}: {e}: {line:?}", script.display()));
     (fixture, v)
 }
 
