@@ -238,6 +238,21 @@ r = requests.delete(f"{API}/proxies/echo/toxics/never")
 errors["unknown_toxic"] = [r.status_code, r.json()]
 r = requests.post(f"{API}/proxies", data="{not json")
 errors["bad_json"] = [r.status_code, r.json()["error"][:17]]
+# An upstream nobody listens on: the client is accepted, then closed at once.
+closed = socket.socket()
+closed.bind(("127.0.0.1", 0))
+dead_port = closed.getsockname()[1]
+closed.close()
+dead = toxi.create(upstream=f"127.0.0.1:{dead_port}", name="dead", listen="127.0.0.1:0")
+s = socket.create_connection(addr(dead), timeout=5)
+t0 = time.perf_counter()
+try:
+    errors["unreachable_upstream"] = ["closed", len(s.recv(10))]
+except ConnectionResetError:
+    errors["unreachable_upstream"] = ["reset", 0]
+errors["unreachable_upstream_ms"] = (time.perf_counter() - t0) * 1000
+s.close()
+dead.destroy()
 r = requests.get(f"{API}/proxies", headers={"User-Agent": "Mozilla/5.0 (X11; Linux)"})
 errors["browser"] = [r.status_code, r.text.strip()]
 out["errors"] = errors
