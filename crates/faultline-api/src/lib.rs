@@ -14,6 +14,7 @@
 
 pub mod alerts;
 pub mod error;
+pub mod experiments;
 pub mod health_report;
 pub mod jaeger;
 pub mod native;
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub alerts: Option<faultline_alerts::Alerts>,
     /// The notification outbox, when this process sends notifications.
     pub outbox: Option<faultline_notify::Outbox>,
+    /// Chaos experiment runs, when this process keeps them.
+    pub experiments: Option<Arc<faultline_chaos::experiment::history::History>>,
 }
 
 impl ApiState {
@@ -207,9 +210,22 @@ pub fn router() -> Router<ApiState> {
                 .merge(ops::router())
                 .merge(sampling::api_router())
                 .merge(health_report::router())
-                .merge(steady::router()),
+                .merge(steady::router())
+                .merge(experiments::router()),
             Shape::Native,
         ))
+}
+
+/// A listener whose connections answer at once instead of waiting for Nagle's algorithm.
+pub fn nodelay(
+    l: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    l.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
 }
 
 /// Sets `X-Faultline-Partial` to the reasons an answer is incomplete (none: no header).
@@ -389,6 +405,7 @@ mod cache_tests {
             probes: None,
             alerts: None,
             outbox: None,
+            experiments: None,
         });
         // Fast: fresh answers, which fill the cache.
         let (partial, v) = get(&app, "/api/services").await;

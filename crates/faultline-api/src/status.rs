@@ -153,6 +153,30 @@ impl History {
     }
 }
 
+/// The order of the parts on the status page: along the flow of a span.
+pub const ORDER: [&str; 10] = [
+    "wal",
+    "disk",
+    "indexing",
+    "backlog",
+    "sealing",
+    "store",
+    "memory",
+    "lanes",
+    "dead letters",
+    "sampling policy",
+];
+
+/// Sorts a process's parts in [`ORDER`] (unknown names last, in their order).
+pub fn sort_parts(parts: &mut [faultline_model::health::Component]) {
+    parts.sort_by_key(|c| {
+        ORDER
+            .iter()
+            .position(|n| *n == c.name)
+            .unwrap_or(ORDER.len())
+    });
+}
+
 /// Samples every part's health into `st.history` every [`SAMPLE_EVERY`], forever (the
 /// binary spawns it; it ends with the runtime).
 pub async fn sample_forever(st: ApiState) {

@@ -65,6 +65,8 @@
 //! [[alerts]]                             # alert rules (repeatable): faultline_alerts::rule
 //! [notify]                               # receivers of probe and alert notifications:
 //!                                        #   faultline_notify::config
+//! [[experiments]]                        # chaos experiments on a schedule (repeatable):
+//!                                        #   file, every ("1h"), proxy; runs at /experiments
 //! ```
 //!
 //! Unknown keys are errors, so a typo is reported, not ignored.
@@ -188,6 +190,8 @@ struct FileConfig {
     alerts: Vec<faultline_alerts::RuleDef>,
     #[serde(default)]
     notify: faultline_notify::NotifyConfig,
+    #[serde(default)]
+    experiments: Vec<faultline_chaos::experiment::schedule::Scheduled>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,6 +293,8 @@ pub struct Settings {
     pub alerts: Vec<faultline_alerts::RuleDef>,
     /// Where notifications go, checked.
     pub notify: faultline_notify::NotifyConfig,
+    /// Experiments run on a schedule, checked.
+    pub experiments: Vec<faultline_chaos::experiment::schedule::Scheduled>,
 }
 
 impl Settings {
@@ -304,9 +310,14 @@ impl Settings {
             .clone()
             .or(file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("./faultline-data"));
+        let listen = listen(&args, &file.listen)?;
+        let own_proxy = listen.fault_proxy.map(|a| a.to_string());
+        faultline_chaos::experiment::schedule::check(&file.experiments, own_proxy.as_deref())
+            .map_err(|e| anyhow!("{e}"))?;
         Ok(Self {
             store: store(&args, &file, &data_dir)?,
-            listen: listen(&args, &file.listen)?,
+            listen,
+            experiments: file.experiments.clone(),
             wal: wal(&args, file.wal)?,
             intake: intake(&args, file.intake)?,
             pipeline: pipeline(&args, &file.store, &data_dir)?,

@@ -19,7 +19,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use faultline_alerts::Alerts;
-use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed};
+use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed, nodelay};
+use faultline_chaos::experiment::history::History;
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
 use faultline_notify::Outbox;
@@ -63,20 +64,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The order of the parts on the status page: along the flow of a span.
-const STATUS_ORDER: [&str; 10] = [
-    "wal",
-    "disk",
-    "indexing",
-    "backlog",
-    "sealing",
-    "store",
-    "memory",
-    "lanes",
-    "dead letters",
-    "sampling policy",
-];
-
 /// What the API asks of the process, answered from intake, the pipeline and the store.
 struct Wiring {
     intake: Arc<Intake>,
@@ -100,12 +87,7 @@ impl Process for Wiring {
         parts.extend(self.pipeline.health());
         parts.push(self.store.health());
         parts.push(self.sampling.health());
-        parts.sort_by_key(|c| {
-            STATUS_ORDER
-                .iter()
-                .position(|n| *n == c.name)
-                .unwrap_or(STATUS_ORDER.len())
-        });
+        faultline_api::status::sort_parts(&mut parts);
         parts
     }
 
@@ -275,6 +257,9 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
             async move { i.ingest_synthetic(r).await }
         });
     }
+    let d = s.data_dir.clone();
+    let history = tokio::task::spawn_blocking(move || History::open(&d)).await??;
+    let history = Arc::new(history);
     let state = ApiState {
         store: store.clone(),
         process: Arc::new(Wiring {
@@ -296,6 +281,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         probes: Some(start_probes(&s, intake.clone(), &outbox).await?),
         alerts: Some(alerts),
         outbox: Some(outbox),
+        experiments: Some(history.clone()),
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;
@@ -358,6 +344,12 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     if let (Some(addr), Some(p)) = (l.fault_proxy, proxies) {
         tasks.push(crate::proxycmd::serve_api(addr, p, stop_rx.clone()).await?);
     }
+    let (api, own) = (
+        format!("http://{}", l.http),
+        l.fault_proxy.map(|a| format!("http://{a}")),
+    );
+    let runs = s.data_dir.join("experiment-runs");
+    faultline_chaos::experiment::schedule::start(s.experiments.clone(), api, own, runs, history);
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
@@ -374,18 +366,6 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     }
     let _ = tokio::task::spawn_blocking(move || pipeline.shutdown()).await;
     Ok(())
-}
-
-/// Answers go out at once instead of waiting for Nagle's algorithm.
-fn nodelay(
-    l: TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
-    use axum::serve::ListenerExt;
-    l.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    })
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -93,6 +93,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-probe",
             "faultline-alerts",
             "faultline-notify",
+            "faultline-chaos",
         ],
     ),
     (
@@ -104,6 +105,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-probe",
             "faultline-alerts",
             "faultline-notify",
+            "faultline-chaos",
         ],
     ),
     ("faultline-bench", &["faultline-model", "faultline-store"]),

@@ -396,4 +396,98 @@ fn faultline_experiment_run_holds_breaks_aborts_and_cleans_up_after_a_kill() {
     }
     assert!(junit.contains("failures=\"1\""), "{junit}");
     assert_eq!(toxics(proxy_api, "pricing"), serde_json::json!([]));
+
+    // Every finished run was reported to faultline: the API and the page show them, and
+    // the frontend's resilience score counts the latest run of each experiment.
+    let (_, body) = http_get(server.api, "/api/v1/experiments").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let verdicts: Vec<(&str, bool)> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["status"].as_str().unwrap(), r["deviated"] == true))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("completed", true),
+            ("aborted", false),
+            ("completed", false)
+        ],
+        "newest first; the killed run never finished: {v:#}"
+    );
+    let score = &v["scores"][0];
+    assert_eq!(score["service"], "frontend");
+    // pricing-timeout (severity 3) broke at its latest run, inventory-down (5) aborted.
+    assert_eq!(score["score"], 0.0, "{score:#}");
+    let (status, page) = http_get(server.api, "/experiments").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("data-verdict=\"broken\"") && page.contains("data-verdict=\"held\""));
+    assert!(
+        page.contains(&format!("/trace/{}", touched[0].as_str().unwrap())),
+        "{page}"
+    );
+}
+
+#[test]
+fn serve_runs_scheduled_experiments_and_keeps_their_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let proxy_api = free_port();
+    let cfg = data.path().join("faultline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nfault_proxy = \"127.0.0.1:{proxy_api}\"\n[[experiments]]\nfile = {:?}\nevery = \"10s\"\n",
+            example("experiments/pricing-timeout.json").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg_arg = cfg.display().to_string();
+    let server = Server::start(&data.path().join("d"), &["--config", &cfg_arg]);
+    let _system = start_system(&server, proxy_api, true);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let run = loop {
+        let (_, body) = http_get(server.api, "/api/v1/experiments").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if let Some(r) = v["runs"].as_array().and_then(|r| r.first()) {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled run within 90 s: {v:#}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(
+        run["title"],
+        "The product page stays fast when pricing times out"
+    );
+    let (status, body) = http_get(
+        server.api,
+        &format!("/api/v1/experiments/runs/{}", run["run"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let journal: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        journal["steadyStates"]["before"][0]["answer"]["measured"].is_object(),
+        "{journal:#}"
+    );
+    // Kept across a restart.
+    drop(server);
+    let server = Server::start(&data.path().join("d"), &["--config", &cfg_arg]);
+    let (_, body) = http_get(server.api, "/api/v1/experiments").unwrap();
+    assert!(body.contains(run["run"].as_str().unwrap()), "{body}");
+    // A schedule that cannot run is refused at start, naming the entry.
+    std::fs::write(
+        &cfg,
+        "[[experiments]]\nfile = \"/nonexistent.json\"\nevery = \"1s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(common::BIN)
+        .args(["serve", "--config", &cfg_arg])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("experiments[0] (/nonexistent.json): every = \"1s\" must be a duration of at least \"10s\""), "{err}");
 }

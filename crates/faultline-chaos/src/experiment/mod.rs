@@ -29,10 +29,15 @@
 //! rollbacks; a fault is written to the run log before it is added, so a run killed in
 //! the middle has its faults removed by the next `faultline experiment run` or
 //! `faultline experiment cleanup` (and by the proxy's own restart).
+//!
+//! `serve` runs experiments on a schedule (`schedule.rs`) and keeps every run's journal
+//! (`history.rs`, with the resilience score per service).
 //! `severity` (1 to 5, default 1) weighs the experiment in a service's resilience score.
 
+pub mod history;
 pub mod report;
 pub mod run;
+pub mod schedule;
 
 use std::time::Duration;
 
@@ -322,8 +327,20 @@ pub async fn run_file(
     let write = |p: &std::path::Path, text: String| {
         std::fs::write(p, text).map_err(|err| format!("cannot write {}: {err}", p.display()))
     };
+    let j = report::journal(&e, &result);
     if let Some(p) = journal {
-        write(p, format!("{:#}\n", report::journal(&e, &result)))?;
+        write(p, format!("{j:#}\n"))?;
+    }
+    match run::report_run(opts, &j).await {
+        Ok(()) => {
+            let _ = writeln!(out, "Recorded in faultline: {}/experiments", opts.faultline);
+        }
+        Err(err) => {
+            let _ = writeln!(
+                out,
+                "Not recorded in faultline ({err}); the journal is complete"
+            );
+        }
     }
     if let Some(p) = junit {
         write(p, report::junit(&e, &result, &opts.faultline))?;

@@ -297,6 +297,20 @@ impl Http {
     }
 }
 
+/// Sends a run's journal to faultline (`POST /api/v1/experiments/runs`), so the run shows
+/// in its UI and resilience scores.
+pub async fn report_run(opts: &RunOptions, journal: &Value) -> Result<(), String> {
+    let http = Http {
+        client: client().map_err(|e| e.to_string())?,
+        opts: opts.clone(),
+    };
+    let url = format!("{}/api/v1/experiments/runs", opts.faultline);
+    match http.call("POST", &url, Some(journal.to_string())).await? {
+        (201, _) => Ok(()),
+        (status, body) => Err(format!("faultline answered {status}: {}", body.trim())),
+    }
+}
+
 /// Removes the faults of runs in `state_dir` that did not finish; what was removed.
 pub async fn cleanup(state_dir: &Path) -> Result<Vec<String>, RunError> {
     let log = RunLog::open(state_dir)?;
