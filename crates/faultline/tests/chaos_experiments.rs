@@ -336,6 +336,41 @@ fn faultline_experiment_run_holds_breaks_aborts_and_cleans_up_after_a_kill() {
         "inventory is back: {body}"
     );
 
+    // A fault with a duration is removed when it ends, before the method does.
+    let file = work.path().join("blip.json");
+    std::fs::write(
+        &file,
+        r#"{"title": "A 2 s blip of pricing errors", "service": "frontend",
+            "steady-state-hypothesis": {"title": "any traffic", "checks": [
+              {"name": "traffic", "service": "frontend", "window": "10s", "minRequests": 1}]},
+            "method": [
+              {"type": "proxy-down", "name": "pricing-blip", "proxy": "pricing", "duration": "2s"},
+              {"type": "wait", "name": "after", "duration": "1s"}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(common::BIN)
+        .args(["experiment", "run"])
+        .arg(&file)
+        .args(["--api", &format!("http://127.0.0.1:{}", server.api)])
+        .args(["--proxy", &format!("http://127.0.0.1:{proxy_api}")])
+        .arg("--state-dir")
+        .arg(work.path().join("state"))
+        .arg("--journal")
+        .arg(work.path().join("blip.journal.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let journal: Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("blip.journal.json")).unwrap(),
+    )
+    .unwrap();
+    let blip = &journal["method"][0];
+    assert_eq!(blip["output"]["removedAfterSeconds"], 2.0, "{journal:#}");
+    assert!(blip["seconds"].as_f64().unwrap() >= 2.0);
+    let (_, body) = http_get(proxy_api, "/proxies/pricing").unwrap();
+    assert!(body.contains("\"enabled\":true"), "{body}");
+
     // Killed mid-run: the fault stays until the next run (here `cleanup`) removes it.
     wait_steady(server.api);
     let mut runner = experiment_cmd("pricing-timeout.json", &server, proxy_api, work.path())
@@ -411,6 +446,7 @@ fn faultline_experiment_run_holds_breaks_aborts_and_cleans_up_after_a_kill() {
         verdicts,
         [
             ("completed", true),
+            ("completed", false),
             ("aborted", false),
             ("completed", false)
         ],
@@ -418,8 +454,10 @@ fn faultline_experiment_run_holds_breaks_aborts_and_cleans_up_after_a_kill() {
     );
     let score = &v["scores"][0];
     assert_eq!(score["service"], "frontend");
-    // pricing-timeout (severity 3) broke at its latest run, inventory-down (5) aborted.
-    assert_eq!(score["score"], 0.0, "{score:#}");
+    // pricing-timeout (severity 3) broke at its latest run, inventory-down (5) aborted,
+    // the blip (1) held: 1 / 9.
+    let s = score["score"].as_f64().unwrap();
+    assert!((s - 1.0 / 9.0).abs() < 1e-9, "{score:#}");
     let (status, page) = http_get(server.api, "/experiments").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("data-verdict=\"broken\"") && page.contains("data-verdict=\"held\""));

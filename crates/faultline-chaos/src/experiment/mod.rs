@@ -14,7 +14,8 @@
 //!  "method": [
 //!     {"type": "toxic", "name": "pricing-slow", "proxy": "pricing",
 //!      "toxic": {"type": "latency", "attributes": {"latency": 2000}}},
-//!     {"type": "proxy-down", "name": "inventory-down", "proxy": "inventory"},
+//!     {"type": "proxy-down", "name": "inventory-down", "proxy": "inventory",
+//!      "duration": "10s"},
 //!     {"type": "http", "name": "drive", "url": "http://127.0.0.1:8080/product",
 //!      "count": 100, "rate": 20},
 //!     {"type": "wait", "name": "let-it-settle", "duration": "12s"}],
@@ -24,8 +25,9 @@
 //! ```
 //!
 //! A check is a call of `/api/v1/steady-state` with its bounds (see faultline-api's
-//! `steady.rs`); it holds when that answers 200. Every fault the method adds (`toxic`,
-//! `proxy-down`) is removed after the method whatever happened, before the file's own
+//! `steady.rs`); it holds when that answers 200. A fault (`toxic`, `proxy-down`) with a
+//! `duration` is removed after it (the activity lasts that long); every fault the method
+//! added is removed again after the method whatever happened, before the file's own
 //! rollbacks; a fault is written to the run log before it is added, so a run killed in
 //! the middle has its faults removed by the next `faultline experiment run` or
 //! `faultline experiment cleanup` (and by the proxy's own restart).
@@ -111,9 +113,17 @@ pub enum Activity {
         name: String,
         proxy: String,
         toxic: Value,
+        /// Remove it after this long (the activity waits); none: at the end of the method.
+        #[serde(default)]
+        duration: Option<String>,
     },
-    /// Disables a proxy (connections refused) until the method ends.
-    ProxyDown { name: String, proxy: String },
+    /// Disables a proxy (connections refused) until the method ends, or for `duration`.
+    ProxyDown {
+        name: String,
+        proxy: String,
+        #[serde(default)]
+        duration: Option<String>,
+    },
     /// Sends `count` requests at `rate` per second (default: one request).
     Http {
         name: String,
@@ -348,19 +358,39 @@ pub async fn run_file(
     Ok(result.outcome.exit_code())
 }
 
+fn check_duration(d: Option<&str>, at: &str) -> Result<(), String> {
+    match d {
+        Some(d) if parse_duration(d).is_none() => Err(format!(
+            "{at}.duration: {d:?} is not a duration such as \"10s\""
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn validate_activity(a: &Activity, at: &str) -> Result<(), String> {
     if a.name().is_empty() {
         return Err(format!("{at}.name must not be empty"));
     }
     match a {
-        Activity::Toxic { proxy, toxic, .. } => {
+        Activity::Toxic {
+            proxy,
+            toxic,
+            duration,
+            ..
+        } => {
             if proxy.is_empty() {
                 return Err(format!("{at}.proxy must name a proxy"));
             }
             crate::toxic::Toxic::parse(toxic).map_err(|e| format!("{at}.toxic: {e}"))?;
+            check_duration(duration.as_deref(), at)?;
         }
-        Activity::ProxyDown { proxy, .. } if proxy.is_empty() => {
-            return Err(format!("{at}.proxy must name a proxy"));
+        Activity::ProxyDown {
+            proxy, duration, ..
+        } => {
+            if proxy.is_empty() {
+                return Err(format!("{at}.proxy must name a proxy"));
+            }
+            check_duration(duration.as_deref(), at)?;
         }
         Activity::Http {
             url, method, rate, ..
@@ -441,6 +471,10 @@ mod tests {
             (
                 GOOD.replace("\"title\": \"t\",", ""),
                 "missing field `title`",
+            ),
+            (
+                GOOD.replace("\"toxic\": {", "\"duration\": \"soon\", \"toxic\": {"),
+                "method[0].duration: \"soon\"",
             ),
         ];
         for (text, want) in cases {

@@ -408,26 +408,26 @@ pub async fn run(
         ));
         result.before.push(r);
     }
-    let mut faults = Vec::new();
     if let Some(bad) = result.before.iter().find(|r| !r.pass) {
         result.outcome = Outcome::Aborted(format!(
             "the steady state did not hold before the method ({}); nothing was injected",
             bad.name
         ));
     } else {
-        result.outcome = method(
-            e,
-            &http,
-            &log,
-            &id,
-            &mut faults,
-            &mut result.method,
-            &mut progress,
-        )
-        .await?;
+        result.outcome = method(e, &http, &log, &id, &mut result.method, &mut progress).await?;
     }
-    // Faults come out whatever happened, then the file's own rollbacks.
-    for f in faults.iter().rev() {
+    // Faults come out whatever happened, then the file's own rollbacks. The run log is the
+    // list: a fault is written there before it is added, so one whose activity a stop
+    // condition interrupted mid-call comes out too (removing one already gone is fine).
+    let logged: Vec<Fault> = log.read()["runs"]
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["id"] == id.as_str()))
+        .and_then(|r| r["faults"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Fault::from_json)
+        .collect();
+    for f in logged.iter().rev() {
         match http.remove(f).await {
             Ok(()) => result.faults_removed.push(f.describe()),
             Err(err) => result
@@ -477,7 +477,6 @@ async fn method(
     http: &Http,
     log: &RunLog,
     id: &str,
-    faults: &mut Vec<Fault>,
     out: &mut Vec<ActivityResult>,
     progress: &mut impl FnMut(&str),
 ) -> Result<Outcome, RunError> {
@@ -507,13 +506,10 @@ async fn method(
                 }
             }
         };
-        let (r, fault) = done;
+        let (r, _) = done;
         let ok = r.ok;
         progress(&format!("  {}", if ok { "ok" } else { "FAILED" }));
         out.push(r);
-        if let Some(f) = fault {
-            faults.push(f);
-        }
         if !ok {
             return Ok(Outcome::Aborted(format!("activity {} failed", a.name())));
         }
@@ -531,7 +527,12 @@ async fn activity(
     let t0 = Instant::now();
     let mut fault = None;
     let result: Result<Value, String> = match a {
-        Activity::Toxic { name, proxy, toxic } => {
+        Activity::Toxic {
+            name,
+            proxy,
+            toxic,
+            duration,
+        } => {
             let mut body = toxic.clone();
             if body.get("name").is_none() {
                 body["name"] = json!(name);
@@ -548,12 +549,14 @@ async fn activity(
             let r = http
                 .proxy_call("POST", &format!("/proxies/{proxy}/toxics"), Some(body))
                 .await;
-            if r.is_ok() {
-                fault = Some(f);
+            match r {
+                Ok(v) => for_a_while(http, f, duration.as_deref(), v, &mut fault).await,
+                Err(e) => Err(e),
             }
-            r
         }
-        Activity::ProxyDown { proxy, .. } => {
+        Activity::ProxyDown {
+            proxy, duration, ..
+        } => {
             let f = Fault::ProxyDown {
                 proxy: proxy.clone(),
             };
@@ -569,10 +572,10 @@ async fn activity(
                     Some(json!({"enabled": false})),
                 )
                 .await;
-            if r.is_ok() {
-                fault = Some(f);
+            match r {
+                Ok(v) => for_a_while(http, f, duration.as_deref(), v, &mut fault).await,
+                Err(e) => Err(e),
             }
-            r
         }
         Activity::Wait { duration, .. } => {
             tokio::time::sleep(parse_duration(duration).unwrap_or_default()).await;
@@ -601,6 +604,24 @@ async fn activity(
         },
         fault,
     ))
+}
+
+/// A fault just added: with a duration, waits it out and removes it (then no fault is
+/// left to the end of the method); without, hands it back in `fault`.
+async fn for_a_while(
+    http: &Http,
+    f: Fault,
+    duration: Option<&str>,
+    added: Value,
+    fault: &mut Option<Fault>,
+) -> Result<Value, String> {
+    let Some(d) = duration.and_then(parse_duration) else {
+        *fault = Some(f);
+        return Ok(added);
+    };
+    tokio::time::sleep(d).await;
+    http.remove(&f).await?;
+    Ok(json!({"added": added, "removedAfterSeconds": d.as_secs_f64()}))
 }
 
 /// Sends `count` requests, paced at `rate` per second; the statuses seen.
