@@ -233,9 +233,15 @@ impl State {
                 Kind::HttpError { .. } | Kind::HttpDelay { .. } | Kind::HttpAbort { .. } => {}
             }
         }
+        // A chunk waits behind the one before it, keeping its pieces' spacing (a slicer's
+        // delays, a bandwidth's pace): clamping each piece alone would send the rest of a
+        // chunk at once once it fell behind.
         let mut last = self.queue.back().map_or(now, |p| p.due);
+        let shift = pieces
+            .first()
+            .map_or(Duration::ZERO, |f| last.saturating_duration_since(f.due));
         for mut p in pieces {
-            p.due = p.due.max(last);
+            p.due = (p.due + shift).max(last);
             last = p.due;
             self.queued += p.data.len();
             self.queue.push_back(p);
@@ -449,6 +455,29 @@ mod tests {
         assert_eq!(
             dues,
             [Duration::from_millis(100), Duration::from_millis(110)]
+        );
+    }
+
+    #[test]
+    fn a_chunk_behind_another_keeps_its_pieces_spacing() {
+        let mut st = State::new();
+        let t0 = Instant::now();
+        st.rechain(
+            &chain(vec![toxic(Kind::Slicer {
+                average_size: 2,
+                size_variation: 0,
+                delay: 1000,
+            })]),
+            t0,
+        );
+        // Two chunks read at once: the second's pieces follow the first's, 1 ms apart.
+        st.on_chunk(Bytes::from_static(b"aaaa"), t0);
+        st.on_chunk(Bytes::from_static(b"bbbb"), t0);
+        let dues: Vec<Duration> = st.queue.iter().map(|p| p.due - t0).collect();
+        assert_eq!(
+            dues,
+            [0, 1, 1, 2].map(Duration::from_millis).to_vec(),
+            "{dues:?}"
         );
     }
 
