@@ -32,6 +32,43 @@ requests.post(
 ).raise_for_status()
 
 
+def toxi(func, module="chaostoxi.toxic.actions", **arguments):
+    return {"type": "action", "name": f"{func}-{arguments.get('toxic_name', '')}",
+            "provider": {"type": "python", "module": module, "func": func,
+                         "arguments": arguments}}
+
+
+def measure(name, func, **arguments):
+    return {"type": "probe", "name": name,
+            "provider": {"type": "python", "module": "chaos_echo_probe", "func": func,
+                         "arguments": dict(proxy="extra", **arguments)}}
+
+
+def every_toxic():
+    """Each toxic of the driver's helpers added to proxy extra, its effect measured, and
+    removed with the driver's delete_toxic."""
+    steps = []
+    for create, measured in [
+        (dict(func="create_bandwith_degradation_toxic", toxic_name="bw", rate=100),
+         measure("bandwidth-kbps", "transfer_kbps", size=200_000)),
+        (dict(func="create_limiter_toxic", toxic_name="limit", bytes_limit=10),
+         measure("limit-bytes", "echo_received", size=100)),
+        (dict(func="create_timeout_toxic", toxic_name="to", timeout=300),
+         measure("timeout-closed-ms", "closed_after_ms")),
+        (dict(func="create_slicer_toxic", toxic_name="slice", average_size=50,
+              size_variation=10, delay=500),
+         measure("slicer-recv-calls", "recv_calls", size=5000)),
+        (dict(func="create_slow_connection_close_toxic", toxic_name="slowclose", delay=300),
+         measure("slow-close-eof-ms", "eof_after_shutdown_ms")),
+    ]:
+        name = create["toxic_name"]
+        steps.append(toxi(for_proxy="extra", **create))
+        steps.append(measured)
+        steps.append(toxi("delete_toxic", for_proxy="extra", toxic_name=name))
+    steps.append(measure("after-all-removed-kbps", "transfer_kbps", size=200_000))
+    return steps
+
+
 def experiment(latency_ms):
     rtt = {
         "type": "probe",
@@ -96,6 +133,7 @@ def experiment(latency_ms):
                     },
                 },
             },
+            *every_toxic(),
             {
                 "type": "action",
                 "name": "disable-extra",
@@ -173,6 +211,9 @@ for name, latency in [("holds", 50), ("breaks", 300)]:
         "deviated": journal["deviated"],
         "method_rtt_ms": method.get("echo-round-trip-ms"),
         "extra_enabled_while_disabled": method.get("extra-enabled"),
+        "toxics": {k: method.get(k) for k in [
+            "bandwidth-kbps", "limit-bytes", "timeout-closed-ms", "slicer-recv-calls",
+            "slow-close-eof-ms", "after-all-removed-kbps"]},
         "failed_activities": [
             r["activity"]["name"] for r in journal["run"] if r["status"] != "succeeded"
         ],

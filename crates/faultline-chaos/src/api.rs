@@ -231,3 +231,23 @@ async fn metrics(State(p): State<Proxies>) -> Response {
     )
         .into_response()
 }
+
+/// Binds the API on `addr` and serves it until `stop` turns true; the serving task. The
+/// error says what to do about a busy address.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    proxies: Proxies,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
+    let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen for the fault proxy API on {addr}: {e}; is Toxiproxy or another process using it? choose another address with --api (serve: --fault-proxy)")
+    })?;
+    tracing::info!(api = %addr, "fault proxy API (Toxiproxy-compatible) listening");
+    let srv = axum::serve(l, router(proxies)).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|v| *v).await;
+    });
+    Ok(tokio::spawn(async move {
+        srv.await
+            .map_err(|e| format!("fault proxy API server failed: {e}"))
+    }))
+}

@@ -6,7 +6,8 @@
 //! `url.path`, `http.response.status_code`, `server.address`), and the request goes on
 //! with a `traceparent` naming that span, so the service behind the proxy joins the same
 //! trace and the fault shows in it. Spans go to the [`SpanSink`] the owner sets (inside
-//! `serve`: intake); without one they are not recorded.
+//! `serve`: intake; `faultline proxy --otlp-endpoint URL`: [`OtlpExport`]); without one
+//! they are not recorded.
 //!
 //! An upstream that cannot be reached is answered 502 with a JSON error naming it.
 
@@ -45,6 +46,62 @@ pub trait SpanSink: Send + Sync {
 impl<F: Fn(ExportTraceServiceRequest) + Send + Sync> SpanSink for F {
     fn submit(&self, request: ExportTraceServiceRequest) {
         self(request)
+    }
+}
+
+/// A [`SpanSink`] that exports over OTLP/HTTP (protobuf) to `ENDPOINT/v1/traces`, for
+/// `faultline proxy` running alone: spans are batched (up to 512, or 200 ms) on a task of
+/// their own; when 10,000 wait (the endpoint is down) new ones are dropped and counted.
+pub struct OtlpExport {
+    tx: tokio::sync::mpsc::Sender<ExportTraceServiceRequest>,
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl OtlpExport {
+    /// Starts the exporting task (call inside a Tokio runtime).
+    pub fn start(endpoint: &str) -> Arc<OtlpExport> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportTraceServiceRequest>(10_000);
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while let Some(first) = rx.recv().await {
+                let mut batch = first;
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+                while batch.resource_spans.len() < 512 {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(more)) => batch.resource_spans.extend(more.resource_spans),
+                        _ => break,
+                    }
+                }
+                let body = prost::Message::encode_to_vec(&batch);
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        tracing::warn!(url = %url, status = %r.status(), "proxy spans refused")
+                    }
+                    Err(e) => tracing::warn!(url = %url, error = %e, "cannot export proxy spans"),
+                }
+            }
+        });
+        Arc::new(OtlpExport {
+            tx,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+}
+
+impl SpanSink for OtlpExport {
+    fn submit(&self, request: ExportTraceServiceRequest) {
+        if self.tx.try_send(request).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

@@ -17,6 +17,10 @@ pub struct ProxyArgs {
     /// Durable state (proxies.json; back after a restart without faults) [default: memory].
     #[arg(long, env = "FAULTLINE_PROXY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Send HTTP proxies' request spans here (OTLP/HTTP, e.g. faultline's
+    /// http://127.0.0.1:4318) [default: not recorded].
+    #[arg(long, env = "FAULTLINE_PROXY_OTLP")]
+    pub otlp_endpoint: Option<String>,
     /// A JSON array of proxies created at start, as `POST /populate` would (Toxiproxy's
     /// `-config`).
     #[arg(long)]
@@ -39,11 +43,17 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(anyhow::Error::msg)?;
         }
+        if let Some(url) = &args.otlp_endpoint {
+            proxies.set_span_sink(faultline_chaos::http::OtlpExport::start(url));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let task = serve_api(args.api, proxies, stop_rx).await?;
+        let task = faultline_chaos::api::serve(args.api, proxies, stop_rx).await;
+        let task = task.map_err(anyhow::Error::msg)?;
         crate::serve::shutdown_signal().await;
         let _ = stop_tx.send(true);
-        task.await.context("fault proxy API task panicked")?
+        task.await
+            .context("fault proxy API task panicked")?
+            .map_err(anyhow::Error::msg)
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -54,22 +64,4 @@ pub async fn open(dir: Option<&Path>) -> anyhow::Result<Proxies> {
         Some(dir) => Proxies::open(dir).await?.0,
         None => Proxies::in_memory(),
     })
-}
-
-/// Binds the API and serves it until `stop` turns true.
-pub async fn serve_api(
-    addr: SocketAddr,
-    proxies: Proxies,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen for the fault proxy API on {addr}; is Toxiproxy or another process using it? choose another address with --api (serve: --fault-proxy)")
-    })?;
-    tracing::info!(api = %addr, "fault proxy API (Toxiproxy-compatible) listening");
-    let srv = axum::serve(l, faultline_chaos::router(proxies)).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|v| *v).await;
-    });
-    Ok(tokio::spawn(async move {
-        srv.await.context("fault proxy API server failed")
-    }))
 }

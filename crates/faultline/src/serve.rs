@@ -341,15 +341,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
                 .context("Jaeger remote sampling server failed")
         }),
     ];
-    if let (Some(addr), Some(p)) = (l.fault_proxy, proxies) {
-        tasks.push(crate::proxycmd::serve_api(addr, p, stop_rx.clone()).await?);
-    }
-    let (api, own) = (
-        format!("http://{}", l.http),
-        l.fault_proxy.map(|a| format!("http://{a}")),
-    );
-    let runs = s.data_dir.join("experiment-runs");
-    faultline_chaos::experiment::schedule::start(s.experiments.clone(), api, own, runs, history);
+    tasks.extend(start_chaos(&s, proxies, history, stop_rx.clone()).await?);
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
@@ -366,6 +358,30 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     }
     let _ = tokio::task::spawn_blocking(move || pipeline.shutdown()).await;
     Ok(())
+}
+
+/// The fault proxy's API (with `--fault-proxy`) and the scheduled experiments.
+async fn start_chaos(
+    s: &Settings,
+    proxies: Option<faultline_chaos::Proxies>,
+    history: Arc<History>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let l = s.listen;
+    let (api, own) = (
+        format!("http://{}", l.http),
+        l.fault_proxy.map(|a| format!("http://{a}")),
+    );
+    let runs = s.data_dir.join("experiment-runs");
+    faultline_chaos::experiment::schedule::start(s.experiments.clone(), api, own, runs, history);
+    let (Some(addr), Some(p)) = (l.fault_proxy, proxies) else {
+        return Ok(None);
+    };
+    let t = faultline_chaos::api::serve(addr, p, stop).await;
+    let t = t.map_err(anyhow::Error::msg)?;
+    Ok(Some(tokio::spawn(async move {
+        t.await?.map_err(anyhow::Error::msg)
+    })))
 }
 
 pub(crate) async fn shutdown_signal() {

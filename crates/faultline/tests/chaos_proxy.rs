@@ -203,6 +203,14 @@ fn chaos_toolkit_experiments_run_through_the_toxiproxy_driver() {
     );
     within(breaks, "method_rtt_ms", 280.0, 360.0);
     for run in [holds, breaks] {
+        // Each toxic of the driver added, measured through the proxy, removed.
+        let t = &run["toxics"];
+        within(t, "bandwidth-kbps", 90.0, 110.0);
+        assert_eq!(t["limit-bytes"], 10, "{t:#}");
+        within(t, "timeout-closed-ms", 270.0, 700.0);
+        within(t, "slicer-recv-calls", 10.0, 5000.0);
+        within(t, "slow-close-eof-ms", 270.0, 700.0);
+        assert!(f(t, "after-all-removed-kbps") > 1000.0, "{t:#}");
         assert_eq!(run["rollbacks"], serde_json::json!(["succeeded"]));
         assert_eq!(run["toxics_after"], serde_json::json!([]), "rolled back");
         assert_eq!(run["proxies_after"], serde_json::json!(["echo"]));
@@ -549,4 +557,73 @@ fn http_faults_answer_delay_and_cut_requests_and_show_in_the_trace() {
         Some(&Value::from("http_abort after 3 bytes"))
     );
     assert_eq!(tag(&cut.1, "error"), Some(&Value::Bool(true)));
+}
+
+#[test]
+fn a_standalone_proxy_exports_its_http_spans_over_otlp() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let api = free_port();
+    let child = Command::new(BIN)
+        .args(["proxy", "--api", &format!("127.0.0.1:{api}")])
+        .args(["--otlp-endpoint", &server.http_url()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _proxy = Proxy { child, api };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(api, "/version").is_ok_and(|r| r.0 == 200) {
+        assert!(Instant::now() < deadline, "faultline proxy did not answer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let upstream = echo_http_server();
+    let p = create(
+        api,
+        &format!(
+            r#"{{"name":"web","protocol":"http","listen":"127.0.0.1:0","upstream":"127.0.0.1:{upstream}"}}"#
+        ),
+    );
+    add_toxic(
+        api,
+        "web",
+        r#"{"type":"http_delay","attributes":{"delay":50}}"#,
+    );
+    let trace = "fa020000000000000000000000000001";
+    let (status, _, _, _) = get_traced(
+        listen_port(&p),
+        "/hello",
+        &format!("00-{trace}-00000000000000a1-01"),
+    );
+    assert_eq!(status, 200);
+    let spans = trace_spans(server.api, trace, 1);
+    let (service, span) = &spans[0];
+    assert_eq!(service, "faultline-proxy");
+    assert_eq!(
+        tag(span, "faultline.fault"),
+        Some(&Value::from("http_delay 50ms"))
+    );
+}
+
+/// A minimal HTTP/1.1 server answering 200 "hello" to every request; its port.
+fn echo_http_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                );
+            });
+        }
+    });
+    port
 }
