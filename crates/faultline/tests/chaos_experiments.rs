@@ -11,6 +11,16 @@
 
 mod common;
 
+/// The tests of this file run one at a time: each test runs the example system under load and judges its p99, and
+/// two at once on a 2-core machine would measure each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,6 +145,7 @@ fn after_probe(journal: &Value) -> Value {
 
 #[test]
 fn chaos_toolkit_with_the_steady_state_endpoint_passes_with_the_breaker_and_fails_without() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let proxy_api = free_port();
@@ -204,6 +215,7 @@ fn chaos_toolkit_with_the_steady_state_endpoint_passes_with_the_breaker_and_fail
 
 #[test]
 fn steady_state_parameters_are_checked() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);
     for (query, param) in [
@@ -283,6 +295,7 @@ fn toxics(proxy_api: u16, proxy: &str) -> Value {
 
 #[test]
 fn faultline_experiment_run_holds_breaks_aborts_and_cleans_up_after_a_kill() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let proxy_api = free_port();
@@ -469,6 +482,7 @@ fn faultline_experiment_run_holds_breaks_aborts_and_cleans_up_after_a_kill() {
 
 #[test]
 fn serve_runs_scheduled_experiments_and_keeps_their_runs() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let proxy_api = free_port();
     let cfg = data.path().join("faultline.toml");

@@ -7,6 +7,16 @@
 
 mod common;
 
+/// The tests of this file run one at a time: latency, bandwidth and timing figures are measured on real connections, and
+/// two at once on a 2-core machine would measure each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -84,6 +94,7 @@ fn within(v: &Value, k: &str, lo: f64, hi: f64) {
 
 #[test]
 fn toxiproxy_python_drives_every_toxic_and_the_effects_are_measured() {
+    let _serial = serial();
     let proxy = Proxy::start(None);
     let r = run_script("toxiproxy_drive.py", &[&proxy.api.to_string()]);
     assert!(r["listen_port_assigned"].as_bool().unwrap(), "{r:#}");
@@ -180,6 +191,7 @@ fn toxiproxy_python_drives_every_toxic_and_the_effects_are_measured() {
 
 #[test]
 fn chaos_toolkit_experiments_run_through_the_toxiproxy_driver() {
+    let _serial = serial();
     let proxy = Proxy::start(None);
     let work = tempfile::tempdir().unwrap();
     let r = run_script(
@@ -306,6 +318,7 @@ fn assert_faults_gone(api: u16, slow: u16, down: u16) {
 
 #[test]
 fn a_sigkilled_proxy_comes_back_without_its_faults() {
+    let _serial = serial();
     let state = tempfile::tempdir().unwrap();
     let echo = echo_server();
     let mut proxy = Proxy::start(Some(state.path()));
@@ -320,6 +333,7 @@ fn a_sigkilled_proxy_comes_back_without_its_faults() {
 
 #[test]
 fn serve_runs_the_fault_proxy_and_a_restart_removes_its_faults() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let echo = echo_server();
     let api = free_port();
@@ -419,6 +433,7 @@ fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 
 #[test]
 fn http_faults_answer_delay_and_cut_requests_and_show_in_the_trace() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let api = free_port();
     let server = Server::start(data.path(), &["--fault-proxy", &format!("127.0.0.1:{api}")]);
@@ -561,6 +576,7 @@ fn http_faults_answer_delay_and_cut_requests_and_show_in_the_trace() {
 
 #[test]
 fn a_standalone_proxy_exports_its_http_spans_over_otlp() {
+    let _serial = serial();
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &[]);
     let api = free_port();
