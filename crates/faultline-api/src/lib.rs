@@ -13,6 +13,7 @@
 //! answers carry the same in a `partial` field (ignored by Jaeger clients).
 
 pub mod alerts;
+pub mod assertions;
 pub mod error;
 pub mod experiments;
 pub mod health_report;
@@ -211,7 +212,8 @@ pub fn router() -> Router<ApiState> {
                 .merge(sampling::api_router())
                 .merge(health_report::router())
                 .merge(steady::router())
-                .merge(experiments::router()),
+                .merge(experiments::router())
+                .merge(assertions::router()),
             Shape::Native,
         ))
 }

@@ -68,6 +68,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // its own state file (the WAL crate's `durable`) and makes spans of HTTP requests
     // (the model), which the binary hands to intake.
     ("faultline-chaos", &["faultline-model", "faultline-wal"]),
+    // Trace assertions are logic over spans; the API reads the spans for them.
+    ("faultline-rules", &["faultline-model"]),
     // Probes and alerts keep a state file, replaced durably with the WAL crate's
     // `durable` (they write no log records).
     (
@@ -94,6 +96,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-alerts",
             "faultline-notify",
             "faultline-chaos",
+            "faultline-rules",
         ],
     ),
     (
