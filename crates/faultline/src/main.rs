@@ -6,7 +6,6 @@ mod config;
 mod dlq;
 mod experimentcmd;
 mod proxycmd;
-mod query;
 mod serve;
 mod walcmd;
 
@@ -45,7 +44,7 @@ enum Command {
     /// Query a running faultline from the terminal.
     Query {
         #[command(subcommand)]
-        command: query::QueryCommand,
+        command: faultline_client::query::QueryCommand,
     },
     /// The fault proxy alone, driven through Toxiproxy's HTTP API.
     Proxy(proxycmd::ProxyArgs),
@@ -54,10 +53,12 @@ enum Command {
         #[command(subcommand)]
         command: experimentcmd::ExperimentCommand,
     },
+    /// Check trace assertions over a trace or a search, for CI (exit 0, 1 or 2).
+    Assert(Box<faultline_client::assert::AssertArgs>),
     /// Reports about the stored traces from a running faultline.
     Report {
         #[command(subcommand)]
-        command: query::ReportCommand,
+        command: faultline_client::query::ReportCommand,
     },
 }
 
@@ -121,6 +122,10 @@ enum WalCommand {
     },
 }
 
+fn client(r: Result<u8, faultline_client::ClientError>) -> anyhow::Result<ExitCode> {
+    Ok(ExitCode::from(r?))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -143,10 +148,11 @@ fn main() -> ExitCode {
                 },
             ),
         },
-        Command::Query { command } => query::run(command),
+        Command::Query { command } => client(faultline_client::query::run(command)),
+        Command::Assert(args) => client(faultline_client::assert::run(*args)),
         Command::Proxy(args) => proxycmd::run(args),
         Command::Experiment { command } => experimentcmd::run(command),
-        Command::Report { command } => query::report(command),
+        Command::Report { command } => client(faultline_client::query::report(command)),
         Command::Dlq { command } => match command {
             DlqCommand::List { data_dir, json } => dlq::list(&data_dir, json),
             DlqCommand::Replay { all, seqs, api } => dlq::replay(&api, all, &seqs),

@@ -112,6 +112,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("faultline-bench", &["faultline-model", "faultline-store"]),
+    // The terminal commands call the HTTP API and render with the UI's text views.
+    (
+        "faultline-client",
+        &["faultline-model", "faultline-ui", "faultline-rules"],
+    ),
 ];
 
 #[test]

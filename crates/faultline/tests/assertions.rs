@@ -153,3 +153,95 @@ fn assertions_check_sdk_traces_and_name_the_spans_that_break_them() {
     let (status, v) = run(&server, &json!({"assertions": file(), "traceId": "xyz"}));
     assert_eq!((status, v["parameter"].as_str()), (400, Some("traceId")));
 }
+
+#[test]
+fn faultline_assert_reports_junit_and_exit_codes_for_ci() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let out = std::process::Command::new(common::python())
+        .arg(common::client_script("otel_send.py"))
+        .args(["--protocol", "grpc", "--endpoint", &server.grpc_url()])
+        .args(["--service", "cli-svc", "--marker", "c-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let id = sent["trace_id"].as_str().unwrap();
+    let write = |name: &str, v: &Value| {
+        let p = work.path().join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let failing = write("failing.json", &file());
+    let passing = write(
+        "passing.json",
+        &json!({"assertions": [
+        {"name": "one db query", "select": "{ name = \"db.query\" }", "count": 1}]}),
+    );
+    let bad = write(
+        "bad.json",
+        &json!({"assertions": [{"name": "b", "select": "{ kind = sever }"}]}),
+    );
+    let api = format!("http://127.0.0.1:{}", server.api);
+    let assert_cmd = |file: &std::path::Path, extra: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg("assert")
+            .arg(file)
+            .args(["--api", &api])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, text) = assert_cmd(&passing, &["--trace", id]);
+        if code == 0 {
+            assert!(text.contains(&format!("PASS trace {id}")), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code}: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let junit = work.path().join("junit.xml");
+    let (code, text) = assert_cmd(
+        &failing,
+        &["--trace", id, "--junit", junit.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{text}");
+    let payment = sent["span_ids"][2].as_str().unwrap();
+    assert!(
+        text.contains("FAIL no errors: expected 0 spans, found 1") && text.contains(payment),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{api}/trace/{id}")), "{text}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"6\" failures=\"1\"")
+            && xml.contains("<failure message=\"expected 0 spans, found 1\">"),
+        "{xml}"
+    );
+    let (code, text) = assert_cmd(&passing, &["--service", "cli-svc", "--since", "1h"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("1 traces checked, 0 failed"), "{text}");
+    let (code, text) = assert_cmd(&passing, &["--service", "nobody"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no trace matched"), "{text}");
+    let (code, text) = assert_cmd(&bad, &["--trace", id]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("assertions[0] (b).select") && text.contains("at column 10"),
+        "{text}"
+    );
+}

@@ -3,11 +3,11 @@
 //! faultline's HTTP API (`--api`, default `http://127.0.0.1:16686`) and prints text
 //! (rendered by `faultline_ui::text`); `--json` prints the API's answer as is.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::Value;
+
+use crate::ClientError;
 
 /// Flags of `faultline query`.
 #[derive(Debug, clap::Subcommand)]
@@ -60,7 +60,7 @@ pub enum ReportCommand {
 }
 
 /// Runs `faultline report`.
-pub fn report(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
+pub fn report(cmd: ReportCommand) -> Result<u8, ClientError> {
     let ReportCommand::Tracing { api, json } = cmd;
     let (status, _, v) = get(&format!(
         "{}/api/v1/tracing-health",
@@ -68,48 +68,52 @@ pub fn report(cmd: ReportCommand) -> anyhow::Result<ExitCode> {
     ))?;
     if status != 200 {
         eprintln!("faultline: {} (HTTP {status})", api_error(&v));
-        return Ok(ExitCode::from(1));
+        return Ok(1);
     }
     match json {
         true => println!("{v}"),
         false => print!("{}", faultline_ui::text::tracing_health(&v)),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// GETs `url`: status, the `X-Faultline-Partial` reasons, and the JSON body.
-fn get(url: &str) -> anyhow::Result<(u16, Option<String>, Value)> {
+pub(crate) fn get(url: &str) -> Result<(u16, Option<String>, Value), ClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(|e| ClientError(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .context("cannot build the HTTP client")?;
-        let resp =
-            client.get(url).send().await.with_context(|| {
-                format!("cannot reach {url}; is faultline serving there? (--api)")
-            })?;
+            .map_err(|e| ClientError(format!("cannot build the HTTP client: {e}")))?;
+        let resp = client.get(url).send().await.map_err(|e| {
+            ClientError(format!(
+                "cannot reach {url}: {e}; is faultline serving there? (--api)"
+            ))
+        })?;
         let status = resp.status().as_u16();
         let partial = resp
             .headers()
             .get("x-faultline-partial")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await.context("cannot read the answer")?;
-        let v = serde_json::from_slice(&bytes).with_context(|| {
-            format!(
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError(format!("cannot read the answer: {e}")))?;
+        let v = serde_json::from_slice(&bytes).map_err(|_| {
+            ClientError(format!(
                 "the answer from {url} is not JSON: {}",
                 String::from_utf8_lossy(&bytes)
-            )
+            ))
         })?;
         Ok((status, partial, v))
     })
 }
 
-fn api_error(v: &Value) -> String {
+pub(crate) fn api_error(v: &Value) -> String {
     v["error"]["message"]
         .as_str()
         .or(v["error"].as_str())
@@ -118,7 +122,7 @@ fn api_error(v: &Value) -> String {
 }
 
 /// Runs `faultline query`.
-pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: QueryCommand) -> Result<u8, ClientError> {
     match cmd {
         QueryCommand::Trace { id, api, json } => {
             let url = format!("{}/api/v3/traces/{id}", api.trim_end_matches('/'));
@@ -128,12 +132,13 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
             }
             if status != 200 {
                 eprintln!("faultline: {} (HTTP {status})", api_error(&v));
-                return Ok(ExitCode::from(1));
+                return Ok(1);
             }
             if !json {
                 let body = serde_json::to_vec(&v["result"]).unwrap_or_default();
-                let req = faultline_model::otlp_json::decode(&body)
-                    .with_context(|| format!("the answer from {url} is not OTLP JSON"))?;
+                let req = faultline_model::otlp_json::decode(&body).map_err(|e| {
+                    ClientError(format!("the answer from {url} is not OTLP JSON: {e}"))
+                })?;
                 print!(
                     "{}",
                     faultline_ui::text::trace(&id, &faultline_model::span::from_otlp(&req))
@@ -142,7 +147,7 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
                     println!("note: partial answer: {r}");
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         QueryCommand::Red {
             service,
@@ -172,12 +177,12 @@ pub fn run(cmd: QueryCommand) -> anyhow::Result<ExitCode> {
             }
             if status != 200 {
                 eprintln!("faultline: {} (HTTP {status})", api_error(&v));
-                return Ok(ExitCode::from(1));
+                return Ok(1);
             }
             if !json {
                 print!("{}", faultline_ui::text::red(&v));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
     }
 }
