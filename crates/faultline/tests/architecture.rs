@@ -67,7 +67,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The fault proxy sits beside the flow: it moves bytes between other services, keeps
     // its own state file (the WAL crate's `durable`) and makes spans of HTTP requests
     // (the model), which the binary hands to intake.
-    ("faultline-chaos", &["faultline-model", "faultline-wal"]),
+    // Experiments check trace assertions (the rules) as steady-state probes.
+    (
+        "faultline-chaos",
+        &["faultline-model", "faultline-wal", "faultline-rules"],
+    ),
     // Trace assertions are logic over spans; the API reads the spans for them.
     ("faultline-rules", &["faultline-model"]),
     // Probes and alerts keep a state file, replaced durably with the WAL crate's

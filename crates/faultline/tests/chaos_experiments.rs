@@ -543,3 +543,76 @@ fn serve_runs_scheduled_experiments_and_keeps_their_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("experiments[0] (/nonexistent.json): every = \"1s\" must be a duration of at least \"10s\""), "{err}");
 }
+
+#[test]
+fn experiments_check_trace_assertions_as_their_steady_state() {
+    let _serial = serial();
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let proxy_api = free_port();
+    let server = Server::start(
+        data.path(),
+        &["--fault-proxy", &format!("127.0.0.1:{proxy_api}")],
+    );
+    let _system = start_system(&server, proxy_api, true);
+    wait_steady(server.api);
+    // Inventory slower than the frontend's 500 ms timeout: every product page retries its
+    // stock call, which the assertion "one stock call per product page" catches.
+    let file = work.path().join("stock.json");
+    std::fs::write(
+        &file,
+        r#"{"title": "Each product page reads stock once", "service": "frontend",
+            "steady-state-hypothesis": {"title": "one stock call per product page", "checks": [
+              {"name": "one-stock-call", "service": "frontend", "operation": "GET /product", "window": "8s",
+               "assertions": {"assertions": [{"name": "one stock call",
+                 "select": "{ name = \"GET /product\" } > { name = \"GET /stock\" }", "count": 1}]}}]},
+            "method": [
+              {"type": "toxic", "name": "inventory-slow", "proxy": "inventory",
+               "toxic": {"type": "latency", "attributes": {"latency": 700}}},
+              {"type": "wait", "name": "observe", "duration": "9s"}]}"#,
+    )
+    .unwrap();
+    let journal = work.path().join("journal.json");
+    let out = Command::new(common::BIN)
+        .args(["experiment", "run"])
+        .arg(&file)
+        .args(["--api", &format!("http://127.0.0.1:{}", server.api)])
+        .args(["--proxy", &format!("http://127.0.0.1:{proxy_api}")])
+        .arg("--state-dir")
+        .arg(work.path().join("state"))
+        .arg("--journal")
+        .arg(&journal)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    let before = &j["steadyStates"]["before"][0];
+    assert_eq!(before["pass"], true, "{before:#}");
+    assert!(before["answer"]["checked"].as_u64().unwrap() > 0);
+    let after = &j["steadyStates"]["after"][0]["answer"];
+    assert!(after["failed"].as_u64().unwrap() > 0, "{after:#}");
+    let v = &after["violations"][0];
+    assert_eq!(v["operation"], "one stock call");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("expected 1 spans, found "),
+        "{v}"
+    );
+    // The named span is a stock call of the named trace.
+    let (_, body) = http_get(
+        server.api,
+        &format!("/api/traces/{}", v["traceId"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert!(
+        body.contains(v["spanId"].as_str().unwrap()) && body.contains("GET /stock"),
+        "{body}"
+    );
+    assert!(
+        text.contains("trace assertions:") && text.contains("one stock call (expected 1 spans"),
+        "{text}"
+    );
+}

@@ -25,7 +25,10 @@
 //! ```
 //!
 //! A check is a call of `/api/v1/steady-state` with its bounds (see faultline-api's
-//! `steady.rs`); it holds when that answers 200. A fault (`toxic`, `proxy-down`) with a
+//! `steady.rs`); it holds when that answers 200. A check with `assertions` (an assertion
+//! file's JSON) instead runs them over every trace of its service (and operation) in the
+//! window (`/api/v1/assertions/run`); it holds when at least one trace was checked and
+//! all passed, and the spans that failed an assertion are named as violations. A fault (`toxic`, `proxy-down`) with a
 //! `duration` is removed after it (the activity lasts that long); every fault the method
 //! added is removed again after the method whatever happened, before the file's own
 //! rollbacks; a fault is written to the run log before it is added, so a run killed in
@@ -98,6 +101,10 @@ pub struct Check {
     pub min_rate: Option<f64>,
     #[serde(default)]
     pub min_requests: Option<u64>,
+    /// Trace assertions (an assertion file's JSON, `faultline_rules::assertion`) that every
+    /// trace of the service (and operation) in the window must pass, instead of bounds.
+    #[serde(default)]
+    pub assertions: Option<Value>,
 }
 
 fn default_window() -> String {
@@ -229,6 +236,19 @@ impl Check {
             && !(0.0..=1.0).contains(&r)
         {
             return Err(format!("{at}.maxErrorRate: {r} is not between 0 and 1"));
+        }
+        if let Some(a) = &self.assertions {
+            let bounds = self.max_error_rate.is_some()
+                || self.max_p99.is_some()
+                || self.min_rate.is_some()
+                || self.min_requests.is_some();
+            if bounds {
+                return Err(format!(
+                    "{at}: a check has bounds (maxErrorRate, maxP99, minRate, minRequests) or assertions, not both; make two checks"
+                ));
+            }
+            faultline_rules::AssertionFile::parse(&a.to_string())
+                .map_err(|e| format!("{at}.assertions: {e}"))?;
         }
         Ok(())
     }
@@ -475,6 +495,20 @@ mod tests {
             (
                 GOOD.replace("\"toxic\": {", "\"duration\": \"soon\", \"toxic\": {"),
                 "method[0].duration: \"soon\"",
+            ),
+            (
+                GOOD.replace(
+                    "\"maxP99\": \"300ms\"",
+                    "\"assertions\": {\"assertions\": [{\"name\": \"x\", \"select\": \"{ nam = 1 }\"}]}",
+                ),
+                "steady-state-hypothesis.checks[0]: a check has bounds",
+            ),
+            (
+                GOOD.replace(
+                    "\"maxErrorRate\": 0.01, \"maxP99\": \"300ms\"",
+                    "\"assertions\": {\"assertions\": [{\"name\": \"x\", \"select\": \"{ nam = 1 }\"}]}",
+                ),
+                "steady-state-hypothesis.checks[0].assertions: assertions[0] (x).select: selector",
             ),
         ];
         for (text, want) in cases {

@@ -23,6 +23,12 @@ fn measured(answer: &Value) -> String {
         let verdict = if c["pass"] == true { "" } else { "  BROKEN" };
         parts.push(format!("{name}: {value} {op} {}{verdict}", c["bound"]));
     }
+    if parts.is_empty() && answer.get("checked").is_some() {
+        return format!(
+            "trace assertions: {} traces checked, {} failed",
+            answer["checked"], answer["failed"]
+        );
+    }
     if parts.is_empty() {
         return answer["error"]
             .as_str()
@@ -45,12 +51,15 @@ fn checks(out: &mut String, title: &str, list: &[CheckResult], ui: &str) {
         let _ = writeln!(out, "  {} {verdict}: {}", c.name, measured(&c.answer));
         for v in c.answer["violations"].as_array().into_iter().flatten() {
             let trace = v["traceId"].as_str().unwrap_or_default();
+            let took = v["durationMs"]
+                .as_f64()
+                .map(|ms| format!(" {ms:.1} ms"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "    span {} {} {:.1} ms{} ({}) trace {ui}/trace/{trace}",
+                "    span {} {}{took}{} ({}) trace {ui}/trace/{trace}",
                 v["spanId"].as_str().unwrap_or_default(),
                 v["operation"].as_str().unwrap_or_default(),
-                v["durationMs"].as_f64().unwrap_or_default(),
                 if v["error"] == true { " error" } else { "" },
                 v["reasons"]
                     .as_array()

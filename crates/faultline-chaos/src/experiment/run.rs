@@ -239,6 +239,9 @@ impl Http {
     }
 
     async fn check(&self, c: &Check) -> CheckResult {
+        if let Some(a) = &c.assertions {
+            return self.assertion_check(c, a).await;
+        }
         let t0 = Instant::now();
         let url = format!("{}/api/v1/steady-state?{}", self.opts.faultline, c.query());
         let (pass, answer) = match self.call("GET", &url, None).await {
@@ -248,6 +251,47 @@ impl Http {
             }
             Err(e) => (false, json!({"error": e})),
         };
+        CheckResult {
+            name: c.name.clone(),
+            pass,
+            answer,
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// A check by trace assertions over the traces of the window. Its answer is the
+    /// assertions' answer plus `violations` in the steady-state shape (the failing spans,
+    /// the assertion's name as the operation) so the report and journal name them alike.
+    async fn assertion_check(&self, c: &Check, assertions: &Value) -> CheckResult {
+        let t0 = Instant::now();
+        let url = format!("{}/api/v1/assertions/run", self.opts.faultline);
+        let body = json!({"assertions": assertions, "search": {
+            "service": c.service, "operation": c.operation, "lookback": c.window, "limit": 500}});
+        let (pass, mut answer) = match self.call("POST", &url, Some(body.to_string())).await {
+            Ok((status, text)) => {
+                let v: Value = serde_json::from_str(&text).unwrap_or(json!({"error": text}));
+                let pass = status == 200 && v["pass"] == true && v["checked"].as_u64() > Some(0);
+                (pass, v)
+            }
+            Err(e) => (false, json!({"error": e})),
+        };
+        let mut violations = Vec::new();
+        for t in answer["traces"].as_array().into_iter().flatten() {
+            for r in t["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["pass"] != true)
+            {
+                for span in r["spans"].as_array().into_iter().flatten() {
+                    violations.push(json!({"traceId": t["traceId"], "spanId": span,
+                        "operation": r["name"], "durationMs": null, "error": false,
+                        "reasons": [r["message"]]}));
+                }
+            }
+        }
+        violations.truncate(20);
+        answer["violations"] = Value::Array(violations);
         CheckResult {
             name: c.name.clone(),
             pass,
