@@ -207,6 +207,17 @@ with echo_proxy.down():
         out["down_refused"] = True
     out["down_listed_enabled"] = toxi.get_proxy("echo").enabled
 out["up_again_rtt_ms"] = median_rtt(5) * 1000
+# A disable is in force when the API answers: a connection right after it is refused.
+accepted_after_disable = 0
+for _ in range(20):
+    echo_proxy.disable()
+    try:
+        socket.create_connection(addr(echo_proxy), timeout=2).close()
+        accepted_after_disable += 1
+    except ConnectionRefusedError:
+        pass
+    echo_proxy.enable()
+out["accepted_right_after_disable"] = accepted_after_disable
 # faultline's `down` toxic: every connection closed at once.
 echo_proxy.add_toxic(type="down", name="down")
 try:

@@ -34,6 +34,10 @@ pub struct Stats {
 struct Running {
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
+    /// A second handle on the listening socket, to close it at once on stop: aborting the
+    /// accept task drops the listener only when the runtime next gets to it, and a client
+    /// connecting right after a disable would still be accepted by the kernel.
+    listening: Option<std::net::TcpListener>,
 }
 
 /// What a proxy speaks.
@@ -123,6 +127,7 @@ impl Proxy {
         std_listener
             .set_nonblocking(true)
             .map_err(|e| format!("listen tcp {addr}: {e}"))?;
+        let listening = std_listener.try_clone().ok();
         let listener =
             TcpListener::from_std(std_listener).map_err(|e| format!("listen tcp {addr}: {e}"))?;
         let bound = listener
@@ -153,7 +158,11 @@ impl Proxy {
                     }
                 }
             });
-            self.running = Some(Running { stop, accept });
+            self.running = Some(Running {
+                stop,
+                accept,
+                listening,
+            });
             return Ok(());
         }
         let ctx = ConnCtx {
@@ -165,13 +174,22 @@ impl Proxy {
             name: self.name.clone(),
         };
         let accept = tokio::spawn(accept_loop(listener, ctx));
-        self.running = Some(Running { stop, accept });
+        self.running = Some(Running {
+            stop,
+            accept,
+            listening,
+        });
         Ok(())
     }
 
     /// Closes the listener and every connection.
     pub fn stop(&mut self) {
         if let Some(r) = self.running.take() {
+            // shutdown(2) on a listening socket stops it listening now (Linux): new
+            // connections are refused before this returns.
+            if let Some(l) = &r.listening {
+                let _ = rustix::net::shutdown(l, rustix::net::Shutdown::Both);
+            }
             let _ = r.stop.send(true);
             r.accept.abort();
         }

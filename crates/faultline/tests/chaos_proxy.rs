@@ -148,6 +148,7 @@ fn toxiproxy_python_drives_every_toxic_and_the_effects_are_measured() {
     assert_eq!(r["down_refused"], true);
     assert_eq!(r["down_listed_enabled"], false);
     within(&r, "up_again_rtt_ms", 0.0, 50.0);
+    assert_eq!(r["accepted_right_after_disable"], 0, "{r:#}");
     assert_eq!(r["down_toxic_echo"], "closed");
     // Errors as Toxiproxy answers them.
     let e = &r["errors"];
