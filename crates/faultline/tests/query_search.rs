@@ -525,6 +525,19 @@ fn a_search_index_budget_gives_the_same_answers_reading_indexes_back() {
     );
     server.stop();
     let server = Server::start(&data, &args);
+    // After a restart the indexes load in the background; until then answers say so
+    // (partial, "still loading") and leave those blocks out. Wait for them.
+    let started = Instant::now();
+    while get_json(server.api, "/api/traces?service=jobs&limit=1&lookback=1h")
+        .2
+        .contains("still loading")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "indexes never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     check(server.api);
     assert!(common::metric(&server.metrics(), "faultline_store_index_loads") >= 4.0);
 }
