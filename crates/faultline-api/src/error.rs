@@ -251,6 +251,7 @@ impl From<StoreError> for ApiError {
             // The disk or the OS refused (EIO, EMFILE, ENOSPC on a read buffer): retrying
             // can help, and the status page says more.
             StoreError::Io { .. } => Self::unavailable(format!("the store cannot read: {e}")),
+            StoreError::Observer(_) => Self::unavailable(e.to_string()),
             StoreError::Corrupt { .. } | StoreError::Manifest { .. } | StoreError::Encode(_) => {
                 Self::internal(e.to_string())
             }

@@ -28,44 +28,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest `timeout` accepted.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, `10us`, `10µs`, `5ns`) into
-/// nanoseconds. A bare number is not accepted (as in Go), except `0`.
+/// Parses a Go duration (`300ms`, `1.5h`, `2h45m`) into nanoseconds
+/// ([`faultline_model::duration::parse_ns`]).
 pub fn parse_go_duration(s: &str) -> Option<u64> {
-    let t = s.trim();
-    if t == "0" {
-        return Some(0);
-    }
-    if t.is_empty() || t.starts_with('-') {
-        return None;
-    }
-    let mut rest = t.trim_start_matches('+');
-    let mut total: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        if num_len == 0 {
-            return None;
-        }
-        let value: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return None;
-    }
-    Some(total.round() as u64)
+    faultline_model::duration::parse_ns(s)
 }
 
 /// Parameter `name`'s value `v` as a Go duration in nanoseconds.

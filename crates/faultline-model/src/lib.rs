@@ -14,6 +14,7 @@
 //!
 //! **Invariant:** this crate does no I/O.
 
+pub mod duration;
 pub mod envelope;
 pub mod health;
 pub mod otlp_json;

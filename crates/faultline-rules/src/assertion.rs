@@ -94,17 +94,7 @@ pub struct Outcome {
 }
 
 fn duration_ns(s: &str) -> Option<u64> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let mult = match unit {
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        _ => return None,
-    };
-    Some((n * mult) as u64)
+    faultline_model::duration::parse_ns(s)
 }
 
 impl AssertionFile {

@@ -339,19 +339,7 @@ impl<'a> Parser<'a> {
 
 /// `250ms`, `1.5s`, `2m`, `10us`, `100ns` in nanoseconds.
 fn parse_duration(s: &str) -> Option<u64> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let mult = match unit {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
-        _ => return None,
-    };
-    Some((n * mult) as u64)
+    faultline_model::duration::parse_ns(s)
 }
 
 /// Glob match: `*` any run of characters, `?` one.
@@ -466,6 +454,38 @@ impl Selector {
         &self.text
     }
 
+    /// Whether the selector looks at one span alone (no `>` or `>>`), so that
+    /// [`Self::matches_span`] decides it.
+    pub fn is_single(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    /// Whether one span matches the selector's first group (the whole selector when
+    /// [`Self::is_single`]).
+    pub fn matches_span(&self, span: &Span) -> bool {
+        matches(&self.first, span)
+    }
+
+    /// The service and operation name a span must have to match the first group, when it
+    /// requires them by `=` at its top level (`{service = "a" && name = "b" && ...}`): a
+    /// store search can narrow on them.
+    pub fn hints(&self) -> (Option<&str>, Option<&str>) {
+        fn walk<'e>(e: &'e Expr, out: &mut (Option<&'e str>, Option<&'e str>)) {
+            match e {
+                Expr::And(a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                Expr::Cmp(Field::Service, Op::Eq, Value::Str(v)) => out.0 = Some(v),
+                Expr::Cmp(Field::Name, Op::Eq, Value::Str(v)) => out.1 = Some(v),
+                _ => {}
+            }
+        }
+        let mut out = (None, None);
+        walk(&self.first, &mut out);
+        out
+    }
+
     /// Indexes into `spans` of the spans selected, in the order given.
     pub fn select(&self, spans: &[Span]) -> Vec<usize> {
         let mut current: Vec<usize> = (0..spans.len())
@@ -499,6 +519,25 @@ impl Selector {
                 .collect();
         }
         current
+    }
+}
+
+#[cfg(test)]
+mod single_tests {
+    use super::*;
+
+    #[test]
+    fn hints_take_top_level_equalities_only() {
+        let s = Selector::parse(r#"{ service = "orders" && name = "create" && .x > 1 }"#).unwrap();
+        assert_eq!(s.hints(), (Some("orders"), Some("create")));
+        assert!(s.is_single());
+        let s = Selector::parse(r#"{ service = "a" || name = "b" }"#).unwrap();
+        assert_eq!(s.hints(), (None, None));
+        let s = Selector::parse(r#"{ service != "a" }"#).unwrap();
+        assert_eq!(s.hints(), (None, None));
+        let s = Selector::parse(r#"{ service = "a" } > { name = "b" }"#).unwrap();
+        assert!(!s.is_single());
+        assert_eq!(s.hints(), (Some("a"), None));
     }
 }
 

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// Parquet or Arrow refused to write.
     #[error("cannot encode a block: {0}")]
     Encode(String),
+    /// A span observer could not make its state durable before a seal.
+    #[error("cannot checkpoint the continuous checks before publishing a block: {0}")]
+    Observer(String),
     /// The manifest is unreadable.
     #[error("manifest {} is unreadable: {reason}; restore it from a backup or move it aside to start with an empty store (the WAL is replayed)", path.display())]
     Manifest {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod health;
 mod locs;
 pub mod manifest;
+pub mod observer;
 pub mod quality;
 pub mod rollup;
 pub mod search;
@@ -35,6 +36,7 @@ mod tests;
 
 pub use error::StoreError;
 pub use manifest::{BlockMeta, Manifest};
+pub use observer::SpanObserver;
 pub use rollup::{Dependency, RedPoint};
 pub use search::{SortOrder, TraceQuery, TraceSummary};
 pub use store::{

@@ -185,33 +185,10 @@ pub enum ExperimentError {
     Invalid { path: String, reason: String },
 }
 
-/// Parses a Go-style duration: `500ms`, `10s`, `2m`, `1h`, `1m30s`.
+/// Parses a Go-style duration: `500ms`, `10s`, `2m`, `1h`, `1m30s`
+/// ([`faultline_model::duration::parse`]).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_end] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += n * unit;
-        rest = &rest[unit_end..];
-    }
-    Some(Duration::from_secs_f64(total))
+    faultline_model::duration::parse(s)
 }
 
 impl Check {

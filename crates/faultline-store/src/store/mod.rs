@@ -282,6 +282,8 @@ pub struct Store {
     seal_lock: Mutex<()>,
     /// The clock-skew estimates last written to `crate::skew::OFFSETS_FILE`.
     offsets_saved: Mutex<Arc<crate::skew::Estimates>>,
+    /// Sees every span before the head does (`crate::observer`).
+    observer: OnceLock<Arc<dyn crate::SpanObserver>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -303,6 +305,20 @@ pub(crate) fn lock_err() -> StoreError {
 }
 
 impl Store {
+    /// Installs the span observer (`crate::observer`); call before the pipeline starts.
+    /// Returns false when one was installed already.
+    pub fn set_observer(&self, observer: Arc<dyn crate::SpanObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Runs the observer's checkpoint, if one is installed.
+    pub(crate) fn checkpoint_observer(&self) -> Result<(), StoreError> {
+        match self.observer.get() {
+            Some(o) => o.checkpoint().map_err(StoreError::Observer),
+            None => Ok(()),
+        }
+    }
+
     /// Opens the store in `opts.dir`: loads the manifest, opens its blocks (quarantining
     /// unreadable ones) and deletes files no manifest lists. Blocking.
     pub fn open(opts: StoreOptions) -> Result<(Self, OpenReport), StoreError> {
@@ -442,6 +458,7 @@ impl Store {
             inner: RwLock::new(inner),
             seal_lock: Mutex::new(()),
             offsets_saved: Mutex::new(saved),
+            observer: OnceLock::new(),
         };
         Ok((store, report))
     }

@@ -1,5 +1,6 @@
 //! Sealing: the head becomes a block ([`Store::seal`]): it is moved aside (still
-//! queryable), written and fsynced, then a manifest naming the block and the WAL position
+//! queryable), the span observer (if any) checkpoints, the block is written and fsynced,
+//! then a manifest naming the block and the WAL position
 //! it completes replaces the old one atomically. A failed seal puts the spans back in
 //! front of the head.
 
@@ -51,7 +52,10 @@ impl Store {
                 let mut pending = inner.pending.clone();
                 let m = advanced(&inner.manifest, &mut pending, &head);
                 if m != inner.manifest {
-                    if let Err(e) = m.store(&self.opts.dir) {
+                    if let Err(e) = self
+                        .checkpoint_observer()
+                        .and_then(|()| m.store(&self.opts.dir))
+                    {
                         inner.head = head;
                         return Err(e);
                     }
@@ -69,7 +73,10 @@ impl Store {
             inner.next_serial += 1;
             inner.next_serial - 1
         };
-        let result = self.write_and_publish(&head, serial);
+        // The observer's state must cover the head before a manifest publishes it.
+        let result = self
+            .checkpoint_observer()
+            .and_then(|()| self.write_and_publish(&head, serial));
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
         match result {
             Ok((sealed, manifest)) => {
