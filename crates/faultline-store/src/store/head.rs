@@ -236,10 +236,10 @@ impl Store {
     /// Adds the spans of WAL record `seq`; they are queryable when this returns.
     pub fn ingest(&self, seq: u64, spans: Vec<Span>) -> Result<(), StoreError> {
         // Before the head holds them, so a seal's checkpoint covers every span it writes.
-        if let Some(o) = self.observer.get() {
-            if !spans.is_empty() {
-                o.observe(&spans);
-            }
+        if let Some(o) = self.observer.get()
+            && !spans.is_empty()
+        {
+            o.observe(&spans);
         }
         // Each span's adjusted count, once and before the lock (rollups and edges use it).
         let weights: Vec<f64> = spans

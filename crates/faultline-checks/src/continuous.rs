@@ -1,0 +1,441 @@
+//! Continuous trace assertions ([`Continuous`]): every new trace holding a span that
+//! matches an assertion's `match` selector is checked once it has settled (`settle` after
+//! that span was indexed), with the assertion file's checks (`faultline_rules::assertion`).
+//! Pass and fail counts and the latest failing traces are kept per assertion.
+//!
+//! In the configuration:
+//!
+//! ```toml
+//! [[assertions]]
+//! name = "checkout"
+//! file = "assertions/checkout.json"     # an assertion file, as for `faultline assert`
+//! match = '{ service = "frontend" && kind = server && name = "POST /checkout" }'
+//! settle = "10s"                         # default 10s
+//! ```
+//!
+//! State lives in `checks.redb` beside the consistency rules', flushed with them (durably
+//! at every checkpoint), so a trace is checked once across crashes: a trace waiting to be
+//! checked is in `assert_pending` or is replayed from the WAL, and a trace checked is in
+//! `assert_done` (remembered for [`DONE_KEEP_NS`]) before its counts are durable.
+//!
+//! ```text
+//! assert_pending  NAME 0x00 trace-id(16) → u64 due ns
+//! assert_done     NAME 0x00 trace-id(16) → u64 checked ns
+//! assert_stats    NAME                   → Stats as JSON
+//! ```
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use faultline_model::span::Span;
+use faultline_rules::{AssertionFile, Selector, check_trace};
+use faultline_store::SpanStore;
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::ChecksError;
+
+const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("assert_pending");
+const DONE: TableDefinition<&[u8], u64> = TableDefinition::new("assert_done");
+const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("assert_stats");
+
+/// Traces waiting to be checked, over all assertions; beyond it new traces are skipped
+/// (and counted).
+pub const MAX_PENDING: usize = 100_000;
+/// How long a checked trace is remembered (so a replay does not check it again).
+pub const DONE_KEEP_NS: u64 = 24 * 3600 * 1_000_000_000;
+/// Failing traces kept per assertion.
+pub const EXAMPLES: usize = 20;
+
+/// A continuous assertion, checked.
+#[derive(Debug, Clone)]
+pub struct ContinuousDef {
+    pub name: String,
+    /// Which traces: those with a span matching it (one-span selector).
+    pub matcher: Selector,
+    pub file: AssertionFile,
+    pub settle_ns: u64,
+}
+
+impl ContinuousDef {
+    /// Checks a definition; the error names the field.
+    pub fn new(
+        name: &str,
+        matcher: &str,
+        file: AssertionFile,
+        settle: &str,
+    ) -> Result<ContinuousDef, String> {
+        if name.is_empty() || name.contains('\0') {
+            return Err("assertions.name: give the assertion a name".into());
+        }
+        let m = Selector::parse(matcher).map_err(|e| format!("assertions[{name}].match: {e}"))?;
+        if !m.is_single() {
+            return Err(format!(
+                "assertions[{name}].match: the selector must look at one span (no `>` or `>>`)"
+            ));
+        }
+        let settle_ns = faultline_model::duration::parse_ns(settle).ok_or_else(|| {
+            format!("assertions[{name}].settle: {settle:?} is not a duration such as \"10s\"")
+        })?;
+        Ok(ContinuousDef {
+            name: name.to_string(),
+            matcher: m,
+            file,
+            settle_ns,
+        })
+    }
+}
+
+/// A failing trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub trace_id: String,
+    pub link: String,
+    pub checked_ms: u64,
+    /// `name: message` of each failed check.
+    pub failures: Vec<String>,
+}
+
+/// Figures of one assertion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub passed: u64,
+    pub failed: u64,
+    /// Traces not checked: gone by the time they settled, or over [`MAX_PENDING`].
+    pub skipped: u64,
+    pub examples: VecDeque<Example>,
+}
+
+/// One assertion with its figures, for the API and the UI.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContinuousView {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: String,
+    pub settle_ms: u64,
+    pub checks: Vec<String>,
+    pub pending: usize,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+struct Inner {
+    /// (due, name, trace) in due order, and the same set for membership.
+    queue: BTreeSet<(u64, String, [u8; 16])>,
+    queued: HashSet<(String, [u8; 16])>,
+    done: HashSet<(String, [u8; 16])>,
+    done_order: VecDeque<(u64, String, [u8; 16])>,
+    stats: HashMap<String, Stats>,
+    /// Changes since the last flush: pending (Some(due): insert, None: remove), done.
+    pending_changes: HashMap<Vec<u8>, Option<u64>>,
+    done_changes: HashMap<Vec<u8>, Option<u64>>,
+    stats_dirty: HashSet<String>,
+}
+
+/// Continuous assertions; see the module doc.
+pub struct Continuous {
+    db: Arc<Database>,
+    defs: Vec<ContinuousDef>,
+    inner: Mutex<Inner>,
+    clock: crate::Clock,
+}
+
+impl std::fmt::Debug for Continuous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Continuous")
+            .field("assertions", &self.defs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(e: impl Into<redb::Error>) -> ChecksError {
+    ChecksError::Db(e.into().to_string())
+}
+
+fn entry_key(name: &str, trace: &[u8; 16]) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(trace);
+    k
+}
+
+fn split_entry(k: &[u8]) -> Option<(String, [u8; 16])> {
+    let at = k.iter().position(|b| *b == 0)?;
+    let trace: [u8; 16] = k.get(at + 1..)?.try_into().ok()?;
+    Some((String::from_utf8(k[..at].to_vec()).ok()?, trace))
+}
+
+impl Continuous {
+    /// Loads the assertions' state from `db`.
+    pub fn open(
+        db: Arc<Database>,
+        defs: Vec<ContinuousDef>,
+        clock: crate::Clock,
+    ) -> Result<Self, ChecksError> {
+        let mut inner = Inner {
+            queue: BTreeSet::new(),
+            queued: HashSet::new(),
+            done: HashSet::new(),
+            done_order: VecDeque::new(),
+            stats: HashMap::new(),
+            pending_changes: HashMap::new(),
+            done_changes: HashMap::new(),
+            stats_dirty: HashSet::new(),
+        };
+        let now = clock();
+        let tx = db.begin_write().map_err(db_err)?;
+        {
+            let mut p = tx.open_table(PENDING).map_err(db_err)?;
+            let mut stale = Vec::new();
+            for row in p.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                match split_entry(k.value()) {
+                    Some((name, trace)) if defs.iter().any(|d| d.name == name) => {
+                        inner.queue.insert((v.value(), name.clone(), trace));
+                        inner.queued.insert((name, trace));
+                    }
+                    _ => stale.push(k.value().to_vec()),
+                }
+            }
+            for k in stale {
+                p.remove(k.as_slice()).map_err(db_err)?;
+            }
+            let mut d = tx.open_table(DONE).map_err(db_err)?;
+            let mut old = Vec::new();
+            let mut rows = Vec::new();
+            for row in d.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                if v.value().saturating_add(DONE_KEEP_NS) < now {
+                    old.push(k.value().to_vec());
+                } else if let Some((name, trace)) = split_entry(k.value()) {
+                    rows.push((v.value(), name, trace));
+                }
+            }
+            for k in old {
+                d.remove(k.as_slice()).map_err(db_err)?;
+            }
+            rows.sort();
+            for (at, name, trace) in rows {
+                inner.done.insert((name.clone(), trace));
+                inner.done_order.push_back((at, name, trace));
+            }
+            let s = tx.open_table(STATS).map_err(db_err)?;
+            for row in s.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                if let Ok(st) = serde_json::from_slice::<Stats>(v.value()) {
+                    inner.stats.insert(k.value().to_string(), st);
+                }
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(Continuous {
+            db,
+            defs,
+            inner: Mutex::new(inner),
+            clock,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any assertion is configured.
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty()
+    }
+
+    /// Queues the traces of spans matching an assertion's selector.
+    pub fn observe(&self, spans: &[Span]) {
+        let mut hits: Vec<(&ContinuousDef, [u8; 16])> = Vec::new();
+        for d in &self.defs {
+            for s in spans {
+                if d.matcher.matches_span(s)
+                    && !hits
+                        .iter()
+                        .any(|(h, t)| h.name == d.name && *t == s.trace_id)
+                {
+                    hits.push((d, s.trace_id));
+                }
+            }
+        }
+        if hits.is_empty() {
+            return;
+        }
+        let now = (self.clock)();
+        let mut inner = self.lock();
+        for (d, trace) in hits {
+            let id = (d.name.clone(), trace);
+            if inner.queued.contains(&id) || inner.done.contains(&id) {
+                continue;
+            }
+            if inner.queue.len() >= MAX_PENDING {
+                inner.stats.entry(d.name.clone()).or_default().skipped += 1;
+                inner.stats_dirty.insert(d.name.clone());
+                continue;
+            }
+            let due = now.saturating_add(d.settle_ns);
+            inner
+                .pending_changes
+                .insert(entry_key(&d.name, &trace), Some(due));
+            inner.queue.insert((due, d.name.clone(), trace));
+            inner.queued.insert(id);
+        }
+    }
+
+    /// Checks the traces that settled by now (at most `max`), reading them from `store`.
+    /// Blocking (store reads). Returns how many were checked.
+    pub fn run_due(&self, store: &dyn SpanStore, max: usize) -> Result<usize, ChecksError> {
+        let now = (self.clock)();
+        let due: Vec<(u64, String, [u8; 16])> = {
+            let inner = self.lock();
+            inner
+                .queue
+                .iter()
+                .take_while(|(d, _, _)| *d <= now)
+                .take(max)
+                .cloned()
+                .collect()
+        };
+        for (at, name, trace) in &due {
+            let Some(def) = self.defs.iter().find(|d| &d.name == name) else {
+                continue;
+            };
+            let answer = store
+                .trace(trace)
+                .map_err(|e| ChecksError::Store(e.to_string()))?;
+            let mut inner = self.lock();
+            let k = entry_key(name, trace);
+            inner.queue.remove(&(*at, name.clone(), *trace));
+            inner.queued.remove(&(name.clone(), *trace));
+            inner.pending_changes.insert(k.clone(), None);
+            let stats = inner.stats.entry(name.clone()).or_default();
+            if answer.spans.is_empty() {
+                stats.skipped += 1;
+            } else {
+                let failures: Vec<String> = check_trace(&def.file, &answer.spans)
+                    .into_iter()
+                    .filter(|o| !o.pass)
+                    .map(|o| format!("{}: {}", o.name, o.message))
+                    .collect();
+                if failures.is_empty() {
+                    stats.passed += 1;
+                } else {
+                    stats.failed += 1;
+                    let trace_id = faultline_model::hex(trace);
+                    stats.examples.push_front(Example {
+                        link: format!("/trace/{trace_id}"),
+                        trace_id,
+                        checked_ms: now / 1_000_000,
+                        failures,
+                    });
+                    stats.examples.truncate(EXAMPLES);
+                }
+            }
+            inner.stats_dirty.insert(name.clone());
+            inner.done.insert((name.clone(), *trace));
+            inner.done_order.push_back((now, name.clone(), *trace));
+            inner.done_changes.insert(k, Some(now));
+        }
+        // Forget traces checked longer ago than DONE_KEEP_NS.
+        let mut inner = self.lock();
+        while let Some((at, _, _)) = inner.done_order.front() {
+            if at.saturating_add(DONE_KEEP_NS) >= now {
+                break;
+            }
+            if let Some((_, name, trace)) = inner.done_order.pop_front() {
+                inner.done_changes.insert(entry_key(&name, &trace), None);
+                inner.done.remove(&(name, trace));
+            }
+        }
+        drop(inner);
+        self.flush(false)?;
+        Ok(due.len())
+    }
+
+    /// Writes the changes since the last flush in one transaction (`durable`: synced).
+    pub fn flush(&self, durable: bool) -> Result<(), ChecksError> {
+        let mut inner = self.lock();
+        if inner.pending_changes.is_empty()
+            && inner.done_changes.is_empty()
+            && inner.stats_dirty.is_empty()
+            && !durable
+        {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| ChecksError::Db(e.to_string()))?;
+        {
+            let mut p = tx.open_table(PENDING).map_err(db_err)?;
+            for (k, v) in &inner.pending_changes {
+                match v {
+                    Some(due) => p.insert(k.as_slice(), *due).map_err(db_err)?,
+                    None => p.remove(k.as_slice()).map_err(db_err)?,
+                };
+            }
+            let mut d = tx.open_table(DONE).map_err(db_err)?;
+            for (k, v) in &inner.done_changes {
+                match v {
+                    Some(at) => d.insert(k.as_slice(), *at).map_err(db_err)?,
+                    None => d.remove(k.as_slice()).map_err(db_err)?,
+                };
+            }
+            let mut s = tx.open_table(STATS).map_err(db_err)?;
+            for name in &inner.stats_dirty {
+                if let Some(st) = inner.stats.get(name) {
+                    let json =
+                        serde_json::to_vec(st).map_err(|e| ChecksError::Db(e.to_string()))?;
+                    s.insert(name.as_str(), json.as_slice()).map_err(db_err)?;
+                }
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        inner.pending_changes.clear();
+        inner.done_changes.clear();
+        inner.stats_dirty.clear();
+        Ok(())
+    }
+
+    /// Every assertion with its figures.
+    pub fn views(&self) -> Vec<ContinuousView> {
+        let inner = self.lock();
+        self.defs
+            .iter()
+            .map(|d| ContinuousView {
+                name: d.name.clone(),
+                matcher: d.matcher.text().to_string(),
+                settle_ms: d.settle_ns / 1_000_000,
+                checks: d.file.assertions.iter().map(|a| a.name.clone()).collect(),
+                pending: inner.queued.iter().filter(|(n, _)| n == &d.name).count(),
+                stats: inner.stats.get(&d.name).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from(
+            "# HELP faultline_assertion_traces_total Traces checked by a continuous assertion, by result.\n# TYPE faultline_assertion_traces_total counter\n",
+        );
+        for v in self.views() {
+            let name = v.name.replace('\\', "\\\\").replace('"', "\\\"");
+            for (result, n) in [
+                ("pass", v.stats.passed),
+                ("fail", v.stats.failed),
+                ("skipped", v.stats.skipped),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "faultline_assertion_traces_total{{assertion=\"{name}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,172 @@
+//! Continuous checks on live spans, evaluated as the store indexes them:
+//!
+//! - [`engine`]: eventual-consistency rules ([`rule`]: "every A keyed by K is followed by
+//!   a B with the same key within T"), each key classified by [`state`] as pending,
+//!   satisfied, repaired, or violated (missing, duplicate, orphan);
+//! - [`continuous`]: trace assertions (`faultline_rules`) run on every new trace that
+//!   matches a selector, once it settled;
+//! - [`history`]: a rule evaluated over stored spans (`faultline rules check`).
+//!
+//! [`Checks`] joins the first two and is the store's span observer
+//! (`faultline_store::observer`): it sees each record's spans before the head does and
+//! checkpoints durably before each seal publishes a block. Their state lives in one
+//! database, `DATA_DIR/checks.redb` (tables listed in `engine.rs` and `continuous.rs`).
+//!
+//! **Invariant:** after a crash the checks' state is the last checkpoint, and every span
+//! indexed after it is replayed from the WAL through the observer; since applying a span
+//! twice changes nothing, no key's outcome is lost or counted twice, and no trace is
+//! checked twice. The checks never stop ingestion: if their database fails they stop and
+//! say why.
+
+pub mod continuous;
+pub mod engine;
+pub mod history;
+pub mod rule;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use faultline_model::span::Span;
+use faultline_store::SpanStore;
+
+pub use continuous::{Continuous, ContinuousDef, ContinuousView};
+pub use engine::{Consistency, KeyView, RuleView};
+pub use history::HistoryReport;
+pub use rule::{Rule, RuleDef, RuleError};
+pub use state::Class;
+
+/// The checks' database in the data directory.
+pub const DB_FILE: &str = "checks.redb";
+/// Default memory bound of the consistency rules (`[checks] memory_mb`).
+pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
+/// Timers fired per sweep.
+pub const SWEEP_MAX: usize = 20_000;
+
+/// Unix nanoseconds now; tests replace it.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock in Unix nanoseconds.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// Why a check could not be done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChecksError {
+    /// The database could not be opened.
+    #[error("cannot open the checks' database {}: {reason}; if it is damaged, move it aside and restart (rules start over from the spans still in the WAL)", path.display())]
+    Open { path: PathBuf, reason: String },
+    /// A read or write of the database failed.
+    #[error("the checks' database failed: {0}")]
+    Db(String),
+    /// The store could not be read.
+    #[error("cannot read the store: {0}")]
+    Store(String),
+    /// The change conflicts with the configuration.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The consistency rules and continuous assertions of one server.
+#[derive(Debug)]
+pub struct Checks {
+    pub consistency: Consistency,
+    pub continuous: Continuous,
+}
+
+/// What one [`Checks::tick`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    pub timers: usize,
+    pub traces: usize,
+    pub notified: usize,
+}
+
+impl Checks {
+    /// Opens the checks' state in `data_dir` for these rules and assertions, within
+    /// `memory_bytes` (half for the rules' write-back map, half for the page cache).
+    pub fn open(
+        data_dir: &Path,
+        rules: Vec<Rule>,
+        assertions: Vec<ContinuousDef>,
+        memory_bytes: usize,
+        clock: Clock,
+    ) -> Result<Checks, ChecksError> {
+        let db = engine::open_db(data_dir, memory_bytes / 2)?;
+        Ok(Checks {
+            consistency: Consistency::open(
+                db.clone(),
+                data_dir.join(DB_FILE),
+                rules,
+                memory_bytes,
+            )?,
+            continuous: Continuous::open(db, assertions, clock)?,
+        })
+    }
+
+    /// The periodic work, once a second on a blocking thread. While indexing has a
+    /// backlog (`caught_up` false) nothing is declared: a B or a span still being replayed
+    /// would look missing. Notifications go to `outbox` when there is one.
+    pub fn tick(
+        &self,
+        store: &dyn SpanStore,
+        now_ns: u64,
+        caught_up: bool,
+        outbox: Option<&faultline_notify::Outbox>,
+    ) -> Result<Tick, ChecksError> {
+        let mut t = Tick::default();
+        if caught_up {
+            t.timers = self.consistency.sweep(now_ns, SWEEP_MAX)?;
+            t.traces = self.continuous.run_due(store, 1000)?;
+        }
+        if let Some(outbox) = outbox {
+            let events = self.consistency.pending_notifications(500)?;
+            let mut handed = Vec::new();
+            for ev in events {
+                let key = ev.key.clone();
+                match outbox.enqueue(ev) {
+                    Ok(_) => handed.push(key),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand a consistency notification to the outbox; retried in a second");
+                        break;
+                    }
+                }
+            }
+            t.notified = handed.len();
+            if !handed.is_empty() {
+                self.consistency.notifications_handed_over(&handed)?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let mut s = self.consistency.metrics_text();
+        s.push_str(&self.continuous.metrics_text());
+        s
+    }
+}
+
+impl faultline_store::SpanObserver for Checks {
+    fn observe(&self, spans: &[Span]) {
+        self.consistency.observe(spans);
+        self.continuous.observe(spans);
+    }
+
+    fn checkpoint(&self) -> Result<(), String> {
+        // A failure stops the rules (they say so) rather than the store.
+        let _ = self.consistency.flush(true);
+        self.continuous.flush(true).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
