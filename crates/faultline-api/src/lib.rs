@@ -14,6 +14,7 @@
 
 pub mod alerts;
 pub mod assertions;
+pub mod consistency;
 pub mod error;
 pub mod experiments;
 pub mod health_report;
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub outbox: Option<faultline_notify::Outbox>,
     /// Chaos experiment runs, when this process keeps them.
     pub experiments: Option<Arc<faultline_chaos::experiment::history::History>>,
+    /// Consistency rules and continuous assertions, when this process evaluates them.
+    pub checks: Option<Arc<faultline_checks::Checks>>,
 }
 
 impl ApiState {
@@ -213,7 +216,8 @@ pub fn router() -> Router<ApiState> {
                 .merge(health_report::router())
                 .merge(steady::router())
                 .merge(experiments::router())
-                .merge(assertions::router()),
+                .merge(assertions::router())
+                .merge(consistency::router()),
             Shape::Native,
         ))
 }
@@ -408,6 +412,7 @@ mod cache_tests {
             alerts: None,
             outbox: None,
             experiments: None,
+            checks: None,
         });
         // Fast: fresh answers, which fill the cache.
         let (partial, v) = get(&app, "/api/services").await;

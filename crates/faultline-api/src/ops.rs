@@ -125,6 +125,11 @@ async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
         let end = text.rfind("# EOF").unwrap_or(text.len());
         text.insert_str(end, &probes.metrics_text());
     }
+    if let Some(c) = st.checks.clone() {
+        let checks = tokio::task::spawn_blocking(move || c.metrics_text()).await?;
+        let end = text.rfind("# EOF").unwrap_or(text.len());
+        text.insert_str(end, &checks);
+    }
     if let Some(o) = st.outbox.clone() {
         // It walks the outbox's events under its lock: off the executor.
         let outbox = tokio::task::spawn_blocking(move || o.metrics_text()).await?;

@@ -130,6 +130,8 @@ struct Inner {
     pending_changes: HashMap<Vec<u8>, Option<u64>>,
     done_changes: HashMap<Vec<u8>, Option<u64>>,
     stats_dirty: HashSet<String>,
+    /// A non-durable commit happened since the last durable one.
+    unsynced: bool,
 }
 
 /// Continuous assertions; see the module doc.
@@ -181,6 +183,7 @@ impl Continuous {
             pending_changes: HashMap::new(),
             done_changes: HashMap::new(),
             stats_dirty: HashSet::new(),
+            unsynced: false,
         };
         let now = clock();
         let tx = db.begin_write().map_err(db_err)?;
@@ -359,7 +362,7 @@ impl Continuous {
         if inner.pending_changes.is_empty()
             && inner.done_changes.is_empty()
             && inner.stats_dirty.is_empty()
-            && !durable
+            && (!durable || !inner.unsynced)
         {
             return Ok(());
         }
@@ -395,6 +398,7 @@ impl Continuous {
             }
         }
         tx.commit().map_err(db_err)?;
+        inner.unsynced = !durable;
         inner.pending_changes.clear();
         inner.done_changes.clear();
         inner.stats_dirty.clear();

@@ -172,6 +172,8 @@ struct Inner {
     outbox: Vec<(String, Vec<u8>)>,
     /// Why evaluation stopped, if it did.
     broken: Option<String>,
+    /// A non-durable commit happened since the last durable one.
+    unsynced: bool,
 }
 
 /// The rules in force.
@@ -320,6 +322,7 @@ impl Consistency {
                 seen: HashMap::new(),
                 outbox: Vec::new(),
                 broken: None,
+                unsynced: false,
             }),
             bound: memory_bytes.max(1 << 20),
         })
@@ -538,7 +541,7 @@ impl Consistency {
             && inner.timers.is_empty()
             && inner.index.is_empty()
             && inner.outbox.is_empty();
-        if nothing && !durable {
+        if nothing && (!durable || !inner.unsynced) {
             return Ok(());
         }
         let mut tx = self.db.begin_write().map_err(db_err)?;
@@ -589,6 +592,7 @@ impl Consistency {
             }
         }
         tx.commit().map_err(db_err)?;
+        inner.unsynced = !durable;
         inner.dirty.clear();
         inner.dirty_bytes = 0;
         inner.timers.clear();

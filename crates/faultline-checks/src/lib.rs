@@ -5,7 +5,8 @@
 //!   satisfied, repaired, or violated (missing, duplicate, orphan);
 //! - [`continuous`]: trace assertions (`faultline_rules`) run on every new trace that
 //!   matches a selector, once it settled;
-//! - [`history`]: a rule evaluated over stored spans (`faultline rules check`).
+//! - [`history`]: a rule evaluated over stored spans (`faultline rules check`);
+//! - [`config`]: their part of the configuration file.
 //!
 //! [`Checks`] joins the first two and is the store's span observer
 //! (`faultline_store::observer`): it sees each record's spans before the head does and
@@ -18,6 +19,7 @@
 //! checked twice. The checks never stop ingestion: if their database fails they stop and
 //! say why.
 
+pub mod config;
 pub mod continuous;
 pub mod engine;
 pub mod history;

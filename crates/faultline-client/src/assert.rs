@@ -47,7 +47,7 @@ pub struct AssertArgs {
     pub api: String,
 }
 
-fn post(url: &str, body: String) -> Result<(u16, Value), ClientError> {
+pub(crate) fn post(url: &str, body: String) -> Result<(u16, Value), ClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -523,6 +523,7 @@ impl Selector {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod single_tests {
     use super::*;
 

@@ -192,6 +192,12 @@ struct FileConfig {
     notify: faultline_notify::NotifyConfig,
     #[serde(default)]
     experiments: Vec<faultline_chaos::experiment::schedule::Scheduled>,
+    #[serde(default)]
+    consistency: Vec<faultline_checks::RuleDef>,
+    #[serde(default)]
+    assertions: Vec<faultline_checks::config::AssertionDef>,
+    #[serde(default)]
+    checks: faultline_checks::config::ChecksFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -295,6 +301,8 @@ pub struct Settings {
     pub notify: faultline_notify::NotifyConfig,
     /// Experiments run on a schedule, checked.
     pub experiments: Vec<faultline_chaos::experiment::schedule::Scheduled>,
+    /// Consistency rules and continuous assertions, checked.
+    pub checks: faultline_checks::config::ChecksConfig,
 }
 
 impl Settings {
@@ -314,7 +322,16 @@ impl Settings {
         let own_proxy = listen.fault_proxy.map(|a| a.to_string());
         faultline_chaos::experiment::schedule::check(&file.experiments, own_proxy.as_deref())
             .map_err(|e| anyhow!("{e}"))?;
+        let base = args.config.as_deref().and_then(Path::parent);
+        let checks = faultline_checks::config::build(
+            file.consistency.clone(),
+            file.assertions.clone(),
+            &file.checks,
+            base.unwrap_or(Path::new(".")),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
         Ok(Self {
+            checks,
             store: store(&args, &file, &data_dir)?,
             listen,
             experiments: file.experiments.clone(),

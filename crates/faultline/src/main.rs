@@ -55,6 +55,11 @@ enum Command {
     },
     /// Check trace assertions over a trace or a search, for CI (exit 0, 1 or 2).
     Assert(Box<faultline_client::assert::AssertArgs>),
+    /// Eventual-consistency rules: try one over stored spans, list those in force.
+    Rules {
+        #[command(subcommand)]
+        command: faultline_client::rules::RulesCommand,
+    },
     /// Reports about the stored traces from a running faultline.
     Report {
         #[command(subcommand)]
@@ -150,6 +155,7 @@ fn main() -> ExitCode {
         },
         Command::Query { command } => client(faultline_client::query::run(command)),
         Command::Assert(args) => client(faultline_client::assert::run(*args)),
+        Command::Rules { command } => client(faultline_client::rules::run(command)),
         Command::Proxy(args) => proxycmd::run(args),
         Command::Experiment { command } => experimentcmd::run(command),
         Command::Report { command } => client(faultline_client::query::report(command)),

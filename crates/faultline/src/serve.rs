@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use faultline_alerts::Alerts;
 use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed, nodelay};
 use faultline_chaos::experiment::history::History;
+use faultline_checks::Checks;
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
 use faultline_notify::Outbox;
@@ -201,6 +202,36 @@ async fn open_wal(s: &Settings, metrics: &Arc<Metrics>, store_seq: u64) -> anyho
     Ok(wal)
 }
 
+/// Opens the consistency rules and continuous assertions and makes them the store's span
+/// observer (before the pipeline replays anything).
+async fn open_checks(s: &Settings, store: &Arc<Store>) -> anyhow::Result<Arc<Checks>> {
+    let (d, c) = (s.data_dir.clone(), s.checks.clone());
+    let clock = faultline_checks::system_clock();
+    let open = move || Checks::open(&d, c.rules, c.assertions, c.memory_bytes, clock);
+    let checks = Arc::new(tokio::task::spawn_blocking(open).await??);
+    store.set_observer(checks.clone());
+    Ok(checks)
+}
+
+/// The checks' periodic work: once a second, off the executor. Nothing is declared
+/// violated while the pipeline replays a backlog (a span may still be on its way).
+async fn tick_checks(checks: Arc<Checks>, store: Arc<Store>, p: PipelineView, o: Outbox) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let caught_up = p.stats().backlog.reason().is_none();
+        let (c, st, o) = (checks.clone(), store.clone(), o.clone());
+        let now = faultline_pipeline::system_clock()();
+        let tick = move || c.tick(st.as_ref(), now, caught_up, Some(&o));
+        match tokio::task::spawn_blocking(tick).await {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the continuous checks' periodic work failed; retried in a second")
+            }
+            Err(_) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// Opens the store, logging what start-up found.
 async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
     let opts = s.store.clone();
@@ -225,6 +256,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     let pipeline_metrics = PipelineMetrics::new(&mut registry);
     let sampling_metrics = SamplingMetrics::new(&mut registry);
     let store = open_store(&s).await?;
+    let checks = open_checks(&s, &store).await?;
     let wal = open_wal(&s, &metrics, store.source_seq()).await?;
     // Before intake opens: everything committed so far is the backlog behind live data.
     let pipeline = Pipeline::spawn(wal.clone(), store.clone(), s.pipeline.clone())
@@ -245,6 +277,8 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
     );
     let alerts = tokio::task::spawn_blocking(move || Alerts::open(&d, rules, st, Some(o)));
     let alerts = alerts.await?.context("cannot start the alert rules")?;
+    let (st, p, o) = (store.clone(), pipeline.view(), outbox.clone());
+    tokio::spawn(tick_checks(checks.clone(), st, p, o));
     alerts.start().context("cannot start the alerts thread")?;
     let proxies = match s.listen.fault_proxy {
         Some(_) => Some(crate::proxycmd::open(Some(&s.data_dir)).await?),
@@ -282,6 +316,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         alerts: Some(alerts),
         outbox: Some(outbox),
         experiments: Some(history.clone()),
+        checks: Some(checks),
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;

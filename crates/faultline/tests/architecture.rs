@@ -74,6 +74,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // Trace assertions are logic over spans; the API reads the spans for them.
     ("faultline-rules", &["faultline-model"]),
+    // Continuous checks observe the store's spans (its observer hook) with the rules'
+    // selectors, read whole traces for assertions and hand transitions to the outbox.
+    (
+        "faultline-checks",
+        &[
+            "faultline-model",
+            "faultline-rules",
+            "faultline-store",
+            "faultline-notify",
+        ],
+    ),
     // Probes and alerts keep a state file, replaced durably with the WAL crate's
     // `durable` (they write no log records).
     (
@@ -101,6 +112,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-notify",
             "faultline-chaos",
             "faultline-rules",
+            "faultline-checks",
         ],
     ),
     (
@@ -113,13 +125,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-alerts",
             "faultline-notify",
             "faultline-chaos",
+            "faultline-checks",
         ],
     ),
-    ("faultline-bench", &["faultline-model", "faultline-store"]),
+    (
+        "faultline-bench",
+        &["faultline-model", "faultline-store", "faultline-checks"],
+    ),
     // The terminal commands call the HTTP API and render with the UI's text views.
     (
         "faultline-client",
-        &["faultline-model", "faultline-ui", "faultline-rules"],
+        &[
+            "faultline-model",
+            "faultline-ui",
+            "faultline-rules",
+            "faultline-checks",
+        ],
     ),
 ];
 

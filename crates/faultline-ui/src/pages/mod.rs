@@ -2,7 +2,7 @@
 //! `/search` ([`search`]), `/trace/{id}` ([`trace`]), `/compare` ([`compare`]),
 //! `/dependencies`
 //! ([`dependencies`]), `/probes`, `/probes/{name}`, `/alerts` and the public
-//! `/public/status` ([`probes`]), `/experiments` ([`experiments`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
+//! `/public/status` ([`probes`]), `/experiments` ([`experiments`]), `/consistency` ([`consistency`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
 //! and the script they share (`/ui.js`,
 //! `assets.rs`). Every page is rendered on the server from the
 //! [`faultline_store::SpanStore`]; its URL carries all its parameters (time range as
@@ -15,6 +15,7 @@
 //! executor, trace links and result rows.
 
 pub mod compare;
+pub mod consistency;
 pub mod dependencies;
 pub mod experiments;
 pub mod probes;
@@ -54,6 +55,7 @@ pub fn router() -> Router<ApiState> {
         .route("/probes/{name}", get(probes::one))
         .route("/alerts", get(probes::alerts))
         .route("/experiments", get(experiments::page))
+        .route("/consistency", get(consistency::page))
         .route("/public/status", get(probes::public))
         .route("/status", get(status::page))
         .route("/tracing-health", get(tracing_health::page))
