@@ -13,6 +13,7 @@
 //! - [`tail`]: what tail sampling costs (decisions per second) and saves (block bytes);
 //! - [`proxy`]: the fault proxy's added latency and throughput with no toxic.
 
+pub mod checks;
 pub mod fresh;
 pub mod http;
 pub mod loadgen;

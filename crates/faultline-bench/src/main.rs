@@ -86,6 +86,18 @@ enum Command {
     /// What tail sampling costs and saves: synthetic traces sealed, then every block
     /// decided by the default policy.
     Tail,
+    /// One consistency rule fed KEYS pending keys: resident memory against its bound.
+    ChecksMemory {
+        /// Pending keys to create.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// The rules' memory bound (`[checks] memory_mb`).
+        #[arg(long, default_value_t = 64)]
+        memory_mb: usize,
+        /// Spans per observed record.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
     /// Trace-by-id latency of the store in DATA_DIR (stop the server first): samples trace
     /// ids spread over every block and times each lookup.
     TraceById {
@@ -127,6 +139,14 @@ fn main() -> ExitCode {
             faultline_bench::proxy::helper(&helper).map(|()| ExitCode::SUCCESS)
         }
         Command::Tail => faultline_bench::tail::run(),
+        Command::ChecksMemory {
+            keys,
+            memory_mb,
+            batch,
+        } => faultline_bench::checks::memory(keys, memory_mb, batch).map(|v| {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

@@ -77,9 +77,9 @@ pub fn build(
         out.push(ContinuousDef::new(&a.name, &a.matcher, file, &a.settle)?);
     }
     let memory_mb = opts.memory_mb.unwrap_or(64);
-    if !(4..=65_536).contains(&memory_mb) {
+    if !(32..=65_536).contains(&memory_mb) {
         return Err(format!(
-            "checks.memory_mb: {memory_mb} is out of range (4 to 65536)"
+            "checks.memory_mb: {memory_mb} is out of range (32 to 65536; about 10 MiB of it is fixed overhead)"
         ));
     }
     Ok(ChecksConfig {

@@ -300,13 +300,15 @@ impl Continuous {
                 .cloned()
                 .collect()
         };
-        for (at, name, trace) in &due {
+        // One store call for all of them (the store reads each block once).
+        let ids: Vec<[u8; 16]> = due.iter().map(|(_, _, t)| *t).collect();
+        let answers = store
+            .traces(&ids)
+            .map_err(|e| ChecksError::Store(e.to_string()))?;
+        for ((at, name, trace), answer) in due.iter().zip(answers) {
             let Some(def) = self.defs.iter().find(|d| &d.name == name) else {
                 continue;
             };
-            let answer = store
-                .trace(trace)
-                .map_err(|e| ChecksError::Store(e.to_string()))?;
             let mut inner = self.lock();
             let k = entry_key(name, trace);
             inner.queue.remove(&(*at, name.clone(), *trace));

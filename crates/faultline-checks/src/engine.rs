@@ -6,7 +6,7 @@
 //!   write-back map. Records are read from the map, else from the database.
 //! - **Flush**: the map, the timers, the class index, the counts and the notifications
 //!   queued by transitions go to the database in one transaction. A flush happens when the
-//!   map holds half the memory bound (not durable), before every sweep (not durable), and
+//!   map holds a quarter of the memory bound (not durable), before every sweep (not durable), and
 //!   at every checkpoint (durable: the store's seal calls it before publishing a block).
 //!   After a crash the database is exactly the last checkpoint, and every span after it
 //!   is replayed from the WAL; applying a span twice changes nothing (`state.rs`), so no
@@ -14,8 +14,11 @@
 //! - **Sweep** (once a second, only while indexing has no backlog, so a B still being
 //!   replayed is not declared missing): timers due now expire pending keys (missing, or
 //!   orphan) and forget settled keys `keep` after their last span.
-//! - The memory bound: the map is flushed at half of it, and redb's page cache gets the
-//!   other half. A million pending keys live on disk, not in memory.
+//! - The memory bound: the map is flushed at a quarter of it, redb's page cache gets
+//!   another quarter, an eighth is a Bloom filter of the keys on disk (`filter.rs`, so
+//!   a key seen for the first time costs no read), and the rest is headroom for a flush's transaction (its pages stay
+//!   in memory until it commits) and the allocator. A million pending keys live on disk,
+//!   not in memory (`faultline-bench checks-memory` measures it).
 //!
 //! **Tables** of `checks.redb` (keys are bytes; `rk` is `RULE 0x00 KEY`):
 //!
@@ -23,6 +26,7 @@
 //! keys       rk                         → KeyRecord (format in state.rs)
 //! timers     u64 due ns (big-endian) rk → ()   stale entries are dropped when popped
 //! by_class   RULE 0x00 class-u8 KEY    → ()   keys of a rule by class, for the API
+//!                                             (not pending or satisfied: those are scanned)
 //! counts     RULE                       → 14 × u64 LE: keys per class, entries per class
 //! outbox     event key                  → notification Event as JSON, until handed over
 //! rules      RULE                       → RuleDef as JSON (rules made through the API)
@@ -50,8 +54,12 @@ const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("counts");
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
 
-/// Bytes a map entry is counted as beyond its key and record (hash map slot, headers).
-const ENTRY_OVERHEAD: usize = 96;
+/// Bytes a record entry of the write-back map is counted as beyond its key's length and
+/// its B spans (the hash table slot at its load factor, the key's and record's headers,
+/// allocator rounding); measured with `faultline-bench checks-memory`.
+const RECORD_ENTRY: usize = 176;
+/// The same for a timer or class-index entry.
+const SMALL_ENTRY: usize = 80;
 
 /// Keys per class of one rule, and how many times keys entered each class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -174,6 +182,8 @@ struct Inner {
     broken: Option<String>,
     /// A non-durable commit happened since the last durable one.
     unsynced: bool,
+    /// Keys the database may hold (`filter.rs`): a new key costs no read.
+    filter: crate::filter::KeyFilter,
 }
 
 /// The rules in force.
@@ -226,6 +236,12 @@ fn split_key(rk: &[u8]) -> Option<(&str, &str)> {
         std::str::from_utf8(&rk[..at]).ok()?,
         std::str::from_utf8(&rk[at + 1..]).ok()?,
     ))
+}
+
+/// Whether keys of `class` are in the `by_class` table: every class but the two that hold
+/// almost every key (pending, satisfied), which would double the writes of the hot path.
+fn indexed(class: Class) -> bool {
+    !matches!(class, Class::Pending | Class::Satisfied)
 }
 
 fn timer_key(due: u64, rk: &[u8]) -> Vec<u8> {
@@ -306,6 +322,15 @@ impl Consistency {
             }
         }
         tx.commit().map_err(db_err)?;
+        let mut filter = crate::filter::KeyFilter::new(memory_bytes / 8);
+        {
+            let read = db.begin_read().map_err(db_err)?;
+            let keys = read.open_table(KEYS).map_err(db_err)?;
+            for row in keys.iter().map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                filter.insert(k.value());
+            }
+        }
         Ok(Consistency {
             db,
             path,
@@ -323,6 +348,7 @@ impl Consistency {
                 outbox: Vec::new(),
                 broken: None,
                 unsynced: false,
+                filter,
             }),
             bound: memory_bytes.max(1 << 20),
         })
@@ -385,6 +411,7 @@ impl Consistency {
         for name in unkeyed {
             inner.seen.entry(name.to_string()).or_default().unkeyed += 1;
         }
+        let mut tx = None;
         for (rule, is_first, key, r) in hits {
             let seen = inner.seen.entry(rule.name().to_string()).or_default();
             if is_first {
@@ -392,12 +419,13 @@ impl Consistency {
             } else {
                 seen.then += 1;
             }
-            if let Err(e) = self.apply(&mut inner, rule, &key, |rec| rec.add(is_first, r)) {
+            if let Err(e) = self.apply(&mut inner, rule, &key, &mut tx, |rec| rec.add(is_first, r))
+            {
                 self.fail(&mut inner, e);
                 return;
             }
         }
-        if inner.dirty_bytes > self.bound / 2
+        if inner.dirty_bytes > self.bound / 4
             && let Err(e) = self.flush_locked(&mut inner, false)
         {
             self.fail(&mut inner, e);
@@ -409,12 +437,27 @@ impl Consistency {
         inner.broken = Some(e.to_string());
     }
 
-    fn get(&self, inner: &Inner, rk: &[u8]) -> Result<Option<KeyRecord>, ChecksError> {
+    /// A key's record: the write-back map's, else the database's through `tx` (opened on
+    /// first use and kept by the caller for its batch; valid until the next flush).
+    fn get(
+        &self,
+        inner: &Inner,
+        rk: &[u8],
+        tx: &mut Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    ) -> Result<Option<KeyRecord>, ChecksError> {
         if let Some(r) = inner.dirty.get(rk) {
             return Ok(r.clone());
         }
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(KEYS).map_err(db_err)?;
+        if !inner.filter.may_contain(rk) {
+            return Ok(None);
+        }
+        if tx.is_none() {
+            let read = self.db.begin_read().map_err(db_err)?;
+            *tx = Some(read.open_table(KEYS).map_err(db_err)?);
+        }
+        let Some(t) = tx.as_ref() else {
+            return Ok(None);
+        };
         match t.get(rk).map_err(db_err)? {
             None => Ok(None),
             Some(v) => KeyRecord::decode(v.value()).map(Some).ok_or_else(|| {
@@ -433,10 +476,11 @@ impl Consistency {
         inner: &mut Inner,
         rule: &Rule,
         key: &str,
+        tx: &mut Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
         change: impl FnOnce(&mut KeyRecord) -> bool,
     ) -> Result<(), ChecksError> {
         let rk = record_key(rule.name(), key);
-        let stored = self.get(inner, &rk)?;
+        let stored = self.get(inner, &rk, tx)?;
         let mut rec = stored.clone().unwrap_or_default();
         let old_due = stored.as_ref().map(|r| due(r, rule));
         if !change(&mut rec) {
@@ -446,16 +490,34 @@ impl Consistency {
         let old = rec.class.filter(|_| stored.is_some());
         rec.class = Some(new);
         let new_due = due(&rec, rule);
-        if old_due != Some(new_due) {
-            inner.timers.insert(timer_key(new_due, &rk), true);
+        // A timer exists at `old_due`; when the due moves later, that timer reschedules
+        // itself when it fires (one B-tree insert per key on the hot path, not two).
+        if old_due.is_none_or(|d| new_due < d) {
+            Self::mark(
+                &mut inner.timers,
+                &mut inner.dirty_bytes,
+                timer_key(new_due, &rk),
+                true,
+            );
         }
         self.transition(inner, rule, key, old, Some(new), &rec);
         self.put(inner, rk, Some(rec));
         Ok(())
     }
 
+    /// Records a timer or index entry to insert or remove, counting its memory.
+    fn mark(map: &mut HashMap<Vec<u8>, bool>, bytes: &mut usize, k: Vec<u8>, add: bool) {
+        let size = k.len() + SMALL_ENTRY;
+        if map.insert(k, add).is_none() {
+            *bytes += size;
+        }
+    }
+
     fn put(&self, inner: &mut Inner, rk: Vec<u8>, rec: Option<KeyRecord>) {
-        let size = rk.len() + ENTRY_OVERHEAD + rec.as_ref().map_or(0, |r| 40 + 32 * r.bs.len());
+        if rec.is_some() {
+            inner.filter.insert(&rk);
+        }
+        let size = rk.len() + RECORD_ENTRY + rec.as_ref().map_or(0, |r| 32 * r.bs.len());
         if inner.dirty.insert(rk, rec).is_none() {
             inner.dirty_bytes += size;
         }
@@ -476,12 +538,26 @@ impl Consistency {
         let c = inner.counts.entry(rule.name().to_string()).or_default();
         if let Some(o) = old {
             c.keys[o as usize] = c.keys[o as usize].saturating_sub(1);
-            inner.index.insert(index_key(rule.name(), o, key), false);
+            if indexed(o) {
+                Self::mark(
+                    &mut inner.index,
+                    &mut inner.dirty_bytes,
+                    index_key(rule.name(), o, key),
+                    false,
+                );
+            }
         }
         if let Some(n) = new {
             c.keys[n as usize] += 1;
             c.entered[n as usize] += 1;
-            inner.index.insert(index_key(rule.name(), n, key), true);
+            if indexed(n) {
+                Self::mark(
+                    &mut inner.index,
+                    &mut inner.dirty_bytes,
+                    index_key(rule.name(), n, key),
+                    true,
+                );
+            }
         }
         if !rule.def.notify {
             return;
@@ -552,8 +628,11 @@ impl Consistency {
         })
         .map_err(|e| ChecksError::Db(e.to_string()))?;
         {
+            // In key order: neighbouring inserts touch the same B-tree pages.
+            let mut dirty: Vec<_> = inner.dirty.iter().collect();
+            dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let mut keys = tx.open_table(KEYS).map_err(db_err)?;
-            for (k, v) in &inner.dirty {
+            for (k, v) in dirty {
                 match v {
                     Some(rec) => {
                         keys.insert(k.as_slice(), rec.encode().as_slice())
@@ -565,7 +644,9 @@ impl Consistency {
                 }
             }
             let mut timers = tx.open_table(TIMERS).map_err(db_err)?;
-            for (k, add) in &inner.timers {
+            let mut sorted: Vec<_> = inner.timers.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, add) in sorted {
                 if *add {
                     timers.insert(k.as_slice(), ()).map_err(db_err)?;
                 } else {
@@ -573,7 +654,9 @@ impl Consistency {
                 }
             }
             let mut index = tx.open_table(BY_CLASS).map_err(db_err)?;
-            for (k, add) in &inner.index {
+            let mut sorted: Vec<_> = inner.index.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, add) in sorted {
                 if *add {
                     index.insert(k.as_slice(), ()).map_err(db_err)?;
                 } else {
@@ -622,8 +705,10 @@ impl Consistency {
         if inner.broken.is_some() {
             return Ok(0);
         }
+        let mut tx = None;
         for tk in &due_keys {
-            inner.timers.insert(tk.clone(), false);
+            let i = &mut *inner;
+            Self::mark(&mut i.timers, &mut i.dirty_bytes, tk.clone(), false);
             let Some((due_at, rk)) = tk.split_first_chunk::<8>() else {
                 continue;
             };
@@ -634,22 +719,43 @@ impl Consistency {
             let Some(rule) = rules.get(name) else {
                 continue;
             };
-            let Some(rec) = self.get(&inner, rk)? else {
+            let Some(rec) = self.get(&inner, rk, &mut tx)? else {
                 continue;
             };
-            if due(&rec, rule) != due_at {
-                continue; // a stale timer: the record's due moved
+            let d = due(&rec, rule);
+            if d > due_at {
+                // The due moved later: this timer moves with it.
+                let i = &mut *inner;
+                Self::mark(&mut i.timers, &mut i.dirty_bytes, timer_key(d, rk), true);
+                continue;
+            }
+            if d < due_at {
+                continue; // a stale timer: an earlier one was set when the due moved
             }
             if !rec.expired && classify(&rec, rule) == Class::Pending {
-                self.apply(&mut inner, rule, key, |r| {
+                self.apply(&mut inner, rule, key, &mut tx, |r| {
                     r.expired = true;
                     true
                 })?;
+                // This timer is used up; the next one is when the key is forgotten.
+                if let Some(Some(r)) = inner.dirty.get(rk) {
+                    let next = timer_key(due(r, rule), rk);
+                    let i = &mut *inner;
+                    Self::mark(&mut i.timers, &mut i.dirty_bytes, next, true);
+                }
             } else {
                 let class = rec.class.unwrap_or(Class::Pending);
                 let c = inner.counts.entry(name.to_string()).or_default();
                 c.keys[class as usize] = c.keys[class as usize].saturating_sub(1);
-                inner.index.insert(index_key(name, class, key), false);
+                let i = &mut *inner;
+                if indexed(class) {
+                    Self::mark(
+                        &mut i.index,
+                        &mut i.dirty_bytes,
+                        index_key(name, class, key),
+                        false,
+                    );
+                }
                 self.put(&mut inner, rk.to_vec(), None);
             }
         }
@@ -745,6 +851,23 @@ impl Consistency {
         let keys = tx.open_table(KEYS).map_err(db_err)?;
         let mut out = Vec::new();
         for c in classes {
+            if !indexed(c) {
+                // The bulk classes have no index: scan the rule's keys, up to `limit` found
+                // (they are common, so the scan ends soon).
+                let prefix = record_key(rule, "");
+                for row in keys.range(prefix.as_slice()..).map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let k = k.value();
+                    if !k.starts_with(&prefix) || out.len() >= limit {
+                        break;
+                    }
+                    if let Some(rec) = KeyRecord::decode(v.value()).filter(|r| r.class == Some(c)) {
+                        let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                        out.push(KeyView::new(r, key, c, &rec));
+                    }
+                }
+                continue;
+            }
             let prefix = index_key(rule, c, "");
             for row in index.range(prefix.as_slice()..).map_err(db_err)? {
                 let (k, _) = row.map_err(db_err)?;

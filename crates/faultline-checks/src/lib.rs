@@ -22,6 +22,7 @@
 pub mod config;
 pub mod continuous;
 pub mod engine;
+pub mod filter;
 pub mod history;
 pub mod rule;
 pub mod state;
@@ -92,7 +93,8 @@ pub struct Tick {
 
 impl Checks {
     /// Opens the checks' state in `data_dir` for these rules and assertions, within
-    /// `memory_bytes` (half for the rules' write-back map, half for the page cache).
+    /// `memory_bytes` (a quarter for the rules' write-back map, a quarter for the
+    /// database's page cache, the rest headroom; see `engine.rs`).
     pub fn open(
         data_dir: &Path,
         rules: Vec<Rule>,
@@ -100,7 +102,7 @@ impl Checks {
         memory_bytes: usize,
         clock: Clock,
     ) -> Result<Checks, ChecksError> {
-        let db = engine::open_db(data_dir, memory_bytes / 2)?;
+        let db = engine::open_db(data_dir, memory_bytes / 4)?;
         Ok(Checks {
             consistency: Consistency::open(
                 db.clone(),

@@ -48,7 +48,7 @@ at_most_one = true
 require_first = true
 
 [checks]
-memory_mb = 8
+memory_mb = 32
 "#,
     )
     .unwrap();

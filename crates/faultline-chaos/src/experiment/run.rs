@@ -149,7 +149,9 @@ impl Fault {
     }
 }
 
-/// The run log (see the module's documentation).
+/// The run log (see the module's documentation). Its writes fsync: the async paths use
+/// [`RunLog::update_off`] and [`RunLog::write_off`], which run them on the blocking pool.
+#[derive(Clone)]
 struct RunLog {
     path: PathBuf,
 }
@@ -194,6 +196,33 @@ impl RunLog {
                 reason: e.to_string(),
             }
         })
+    }
+
+    /// [`Self::update`] on the blocking pool.
+    async fn update_off(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Value) + Send + 'static,
+    ) -> Result<(), RunError> {
+        let (log, id) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || log.update(&id, f))
+            .await
+            .map_err(|e| self.join_err(e))?
+    }
+
+    /// [`Self::write`] on the blocking pool.
+    async fn write_off(&self, v: Value) -> Result<(), RunError> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.write(v))
+            .await
+            .map_err(|e| self.join_err(e))?
+    }
+
+    fn join_err(&self, e: tokio::task::JoinError) -> RunError {
+        RunError::Log {
+            path: self.path.clone(),
+            reason: format!("the write was interrupted: {e}"),
+        }
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut Value)) -> Result<(), RunError> {
@@ -391,7 +420,7 @@ pub async fn cleanup(state_dir: &Path) -> Result<Vec<String>, RunError> {
             }
         }
         if all_gone {
-            log.update(&id, |r| r["finished"] = json!(true))?;
+            log.update_off(&id, |r| r["finished"] = json!(true)).await?;
         }
     }
     Ok(removed)
@@ -429,7 +458,7 @@ pub async fn run(
                          "startedUs": started_us, "finished": false, "faults": []}),
         );
     }
-    log.write(v)?;
+    log.write_off(v).await?;
     let mut result = RunResult {
         id: id.clone(),
         outcome: Outcome::Held,
@@ -509,7 +538,7 @@ pub async fn run(
         .iter()
         .any(|f| f.starts_with("could not"));
     if all_removed {
-        log.update(&id, |r| r["finished"] = json!(true))?;
+        log.update_off(&id, |r| r["finished"] = json!(true)).await?;
     }
     result.seconds = t0.elapsed().as_secs_f64();
     Ok(result)
@@ -585,11 +614,13 @@ async fn activity(
                 proxy: proxy.clone(),
                 name: body["name"].as_str().unwrap_or(name).to_string(),
             };
-            log.update(id, |r| {
+            let logged = f.to_json();
+            log.update_off(id, move |r| {
                 if let Some(list) = r["faults"].as_array_mut() {
-                    list.push(f.to_json());
+                    list.push(logged);
                 }
-            })?;
+            })
+            .await?;
             let r = http
                 .proxy_call("POST", &format!("/proxies/{proxy}/toxics"), Some(body))
                 .await;
@@ -604,11 +635,13 @@ async fn activity(
             let f = Fault::ProxyDown {
                 proxy: proxy.clone(),
             };
-            log.update(id, |r| {
+            let logged = f.to_json();
+            log.update_off(id, move |r| {
                 if let Some(list) = r["faults"].as_array_mut() {
-                    list.push(f.to_json());
+                    list.push(logged);
                 }
-            })?;
+            })
+            .await?;
             let r = http
                 .proxy_call(
                     "POST",
