@@ -100,6 +100,16 @@ struct Seen {
     unkeyed: u64,
 }
 
+/// A span matched to one side of a rule ([`Consistency::matches`]); `key` is `None` when
+/// the span lacks the key attribute.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub rule: Arc<Rule>,
+    pub is_first: bool,
+    pub key: Option<String>,
+    pub span: SpanRef,
+}
+
 /// A rule with its figures, for the API and the UI.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleView {
@@ -377,50 +387,72 @@ impl Consistency {
 
     /// Matches spans against every rule and updates their keys.
     pub fn observe(&self, spans: &[Span]) {
+        let hits = self.matches(spans);
+        self.apply_hits(hits);
+    }
+
+    /// What `spans` mean to the rules (cheap: selectors only, no lock, no I/O).
+    pub fn matches(&self, spans: &[Span]) -> Vec<Hit> {
         let rules = self.rule_set();
-        let mut hits: Vec<(&Arc<Rule>, bool, String, SpanRef)> = Vec::new();
-        let mut unkeyed: Vec<&str> = Vec::new();
+        let mut hits = Vec::new();
         for rule in rules.all() {
             for s in spans {
                 let m = rule.sides(s);
                 for (is_first, side) in [(true, m.first), (false, m.then)] {
                     match side {
                         None => {}
-                        Some(None) => unkeyed.push(rule.name()),
-                        Some(Some(key)) => hits.push((
-                            rule,
+                        Some(None) => hits.push(Hit {
+                            rule: rule.clone(),
                             is_first,
-                            key,
-                            SpanRef {
+                            key: None,
+                            span: SpanRef {
                                 trace: s.trace_id,
                                 span: s.span_id,
                                 start_ns: s.start_ns,
                             },
-                        )),
+                        }),
+                        Some(Some(key)) => hits.push(Hit {
+                            rule: rule.clone(),
+                            is_first,
+                            key: Some(key),
+                            span: SpanRef {
+                                trace: s.trace_id,
+                                span: s.span_id,
+                                start_ns: s.start_ns,
+                            },
+                        }),
                     }
                 }
             }
         }
-        if hits.is_empty() && unkeyed.is_empty() {
+        hits
+    }
+
+    /// Applies what [`Self::matches`] found to the keys.
+    pub fn apply_hits(&self, hits: Vec<Hit>) {
+        if hits.is_empty() {
             return;
         }
         let mut inner = self.lock();
         if inner.broken.is_some() {
             return;
         }
-        for name in unkeyed {
-            inner.seen.entry(name.to_string()).or_default().unkeyed += 1;
-        }
         let mut tx = None;
-        for (rule, is_first, key, r) in hits {
-            let seen = inner.seen.entry(rule.name().to_string()).or_default();
-            if is_first {
+        for h in hits {
+            let seen = inner.seen.entry(h.rule.name().to_string()).or_default();
+            let Some(key) = h.key else {
+                seen.unkeyed += 1;
+                continue;
+            };
+            if h.is_first {
                 seen.first += 1;
             } else {
                 seen.then += 1;
             }
-            if let Err(e) = self.apply(&mut inner, rule, &key, &mut tx, |rec| rec.add(is_first, r))
-            {
+            let (is_first, r) = (h.is_first, h.span);
+            if let Err(e) = self.apply(&mut inner, &h.rule, &key, &mut tx, |rec| {
+                rec.add(is_first, r)
+            }) {
                 self.fail(&mut inner, e);
                 return;
             }

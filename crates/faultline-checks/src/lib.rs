@@ -28,7 +28,8 @@ pub mod rule;
 pub mod state;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use faultline_model::span::Span;
 use faultline_store::SpanStore;
@@ -77,10 +78,59 @@ pub enum ChecksError {
 }
 
 /// The consistency rules and continuous assertions of one server.
+///
+/// As the store's observer it only matches spans on the pipeline's threads; the key
+/// updates go through a bounded queue to the `checks` thread, so the ingest thread does
+/// not wait for the database. The queue is first in, first out: a seal's checkpoint,
+/// queued after the hits of every span its head holds, is made durable after them.
 #[derive(Debug)]
 pub struct Checks {
-    pub consistency: Consistency,
+    pub consistency: Arc<Consistency>,
     pub continuous: Continuous,
+    queue: Mutex<Option<SyncSender<Msg>>>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Batches of hits queued for the `checks` thread (each at most a record's spans).
+pub const QUEUE_BATCHES: usize = 256;
+
+/// Work for the `checks` thread.
+enum Msg {
+    Hits(Vec<engine::Hit>),
+    /// Everything queued before it is applied; then it answers.
+    Barrier(std::sync::mpsc::Sender<()>),
+    /// Everything queued before it is applied and made durable; then it answers.
+    Checkpoint(std::sync::mpsc::Sender<()>),
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has applied what was queued.
+        drop(lock(&self.queue).take());
+        if let Some(w) = lock(&self.worker).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn work(consistency: Arc<Consistency>, rx: Receiver<Msg>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Hits(h) => consistency.apply_hits(h),
+            Msg::Barrier(done) => {
+                let _ = done.send(());
+            }
+            Msg::Checkpoint(done) => {
+                // A failure stops the rules (they say so) rather than the store.
+                let _ = consistency.flush(true);
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 /// What one [`Checks::tick`] did.
@@ -103,15 +153,39 @@ impl Checks {
         clock: Clock,
     ) -> Result<Checks, ChecksError> {
         let db = engine::open_db(data_dir, memory_bytes / 4)?;
+        let consistency = Arc::new(Consistency::open(
+            db.clone(),
+            data_dir.join(DB_FILE),
+            rules,
+            memory_bytes,
+        )?);
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_BATCHES);
+        let c = consistency.clone();
+        let worker = std::thread::Builder::new()
+            .name("checks".into())
+            .spawn(move || work(c, rx))
+            .map_err(|e| ChecksError::Db(format!("cannot start the checks thread: {e}")))?;
         Ok(Checks {
-            consistency: Consistency::open(
-                db.clone(),
-                data_dir.join(DB_FILE),
-                rules,
-                memory_bytes,
-            )?,
+            consistency,
             continuous: Continuous::open(db, assertions, clock)?,
+            queue: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
         })
+    }
+
+    /// Sends `msg` to the `checks` thread and waits for its answer (false when the thread
+    /// is gone).
+    fn ask(&self, msg: impl FnOnce(std::sync::mpsc::Sender<()>) -> Msg) -> bool {
+        let (done, answer) = std::sync::mpsc::channel();
+        let sent = lock(&self.queue)
+            .as_ref()
+            .is_some_and(|q| q.send(msg(done)).is_ok());
+        sent && answer.recv().is_ok()
+    }
+
+    /// Waits until every span observed so far has been applied to the keys.
+    pub fn sync(&self) {
+        self.ask(Msg::Barrier);
     }
 
     /// The periodic work, once a second on a blocking thread. While indexing has a
@@ -160,13 +234,20 @@ impl Checks {
 
 impl faultline_store::SpanObserver for Checks {
     fn observe(&self, spans: &[Span]) {
-        self.consistency.observe(spans);
+        let hits = self.consistency.matches(spans);
+        if !hits.is_empty() {
+            // A full queue waits here: the rules keep up or ingestion slows, never lose.
+            let queue = lock(&self.queue).clone();
+            match queue {
+                Some(q) if q.send(Msg::Hits(hits)).is_ok() => {}
+                _ => tracing::error!("the checks thread is gone; consistency rules stopped"),
+            }
+        }
         self.continuous.observe(spans);
     }
 
     fn checkpoint(&self) -> Result<(), String> {
-        // A failure stops the rules (they say so) rather than the store.
-        let _ = self.consistency.flush(true);
+        self.ask(Msg::Checkpoint);
         self.continuous.flush(true).map_err(|e| e.to_string())
     }
 }
