@@ -596,20 +596,18 @@ impl Consistency {
         }
         let was = old.filter(|c| c.is_violation());
         let is = new.filter(|c| c.is_violation());
-        let event = match (was, is) {
-            (_, Some(n)) => Some((
-                format!("consistency/{}/{key}/{}", rule.name(), n.name()),
-                "firing",
-                n,
-            )),
-            (Some(o), None) if new.is_some() => Some((
-                format!("consistency/{}/{key}/{}/resolved", rule.name(), o.name()),
-                "resolved",
-                new.unwrap_or(Class::Satisfied),
-            )),
-            _ => None,
-        };
-        if let Some((ekey, state, class)) = event {
+        // Leaving a violation resolves it (also into another violation: orphan, then
+        // duplicate once its A and two Bs are in); entering one fires it.
+        let mut events = Vec::new();
+        if let Some(o) = was.filter(|o| Some(*o) != is) {
+            let ekey = format!("consistency/{}/{key}/{}/resolved", rule.name(), o.name());
+            events.push((ekey, "resolved", new.unwrap_or(Class::Satisfied)));
+        }
+        if let Some(n) = is {
+            let ekey = format!("consistency/{}/{key}/{}", rule.name(), n.name());
+            events.push((ekey, "firing", n));
+        }
+        for (ekey, state, class) in events {
             let link = rec
                 .a
                 .as_ref()

@@ -320,3 +320,46 @@ fn rules_made_through_the_api_persist_and_config_names_are_refused() {
     assert!(!c.consistency.delete_rule("api-rule").unwrap());
     assert!(c.consistency.delete_rule("order-shipped").is_err());
 }
+
+#[test]
+fn leaving_one_violation_for_another_resolves_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(1100 * S));
+    let store = faultline_store::Store::open(faultline_store::StoreOptions::new(
+        &dir.path().join("store"),
+    ))
+    .unwrap()
+    .0;
+    let c = Checks::open(dir.path(), vec![rule()], vec![], 32 << 20, clock(&now)).unwrap();
+    // Two shipments and no order: an orphan once the grace passed.
+    c.consistency
+        .observe(&[ship(30, 0, 1001), ship(30, 1, 1002)]);
+    c.tick(&store, 1100 * S, true, None).unwrap();
+    // The order comes late: now a duplicate.
+    c.consistency.observe(&[order(30, 1000)]);
+    let mut keys: Vec<(String, String)> = c
+        .consistency
+        .pending_notifications(10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.state))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            (
+                "consistency/order-shipped/o30/duplicate".into(),
+                "firing".into()
+            ),
+            (
+                "consistency/order-shipped/o30/orphan".into(),
+                "firing".into()
+            ),
+            (
+                "consistency/order-shipped/o30/orphan/resolved".into(),
+                "resolved".into()
+            ),
+        ]
+    );
+}

@@ -32,11 +32,13 @@ fn rule_json() -> Value {
     })
 }
 
-fn config(dir: &Path) -> std::path::PathBuf {
+fn config(dir: &Path, hook_port: u64) -> std::path::PathBuf {
     let path = dir.join("faultline.toml");
     std::fs::write(
         &path,
-        r#"
+        format!(
+            "[notify]\ngroup_secs = 0\n[[notify.receivers]]\nname = \"hook\"\nwebhook = {{ url = \"http://127.0.0.1:{hook_port}/hook\" }}\n"
+        ) + r#"
 [[consistency]]
 name = "order-shipped"
 first = '{ service = "orders" && name = "create order" }'
@@ -133,7 +135,12 @@ fn planted_flows_keep_exact_outcomes_across_ten_sigkills() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let cfg = config(tmp.path());
+    let received = tmp.path().join("received.jsonl");
+    let (_receivers, ports) = common::python_fixture(
+        "notify_receivers.py",
+        &["--out", received.to_str().unwrap()],
+    );
+    let cfg = config(tmp.path(), ports["http_port"].as_u64().unwrap());
     // Small blocks: seals, and so checkpoints, happen throughout.
     let flags = [
         "--config",
@@ -291,6 +298,62 @@ fn planted_flows_keep_exact_outcomes_across_ten_sigkills() {
     let (status, page) = http_get(server.api, "/consistency").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("order-shipped") && page.contains("data-class=\"missing\""));
+    // Through the outbox: every violated key fired once; a key violated only for a
+    // while (its A or B was still on its way when the grace ran out) fired and
+    // resolved; no transition went out in two different messages.
+    let violated: Vec<String> = seen
+        .values()
+        .filter(|k| ["missing", "duplicate", "orphan"].contains(&k["class"].as_str().unwrap()))
+        .map(|k| {
+            format!(
+                "consistency/order-shipped/{}/{}",
+                k["key"].as_str().unwrap(),
+                k["class"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(violated.len(), 3 * PER_CLASS);
+    let started = Instant::now();
+    let events = loop {
+        let mut events: HashMap<String, (String, String)> = HashMap::new();
+        for line in std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+        {
+            let v: Value = serde_json::from_str(line).unwrap();
+            if v["failed"] == true {
+                continue;
+            }
+            let id = v["body"]["id"].as_str().unwrap().to_string();
+            for e in v["body"]["events"].as_array().unwrap() {
+                let key = e["key"].as_str().unwrap().to_string();
+                let state = e["state"].as_str().unwrap().to_string();
+                if let Some((other, _)) = events.get(&key) {
+                    assert_eq!(other, &id, "transition {key} sent in two messages");
+                }
+                events.insert(key, (id.clone(), state));
+            }
+        }
+        if violated.iter().all(|k| events.contains_key(k)) {
+            break events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of {} violations notified",
+            violated.iter().filter(|k| events.contains_key(*k)).count(),
+            violated.len()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    for (key, (_, state)) in &events {
+        assert!(key.starts_with("consistency/order-shipped/"), "{key}");
+        if state == "firing" && !violated.contains(key) {
+            assert!(
+                events.contains_key(&format!("{key}/resolved")),
+                "{key} fired and never resolved, but its key is no longer violated"
+            );
+        }
+    }
 }
 
 #[test]
