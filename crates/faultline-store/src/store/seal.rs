@@ -51,11 +51,10 @@ impl Store {
                 let head = std::mem::take(&mut inner.head);
                 let mut pending = inner.pending.clone();
                 let m = advanced(&inner.manifest, &mut pending, &head);
+                // No span is published here, so the observer needs no checkpoint (and
+                // the store's lock is not held while it makes one).
                 if m != inner.manifest {
-                    if let Err(e) = self
-                        .checkpoint_observer()
-                        .and_then(|()| m.store(&self.opts.dir))
-                    {
+                    if let Err(e) = m.store(&self.opts.dir) {
                         inner.head = head;
                         return Err(e);
                     }
