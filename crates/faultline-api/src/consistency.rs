@@ -55,11 +55,17 @@ fn checks_err(e: ChecksError) -> ApiError {
 async fn list(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let c = checks(&st)?;
     let c2 = c.clone();
-    let (rules, assertions) =
-        tokio::task::spawn_blocking(move || (c2.consistency.rules(), c2.continuous.views()))
-            .await?;
+    // The figures wait for the checks' lock, which a flush holds through a commit.
+    let (rules, assertions, broken) = tokio::task::spawn_blocking(move || {
+        (
+            c2.consistency.rules(),
+            c2.continuous.views(),
+            c2.consistency.broken(),
+        )
+    })
+    .await?;
     Ok(Json(json!({
-        "rules": rules, "assertions": assertions, "broken": c.consistency.broken(),
+        "rules": rules, "assertions": assertions, "broken": broken,
     })))
 }
 
@@ -171,15 +177,9 @@ async fn check(
         (Some(r), _) => parse_rule(None, r.clone())?,
         (None, Some(name)) => {
             let c = checks(&st)?;
-            let def = c
-                .consistency
-                .rules()
-                .into_iter()
-                .find(|r| r.def.name == name)
-                .map(|r| r.def)
-                .ok_or_else(|| {
-                    ApiError::not_found(format!("no consistency rule is named {name:?}"))
-                })?;
+            let def = c.consistency.rule_def(name).ok_or_else(|| {
+                ApiError::not_found(format!("no consistency rule is named {name:?}"))
+            })?;
             parse_rule(None, json!(def))?
         }
         (None, None) => {

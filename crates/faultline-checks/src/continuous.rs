@@ -250,14 +250,13 @@ impl Continuous {
 
     /// Queues the traces of spans matching an assertion's selector.
     pub fn observe(&self, spans: &[Span]) {
+        // Each (assertion, trace) once per record: a set, as a record holds hundreds of
+        // spans of few traces.
+        let mut seen: HashSet<(usize, [u8; 16])> = HashSet::new();
         let mut hits: Vec<(&ContinuousDef, [u8; 16])> = Vec::new();
-        for d in &self.defs {
+        for (i, d) in self.defs.iter().enumerate() {
             for s in spans {
-                if d.matcher.matches_span(s)
-                    && !hits
-                        .iter()
-                        .any(|(h, t)| h.name == d.name && *t == s.trace_id)
-                {
+                if d.matcher.matches_span(s) && seen.insert((i, s.trace_id)) {
                     hits.push((d, s.trace_id));
                 }
             }
@@ -410,6 +409,10 @@ impl Continuous {
     /// Every assertion with its figures.
     pub fn views(&self) -> Vec<ContinuousView> {
         let inner = self.lock();
+        let mut pending: HashMap<&str, usize> = HashMap::new();
+        for (name, _) in &inner.queued {
+            *pending.entry(name.as_str()).or_default() += 1;
+        }
         self.defs
             .iter()
             .map(|d| ContinuousView {
@@ -417,7 +420,7 @@ impl Continuous {
                 matcher: d.matcher.text().to_string(),
                 settle_ms: d.settle_ns / 1_000_000,
                 checks: d.file.assertions.iter().map(|a| a.name.clone()).collect(),
-                pending: inner.queued.iter().filter(|(n, _)| n == &d.name).count(),
+                pending: pending.get(d.name.as_str()).copied().unwrap_or(0),
                 stats: inner.stats.get(&d.name).cloned().unwrap_or_default(),
             })
             .collect()

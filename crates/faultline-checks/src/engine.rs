@@ -829,6 +829,11 @@ impl Consistency {
         Ok(())
     }
 
+    /// The definition of the rule in force named `name` (no lock but the rules').
+    pub fn rule_def(&self, name: &str) -> Option<RuleDef> {
+        self.rule_set().get(name).map(|r| r.def.clone())
+    }
+
     /// Every rule with its figures.
     pub fn rules(&self) -> Vec<RuleView> {
         let rules = self.rule_set();

@@ -86,6 +86,16 @@ fn clock(at: &Arc<AtomicU64>) -> Clock {
     Arc::new(move || at.load(Ordering::SeqCst))
 }
 
+fn store(dir: &tempfile::TempDir) -> faultline_store::Store {
+    let opts = faultline_store::StoreOptions::new(&dir.path().join("store"));
+    faultline_store::Store::open(opts).unwrap().0
+}
+
+/// The checks with the test rule in `dir`, on the clock `now`, within `bound` bytes.
+fn open(dir: &tempfile::TempDir, now: &Arc<AtomicU64>, bound: usize) -> Checks {
+    Checks::open(dir.path(), vec![rule()], vec![], bound, clock(now)).unwrap()
+}
+
 /// 10 on time, 5 late, 4 missing, 3 duplicated, 2 orphans.
 fn planted() -> Vec<Span> {
     let mut v = Vec::new();
@@ -132,12 +142,8 @@ const EXPECTED: [(&str, u64); 5] = [
 fn planted_keys_get_exact_classes_however_often_they_are_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1100 * S));
-    let store = faultline_store::Store::open(faultline_store::StoreOptions::new(
-        &dir.path().join("store"),
-    ))
-    .unwrap()
-    .0;
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 8 << 20, clock(&now)).unwrap();
+    let store = store(&dir);
+    let c = open(&dir, &now, 8 << 20);
     let spans = planted();
     // In chunks, each twice, out of order: replays after crashes look like this.
     for chunk in spans.chunks(7).rev() {
@@ -157,7 +163,7 @@ fn planted_keys_get_exact_classes_however_often_they_are_replayed() {
     // Durable, then everything replayed again after a "restart".
     faultline_store::SpanObserver::checkpoint(&c).unwrap();
     drop(c);
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 8 << 20, clock(&now)).unwrap();
+    let c = open(&dir, &now, 8 << 20);
     assert_eq!(counts(&c), EXPECTED);
     c.consistency.observe(&spans);
     c.tick(&store, 1101 * S, true, None).unwrap();
@@ -212,17 +218,13 @@ fn planted_keys_get_exact_classes_however_often_they_are_replayed() {
 fn notifications_are_queued_once_per_transition_and_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1100 * S));
-    let store = faultline_store::Store::open(faultline_store::StoreOptions::new(
-        &dir.path().join("store"),
-    ))
-    .unwrap()
-    .0;
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 8 << 20, clock(&now)).unwrap();
+    let store = store(&dir);
+    let c = open(&dir, &now, 8 << 20);
     c.consistency.observe(&planted());
     c.tick(&store, 1100 * S, true, None).unwrap();
     faultline_store::SpanObserver::checkpoint(&c).unwrap();
     drop(c);
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 8 << 20, clock(&now)).unwrap();
+    let c = open(&dir, &now, 8 << 20);
     let events = c.consistency.pending_notifications(1000).unwrap();
     // 4 missing + 3 duplicate + 2 orphan firing.
     assert_eq!(
@@ -255,7 +257,7 @@ fn a_hundred_thousand_pending_keys_stay_within_the_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1100 * S));
     let bound = 4 << 20;
-    let c = Checks::open(dir.path(), vec![rule()], vec![], bound, clock(&now)).unwrap();
+    let c = open(&dir, &now, bound);
     let mut most = 0;
     for batch in 0..200u64 {
         let spans: Vec<Span> = (0..500).map(|i| order(batch * 500 + i, 1000)).collect();
@@ -276,7 +278,7 @@ fn a_hundred_thousand_pending_keys_stay_within_the_memory_bound() {
 fn spans_without_the_key_are_counted_not_keyed() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1100 * S));
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 8 << 20, clock(&now)).unwrap();
+    let c = open(&dir, &now, 8 << 20);
     c.consistency
         .observe(&[span(1, 1, "orders", "create order", "", 1000)]);
     let r = &c.consistency.rules()[0];
@@ -288,7 +290,7 @@ fn spans_without_the_key_are_counted_not_keyed() {
 fn rules_made_through_the_api_persist_and_config_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1100 * S));
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 8 << 20, clock(&now)).unwrap();
+    let c = open(&dir, &now, 8 << 20);
     let mut d = rule().def;
     assert!(
         c.consistency
@@ -302,7 +304,7 @@ fn rules_made_through_the_api_persist_and_config_names_are_refused() {
             .unwrap()
     );
     drop(c);
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 8 << 20, clock(&now)).unwrap();
+    let c = open(&dir, &now, 8 << 20);
     let names: Vec<(String, &str)> = c
         .consistency
         .rules()
@@ -325,12 +327,8 @@ fn rules_made_through_the_api_persist_and_config_names_are_refused() {
 fn leaving_one_violation_for_another_resolves_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1100 * S));
-    let store = faultline_store::Store::open(faultline_store::StoreOptions::new(
-        &dir.path().join("store"),
-    ))
-    .unwrap()
-    .0;
-    let c = Checks::open(dir.path(), vec![rule()], vec![], 32 << 20, clock(&now)).unwrap();
+    let store = store(&dir);
+    let c = open(&dir, &now, 32 << 20);
     // Two shipments and no order: an orphan once the grace passed.
     c.consistency
         .observe(&[ship(30, 0, 1001), ship(30, 1, 1002)]);

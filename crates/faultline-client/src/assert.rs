@@ -9,12 +9,11 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::ClientError;
-use crate::query::api_error;
+use crate::query::{api_error, post};
 
 /// Flags of `faultline assert`.
 #[derive(Debug, clap::Args)]
@@ -45,38 +44,6 @@ pub struct AssertArgs {
     /// Base URL of the faultline HTTP API.
     #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
     pub api: String,
-}
-
-pub(crate) fn post(url: &str, body: String) -> Result<(u16, Value), ClientError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ClientError(format!("cannot build the HTTP client: {e}")))?;
-        let resp = client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                ClientError(format!(
-                    "cannot reach {url}: {e}; is faultline serving there? (--api)"
-                ))
-            })?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| ClientError(format!("cannot read the answer: {e}")))?;
-        let v = serde_json::from_str(&text)
-            .map_err(|_| ClientError(format!("the answer from {url} is not JSON: {text}")))?;
-        Ok::<_, ClientError>((status, v))
-    })
 }
 
 fn xml(s: &str) -> String {

@@ -79,16 +79,37 @@ pub fn report(cmd: ReportCommand) -> Result<u8, ClientError> {
 
 /// GETs `url`: status, the `X-Faultline-Partial` reasons, and the JSON body.
 pub(crate) fn get(url: &str) -> Result<(u16, Option<String>, Value), ClientError> {
+    call(url, None, Duration::from_secs(30))
+}
+
+/// POSTs a JSON `body` to `url`: status and the JSON answer.
+pub(crate) fn post(url: &str, body: String) -> Result<(u16, Value), ClientError> {
+    call(url, Some(body), Duration::from_secs(60)).map(|(status, _, v)| (status, v))
+}
+
+/// One request (a GET, or a POST of a JSON body) on a runtime of its own.
+fn call(
+    url: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<(u16, Option<String>, Value), ClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ClientError(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .build()
             .map_err(|e| ClientError(format!("cannot build the HTTP client: {e}")))?;
-        let resp = client.get(url).send().await.map_err(|e| {
+        let req = match body {
+            Some(b) => client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(b),
+            None => client.get(url),
+        };
+        let resp = req.send().await.map_err(|e| {
             ClientError(format!(
                 "cannot reach {url}: {e}; is faultline serving there? (--api)"
             ))

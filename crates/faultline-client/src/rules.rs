@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::ClientError;
-use crate::assert::post;
-use crate::query::api_error;
+use crate::query::{api_error, post};
 
 /// `faultline rules`.
 #[derive(Debug, clap::Subcommand)]

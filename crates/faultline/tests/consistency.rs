@@ -121,18 +121,8 @@ fn truth(child: std::process::Child) -> (HashMap<String, String>, u64) {
 
 #[test]
 fn planted_flows_keep_exact_outcomes_across_ten_sigkills() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("consistency crash test seed {seed}");
-    let mut x = seed | 1;
-    let mut rand = move |lo: u64, hi: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        lo + x % (hi - lo)
-    };
+    let mut rand = common::seeded_rand("consistency crash test");
+    let seed = rand(0, 1_000_000);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let received = tmp.path().join("received.jsonl");
@@ -155,8 +145,8 @@ fn planted_flows_keep_exact_outcomes_across_ten_sigkills() {
     std::fs::write(&http_ep, server.http_url()).unwrap();
     std::fs::write(&grpc_ep, server.grpc_url()).unwrap();
     let mut senders = [
-        flows(&http_ep, "http", "h", (seed % 1000) as u32),
-        flows(&grpc_ep, "grpc", "g", (seed % 1000 + 1) as u32),
+        flows(&http_ep, "http", "h", seed as u32),
+        flows(&grpc_ep, "grpc", "g", seed as u32 + 1),
     ];
     for kill in 0..10 {
         // Every kill lands while both senders are still sending.

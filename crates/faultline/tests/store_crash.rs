@@ -22,18 +22,7 @@ const STORE_FLAGS: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_trace_is_queryable_after_sigkills() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("store crash test seed {seed}");
-    let mut x = seed | 1;
-    let mut rand = move |lo: u64, hi: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        lo + x % (hi - lo)
-    };
+    let mut rand = common::seeded_rand("store crash test");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut logs = Vec::new();
@@ -150,7 +139,7 @@ async fn every_acknowledged_trace_is_queryable_after_sigkills() {
     );
     assert!(
         missing.is_empty(),
-        "acknowledged traces missing (seed {seed}): {:?}",
+        "acknowledged traces missing (the seed is printed above): {:?}",
         &missing[..missing.len().min(10)]
     );
 }

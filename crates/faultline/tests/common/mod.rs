@@ -719,3 +719,20 @@ pub fn send_traces_with_skew(server: &Server, n: u64, skew: bool, base: u64) -> 
         })
         .collect()
 }
+
+/// A seeded xorshift generator of integers in `[lo, hi)`, its seed printed under `name`
+/// so a failing run can be told apart (the seed is the time).
+pub fn seeded_rand(name: &str) -> impl FnMut(u64, u64) -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("{name} seed {seed}");
+    let mut x = seed | 1;
+    move |lo: u64, hi: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        lo + x % (hi - lo)
+    }
+}
