@@ -39,6 +39,9 @@ fn default_settle() -> String {
     "10s".into()
 }
 
+/// Continuous assertions one server runs at most (each checks every matching trace).
+pub const MAX_ASSERTIONS: usize = 1_000;
+
 /// The checks' configuration, checked.
 #[derive(Debug, Clone)]
 pub struct ChecksConfig {
@@ -56,6 +59,12 @@ pub fn build(
     base: &Path,
 ) -> Result<ChecksConfig, String> {
     let rules = check_all(rules)?;
+    if assertions.len() > MAX_ASSERTIONS {
+        return Err(format!(
+            "assertions: {} are configured; at most {MAX_ASSERTIONS} are allowed (join assertion files that match the same traces)",
+            assertions.len()
+        ));
+    }
     let mut out = Vec::new();
     for a in assertions {
         if out.iter().any(|d: &ContinuousDef| d.name == a.name) {

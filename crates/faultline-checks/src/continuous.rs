@@ -42,8 +42,15 @@ const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("assert_stats")
 /// Traces waiting to be checked, over all assertions; beyond it new traces are skipped
 /// (and counted).
 pub const MAX_PENDING: usize = 100_000;
-/// How long a checked trace is remembered (so a replay does not check it again).
-pub const DONE_KEEP_NS: u64 = 24 * 3600 * 1_000_000_000;
+/// How long a checked trace is remembered, so that its late spans or a replay do not
+/// check it again (spans of a trace arriving over an hour apart start a second check).
+pub const DONE_KEEP_NS: u64 = 3600 * 1_000_000_000;
+/// Checked traces remembered at most (the oldest are forgotten first): about 64 bytes of
+/// memory each, so at most about 64 MiB.
+pub const MAX_DONE: usize = 1_000_000;
+/// Changes held in memory before [`Continuous::run_due`] writes them itself (about 100
+/// bytes each); otherwise they are written at the checkpoint.
+pub const FLUSH_CHANGES: usize = 50_000;
 /// Failing traces kept per assertion.
 pub const EXAMPLES: usize = 20;
 
@@ -119,12 +126,15 @@ pub struct ContinuousView {
     pub stats: Stats,
 }
 
+/// An assertion (its position in `defs`) and a trace.
+type Entry = (u16, [u8; 16]);
+
 struct Inner {
-    /// (due, name, trace) in due order, and the same set for membership.
-    queue: BTreeSet<(u64, String, [u8; 16])>,
-    queued: HashSet<(String, [u8; 16])>,
-    done: HashSet<(String, [u8; 16])>,
-    done_order: VecDeque<(u64, String, [u8; 16])>,
+    /// (due, assertion, trace) in due order, and the same set for membership.
+    queue: BTreeSet<(u64, u16, [u8; 16])>,
+    queued: HashSet<Entry>,
+    done: HashSet<Entry>,
+    done_order: VecDeque<(u64, u16, [u8; 16])>,
     stats: HashMap<String, Stats>,
     /// Changes since the last flush: pending (Some(due): insert, None: remove), done.
     pending_changes: HashMap<Vec<u8>, Option<u64>>,
@@ -138,6 +148,8 @@ struct Inner {
 pub struct Continuous {
     db: Arc<Database>,
     defs: Vec<ContinuousDef>,
+    /// The `match` selectors of `defs` by service.
+    index: faultline_rules::SelectorIndex,
     inner: Mutex<Inner>,
     clock: crate::Clock,
 }
@@ -159,6 +171,13 @@ fn entry_key(name: &str, trace: &[u8; 16]) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(trace);
     k
+}
+
+/// The position of the assertion `name` in `defs`.
+fn position(defs: &[ContinuousDef], name: &str) -> Option<u16> {
+    defs.iter()
+        .position(|d| d.name == name)
+        .and_then(|i| u16::try_from(i).ok())
 }
 
 fn split_entry(k: &[u8]) -> Option<(String, [u8; 16])> {
@@ -192,12 +211,14 @@ impl Continuous {
             let mut stale = Vec::new();
             for row in p.iter().map_err(db_err)? {
                 let (k, v) = row.map_err(db_err)?;
-                match split_entry(k.value()) {
-                    Some((name, trace)) if defs.iter().any(|d| d.name == name) => {
-                        inner.queue.insert((v.value(), name.clone(), trace));
-                        inner.queued.insert((name, trace));
+                match split_entry(k.value())
+                    .and_then(|(name, t)| Some((position(&defs, &name)?, t)))
+                {
+                    Some((i, trace)) => {
+                        inner.queue.insert((v.value(), i, trace));
+                        inner.queued.insert((i, trace));
                     }
-                    _ => stale.push(k.value().to_vec()),
+                    None => stale.push(k.value().to_vec()),
                 }
             }
             for k in stale {
@@ -208,19 +229,22 @@ impl Continuous {
             let mut rows = Vec::new();
             for row in d.iter().map_err(db_err)? {
                 let (k, v) = row.map_err(db_err)?;
-                if v.value().saturating_add(DONE_KEEP_NS) < now {
-                    old.push(k.value().to_vec());
-                } else if let Some((name, trace)) = split_entry(k.value()) {
-                    rows.push((v.value(), name, trace));
+                match split_entry(k.value())
+                    .and_then(|(name, t)| Some((position(&defs, &name)?, t)))
+                {
+                    Some((i, trace)) if v.value().saturating_add(DONE_KEEP_NS) >= now => {
+                        rows.push((v.value(), i, trace));
+                    }
+                    _ => old.push(k.value().to_vec()),
                 }
             }
             for k in old {
                 d.remove(k.as_slice()).map_err(db_err)?;
             }
             rows.sort();
-            for (at, name, trace) in rows {
-                inner.done.insert((name.clone(), trace));
-                inner.done_order.push_back((at, name, trace));
+            for (at, i, trace) in rows {
+                inner.done.insert((i, trace));
+                inner.done_order.push_back((at, i, trace));
             }
             let s = tx.open_table(STATS).map_err(db_err)?;
             for row in s.iter().map_err(db_err)? {
@@ -233,6 +257,7 @@ impl Continuous {
         tx.commit().map_err(db_err)?;
         Ok(Continuous {
             db,
+            index: faultline_rules::SelectorIndex::new(defs.iter().map(|d| &d.matcher)),
             defs,
             inner: Mutex::new(inner),
             clock,
@@ -250,27 +275,32 @@ impl Continuous {
 
     /// Queues the traces of spans matching an assertion's selector.
     pub fn observe(&self, spans: &[Span]) {
-        // Each (assertion, trace) once per record: a set, as a record holds hundreds of
-        // spans of few traces.
-        let mut seen: HashSet<(usize, [u8; 16])> = HashSet::new();
-        let mut hits: Vec<(&ContinuousDef, [u8; 16])> = Vec::new();
-        for (i, d) in self.defs.iter().enumerate() {
-            for s in spans {
-                if d.matcher.matches_span(s) && seen.insert((i, s.trace_id)) {
-                    hits.push((d, s.trace_id));
+        // Each (assertion, trace) once per record (sorted and deduplicated below), as a
+        // record holds hundreds of spans of few traces.
+        let mut hits: Vec<Entry> = Vec::new();
+        for s in spans {
+            if self.index.none_for(s.service()) {
+                continue;
+            }
+            for i in self.index.candidates(s) {
+                let e = (i as u16, s.trace_id);
+                if self.defs[i].matcher.matches_span(s) {
+                    hits.push(e);
                 }
             }
         }
         if hits.is_empty() {
             return;
         }
+        hits.sort_unstable();
+        hits.dedup();
         let now = (self.clock)();
         let mut inner = self.lock();
-        for (d, trace) in hits {
-            let id = (d.name.clone(), trace);
+        for id in hits {
             if inner.queued.contains(&id) || inner.done.contains(&id) {
                 continue;
             }
+            let d = &self.defs[usize::from(id.0)];
             if inner.queue.len() >= MAX_PENDING {
                 inner.stats.entry(d.name.clone()).or_default().skipped += 1;
                 inner.stats_dirty.insert(d.name.clone());
@@ -279,8 +309,8 @@ impl Continuous {
             let due = now.saturating_add(d.settle_ns);
             inner
                 .pending_changes
-                .insert(entry_key(&d.name, &trace), Some(due));
-            inner.queue.insert((due, d.name.clone(), trace));
+                .insert(entry_key(&d.name, &id.1), Some(due));
+            inner.queue.insert((due, id.0, id.1));
             inner.queued.insert(id);
         }
     }
@@ -289,7 +319,7 @@ impl Continuous {
     /// Blocking (store reads). Returns how many were checked.
     pub fn run_due(&self, store: &dyn SpanStore, max: usize) -> Result<usize, ChecksError> {
         let now = (self.clock)();
-        let due: Vec<(u64, String, [u8; 16])> = {
+        let due: Vec<(u64, u16, [u8; 16])> = {
             let inner = self.lock();
             inner
                 .queue
@@ -304,14 +334,13 @@ impl Continuous {
         let answers = store
             .traces(&ids)
             .map_err(|e| ChecksError::Store(e.to_string()))?;
-        for ((at, name, trace), answer) in due.iter().zip(answers) {
-            let Some(def) = self.defs.iter().find(|d| &d.name == name) else {
-                continue;
-            };
+        for (&(at, i, trace), answer) in due.iter().zip(answers) {
+            let def = &self.defs[usize::from(i)];
+            let name = &def.name;
             let mut inner = self.lock();
-            let k = entry_key(name, trace);
-            inner.queue.remove(&(*at, name.clone(), *trace));
-            inner.queued.remove(&(name.clone(), *trace));
+            let k = entry_key(name, &trace);
+            inner.queue.remove(&(at, i, trace));
+            inner.queued.remove(&(i, trace));
             inner.pending_changes.insert(k.clone(), None);
             let stats = inner.stats.entry(name.clone()).or_default();
             if answer.spans.is_empty() {
@@ -326,7 +355,7 @@ impl Continuous {
                     stats.passed += 1;
                 } else {
                     stats.failed += 1;
-                    let trace_id = faultline_model::hex(trace);
+                    let trace_id = faultline_model::hex(&trace);
                     stats.examples.push_front(Example {
                         link: format!("/trace/{trace_id}"),
                         trace_id,
@@ -337,23 +366,29 @@ impl Continuous {
                 }
             }
             inner.stats_dirty.insert(name.clone());
-            inner.done.insert((name.clone(), *trace));
-            inner.done_order.push_back((now, name.clone(), *trace));
+            inner.done.insert((i, trace));
+            inner.done_order.push_back((now, i, trace));
             inner.done_changes.insert(k, Some(now));
         }
-        // Forget traces checked longer ago than DONE_KEEP_NS.
+        // Forget traces checked longer ago than DONE_KEEP_NS, or beyond MAX_DONE.
         let mut inner = self.lock();
-        while let Some((at, _, _)) = inner.done_order.front() {
-            if at.saturating_add(DONE_KEEP_NS) >= now {
+        while let Some(&(at, i, trace)) = inner.done_order.front() {
+            if at.saturating_add(DONE_KEEP_NS) >= now && inner.done_order.len() <= MAX_DONE {
                 break;
             }
-            if let Some((_, name, trace)) = inner.done_order.pop_front() {
-                inner.done_changes.insert(entry_key(&name, &trace), None);
-                inner.done.remove(&(name, trace));
-            }
+            inner.done_order.pop_front();
+            inner
+                .done_changes
+                .insert(entry_key(&self.defs[usize::from(i)].name, &trace), None);
+            inner.done.remove(&(i, trace));
         }
+        // Written at the next checkpoint (with the store's seal), or now when many
+        // changes wait: a write per tick rewrote B-tree pages for a few thousand entries.
+        let waiting = inner.pending_changes.len() + inner.done_changes.len();
         drop(inner);
-        self.flush(false)?;
+        if waiting > FLUSH_CHANGES {
+            self.flush(false)?;
+        }
         Ok(due.len())
     }
 
@@ -409,18 +444,19 @@ impl Continuous {
     /// Every assertion with its figures.
     pub fn views(&self) -> Vec<ContinuousView> {
         let inner = self.lock();
-        let mut pending: HashMap<&str, usize> = HashMap::new();
-        for (name, _) in &inner.queued {
-            *pending.entry(name.as_str()).or_default() += 1;
+        let mut pending: HashMap<u16, usize> = HashMap::new();
+        for (i, _) in &inner.queued {
+            *pending.entry(*i).or_default() += 1;
         }
         self.defs
             .iter()
-            .map(|d| ContinuousView {
+            .enumerate()
+            .map(|(i, d)| ContinuousView {
                 name: d.name.clone(),
                 matcher: d.matcher.text().to_string(),
                 settle_ms: d.settle_ns / 1_000_000,
                 checks: d.file.assertions.iter().map(|a| a.name.clone()).collect(),
-                pending: pending.get(d.name.as_str()).copied().unwrap_or(0),
+                pending: pending.get(&(i as u16)).copied().unwrap_or(0),
                 stats: inner.stats.get(&d.name).cloned().unwrap_or_default(),
             })
             .collect()

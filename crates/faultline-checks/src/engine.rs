@@ -2,12 +2,16 @@
 //! state in `DATA_DIR/checks.redb` (a [redb] database), within a memory bound.
 //!
 //! - **Observe** (the pipeline's threads, through the store's observer): each span is
-//!   matched against every rule outside any lock; matches update their key's record in a
-//!   write-back map. Records are read from the map, else from the database.
+//!   matched against the rules whose selectors can match its service
+//!   (`faultline_rules::SelectorIndex`) outside any lock; matches update their key's
+//!   record in a write-back map (on the `checks` thread, see `lib.rs`). Records are read from the map, else from the database.
 //! - **Flush**: the map, the timers, the class index, the counts and the notifications
 //!   queued by transitions go to the database in one transaction. A flush happens when the
-//!   map holds a quarter of the memory bound (not durable), before every sweep (not durable), and
-//!   at every checkpoint (durable: the store's seal calls it before publishing a block).
+//!   map holds a quarter of the memory bound (not durable) and at every checkpoint
+//!   (durable: the store's seal calls it before publishing a block). Sweeps and the
+//!   notification hand-over read the map beside the database instead of flushing it:
+//!   keys are random, so each flush rewrites B-tree pages all over the table, and flushing
+//!   every second cost more than the rules' matching and updates together.
 //!   After a crash the database is exactly the last checkpoint, and every span after it
 //!   is replayed from the WAL; applying a span twice changes nothing (`state.rs`), so no
 //!   key's outcome is lost or counted twice.
@@ -35,7 +39,7 @@
 //! If the database fails (disk full, damage), the rules stop evaluating and say so in the
 //! API, the metrics and the log; ingestion goes on (checks never stop the store).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -196,13 +200,21 @@ struct Inner {
     filter: crate::filter::KeyFilter,
 }
 
-/// The rules in force.
+/// The rules in force, with their sides' selectors indexed by service (side `2i` is rule
+/// `i`'s A, `2i + 1` its B, in [`RuleSet::all`]'s order).
 struct RuleSet {
     config: Vec<Arc<Rule>>,
     api: Vec<Arc<Rule>>,
+    sides: faultline_rules::SelectorIndex,
 }
 
 impl RuleSet {
+    fn new(config: Vec<Arc<Rule>>, api: Vec<Arc<Rule>>) -> RuleSet {
+        let sides = faultline_rules::SelectorIndex::new(
+            config.iter().chain(&api).flat_map(|r| [&r.first, &r.then]),
+        );
+        RuleSet { config, api, sides }
+    }
     fn all(&self) -> impl Iterator<Item = &Arc<Rule>> {
         self.config.iter().chain(&self.api)
     }
@@ -344,10 +356,10 @@ impl Consistency {
         Ok(Consistency {
             db,
             path,
-            rules: RwLock::new(Arc::new(RuleSet {
-                config: config.into_iter().map(Arc::new).collect(),
+            rules: RwLock::new(Arc::new(RuleSet::new(
+                config.into_iter().map(Arc::new).collect(),
                 api,
-            })),
+            ))),
             inner: Mutex::new(Inner {
                 dirty: HashMap::new(),
                 dirty_bytes: 0,
@@ -394,34 +406,30 @@ impl Consistency {
     /// What `spans` mean to the rules (cheap: selectors only, no lock, no I/O).
     pub fn matches(&self, spans: &[Span]) -> Vec<Hit> {
         let rules = self.rule_set();
+        let all: Vec<&Arc<Rule>> = rules.all().collect();
         let mut hits = Vec::new();
-        for rule in rules.all() {
-            for s in spans {
-                let m = rule.sides(s);
-                for (is_first, side) in [(true, m.first), (false, m.then)] {
-                    match side {
-                        None => {}
-                        Some(None) => hits.push(Hit {
-                            rule: rule.clone(),
-                            is_first,
-                            key: None,
-                            span: SpanRef {
-                                trace: s.trace_id,
-                                span: s.span_id,
-                                start_ns: s.start_ns,
-                            },
-                        }),
-                        Some(Some(key)) => hits.push(Hit {
-                            rule: rule.clone(),
-                            is_first,
-                            key: Some(key),
-                            span: SpanRef {
-                                trace: s.trace_id,
-                                span: s.span_id,
-                                start_ns: s.start_ns,
-                            },
-                        }),
-                    }
+        for s in spans {
+            if rules.sides.none_for(s.service()) {
+                continue;
+            }
+            for side in rules.sides.candidates(s) {
+                let (rule, is_first) = (all[side / 2], side % 2 == 0);
+                let (selector, key) = if is_first {
+                    (&rule.first, &rule.first_key)
+                } else {
+                    (&rule.then, &rule.then_key)
+                };
+                if selector.matches_span(s) {
+                    hits.push(Hit {
+                        rule: rule.clone(),
+                        is_first,
+                        key: crate::rule::key_value(s, key),
+                        span: SpanRef {
+                            trace: s.trace_id,
+                            span: s.span_id,
+                            start_ns: s.start_ns,
+                        },
+                    });
                 }
             }
         }
@@ -439,7 +447,15 @@ impl Consistency {
         }
         let mut tx = None;
         for h in hits {
-            let seen = inner.seen.entry(h.rule.name().to_string()).or_default();
+            // Looked up before inserting: no name copied per span.
+            if !inner.seen.contains_key(h.rule.name()) {
+                inner
+                    .seen
+                    .insert(h.rule.name().to_string(), Seen::default());
+            }
+            let Some(seen) = inner.seen.get_mut(h.rule.name()) else {
+                continue;
+            };
             let Some(key) = h.key else {
                 seen.unkeyed += 1;
                 continue;
@@ -718,23 +734,37 @@ impl Consistency {
     /// become missing or orphan, settled keys past `keep` are forgotten. Returns how many
     /// timers fired. Call only while indexing has caught up.
     pub fn sweep(&self, now_ns: u64, max: usize) -> Result<usize, ChecksError> {
-        self.flush(false)?;
-        let due_keys: Vec<Vec<u8>> = {
-            let tx = self.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(TIMERS).map_err(db_err)?;
-            let end = (now_ns.saturating_add(1)).to_be_bytes();
-            let mut out = Vec::new();
-            for row in t.range(..end.as_slice()).map_err(db_err)?.take(max) {
-                let (k, _) = row.map_err(db_err)?;
-                out.push(k.value().to_vec());
-            }
-            out
-        };
         let rules = self.rule_set();
         let mut inner = self.lock();
         if inner.broken.is_some() {
             return Ok(0);
         }
+        // The due timers are the database's and the write-back map's, less those the map
+        // removes: the map is not flushed for this, so a sweep writes nothing unless the
+        // map outgrows its bound (flushing every second rewrote most of the keys' B-tree).
+        let end = (now_ns.saturating_add(1)).to_be_bytes();
+        let mut due_keys: Vec<Vec<u8>> = inner
+            .timers
+            .iter()
+            .filter(|(k, add)| **add && k.as_slice() < end.as_slice())
+            .map(|(k, _)| k.clone())
+            .collect();
+        {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(TIMERS).map_err(db_err)?;
+            for row in t.range(..end.as_slice()).map_err(db_err)? {
+                if due_keys.len() >= max.saturating_mul(2) {
+                    break;
+                }
+                let (k, _) = row.map_err(db_err)?;
+                let k = k.value();
+                if !inner.timers.contains_key(k) {
+                    due_keys.push(k.to_vec());
+                }
+            }
+        }
+        due_keys.sort_unstable();
+        due_keys.truncate(max);
         let mut tx = None;
         for tk in &due_keys {
             let i = &mut *inner;
@@ -789,7 +819,9 @@ impl Consistency {
                 self.put(&mut inner, rk.to_vec(), None);
             }
         }
-        self.flush_locked(&mut inner, false)?;
+        if inner.dirty_bytes > self.bound / 4 {
+            self.flush_locked(&mut inner, false)?;
+        }
         Ok(due_keys.len())
     }
 
@@ -798,16 +830,32 @@ impl Consistency {
         &self,
         max: usize,
     ) -> Result<Vec<faultline_notify::Event>, ChecksError> {
-        self.flush(false)?;
+        // The database's queue and the write-back map's (not flushed for this: the outbox
+        // takes each key once, so handing over a transition a crash replays is harmless).
+        let inner = self.lock();
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(OUTBOX).map_err(db_err)?;
-        let mut out = Vec::new();
+        let mut rows: Vec<(String, Vec<u8>)> = Vec::new();
         for row in t.iter().map_err(db_err)?.take(max) {
             let (k, v) = row.map_err(db_err)?;
-            match serde_json::from_slice(v.value()) {
+            rows.push((k.value().to_string(), v.value().to_vec()));
+        }
+        let stored: HashSet<String> = rows.iter().map(|(k, _)| k.clone()).collect();
+        for (k, v) in &inner.outbox {
+            if rows.len() >= max {
+                break;
+            }
+            if !stored.contains(k) {
+                rows.push((k.clone(), v.clone()));
+            }
+        }
+        drop(inner);
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            match serde_json::from_slice(&v) {
                 Ok(ev) => out.push(ev),
                 Err(e) => {
-                    tracing::error!(key = %k.value(), error = %e, "a queued notification is unreadable; it is dropped")
+                    tracing::error!(key = %k, error = %e, "a queued notification is unreadable; it is dropped")
                 }
             }
         }
@@ -825,7 +873,8 @@ impl Consistency {
             }
         }
         tx.commit().map_err(db_err)?;
-        inner.outbox.retain(|(k, _)| !keys.contains(k));
+        let gone: HashSet<&String> = keys.iter().collect();
+        inner.outbox.retain(|(k, _)| !gone.contains(k));
         Ok(())
     }
 
@@ -947,10 +996,7 @@ impl Consistency {
         let existed = api.iter().any(|r| r.name() == rule.name());
         api.retain(|r| r.name() != rule.name());
         api.push(Arc::new(rule));
-        *set = Arc::new(RuleSet {
-            config: set.config.clone(),
-            api,
-        });
+        *set = Arc::new(RuleSet::new(set.config.clone(), api));
         Ok(existed)
     }
 
@@ -974,15 +1020,14 @@ impl Consistency {
         }
         tx.commit().map_err(db_err)?;
         self.lock().counts.remove(name);
-        *set = Arc::new(RuleSet {
-            config: set.config.clone(),
-            api: set
-                .api
+        *set = Arc::new(RuleSet::new(
+            set.config.clone(),
+            set.api
                 .iter()
                 .filter(|r| r.name() != name)
                 .cloned()
                 .collect(),
-        });
+        ));
         Ok(true)
     }
 
