@@ -1,11 +1,12 @@
 //! The notification outbox against real receivers (tests/clients/notify_receivers.py: a
 //! stdlib HTTP server for the JSON and Slack-compatible webhooks, aiosmtpd for e-mail):
-//! probes going down and up in bursts while faultline is SIGKILLed ten times, some kills
+//! probes going down and up in bursts while faultline is SIGKILLed ten times, every kill
 //! mid-delivery (the receivers answer slowly) and the first attempts refused. Afterwards
 //! every transition the probes went through has reached every receiver, in messages whose
 //! idempotency keys make each transition count exactly once (a message in flight at a kill
-//! is sent again with the same key and body, which the receiver drops); bursts are
-//! grouped; the delivery state is in the API and the UI. A bad receiver stops `serve` naming the field.
+//! is sent again with the same key and body, which the receiver drops); the ten probes
+//! failing together are one message per receiver; the delivery state is in the API and
+//! the UI. A bad receiver stops `serve` naming the field.
 
 #![allow(clippy::unwrap_used)]
 
@@ -76,8 +77,16 @@ impl Targets {
     }
 }
 
+/// Seconds a message waits for others to join it: every probe checks each second, so ten
+/// targets closed together are all seen failing well within it.
+const GROUP_SECS: u64 = 3;
+
+/// How long the receivers wait between recording a request and answering it.
+const DELAY_MS: u64 = 500;
+
 fn config(targets: &Targets, http: u16, smtp: u16) -> String {
-    let mut c = String::from("[notify]\ngroup_secs = 1\nbase_url = \"http://faultline.test\"\n");
+    let mut c =
+        format!("[notify]\ngroup_secs = {GROUP_SECS}\nbase_url = \"http://faultline.test\"\n");
     c.push_str(&format!(
         "[[notify.receivers]]\nname = \"hook\"\nwebhook = {{ url = \"http://127.0.0.1:{http}/hook\", headers = {{ \"x-team\" = \"ops\" }} }}\n\
          [[notify.receivers]]\nname = \"slack\"\nslack = {{ url = \"http://127.0.0.1:{http}/slack/T0/B0/x\" }}\n\
@@ -91,8 +100,17 @@ fn config(targets: &Targets, http: u16, smtp: u16) -> String {
     c
 }
 
-fn lines(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+/// The receivers' records so far (whole lines only).
+fn records(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn unix_secs() -> f64 {
+    common::now_ns() as f64 / 1e9
 }
 
 fn get(server: &Server, path: &str) -> Value {
@@ -126,7 +144,8 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     let tmp = tempfile::tempdir().unwrap();
     let received = tmp.path().join("received.jsonl");
     // Slow answers (kills land mid-request) and the first three refused (retries).
-    let (_r, http, smtp) = receivers(&received, &["--delay-ms", "300", "--fail-first", "3"]);
+    let delay = DELAY_MS.to_string();
+    let (_r, http, smtp) = receivers(&received, &["--delay-ms", &delay, "--fail-first", "3"]);
     let targets = Targets::new(10);
     let cfg = tmp.path().join("faultline.toml");
     std::fs::write(&cfg, config(&targets, http, smtp)).unwrap();
@@ -138,31 +157,58 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     eprintln!("seed {seed}");
     let mut rng = Rng(seed);
     let mut up = [true; 10];
-    // First the whole fleet fails together (one grouped message), then random subsets.
+    // First the whole fleet fails together (one grouped message), then random subsets
+    // (at least one target each time, so there is always something to deliver).
     let mut kills = 0;
+    // Per kill: the requests a receiver had recorded and not yet answered when the sender
+    // died, and when it died at the latest.
+    let mut in_flight: Vec<(f64, Vec<Value>)> = Vec::new();
     for cycle in 0..10 {
-        let flip: Vec<usize> = if cycle == 0 {
+        let mut flip: Vec<usize> = if cycle == 0 {
             (0..10).collect()
         } else {
             (0..10).filter(|_| rng.range(0, 3) == 0).collect()
         };
+        if flip.is_empty() {
+            flip.push(rng.range(0, 10) as usize);
+        }
         for &i in &flip {
             up[i] = !up[i];
             targets.set(i, up[i]);
         }
-        if cycle % 2 == 0 {
-            // Mid-delivery: as soon as a receiver has recorded a message and before it
-            // answers (it waits 300 ms), so that message is sent again after the restart.
-            let before = lines(&received);
-            let deadline = Instant::now() + Duration::from_secs(8);
-            while lines(&received) == before && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        } else {
-            std::thread::sleep(Duration::from_millis(rng.range(1500, 4000)));
+        // Every kill mid-delivery: as soon as a receiver has recorded a new message (not
+        // a re-send of one cut short by the last kill; so this cycle's transitions were
+        // seen and grouped) and before it answers (it waits DELAY_MS), so that message
+        // must be sent again after the restart.
+        let earlier = records(&received);
+        let before = earlier.len();
+        let known: BTreeSet<String> = earlier
+            .iter()
+            .map(|r| r["idempotency_key"].as_str().unwrap().to_string())
+            .collect();
+        let is_new = |r: &Value| !known.contains(r["idempotency_key"].as_str().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !records(&received)[before..].iter().any(is_new) {
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: no new message within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
         server.kill9();
+        let killed_by = unix_secs();
         kills += 1;
+        let open: Vec<Value> = records(&received)[before..]
+            .iter()
+            .filter(|r| r["at"].as_f64().unwrap() + DELAY_MS as f64 / 1000.0 > killed_by)
+            .cloned()
+            .collect();
+        assert!(
+            open.iter().any(is_new),
+            "cycle {cycle}: the kill (by {killed_by}) came after the new message was answered: {:?}",
+            &records(&received)[before..]
+        );
+        in_flight.push((killed_by, open));
         server = Server::start(&data, &args);
     }
     // Everything back up, then let the last transitions be found and delivered.
@@ -218,8 +264,38 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
         }
     }
     assert_eq!(batches.len(), 3);
-    let largest = batches["hook"].values().map(BTreeSet::len).max().unwrap();
-    assert!(largest >= 5, "the fleet's failure was one grouped message");
+    // The fleet's failure: each probe's first incident, all opened by cycle 0's flip, is
+    // in one and the same message per receiver, which holds those ten and nothing else.
+    let mut fleet_down = BTreeSet::new();
+    for i in 0..10 {
+        let one = get(&server, &format!("/api/v1/probes/svc-{i}"));
+        let start = one["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["start"].as_u64().unwrap())
+            .filter(|s| *s >= started_ms)
+            .min()
+            .unwrap_or_else(|| panic!("svc-{i} never went down: {one}"));
+        fleet_down.insert(format!("probe/svc-{i}/{start}/down"));
+    }
+    let mut fleet_batch: BTreeMap<&str, String> = BTreeMap::new();
+    for (who, sent) in &batches {
+        let carrying: Vec<(&String, &BTreeSet<String>)> = sent
+            .iter()
+            .filter(|(_, ks)| !ks.is_disjoint(&fleet_down))
+            .collect();
+        assert_eq!(
+            carrying.len(),
+            1,
+            "{who}: the fleet's failure in one message: {carrying:?}"
+        );
+        assert_eq!(
+            carrying[0].1, &fleet_down,
+            "{who}: the message holds all ten"
+        );
+        fleet_batch.insert(who, carrying[0].0.clone());
+    }
     // What each receiver got, by idempotency key (failed deliveries aside).
     let mut got: BTreeMap<&str, BTreeMap<String, Vec<Value>>> = BTreeMap::new();
     let text = std::fs::read_to_string(&received).unwrap();
@@ -246,6 +322,51 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
         refused, 3,
         "the first three attempts were refused and retried"
     );
+    // What the receivers got for the fleet's failure: one message each, naming all ten.
+    let hook = &got["hook"][&fleet_batch["hook"]][0]["body"];
+    assert!(
+        hook["title"].as_str().unwrap().starts_with("10 down: "),
+        "{hook}"
+    );
+    assert_eq!(hook["events"].as_array().unwrap().len(), 10, "{hook}");
+    let slack = got["slack"][&fleet_batch["slack"]][0]["body"]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mail = got["mail"][&fleet_batch["mail"]][0]["body"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (who, text) in [("slack", &slack), ("mail", &mail)] {
+        assert_eq!(
+            text.matches("[DOWN] probe svc-").count(),
+            10,
+            "{who}: {text}"
+        );
+        for i in 0..10 {
+            assert!(
+                text.contains(&format!("[DOWN] probe svc-{i} ")),
+                "{who}: {text}"
+            );
+        }
+    }
+    // Every kill landed mid-delivery, and each request it cut short was sent again after
+    // the restart, with the same idempotency key.
+    for (killed_by, open) in &in_flight {
+        for r in open {
+            let again = text.lines().any(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["receiver"] == r["receiver"]
+                    && v["idempotency_key"] == r["idempotency_key"]
+                    && v["at"].as_f64().unwrap() > *killed_by
+            });
+            assert!(again, "not sent again after the kill at {killed_by}: {r}");
+        }
+    }
+    let cut_short_accepted: usize = in_flight
+        .iter()
+        .map(|(_, open)| open.iter().filter(|r| r["failed"] != true).count())
+        .sum();
     let mut repeats = 0;
     for (who, sent) in &batches {
         let arrived = got.get(who).cloned().unwrap_or_default();
@@ -292,11 +413,11 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
             );
         }
     }
-    // A kill can only repeat a message in flight, at most one per receiver; the kills
-    // timed mid-delivery did make some.
+    // A kill can only repeat a message in flight, at most one per receiver; each request
+    // a kill cut short that the receiver would have accepted arrived again, a repeat.
     assert!(
-        (1..=3 * kills).contains(&repeats),
-        "{repeats} repeats in {kills} kills"
+        (cut_short_accepted.max(1)..=3 * kills).contains(&repeats),
+        "{repeats} repeats in {kills} kills, {cut_short_accepted} accepted requests cut short"
     );
     eprintln!(
         "{} transitions, {} messages per receiver, {repeats} repeated deliveries (same idempotency key) in {kills} kills",

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -34,12 +35,12 @@ fn http_probe(name: &str, port: u16, path: &str, extra: Value) -> Value {
 }
 
 /// Waits until every named probe has a result; the probes by name.
-fn results(server: &Server, names: &[&str]) -> std::collections::HashMap<String, Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+fn results(server: &Server, names: &[&str]) -> HashMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, body) = http_get(server.api, "/api/v1/probes").unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();
-        let by_name: std::collections::HashMap<String, Value> = v["probes"]
+        let by_name: HashMap<String, Value> = v["probes"]
             .as_array()
             .unwrap()
             .iter()
@@ -59,6 +60,41 @@ fn results(server: &Server, names: &[&str]) -> std::collections::HashMap<String,
     }
 }
 
+/// The names of the phases a result completed, sorted.
+fn phase_names(result: &Value) -> Vec<String> {
+    let mut v: Vec<String> = result["phases"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// A probe's kept results, oldest first.
+fn history(server: &Server, name: &str) -> Vec<Value> {
+    let (_, body) = http_get(server.api, &format!("/api/v1/probes/{name}")).unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut r = v["results"].as_array().unwrap().clone();
+    r.sort_by_key(|x| x["at"].as_u64().unwrap());
+    r
+}
+
+/// A target that accepts TCP connections and never answers: each is held open, unread,
+/// for as long as the test runs.
+fn hanging_target() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            held.extend(s.ok());
+        }
+    });
+    port
+}
+
 #[test]
 fn probes_find_planted_failures_and_their_traces_join_the_services() {
     let tmp = tempfile::tempdir().unwrap();
@@ -70,6 +106,7 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
         .local_addr()
         .unwrap()
         .port();
+    let hang_port = hanging_target();
     let defs = [
         http_probe("ok", port, "/ok", json!({})),
         http_probe("redirect-in", port, "/redirect-in", json!({})),
@@ -79,6 +116,10 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
         http_probe("redirect-out", port, "/redirect-out", json!({})),
         json!({"name": "tcp-open", "interval_secs": 2, "tcp": {"host": "127.0.0.1", "port": port}}),
         json!({"name": "tcp-closed", "interval_secs": 2, "tcp": {"host": "127.0.0.1", "port": closed}}),
+        // Accepts the connection, reads nothing, never answers: each check hangs for its
+        // whole timeout (4 s, twice the others' interval).
+        json!({"name": "hang", "interval_secs": 4, "timeout_secs": 4.0,
+               "http": {"url": format!("http://127.0.0.1:{hang_port}/"), "expect_body": "ok"}}),
     ];
     for d in &defs {
         let (status, body) = call(&server, "POST", "/api/v1/probes", d);
@@ -87,16 +128,7 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
     let names: Vec<&str> = defs.iter().map(|d| d["name"].as_str().unwrap()).collect();
     let got = results(&server, &names);
     let last = |n: &str| got[n]["last"].clone();
-    let phases = |n: &str| -> Vec<String> {
-        let mut v: Vec<String> = last(n)["phases"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    };
+    let phases = |n: &str| phase_names(&last(n));
     // Verdicts and reasons.
     for n in ["ok", "redirect-in", "tcp-open"] {
         assert_eq!(last(n)["ok"], true, "{n}: {}", last(n));
@@ -127,13 +159,77 @@ fn probes_find_planted_failures_and_their_traces_join_the_services() {
     );
     assert!(error("tcp-closed").starts_with(&format!("cannot connect to 127.0.0.1:{closed}")));
     assert_eq!(phases("tcp-closed"), vec!["resolve"], "failed in connect");
-    for n in ["fail", "slow", "mismatch", "redirect-out", "tcp-closed"] {
+    assert_eq!(
+        error("hang"),
+        "timed out after 4.0 s during processing",
+        "{}",
+        last("hang")
+    );
+    for n in [
+        "fail",
+        "slow",
+        "mismatch",
+        "redirect-out",
+        "tcp-closed",
+        "hang",
+    ] {
         assert_eq!(last(n)["ok"], false, "{n}");
         assert_eq!(got[n]["state"], "down", "{n}: retries 0");
     }
-    // The slow target did not hold up the others: its check took its whole timeout while
-    // every other probe's first check came on time.
+    // Phases: a wrong status or body fails after the whole exchange; a slow or hanging
+    // answer is cut short waiting for the response, so only resolve and connect completed.
+    let exchange = vec!["connect", "processing", "resolve", "transfer"];
+    for n in ["fail", "mismatch", "redirect-out"] {
+        assert_eq!(phases(n), exchange, "{n}: {}", last(n));
+    }
+    for n in ["slow", "hang"] {
+        assert_eq!(phases(n), vec!["connect", "resolve"], "{n}: {}", last(n));
+    }
+    assert_eq!(phases("tcp-open"), vec!["connect", "resolve"]);
     assert!(last("slow")["totalMs"].as_f64().unwrap() >= 1000.0);
+
+    // A target that hangs delays no other probe: while each hanging check held its
+    // connection for its whole 4 s timeout, every other probe's checks started on their
+    // 2 s grid (lag under 1 s, starts 2 s +- 1 s apart), slow target included.
+    let hung: Vec<Value> = history(&server, "hang");
+    let h = &hung[0];
+    let h_start = h["at"].as_u64().unwrap();
+    let h_total = h["totalMs"].as_f64().unwrap();
+    assert!(h_total >= 4000.0, "it hung for its whole timeout: {h}");
+    let h_end = h_start + h_total as u64;
+    let others: Vec<&str> = names.iter().copied().filter(|n| *n != "hang").collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in &others {
+        // Until it has a check started after the hanging one ended.
+        let rs = loop {
+            let rs = history(&server, n);
+            if rs.last().unwrap()["at"].as_u64().unwrap() > h_end {
+                break rs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n}: no check after {h_end}: {rs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let at: Vec<u64> = rs.iter().map(|r| r["at"].as_u64().unwrap()).collect();
+        let during = at.iter().filter(|a| (h_start..h_end).contains(a)).count();
+        assert!(
+            during >= 1,
+            "{n}: no check started while the hanging one ran ({h_start}..{h_end}): {at:?}"
+        );
+        for r in &rs {
+            let lag = r["lagMs"].as_f64().unwrap();
+            assert!(lag < 1000.0, "{n}: a check started {lag} ms late: {r}");
+        }
+        for w in at.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                (1000..=3000).contains(&gap),
+                "{n}: checks {gap} ms apart on a 2 s interval: {at:?} (hang {h_start}..{h_end})"
+            );
+        }
+    }
 
     // The failing probe's trace: the probe's span and the service's, one trace.
     let (_, body) = http_get(server.api, "/api/v1/probes/fail").unwrap();
@@ -351,12 +447,18 @@ fn https_and_dns_probes_against_real_servers_with_planted_faults() {
     );
     let server = Server::start(&tmp.path().join("data"), &[]);
     let ca = s["ca"].as_str().unwrap();
-    let https = |name: &str, host: &str, which: &str, ca_file: bool| {
+    let https_warn = |name: &str, host: &str, which: &str, ca_file: bool, warn: Option<u32>| {
         let mut http = json!({"url": format!("https://{host}:{}/health", s["https"][which]), "expect_body": "ok"});
         if ca_file {
             http["ca_file"] = json!(ca);
         }
+        if let Some(days) = warn {
+            http["tls_expiry_warning_days"] = json!(days);
+        }
         json!({"name": name, "interval_secs": 2, "timeout_secs": 1.5, "http": http})
+    };
+    let https = |name: &str, host: &str, which: &str, ca_file: bool| {
+        https_warn(name, host, which, ca_file, None)
     };
     let dns = |name: &str, q: &str, rtype: &str, expect: &[&str], transport: &str| {
         json!({"name": name, "interval_secs": 2, "timeout_secs": 1.5, "dns": {
@@ -369,6 +471,10 @@ fn https_and_dns_probes_against_real_servers_with_planted_faults() {
         https("tls-no-ca", "localhost", "fine", false),
         https("tls-untrusted", "localhost", "untrusted", true),
         https("tls-expired", "localhost", "expired", true),
+        // The 3-day certificate against custom warning days: 4 warns, 2 does not, 0 never.
+        https_warn("tls-warn-4", "localhost", "soon", true, Some(4)),
+        https_warn("tls-warn-2", "localhost", "soon", true, Some(2)),
+        https_warn("tls-warn-0", "localhost", "soon", true, Some(0)),
         dns("dns-ok", "ok.probe.test", "A", &["127.0.0.1"], "udp"),
         dns("dns-alias", "alias.probe.test", "A", &["127.0.0.1"], "udp"),
         dns("dns-wrong", "wrong.probe.test", "A", &["127.0.0.1"], "udp"),
@@ -394,6 +500,9 @@ fn https_and_dns_probes_against_real_servers_with_planted_faults() {
     for n in [
         "tls-soon",
         "tls-fine",
+        "tls-warn-4",
+        "tls-warn-2",
+        "tls-warn-0",
         "dns-ok",
         "dns-alias",
         "dns-mx",
@@ -414,17 +523,34 @@ fn https_and_dns_probes_against_real_servers_with_planted_faults() {
     assert!(warning.ends_with("within the 14-day warning"), "{warning}");
     assert_eq!(last("tls-fine")["certNotAfter"], not_after("fine"));
     assert!(last("tls-fine")["warning"].is_null());
-    let mut phases: Vec<String> = last("tls-soon")["phases"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    phases.sort();
+    // tls_expiry_warning_days: the same 3-day certificate warns within 4 days, not within
+    // 2, and not at all with 0 (off); its expiry is known either way.
+    let warning = last("tls-warn-4")["warning"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        warning.starts_with("the certificate expires in ")
+            && warning.ends_with("within the 4-day warning"),
+        "{}",
+        last("tls-warn-4")
+    );
+    for n in ["tls-warn-2", "tls-warn-0"] {
+        assert!(last(n)["warning"].is_null(), "{n}: {}", last(n));
+        assert_eq!(last(n)["certNotAfter"], not_after("soon"), "{n}");
+    }
     assert_eq!(
-        phases,
+        phase_names(&last("tls-soon")),
         ["connect", "processing", "resolve", "tls", "transfer"]
     );
+    // A failed handshake completed resolve and connect only; a DNS probe has one phase,
+    // whether the answer is wrong or the name missing.
+    for n in ["tls-expired", "tls-untrusted"] {
+        assert_eq!(phase_names(&last(n)), ["connect", "resolve"], "{n}");
+    }
+    for n in ["dns-wrong", "dns-missing", "dns-ok"] {
+        assert_eq!(phase_names(&last(n)), ["resolve"], "{n}: {}", last(n));
+    }
     // Planted TLS faults fail with what to do.
     assert!(
         error("tls-no-ca").contains("is not trusted (unknown issuer); give its CA in http.ca_file"),
@@ -451,7 +577,6 @@ fn https_and_dns_probes_against_real_servers_with_planted_faults() {
         missing.contains("for nope.probe.test A") && missing.contains("Non-Existent Domain"),
         "{missing}"
     );
-    assert_eq!(last("dns-ok")["phases"].as_object().unwrap().len(), 1);
     // Per-phase latency in the API; the blackbox_exporter certificate metric.
     let (_, body) = http_get(server.api, "/api/v1/probes/tls-fine").unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -486,18 +611,17 @@ fn https_and_dns_probes_against_real_servers_with_planted_faults() {
     std::thread::sleep(Duration::from_secs(3));
     let (_, body) = http_get(server.api, "/api/v1/notifications").unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
-    let keys: Vec<&str> = v["events"]
+    let mut keys: Vec<&str> = v["events"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["key"].as_str().unwrap())
         .filter(|k| k.contains("/cert/"))
         .collect();
+    keys.sort();
     assert_eq!(
         keys,
-        [format!(
-            "probe/tls-soon/cert/{}/expiring",
-            not_after("soon")
-        )]
+        ["tls-soon", "tls-warn-4"]
+            .map(|n| format!("probe/{n}/cert/{}/expiring", not_after("soon")))
     );
 }
