@@ -1,6 +1,7 @@
 //! Fuzzing of the decoders that read what other programs and the disk hand us: OTLP
 //! protobuf and JSON, Zipkin v2 JSON, the WAL's envelope, segment and record readers, the
-//! selector, assertion and rule languages, and the query parameter parsers; then the
+//! selector, assertion and rule languages, and the query parameter parsers; a store whose
+//! block, trace-id index, search index, rollup or manifest file is damaged; then the
 //! intake routes of a running server (gzip bodies included).
 //!
 //! Property-based with arbitrary bytes and with mutations of valid inputs (bytes flipped,
@@ -395,4 +396,132 @@ fn intake_routes_answer_every_mutated_body_and_stay_up() {
     );
     let (status, _) = common::http_get(server.api, "/ready").unwrap();
     assert_eq!(status, 200);
+}
+
+/// Spans of ten traces over three services with every attribute type, from the OTLP seed.
+fn store_spans() -> Vec<faultline_model::span::Span> {
+    let seed = faultline_model::span::from_otlp(
+        &faultline_model::otlp_json::decode(OTLP_JSON.as_bytes()).unwrap(),
+    );
+    let mut out = Vec::new();
+    for t in 0..10u8 {
+        for i in 0..4u8 {
+            let mut s = seed[0].clone();
+            s.trace_id = [t + 1; 16];
+            s.span_id = [i + 1; 8];
+            s.parent_span_id = (i > 0).then_some([1; 8]);
+            s.start_ns += u64::from(t) * 1_000_000 + u64::from(i) * 1_000;
+            s.end_ns = s.start_ns + u64::from(i + 1) * 7_000_000;
+            let mut o = (*s.origin).clone();
+            o.service = ["checkout", "cart", "postgres"][usize::from(i % 3)].into();
+            s.origin = std::sync::Arc::new(o);
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn damaged_block_index_rollup_and_manifest_files_never_panic_the_store() {
+    use faultline_store::{SpanStore, Store, StoreOptions, TraceQuery};
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    let opts = |dir: &std::path::Path| StoreOptions {
+        block_max_spans: 10,
+        block_max_age: Duration::from_secs(3600),
+        ..StoreOptions::new(dir)
+    };
+    let spans = store_spans();
+    {
+        let (store, _) = Store::open(opts(&pristine)).unwrap();
+        for (seq, chunk) in spans.chunks(10).enumerate() {
+            store.ingest(seq as u64 + 1, chunk.to_vec()).unwrap();
+            store.seal().unwrap();
+        }
+    }
+    let blocks = pristine.join("blocks");
+    let mut files: Vec<String> = std::fs::read_dir(&blocks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".tmp"))
+        .collect();
+    files.sort();
+    for ext in ["parquet", "tidx", "sidx", "red"] {
+        assert!(
+            files.iter().any(|f| f.ends_with(ext)),
+            "a sealed block has a .{ext} file: {files:?}"
+        );
+    }
+    let seeds: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(blocks.join(f)).unwrap())
+        .collect();
+    // Each case damages one file (chosen by the input's length) of a copy of the store.
+    let n = (cases() / 20).max(20);
+    let mut runner = TestRunner::new(Config {
+        cases: n,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let (mut opened, mut refused) = (0u32, 0u32);
+    for case in 0..n {
+        let which = case as usize % files.len();
+        let strategy = inputs(vec![seeds[which].clone()]);
+        let bytes = strategy.new_tree(&mut runner).unwrap().current();
+        let dir = tmp.path().join(format!("case-{case}"));
+        copy_dir(&pristine, &dir);
+        std::fs::write(dir.join("blocks").join(&files[which]), &bytes).unwrap();
+        if std::env::var_os("FAULTLINE_FUZZ_VERBOSE").is_some() {
+            std::fs::write(
+                std::env::temp_dir().join("faultline-fuzz-last-case"),
+                &bytes,
+            )
+            .unwrap();
+            eprintln!("case {case}: {} ({} bytes)", files[which], bytes.len());
+        }
+        match Store::open(opts(&dir)) {
+            Err(e) => {
+                // Refusing to open names what is wrong.
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+            Ok((store, _)) => {
+                opened += 1;
+                for t in 1..=10u8 {
+                    let _ = store.trace(&[t; 16]);
+                }
+                let _ = store.services();
+                let _ = store.operations("checkout");
+                // The hour of the spans (the API caps the points a query asks for).
+                let (from, to) = (1_544_710_000, 1_544_713_600);
+                let _ = store.dependencies(from, to);
+                let _ = store.red("checkout", None, None, from, to, 60);
+                let _ = store.red_total("checkout", None, None, from, to);
+                let _ = store.search(&TraceQuery {
+                    service: Some("checkout".into()),
+                    end_ns: u64::MAX,
+                    limit: 20,
+                    ..TraceQuery::default()
+                });
+            }
+        }
+        // The store may still be loading indexes in the background: best effort.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    eprintln!(
+        "fuzz store files: {n} damaged copies of {} files, {opened} opened, {refused} refused",
+        files.len()
+    );
 }
