@@ -279,9 +279,6 @@ impl Continuous {
         // record holds hundreds of spans of few traces.
         let mut hits: Vec<Entry> = Vec::new();
         for s in spans {
-            if self.index.none_for(s.service()) {
-                continue;
-            }
             for i in self.index.candidates(s) {
                 let e = (i as u16, s.trace_id);
                 if self.defs[i].matcher.matches_span(s) {

@@ -409,9 +409,6 @@ impl Consistency {
         let all: Vec<&Arc<Rule>> = rules.all().collect();
         let mut hits = Vec::new();
         for s in spans {
-            if rules.sides.none_for(s.service()) {
-                continue;
-            }
             for side in rules.sides.candidates(s) {
                 let (rule, is_first) = (all[side / 2], side % 2 == 0);
                 let (selector, key) = if is_first {
