@@ -11,6 +11,15 @@
 //! (`probe_ssl_earliest_cert_expiry`), and a chain expiring within
 //! `tls_expiry_warning_days` passes with a warning. DNS messages are hickory-proto's,
 //! sent over UDP (again over TCP when truncated) or TCP.
+//!
+//! Every target is held to the probe policy ([`Policy`]) before anything is sent to it:
+//! the host as written, then every address it resolves to, the check connecting to the
+//! very address judged (the first allowed; a name is resolved once per check, redirects
+//! included, so it cannot be rebound to another address in between); a redirect's target
+//! is judged before it is followed; an explicit DNS server is judged before it is asked
+//! (the system's nameserver, which the probe does not choose, is not). A refusal fails
+//! the check with the rule and how to allow it. A response body is read up to the
+//! policy's `max_body_bytes`; a longer one fails the check.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,9 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
 use crate::def::{DnsTarget, HttpTarget, HttpUrl, TcpTarget};
-
-/// Most of a response body read to match `expect_body`.
-pub const MAX_BODY: usize = 1 << 20;
+use crate::policy::Policy;
 
 /// A phase of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,17 +137,42 @@ async fn timed(
     o
 }
 
-/// Resolves `host:port` to its first address.
-async fn resolve(p: &mut Progress, host: &str, port: u16) -> Result<SocketAddr, String> {
+/// Resolves `host:port` to the first of its addresses `policy` allows: the host is judged
+/// as written first (a refused name is not even looked up), then each address.
+async fn resolve(
+    p: &mut Progress,
+    policy: &Policy,
+    host: &str,
+    port: u16,
+) -> Result<SocketAddr, String> {
     p.begin(Phase::Dns);
-    let mut addrs = tokio::net::lookup_host((host, port))
+    policy
+        .judge_host(host)
+        .map_err(|r| format!("refused, not resolved or connected: {r}"))?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    let addr = addrs
-        .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))?;
-    p.end();
-    Ok(addr)
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut refused = None;
+    for a in &addrs {
+        match policy.judge_resolved(host, a.ip()) {
+            Ok(()) => {
+                p.end();
+                return Ok(*a);
+            }
+            Err(r) => {
+                refused.get_or_insert(r);
+            }
+        }
+    }
+    let Some(r) = refused else {
+        return Err(format!("{host} resolves to no address"));
+    };
+    let all: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    Err(format!(
+        "refused in resolve, not connected: {host} resolves to {}, none of them allowed; {r}",
+        all.join(", ")
+    ))
 }
 
 async fn connect(p: &mut Progress, addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
@@ -154,21 +186,29 @@ async fn connect(p: &mut Progress, addr: SocketAddr) -> Result<tokio::net::TcpSt
 }
 
 /// A TCP connect check.
-pub async fn tcp(t: &TcpTarget, timeout: Duration) -> Outcome {
+pub async fn tcp(t: &TcpTarget, timeout: Duration, policy: &Policy) -> Outcome {
     timed(timeout, async |p: &mut Progress| {
-        let addr = resolve(p, &t.host, t.port).await?;
+        let addr = resolve(p, policy, &t.host, t.port).await?;
         connect(p, addr).await.map(drop)
     })
     .await
 }
 
 /// An HTTP check sending `traceparent`.
-pub async fn http(t: &HttpTarget, traceparent: &str, timeout: Duration) -> Outcome {
+pub async fn http(
+    t: &HttpTarget,
+    traceparent: &str,
+    timeout: Duration,
+    policy: &Policy,
+) -> Outcome {
     timed(timeout, async |p: &mut Progress| {
         let first = HttpUrl::parse(&t.url)?;
         let mut url = first.clone();
+        // Resolved once: redirects stay on this host, and go to this address.
+        let ip = resolve(p, policy, &first.host, first.port).await?.ip();
         loop {
-            let (status, location, body) = exchange(p, t, &url, traceparent).await?;
+            let addr = SocketAddr::new(ip, url.port);
+            let (status, location, body) = exchange(p, t, &url, addr, traceparent, policy).await?;
             p.outcome.status = Some(status);
             if (300..400).contains(&status)
                 && let Some(loc) = location
@@ -180,16 +220,8 @@ pub async fn http(t: &HttpTarget, traceparent: &str, timeout: Duration) -> Outco
                         t.max_redirects
                     ));
                 }
-                let next = follow(&url, &loc)?;
-                let upgrade = !first.tls && first.port == 80 && next.tls && next.port == 443;
-                if next.host != first.host || (next.port != first.port && !upgrade) {
-                    return Err(format!(
-                        "HTTP {status} redirects to {}, which the probe does not name; probe that address itself",
-                        next.authority()
-                    ));
-                }
+                url = redirect(policy, &first, &url, status, &loc, ip)?;
                 p.outcome.redirects += 1;
-                url = next;
                 continue;
             }
             verdict(t, status, &body)?;
@@ -198,6 +230,39 @@ pub async fn http(t: &HttpTarget, traceparent: &str, timeout: Duration) -> Outco
         }
     })
     .await
+}
+
+/// The URL a redirect from `url` leads to, if the probe may follow it: its target judged
+/// by `policy` (the host as written, and the address it would be sent to), and on the
+/// host and port the probe names (or the upgrade from http on 80 to https on 443).
+fn redirect(
+    policy: &Policy,
+    first: &HttpUrl,
+    url: &HttpUrl,
+    status: u16,
+    location: &str,
+    ip: std::net::IpAddr,
+) -> Result<HttpUrl, String> {
+    let next = follow(url, location)?;
+    let refused = |why: String| {
+        format!("redirect refused, not followed: HTTP {status} to {location:?}; {why}")
+    };
+    policy
+        .judge_host(&next.host)
+        .map_err(|r| refused(r.to_string()))?;
+    let upgrade = !first.tls && first.port == 80 && next.tls && next.port == 443;
+    if next.host != first.host || (next.port != first.port && !upgrade) {
+        return Err(refused(format!(
+            "it leads to {}, which the probe does not name; probe that address itself",
+            next.authority()
+        )));
+    }
+    // The same host, so the address resolved for it; judged again in case the policy is
+    // ever asked to follow another host.
+    policy
+        .judge_resolved(&next.host, ip)
+        .map_err(|r| refused(r.to_string()))?;
+    Ok(next)
 }
 
 /// Seconds since the Unix epoch.
@@ -254,6 +319,11 @@ fn follow(base: &HttpUrl, location: &str) -> Result<HttpUrl, String> {
     if location.starts_with("http://") || location.starts_with("https://") {
         return HttpUrl::parse(location);
     }
+    if location.starts_with("//") {
+        // Another host, with this scheme.
+        let scheme = if base.tls { "https:" } else { "http:" };
+        return HttpUrl::parse(&format!("{scheme}{location}"));
+    }
     let path = if location.starts_with('/') {
         location.to_string()
     } else {
@@ -266,14 +336,16 @@ fn follow(base: &HttpUrl, location: &str) -> Result<HttpUrl, String> {
     })
 }
 
-/// One request and response on a fresh connection: (status, Location, body).
+/// One request and response on a fresh connection to `addr` (`url`'s host, resolved and
+/// judged): (status, Location, body).
 async fn exchange(
     p: &mut Progress,
     t: &HttpTarget,
     url: &HttpUrl,
+    addr: SocketAddr,
     traceparent: &str,
+    policy: &Policy,
 ) -> Result<(u16, Option<String>, Bytes), String> {
-    let addr = resolve(p, &url.host, url.port).await?;
     let stream = connect(p, addr).await?;
     let io: Box<dyn Io> = if url.tls {
         Box::new(tls(p, stream, &url.host, t.ca_file.as_deref()).await?)
@@ -311,10 +383,19 @@ async fn exchange(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     p.begin(Phase::Body);
-    let body = Limited::new(resp.into_body(), MAX_BODY)
+    let max = policy.max_body_bytes();
+    let body = Limited::new(resp.into_body(), max)
         .collect()
         .await
-        .map_err(|e| format!("reading the response body failed: {e}"))?
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                format!(
+                    "the response body is larger than {max} bytes, the most a probe reads; probe a smaller page or raise [probe_policy] max_body_bytes"
+                )
+            } else {
+                format!("reading the response body failed: {e}")
+            }
+        })?
         .to_bytes();
     p.end();
     driver.abort();
@@ -411,13 +492,20 @@ async fn system_nameserver() -> Result<SocketAddr, String> {
         .ok_or_else(|| "no dns.server given and /etc/resolv.conf names no nameserver".into())
 }
 
-/// A DNS check: one question to one server, the answers matched against `expect`.
-pub async fn dns(t: &DnsTarget, timeout: Duration) -> Outcome {
+/// A DNS check: one question to one server, the answers matched against `expect`. A
+/// server the probe names is judged by `policy` first; the system's is not (the probe
+/// does not choose it, and every name any probe resolves is asked of it anyway).
+pub async fn dns(t: &DnsTarget, timeout: Duration, policy: &Policy) -> Outcome {
     use hickory_proto::op::{Message, Query, ResponseCode};
     use hickory_proto::rr::{Name, RecordType};
     timed(timeout, async |p: &mut Progress| {
         let server = match t.server_addr()? {
-            Some(a) => a,
+            Some(a) => {
+                policy
+                    .judge_host(&a.ip().to_string())
+                    .map_err(|r| format!("refused, nothing sent: dns.server {r}"))?;
+                a
+            }
             None => system_nameserver().await?,
         };
         let name = Name::from_ascii(&t.name).map_err(|e| format!("dns.name: {e}"))?;
@@ -599,7 +687,13 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let o = http(&target(port, "/health"), TP, Duration::from_secs(2)).await;
+        let o = http(
+            &target(port, "/health"),
+            TP,
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
         assert!(o.ok, "{o:?}");
         let phases: Vec<Phase> = o.phases.iter().map(|p| p.0).collect();
         assert_eq!(
@@ -616,7 +710,13 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let o = http(&target(port, "/"), TP, Duration::from_secs(2)).await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
         assert_eq!(o.error.as_deref(), Some("HTTP 503, expected 2xx or 3xx"));
 
         let (port, _) = server(
@@ -624,7 +724,13 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let o = http(&target(port, "/"), TP, Duration::from_secs(2)).await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
         assert!(o.error.unwrap().contains("does not contain \"ok\""));
 
         let (port, _) = server(
@@ -632,7 +738,13 @@ mod tests {
             Duration::from_secs(2),
         )
         .await;
-        let o = http(&target(port, "/"), TP, Duration::from_millis(300)).await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_millis(300),
+            &Policy::default(),
+        )
+        .await;
         assert_eq!(
             o.error.as_deref(),
             Some("timed out after 0.3 s during processing")
@@ -644,7 +756,13 @@ mod tests {
             Duration::ZERO,
         )
         .await;
-        let o = http(&target(port, "/"), TP, Duration::from_secs(2)).await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
         assert!(o.error.unwrap().contains("which the probe does not name"));
     }
 
@@ -660,6 +778,7 @@ mod tests {
                 port,
             },
             Duration::from_secs(2),
+            &Policy::default(),
         )
         .await;
         assert!(!o.ok);
@@ -669,5 +788,208 @@ mod tests {
                 .starts_with(&format!("cannot connect to 127.0.0.1:{port}"))
         );
         assert_eq!(o.phases.len(), 1, "resolved, not connected");
+    }
+
+    fn policy(deny: &[&str], max_body_bytes: Option<u64>) -> Policy {
+        Policy::new(&crate::policy::PolicyConfig {
+            deny: deny.iter().map(|s| s.to_string()).collect(),
+            max_body_bytes,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// A listener on `ip` that is never accepted from; `connected` says whether anything
+    /// connected to it.
+    fn witness(ip: &str) -> (std::net::TcpListener, u16) {
+        let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    }
+
+    fn connected(l: &std::net::TcpListener) -> bool {
+        l.accept().is_ok()
+    }
+
+    #[tokio::test]
+    async fn redirects_to_refused_targets_are_not_followed() {
+        let (port, seen) = server(
+            "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/latest/meta-data/\r\ncontent-length: 0\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
+        assert_eq!(
+            o.error.as_deref(),
+            Some(
+                "redirect refused, not followed: HTTP 302 to \"http://169.254.169.254/latest/meta-data/\"; 169.254.169.254 is refused (built-in rule \"metadata\"): it is a cloud metadata address, through which a probe could read the host's cloud credentials; to probe it anyway, add \"169.254.169.254\" to [probe_policy] exempt"
+            )
+        );
+        assert_eq!((o.status, o.redirects), (Some(302), 0));
+        let connects = o.phases.iter().filter(|p| p.0 == Phase::Connect).count();
+        assert_eq!(connects, 1, "only to the probe's own target: {o:?}");
+        assert_eq!(seen.await.unwrap().len(), 1);
+
+        // A scheme-relative Location names another host too.
+        let (port, _) = server(
+            "HTTP/1.1 301 Moved\r\nlocation: //[::ffff:169.254.169.254]/x\r\ncontent-length: 0\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
+        let e = o.error.unwrap();
+        assert!(
+            e.starts_with("redirect refused, not followed: HTTP 301"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "(the IPv4 address 169.254.169.254) is refused (built-in rule \"metadata\")"
+            ),
+            "{e}"
+        );
+
+        // A denied address that is reachable: the redirect is refused and nothing
+        // connects to it.
+        let (w, wport) = witness("127.0.0.2");
+        let response: &'static str = Box::leak(
+            format!("HTTP/1.1 307 Temporary\r\nlocation: http://127.0.0.2:{wport}/\r\ncontent-length: 0\r\n\r\n")
+                .into_boxed_str(),
+        );
+        let (port, _) = server(response, Duration::ZERO).await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &policy(&["127.0.0.2/32"], None),
+        )
+        .await;
+        let e = o.error.unwrap();
+        assert!(
+            e.contains("127.0.0.2 is refused ([probe_policy] deny entry \"127.0.0.2/32\")"),
+            "{e}"
+        );
+        assert!(
+            !connected(&w),
+            "the refused redirect target was connected to"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_refused_addresses_fails_in_resolve_without_connecting() {
+        let (w, port) = witness("127.0.0.1");
+        let deny_loopback = policy(&["127.0.0.0/8", "::1"], None);
+        let o = tcp(
+            &TcpTarget {
+                host: "localhost".into(),
+                port,
+            },
+            Duration::from_secs(2),
+            &deny_loopback,
+        )
+        .await;
+        let e = o.error.unwrap();
+        assert!(
+            e.starts_with("refused in resolve, not connected: localhost resolves to "),
+            "{e}"
+        );
+        assert!(e.contains("none of them allowed"), "{e}");
+        assert!(e.contains("is refused ([probe_policy] deny entry"), "{e}");
+        assert!(o.phases.is_empty() && o.address.is_none(), "{:?}", o.phases);
+        assert!(!connected(&w));
+
+        // Allowed, the same probe connects to the address judged.
+        let o = tcp(
+            &TcpTarget {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
+        assert!(o.ok, "{o:?}");
+        assert_eq!(o.address, Some(SocketAddr::from(([127, 0, 0, 1], port))));
+        assert!(connected(&w));
+
+        // An HTTP probe of a refused name: not even resolved.
+        let mut t = target(port, "/");
+        t.url = "http://metadata.google.internal/computeMetadata/v1/".into();
+        let o = http(&t, TP, Duration::from_secs(2), &Policy::default()).await;
+        let e = o.error.unwrap();
+        assert!(
+            e.starts_with("refused, not resolved or connected: metadata.google.internal is refused (built-in rule \"metadata\")"),
+            "{e}"
+        );
+        assert!(o.phases.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dns_server_the_probe_names_is_judged_before_it_is_asked() {
+        let o = dns(
+            &DnsTarget {
+                name: "example.com".into(),
+                record_type: "A".into(),
+                server: Some("[::ffff:169.254.169.254]:53".into()),
+                expect: Vec::new(),
+                transport: "udp".into(),
+            },
+            Duration::from_secs(2),
+            &Policy::default(),
+        )
+        .await;
+        let e = o.error.unwrap();
+        assert!(
+            e.starts_with("refused, nothing sent: dns.server ::ffff:169.254.169.254 (the IPv4 address 169.254.169.254) is refused (built-in rule \"metadata\")"),
+            "{e}"
+        );
+        assert!(o.address.is_none() && o.phases.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_bound_fails_the_check_saying_so() {
+        let big: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\nok{}",
+                "x".repeat(4998)
+            )
+            .into_boxed_str(),
+        );
+        let (port, _) = server(big, Duration::ZERO).await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &policy(&[], Some(4096)),
+        )
+        .await;
+        assert_eq!(
+            o.error.as_deref(),
+            Some(
+                "the response body is larger than 4096 bytes, the most a probe reads; probe a smaller page or raise [probe_policy] max_body_bytes"
+            )
+        );
+        let (port, _) = server(big, Duration::ZERO).await;
+        let o = http(
+            &target(port, "/"),
+            TP,
+            Duration::from_secs(2),
+            &policy(&[], Some(8192)),
+        )
+        .await;
+        assert!(o.ok, "{o:?}");
     }
 }

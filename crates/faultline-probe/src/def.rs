@@ -16,7 +16,7 @@
 //! body = ""                     # sent as is
 //! expect_status = [200, 204]    # default: any 2xx or 3xx after redirects
 //! expect_body = "ok"            # the body must contain it
-//! max_redirects = 5             # followed only to the same host and port (default 5)
+//! max_redirects = 5             # same host and port only, as [probe_policy] allows (default 5)
 //! ca_file = "/etc/ssl/internal-ca.pem"  # https: CAs trusted besides Mozilla's roots
 //! tls_expiry_warning_days = 14  # https: warn (and notify once per certificate) when the
 //!                               #   earliest certificate of the chain expires sooner;
@@ -36,11 +36,17 @@
 //! A probe only ever connects to the host and port its definition names (for DNS, the
 //! server it names or the system's): redirects to anywhere else fail the check instead of
 //! being followed (an upgrade from http on port 80 to https on port 443 of the same host
-//! is followed).
+//! is followed). And only to targets the probe policy (`[probe_policy]`, see
+//! [`crate::policy`]) allows: [`ProbeDef::validate_with`] refuses a definition whose
+//! target the policy refuses (`http.url`'s host, `tcp.host`, `dns.server`), naming the
+//! address, the rule and how to allow it; names are judged again by their addresses at
+//! every check.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
 
 /// Longest probe name.
 pub const MAX_NAME: usize = 64;
@@ -260,7 +266,35 @@ impl ProbeDef {
         std::time::Duration::from_secs_f64(secs)
     }
 
-    /// Checks every field; the first problem found is returned.
+    /// The field naming the probe's target, and the host it names: `http.url`'s host,
+    /// `tcp.host`, or `dns.server`'s address (`None`: the system's nameserver, which the
+    /// probe does not choose).
+    pub fn target(&self) -> Option<(&'static str, String)> {
+        if let Some(h) = &self.http {
+            HttpUrl::parse(&h.url).ok().map(|u| ("http.url", u.host))
+        } else if let Some(t) = &self.tcp {
+            Some(("tcp.host", t.host.clone()))
+        } else {
+            let server = self.dns.as_ref()?.server_addr().ok()??;
+            Some(("dns.server", server.ip().to_string()))
+        }
+    }
+
+    /// [`ProbeDef::validate`], then the target against `policy` (see the module doc).
+    pub fn validate_with(&self, policy: &Policy) -> Result<(), DefError> {
+        self.validate()?;
+        match self.target() {
+            Some((field, host)) => policy.judge_host(&host).map_err(|r| DefError {
+                probe: self.name.clone(),
+                field: field.to_string(),
+                message: r.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks every field; the first problem found is returned. The target is judged
+    /// against the probe policy by [`ProbeDef::validate_with`].
     pub fn validate(&self) -> Result<(), DefError> {
         let err = |field: &str, message: String| DefError {
             probe: self.name.clone(),
@@ -331,16 +365,12 @@ impl ProbeDef {
     }
 }
 
-/// [`check_all`], giving the list back when it passes.
-pub fn checked(list: Vec<ProbeDef>) -> Result<Vec<ProbeDef>, DefError> {
-    check_all(&list).map(|()| list)
-}
-
-/// Checks a list of definitions (the configuration file's): each valid, each name once.
-pub fn check_all(defs: &[ProbeDef]) -> Result<(), DefError> {
+/// Checks a list of definitions (the configuration file's): each valid and allowed by
+/// `policy`, each name once.
+pub fn check_all(defs: &[ProbeDef], policy: &Policy) -> Result<(), DefError> {
     let mut names = std::collections::HashSet::new();
     for d in defs {
-        d.validate()?;
+        d.validate_with(policy)?;
         if !names.insert(d.name.as_str()) {
             return Err(DefError {
                 probe: d.name.clone(),
@@ -548,6 +578,78 @@ mod tests {
         assert_eq!(field(&d), "tcp.port");
         d.tcp = None;
         assert_eq!(field(&d), "http");
+    }
+
+    #[test]
+    fn targets_the_policy_refuses_are_refused_naming_field_address_and_rule() {
+        use crate::policy::{Policy, PolicyConfig};
+        let p = Policy::default();
+        let refused = |d: &ProbeDef| d.validate_with(&p).unwrap_err();
+        let e = refused(&http("http://169.254.169.254/latest/meta-data/"));
+        assert_eq!((e.probe.as_str(), e.field.as_str()), ("p", "http.url"));
+        assert!(
+            e.to_string().starts_with(
+                "probe \"p\": http.url: 169.254.169.254 is refused (built-in rule \"metadata\")"
+            ),
+            "{e}"
+        );
+        assert!(e.message.contains("[probe_policy] exempt"), "{e}");
+        let e = refused(&http("http://[::ffff:169.254.169.254]:8080/"));
+        assert_eq!(e.field, "http.url");
+        assert!(
+            e.message.contains("the IPv4 address 169.254.169.254"),
+            "{e}"
+        );
+        let e = refused(&http(
+            "https://metadata.google.internal/computeMetadata/v1/",
+        ));
+        assert!(e.message.contains("names a cloud metadata service"), "{e}");
+        let tcp = |host: &str| ProbeDef {
+            http: None,
+            tcp: Some(TcpTarget {
+                host: host.into(),
+                port: 80,
+            }),
+            ..http("http://h/")
+        };
+        assert_eq!(refused(&tcp("fe80::1")).field, "tcp.host");
+        assert_eq!(refused(&tcp("0.0.0.0")).field, "tcp.host");
+        let dns = |server: Option<&str>| ProbeDef {
+            http: None,
+            dns: Some(DnsTarget {
+                name: "example.com".into(),
+                record_type: "A".into(),
+                server: server.map(str::to_string),
+                expect: Vec::new(),
+                transport: "udp".into(),
+            }),
+            ..http("http://h/")
+        };
+        assert_eq!(
+            refused(&dns(Some("169.254.169.254:53"))).field,
+            "dns.server"
+        );
+        // The system's nameserver is not the probe's choice, so it is not judged.
+        assert!(dns(None).validate_with(&p).is_ok());
+        assert!(dns(Some("127.0.0.53")).validate_with(&p).is_ok());
+        assert!(http("http://127.0.0.1:8080/").validate_with(&p).is_ok());
+        assert!(tcp("db.internal").validate_with(&p).is_ok());
+        // A bad field is reported before the target is judged.
+        let mut d = http("http://169.254.169.254/");
+        d.interval_secs = 0;
+        assert_eq!(d.validate_with(&p).unwrap_err().field, "interval_secs");
+
+        let only_ten = Policy::new(&PolicyConfig {
+            allow: vec!["10.0.0.0/8".into()],
+            ..PolicyConfig::default()
+        })
+        .unwrap();
+        let e = check_all(&[http("http://127.0.0.1:9/")], &only_ten).unwrap_err();
+        assert!(
+            e.message.contains("is refused ([probe_policy] allow)"),
+            "{e}"
+        );
+        assert!(check_all(&[http("http://10.1.1.1:9/")], &only_ten).is_ok());
     }
 
     #[test]

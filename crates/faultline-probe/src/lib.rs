@@ -4,7 +4,11 @@
 //! opens onto the backend trace that explains it.
 //!
 //! - [`def`]: what a probe is, read from the configuration file or the API, validated;
-//! - [`check`]: one HTTP or TCP check, timed phase by phase;
+//! - [`policy`]: whom probes may call (`[probe_policy]`: built-in refusals of metadata,
+//!   link-local and other host-only addresses, allow and deny lists) and how much of an
+//!   answer they read;
+//! - [`check`]: one HTTP, TCP or DNS check, timed phase by phase, its target judged by the
+//!   policy before anything is sent;
 //! - [`span`]: the probe's span of a check;
 //! - [`Probes`] (this module): the set of probes, one scheduling task each, their recent
 //!   results, up/down state and incidents, the API's changes kept in `probes.json`, and
@@ -17,6 +21,12 @@
 //! keeps the original grid. A probe is down after `retries + 1` failed checks in a row and
 //! up again after one success; each down period is an incident, with its first failing
 //! result (and so its trace).
+//!
+//! A definition the policy refuses is refused: the configuration file's stop the start
+//! ([`Setup::new`]), the API's are answered with the refusal ([`Probes::put`]). A probe
+//! kept in `probes.json` that a policy changed since refuses is started all the same,
+//! with a warning in the log: each of its checks fails with the refusal, sending nothing,
+//! until it is changed, paused or deleted.
 //!
 //! `probes.json` (the probes made through the API; configuration-file probes are read
 //! from the configuration file at every start), written whole to a temporary file,
@@ -35,6 +45,7 @@
 pub mod check;
 pub mod def;
 mod history;
+pub mod policy;
 pub mod span;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -50,6 +61,7 @@ use faultline_model::ExportTraceServiceRequest;
 
 pub use check::{Outcome, Phase};
 pub use def::{DefError, ProbeDef};
+pub use policy::{Policy, PolicyConfig, PolicyError, Refusal};
 
 /// Results kept per probe.
 pub const MAX_RESULTS: usize = 1000;
@@ -82,6 +94,36 @@ where
         request: ExportTraceServiceRequest,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         (self.0)(request)
+    }
+}
+
+/// The configuration file's probes and the policy every probe is held to.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// The `[[probes]]`.
+    pub defs: Vec<ProbeDef>,
+    /// From `[probe_policy]`.
+    pub policy: Policy,
+}
+
+/// Why the configuration file's probes or policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `[probe_policy]` is not usable.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A probe is not usable, or its target is refused by the policy.
+    #[error("probes: {0}")]
+    Probe(#[from] DefError),
+}
+
+impl Setup {
+    /// The policy `[probe_policy]` describes, and the `[[probes]]` checked against it: each
+    /// valid, allowed, and named once.
+    pub fn new(defs: Vec<ProbeDef>, policy: &PolicyConfig) -> Result<Self, SetupError> {
+        let policy = Policy::new(policy)?;
+        def::check_all(&defs, &policy)?;
+        Ok(Self { defs, policy })
     }
 }
 
@@ -303,6 +345,7 @@ struct Shared {
     outbox: Option<faultline_notify::Outbox>,
     path: PathBuf,
     results: history::Writer,
+    policy: Policy,
 }
 
 impl Shared {
@@ -341,11 +384,11 @@ fn now_ms() -> u64 {
 
 impl Probes {
     /// Starts the probes of the configuration file and of `DATA_DIR/probes.json` (a name
-    /// in both is refused), with their results of the last `retention` read back from
-    /// `DATA_DIR/probes/`.
+    /// in both is refused), held to the setup's policy, with their results of the last
+    /// `retention` read back from `DATA_DIR/probes/`.
     pub async fn start(
         data_dir: &Path,
-        from_config: Vec<ProbeDef>,
+        setup: Setup,
         sink: Arc<dyn SpanSink>,
         outbox: Option<faultline_notify::Outbox>,
         retention: Duration,
@@ -389,9 +432,10 @@ impl Probes {
                 outbox,
                 path,
                 results,
+                policy: setup.policy,
             }),
         };
-        let offered = probes.rebuild(from_config, saved, records)?;
+        let offered = probes.rebuild(setup.defs, saved, records)?;
         if let Some(o) = probes.shared.outbox.clone() {
             tokio::task::spawn_blocking(move || {
                 offered.into_iter().try_for_each(|e| o.enqueue(e).map(drop))
@@ -416,7 +460,12 @@ impl Probes {
         let mut map = self.shared.lock();
         for (defs, source) in [(from_config, Source::Config), (saved, Source::Api)] {
             for def in defs {
-                def.validate()?;
+                match (source, def.validate_with(&self.shared.policy)) {
+                    (Source::Api, Err(e)) if def.validate().is_ok() => tracing::warn!(
+                        "{e}; its checks fail, sending nothing, until it is changed, paused or deleted"
+                    ),
+                    (_, r) => r?,
+                }
                 if map.contains_key(&def.name) {
                     return Err(ProbeError::Exists(def.name));
                 }
@@ -471,9 +520,15 @@ impl Probes {
         self.shared.lock().get(name).map(view)
     }
 
-    /// Adds a probe (`replace`: or replaces an API probe of the same name) and saves.
+    /// Adds a probe (`replace`: or replaces an API probe of the same name) and saves; a
+    /// definition whose target the policy refuses is refused.
     pub async fn put(&self, def: ProbeDef, replace: bool) -> Result<(), ProbeError> {
-        def.validate()?;
+        def.validate_with(&self.shared.policy)?;
+        self.put_valid(def, replace).await
+    }
+
+    /// [`Probes::put`] of a definition already checked.
+    async fn put_valid(&self, def: ProbeDef, replace: bool) -> Result<(), ProbeError> {
         {
             let mut map = self.shared.lock();
             match map.get(&def.name) {
@@ -490,7 +545,8 @@ impl Probes {
         self.save().await
     }
 
-    /// Pauses or resumes an API probe and saves.
+    /// Pauses or resumes an API probe and saves. Resuming holds it to the policy again;
+    /// pausing does not (a probe the policy came to refuse can be paused).
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<(), ProbeError> {
         let def = {
             let map = self.shared.lock();
@@ -505,7 +561,12 @@ impl Probes {
                 ..r.def.clone()
             }
         };
-        self.put(def, true).await
+        if paused {
+            def.validate()?;
+            self.put_valid(def, true).await
+        } else {
+            self.put(def, true).await
+        }
     }
 
     /// Deletes an API probe and saves.
@@ -666,10 +727,14 @@ async fn one(shared: Arc<Shared>, def: ProbeDef, lag: Duration) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let started = Instant::now();
+    let (policy, timeout) = (&shared.policy, def.timeout());
     let outcome = match (&def.http, &def.tcp, &def.dns) {
-        (Some(h), _, _) => check::http(h, &span::traceparent(&ids.0, &ids.1), def.timeout()).await,
-        (None, Some(t), _) => check::tcp(t, def.timeout()).await,
-        (None, None, Some(d)) => check::dns(d, def.timeout()).await,
+        (Some(h), _, _) => {
+            let traceparent = span::traceparent(&ids.0, &ids.1);
+            check::http(h, &traceparent, timeout, policy).await
+        }
+        (None, Some(t), _) => check::tcp(t, timeout, policy).await,
+        (None, None, Some(d)) => check::dns(d, timeout, policy).await,
         (None, None, None) => return,
     };
     if let (Some(warning), Some(not_after), Some(o)) = (
@@ -851,6 +916,13 @@ mod tests {
         }
     }
 
+    fn setup(defs: Vec<ProbeDef>) -> Setup {
+        Setup {
+            defs,
+            policy: Policy::default(),
+        }
+    }
+
     fn result(ok: bool, at_ms: u64) -> CheckResult {
         CheckResult {
             at_ms,
@@ -917,7 +989,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let p = Probes::start(
             dir.path(),
-            vec![tcp("from-config", port)],
+            setup(vec![tcp("from-config", port)]),
             Arc::new(Nowhere),
             None,
             week,
@@ -966,7 +1038,7 @@ mod tests {
         drop(p);
         let again = Probes::start(
             dir.path(),
-            vec![tcp("from-config", port)],
+            setup(vec![tcp("from-config", port)]),
             Arc::new(Nowhere),
             None,
             week,
@@ -988,5 +1060,83 @@ mod tests {
         again.delete("from-api").await.unwrap();
         let saved = std::fs::read_to_string(dir.path().join("probes.json")).unwrap();
         assert!(saved.contains("\"probes\": []"), "{saved}");
+    }
+
+    #[tokio::test]
+    async fn the_policy_refuses_definitions_and_a_stored_probe_it_refuses_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = Duration::from_secs(7 * 86_400);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        // Made through the API while loopback was allowed.
+        let saved = File {
+            version: 1,
+            probes: vec![tcp("stored", port)],
+        };
+        std::fs::write(
+            dir.path().join("probes.json"),
+            serde_json::to_vec(&saved).unwrap(),
+        )
+        .unwrap();
+        let no_loopback = PolicyConfig {
+            deny: vec!["127.0.0.0/8".into()],
+            ..PolicyConfig::default()
+        };
+        // The configuration file's probes are checked by Setup::new.
+        let e = Setup::new(vec![tcp("cfg", port)], &no_loopback).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "probes: probe \"cfg\": tcp.host: 127.0.0.1 is refused ([probe_policy] deny entry \"127.0.0.0/8\")"
+            ),
+            "{e}"
+        );
+        let p = Probes::start(
+            dir.path(),
+            Setup::new(Vec::new(), &no_loopback).unwrap(),
+            Arc::new(Nowhere),
+            None,
+            week,
+        )
+        .await
+        .unwrap();
+        // The API's new definitions are refused.
+        match p.put(tcp("new", port), false).await {
+            Err(ProbeError::Invalid(d)) => {
+                assert_eq!((d.probe.as_str(), d.field.as_str()), ("new", "tcp.host"));
+                assert!(d.message.contains("remove \"127.0.0.0/8\""), "{d}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(p.get("new").is_none());
+        // The stored one runs, and each check fails in resolve without connecting.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let v = p.get("stored").unwrap();
+        assert!(v.checks.0 >= 1, "{v:?}");
+        let o = &v.results[0].outcome;
+        assert!(!o.ok);
+        let error = o.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("refused, not resolved or connected: 127.0.0.1 is refused"),
+            "{error}"
+        );
+        assert!(o.phases.is_empty() && o.address.is_none(), "{o:?}");
+        assert_eq!(
+            l.accept().map(drop).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "nothing connected"
+        );
+        // It can be paused, not resumed while refused; replacing it is judged too.
+        p.set_paused("stored", true).await.unwrap();
+        assert!(matches!(
+            p.set_paused("stored", false).await,
+            Err(ProbeError::Invalid(_))
+        ));
+        assert!(p.get("stored").unwrap().def.paused);
+        assert!(matches!(
+            p.put(tcp("stored", port), true).await,
+            Err(ProbeError::Invalid(_))
+        ));
+        p.delete("stored").await.unwrap();
     }
 }

@@ -62,6 +62,8 @@
 //!
 //! [[probes]]                             # synthetic probes (repeatable): the fields of
 //!                                        #   faultline_probe::def
+//! [probe_policy]                         # whom probes may call: allow, deny, exempt,
+//!                                        #   max_body_bytes (faultline_probe::policy)
 //! [[alerts]]                             # alert rules (repeatable): faultline_alerts::rule
 //! [notify]                               # receivers of probe and alert notifications:
 //!                                        #   faultline_notify::config
@@ -187,6 +189,8 @@ struct FileConfig {
     #[serde(default)]
     probes: Vec<faultline_probe::ProbeDef>,
     #[serde(default)]
+    probe_policy: faultline_probe::PolicyConfig,
+    #[serde(default)]
     alerts: Vec<faultline_alerts::RuleDef>,
     #[serde(default)]
     notify: faultline_notify::NotifyConfig,
@@ -293,8 +297,8 @@ pub struct Settings {
     pub pipeline: PipelineOptions,
     /// The sampling policy file, if one is configured.
     pub sampling_policy: Option<PathBuf>,
-    /// The configuration file's probes, checked.
-    pub probes: Vec<faultline_probe::ProbeDef>,
+    /// The configuration file's probes, checked against the probe policy, and the policy.
+    pub probes: faultline_probe::Setup,
     /// The configuration file's alert rules, checked.
     pub alerts: Vec<faultline_alerts::RuleDef>,
     /// Where notifications go, checked.
@@ -339,8 +343,7 @@ impl Settings {
             intake: intake(&args, file.intake)?,
             pipeline: pipeline(&args, &file.store, &data_dir)?,
             sampling_policy: args.sampling_policy.clone().or(file.sampling.policy_file),
-            probes: faultline_probe::def::checked(file.probes)
-                .map_err(|e| anyhow!("probes: {e}"))?,
+            probes: faultline_probe::Setup::new(file.probes, &file.probe_policy)?,
             alerts: faultline_alerts::rule::checked(file.alerts)
                 .map_err(|e| anyhow!("alerts: {e}"))?,
             notify: file.notify.validate().map(|()| file.notify)?,
@@ -516,6 +519,34 @@ mod tests {
         assert_eq!(s.pipeline.dlq_dir, PathBuf::from("/from-file/dlq"));
         assert_eq!(s.listen.http.to_string(), "127.0.0.1:16686");
         assert_eq!(s.intake.max_inflight_bytes, 512 << 20);
+    }
+
+    #[test]
+    fn the_probe_policy_is_read_and_probes_it_refuses_stop_the_start() {
+        let probe =
+            "[[probes]]\nname = \"inner\"\n[probes.http]\nurl = \"http://10.1.2.3/health\"\n";
+        let load = |text: String| {
+            let f = write(&text);
+            Settings::load(ServeArgs {
+                config: Some(f.path().to_path_buf()),
+                ..ServeArgs::default()
+            })
+        };
+        let s = load(format!(
+            "{probe}[probe_policy]\nallow = [\"10.0.0.0/8\"]\nmax_body_bytes = 4096\n"
+        ))
+        .unwrap();
+        assert_eq!(s.probes.defs.len(), 1);
+        assert_eq!(s.probes.policy.max_body_bytes(), 4096);
+        let e = load(format!("{probe}[probe_policy]\ndeny = [\"10.1.0.0/16\"]\n")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("probes: probe \"inner\": http.url: 10.1.2.3 is refused ([probe_policy] deny entry \"10.1.0.0/16\")"),
+            "{e}"
+        );
+        let e = load("[probe_policy]\nallow = [\"10.0.0.0/40\"]\n".into()).unwrap_err();
+        assert!(e.to_string().starts_with("probe_policy.allow: "), "{e}");
+        let e = load("[probe_policy]\nalow = []\n".into()).unwrap_err();
+        assert!(format!("{e:#}").contains("alow"), "{e:#}");
     }
 
     #[test]
