@@ -7,7 +7,7 @@ made with the OpenTelemetry Python SDK and posted by its Zipkin exporter
 of Zipkin v2 spans with Content-Type application/json:
 
     zipkin_send.py --endpoint http://127.0.0.1:9411/api/v2/spans \
-        --service zipkin-svc --marker m-123
+        --service zipkin-svc --marker m-123 [--bearer TOKEN]
 
 The trace has two spans: root "zipkin-root {marker}" (SERVER) with tag
 marker=MARKER, and child "zipkin-child" of kind CLIENT. localEndpoint.serviceName is
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--service", required=True, help="localEndpoint.serviceName")
     parser.add_argument("--marker", required=True, help="string to find the trace by")
+    parser.add_argument(
+        "--bearer", help="token sent as Authorization: Bearer TOKEN (faultline with tokens on)"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout=EXPORT_TIMEOUT_SECONDS,
         )
     )
+    if args.bearer:
+        exporter._inner.session.headers["Authorization"] = f"Bearer {args.bearer}"
     provider = TracerProvider(resource=Resource.create({"service.name": args.service}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("faultline.tests.zipkin_send")

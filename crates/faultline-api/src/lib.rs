@@ -2,7 +2,7 @@
 //! api_v3 over HTTP answering in OTLP JSON (`v3.rs`), and the native RED and trace summary
 //! endpoints (`native.rs`), with the parameter parsing they share (`params.rs`); and the
 //! sampling port's Jaeger remote sampling endpoint (`sampling.rs`); the tracing-health
-//! report (`health_report.rs`).
+//! report (`health_report.rs`); the audit log of control actions (`audit.rs`).
 //!
 //! **Architecture invariant:** the API layer knows nothing about file formats; it reads
 //! through [`faultline_store::SpanStore`] and is the only layer that serialises JSON for
@@ -14,6 +14,7 @@
 
 pub mod alerts;
 pub mod assertions;
+pub mod audit;
 pub mod consistency;
 pub mod error;
 pub mod experiments;
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub experiments: Option<Arc<faultline_chaos::experiment::history::History>>,
     /// Consistency rules and continuous assertions, when this process evaluates them.
     pub checks: Option<Arc<faultline_checks::Checks>>,
+    /// The tokens and the audit log, when this process checks them.
+    pub auth: Option<faultline_auth::Auth>,
 }
 
 impl ApiState {
@@ -217,7 +220,8 @@ pub fn router() -> Router<ApiState> {
                 .merge(steady::router())
                 .merge(experiments::router())
                 .merge(assertions::router())
-                .merge(consistency::router()),
+                .merge(consistency::router())
+                .merge(audit::router()),
             Shape::Native,
         ))
 }
@@ -413,6 +417,7 @@ mod cache_tests {
             outbox: None,
             experiments: None,
             checks: None,
+            auth: None,
         });
         // Fast: fresh answers, which fill the cache.
         let (partial, v) = get(&app, "/api/services").await;

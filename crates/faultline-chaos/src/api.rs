@@ -237,13 +237,22 @@ async fn metrics(State(p): State<Proxies>) -> Response {
 pub async fn serve(
     addr: std::net::SocketAddr,
     proxies: Proxies,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
+    serve_router(addr, router(proxies), stop).await
+}
+
+/// Like [`serve`], for the API's router with layers added (`serve`'s token check).
+pub async fn serve_router(
+    addr: std::net::SocketAddr,
+    app: Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
     let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         format!("cannot listen for the fault proxy API on {addr}: {e}; is Toxiproxy or another process using it? choose another address with --api (serve: --fault-proxy)")
     })?;
     tracing::info!(api = %addr, "fault proxy API (Toxiproxy-compatible) listening");
-    let srv = axum::serve(l, router(proxies)).with_graceful_shutdown(async move {
+    let srv = axum::serve(l, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|v| *v).await;
     });
     Ok(tokio::spawn(async move {

@@ -102,13 +102,16 @@ fn call(
             .timeout(timeout)
             .build()
             .map_err(|e| ClientError(format!("cannot build the HTTP client: {e}")))?;
-        let req = match body {
+        let mut req = match body {
             Some(b) => client
                 .post(url)
                 .header("content-type", "application/json")
                 .body(b),
             None => client.get(url),
         };
+        if let Ok(token) = std::env::var("FAULTLINE_TOKEN") {
+            req = req.bearer_auth(token.trim());
+        }
         let resp = req.send().await.map_err(|e| {
             ClientError(format!(
                 "cannot reach {url}: {e}; is faultline serving there? (--api)"

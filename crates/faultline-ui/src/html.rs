@@ -100,7 +100,7 @@ pub fn page(title: &str, partial: &[String], refresh: Option<u64>, body: &str) -
     );
     out.push_str(
         "<header><b>faultline</b><a href=\"/\">Services</a><a href=\"/search\">Search</a>\
-         <a href=\"/dependencies\">Dependencies</a><a href=\"/tracing-health\">Tracing health</a><a href=\"/probes\">Probes</a><a href=\"/alerts\">Alerts</a><a href=\"/experiments\">Experiments</a><a href=\"/consistency\">Checks</a><a href=\"/status\">Status</a></header><main>",
+         <a href=\"/dependencies\">Dependencies</a><a href=\"/tracing-health\">Tracing health</a><a href=\"/probes\">Probes</a><a href=\"/alerts\">Alerts</a><a href=\"/experiments\">Experiments</a><a href=\"/consistency\">Checks</a><a href=\"/status\">Status</a><a href=\"/audit\">Audit</a></header><main>",
     );
     if !partial.is_empty() {
         out.push_str("<div class=partial id=partial><b>Partial data.</b> ");

@@ -19,6 +19,12 @@
 //!                                        #   proxy's Toxiproxy API (e.g. 127.0.0.1:8474);
 //!                                        #   state in DATA_DIR/proxies.json
 //!
+//! [auth]                                 # bearer tokens (faultline_auth); without any,
+//! token_file = (none)                    #   every route is open, on loopback only
+//!                                        #   (--token-file, FAULTLINE_TOKEN_FILE;
+//!                                        #   FAULTLINE_TOKENS adds token lines)
+//! allow_unauthenticated = false          # true: serve open on other addresses too
+//!
 //! [sampling]
 //! policy_file = (none)                   # --sampling-policy, FAULTLINE_SAMPLING_POLICY;
 //!                                        #   TOML, or Jaeger's strategies JSON (*.json);
@@ -168,6 +174,9 @@ pub struct ServeArgs {
     /// [default: not watched].
     #[arg(long, env = "FAULTLINE_MAX_MEMORY_BYTES")]
     pub max_memory_bytes: Option<u64>,
+    /// Bearer tokens with scopes, read again when the file changes [default: none].
+    #[arg(long, env = "FAULTLINE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// The file format.
@@ -185,6 +194,8 @@ struct FileConfig {
     store: StoreFile,
     #[serde(default)]
     sampling: SamplingFile,
+    #[serde(default)]
+    auth: faultline_auth::AuthConfig,
     tail_sampling: Option<faultline_store::tail::TailPolicy>,
     #[serde(default)]
     probes: Vec<faultline_probe::ProbeDef>,
@@ -297,6 +308,8 @@ pub struct Settings {
     pub pipeline: PipelineOptions,
     /// The sampling policy file, if one is configured.
     pub sampling_policy: Option<PathBuf>,
+    /// Tokens (`[auth]`, the token file from the flag first).
+    pub auth: faultline_auth::AuthConfig,
     /// The configuration file's probes, checked against the probe policy, and the policy.
     pub probes: faultline_probe::Setup,
     /// The configuration file's alert rules, checked.
@@ -343,6 +356,10 @@ impl Settings {
             intake: intake(&args, file.intake)?,
             pipeline: pipeline(&args, &file.store, &data_dir)?,
             sampling_policy: args.sampling_policy.clone().or(file.sampling.policy_file),
+            auth: faultline_auth::AuthConfig {
+                token_file: args.token_file.clone().or(file.auth.token_file.clone()),
+                ..file.auth.clone()
+            },
             probes: faultline_probe::Setup::new(file.probes, &file.probe_policy)?,
             alerts: faultline_alerts::rule::checked(file.alerts)
                 .map_err(|e| anyhow!("alerts: {e}"))?,

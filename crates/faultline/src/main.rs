@@ -1,6 +1,6 @@
 //! The `faultline` binary: command line, configuration and wiring. The libraries do the
 //! work; this crate connects them (`serve`, `proxy`, `experiment`) and hosts the operator
-//! tools (`wal`, `dlq`, `query`, `report`); benchmarks are the `faultline-bench` binary.
+//! tools (`wal`, `dlq`, `query`, `report`, `token`); benchmarks are the `faultline-bench` binary.
 
 mod config;
 mod dlq;
@@ -64,6 +64,11 @@ enum Command {
     Report {
         #[command(subcommand)]
         command: faultline_client::query::ReportCommand,
+    },
+    /// Bearer tokens: make a token and its line for the token file.
+    Token {
+        #[command(subcommand)]
+        command: faultline_auth::cli::TokenCommand,
     },
 }
 
@@ -159,9 +164,16 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxycmd::run(args),
         Command::Experiment { command } => experimentcmd::run(command),
         Command::Report { command } => client(faultline_client::query::report(command)),
+        Command::Token { command } => {
+            let (mut input, mut out) = (std::io::stdin().lock(), std::io::stdout());
+            let code = faultline_auth::cli::run(command, &mut input, &mut out);
+            code.map(ExitCode::from).map_err(anyhow::Error::from)
+        }
         Command::Dlq { command } => match command {
             DlqCommand::List { data_dir, json } => dlq::list(&data_dir, json),
-            DlqCommand::Replay { all, seqs, api } => dlq::replay(&api, all, &seqs),
+            DlqCommand::Replay { all, seqs, api } => {
+                client(faultline_client::dlq::replay(&api, all, &seqs))
+            }
             DlqCommand::Drop {
                 data_dir,
                 all,

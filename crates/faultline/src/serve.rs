@@ -17,11 +17,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 use faultline_alerts::Alerts;
 use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed, nodelay};
+use faultline_auth::{Auth, Listener, Scope, Scopes, protect};
 use faultline_chaos::experiment::history::History;
 use faultline_checks::Checks;
+use faultline_intake::http::{otlp_router, zipkin_router};
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
 use faultline_notify::Outbox;
@@ -61,8 +64,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("faultline")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(s, sampling))?;
+    let (l, r) = (listeners(&s.listen), s.store.retention);
+    let (auth, _token_watcher) = faultline_auth::Auth::start(&s.auth, &l, &s.data_dir, r)?;
+    runtime.block_on(serve(s, sampling, auth))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every listener's name and address, for the check that none is open where it must not.
+fn listeners(l: &crate::config::Listen) -> Vec<(&'static str, SocketAddr)> {
+    let mut v = vec![("OTLP/gRPC", l.otlp_grpc), ("OTLP/HTTP", l.otlp_http)];
+    v.extend([
+        ("Zipkin", l.zipkin),
+        ("HTTP API", l.http),
+        ("sampling", l.sampling),
+    ]);
+    v.extend(l.fault_proxy.map(|a| ("fault proxy API", a)));
+    v
 }
 
 /// What the API asks of the process, answered from intake, the pipeline and the store.
@@ -250,8 +267,9 @@ async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
     Ok(Arc::new(store))
 }
 
-async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
+async fn serve(s: Settings, sampling: PolicyHandle, auth: Auth) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("faultline");
+    auth.register_metrics(&mut registry);
     let metrics = Arc::new(Metrics::new(&mut registry));
     let pipeline_metrics = PipelineMetrics::new(&mut registry);
     let sampling_metrics = SamplingMetrics::new(&mut registry);
@@ -317,6 +335,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         outbox: Some(outbox),
         experiments: Some(history.clone()),
         checks: Some(checks),
+        auth: Some(auth.clone()),
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;
@@ -338,32 +357,33 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
         .layer(tower::util::MapResponseLayer::new(
             faultline_intake::grpc::remap_oversize_status,
         ))
-        .add_service(faultline_intake::grpc::grpc_service(intake.clone()))
+        .add_service(InterceptedService::new(
+            faultline_intake::grpc::grpc_service(intake.clone()),
+            faultline_auth::GrpcGuard::new(&auth),
+        ))
         .serve_with_incoming_shutdown(
             // Our own listener (so bind errors are ours to explain), with tonic's
             // TCP_NODELAY: without it Nagle's algorithm adds ~40 ms to every export.
             tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(
-        nodelay(http_l),
-        faultline_intake::http::otlp_router(intake.clone()),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let zipkin = axum::serve(
-        nodelay(zipkin_l),
-        faultline_intake::http::zipkin_router(intake.clone()),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let otlp = protect(otlp_router(intake.clone()), &auth, Listener::OtlpHttp);
+    let http = axum::serve(nodelay(http_l), otlp).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let zipkin = protect(zipkin_router(intake.clone()), &auth, Listener::Zipkin);
+    let zipkin =
+        axum::serve(nodelay(zipkin_l), zipkin).with_graceful_shutdown(stopped(stop_rx.clone()));
     let app = faultline_api::router()
         .merge(faultline_ui::router())
         .with_state(state);
+    let app = protect(app, &auth, Listener::Api);
     let api = axum::serve(nodelay(api_l), app).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let sampling_srv = axum::serve(
-        nodelay(sampling_l),
+    let sampling_app = protect(
         faultline_api::sampling::router(sampling),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+        &auth,
+        Listener::Sampling,
+    );
+    let sampling_srv = axum::serve(nodelay(sampling_l), sampling_app)
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
 
     let mut tasks = vec![
         tokio::spawn(async move { grpc.await.context("OTLP/gRPC server failed") }),
@@ -376,7 +396,7 @@ async fn serve(s: Settings, sampling: PolicyHandle) -> anyhow::Result<()> {
                 .context("Jaeger remote sampling server failed")
         }),
     ];
-    tasks.extend(start_chaos(&s, proxies, history, stop_rx.clone()).await?);
+    tasks.extend(start_chaos(&s, proxies, history, &auth, stop_rx.clone()).await?);
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
@@ -400,6 +420,7 @@ async fn start_chaos(
     s: &Settings,
     proxies: Option<faultline_chaos::Proxies>,
     history: Arc<History>,
+    auth: &Auth,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     let l = s.listen;
@@ -408,11 +429,21 @@ async fn start_chaos(
         l.fault_proxy.map(|a| format!("http://{a}")),
     );
     let runs = s.data_dir.join("experiment-runs");
-    faultline_chaos::experiment::schedule::start(s.experiments.clone(), api, own, runs, history);
+    // Scheduled runs call this process's API and proxy with a token of their own.
+    let token = match auth.enabled() && !s.experiments.is_empty() {
+        true => Some(auth.mint_internal(
+            "faultline-experiments",
+            Scopes::of(&[Scope::Read, Scope::Chaos]),
+        )?),
+        false => None,
+    };
+    let (e, h) = (s.experiments.clone(), history);
+    faultline_chaos::experiment::schedule::start(e, api, own, runs, h, token);
     let (Some(addr), Some(p)) = (l.fault_proxy, proxies) else {
         return Ok(None);
     };
-    let t = faultline_chaos::api::serve(addr, p, stop).await;
+    let app = protect(faultline_chaos::api::router(p), auth, Listener::FaultProxy);
+    let t = faultline_chaos::api::serve_router(addr, app, stop).await;
     let t = t.map_err(anyhow::Error::msg)?;
     Ok(Some(tokio::spawn(async move {
         t.await?.map_err(anyhow::Error::msg)

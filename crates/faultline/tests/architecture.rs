@@ -51,6 +51,8 @@ fn deps(krate: &str) -> BTreeSet<String> {
 const ALLOWED: &[(&str, &[&str])] = &[
     ("faultline-model", &[]),
     ("faultline-wal", &[]),
+    // Tokens, the route map and the audit log guard every listener: they know no stage.
+    ("faultline-auth", &[]),
     // The sampling policy and arithmetic: used by the API (the sampling port) and, for
     // adjusted counts, by the stages that read spans.
     ("faultline-sampling", &["faultline-model"]),
@@ -113,6 +115,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-chaos",
             "faultline-rules",
             "faultline-checks",
+            "faultline-auth",
         ],
     ),
     (

@@ -27,6 +27,9 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// How often stop conditions are checked during the method.
     pub stop_every: Duration,
+    /// Sent as `Authorization: Bearer` to faultline and the proxy API (tokens on: `read`
+    /// and `chaos` scopes) [default: `FAULTLINE_TOKEN`].
+    pub token: Option<String>,
 }
 
 impl RunOptions {
@@ -38,6 +41,7 @@ impl RunOptions {
             proxy: proxy.trim_end_matches('/').to_string(),
             state_dir,
             stop_every: Duration::from_secs(1),
+            token: std::env::var("FAULTLINE_TOKEN").ok(),
         }
     }
 }
@@ -252,6 +256,9 @@ impl Http {
     ) -> Result<(u16, String), String> {
         let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         let mut req = self.client.request(m, url);
+        if let Some(t) = &self.opts.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
@@ -386,6 +393,10 @@ pub async fn report_run(opts: &RunOptions, journal: &Value) -> Result<(), String
 
 /// Removes the faults of runs in `state_dir` that did not finish; what was removed.
 pub async fn cleanup(state_dir: &Path) -> Result<Vec<String>, RunError> {
+    cleanup_as(state_dir, std::env::var("FAULTLINE_TOKEN").ok()).await
+}
+
+async fn cleanup_as(state_dir: &Path, token: Option<String>) -> Result<Vec<String>, RunError> {
     let log = RunLog::open(state_dir)?;
     let client = client()?;
     let v = log.read();
@@ -402,6 +413,7 @@ pub async fn cleanup(state_dir: &Path) -> Result<Vec<String>, RunError> {
                 proxy: run["proxyApi"].as_str().unwrap_or_default().to_string(),
                 state_dir: state_dir.to_path_buf(),
                 stop_every: Duration::from_secs(1),
+                token: token.clone(),
             },
         };
         let mut all_gone = true;
@@ -439,7 +451,7 @@ pub async fn run(
     opts: &RunOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<RunResult, RunError> {
-    let cleaned_up = cleanup(&opts.state_dir).await?;
+    let cleaned_up = cleanup_as(&opts.state_dir, opts.token.clone()).await?;
     for c in &cleaned_up {
         progress(&format!("removed {c}"));
     }

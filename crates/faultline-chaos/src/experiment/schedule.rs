@@ -2,7 +2,8 @@
 //! `every`, optional `proxy`), against its own API and fault proxy, one at a time (two
 //! experiments injecting at once would confound each other's hypotheses). The first run
 //! of each comes one interval after the start, never at boot. Each run is recorded in the
-//! [`History`].
+//! [`History`]. With tokens on, `serve` gives the runs a token of their own (`read` and
+//! `chaos`, made at start and never written anywhere).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,12 +56,14 @@ pub fn start(
     own_proxy: Option<String>,
     state_dir: PathBuf,
     history: Arc<History>,
+    token: Option<String>,
 ) {
     let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     for s in list {
         let every = parse_duration(&s.every).unwrap_or(Duration::from_secs(3600));
         let proxy = s.proxy.clone().or(own_proxy.clone()).unwrap_or_default();
-        let opts = RunOptions::new(&api, &proxy, state_dir.clone());
+        let mut opts = RunOptions::new(&api, &proxy, state_dir.clone());
+        opts.token = token.clone().or(opts.token);
         let (history, lock) = (history.clone(), one_at_a_time.clone());
         tokio::spawn(async move {
             loop {

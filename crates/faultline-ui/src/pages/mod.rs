@@ -3,6 +3,7 @@
 //! `/dependencies`
 //! ([`dependencies`]), `/probes`, `/probes/{name}`, `/alerts` and the public
 //! `/public/status` ([`probes`]), `/experiments` ([`experiments`]), `/consistency` ([`consistency`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
+//! `/audit` ([`audit`]),
 //! and the script they share (`/ui.js`,
 //! `assets.rs`). Every page is rendered on the server from the
 //! [`faultline_store::SpanStore`]; its URL carries all its parameters (time range as
@@ -14,6 +15,7 @@
 //! This module holds what several pages share: the time range, store access off the
 //! executor, trace links and result rows.
 
+pub mod audit;
 pub mod compare;
 pub mod consistency;
 pub mod dependencies;
@@ -59,6 +61,7 @@ pub fn router() -> Router<ApiState> {
         .route("/public/status", get(probes::public))
         .route("/status", get(status::page))
         .route("/tracing-health", get(tracing_health::page))
+        .route("/audit", get(audit::page))
         .route("/ui.js", get(crate::assets::script));
     shaped(pages, Shape::Page(crate::html::error_page)).fallback(not_found)
 }
