@@ -13,8 +13,10 @@
 //!
 //! Answers: 401 `{"error": "this route needs a bearer token: send Authorization: Bearer
 //! TOKEN"}` with `WWW-Authenticate: Bearer realm="faultline"` when the token is missing
-//! or unknown; 403 `{"error": "this route needs a token with the read scope"}`. gRPC answers
-//! UNAUTHENTICATED or PERMISSION_DENIED with the same messages.
+//! or unknown; 403 `{"error": "this route needs a token with the read scope"}`. A
+//! browser asking for a UI page (not `/api/...`) without a token is sent to
+//! `/login?next=PAGE` instead. gRPC answers UNAUTHENTICATED or PERMISSION_DENIED with the
+//! same messages.
 
 use axum::Router;
 use axum::body::Body;
@@ -118,6 +120,14 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     r
 }
 
+fn wants_page(headers: &HeaderMap, method: &Method) -> bool {
+    *method == Method::GET
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"))
+}
+
 /// The answer to a refused request.
 pub fn refusal(d: Denied, scope: Scope) -> Response {
     match d {
@@ -152,6 +162,13 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let who = match checked {
         Ok(who) => who,
         Err(d) => {
+            if g.listener == Listener::Api
+                && d != Denied::Scope
+                && !req.uri().path().starts_with("/api/")
+                && wants_page(req.headers(), req.method())
+            {
+                return login_redirect(req.uri());
+            }
             if control && d == Denied::Scope {
                 let who = credential_name(&g.auth, req.headers(), g.listener);
                 g.auth.record(record(&g, &req, who, None, 403)).await;
@@ -240,6 +257,24 @@ async fn body_object(req: Request) -> Result<(Request, Option<String>), Box<Resp
         .ok()
         .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(|n| clip(n, 256)));
     Ok((Request::from_parts(parts, Body::from(bytes)), object))
+}
+
+fn login_redirect(uri: &axum::http::Uri) -> Response {
+    let next = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let enc: String = next
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/login?next={enc}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// The check as a tonic interceptor for OTLP/gRPC (every method needs `ingest`):
@@ -418,6 +453,21 @@ mod tests {
             Some(("sec-fetch-site", "same-origin")),
         );
         assert_eq!(call(&app, same).await.0, StatusCode::CREATED);
+        // A browser without a token asking for a page goes to the login form; an API
+        // client gets the 401.
+        let page = |uri: &str| {
+            Request::get(uri)
+                .header("accept", "text/html,*/*")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (s, h, _) = call(&app, page("/search?x=1&y=%2F")).await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        assert_eq!(h["location"], "/login?next=/search%3Fx%3D1%26y%3D%252F");
+        assert_eq!(
+            call(&app, page("/api/v1/red")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | sampling | `GET /sampling`, `GET /api/sampling` | `ingest`: the SDKs that send spans fetch it, with the token they send spans with |
 //! | HTTP API | `GET /ready`, `GET /health` | open: orchestrators' probes carry no token, and they say nothing but up or not |
 //! | HTTP API | `GET /public/status`, `GET /ui.js` | open: the public status page is meant for outsiders; the script holds no data |
+//! | HTTP API | `GET`/`POST /login`, `POST /logout` | open: the UI's login form (which sets the token cookie) |
 //! | HTTP API | `GET /metrics` | `read` (Prometheus sends `authorization` from its scrape config) |
 //! | HTTP API | every other `GET` of the query API (Jaeger v1, api_v3, native, status, probes, alerts, checks, experiments, sampling, tracing health), every UI page | `read` |
 //! | HTTP API | `POST /api/v1/assertions/run`, `POST /api/v1/consistency/check` | `read` (queries sent as a body; they change nothing) |
@@ -133,6 +134,8 @@ pub const TABLE: &[Rule] = &[
     rule(Api, "GET", "/health", Access::Open),
     rule(Api, "GET", "/public/status", Access::Open),
     rule(Api, "GET", "/ui.js", Access::Open),
+    rule(Api, "GET|POST", "/login", Access::Open),
+    rule(Api, "POST", "/logout", Access::Open),
     // Admin.
     rule(Api, "GET", "/api/v1/audit", needs(Admin)),
     rule(Api, "GET", "/audit", needs(Admin)),

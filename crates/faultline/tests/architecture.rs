@@ -129,6 +129,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-notify",
             "faultline-chaos",
             "faultline-checks",
+            "faultline-auth",
         ],
     ),
     (

@@ -48,12 +48,23 @@ struct Answer {
 
 /// A blocking HTTP/1.1 request with an optional bearer token.
 fn call(port: u16, method: &str, path: &str, body: &str, token: Option<&str>) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend(auth.as_deref().map(|a| ("authorization", a)));
+    call_with(port, method, path, body, &headers)
+}
+
+/// A blocking HTTP/1.1 request with these headers (besides Host and Content-Length).
+fn call_with(port: u16, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}content-length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -512,5 +523,93 @@ fn a_non_loopback_listener_without_tokens_refuses_to_start() {
         server
             .log_text()
             .contains("serving without tokens on a non-loopback address")
+    );
+}
+
+#[test]
+fn the_ui_login_keeps_a_read_token_in_a_strict_http_only_cookie() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _, _) = start_with_tokens(tmp.path(), &[]);
+    let port = server.api;
+    let origin = format!("http://127.0.0.1:{port}");
+    let html = ("accept", "text/html");
+    // A browser without a token is sent to the login form, which comes back to the page.
+    let a = call_with(port, "GET", "/search?service=a", "", &[html]);
+    assert_eq!(a.status, 303);
+    assert!(
+        a.head
+            .contains("location: /login?next=/search%3fservice%3da"),
+        "{}",
+        a.head
+    );
+    let a = call_with(port, "GET", "/login?next=/search", "", &[html]);
+    assert_eq!(a.status, 200);
+    assert!(
+        a.body.contains("<form class=q id=login method=post"),
+        "{}",
+        a.body
+    );
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let post = |body: &str, extra: &[(&str, &str)]| {
+        let mut h = vec![form];
+        h.extend_from_slice(extra);
+        call_with(port, "POST", "/login", body, &h)
+    };
+    let read = format!("token={}&next=%2Fsearch", secret(Scope::Read));
+    let from_here = ("origin", origin.as_str());
+    // Wrong token, token without read, another site's form: refused.
+    assert_eq!(post("token=nope&next=%2F", &[from_here]).status, 401);
+    let ingest = format!("token={}&next=%2F", secret(Scope::Ingest));
+    assert_eq!(post(&ingest, &[from_here]).status, 403);
+    let evil = post(&read, &[("origin", "http://evil.example")]);
+    assert_eq!(evil.status, 403);
+    assert!(!evil.head.contains("set-cookie"));
+    // The right one: the cookie, and back to the page.
+    let ok = post(&read, &[from_here]);
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    assert!(ok.head.contains("location: /search"), "{}", ok.head);
+    let set = format!(
+        "set-cookie: faultline_token={}; path=/; httponly; samesite=strict",
+        secret(Scope::Read)
+    );
+    assert!(ok.head.contains(&set), "{}", ok.head);
+    assert!(!ok.head.contains("secure"), "plain HTTP: not Secure");
+    let behind_tls = post(&read, &[from_here, ("x-forwarded-proto", "https")]);
+    assert!(
+        behind_tls.head.contains("samesite=strict; secure"),
+        "{}",
+        behind_tls.head
+    );
+    let cookie = format!("faultline_token={}", secret(Scope::Read));
+    let page = call_with(port, "GET", "/search", "", &[html, ("cookie", &cookie)]);
+    assert_eq!(page.status, 200);
+    // An admin's cookie drives a control route from faultline's pages only.
+    let admin = format!("faultline_token={}", secret(Scope::Admin));
+    let replay = |site: &str| {
+        let h = [("cookie", admin.as_str()), ("sec-fetch-site", site)];
+        call_with(port, "POST", "/api/v1/dlq/replay?all=true", "", &h)
+    };
+    let cross = replay("cross-site");
+    assert_eq!(cross.status, 403);
+    assert!(
+        cross
+            .body
+            .contains("cross-site request cannot use the login cookie")
+    );
+    assert_eq!(replay("same-origin").status, 200);
+    // Logging out clears the cookie.
+    let out = call_with(
+        port,
+        "POST",
+        "/logout",
+        "",
+        &[from_here, ("cookie", &cookie)],
+    );
+    assert_eq!(out.status, 303);
+    assert!(
+        out.head
+            .contains("set-cookie: faultline_token=; path=/; httponly; samesite=strict; max-age=0"),
+        "{}",
+        out.head
     );
 }

@@ -3,7 +3,7 @@
 //! `/dependencies`
 //! ([`dependencies`]), `/probes`, `/probes/{name}`, `/alerts` and the public
 //! `/public/status` ([`probes`]), `/experiments` ([`experiments`]), `/consistency` ([`consistency`]), `/status` ([`status`]), `/tracing-health` ([`tracing_health`]),
-//! `/audit` ([`audit`]),
+//! `/audit` ([`audit`]), `/login` ([`login`]),
 //! and the script they share (`/ui.js`,
 //! `assets.rs`). Every page is rendered on the server from the
 //! [`faultline_store::SpanStore`]; its URL carries all its parameters (time range as
@@ -20,6 +20,7 @@ pub mod compare;
 pub mod consistency;
 pub mod dependencies;
 pub mod experiments;
+pub mod login;
 pub mod probes;
 pub mod search;
 pub mod service;
@@ -62,6 +63,8 @@ pub fn router() -> Router<ApiState> {
         .route("/status", get(status::page))
         .route("/tracing-health", get(tracing_health::page))
         .route("/audit", get(audit::page))
+        .route("/login", get(login::page).post(login::login))
+        .route("/logout", axum::routing::post(login::logout))
         .route("/ui.js", get(crate::assets::script));
     shaped(pages, Shape::Page(crate::html::error_page)).fallback(not_found)
 }
