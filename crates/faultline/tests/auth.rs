@@ -235,6 +235,37 @@ fn every_route_needs_its_scope() {
     }
     assert!(checked >= 75, "checked {checked} route/method pairs");
 
+    // Paths no router knows are checked too (reads need read, anything else admin),
+    // so a scan learns nothing without a token.
+    for (method, path) in [("GET", "/no-such-page"), ("DELETE", "/api/v1/status")] {
+        assert_eq!(
+            call(server.api, method, path, "", None).status,
+            401,
+            "{path}"
+        );
+    }
+    let probe = call(
+        server.api,
+        "GET",
+        "/no-such-page",
+        "",
+        Some(&secret(Scope::Read)),
+    );
+    assert_eq!(probe.status, 404);
+    let write = call(
+        server.api,
+        "DELETE",
+        "/api/v1/status",
+        "",
+        Some(&secret(Scope::Read)),
+    );
+    assert_eq!(write.status, 403, "unknown writes need admin");
+    let nope = call(proxy, "GET", "/nothing", "", Some(&secret(Scope::Read)));
+    assert_eq!(
+        nope.status, 403,
+        "the fault proxy's unknown paths need chaos"
+    );
+
     // An unknown token is refused like a missing one, with the same body, and counted.
     let m0 = call(
         server.api,
