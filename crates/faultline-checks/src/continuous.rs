@@ -33,7 +33,7 @@ use faultline_store::SpanStore;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::ChecksError;
+use crate::{ChecksError, FastSet};
 
 const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("assert_pending");
 const DONE: TableDefinition<&[u8], u64> = TableDefinition::new("assert_done");
@@ -132,8 +132,8 @@ type Entry = (u16, [u8; 16]);
 struct Inner {
     /// (due, assertion, trace) in due order, and the same set for membership.
     queue: BTreeSet<(u64, u16, [u8; 16])>,
-    queued: HashSet<Entry>,
-    done: HashSet<Entry>,
+    queued: FastSet<Entry>,
+    done: FastSet<Entry>,
     done_order: VecDeque<(u64, u16, [u8; 16])>,
     stats: HashMap<String, Stats>,
     /// Changes since the last flush: pending (Some(due): insert, None: remove), done.
@@ -195,8 +195,8 @@ impl Continuous {
     ) -> Result<Self, ChecksError> {
         let mut inner = Inner {
             queue: BTreeSet::new(),
-            queued: HashSet::new(),
-            done: HashSet::new(),
+            queued: FastSet::default(),
+            done: FastSet::default(),
             done_order: VecDeque::new(),
             stats: HashMap::new(),
             pending_changes: HashMap::new(),

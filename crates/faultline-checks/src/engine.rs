@@ -28,13 +28,23 @@
 //!
 //! ```text
 //! keys       rk                         → KeyRecord (format in state.rs)
-//! timers     u64 due ns (big-endian) rk → ()   stale entries are dropped when popped
+//! timer_lists u64 second (BE) u64 seq (BE) → up to 32 timers due in that second that
+//!                                             one flush wrote: n × (u64 LE due ns, u16 LE
+//!                                             length, rk); stale timers are dropped
+//!                                             when they fire
 //! by_class   RULE 0x00 class-u8 KEY    → ()   keys of a rule by class, for the API
 //!                                             (not pending or satisfied: those are scanned)
 //! counts     RULE                       → 14 × u64 LE: keys per class, entries per class
 //! outbox     event key                  → notification Event as JSON, until handed over
 //! rules      RULE                       → RuleDef as JSON (rules made through the API)
 //! ```
+//!
+//! Timers are kept as lists, one per second of due time per flush, not one B-tree entry
+//! per key: a new key cost two random inserts (its record and its timer), and the
+//! timer's was as dear as the record's (a profile of the `checks` thread). The sweep
+//! takes the due lists whole and writes back what is left of a list it took in part.
+//! Databases of earlier versions, with a `timers` table of one entry per timer, are
+//! converted when opened.
 //!
 //! If the database fails (disk full, damage), the rules stop evaluating and say so in the
 //! API, the metrics and the log; ingestion goes on (checks never stop the store).
@@ -44,15 +54,26 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use faultline_model::span::Span;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
 
-use crate::ChecksError;
 use crate::rule::{Rule, RuleDef};
 use crate::state::{CLASSES, Class, KeyRecord, SpanRef, classify, due};
+use crate::{ChecksError, FastMap};
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
-const TIMERS: TableDefinition<&[u8], ()> = TableDefinition::new("timers");
+const TIMER_LISTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("timer_lists");
+/// Earlier versions' timers, one entry each: `u64 due ns (BE) rk → ()`.
+const TIMERS_V1: TableDefinition<&[u8], ()> = TableDefinition::new("timers");
+const SECOND_NS: u64 = 1_000_000_000;
+/// Timers per list at most, so a list stays about a kilobyte, a few to a B-tree page: one
+/// list per second's timers made megabyte values, and with them a million pending keys
+/// went 9 MiB over the 64 MiB memory bound (`faultline-bench checks-memory`); 1,024 per
+/// list were 4 MiB over, 96 one MiB, 32 none.
+const LIST_MAX: usize = 32;
+
+/// A timer: when it is due (ns), and the key of the record it is for.
+type Timer = (u64, Vec<u8>);
 const BY_CLASS: TableDefinition<&[u8], ()> = TableDefinition::new("by_class");
 const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("counts");
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
@@ -183,11 +204,16 @@ impl From<&SpanRef> for SpanView {
 
 struct Inner {
     /// Records changed since the last flush (`None`: deleted).
-    dirty: HashMap<Vec<u8>, Option<KeyRecord>>,
+    dirty: FastMap<Vec<u8>, Option<KeyRecord>>,
     dirty_bytes: usize,
-    /// Timer and class-index entries to insert (true) or remove (false).
-    timers: HashMap<Vec<u8>, bool>,
-    index: HashMap<Vec<u8>, bool>,
+    /// Timers set since the last flush.
+    timers: Vec<Timer>,
+    /// Stored timer lists the sweep took: removed (`None`) or replaced by what is left.
+    lists: BTreeMap<[u8; 16], Option<Vec<u8>>>,
+    /// The sequence number of the next timer list written.
+    list_seq: u64,
+    /// Class-index entries to insert (true) or remove (false).
+    index: FastMap<Vec<u8>, bool>,
     counts: HashMap<String, Counts>,
     seen: HashMap<String, Seen>,
     /// Notifications queued by transitions since the last flush.
@@ -266,10 +292,104 @@ fn indexed(class: Class) -> bool {
     !matches!(class, Class::Pending | Class::Satisfied)
 }
 
-fn timer_key(due: u64, rk: &[u8]) -> Vec<u8> {
-    let mut k = due.to_be_bytes().to_vec();
-    k.extend_from_slice(rk);
+fn list_key(second: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&second.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn encode_list<'a>(timers: impl IntoIterator<Item = &'a Timer>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (due, rk) in timers {
+        // Record keys are a rule name and an attribute value: far below 64 KiB.
+        let len = u16::try_from(rk.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&due.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&rk[..usize::from(len)]);
+    }
+    out
+}
+
+fn decode_list(mut b: &[u8]) -> Option<Vec<Timer>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (due, rest) = b.split_first_chunk::<8>()?;
+        let (len, rest) = rest.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        let rk = rest.get(..len)?;
+        out.push((u64::from_le_bytes(*due), rk.to_vec()));
+        b = &rest[len..];
+    }
+    Some(out)
+}
+
+/// Writes `timers` as lists, one per second of due time (of at most [`LIST_MAX`]),
+/// numbered from `seq` on.
+fn write_lists(
+    table: &mut redb::Table<&[u8], &[u8]>,
+    timers: &mut [Timer],
+    seq: &mut u64,
+) -> Result<(), ChecksError> {
+    timers.sort_unstable();
+    let seconds = timers.chunk_by(|a, b| a.0 / SECOND_NS == b.0 / SECOND_NS);
+    for chunk in seconds.flat_map(|c| c.chunks(LIST_MAX)) {
+        let key = list_key(chunk[0].0 / SECOND_NS, *seq);
+        *seq += 1;
+        table
+            .insert(key.as_slice(), encode_list(chunk).as_slice())
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Converts earlier versions' `timers` table (one entry per timer) into timer lists, and
+/// returns the next list sequence number.
+fn convert_timers(tx: &redb::WriteTransaction) -> Result<u64, ChecksError> {
+    let mut lists = tx.open_table(TIMER_LISTS).map_err(db_err)?;
+    let mut seq = match lists.last().map_err(db_err)? {
+        None => 0,
+        Some(_) => {
+            // Sequence numbers are ordered within a second, not across: find the largest.
+            let mut max = 0;
+            for row in lists.iter().map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                if let Some(s) = k
+                    .value()
+                    .get(8..16)
+                    .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                {
+                    max = max.max(u64::from_be_bytes(s));
+                }
+            }
+            max + 1
+        }
+    };
+    let old_exists = tx
+        .list_tables()
+        .map_err(db_err)?
+        .any(|t| t.name() == TIMERS_V1.name());
+    if !old_exists {
+        return Ok(seq);
+    }
+    let mut timers = Vec::new();
+    {
+        let old = tx.open_table(TIMERS_V1).map_err(db_err)?;
+        for row in old.iter().map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            if let Some((due, rk)) = k.value().split_first_chunk::<8>() {
+                timers.push((u64::from_be_bytes(*due), rk.to_vec()));
+            }
+        }
+    }
+    write_lists(&mut lists, &mut timers, &mut seq)?;
+    drop(lists);
+    tx.delete_table(TIMERS_V1).map_err(db_err)?;
+    tracing::info!(
+        timers = timers.len(),
+        "converted the consistency rules' timers to timer lists"
+    );
+    Ok(seq)
 }
 
 fn index_key(rule: &str, class: Class, key: &str) -> Vec<u8> {
@@ -317,7 +437,6 @@ impl Consistency {
         {
             tx.open_table(KEYS).map_err(db_err)?;
             tx.open_table(OUTBOX).map_err(db_err)?;
-            tx.open_table(TIMERS).map_err(db_err)?;
             tx.open_table(BY_CLASS).map_err(db_err)?;
             let c = tx.open_table(COUNTS).map_err(db_err)?;
             for row in c.iter().map_err(db_err)? {
@@ -343,6 +462,7 @@ impl Consistency {
                 }
             }
         }
+        let list_seq = convert_timers(&tx)?;
         tx.commit().map_err(db_err)?;
         let mut filter = crate::filter::KeyFilter::new(memory_bytes / 8);
         {
@@ -361,10 +481,12 @@ impl Consistency {
                 api,
             ))),
             inner: Mutex::new(Inner {
-                dirty: HashMap::new(),
+                dirty: FastMap::default(),
                 dirty_bytes: 0,
-                timers: HashMap::new(),
-                index: HashMap::new(),
+                timers: Vec::new(),
+                lists: BTreeMap::new(),
+                list_seq,
+                index: FastMap::default(),
                 counts,
                 seen: HashMap::new(),
                 outbox: Vec::new(),
@@ -526,32 +648,35 @@ impl Consistency {
     ) -> Result<(), ChecksError> {
         let rk = record_key(rule.name(), key);
         let stored = self.get(inner, &rk, tx)?;
-        let mut rec = stored.clone().unwrap_or_default();
+        let existed = stored.is_some();
         let old_due = stored.as_ref().map(|r| due(r, rule));
+        let mut rec = stored.unwrap_or_default();
+        // `change` adds spans or sets `expired`; the class it read is still the old one.
+        let old = rec.class.filter(|_| existed);
         if !change(&mut rec) {
             return Ok(());
         }
         let new = classify(&rec, rule);
-        let old = rec.class.filter(|_| stored.is_some());
         rec.class = Some(new);
         let new_due = due(&rec, rule);
         // A timer exists at `old_due`; when the due moves later, that timer reschedules
         // itself when it fires (one B-tree insert per key on the hot path, not two).
         if old_due.is_none_or(|d| new_due < d) {
-            Self::mark(
-                &mut inner.timers,
-                &mut inner.dirty_bytes,
-                timer_key(new_due, &rk),
-                true,
-            );
+            Self::add_timer(inner, new_due, rk.clone());
         }
         self.transition(inner, rule, key, old, Some(new), &rec);
         self.put(inner, rk, Some(rec));
         Ok(())
     }
 
-    /// Records a timer or index entry to insert or remove, counting its memory.
-    fn mark(map: &mut HashMap<Vec<u8>, bool>, bytes: &mut usize, k: Vec<u8>, add: bool) {
+    /// Sets a timer, counting its memory.
+    fn add_timer(inner: &mut Inner, due: u64, rk: Vec<u8>) {
+        inner.dirty_bytes += rk.len() + SMALL_ENTRY;
+        inner.timers.push((due, rk));
+    }
+
+    /// Records an index entry to insert or remove, counting its memory.
+    fn mark(map: &mut FastMap<Vec<u8>, bool>, bytes: &mut usize, k: Vec<u8>, add: bool) {
         let size = k.len() + SMALL_ENTRY;
         if map.insert(k, add).is_none() {
             *bytes += size;
@@ -658,6 +783,7 @@ impl Consistency {
     fn flush_locked(&self, inner: &mut Inner, durable: bool) -> Result<(), ChecksError> {
         let nothing = inner.dirty.is_empty()
             && inner.timers.is_empty()
+            && inner.lists.is_empty()
             && inner.index.is_empty()
             && inner.outbox.is_empty();
         if nothing && (!durable || !inner.unsynced) {
@@ -686,16 +812,19 @@ impl Consistency {
                     }
                 }
             }
-            let mut timers = tx.open_table(TIMERS).map_err(db_err)?;
-            let mut sorted: Vec<_> = inner.timers.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (k, add) in sorted {
-                if *add {
-                    timers.insert(k.as_slice(), ()).map_err(db_err)?;
-                } else {
-                    timers.remove(k.as_slice()).map_err(db_err)?;
+            let mut lists = tx.open_table(TIMER_LISTS).map_err(db_err)?;
+            for (k, v) in &inner.lists {
+                match v {
+                    Some(v) => {
+                        lists.insert(k.as_slice(), v.as_slice()).map_err(db_err)?;
+                    }
+                    None => {
+                        lists.remove(k.as_slice()).map_err(db_err)?;
+                    }
                 }
             }
+            let i = &mut *inner;
+            write_lists(&mut lists, &mut i.timers, &mut i.list_seq)?;
             let mut index = tx.open_table(BY_CLASS).map_err(db_err)?;
             let mut sorted: Vec<_> = inner.index.iter().collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -722,6 +851,7 @@ impl Consistency {
         inner.dirty.clear();
         inner.dirty_bytes = 0;
         inner.timers.clear();
+        inner.lists.clear();
         inner.index.clear();
         inner.outbox.clear();
         Ok(())
@@ -736,40 +866,14 @@ impl Consistency {
         if inner.broken.is_some() {
             return Ok(0);
         }
-        // The due timers are the database's and the write-back map's, less those the map
-        // removes: the map is not flushed for this, so a sweep writes nothing unless the
-        // map outgrows its bound (flushing every second rewrote most of the keys' B-tree).
-        let end = (now_ns.saturating_add(1)).to_be_bytes();
-        let mut due_keys: Vec<Vec<u8>> = inner
-            .timers
-            .iter()
-            .filter(|(k, add)| **add && k.as_slice() < end.as_slice())
-            .map(|(k, _)| k.clone())
-            .collect();
-        {
-            let tx = self.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(TIMERS).map_err(db_err)?;
-            for row in t.range(..end.as_slice()).map_err(db_err)? {
-                if due_keys.len() >= max.saturating_mul(2) {
-                    break;
-                }
-                let (k, _) = row.map_err(db_err)?;
-                let k = k.value();
-                if !inner.timers.contains_key(k) {
-                    due_keys.push(k.to_vec());
-                }
-            }
-        }
-        due_keys.sort_unstable();
-        due_keys.truncate(max);
+        // The map is not flushed for this, so a sweep writes nothing unless the map
+        // outgrows its bound (flushing every second rewrote most of the keys' B-tree).
+        let mut due_now = self.take_due(&mut inner, now_ns, max)?;
+        due_now.sort_unstable();
+        due_now.dedup();
         let mut tx = None;
-        for tk in &due_keys {
-            let i = &mut *inner;
-            Self::mark(&mut i.timers, &mut i.dirty_bytes, tk.clone(), false);
-            let Some((due_at, rk)) = tk.split_first_chunk::<8>() else {
-                continue;
-            };
-            let due_at = u64::from_be_bytes(*due_at);
+        for (due_at, rk) in &due_now {
+            let (due_at, rk) = (*due_at, rk.as_slice());
             let Some((name, key)) = split_key(rk) else {
                 continue;
             };
@@ -782,8 +886,7 @@ impl Consistency {
             let d = due(&rec, rule);
             if d > due_at {
                 // The due moved later: this timer moves with it.
-                let i = &mut *inner;
-                Self::mark(&mut i.timers, &mut i.dirty_bytes, timer_key(d, rk), true);
+                Self::add_timer(&mut inner, d, rk.to_vec());
                 continue;
             }
             if d < due_at {
@@ -796,9 +899,8 @@ impl Consistency {
                 })?;
                 // This timer is used up; the next one is when the key is forgotten.
                 if let Some(Some(r)) = inner.dirty.get(rk) {
-                    let next = timer_key(due(r, rule), rk);
-                    let i = &mut *inner;
-                    Self::mark(&mut i.timers, &mut i.dirty_bytes, next, true);
+                    let next = due(r, rule);
+                    Self::add_timer(&mut inner, next, rk.to_vec());
                 }
             } else {
                 let class = rec.class.unwrap_or(Class::Pending);
@@ -819,7 +921,83 @@ impl Consistency {
         if inner.dirty_bytes > self.bound / 4 {
             self.flush_locked(&mut inner, false)?;
         }
-        Ok(due_keys.len())
+        Ok(due_now.len())
+    }
+
+    /// Takes up to `max` timers due at `now_ns` out of those set since the last flush and
+    /// the stored lists, in due order of their seconds. A stored list taken whole is
+    /// removed at the next flush, one taken in part is replaced by what is left of it; until
+    /// then the sweep reads those changes instead of the database's lists.
+    fn take_due(
+        &self,
+        inner: &mut Inner,
+        now_ns: u64,
+        max: usize,
+    ) -> Result<Vec<Timer>, ChecksError> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < inner.timers.len() && out.len() < max {
+            if inner.timers[i].0 <= now_ns {
+                out.push(inner.timers.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let end = list_key(now_ns / SECOND_NS + 1, 0);
+        let mut lists: Vec<([u8; 16], Option<Vec<Timer>>)> = inner
+            .lists
+            .range(..end)
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, decode_list(v))))
+            .collect();
+        {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(TIMER_LISTS).map_err(db_err)?;
+            // Enough lists to fill `max`.
+            let mut found =
+                out.len() + lists.iter().flat_map(|l| &l.1).map(Vec::len).sum::<usize>();
+            for row in t.range(..end.as_slice()).map_err(db_err)? {
+                if found >= max {
+                    break;
+                }
+                let (k, v) = row.map_err(db_err)?;
+                let Ok(k) = <[u8; 16]>::try_from(k.value()) else {
+                    continue;
+                };
+                if inner.lists.contains_key(&k) {
+                    continue;
+                }
+                let timers = decode_list(v.value());
+                found += timers.as_ref().map_or(0, Vec::len);
+                lists.push((k, timers));
+            }
+        }
+        lists.sort_unstable_by_key(|l| l.0);
+        for (k, timers) in lists {
+            if out.len() >= max {
+                break;
+            }
+            let Some(timers) = timers else {
+                tracing::error!(
+                    file = %self.path.display(),
+                    "a timer list of the consistency rules is damaged; its keys will not expire (they are still classified as spans arrive)"
+                );
+                inner.lists.insert(k, None);
+                continue;
+            };
+            let (mut now, later): (Vec<Timer>, Vec<Timer>) =
+                timers.into_iter().partition(|t| t.0 <= now_ns);
+            let rest = now.split_off(now.len().min(max - out.len()));
+            out.extend(now);
+            let left: Vec<&Timer> = rest.iter().chain(&later).collect();
+            if left.is_empty() {
+                inner.lists.insert(k, None);
+            } else {
+                let v = encode_list(left);
+                inner.dirty_bytes += v.len() + SMALL_ENTRY;
+                inner.lists.insert(k, Some(v));
+            }
+        }
+        Ok(out)
     }
 
     /// Notifications waiting to be handed to the outbox (at most `max`).
@@ -1111,5 +1289,100 @@ fn describe(rule: &Rule, key: &str, class: Class, rec: &KeyRecord) -> String {
         ),
         Class::Satisfied => format!("{k}={key}: now consistent"),
         Class::Pending | Class::Unmatched => format!("{k}={key}: {}", class.name()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod timer_tests {
+    use super::*;
+
+    fn rule() -> Rule {
+        Rule::new(RuleDef {
+            name: "order-shipped".into(),
+            first: r#"{ service = "orders" }"#.into(),
+            then: r#"{ service = "shipping" }"#.into(),
+            key: Some("order.id".into()),
+            first_key: None,
+            then_key: None,
+            within: "10s".into(),
+            at_most_one: true,
+            require_first: true,
+            grace: "0s".into(),
+            keep: "1h".into(),
+            notify: false,
+        })
+        .unwrap()
+    }
+
+    fn hit(rule: &Arc<Rule>, n: u64, start_s: u64) -> Hit {
+        Hit {
+            rule: rule.clone(),
+            is_first: true,
+            key: Some(format!("o{n}")),
+            span: SpanRef {
+                trace: [1; 16],
+                span: n.to_be_bytes(),
+                start_ns: start_s * SECOND_NS,
+            },
+        }
+    }
+
+    #[test]
+    fn lists_round_trip_and_damage_is_refused() {
+        let timers = vec![
+            (5, b"a\0k1".to_vec()),
+            (7, Vec::new()),
+            (u64::MAX, vec![9; 300]),
+        ];
+        let bytes = encode_list(&timers);
+        assert_eq!(decode_list(&bytes), Some(timers));
+        assert_eq!(decode_list(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_list(&bytes[..9]), None);
+        assert_eq!(decode_list(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn timers_of_earlier_versions_are_converted_and_fire() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let path = dir.path().join(crate::DB_FILE);
+        let c = Consistency::open(db.clone(), path.clone(), vec![rule()], 8 << 20).unwrap();
+        let r = c.rule_set().config[0].clone();
+        c.apply_hits((0..300).map(|n| hit(&r, n, 1000 + n % 5)).collect());
+        c.flush(true).unwrap();
+        drop(c);
+        // Rewrite the timers as an earlier version kept them: one entry per timer.
+        let tx = db.begin_write().unwrap();
+        {
+            let lists = tx.open_table(TIMER_LISTS).unwrap();
+            let mut old = tx.open_table(TIMERS_V1).unwrap();
+            let mut n = 0;
+            for row in lists.iter().unwrap() {
+                let (_, v) = row.unwrap();
+                for (due, rk) in decode_list(v.value()).unwrap() {
+                    let mut k = due.to_be_bytes().to_vec();
+                    k.extend_from_slice(&rk);
+                    old.insert(k.as_slice(), ()).unwrap();
+                    n += 1;
+                }
+            }
+            assert_eq!(n, 300);
+        }
+        tx.delete_table(TIMER_LISTS).unwrap();
+        tx.commit().unwrap();
+        let c = Consistency::open(db.clone(), path, vec![rule()], 8 << 20).unwrap();
+        let read = db.begin_read().unwrap();
+        assert!(
+            read.list_tables().unwrap().all(|t| t.name() != "timers"),
+            "the old table is gone"
+        );
+        drop(read);
+        assert_eq!(c.sweep(1009 * SECOND_NS, 10_000).unwrap(), 0);
+        // Due 10 s after each order: the first second's 60 fire at 1010 s.
+        assert_eq!(c.sweep(1010 * SECOND_NS, 10_000).unwrap(), 60);
+        assert_eq!(c.sweep(1020 * SECOND_NS, 10_000).unwrap(), 240);
+        assert_eq!(c.rules()[0].keys["missing"], 300);
+        assert_eq!(c.rules()[0].keys["pending"], 0);
     }
 }

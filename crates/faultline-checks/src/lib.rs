@@ -50,6 +50,13 @@ pub const SWEEP_MAX: usize = 20_000;
 /// Unix nanoseconds now; tests replace it.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// Hash maps of the hot paths: foldhash, seeded at random per process (keys come from span
+/// attributes, so a fixed seed would let a sender aim collisions); the standard SipHash
+/// was a tenth of the `checks` thread in a profile.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set of [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// The system clock in Unix nanoseconds.
 pub fn system_clock() -> Clock {
     Arc::new(|| {

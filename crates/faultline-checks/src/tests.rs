@@ -361,3 +361,60 @@ fn leaving_one_violation_for_another_resolves_the_first() {
         ]
     );
 }
+
+#[test]
+fn timers_fire_once_when_sweeps_take_their_lists_in_parts_across_flushes_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(1001 * S));
+    let c = open(&dir, &now, 64 << 20);
+    // 5,000 orders over three seconds: due 12 s after each (10 s within, 2 s grace).
+    let spans: Vec<Span> = (0..5000u64).map(|n| order(n, 1000 + n % 3)).collect();
+    c.consistency.observe(&spans[..3000]);
+    c.consistency.flush(true).unwrap();
+    c.consistency.observe(&spans[3000..]); // these timers are still in memory
+    let at = 1015 * S;
+    assert_eq!(
+        c.consistency.sweep(1011 * S, 1000).unwrap(),
+        0,
+        "none due yet"
+    );
+    assert_eq!(c.consistency.sweep(at, 1000).unwrap(), 1000);
+    assert_eq!(c.consistency.sweep(at, 1000).unwrap(), 1000);
+    c.consistency.flush(true).unwrap();
+    assert_eq!(c.consistency.sweep(at, 1000).unwrap(), 1000);
+    // A crash: what the last sweep did is lost, and its timers come back.
+    drop(c);
+    let c = open(&dir, &now, 64 << 20);
+    assert_eq!(c.consistency.rules()[0].keys["missing"], 2000);
+    let mut fired = 0;
+    loop {
+        let n = c.consistency.sweep(at, 700).unwrap();
+        assert!(n <= 700);
+        if n == 0 {
+            break;
+        }
+        fired += n;
+        if fired % 1400 == 0 {
+            c.consistency.flush(false).unwrap();
+        }
+    }
+    assert_eq!(fired, 3000, "every timer not yet fired, once");
+    let r = &c.consistency.rules()[0];
+    assert_eq!(r.keys["missing"], 5000);
+    assert_eq!(r.keys["pending"], 0);
+    assert_eq!(r.entered["missing"], 5000, "no key counted twice");
+    // The keys are forgotten an hour after their last span, by the timers set when
+    // they expired.
+    c.consistency.flush(true).unwrap();
+    let later = (1003 + 3600) * S;
+    let mut forgotten = 0;
+    loop {
+        let n = c.consistency.sweep(later, 2000).unwrap();
+        if n == 0 {
+            break;
+        }
+        forgotten += n;
+    }
+    assert_eq!(forgotten, 5000);
+    assert_eq!(c.consistency.rules()[0].keys["missing"], 0);
+}

@@ -50,7 +50,7 @@ at_most_one = true
 require_first = true
 
 [checks]
-memory_mb = 32
+memory_mb = 64
 "#,
     )
     .unwrap();
