@@ -475,6 +475,14 @@ fn damaged_block_index_rollup_and_manifest_files_never_panic_the_store() {
         failure_persistence: None,
         ..Config::default()
     });
+    // A panic on one of the store's own threads (the index loader) does not fail this test
+    // by itself: count every panic (the longer fuzz run found one that way).
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
     let (mut opened, mut refused) = (0u32, 0u32);
     for case in 0..n {
         let which = case as usize % files.len();
@@ -523,5 +531,10 @@ fn damaged_block_index_rollup_and_manifest_files_never_panic_the_store() {
     eprintln!(
         "fuzz store files: {n} damaged copies of {} files, {opened} opened, {refused} refused",
         files.len()
+    );
+    let panics = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        panics, 0,
+        "{panics} panics while reading damaged stores (see above)"
     );
 }

@@ -189,6 +189,7 @@ impl Groups {
             .and_then(|i| i.page_locations(group, column).cloned());
         let rows = usize::try_from(rg.num_rows())
             .map_err(|_| ParquetError::General("a row group of negative rows".into()))?;
+        check_ranges(chunk, locations.as_deref())?;
         if !matches!(chunk.compression(), Compression::ZSTD(_)) {
             let r = SerializedPageReader::new_with_properties(
                 self.file.clone(),
@@ -213,6 +214,50 @@ impl Groups {
         )?;
         Ok(Box::new(Unzstd { inner }))
     }
+}
+
+/// Refuses a column chunk whose byte range, or whose pages' locations, a damaged file made
+/// impossible: the Parquet reader asserts on a negative range and computes the dictionary
+/// page's size as `first page - chunk start` unchecked, so both would panic, not fail
+/// (found by `scripts/fuzz`). Valid files have pages in order, inside their chunk.
+fn check_ranges(
+    chunk: &parquet::file::metadata::ColumnChunkMetaData,
+    locations: Option<&[parquet::file::page_index::offset_index::PageLocation]>,
+) -> Result<()> {
+    let damaged = |what: &str| ParquetError::General(format!("damaged block file: {what}"));
+    let start = chunk
+        .dictionary_page_offset()
+        .unwrap_or_else(|| chunk.data_page_offset());
+    let start =
+        u64::try_from(start).map_err(|_| damaged("a column chunk starts before the file"))?;
+    let len = u64::try_from(chunk.compressed_size())
+        .map_err(|_| damaged("a column chunk of negative length"))?;
+    let end = start
+        .checked_add(len)
+        .ok_or_else(|| damaged("a column chunk ends beyond any file"))?;
+    let mut at = start;
+    for l in locations.unwrap_or_default() {
+        let offset = u64::try_from(l.offset).ok();
+        let size = u64::try_from(l.compressed_page_size).ok();
+        match (offset, size) {
+            (Some(o), Some(n)) if o >= at && o.checked_add(n).is_some_and(|e| e <= end) => {
+                at = o + n;
+            }
+            _ => return Err(damaged("a page lies outside its column chunk")),
+        }
+    }
+    Ok(())
+}
+
+/// [`check_ranges`] for every column chunk of a file, when it is opened.
+pub(crate) fn check_metadata(meta: &ParquetMetaData) -> Result<()> {
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        for (c, chunk) in rg.columns().iter().enumerate() {
+            let locations = meta.page_index().and_then(|i| i.page_locations(g, c));
+            check_ranges(chunk, locations.map(|l| l.as_slice()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The pages of one column over the chosen row groups.
@@ -451,5 +496,57 @@ mod tests {
             );
             assert_eq!(ours, theirs, "{ranges:?}");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod range_tests {
+    use super::check_ranges;
+    use parquet::file::metadata::ColumnChunkMetaData;
+    use parquet::file::page_index::offset_index::PageLocation;
+    use parquet::schema::types::{ColumnDescriptor, ColumnPath, Type};
+    use std::sync::Arc;
+
+    fn chunk(start: i64, len: i64) -> ColumnChunkMetaData {
+        let t = Type::primitive_type_builder("c", parquet::basic::Type::INT64)
+            .build()
+            .unwrap();
+        let d = ColumnDescriptor::new(Arc::new(t), 0, 0, ColumnPath::from("c"));
+        ColumnChunkMetaData::builder(Arc::new(d))
+            .set_data_page_offset(start)
+            .set_total_compressed_size(len)
+            .build()
+            .unwrap()
+    }
+
+    fn page(offset: i64, size: i32) -> PageLocation {
+        PageLocation {
+            offset,
+            compressed_page_size: size,
+            first_row_index: 0,
+        }
+    }
+
+    #[test]
+    fn pages_outside_their_chunk_are_refused_not_panicked_on() {
+        let c = chunk(100, 50);
+        assert!(check_ranges(&c, None).is_ok());
+        assert!(check_ranges(&c, Some(&[page(100, 20), page(120, 30)])).is_ok());
+        // A dictionary page before the first data page is room in the chunk, not damage.
+        assert!(check_ranges(&c, Some(&[page(110, 40)])).is_ok());
+        for bad in [
+            vec![page(90, 10)],                 // before the chunk: the fuzzer's crash
+            vec![page(100, 20), page(110, 20)], // overlapping
+            vec![page(140, 20)],                // past the chunk's end
+            vec![page(100, -1)],
+            vec![page(-5, 10)],
+            vec![page(i64::MAX, i32::MAX)],
+        ] {
+            let e = check_ranges(&c, Some(&bad)).unwrap_err();
+            assert!(e.to_string().contains("damaged block file"), "{e}");
+        }
+        assert!(check_ranges(&chunk(-1, 10), None).is_err());
+        assert!(check_ranges(&chunk(10, -1), None).is_err());
     }
 }

@@ -61,6 +61,9 @@ impl BlockReader {
         .map_err(|e| corrupt(&path, format!("unreadable Parquet: {e}")))?;
         let levels = pages::field_levels(meta.metadata(), meta.schema().fields())
             .map_err(|e| corrupt(&path, format!("unreadable Parquet schema: {e}")))?;
+        // Every reader (ours and Parquet's own) trusts these ranges: check them once here.
+        pages::check_metadata(meta.metadata())
+            .map_err(|e| corrupt(&path, format!("unreadable Parquet: {e}")))?;
         Ok(Self {
             id: id.to_string(),
             path,
