@@ -101,9 +101,11 @@ def make_exporter(protocol: str, endpoint: str, compression: str) -> SpanExporte
             OTLPSpanExporter,
         )
 
+        # https: TLS, the CA and client certificate from OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+        # _CLIENT_CERTIFICATE and _CLIENT_KEY, as the SDK reads them.
         return OTLPSpanExporter(
             endpoint=endpoint,
-            insecure=True,
+            insecure=not endpoint.startswith("https://"),
             timeout=EXPORT_TIMEOUT_SECONDS,
             compression=grpc.Compression.Gzip
             if compression == "gzip"

@@ -62,6 +62,12 @@ pub struct LoadgenArgs {
     /// Compress request bodies with gzip.
     #[arg(long)]
     pub gzip: bool,
+    /// Send `Authorization: Bearer TOKEN` (HTTP header, gRPC metadata).
+    #[arg(long)]
+    pub bearer: Option<String>,
+    /// PEM CA to trust for an `https://` gRPC endpoint (TLS; HTTP stays plaintext).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Write a line per acknowledged request to this file.
     #[arg(long)]
     pub ack_log: Option<PathBuf>,
@@ -582,20 +588,30 @@ enum Client {
         client: reqwest::Client,
         url: String,
         gzip: bool,
+        bearer: Option<String>,
     },
     Grpc {
         channel: tonic::transport::Channel,
         gzip: bool,
+        bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     },
 }
 
 impl Client {
     async fn send(&self, body: Vec<u8>) -> Outcome {
         match self {
-            Client::Http { client, url, gzip } => {
+            Client::Http {
+                client,
+                url,
+                gzip,
+                bearer,
+            } => {
                 let mut req = client
                     .post(url)
                     .header("content-type", "application/x-protobuf");
+                if let Some(b) = bearer {
+                    req = req.header("authorization", b);
+                }
                 let body = if *gzip {
                     req = req.header("content-encoding", "gzip");
                     let mut enc =
@@ -638,7 +654,11 @@ impl Client {
                     Err(e) => Outcome::Error(format!("{e}")),
                 }
             }
-            Client::Grpc { channel, gzip } => {
+            Client::Grpc {
+                channel,
+                gzip,
+                bearer,
+            } => {
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
                 if *gzip {
                     grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -649,10 +669,11 @@ impl Client {
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(
                     "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
                 );
-                match grpc
-                    .unary(tonic::Request::new(Bytes::from(body)), path, RawCodec)
-                    .await
-                {
+                let mut req = tonic::Request::new(Bytes::from(body));
+                if let Some(b) = bearer {
+                    req.metadata_mut().insert("authorization", b.clone());
+                }
+                match grpc.unary(req, path, RawCodec).await {
                     Ok(resp) => {
                         if resp
                             .get_ref()
@@ -813,6 +834,7 @@ impl Client {
                         .context("cannot build the HTTP client")?,
                     url,
                     gzip: args.gzip,
+                    bearer: args.bearer.as_ref().map(|b| format!("Bearer {b}")),
                 }
             }
             "grpc" => {
@@ -820,8 +842,26 @@ impl Client {
                     .endpoint
                     .clone()
                     .unwrap_or_else(|| "http://127.0.0.1:4317".into());
-                let channel = tonic::transport::Channel::from_shared(url.clone())
-                    .with_context(|| format!("invalid endpoint {url}"))?
+                let mut endpoint = tonic::transport::Channel::from_shared(url.clone())
+                    .with_context(|| format!("invalid endpoint {url}"))?;
+                if let Some(ca) = &args.ca {
+                    let pem = std::fs::read(ca)
+                        .with_context(|| format!("cannot read the CA {}", ca.display()))?;
+                    let tls = tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                    endpoint = endpoint
+                        .tls_config(tls)
+                        .context("cannot use the CA for TLS")?;
+                }
+                let bearer = match &args.bearer {
+                    Some(b) => Some(
+                        format!("Bearer {b}")
+                            .parse()
+                            .context("the bearer token is not valid gRPC metadata")?,
+                    ),
+                    None => None,
+                };
+                let channel = endpoint
                     .timeout(timeout)
                     .tcp_nodelay(true)
                     .initial_stream_window_size(Some(4 << 20))
@@ -830,6 +870,7 @@ impl Client {
                 Client::Grpc {
                     channel,
                     gzip: args.gzip,
+                    bearer,
                 }
             }
             other => anyhow::bail!("unknown protocol {other:?}; use grpc or http"),

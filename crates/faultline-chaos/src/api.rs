@@ -246,17 +246,31 @@ pub async fn serve(
 pub async fn serve_router(
     addr: std::net::SocketAddr,
     app: Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), String>>, String> {
     let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         format!("cannot listen for the fault proxy API on {addr}: {e}; is Toxiproxy or another process using it? choose another address with --api (serve: --fault-proxy)")
     })?;
     tracing::info!(api = %addr, "fault proxy API (Toxiproxy-compatible) listening");
+    Ok(serve_on(l, app, stop))
+}
+
+/// Serves `app` on a listener already bound (`serve`'s, TLS or not) until `stop` turns
+/// true; the serving task.
+pub fn serve_on<L>(
+    l: L,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), String>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let srv = axum::serve(l, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|v| *v).await;
     });
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         srv.await
             .map_err(|e| format!("fault proxy API server failed: {e}"))
-    }))
+    })
 }

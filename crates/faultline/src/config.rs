@@ -25,6 +25,14 @@
 //!                                        #   FAULTLINE_TOKENS adds token lines)
 //! allow_unauthenticated = false          # true: serve open on other addresses too
 //!
+//! [tls]                                  # TLS on every listener (faultline_tls); off
+//! cert = (none)                          #   without cert and key: --tls-cert,
+//! key  = (none)                          #   --tls-key (FAULTLINE_TLS_CERT, _KEY), PEM;
+//!                                        #   read again within 2 s of each change
+//! client_ca = (none)                     # --tls-client-ca: intake listeners ask clients
+//! client_cert = "required"               #   for a certificate from these CAs; or
+//!                                        #   "optional" (checked when offered)
+//!
 //! [sampling]
 //! policy_file = (none)                   # --sampling-policy, FAULTLINE_SAMPLING_POLICY;
 //!                                        #   TOML, or Jaeger's strategies JSON (*.json);
@@ -177,6 +185,15 @@ pub struct ServeArgs {
     /// Bearer tokens with scopes, read again when the file changes [default: none].
     #[arg(long, env = "FAULTLINE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: TLS on every listener (with --tls-key) [default: plaintext].
+    #[arg(long, env = "FAULTLINE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FAULTLINE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CAs whose client certificates intake requires [default: none asked for].
+    #[arg(long, env = "FAULTLINE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The file format.
@@ -196,6 +213,8 @@ struct FileConfig {
     sampling: SamplingFile,
     #[serde(default)]
     auth: faultline_auth::AuthConfig,
+    #[serde(default)]
+    tls: faultline_tls::TlsConfig,
     tail_sampling: Option<faultline_store::tail::TailPolicy>,
     #[serde(default)]
     probes: Vec<faultline_probe::ProbeDef>,
@@ -310,6 +329,8 @@ pub struct Settings {
     pub sampling_policy: Option<PathBuf>,
     /// Tokens (`[auth]`, the token file from the flag first).
     pub auth: faultline_auth::AuthConfig,
+    /// TLS (`[tls]`, each file from its flag first).
+    pub tls: faultline_tls::TlsConfig,
     /// The configuration file's probes, checked against the probe policy, and the policy.
     pub probes: faultline_probe::Setup,
     /// The configuration file's alert rules, checked.
@@ -359,6 +380,12 @@ impl Settings {
             auth: faultline_auth::AuthConfig {
                 token_file: args.token_file.clone().or(file.auth.token_file.clone()),
                 ..file.auth.clone()
+            },
+            tls: faultline_tls::TlsConfig {
+                cert: args.tls_cert.clone().or(file.tls.cert.clone()),
+                key: args.tls_key.clone().or(file.tls.key.clone()),
+                client_ca: args.tls_client_ca.clone().or(file.tls.client_ca.clone()),
+                client_cert: file.tls.client_cert,
             },
             probes: faultline_probe::Setup::new(file.probes, &file.probe_policy)?,
             alerts: faultline_alerts::rule::checked(file.alerts)

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 
 use faultline_alerts::Alerts;
-use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed, nodelay};
+use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Replayed};
 use faultline_auth::{Auth, Listener, Scope, Scopes, protect};
 use faultline_chaos::experiment::history::History;
 use faultline_checks::Checks;
@@ -31,6 +31,7 @@ use faultline_notify::Outbox;
 use faultline_pipeline::{Pipeline, PipelineMetrics, PipelineView};
 use faultline_sampling::{Policy, PolicyHandle, SamplingMetrics};
 use faultline_store::Store;
+use faultline_tls::{Incoming, Peer, Role, Tls};
 use faultline_wal::{Durability, Wal};
 
 use crate::config::{ServeArgs, Settings};
@@ -66,7 +67,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let (l, r) = (listeners(&s.listen), s.store.retention);
     let (auth, _token_watcher) = faultline_auth::Auth::start(&s.auth, &l, &s.data_dir, r)?;
-    runtime.block_on(serve(s, sampling, auth))?;
+    let tls = faultline_tls::Tls::load(&s.tls)?;
+    let every = faultline_tls::RELOAD_EVERY;
+    let _tls_watcher = tls.as_ref().map(|t| t.watch(every)).transpose()?;
+    runtime.block_on(serve(s, sampling, auth, tls))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -177,10 +181,42 @@ async fn start_probes(
         .context("cannot start the probes")
 }
 
-async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+/// The OTLP/gRPC server on our own listener (bind errors are ours to explain; TLS;
+/// TCP_NODELAY, without which Nagle's algorithm adds ~40 ms to every export).
+async fn grpc_server(
+    intake: Arc<Intake>,
+    auth: Auth,
+    l: Incoming,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        // Exports are large (hundreds of KiB); the 64 KiB HTTP/2 default window would
+        // cost a round trip per window.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .layer(tower::util::MapResponseLayer::new(
+            faultline_intake::grpc::remap_oversize_status,
+        ))
+        .add_service(InterceptedService::new(
+            faultline_intake::grpc::grpc_service(intake),
+            faultline_auth::GrpcGuard::new(&auth),
+        ))
+        .serve_with_incoming_shutdown(l, stop)
+        .await
+}
+
+/// Binds `addr` and accepts on it, with TLS when it is on.
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &str,
+    tls: Option<&Tls>,
+    role: Role,
+) -> anyhow::Result<Incoming> {
+    let l = TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen for {what} on {addr}; is another process using it? choose another address with {flag}")
-    })
+    })?;
+    Ok(Incoming::new(l, tls, role, what)?)
 }
 
 /// Opens and recovers the WAL, logging what recovery did. Numbering continues after
@@ -267,9 +303,15 @@ async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
     Ok(Arc::new(store))
 }
 
-async fn serve(s: Settings, sampling: PolicyHandle, auth: Auth) -> anyhow::Result<()> {
+async fn serve(
+    s: Settings,
+    sampling: PolicyHandle,
+    auth: Auth,
+    tls: Option<Tls>,
+) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("faultline");
     auth.register_metrics(&mut registry);
+    tls.iter().for_each(|t| t.register_metrics(&mut registry));
     let metrics = Arc::new(Metrics::new(&mut registry));
     let pipeline_metrics = PipelineMetrics::new(&mut registry);
     let sampling_metrics = SamplingMetrics::new(&mut registry);
@@ -339,50 +381,47 @@ async fn serve(s: Settings, sampling: PolicyHandle, auth: Auth) -> anyhow::Resul
     };
     tokio::spawn(faultline_api::status::sample_forever(state.clone()));
     let l = s.listen;
-    let grpc_l = bind(l.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
-    let http_l = bind(l.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
-    let zipkin_l = bind(l.zipkin, "Zipkin", "--zipkin").await?;
-    let api_l = bind(l.http, "the HTTP API", "--http").await?;
-    let sampling_l = bind(l.sampling, "Jaeger remote sampling", "--sampling").await?;
+    let t = tls.as_ref();
+    let grpc_l = bind(l.otlp_grpc, "OTLP/gRPC", "--otlp-grpc", t, Role::GrpcIntake).await?;
+    let http_l = bind(l.otlp_http, "OTLP/HTTP", "--otlp-http", t, Role::HttpIntake).await?;
+    let zipkin_l = bind(l.zipkin, "Zipkin", "--zipkin", t, Role::HttpIntake).await?;
+    let api_l = bind(l.http, "the HTTP API", "--http", t, Role::Http).await?;
+    let sampling_l = bind(
+        l.sampling,
+        "Jaeger remote sampling",
+        "--sampling",
+        t,
+        Role::Http,
+    )
+    .await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let grpc = tonic::transport::Server::builder()
-        // Exports are large (hundreds of KiB); the 64 KiB HTTP/2 default window would
-        // cost a round trip per window.
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .layer(tower::util::MapResponseLayer::new(
-            faultline_intake::grpc::remap_oversize_status,
-        ))
-        .add_service(InterceptedService::new(
-            faultline_intake::grpc::grpc_service(intake.clone()),
-            faultline_auth::GrpcGuard::new(&auth),
-        ))
-        .serve_with_incoming_shutdown(
-            // Our own listener (so bind errors are ours to explain), with tonic's
-            // TCP_NODELAY: without it Nagle's algorithm adds ~40 ms to every export.
-            tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
+    let grpc = grpc_server(
+        intake.clone(),
+        auth.clone(),
+        grpc_l,
+        stopped(stop_rx.clone()),
+    );
+    let peer = |r: axum::Router| r.into_make_service_with_connect_info::<Peer>();
     let otlp = protect(otlp_router(intake.clone()), &auth, Listener::OtlpHttp);
-    let http = axum::serve(nodelay(http_l), otlp).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = axum::serve(http_l, peer(otlp)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let zipkin = protect(zipkin_router(intake.clone()), &auth, Listener::Zipkin);
     let zipkin =
-        axum::serve(nodelay(zipkin_l), zipkin).with_graceful_shutdown(stopped(stop_rx.clone()));
+        axum::serve(zipkin_l, peer(zipkin)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let app = faultline_api::router()
         .merge(faultline_ui::router())
         .with_state(state);
     let app = protect(app, &auth, Listener::Api);
-    let api = axum::serve(nodelay(api_l), app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let api = axum::serve(api_l, peer(app)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let sampling_app = protect(
         faultline_api::sampling::router(sampling),
         &auth,
         Listener::Sampling,
     );
-    let sampling_srv = axum::serve(nodelay(sampling_l), sampling_app)
+    let sampling_srv = axum::serve(sampling_l, peer(sampling_app))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
     let mut tasks = vec![
@@ -396,7 +435,7 @@ async fn serve(s: Settings, sampling: PolicyHandle, auth: Auth) -> anyhow::Resul
                 .context("Jaeger remote sampling server failed")
         }),
     ];
-    tasks.extend(start_chaos(&s, proxies, history, &auth, stop_rx.clone()).await?);
+    tasks.extend(start_chaos(&s, proxies, history, &auth, t, stop_rx.clone()).await?);
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
@@ -421,6 +460,7 @@ async fn start_chaos(
     proxies: Option<faultline_chaos::Proxies>,
     history: Arc<History>,
     auth: &Auth,
+    tls: Option<&Tls>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     let l = s.listen;
@@ -429,6 +469,11 @@ async fn start_chaos(
         l.fault_proxy.map(|a| format!("http://{a}")),
     );
     let runs = s.data_dir.join("experiment-runs");
+    if tls.is_some() && !s.experiments.is_empty() {
+        tracing::warn!(
+            "scheduled experiments call the API over plain HTTP: with TLS on, their runs fail to reach it"
+        );
+    }
     // Scheduled runs call this process's API and proxy with a token of their own.
     let token = match auth.enabled() && !s.experiments.is_empty() {
         true => Some(auth.mint_internal(
@@ -443,8 +488,15 @@ async fn start_chaos(
         return Ok(None);
     };
     let app = protect(faultline_chaos::api::router(p), auth, Listener::FaultProxy);
-    let t = faultline_chaos::api::serve_router(addr, app, stop).await;
-    let t = t.map_err(anyhow::Error::msg)?;
+    let l = bind(
+        addr,
+        "the fault proxy API",
+        "--fault-proxy",
+        tls,
+        Role::Http,
+    )
+    .await?;
+    let t = faultline_chaos::api::serve_on(l, app, stop);
     Ok(Some(tokio::spawn(async move {
         t.await?.map_err(anyhow::Error::msg)
     })))

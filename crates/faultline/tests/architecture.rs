@@ -53,6 +53,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("faultline-wal", &[]),
     // Tokens, the route map and the audit log guard every listener: they know no stage.
     ("faultline-auth", &[]),
+    // TLS for every listener: certificates, reloading, the accept loop. Knows no stage.
+    ("faultline-tls", &[]),
     // The sampling policy and arithmetic: used by the API (the sampling port) and, for
     // adjusted counts, by the stages that read spans.
     ("faultline-sampling", &["faultline-model"]),
@@ -130,6 +132,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-chaos",
             "faultline-checks",
             "faultline-auth",
+            // The connection's `Peer`: whether the login cookie must be `Secure`.
+            "faultline-tls",
         ],
     ),
     (

@@ -1,8 +1,8 @@
 //! `/login`: the UI's login for read access when tokens are on (`faultline_auth`). The
 //! form takes a token; `POST /login` checks it for the `read` scope and keeps it in the
 //! `faultline_token` cookie (`HttpOnly`, `SameSite=Strict`, `Path=/`, and `Secure` when the
-//! request came over TLS: an `https` URI, or `X-Forwarded-Proto: https` from a proxy in
-//! front), then sends the browser to `next` (a path on this server only). `POST /logout`
+//! request came over TLS: our listener's (`[tls]`), or a proxy's in front that says
+//! `X-Forwarded-Proto: https`), then sends the browser to `next` (a path on this server only). `POST /logout`
 //! clears the cookie.
 //!
 //! CSRF: the cookie is `SameSite=Strict`, so another site's page never sends it; the guard
@@ -56,8 +56,11 @@ pub(crate) struct LoginForm {
     next: Option<String>,
 }
 
-fn tls(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
-    uri.scheme_str() == Some("https")
+/// Whether the browser reached us over TLS: our own listener's (the connection's
+/// [`Peer`](faultline_tls::Peer)), or a proxy's in front of us (`X-Forwarded-Proto`).
+fn tls(headers: &HeaderMap, ext: &axum::http::Extensions) -> bool {
+    ext.get::<axum::extract::ConnectInfo<faultline_tls::Peer>>()
+        .is_some_and(|c| c.0.tls)
         || headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -95,7 +98,7 @@ fn refused(status: StatusCode, next: &str, message: &str) -> Response {
 pub(crate) async fn login(
     State(st): State<ApiState>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
+    ext: axum::http::Extensions,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
     let next = local(f.next.as_deref());
@@ -122,7 +125,7 @@ pub(crate) async fn login(
         ));
     }
     Ok(match auth.check(Listener::Api, Some(token), Scope::Read) {
-        Ok(_) => see_other(&next, cookie(token, tls(&headers, &uri), false)),
+        Ok(_) => see_other(&next, cookie(token, tls(&headers, &ext), false)),
         Err(Denied::Scope) => refused(
             StatusCode::FORBIDDEN,
             &next,
@@ -137,7 +140,7 @@ pub(crate) async fn login(
 }
 
 /// `POST /logout`.
-pub(crate) async fn logout(headers: HeaderMap, uri: axum::http::Uri) -> Response {
+pub(crate) async fn logout(headers: HeaderMap, ext: axum::http::Extensions) -> Response {
     if !same_origin(&headers) {
         return refused(
             StatusCode::FORBIDDEN,
@@ -145,7 +148,7 @@ pub(crate) async fn logout(headers: HeaderMap, uri: axum::http::Uri) -> Response
             "This form must be sent from faultline's own pages.",
         );
     }
-    see_other("/login", cookie("", tls(&headers, &uri), true))
+    see_other("/login", cookie("", tls(&headers, &ext), true))
 }
 
 #[cfg(test)]
