@@ -23,22 +23,7 @@ use faultline_auth::tokens::line;
 use faultline_auth::{Scope, Scopes};
 use serde_json::Value;
 
-use common::{Server, client_script, free_port, metric, python};
-
-/// One token per scope, named `t-SCOPE`, its secret `secret-SCOPE`.
-fn token_file(dir: &Path) -> std::path::PathBuf {
-    let lines: Vec<String> = Scope::ALL
-        .iter()
-        .map(|s| line(&format!("t-{s}"), Scopes::of(&[*s]), &format!("secret-{s}")))
-        .collect();
-    let path = dir.join("tokens");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
-
-fn secret(s: Scope) -> String {
-    format!("secret-{s}")
-}
+use common::{Server, free_port, metric, run_py, secret, token_file};
 
 struct Answer {
     status: u16,
@@ -359,20 +344,6 @@ fn every_route_needs_its_scope() {
         .unwrap()
         .count();
     assert_eq!(on_disk, 1, "one file for today");
-}
-
-fn run_py(script: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(python())
-        .arg(client_script(script))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use faultline_auth::tokens::line;
-use faultline_auth::{Scope, Scopes};
+use faultline_auth::Scope;
 use serde_json::Value;
 
-use common::{BIN, Server, client_script, free_port, metric, python};
+use common::{BIN, Server, client_script, free_port, metric, python, run_py, secret, token_file};
 
 /// A CA and its certificates (see `make_certs.py`).
 struct Certs(PathBuf);
@@ -42,39 +41,6 @@ impl Certs {
     fn file(&self, name: &str) -> String {
         self.0.join(name).to_str().unwrap().to_string()
     }
-}
-
-fn token_file(dir: &Path) -> PathBuf {
-    let lines: Vec<String> = Scope::ALL
-        .iter()
-        .map(|s| line(&format!("t-{s}"), Scopes::of(&[*s]), &format!("secret-{s}")))
-        .collect();
-    let path = dir.join("tokens");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
-
-fn secret(s: Scope) -> String {
-    format!("secret-{s}")
-}
-
-/// Runs a client script. `requests` lets REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE, when
-/// set (as on many machines), override the CA a session was given (the OpenTelemetry HTTP
-/// exporter's), so they are removed unless `env` sets them.
-fn run_py(script: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(python())
-        .arg(client_script(script))
-        .args(args)
-        .env_remove("REQUESTS_CA_BUNDLE")
-        .env_remove("CURL_CA_BUNDLE")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// One request through `https_call.py`: `{status, headers, body}` or `{error}`.

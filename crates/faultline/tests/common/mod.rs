@@ -740,3 +740,40 @@ pub fn seeded_rand(name: &str) -> impl FnMut(u64, u64) -> u64 {
         lo + x % (hi - lo)
     }
 }
+
+/// A token file with one token per scope, named `t-SCOPE`, its secret [`secret`]`(SCOPE)`.
+pub fn token_file(dir: &Path) -> PathBuf {
+    use faultline_auth::{Scope, Scopes, tokens::line};
+    let lines: Vec<String> = Scope::ALL
+        .iter()
+        .map(|s| line(&format!("t-{s}"), Scopes::of(&[*s]), &format!("secret-{s}")))
+        .collect();
+    let path = dir.join("tokens");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// The secret of [`token_file`]'s token for `s`.
+pub fn secret(s: faultline_auth::Scope) -> String {
+    format!("secret-{s}")
+}
+
+/// Runs a client script from `tests/clients`: (succeeded, stdout, stderr). `requests`
+/// lets REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE, when set (as on many machines), override
+/// the CA a session was given (the OpenTelemetry HTTP exporter's), so they are removed
+/// unless `env` sets them.
+pub fn run_py(script: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(python())
+        .arg(client_script(script))
+        .args(args)
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
