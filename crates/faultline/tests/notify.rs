@@ -139,6 +139,41 @@ fn transitions(server: &Server, since_ms: u64) -> BTreeSet<String> {
     keys
 }
 
+/// Waits until every probe's state is the one its target is in (`up[i]` for `svc-{i}`).
+fn observed(server: &Server, up: &[bool], cycle: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let probes = get(server, "/api/v1/probes");
+        let states: BTreeMap<&str, &str> = probes["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap(),
+                    p["state"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        let wrong: Vec<String> = up
+            .iter()
+            .enumerate()
+            .filter(|&(i, &u)| {
+                states.get(format!("svc-{i}").as_str()) != Some(&if u { "up" } else { "down" })
+            })
+            .map(|(i, _)| format!("svc-{i}"))
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cycle {cycle}: probes {wrong:?} not in their targets' state within 20 s: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     let tmp = tempfile::tempdir().unwrap();
@@ -164,6 +199,10 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     // died, and when it died at the latest.
     let mut in_flight: Vec<(f64, Vec<Value>)> = Vec::new();
     for cycle in 0..10 {
+        // The server must have seen the last flips before the next ones: the new message
+        // awaited below may be one the previous cycle left (a transition found after its
+        // kill), and a flip that undoes changes nobody observed has nothing to deliver.
+        observed(&server, &up, cycle);
         let mut flip: Vec<usize> = if cycle == 0 {
             (0..10).collect()
         } else {
