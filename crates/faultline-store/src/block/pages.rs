@@ -189,7 +189,7 @@ impl Groups {
             .and_then(|i| i.page_locations(group, column).cloned());
         let rows = usize::try_from(rg.num_rows())
             .map_err(|_| ParquetError::General("a row group of negative rows".into()))?;
-        check_ranges(chunk, locations.as_deref())?;
+        check_ranges(chunk, locations.as_deref(), rg.num_rows())?;
         if !matches!(chunk.compression(), Compression::ZSTD(_)) {
             let r = SerializedPageReader::new_with_properties(
                 self.file.clone(),
@@ -217,12 +217,16 @@ impl Groups {
 }
 
 /// Refuses a column chunk whose byte range, or whose pages' locations, a damaged file made
-/// impossible: the Parquet reader asserts on a negative range and computes the dictionary
-/// page's size as `first page - chunk start` unchecked, so both would panic, not fail
-/// (found by `scripts/fuzz`). Valid files have pages in order, inside their chunk.
+/// impossible: the Parquet reader asserts on a negative range, computes the dictionary
+/// page's size as `first page - chunk start` and a page's rows as `next page's first row
+/// (or the row group's rows) - its first row` unchecked, so each would panic, not fail
+/// (all found by `scripts/fuzz`). Valid files have pages in order, inside their chunk,
+/// the first starting at row 0 and each at or after the one before, within the group's
+/// `rows`.
 fn check_ranges(
     chunk: &parquet::file::metadata::ColumnChunkMetaData,
     locations: Option<&[parquet::file::page_index::offset_index::PageLocation]>,
+    rows: i64,
 ) -> Result<()> {
     let damaged = |what: &str| ParquetError::General(format!("damaged block file: {what}"));
     let start = chunk
@@ -236,7 +240,13 @@ fn check_ranges(
         .checked_add(len)
         .ok_or_else(|| damaged("a column chunk ends beyond any file"))?;
     let mut at = start;
-    for l in locations.unwrap_or_default() {
+    let mut row = 0;
+    for (i, l) in locations.unwrap_or_default().iter().enumerate() {
+        let first = l.first_row_index;
+        if (i == 0 && first != 0) || first < row || first > rows {
+            return Err(damaged("a page's first row is out of order"));
+        }
+        row = first;
         let offset = u64::try_from(l.offset).ok();
         let size = u64::try_from(l.compressed_page_size).ok();
         match (offset, size) {
@@ -254,7 +264,7 @@ pub(crate) fn check_metadata(meta: &ParquetMetaData) -> Result<()> {
     for (g, rg) in meta.row_groups().iter().enumerate() {
         for (c, chunk) in rg.columns().iter().enumerate() {
             let locations = meta.page_index().and_then(|i| i.page_locations(g, c));
-            check_ranges(chunk, locations.map(|l| l.as_slice()))?;
+            check_ranges(chunk, locations.map(|l| l.as_slice()), rg.num_rows())?;
         }
     }
     Ok(())
@@ -531,10 +541,10 @@ mod range_tests {
     #[test]
     fn pages_outside_their_chunk_are_refused_not_panicked_on() {
         let c = chunk(100, 50);
-        assert!(check_ranges(&c, None).is_ok());
-        assert!(check_ranges(&c, Some(&[page(100, 20), page(120, 30)])).is_ok());
+        assert!(check_ranges(&c, None, 10).is_ok());
+        assert!(check_ranges(&c, Some(&[page(100, 20), page(120, 30)]), 10).is_ok());
         // A dictionary page before the first data page is room in the chunk, not damage.
-        assert!(check_ranges(&c, Some(&[page(110, 40)])).is_ok());
+        assert!(check_ranges(&c, Some(&[page(110, 40)]), 10).is_ok());
         for bad in [
             vec![page(90, 10)],                 // before the chunk: the fuzzer's crash
             vec![page(100, 20), page(110, 20)], // overlapping
@@ -543,10 +553,35 @@ mod range_tests {
             vec![page(-5, 10)],
             vec![page(i64::MAX, i32::MAX)],
         ] {
-            let e = check_ranges(&c, Some(&bad)).unwrap_err();
+            let e = check_ranges(&c, Some(&bad), 10).unwrap_err();
             assert!(e.to_string().contains("damaged block file"), "{e}");
         }
-        assert!(check_ranges(&chunk(-1, 10), None).is_err());
-        assert!(check_ranges(&chunk(10, -1), None).is_err());
+        assert!(check_ranges(&chunk(-1, 10), None, 10).is_err());
+        assert!(check_ranges(&chunk(10, -1), None, 10).is_err());
+    }
+
+    fn at_row(offset: i64, first_row_index: i64) -> PageLocation {
+        PageLocation {
+            first_row_index,
+            ..page(offset, 10)
+        }
+    }
+
+    #[test]
+    fn pages_whose_rows_are_out_of_order_are_refused_not_panicked_on() {
+        let c = chunk(100, 50);
+        let good = [at_row(100, 0), at_row(110, 4), at_row(120, 9)];
+        assert!(check_ranges(&c, Some(&good), 10).is_ok());
+        for bad in [
+            // The second page starts before the first: the fuzzer's crash (12-03), a
+            // subtraction in the reader's `peek_next_page`.
+            vec![at_row(100, 0), at_row(110, 7), at_row(120, 3)],
+            vec![at_row(100, 2)],                  // not from row 0
+            vec![at_row(100, 0), at_row(110, 11)], // past the group's rows
+            vec![at_row(100, -1)],
+        ] {
+            let e = check_ranges(&c, Some(&bad), 10).unwrap_err();
+            assert!(e.to_string().contains("out of order"), "{e}");
+        }
     }
 }
