@@ -9,13 +9,15 @@
 //! JSON, appended and fdatasynced before the action's answer is sent:
 //!
 //! ```text
-//! {"at":1767225600123,"who":"ops-alice","listener":"api","method":"POST",
-//!  "target":"/api/v1/probes/checkout/pause","status":200}
-//! {"at":1767225601000,"who":"ci","listener":"fault-proxy","method":"POST",
-//!  "target":"/proxies","object":"redis","status":201}
+//! {"at":1767225600123,"who":"ops-alice","peer":"10.0.3.7:51234","listener":"api",
+//!  "method":"POST","target":"/api/v1/probes/checkout/pause","status":200}
+//! {"at":1767225601000,"who":"ci","peer":"10.0.3.9:40112","listener":"fault-proxy",
+//!  "method":"POST","target":"/proxies","object":"redis","status":201}
 //! ```
 //!
 //! - `at`: Unix milliseconds; `who`: the token's name (`anonymous` while auth is off);
+//! - `peer`: the client's address as the listener saw it (absent in records written
+//!   before it was kept, and for actions that came through no listener);
 //! - `listener`: `api` or `fault-proxy`; `method`, `target`: the HTTP method and the path
 //!   with its query (at most 1024 bytes), which names the object for most routes;
 //! - `object`: the `name` field of a JSON body of at most 64 KiB, when there is one (the
@@ -44,6 +46,9 @@ pub struct Record {
     pub at: u64,
     /// The token's name.
     pub who: String,
+    /// The client's address, `IP:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// The listener.
     pub listener: String,
     /// The HTTP method.
@@ -197,6 +202,7 @@ mod tests {
         Record {
             at,
             who: who.into(),
+            peer: Some("127.0.0.1:40000".into()),
             listener: "api".into(),
             method: "POST".into(),
             target: target.into(),

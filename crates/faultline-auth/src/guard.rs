@@ -221,9 +221,14 @@ fn record(
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<faultline_tls::Peer>>()
+        .map(|c| c.0.addr.to_string());
     Record {
         at: now_ms(),
         who: who.to_string(),
+        peer,
         listener: g.listener.as_str().to_string(),
         method: req.method().to_string(),
         target: clip(&target, MAX_TARGET),

@@ -136,7 +136,7 @@ pub enum AuthError {
     },
     /// A listener binds a non-loopback address while no tokens are configured.
     #[error(
-        "the {listener} listener binds {addr}, which is not a loopback address, and no tokens are configured: anyone who can reach it could read traces, change probes and drive the fault proxy. Configure tokens ([auth] token_file, --token-file or FAULTLINE_TOKENS; `faultline token new NAME --scopes read` makes one), or set [auth] allow_unauthenticated = true to serve open on purpose"
+        "the {listener} listener binds {addr}, which is not a loopback address, and no tokens are configured: anyone who can reach it could read traces, change probes and drive the fault proxy. Configure tokens ([auth] token_file, --token-file or FAULTLINE_TOKENS; `faultline token new NAME --scopes read` makes one), or set [auth] allow_unauthenticated = true (faultline proxy: --allow-unauthenticated) to serve open on purpose"
     )]
     Exposed {
         /// The listener's name.
@@ -258,26 +258,34 @@ impl Auth {
         Self::build(false, None, TokenSet::default(), TokenSet::default(), None)
     }
 
-    /// What `faultline serve` starts with: the tokens of the configuration and of
-    /// `FAULTLINE_TOKENS`, refused when serving open where it must not
-    /// ([`Auth::check_exposure`]), the audit log in `data_dir` kept for `retention`, and
+    /// What `faultline serve` and `faultline proxy` start with: the tokens of the
+    /// configuration and of `FAULTLINE_TOKENS`, refused when serving open where it must
+    /// not ([`Auth::check_exposure`]), the audit log in `data_dir` (when there is one) kept
+    /// for `retention`, and
     /// the token file's watcher (kept while the answer's [`Watcher`] lives). Blocking.
     pub fn start(
         cfg: &AuthConfig,
         listeners: &[(&str, SocketAddr)],
-        data_dir: &std::path::Path,
+        data_dir: Option<&std::path::Path>,
         retention: Duration,
     ) -> Result<(Auth, Watcher), AuthError> {
         let env = std::env::var("FAULTLINE_TOKENS").ok();
         let auth = Auth::open(cfg, env.as_deref())?;
         auth.check_exposure(listeners, cfg.allow_unauthenticated)?;
-        let log = audit::AuditLog::open(data_dir, retention).map_err(|e| {
-            AuthError::Io(format!(
-                "cannot open the audit log in {}: {e}; check the data directory's permissions",
-                data_dir.join("audit").display()
-            ))
-        })?;
-        auth.set_audit(Arc::new(log));
+        match data_dir {
+            Some(dir) => {
+                let log = audit::AuditLog::open(dir, retention).map_err(|e| {
+                    AuthError::Io(format!(
+                        "cannot open the audit log in {}: {e}; check the data directory's permissions",
+                        dir.join("audit").display()
+                    ))
+                })?;
+                auth.set_audit(Arc::new(log));
+            }
+            None => tracing::warn!(
+                "no directory for the audit log: control actions are logged but not kept (give a state directory to keep them)"
+            ),
+        }
         let watcher = auth
             .watch(RELOAD_EVERY)
             .map_err(|e| AuthError::Io(format!("cannot start the token file's watcher: {e}")))?;

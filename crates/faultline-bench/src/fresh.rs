@@ -37,7 +37,7 @@ impl Probe {
     /// A probe of the query API at `api` (base URL), sampling every `every`.
     pub fn new(api: &str, every: Duration) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(!every.is_zero(), "--probe-every must be positive");
-        let client = reqwest::Client::builder()
+        let client = crate::http_client()
             .timeout(Duration::from_secs(10))
             .build()?;
         Ok(Arc::new(Self {

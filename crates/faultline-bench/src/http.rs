@@ -90,7 +90,7 @@ async fn rare_queries(args: &QueryArgs, base: &str) -> anyhow::Result<Vec<String
     let ids = read_ids(&args.ids)?;
     anyhow::ensure!(!ids.is_empty(), "no trace ids: give --ids ACK_LOG");
     let stride = (7919 % ids.len()).max(1);
-    let client = reqwest::Client::builder()
+    let client = crate::http_client()
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot build the HTTP client")?;
@@ -192,7 +192,7 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<serde_json::Value> {
     let paths = Arc::new(paths);
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let results = runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(args.clients)
             .build()

@@ -22,3 +22,11 @@ pub mod skew;
 pub mod store;
 pub mod tail;
 pub mod varied;
+
+/// A reqwest client builder. The workspace's reqwest does TLS with no crypto provider of
+/// its own, so the process's default (ring) is installed first; the tests call these
+/// benchmarks in-process, where no `main` has done it.
+pub(crate) fn http_client() -> reqwest::ClientBuilder {
+    faultline_tls::client::install_default_provider();
+    reqwest::Client::builder()
+}

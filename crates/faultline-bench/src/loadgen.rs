@@ -827,7 +827,7 @@ impl Client {
                     format!("{}/v1/traces", base.trim_end_matches('/'))
                 };
                 Client::Http {
-                    client: reqwest::Client::builder()
+                    client: crate::http_client()
                         .timeout(timeout)
                         .pool_max_idle_per_host(args.concurrency)
                         .build()

@@ -52,18 +52,26 @@ impl<F: Fn(ExportTraceServiceRequest) + Send + Sync> SpanSink for F {
 /// A [`SpanSink`] that exports over OTLP/HTTP (protobuf) to `ENDPOINT/v1/traces`, for
 /// `faultline proxy` running alone: spans are batched (up to 512, or 200 ms) on a task of
 /// their own; when 10,000 wait (the endpoint is down) new ones are dropped and counted.
+/// An `https://` endpoint is checked against the Mozilla roots and `FAULTLINE_CA_FILE`'s
+/// CAs; `token` is sent as `Authorization: Bearer` (an `ingest` token when tokens are on).
 pub struct OtlpExport {
     tx: tokio::sync::mpsc::Sender<ExportTraceServiceRequest>,
     pub dropped: std::sync::atomic::AtomicU64,
 }
 
 impl OtlpExport {
-    /// Starts the exporting task (call inside a Tokio runtime).
-    pub fn start(endpoint: &str) -> Arc<OtlpExport> {
+    /// Starts the exporting task (call inside a Tokio runtime); an error says why the
+    /// client cannot be made (a bad `FAULTLINE_CA_FILE`).
+    pub fn start(endpoint: &str, token: Option<String>) -> Result<Arc<OtlpExport>, String> {
+        let tls = faultline_tls::client::from_env().map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot make the OTLP client: {e}"))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportTraceServiceRequest>(10_000);
         let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             while let Some(first) = rx.recv().await {
                 let mut batch = first;
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
@@ -74,12 +82,14 @@ impl OtlpExport {
                     }
                 }
                 let body = prost::Message::encode_to_vec(&batch);
-                let sent = client
+                let mut req = client
                     .post(&url)
                     .header("content-type", "application/x-protobuf")
-                    .body(body)
-                    .send()
-                    .await;
+                    .body(body);
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let sent = req.send().await;
                 match sent {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {
@@ -89,10 +99,10 @@ impl OtlpExport {
                 }
             }
         });
-        Arc::new(OtlpExport {
+        Ok(Arc::new(OtlpExport {
             tx,
             dropped: std::sync::atomic::AtomicU64::new(0),
-        })
+        }))
     }
 }
 

@@ -4,7 +4,9 @@
 //! `faultline dlq replay` ([`dlq`]).
 //! Each returns the process's exit code; the binary only parses the command line. With
 //! tokens on, each sends `FAULTLINE_TOKEN` as `Authorization: Bearer` (a token with the
-//! `read` scope; `admin` for `dlq replay`).
+//! `read` scope; `admin` for `dlq replay`). With TLS on the server, `--api https://...`
+//! checks its certificate against the Mozilla roots and the CAs in `FAULTLINE_CA_FILE`
+//! (PEM; a private CA or a self-signed certificate).
 
 pub mod assert;
 pub mod dlq;

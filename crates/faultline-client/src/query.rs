@@ -87,6 +87,18 @@ pub(crate) fn post(url: &str, body: String) -> Result<(u16, Value), ClientError>
     call(url, Some(body), Duration::from_secs(60)).map(|(status, _, v)| (status, v))
 }
 
+/// An error with its causes (reqwest's own message rarely says what failed).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        next = c.source();
+    }
+    s
+}
+
 /// One request (a GET, or a POST of a JSON body) on a runtime of its own.
 fn call(
     url: &str,
@@ -98,8 +110,13 @@ fn call(
         .build()
         .map_err(|e| ClientError(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
+        // https:// answers are checked against the Mozilla roots and FAULTLINE_CA_FILE.
+        let tls = faultline_tls::client::from_env().map_err(|e| {
+            ClientError(format!("{e} ({})", faultline_tls::client::CA_FILE_ENV))
+        })?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|e| ClientError(format!("cannot build the HTTP client: {e}")))?;
         let mut req = match body {
@@ -114,7 +131,9 @@ fn call(
         }
         let resp = req.send().await.map_err(|e| {
             ClientError(format!(
-                "cannot reach {url}: {e}; is faultline serving there? (--api)"
+                "cannot reach {url}: {}; is faultline serving there? (--api; for https with a private CA set {})",
+                causes(&e),
+                faultline_tls::client::CA_FILE_ENV
             ))
         })?;
         let status = resp.status().as_u16();

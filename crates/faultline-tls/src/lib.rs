@@ -16,6 +16,7 @@
 //! in `faultline_tls_reloads_total{result="failed"}`, and the previous certificate stays
 //! in use, so a half-copied file never takes the server off the air.
 
+pub mod client;
 mod incoming;
 mod load;
 
@@ -52,7 +53,31 @@ pub struct TlsConfig {
     pub client_cert: ClientCert,
 }
 
+/// The command-line flags of TLS (`serve` and `proxy`); each overrides its file setting.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain: TLS on every listener (with --tls-key) [default: plaintext].
+    #[arg(long, env = "FAULTLINE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FAULTLINE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CAs whose client certificates intake requires [default: none asked for].
+    #[arg(long, env = "FAULTLINE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
 impl TlsConfig {
+    /// `self` (the file's `[tls]`) with the flags given in `args` in place of its values.
+    pub fn with_flags(&self, args: &TlsArgs) -> TlsConfig {
+        TlsConfig {
+            cert: args.tls_cert.clone().or(self.cert.clone()),
+            key: args.tls_key.clone().or(self.key.clone()),
+            client_ca: args.tls_client_ca.clone().or(self.client_ca.clone()),
+            client_cert: self.client_cert,
+        }
+    }
+
     /// Whether TLS is configured at all.
     pub fn enabled(&self) -> bool {
         self.cert.is_some() || self.key.is_some()
@@ -129,6 +154,8 @@ struct Loaded {
     grpc_intake: Arc<ServerConfig>,
     http_intake: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
+    /// The server's own certificate (the chain's first), which in-process clients pin.
+    leaf: rustls::pki_types::CertificateDer<'static>,
     /// The server certificate's expiry, seconds since the Unix epoch.
     not_after: i64,
 }

@@ -20,7 +20,10 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(what, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -75,6 +78,7 @@ pub(crate) fn load(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs("certificate", cert_path)?;
     let not_after = not_after(&chain[0], cert_path)?;
+    let leaf = chain[0].clone();
     let key = key(key_path)?;
     let signing = provider
         .key_provider
@@ -130,6 +134,7 @@ pub(crate) fn load(
         grpc_intake: build(b"h2", true)?,
         http_intake: build(b"http/1.1", true)?,
         http: build(b"http/1.1", false)?,
+        leaf,
         not_after,
     })
 }

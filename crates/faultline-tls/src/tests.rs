@@ -38,11 +38,17 @@ impl Ca {
 
     /// A certificate and its key, in PEM: for 127.0.0.1 and localhost, or a client's.
     pub(crate) fn issue(&self, client: bool) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let names = match client {
-            true => vec!["client.test".to_string()],
-            false => vec!["localhost".to_string(), "127.0.0.1".to_string()],
+        let names: &[&str] = match client {
+            true => &["client.test"],
+            false => &["localhost", "127.0.0.1"],
         };
+        self.issue_for(names, client)
+    }
+
+    /// A certificate for `names` and its key, in PEM.
+    pub(crate) fn issue_for(&self, names: &[&str], client: bool) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut p = CertificateParams::new(names).unwrap();
         p.extended_key_usages = vec![match client {
             true => ExtendedKeyUsagePurpose::ClientAuth,
@@ -110,8 +116,17 @@ async fn get_tls(
             b.with_client_auth_cert(chain, key).unwrap()
         }
     };
+    get_with(addr, cfg, "127.0.0.1").await
+}
+
+/// A GET over TLS with the client configuration `cfg`, asking for `name`.
+async fn get_with(
+    addr: std::net::SocketAddr,
+    cfg: rustls::ClientConfig,
+    name: &str,
+) -> Result<String, String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let name = ServerName::try_from(name.to_string()).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let mut s = connector
         .connect(name, tcp)
@@ -314,4 +329,67 @@ fn settings_that_say_too_little_or_name_bad_files_are_refused_with_the_file_name
             .unwrap()
             .as_secs() as i64;
     assert!(left > 86_400, "rcgen's certificates last years: {left}");
+}
+
+#[tokio::test]
+async fn the_own_certificate_client_trusts_what_the_process_serves_and_follows_reloads() {
+    // A certificate for a DNS name only (not 127.0.0.1), from a CA no client trusts.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private CA");
+    let (cert, key) = ca.issue_for(&["faultline.internal"], false);
+    let cfg = TlsConfig {
+        cert: Some(write(dir.path(), "server.pem", &cert)),
+        key: Some(write(dir.path(), "server.key", &key)),
+        ..TlsConfig::default()
+    };
+    let tls = Tls::load(&cfg).unwrap().unwrap();
+    let addr = serve(&tls, Role::Http).await;
+    let own = tls.self_client_config().unwrap();
+    let ok = "tls=true client_cert=false";
+    assert_eq!(get_with(addr, own.clone(), "127.0.0.1").await.unwrap(), ok);
+
+    // The general client refuses the private CA; given the CA's file, it checks the name.
+    let general = client::client_config(None).unwrap();
+    let e = get_with(addr, general, "faultline.internal")
+        .await
+        .unwrap_err();
+    assert!(e.contains("UnknownIssuer"), "{e}");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let with_ca = client::client_config(Some(&ca_file)).unwrap();
+    let got = get_with(addr, with_ca.clone(), "faultline.internal").await;
+    assert_eq!(got.unwrap(), ok);
+    let e = get_with(addr, with_ca, "127.0.0.1").await.unwrap_err();
+    assert!(e.contains("not valid for name"), "{e}");
+
+    // Another process's certificate from an untrusted CA is not this process's.
+    let other_dir = tempfile::tempdir().unwrap();
+    let stranger = Tls::load(&settings(other_dir.path(), &Ca::new("stranger CA")))
+        .unwrap()
+        .unwrap();
+    let other = serve(&stranger, Role::Http).await;
+    let e = get_with(other, own.clone(), "127.0.0.1").await.unwrap_err();
+    assert!(e.contains("UnknownIssuer"), "{e}");
+
+    // After a reload the new certificate is the one trusted.
+    let (cert2, key2) = Ca::new("next CA").issue_for(&["faultline.internal"], false);
+    write(dir.path(), "server.pem", &cert2);
+    write(dir.path(), "server.key", &key2);
+    assert!(tls.reload_if_changed().unwrap());
+    assert_eq!(get_with(addr, own, "127.0.0.1").await.unwrap(), ok);
+}
+
+#[test]
+fn a_client_ca_file_that_cannot_be_used_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let e = client::client_config(Some(&missing))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing-ca.pem"), "{e}");
+    let empty = write(dir.path(), "empty-ca.pem", "");
+    let e = client::client_config(Some(&empty)).unwrap_err().to_string();
+    assert!(
+        e.contains("empty-ca.pem") && e.contains("CERTIFICATE"),
+        "{e}"
+    );
 }

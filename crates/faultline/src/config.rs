@@ -185,15 +185,8 @@ pub struct ServeArgs {
     /// Bearer tokens with scopes, read again when the file changes [default: none].
     #[arg(long, env = "FAULTLINE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// PEM certificate chain: TLS on every listener (with --tls-key) [default: plaintext].
-    #[arg(long, env = "FAULTLINE_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "FAULTLINE_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// PEM CAs whose client certificates intake requires [default: none asked for].
-    #[arg(long, env = "FAULTLINE_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: faultline_tls::TlsArgs,
 }
 
 /// The file format.
@@ -381,12 +374,7 @@ impl Settings {
                 token_file: args.token_file.clone().or(file.auth.token_file.clone()),
                 ..file.auth.clone()
             },
-            tls: faultline_tls::TlsConfig {
-                cert: args.tls_cert.clone().or(file.tls.cert.clone()),
-                key: args.tls_key.clone().or(file.tls.key.clone()),
-                client_ca: args.tls_client_ca.clone().or(file.tls.client_ca.clone()),
-                client_cert: file.tls.client_cert,
-            },
+            tls: file.tls.with_flags(&args.tls),
             probes: faultline_probe::Setup::new(file.probes, &file.probe_policy)?,
             alerts: faultline_alerts::rule::checked(file.alerts)
                 .map_err(|e| anyhow!("alerts: {e}"))?,

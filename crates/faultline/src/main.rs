@@ -137,6 +137,8 @@ fn client(r: Result<u8, faultline_client::ClientError>) -> anyhow::Result<ExitCo
 }
 
 fn main() -> ExitCode {
+    // Every reqwest client made without a TLS configuration takes the default provider.
+    faultline_tls::client::install_default_provider();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),

@@ -66,7 +66,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let (l, r) = (listeners(&s.listen), s.store.retention);
-    let (auth, _token_watcher) = faultline_auth::Auth::start(&s.auth, &l, &s.data_dir, r)?;
+    let (auth, _token_watcher) = faultline_auth::Auth::start(&s.auth, &l, Some(&s.data_dir), r)?;
     let tls = faultline_tls::Tls::load(&s.tls)?;
     let every = faultline_tls::RELOAD_EVERY;
     let _tls_watcher = tls.as_ref().map(|t| t.watch(every)).transpose()?;
@@ -206,7 +206,7 @@ async fn grpc_server(
 }
 
 /// Binds `addr` and accepts on it, with TLS when it is on.
-async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     what: &'static str,
     flag: &str,
@@ -341,7 +341,7 @@ async fn serve(
     tokio::spawn(tick_checks(checks.clone(), st, p, o));
     alerts.start().context("cannot start the alerts thread")?;
     let proxies = match s.listen.fault_proxy {
-        Some(_) => Some(crate::proxycmd::open(Some(&s.data_dir)).await?),
+        Some(_) => Some(faultline_chaos::Proxies::open(&s.data_dir).await?.0),
         None => None,
     };
     if let Some(p) = &proxies {
@@ -464,16 +464,14 @@ async fn start_chaos(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     let l = s.listen;
+    // With TLS on, scheduled runs call this process over https, trusting its certificate.
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (api, own) = (
-        format!("http://{}", l.http),
-        l.fault_proxy.map(|a| format!("http://{a}")),
+        format!("{scheme}://{}", l.http),
+        l.fault_proxy.map(|a| format!("{scheme}://{a}")),
     );
     let runs = s.data_dir.join("experiment-runs");
-    if tls.is_some() && !s.experiments.is_empty() {
-        tracing::warn!(
-            "scheduled experiments call the API over plain HTTP: with TLS on, their runs fail to reach it"
-        );
-    }
+    let client_tls = tls.map(Tls::self_client_config).transpose()?;
     // Scheduled runs call this process's API and proxy with a token of their own.
     let token = match auth.enabled() && !s.experiments.is_empty() {
         true => Some(auth.mint_internal(
@@ -483,23 +481,12 @@ async fn start_chaos(
         false => None,
     };
     let (e, h) = (s.experiments.clone(), history);
-    faultline_chaos::experiment::schedule::start(e, api, own, runs, h, token);
+    faultline_chaos::experiment::schedule::start(e, api, own, runs, h, token, client_tls);
     let (Some(addr), Some(p)) = (l.fault_proxy, proxies) else {
         return Ok(None);
     };
-    let app = protect(faultline_chaos::api::router(p), auth, Listener::FaultProxy);
-    let l = bind(
-        addr,
-        "the fault proxy API",
-        "--fault-proxy",
-        tls,
-        Role::Http,
-    )
-    .await?;
-    let t = faultline_chaos::api::serve_on(l, app, stop);
-    Ok(Some(tokio::spawn(async move {
-        t.await?.map_err(anyhow::Error::msg)
-    })))
+    let t = crate::proxycmd::serve_api(addr, "--fault-proxy", p, auth, tls, stop).await?;
+    Ok(Some(t))
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -52,7 +52,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("faultline-model", &[]),
     ("faultline-wal", &[]),
     // Tokens, the route map and the audit log guard every listener: they know no stage.
-    ("faultline-auth", &[]),
+    // The client's address for the audit log comes from TLS's accept loop (`Peer`).
+    ("faultline-auth", &["faultline-tls"]),
     // TLS for every listener: certificates, reloading, the accept loop. Knows no stage.
     ("faultline-tls", &[]),
     // The sampling policy and arithmetic: used by the API (the sampling port) and, for
@@ -74,7 +75,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Experiments check trace assertions (the rules) as steady-state probes.
     (
         "faultline-chaos",
-        &["faultline-model", "faultline-wal", "faultline-rules"],
+        &[
+            "faultline-model",
+            "faultline-wal",
+            "faultline-rules",
+            // Experiments call faultline and the proxy over https too.
+            "faultline-tls",
+        ],
     ),
     // Trace assertions are logic over spans; the API reads the spans for them.
     ("faultline-rules", &["faultline-model"]),
@@ -138,7 +145,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "faultline-bench",
-        &["faultline-model", "faultline-store", "faultline-checks"],
+        &[
+            "faultline-model",
+            "faultline-store",
+            "faultline-checks",
+            // The process's default TLS provider for its HTTP clients.
+            "faultline-tls",
+        ],
     ),
     // The terminal commands call the HTTP API and render with the UI's text views.
     (
@@ -148,6 +161,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-ui",
             "faultline-rules",
             "faultline-checks",
+            // https:// APIs: the client side of faultline-tls.
+            "faultline-tls",
         ],
     ),
 ];

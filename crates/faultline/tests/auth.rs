@@ -315,6 +315,14 @@ fn every_route_needs_its_scope() {
     assert_eq!(newest["target"], "/api/v1/probes");
     assert_eq!(newest["object"], "audited");
     assert_eq!(newest["status"], created.status);
+    // From where: the connection's address, on every listener.
+    assert!(
+        recs.iter().all(|r| r["peer"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("127.0.0.1:")),
+        "{recs:?}"
+    );
     assert!(
         recs.iter().any(|r| r["who"] == "t-ingest"
             && r["target"] == "/api/v1/dlq/replay"
@@ -340,6 +348,10 @@ fn every_route_needs_its_scope() {
     );
     assert_eq!(page.status, 200);
     assert!(page.body.contains("class=audit-record") && page.body.contains("audited"));
+    assert!(
+        page.body.contains("<td>127.0.0.1:"),
+        "the page shows the peer"
+    );
     let on_disk = std::fs::read_dir(server.data_dir.join("audit"))
         .unwrap()
         .count();

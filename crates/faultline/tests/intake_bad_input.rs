@@ -116,7 +116,7 @@ async fn malformed_requests_get_clear_4xx_and_nothing_is_acknowledged() {
         Case { name: "Zipkin: protobuf", path: "/api/v2/spans", content_type: "application/x-protobuf", encoding: None,
             body: full.clone(), status: 415, message: "send Zipkin v2 JSON" },
     ];
-    let client = reqwest::Client::new();
+    let client = common::reqwest_client();
     let mut accepted_valid = 0.0;
     for case in cases {
         let port = if case.path.starts_with("/api/v2") {
@@ -202,7 +202,7 @@ async fn partial_success_keeps_valid_spans_and_names_the_rest() {
         span(vec![3; 8], vec![]),
     ])
     .encode_to_vec();
-    let resp = reqwest::Client::new()
+    let resp = common::reqwest_client()
         .post(format!("{}/v1/traces", server.http_url()))
         .header("content-type", "application/x-protobuf")
         .body(body)

@@ -47,7 +47,7 @@ async fn wal_budget_refuses_retryably_before_acknowledging() {
         &tmp.path().join("data"),
         &["--wal-max-bytes", &budget.to_string()],
     );
-    let client = reqwest::Client::new();
+    let client = common::reqwest_client();
     let mut acked = 0u64;
     let refusal = loop {
         let resp = client
@@ -118,7 +118,7 @@ async fn low_disk_refuses_retryably() {
         &tmp.path().join("data"),
         &["--min-free-disk-bytes", "18000000000000000000"],
     );
-    let resp = reqwest::Client::new()
+    let resp = common::reqwest_client()
         .post(format!(
             "{}/api/v2/spans",
             format_args!("http://127.0.0.1:{}", server.zipkin)

@@ -22,7 +22,7 @@ fn post(server: &Server, body: Vec<u8>, bulk: bool) -> (u16, String, Option<Stri
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new()
+        let mut req = common::reqwest_client()
             .post(format!("{}/v1/traces", server.http_url()))
             .header("content-type", "application/x-protobuf")
             .body(body);

@@ -125,7 +125,7 @@ async fn offer(
     templates: Arc<Vec<(Lane, Vec<u8>)>>,
     first_id: u64,
 ) -> (Tally, u64) {
-    let client = reqwest::Client::new();
+    let client = common::reqwest_client();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let interval = Duration::from_secs_f64(SPANS_PER_REQUEST as f64 / spans_per_second);
     let start = Instant::now();

@@ -89,7 +89,7 @@ struct Tally {
 }
 
 async fn send(url: String, rate: f64, secs: f64) -> Tally {
-    let client = reqwest::Client::new();
+    let client = common::reqwest_client();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let per_batch = (TRACES * SPANS_PER_TRACE) as f64;
     let interval = Duration::from_secs_f64(per_batch / rate);

@@ -94,7 +94,7 @@ async fn every_acknowledged_trace_is_queryable_after_sigkills() {
         requests >= 50,
         "load was acknowledged ({requests} requests)"
     );
-    let client = reqwest::Client::new();
+    let client = common::reqwest_client();
     let base = format!("http://127.0.0.1:{}", server.api);
     let mut missing = Vec::new();
     let mut checked = 0usize;

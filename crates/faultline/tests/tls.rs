@@ -5,7 +5,10 @@
 //! clients get nothing; the sampling and fault-proxy APIs answer over TLS; the login
 //! cookie is `Secure`; intake asks for client certificates from `--tls-client-ca` while
 //! the API does not; a renewed certificate is served without a restart and a broken one
-//! leaves the old in use; bad TLS settings stop the start with the file named.
+//! leaves the old in use; bad TLS settings stop the start with the file named. The
+//! terminal commands speak https (`FAULTLINE_CA_FILE`), scheduled experiments call their
+//! own process over TLS, and `faultline proxy` alone takes tokens and TLS and keeps an
+//! audit log that names each caller's address.
 
 #![allow(clippy::unwrap_used)]
 
@@ -453,4 +456,271 @@ fn bad_tls_settings_stop_the_start_with_the_file_named() {
         assert!(!out.status.success(), "{flags:?} started");
         assert!(err.contains(want), "{flags:?}: {err}");
     }
+}
+
+/// Runs a `faultline` command with `env`: (succeeded, stdout, stderr).
+fn faultline(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("FAULTLINE_CA_FILE")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    common::outcome(out)
+}
+
+/// Waits up to `secs` for `f` to give a value.
+fn within<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {secs} s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn terminal_commands_and_scheduled_experiments_reach_a_tls_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = Certs::make(&tmp.path().join("certs"));
+    let tokens = token_file(tmp.path());
+    let proxy = free_port();
+    // A scheduled experiment: a latency toxic on proxy `p` for a second, checked against
+    // a service with no traffic (the point is that the run reaches the API and the proxy
+    // API, both on TLS with tokens on).
+    let experiment = tmp.path().join("experiment.json");
+    std::fs::write(
+        &experiment,
+        r#"{"title": "Scheduled over TLS",
+            "steady-state-hypothesis": {"title": "quiet", "checks": [
+              {"name": "quiet", "service": "tls-exp", "window": "10s", "minRequests": 0}]},
+            "method": [
+              {"type": "toxic", "name": "slow", "proxy": "p", "duration": "1s",
+               "toxic": {"type": "latency", "attributes": {"latency": 10}}}]}"#,
+    )
+    .unwrap();
+    let cfg = tmp.path().join("faultline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\nfault_proxy = \"127.0.0.1:{proxy}\"\n[[experiments]]\nfile = {:?}\nevery = \"10s\"\n",
+            experiment.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let tokens = tokens.to_str().unwrap().to_string();
+    let server = start(
+        tmp.path(),
+        &certs,
+        &["--config", &cfg, "--token-file", &tokens],
+    );
+    let ca = certs.file("ca.pem");
+    let chaos = secret(Scope::Chaos);
+    // The proxy the experiment needs, made over TLS with the chaos token.
+    let v = https(
+        &format!("https://127.0.0.1:{proxy}/proxies"),
+        &[
+            "--ca",
+            &ca,
+            "--bearer",
+            &chaos,
+            "--method",
+            "POST",
+            "--data",
+            r#"{"name": "p", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"}"#,
+        ],
+    );
+    assert_eq!(v["status"], 201, "{v}");
+
+    // The terminal commands: https with the CA given in FAULTLINE_CA_FILE and a token.
+    let api = format!("https://127.0.0.1:{}", server.api);
+    let red = ["query", "red", "tls-exp", "--api", &api, "--json"];
+    let read = secret(Scope::Read);
+    let (ok, out, err) = faultline(
+        &red,
+        &[("FAULTLINE_CA_FILE", &ca), ("FAULTLINE_TOKEN", &read)],
+    );
+    assert!(ok, "faultline query over https: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v.is_object(), "{out}");
+    // Without the CA the server is refused, and the message says how to trust it.
+    let (ok, _, err) = faultline(&red, &[("FAULTLINE_TOKEN", &read)]);
+    assert!(!ok, "an unknown CA must be refused");
+    assert!(
+        err.contains("UnknownIssuer") && err.contains("FAULTLINE_CA_FILE"),
+        "{err}"
+    );
+    // With the CA and without a token: the API's 401, said.
+    let (ok, _, err) = faultline(&red, &[("FAULTLINE_CA_FILE", &ca)]);
+    assert!(!ok && err.contains("bearer token"), "{err}");
+    // A CA file that is not one is named.
+    let (ok, _, err) = faultline(
+        &red,
+        &[("FAULTLINE_CA_FILE", &tokens), ("FAULTLINE_TOKEN", &read)],
+    );
+    assert!(!ok && err.contains(&tokens), "{err}");
+
+    // The scheduled run called the API and the proxy API over https (its own token).
+    let admin = secret(Scope::Admin);
+    let run = within(60, "a scheduled run", || {
+        let v = https(
+            &format!("{api}/api/v1/experiments"),
+            &["--ca", &ca, "--bearer", &read],
+        );
+        let body: Value = serde_json::from_str(v["body"].as_str()?).ok()?;
+        body["runs"].as_array()?.first().cloned()
+    });
+    let v = https(
+        &format!(
+            "{api}/api/v1/experiments/runs/{}",
+            run["run"].as_str().unwrap()
+        ),
+        &["--ca", &ca, "--bearer", &read],
+    );
+    let journal: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+    assert!(
+        journal["steadyStates"]["before"][0]["answer"]["measured"].is_object(),
+        "the run's check reached the API: {journal:#}"
+    );
+    assert_eq!(journal["status"], "completed", "{journal:#}");
+    // The audit log names both callers and where they called from.
+    let v = https(
+        &format!("{api}/api/v1/audit"),
+        &["--ca", &ca, "--bearer", &admin],
+    );
+    let audit: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+    let records = audit["records"].as_array().unwrap();
+    let find = |who: &str, method: &str, target: &str| {
+        records
+            .iter()
+            .find(|r| r["who"] == who && r["method"] == method && r["target"] == target)
+            .unwrap_or_else(|| panic!("no {who} {target} in {audit:#}; the run: {journal:#}"))
+    };
+    let mine = find("t-chaos", "POST", "/proxies");
+    assert_eq!(mine["status"], 201, "{mine}");
+    let toxic = find("faultline-experiments", "POST", "/proxies/p/toxics");
+    assert_eq!(toxic["status"], 200, "{toxic}");
+    for r in [mine, toxic] {
+        let peer = r["peer"].as_str().unwrap_or_default();
+        assert!(peer.starts_with("127.0.0.1:"), "{r}");
+    }
+}
+
+#[test]
+fn the_lone_fault_proxy_takes_tokens_and_tls_and_keeps_an_audit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = Certs::make(&tmp.path().join("certs"));
+    let tokens = token_file(tmp.path());
+    let tokens = tokens.to_str().unwrap();
+    let (cert, key, ca) = (
+        certs.file("server.pem"),
+        certs.file("server.key"),
+        certs.file("ca.pem"),
+    );
+    // Open on a non-loopback address: refused, saying what to do.
+    let open = format!("0.0.0.0:{}", free_port());
+    let (ok, _, err) = faultline(&["proxy", "--api", &open], &[]);
+    assert!(!ok, "started open on {open}");
+    assert!(
+        err.contains("no tokens are configured") && err.contains("--allow-unauthenticated"),
+        "{err}"
+    );
+    // Client certificates are not a thing of this API.
+    let (ok, _, err) = faultline(
+        &[
+            "proxy",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("drop --tls-client-ca"), "{err}");
+
+    let port = free_port();
+    let state = tmp.path().join("state");
+    // Killed when the test ends, passed or not (it holds the test's inherited files).
+    let child = common::Fixture(
+        Command::new(BIN)
+            .args(["proxy", "--api", &format!("127.0.0.1:{port}")])
+            .args([
+                "--token-file",
+                tokens,
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("https://127.0.0.1:{port}");
+    let version = format!("{base}/version");
+    within(20, "the proxy API over TLS", || {
+        (https(&version, &["--ca", &ca])["status"] == 401).then_some(())
+    });
+    let v = https(&version, &["--ca", &ca, "--bearer", &secret(Scope::Chaos)]);
+    assert_eq!(v["status"], 200, "{v}");
+    // Plaintext at the TLS port: no answer.
+    let v = https(&format!("http://127.0.0.1:{port}/version"), &[]);
+    assert!(v["error"].is_string(), "{v}");
+    let create = |token: &str| {
+        https(
+            &format!("{base}/proxies"),
+            &[
+                "--ca",
+                &ca,
+                "--bearer",
+                token,
+                "--method",
+                "POST",
+                "--data",
+                r#"{"name": "redis", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379"}"#,
+            ],
+        )
+    };
+    assert_eq!(create(&secret(Scope::Read))["status"], 403);
+    assert_eq!(create(&secret(Scope::Chaos))["status"], 201);
+    drop(child);
+
+    // The audit log in the state directory: the refusal and the change, with the peer.
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(state.join("audit")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        lines.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    let got: Vec<(String, u64)> = lines
+        .iter()
+        .map(|r| {
+            (
+                r["who"].as_str().unwrap().to_string(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("t-read".to_string(), 403), ("t-chaos".to_string(), 201)],
+        "{lines:?}"
+    );
+    for r in &lines {
+        assert_eq!(r["listener"], "fault-proxy", "{r}");
+        assert_eq!(r["target"], "/proxies", "{r}");
+        assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+    }
+    // The body is read only once the token may make the change.
+    assert_eq!(lines[1]["object"], "redis", "{lines:?}");
 }

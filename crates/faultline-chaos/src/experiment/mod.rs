@@ -392,9 +392,9 @@ fn validate_activity(a: &Activity, at: &str) -> Result<(), String> {
         Activity::Http {
             url, method, rate, ..
         } => {
-            if !url.starts_with("http://") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
-                    "{at}.url: {url:?} must start with http:// (https is not supported here)"
+                    "{at}.url: {url:?} must start with http:// or https://"
                 ));
             }
             if !["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"].contains(&method.as_str()) {

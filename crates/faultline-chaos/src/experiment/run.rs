@@ -30,6 +30,9 @@ pub struct RunOptions {
     /// Sent as `Authorization: Bearer` to faultline and the proxy API (tokens on: `read`
     /// and `chaos` scopes) [default: `FAULTLINE_TOKEN`].
     pub token: Option<String>,
+    /// TLS for `https://` URLs [default: the Mozilla roots and `FAULTLINE_CA_FILE`'s CAs;
+    /// scheduled runs trust the certificate their own process serves].
+    pub tls: Option<faultline_tls::client::ClientConfig>,
 }
 
 impl RunOptions {
@@ -42,6 +45,7 @@ impl RunOptions {
             state_dir,
             stop_every: Duration::from_secs(1),
             token: std::env::var("FAULTLINE_TOKEN").ok(),
+            tls: None,
         }
     }
 }
@@ -381,7 +385,7 @@ impl Http {
 /// in its UI and resilience scores.
 pub async fn report_run(opts: &RunOptions, journal: &Value) -> Result<(), String> {
     let http = Http {
-        client: client().map_err(|e| e.to_string())?,
+        client: client(opts).map_err(|e| e.to_string())?,
         opts: opts.clone(),
     };
     let url = format!("{}/api/v1/experiments/runs", opts.faultline);
@@ -393,12 +397,14 @@ pub async fn report_run(opts: &RunOptions, journal: &Value) -> Result<(), String
 
 /// Removes the faults of runs in `state_dir` that did not finish; what was removed.
 pub async fn cleanup(state_dir: &Path) -> Result<Vec<String>, RunError> {
-    cleanup_as(state_dir, std::env::var("FAULTLINE_TOKEN").ok()).await
+    cleanup_as(&RunOptions::new("", "", state_dir.to_path_buf())).await
 }
 
-async fn cleanup_as(state_dir: &Path, token: Option<String>) -> Result<Vec<String>, RunError> {
+/// [`cleanup`] with `opts`' token and TLS.
+async fn cleanup_as(opts: &RunOptions) -> Result<Vec<String>, RunError> {
+    let state_dir = &opts.state_dir;
     let log = RunLog::open(state_dir)?;
-    let client = client()?;
+    let client = client(opts)?;
     let v = log.read();
     let mut removed = Vec::new();
     for run in v["runs"].as_array().into_iter().flatten() {
@@ -411,9 +417,7 @@ async fn cleanup_as(state_dir: &Path, token: Option<String>) -> Result<Vec<Strin
             opts: RunOptions {
                 faultline: String::new(),
                 proxy: run["proxyApi"].as_str().unwrap_or_default().to_string(),
-                state_dir: state_dir.to_path_buf(),
-                stop_every: Duration::from_secs(1),
-                token: token.clone(),
+                ..opts.clone()
             },
         };
         let mut all_gone = true;
@@ -438,9 +442,14 @@ async fn cleanup_as(state_dir: &Path, token: Option<String>) -> Result<Vec<Strin
     Ok(removed)
 }
 
-fn client() -> Result<reqwest::Client, RunError> {
+fn client(opts: &RunOptions) -> Result<reqwest::Client, RunError> {
+    let tls = match &opts.tls {
+        Some(c) => c.clone(),
+        None => faultline_tls::client::from_env().map_err(|e| RunError::Client(e.to_string()))?,
+    };
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| RunError::Client(e.to_string()))
 }
@@ -451,13 +460,13 @@ pub async fn run(
     opts: &RunOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<RunResult, RunError> {
-    let cleaned_up = cleanup_as(&opts.state_dir, opts.token.clone()).await?;
+    let cleaned_up = cleanup_as(opts).await?;
     for c in &cleaned_up {
         progress(&format!("removed {c}"));
     }
     let log = RunLog::open(&opts.state_dir)?;
     let http = Http {
-        client: client()?,
+        client: client(opts)?,
         opts: opts.clone(),
     };
     let id = format!("{:016x}", rand::random::<u64>());

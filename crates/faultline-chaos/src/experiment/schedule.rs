@@ -57,6 +57,7 @@ pub fn start(
     state_dir: PathBuf,
     history: Arc<History>,
     token: Option<String>,
+    tls: Option<faultline_tls::client::ClientConfig>,
 ) {
     let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     for s in list {
@@ -64,6 +65,7 @@ pub fn start(
         let proxy = s.proxy.clone().or(own_proxy.clone()).unwrap_or_default();
         let mut opts = RunOptions::new(&api, &proxy, state_dir.clone());
         opts.token = token.clone().or(opts.token);
+        opts.tls = tls.clone();
         let (history, lock) = (history.clone(), one_at_a_time.clone());
         tokio::spawn(async move {
             loop {

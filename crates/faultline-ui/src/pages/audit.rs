@@ -1,7 +1,7 @@
 //! `/audit`: the audit log of control actions, newest first (`faultline_auth::audit`;
-//! `GET /api/v1/audit` for JSON): when, who (the token's name), what (method, route and
-//! object) and how it ended. `?who=NAME` shows one token's actions, `?limit=N` (default
-//! 200, at most 1000) how many. It needs the `admin` scope when tokens are on.
+//! `GET /api/v1/audit` for JSON): when, who (the token's name), from where (the client's
+//! address), what (method, route and object) and how it ended. `?who=NAME` shows one
+//! token's actions, `?limit=N` (default 200, at most 1000) how many. It needs the `admin` scope when tokens are on.
 
 use std::fmt::Write as _;
 
@@ -13,25 +13,10 @@ use faultline_api::{ApiError, ApiState};
 
 use crate::html::{esc, page as layout, url};
 
-/// `YYYY-MM-DD HH:MM:SS UTC` of Unix milliseconds.
+/// `YYYY-MM-DD HH:MM:SS UTC` of Unix milliseconds (the model's RFC 3339, for reading).
 pub(crate) fn date_time(ms: u64) -> String {
-    let (days, secs) = ((ms / 1000 / 86_400) as i64, ms / 1000 % 86_400);
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    let t = faultline_model::rfc3339(ms.saturating_mul(1_000_000));
+    format!("{} {} UTC", &t[..10], &t[11..19])
 }
 
 /// The page.
@@ -68,16 +53,17 @@ pub(crate) async fn page(
     if records.is_empty() {
         body.push_str("<p class=muted>No control actions recorded.</p>");
     } else {
-        body.push_str("<table id=audit><tr><th>When</th><th>Who</th><th>Where</th><th>What</th><th>Object</th><th>Result</th></tr>");
+        body.push_str("<table id=audit><tr><th>When</th><th>Who</th><th>From</th><th>Where</th><th>What</th><th>Object</th><th>Result</th></tr>");
     }
     for r in &records {
         let class = if r.status >= 400 { "err" } else { "ok" };
         let _ = write!(
             body,
-            "<tr class=audit-record><td>{}</td><td><a href=\"/audit?who={}\">{}</a></td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td class={class}>{}</td></tr>",
+            "<tr class=audit-record><td>{}</td><td><a href=\"/audit?who={}\">{}</a></td><td>{}</td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td class={class}>{}</td></tr>",
             date_time(r.at),
             url(&r.who),
             esc(&r.who),
+            esc(r.peer.as_deref().unwrap_or("")),
             esc(&r.listener),
             esc(&r.method),
             esc(&r.target),

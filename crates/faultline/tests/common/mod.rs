@@ -272,6 +272,13 @@ pub fn http_call(
     Ok((status, body))
 }
 
+/// A reqwest client. The workspace's reqwest does TLS with no crypto provider of its own,
+/// so the process's default (ring) is installed first.
+pub fn reqwest_client() -> reqwest::Client {
+    faultline_tls::client::install_default_provider();
+    reqwest::Client::new()
+}
+
 /// POSTs an OTLP/HTTP protobuf body to `/v1/traces` from a synchronous test; the status.
 pub fn post_otlp(server: &Server, body: Vec<u8>) -> u16 {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -279,7 +286,7 @@ pub fn post_otlp(server: &Server, body: Vec<u8>) -> u16 {
         .build()
         .unwrap();
     rt.block_on(async {
-        reqwest::Client::new()
+        reqwest_client()
             .post(format!("{}/v1/traces", server.http_url()))
             .header("content-type", "application/x-protobuf")
             .body(body)
@@ -771,6 +778,11 @@ pub fn run_py(script: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, Strin
         .envs(env.iter().copied())
         .output()
         .unwrap();
+    outcome(out)
+}
+
+/// A finished command as (succeeded, stdout, stderr).
+pub fn outcome(out: std::process::Output) -> (bool, String, String) {
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
