@@ -41,7 +41,7 @@ pub struct AssertArgs {
     /// Print the API's answer (JSON) instead of the report.
     #[arg(long)]
     pub json: bool,
-    /// Base URL of the faultline HTTP API.
+    /// Base URL of the faultline HTTP API (https: FAULTLINE_CA_FILE names a PEM CA to trust).
     #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
     pub api: String,
 }

@@ -16,7 +16,7 @@ pub enum QueryCommand {
     Trace {
         /// Trace id (hex).
         id: String,
-        /// Base URL of the faultline HTTP API.
+        /// Base URL of the faultline HTTP API (https: FAULTLINE_CA_FILE names a PEM CA to trust).
         #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
         api: String,
         /// Print the API's JSON.
@@ -36,7 +36,7 @@ pub enum QueryCommand {
         /// Step in seconds (a multiple of 60).
         #[arg(long, default_value_t = 300)]
         step: u64,
-        /// Base URL of the faultline HTTP API.
+        /// Base URL of the faultline HTTP API (https: FAULTLINE_CA_FILE names a PEM CA to trust).
         #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
         api: String,
         /// Print the API's JSON.
@@ -50,7 +50,7 @@ pub enum QueryCommand {
 pub enum ReportCommand {
     /// Per service: orphans, sampling breaks, skewed clocks, convention violations.
     Tracing {
-        /// Base URL of the faultline HTTP API.
+        /// Base URL of the faultline HTTP API (https: FAULTLINE_CA_FILE names a PEM CA to trust).
         #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
         api: String,
         /// Print the API's JSON.

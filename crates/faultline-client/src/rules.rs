@@ -24,7 +24,7 @@ pub enum RulesCommand {
         /// Print the API's answer (JSON).
         #[arg(long)]
         json: bool,
-        /// Base URL of the faultline HTTP API.
+        /// Base URL of the faultline HTTP API (https: FAULTLINE_CA_FILE names a PEM CA to trust).
         #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
         api: String,
     },
@@ -48,7 +48,7 @@ pub struct CheckArgs {
     /// Print the API's answers (JSON, one per line).
     #[arg(long)]
     pub json: bool,
-    /// Base URL of the faultline HTTP API.
+    /// Base URL of the faultline HTTP API (https: FAULTLINE_CA_FILE names a PEM CA to trust).
     #[arg(long, env = "FAULTLINE_API", default_value = "http://127.0.0.1:16686")]
     pub api: String,
 }
