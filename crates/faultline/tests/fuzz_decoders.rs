@@ -1,6 +1,8 @@
 //! Fuzzing of the decoders that read what other programs and the disk hand us: OTLP
 //! protobuf and JSON, Zipkin v2 JSON, the WAL's envelope, segment and record readers, the
-//! selector, assertion and rule languages, and the query parameter parsers; a store whose
+//! selector, assertion and rule languages, and the query parameter parsers; the files and
+//! control bodies operators hand us (token file, sampling policy, experiment file, fault
+//! proxy and toxic bodies, probe definitions, alert rules); a store whose
 //! block, trace-id index, search index, rollup or manifest file is damaged; then the
 //! intake routes of a running server (gzip bodies included).
 //!
@@ -287,6 +289,100 @@ fn selector_assertion_rule_and_query_parsers_never_panic() {
             let _ = params::num(&pairs, "limit", "a number");
         },
     );
+}
+
+#[test]
+fn operator_files_and_control_bodies_never_panic() {
+    use faultline_auth::{Scope, Scopes, tokens};
+    let token_file = [
+        tokens::line("ops", Scopes::of(&[Scope::Read, Scope::Admin]), "secret-1"),
+        tokens::line("ci", Scopes::of(&[Scope::Ingest]), "secret-2"),
+        "# a comment".to_string(),
+    ]
+    .join("\n");
+    // Each seed is a valid input, so the mutations start from what the parser accepts.
+    assert_eq!(tokens::TokenSet::parse(&token_file).unwrap().len(), 2);
+    fuzz("token file", vec![token_file.into_bytes()], |b| {
+        let _ = tokens::TokenSet::parse(&text(b));
+    });
+    let toml_policy = r#"[default_strategy]
+type = "probabilistic"
+param = 0.1
+operation_strategies = [{ operation = "GET /health", type = "probabilistic", param = 0.0 }]
+[[service_strategies]]
+service = "search"
+type = "ratelimiting"
+param = 20
+"#;
+    let json_policy = r#"{"default_strategy": {"type": "probabilistic", "param": 0.5},
+        "service_strategies": [{"service": "checkout", "type": "probabilistic", "param": 1.0,
+        "operation_strategies": [{"operation": "PlaceOrder", "type": "probabilistic", "param": 1}]}]}"#;
+    faultline_sampling::Policy::parse(toml_policy, false, "policy.toml").unwrap();
+    faultline_sampling::Policy::parse(json_policy, true, "policy.json").unwrap();
+    fuzz(
+        "sampling policy",
+        vec![toml_policy.into(), json_policy.into()],
+        |b| {
+            let t = text(b);
+            let _ = faultline_sampling::Policy::parse(&t, false, "policy.toml");
+            let _ = faultline_sampling::Policy::parse(&t, true, "policy.json");
+        },
+    );
+    let experiment = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/resilience/experiments/pricing-timeout.json"),
+    )
+    .unwrap();
+    faultline_chaos::experiment::Experiment::parse(&text(&experiment)).unwrap();
+    fuzz("experiment file", vec![experiment], |b| {
+        let _ = faultline_chaos::experiment::Experiment::parse(&text(b));
+    });
+    let bodies = [
+        r#"{"name": "db", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:5432", "enabled": true}"#,
+        r#"{"type": "latency", "stream": "downstream", "toxicity": 0.5, "attributes": {"latency": 300, "jitter": 50}}"#,
+        r#"{"type": "http_error", "attributes": {"status": 503, "method": "GET", "path": "/price*"}}"#,
+        r#"{"type": "slicer", "attributes": {"average_size": 10, "size_variation": 5, "delay": 100}}"#,
+    ];
+    let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+    faultline_chaos::registry::ProxyFields::parse(&v(bodies[0])).unwrap();
+    for t in &bodies[1..] {
+        faultline_chaos::toxic::Toxic::parse(&v(t)).unwrap();
+    }
+    fuzz(
+        "fault proxy bodies",
+        bodies.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        |b| {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(b) {
+                let _ = faultline_chaos::registry::ProxyFields::parse(&v);
+                let _ = faultline_chaos::toxic::Toxic::parse(&v);
+            }
+        },
+    );
+    let probes = [
+        r#"{"name": "shop", "interval_secs": 30, "http": {"url": "https://shop.example/health", "expect_status": [200], "expect_body": "ok"}}"#,
+        r#"{"name": "db", "interval_secs": 60, "paused": true, "tcp": {"host": "127.0.0.1", "port": 5432}}"#,
+    ];
+    for p in probes {
+        let d: faultline_probe::ProbeDef = serde_json::from_str(p).unwrap();
+        d.validate().unwrap();
+    }
+    fuzz(
+        "probe definition",
+        probes.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        |b| {
+            if let Ok(d) = serde_json::from_slice::<faultline_probe::ProbeDef>(b) {
+                let _ = d.validate();
+            }
+        },
+    );
+    let alerts = r#"{"name": "checkout-slow", "service": "checkout", "operation": "POST /checkout", "p99_above_ms": 500, "for_minutes": 2}"#;
+    let r: faultline_alerts::RuleDef = serde_json::from_str(alerts).unwrap();
+    r.validate().unwrap();
+    fuzz("alert rule", vec![alerts.into()], |b| {
+        if let Ok(r) = serde_json::from_slice::<faultline_alerts::RuleDef>(b) {
+            let _ = r.validate();
+        }
+    });
 }
 
 /// POSTs raw bytes; the status (0 when the connection failed).
