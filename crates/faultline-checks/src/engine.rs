@@ -877,10 +877,18 @@ impl Consistency {
             let Some((name, key)) = split_key(rk) else {
                 continue;
             };
-            let Some(rule) = rules.get(name) else {
+            let Some(rec) = self.get(&inner, rk, &mut tx)? else {
                 continue;
             };
-            let Some(rec) = self.get(&inner, rk, &mut tx)? else {
+            let Some(rule) = rules.get(name) else {
+                // The rule was deleted (through the API, or from the configuration file
+                // while the process was down): its keys go as their timers fire.
+                let i = &mut *inner;
+                if let Some(class) = rec.class.filter(|c| indexed(*c)) {
+                    let ik = index_key(name, class, key);
+                    Self::mark(&mut i.index, &mut i.dirty_bytes, ik, false);
+                }
+                self.put(&mut inner, rk.to_vec(), None);
                 continue;
             };
             let d = due(&rec, rule);
@@ -1204,6 +1212,25 @@ impl Consistency {
                 .collect(),
         ));
         Ok(true)
+    }
+
+    /// Records of `rule`'s keys on disk (after a flush), for the tests.
+    #[cfg(test)]
+    pub(crate) fn stored_keys(&self, rule: &str) -> usize {
+        let _ = self.flush(false);
+        let prefix = record_key(rule, "");
+        let Ok(tx) = self.db.begin_read() else {
+            return 0;
+        };
+        let Ok(keys) = tx.open_table(KEYS) else {
+            return 0;
+        };
+        let Ok(rows) = keys.range(prefix.as_slice()..) else {
+            return 0;
+        };
+        rows.filter_map(Result::ok)
+            .take_while(|(k, _)| k.value().starts_with(&prefix))
+            .count()
     }
 
     /// Bytes of the write-back map now.

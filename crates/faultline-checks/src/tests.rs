@@ -324,6 +324,34 @@ fn rules_made_through_the_api_persist_and_config_names_are_refused() {
 }
 
 #[test]
+fn the_keys_of_a_deleted_rule_leave_the_disk_as_their_timers_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(1100 * S));
+    let store = store(&dir);
+    let c = open(&dir, &now, 8 << 20);
+    // The same rule under a second name, made through the API.
+    let mut d = rule().def;
+    d.name = "api-rule".into();
+    c.consistency.put_rule(Rule::new(d).unwrap()).unwrap();
+    c.consistency.observe(&planted());
+    let (live, gone) = ("order-shipped", "api-rule");
+    let both = c.consistency.stored_keys(live);
+    assert!(both > 0);
+    assert_eq!(c.consistency.stored_keys(gone), both);
+    assert!(c.consistency.delete_rule(gone).unwrap());
+    // The deadlines pass: the live rule keeps its keys (their classes), the deleted rule's
+    // whose timers fired are gone.
+    c.tick(&store, 1100 * S, true, None).unwrap();
+    assert_eq!(c.consistency.stored_keys(live), both);
+    let left = c.consistency.stored_keys(gone);
+    assert!(left < both, "{left} of {both}");
+    // Past every key's keep: none of the deleted rule's keys is left on disk.
+    c.tick(&store, (1100 + 3 * 3600) * S, true, None).unwrap();
+    assert_eq!(c.consistency.stored_keys(gone), 0);
+    assert_eq!(c.consistency.stored_keys(live), 0, "forgotten after keep");
+}
+
+#[test]
 fn leaving_one_violation_for_another_resolves_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1100 * S));
