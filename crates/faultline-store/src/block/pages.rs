@@ -27,17 +27,37 @@ thread_local! {
     static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
+/// Largest page a block may hold once decompressed. Pages are written at about 1 MiB
+/// (Parquet's default limit; one row may exceed it, and attribute values are capped far
+/// below this); a larger size in a frame's header is damage, refused before it is
+/// allocated (a damaged size made `Vec::with_capacity` panic; found by `scripts/fuzz`).
+const MAX_PAGE_BYTES: usize = 256 << 20;
+
 /// Decompresses one zstd frame as Parquet writes them (the frame header carries the
-/// content size; a frame without it is decoded by streaming).
+/// content size; a frame without it is decoded by streaming), at most [`MAX_PAGE_BYTES`].
 fn unzstd(frame: &[u8]) -> Result<Vec<u8>> {
+    let too_big = |n: u64| {
+        ParquetError::General(format!(
+            "damaged block file: a zstd page of {n} bytes (at most {MAX_PAGE_BYTES})"
+        ))
+    };
     let size = zstd::zstd_safe::get_frame_content_size(frame)
         .map_err(|e| ParquetError::General(format!("zstd page frame: {e}")))?;
     let Some(size) = size else {
-        return zstd::stream::decode_all(frame)
-            .map_err(|e| ParquetError::General(format!("zstd page: {e}")));
+        use std::io::Read;
+        let mut out = Vec::new();
+        zstd::stream::read::Decoder::new(frame)
+            .and_then(|d| d.take(MAX_PAGE_BYTES as u64 + 1).read_to_end(&mut out))
+            .map_err(|e| ParquetError::General(format!("zstd page: {e}")))?;
+        if out.len() > MAX_PAGE_BYTES {
+            return Err(too_big(out.len() as u64));
+        }
+        return Ok(out);
     };
     let size = usize::try_from(size)
-        .map_err(|_| ParquetError::General(format!("zstd page of {size} bytes")))?;
+        .ok()
+        .filter(|&n| n <= MAX_PAGE_BYTES)
+        .ok_or_else(|| too_big(size))?;
     DCTX.with(|cell| {
         let mut slot = cell.borrow_mut();
         let dctx = match slot.as_mut() {
@@ -558,6 +578,35 @@ mod range_tests {
         }
         assert!(check_ranges(&chunk(-1, 10), None, 10).is_err());
         assert!(check_ranges(&chunk(10, -1), None, 10).is_err());
+    }
+
+    #[test]
+    fn a_zstd_page_claiming_an_impossible_size_is_refused_not_allocated() {
+        use super::{MAX_PAGE_BYTES, unzstd};
+        let page = vec![7u8; 4096];
+        let frame = zstd::bulk::compress(&page, 3).unwrap();
+        assert_eq!(unzstd(&frame).unwrap(), page);
+        // The frame header's content size (after the magic and descriptor) set to 2^62:
+        // the fuzzer's crash (12-03) was a capacity overflow allocating it.
+        let mut big = zstd::bulk::Compressor::new(3).unwrap();
+        big.include_contentsize(true).unwrap();
+        let mut damaged = big.compress(&page).unwrap();
+        let fhd = damaged[4];
+        assert_eq!(fhd >> 6, 1, "a 2-byte content size field: {fhd:#x}");
+        // Rewrite the descriptor for an 8-byte size and put a huge one in.
+        let single = fhd & 0x20 != 0;
+        let at = 5 + usize::from(!single);
+        damaged[4] = (fhd & 0x3f) | 0xc0;
+        damaged.splice(at..at + 2, (1u64 << 62).to_le_bytes());
+        let e = unzstd(&damaged).unwrap_err().to_string();
+        assert!(e.contains("damaged block file"), "{e}");
+        // A frame without a size, streaming past the bound: refused too.
+        let huge = vec![0u8; MAX_PAGE_BYTES + 1];
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        c.include_contentsize(false).unwrap();
+        let frame = c.compress(&huge).unwrap();
+        let e = unzstd(&frame).unwrap_err().to_string();
+        assert!(e.contains("damaged block file"), "{e}");
     }
 
     fn at_row(offset: i64, first_row_index: i64) -> PageLocation {
