@@ -26,6 +26,14 @@ pub struct Record {
 pub trait ReadFs: Send + Sync {
     /// See [`Vfs::read_at`].
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
+    /// See [`Vfs::read_at_into`].
+    fn read_at_into(
+        &self,
+        path: &Path,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()>;
     /// See [`Vfs::len`].
     fn file_len(&self, path: &Path) -> std::io::Result<u64>;
 }
@@ -33,6 +41,15 @@ pub trait ReadFs: Send + Sync {
 impl<V: Vfs> ReadFs for V {
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         Vfs::read_at(self, path, offset, len)
+    }
+    fn read_at_into(
+        &self,
+        path: &Path,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        Vfs::read_at_into(self, path, offset, len, buf)
     }
     fn file_len(&self, path: &Path) -> std::io::Result<u64> {
         Vfs::len(self, path)

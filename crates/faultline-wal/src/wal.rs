@@ -247,6 +247,7 @@ impl Wal {
             wal: self.clone(),
             next_seq: from.max(1),
             pos: None,
+            buf: ReadBuf::default(),
         }
     }
 
@@ -318,6 +319,18 @@ pub struct Tailer {
     next_seq: u64,
     /// Segment being read and the byte offset of the record carrying `next_seq`.
     pos: Option<(SegmentRef, u64)>,
+    /// The bytes of the last read, kept for the next one (see [`Vfs::read_at_into`]).
+    buf: ReadBuf,
+}
+
+/// A read buffer whose `Debug` shows its size, not its bytes.
+#[derive(Default)]
+struct ReadBuf(Vec<u8>);
+
+impl std::fmt::Debug for ReadBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadBuf({} bytes)", self.0.len())
+    }
 }
 
 impl Tailer {
@@ -353,8 +366,8 @@ impl Tailer {
             };
             let want = (len.saturating_sub(offset) as usize)
                 .min(budget.max(crate::format::RECORD_HEADER_LEN));
-            let mut bytes = fs
-                .read_at(&seg.path, offset, want)
+            let bytes = &mut self.buf.0;
+            fs.read_at_into(&seg.path, offset, want, bytes)
                 .map_err(io("read segment"))?;
             let mut at = 0usize;
             let mut progressed = false;
@@ -362,7 +375,7 @@ impl Tailer {
                 if self.next_seq > committed {
                     break;
                 }
-                match crate::format::decode_record_at(&bytes, at, self.next_seq) {
+                match crate::format::decode_record_at(bytes, at, self.next_seq) {
                     Ok(rec) => {
                         let framed = crate::format::framed_len(rec.payload.len()) as usize;
                         out.push(crate::reader::Record {
@@ -380,10 +393,9 @@ impl Tailer {
                     }
                     Err(_) if at == 0 && (bytes.len() as u64) < len - offset => {
                         // One record larger than the budget: read it whole.
-                        bytes = fs
-                            .read_at(&seg.path, offset, (len - offset) as usize)
+                        fs.read_at_into(&seg.path, offset, (len - offset) as usize, bytes)
                             .map_err(io("read segment"))?;
-                        if crate::format::decode_record_at(&bytes, 0, self.next_seq).is_err() {
+                        if crate::format::decode_record_at(bytes, 0, self.next_seq).is_err() {
                             break;
                         }
                     }
@@ -405,6 +417,10 @@ impl Tailer {
                     _ => break,
                 }
             }
+        }
+        // A record larger than the budget made the buffer large: do not keep that.
+        if self.buf.0.capacity() > max_bytes.max(1 << 20).saturating_mul(2) {
+            self.buf = ReadBuf::default();
         }
         Ok(out)
     }
