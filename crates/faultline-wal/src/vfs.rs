@@ -142,10 +142,8 @@ impl Vfs for StdFs {
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut file = File::open(path)?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut buf = Vec::with_capacity(len.min(64 << 20));
-        file.take(len as u64).read_to_end(&mut buf)?;
+        let mut buf = Vec::new();
+        self.read_at_into(path, offset, len, &mut buf)?;
         Ok(buf)
     }
 

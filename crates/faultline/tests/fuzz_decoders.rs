@@ -154,16 +154,10 @@ fn otlp_proto() -> Vec<u8> {
         .encode_to_vec()
 }
 
-/// Decodes, validates and converts an OTLP request as intake and the store do.
-fn ingest_like(mut req: faultline_model::ExportTraceServiceRequest) {
-    let _ = faultline_model::validate::validate_and_filter(
-        &mut req,
-        &faultline_model::validate::Limits::default(),
-    );
-    let spans = faultline_model::span::from_otlp(&req);
-    let _ = faultline_model::span::to_otlp(&spans);
-    let _ = faultline_model::span::from_otlp_owned(req);
-}
+/// The harnesses the libFuzzer targets run (`fuzz/`), so both fuzz the same thing.
+#[path = "../../../fuzz/src/lib.rs"]
+mod harness;
+use harness::ingest_like;
 
 /// Crashes found by fuzzing, kept as cases: each must be refused or read, not panic.
 fn regressions() -> Vec<(&'static str, Vec<u8>)> {
@@ -218,19 +212,7 @@ fn wal_envelope_segment_and_record_readers_never_panic() {
     for (i, e) in envelopes.iter().enumerate() {
         format::encode_record(&mut segment, 7 + i as u64, 1_700_000_000_000_000_000, e);
     }
-    fuzz("wal segment", vec![segment], |b| {
-        let scan = format::scan_segment(b);
-        assert!(scan.valid_len as usize <= b.len().max(format::SEGMENT_HEADER_LEN));
-        for r in &scan.records {
-            if let Ok(env) = envelope::decode(r.payload) {
-                let _ = env.request();
-            }
-        }
-        let _ = format::decode_segment_header(b);
-        for pos in [0, b.len() / 2, b.len()] {
-            let _ = format::decode_record_at(b, pos, 7);
-        }
-    });
+    fuzz("wal segment", vec![segment], harness::wal_segment);
 }
 
 #[test]
