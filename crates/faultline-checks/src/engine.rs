@@ -8,10 +8,12 @@
 //! - **Flush**: the map, the timers, the class index, the counts and the notifications
 //!   queued by transitions go to the database in one transaction. A flush happens when the
 //!   map holds a quarter of the memory bound (not durable) and at every checkpoint
-//!   (durable: the store's seal calls it before publishing a block). Sweeps and the
-//!   notification hand-over read the map beside the database instead of flushing it:
-//!   keys are random, so each flush rewrites B-tree pages all over the table, and flushing
-//!   every second cost more than the rules' matching and updates together.
+//!   (durable: the store's seal calls it before publishing a block). Sweeps read the map
+//!   beside the database instead of flushing it: keys are random, so each flush rewrites
+//!   B-tree pages all over the table, and flushing every second cost more than the rules'
+//!   matching and updates together. The notification hand-over flushes durably, but only
+//!   when transitions are queued: a notification is sent only once the key state behind it
+//!   survives a crash.
 //!   After a crash the database is exactly the last checkpoint, and every span after it
 //!   is replayed from the WAL; applying a span twice changes nothing (`state.rs`), so no
 //!   key's outcome is lost or counted twice.
@@ -1008,29 +1010,34 @@ impl Consistency {
         Ok(out)
     }
 
-    /// Notifications waiting to be handed to the outbox (at most `max`).
+    /// Notifications waiting to be handed to the outbox (at most `max`), each durable
+    /// with the key state that made it.
+    ///
+    /// Transitions queued since the last flush are flushed durably first. Handing over a
+    /// transition that only the write-back map holds let a crash take back the state
+    /// behind a notification already sent: a key declared orphan (its B in, its A not yet)
+    /// fired, the crash returned the key to pending, and its A, re-sent after the restart,
+    /// made it repaired without ever passing through orphan again, so the firing was never
+    /// resolved. The durable flush costs one transaction per tick with new transitions,
+    /// and none while nothing changes class into or out of a violation.
     pub fn pending_notifications(
         &self,
         max: usize,
     ) -> Result<Vec<faultline_notify::Event>, ChecksError> {
-        // The database's queue and the write-back map's (not flushed for this: the outbox
-        // takes each key once, so handing over a transition a crash replays is harmless).
-        let inner = self.lock();
+        let mut inner = self.lock();
+        if !inner.outbox.is_empty() && inner.broken.is_none() {
+            let r = self.flush_locked(&mut inner, true);
+            if let Err(e) = &r {
+                self.fail(&mut inner, e.clone());
+            }
+            r?;
+        }
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(OUTBOX).map_err(db_err)?;
         let mut rows: Vec<(String, Vec<u8>)> = Vec::new();
         for row in t.iter().map_err(db_err)?.take(max) {
             let (k, v) = row.map_err(db_err)?;
             rows.push((k.value().to_string(), v.value().to_vec()));
-        }
-        let stored: HashSet<String> = rows.iter().map(|(k, _)| k.clone()).collect();
-        for (k, v) in &inner.outbox {
-            if rows.len() >= max {
-                break;
-            }
-            if !stored.contains(k) {
-                rows.push((k.clone(), v.clone()));
-            }
         }
         drop(inner);
         let mut out = Vec::new();

@@ -391,6 +391,49 @@ fn leaving_one_violation_for_another_resolves_the_first() {
 }
 
 #[test]
+fn a_firing_handed_over_before_a_crash_is_resolved_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(1100 * S));
+    let store = store(&dir);
+    let c = open(&dir, &now, 32 << 20);
+    // A shipment and no order: an orphan once the grace passed, and its firing is sent.
+    c.consistency.observe(&[ship(40, 0, 1001)]);
+    c.tick(&store, 1100 * S, true, None).unwrap();
+    let fired: Vec<String> = c
+        .consistency
+        .pending_notifications(10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(
+        fired,
+        vec!["consistency/order-shipped/o40/orphan".to_string()]
+    );
+    c.consistency.notifications_handed_over(&fired).unwrap();
+    // A crash before the next checkpoint (dropping flushes nothing).
+    drop(c);
+    let c = open(&dir, &now, 32 << 20);
+    // The WAL replays the shipment, then the order arrives, re-sent after the restart.
+    c.consistency.observe(&[ship(40, 0, 1001)]);
+    c.consistency.observe(&[order(40, 1000)]);
+    let events: Vec<(String, String)> = c
+        .consistency
+        .pending_notifications(10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.state))
+        .collect();
+    assert!(
+        events.contains(&(
+            "consistency/order-shipped/o40/orphan/resolved".into(),
+            "resolved".into()
+        )),
+        "the firing sent before the crash is never resolved: {events:?}"
+    );
+}
+
+#[test]
 fn timers_fire_once_when_sweeps_take_their_lists_in_parts_across_flushes_and_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(1001 * S));

@@ -732,13 +732,19 @@ pub fn send_traces_with_skew(server: &Server, n: u64, skew: bool, base: u64) -> 
 }
 
 /// A seeded xorshift generator of integers in `[lo, hi)`, its seed printed under `name`
-/// so a failing run can be told apart (the seed is the time).
+/// so a failing run can be replayed (the seed is the time unless `FAULTLINE_TEST_SEED` is set).
 pub fn seeded_rand(name: &str) -> impl FnMut(u64, u64) -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    eprintln!("{name} seed {seed}");
+    // FAULTLINE_TEST_SEED replays the choices of a failed run (its log prints the seed).
+    let seed = std::env::var("FAULTLINE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{name} seed {seed} (FAULTLINE_TEST_SEED={seed} replays it)");
     let mut x = seed | 1;
     move |lo: u64, hi: u64| {
         x ^= x << 13;
