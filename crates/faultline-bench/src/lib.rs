@@ -14,6 +14,7 @@
 //! - [`proxy`]: the fault proxy's added latency and throughput with no toxic.
 
 pub mod checks;
+pub mod clickhouse;
 pub mod fresh;
 pub mod http;
 pub mod loadgen;

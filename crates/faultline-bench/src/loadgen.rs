@@ -128,7 +128,7 @@ pub enum Profile {
 }
 
 /// One template: an encoded request and where its trace ids sit.
-struct Template {
+pub(crate) struct Template {
     body: Vec<u8>,
     spans: usize,
     /// For each trace in the request, the byte offsets of every copy of its id.
@@ -265,7 +265,7 @@ fn generate_trace(
     n
 }
 
-fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Profile) -> Template {
+pub(crate) fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Profile) -> Template {
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -441,7 +441,7 @@ fn mix64(mut z: u64) -> u64 {
 /// Span ids (and the parent ids that point at them) get their first 4 bytes XORed with a
 /// per-request mask, so ids do not repeat across requests, as they would not in real
 /// traffic (repeated ids would make blocks compress unrealistically well).
-fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<String>) {
+pub(crate) fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<String>) {
     let mut body = t.body.clone();
     // Shift every timestamp by the template's age, so spans carry the time they are sent
     // (time-range queries and RED minutes then see realistic data).

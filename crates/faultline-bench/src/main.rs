@@ -42,6 +42,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The ClickHouse backend on loadgen's traffic, against a running ClickHouse server:
+    /// inserts per second, bytes per span after merges, trace by id
+    /// (`scripts/bench-clickhouse` starts a server and runs it).
+    Clickhouse(faultline_bench::clickhouse::ClickHouseArgs),
     /// The fault proxy's added round-trip latency and one connection's throughput with no
     /// toxic, against direct loopback connections (a running `faultline proxy`).
     Proxy(faultline_bench::proxy::ProxyArgs),
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Red { data_dir, samples } => store::red(&data_dir, samples),
         Command::Search { data_dir, samples } => store::search(&data_dir, samples),
         Command::Skew => faultline_bench::skew::run(),
+        Command::Clickhouse(args) => faultline_bench::clickhouse::run(&args),
         Command::Proxy(args) => faultline_bench::proxy::run(&args).map(|v| {
             println!("{v:#}");
             ExitCode::SUCCESS

@@ -65,6 +65,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["faultline-model", "faultline-wal", "faultline-store"],
     ),
     ("faultline-store", &["faultline-model"]),
+    // The ClickHouse backend, a second store beside the embedded one: it knows the model.
+    ("faultline-clickhouse", &["faultline-model"]),
     // Probes call services from outside and hand their spans to a sink the binary
     // connects to intake: they know only the model.
     // The outbox knows nothing of where its transitions come from.
@@ -149,6 +151,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-model",
             "faultline-store",
             "faultline-checks",
+            // The ClickHouse backend's inserts and reads (`faultline-bench clickhouse`).
+            "faultline-clickhouse",
             // The process's default TLS provider for its HTTP clients.
             "faultline-tls",
         ],

@@ -1,0 +1,311 @@
+//! The HTTP client of the ClickHouse backend: one server's HTTP interface (port 8123 by
+//! default), statements as POST bodies, inserts as RowBinary bodies with the statement in
+//! `?query=`, answers read whole within a bound.
+//!
+//! Settings that differ between ClickHouse versions go as URL parameters on every
+//! request, the same on 18.16 and on current servers: `database` (the configured one),
+//! `output_format_json_quote_64bit_integers=0` and `input_format_skip_unknown_fields=0`.
+//! Credentials go as HTTP basic authentication, never in the URL (servers log URLs).
+//!
+//! An answer is an error when its status is not 200, or when it is 200 but its body is
+//! a ClickHouse exception (`Code: NNN, e.displayText() = DB::Exception: …` on 18.16,
+//! `Code: NNN. DB::Exception: …` on current servers): a query that fails after the server
+//! started streaming its answer still answers 200.
+
+use std::io::Read;
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::ChError;
+
+/// Where the ClickHouse server is and how to log in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The HTTP interface, `http://HOST:PORT` (no path).
+    pub url: String,
+    /// The database that holds faultline's tables (made when missing).
+    pub database: String,
+    /// The user (`default` when empty).
+    pub user: String,
+    /// The password (none when empty).
+    pub password: String,
+    /// How long one request may take, connection and answer together.
+    pub timeout: Duration,
+    /// The largest answer read, in bytes.
+    pub max_answer_bytes: u64,
+}
+
+impl Config {
+    /// A server at `url` with faultline's tables in `database`, as the `default` user.
+    pub fn new(url: &str, database: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_string(),
+            database: database.to_string(),
+            user: String::new(),
+            password: String::new(),
+            timeout: Duration::from_secs(30),
+            max_answer_bytes: 512 << 20,
+        }
+    }
+
+    fn check(&self) -> Result<(), ChError> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(ChError::Config(format!(
+                "url `{}` is not an http:// or https:// address of ClickHouse's HTTP interface (port 8123 by default)",
+                self.url
+            )));
+        }
+        if self.url.starts_with("https://") {
+            return Err(ChError::Config(format!(
+                "url `{}`: TLS to ClickHouse is not supported yet; use http:// on a trusted network",
+                self.url
+            )));
+        }
+        let ok = !self.database.is_empty()
+            && self
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !self.database.starts_with(|c: char| c.is_ascii_digit());
+        if !ok {
+            return Err(ChError::Config(format!(
+                "database `{}` is not a plain identifier (letters, digits and _, not starting with a digit)",
+                self.database
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A client of one ClickHouse server (cheap to clone; connections are pooled).
+#[derive(Clone)]
+pub struct Client {
+    cfg: Config,
+    agent: ureq::Agent,
+    auth: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.cfg.url)
+            .field("database", &self.cfg.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `cfg` (no request is made).
+    pub fn new(cfg: Config) -> Result<Self, ChError> {
+        cfg.check()?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let auth = (!cfg.user.is_empty() || !cfg.password.is_empty()).then(|| {
+            let user = if cfg.user.is_empty() {
+                "default"
+            } else {
+                &cfg.user
+            };
+            let pair = format!("{user}:{}", cfg.password);
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        });
+        Ok(Self { cfg, agent, auth })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Runs `sql` (a statement, or a query with its `FORMAT`) in the configured database
+    /// and returns the answer's body.
+    pub fn query(&self, sql: &str) -> Result<Vec<u8>, ChError> {
+        self.post(None, sql.as_bytes(), &summary(sql), true)
+    }
+
+    /// Runs `sql` without selecting the database (to make it).
+    pub fn query_server(&self, sql: &str) -> Result<Vec<u8>, ChError> {
+        self.post(None, sql.as_bytes(), &summary(sql), false)
+    }
+
+    /// Like [`Client::query`], the answer as text.
+    pub fn query_text(&self, sql: &str) -> Result<String, ChError> {
+        let body = self.query(sql)?;
+        String::from_utf8(body).map_err(|e| ChError::BadAnswer {
+            url: self.cfg.url.clone(),
+            what: summary(sql),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Sends `rows` for `insert` (an `INSERT INTO … FORMAT RowBinary` statement).
+    pub fn insert(&self, insert: &str, rows: &[u8]) -> Result<(), ChError> {
+        self.post(Some(insert), rows, &summary(insert), true)
+            .map(drop)
+    }
+
+    fn post(
+        &self,
+        query: Option<&str>,
+        body: &[u8],
+        what: &str,
+        in_database: bool,
+    ) -> Result<Vec<u8>, ChError> {
+        let mut url = format!(
+            "{}/?output_format_json_quote_64bit_integers=0&input_format_skip_unknown_fields=0",
+            self.cfg.url
+        );
+        if in_database {
+            url.push_str("&database=");
+            url.push_str(&self.cfg.database);
+        }
+        if let Some(q) = query {
+            url.push_str("&query=");
+            url.push_str(&percent_encode(q));
+        }
+        let mut req = self.agent.post(&url);
+        if let Some(a) = &self.auth {
+            req = req.header("Authorization", a);
+        }
+        let unreachable = |e: String| ChError::Unreachable {
+            url: self.cfg.url.clone(),
+            reason: e,
+        };
+        let resp = req.send(body).map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let mut out = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .take(self.cfg.max_answer_bytes + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| unreachable(format!("reading the answer to {what}: {e}")))?;
+        if out.len() as u64 > self.cfg.max_answer_bytes {
+            return Err(ChError::BadAnswer {
+                url: self.cfg.url.clone(),
+                what: what.to_string(),
+                reason: format!(
+                    "the answer is over {} bytes; narrow the query",
+                    self.cfg.max_answer_bytes
+                ),
+            });
+        }
+        if status != 200 || exception(&out).is_some() {
+            let text = String::from_utf8_lossy(&out);
+            let message = exception(&out)
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| format!("HTTP {status}: {}", first_line(&text)));
+            return Err(ChError::Server {
+                url: self.cfg.url.clone(),
+                what: what.to_string(),
+                message,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The first 80 characters of a statement, on one line, to name it in errors.
+fn summary(sql: &str) -> String {
+    let one: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one.char_indices().nth(80) {
+        Some((i, _)) => format!("`{}…`", &one[..i]),
+        None => format!("`{one}`"),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+/// The exception in an answer's body, if it is one: its first line, from `Code:` (the
+/// stack trace that follows on 18.16 is left out).
+fn exception(body: &[u8]) -> Option<&str> {
+    // An exception is text and starts at a line's beginning; a RowBinary answer could
+    // hold the bytes anywhere, so only the last kilobyte's lines are looked at, and only
+    // a line that also names DB::Exception.
+    let tail = &body[body.len().saturating_sub(4096)..];
+    let text = std::str::from_utf8(tail).ok().or_else(|| {
+        // Cut at the first valid UTF-8 boundary.
+        (1..4).find_map(|i| std::str::from_utf8(tail.get(i..)?).ok())
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("Code: ") && l.contains("DB::Exception"))
+}
+
+/// Percent-encodes a statement for a URL's query string.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3 / 2);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exceptions_of_both_versions_are_found_and_rows_are_not() {
+        let old = b"Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist., e.what() = DB::Exception\n\n0. stack\n";
+        assert_eq!(
+            exception(old),
+            Some(
+                "Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist., e.what() = DB::Exception"
+            )
+        );
+        let new = b"Code: 60. DB::Exception: Unknown table expression identifier 'x'. (UNKNOWN_TABLE) (version 26.9.2.1)\n";
+        assert!(
+            exception(new)
+                .unwrap()
+                .starts_with("Code: 60. DB::Exception")
+        );
+        assert_eq!(exception(b"1\n2\n"), None);
+        // A row that mentions the words is data, not an exception, unless a line
+        // starts with Code: and names DB::Exception.
+        assert_eq!(exception(b"span named Code: 1\n"), None);
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused_with_the_field() {
+        let mut c = Config::new("localhost:8123", "faultline");
+        assert!(
+            Client::new(c.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("url")
+        );
+        c.url = "http://127.0.0.1:8123".into();
+        c.database = "fault-line".into();
+        assert!(
+            Client::new(c.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("database `fault-line`")
+        );
+        c.database = "faultline".into();
+        assert!(Client::new(c).is_ok());
+    }
+
+    #[test]
+    fn statements_are_encoded_for_the_query_string() {
+        assert_eq!(
+            percent_encode("INSERT INTO t (a, b) FORMAT RowBinary"),
+            "INSERT%20INTO%20t%20%28a%2C%20b%29%20FORMAT%20RowBinary"
+        );
+        assert_eq!(summary("SELECT\n  1"), "`SELECT 1`");
+    }
+}

@@ -1,0 +1,188 @@
+//! The schema faultline keeps in ClickHouse, as numbered migrations applied at start-up.
+//!
+//! `faultline_schema` records each migration applied (`version UInt32, name String,
+//! applied_at DateTime`). At start-up [`migrate`]:
+//!
+//! 1. reads `version()` and refuses a server older than [`MIN_SERVER`];
+//! 2. makes the database when missing;
+//! 3. refuses a schema newer than [`LATEST`] (a newer faultline wrote it: this one would
+//!    misread its tables);
+//! 4. applies the migrations above the recorded version, in order, recording each.
+//!
+//! Every statement of a migration is idempotent (`IF NOT EXISTS`), so nodes starting
+//! together may both apply one: the second finds the tables made and records the version
+//! again, which `max(version)` reads the same.
+//!
+//! Version 1, the spans (row format in `rows.rs`):
+//!
+//! - `spans`: a `ReplacingMergeTree` partitioned by the UTC day of `start_ns`
+//!   (`toYYYYMMDD`, so retention drops whole days), with primary key
+//!   `(service, start_ns)` for a service's spans over time, and sorting key
+//!   `(service, start_ns, node, wal_seq, span_idx)`, so a span inserted twice is one row
+//!   after merges, and reads take one row per key (`LIMIT 1 BY`);
+//! - `trace_index`: `(trace_id, start_ns, service)` of every span, ordered by `trace_id`
+//!   and fed by the materialized view `trace_index_mv` on each insert into `spans`.
+//!   ClickHouse 18.16 has no data-skipping indices, so this table is how a trace is found
+//!   without scanning: its services and time range, then `spans` through its primary key.
+
+use crate::ChError;
+use crate::client::Client;
+
+/// The oldest server whose SQL this backend speaks (Debian 12's `clickhouse-server`).
+pub const MIN_SERVER: (u32, u32) = (18, 16);
+
+/// The partition key of the tables partitioned by day.
+const BY_DAY: &str = "toYYYYMMDD(toDateTime(intDiv(start_ns, 1000000000)))";
+
+/// One migration: its version, a name for the record, its statements.
+struct Migration {
+    version: u32,
+    name: &'static str,
+    statements: fn() -> Vec<String>,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "spans and trace index",
+    statements: v1,
+}];
+
+/// The schema version this binary writes and reads.
+pub const LATEST: u32 = 1;
+
+fn v1() -> Vec<String> {
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS spans (
+                trace_id FixedString(16),
+                span_id FixedString(8),
+                parent_span_id FixedString(8),
+                service String,
+                name String,
+                kind UInt8,
+                status UInt8,
+                start_ns UInt64,
+                duration_ns UInt64,
+                attr_keys Array(String),
+                attr_values Array(String),
+                otlp String,
+                node String,
+                wal_seq UInt64,
+                span_idx UInt32
+            ) ENGINE = ReplacingMergeTree()
+            PARTITION BY {BY_DAY}
+            PRIMARY KEY (service, start_ns)
+            ORDER BY (service, start_ns, node, wal_seq, span_idx)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS trace_index (
+                trace_id FixedString(16),
+                start_ns UInt64,
+                service String
+            ) ENGINE = MergeTree()
+            PARTITION BY {BY_DAY}
+            ORDER BY (trace_id, start_ns)"
+        ),
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS trace_index_mv TO trace_index AS
+            SELECT trace_id, start_ns, service FROM spans"
+            .to_string(),
+    ]
+}
+
+/// Parses `version()`'s answer into (major, minor).
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Brings the database of `client` to [`LATEST`], or says why it cannot; returns the
+/// version found before.
+pub fn migrate(client: &Client) -> Result<u32, ChError> {
+    let cfg = client.config();
+    let version = String::from_utf8_lossy(&client.query_server("SELECT version()")?)
+        .trim()
+        .to_string();
+    match parse_version(&version) {
+        Some(v) if v >= MIN_SERVER => {}
+        Some(_) => {
+            return Err(ChError::TooOld {
+                url: cfg.url.clone(),
+                version,
+                min: format!("{}.{}", MIN_SERVER.0, MIN_SERVER.1),
+            });
+        }
+        None => {
+            return Err(ChError::BadAnswer {
+                url: cfg.url.clone(),
+                what: "`SELECT version()`".into(),
+                reason: format!("`{version}` is not a version"),
+            });
+        }
+    }
+    client.query_server(&format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database))?;
+    client.query(
+        "CREATE TABLE IF NOT EXISTS faultline_schema (
+            version UInt32,
+            name String,
+            applied_at DateTime DEFAULT now()
+        ) ENGINE = MergeTree() ORDER BY version",
+    )?;
+    let found = current(client)?;
+    if found > LATEST {
+        return Err(ChError::SchemaNewer {
+            database: cfg.database.clone(),
+            found,
+            known: LATEST,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        tracing::info!(version = m.version, name = m.name, database = %cfg.database, "applying a ClickHouse schema migration");
+        for s in (m.statements)() {
+            client.query(&s)?;
+        }
+        client.query(&format!(
+            "INSERT INTO faultline_schema (version, name) VALUES ({}, '{}')",
+            m.version,
+            m.name.replace('\'', "")
+        ))?;
+    }
+    Ok(found)
+}
+
+/// The schema version recorded in the database (0 before any migration).
+pub fn current(client: &Client) -> Result<u32, ChError> {
+    let text = client.query_text("SELECT max(version) FROM faultline_schema")?;
+    text.trim().parse().map_err(|_| ChError::BadAnswer {
+        url: client.config().url.clone(),
+        what: "the schema version".into(),
+        reason: format!("`{}` is not a number", text.trim()),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_compare() {
+        assert_eq!(parse_version("18.16.1\n"), Some((18, 16)));
+        assert_eq!(parse_version("26.9.2.1"), Some((26, 9)));
+        assert!(parse_version("18.14.19").unwrap() < MIN_SERVER);
+        assert!(parse_version("19.1.6").unwrap() >= MIN_SERVER);
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_up_to_latest() {
+        let v: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(v, (1..=LATEST).collect::<Vec<_>>());
+        for m in MIGRATIONS {
+            for s in (m.statements)() {
+                assert!(s.contains("IF NOT EXISTS"), "not idempotent: {s}");
+            }
+        }
+    }
+}

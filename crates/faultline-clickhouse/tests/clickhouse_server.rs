@@ -1,0 +1,370 @@
+//! The ClickHouse backend against a real ClickHouse server (Debian's `clickhouse-server`,
+//! which `scripts/test` installs), started per test on loopback ports with its own data
+//! directory: migrations, exact round trips of varied spans, idempotent re-inserts, and
+//! the errors an operator sees.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faultline_clickhouse::{ChError, ClickHouse, Client, Config};
+use faultline_model::span::{AttrValue, Event, Link, Origin, Span, SpanKind, StatusCode};
+
+/// A ClickHouse server on free loopback ports, killed and removed when dropped.
+struct Server {
+    child: Child,
+    http: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    let p = std::env::var_os("FAULTLINE_CLICKHOUSE_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/clickhouse-server"));
+    assert!(
+        p.exists(),
+        "{} is missing: install Debian's clickhouse-server (scripts/test does), or set FAULTLINE_CLICKHOUSE_SERVER",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, http: u16) {
+    let d = dir.display();
+    let (tcp, inter) = (free_port(), free_port());
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    std::fs::write(
+        dir.join("config.xml"),
+        format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><log>{d}/log/server.log</log><errorlog>{d}/log/server.err.log</errorlog><size>10M</size><count>1</count></logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>{http}</http_port>
+    <tcp_port>{tcp}</tcp_port>
+    <interserver_http_port>{inter}</interserver_http_port>
+    <interserver_http_host>127.0.0.1</interserver_http_host>
+    <path>{d}/data/</path>
+    <tmp_path>{d}/tmp/</tmp_path>
+    <user_files_path>{d}/user_files/</user_files_path>
+    <format_schema_path>{d}/format_schemas/</format_schema_path>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mark_cache_size>268435456</mark_cache_size>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <max_concurrent_queries>50</max_concurrent_queries>
+    <merge_tree><old_parts_lifetime>10</old_parts_lifetime></merge_tree>
+</yandex>
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("users.xml"),
+        r#"<?xml version="1.0"?>
+<yandex>
+    <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
+    <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+"#,
+    )
+    .unwrap();
+}
+
+impl Server {
+    fn start() -> Self {
+        let bin = binary();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let http = free_port();
+            write_config(dir.path(), http);
+            let out = std::fs::File::create(dir.path().join("log/stdout.log")).unwrap();
+            let mut child = Command::new(&bin)
+                .arg(format!(
+                    "--config-file={}",
+                    dir.path().join("config.xml").display()
+                ))
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                if let Some(status) = child.try_wait().unwrap() {
+                    // rc 70: a port was taken between choosing and binding it; try others.
+                    let err = std::fs::read_to_string(dir.path().join("log/server.err.log"))
+                        .unwrap_or_default();
+                    eprintln!("clickhouse-server exited with {status}: {err}");
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
+                    let ok = ureq::get(&format!("http://127.0.0.1:{http}/ping"))
+                        .call()
+                        .ok()
+                        .and_then(|r| r.into_body().read_to_string().ok());
+                    if ok.as_deref() == Some("Ok.\n") {
+                        return Self { child, http, dir };
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("clickhouse-server did not start on loopback in three attempts");
+    }
+
+    fn config(&self, database: &str) -> Config {
+        Config::new(&format!("http://127.0.0.1:{}", self.http), database)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log/server.err.log")).unwrap_or_default()
+    }
+}
+
+/// A seeded xorshift generator, its seed printed so a failure can be replayed
+/// (`FAULTLINE_TEST_SEED`).
+fn rng(name: &str) -> impl FnMut(u64) -> u64 {
+    let seed = std::env::var("FAULTLINE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{name} seed {seed}");
+    let mut x = seed | 1;
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    }
+}
+
+/// Traces of 1-12 spans over 6 services, each span with fresh ids and values, typed
+/// attributes, sometimes events, links and an error status.
+fn traces(r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>> {
+    let services = ["api", "cart", "pay'ments", "db\\proxy", "search", "ünïcode"];
+    let origins: Vec<Arc<Origin>> = services
+        .iter()
+        .map(|s| {
+            Arc::new(Origin {
+                service: s.to_string(),
+                resource: vec![
+                    ("service.name".into(), AttrValue::Str(s.to_string())),
+                    (
+                        "host.name".into(),
+                        AttrValue::Str(format!("host-{}", s.len())),
+                    ),
+                ],
+                scope_name: "io.faultline.test".into(),
+                scope_version: "1.2".into(),
+            })
+        })
+        .collect();
+    let base = 1_764_000_000_000_000_000u64;
+    (0..n)
+        .map(|_| {
+            let mut trace = [0u8; 16];
+            trace[..8].copy_from_slice(&r(u64::MAX).to_be_bytes());
+            trace[8..].copy_from_slice(&r(u64::MAX).to_be_bytes());
+            let start = base + r(3_600_000_000_000);
+            let count = 1 + r(12) as usize;
+            let mut spans: Vec<Span> = Vec::new();
+            for i in 0..count {
+                let id = (r(u64::MAX) | 1).to_be_bytes();
+                let offset = r(50_000_000);
+                let dur = 1 + r(2_000_000_000);
+                let mut attributes = vec![
+                    (
+                        "user.id".into(),
+                        AttrValue::Str(format!("u-{:x}", r(u64::MAX))),
+                    ),
+                    (
+                        "http.status_code".into(),
+                        AttrValue::Int(200 + r(300) as i64),
+                    ),
+                    ("ratio".into(), AttrValue::Double(r(1000) as f64 / 7.0)),
+                    ("cached".into(), AttrValue::Bool(r(2) == 0)),
+                ];
+                if r(3) == 0 {
+                    attributes.push((
+                        "tags".into(),
+                        AttrValue::Array(vec![AttrValue::Str("a".into()), AttrValue::Int(2)]),
+                    ));
+                }
+                let error = r(10) == 0;
+                spans.push(Span {
+                    trace_id: trace,
+                    span_id: id,
+                    parent_span_id: (i > 0).then(|| spans[r(i as u64) as usize].span_id),
+                    name: format!("op-{}", r(20)),
+                    kind: [SpanKind::Server, SpanKind::Client, SpanKind::Internal][r(3) as usize],
+                    start_ns: start + offset,
+                    end_ns: start + offset + dur,
+                    status: if error {
+                        StatusCode::Error
+                    } else {
+                        StatusCode::Unset
+                    },
+                    status_message: if error { "boom".into() } else { String::new() },
+                    attributes,
+                    events: if error {
+                        vec![Event {
+                            time_ns: start + offset + 1,
+                            name: "exception".into(),
+                            attributes: vec![(
+                                "exception.message".into(),
+                                AttrValue::Str(format!("failed {}", r(1000))),
+                            )],
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    links: if r(8) == 0 {
+                        vec![Link {
+                            trace_id: [7; 16],
+                            span_id: [9; 8],
+                            attributes: vec![],
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    origin: origins[r(origins.len() as u64) as usize].clone(),
+                });
+            }
+            spans
+        })
+        .collect()
+}
+
+#[test]
+fn migrations_apply_once_and_a_newer_schema_is_refused() {
+    let server = Server::start();
+    ClickHouse::open(server.config("faultline"), "node-a").unwrap();
+    let client = Client::new(server.config("faultline")).unwrap();
+    assert_eq!(
+        faultline_clickhouse::schema::current(&client).unwrap(),
+        faultline_clickhouse::schema::LATEST
+    );
+    // A second start (or a second node) finds the schema current and changes nothing.
+    ClickHouse::open(server.config("faultline"), "node-b").unwrap();
+    let tables = client
+        .query_text("SELECT name FROM system.tables WHERE database = 'faultline' ORDER BY name")
+        .unwrap();
+    assert_eq!(
+        tables.lines().collect::<Vec<_>>(),
+        ["faultline_schema", "spans", "trace_index", "trace_index_mv"]
+    );
+    // A newer faultline wrote version 99: this one refuses to start on it.
+    client
+        .query("INSERT INTO faultline_schema (version, name) VALUES (99, 'from the future')")
+        .unwrap();
+    let e = ClickHouse::open(server.config("faultline"), "node-a").unwrap_err();
+    assert!(matches!(e, ChError::SchemaNewer { found: 99, .. }), "{e}");
+    assert!(e.to_string().contains("upgrade faultline"), "{e}");
+    // Another database on the same server is separate.
+    ClickHouse::open(server.config("other"), "node-a").unwrap();
+    assert!(server.log().lines().count() < 1000);
+}
+
+#[test]
+fn varied_spans_read_back_exactly_and_a_record_inserted_twice_answers_once() {
+    let server = Server::start();
+    let ch = ClickHouse::open(server.config("faultline"), "node-a").unwrap();
+    let mut r = rng("clickhouse round trip");
+    let traces = traces(&mut r, 120);
+    // WAL records hold spans of several traces, in arrival order.
+    let all: Vec<Span> = traces.iter().flatten().cloned().collect();
+    let mut records: Vec<(u64, Vec<Span>)> = Vec::new();
+    let mut rest = &all[..];
+    let mut seq = 1000;
+    while !rest.is_empty() {
+        let n = (1 + r(40) as usize).min(rest.len());
+        records.push((seq, rest[..n].to_vec()));
+        rest = &rest[n..];
+        seq += 1 + r(3);
+    }
+    // In batches of a few records, then some records again, as after a crash between
+    // ClickHouse's acknowledgement and the WAL checkpoint.
+    for batch in records.chunks(5) {
+        let refs: Vec<(u64, &[Span])> = batch.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+        ch.insert(&refs).unwrap();
+    }
+    let again: Vec<(u64, &[Span])> = records
+        .iter()
+        .filter(|_| r(3) == 0)
+        .map(|(s, v)| (*s, v.as_slice()))
+        .collect();
+    ch.insert(&again).unwrap();
+    assert_eq!(ch.span_count().unwrap(), all.len() as u64);
+    for t in &traces {
+        let mut want = t.clone();
+        want.sort_by_key(|a| (a.start_ns, a.span_id));
+        let got = ch.trace(&t[0].trace_id).unwrap();
+        assert_eq!(got, want, "trace {}", faultline_model::hex(&t[0].trace_id));
+    }
+    assert!(ch.trace(&[0xab; 16]).unwrap().is_empty());
+    let mut services: Vec<String> = all.iter().map(|s| s.service().to_string()).collect();
+    services.sort();
+    services.dedup();
+    assert_eq!(ch.services().unwrap(), services);
+    // Another node's record of the same sequence number is a different record.
+    ch.insert(&[(1000, &records[0].1[..1])]).unwrap();
+    let other = ClickHouse::open(server.config("faultline"), "node-b").unwrap();
+    other.insert(&[(1000, &records[0].1[..1])]).unwrap();
+    assert_eq!(ch.span_count().unwrap(), all.len() as u64 + 1);
+}
+
+#[test]
+fn errors_name_the_server_and_the_statement() {
+    let server = Server::start();
+    let ch = ClickHouse::open(server.config("faultline"), "node-a").unwrap();
+    let e = ch
+        .client()
+        .query("SELECT * FROM no_such_table")
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, ChError::Server { .. }), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", server.http))
+            && text.contains("SELECT * FROM no_such_table")
+            && text.contains("Code: 60"),
+        "{text}"
+    );
+    // A server that is not there.
+    let port = free_port();
+    let e = ClickHouse::open(
+        Config::new(&format!("http://127.0.0.1:{port}"), "faultline"),
+        "node-a",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ChError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+}
