@@ -8,7 +8,8 @@
 //!   when the server is too old or the schema newer than this binary;
 //! - [`rows`]: the RowBinary encoding of spans, the format of every insert;
 //! - [`ClickHouse`]: the store over them: idempotent inserts of WAL records, traces by id,
-//!   services.
+//!   services;
+//! - `testing` (feature `testing`): a real ClickHouse server on loopback for tests.
 //!
 //! One SQL dialect runs on Debian's ClickHouse 18.16 and on current ClickHouse (what each
 //! accepts is in `docs/clickhouse-groundwork.md`): no skipping indices, `Map`,
@@ -26,6 +27,8 @@ pub mod client;
 pub mod rows;
 pub mod schema;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::{Client, Config};
 pub use store::ClickHouse;

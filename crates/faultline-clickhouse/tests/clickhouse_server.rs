@@ -5,145 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use faultline_clickhouse::testing::Server;
 use faultline_clickhouse::{ChError, ClickHouse, Client, Config};
 use faultline_model::span::{AttrValue, Event, Link, Origin, Span, SpanKind, StatusCode};
-
-/// A ClickHouse server on free loopback ports, killed and removed when dropped.
-struct Server {
-    child: Child,
-    http: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> PathBuf {
-    let p = std::env::var_os("FAULTLINE_CLICKHOUSE_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/clickhouse-server"));
-    assert!(
-        p.exists(),
-        "{} is missing: install Debian's clickhouse-server (scripts/test does), or set FAULTLINE_CLICKHOUSE_SERVER",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, http: u16) {
-    let d = dir.display();
-    let (tcp, inter) = (free_port(), free_port());
-    std::fs::create_dir_all(dir.join("log")).unwrap();
-    std::fs::write(
-        dir.join("config.xml"),
-        format!(
-            r#"<?xml version="1.0"?>
-<yandex>
-    <logger><level>warning</level><log>{d}/log/server.log</log><errorlog>{d}/log/server.err.log</errorlog><size>10M</size><count>1</count></logger>
-    <listen_host>127.0.0.1</listen_host>
-    <http_port>{http}</http_port>
-    <tcp_port>{tcp}</tcp_port>
-    <interserver_http_port>{inter}</interserver_http_port>
-    <interserver_http_host>127.0.0.1</interserver_http_host>
-    <path>{d}/data/</path>
-    <tmp_path>{d}/tmp/</tmp_path>
-    <user_files_path>{d}/user_files/</user_files_path>
-    <format_schema_path>{d}/format_schemas/</format_schema_path>
-    <users_config>users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mark_cache_size>268435456</mark_cache_size>
-    <uncompressed_cache_size>268435456</uncompressed_cache_size>
-    <max_concurrent_queries>50</max_concurrent_queries>
-    <merge_tree><old_parts_lifetime>10</old_parts_lifetime></merge_tree>
-</yandex>
-"#
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("users.xml"),
-        r#"<?xml version="1.0"?>
-<yandex>
-    <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
-    <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
-    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-"#,
-    )
-    .unwrap();
-}
-
-impl Server {
-    fn start() -> Self {
-        let bin = binary();
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
-            let http = free_port();
-            write_config(dir.path(), http);
-            let out = std::fs::File::create(dir.path().join("log/stdout.log")).unwrap();
-            let mut child = Command::new(&bin)
-                .arg(format!(
-                    "--config-file={}",
-                    dir.path().join("config.xml").display()
-                ))
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap();
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(20) {
-                if let Some(status) = child.try_wait().unwrap() {
-                    // rc 70: a port was taken between choosing and binding it; try others.
-                    let err = std::fs::read_to_string(dir.path().join("log/server.err.log"))
-                        .unwrap_or_default();
-                    eprintln!("clickhouse-server exited with {status}: {err}");
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
-                    let ok = ureq::get(&format!("http://127.0.0.1:{http}/ping"))
-                        .call()
-                        .ok()
-                        .and_then(|r| r.into_body().read_to_string().ok());
-                    if ok.as_deref() == Some("Ok.\n") {
-                        return Self { child, http, dir };
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("clickhouse-server did not start on loopback in three attempts");
-    }
-
-    fn config(&self, database: &str) -> Config {
-        Config::new(&format!("http://127.0.0.1:{}", self.http), database)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log/server.err.log")).unwrap_or_default()
-    }
-}
 
 /// A seeded xorshift generator, its seed printed so a failure can be replayed
 /// (`FAULTLINE_TEST_SEED`).
@@ -359,7 +225,11 @@ fn errors_name_the_server_and_the_statement() {
         "{text}"
     );
     // A server that is not there.
-    let port = free_port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let e = ClickHouse::open(
         Config::new(&format!("http://127.0.0.1:{port}"), "faultline"),
         "node-a",

@@ -40,6 +40,7 @@
 //! `tests.rs` checks this against the crash-simulating WAL file system, crashing at every
 //! step of defer, replay, seal and truncate.
 
+pub mod clickhouse;
 pub mod dlq;
 pub mod health;
 pub mod inspect;

@@ -60,9 +60,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // adjusted counts, by the stages that read spans.
     ("faultline-sampling", &["faultline-model"]),
     ("faultline-intake", &["faultline-model", "faultline-wal"]),
+    // The pipeline writes into the embedded store, or ClickHouse (`clickhouse.rs`).
     (
         "faultline-pipeline",
-        &["faultline-model", "faultline-wal", "faultline-store"],
+        &[
+            "faultline-model",
+            "faultline-wal",
+            "faultline-store",
+            "faultline-clickhouse",
+        ],
     ),
     ("faultline-store", &["faultline-model"]),
     // The ClickHouse backend, a second store beside the embedded one: it knows the model.

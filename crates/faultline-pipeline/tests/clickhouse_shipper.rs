@@ -1,0 +1,174 @@
+//! The ClickHouse writer against a real ClickHouse server: every acknowledged WAL record
+//! reaches ClickHouse, exactly once in answers, across a crash between insert and
+//! checkpoint, and across ClickHouse going away and coming back.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use faultline_clickhouse::ClickHouse;
+use faultline_clickhouse::testing::Server;
+use faultline_model::envelope::{Protocol, encode_request};
+use faultline_model::span::{AttrValue, Origin, Span, SpanKind, StatusCode, to_otlp};
+use faultline_pipeline::clickhouse::{ShipError, Shipper, ShipperOptions};
+use faultline_wal::{NoopObserver, Wal, WalOptions};
+
+fn rng() -> impl FnMut(u64) -> u64 {
+    let seed = std::env::var("FAULTLINE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("clickhouse shipper seed {seed}");
+    let mut x = seed | 1;
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    }
+}
+
+/// A record of 1-6 traces of 1-10 spans, fresh ids and values; its traces.
+fn record(r: &mut impl FnMut(u64) -> u64) -> Vec<Vec<Span>> {
+    let base = 1_764_000_000_000_000_000u64;
+    (0..1 + r(6))
+        .map(|_| {
+            let mut trace = [0u8; 16];
+            trace[..8].copy_from_slice(&r(u64::MAX).to_be_bytes());
+            trace[8..].copy_from_slice(&(r(u64::MAX) | 1).to_be_bytes());
+            let service = format!("svc-{}", r(5));
+            let origin = Arc::new(Origin {
+                resource: vec![
+                    ("service.name".into(), AttrValue::Str(service.clone())),
+                    ("host.name".into(), AttrValue::Str(format!("h{}", r(9)))),
+                ],
+                service,
+                scope_name: "shipper-test".into(),
+                scope_version: String::new(),
+            });
+            let start = base + r(1_000_000_000_000);
+            (0..1 + r(10))
+                .map(|i| Span {
+                    trace_id: trace,
+                    span_id: (r(u64::MAX) | 1).to_be_bytes(),
+                    parent_span_id: None,
+                    name: format!("op-{}", r(7)),
+                    kind: SpanKind::Server,
+                    start_ns: start + i * 1000,
+                    end_ns: start + i * 1000 + 1 + r(1_000_000_000),
+                    status: if r(20) == 0 {
+                        StatusCode::Error
+                    } else {
+                        StatusCode::Unset
+                    },
+                    status_message: String::new(),
+                    attributes: vec![(
+                        "user.id".into(),
+                        AttrValue::Str(format!("{:x}", r(u64::MAX))),
+                    )],
+                    events: vec![],
+                    links: vec![],
+                    origin: origin.clone(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Appends `n` records to `wal`; returns their traces.
+fn append(wal: &Wal, r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>> {
+    let mut traces = Vec::new();
+    for _ in 0..n {
+        let rec = record(r);
+        let spans: Vec<Span> = rec.iter().flatten().cloned().collect();
+        let payload = encode_request(
+            Protocol::OtlpHttpProtobuf,
+            spans.len() as u32,
+            &to_otlp(&spans),
+        );
+        wal.append_blocking(payload).unwrap();
+        traces.extend(rec);
+    }
+    traces
+}
+
+fn check(ch: &ClickHouse, traces: &[Vec<Span>]) {
+    let total: usize = traces.iter().map(Vec::len).sum();
+    assert_eq!(ch.span_count().unwrap(), total as u64);
+    for t in traces {
+        let mut want = t.clone();
+        want.sort_by_key(|s| (s.start_ns, s.span_id));
+        assert_eq!(ch.trace(&t[0].trace_id).unwrap(), want);
+    }
+}
+
+#[test]
+fn every_acknowledged_record_reaches_clickhouse_once_across_a_crash_and_an_outage() {
+    let mut server = Server::start();
+    let mut r = rng();
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default(), Arc::new(NoopObserver)).unwrap();
+    let ch = ClickHouse::open(server.config("faultline"), "node-a").unwrap();
+    let opts = ShipperOptions {
+        batch_spans: 60,
+        ..ShipperOptions::default()
+    };
+    let mut traces = append(&wal, &mut r, 40);
+    // Some batches, then a crash between an insert and its checkpoint: the cursor is
+    // set back to where it was before the last batches.
+    let mut shipper = Shipper::new(ch.clone(), &wal, "clickhouse", opts.clone()).unwrap();
+    let mut positions = vec![shipper.position()];
+    for _ in 0..3 {
+        assert!(shipper.step().unwrap() > 0);
+        positions.push(shipper.position());
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    drop(shipper);
+    wal.cursor("clickhouse")
+        .unwrap()
+        .checkpoint(positions[1])
+        .unwrap();
+    // ClickHouse goes away while records keep arriving: steps fail and the cursor stays.
+    server.stop();
+    traces.extend(append(&wal, &mut r, 25));
+    let mut shipper = Shipper::new(ch.clone(), &wal, "clickhouse", opts.clone()).unwrap();
+    assert_eq!(shipper.position(), positions[1]);
+    for _ in 0..2 {
+        let e = shipper.step().unwrap_err();
+        assert!(matches!(e, ShipError::ClickHouse(_)), "{e}");
+        assert_eq!(shipper.position(), positions[1]);
+    }
+    assert!(shipper.stats().last_error.lock().unwrap().is_some());
+    // It comes back: the waiting batch goes first, then everything else.
+    server.restart();
+    while shipper.step().unwrap() > 0 {}
+    assert_eq!(shipper.position(), wal.committed_seq() + 1);
+    let stats = shipper.stats();
+    assert_eq!(stats.failures.load(Ordering::Relaxed), 2);
+    assert!(stats.last_error.lock().unwrap().is_none());
+    check(&ch, &traces);
+    // `run` on a thread ships what arrives next, and stops when told.
+    traces.extend(append(&wal, &mut r, 10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let runner = std::thread::spawn(move || shipper.run(&s));
+    let want = wal.committed_seq() + 1;
+    let started = Instant::now();
+    while wal.cursor("clickhouse").unwrap().position() < want {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "run shipped nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    runner.join().unwrap();
+    check(&ch, &traces);
+}
