@@ -193,3 +193,25 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("log/server.err.log")).unwrap_or_default()
     }
 }
+
+/// A seeded xorshift generator of integers in `[0, n)`, its seed printed under `name` so a
+/// failure can be replayed with `FAULTLINE_TEST_SEED`.
+pub fn rng(name: &str) -> impl FnMut(u64) -> u64 {
+    let seed = std::env::var("FAULTLINE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{name} seed {seed} (FAULTLINE_TEST_SEED={seed} replays it)");
+    let mut x = seed | 1;
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    }
+}

@@ -7,31 +7,9 @@
 
 use std::sync::Arc;
 
-use faultline_clickhouse::testing::Server;
+use faultline_clickhouse::testing::{Server, rng};
 use faultline_clickhouse::{ChError, ClickHouse, Client, Config};
 use faultline_model::span::{AttrValue, Event, Link, Origin, Span, SpanKind, StatusCode};
-
-/// A seeded xorshift generator, its seed printed so a failure can be replayed
-/// (`FAULTLINE_TEST_SEED`).
-fn rng(name: &str) -> impl FnMut(u64) -> u64 {
-    let seed = std::env::var("FAULTLINE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{name} seed {seed}");
-    let mut x = seed | 1;
-    move |n| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
-    }
-}
 
 /// Traces of 1-12 spans over 6 services, each span with fresh ids and values, typed
 /// attributes, sometimes events, links and an error status.

@@ -9,31 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use faultline_clickhouse::ClickHouse;
-use faultline_clickhouse::testing::Server;
+use faultline_clickhouse::testing::{Server, rng};
 use faultline_model::envelope::{Protocol, encode_request};
 use faultline_model::span::{AttrValue, Origin, Span, SpanKind, StatusCode, to_otlp};
 use faultline_pipeline::clickhouse::{ShipError, Shipper, ShipperOptions};
 use faultline_wal::{NoopObserver, Wal, WalOptions};
-
-fn rng() -> impl FnMut(u64) -> u64 {
-    let seed = std::env::var("FAULTLINE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("clickhouse shipper seed {seed}");
-    let mut x = seed | 1;
-    move |n| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
-    }
-}
 
 /// A record of 1-6 traces of 1-10 spans, fresh ids and values; its traces.
 fn record(r: &mut impl FnMut(u64) -> u64) -> Vec<Vec<Span>> {
@@ -112,7 +92,7 @@ fn check(ch: &ClickHouse, traces: &[Vec<Span>]) {
 #[test]
 fn every_acknowledged_record_reaches_clickhouse_once_across_a_crash_and_an_outage() {
     let mut server = Server::start();
-    let mut r = rng();
+    let mut r = rng("clickhouse shipper");
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), WalOptions::default(), Arc::new(NoopObserver)).unwrap();
     let ch = ClickHouse::open(server.config("faultline"), "node-a").unwrap();
