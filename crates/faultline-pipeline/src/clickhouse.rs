@@ -133,6 +133,11 @@ impl Shipper {
             self.fill()?;
         }
         if self.batch.is_empty() {
+            // Only undecodable records were read: move past them, or the WAL could never
+            // be truncated there.
+            if self.batch_next > self.cursor.position() {
+                self.cursor.checkpoint(self.batch_next)?;
+            }
             return Ok(0);
         }
         let refs: Vec<(u64, &[Span])> = self

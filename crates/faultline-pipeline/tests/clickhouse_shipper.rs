@@ -151,4 +151,12 @@ fn every_acknowledged_record_reaches_clickhouse_once_across_a_crash_and_an_outag
     stop.store(true, Ordering::Relaxed);
     runner.join().unwrap();
     check(&ch, &traces);
+    // A record that does not decode is counted and passed, not retried for ever: the
+    // cursor moves past it, so the WAL can be truncated there.
+    wal.append_blocking(b"not an envelope".to_vec()).unwrap();
+    let mut shipper = Shipper::new(ch.clone(), &wal, "clickhouse", opts).unwrap();
+    assert_eq!(shipper.step().unwrap(), 0);
+    assert_eq!(shipper.stats().undecodable.load(Ordering::Relaxed), 1);
+    assert_eq!(shipper.position(), wal.committed_seq() + 1);
+    check(&ch, &traces);
 }
