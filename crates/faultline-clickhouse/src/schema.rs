@@ -67,6 +67,7 @@ fn v1() -> Vec<String> {
                 duration_ns UInt64,
                 attr_keys Array(String),
                 attr_values Array(String),
+                attr_types Array(UInt8),
                 otlp String,
                 node String,
                 wal_seq UInt64,

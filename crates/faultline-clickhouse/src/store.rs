@@ -1,12 +1,10 @@
 //! [`ClickHouse`]: spans of WAL records inserted idempotently, traces read back by id.
 
-use faultline_model::ExportTraceServiceRequest;
-use faultline_model::span::{Span, TraceId, from_otlp_owned};
-use prost::Message;
+use faultline_model::span::{Span, TraceId};
 
 use crate::ChError;
 use crate::client::{Client, Config};
-use crate::rows::{RowReader, SPAN_COLUMNS, encode_spans};
+use crate::rows::{RowReader, SPAN_COLUMNS, SPAN_READ_COLUMNS, decode_span, encode_spans};
 
 /// The ClickHouse backend of one faultline node.
 #[derive(Debug, Clone)]
@@ -83,19 +81,19 @@ impl ClickHouse {
         // against 0.05 s for a 30-span trace among 250,000 spans not yet merged.
         // PREWHERE reads `otlp` only in granules that hold the trace's rows.
         let body = self.client.query(&format!(
-            "SELECT otlp FROM spans PREWHERE trace_id = unhex('{hex}') WHERE {} \
+            "SELECT {SPAN_READ_COLUMNS} FROM spans PREWHERE trace_id = unhex('{hex}') WHERE {} \
              ORDER BY start_ns, span_id LIMIT 1 BY node, wal_seq, span_idx FORMAT RowBinary",
             ranges.join(" OR ")
         ))?;
         let mut r = RowReader::new(&body);
         let mut spans = Vec::new();
         while !r.is_empty() {
-            let bytes = r
-                .string()
-                .ok_or_else(|| self.bad("the trace's spans", "a truncated row"))?;
-            let req = ExportTraceServiceRequest::decode(bytes)
-                .map_err(|e| self.bad("the trace's spans", &e.to_string()))?;
-            spans.extend(from_otlp_owned(req));
+            spans.push(decode_span(&mut r).ok_or_else(|| {
+                self.bad(
+                    "the trace's spans",
+                    "a row that is truncated or does not decode",
+                )
+            })?);
         }
         Ok(spans)
     }

@@ -57,11 +57,29 @@ fn traces(r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>> {
                     ("ratio".into(), AttrValue::Double(r(1000) as f64 / 7.0)),
                     ("cached".into(), AttrValue::Bool(r(2) == 0)),
                 ];
+                // Attributes of other types, anywhere among the others.
                 if r(3) == 0 {
-                    attributes.push((
-                        "tags".into(),
-                        AttrValue::Array(vec![AttrValue::Str("a".into()), AttrValue::Int(2)]),
-                    ));
+                    let at = r(attributes.len() as u64 + 1) as usize;
+                    attributes.insert(
+                        at,
+                        (
+                            "tags".into(),
+                            AttrValue::Array(vec![AttrValue::Str("a".into()), AttrValue::Int(2)]),
+                        ),
+                    );
+                }
+                if r(4) == 0 {
+                    let at = r(attributes.len() as u64 + 1) as usize;
+                    attributes.insert(
+                        at,
+                        (
+                            "digest".into(),
+                            AttrValue::Bytes(r(u64::MAX).to_be_bytes().to_vec()),
+                        ),
+                    );
+                }
+                if r(5) == 0 {
+                    attributes.push(("ratio.extreme".into(), AttrValue::Double(-1.0e-300 / 3.0)));
                 }
                 let error = r(10) == 0;
                 spans.push(Span {
