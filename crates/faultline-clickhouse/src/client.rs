@@ -158,19 +158,17 @@ impl Client {
         what: &str,
         in_database: bool,
     ) -> Result<Vec<u8>, ChError> {
-        let mut url = format!(
-            "{}/?output_format_json_quote_64bit_integers=0&input_format_skip_unknown_fields=0",
-            self.cfg.url
-        );
+        let mut req = self
+            .agent
+            .post(format!("{}/", self.cfg.url))
+            .query("output_format_json_quote_64bit_integers", "0")
+            .query("input_format_skip_unknown_fields", "0");
         if in_database {
-            url.push_str("&database=");
-            url.push_str(&self.cfg.database);
+            req = req.query("database", &self.cfg.database);
         }
         if let Some(q) = query {
-            url.push_str("&query=");
-            url.push_str(&percent_encode(q));
+            req = req.query("query", q);
         }
-        let mut req = self.agent.post(&url);
         if let Some(a) = &self.auth {
             req = req.header("Authorization", a);
         }
@@ -196,11 +194,14 @@ impl Client {
                 ),
             });
         }
-        if status != 200 || exception(&out).is_some() {
-            let text = String::from_utf8_lossy(&out);
-            let message = exception(&out)
-                .map(|m| m.to_string())
-                .unwrap_or_else(|| format!("HTTP {status}: {}", first_line(&text)));
+        let thrown = exception(&out);
+        if status != 200 || thrown.is_some() {
+            let message = thrown.unwrap_or_else(|| {
+                format!(
+                    "HTTP {status}: {}",
+                    first_line(&String::from_utf8_lossy(&out))
+                )
+            });
             return Err(ChError::Server {
                 url: self.cfg.url.clone(),
                 what: what.to_string(),
@@ -226,31 +227,15 @@ fn first_line(s: &str) -> &str {
 
 /// The exception in an answer's body, if it is one: its first line, from `Code:` (the
 /// stack trace that follows on 18.16 is left out).
-fn exception(body: &[u8]) -> Option<&str> {
-    // An exception is text and starts at a line's beginning; a RowBinary answer could
-    // hold the bytes anywhere, so only the last kilobyte's lines are looked at, and only
-    // a line that also names DB::Exception.
-    let tail = &body[body.len().saturating_sub(4096)..];
-    let text = std::str::from_utf8(tail).ok().or_else(|| {
-        // Cut at the first valid UTF-8 boundary.
-        (1..4).find_map(|i| std::str::from_utf8(tail.get(i..)?).ok())
-    })?;
-    text.lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("Code: ") && l.contains("DB::Exception"))
-}
-
-/// Percent-encodes a statement for a URL's query string.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3 / 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+fn exception(body: &[u8]) -> Option<String> {
+    // An exception is text appended to whatever rows were streamed before the query
+    // failed (RowBinary rows are not UTF-8, hence the lossy reading). Only the last 4 KiB
+    // are looked at, and only `Code: ` followed on its line by DB::Exception counts.
+    let tail = String::from_utf8_lossy(&body[body.len().saturating_sub(4096)..]);
+    tail.match_indices("Code: ").find_map(|(at, _)| {
+        let line = tail[at..].lines().next().unwrap_or_default().trim_end();
+        line.contains("DB::Exception").then(|| line.to_string())
+    })
 }
 
 #[cfg(test)]
@@ -262,11 +247,15 @@ mod tests {
     fn exceptions_of_both_versions_are_found_and_rows_are_not() {
         let old = b"Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist., e.what() = DB::Exception\n\n0. stack\n";
         assert_eq!(
-            exception(old),
+            exception(old).as_deref(),
             Some(
                 "Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist., e.what() = DB::Exception"
             )
         );
+        // After RowBinary rows (not UTF-8) streamed before the query failed.
+        let mut rows = vec![0xff, 0xfe, 0x80, 0x10];
+        rows.extend_from_slice(old);
+        assert!(exception(&rows).unwrap().starts_with("Code: 60, "));
         let new = b"Code: 60. DB::Exception: Unknown table expression identifier 'x'. (UNKNOWN_TABLE) (version 26.9.2.1)\n";
         assert!(
             exception(new)
@@ -274,8 +263,8 @@ mod tests {
                 .starts_with("Code: 60. DB::Exception")
         );
         assert_eq!(exception(b"1\n2\n"), None);
-        // A row that mentions the words is data, not an exception, unless a line
-        // starts with Code: and names DB::Exception.
+        // A row that mentions the words is data, not an exception, unless `Code: ` is
+        // followed on its line by DB::Exception.
         assert_eq!(exception(b"span named Code: 1\n"), None);
     }
 
@@ -301,11 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn statements_are_encoded_for_the_query_string() {
-        assert_eq!(
-            percent_encode("INSERT INTO t (a, b) FORMAT RowBinary"),
-            "INSERT%20INTO%20t%20%28a%2C%20b%29%20FORMAT%20RowBinary"
-        );
+    fn statements_are_summarised_on_one_line() {
         assert_eq!(summary("SELECT\n  1"), "`SELECT 1`");
     }
 }
