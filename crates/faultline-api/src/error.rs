@@ -252,6 +252,8 @@ impl From<StoreError> for ApiError {
             // can help, and the status page says more.
             StoreError::Io { .. } => Self::unavailable(format!("the store cannot read: {e}")),
             StoreError::Observer(_) => Self::unavailable(e.to_string()),
+            // ClickHouse unreachable or refusing: retrying can help.
+            StoreError::Backend(_) => Self::unavailable(e.to_string()),
             StoreError::Corrupt { .. } | StoreError::Manifest { .. } | StoreError::Encode(_) => {
                 Self::internal(e.to_string())
             }

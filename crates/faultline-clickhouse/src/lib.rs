@@ -7,8 +7,8 @@
 //! - [`schema`]: the versioned schema and its migrations, applied at start-up and refused
 //!   when the server is too old or the schema newer than this binary;
 //! - [`rows`]: the RowBinary encoding of spans, the format of every insert;
-//! - [`ClickHouse`]: the store over them: idempotent inserts of WAL records, traces by id,
-//!   services;
+//! - [`ClickHouse`]: the store over them: idempotent inserts of WAL records and of their
+//!   rollups, and every read of the query trait `faultline_store::SpanStore` (`query.rs`);
 //! - `testing` (feature `testing`): a real ClickHouse server on loopback for tests.
 //!
 //! One SQL dialect runs on Debian's ClickHouse 18.16 and on current ClickHouse (what each
@@ -24,6 +24,7 @@
 //! checkpoint, or a retry after a timeout whose insert did land) answers once.
 
 pub mod client;
+mod query;
 pub mod rows;
 pub mod schema;
 mod store;
@@ -31,7 +32,7 @@ mod store;
 pub mod testing;
 
 pub use client::{Client, Config};
-pub use store::ClickHouse;
+pub use store::{ClickHouse, RollupPart};
 
 /// What went wrong talking to ClickHouse, said so an operator knows what to do.
 #[derive(Debug, Clone, thiserror::Error)]

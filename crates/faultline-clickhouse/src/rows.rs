@@ -165,7 +165,7 @@ pub fn encode_spans(node: &str, wal_seq: u64, spans: &[Span], out: &mut Vec<u8>)
     }
 }
 
-fn string(out: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn string(out: &mut Vec<u8>, b: &[u8]) {
     leb128(out, b.len() as u64);
     out.extend_from_slice(b);
 }
@@ -180,6 +180,34 @@ fn leb128(out: &mut Vec<u8>, mut n: u64) {
         }
         out.push(byte | 0x80);
     }
+}
+
+/// The columns of a rollup part's row, in order, as the `INSERT` names them.
+pub const ROLLUP_COLUMNS: &str = "minute, edges, service, node, chunk, version, cells";
+
+/// Appends the row of one rollup part ([`ROLLUP_COLUMNS`]):
+///
+/// ```text
+/// minute UInt32 (Unix minute)   edges UInt8 (1: the part holds the minute's dependency edges)
+/// service String ('' for edges)   node String   chunk UInt64   version UInt64
+/// cells String    the part as the embedded store's rollup file (faultline_store::rollup)
+/// ```
+pub fn encode_rollup(
+    out: &mut Vec<u8>,
+    minute: u64,
+    service: Option<&str>,
+    node: &str,
+    chunk: u64,
+    version: u64,
+    cells: &[u8],
+) {
+    out.extend_from_slice(&u32::try_from(minute).unwrap_or(u32::MAX).to_le_bytes());
+    out.push(u8::from(service.is_none()));
+    string(out, service.unwrap_or("").as_bytes());
+    string(out, node.as_bytes());
+    out.extend_from_slice(&chunk.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    string(out, cells);
 }
 
 /// A reader of a RowBinary answer.

@@ -26,6 +26,18 @@
 //!   and fed by the materialized view `trace_index_mv` on each insert into `spans`.
 //!   ClickHouse 18.16 has no data-skipping indices, so this table is how a trace is found
 //!   without scanning: its services and time range, then `spans` through its primary key.
+//!
+//! Version 2, the RED rollups and dependency edges (row format in `rows.rs`):
+//!
+//! - `rollups`: the writer's rollups of each chunk of WAL records (1,024 records from a
+//!   multiple of 1,024), cut into parts of one minute and one service (or the minute's
+//!   dependency edges, `edges = 1`), each part's cells in the embedded store's rollup
+//!   file format. Each insert of a chunk writes the parts its new records touched with
+//!   `version` = the last record counted, and a part's content is always everything the
+//!   chunk's records up to `version` put in that minute and service. A
+//!   `ReplacingMergeTree(version)` keyed by (edges, service, minute, node, chunk), read
+//!   with `argMax(cells, version)` per key: a part inserted again, or a smaller version
+//!   after a crash, never counts twice. Partitioned by the UTC day of `minute`.
 
 use crate::ChError;
 use crate::client::Client;
@@ -43,14 +55,21 @@ struct Migration {
     statements: fn() -> Vec<String>,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "spans and trace index",
-    statements: v1,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "spans and trace index",
+        statements: v1,
+    },
+    Migration {
+        version: 2,
+        name: "rollups",
+        statements: v2,
+    },
+];
 
 /// The schema version this binary writes and reads.
-pub const LATEST: u32 = 1;
+pub const LATEST: u32 = 2;
 
 fn v1() -> Vec<String> {
     vec![
@@ -89,6 +108,23 @@ fn v1() -> Vec<String> {
         ),
         "CREATE MATERIALIZED VIEW IF NOT EXISTS trace_index_mv TO trace_index AS
             SELECT trace_id, start_ns, service FROM spans"
+            .to_string(),
+    ]
+}
+
+fn v2() -> Vec<String> {
+    vec![
+        "CREATE TABLE IF NOT EXISTS rollups (
+            minute UInt32,
+            edges UInt8,
+            service String,
+            node String,
+            chunk UInt64,
+            version UInt64,
+            cells String
+        ) ENGINE = ReplacingMergeTree(version)
+        PARTITION BY toYYYYMMDD(toDateTime(minute * 60))
+        ORDER BY (edges, service, minute, node, chunk)"
             .to_string(),
     ]
 }

@@ -38,6 +38,10 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// Another storage backend (ClickHouse) failed; its message says which server and
+    /// what to do.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl StoreError {

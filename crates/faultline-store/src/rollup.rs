@@ -52,7 +52,7 @@ use std::path::Path;
 
 use sketches_ddsketch::{Config, DDSketch};
 
-use faultline_model::span::{Span, SpanKind};
+use faultline_model::span::{Span, SpanId, SpanKind, TraceId};
 
 use crate::error::StoreError;
 
@@ -390,6 +390,29 @@ impl Rollups {
                 }
             }
         }
+    }
+
+    /// The rollups cut into parts stored and read apart (the ClickHouse backend keeps
+    /// one row per part): for each minute, the cells of each service (`Some(service)`)
+    /// and the minute's dependency edges (`None`). Merging every part gives back the whole.
+    pub fn parts(&self) -> Vec<(u64, Option<String>, Rollups)> {
+        let mut out = Vec::new();
+        for (minute, services) in &self.minutes {
+            for (service, ops) in services {
+                let mut part = Rollups::default();
+                part.minutes
+                    .entry(*minute)
+                    .or_default()
+                    .insert(service.clone(), ops.clone());
+                out.push((*minute, Some(service.clone()), part));
+            }
+        }
+        for (minute, edges) in &self.edges {
+            let mut part = Rollups::default();
+            part.edges.insert(*minute, edges.clone());
+            out.push((*minute, None, part));
+        }
+        out
     }
 
     /// Drops every minute before `minute` (retention).
@@ -824,6 +847,74 @@ impl Rollups {
     }
 }
 
+/// Builds rollups from spans that arrive in any order, finding the service-to-service
+/// calls among them by matching each child to its parent by ids, as the embedded store's
+/// head does for its own rollups; for writers that keep rollups outside a store (the
+/// ClickHouse writer). Memory grows with the spans pushed (about 40 bytes each): start a
+/// new one for each stretch of spans whose calls are matched together.
+#[derive(Debug, Default)]
+pub struct RollupBuilder {
+    rollups: Rollups,
+    services: Vec<String>,
+    service_ids: HashMap<String, u32>,
+    /// Every span pushed: its service.
+    seen: HashMap<(TraceId, SpanId), u32>,
+    /// Children whose parent has not arrived, by the parent's ids.
+    waiting: HashMap<(TraceId, SpanId), Vec<WaitingChild>>,
+}
+
+/// A child span waiting for its parent: start, service, and (error, duration, weight).
+type WaitingChild = (u64, u32, (bool, u64, f64));
+
+impl RollupBuilder {
+    /// Adds one span, weighted by its adjusted count, and the calls its arrival completes.
+    pub fn push(&mut self, s: &Span) {
+        let weight = faultline_model::sampling::adjusted_count(&s.attributes);
+        self.rollups.add_weighted(s, weight);
+        let me = self.service_id(s.service());
+        if let Some(p) = s.parent_span_id {
+            let call = (s.is_error(), s.duration_ns(), weight);
+            match self.seen.get(&(s.trace_id, p)) {
+                Some(&parent) if parent != me => {
+                    let parent = self.services[parent as usize].clone();
+                    self.rollups
+                        .add_edge(s.start_ns, &parent, s.service(), call);
+                }
+                Some(_) => {}
+                None => self
+                    .waiting
+                    .entry((s.trace_id, p))
+                    .or_default()
+                    .push((s.start_ns, me, call)),
+            }
+        }
+        if let Some(children) = self.waiting.remove(&(s.trace_id, s.span_id)) {
+            for (start, child, call) in children {
+                if child != me {
+                    let child = self.services[child as usize].clone();
+                    self.rollups.add_edge(start, s.service(), &child, call);
+                }
+            }
+        }
+        self.seen.insert((s.trace_id, s.span_id), me);
+    }
+
+    /// What was built so far.
+    pub fn rollups(&self) -> &Rollups {
+        &self.rollups
+    }
+
+    fn service_id(&mut self, service: &str) -> u32 {
+        if let Some(&id) = self.service_ids.get(service) {
+            return id;
+        }
+        let id = self.services.len() as u32;
+        self.services.push(service.to_string());
+        self.service_ids.insert(service.to_string(), id);
+        id
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -856,6 +947,53 @@ mod tests {
                 service: service.into(),
                 ..Origin::default()
             }),
+        }
+    }
+
+    #[test]
+    fn the_builder_finds_calls_in_any_arrival_order_and_parts_merge_back() {
+        // A trace: frontend -> cart -> cart (internal) -> db, over two minutes.
+        let mk = |svc: &str, id: u8, parent: Option<u8>, minute: u64, ms: u64| {
+            let mut s = span(svc, "op", minute, ms, svc == "db");
+            s.span_id = [id; 8];
+            s.parent_span_id = parent.map(|p| [p; 8]);
+            s
+        };
+        let spans = [
+            mk("frontend", 1, None, 1000, 40),
+            mk("cart", 2, Some(1), 1000, 30),
+            mk("cart", 3, Some(2), 1001, 20),
+            mk("db", 4, Some(3), 1001, 5),
+        ];
+        let deps = |r: &Rollups| {
+            r.dependencies(1000 * 60, 1002 * 60)
+                .into_iter()
+                .map(|d| (d.parent, d.child, d.calls, d.errors))
+                .collect::<Vec<_>>()
+        };
+        let want = vec![
+            ("cart".to_string(), "db".to_string(), 1, 1),
+            ("frontend".to_string(), "cart".to_string(), 1, 0),
+        ];
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+            let mut b = RollupBuilder::default();
+            for i in order {
+                b.push(&spans[i]);
+            }
+            assert_eq!(deps(b.rollups()), want, "order {order:?}");
+            let parts = b.rollups().parts();
+            // Two services in minute 1000, two in 1001, edges in both minutes.
+            assert_eq!(parts.len(), 6, "order {order:?}");
+            let mut whole = Rollups::default();
+            for (_, _, p) in &parts {
+                whole.merge(p);
+            }
+            assert_eq!(deps(&whole), want);
+            let total = |r: &Rollups, svc| r.total(svc, None, None, 1000 * 60, 1002 * 60);
+            for svc in ["frontend", "cart", "db"] {
+                assert_eq!(total(&whole, svc), total(b.rollups(), svc), "{svc}");
+            }
+            assert_eq!(total(&whole, "cart").count, 2);
         }
     }
 

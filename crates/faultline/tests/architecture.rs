@@ -71,8 +71,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("faultline-store", &["faultline-model"]),
-    // The ClickHouse backend, a second store beside the embedded one: it knows the model.
-    ("faultline-clickhouse", &["faultline-model"]),
+    // The ClickHouse backend, a second store beside the embedded one: it implements the
+    // store's query trait and answers RED and search with the store's own rollup and
+    // summary code, so both backends answer alike.
+    (
+        "faultline-clickhouse",
+        &["faultline-model", "faultline-store"],
+    ),
     // Probes call services from outside and hand their spans to a sink the binary
     // connects to intake: they know only the model.
     // The outbox knows nothing of where its transitions come from.

@@ -40,7 +40,8 @@ impl SortOrder {
     }
 
     /// Larger is better.
-    pub(crate) fn key(self, start_ns: u64, end_ns: u64) -> u64 {
+    /// The sort key of a trace from `start_ns` to `end_ns`: larger comes first.
+    pub fn key(self, start_ns: u64, end_ns: u64) -> u64 {
         let dur = end_ns.saturating_sub(start_ns);
         match self {
             Self::Newest => start_ns,

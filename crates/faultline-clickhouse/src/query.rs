@@ -1,0 +1,370 @@
+//! [`SpanStore`] over ClickHouse: what the query API and the UI ask, answered from the
+//! `spans` and `rollups` tables.
+//!
+//! - Traces by id: `trace_index` says where their spans are, then one read of `spans`
+//!   for all of them ([`ClickHouse::traces`]).
+//! - Services and operations: `spans`, grouped.
+//! - RED series and totals, latency distributions, dependencies: the `rollups` parts of
+//!   the minutes asked (the newest version of each), merged and answered by the embedded
+//!   store's own rollup code, so both backends count, weigh and estimate quantiles alike.
+//! - Search: candidate traces are chosen in SQL from the spans of the asked service that
+//!   overlap the time range: the service, operation and duration filters exactly, each
+//!   tag by a test that may pass too much but never too little (a string attribute's
+//!   value exactly; any other place a tag can live, by its key's bytes in the `otlp`
+//!   column, or its value's for the status message and the scope). Candidates come in pages, ordered by the sort over their matching spans;
+//!   their whole traces are then read and checked exactly as the embedded store checks
+//!   them, and the answer is ordered by the whole traces. At most
+//!   [`MAX_VERIFY_TRACES`] candidates are read; an answer that stopped there is marked
+//!   partial.
+
+use std::collections::BTreeSet;
+
+use faultline_model::span::{Span, SpanKind, TraceId};
+use faultline_store::rollup::{Dependency, RedPoint, Rollups};
+use faultline_store::search::{MAX_TAGS, MAX_VERIFY_TRACES};
+use faultline_store::store::{Completeness, SpanStore, TraceAnswer};
+use faultline_store::{SortOrder, StoreError, TraceQuery, TraceSummary};
+
+use crate::ChError;
+use crate::rows::RowReader;
+use crate::store::{ClickHouse, quote};
+
+/// Candidates read per page of a search, at least and at most.
+const PAGE: (usize, usize) = (64, 1_000);
+
+fn store_err(e: ChError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Unix minutes of `[start_s, end_s)`, inclusive.
+fn minutes(start_s: u64, end_s: u64) -> (u64, u64) {
+    (start_s / 60, end_s.saturating_sub(1) / 60)
+}
+
+impl ClickHouse {
+    /// The rollup parts of `service` (or the dependency edges, `None`) in the minutes
+    /// `first..=last`, the newest version of each, merged.
+    pub fn rollups(
+        &self,
+        service: Option<&str>,
+        first: u64,
+        last: u64,
+    ) -> Result<Rollups, ChError> {
+        let which = match service {
+            Some(s) => format!("edges = 0 AND service = {}", quote(s)),
+            None => "edges = 1".to_string(),
+        };
+        let body = self.client().query(&format!(
+            "SELECT argMax(cells, version) FROM rollups \
+             WHERE {which} AND minute >= {first} AND minute <= {last} \
+             GROUP BY minute, node, chunk FORMAT RowBinary"
+        ))?;
+        let mut r = RowReader::new(&body);
+        let mut all = Rollups::default();
+        while !r.is_empty() {
+            let cells = r
+                .string()
+                .ok_or_else(|| self.bad("the rollups", "a truncated row"))?;
+            let part = Rollups::decode(cells)
+                .map_err(|reason| self.bad("the rollups", &format!("a part that {reason}")))?;
+            all.merge(&part);
+        }
+        Ok(all)
+    }
+
+    /// The operations of `service` with their span kinds, sorted.
+    pub fn operations(&self, service: &str) -> Result<Vec<(String, SpanKind)>, ChError> {
+        let body = self.client().query(&format!(
+            "SELECT name, kind FROM spans WHERE service = {} GROUP BY name, kind \
+             FORMAT RowBinary",
+            quote(service)
+        ))?;
+        let mut r = RowReader::new(&body);
+        let mut out = BTreeSet::new();
+        while !r.is_empty() {
+            let bad = || self.bad("the operations", "a truncated row");
+            let name = String::from_utf8_lossy(r.string().ok_or_else(bad)?).into_owned();
+            let kind = r.u8().ok_or_else(bad)?;
+            out.insert((name, kind));
+        }
+        Ok(out
+            .into_iter()
+            .map(|(n, k)| (n, SpanKind::from_i32(i32::from(k))))
+            .collect())
+    }
+
+    /// One page of search candidates: trace ids, best first by the sort over the spans
+    /// that matched (see the module doc).
+    fn candidates(
+        &self,
+        q: &TraceQuery,
+        page: usize,
+        offset: usize,
+    ) -> Result<Vec<TraceId>, ChError> {
+        let mut filter = vec![format!(
+            "start_ns <= {} AND start_ns + duration_ns >= {}",
+            q.end_ns, q.start_ns
+        )];
+        if let Some(s) = &q.service {
+            filter.push(format!("service = {}", quote(s)));
+        }
+        let mut having = Vec::new();
+        let mut span = Vec::new();
+        if let Some(op) = &q.operation {
+            span.push(format!("name = {}", quote(op)));
+        }
+        // Whole microseconds, as the embedded store compares them.
+        if let Some(m) = q.min_duration_ns {
+            span.push(format!("intDiv(duration_ns, 1000) >= {}", m.div_ceil(1000)));
+        }
+        if let Some(m) = q.max_duration_ns {
+            span.push(format!("intDiv(duration_ns, 1000) <= {}", m / 1000));
+        }
+        if !span.is_empty() {
+            having.push(format!("max({}) = 1", span.join(" AND ")));
+        }
+        for (k, v) in q.tags.iter().take(MAX_TAGS) {
+            having.push(format!("max({}) = 1", tag_test(k, v)));
+        }
+        // With a service, the rows are its spans only, and an error elsewhere counts.
+        if q.errors_only && q.service.is_none() {
+            having.push("max(status = 2) = 1".to_string());
+        }
+        let order = match q.sort {
+            SortOrder::Newest => "min(start_ns) DESC",
+            SortOrder::Oldest => "min(start_ns) ASC",
+            SortOrder::Longest => "max(start_ns + duration_ns) - min(start_ns) DESC",
+            SortOrder::Shortest => "max(start_ns + duration_ns) - min(start_ns) ASC",
+            SortOrder::Sample => "sipHash64(trace_id)",
+        };
+        let having = if having.is_empty() {
+            String::new()
+        } else {
+            format!(" HAVING {}", having.join(" AND "))
+        };
+        let body = self.client().query(&format!(
+            "SELECT trace_id FROM spans WHERE {} GROUP BY trace_id{having} \
+             ORDER BY {order}, trace_id LIMIT {offset}, {page} FORMAT RowBinary",
+            filter.join(" AND ")
+        ))?;
+        let mut r = RowReader::new(&body);
+        let mut out = Vec::new();
+        while !r.is_empty() {
+            let id = r
+                .fixed(16)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .ok_or_else(|| self.bad("the search candidates", "a truncated row"))?;
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// Summaries of the traces matching `q` (see the module doc), and whether the
+    /// candidates ran out before the verification budget did.
+    pub fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), ChError> {
+        let mut found = Vec::new();
+        let mut completeness = Completeness::default();
+        if q.limit == 0 {
+            return Ok((found, completeness));
+        }
+        let page = (q.limit * 2).clamp(PAGE.0, PAGE.1);
+        let mut offset = 0;
+        while found.len() < q.limit {
+            if offset >= MAX_VERIFY_TRACES {
+                completeness.reasons.push(format!(
+                    "search stopped after checking {MAX_VERIFY_TRACES} candidate traces; narrow the query"
+                ));
+                break;
+            }
+            let ids = self.candidates(q, page, offset)?;
+            offset += ids.len();
+            for spans in self.traces(&ids)? {
+                let Some(summary) = TraceSummary::of(&spans) else {
+                    continue;
+                };
+                let refs: Vec<&Span> = spans.iter().collect();
+                if q.trace_matches(&refs, &summary) {
+                    found.push(summary);
+                }
+            }
+            if ids.len() < page {
+                break;
+            }
+        }
+        found.sort_by_key(|s| std::cmp::Reverse(q.sort.key(s.start_ns, s.end_ns)));
+        found.truncate(q.limit);
+        Ok((found, completeness))
+    }
+}
+
+/// A SQL test of one span for tag `key` = `value` that passes every span carrying it
+/// (and may pass some that do not; the exact check comes after).
+fn tag_test(key: &str, value: &str) -> String {
+    let (k, v) = (quote(key), quote(value));
+    // Attribute types (rows.rs): 0 string, 1 int, 3 bool compare as text; 2 double and
+    // 255 (kept in `otlp`) are let through.
+    let mut any = vec![
+        format!(
+            "arrayExists((k, v, t) -> k = {k} AND (v = {v} OR t = 2 OR t = 255), \
+             attr_keys, attr_values, attr_types)"
+        ),
+        // Events, resource and scope live in `otlp`, their keys as plain bytes.
+        format!("position(otlp, {k}) > 0"),
+    ];
+    match (key, value) {
+        // Tags made of what is not an attribute: the status message and the scope are
+        // in `otlp` without their tag's key, so look for the value's bytes.
+        ("otel.status_description" | "otel.scope.name" | "otel.scope.version", _) => {
+            any.push(format!("position(otlp, {v}) > 0"));
+        }
+        ("error", "true") | ("otel.status_code", "ERROR") => any.push("status = 2".into()),
+        ("otel.status_code", "OK") => any.push("status = 1".into()),
+        ("span.kind", kind) => {
+            if let Some(code) = [
+                SpanKind::Internal,
+                SpanKind::Server,
+                SpanKind::Client,
+                SpanKind::Producer,
+                SpanKind::Consumer,
+            ]
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            {
+                any.push(format!("kind = {}", code as u8));
+            }
+        }
+        _ => {}
+    }
+    format!("({})", any.join(" OR "))
+}
+
+impl SpanStore for ClickHouse {
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
+        Ok(TraceAnswer {
+            spans: ClickHouse::trace(self, trace_id).map_err(store_err)?,
+            completeness: Completeness::default(),
+        })
+    }
+
+    fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
+        Ok(ClickHouse::traces(self, ids)
+            .map_err(store_err)?
+            .into_iter()
+            .map(|spans| TraceAnswer {
+                spans,
+                completeness: Completeness::default(),
+            })
+            .collect())
+    }
+
+    fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
+        Ok((
+            ClickHouse::services(self).map_err(store_err)?,
+            Completeness::default(),
+        ))
+    }
+
+    fn operations(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
+        Ok((
+            ClickHouse::operations(self, service).map_err(store_err)?,
+            Completeness::default(),
+        ))
+    }
+
+    fn dependencies(
+        &self,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(Vec<Dependency>, Completeness), StoreError> {
+        let (first, last) = minutes(start_s, end_s);
+        let r = self.rollups(None, first, last).map_err(store_err)?;
+        Ok((r.dependencies(start_s, end_s), Completeness::default()))
+    }
+
+    fn red(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
+        let (first, last) = minutes(start_s, end_s);
+        let r = self
+            .rollups(Some(service), first, last)
+            .map_err(store_err)?;
+        Ok((
+            r.series(service, operation, kind, start_s, end_s, step_s),
+            Completeness::default(),
+        ))
+    }
+
+    fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+        ClickHouse::search(self, q).map_err(store_err)
+    }
+
+    fn red_total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(RedPoint, Completeness), StoreError> {
+        let (first, last) = minutes(start_s, end_s);
+        let r = self
+            .rollups(Some(service), first, last)
+            .map_err(store_err)?;
+        Ok((
+            r.total(service, operation, kind, start_s, end_s),
+            Completeness::default(),
+        ))
+    }
+
+    fn latency_distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Result<(Vec<u64>, Completeness), StoreError> {
+        let (first, last) = minutes(start_s, end_s);
+        let r = self
+            .rollups(Some(service), first, last)
+            .map_err(store_err)?;
+        Ok((
+            r.distribution(service, operation, start_s, end_s, bounds_ms),
+            Completeness::default(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_tests_quote_and_add_the_columns_a_tag_can_live_in() {
+        let t = tag_test("region", "eu-'west");
+        assert!(t.contains(r"v = 'eu-\'west'"), "{t}");
+        assert!(t.contains("position(otlp, 'region') > 0"), "{t}");
+        assert!(!t.contains("status"), "{t}");
+        assert!(tag_test("error", "true").contains("status = 2"));
+        let t = tag_test("otel.status_description", "boom");
+        assert!(t.contains("position(otlp, 'boom') > 0"), "{t}");
+        assert!(tag_test("span.kind", "server").contains("kind = 2"));
+        assert!(!tag_test("span.kind", "nonsense").contains("kind ="));
+    }
+
+    #[test]
+    fn minutes_cover_the_half_open_range() {
+        assert_eq!(minutes(120, 180), (2, 2));
+        assert_eq!(minutes(120, 181), (2, 3));
+        assert_eq!(minutes(0, 0), (0, 0));
+    }
+}
