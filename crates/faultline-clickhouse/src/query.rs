@@ -10,10 +10,11 @@
 //! - Search: candidate traces are chosen in SQL from the spans of the asked service that
 //!   overlap the time range: the service, operation and duration filters exactly, each
 //!   tag by a test that may pass too much but never too little (a string attribute's
-//!   value exactly; any other place a tag can live, by its key's bytes in the `otlp`
-//!   column, or its value's for the status message and the scope). Candidates come in pages, ordered by the sort over their matching spans;
+//!   value exactly; any other place a tag can live, by its key as protobuf encodes it
+//!   in the `otlp` column, or its value for the status message and the scope). Candidates come in pages, ordered by the sort over their matching spans;
 //!   their whole traces are then read and checked exactly as the embedded store checks
-//!   them, and the answer is ordered by the whole traces. At most
+//!   them, and the answer is ordered by the whole traces; the traces found stay at hand
+//!   for two seconds, for the read of their spans that follows. At most
 //!   [`MAX_VERIFY_TRACES`] candidates are read; an answer that stopped there is marked
 //!   partial.
 
@@ -30,7 +31,7 @@ use crate::rows::RowReader;
 use crate::store::{ClickHouse, quote};
 
 /// Candidates read per page of a search, at least and at most.
-const PAGE: (usize, usize) = (64, 1_000);
+const PAGE: (usize, usize) = (16, 1_000);
 
 fn store_err(e: ChError) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -165,9 +166,10 @@ impl ClickHouse {
         let mut found = Vec::new();
         let mut completeness = Completeness::default();
         if q.limit == 0 {
-            return Ok((found, completeness));
+            return Ok((Vec::new(), completeness));
         }
-        let page = (q.limit * 2).clamp(PAGE.0, PAGE.1);
+        // Candidates pass every filter but a tag found only in `otlp`: few fail the check.
+        let page = (q.limit + q.limit / 2).clamp(PAGE.0, PAGE.1);
         let mut offset = 0;
         while found.len() < q.limit {
             if offset >= MAX_VERIFY_TRACES {
@@ -178,22 +180,24 @@ impl ClickHouse {
             }
             let ids = self.candidates(q, page, offset)?;
             offset += ids.len();
-            for spans in self.traces(&ids)? {
+            for spans in self.read_traces(&ids)? {
                 let Some(summary) = TraceSummary::of(&spans) else {
                     continue;
                 };
                 let refs: Vec<&Span> = spans.iter().collect();
                 if q.trace_matches(&refs, &summary) {
-                    found.push(summary);
+                    found.push((summary, spans));
                 }
             }
             if ids.len() < page {
                 break;
             }
         }
-        found.sort_by_key(|s| std::cmp::Reverse(q.sort.key(s.start_ns, s.end_ns)));
+        found.sort_by_key(|(s, _)| std::cmp::Reverse(q.sort.key(s.start_ns, s.end_ns)));
         found.truncate(q.limit);
-        Ok((found, completeness))
+        let (summaries, spans): (Vec<_>, Vec<_>) = found.into_iter().unzip();
+        self.remember(spans);
+        Ok((summaries, completeness))
     }
 }
 
@@ -208,14 +212,18 @@ fn tag_test(key: &str, value: &str) -> String {
             "arrayExists((k, v, t) -> k = {k} AND (v = {v} OR t = 2 OR t = 255), \
              attr_keys, attr_values, attr_types)"
         ),
-        // Events, resource and scope live in `otlp`, their keys as plain bytes.
-        format!("position(otlp, {k}) > 0"),
+        // Events, resource and scope attributes live in `otlp`, each key as a KeyValue's
+        // field 1: tag, length, bytes (so `region` does not match `cloud.region`).
+        format!("position(otlp, {}) > 0", proto_literal(Some(0x0A), key)),
     ];
     match (key, value) {
         // Tags made of what is not an attribute: the status message and the scope are
         // in `otlp` without their tag's key, so look for the value's bytes.
         ("otel.status_description" | "otel.scope.name" | "otel.scope.version", _) => {
-            any.push(format!("position(otlp, {v}) > 0"));
+            any.push(format!(
+                "position(otlp, {}) > 0",
+                proto_literal(None, value)
+            ));
         }
         ("error", "true") | ("otel.status_code", "ERROR") => any.push("status = 2".into()),
         ("otel.status_code", "OK") => any.push("status = 1".into()),
@@ -236,6 +244,34 @@ fn tag_test(key: &str, value: &str) -> String {
         _ => {}
     }
     format!("({})", any.join(" OR "))
+}
+
+/// A ClickHouse string literal of `s` as protobuf encodes a string field: the field's
+/// tag byte (when given), the length as a varint, the bytes; unprintable bytes as `\xHH`.
+fn proto_literal(tag: Option<u8>, s: &str) -> String {
+    let mut bytes: Vec<u8> = tag.into_iter().collect();
+    let mut n = s.len() as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(b);
+            break;
+        }
+        bytes.push(b | 0x80);
+    }
+    bytes.extend_from_slice(s.as_bytes());
+    let mut out = String::from("'");
+    for b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\'' => out.push_str("\\'"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\x{b:02X}")),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 impl SpanStore for ClickHouse {
@@ -352,13 +388,21 @@ mod tests {
     fn tag_tests_quote_and_add_the_columns_a_tag_can_live_in() {
         let t = tag_test("region", "eu-'west");
         assert!(t.contains(r"v = 'eu-\'west'"), "{t}");
-        assert!(t.contains("position(otlp, 'region') > 0"), "{t}");
+        assert!(t.contains(r"position(otlp, '\x0A\x06region') > 0"), "{t}");
         assert!(!t.contains("status"), "{t}");
         assert!(tag_test("error", "true").contains("status = 2"));
         let t = tag_test("otel.status_description", "boom");
-        assert!(t.contains("position(otlp, 'boom') > 0"), "{t}");
+        assert!(t.contains(r"position(otlp, '\x04boom') > 0"), "{t}");
         assert!(tag_test("span.kind", "server").contains("kind = 2"));
         assert!(!tag_test("span.kind", "nonsense").contains("kind ="));
+    }
+
+    #[test]
+    fn protobuf_literals_escape_and_prefix_the_length() {
+        assert_eq!(proto_literal(Some(0x0A), "a'b"), r"'\x0A\x03a\'b'");
+        let long = "k".repeat(200);
+        assert!(proto_literal(None, &long).starts_with(r"'\xC8\x01kk"));
+        assert_eq!(proto_literal(None, "é"), r"'\x02\xC3\xA9'");
     }
 
     #[test]

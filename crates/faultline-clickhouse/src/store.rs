@@ -61,11 +61,49 @@ fn key_ranges(mut ranges: Vec<(String, u64, u64)>, max: usize) -> Vec<(String, u
     merged
 }
 
+/// How long a trace a search read stays at hand for the read of its spans that follows.
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Traces kept at hand at most.
+const RECENT_MAX: usize = 256;
+
+/// Traces a search just read and checked, kept for the read of their spans that follows
+/// it (a Jaeger search answer carries each trace's spans): without them every search
+/// reads its traces twice.
+#[derive(Debug, Default)]
+struct Recent {
+    traces: std::collections::VecDeque<(TraceId, std::time::Instant, Vec<Span>)>,
+}
+
+impl Recent {
+    fn get(&self, id: &TraceId) -> Option<Vec<Span>> {
+        self.traces
+            .iter()
+            .rev()
+            .find(|(t, at, _)| t == id && at.elapsed() < RECENT_FOR)
+            .map(|(_, _, spans)| spans.clone())
+    }
+
+    fn put(&mut self, id: TraceId, spans: Vec<Span>) {
+        self.traces
+            .push_back((id, std::time::Instant::now(), spans));
+        while self.traces.len() > RECENT_MAX
+            || self
+                .traces
+                .front()
+                .is_some_and(|(_, at, _)| at.elapsed() >= RECENT_FOR)
+        {
+            self.traces.pop_front();
+        }
+    }
+}
+
 /// The ClickHouse backend of one faultline node.
 #[derive(Debug, Clone)]
 pub struct ClickHouse {
     client: Client,
     node: String,
+    recent: std::sync::Arc<std::sync::Mutex<Recent>>,
 }
 
 impl ClickHouse {
@@ -83,6 +121,7 @@ impl ClickHouse {
         Ok(Self {
             client,
             node: node.to_string(),
+            recent: std::sync::Arc::default(),
         })
     }
 
@@ -140,8 +179,45 @@ impl ClickHouse {
     }
 
     /// The spans of each trace of `ids`, by start time, in the order asked: two reads
-    /// for each [`TRACES_PER_READ`] of them.
+    /// for each [`TRACES_PER_READ`] of them, except the traces a search read and checked
+    /// in the last two seconds (the same spans, unless more arrived meanwhile).
     pub fn traces(&self, ids: &[TraceId]) -> Result<Vec<Vec<Span>>, ChError> {
+        let mut out: Vec<Option<Vec<Span>>> = match self.recent.lock() {
+            Ok(recent) => ids.iter().map(|id| recent.get(id)).collect(),
+            Err(_) => vec![None; ids.len()],
+        };
+        let missing: Vec<TraceId> = ids
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut read = Vec::with_capacity(missing.len());
+        for group in missing.chunks(TRACES_PER_READ) {
+            read.extend(self.read_traces(group)?);
+        }
+        let mut read = read.into_iter();
+        for o in &mut out {
+            if o.is_none() {
+                *o = read.next();
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Keeps traces a search read and checked at hand for the read that follows it.
+    pub(crate) fn remember(&self, traces: impl IntoIterator<Item = Vec<Span>>) {
+        if let Ok(mut recent) = self.recent.lock() {
+            for spans in traces {
+                if let Some(first) = spans.first() {
+                    recent.put(first.trace_id, spans);
+                }
+            }
+        }
+    }
+
+    /// The spans of each trace of `ids`, read from ClickHouse (see [`Self::traces`]).
+    pub(crate) fn read_traces(&self, ids: &[TraceId]) -> Result<Vec<Vec<Span>>, ChError> {
         let mut out = Vec::with_capacity(ids.len());
         for group in ids.chunks(TRACES_PER_READ) {
             out.extend(self.traces_together(group)?);

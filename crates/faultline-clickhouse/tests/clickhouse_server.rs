@@ -142,7 +142,13 @@ fn migrations_apply_once_and_a_newer_schema_is_refused() {
         .unwrap();
     assert_eq!(
         tables.lines().collect::<Vec<_>>(),
-        ["faultline_schema", "rollups", "spans", "trace_index", "trace_index_mv"]
+        [
+            "faultline_schema",
+            "rollups",
+            "spans",
+            "trace_index",
+            "trace_index_mv"
+        ]
     );
     // A newer faultline wrote version 99: this one refuses to start on it.
     client

@@ -123,11 +123,19 @@ pub struct Shipper {
     batch_next: u64,
     /// Records the tailer returned beyond the last batch.
     read_ahead: VecDeque<Record>,
-    /// The rollup chunk being built: its first sequence number and its rollups so far.
-    chunk: u64,
-    builder: RollupBuilder,
+    /// The rollup chunk being built.
+    rollups: ChunkRollups,
     /// The rollup parts of the waiting batch.
     parts: Vec<RollupPart>,
+    /// Where [`Self::position`] and [`Self::keep_from`] are published after each step.
+    published: Published,
+}
+
+/// A writer's positions as other threads see them.
+#[derive(Debug, Clone)]
+struct Published {
+    position: Arc<AtomicU64>,
+    keep_from: Arc<AtomicU64>,
 }
 
 impl Shipper {
@@ -150,21 +158,39 @@ impl Shipper {
             stats: Arc::default(),
             batch: Vec::new(),
             read_ahead: VecDeque::new(),
-            chunk: chunk_of(position),
-            builder: RollupBuilder::default(),
+            rollups: ChunkRollups::starting_at(position),
             parts: Vec::new(),
+            published: Published {
+                position: Arc::new(AtomicU64::new(position)),
+                keep_from: Arc::new(AtomicU64::new(0)),
+            },
         };
         me.rebuild_chunk(wal, position)?;
+        me.publish();
         Ok(me)
+    }
+
+    /// Publishes [`Self::keep_from`] into `keep_from` from now on (the pipeline's
+    /// truncation floor, `PipelineOptions::keep_from`).
+    pub fn publish_keep_from(&mut self, keep_from: Arc<AtomicU64>) {
+        self.published.keep_from = keep_from;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let p = &self.published;
+        p.position.store(self.position(), Ordering::Release);
+        p.keep_from.store(self.keep_from(), Ordering::Release);
     }
 
     /// Rebuilds the current chunk's rollups from its records before `position` (already
     /// in ClickHouse), so the next parts written hold the whole chunk.
     fn rebuild_chunk(&mut self, wal: &Wal, position: u64) -> Result<(), ShipError> {
-        if self.chunk >= position {
+        let chunk = self.rollups.chunk();
+        if chunk >= position {
             return Ok(());
         }
-        let mut tail = wal.tail(self.chunk);
+        let mut tail = wal.tail(chunk);
         let mut first = None;
         'read: loop {
             let records = tail.poll(self.opts.batch_bytes)?;
@@ -177,15 +203,13 @@ impl Shipper {
                 }
                 first.get_or_insert(r.seq);
                 if let Ok(spans) = decode(&r) {
-                    for s in &spans {
-                        self.builder.push(s);
-                    }
+                    self.rollups.rebuild(&spans);
                 }
             }
         }
-        if first.is_none_or(|f| f > self.chunk.max(1)) {
+        if first.is_none_or(|f| f > chunk.max(1)) {
             tracing::warn!(
-                chunk = self.chunk,
+                chunk,
                 first_found = ?first,
                 "the WAL no longer holds the start of the current rollup chunk; RED figures of its records may be undercounted in ClickHouse. The WAL must be truncated only before the writer's position"
             );
@@ -206,7 +230,7 @@ impl Shipper {
     /// Where the WAL may be truncated: the start of the current rollup chunk (rebuilt
     /// from the WAL after a restart), at or before [`Self::position`].
     pub fn keep_from(&self) -> u64 {
-        self.chunk.min(self.cursor.position())
+        self.rollups.chunk().min(self.cursor.position())
     }
 
     /// Reads the next batch (or retries the waiting one), inserts it and moves the
@@ -220,6 +244,7 @@ impl Shipper {
             // be truncated there.
             if self.batch_next > self.cursor.position() {
                 self.cursor.checkpoint(self.batch_next)?;
+                self.publish();
             }
             return Ok(0);
         }
@@ -253,6 +278,7 @@ impl Shipper {
         }
         // Only now: a crash before this line inserts the batch again, harmlessly.
         self.cursor.checkpoint(self.batch_next)?;
+        self.publish();
         Ok(records)
     }
 
@@ -282,37 +308,8 @@ impl Shipper {
                 }
             }
         }
-        self.roll_up();
+        self.parts = self.rollups.add(&self.batch);
         Ok(())
-    }
-
-    /// Adds the batch's records to their chunks' rollups and sets the parts to insert
-    /// with it: of each chunk the batch touched, the (minute, service) parts its spans
-    /// fell in and every edge part (a call completes in the minute of its child, which an
-    /// earlier batch may have brought).
-    fn roll_up(&mut self) {
-        let mut touched = BTreeSet::new();
-        let mut last = None;
-        for (seq, spans) in &self.batch {
-            if chunk_of(*seq) != self.chunk {
-                if let Some(last) = last.take() {
-                    self.parts
-                        .extend(parts_of(&self.builder, self.chunk, last, &touched));
-                }
-                touched.clear();
-                self.chunk = chunk_of(*seq);
-                self.builder = RollupBuilder::default();
-            }
-            for s in spans {
-                self.builder.push(s);
-                touched.insert((s.start_ns / 60_000_000_000, s.service().to_string()));
-            }
-            last = Some(*seq);
-        }
-        if let Some(last) = last {
-            self.parts
-                .extend(parts_of(&self.builder, self.chunk, last, &touched));
-        }
     }
 
     /// Ships until `stop` is set, pausing when the WAL has nothing new and backing off
@@ -333,28 +330,181 @@ impl Shipper {
     }
 }
 
-/// The parts of `builder` (chunk `chunk`, records up to `version`) to write: those of
-/// the touched (minute, service) pairs, and every edge part.
-fn parts_of(
-    builder: &RollupBuilder,
+/// The rollups of the chunk of WAL records being shipped (see the module doc), and the
+/// parts each batch makes to insert with it.
+#[derive(Debug)]
+pub struct ChunkRollups {
     chunk: u64,
-    version: u64,
-    touched: &BTreeSet<(u64, String)>,
-) -> Vec<RollupPart> {
-    builder
-        .rollups()
-        .parts()
-        .into_iter()
-        .filter(|(minute, service, _)| match service {
-            Some(s) => touched.contains(&(*minute, s.clone())),
-            None => true,
+    builder: RollupBuilder,
+}
+
+impl ChunkRollups {
+    /// The rollups of the chunk of record `seq`, empty.
+    pub fn starting_at(seq: u64) -> Self {
+        Self {
+            chunk: chunk_of(seq),
+            builder: RollupBuilder::default(),
+        }
+    }
+
+    /// The first sequence number of the chunk.
+    pub fn chunk(&self) -> u64 {
+        self.chunk
+    }
+
+    /// Adds spans of the chunk that are already in ClickHouse (after a restart).
+    pub fn rebuild(&mut self, spans: &[Span]) {
+        for s in spans {
+            self.builder.push(s);
+        }
+    }
+
+    /// Adds a batch of records (in sequence order) to their chunks' rollups and returns
+    /// the parts to insert with it: of each chunk the batch touched, the (minute,
+    /// service) parts its spans fell in and every edge part (a call completes in the
+    /// minute of its child, which an earlier batch may have brought).
+    pub fn add(&mut self, batch: &[(u64, Vec<Span>)]) -> Vec<RollupPart> {
+        let mut parts = Vec::new();
+        let mut touched = BTreeSet::new();
+        let mut last = None;
+        for (seq, spans) in batch {
+            if chunk_of(*seq) != self.chunk {
+                if let Some(last) = last.take() {
+                    parts.extend(self.parts(last, &touched));
+                }
+                touched.clear();
+                self.chunk = chunk_of(*seq);
+                self.builder = RollupBuilder::default();
+            }
+            let mut prev: Option<(u64, &str)> = None;
+            for s in spans {
+                self.builder.push(s);
+                // A request's spans come grouped by service: one insert per run.
+                let at = (s.start_ns / 60_000_000_000, s.service());
+                if prev != Some(at) {
+                    touched.insert((at.0, at.1.to_string()));
+                    prev = Some(at);
+                }
+            }
+            last = Some(*seq);
+        }
+        if let Some(last) = last {
+            parts.extend(self.parts(last, &touched));
+        }
+        parts
+    }
+
+    /// The parts to write for records up to `version`: those of the touched (minute,
+    /// service) pairs, and every edge part.
+    fn parts(&self, version: u64, touched: &BTreeSet<(u64, String)>) -> Vec<RollupPart> {
+        self.builder
+            .rollups()
+            .parts()
+            .into_iter()
+            .filter(|(minute, service, _)| match service {
+                Some(s) => touched.contains(&(*minute, s.clone())),
+                None => true,
+            })
+            .map(|(minute, service, part)| RollupPart {
+                minute,
+                service,
+                chunk: self.chunk,
+                version,
+                cells: part.encode(),
+            })
+            .collect()
+    }
+}
+
+/// Acknowledged records a writer may be behind before answers read from ClickHouse are
+/// marked partial (about a batch and a half of 500-span requests, as the embedded
+/// pipeline's `indexing` health allows 100 records).
+pub const BEHIND_OK: u64 = 150;
+
+/// What the rest of the process sees of a running writer (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct WriterView {
+    wal: Wal,
+    stats: Arc<ShipperStats>,
+    position: Arc<AtomicU64>,
+}
+
+impl WriterView {
+    /// Acknowledged WAL records not yet in ClickHouse.
+    pub fn behind(&self) -> u64 {
+        (self.wal.committed_seq() + 1).saturating_sub(self.position.load(Ordering::Acquire))
+    }
+
+    /// The writer's figures.
+    pub fn stats(&self) -> &ShipperStats {
+        &self.stats
+    }
+
+    /// Why an answer read from ClickHouse may miss acknowledged spans now, if it may:
+    /// the writer is more than [`BEHIND_OK`] records behind, or its last insert failed.
+    pub fn partial_reason(&self) -> Option<String> {
+        let behind = self.behind();
+        let error = self.stats.last_error.lock().ok().and_then(|e| e.clone());
+        match error {
+            Some(e) if behind > 0 => Some(format!(
+                "{behind} acknowledged WAL records are not in ClickHouse yet; the writer retries: {e}"
+            )),
+            _ if behind > BEHIND_OK => Some(format!(
+                "{behind} acknowledged WAL records are not in ClickHouse yet; the writer is catching up"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A [`Shipper`] on a thread of its own.
+#[derive(Debug)]
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    view: WriterView,
+}
+
+impl Writer {
+    /// Starts `shipper` (of `wal`) on the thread `clickhouse-writer`.
+    pub fn spawn(shipper: Shipper, wal: Wal) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let view = WriterView {
+            wal,
+            stats: shipper.stats(),
+            position: shipper.published.position.clone(),
+        };
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("clickhouse-writer".into())
+            .spawn(move || shipper.run(&s))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            view,
         })
-        .map(|(minute, service, part)| RollupPart {
-            minute,
-            service,
-            chunk,
-            version,
-            cells: part.encode(),
-        })
-        .collect()
+    }
+
+    /// What the rest of the process sees of it.
+    pub fn view(&self) -> WriterView {
+        self.view.clone()
+    }
+
+    /// Stops the thread after its current step and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
 }

@@ -118,6 +118,10 @@ pub struct PipelineOptions {
     pub retry_backoff: Duration,
     /// Unix nanoseconds now (record ages, retention, dead-letter times).
     pub clock: Clock,
+    /// Where another consumer of the WAL still reads from (the ClickHouse writer's
+    /// `Shipper::keep_from`): the WAL is truncated only before it. `u64::MAX`: no other
+    /// consumer.
+    pub keep_from: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for PipelineOptions {
@@ -144,6 +148,7 @@ impl PipelineOptions {
             live_first_after: DEFAULT_LIVE_FIRST_AFTER,
             retry_backoff: Duration::from_millis(40),
             clock: system_clock(),
+            keep_from: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
         }
     }
 }

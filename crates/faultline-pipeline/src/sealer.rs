@@ -82,7 +82,8 @@ impl Sealer {
 }
 
 /// Seals the head (if it holds anything or the WAL position can advance), then truncates
-/// the WAL before the store's durable position. A failed truncation is only logged: the
+/// the WAL before the store's durable position (or before where another consumer still
+/// reads, `PipelineOptions::keep_from`, when that is earlier). A failed truncation is only logged: the
 /// next seal retries it.
 pub(crate) fn seal_and_truncate(sh: &Shared) -> Result<(), StoreError> {
     let sealing = Instant::now();
@@ -95,7 +96,9 @@ pub(crate) fn seal_and_truncate(sh: &Shared) -> Result<(), StoreError> {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(block = %b.id, spans = b.spans, traces = b.traces, bytes = b.bytes, ms = sealing.elapsed().as_millis() as u64, "sealed a block");
             }
-            if let Err(e) = sh.wal.truncate_before_blocking(sh.store.durable_seq() + 1) {
+            let keep = sh.opts.keep_from.load(std::sync::atomic::Ordering::Acquire);
+            let before = (sh.store.durable_seq() + 1).min(keep);
+            if let Err(e) = sh.wal.truncate_before_blocking(before) {
                 tracing::warn!(error = %e, "cannot truncate the WAL after sealing; it will be retried after the next block");
             }
             Ok(())

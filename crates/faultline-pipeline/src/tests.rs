@@ -587,6 +587,25 @@ fn the_script_defers_replays_truncates_and_compacts() {
     w.check_final(5).unwrap();
 }
 
+/// Another consumer of the WAL (the ClickHouse writer) holds truncation back to where it
+/// still reads: the script that truncates above keeps record 3 and everything after it.
+#[test]
+fn truncation_stops_before_another_consumers_position() {
+    let mut w = World::new();
+    for o in &script() {
+        w.run().sh.opts.keep_from.store(3, Ordering::SeqCst);
+        apply(&mut w, o);
+    }
+    let r = w.run();
+    let mut tail = r.sh.wal.tail(0);
+    let first_left = tail.poll(1 << 20).unwrap().first().map(|rec| rec.seq);
+    assert!(
+        first_left.is_some_and(|s| s <= 3),
+        "the WAL was truncated past the other consumer: {first_left:?}"
+    );
+    w.check().unwrap();
+}
+
 /// A record that fails processing becomes a dead letter and the records behind it are
 /// indexed.
 #[test]

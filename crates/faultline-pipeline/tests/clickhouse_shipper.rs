@@ -12,7 +12,7 @@ use faultline_clickhouse::ClickHouse;
 use faultline_clickhouse::testing::{Server, rng};
 use faultline_model::envelope::{Protocol, encode_request};
 use faultline_model::span::{AttrValue, Origin, Span, SpanKind, StatusCode, to_otlp};
-use faultline_pipeline::clickhouse::{ShipError, Shipper, ShipperOptions};
+use faultline_pipeline::clickhouse::{ShipError, Shipper, ShipperOptions, Writer};
 use faultline_wal::{NoopObserver, Wal, WalOptions};
 
 /// A record of 1-6 traces of 1-10 spans, fresh ids and values; its traces.
@@ -159,4 +159,56 @@ fn every_acknowledged_record_reaches_clickhouse_once_across_a_crash_and_an_outag
     assert_eq!(shipper.stats().undecodable.load(Ordering::Relaxed), 1);
     assert_eq!(shipper.position(), wal.committed_seq() + 1);
     check(&ch, &traces);
+}
+
+/// Waits up to 30 s for `f`.
+fn within(what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_writer_thread_reports_how_far_behind_it_is_and_why() {
+    let mut server = Server::start();
+    let mut r = rng("clickhouse writer");
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default(), Arc::new(NoopObserver)).unwrap();
+    let ch = ClickHouse::open(server.config("faultline"), "node-a").unwrap();
+    let opts = ShipperOptions {
+        batch_spans: 60,
+        backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+        ..ShipperOptions::default()
+    };
+    let mut traces = append(&wal, &mut r, 30);
+    let mut shipper = Shipper::new(ch.clone(), &wal, "clickhouse", opts).unwrap();
+    // The pipeline's truncation floor: nothing may go before the chunk the writer rebuilds.
+    let floor = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    shipper.publish_keep_from(floor.clone());
+    assert_eq!(floor.load(Ordering::SeqCst), 0);
+    let writer = Writer::spawn(shipper, wal.clone()).unwrap();
+    let view = writer.view();
+    within("the writer shipped nothing", || view.behind() == 0);
+    assert_eq!(view.partial_reason(), None);
+    check(&ch, &traces);
+    // ClickHouse goes away: what arrives waits, and answers say why they may be partial.
+    server.stop();
+    traces.extend(append(&wal, &mut r, 5));
+    within("no partial reason while ClickHouse is down", || {
+        view.partial_reason().is_some()
+    });
+    let reason = view.partial_reason().unwrap();
+    assert!(reason.contains("5 acknowledged WAL records"), "{reason}");
+    assert!(reason.contains("cannot reach ClickHouse"), "{reason}");
+    server.restart();
+    within("the writer did not catch up", || view.behind() == 0);
+    assert_eq!(view.partial_reason(), None);
+    assert!(view.stats().failures.load(Ordering::Relaxed) > 0);
+    writer.shutdown();
+    check(&ch, &traces);
+    // Records behind a stopped writer are counted.
+    append(&wal, &mut r, 2);
+    assert_eq!(view.behind(), 2);
 }

@@ -162,8 +162,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-model",
             "faultline-store",
             "faultline-checks",
-            // The ClickHouse backend's inserts and reads (`faultline-bench clickhouse`).
+            // The ClickHouse backend's inserts and reads (`faultline-bench clickhouse`),
+            // with the writer's rollup parts.
             "faultline-clickhouse",
+            "faultline-pipeline",
             // The process's default TLS provider for its HTTP clients.
             "faultline-tls",
         ],
