@@ -155,24 +155,60 @@ pub fn run(a: &ClickHouseArgs) -> anyhow::Result<ExitCode> {
         found += usize::from(!spans.is_empty());
     }
     let (p50, p99) = percentiles(&mut lat_ms);
-    // RED over the whole run (an hour's worth of rollup parts reads the same parts per
-    // minute), and a series by minute, for each service in turn.
-    let (services, _) = SpanStore::services(&ch)?;
+    let (reads, red_spans) = reads(&ch, a, first_s, last_s)?;
+    let summary = serde_json::json!({
+        "profile": format!("{:?}", a.profile).to_lowercase(),
+        "spans": spans_total,
+        "spans_stored": stored,
+        // `insert_s` is the whole insert (encoding and HTTP); `encode_s` times the
+        // encoding alone, once more, to say how the insert's time divides.
+        "insert_spans_per_second": spans_total as f64 / insert_s,
+        "insert_seconds": insert_s,
+        "encode_seconds": encode_s,
+        "tables": bytes,
+        "trace_by_id": {"samples": lat_ms.len(), "found": found, "p50_ms": p50, "p99_ms": p99},
+        "rollups": {"parts": parts_total, "build_seconds": rollup_build_s,
+            "insert_seconds": rollup_insert_s},
+        "reads": reads,
+    });
+    println!("{summary}");
+    anyhow::ensure!(
+        red_spans == spans_total,
+        "the rollups count {red_spans} spans of {spans_total}"
+    );
+    anyhow::ensure!(
+        stored == spans_total && found == lat_ms.len(),
+        "ClickHouse lost spans: {stored} of {spans_total} stored, {found} of {} traces found",
+        lat_ms.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// RED over the whole run (an hour's worth of rollup parts reads the same parts per
+/// minute) and a series by minute, for each service in turn, and Jaeger search, through
+/// the store's read trait; returns their figures and the spans RED counts.
+fn reads(
+    ch: &ClickHouse,
+    a: &ClickHouseArgs,
+    first_s: u64,
+    last_s: u64,
+) -> anyhow::Result<(serde_json::Value, u64)> {
+    let (services, _) = SpanStore::services(ch)?;
     let mut red_ms = Vec::new();
     let mut series_ms = Vec::new();
     let mut red_spans = 0u64;
     for svc in &services {
-        red_spans += SpanStore::red_total(&ch, svc, None, None, first_s, last_s)?
+        red_spans += SpanStore::red_total(ch, svc, None, None, first_s, last_s)?
             .0
             .stored;
     }
     for i in 0..a.samples.min(100) {
         let svc = &services[i % services.len()];
         let t0 = Instant::now();
-        SpanStore::red_total(&ch, svc, None, None, first_s, last_s)?;
+        SpanStore::red_total(ch, svc, None, None, first_s, last_s)?;
         red_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         let t0 = Instant::now();
-        SpanStore::red(&ch, svc, None, None, first_s, last_s, 60)?;
+        SpanStore::red(ch, svc, None, None, first_s, last_s, 60)?;
         series_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     // Jaeger search: 20 whole traces of a service in a region, at least 100 ms long.
@@ -192,43 +228,21 @@ pub fn run(a: &ClickHouseArgs) -> anyhow::Result<ExitCode> {
             ..TraceQuery::default()
         };
         let t0 = Instant::now();
-        let (found, _) = SpanStore::search(&ch, &q)?;
+        let (found, _) = SpanStore::search(ch, &q)?;
         let ids: Vec<_> = found.iter().map(|s| s.trace_id).collect();
-        let traces = SpanStore::traces(&ch, &ids)?;
+        let traces = SpanStore::traces(ch, &ids)?;
         search_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         search_found += traces.len();
     }
     let (red_p50, red_p99) = percentiles(&mut red_ms);
     let (series_p50, series_p99) = percentiles(&mut series_ms);
     let (search_p50, search_p99) = percentiles(&mut search_ms);
-    let summary = serde_json::json!({
-        "profile": format!("{:?}", a.profile).to_lowercase(),
-        "spans": spans_total,
-        "spans_stored": stored,
-        // `insert_s` is the whole insert (encoding and HTTP); `encode_s` times the
-        // encoding alone, once more, to say how the insert's time divides.
-        "insert_spans_per_second": spans_total as f64 / insert_s,
-        "insert_seconds": insert_s,
-        "encode_seconds": encode_s,
-        "tables": bytes,
-        "trace_by_id": {"samples": lat_ms.len(), "found": found, "p50_ms": p50, "p99_ms": p99},
-        "rollups": {"parts": parts_total, "build_seconds": rollup_build_s,
-            "insert_seconds": rollup_insert_s},
+    let figures = serde_json::json!({
         "red_total": {"queries": red_ms.len(), "p50_ms": red_p50, "p99_ms": red_p99,
             "minutes": (last_s - first_s) / 60},
         "red_series_by_minute": {"p50_ms": series_p50, "p99_ms": series_p99},
         "search_20_whole_traces": {"queries": search_ms.len(), "traces": search_found,
             "p50_ms": search_p50, "p99_ms": search_p99},
     });
-    println!("{summary}");
-    anyhow::ensure!(
-        red_spans == spans_total,
-        "the rollups count {red_spans} spans of {spans_total}"
-    );
-    anyhow::ensure!(
-        stored == spans_total && found == lat_ms.len(),
-        "ClickHouse lost spans: {stored} of {spans_total} stored, {found} of {} traces found",
-        lat_ms.len()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok((figures, red_spans))
 }

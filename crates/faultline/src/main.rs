@@ -4,7 +4,6 @@
 
 mod config;
 mod dlq;
-mod experimentcmd;
 mod proxycmd;
 mod serve;
 mod walcmd;
@@ -51,7 +50,7 @@ enum Command {
     /// Chaos experiments as files, checked against the trace data.
     Experiment {
         #[command(subcommand)]
-        command: experimentcmd::ExperimentCommand,
+        command: faultline_client::experiment::ExperimentCommand,
     },
     /// Check trace assertions over a trace or a search, for CI (exit 0, 1 or 2).
     Assert(Box<faultline_client::assert::AssertArgs>),
@@ -164,7 +163,7 @@ fn main() -> ExitCode {
         Command::Assert(args) => client(faultline_client::assert::run(*args)),
         Command::Rules { command } => client(faultline_client::rules::run(command)),
         Command::Proxy(args) => proxycmd::run(args),
-        Command::Experiment { command } => experimentcmd::run(command),
+        Command::Experiment { command } => client(faultline_client::experiment::run(command)),
         Command::Report { command } => client(faultline_client::query::report(command)),
         Command::Token { command } => {
             let (mut input, mut out) = (std::io::stdin().lock(), std::io::stdout());

@@ -180,6 +180,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "faultline-checks",
             // https:// APIs: the client side of faultline-tls.
             "faultline-tls",
+            // `faultline experiment`: runs experiment files against a running faultline.
+            "faultline-chaos",
         ],
     ),
 ];

@@ -2,10 +2,10 @@
 //! running faultline and its fault proxy (`faultline_chaos::experiment`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use anyhow::Context;
 use faultline_chaos::experiment;
+
+use crate::ClientError;
 
 /// `faultline experiment ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -43,12 +43,13 @@ pub struct RunArgs {
     state_dir: PathBuf,
 }
 
-pub fn run(cmd: ExperimentCommand) -> anyhow::Result<ExitCode> {
+/// Runs the command; returns the exit code.
+pub fn run(cmd: ExperimentCommand) -> Result<u8, ClientError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    let code = match cmd {
+        .map_err(|e| ClientError(format!("cannot start the async runtime: {e}")))?;
+    Ok(match cmd {
         ExperimentCommand::Run(a) => {
             let opts = experiment::run::RunOptions::new(&a.api, &a.proxy, a.state_dir);
             let (j, u, out) = (
@@ -57,18 +58,19 @@ pub fn run(cmd: ExperimentCommand) -> anyhow::Result<ExitCode> {
                 &mut std::io::stdout(),
             );
             let run = experiment::run_file(&a.file, &opts, j, u, out);
-            rt.block_on(run).map_err(anyhow::Error::msg)?
+            rt.block_on(run).map_err(|e| ClientError(e.to_string()))?
         }
         ExperimentCommand::Validate { file } => {
-            experiment::Experiment::load(&file)?;
+            experiment::Experiment::load(&file).map_err(|e| ClientError(e.to_string()))?;
             println!("{}: valid", file.display());
             0
         }
         ExperimentCommand::Cleanup { state_dir } => {
-            let removed = rt.block_on(experiment::run::cleanup(&state_dir))?;
+            let removed = rt
+                .block_on(experiment::run::cleanup(&state_dir))
+                .map_err(|e| ClientError(e.to_string()))?;
             removed.iter().for_each(|line| println!("removed {line}"));
             0
         }
-    };
-    Ok(ExitCode::from(code))
+    })
 }
