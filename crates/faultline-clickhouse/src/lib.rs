@@ -9,6 +9,8 @@
 //! - [`rows`]: the RowBinary encoding of spans, the format of every insert;
 //! - [`ClickHouse`]: the store over them: idempotent inserts of WAL records and of their
 //!   rollups, and every read of the query trait `faultline_store::SpanStore` (`query.rs`);
+//! - [`settings`]: `storage = "clickhouse"` and the `[clickhouse]` section of
+//!   `faultline serve`'s configuration;
 //! - `testing` (feature `testing`): a real ClickHouse server on loopback for tests.
 //!
 //! One SQL dialect runs on Debian's ClickHouse 18.16 and on current ClickHouse (what each
@@ -27,11 +29,13 @@ pub mod client;
 mod query;
 pub mod rows;
 pub mod schema;
+pub mod settings;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use client::{Client, Config};
+pub use query::WithLocal;
 pub use store::{ClickHouse, RollupPart};
 
 /// What went wrong talking to ClickHouse, said so an operator knows what to do.

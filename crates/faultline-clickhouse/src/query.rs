@@ -171,7 +171,17 @@ impl ClickHouse {
         // Candidates pass every filter but a tag found only in `otlp`: few fail the check.
         let page = (q.limit + q.limit / 2).clamp(PAGE.0, PAGE.1);
         let mut offset = 0;
+        let started = std::time::Instant::now();
         while found.len() < q.limit {
+            if let Some(limit) = q.time_limit
+                && started.elapsed() >= limit
+            {
+                completeness.reasons.push(format!(
+                    "the search stopped at its time limit of {} ms after checking {offset} candidate traces; narrow the time range or add filters",
+                    limit.as_millis()
+                ));
+                break;
+            }
             if offset >= MAX_VERIFY_TRACES {
                 completeness.reasons.push(format!(
                     "search stopped after checking {MAX_VERIFY_TRACES} candidate traces; narrow the query"
@@ -377,6 +387,100 @@ impl SpanStore for ClickHouse {
             r.distribution(service, operation, start_s, end_s, bounds_ms),
             Completeness::default(),
         ))
+    }
+}
+
+/// What a node with `storage = "clickhouse"` answers from: ClickHouse for what every
+/// node shares (spans, services, operations, RED, dependencies, search), and the node's
+/// own embedded store for what it computes from its spans as they arrive (clock offsets,
+/// tracing health, tail sampling).
+pub struct WithLocal {
+    /// The shared store.
+    pub ch: ClickHouse,
+    /// This node's store.
+    pub local: std::sync::Arc<dyn SpanStore>,
+}
+
+impl SpanStore for WithLocal {
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
+        SpanStore::trace(&self.ch, trace_id)
+    }
+
+    fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
+        SpanStore::traces(&self.ch, ids)
+    }
+
+    fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
+        SpanStore::services(&self.ch)
+    }
+
+    fn operations(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
+        SpanStore::operations(&self.ch, service)
+    }
+
+    fn dependencies(
+        &self,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(Vec<Dependency>, Completeness), StoreError> {
+        SpanStore::dependencies(&self.ch, start_s, end_s)
+    }
+
+    fn red(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
+        SpanStore::red(&self.ch, service, operation, kind, start_s, end_s, step_s)
+    }
+
+    fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+        SpanStore::search(&self.ch, q)
+    }
+
+    fn red_total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(RedPoint, Completeness), StoreError> {
+        SpanStore::red_total(&self.ch, service, operation, kind, start_s, end_s)
+    }
+
+    fn latency_distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Result<(Vec<u64>, Completeness), StoreError> {
+        SpanStore::latency_distribution(&self.ch, service, operation, start_s, end_s, bounds_ms)
+    }
+
+    fn clock_offsets(&self) -> std::sync::Arc<faultline_store::skew::Estimates> {
+        self.local.clock_offsets()
+    }
+
+    fn tracing_health(&self) -> Result<faultline_store::quality::TracingHealth, StoreError> {
+        self.local.tracing_health()
+    }
+
+    fn tail_sampling(&self) -> Result<faultline_store::tail::TailReport, StoreError> {
+        self.local.tail_sampling()
+    }
+
+    fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
+        self.local.dropped_by_policy(id)
     }
 }
 

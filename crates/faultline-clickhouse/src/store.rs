@@ -111,18 +111,29 @@ impl ClickHouse {
     /// stable across restarts, different on every node of a cluster) and brings the
     /// schema up to date.
     pub fn open(cfg: Config, node: &str) -> Result<Self, ChError> {
+        let me = Self::connect(cfg, node)?;
+        me.migrate()?;
+        Ok(me)
+    }
+
+    /// [`Self::open`] without the migrations, which [`Self::migrate`] applies later
+    /// (no request is made: a node starts while ClickHouse is away).
+    pub fn connect(cfg: Config, node: &str) -> Result<Self, ChError> {
         if node.is_empty() {
             return Err(ChError::Config(
                 "the node name is empty; give every node a stable name of its own".into(),
             ));
         }
-        let client = Client::new(cfg)?;
-        crate::schema::migrate(&client)?;
         Ok(Self {
-            client,
+            client: Client::new(cfg)?,
             node: node.to_string(),
             recent: std::sync::Arc::default(),
         })
+    }
+
+    /// Brings the schema up to date (`schema::migrate`).
+    pub fn migrate(&self) -> Result<u32, ChError> {
+        crate::schema::migrate(&self.client)
     }
 
     /// The HTTP client (for statements this type does not wrap).

@@ -91,6 +91,9 @@ pub enum ShipError {
     /// The WAL could not be read or the cursor not written.
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// The writer's thread could not be started.
+    #[error("cannot start the ClickHouse writer's thread: {0}")]
+    Thread(String),
 }
 
 /// Figures of the writer, for the status page and `/metrics`.
@@ -313,9 +316,25 @@ impl Shipper {
     }
 
     /// Ships until `stop` is set, pausing when the WAL has nothing new and backing off
-    /// exponentially while ClickHouse fails. Blocking: run it on a thread of its own.
+    /// exponentially while ClickHouse fails; first brings ClickHouse's schema up to date,
+    /// retrying while it is away. Blocking: run it on a thread of its own.
     pub fn run(mut self, stop: &AtomicBool) {
         let mut backoff = self.opts.backoff.0;
+        while !stop.load(Ordering::Relaxed) {
+            match self.ch.migrate() {
+                Ok(_) => break,
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = self.stats.last_error.lock() {
+                        *last = Some(e.to_string());
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot bring ClickHouse's schema up to date; spans wait in the WAL");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(self.opts.backoff.1);
+                }
+            }
+        }
+        backoff = self.opts.backoff.0;
         while !stop.load(Ordering::Relaxed) {
             match self.step() {
                 Ok(0) => std::thread::sleep(self.opts.idle),
@@ -416,9 +435,9 @@ impl ChunkRollups {
     }
 }
 
-/// Acknowledged records a writer may be behind before answers read from ClickHouse are
-/// marked partial (about a batch and a half of 500-span requests, as the embedded
-/// pipeline's `indexing` health allows 100 records).
+/// Acknowledged records a writer may be behind before its status turns degraded (about
+/// a batch and a half of 500-span requests, as the embedded pipeline's `indexing` health
+/// allows 100 records).
 pub const BEHIND_OK: u64 = 150;
 
 /// What the rest of the process sees of a running writer (cheap to clone).
@@ -441,19 +460,60 @@ impl WriterView {
     }
 
     /// Why an answer read from ClickHouse may miss acknowledged spans now, if it may:
-    /// the writer is more than [`BEHIND_OK`] records behind, or its last insert failed.
+    /// acknowledged records the writer has not sent yet (as the embedded pipeline says of
+    /// records not yet indexed), with its last error while inserts fail.
     pub fn partial_reason(&self) -> Option<String> {
         let behind = self.behind();
-        let error = self.stats.last_error.lock().ok().and_then(|e| e.clone());
-        match error {
-            Some(e) if behind > 0 => Some(format!(
-                "{behind} acknowledged WAL records are not in ClickHouse yet; the writer retries: {e}"
-            )),
-            _ if behind > BEHIND_OK => Some(format!(
-                "{behind} acknowledged WAL records are not in ClickHouse yet; the writer is catching up"
-            )),
-            _ => None,
+        if behind == 0 {
+            return None;
         }
+        let error = self.stats.last_error.lock().ok().and_then(|e| e.clone());
+        Some(match error {
+            Some(e) => format!(
+                "{behind} acknowledged WAL records are not yet indexed in ClickHouse; the writer retries: {e}"
+            ),
+            None => format!("{behind} acknowledged WAL records are not yet indexed in ClickHouse"),
+        })
+    }
+}
+
+impl WriterView {
+    /// The writer's part of the status page: degraded while it is more than
+    /// [`BEHIND_OK`] records behind or its inserts fail.
+    pub fn health(&self, url: &str) -> faultline_model::health::Component {
+        use faultline_model::health::{Component, Health};
+        let behind = self.behind();
+        let error = self.stats.last_error.lock().ok().and_then(|e| e.clone());
+        let shipped = self.stats.spans.load(Ordering::Relaxed);
+        let c = match (&error, behind > BEHIND_OK) {
+            (Some(e), _) => Component::new(
+                "clickhouse",
+                Health::Degraded,
+                format!("{behind} acknowledged records wait in the WAL: {e}"),
+            )
+            .action(format!(
+                "check that ClickHouse at {url} runs and accepts inserts; the WAL keeps what waits, within its budget"
+            )),
+            (None, true) => Component::new(
+                "clickhouse",
+                Health::Degraded,
+                format!("catching up: {behind} acknowledged records not in ClickHouse yet"),
+            ),
+            (None, false) => Component::new(
+                "clickhouse",
+                Health::Ok,
+                format!("{shipped} spans written to {url} since start"),
+            ),
+        };
+        c.details(serde_json::json!({
+            "url": url,
+            "behind_records": behind,
+            "spans_written": shipped,
+            "inserts": self.stats.inserts.load(Ordering::Relaxed),
+            "failed_inserts": self.stats.failures.load(Ordering::Relaxed),
+            "undecodable_records": self.stats.undecodable.load(Ordering::Relaxed),
+            "last_error": error,
+        }))
     }
 }
 
@@ -466,6 +526,20 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// The writer of a node: brings ClickHouse's schema up to date now when ClickHouse is
+    /// up (so reads find the tables; else the thread retries), and ships `wal` from its
+    /// cursor `clickhouse`, keeping `keep_from` (the pipeline's truncation floor, held at
+    /// 0 until then) at where the WAL must be kept.
+    pub fn start(ch: ClickHouse, wal: &Wal, keep_from: Arc<AtomicU64>) -> Result<Self, ShipError> {
+        keep_from.store(0, Ordering::Release);
+        if let Err(e) = ch.migrate() {
+            tracing::warn!(error = %e, "ClickHouse is not ready; spans wait in the WAL");
+        }
+        let mut shipper = Shipper::new(ch, wal, "clickhouse", ShipperOptions::default())?;
+        shipper.publish_keep_from(keep_from);
+        Self::spawn(shipper, wal.clone()).map_err(|e| ShipError::Thread(e.to_string()))
+    }
+
     /// Starts `shipper` (of `wal`) on the thread `clickhouse-writer`.
     pub fn spawn(shipper: Shipper, wal: Wal) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));

@@ -196,15 +196,28 @@ fn the_writer_thread_reports_how_far_behind_it_is_and_why() {
     // ClickHouse goes away: what arrives waits, and answers say why they may be partial.
     server.stop();
     traces.extend(append(&wal, &mut r, 5));
-    within("no partial reason while ClickHouse is down", || {
-        view.partial_reason().is_some()
-    });
+    within(
+        "no partial reason naming the failure while ClickHouse is down",
+        || {
+            view.partial_reason()
+                .is_some_and(|r| r.contains("cannot reach ClickHouse"))
+        },
+    );
+    let health = view.health("http://ch");
+    assert_eq!(health.health, faultline_model::health::Health::Degraded);
+    assert!(health.action.unwrap().contains("http://ch"));
     let reason = view.partial_reason().unwrap();
     assert!(reason.contains("5 acknowledged WAL records"), "{reason}");
     assert!(reason.contains("cannot reach ClickHouse"), "{reason}");
     server.restart();
     within("the writer did not catch up", || view.behind() == 0);
     assert_eq!(view.partial_reason(), None);
+    let health = view.health("http://ch");
+    assert_eq!(
+        health.health,
+        faultline_model::health::Health::Ok,
+        "{health:?}"
+    );
     assert!(view.stats().failures.load(Ordering::Relaxed) > 0);
     writer.shutdown();
     check(&ch, &traces);

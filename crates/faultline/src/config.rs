@@ -7,6 +7,9 @@
 //!
 //! ```toml
 //! data_dir = "./faultline-data"          # --data-dir, FAULTLINE_DATA_DIR
+//! storage  = "embedded"                  # --storage; "clickhouse": spans, rollups and
+//!                                        #   queries in ClickHouse, the `[clickhouse]`
+//!                                        #   keys in faultline_clickhouse::settings
 //!
 //! [listen]                               # loopback by default; use 0.0.0.0 to open up
 //! otlp_grpc = "127.0.0.1:4317"           # --otlp-grpc, FAULTLINE_OTLP_GRPC
@@ -187,6 +190,8 @@ pub struct ServeArgs {
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: faultline_tls::TlsArgs,
+    #[command(flatten)]
+    pub storage: faultline_clickhouse::settings::StorageArgs,
 }
 
 /// The file format.
@@ -194,6 +199,9 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    storage: Option<String>,
+    #[serde(default)]
+    clickhouse: faultline_clickhouse::settings::ClickHouseFile,
     #[serde(default)]
     listen: ListenFile,
     #[serde(default)]
@@ -334,6 +342,8 @@ pub struct Settings {
     pub experiments: Vec<faultline_chaos::experiment::schedule::Scheduled>,
     /// Consistency rules and continuous assertions, checked.
     pub checks: faultline_checks::config::ChecksConfig,
+    /// ClickHouse, with `storage = "clickhouse"`.
+    pub clickhouse: Option<faultline_clickhouse::settings::ClickHouseSettings>,
 }
 
 impl Settings {
@@ -361,8 +371,11 @@ impl Settings {
             base.unwrap_or(Path::new(".")),
         )
         .map_err(|e| anyhow!("{e}"))?;
+        let (st, ch) = (file.storage.as_deref(), &file.clickhouse);
+        let clickhouse = faultline_clickhouse::settings::storage(&args.storage, st, ch, &data_dir)?;
         Ok(Self {
             checks,
+            clickhouse,
             store: store(&args, &file, &data_dir)?,
             listen,
             experiments: file.experiments.clone(),

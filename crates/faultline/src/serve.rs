@@ -8,6 +8,11 @@
 //! the reason, while `/health` and `/metrics` keep answering so the failure is visible.
 //! The process stays up on purpose, to keep serving reads; acknowledgements resume only
 //! after a restart, which recovers the WAL from what is on disk.
+//!
+//! With `storage = "clickhouse"` the ClickHouse writer ships the WAL to ClickHouse (and
+//! holds WAL truncation back to where it reads), and the API and the UI read ClickHouse.
+//! The embedded store keeps running for what works on this node's own spans as they
+//! arrive: continuous checks, tail sampling, clock skew, tracing health and alerts.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,10 +29,12 @@ use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Rep
 use faultline_auth::{Auth, Listener, Scope, Scopes, protect};
 use faultline_chaos::experiment::history::History;
 use faultline_checks::Checks;
+use faultline_clickhouse::ClickHouse;
 use faultline_intake::http::{otlp_router, zipkin_router};
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
 use faultline_notify::Outbox;
+use faultline_pipeline::clickhouse::{Writer, WriterView};
 use faultline_pipeline::{Pipeline, PipelineMetrics, PipelineView};
 use faultline_sampling::{Policy, PolicyHandle, SamplingMetrics};
 use faultline_store::Store;
@@ -97,16 +104,23 @@ struct Wiring {
     sampling: PolicyHandle,
     sampling_metrics: SamplingMetrics,
     proxies: Option<faultline_chaos::Proxies>,
+    /// The ClickHouse writer and its server's URL, with `storage = "clickhouse"`.
+    writer: Option<(WriterView, String)>,
 }
 
 impl Process for Wiring {
     fn partial_reasons(&self, range: Option<(u64, u64)>) -> Vec<String> {
-        self.pipeline.partial_reasons(range)
+        match &self.writer {
+            // Answers come from ClickHouse: what matters is what the writer has not sent.
+            Some((w, _)) => w.partial_reason().into_iter().collect(),
+            None => self.pipeline.partial_reasons(range),
+        }
     }
 
     fn status(&self) -> Vec<Component> {
         let mut parts = self.intake.health();
         parts.extend(self.pipeline.health());
+        parts.extend(self.writer.iter().map(|(w, url)| w.health(url)));
         parts.push(self.store.health());
         parts.push(self.sampling.health());
         faultline_api::status::sort_parts(&mut parts);
@@ -285,6 +299,60 @@ async fn tick_checks(checks: Arc<Checks>, store: Arc<Store>, p: PipelineView, o:
     }
 }
 
+/// With `storage = "clickhouse"`: the ClickHouse backend and its writer
+/// (`Writer::start`), which holds the pipeline's WAL truncation back to where it reads.
+async fn start_writer(
+    s: &Settings,
+    wal: &Wal,
+) -> anyhow::Result<Option<(Arc<ClickHouse>, Writer)>> {
+    let Some(c) = s.clickhouse.clone() else {
+        return Ok(None);
+    };
+    let (wal, keep) = (wal.clone(), s.pipeline.keep_from.clone());
+    let start = move || -> anyhow::Result<(Arc<ClickHouse>, Writer)> {
+        let ch = ClickHouse::connect(c.config, &c.node)?;
+        Ok((Arc::new(ch.clone()), Writer::start(ch, &wal, keep)?))
+    };
+    let started = tokio::task::spawn_blocking(start).await?;
+    Ok(Some(started.context("cannot start the ClickHouse writer")?))
+}
+
+/// What the API reads: ClickHouse with `storage = "clickhouse"` (and this node's store
+/// for what it computes locally), else the embedded store.
+fn read_store(
+    writer: &Option<(Arc<ClickHouse>, Writer)>,
+    store: &Arc<Store>,
+) -> Arc<dyn faultline_store::SpanStore> {
+    match writer {
+        Some((ch, _)) => Arc::new(faultline_clickhouse::WithLocal {
+            ch: ch.as_ref().clone(),
+            local: store.clone(),
+        }),
+        None => store.clone(),
+    }
+}
+
+/// The notification outbox, delivering, and the alert rules over `store`.
+async fn start_notify(s: &Settings, store: &Arc<Store>) -> anyhow::Result<(Outbox, Alerts)> {
+    let (d, notify) = (s.data_dir.clone(), s.notify.clone());
+    let outbox = tokio::task::spawn_blocking(move || Outbox::open(&d, notify)).await?;
+    let outbox = outbox.context("cannot open the notification outbox")?;
+    outbox
+        .start()
+        .context("cannot start notification delivery")?;
+    let (d, rules, st, o) = (
+        s.data_dir.clone(),
+        s.alerts.clone(),
+        store.clone(),
+        outbox.clone(),
+    );
+    let alerts = tokio::task::spawn_blocking(move || Alerts::open(&d, rules, st, Some(o)));
+    Ok((
+        outbox,
+        alerts.await?.context("cannot start the alert rules")?,
+    ))
+}
+
 /// Opens the store, logging what start-up found.
 async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
     let opts = s.store.clone();
@@ -318,25 +386,13 @@ async fn serve(
     let store = open_store(&s).await?;
     let checks = open_checks(&s, &store).await?;
     let wal = open_wal(&s, &metrics, store.source_seq()).await?;
+    let writer = start_writer(&s, &wal).await?;
     // Before intake opens: everything committed so far is the backlog behind live data.
     let pipeline = Pipeline::spawn(wal.clone(), store.clone(), s.pipeline.clone())
         .context("cannot start the store pipeline")?;
     let intake = Arc::new(Intake::new(wal, metrics, s.intake.clone()));
     let ready = Arc::new(AtomicBool::new(false));
-    let (d, notify) = (s.data_dir.clone(), s.notify.clone());
-    let outbox = tokio::task::spawn_blocking(move || Outbox::open(&d, notify)).await?;
-    let outbox = outbox.context("cannot open the notification outbox")?;
-    outbox
-        .start()
-        .context("cannot start notification delivery")?;
-    let (d, rules, st, o) = (
-        s.data_dir.clone(),
-        s.alerts.clone(),
-        store.clone(),
-        outbox.clone(),
-    );
-    let alerts = tokio::task::spawn_blocking(move || Alerts::open(&d, rules, st, Some(o)));
-    let alerts = alerts.await?.context("cannot start the alert rules")?;
+    let (outbox, alerts) = start_notify(&s, &store).await?;
     let (st, p, o) = (store.clone(), pipeline.view(), outbox.clone());
     tokio::spawn(tick_checks(checks.clone(), st, p, o));
     alerts.start().context("cannot start the alerts thread")?;
@@ -354,8 +410,10 @@ async fn serve(
     let d = s.data_dir.clone();
     let history = tokio::task::spawn_blocking(move || History::open(&d)).await??;
     let history = Arc::new(history);
+    let url = s.clickhouse.as_ref().map(|c| c.config.url.clone());
+    let view = writer.as_ref().zip(url).map(|((_, w), u)| (w.view(), u));
     let state = ApiState {
-        store: store.clone(),
+        store: read_store(&writer, &store),
         process: Arc::new(Wiring {
             intake: intake.clone(),
             store,
@@ -366,6 +424,7 @@ async fn serve(
             sampling: sampling.clone(),
             sampling_metrics,
             proxies: proxies.clone(),
+            writer: view,
         }),
         cache: Arc::new(QueryCache::new(
             std::time::Duration::from_millis(500),
@@ -451,6 +510,9 @@ async fn serve(
         t.await.context("server task panicked")??;
     }
     let _ = tokio::task::spawn_blocking(move || pipeline.shutdown()).await;
+    if let Some((_, w)) = writer {
+        let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
+    }
     Ok(())
 }
 

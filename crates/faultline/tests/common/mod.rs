@@ -44,6 +44,50 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+thread_local! {
+    /// ClickHouse servers of this test, by faultline data directory (see
+    /// [`storage_flags`]); dropped, so stopped, when the test's thread ends.
+    static CLICKHOUSE: std::cell::RefCell<Vec<(PathBuf, faultline_clickhouse::testing::Server)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The storage flags of a faultline on `data_dir`: none for the embedded store; with
+/// `FAULTLINE_TEST_STORAGE=clickhouse`, `--storage clickhouse` on a ClickHouse server of
+/// its own, started for the first faultline on `data_dir` and kept for every restart on
+/// it, so the same tests run unchanged on both backends (`scripts/test` runs the API
+/// contract tests both ways).
+pub fn storage_flags(data_dir: &Path) -> Vec<String> {
+    if std::env::var("FAULTLINE_TEST_STORAGE").as_deref() != Ok("clickhouse") {
+        return Vec::new();
+    }
+    let port = CLICKHOUSE.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((_, s)) = c.iter().find(|(d, _)| d == data_dir) {
+            return s.http;
+        }
+        let s = faultline_clickhouse::testing::Server::start();
+        let port = s.http;
+        c.push((data_dir.to_path_buf(), s));
+        port
+    });
+    [
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        &format!("http://127.0.0.1:{port}"),
+        "--node-name",
+        "test-node",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Whether the tests run on ClickHouse (`FAULTLINE_TEST_STORAGE=clickhouse`).
+pub fn on_clickhouse() -> bool {
+    std::env::var("FAULTLINE_TEST_STORAGE").as_deref() == Ok("clickhouse")
+}
+
 pub struct Server {
     pub child: Child,
     pub data_dir: PathBuf,
@@ -137,6 +181,7 @@ impl Server {
             .args(["--zipkin", &format!("127.0.0.1:{}", p.zipkin)])
             .args(["--http", &format!("127.0.0.1:{}", p.api)])
             .args(["--sampling", &format!("127.0.0.1:{}", p.sampling)])
+            .args(storage_flags(data_dir))
             .args(extra)
             .env("FAULTLINE_LOG", "info")
             .stdout(Stdio::null())

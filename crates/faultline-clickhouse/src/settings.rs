@@ -1,0 +1,222 @@
+//! The storage choice of `faultline serve`: `storage = "embedded"` (the default) or
+//! `"clickhouse"`, and the `[clickhouse]` section, merged with their flags and
+//! `FAULTLINE_*` variables (flag, then environment, then file, then default):
+//!
+//! ```toml
+//! storage = "embedded"                  # --storage, FAULTLINE_STORAGE; or "clickhouse"
+//!
+//! [clickhouse]                          # used with storage = "clickhouse"
+//! url = "http://127.0.0.1:8123"         # --clickhouse-url, FAULTLINE_CLICKHOUSE_URL
+//! database = "faultline"                # --clickhouse-database (made when missing)
+//! user = "default"                      # --clickhouse-user
+//! password = ""                         # FAULTLINE_CLICKHOUSE_PASSWORD (or here)
+//! node = (made once, kept in DATA_DIR/clickhouse-node)
+//!                                       # --node-name: this node's name in ClickHouse;
+//!                                       #   stable across restarts, its own on each node
+//! timeout_secs = 30                     # one request, connection and answer
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::{ChError, Config};
+
+/// `[clickhouse]` of the configuration file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseFile {
+    url: Option<String>,
+    database: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    node: Option<String>,
+    timeout_secs: Option<u64>,
+}
+
+/// The flags (and variables) of the storage choice.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct StorageArgs {
+    /// Where spans are stored: embedded (default) or clickhouse.
+    #[arg(long, env = "FAULTLINE_STORAGE")]
+    pub storage: Option<String>,
+    /// ClickHouse's HTTP interface [default: http://127.0.0.1:8123].
+    #[arg(long, env = "FAULTLINE_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+    /// The ClickHouse database [default: faultline].
+    #[arg(long, env = "FAULTLINE_CLICKHOUSE_DATABASE")]
+    pub clickhouse_database: Option<String>,
+    /// The ClickHouse user [default: default].
+    #[arg(long, env = "FAULTLINE_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    /// The ClickHouse password (prefer the variable: flags show in `ps`).
+    #[arg(long, env = "FAULTLINE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// This node's name in ClickHouse [default: made once, kept in the data directory].
+    #[arg(long, env = "FAULTLINE_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// ClickHouse as this node uses it: the server and the node's name.
+#[derive(Debug, Clone)]
+pub struct ClickHouseSettings {
+    /// The server.
+    pub config: Config,
+    /// This node's name (see `ClickHouse::open`).
+    pub node: String,
+}
+
+/// The storage chosen by `storage` (flag first, then the file's key): `None` for the
+/// embedded store, or ClickHouse's settings. The node's name, when not given, is read
+/// from `DATA_DIR/clickhouse-node`, made there on the first start.
+pub fn storage(
+    args: &StorageArgs,
+    file_storage: Option<&str>,
+    file: &ClickHouseFile,
+    data_dir: &Path,
+) -> Result<Option<ClickHouseSettings>, ChError> {
+    match args
+        .storage
+        .as_deref()
+        .or(file_storage)
+        .unwrap_or("embedded")
+    {
+        "embedded" => return Ok(None),
+        "clickhouse" => {}
+        other => {
+            return Err(ChError::Config(format!(
+                "storage = `{other}` is not a storage; use \"embedded\" or \"clickhouse\""
+            )));
+        }
+    }
+    let pick = |flag: &Option<String>, key: &Option<String>, default: &str| {
+        flag.clone()
+            .or_else(|| key.clone())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let mut config = Config::new(
+        &pick(&args.clickhouse_url, &file.url, "http://127.0.0.1:8123"),
+        &pick(&args.clickhouse_database, &file.database, "faultline"),
+    );
+    config.user = pick(&args.clickhouse_user, &file.user, "");
+    config.password = pick(&args.clickhouse_password, &file.password, "");
+    if let Some(t) = file.timeout_secs {
+        if t == 0 {
+            return Err(ChError::Config("timeout_secs must be at least 1".into()));
+        }
+        config.timeout = Duration::from_secs(t);
+    }
+    crate::Client::new(config.clone())?;
+    let node = match args.node_name.clone().or_else(|| file.node.clone()) {
+        Some(n) => n,
+        None => node_name(data_dir)?,
+    };
+    let valid = !node.is_empty()
+        && node.len() <= 64
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !valid {
+        return Err(ChError::Config(format!(
+            "node name `{node}`: use 1 to 64 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    Ok(Some(ClickHouseSettings { config, node }))
+}
+
+/// This node's name from `DATA_DIR/clickhouse-node`, made there when missing: the WAL in
+/// the data directory is what the name stands for.
+fn node_name(data_dir: &Path) -> Result<String, ChError> {
+    let path = data_dir.join("clickhouse-node");
+    let io = |e: std::io::Error| {
+        ChError::Config(format!(
+            "cannot read or make the node name file {}: {e}; give --node-name",
+            path.display()
+        ))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let name = format!(
+                "node-{:x}",
+                (nanos as u64) ^ u64::from(std::process::id()) << 32
+            );
+            std::fs::create_dir_all(data_dir).map_err(io)?;
+            let tmp = data_dir.join("clickhouse-node.tmp");
+            std::fs::write(&tmp, format!("{name}\n")).map_err(io)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            Ok(name)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_by_default_and_clickhouse_with_flags_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = StorageArgs::default();
+        let file = ClickHouseFile::default();
+        assert!(storage(&none, None, &file, dir.path()).unwrap().is_none());
+        let file: ClickHouseFile = toml_like(&[("url", "http://ch:8123"), ("database", "traces")]);
+        let args = StorageArgs {
+            clickhouse_database: Some("flagged".into()),
+            ..StorageArgs::default()
+        };
+        let s = storage(&args, Some("clickhouse"), &file, dir.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.config.url, "http://ch:8123");
+        assert_eq!(s.config.database, "flagged");
+        // The node's name is made once and kept.
+        let again = storage(&args, Some("clickhouse"), &file, dir.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.node, again.node);
+        assert!(s.node.starts_with("node-"), "{}", s.node);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ClickHouseFile::default();
+        let e = storage(&StorageArgs::default(), Some("s3"), &file, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("`s3` is not a storage"), "{e}");
+        let args = StorageArgs {
+            storage: Some("clickhouse".into()),
+            node_name: Some("a b".into()),
+            ..StorageArgs::default()
+        };
+        let e = storage(&args, None, &file, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("node name `a b`"), "{e}");
+        let args = StorageArgs {
+            storage: Some("clickhouse".into()),
+            clickhouse_url: Some("ch:8123".into()),
+            ..StorageArgs::default()
+        };
+        let e = storage(&args, None, &file, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not an http://"), "{e}");
+    }
+
+    fn toml_like(pairs: &[(&str, &str)]) -> ClickHouseFile {
+        let mut f = ClickHouseFile::default();
+        for (k, v) in pairs {
+            match *k {
+                "url" => f.url = Some(v.to_string()),
+                "database" => f.database = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        f
+    }
+}
