@@ -386,6 +386,15 @@ fn nearly_unique_values_are_found_exactly_in_sealed_blocks() {
         assert!(started.elapsed() < Duration::from_secs(10), "block sealed");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // And (on ClickHouse too) nothing acknowledged is waiting to be indexed.
+    while http_get(server.api, "/")
+        .unwrap()
+        .1
+        .contains("not yet indexed")
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "not indexed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let hex = |i: u64| -> String { trace_id(i).iter().map(|b| format!("{b:02x}")).collect() };
     let api = server.api;
     let q = |tags: &[(&str, String)], service: &str| {
