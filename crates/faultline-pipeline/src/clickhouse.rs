@@ -279,6 +279,11 @@ impl Shipper {
         if let Ok(mut last) = self.stats.last_error.lock() {
             *last = None;
         }
+        // Readable now: answers need not wait for the checkpoint's fsync to stop saying
+        // these records are missing.
+        self.published
+            .position
+            .store(self.batch_next, Ordering::Release);
         // Only now: a crash before this line inserts the batch again, harmlessly.
         self.cursor.checkpoint(self.batch_next)?;
         self.publish();

@@ -315,6 +315,12 @@ fn the_service_page_ranks_a_planted_cause_first_and_groups_errors_by_exception()
         page.contains("(parent missing)") && page.contains("1 spans whose parent is missing"),
         "{page}"
     );
+    // Nothing acknowledged waits to be indexed (on ClickHouse the writer may still be
+    // checkpointing the batch that made the trace readable).
+    while get(server.api, "/").contains("not yet indexed") {
+        assert!(started.elapsed() < Duration::from_secs(20), "not indexed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deps = get(server.api, "/dependencies?range=1h");
     assert!(deps.contains("id=depmap"));
     assert!(
