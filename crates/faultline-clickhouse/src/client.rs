@@ -34,6 +34,10 @@ pub struct Config {
     pub timeout: Duration,
     /// The largest answer read, in bytes.
     pub max_answer_bytes: u64,
+    /// The cluster (of the server's `remote_servers`) whose shards hold the tables, if
+    /// any: the tables are then `Distributed` over it (`schema.rs`) and inserts wait for
+    /// every shard (`insert_distributed_sync=1`).
+    pub cluster: Option<String>,
 }
 
 impl Config {
@@ -46,6 +50,7 @@ impl Config {
             password: String::new(),
             timeout: Duration::from_secs(30),
             max_answer_bytes: 512 << 20,
+            cluster: None,
         }
     }
 
@@ -62,20 +67,28 @@ impl Config {
                 self.url
             )));
         }
-        let ok = !self.database.is_empty()
-            && self
-                .database
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !self.database.starts_with(|c: char| c.is_ascii_digit());
-        if !ok {
+        if !identifier(&self.database) {
             return Err(ChError::Config(format!(
                 "database `{}` is not a plain identifier (letters, digits and _, not starting with a digit)",
                 self.database
             )));
         }
+        if let Some(c) = &self.cluster
+            && !identifier(c)
+        {
+            return Err(ChError::Config(format!(
+                "cluster `{c}` is not a plain identifier (letters, digits and _, not starting with a digit); name a cluster of the server's remote_servers"
+            )));
+        }
         Ok(())
     }
+}
+
+/// Letters, digits and `_`, not starting with a digit: safe in a statement unquoted.
+fn identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// A client of one ClickHouse server (cheap to clone; connections are pooled).
@@ -168,6 +181,11 @@ impl Client {
         }
         if let Some(q) = query {
             req = req.query("query", q);
+            // Acknowledged only once every shard has its rows (else the server queues
+            // them on its disk and answers at once).
+            if self.cfg.cluster.is_some() {
+                req = req.query("insert_distributed_sync", "1");
+            }
         }
         if let Some(a) = &self.auth {
             req = req.header("Authorization", a);
@@ -286,7 +304,14 @@ mod tests {
                 .contains("database `fault-line`")
         );
         c.database = "faultline".into();
-        assert!(Client::new(c).is_ok());
+        assert!(Client::new(c.clone()).is_ok());
+        c.cluster = Some("two shards".into());
+        assert!(
+            Client::new(c)
+                .unwrap_err()
+                .to_string()
+                .contains("cluster `two shards`")
+        );
     }
 
     #[test]

@@ -82,3 +82,15 @@ pub enum ChError {
     #[error("the [clickhouse] configuration is wrong: {0}")]
     Config(String),
 }
+
+impl ChError {
+    /// True when retrying cannot help until someone changes the configuration, the
+    /// server or faultline (a server too old, a schema too new, a setting that cannot
+    /// work), false for what passes (the server away, a refused statement).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::TooOld { .. } | Self::SchemaNewer { .. } | Self::Config(_)
+        )
+    }
+}

@@ -44,7 +44,7 @@ fn minutes(start_s: u64, end_s: u64) -> (u64, u64) {
 
 impl ClickHouse {
     /// The rollup parts of `service` (or the dependency edges, `None`) in the minutes
-    /// `first..=last`, the newest version of each, merged.
+    /// `first..=last`, the newest version of each, merged in key order.
     pub fn rollups(
         &self,
         service: Option<&str>,
@@ -58,7 +58,7 @@ impl ClickHouse {
         let body = self.client().query(&format!(
             "SELECT argMax(cells, version) FROM rollups \
              WHERE {which} AND minute >= {first} AND minute <= {last} \
-             GROUP BY minute, node, chunk FORMAT RowBinary"
+             GROUP BY minute, node, chunk ORDER BY minute, node, chunk FORMAT RowBinary"
         ))?;
         let mut r = RowReader::new(&body);
         let mut all = Rollups::default();
@@ -394,6 +394,10 @@ impl SpanStore for ClickHouse {
 /// node shares (spans, services, operations, RED, dependencies, search), and the node's
 /// own embedded store for what it computes from its spans as they arrive (clock offsets,
 /// tracing health, tail sampling).
+///
+/// While ClickHouse cannot be read (the server or a shard away, a table missing), each
+/// shared read is answered from the node's own store instead, marked partial: it holds
+/// only the spans this node received, not the other nodes'.
 pub struct WithLocal {
     /// The shared store.
     pub ch: ClickHouse,
@@ -401,24 +405,68 @@ pub struct WithLocal {
     pub local: std::sync::Arc<dyn SpanStore>,
 }
 
+impl WithLocal {
+    /// `shared`'s answer, or when ClickHouse failed, `local`'s marked partial.
+    fn or_local<T>(
+        &self,
+        shared: Result<(T, Completeness), StoreError>,
+        local: impl FnOnce(&dyn SpanStore) -> Result<(T, Completeness), StoreError>,
+    ) -> Result<(T, Completeness), StoreError> {
+        match shared {
+            Err(StoreError::Backend(why)) => {
+                tracing::debug!(error = %why, "ClickHouse cannot be read; answering from this node's store");
+                let (answer, mut c) = local(self.local.as_ref())?;
+                c.reasons.push(self.away_reason(&why));
+                Ok((answer, c))
+            }
+            other => other,
+        }
+    }
+
+    fn away_reason(&self, why: &str) -> String {
+        let why: String = why.chars().take(300).collect();
+        format!(
+            "ClickHouse cannot be read ({why}); answered from the spans this node received itself, without other nodes' spans"
+        )
+    }
+
+    fn traces_or_local(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
+        match SpanStore::traces(&self.ch, ids) {
+            Err(StoreError::Backend(why)) => {
+                let reason = self.away_reason(&why);
+                let mut answers = self.local.traces(ids)?;
+                for a in &mut answers {
+                    a.completeness.reasons.push(reason.clone());
+                }
+                Ok(answers)
+            }
+            other => other,
+        }
+    }
+}
+
 impl SpanStore for WithLocal {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
-        SpanStore::trace(&self.ch, trace_id)
+        self.traces_or_local(std::slice::from_ref(trace_id))?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("no answer for the trace asked".into()))
     }
 
     fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
-        SpanStore::traces(&self.ch, ids)
+        self.traces_or_local(ids)
     }
 
     fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
-        SpanStore::services(&self.ch)
+        self.or_local(SpanStore::services(&self.ch), |l| l.services())
     }
 
     fn operations(
         &self,
         service: &str,
     ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
-        SpanStore::operations(&self.ch, service)
+        self.or_local(SpanStore::operations(&self.ch, service), |l| {
+            l.operations(service)
+        })
     }
 
     fn dependencies(
@@ -426,7 +474,9 @@ impl SpanStore for WithLocal {
         start_s: u64,
         end_s: u64,
     ) -> Result<(Vec<Dependency>, Completeness), StoreError> {
-        SpanStore::dependencies(&self.ch, start_s, end_s)
+        self.or_local(SpanStore::dependencies(&self.ch, start_s, end_s), |l| {
+            l.dependencies(start_s, end_s)
+        })
     }
 
     fn red(
@@ -438,11 +488,14 @@ impl SpanStore for WithLocal {
         end_s: u64,
         step_s: u64,
     ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
-        SpanStore::red(&self.ch, service, operation, kind, start_s, end_s, step_s)
+        let shared = SpanStore::red(&self.ch, service, operation, kind, start_s, end_s, step_s);
+        self.or_local(shared, |l| {
+            l.red(service, operation, kind, start_s, end_s, step_s)
+        })
     }
 
     fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
-        SpanStore::search(&self.ch, q)
+        self.or_local(SpanStore::search(&self.ch, q), |l| l.search(q))
     }
 
     fn red_total(
@@ -453,7 +506,10 @@ impl SpanStore for WithLocal {
         start_s: u64,
         end_s: u64,
     ) -> Result<(RedPoint, Completeness), StoreError> {
-        SpanStore::red_total(&self.ch, service, operation, kind, start_s, end_s)
+        let shared = SpanStore::red_total(&self.ch, service, operation, kind, start_s, end_s);
+        self.or_local(shared, |l| {
+            l.red_total(service, operation, kind, start_s, end_s)
+        })
     }
 
     fn latency_distribution(
@@ -464,7 +520,12 @@ impl SpanStore for WithLocal {
         end_s: u64,
         bounds_ms: &[f64],
     ) -> Result<(Vec<u64>, Completeness), StoreError> {
-        SpanStore::latency_distribution(&self.ch, service, operation, start_s, end_s, bounds_ms)
+        let shared = SpanStore::latency_distribution(
+            &self.ch, service, operation, start_s, end_s, bounds_ms,
+        );
+        self.or_local(shared, |l| {
+            l.latency_distribution(service, operation, start_s, end_s, bounds_ms)
+        })
     }
 
     fn clock_offsets(&self) -> std::sync::Arc<faultline_store::skew::Estimates> {

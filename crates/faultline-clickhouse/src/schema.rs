@@ -13,6 +13,9 @@
 //! together may both apply one: the second finds the tables made and records the version
 //! again, which `max(version)` reads the same.
 //!
+//! The tables live on the one server, or with `cluster` set over a cluster's shards
+//! (see `Layout` for how they are spread and made).
+//!
 //! Version 1, the spans (row format in `rows.rs`):
 //!
 //! - `spans`: a `ReplacingMergeTree` partitioned by the UTC day of `start_ns`
@@ -48,11 +51,61 @@ pub const MIN_SERVER: (u32, u32) = (18, 16);
 /// The partition key of the tables partitioned by day.
 const BY_DAY: &str = "toYYYYMMDD(toDateTime(intDiv(start_ns, 1000000000)))";
 
+/// Where the tables live: on the one server, or spread over a cluster's shards.
+///
+/// With a cluster, each table `T` of the migrations below is made on every server as
+/// `T_local` (the engine and keys written here), and `T` becomes a `Distributed` table
+/// over `T_local` on every shard, so the statements that read and insert name `T` on
+/// both layouts. Spans are sent to shard `cityHash64(trace_id)`: a trace's spans, and a
+/// span inserted again, land on one shard, whose `ReplacingMergeTree` and
+/// `LIMIT 1 BY` keep it once, and whose `trace_index_local` (fed by the view on
+/// `spans_local`) finds it. Rollup parts go to shard `cityHash64(node, chunk)`; reads
+/// take the newest version of each part across shards (`argMax`), so where a part lands
+/// does not change an answer.
+///
+/// ClickHouse 18.16 runs `ON CLUSTER` statements only with ZooKeeper, so each node makes
+/// the tables on the server it is pointed at; every server of the cluster needs a node
+/// pointed at it once (its start makes the tables there), and until then inserts
+/// fail, naming the missing table, and wait in the WAL.
+#[derive(Debug, Clone)]
+struct Layout {
+    database: String,
+    cluster: Option<String>,
+}
+
+impl Layout {
+    /// `CREATE TABLE` of `name` with `columns` and `engine` (its engine, keys and
+    /// settings), plus its `Distributed` table sharded by `shard_by` with a cluster.
+    fn table(&self, name: &str, columns: &str, engine: &str, shard_by: &str) -> Vec<String> {
+        match &self.cluster {
+            None => vec![format!(
+                "CREATE TABLE IF NOT EXISTS {name} ({columns}) ENGINE = {engine}"
+            )],
+            Some(cluster) => vec![
+                format!("CREATE TABLE IF NOT EXISTS {name}_local ({columns}) ENGINE = {engine}"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {name} AS {name}_local \
+                     ENGINE = Distributed({cluster}, {}, {name}_local, {shard_by})",
+                    self.database
+                ),
+            ],
+        }
+    }
+
+    /// The name of the table that holds table `name`'s rows on this server.
+    fn local(&self, name: &str) -> String {
+        match self.cluster {
+            None => name.to_string(),
+            Some(_) => format!("{name}_local"),
+        }
+    }
+}
+
 /// One migration: its version, a name for the record, its statements.
 struct Migration {
     version: u32,
     name: &'static str,
-    statements: fn() -> Vec<String>,
+    statements: fn(&Layout) -> Vec<String>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -71,62 +124,64 @@ const MIGRATIONS: &[Migration] = &[
 /// The schema version this binary writes and reads.
 pub const LATEST: u32 = 2;
 
-fn v1() -> Vec<String> {
-    vec![
-        format!(
-            "CREATE TABLE IF NOT EXISTS spans (
-                trace_id FixedString(16),
-                span_id FixedString(8),
-                parent_span_id FixedString(8),
-                service String,
-                name String,
-                kind UInt8,
-                status UInt8,
-                start_ns UInt64,
-                duration_ns UInt64,
-                attr_keys Array(String),
-                attr_values Array(String),
-                attr_types Array(UInt8),
-                otlp String,
-                node String,
-                wal_seq UInt64,
-                span_idx UInt32
-            ) ENGINE = ReplacingMergeTree()
+fn v1(l: &Layout) -> Vec<String> {
+    let mut out = l.table(
+        "spans",
+        "trace_id FixedString(16),
+            span_id FixedString(8),
+            parent_span_id FixedString(8),
+            service String,
+            name String,
+            kind UInt8,
+            status UInt8,
+            start_ns UInt64,
+            duration_ns UInt64,
+            attr_keys Array(String),
+            attr_values Array(String),
+            attr_types Array(UInt8),
+            otlp String,
+            node String,
+            wal_seq UInt64,
+            span_idx UInt32",
+        &format!(
+            "ReplacingMergeTree()
             PARTITION BY {BY_DAY}
             PRIMARY KEY (service, start_ns)
             ORDER BY (service, start_ns, node, wal_seq, span_idx)
             SETTINGS index_granularity = 1024"
         ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS trace_index (
-                trace_id FixedString(16),
-                start_ns UInt64,
-                service String
-            ) ENGINE = MergeTree()
-            PARTITION BY {BY_DAY}
-            ORDER BY (trace_id, start_ns)"
-        ),
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS trace_index_mv TO trace_index AS
-            SELECT trace_id, start_ns, service FROM spans"
-            .to_string(),
-    ]
+        "cityHash64(trace_id)",
+    );
+    out.extend(l.table(
+        "trace_index",
+        "trace_id FixedString(16), start_ns UInt64, service String",
+        &format!("MergeTree() PARTITION BY {BY_DAY} ORDER BY (trace_id, start_ns)"),
+        "cityHash64(trace_id)",
+    ));
+    out.push(format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS trace_index_mv TO {} AS
+            SELECT trace_id, start_ns, service FROM {}",
+        l.local("trace_index"),
+        l.local("spans")
+    ));
+    out
 }
 
-fn v2() -> Vec<String> {
-    vec![
-        "CREATE TABLE IF NOT EXISTS rollups (
-            minute UInt32,
+fn v2(l: &Layout) -> Vec<String> {
+    l.table(
+        "rollups",
+        "minute UInt32,
             edges UInt8,
             service String,
             node String,
             chunk UInt64,
             version UInt64,
-            cells String
-        ) ENGINE = ReplacingMergeTree(version)
+            cells String",
+        "ReplacingMergeTree(version)
         PARTITION BY toYYYYMMDD(toDateTime(minute * 60))
-        ORDER BY (edges, service, minute, node, chunk)"
-            .to_string(),
-    ]
+        ORDER BY (edges, service, minute, node, chunk)",
+        "cityHash64(node, chunk)",
+    )
 }
 
 /// Parses `version()`'s answer into (major, minor).
@@ -177,9 +232,14 @@ pub fn migrate(client: &Client) -> Result<u32, ChError> {
             known: LATEST,
         });
     }
+    let layout = Layout {
+        database: cfg.database.clone(),
+        cluster: cfg.cluster.clone(),
+    };
+    check_layout(client, &layout)?;
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         tracing::info!(version = m.version, name = m.name, database = %cfg.database, "applying a ClickHouse schema migration");
-        for s in (m.statements)() {
+        for s in (m.statements)(&layout) {
             client.query(&s)?;
         }
         client.query(&format!(
@@ -188,7 +248,57 @@ pub fn migrate(client: &Client) -> Result<u32, ChError> {
             m.name.replace('\'', "")
         ))?;
     }
+    if let Some(cluster) = &layout.cluster {
+        // Every shard answers from its own tables: a shard no node has migrated yet
+        // fails this, naming its missing table.
+        client
+            .query("SELECT count() FROM spans WHERE 0")
+            .map_err(|e| match e {
+                ChError::Server { url, message, .. } => ChError::Server {
+                    url,
+                    what: format!(
+                        "a read of every shard of cluster `{cluster}` (each server of the cluster needs a faultline node pointed at it once, which makes the tables there)"
+                    ),
+                    message,
+                },
+                e => e,
+            })?;
+    }
     Ok(found)
+}
+
+/// Refuses a database whose tables were made for the other layout (a single server's
+/// tables under a cluster setting, or the reverse), and a cluster the server does not
+/// know.
+fn check_layout(client: &Client, layout: &Layout) -> Result<(), ChError> {
+    let db = &layout.database;
+    if let Some(cluster) = &layout.cluster {
+        let known = client.query_text(&format!(
+            "SELECT count() FROM system.clusters WHERE cluster = '{cluster}'"
+        ))?;
+        if known.trim() == "0" {
+            return Err(ChError::Config(format!(
+                "ClickHouse at {} has no cluster `{cluster}` in its remote_servers; add it to the server's configuration, or remove `cluster`",
+                client.config().url
+            )));
+        }
+    }
+    let engine = client.query_text(&format!(
+        "SELECT engine FROM system.tables WHERE database = '{db}' AND name = 'spans'"
+    ))?;
+    let distributed = match engine.trim() {
+        "" => return Ok(()),
+        e => e == "Distributed",
+    };
+    match (&layout.cluster, distributed) {
+        (Some(c), false) => Err(ChError::Config(format!(
+            "database `{db}` holds one server's tables, not tables over cluster `{c}`; use another database for the cluster, or remove `cluster`"
+        ))),
+        (None, true) => Err(ChError::Config(format!(
+            "database `{db}` holds tables spread over a cluster; name that cluster in `cluster`, or use another database"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The schema version recorded in the database (0 before any migration).
@@ -219,10 +329,37 @@ mod tests {
     fn migrations_are_numbered_in_order_up_to_latest() {
         let v: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert_eq!(v, (1..=LATEST).collect::<Vec<_>>());
+        let one = Layout {
+            database: "db".into(),
+            cluster: None,
+        };
+        let spread = Layout {
+            cluster: Some("c".into()),
+            ..one.clone()
+        };
         for m in MIGRATIONS {
-            for s in (m.statements)() {
-                assert!(s.contains("IF NOT EXISTS"), "not idempotent: {s}");
+            for layout in [&one, &spread] {
+                for s in (m.statements)(layout) {
+                    assert!(s.contains("IF NOT EXISTS"), "not idempotent: {s}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_cluster_spreads_every_table_over_local_tables() {
+        let l = Layout {
+            database: "db".into(),
+            cluster: Some("two".into()),
+        };
+        let all: Vec<String> = MIGRATIONS.iter().flat_map(|m| (m.statements)(&l)).collect();
+        for t in ["spans", "trace_index", "rollups"] {
+            let local = format!("CREATE TABLE IF NOT EXISTS {t}_local (");
+            assert!(all.iter().any(|s| s.starts_with(&local)), "{t}: {all:?}");
+            let dist = format!("ENGINE = Distributed(two, db, {t}_local, cityHash64(");
+            assert!(all.iter().any(|s| s.contains(&dist)), "{t}: {all:?}");
+        }
+        let view = all.iter().find(|s| s.contains("VIEW")).unwrap();
+        assert!(view.contains("TO trace_index_local") && view.contains("FROM spans_local"));
     }
 }

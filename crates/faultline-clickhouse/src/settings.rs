@@ -14,6 +14,10 @@
 //!                                       # --node-name: this node's name in ClickHouse;
 //!                                       #   stable across restarts, its own on each node
 //! timeout_secs = 30                     # one request, connection and answer
+//! cluster = "faultline"                 # --clickhouse-cluster: tables spread over the
+//!                                       #   shards of this cluster of the server's
+//!                                       #   remote_servers (every node of faultline
+//!                                       #   names the same); none: one server
 //! ```
 
 use std::path::Path;
@@ -31,6 +35,7 @@ pub struct ClickHouseFile {
     password: Option<String>,
     node: Option<String>,
     timeout_secs: Option<u64>,
+    cluster: Option<String>,
 }
 
 /// The flags (and variables) of the storage choice.
@@ -51,6 +56,9 @@ pub struct StorageArgs {
     /// The ClickHouse password (prefer the variable: flags show in `ps`).
     #[arg(long, env = "FAULTLINE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
+    /// The ClickHouse cluster whose shards hold the tables [default: none, one server].
+    #[arg(long, env = "FAULTLINE_CLICKHOUSE_CLUSTER")]
+    pub clickhouse_cluster: Option<String>,
     /// This node's name in ClickHouse [default: made once, kept in the data directory].
     #[arg(long, env = "FAULTLINE_NODE_NAME")]
     pub node_name: Option<String>,
@@ -99,6 +107,11 @@ pub fn storage(
     );
     config.user = pick(&args.clickhouse_user, &file.user, "");
     config.password = pick(&args.clickhouse_password, &file.password, "");
+    config.cluster = args
+        .clickhouse_cluster
+        .clone()
+        .or_else(|| file.cluster.clone())
+        .filter(|c| !c.is_empty());
     if let Some(t) = file.timeout_secs {
         if t == 0 {
             return Err(ChError::Config("timeout_secs must be at least 1".into()));
@@ -168,7 +181,11 @@ mod tests {
         let none = StorageArgs::default();
         let file = ClickHouseFile::default();
         assert!(storage(&none, None, &file, dir.path()).unwrap().is_none());
-        let file: ClickHouseFile = toml_like(&[("url", "http://ch:8123"), ("database", "traces")]);
+        let file: ClickHouseFile = toml_like(&[
+            ("url", "http://ch:8123"),
+            ("database", "traces"),
+            ("cluster", "two"),
+        ]);
         let args = StorageArgs {
             clickhouse_database: Some("flagged".into()),
             ..StorageArgs::default()
@@ -178,6 +195,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.config.url, "http://ch:8123");
         assert_eq!(s.config.database, "flagged");
+        assert_eq!(s.config.cluster.as_deref(), Some("two"));
         // The node's name is made once and kept.
         let again = storage(&args, Some("clickhouse"), &file, dir.path())
             .unwrap()
@@ -214,6 +232,7 @@ mod tests {
             match *k {
                 "url" => f.url = Some(v.to_string()),
                 "database" => f.database = Some(v.to_string()),
+                "cluster" => f.cluster = Some(v.to_string()),
                 _ => {}
             }
         }

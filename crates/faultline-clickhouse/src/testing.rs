@@ -1,7 +1,8 @@
 //! A ClickHouse server for tests and benchmarks (feature `testing`): Debian's
 //! `clickhouse-server` (or `FAULTLINE_CLICKHOUSE_SERVER`) started on free loopback ports
 //! with its own data directory, killed and removed when dropped, and restartable on the
-//! same ports and data (to take the server away under load and bring it back).
+//! same ports and data (to take the server away under load and bring it back); or
+//! several, the shards of one cluster ([`cluster`]).
 //!
 //! Its configuration (`config.xml`, `users.xml` in the data directory) is the minimal one
 //! `docs/clickhouse-groundwork.md` found to work on 18.16: loopback only, UTC, the
@@ -13,6 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use faultline_model::span::{AttrValue, Event, Link, Origin, Span, SpanKind, StatusCode};
 
 use crate::Config;
 
@@ -36,9 +41,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(dir: &Path, http: u16) {
+/// The ports of one server: HTTP, native TCP, interserver.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    http: u16,
+    tcp: u16,
+    inter: u16,
+}
+
+impl Ports {
+    fn free() -> Self {
+        Self {
+            http: free_port(),
+            tcp: free_port(),
+            inter: free_port(),
+        }
+    }
+}
+
+/// `remote_servers` naming cluster `name` of one shard per native port in `tcp`.
+fn remote_servers(name: &str, tcp: &[u16]) -> String {
+    let shards: String = tcp
+        .iter()
+        .map(|p| {
+            format!("<shard><replica><host>127.0.0.1</host><port>{p}</port></replica></shard>")
+        })
+        .collect();
+    format!("<remote_servers><{name}>{shards}</{name}></remote_servers>")
+}
+
+fn write_config(dir: &Path, ports: Ports, extra: &str) {
     let d = dir.display();
-    let (tcp, inter) = (free_port(), free_port());
+    let Ports { http, tcp, inter } = ports;
     std::fs::create_dir_all(dir.join("log")).unwrap();
     std::fs::write(
         dir.join("config.xml"),
@@ -63,6 +97,7 @@ fn write_config(dir: &Path, http: u16) {
     <uncompressed_cache_size>268435456</uncompressed_cache_size>
     <max_concurrent_queries>50</max_concurrent_queries>
     <merge_tree><old_parts_lifetime>10</old_parts_lifetime></merge_tree>
+    {extra}
 </yandex>
 "#
         ),
@@ -108,19 +143,22 @@ impl Server {
     /// can be taken before the server binds it).
     pub fn start() -> Self {
         for _ in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
-            let http = free_port();
-            write_config(dir.path(), http);
-            let mut s = Self {
-                child: None,
-                http,
-                dir,
-            };
-            if s.spawn() {
+            if let Some(s) = Self::try_start(Ports::free(), "") {
                 return s;
             }
         }
         panic!("clickhouse-server did not start on loopback in three attempts");
+    }
+
+    fn try_start(ports: Ports, extra: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), ports, extra);
+        let mut s = Self {
+            child: None,
+            http: ports.http,
+            dir,
+        };
+        s.spawn().then_some(s)
     }
 
     /// Kills the server (as a crash would); its data stays for [`Server::restart`].
@@ -194,6 +232,25 @@ impl Server {
     }
 }
 
+/// `shards` servers, each one shard of the cluster `name` that every one of them knows
+/// (in its `remote_servers`), in shard order (three attempts, as [`Server::start`]).
+pub fn cluster(name: &str, shards: usize) -> Vec<Server> {
+    'attempt: for _ in 0..3 {
+        let ports: Vec<Ports> = (0..shards).map(|_| Ports::free()).collect();
+        let tcp: Vec<u16> = ports.iter().map(|p| p.tcp).collect();
+        let extra = remote_servers(name, &tcp);
+        let mut servers = Vec::with_capacity(shards);
+        for p in ports {
+            match Server::try_start(p, &extra) {
+                Some(s) => servers.push(s),
+                None => continue 'attempt,
+            }
+        }
+        return servers;
+    }
+    panic!("a cluster of {shards} clickhouse-servers did not start on loopback in three attempts");
+}
+
 /// A seeded xorshift generator of integers in `[0, n)`, its seed printed under `name` so a
 /// failure can be replayed with `FAULTLINE_TEST_SEED`.
 pub fn rng(name: &str) -> impl FnMut(u64) -> u64 {
@@ -214,4 +271,119 @@ pub fn rng(name: &str) -> impl FnMut(u64) -> u64 {
         x ^= x << 17;
         x % n.max(1)
     }
+}
+
+/// Traces of 1-12 spans over 6 services (names that need quoting among them), each span with fresh ids and values, typed
+/// attributes, sometimes events, links and an error status.
+pub fn varied_traces(r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>> {
+    let services = ["api", "cart", "pay'ments", "db\\proxy", "search", "ünïcode"];
+    let origins: Vec<Arc<Origin>> = services
+        .iter()
+        .map(|s| {
+            Arc::new(Origin {
+                service: s.to_string(),
+                resource: vec![
+                    ("service.name".into(), AttrValue::Str(s.to_string())),
+                    (
+                        "host.name".into(),
+                        AttrValue::Str(format!("host-{}", s.len())),
+                    ),
+                ],
+                scope_name: "io.faultline.test".into(),
+                scope_version: "1.2".into(),
+            })
+        })
+        .collect();
+    let base = 1_764_000_000_000_000_000u64;
+    (0..n)
+        .map(|_| {
+            let mut trace = [0u8; 16];
+            trace[..8].copy_from_slice(&r(u64::MAX).to_be_bytes());
+            trace[8..].copy_from_slice(&r(u64::MAX).to_be_bytes());
+            let start = base + r(3_600_000_000_000);
+            let count = 1 + r(12) as usize;
+            let mut spans: Vec<Span> = Vec::new();
+            for i in 0..count {
+                let id = (r(u64::MAX) | 1).to_be_bytes();
+                let offset = r(50_000_000);
+                let dur = 1 + r(2_000_000_000);
+                let mut attributes = vec![
+                    (
+                        "user.id".into(),
+                        AttrValue::Str(format!("u-{:x}", r(u64::MAX))),
+                    ),
+                    (
+                        "http.status_code".into(),
+                        AttrValue::Int(200 + r(300) as i64),
+                    ),
+                    ("ratio".into(), AttrValue::Double(r(1000) as f64 / 7.0)),
+                    ("cached".into(), AttrValue::Bool(r(2) == 0)),
+                ];
+                // Attributes of other types, anywhere among the others.
+                if r(3) == 0 {
+                    let at = r(attributes.len() as u64 + 1) as usize;
+                    attributes.insert(
+                        at,
+                        (
+                            "tags".into(),
+                            AttrValue::Array(vec![AttrValue::Str("a".into()), AttrValue::Int(2)]),
+                        ),
+                    );
+                }
+                if r(4) == 0 {
+                    let at = r(attributes.len() as u64 + 1) as usize;
+                    attributes.insert(
+                        at,
+                        (
+                            "digest".into(),
+                            AttrValue::Bytes(r(u64::MAX).to_be_bytes().to_vec()),
+                        ),
+                    );
+                }
+                if r(5) == 0 {
+                    attributes.push(("ratio.extreme".into(), AttrValue::Double(-1.0e-300 / 3.0)));
+                }
+                let error = r(10) == 0;
+                spans.push(Span {
+                    trace_id: trace,
+                    span_id: id,
+                    parent_span_id: (i > 0).then(|| spans[r(i as u64) as usize].span_id),
+                    name: format!("op-{}", r(20)),
+                    kind: [SpanKind::Server, SpanKind::Client, SpanKind::Internal][r(3) as usize],
+                    start_ns: start + offset,
+                    end_ns: start + offset + dur,
+                    status: if error {
+                        StatusCode::Error
+                    } else {
+                        StatusCode::Unset
+                    },
+                    status_message: if error { "boom".into() } else { String::new() },
+                    attributes,
+                    events: if error {
+                        vec![Event {
+                            time_ns: start + offset + 1,
+                            name: "exception".into(),
+                            attributes: vec![(
+                                "exception.message".into(),
+                                AttrValue::Str(format!("failed {}", r(1000))),
+                            )],
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    links: if r(8) == 0 {
+                        vec![Link {
+                            trace_id: [7; 16],
+                            span_id: [9; 8],
+                            attributes: vec![],
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    origin: origins[r(origins.len() as u64) as usize].clone(),
+                });
+            }
+            spans
+        })
+        .collect()
 }

@@ -5,126 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
-use faultline_clickhouse::testing::{Server, rng};
+use faultline_clickhouse::testing::{Server, rng, varied_traces as traces};
 use faultline_clickhouse::{ChError, ClickHouse, Client, Config};
-use faultline_model::span::{AttrValue, Event, Link, Origin, Span, SpanKind, StatusCode};
-
-/// Traces of 1-12 spans over 6 services, each span with fresh ids and values, typed
-/// attributes, sometimes events, links and an error status.
-fn traces(r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>> {
-    let services = ["api", "cart", "pay'ments", "db\\proxy", "search", "ünïcode"];
-    let origins: Vec<Arc<Origin>> = services
-        .iter()
-        .map(|s| {
-            Arc::new(Origin {
-                service: s.to_string(),
-                resource: vec![
-                    ("service.name".into(), AttrValue::Str(s.to_string())),
-                    (
-                        "host.name".into(),
-                        AttrValue::Str(format!("host-{}", s.len())),
-                    ),
-                ],
-                scope_name: "io.faultline.test".into(),
-                scope_version: "1.2".into(),
-            })
-        })
-        .collect();
-    let base = 1_764_000_000_000_000_000u64;
-    (0..n)
-        .map(|_| {
-            let mut trace = [0u8; 16];
-            trace[..8].copy_from_slice(&r(u64::MAX).to_be_bytes());
-            trace[8..].copy_from_slice(&r(u64::MAX).to_be_bytes());
-            let start = base + r(3_600_000_000_000);
-            let count = 1 + r(12) as usize;
-            let mut spans: Vec<Span> = Vec::new();
-            for i in 0..count {
-                let id = (r(u64::MAX) | 1).to_be_bytes();
-                let offset = r(50_000_000);
-                let dur = 1 + r(2_000_000_000);
-                let mut attributes = vec![
-                    (
-                        "user.id".into(),
-                        AttrValue::Str(format!("u-{:x}", r(u64::MAX))),
-                    ),
-                    (
-                        "http.status_code".into(),
-                        AttrValue::Int(200 + r(300) as i64),
-                    ),
-                    ("ratio".into(), AttrValue::Double(r(1000) as f64 / 7.0)),
-                    ("cached".into(), AttrValue::Bool(r(2) == 0)),
-                ];
-                // Attributes of other types, anywhere among the others.
-                if r(3) == 0 {
-                    let at = r(attributes.len() as u64 + 1) as usize;
-                    attributes.insert(
-                        at,
-                        (
-                            "tags".into(),
-                            AttrValue::Array(vec![AttrValue::Str("a".into()), AttrValue::Int(2)]),
-                        ),
-                    );
-                }
-                if r(4) == 0 {
-                    let at = r(attributes.len() as u64 + 1) as usize;
-                    attributes.insert(
-                        at,
-                        (
-                            "digest".into(),
-                            AttrValue::Bytes(r(u64::MAX).to_be_bytes().to_vec()),
-                        ),
-                    );
-                }
-                if r(5) == 0 {
-                    attributes.push(("ratio.extreme".into(), AttrValue::Double(-1.0e-300 / 3.0)));
-                }
-                let error = r(10) == 0;
-                spans.push(Span {
-                    trace_id: trace,
-                    span_id: id,
-                    parent_span_id: (i > 0).then(|| spans[r(i as u64) as usize].span_id),
-                    name: format!("op-{}", r(20)),
-                    kind: [SpanKind::Server, SpanKind::Client, SpanKind::Internal][r(3) as usize],
-                    start_ns: start + offset,
-                    end_ns: start + offset + dur,
-                    status: if error {
-                        StatusCode::Error
-                    } else {
-                        StatusCode::Unset
-                    },
-                    status_message: if error { "boom".into() } else { String::new() },
-                    attributes,
-                    events: if error {
-                        vec![Event {
-                            time_ns: start + offset + 1,
-                            name: "exception".into(),
-                            attributes: vec![(
-                                "exception.message".into(),
-                                AttrValue::Str(format!("failed {}", r(1000))),
-                            )],
-                        }]
-                    } else {
-                        vec![]
-                    },
-                    links: if r(8) == 0 {
-                        vec![Link {
-                            trace_id: [7; 16],
-                            span_id: [9; 8],
-                            attributes: vec![],
-                        }]
-                    } else {
-                        vec![]
-                    },
-                    origin: origins[r(origins.len() as u64) as usize].clone(),
-                });
-            }
-            spans
-        })
-        .collect()
-}
+use faultline_model::span::Span;
 
 #[test]
 fn migrations_apply_once_and_a_newer_schema_is_refused() {
@@ -239,4 +122,62 @@ fn errors_name_the_server_and_the_statement() {
     .unwrap_err();
     assert!(matches!(e, ChError::Unreachable { .. }), "{e}");
     assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
+#[test]
+fn a_two_shard_cluster_spreads_spans_and_reads_them_through_either_server() {
+    let shards = faultline_clickhouse::testing::cluster("two", 2);
+    let config = |s: &Server| {
+        let mut c = s.config("faultline");
+        c.cluster = Some("two".into());
+        c
+    };
+    // The first node's start makes its server's tables; the other shard has none yet,
+    // and the check of every shard says so.
+    let e = ClickHouse::open(config(&shards[0]), "node-a").unwrap_err();
+    assert!(e.to_string().contains("cluster `two`"), "{e}");
+    assert!(!e.is_permanent(), "{e}");
+    let a = ClickHouse::connect(config(&shards[0]), "node-a").unwrap();
+    let b = ClickHouse::open(config(&shards[1]), "node-b").unwrap();
+    a.migrate().unwrap();
+    let mut r = rng("clickhouse cluster");
+    let traces = traces(&mut r, 60);
+    let all: Vec<Span> = traces.iter().flatten().cloned().collect();
+    let (first, second) = all.split_at(all.len() / 2);
+    a.insert(&[(1, first)]).unwrap();
+    b.insert(&[(1, second)]).unwrap();
+    // Again, as after a crash between the insert and the checkpoint.
+    a.insert(&[(1, first)]).unwrap();
+    for ch in [&a, &b] {
+        assert_eq!(ch.span_count().unwrap(), all.len() as u64);
+        for t in &traces {
+            let mut want = t.clone();
+            want.sort_by_key(|s| (s.start_ns, s.span_id));
+            assert_eq!(ch.trace(&t[0].trace_id).unwrap(), want);
+        }
+    }
+    // Both shards hold some of them.
+    for s in &shards {
+        let local = Client::new(s.config("faultline"))
+            .unwrap()
+            .query_text("SELECT count() FROM spans_local")
+            .unwrap();
+        let n: u64 = local.trim().parse().unwrap();
+        assert!(n > 0 && n < 2 * all.len() as u64, "{n}");
+    }
+    // The layout is refused when it does not match the tables, or the cluster is unknown.
+    let e = ClickHouse::open(shards[0].config("faultline"), "node-a").unwrap_err();
+    assert!(
+        e.is_permanent() && e.to_string().contains("name that cluster"),
+        "{e}"
+    );
+    let mut unknown = config(&shards[0]);
+    unknown.cluster = Some("three".into());
+    let e = ClickHouse::open(unknown, "node-a").unwrap_err();
+    assert!(e.to_string().contains("no cluster `three`"), "{e}");
+    ClickHouse::open(shards[0].config("single"), "node-a").unwrap();
+    let mut spread = config(&shards[0]);
+    spread.database = "single".into();
+    let e = ClickHouse::open(spread, "node-a").unwrap_err();
+    assert!(e.to_string().contains("one server's tables"), "{e}");
 }

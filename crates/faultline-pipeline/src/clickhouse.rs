@@ -532,13 +532,16 @@ pub struct Writer {
 
 impl Writer {
     /// The writer of a node: brings ClickHouse's schema up to date now when ClickHouse is
-    /// up (so reads find the tables; else the thread retries), and ships `wal` from its
+    /// up (so reads find the tables; else the thread retries; refused for good, as a
+    /// server too old or a schema too new, it is an error), and ships `wal` from its
     /// cursor `clickhouse`, keeping `keep_from` (the pipeline's truncation floor, held at
     /// 0 until then) at where the WAL must be kept.
     pub fn start(ch: ClickHouse, wal: &Wal, keep_from: Arc<AtomicU64>) -> Result<Self, ShipError> {
         keep_from.store(0, Ordering::Release);
-        if let Err(e) = ch.migrate() {
-            tracing::warn!(error = %e, "ClickHouse is not ready; spans wait in the WAL");
+        match ch.migrate() {
+            Err(e) if e.is_permanent() => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "ClickHouse is not ready; spans wait in the WAL"),
+            Ok(_) => {}
         }
         let mut shipper = Shipper::new(ch, wal, "clickhouse", ShipperOptions::default())?;
         shipper.publish_keep_from(keep_from);

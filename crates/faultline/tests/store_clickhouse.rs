@@ -1,16 +1,21 @@
 //! `storage = "clickhouse"` end to end: faultline on a real ClickHouse server answers
 //! what it acknowledged through the API; while ClickHouse is away, acknowledged spans
-//! wait in the WAL, the status page and the answers say so, and everything arrives once
-//! ClickHouse is back; a SIGKILL of faultline loses nothing acknowledged; bad storage
-//! settings stop the start with the key named.
+//! wait in the WAL, the status page says so and answers come from the node's own spans,
+//! marked partial, and everything arrives once ClickHouse is back; a SIGKILL of
+//! faultline loses nothing acknowledged; two nodes over a two-shard cluster, under load
+//! through both, answer every acknowledged trace from either node across ten SIGKILLs
+//! and a minute without ClickHouse; bad storage settings stop the start with the key
+//! named.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, http_get, post_otlp};
+use common::{Ports, Server, http_get, post_otlp};
 use faultline_model::ExportTraceServiceRequest;
 use faultline_model::otlp::common::{AnyValue, KeyValue, any_value};
 use faultline_model::otlp::resource::Resource;
@@ -156,9 +161,17 @@ fn acknowledged_spans_survive_clickhouse_going_away_and_a_sigkill() {
                     .contains("wait in the WAL")
         },
     );
+    // Reads answer from this node's own spans, marked partial.
     let (status, body) = http_get(server.api, &format!("/api/traces/{}", ids[0])).unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("ClickHouse"), "{body}");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["data"][0]["spans"].as_array().map(Vec::len),
+        Some(3),
+        "{body}"
+    );
+    let reasons = v["partial"]["reasons"].to_string();
+    assert!(reasons.contains("ClickHouse cannot be read"), "{body}");
 
     // It comes back: everything acknowledged arrives, exactly.
     ch.restart();
@@ -201,6 +214,279 @@ fn acknowledged_spans_survive_clickhouse_going_away_and_a_sigkill() {
         .map(|p| p["count"].as_u64().unwrap())
         .sum();
     assert_eq!(count, 2 * ids.len() as u64, "{body}");
+}
+
+/// POSTs an OTLP/HTTP protobuf body to port `port`; the status, or `None` when the
+/// exchange failed (the node down or killed mid-request).
+fn post_raw(port: u16, body: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        s,
+        "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .ok()?;
+    s.write_all(body).ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).ok()?;
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Requests of 20 traces sent to one node until stopped, about 15 a second: the trace
+/// ids of the acknowledged ones, and how many traces were sent at all.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    acked: Arc<Mutex<Vec<String>>>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Load {
+    fn new() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            acked: Arc::default(),
+            sent: Arc::default(),
+        }
+    }
+
+    fn through(&mut self, port: u16) {
+        let (stop, acked, sent) = (self.stop.clone(), self.acked.clone(), self.sent.clone());
+        let mut rand = common::seeded_rand("load through one node");
+        self.threads.push(std::thread::spawn(move || {
+            let mut r = move |n: u64| rand(0, n);
+            while !stop.load(Ordering::Relaxed) {
+                let (body, ids) = request(&mut r, 20);
+                sent.fetch_add(ids.len(), Ordering::Relaxed);
+                if post_raw(port, &body) == Some(200) {
+                    acked.lock().unwrap().extend(ids);
+                }
+                std::thread::sleep(Duration::from_millis(40 + r(40)));
+            }
+        }));
+    }
+
+    fn acked(&self) -> Vec<String> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        self.stop.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The ids of `ids` that node `api` does not answer with exactly 3 spans (read 100 at a
+/// time), and the partial reasons of the answers.
+fn unreadable(api: u16, ids: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut reasons = Vec::new();
+    for chunk in ids.chunks(100) {
+        let query: Vec<String> = chunk.iter().map(|id| format!("traceID={id}")).collect();
+        let got = match http_get(api, &format!("/api/traces?{}", query.join("&"))) {
+            Ok((200, body)) => serde_json::from_str::<Value>(&body).unwrap(),
+            _ => Value::Null,
+        };
+        if let Some(r) = got["partial"]["reasons"].as_array() {
+            reasons.extend(r.iter().filter_map(|r| r.as_str().map(String::from)));
+        }
+        let whole: std::collections::HashSet<&str> = got["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["spans"].as_array().map(Vec::len) == Some(3))
+            .filter_map(|t| t["traceID"].as_str())
+            .collect();
+        missing.extend(
+            chunk
+                .iter()
+                .filter(|id| !whole.contains(id.as_str()))
+                .cloned(),
+        );
+    }
+    (missing, reasons)
+}
+
+/// Waits up to `secs` until every node of `apis` answers every trace of `ids` whole.
+fn all_readable(secs: u64, apis: &[u16], ids: &[String], what: &str) {
+    let started = Instant::now();
+    for &api in apis {
+        let mut left = ids.to_vec();
+        loop {
+            left = unreadable(api, &left).0;
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(secs),
+                "{what}: {} of {} traces not readable from the node on port {api}, as {:?}",
+                left.len(),
+                ids.len(),
+                &left[..left.len().min(3)]
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// The cart-db spans counted by node `api`'s RED over the last hour.
+fn red_count(api: u16) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_, body) = http_get(
+        api,
+        &format!(
+            "/api/v1/red?service=cart-db&start={}&end={}",
+            now - 3600,
+            now + 60
+        ),
+    )
+    .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["points"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no points: {body}"))
+        .iter()
+        .map(|p| p["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn two_nodes_over_two_shards_lose_nothing_acknowledged() {
+    let mut shards = faultline_clickhouse::testing::cluster("faultline", 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rand = common::seeded_rand("clickhouse cluster");
+    let flags: Vec<Vec<String>> = (0..2)
+        .map(|k| {
+            [
+                "--storage",
+                "clickhouse",
+                "--clickhouse-url",
+                &format!("http://127.0.0.1:{}", shards[k].http),
+                "--clickhouse-database",
+                "fl_cluster",
+                "--clickhouse-cluster",
+                "faultline",
+                "--node-name",
+                &format!("node-{k}"),
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+        .collect();
+    let data: Vec<_> = (0..2)
+        .map(|k| tmp.path().join(format!("node-{k}")))
+        .collect();
+    let ports = |s: &Server| Ports {
+        grpc: s.grpc,
+        http: s.http,
+        zipkin: s.zipkin,
+        api: s.api,
+        sampling: s.sampling,
+    };
+    let start = |k: usize, p: Option<Ports>| {
+        let f: Vec<&str> = flags[k].iter().map(String::as_str).collect();
+        match p {
+            Some(p) => Server::start_on(&data[k], p, &f),
+            None => Server::start(&data[k], &f),
+        }
+    };
+    // The first node starts while the second shard has no tables yet: its writer waits.
+    let mut nodes = vec![start(0, None), start(1, None)];
+    let apis: Vec<u16> = nodes.iter().map(|n| n.api).collect();
+    let mut load = Load::new();
+    for n in &nodes {
+        load.through(n.http);
+    }
+
+    // Ten SIGKILLs under load, each node in turn, each restarted on its data.
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(300 + rand(0, 1200)));
+        let k = i % 2;
+        let p = ports(&nodes[k]);
+        nodes[k].kill9();
+        nodes[k] = start(k, Some(p));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    load.stop();
+    let acked = load.acked();
+    assert!(
+        acked.len() > 500,
+        "only {} traces acknowledged",
+        acked.len()
+    );
+    all_readable(120, &apis, &acked, "after ten SIGKILLs");
+
+    // ClickHouse away for a minute under load through both nodes.
+    for n in &nodes {
+        load.through(n.http);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let before = load.acked().len();
+    for s in &mut shards {
+        s.stop();
+    }
+    let away = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let during: Vec<String> = load.acked()[before..].to_vec();
+    assert!(
+        !during.is_empty(),
+        "nothing acknowledged while ClickHouse is away"
+    );
+    // Each node answers what it received itself, marked partial.
+    let (missing, reasons) = unreadable(apis[0], &during);
+    assert!(missing.len() < during.len(), "node 0 answers none of them");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("ClickHouse cannot be read")),
+        "{reasons:?}"
+    );
+    let (status, body) = http_get(apis[1], "/api/services").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ClickHouse cannot be read"), "{body}");
+    assert!(body.contains("cart-db"), "{body}");
+    for &api in &apis {
+        let part = clickhouse_part(api);
+        assert_eq!(part["state"], "degraded", "{part}");
+    }
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(away.elapsed()));
+    for s in &mut shards {
+        s.restart();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    load.stop();
+    let acked = load.acked();
+    all_readable(180, &apis, &acked, "after ClickHouse came back");
+    for &api in &apis {
+        within(30, "the clickhouse part did not turn ok", || {
+            clickhouse_part(api)["state"] == "ok"
+        });
+    }
+    // Every span counted once: at least the acknowledged, at most the sent.
+    let counts: Vec<u64> = apis.iter().map(|&api| red_count(api)).collect();
+    let sent = load.sent.load(Ordering::Relaxed) as u64;
+    assert_eq!(counts[0], counts[1], "the nodes count differently");
+    assert!(
+        counts[0] >= 2 * acked.len() as u64 && counts[0] <= 2 * sent,
+        "RED counts {} cart-db spans; acknowledged {}, sent {}",
+        counts[0],
+        2 * acked.len(),
+        2 * sent
+    );
 }
 
 #[test]
