@@ -323,6 +323,44 @@ impl ClickHouse {
         Ok(out)
     }
 
+    /// Retention: drops, on this node's server, the day partitions of `spans`,
+    /// `trace_index` and `rollups` (their local tables on a cluster) whose whole UTC day
+    /// is before `cutoff_s` (Unix seconds), and returns the (table, day) dropped. Whole
+    /// days only, so spans are kept up to a day past the cutoff. On a cluster each node
+    /// drops on the server it is pointed at (a `Distributed` table cannot drop
+    /// partitions), which every server has (see `schema.rs`).
+    pub fn drop_days_before(&self, cutoff_s: u64) -> Result<Vec<(String, u32)>, ChError> {
+        let local = |t: &str| match self.client.config().cluster {
+            Some(_) => format!("{t}_local"),
+            None => t.to_string(),
+        };
+        let tables = [local("spans"), local("trace_index"), local("rollups")];
+        let list = tables
+            .iter()
+            .map(|t| quote(t))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = self.client.query_text(&format!(
+            "SELECT table, partition FROM system.parts \
+             WHERE database = {} AND table IN ({list}) AND active \
+             AND toUInt32(partition) < toYYYYMMDD(toDateTime({cutoff_s})) \
+             GROUP BY table, partition ORDER BY partition, table",
+            quote(&self.client.config().database)
+        ))?;
+        let mut dropped = Vec::new();
+        for line in text.lines() {
+            let (table, day) = line
+                .split_once('\t')
+                .and_then(|(t, d)| Some((t, d.parse::<u32>().ok()?)))
+                .filter(|(t, _)| tables.iter().any(|x| x == t))
+                .ok_or_else(|| self.bad("the partitions to drop", &format!("`{line}`")))?;
+            self.client
+                .query(&format!("ALTER TABLE {table} DROP PARTITION {day}"))?;
+            dropped.push((table.to_string(), day));
+        }
+        Ok(dropped)
+    }
+
     /// Spans stored, each counted once however often it was inserted (`FINAL`: it merges
     /// every part, so it is for tests and benchmarks, not for requests).
     pub fn span_count(&self) -> Result<u64, ChError> {

@@ -165,6 +165,20 @@ fn a_two_shard_cluster_spreads_spans_and_reads_them_through_either_server() {
         let n: u64 = local.trim().parse().unwrap();
         assert!(n > 0 && n < 2 * all.len() as u64, "{n}");
     }
+    // Retention drops on each node's own server; together, everything.
+    for ch in [&a, &b] {
+        let tomorrow = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 86_400;
+        let dropped = ch.drop_days_before(tomorrow).unwrap();
+        assert!(
+            dropped.iter().any(|(t, _)| t == "spans_local"),
+            "{dropped:?}"
+        );
+    }
+    assert_eq!(a.span_count().unwrap(), 0);
     // The layout is refused when it does not match the tables, or the cluster is unknown.
     let e = ClickHouse::open(shards[0].config("faultline"), "node-a").unwrap_err();
     assert!(
@@ -180,4 +194,70 @@ fn a_two_shard_cluster_spreads_spans_and_reads_them_through_either_server() {
     spread.database = "single".into();
     let e = ClickHouse::open(spread, "node-a").unwrap_err();
     assert!(e.to_string().contains("one server's tables"), "{e}");
+}
+
+#[test]
+fn retention_drops_whole_days_before_the_cutoff() {
+    let server = Server::start();
+    let ch = ClickHouse::open(server.config("faultline"), "node-a").unwrap();
+    let mut r = rng("clickhouse retention");
+    // Old traces (2025-11-24) and the same shapes moved to now.
+    let old = traces(&mut r, 30);
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut new = traces(&mut r, 30);
+    let shift =
+        now_ns - 2 * 3_600_000_000_000 - new.iter().flatten().map(|s| s.start_ns).min().unwrap();
+    for s in new.iter_mut().flatten() {
+        s.start_ns += shift;
+        s.end_ns += shift;
+        for e in &mut s.events {
+            e.time_ns += shift;
+        }
+    }
+    let old_spans: Vec<Span> = old.iter().flatten().cloned().collect();
+    let new_spans: Vec<Span> = new.iter().flatten().cloned().collect();
+    ch.insert(&[(1, &old_spans), (2, &new_spans)]).unwrap();
+    let part = |minute: u64| faultline_clickhouse::RollupPart {
+        minute,
+        service: Some("api".into()),
+        chunk: 0,
+        version: 2,
+        cells: vec![1, 2, 3],
+    };
+    let (old_minute, new_minute) = (
+        old_spans[0].start_ns / 60_000_000_000,
+        new_spans[0].start_ns / 60_000_000_000,
+    );
+    ch.insert_rollups(&[part(old_minute), part(new_minute)])
+        .unwrap();
+
+    let day_s = 86_400;
+    let dropped = ch
+        .drop_days_before(now_ns / 1_000_000_000 - 2 * day_s)
+        .unwrap();
+    let mut tables: Vec<&str> = dropped.iter().map(|(t, _)| t.as_str()).collect();
+    tables.sort();
+    tables.dedup();
+    assert_eq!(tables, ["rollups", "spans", "trace_index"], "{dropped:?}");
+    assert!(
+        dropped.iter().all(|(_, day)| *day == 20251124),
+        "{dropped:?}"
+    );
+    assert_eq!(ch.span_count().unwrap(), new_spans.len() as u64);
+    assert!(ch.trace(&old[0][0].trace_id).unwrap().is_empty());
+    assert_eq!(ch.trace(&new[0][0].trace_id).unwrap().len(), new[0].len());
+    let rollups = ch
+        .client()
+        .query_text("SELECT count() FROM rollups")
+        .unwrap();
+    assert_eq!(rollups.trim(), "1");
+    // Nothing more to drop: the same call again drops nothing.
+    assert!(
+        ch.drop_days_before(now_ns / 1_000_000_000 - 2 * day_s)
+            .unwrap()
+            .is_empty()
+    );
 }

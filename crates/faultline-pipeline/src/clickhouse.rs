@@ -69,6 +69,9 @@ pub struct ShipperOptions {
     pub idle: Duration,
     /// First and largest pause between failed attempts.
     pub backoff: (Duration, Duration),
+    /// How long ClickHouse keeps spans, if it is this node's to say: [`Shipper::run`]
+    /// drops the day partitions older than that on its server, at start and hourly.
+    pub retention: Option<Duration>,
 }
 
 impl Default for ShipperOptions {
@@ -78,6 +81,7 @@ impl Default for ShipperOptions {
             batch_bytes: 32 << 20,
             idle: Duration::from_millis(100),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            retention: None,
         }
     }
 }
@@ -320,6 +324,27 @@ impl Shipper {
         Ok(())
     }
 
+    /// Drops ClickHouse's days older than `keep`; how long until the next pass (an hour,
+    /// or a minute after a failure).
+    fn apply_retention(&self, keep: Duration) -> Duration {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(keep)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        match self.ch.drop_days_before(cutoff) {
+            Ok(dropped) => {
+                for (table, day) in dropped {
+                    tracing::info!(%table, day, "retention: dropped a day of ClickHouse partitions");
+                }
+                Duration::from_secs(3600)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot drop old ClickHouse partitions; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        }
+    }
+
     /// Ships until `stop` is set, pausing when the WAL has nothing new and backing off
     /// exponentially while ClickHouse fails; first brings ClickHouse's schema up to date,
     /// retrying while it is away. Blocking: run it on a thread of its own.
@@ -340,7 +365,13 @@ impl Shipper {
             }
         }
         backoff = self.opts.backoff.0;
+        let mut retention_at = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if let Some(keep) = self.opts.retention
+                && std::time::Instant::now() >= retention_at
+            {
+                retention_at = std::time::Instant::now() + self.apply_retention(keep);
+            }
             match self.step() {
                 Ok(0) => std::thread::sleep(self.opts.idle),
                 Ok(_) => backoff = self.opts.backoff.0,
@@ -535,15 +566,25 @@ impl Writer {
     /// up (so reads find the tables; else the thread retries; refused for good, as a
     /// server too old or a schema too new, it is an error), and ships `wal` from its
     /// cursor `clickhouse`, keeping `keep_from` (the pipeline's truncation floor, held at
-    /// 0 until then) at where the WAL must be kept.
-    pub fn start(ch: ClickHouse, wal: &Wal, keep_from: Arc<AtomicU64>) -> Result<Self, ShipError> {
+    /// 0 until then) at where the WAL must be kept, and ClickHouse's days within
+    /// `retention`.
+    pub fn start(
+        ch: ClickHouse,
+        wal: &Wal,
+        keep_from: Arc<AtomicU64>,
+        retention: Duration,
+    ) -> Result<Self, ShipError> {
         keep_from.store(0, Ordering::Release);
         match ch.migrate() {
             Err(e) if e.is_permanent() => return Err(e.into()),
             Err(e) => tracing::warn!(error = %e, "ClickHouse is not ready; spans wait in the WAL"),
             Ok(_) => {}
         }
-        let mut shipper = Shipper::new(ch, wal, "clickhouse", ShipperOptions::default())?;
+        let opts = ShipperOptions {
+            retention: Some(retention),
+            ..ShipperOptions::default()
+        };
+        let mut shipper = Shipper::new(ch, wal, "clickhouse", opts)?;
         shipper.publish_keep_from(keep_from);
         Self::spawn(shipper, wal.clone()).map_err(|e| ShipError::Thread(e.to_string()))
     }

@@ -308,10 +308,10 @@ async fn start_writer(
     let Some(c) = s.clickhouse.clone() else {
         return Ok(None);
     };
-    let (wal, keep) = (wal.clone(), s.pipeline.keep_from.clone());
+    let (wal, keep, days) = (wal.clone(), s.pipeline.keep_from.clone(), s.store.retention);
     let start = move || -> anyhow::Result<(Arc<ClickHouse>, Writer)> {
         let ch = ClickHouse::connect(c.config, &c.node)?;
-        Ok((Arc::new(ch.clone()), Writer::start(ch, &wal, keep)?))
+        Ok((Arc::new(ch.clone()), Writer::start(ch, &wal, keep, days)?))
     };
     let started = tokio::task::spawn_blocking(start).await?;
     Ok(Some(started.context("cannot start the ClickHouse writer")?))
