@@ -6,6 +6,8 @@
 //! request, the same on 18.16 and on current servers: `database` (the configured one),
 //! `output_format_json_quote_64bit_integers=0` and `input_format_skip_unknown_fields=0`.
 //! Credentials go as HTTP basic authentication, never in the URL (servers log URLs).
+//! An `https://` URL speaks TLS (rustls, ring) to ClickHouse's `https_port`, trusting the
+//! certificates of `ca_file` when given, else the web PKI roots.
 //!
 //! An answer is an error when its status is not 200, or when it is 200 but its body is
 //! a ClickHouse exception (`Code: NNN, e.displayText() = DB::Exception: …` on 18.16,
@@ -38,6 +40,9 @@ pub struct Config {
     /// any: the tables are then `Distributed` over it (`schema.rs`) and inserts wait for
     /// every shard (`insert_distributed_sync=1`).
     pub cluster: Option<String>,
+    /// With an `https://` URL, the PEM file of the certificate authorities to trust
+    /// (`None`: the public web PKI roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -51,6 +56,7 @@ impl Config {
             timeout: Duration::from_secs(30),
             max_answer_bytes: 512 << 20,
             cluster: None,
+            ca_file: None,
         }
     }
 
@@ -61,9 +67,9 @@ impl Config {
                 self.url
             )));
         }
-        if self.url.starts_with("https://") {
+        if self.ca_file.is_some() && !self.url.starts_with("https://") {
             return Err(ChError::Config(format!(
-                "url `{}`: TLS to ClickHouse is not supported yet; use http:// on a trusted network",
+                "ca_file is set but url `{}` is not https://; use ClickHouse's https_port, or drop ca_file",
                 self.url
             )));
         }
@@ -91,6 +97,35 @@ fn identifier(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
+/// TLS to ClickHouse (an `https://` URL): rustls, trusting `ca_file`'s certificates
+/// when given, else the web PKI roots.
+fn tls(cfg: &Config) -> Result<ureq::tls::TlsConfig, ChError> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig, TlsProvider};
+    let builder = TlsConfig::builder().provider(TlsProvider::Rustls);
+    let Some(path) = &cfg.ca_file else {
+        return Ok(builder.root_certs(RootCerts::WebPki).build());
+    };
+    let bad = |why: String| {
+        ChError::Config(format!(
+            "ca_file {}: {why}; give a PEM file of the certificate authorities that signed ClickHouse's certificate",
+            path.display()
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let PemItem::Certificate(c) = item.map_err(|e| bad(e.to_string()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(builder
+        .root_certs(RootCerts::new_with_certs(&certs))
+        .build())
+}
+
 /// A client of one ClickHouse server (cheap to clone; connections are pooled).
 #[derive(Clone)]
 pub struct Client {
@@ -115,6 +150,7 @@ impl Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(cfg.timeout))
             .http_status_as_error(false)
+            .tls_config(tls(&cfg)?)
             .build()
             .into();
         let auth = (!cfg.user.is_empty() || !cfg.password.is_empty()).then(|| {

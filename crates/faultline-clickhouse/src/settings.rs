@@ -6,7 +6,10 @@
 //! storage = "embedded"                  # --storage, FAULTLINE_STORAGE; or "clickhouse"
 //!
 //! [clickhouse]                          # used with storage = "clickhouse"
-//! url = "http://127.0.0.1:8123"         # --clickhouse-url, FAULTLINE_CLICKHOUSE_URL
+//! url = "http://127.0.0.1:8123"         # --clickhouse-url, FAULTLINE_CLICKHOUSE_URL;
+//!                                       #   https:// for TLS (ClickHouse's https_port)
+//! ca_file = "/etc/faultline/ch-ca.pem"  # --clickhouse-ca-file: CAs trusted for https://
+//!                                       #   [default: the web PKI roots]
 //! database = "faultline"                # --clickhouse-database (made when missing)
 //! user = "default"                      # --clickhouse-user
 //! password = ""                         # FAULTLINE_CLICKHOUSE_PASSWORD (or here)
@@ -36,6 +39,7 @@ pub struct ClickHouseFile {
     node: Option<String>,
     timeout_secs: Option<u64>,
     cluster: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// The flags (and variables) of the storage choice.
@@ -59,6 +63,9 @@ pub struct StorageArgs {
     /// The ClickHouse cluster whose shards hold the tables [default: none, one server].
     #[arg(long, env = "FAULTLINE_CLICKHOUSE_CLUSTER")]
     pub clickhouse_cluster: Option<String>,
+    /// With an https:// URL, the PEM file of the CAs to trust [default: the web PKI roots].
+    #[arg(long, env = "FAULTLINE_CLICKHOUSE_CA_FILE")]
+    pub clickhouse_ca_file: Option<std::path::PathBuf>,
     /// This node's name in ClickHouse [default: made once, kept in the data directory].
     #[arg(long, env = "FAULTLINE_NODE_NAME")]
     pub node_name: Option<String>,
@@ -112,6 +119,10 @@ pub fn storage(
         .clone()
         .or_else(|| file.cluster.clone())
         .filter(|c| !c.is_empty());
+    config.ca_file = args
+        .clickhouse_ca_file
+        .clone()
+        .or_else(|| file.ca_file.clone());
     if let Some(t) = file.timeout_secs {
         if t == 0 {
             return Err(ChError::Config("timeout_secs must be at least 1".into()));

@@ -33,7 +33,8 @@ fn binary() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+/// A loopback port free now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -142,8 +143,14 @@ impl Server {
     /// Starts a server with an empty data directory (three attempts: a port chosen free
     /// can be taken before the server binds it).
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`Server::start`] with `extra` added to the configuration (as `https_port` and
+    /// `openSSL` for TLS).
+    pub fn start_with(extra: &str) -> Self {
         for _ in 0..3 {
-            if let Some(s) = Self::try_start(Ports::free(), "") {
+            if let Some(s) = Self::try_start(Ports::free(), extra) {
                 return s;
             }
         }

@@ -261,3 +261,63 @@ fn retention_drops_whole_days_before_the_cutoff() {
             .is_empty()
     );
 }
+
+#[test]
+fn tls_to_clickhouse_with_a_ca_file_and_refusals_that_say_why() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "test ClickHouse CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (cert, key) = (
+        path("cert.pem", &leaf.pem()),
+        path("key.pem", &key.serialize_pem()),
+    );
+    let ca_file = path("ca.pem", &ca_pem);
+    let https = faultline_clickhouse::testing::free_port();
+    let server = Server::start_with(&format!(
+        "<https_port>{https}</https_port><openSSL><server>\
+         <certificateFile>{}</certificateFile><privateKeyFile>{}</privateKeyFile>\
+         <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>\
+         </server></openSSL>",
+        cert.display(),
+        key.display()
+    ));
+    let mut cfg = Config::new(&format!("https://127.0.0.1:{https}"), "faultline");
+    cfg.ca_file = Some(ca_file.clone());
+    let ch = ClickHouse::open(cfg.clone(), "node-a").unwrap();
+    let mut r = rng("clickhouse tls");
+    let t = traces(&mut r, 3);
+    let spans: Vec<Span> = t.iter().flatten().cloned().collect();
+    ch.insert(&[(1, &spans)]).unwrap();
+    assert_eq!(ch.span_count().unwrap(), spans.len() as u64);
+    // The public roots do not trust the test CA: refused at the handshake, said so.
+    let mut public = cfg.clone();
+    public.ca_file = None;
+    let e = ClickHouse::open(public, "node-a").unwrap_err();
+    assert!(matches!(e, ChError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // A CA file that holds no certificate, and one given for plain HTTP.
+    let mut empty = cfg.clone();
+    empty.ca_file = Some(path("empty.pem", "nothing here\n"));
+    let e = Client::new(empty).unwrap_err();
+    assert!(e.to_string().contains("holds no certificate"), "{e}");
+    let mut plain = server.config("faultline");
+    plain.ca_file = Some(ca_file);
+    let e = Client::new(plain).unwrap_err();
+    assert!(e.to_string().contains("is not https://"), "{e}");
+}
