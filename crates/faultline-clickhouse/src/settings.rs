@@ -17,6 +17,11 @@
 //!                                       # --node-name: this node's name in ClickHouse;
 //!                                       #   stable across restarts, its own on each node
 //! timeout_secs = 30                     # one request, connection and answer
+//! local_window_secs = 3600              # how long the node's own embedded store keeps
+//!                                       #   spans beside ClickHouse (at least 60): what
+//!                                       #   it computes as spans arrive, and answers
+//!                                       #   while ClickHouse is away; ClickHouse keeps
+//!                                       #   them for the store's retention_secs
 //! cluster = "faultline"                 # --clickhouse-cluster: tables spread over the
 //!                                       #   shards of this cluster of the server's
 //!                                       #   remote_servers (every node of faultline
@@ -40,6 +45,7 @@ pub struct ClickHouseFile {
     timeout_secs: Option<u64>,
     cluster: Option<String>,
     ca_file: Option<std::path::PathBuf>,
+    local_window_secs: Option<u64>,
 }
 
 /// The flags (and variables) of the storage choice.
@@ -78,16 +84,24 @@ pub struct ClickHouseSettings {
     pub config: Config,
     /// This node's name (see `ClickHouse::open`).
     pub node: String,
+    /// How long the node's own embedded store keeps spans beside ClickHouse (for what it
+    /// computes as spans arrive, and for answers while ClickHouse is away).
+    pub local_window: Duration,
+    /// How long ClickHouse keeps spans: the store's retention (set by the caller).
+    pub retention: Duration,
 }
 
 /// The storage chosen by `storage` (flag first, then the file's key): `None` for the
 /// embedded store, or ClickHouse's settings. The node's name, when not given, is read
-/// from `DATA_DIR/clickhouse-node`, made there on the first start.
+/// from `DATA_DIR/clickhouse-node`, made there on the first start. With ClickHouse,
+/// `retention` (the store's) becomes ClickHouse's, and the embedded store's is narrowed
+/// to the local window.
 pub fn storage(
     args: &StorageArgs,
     file_storage: Option<&str>,
     file: &ClickHouseFile,
     data_dir: &Path,
+    retention: &mut Duration,
 ) -> Result<Option<ClickHouseSettings>, ChError> {
     match args
         .storage
@@ -144,7 +158,19 @@ pub fn storage(
             "node name `{node}`: use 1 to 64 letters, digits, '-', '_' or '.'"
         )));
     }
-    Ok(Some(ClickHouseSettings { config, node }))
+    let local_window = Duration::from_secs(file.local_window_secs.unwrap_or(3600));
+    if local_window < Duration::from_secs(60) {
+        return Err(ChError::Config(
+            "local_window_secs must be at least 60".into(),
+        ));
+    }
+    let kept = std::mem::replace(retention, (*retention).min(local_window));
+    Ok(Some(ClickHouseSettings {
+        config,
+        node,
+        local_window,
+        retention: kept,
+    }))
 }
 
 /// This node's name from `DATA_DIR/clickhouse-node`, made there when missing: the WAL in
@@ -191,7 +217,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let none = StorageArgs::default();
         let file = ClickHouseFile::default();
-        assert!(storage(&none, None, &file, dir.path()).unwrap().is_none());
+        assert!(
+            storage(&none, None, &file, dir.path(), &mut week())
+                .unwrap()
+                .is_none()
+        );
         let file: ClickHouseFile = toml_like(&[
             ("url", "http://ch:8123"),
             ("database", "traces"),
@@ -201,14 +231,14 @@ mod tests {
             clickhouse_database: Some("flagged".into()),
             ..StorageArgs::default()
         };
-        let s = storage(&args, Some("clickhouse"), &file, dir.path())
+        let s = storage(&args, Some("clickhouse"), &file, dir.path(), &mut week())
             .unwrap()
             .unwrap();
         assert_eq!(s.config.url, "http://ch:8123");
         assert_eq!(s.config.database, "flagged");
         assert_eq!(s.config.cluster.as_deref(), Some("two"));
         // The node's name is made once and kept.
-        let again = storage(&args, Some("clickhouse"), &file, dir.path())
+        let again = storage(&args, Some("clickhouse"), &file, dir.path(), &mut week())
             .unwrap()
             .unwrap();
         assert_eq!(s.node, again.node);
@@ -219,22 +249,46 @@ mod tests {
     fn bad_values_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let file = ClickHouseFile::default();
-        let e = storage(&StorageArgs::default(), Some("s3"), &file, dir.path()).unwrap_err();
+        let e = storage(
+            &StorageArgs::default(),
+            Some("s3"),
+            &file,
+            dir.path(),
+            &mut week(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`s3` is not a storage"), "{e}");
         let args = StorageArgs {
             storage: Some("clickhouse".into()),
             node_name: Some("a b".into()),
             ..StorageArgs::default()
         };
-        let e = storage(&args, None, &file, dir.path()).unwrap_err();
+        let e = storage(&args, None, &file, dir.path(), &mut week()).unwrap_err();
         assert!(e.to_string().contains("node name `a b`"), "{e}");
         let args = StorageArgs {
             storage: Some("clickhouse".into()),
             clickhouse_url: Some("ch:8123".into()),
             ..StorageArgs::default()
         };
-        let e = storage(&args, None, &file, dir.path()).unwrap_err();
+        let e = storage(&args, None, &file, dir.path(), &mut week()).unwrap_err();
         assert!(e.to_string().contains("not an http://"), "{e}");
+        let short = ClickHouseFile {
+            local_window_secs: Some(10),
+            ..ClickHouseFile::default()
+        };
+        let e = storage(
+            &StorageArgs::default(),
+            Some("clickhouse"),
+            &short,
+            dir.path(),
+            &mut week(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("local_window_secs"), "{e}");
+    }
+
+    fn week() -> Duration {
+        Duration::from_secs(7 * 86_400)
     }
 
     fn toml_like(pairs: &[(&str, &str)]) -> ClickHouseFile {

@@ -95,6 +95,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use faultline_clickhouse::settings::storage as ch_storage;
 use serde::Deserialize;
 
 use faultline_intake::IntakeConfig;
@@ -371,12 +372,13 @@ impl Settings {
             base.unwrap_or(Path::new(".")),
         )
         .map_err(|e| anyhow!("{e}"))?;
+        let mut store = store(&args, &file, &data_dir)?;
         let (st, ch) = (file.storage.as_deref(), &file.clickhouse);
-        let clickhouse = faultline_clickhouse::settings::storage(&args.storage, st, ch, &data_dir)?;
+        let clickhouse = ch_storage(&args.storage, st, ch, &data_dir, &mut store.retention)?;
         Ok(Self {
             checks,
             clickhouse,
-            store: store(&args, &file, &data_dir)?,
+            store,
             listen,
             experiments: file.experiments.clone(),
             wal: wal(&args, file.wal)?,
@@ -592,6 +594,30 @@ mod tests {
         assert!(e.to_string().starts_with("probe_policy.allow: "), "{e}");
         let e = load("[probe_policy]\nalow = []\n".into()).unwrap_err();
         assert!(format!("{e:#}").contains("alow"), "{e:#}");
+    }
+
+    #[test]
+    fn on_clickhouse_the_node_keeps_a_short_window_and_clickhouse_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(&format!(
+            "data_dir = \"{}\"\nstorage = \"clickhouse\"\n[store]\nretention_secs = 86400\n[clickhouse]\nlocal_window_secs = 600\n",
+            dir.path().display()
+        ));
+        let s = Settings::load(ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let c = s.clickhouse.unwrap();
+        assert_eq!(c.retention, Duration::from_secs(86_400));
+        assert_eq!(s.store.retention, Duration::from_secs(600));
+        // The embedded store alone keeps the retention.
+        let s = Settings::load(ServeArgs {
+            retention_secs: Some(7200),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.store.retention, Duration::from_secs(7200));
     }
 
     #[test]
