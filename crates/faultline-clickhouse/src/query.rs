@@ -14,7 +14,9 @@
 //!   in the `otlp` column, or its value for the status message and the scope). Candidates come in pages, ordered by the sort over their matching spans;
 //!   their whole traces are then read and checked exactly as the embedded store checks
 //!   them, and the answer is ordered by the whole traces; the traces found stay at hand
-//!   for two seconds, for the read of their spans that follows. At most
+//!   for two seconds, for the read of their spans that follows. Traces touching a
+//!   service whose clock is estimated off are corrected before the check, with the
+//!   estimates of this node's own store ([`WithLocal`]). At most
 //!   [`MAX_VERIFY_TRACES`] candidates are read; an answer that stopped there is marked
 //!   partial.
 
@@ -23,6 +25,7 @@ use std::collections::BTreeSet;
 use faultline_model::span::{Span, SpanKind, TraceId};
 use faultline_store::rollup::{Dependency, RedPoint, Rollups};
 use faultline_store::search::{MAX_TAGS, MAX_VERIFY_TRACES};
+use faultline_store::skew::{self, Estimates};
 use faultline_store::store::{Completeness, SpanStore, TraceAnswer};
 use faultline_store::{SortOrder, StoreError, TraceQuery, TraceSummary};
 
@@ -163,6 +166,20 @@ impl ClickHouse {
     /// Summaries of the traces matching `q` (see the module doc), and whether the
     /// candidates ran out before the verification budget did.
     pub fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), ChError> {
+        self.search_corrected(q, &Estimates::default())
+    }
+
+    /// [`Self::search`] with clock skew corrected: a trace with a span of a service in
+    /// `estimates` is moved as the trace view moves it ([`skew::correct`]) before it is
+    /// checked and summarized, so durations, sorting and the duration filters see the
+    /// corrected trace, as the embedded store's summaries do. The spans kept at hand for
+    /// the read that follows stay as stored (the trace view corrects them itself).
+    pub fn search_corrected(
+        &self,
+        q: &TraceQuery,
+        estimates: &Estimates,
+    ) -> Result<(Vec<TraceSummary>, Completeness), ChError> {
+        let skewed = skew::skewed_services(estimates);
         let mut found = Vec::new();
         let mut completeness = Completeness::default();
         if q.limit == 0 {
@@ -191,10 +208,19 @@ impl ClickHouse {
             let ids = self.candidates(q, page, offset)?;
             offset += ids.len();
             for spans in self.read_traces(&ids)? {
-                let Some(summary) = TraceSummary::of(&spans) else {
+                let moved;
+                let seen = if skew::may_move(spans.iter(), &skewed) {
+                    let mut m = spans.clone();
+                    skew::correct(&mut m, estimates);
+                    moved = m;
+                    &moved
+                } else {
+                    &spans
+                };
+                let Some(summary) = TraceSummary::of(seen) else {
                     continue;
                 };
-                let refs: Vec<&Span> = spans.iter().collect();
+                let refs: Vec<&Span> = seen.iter().collect();
                 if q.trace_matches(&refs, &summary) {
                     found.push((summary, spans));
                 }
@@ -495,7 +521,9 @@ impl SpanStore for WithLocal {
     }
 
     fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
-        self.or_local(SpanStore::search(&self.ch, q), |l| l.search(q))
+        let estimates = self.local.clock_offsets();
+        let shared = self.ch.search_corrected(q, &estimates).map_err(store_err);
+        self.or_local(shared, |l| l.search(q))
     }
 
     fn red_total(

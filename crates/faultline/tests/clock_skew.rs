@@ -276,6 +276,8 @@ fn analyses_on_skewed_traffic_agree_with_the_same_traffic_without_skew() {
     let base = common::now_ns() - 5 * 60 * 1_000_000_000;
     let ids = send_traces_with_skew(&right, 100, false, base);
     assert_eq!(send_traces_with_skew(&skewed, 100, true, base), ids);
+    common::wait_in_clickhouse(&right);
+    common::wait_in_clickhouse(&skewed);
     let planted: Vec<&String> = ids
         .iter()
         .enumerate()

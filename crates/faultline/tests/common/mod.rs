@@ -494,6 +494,27 @@ pub fn status_part(api: u16, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no part {name} in {status}"))
 }
 
+/// On ClickHouse ([`on_clickhouse`]), waits until the server's writer has sent every
+/// acknowledged record to ClickHouse (its status part's `behind_records` is 0), so a read
+/// that follows sees all of them; on the embedded store, returns at once.
+pub fn wait_in_clickhouse(server: &Server) {
+    if !on_clickhouse() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let part = status_part(server.api, "clickhouse");
+        if part["details"]["behind_records"] == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records not in ClickHouse after 30 s: {part}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// An OTLP/HTTP protobuf body with `spans` of one service (`service.name` = `service`).
 pub fn otlp_request(service: &str, spans: Vec<faultline_model::otlp::trace::Span>) -> Vec<u8> {
     otlp_request_with(vec![("service.name", service)], spans)
