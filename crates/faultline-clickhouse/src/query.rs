@@ -432,6 +432,21 @@ pub struct WithLocal {
 }
 
 impl WithLocal {
+    /// What a node reads (its API, its alerts): ClickHouse over `local` when `ch` is
+    /// given (`storage = "clickhouse"`), else `local` alone.
+    pub fn reads(
+        ch: Option<&ClickHouse>,
+        local: std::sync::Arc<dyn SpanStore>,
+    ) -> std::sync::Arc<dyn SpanStore> {
+        match ch {
+            Some(ch) => std::sync::Arc::new(WithLocal {
+                ch: ch.clone(),
+                local,
+            }),
+            None => local,
+        }
+    }
+
     /// `shared`'s answer, or when ClickHouse failed, `local`'s marked partial.
     fn or_local<T>(
         &self,

@@ -29,7 +29,7 @@ use faultline_api::{ApiState, DeadLetters, Process, QueryCache, ReplayError, Rep
 use faultline_auth::{Auth, Listener, Scope, Scopes, protect};
 use faultline_chaos::experiment::history::History;
 use faultline_checks::Checks;
-use faultline_clickhouse::ClickHouse;
+use faultline_clickhouse::{ClickHouse, WithLocal};
 use faultline_intake::http::{otlp_router, zipkin_router};
 use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
@@ -37,7 +37,7 @@ use faultline_notify::Outbox;
 use faultline_pipeline::clickhouse::{Writer, WriterView};
 use faultline_pipeline::{Pipeline, PipelineMetrics, PipelineView};
 use faultline_sampling::{Policy, PolicyHandle, SamplingMetrics};
-use faultline_store::Store;
+use faultline_store::{SpanStore, Store};
 use faultline_tls::{Incoming, Peer, Role, Tls};
 use faultline_wal::{Durability, Wal};
 
@@ -317,23 +317,11 @@ async fn start_writer(
     Ok(Some(started.context("cannot start the ClickHouse writer")?))
 }
 
-/// What the API reads: ClickHouse with `storage = "clickhouse"` (and this node's store
-/// for what it computes locally), else the embedded store.
-fn read_store(
-    writer: &Option<(Arc<ClickHouse>, Writer)>,
-    store: &Arc<Store>,
-) -> Arc<dyn faultline_store::SpanStore> {
-    match writer {
-        Some((ch, _)) => Arc::new(faultline_clickhouse::WithLocal {
-            ch: ch.as_ref().clone(),
-            local: store.clone(),
-        }),
-        None => store.clone(),
-    }
-}
-
 /// The notification outbox, delivering, and the alert rules over `store`.
-async fn start_notify(s: &Settings, store: &Arc<Store>) -> anyhow::Result<(Outbox, Alerts)> {
+async fn start_notify(
+    s: &Settings,
+    store: &Arc<dyn SpanStore>,
+) -> anyhow::Result<(Outbox, Alerts)> {
     let (d, notify) = (s.data_dir.clone(), s.notify.clone());
     let outbox = tokio::task::spawn_blocking(move || Outbox::open(&d, notify)).await?;
     let outbox = outbox.context("cannot open the notification outbox")?;
@@ -392,7 +380,9 @@ async fn serve(
         .context("cannot start the store pipeline")?;
     let intake = Arc::new(Intake::new(wal, metrics, s.intake.clone()));
     let ready = Arc::new(AtomicBool::new(false));
-    let (outbox, alerts) = start_notify(&s, &store).await?;
+    // What the API and the alerts read: on ClickHouse, every node's spans.
+    let reads = WithLocal::reads(writer.as_ref().map(|(c, _)| c.as_ref()), store.clone());
+    let (outbox, alerts) = start_notify(&s, &reads).await?;
     let (st, p, o) = (store.clone(), pipeline.view(), outbox.clone());
     tokio::spawn(tick_checks(checks.clone(), st, p, o));
     alerts.start().context("cannot start the alerts thread")?;
@@ -413,7 +403,7 @@ async fn serve(
     let url = s.clickhouse.as_ref().map(|c| c.config.url.clone());
     let view = writer.as_ref().zip(url).map(|((_, w), u)| (w.view(), u));
     let state = ApiState {
-        store: read_store(&writer, &store),
+        store: reads,
         process: Arc::new(Wiring {
             intake: intake.clone(),
             store,

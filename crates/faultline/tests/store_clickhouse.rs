@@ -4,8 +4,8 @@
 //! marked partial, and everything arrives once ClickHouse is back; a SIGKILL of
 //! faultline loses nothing acknowledged; two nodes over a two-shard cluster, under load
 //! through both, answer every acknowledged trace from either node across ten SIGKILLs
-//! and a minute without ClickHouse; bad storage settings stop the start with the key
-//! named.
+//! and a minute without ClickHouse; an alert rule on one node judges the spans another
+//! node received; bad storage settings stop the start with the key named.
 
 #![allow(clippy::unwrap_used)]
 
@@ -487,6 +487,117 @@ fn two_nodes_over_two_shards_lose_nothing_acknowledged() {
         2 * acked.len(),
         2 * sent
     );
+}
+
+/// `n` spans of checkout `POST /checkout` in the minute starting at `minute_ns`, each
+/// about `ms` long, fresh trace ids from `r`.
+fn checkout_minute(r: &mut impl FnMut(u64) -> u64, minute_ns: u64, ms: u64) -> Vec<Span> {
+    (0..30u64)
+        .map(|i| {
+            let start = minute_ns + i * 1_900_000_000 + r(1_000_000);
+            Span {
+                trace_id: [r(u64::MAX).to_be_bytes(), (r(u64::MAX) | 1).to_be_bytes()].concat(),
+                span_id: (r(u64::MAX) | 1).to_be_bytes().to_vec(),
+                name: "POST /checkout".into(),
+                kind: 2,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + ms * 1_000_000 + r(50_000_000),
+                ..Span::default()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn an_alert_on_one_node_judges_the_spans_another_node_received() {
+    let mut ch = faultline_clickhouse::testing::Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rand = common::seeded_rand("clickhouse alerts");
+    let mut r = move |n: u64| rand(0, n);
+    let config = tmp.path().join("faultline.toml");
+    std::fs::write(
+        &config,
+        "[[alerts]]\nname = \"checkout-slow\"\nservice = \"checkout\"\n\
+         operation = \"POST /checkout\"\np99_above_ms = 500\nfor_minutes = 2\n",
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{}", ch.http);
+    let nodes: Vec<Server> = (0..2)
+        .map(|k| {
+            let name = format!("node-{k}");
+            let flags = [
+                "--storage",
+                "clickhouse",
+                "--clickhouse-url",
+                url.as_str(),
+                "--clickhouse-database",
+                "fl_alerts",
+                "--node-name",
+                name.as_str(),
+                "--config",
+                config.to_str().unwrap(),
+            ];
+            Server::start(&tmp.path().join(&name), &flags)
+        })
+        .collect();
+    // Slow minutes up to `last`, chosen as alerts.rs does so that the rule holds for at
+    // least 40 s from now (a minute is judged 15 s after it ends).
+    let now_s = common::now_ns() / 1_000_000_000;
+    let judged = (now_s - 15) / 60;
+    let last = if (judged + 1) * 60 + 15 - now_s < 40 {
+        judged
+    } else {
+        judged - 1
+    };
+    let mut spans = Vec::new();
+    for m in last - 3..=last {
+        spans.extend(checkout_minute(&mut r, m * 60_000_000_000, 1200));
+    }
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("checkout".into())),
+                    }),
+                    ..KeyValue::default()
+                }],
+                ..Resource::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    };
+    // Only the second node receives them.
+    assert_eq!(post_otlp(&nodes[1], req.encode_to_vec()), 200);
+    let incident = |api: u16| -> Option<Value> {
+        let (_, body) = http_get(api, "/api/v1/alerts").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        (v["alerts"][0]["firing"] == true).then(|| v["alerts"][0]["incidents"][0].clone())
+    };
+    within(40, "the first node's rule never fired", || {
+        incident(nodes[0].api).is_some()
+    });
+    within(10, "the second node's rule never fired", || {
+        incident(nodes[1].api).is_some()
+    });
+    // Both judged the same minutes: the same incident start, so their notifications
+    // carry the same key (`alert/checkout-slow/START/firing`) for receivers to merge.
+    let (a, b) = (incident(nodes[0].api), incident(nodes[1].api));
+    assert_eq!(
+        a.as_ref().map(|i| &i["start"]),
+        b.as_ref().map(|i| &i["start"])
+    );
+    let msg = a.unwrap()["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.starts_with("p99 of checkout POST /checkout above 500 ms for 2 minutes"),
+        "{msg}"
+    );
+    ch.stop();
 }
 
 #[test]
