@@ -75,18 +75,9 @@ for_minutes = 2
         &tmp.path().join("data"),
         &["--config", config.to_str().unwrap()],
     );
-    // A minute is judged 15 s after it ends (GRACE_SECS), so the two minutes judged now
-    // end with minute `judged - 1`. The regression's last slow minute is that one, or,
-    // when the judged window moves on within 40 s, the next: either way the rule fires at
-    // once and stays firing at least 40 s, and the first fast minute after it (`last + 1`)
-    // is judged at most about 100 s from now.
-    let now_s = common::now_ns() / 1_000_000_000;
-    let judged = (now_s - 15) / 60;
-    let last = if (judged + 1) * 60 + 15 - now_s < 40 {
-        judged
-    } else {
-        judged - 1
-    };
+    // The first fast minute after the regression (`last + 1`) is judged at most about
+    // 100 s from now.
+    let last = common::last_slow_minute();
     // Three fast minutes, then four slow ones up to `last`; the cart stays fast.
     let mut all = Vec::new();
     for m in last - 6..=last {

@@ -540,40 +540,14 @@ fn an_alert_on_one_node_judges_the_spans_another_node_received() {
             Server::start(&tmp.path().join(&name), &flags)
         })
         .collect();
-    // Slow minutes up to `last`, chosen as alerts.rs does so that the rule holds for at
-    // least 40 s from now (a minute is judged 15 s after it ends).
-    let now_s = common::now_ns() / 1_000_000_000;
-    let judged = (now_s - 15) / 60;
-    let last = if (judged + 1) * 60 + 15 - now_s < 40 {
-        judged
-    } else {
-        judged - 1
-    };
+    let last = common::last_slow_minute();
     let mut spans = Vec::new();
     for m in last - 3..=last {
         spans.extend(checkout_minute(&mut r, m * 60_000_000_000, 1200));
     }
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("checkout".into())),
-                    }),
-                    ..KeyValue::default()
-                }],
-                ..Resource::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..ScopeSpans::default()
-            }],
-            ..ResourceSpans::default()
-        }],
-    };
     // Only the second node receives them.
-    assert_eq!(post_otlp(&nodes[1], req.encode_to_vec()), 200);
+    let body = common::otlp_request("checkout", spans);
+    assert_eq!(post_otlp(&nodes[1], body), 200);
     let incident = |api: u16| -> Option<Value> {
         let (_, body) = http_get(api, "/api/v1/alerts").unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();

@@ -494,6 +494,21 @@ pub fn status_part(api: u16, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no part {name} in {status}"))
 }
 
+/// The Unix minute to end a planted regression with, so that an alert rule over the
+/// minutes up to it fires at once and keeps firing at least 40 s. A minute is judged 15 s
+/// after it ends (the alerts' GRACE_SECS), so the minutes judged now end with `judged -
+/// 1`: the regression ends with that one or, when the judged window moves on within 40 s,
+/// with the next.
+pub fn last_slow_minute() -> u64 {
+    let now_s = now_ns() / 1_000_000_000;
+    let judged = (now_s - 15) / 60;
+    if (judged + 1) * 60 + 15 - now_s < 40 {
+        judged
+    } else {
+        judged - 1
+    }
+}
+
 /// On ClickHouse ([`on_clickhouse`]), waits until the server's writer has sent every
 /// acknowledged record to ClickHouse (its status part's `behind_records` is 0), so a read
 /// that follows sees all of them; on the embedded store, returns at once.
