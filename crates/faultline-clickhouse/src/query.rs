@@ -207,7 +207,15 @@ impl ClickHouse {
             }
             let ids = self.candidates(q, page, offset)?;
             offset += ids.len();
+            // Traces tail sampling dropped are not answered (as on the embedded store).
+            let dropped = self.dropped_among(&ids)?;
             for spans in self.read_traces(&ids)? {
+                if spans
+                    .first()
+                    .is_some_and(|s| dropped.contains_key(&s.trace_id))
+                {
+                    continue;
+                }
                 let moved;
                 let seen = if skew::may_move(spans.iter(), &skewed) {
                     let mut m = spans.clone();
@@ -310,16 +318,41 @@ fn proto_literal(tag: Option<u8>, s: &str) -> String {
     out
 }
 
+impl ClickHouse {
+    /// The spans of each trace of `ids` ([`ClickHouse::traces`]), none for a trace tail
+    /// sampling dropped (its spans stay stored until retention; the answer is the
+    /// embedded store's).
+    pub fn kept_traces(&self, ids: &[TraceId]) -> Result<Vec<Vec<Span>>, ChError> {
+        let mut traces = self.traces(ids)?;
+        let found: Vec<TraceId> = ids
+            .iter()
+            .zip(&traces)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        if found.is_empty() {
+            return Ok(traces);
+        }
+        let dropped = self.dropped_among(&found)?;
+        for (id, t) in ids.iter().zip(&mut traces) {
+            if dropped.contains_key(id) {
+                t.clear();
+            }
+        }
+        Ok(traces)
+    }
+}
+
 impl SpanStore for ClickHouse {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
-        Ok(TraceAnswer {
-            spans: ClickHouse::trace(self, trace_id).map_err(store_err)?,
-            completeness: Completeness::default(),
-        })
+        let mut all = SpanStore::traces(self, std::slice::from_ref(trace_id))?;
+        all.pop()
+            .ok_or_else(|| StoreError::Backend("no answer for the trace asked".into()))
     }
 
     fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
-        Ok(ClickHouse::traces(self, ids)
+        Ok(self
+            .kept_traces(ids)
             .map_err(store_err)?
             .into_iter()
             .map(|spans| TraceAnswer {
@@ -327,6 +360,16 @@ impl SpanStore for ClickHouse {
                 completeness: Completeness::default(),
             })
             .collect())
+    }
+
+    fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
+        match self.dropped_among(std::slice::from_ref(id)) {
+            Ok(d) => d.get(id).copied(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the tail-sampling decisions");
+                None
+            }
+        }
     }
 
     fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
@@ -473,6 +516,15 @@ impl WithLocal {
 
     fn traces_or_local(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
         match SpanStore::traces(&self.ch, ids) {
+            // Decisions this node made and its writer has not sent yet count too.
+            Ok(mut answers) => {
+                for (id, a) in ids.iter().zip(&mut answers) {
+                    if !a.spans.is_empty() && self.local.dropped_by_policy(id).is_some() {
+                        a.spans.clear();
+                    }
+                }
+                Ok(answers)
+            }
             Err(StoreError::Backend(why)) => {
                 let reason = self.away_reason(&why);
                 let mut answers = self.local.traces(ids)?;
@@ -584,7 +636,9 @@ impl SpanStore for WithLocal {
     }
 
     fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
-        self.local.dropped_by_policy(id)
+        self.local
+            .dropped_by_policy(id)
+            .or_else(|| self.ch.dropped_by_policy(id))
     }
 }
 

@@ -237,6 +237,12 @@ impl<'a> RowReader<'a> {
         Some(head)
     }
 
+    /// The next UInt32.
+    pub fn u32(&mut self) -> Option<u32> {
+        let b: [u8; 4] = self.fixed(4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+
     /// The next UInt64.
     pub fn u64(&mut self) -> Option<u64> {
         let b: [u8; 8] = self.fixed(8)?.try_into().ok()?;

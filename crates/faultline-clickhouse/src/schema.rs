@@ -41,6 +41,17 @@
 //!   `ReplacingMergeTree(version)` keyed by (edges, service, minute, node, chunk), read
 //!   with `argMax(cells, version)` per key: a part inserted again, or a smaller version
 //!   after a crash, never counts twice. Partitioned by the UTC day of `minute`.
+//!
+//! Version 3, tail sampling's decisions:
+//!
+//! - `dropped`: `(trace_id, decided_at, node)` of every trace a node's tail sampling
+//!   dropped (its embedded store decides, the writer sends each decision on, again after
+//!   a restart). Reads answer these traces as dropped, as the embedded store does; their
+//!   spans stay in `spans` until retention drops their day (the RED rollups counted them
+//!   before the decision, as on the embedded store). A `ReplacingMergeTree` ordered by
+//!   `trace_id` (a decision sent twice is one row after merges; reads group by trace),
+//!   partitioned by the UTC day of `decided_at`, spread by `cityHash64(trace_id)` like
+//!   the spans.
 
 use crate::ChError;
 use crate::client::Client;
@@ -119,10 +130,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         statements: v2,
     },
+    Migration {
+        version: 3,
+        name: "tail sampling decisions",
+        statements: v3,
+    },
 ];
 
 /// The schema version this binary writes and reads.
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 3;
 
 fn v1(l: &Layout) -> Vec<String> {
     let mut out = l.table(
@@ -181,6 +197,17 @@ fn v2(l: &Layout) -> Vec<String> {
         PARTITION BY toYYYYMMDD(toDateTime(minute * 60))
         ORDER BY (edges, service, minute, node, chunk)",
         "cityHash64(node, chunk)",
+    )
+}
+
+fn v3(l: &Layout) -> Vec<String> {
+    l.table(
+        "dropped",
+        "trace_id FixedString(16), decided_at UInt32, node String",
+        "ReplacingMergeTree()
+        PARTITION BY toYYYYMMDD(toDateTime(decided_at))
+        ORDER BY trace_id",
+        "cityHash64(trace_id)",
     )
 }
 

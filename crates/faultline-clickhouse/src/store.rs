@@ -181,6 +181,50 @@ impl ClickHouse {
         )
     }
 
+    /// Records traces tail sampling dropped, `(trace id, decided at in Unix seconds)`
+    /// (`schema.rs`, version 3); one sent again adds nothing to any answer.
+    pub fn insert_dropped(&self, dropped: &[(TraceId, u64)]) -> Result<(), ChError> {
+        let mut rows = Vec::with_capacity(dropped.len() * 40);
+        for (id, at) in dropped {
+            rows.extend_from_slice(id);
+            rows.extend_from_slice(&u32::try_from(*at).unwrap_or(u32::MAX).to_le_bytes());
+            crate::rows::string(&mut rows, self.node.as_bytes());
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.client.insert(
+            "INSERT INTO dropped (trace_id, decided_at, node) FORMAT RowBinary",
+            &rows,
+        )
+    }
+
+    /// Which of `ids` tail sampling dropped, with when (Unix seconds).
+    pub fn dropped_among(
+        &self,
+        ids: &[TraceId],
+    ) -> Result<std::collections::HashMap<TraceId, u64>, ChError> {
+        let mut out = std::collections::HashMap::new();
+        for group in ids.chunks(TRACES_PER_READ) {
+            let set = id_set(group);
+            let body = self.client.query(&format!(
+                "SELECT trace_id, max(decided_at) FROM dropped WHERE trace_id IN ({set}) \
+                 GROUP BY trace_id FORMAT RowBinary"
+            ))?;
+            let mut r = RowReader::new(&body);
+            while !r.is_empty() {
+                let bad = || self.bad("the dropped traces", "a truncated row");
+                let id = r
+                    .fixed(16)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .ok_or_else(bad)?;
+                let at = r.u32().ok_or_else(bad)?;
+                out.insert(id, u64::from(at));
+            }
+        }
+        Ok(out)
+    }
+
     /// The spans of trace `id`, by start time (none when it is unknown).
     pub fn trace(&self, id: &TraceId) -> Result<Vec<Span>, ChError> {
         Ok(self
@@ -241,11 +285,7 @@ impl ClickHouse {
         if ids.is_empty() {
             return Ok(out);
         }
-        let set = ids
-            .iter()
-            .map(|id| format!("unhex('{}')", faultline_model::hex(id)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let set = id_set(ids);
         // Where their spans are: by service, their time range (the spans table's primary
         // key), so the read below touches only their granules.
         let at = self.client.query(&format!(
@@ -334,7 +374,12 @@ impl ClickHouse {
             Some(_) => format!("{t}_local"),
             None => t.to_string(),
         };
-        let tables = [local("spans"), local("trace_index"), local("rollups")];
+        let tables = [
+            local("spans"),
+            local("trace_index"),
+            local("rollups"),
+            local("dropped"),
+        ];
         let list = tables
             .iter()
             .map(|t| quote(t))
@@ -377,6 +422,14 @@ impl ClickHouse {
             reason: reason.to_string(),
         }
     }
+}
+
+/// `ids` as a ClickHouse list of FixedString(16) values, for `IN (...)`.
+fn id_set(ids: &[TraceId]) -> String {
+    ids.iter()
+        .map(|id| format!("unhex('{}')", faultline_model::hex(id)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `s` as a ClickHouse string literal.

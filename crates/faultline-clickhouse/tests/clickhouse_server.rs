@@ -26,6 +26,7 @@ fn migrations_apply_once_and_a_newer_schema_is_refused() {
     assert_eq!(
         tables.lines().collect::<Vec<_>>(),
         [
+            "dropped",
             "faultline_schema",
             "rollups",
             "spans",
@@ -233,6 +234,10 @@ fn retention_drops_whole_days_before_the_cutoff() {
     );
     ch.insert_rollups(&[part(old_minute), part(new_minute)])
         .unwrap();
+    // Tail-sampling decisions of each day.
+    let (old_id, new_id) = (old[1][0].trace_id, new[1][0].trace_id);
+    ch.insert_dropped(&[(old_id, old_minute * 60), (new_id, new_minute * 60)])
+        .unwrap();
 
     let day_s = 86_400;
     let dropped = ch
@@ -241,7 +246,11 @@ fn retention_drops_whole_days_before_the_cutoff() {
     let mut tables: Vec<&str> = dropped.iter().map(|(t, _)| t.as_str()).collect();
     tables.sort();
     tables.dedup();
-    assert_eq!(tables, ["rollups", "spans", "trace_index"], "{dropped:?}");
+    assert_eq!(
+        tables,
+        ["dropped", "rollups", "spans", "trace_index"],
+        "{dropped:?}"
+    );
     assert!(
         dropped.iter().all(|(_, day)| *day == 20251124),
         "{dropped:?}"
@@ -254,6 +263,9 @@ fn retention_drops_whole_days_before_the_cutoff() {
         .query_text("SELECT count() FROM rollups")
         .unwrap();
     assert_eq!(rollups.trim(), "1");
+    let decided = ch.dropped_among(&[old_id, new_id]).unwrap();
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided.get(&new_id), Some(&(new_minute * 60)));
     // Nothing more to drop: the same call again drops nothing.
     assert!(
         ch.drop_days_before(now_ns / 1_000_000_000 - 2 * day_s)

@@ -138,6 +138,26 @@ fn scenario(cfg: Config, traces: &[Vec<Span>], records: &[(u64, Vec<Span>)]) -> 
         assert_eq!(got, want, "trace {}", faultline_model::hex(&t[0].trace_id));
     }
     out.push(format!("traces {}", ids.len()));
+    // Tail sampling dropped every third trace (half the decisions sent twice, as after a
+    // restart): trace reads and the searches below leave them out.
+    let dropped: Vec<_> = ids
+        .iter()
+        .step_by(3)
+        .map(|id| (*id, 1_764_000_000 + u64::from(id[15])))
+        .collect();
+    ch.insert_dropped(&dropped).unwrap();
+    ch.insert_dropped(&dropped[..dropped.len() / 2]).unwrap();
+    let gone: Vec<bool> = SpanStore::traces(&ch, &ids)
+        .unwrap()
+        .iter()
+        .map(|a| a.spans.is_empty())
+        .collect();
+    assert_eq!(gone, (0..ids.len()).map(|i| i % 3 == 0).collect::<Vec<_>>());
+    out.push(format!(
+        "dropped {:?} {:?}",
+        SpanStore::dropped_by_policy(&ch, &ids[0]),
+        SpanStore::dropped_by_policy(&ch, &ids[1])
+    ));
     let services = ch.services().unwrap();
     out.push(format!("services {services:?}"));
     let (first, last) = (
@@ -214,6 +234,12 @@ fn scenario(cfg: Config, traces: &[Vec<Span>], records: &[(u64, Vec<Span>)]) -> 
     for q in &queries {
         let (found, c) = SpanStore::search(&ch, q).unwrap();
         assert!(c.is_complete(), "{q:?}: {c:?}");
+        assert!(
+            found
+                .iter()
+                .all(|s| !dropped.iter().any(|d| d.0 == s.trace_id)),
+            "{q:?} found a dropped trace"
+        );
         out.push(format!("search {q:?}: {found:?}"));
     }
     out
@@ -271,6 +297,8 @@ fn current_clickhouse_accepts_the_cluster_layout() {
     assert_eq!(
         tables,
         [
+            "dropped\tDistributed",
+            "dropped_local\tReplacingMergeTree",
             "faultline_schema\tMergeTree",
             "rollups\tDistributed",
             "rollups_local\tReplacingMergeTree",

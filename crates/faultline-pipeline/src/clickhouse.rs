@@ -24,6 +24,12 @@
 //! WAL, which is why the WAL may be truncated only before [`Shipper::keep_from`], the
 //! start of the current chunk.
 //!
+//! **Tail sampling.** With a store given ([`Shipper::send_decisions_of`]), the writer
+//! also sends the traces the node's tail sampling dropped (schema version 3) every few
+//! seconds: all decisions of the blocks still stored at start (again after a restart,
+//! which adds nothing), then each new one. Reads on any node answer those traces as
+//! dropped. A decision not sent yet when the node dies is sent when it starts again.
+//!
 //! A record that does not decode passed the WAL's checksum, so it is a bug or a format
 //! of another version: it is counted and logged, and skipped.
 
@@ -37,7 +43,7 @@ use std::collections::BTreeSet;
 
 use faultline_clickhouse::{ChError, ClickHouse, RollupPart};
 use faultline_model::envelope;
-use faultline_model::span::{Span, from_otlp_owned};
+use faultline_model::span::{Span, TraceId, from_otlp_owned};
 use faultline_store::rollup::RollupBuilder;
 use faultline_wal::{Cursor, Record, Tailer, Wal, WalError};
 
@@ -136,7 +142,31 @@ pub struct Shipper {
     parts: Vec<RollupPart>,
     /// Where [`Self::position`] and [`Self::keep_from`] are published after each step.
     published: Published,
+    /// The tail-sampling decisions to send, when a store was given.
+    decisions: Option<Decisions>,
 }
+
+/// Where the writer is in sending a store's tail-sampling decisions.
+struct Decisions {
+    store: Arc<faultline_store::Store>,
+    /// Decisions made before this second are sent.
+    since: u64,
+    /// The traces sent whose decision was made in second `since`.
+    sent: std::collections::HashSet<TraceId>,
+    /// When to look again.
+    next: std::time::Instant,
+}
+
+impl std::fmt::Debug for Decisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decisions")
+            .field("since", &self.since)
+            .finish()
+    }
+}
+
+/// How often the writer looks for new tail-sampling decisions.
+const DECISIONS_EVERY: Duration = Duration::from_secs(1);
 
 /// A writer's positions as other threads see them.
 #[derive(Debug, Clone)]
@@ -167,6 +197,7 @@ impl Shipper {
             read_ahead: VecDeque::new(),
             rollups: ChunkRollups::starting_at(position),
             parts: Vec::new(),
+            decisions: None,
             published: Published {
                 position: Arc::new(AtomicU64::new(position)),
                 keep_from: Arc::new(AtomicU64::new(0)),
@@ -324,6 +355,51 @@ impl Shipper {
         Ok(())
     }
 
+    /// Sends the tail-sampling decisions `store` makes (see the module doc).
+    pub fn send_decisions_of(&mut self, store: Arc<faultline_store::Store>) {
+        self.decisions = Some(Decisions {
+            store,
+            since: 0,
+            sent: std::collections::HashSet::new(),
+            next: std::time::Instant::now(),
+        });
+    }
+
+    /// Sends the decisions made since the last call that succeeded, when it is time to
+    /// look; on failure they are sent at the next look.
+    fn send_decisions(&mut self) {
+        let Some(d) = &mut self.decisions else {
+            return;
+        };
+        if std::time::Instant::now() < d.next {
+            return;
+        }
+        d.next = std::time::Instant::now() + DECISIONS_EVERY;
+        let new: Vec<(TraceId, u64)> = d
+            .store
+            .tail_dropped_since(d.since)
+            .into_iter()
+            .filter(|(id, at)| *at > d.since || !d.sent.contains(id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ch.insert_dropped(&new) {
+            tracing::warn!(error = %e, "cannot send tail-sampling decisions to ClickHouse; retrying");
+            return;
+        }
+        let newest = new.iter().map(|(_, at)| *at).max().unwrap_or(d.since);
+        if newest > d.since {
+            d.since = newest;
+            d.sent.clear();
+        }
+        d.sent.extend(
+            new.iter()
+                .filter(|(_, at)| *at == d.since)
+                .map(|(id, _)| *id),
+        );
+    }
+
     /// Drops ClickHouse's days older than `keep`; how long until the next pass (an hour,
     /// or a minute after a failure).
     fn apply_retention(&self, keep: Duration) -> Duration {
@@ -372,6 +448,7 @@ impl Shipper {
             {
                 retention_at = std::time::Instant::now() + self.apply_retention(keep);
             }
+            self.send_decisions();
             match self.step() {
                 Ok(0) => std::thread::sleep(self.opts.idle),
                 Ok(_) => backoff = self.opts.backoff.0,
@@ -567,12 +644,13 @@ impl Writer {
     /// server too old or a schema too new, it is an error), and ships `wal` from its
     /// cursor `clickhouse`, keeping `keep_from` (the pipeline's truncation floor, held at
     /// 0 until then) at where the WAL must be kept, and ClickHouse's days within
-    /// `retention`.
+    /// `retention`, sending the tail-sampling decisions of `store`.
     pub fn start(
         ch: ClickHouse,
         wal: &Wal,
         keep_from: Arc<AtomicU64>,
         retention: Duration,
+        store: Arc<faultline_store::Store>,
     ) -> Result<Self, ShipError> {
         keep_from.store(0, Ordering::Release);
         match ch.migrate() {
@@ -586,6 +664,7 @@ impl Writer {
         };
         let mut shipper = Shipper::new(ch, wal, "clickhouse", opts)?;
         shipper.publish_keep_from(keep_from);
+        shipper.send_decisions_of(store);
         Self::spawn(shipper, wal.clone()).map_err(|e| ShipError::Thread(e.to_string()))
     }
 

@@ -304,14 +304,18 @@ async fn tick_checks(checks: Arc<Checks>, store: Arc<Store>, p: PipelineView, o:
 async fn start_writer(
     s: &Settings,
     wal: &Wal,
+    st: Arc<Store>,
 ) -> anyhow::Result<Option<(Arc<ClickHouse>, Writer)>> {
     let Some(c) = s.clickhouse.clone() else {
         return Ok(None);
     };
-    let (wal, keep, days) = (wal.clone(), s.pipeline.keep_from.clone(), c.retention);
+    let (wal, keep, days, st) = (wal.clone(), s.pipeline.keep_from.clone(), c.retention, st);
     let start = move || -> anyhow::Result<(Arc<ClickHouse>, Writer)> {
         let ch = ClickHouse::connect(c.config, &c.node)?;
-        Ok((Arc::new(ch.clone()), Writer::start(ch, &wal, keep, days)?))
+        Ok((
+            Arc::new(ch.clone()),
+            Writer::start(ch, &wal, keep, days, st)?,
+        ))
     };
     let started = tokio::task::spawn_blocking(start).await?;
     Ok(Some(started.context("cannot start the ClickHouse writer")?))
@@ -374,7 +378,7 @@ async fn serve(
     let store = open_store(&s).await?;
     let checks = open_checks(&s, &store).await?;
     let wal = open_wal(&s, &metrics, store.source_seq()).await?;
-    let writer = start_writer(&s, &wal).await?;
+    let writer = start_writer(&s, &wal, store.clone()).await?;
     // Before intake opens: everything committed so far is the backlog behind live data.
     let pipeline = Pipeline::spawn(wal.clone(), store.clone(), s.pipeline.clone())
         .context("cannot start the store pipeline")?;

@@ -5,7 +5,8 @@
 //! faultline loses nothing acknowledged; two nodes over a two-shard cluster, under load
 //! through both, answer every acknowledged trace from either node across ten SIGKILLs
 //! and a minute without ClickHouse; an alert rule on one node judges the spans another
-//! node received; bad storage settings stop the start with the key named.
+//! node received; traces one node's tail sampling dropped answer as dropped on every
+//! node; bad storage settings stop the start with the key named.
 
 #![allow(clippy::unwrap_used)]
 
@@ -489,6 +490,35 @@ fn two_nodes_over_two_shards_lose_nothing_acknowledged() {
     );
 }
 
+/// faultline `node-K` on database `db` of the ClickHouse server on port `ch`, its data in
+/// `dir/node-K`, with the configuration file `config`; on `ports` when given (a restart).
+fn node(
+    ch: u16,
+    db: &str,
+    dir: &std::path::Path,
+    k: usize,
+    config: &std::path::Path,
+    ports: Option<Ports>,
+) -> Server {
+    let (url, name) = (format!("http://127.0.0.1:{ch}"), format!("node-{k}"));
+    let flags = [
+        "--storage",
+        "clickhouse",
+        "--clickhouse-url",
+        url.as_str(),
+        "--clickhouse-database",
+        db,
+        "--node-name",
+        name.as_str(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    match ports {
+        Some(p) => Server::start_on(&dir.join(&name), p, &flags),
+        None => Server::start(&dir.join(&name), &flags),
+    }
+}
+
 /// `n` spans of checkout `POST /checkout` in the minute starting at `minute_ns`, each
 /// about `ms` long, fresh trace ids from `r`.
 fn checkout_minute(r: &mut impl FnMut(u64) -> u64, minute_ns: u64, ms: u64) -> Vec<Span> {
@@ -521,24 +551,8 @@ fn an_alert_on_one_node_judges_the_spans_another_node_received() {
          operation = \"POST /checkout\"\np99_above_ms = 500\nfor_minutes = 2\n",
     )
     .unwrap();
-    let url = format!("http://127.0.0.1:{}", ch.http);
     let nodes: Vec<Server> = (0..2)
-        .map(|k| {
-            let name = format!("node-{k}");
-            let flags = [
-                "--storage",
-                "clickhouse",
-                "--clickhouse-url",
-                url.as_str(),
-                "--clickhouse-database",
-                "fl_alerts",
-                "--node-name",
-                name.as_str(),
-                "--config",
-                config.to_str().unwrap(),
-            ];
-            Server::start(&tmp.path().join(&name), &flags)
-        })
+        .map(|k| node(ch.http, "fl_alerts", tmp.path(), k, &config, None))
         .collect();
     let last = common::last_slow_minute();
     let mut spans = Vec::new();
@@ -571,6 +585,109 @@ fn an_alert_on_one_node_judges_the_spans_another_node_received() {
         msg.starts_with("p99 of checkout POST /checkout above 500 ms for 2 minutes"),
         "{msg}"
     );
+    ch.stop();
+}
+
+/// Trace `id` as node `api` answers it: `Some(spans)`, or `None` when it answers that
+/// tail sampling dropped it (anything else fails the test).
+fn kept_or_dropped(api: u16, id: &str) -> Option<usize> {
+    let (status, body) = http_get(api, &format!("/api/traces/{id}")).unwrap();
+    match status {
+        200 => Some(spans_of(api, id)),
+        404 if body.contains("tail sampling dropped it") => None,
+        _ => panic!("trace {id} answered {status}: {body}"),
+    }
+}
+
+#[test]
+fn traces_one_node_dropped_by_tail_sampling_are_dropped_on_every_node() {
+    let mut ch = faultline_clickhouse::testing::Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rand = common::seeded_rand("clickhouse tail sampling");
+    let mut r = move |n: u64| rand(0, n);
+    let config = tmp.path().join("faultline.toml");
+    std::fs::write(
+        &config,
+        "[store]\nblock_max_age_secs = 1\n\n[tail_sampling]\nenabled = true\n\
+         wait_secs = 1\nrest_traces_per_second = 2.0\n",
+    )
+    .unwrap();
+    let node = |k, ports| node(ch.http, "fl_tail", tmp.path(), k, &config, ports);
+    let (first, mut second) = (node(0, None), node(1, None));
+    // Traces of 3 spans, none failing or slow: about 2 per second of each block's time
+    // range are kept, the rest dropped. Only the second node receives them.
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let (body, mut new) = request(&mut r, 20);
+        assert_eq!(post_otlp(&second, body), 200);
+        ids.append(&mut new);
+    }
+    within(60, "the second node never decided every trace", || {
+        let (_, body) = http_get(second.api, "/api/v1/tail-sampling").unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let t = &v["totals"];
+        let decided: u64 = ["keptError", "keptSlow", "keptRate", "dropped"]
+            .iter()
+            .map(|k| t[*k]["traces"].as_u64().unwrap_or(0))
+            .sum();
+        v["blocksWaiting"] == 0 && decided >= ids.len() as u64
+    });
+    let decided: Vec<Option<usize>> = ids
+        .iter()
+        .map(|id| kept_or_dropped(second.api, id))
+        .collect();
+    let dropped = decided.iter().filter(|d| d.is_none()).count();
+    assert!(
+        dropped > ids.len() / 2 && dropped < ids.len(),
+        "{dropped} of {} dropped",
+        ids.len()
+    );
+    // The node that received none of them answers the same, once the decisions are sent
+    // (every second), and its search returns the kept traces only.
+    let same = |api: u16| {
+        ids.iter()
+            .zip(&decided)
+            .all(|(id, d)| kept_or_dropped(api, id) == d.map(|_| 3))
+    };
+    within(10, "the other node does not answer the decisions", || {
+        same(first.api)
+    });
+    let (status, body) = http_get(
+        first.api,
+        "/api/traces?service=cart-web&limit=1000&lookback=1h",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut found: Vec<String> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["traceID"].as_str().unwrap().to_string())
+        .collect();
+    found.sort();
+    let mut kept: Vec<String> = ids
+        .iter()
+        .zip(&decided)
+        .filter(|(_, d)| d.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    kept.sort();
+    assert_eq!(found, kept, "search on the other node");
+    // A SIGKILL and a restart of the deciding node send its decisions again: nothing
+    // changes, on either node.
+    second.kill9();
+    let ports = Ports {
+        grpc: second.grpc,
+        http: second.http,
+        zipkin: second.zipkin,
+        api: second.api,
+        sampling: second.sampling,
+    };
+    let second = node(1, Some(ports));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(same(second.api), "the deciding node after a restart");
+    assert!(same(first.api), "the other node after the restart");
     ch.stop();
 }
 

@@ -333,6 +333,34 @@ impl Store {
         Ok(report)
     }
 
+    /// The traces tail sampling dropped in decisions made at or after `since_s` (Unix
+    /// seconds), with when, from the blocks still stored: what a ClickHouse node's
+    /// writer sends on so that every node answers them as dropped.
+    pub fn tail_dropped_since(&self, since_s: u64) -> Vec<(TraceId, u64)> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for r in inner.blocks.iter().filter_map(|b| b.tail.get()) {
+            if r.decided_at_s < since_s {
+                continue;
+            }
+            for hex in &r.dropped {
+                let mut id = [0u8; 16];
+                let ok = hex.len() == 32
+                    && id.iter_mut().enumerate().all(|(i, b)| {
+                        u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16)
+                            .map(|v| *b = v)
+                            .is_ok()
+                    });
+                if ok {
+                    out.push((id, r.decided_at_s));
+                }
+            }
+        }
+        out
+    }
+
     /// When trace `id` was dropped by tail sampling (Unix seconds), if it was and its
     /// block is still stored.
     pub fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
