@@ -325,8 +325,19 @@ impl Shipper {
         Ok(records)
     }
 
-    /// Reads records after the batch's end until the batch is full or the WAL has no more.
+    /// Reads records after the batch's end until the batch is full or the WAL has no more,
+    /// and makes the batch's rollup parts.
     fn fill(&mut self) -> Result<(), ShipError> {
+        let read = self.read_batch();
+        // Also when a WAL read failed after some records joined the batch: the next step
+        // ships the batch as it is, so its parts must be made now or those records would
+        // never be counted in the rollups.
+        self.parts = self.rollups.add(&self.batch);
+        read
+    }
+
+    /// The reading part of [`Self::fill`].
+    fn read_batch(&mut self) -> Result<(), ShipError> {
         let mut spans = 0;
         let mut bytes = 0;
         while spans < self.opts.batch_spans && bytes < self.opts.batch_bytes {
@@ -351,7 +362,6 @@ impl Shipper {
                 }
             }
         }
-        self.parts = self.rollups.add(&self.batch);
         Ok(())
     }
 
