@@ -18,8 +18,8 @@
 //!
 //! Version 1, the spans (row format in `rows.rs`):
 //!
-//! - `spans`: a `ReplacingMergeTree` partitioned by the UTC day of `start_ns`
-//!   (`toYYYYMMDD`, so retention drops whole days), with primary key
+//! - `spans`: a `ReplacingMergeTree` partitioned by the day of `start_ns` in the
+//!   server's time zone (`toYYYYMMDD`, so retention drops whole days), with primary key
 //!   `(service, start_ns)` for a service's spans over time, and sorting key
 //!   `(service, start_ns, node, wal_seq, span_idx)`, so a span inserted twice is one row
 //!   after merges, and reads take one row per key (`LIMIT 1 BY`); granules of 1,024 rows,
@@ -40,7 +40,7 @@
 //!   chunk's records up to `version` put in that minute and service. A
 //!   `ReplacingMergeTree(version)` keyed by (edges, service, minute, node, chunk), read
 //!   with `argMax(cells, version)` per key: a part inserted again, or a smaller version
-//!   after a crash, never counts twice. Partitioned by the UTC day of `minute`.
+//!   after a crash, never counts twice. Partitioned by the day of `minute` (server time zone).
 //!
 //! Version 3, tail sampling's decisions:
 //!
@@ -50,7 +50,7 @@
 //!   spans stay in `spans` until retention drops their day (the RED rollups counted them
 //!   before the decision, as on the embedded store). A `ReplacingMergeTree` ordered by
 //!   `trace_id` (a decision sent twice is one row after merges; reads group by trace),
-//!   partitioned by the UTC day of `decided_at`, spread by `cityHash64(trace_id)` like
+//!   partitioned by the day of `decided_at` (server time zone), spread by `cityHash64(trace_id)` like
 //!   the spans.
 
 use crate::ChError;

@@ -316,10 +316,13 @@ impl ClickHouse {
         // `LIMIT 1 BY` the row key rather than `FINAL`: the same answer (one row per span
         // however often it was inserted), but FINAL made 18.16 merge whole parts: 10 s
         // against 0.05 s for a 30-span trace among 250,000 spans not yet merged.
-        // PREWHERE reads `otlp` only in granules that hold the traces' rows.
+        // PREWHERE reads `otlp` only in granules that hold the traces' rows. The trace and
+        // span ids are in the key too: a node that lost its data directory but kept its
+        // name numbers its WAL records from the start again.
         let body = self.client.query(&format!(
             "SELECT {SPAN_READ_COLUMNS} FROM spans PREWHERE trace_id IN ({set}) WHERE {} \
-             ORDER BY start_ns, span_id LIMIT 1 BY node, wal_seq, span_idx FORMAT RowBinary",
+             ORDER BY start_ns, span_id \
+             LIMIT 1 BY node, wal_seq, span_idx, trace_id, span_id FORMAT RowBinary",
             ranges.join(" OR ")
         ))?;
         let mut r = RowReader::new(&body);
@@ -364,8 +367,9 @@ impl ClickHouse {
     }
 
     /// Retention: drops, on this node's server, the day partitions of `spans`,
-    /// `trace_index` and `rollups` (their local tables on a cluster) whose whole UTC day
-    /// is before `cutoff_s` (Unix seconds), and returns the (table, day) dropped. Whole
+    /// `trace_index`, `rollups` and `dropped` (their local tables on a cluster) whose
+    /// whole day (in the server's time zone, as the partitions have it) is before
+    /// `cutoff_s` (Unix seconds), and returns the (table, day) dropped. Whole
     /// days only, so spans are kept up to a day past the cutoff. On a cluster each node
     /// drops on the server it is pointed at (a `Distributed` table cannot drop
     /// partitions), which every server has (see `schema.rs`).
