@@ -35,7 +35,7 @@ mod store;
 pub mod testing;
 
 pub use client::{Client, Config};
-pub use query::WithLocal;
+pub use query::{FALLBACK, WithLocal};
 pub use store::{ClickHouse, RollupPart};
 
 /// What went wrong talking to ClickHouse, said so an operator knows what to do.

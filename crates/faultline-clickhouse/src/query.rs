@@ -498,7 +498,7 @@ impl WithLocal {
     ) -> Result<(T, Completeness), StoreError> {
         match shared {
             Err(StoreError::Backend(why)) => {
-                tracing::debug!(error = %why, "ClickHouse cannot be read; answering from this node's store");
+                warn_fallback(&why);
                 let (answer, mut c) = local(self.local.as_ref())?;
                 c.reasons.push(self.away_reason(&why));
                 Ok((answer, c))
@@ -510,7 +510,7 @@ impl WithLocal {
     fn away_reason(&self, why: &str) -> String {
         let why: String = why.chars().take(300).collect();
         format!(
-            "ClickHouse cannot be read ({why}); answered from the spans this node received itself, without other nodes' spans"
+            "{FALLBACK} ({why}); answered from the spans this node received itself, without other nodes' spans"
         )
     }
 
@@ -526,6 +526,7 @@ impl WithLocal {
                 Ok(answers)
             }
             Err(StoreError::Backend(why)) => {
+                warn_fallback(&why);
                 let reason = self.away_reason(&why);
                 let mut answers = self.local.traces(ids)?;
                 for a in &mut answers {
@@ -537,6 +538,26 @@ impl WithLocal {
         }
     }
 }
+
+/// Logs that reads fall back to the node's own store, at most once every 10 s.
+fn warn_fallback(why: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(error = %why, "{FALLBACK}: answers are partial, from this node's own spans");
+    }
+}
+
+/// What the log says when reads fall back to the node's own store.
+pub const FALLBACK: &str = "ClickHouse cannot be read";
 
 impl SpanStore for WithLocal {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {

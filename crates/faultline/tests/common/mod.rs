@@ -279,6 +279,20 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // On ClickHouse, a read that fell back to the node's own store (which holds every
+        // span of a one-node test) would let a test pass without ClickHouse answering:
+        // none of the suite's ClickHouse run may.
+        if on_clickhouse() && !std::thread::panicking() {
+            let log = self.log_text();
+            let line = log
+                .lines()
+                .find(|l| l.contains(faultline_clickhouse::FALLBACK));
+            assert!(
+                line.is_none(),
+                "faultline answered without ClickHouse: {}",
+                line.unwrap_or_default()
+            );
+        }
     }
 }
 
