@@ -333,3 +333,50 @@ fn tls_to_clickhouse_with_a_ca_file_and_refusals_that_say_why() {
     let e = Client::new(plain).unwrap_err();
     assert!(e.to_string().contains("is not https://"), "{e}");
 }
+
+/// A stand-in for a ClickHouse server older than 18.16: every request is answered
+/// `200 OK` with `version` as the body, as `SELECT version()` would be.
+fn old_server(version: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 8192];
+            let _ = conn.read(&mut buf);
+            let body = format!("{version}\n");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_server_older_than_18_16_is_refused_for_good_naming_both_versions() {
+    for (version, refused) in [("18.14.1", true), ("1.1.54380", true), ("18.16.1", false)] {
+        let port = old_server(version);
+        let cfg = Config::new(&format!("http://127.0.0.1:{port}"), "faultline");
+        let r = ClickHouse::open(cfg, "node-a");
+        match (r, refused) {
+            (Err(e), true) => {
+                assert!(matches!(e, ChError::TooOld { .. }), "{version}: {e}");
+                assert!(e.is_permanent(), "{version}: a refusal for good");
+                let said = e.to_string();
+                assert!(
+                    said.contains(version) && said.contains("18.16"),
+                    "{version}: {said}"
+                );
+            }
+            // 18.16 passes the check; the stand-in then answers the statements that follow
+            // with its version, which is no table: any error but TooOld.
+            (Err(e), false) => assert!(!matches!(e, ChError::TooOld { .. }), "{e}"),
+            (Ok(_), false) => {}
+            (Ok(_), true) => panic!("{version} was accepted"),
+        }
+    }
+}
