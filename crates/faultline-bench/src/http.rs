@@ -9,6 +9,7 @@
 //!   requests would: the value of tag `--tag-key` (default `user.id`) and the service of
 //!   the span carrying it, taken from up to 200 traces of the ack logs (fetched by id
 //!   before the clock starts), plus `--query` (e.g. `limit=20&lookback=24h`).
+//! - `--kind path`: `GET {--query}`, any path of the API (RED: `/api/v1/red?...`).
 //!
 //! Each client sends one request after the other for `--seconds`; the answer must be 200
 //! (a 404 for a trace id counts as an error and is reported). Prints requests per second
@@ -187,7 +188,14 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<serde_json::Value> {
             vec![format!("{base}/api/traces?{}", args.query)]
         }
         "rare" => runtime.block_on(rare_queries(args, &base))?,
-        other => anyhow::bail!("unknown --kind {other:?}; use trace, search or rare"),
+        "path" => {
+            anyhow::ensure!(
+                args.query.starts_with('/'),
+                "give --query /PATH?QUERY for --kind path"
+            );
+            vec![format!("{base}{}", args.query)]
+        }
+        other => anyhow::bail!("unknown --kind {other:?}; use trace, search, rare or path"),
     };
     let paths = Arc::new(paths);
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
