@@ -488,6 +488,21 @@ fn two_nodes_over_two_shards_lose_nothing_acknowledged() {
         2 * acked.len(),
         2 * sent
     );
+    // Exactly: the cart-db spans ClickHouse holds, each once (a span or a rollup part
+    // inserted again across the SIGKILLs must not count twice), summed over the shards.
+    let stored: u64 = shards
+        .iter()
+        .map(|s| {
+            faultline_clickhouse::Client::new(s.config("fl_cluster"))
+                .unwrap()
+                .query_text("SELECT count() FROM spans_local FINAL WHERE service = 'cart-db'")
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(counts[0], stored, "RED against the spans stored");
 }
 
 /// faultline `node-K` on database `db` of the ClickHouse server on port `ch`, its data in
