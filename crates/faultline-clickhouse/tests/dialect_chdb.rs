@@ -242,6 +242,14 @@ fn scenario(cfg: Config, traces: &[Vec<Span>], records: &[(u64, Vec<Span>)]) -> 
         );
         out.push(format!("search {q:?}: {found:?}"));
     }
+    // Retention last: every day before 2100 goes, from every table.
+    let mut gone = ch.drop_days_before(4_102_444_800).unwrap();
+    gone.sort();
+    out.push(format!("retention {gone:?}"));
+    out.push(format!(
+        "spans after retention {}",
+        ch.span_count().unwrap()
+    ));
     out
 }
 
@@ -270,6 +278,13 @@ fn the_same_statements_answer_the_same_on_18_16_and_current_clickhouse() {
         assert_eq!(a, b, "current ClickHouse and 18.16 answer differently");
     }
     assert_eq!(current.len(), debian.len());
+    let n = current.len();
+    assert!(
+        current[n - 2].contains("\"spans\"") && current[n - 2].contains("\"dropped\""),
+        "retention dropped: {}",
+        current[n - 2]
+    );
+    assert_eq!(current[n - 1], "spans after retention 0");
 }
 
 #[test]
