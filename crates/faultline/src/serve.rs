@@ -309,7 +309,7 @@ async fn start_writer(
     let Some(c) = s.clickhouse.clone() else {
         return Ok(None);
     };
-    let (wal, keep, days, st) = (wal.clone(), s.pipeline.keep_from.clone(), c.retention, st);
+    let (wal, keep, days) = (wal.clone(), s.pipeline.keep_from.clone(), c.retention);
     let start = move || -> anyhow::Result<(Arc<ClickHouse>, Writer)> {
         let ch = ClickHouse::connect(c.config, &c.node)?;
         Ok((

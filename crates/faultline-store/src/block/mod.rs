@@ -91,6 +91,7 @@ mod writer;
 use crate::error::StoreError;
 use std::path::{Path, PathBuf};
 
+pub(crate) use json::unhex;
 pub use reader::BlockReader;
 pub use schema::{MAX_PROMOTED, schema};
 pub(crate) use writer::write_block_indexed;

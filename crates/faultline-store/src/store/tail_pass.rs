@@ -345,18 +345,12 @@ impl Store {
             if r.decided_at_s < since_s {
                 continue;
             }
-            for hex in &r.dropped {
-                let mut id = [0u8; 16];
-                let ok = hex.len() == 32
-                    && id.iter_mut().enumerate().all(|(i, b)| {
-                        u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16)
-                            .map(|v| *b = v)
-                            .is_ok()
-                    });
-                if ok {
-                    out.push((id, r.decided_at_s));
-                }
-            }
+            out.extend(
+                r.dropped
+                    .iter()
+                    .filter_map(|hex| crate::block::unhex::<16>(hex))
+                    .map(|id| (id, r.decided_at_s)),
+            );
         }
         out
     }
