@@ -35,6 +35,8 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use faultline_model::ExportTraceServiceRequest;
+use faultline_model::pending::{PendingTraces, RecordAt};
+use faultline_model::span::TraceId;
 use faultline_model::validate::{Limits, validate_and_filter};
 use faultline_wal::{Wal, WalError};
 
@@ -221,6 +223,8 @@ pub struct Intake {
     inflight_permits: u32,
     data_dir: PathBuf,
     memory: ResidentMemory,
+    /// Where acknowledged records' trace ids go until indexed (`None`: nowhere).
+    pending: Option<Arc<PendingTraces>>,
 }
 
 /// Resident memory of this process, read from `/proc/self/status` at most every
@@ -285,7 +289,15 @@ impl Intake {
             cfg,
             data_dir,
             memory: ResidentMemory::new(),
+            pending: None,
         }
+    }
+
+    /// Notes each acknowledged record's trace ids in `pending`, so a trace can be read
+    /// by id before the store indexed it (`faultline_model::pending`).
+    pub fn with_pending(mut self, pending: Arc<PendingTraces>) -> Self {
+        self.pending = Some(pending);
+        self
     }
 
     /// The configuration in force.
@@ -492,6 +504,14 @@ impl Intake {
         self.metrics.ack_latency(started.elapsed());
         match result {
             Ok(ack) => {
+                if let Some(p) = &self.pending {
+                    let at = RecordAt {
+                        seq: ack.seq,
+                        segment: ack.segment,
+                        offset: ack.offset,
+                    };
+                    p.add(at, trace_ids(&request));
+                }
                 self.metrics.spans(protocol, "accepted", accepted);
                 Ok(Accepted {
                     accepted_spans: accepted,
@@ -596,4 +616,15 @@ impl Intake {
         m.wal_committed_seq.set(self.wal.committed_seq() as i64);
         m.wal_failed.set(i64::from(self.wal.failure().is_some()));
     }
+}
+
+/// The trace ids of a request's spans (repeats included; ids of another length, which
+/// validation refuses, left out).
+fn trace_ids(request: &ExportTraceServiceRequest) -> impl Iterator<Item = TraceId> + '_ {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .filter_map(|sp| TraceId::try_from(sp.trace_id.as_slice()).ok())
 }

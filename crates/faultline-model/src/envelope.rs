@@ -119,6 +119,9 @@ pub enum EnvelopeError {
     /// The body is not valid OTLP protobuf.
     #[error("WAL record body is not a valid OTLP request: {0}")]
     Body(#[from] prost::DecodeError),
+    /// The body's protobuf framing is broken (found without decoding it).
+    #[error("WAL record body is not a valid OTLP request: {0}")]
+    Scan(&'static str),
 }
 
 /// Builds an envelope around an already encoded request body.
@@ -180,12 +183,150 @@ impl Envelope<'_> {
     pub fn request(&self) -> Result<ExportTraceServiceRequest, EnvelopeError> {
         Ok(ExportTraceServiceRequest::decode(self.body)?)
     }
+
+    /// The trace ids of the body's spans, in order, repeats included, without decoding
+    /// anything else: the fields on the path `resource_spans` (1) → `scope_spans` (2) →
+    /// `spans` (2) → `trace_id` (1) are followed and every other field is skipped by its
+    /// length. Ids that are not 16 bytes (which intake refuses) are left out. Several
+    /// times faster than [`Envelope::request`]; the backlog scan uses it to note what a
+    /// replayed range holds.
+    pub fn trace_ids(&self) -> Result<Vec<crate::span::TraceId>, EnvelopeError> {
+        let mut out = Vec::with_capacity(self.spans as usize);
+        for rs in fields(self.body, 1) {
+            for ss in fields(rs?, 2) {
+                for span in fields(ss?, 2) {
+                    for id in fields(span?, 1) {
+                        if let Ok(id) = <[u8; 16]>::try_from(id?) {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The values of the length-delimited fields numbered `want` in the protobuf message
+/// `buf`, skipping every other field by its wire type.
+fn fields(mut buf: &[u8], want: u64) -> impl Iterator<Item = Result<&[u8], EnvelopeError>> {
+    std::iter::from_fn(move || {
+        while !buf.is_empty() {
+            match next_field(&mut buf, want) {
+                Ok(Some(v)) => return Some(Ok(v)),
+                Ok(None) => {}
+                Err(e) => {
+                    buf = &[];
+                    return Some(Err(EnvelopeError::Scan(e)));
+                }
+            }
+        }
+        None
+    })
+}
+
+/// Reads one field off the front of `buf`: its value when it is field `want` and
+/// length-delimited, `None` for any other field.
+fn next_field<'a>(buf: &mut &'a [u8], want: u64) -> Result<Option<&'a [u8]>, &'static str> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let (tag, wire) = decode_key(buf).map_err(|_| "bad field key")?;
+    let len = match wire {
+        WireType::Varint => {
+            decode_varint(buf).map_err(|_| "bad varint")?;
+            return Ok(None);
+        }
+        WireType::SixtyFourBit => 8,
+        WireType::ThirtyTwoBit => 4,
+        WireType::LengthDelimited => usize::try_from(decode_varint(buf).map_err(|_| "bad length")?)
+            .map_err(|_| "length overflows")?,
+        _ => return Err("groups are not OTLP"),
+    };
+    if len > buf.len() {
+        return Err("a field runs past the end");
+    }
+    let (value, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok((wire == WireType::LengthDelimited && u64::from(tag) == want).then_some(value))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The scanner finds exactly the ids a full decode finds, on requests of every shape
+    /// (several resources and scopes, attributes and events around the ids, empty
+    /// messages), and refuses cut bodies instead of inventing ids.
+    #[test]
+    fn trace_ids_match_a_full_decode() {
+        use crate::otlp::common::{AnyValue, KeyValue, any_value};
+        use crate::otlp::trace::{ResourceSpans, ScopeSpans, Span, span::Event};
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for round in 0..200 {
+            let mut req = ExportTraceServiceRequest::default();
+            for _ in 0..rnd(4) {
+                let mut rs = ResourceSpans::default();
+                for _ in 0..rnd(4) {
+                    let mut ss = ScopeSpans::default();
+                    for _ in 0..rnd(6) {
+                        let id_len = if rnd(20) == 0 { 8 } else { 16 };
+                        let id: Vec<u8> = (0..id_len).map(|_| rnd(256) as u8).collect();
+                        ss.spans.push(Span {
+                            trace_id: id,
+                            span_id: (0..8).map(|_| rnd(256) as u8).collect(),
+                            name: "x".repeat(rnd(300) as usize),
+                            start_time_unix_nano: rnd(u64::MAX),
+                            kind: rnd(5) as i32,
+                            attributes: (0..rnd(4))
+                                .map(|i| KeyValue {
+                                    key: format!("k{i}"),
+                                    value: Some(AnyValue {
+                                        value: Some(
+                                            any_value::Value::IntValue(rnd(1 << 40) as i64),
+                                        ),
+                                    }),
+                                    ..KeyValue::default()
+                                })
+                                .collect(),
+                            events: (0..rnd(2))
+                                .map(|_| Event {
+                                    time_unix_nano: rnd(u64::MAX),
+                                    name: "e".into(),
+                                    ..Event::default()
+                                })
+                                .collect(),
+                            ..Span::default()
+                        });
+                    }
+                    rs.scope_spans.push(ss);
+                }
+                req.resource_spans.push(rs);
+            }
+            let want: Vec<[u8; 16]> = req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .filter_map(|s| <[u8; 16]>::try_from(s.trace_id.as_slice()).ok())
+                .collect();
+            let bytes = encode_request(Protocol::OtlpHttpProtobuf, 0, &req);
+            let env = decode(&bytes).unwrap();
+            assert_eq!(env.trace_ids().unwrap(), want, "round {round}");
+            if bytes.len() > HEADER_LEN + 1 {
+                let cut = decode(&bytes[..bytes.len() - 1]).unwrap();
+                assert!(
+                    cut.trace_ids().is_err(),
+                    "round {round}: a cut body is refused"
+                );
+            }
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -9,6 +9,8 @@
 //! - [`health`]: the status report's vocabulary (each stage judges its own parts);
 //! - [`envelope`]: the WAL payload around each accepted request (written by intake, read
 //!   by the pipeline and the operator tools);
+//! - [`pending`]: which acknowledged WAL records hold which traces until they are
+//!   indexed (intake adds, the pipeline removes, trace reads look there);
 //! - [`sampling`]: adjusted counts (how many spans a sampled span stands for);
 //! - [`semconv`]: OpenTelemetry semantic conventions tables (generated).
 //!
@@ -18,6 +20,7 @@ pub mod duration;
 pub mod envelope;
 pub mod health;
 pub mod otlp_json;
+pub mod pending;
 pub mod sampling;
 pub mod semconv;
 pub mod span;

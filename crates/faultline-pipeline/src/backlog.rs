@@ -8,16 +8,17 @@
 //! must drain before intake starts shedding), and never while the head is full.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use faultline_wal::{Tailer, Wal};
+use faultline_model::envelope;
+use faultline_model::pending::RecordAt;
+use faultline_wal::{Record, Tailer};
 
 use crate::ingest::Range;
 use crate::process::{process_or_dead_letter, record_spans};
 use crate::rate::RateLimit;
-use crate::stats::BacklogStats;
 use crate::{POLL_BYTES, Shared, Step};
 
 /// The backlog thread's state: ranges still to replay, each with its own reader.
@@ -61,9 +62,7 @@ impl Backlog {
         loop {
             match self.ranges.recv_timeout(wait) {
                 Ok((first, last)) => {
-                    let b = &sh.stats.backlog;
-                    let (records, spans) =
-                        scan_range(&sh.wal, first, last, &sh.stop, b, self.queue.is_empty());
+                    let (records, spans) = scan_range(sh, first, last, self.queue.is_empty());
                     tracing::info!(
                         first,
                         last,
@@ -152,17 +151,13 @@ impl Backlog {
 }
 
 /// Counts the spans of the committed records in `first..=last` and finds the oldest
-/// append time, reading only envelope headers. The counts are added to `b` as they are
-/// read (a large backlog takes seconds to count); the oldest time is set when
-/// `oldest_first` (no earlier range is pending).
-fn scan_range(
-    wal: &Wal,
-    first: u64,
-    last: u64,
-    stop: &AtomicBool,
-    b: &BacklogStats,
-    oldest_first: bool,
-) -> (u64, u64) {
+/// append time, reading only envelope headers. The counts are added to the backlog stats
+/// as they are read (a large backlog takes seconds to count); the oldest time is set when
+/// `oldest_first` (no earlier range is pending). Records intake did not note in
+/// `PipelineOptions::pending` (those committed before this start) are noted now, from
+/// their trace ids alone, so their traces are readable by id before the replay.
+fn scan_range(sh: &Shared, first: u64, last: u64, oldest_first: bool) -> (u64, u64) {
+    let (wal, stop, b) = (&sh.wal, &sh.stop, &sh.stats.backlog);
     let (mut records, mut spans) = (0u64, 0u64);
     let mut tail = wal.tail(first);
     while tail.next_seq() <= last && !stop.load(Ordering::Acquire) {
@@ -181,6 +176,7 @@ fn scan_range(
             }
             n += 1;
             k += record_spans(&rec.payload);
+            note_pending(sh, rec);
         }
         b.records.fetch_add(n, Ordering::Relaxed);
         b.spans.fetch_add(k, Ordering::Relaxed);
@@ -188,4 +184,21 @@ fn scan_range(
         spans += k;
     }
     (records, spans)
+}
+
+/// Notes `rec`'s trace ids in `PipelineOptions::pending` unless intake did.
+fn note_pending(sh: &Shared, rec: &Record) {
+    let pending = &sh.opts.pending;
+    if pending.has_record(rec.seq) {
+        return;
+    }
+    let at = RecordAt {
+        seq: rec.seq,
+        segment: rec.segment,
+        offset: rec.offset,
+    };
+    // An undecodable record becomes a dead letter at its replay; it has no traces to note.
+    if let Ok(ids) = envelope::decode(&rec.payload).and_then(|e| e.trace_ids()) {
+        pending.add(at, ids);
+    }
 }

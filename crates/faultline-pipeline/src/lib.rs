@@ -45,6 +45,7 @@ pub mod dlq;
 pub mod health;
 pub mod inspect;
 pub mod metrics;
+pub mod pending;
 
 mod backlog;
 mod ingest;
@@ -62,6 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use faultline_model::pending::PendingTraces;
 use faultline_store::Store;
 use faultline_wal::Wal;
 
@@ -122,6 +124,10 @@ pub struct PipelineOptions {
     /// `Shipper::keep_from`): the WAL is truncated only before it. `u64::MAX`: no other
     /// consumer.
     pub keep_from: Arc<std::sync::atomic::AtomicU64>,
+    /// Acknowledged records not indexed yet, by trace (intake adds, the pipeline removes
+    /// what it indexed and, every second, everything durable); reads look there
+    /// ([`pending::WithPending`]).
+    pub pending: Arc<PendingTraces>,
 }
 
 impl std::fmt::Debug for PipelineOptions {
@@ -149,6 +155,7 @@ impl PipelineOptions {
             retry_backoff: Duration::from_millis(40),
             clock: system_clock(),
             keep_from: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            pending: Arc::default(),
         }
     }
 }
@@ -211,6 +218,7 @@ impl Shared {
             store: self.store.clone(),
             stats: self.stats.clone(),
             dlq_dir: self.opts.dlq_dir.clone(),
+            pending: self.opts.pending.clone(),
         }
     }
 }
@@ -343,6 +351,7 @@ pub struct PipelineView {
     store: Arc<Store>,
     stats: Arc<PipelineStats>,
     dlq_dir: PathBuf,
+    pending: Arc<PendingTraces>,
 }
 
 impl std::fmt::Debug for PipelineView {

@@ -8,7 +8,10 @@
 //! - `store_undecodable_records`, `store_seal_failing`: what went wrong;
 //! - `dlq_records`, `dlq_moved`: dead letters on disk, and moved since start;
 //! - `backlog_spans`, `backlog_replayed_spans`, `backlog_ranges`: the WAL backlog
-//!   replayed behind live data.
+//!   replayed behind live data;
+//! - `pending_trace_records`, `pending_overflowed_records`: (trace, WAL record) pairs
+//!   acknowledged and not indexed yet, readable by id from the WAL
+//!   (`faultline_model::pending`), and records not noted because that map was full.
 
 use std::sync::atomic::Ordering;
 
@@ -35,6 +38,8 @@ pub struct PipelineMetrics {
     backlog_spans: Gauge,
     backlog_replayed_spans: Gauge,
     backlog_ranges: Gauge,
+    pending_trace_records: Gauge,
+    pending_overflowed_records: Gauge,
 }
 
 impl PipelineMetrics {
@@ -113,6 +118,16 @@ impl PipelineMetrics {
                 "WAL ranges deferred behind live data and not yet replayed (0: no backlog)",
                 &m.backlog_ranges,
             ),
+            (
+                "pending_trace_records",
+                "(trace, WAL record) pairs acknowledged but not indexed yet, readable by id from the WAL",
+                &m.pending_trace_records,
+            ),
+            (
+                "pending_overflowed_records",
+                "WAL records not noted for reads before indexing because the map was full (their traces wait for indexing)",
+                &m.pending_overflowed_records,
+            ),
         ];
         for (name, help, g) in gauges {
             registry.register(name, help, g.clone());
@@ -150,5 +165,8 @@ impl PipelineMetrics {
         self.backlog_replayed_spans
             .set(g(b.replayed_spans.load(Ordering::Relaxed)));
         self.backlog_ranges.set(g(b.ranges.load(Ordering::Relaxed)));
+        self.pending_trace_records.set(g(view.pending.len() as u64));
+        self.pending_overflowed_records
+            .set(g(view.pending.overflowed()));
     }
 }

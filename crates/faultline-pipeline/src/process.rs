@@ -47,7 +47,11 @@ pub(crate) fn process_or_dead_letter(sh: &Shared, seq: u64, payload: &[u8]) {
     let mut last = None;
     for attempt in 1..=MAX_ATTEMPTS {
         match process(sh, seq, payload) {
-            Ok(()) => return,
+            Ok(()) => {
+                // In the head now: reads find its spans there.
+                sh.opts.pending.remove(seq);
+                return;
+            }
             Err(e) => {
                 tracing::warn!(seq, attempt, error = %e, "processing a WAL record failed");
                 last = Some(e);
@@ -84,6 +88,7 @@ pub(crate) fn process_or_dead_letter(sh: &Shared, seq: u64, payload: &[u8]) {
         .undecodable
         .fetch_add(u64::from(undecodable), Ordering::Relaxed);
     sh.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+    sh.opts.pending.remove(seq);
     // Let the store's position move past the record.
     if let Err(e) = sh.store.ingest(seq, Vec::new()) {
         tracing::error!(seq, error = %e, "cannot move the store past a dead letter");

@@ -112,8 +112,10 @@ pub(crate) fn seal_and_truncate(sh: &Shared) -> Result<(), StoreError> {
     }
 }
 
-/// Deletes blocks past the retention age or beyond the size limit.
+/// Deletes blocks past the retention age or beyond the size limit, and forgets the
+/// pending records the store holds durably.
 pub(crate) fn retention(sh: &Shared) {
+    sh.opts.pending.remove_through(sh.store.durable_seq());
     if let Err(e) = sh.store.enforce_retention((sh.opts.clock)()) {
         tracing::error!(error = %e, "retention failed; it is retried in a second");
     }

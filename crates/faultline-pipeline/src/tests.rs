@@ -35,8 +35,11 @@ use faultline_wal::sim::SimFs;
 use faultline_wal::{NoopObserver, Wal, WalOptions};
 use proptest::prelude::*;
 
+use faultline_model::pending::RecordAt;
+
 use crate::backlog::Backlog;
 use crate::ingest::Ingest;
+use crate::pending::WithPending;
 use crate::sealer::{self, Sealer};
 use crate::{PipelineOptions, Shared, Step};
 
@@ -191,7 +194,9 @@ impl World {
         let (tx, rx) = mpsc::channel();
         let at_open = sh.wal.committed_seq();
         let ingest = Ingest::start(&sh, tx, at_open);
-        let backlog = Backlog::new(&sh, rx);
+        let mut backlog = Backlog::new(&sh, rx);
+        // As the backlog thread does at once: count (and note) what the start deferred.
+        assert!(backlog.take_ranges(&sh, Duration::ZERO));
         self.run = Some(Running {
             sh,
             ingest,
@@ -217,6 +222,15 @@ impl World {
     fn append(&mut self, content: Content) {
         let bytes = payload(content, self.t0);
         let ack = self.run().sh.wal.append_blocking(bytes).unwrap();
+        if let Content::Spans(n, _) = content {
+            // As intake does once the WAL acknowledged the record.
+            let at = RecordAt {
+                seq: ack.seq,
+                segment: ack.segment,
+                offset: ack.offset,
+            };
+            self.run().sh.opts.pending.add(at, [trace_id(n)]);
+        }
         self.acked.insert(ack.seq, content);
     }
 
@@ -276,6 +290,17 @@ impl World {
         store.trace(&trace_id(n)).unwrap().spans.len()
     }
 
+    /// Spans of `content`'s trace a read by id answers (through [`WithPending`], as the
+    /// API reads).
+    fn readable(&self, content: Content) -> usize {
+        let Content::Spans(n, _) = content else {
+            return 0;
+        };
+        let sh = &self.run.as_ref().unwrap().sh;
+        let reads = WithPending::wrap(sh.store.clone(), sh.wal.clone(), sh.opts.pending.clone());
+        reads.trace(&trace_id(n)).unwrap().spans.len()
+    }
+
     /// Spans the store holds, counting duplicates (blocks plus heads): a trace lookup
     /// would hide a record ingested twice, this does not.
     fn stored_total(&self) -> u64 {
@@ -330,6 +355,14 @@ impl World {
                 seq,
                 n,
                 want
+            );
+            // Acknowledged means readable by id, indexed or not, across crashes.
+            prop_assert_eq!(
+                self.readable(content),
+                want,
+                "record {}'s trace is not readable in full (durable_seq {})",
+                seq,
+                durable
             );
             if seq <= durable {
                 match content {
@@ -389,6 +422,11 @@ impl World {
                 r.sh.store.pending()
             );
             prop_assert_eq!(r.sh.store.durable_seq(), r.sh.wal.committed_seq());
+            prop_assert!(
+                r.sh.opts.pending.is_empty(),
+                "indexed records are forgotten: {:?}",
+                r.sh.opts.pending
+            );
             prop_assert_eq!(
                 self.stored_total(),
                 self.acked_total(),

@@ -404,9 +404,20 @@ impl<V: Vfs> WalCore<V> {
     /// Writes `payloads` as consecutive records (not yet durable) and returns the sequence
     /// number of the first. All or none are written.
     pub fn append(&mut self, payloads: &[&[u8]], time_ns: u64) -> Result<u64, WalError> {
+        self.append_at(payloads, time_ns).map(|(first, _)| first)
+    }
+
+    /// [`WalCore::append`], also returning where the first record starts: the first
+    /// sequence number of its segment and its byte offset there (the following records
+    /// follow it, [`format::framed_len`] apart).
+    pub fn append_at(
+        &mut self,
+        payloads: &[&[u8]],
+        time_ns: u64,
+    ) -> Result<(u64, (u64, u64)), WalError> {
         self.check_failed()?;
         if payloads.is_empty() {
-            return Ok(self.next_seq);
+            return Ok((self.next_seq, (0, 0)));
         }
         for p in payloads {
             if p.len() > format::MAX_PAYLOAD {
@@ -437,12 +448,13 @@ impl<V: Vfs> WalCore<V> {
             return Err(self.fail("active segment vanished".into()));
         };
         let seg = &mut self.segments[active.index];
+        let at = (seg.first_seq, seg.len);
         seg.len += written;
         seg.last_seq = Some(first + payloads.len() as u64 - 1);
         self.total_bytes += written;
         self.next_seq += payloads.len() as u64;
         self.unsynced = true;
-        Ok(first)
+        Ok((first, at))
     }
 
     fn write_active(&mut self, buf: &[u8]) -> Result<u64, WalError> {

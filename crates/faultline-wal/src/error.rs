@@ -46,6 +46,18 @@ pub enum WalError {
         /// The limit.
         max: usize,
     },
+    /// A record is not readable where its acknowledgement placed it.
+    #[error("record {seq} at byte {offset} of {}: {detail}; `faultline wal verify` checks the segments", path.display())]
+    BadRecord {
+        /// The record's sequence number.
+        seq: u64,
+        /// Where it was looked for.
+        offset: u64,
+        /// Its segment file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The WAL was shut down.
     #[error("write-ahead log is shut down")]
     Closed,

@@ -20,6 +20,10 @@ pub struct Record {
     pub time_ns: u64,
     /// The payload as appended.
     pub payload: Vec<u8>,
+    /// The first sequence number of its segment (which names the file).
+    pub segment: u64,
+    /// Byte offset of its record header in that segment ([`crate::Wal::read_record`]).
+    pub offset: u64,
 }
 
 /// The read operations a reader needs, object-safe so readers need not be generic.
@@ -138,6 +142,8 @@ impl WalReader {
                     seq: r.seq,
                     time_ns: r.time_ns,
                     payload: r.payload.to_vec(),
+                    segment: seg.first_seq,
+                    offset: r.offset,
                 })
                 .collect();
             if !records.is_empty() {

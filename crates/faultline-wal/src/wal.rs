@@ -50,6 +50,10 @@ impl WalObserver for NoopObserver {}
 pub struct Ack {
     /// Its sequence number.
     pub seq: u64,
+    /// The first sequence number of the segment holding it (which names the file).
+    pub segment: u64,
+    /// Byte offset of its record header in that segment ([`Wal::read_record`]).
+    pub offset: u64,
 }
 
 /// An append waiting for its group commit: the payload and where to send the answer.
@@ -241,6 +245,68 @@ impl Wal {
         WalReader::new(self.inner.fs.clone(), segments, from, self.committed_seq())
     }
 
+    /// The committed record `seq` at the place its [`Ack`] named (`segment`, `offset`),
+    /// checked (magic, sequence number, CRC) as any read is. `Ok(None)` when its segment
+    /// is gone: truncation deletes a segment only once the store holds its records.
+    pub fn read_record(
+        &self,
+        seq: u64,
+        segment: u64,
+        offset: u64,
+    ) -> Result<Option<crate::reader::Record>, WalError> {
+        if seq > self.committed_seq() {
+            return Ok(None);
+        }
+        let seg = self
+            .inner
+            .shared
+            .segments
+            .lock()
+            .map(|g| g.iter().find(|s| s.first_seq == segment).cloned())
+            .unwrap_or_else(|p| {
+                p.into_inner()
+                    .iter()
+                    .find(|s| s.first_seq == segment)
+                    .cloned()
+            });
+        let Some(seg) = seg else {
+            return Ok(None);
+        };
+        let fs = &self.inner.fs;
+        let io = |op: &'static str| {
+            let path = seg.path.clone();
+            move |source| WalError::Io { op, path, source }
+        };
+        let read = |len: usize| match fs.read_at(&seg.path, offset, len) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            other => other.map(Some).map_err(io("read record")),
+        };
+        let bad = |detail: String| WalError::BadRecord {
+            seq,
+            offset,
+            path: seg.path.clone(),
+            detail,
+        };
+        let Some(header) = read(crate::format::RECORD_HEADER_LEN)? else {
+            return Ok(None);
+        };
+        let len = match header.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            Some(b) => (u32::from_le_bytes(b) as usize).min(crate::format::MAX_PAYLOAD),
+            None => return Err(bad("the segment ends inside its header".into())),
+        };
+        let Some(bytes) = read(crate::format::framed_len(len) as usize)? else {
+            return Ok(None);
+        };
+        let rec = crate::format::decode_record_at(&bytes, 0, seq).map_err(bad)?;
+        Ok(Some(crate::reader::Record {
+            seq: rec.seq,
+            time_ns: rec.time_ns,
+            payload: rec.payload.to_vec(),
+            segment,
+            offset,
+        }))
+    }
+
     /// A reader that follows the log from `from`, reading only new bytes on each poll.
     pub fn tail(&self, from: u64) -> Tailer {
         Tailer {
@@ -382,6 +448,8 @@ impl Tailer {
                             seq: rec.seq,
                             time_ns: rec.time_ns,
                             payload: rec.payload.to_vec(),
+                            segment: seg.first_seq,
+                            offset: offset + at as u64,
                         });
                         at += framed;
                         self.next_seq += 1;
@@ -662,7 +730,7 @@ fn commit_batch<V: Vfs>(
     let segments_before = core.segments().len();
     let started = Instant::now();
     let payloads: Vec<&[u8]> = pending.iter().map(|(p, _)| p.as_slice()).collect();
-    let appended = core.append(&payloads, now_ns());
+    let appended = core.append_at(&payloads, now_ns());
     let write_time = started.elapsed();
     let result = appended.and_then(|first| {
         let sync_started = Instant::now();
@@ -689,11 +757,14 @@ fn commit_batch<V: Vfs>(
             .store(core.next_seq() - 1, Ordering::Release);
     }
     match result {
-        Ok(first) => {
-            for (i, (_, reply)) in pending.drain(..).enumerate() {
+        Ok((first, (segment, mut offset))) => {
+            for (i, (payload, reply)) in pending.drain(..).enumerate() {
                 let _ = reply.send(Ok(Ack {
                     seq: first + i as u64,
+                    segment,
+                    offset,
                 }));
+                offset += crate::format::framed_len(payload.len());
             }
         }
         Err(e) => {

@@ -35,6 +35,7 @@ use faultline_intake::{Intake, Metrics, MetricsObserver};
 use faultline_model::health::Component;
 use faultline_notify::Outbox;
 use faultline_pipeline::clickhouse::{Writer, WriterView};
+use faultline_pipeline::pending::WithPending;
 use faultline_pipeline::{Pipeline, PipelineMetrics, PipelineView};
 use faultline_sampling::{Policy, PolicyHandle, SamplingMetrics};
 use faultline_store::{SpanStore, Store};
@@ -382,10 +383,13 @@ async fn serve(
     // Before intake opens: everything committed so far is the backlog behind live data.
     let pipeline = Pipeline::spawn(wal.clone(), store.clone(), s.pipeline.clone())
         .context("cannot start the store pipeline")?;
-    let intake = Arc::new(Intake::new(wal, metrics, s.intake.clone()));
-    let ready = Arc::new(AtomicBool::new(false));
-    // What the API and the alerts read: on ClickHouse, every node's spans.
+    // What the API and the alerts read: on ClickHouse, every node's spans; traces by id
+    // also from acknowledged records not indexed yet.
     let reads = WithLocal::reads(writer.as_ref().map(|(c, _)| c.as_ref()), store.clone());
+    let pending = s.pipeline.pending.clone();
+    let reads = WithPending::wrap(reads, wal.clone(), pending.clone());
+    let intake = Arc::new(Intake::new(wal, metrics, s.intake.clone()).with_pending(pending));
+    let ready = Arc::new(AtomicBool::new(false));
     let (outbox, alerts) = start_notify(&s, &reads).await?;
     let (st, p, o) = (store.clone(), pipeline.view(), outbox.clone());
     tokio::spawn(tick_checks(checks.clone(), st, p, o));

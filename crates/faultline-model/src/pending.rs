@@ -1,0 +1,218 @@
+//! Which acknowledged WAL records hold spans of which trace, until the store has indexed
+//! them: [`PendingTraces`].
+//!
+//! Intake adds a record's trace ids once the WAL acknowledged it (with where the record
+//! lies, [`RecordAt`]); the pipeline removes a record once its spans are in the store's
+//! head, and everything at or below the store's durable position every second (that
+//! sweep also removes what a race left behind: a record the pipeline indexed before intake
+//! got to add it). A read of a trace by id reads the records named here from the WAL, so
+//! an acknowledged trace can be read before indexing gets to it: after a burst, during a
+//! replayed backlog, while indexing is throttled.
+//!
+//! The map is an index over the WAL, never the only copy of anything: losing an entry
+//! only means that trace waits for indexing to be readable, and an entry for a record
+//! that is also indexed is harmless (the reader drops spans the store already answers).
+//! It is bounded: beyond `max_entries` (trace, record) pairs new records are not added
+//! and are counted in [`PendingTraces::overflowed`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::span::TraceId;
+
+/// Where an acknowledged WAL record lies (what `faultline_wal::Ack` says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordAt {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The first sequence number of its segment.
+    pub segment: u64,
+    /// Byte offset of its record header in the segment.
+    pub offset: u64,
+}
+
+/// Default bound on (trace, record) pairs: about 100 bytes each, so 100 MB at most; a
+/// backlog of 17M varied spans in 500-span requests (about 1M pairs) fits.
+pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
+
+#[derive(Default)]
+struct Inner {
+    by_trace: HashMap<TraceId, Vec<RecordAt>>,
+    by_seq: BTreeMap<u64, Vec<TraceId>>,
+    entries: usize,
+}
+
+impl Inner {
+    fn remove(&mut self, seq: u64, ids: Vec<TraceId>) {
+        for id in ids {
+            if let Some(at) = self.by_trace.get_mut(&id) {
+                let before = at.len();
+                at.retain(|r| r.seq != seq);
+                self.entries -= before - at.len();
+                if at.is_empty() {
+                    self.by_trace.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// Trace id → the acknowledged records holding its spans that the store has not indexed
+/// yet (see the module doc). Shared by intake, the pipeline and the read path.
+pub struct PendingTraces {
+    inner: Mutex<Inner>,
+    max_entries: usize,
+    overflowed: AtomicU64,
+}
+
+impl std::fmt::Debug for PendingTraces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTraces")
+            .field("entries", &self.len())
+            .field("max_entries", &self.max_entries)
+            .finish()
+    }
+}
+
+impl Default for PendingTraces {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_ENTRIES)
+    }
+}
+
+impl PendingTraces {
+    /// An empty map holding at most `max_entries` (trace, record) pairs.
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            max_entries,
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The map is a cache over the WAL: a panic elsewhere leaves it usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that record `at` holds spans of the traces `ids` (duplicates allowed). A
+    /// record already noted, or one that would pass the bound, is not added.
+    pub fn add(&self, at: RecordAt, ids: impl IntoIterator<Item = TraceId>) {
+        let mut ids: Vec<TraceId> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut g = self.lock();
+        if g.by_seq.contains_key(&at.seq) {
+            return;
+        }
+        if g.entries + ids.len() > self.max_entries {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        g.entries += ids.len();
+        for id in &ids {
+            g.by_trace.entry(*id).or_default().push(at);
+        }
+        g.by_seq.insert(at.seq, ids);
+    }
+
+    /// Whether record `seq` is noted.
+    pub fn has_record(&self, seq: u64) -> bool {
+        self.lock().by_seq.contains_key(&seq)
+    }
+
+    /// Forgets record `seq` (its spans are in the store now).
+    pub fn remove(&self, seq: u64) {
+        let mut g = self.lock();
+        if let Some(ids) = g.by_seq.remove(&seq) {
+            g.remove(seq, ids);
+        }
+    }
+
+    /// Forgets every record at or below `seq` (the store's durable position).
+    pub fn remove_through(&self, seq: u64) {
+        let mut g = self.lock();
+        let rest = match seq.checked_add(1) {
+            Some(next) => g.by_seq.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let done = std::mem::replace(&mut g.by_seq, rest);
+        for (s, ids) in done {
+            g.remove(s, ids);
+        }
+    }
+
+    /// The records holding spans of trace `id`, oldest first.
+    pub fn records(&self, id: &TraceId) -> Vec<RecordAt> {
+        let mut at = self.lock().by_trace.get(id).cloned().unwrap_or_default();
+        at.sort_unstable_by_key(|r| r.seq);
+        at
+    }
+
+    /// (trace, record) pairs held.
+    pub fn len(&self) -> usize {
+        self.lock().entries
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records not added because the map was full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seq: u64) -> RecordAt {
+        RecordAt {
+            seq,
+            segment: 1,
+            offset: seq * 100,
+        }
+    }
+
+    #[test]
+    fn records_are_found_by_trace_and_forgotten_by_record() {
+        let p = PendingTraces::new(100);
+        p.add(at(1), [[1; 16], [2; 16], [1; 16]]);
+        p.add(at(2), [[2; 16]]);
+        p.add(at(3), [[3; 16]]);
+        assert_eq!(p.len(), 4, "duplicates within a record count once");
+        assert_eq!(p.records(&[2; 16]), vec![at(1), at(2)]);
+        p.remove(1);
+        assert_eq!(p.records(&[1; 16]), Vec::new());
+        assert_eq!(p.records(&[2; 16]), vec![at(2)]);
+        p.remove(1); // twice is harmless
+        p.remove_through(2);
+        assert_eq!(p.records(&[2; 16]), Vec::new());
+        assert_eq!(p.records(&[3; 16]), vec![at(3)]);
+        assert_eq!(p.len(), 1);
+        p.remove_through(u64::MAX);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_record_is_noted_once_and_the_bound_holds() {
+        let p = PendingTraces::new(3);
+        p.add(at(1), [[1; 16], [2; 16]]);
+        p.add(at(1), [[9; 16]]);
+        assert_eq!(
+            p.records(&[9; 16]),
+            Vec::new(),
+            "a record already noted stays as it is"
+        );
+        p.add(at(2), [[3; 16], [4; 16]]);
+        assert_eq!(p.overflowed(), 1);
+        assert_eq!(p.records(&[3; 16]), Vec::new());
+        p.add(at(3), [[5; 16]]);
+        assert_eq!(p.len(), 3);
+        assert!(p.has_record(3) && !p.has_record(2));
+    }
+}

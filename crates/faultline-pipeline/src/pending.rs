@@ -1,0 +1,204 @@
+//! Trace reads that see acknowledged spans before the store indexed them: [`WithPending`]
+//! wraps what the API reads and adds, to a trace by id, the spans of the WAL records
+//! `faultline_model::pending::PendingTraces` names for it.
+//!
+//! Indexing can fall behind intake (a burst faster than sealing, a backlog replayed after
+//! a restart, `index_rate`); without this a trace acknowledged in that time answers 404
+//! until indexing reaches it. A read takes the pending records first and the store's
+//! answer second, so a record indexed in between is found in the store (and its spans
+//! dropped from the pending part as repeats, by span id, as the store drops a span found
+//! in two places); a record truncated in between was durable in the store first.
+//!
+//! Only reads by trace id look here: search, RED and the service lists see a span once
+//! it is indexed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use faultline_model::envelope;
+use faultline_model::pending::{PendingTraces, RecordAt};
+use faultline_model::span::{Span, TraceId, from_otlp_owned};
+use faultline_store::rollup::{Dependency, RedPoint};
+use faultline_store::search::{TraceQuery, TraceSummary};
+use faultline_store::{Completeness, SpanStore, StoreError, TraceAnswer};
+use faultline_wal::Wal;
+
+/// The reads of `inner`, with trace reads completed from the WAL (see the module doc).
+pub struct WithPending {
+    inner: Arc<dyn SpanStore>,
+    wal: Wal,
+    pending: Arc<PendingTraces>,
+}
+
+impl WithPending {
+    /// `inner`'s reads, with trace reads completed from `wal` where `pending` says.
+    pub fn wrap(
+        inner: Arc<dyn SpanStore>,
+        wal: Wal,
+        pending: Arc<PendingTraces>,
+    ) -> Arc<dyn SpanStore> {
+        Arc::new(Self {
+            inner,
+            wal,
+            pending,
+        })
+    }
+
+    /// The spans of each of `ids` in the pending records, read once per record.
+    fn pending_spans(&self, ids: &[TraceId]) -> Vec<Vec<Span>> {
+        let mut out: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
+        let mut by_record: HashMap<RecordAt, Vec<usize>> = HashMap::new();
+        for (k, id) in ids.iter().enumerate() {
+            for at in self.pending.records(id) {
+                by_record.entry(at).or_default().push(k);
+            }
+        }
+        let mut records: Vec<_> = by_record.into_iter().collect();
+        records.sort_unstable_by_key(|(at, _)| at.seq);
+        for (at, ks) in records {
+            let wanted: Vec<TraceId> = ks.iter().map(|&k| ids[k]).collect();
+            match self.read(at, &wanted) {
+                Ok(spans) => {
+                    for s in spans {
+                        if let Some(i) = wanted.iter().position(|w| *w == s.trace_id) {
+                            out[ks[i]].push(s);
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(seq = at.seq, error = %why, "cannot read a record not yet indexed; its traces answer without it until it is");
+                }
+            }
+        }
+        out
+    }
+
+    /// The spans of traces `wanted` in record `at` (none once its segment is gone).
+    fn read(&self, at: RecordAt, wanted: &[TraceId]) -> Result<Vec<Span>, String> {
+        let Some(rec) = self
+            .wal
+            .read_record(at.seq, at.segment, at.offset)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut req = envelope::decode(&rec.payload)
+            .and_then(|e| e.request())
+            .map_err(|e| e.to_string())?;
+        let keep = |id: &[u8]| wanted.iter().any(|w| w.as_slice() == id);
+        for rs in &mut req.resource_spans {
+            for ss in &mut rs.scope_spans {
+                ss.spans.retain(|s| keep(&s.trace_id));
+            }
+            rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+        }
+        req.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+        Ok(from_otlp_owned(req))
+    }
+}
+
+/// `answer` with `extra` spans added, in start order, each span id once.
+fn merge(mut answer: TraceAnswer, extra: Vec<Span>) -> TraceAnswer {
+    if extra.is_empty() {
+        return answer;
+    }
+    answer.spans.extend(extra);
+    answer.spans.sort_by_key(|s| s.start_ns);
+    let mut seen = std::collections::HashSet::new();
+    answer.spans.retain(|s| seen.insert(s.span_id));
+    answer
+}
+
+impl SpanStore for WithPending {
+    fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
+        let mut extra = self.pending_spans(std::slice::from_ref(trace_id));
+        let answer = self.inner.trace(trace_id)?;
+        Ok(merge(answer, extra.pop().unwrap_or_default()))
+    }
+
+    fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
+        let extra = self.pending_spans(ids);
+        let answers = self.inner.traces(ids)?;
+        Ok(answers
+            .into_iter()
+            .zip(extra)
+            .map(|(a, e)| merge(a, e))
+            .collect())
+    }
+
+    fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
+        self.inner.services()
+    }
+
+    fn operations(
+        &self,
+        service: &str,
+    ) -> Result<(Vec<(String, faultline_model::span::SpanKind)>, Completeness), StoreError> {
+        self.inner.operations(service)
+    }
+
+    fn dependencies(
+        &self,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(Vec<Dependency>, Completeness), StoreError> {
+        self.inner.dependencies(start_s, end_s)
+    }
+
+    fn red(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<faultline_model::span::SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
+        self.inner
+            .red(service, operation, kind, start_s, end_s, step_s)
+    }
+
+    fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+        self.inner.search(q)
+    }
+
+    fn red_total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<faultline_model::span::SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> Result<(RedPoint, Completeness), StoreError> {
+        self.inner
+            .red_total(service, operation, kind, start_s, end_s)
+    }
+
+    fn latency_distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Result<(Vec<u64>, Completeness), StoreError> {
+        self.inner
+            .latency_distribution(service, operation, start_s, end_s, bounds_ms)
+    }
+
+    fn clock_offsets(&self) -> Arc<faultline_store::skew::Estimates> {
+        self.inner.clock_offsets()
+    }
+
+    fn tracing_health(&self) -> Result<faultline_store::quality::TracingHealth, StoreError> {
+        self.inner.tracing_health()
+    }
+
+    fn tail_sampling(&self) -> Result<faultline_store::tail::TailReport, StoreError> {
+        self.inner.tail_sampling()
+    }
+
+    fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
+        self.inner.dropped_by_policy(id)
+    }
+}
