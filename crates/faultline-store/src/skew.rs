@@ -511,23 +511,11 @@ fn plan(spans: &[&Span], estimates: &Estimates, explain: bool) -> (Vec<i64>, Vec
     if estimates.is_empty() || spans.len() < 2 {
         return (shift, Vec::new());
     }
-    let index: HashMap<[u8; 8], usize> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.span_id, i))
-        .collect();
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
-    let mut roots = Vec::new();
-    for (i, s) in spans.iter().enumerate() {
-        match s.parent_span_id.and_then(|p| index.get(&p)) {
-            Some(&p) if p != i => children[p].push(i),
-            _ => roots.push(i),
-        }
-    }
+    let tree = Tree::of(spans);
     let mut moved = Vec::new();
     let mut visited = vec![false; spans.len()];
     // Breadth first from the roots: a parent's shift is final before its children's.
-    let mut queue: VecDeque<usize> = roots.into_iter().collect();
+    let mut queue: VecDeque<usize> = tree.roots.iter().copied().collect();
     while let Some(p) = queue.pop_front() {
         if std::mem::replace(&mut visited[p], true) {
             continue;
@@ -536,7 +524,7 @@ fn plan(spans: &[&Span], estimates: &Estimates, explain: bool) -> (Vec<i64>, Vec
             shifted(spans[p].start_ns, shift[p]),
             shifted(spans[p].end_ns, shift[p]),
         );
-        for &c in &children[p] {
+        for &c in tree.children(p) {
             // Same clock: share the parent's shift.
             if Clock::same(spans[c], spans[p]) {
                 shift[c] = shift[p];
@@ -594,6 +582,78 @@ fn plan(spans: &[&Span], estimates: &Estimates, explain: bool) -> (Vec<i64>, Vec
     }
     moved.sort_by_key(|a| a.index);
     (shift, moved)
+}
+
+/// The parent-child structure of one trace's spans, built with few allocations: [`plan`]
+/// runs for every trace a search of the head looks at, and for every trace a seal writes.
+struct Tree {
+    /// Spans whose parent is not among them (or is themselves), in order.
+    roots: Vec<usize>,
+    /// `kids[first[p]..first[p + 1]]` are the children of span `p`, in order.
+    first: Vec<usize>,
+    kids: Vec<usize>,
+}
+
+/// Traces up to this many spans find parents by a linear scan instead of a hash map.
+const SCAN_PARENTS_UP_TO: usize = 48;
+
+impl Tree {
+    fn of(spans: &[&Span]) -> Self {
+        let n = spans.len();
+        // When span ids repeat, the last span with an id is the parent, as a map from id
+        // to index built in order would say.
+        let parent: Vec<Option<usize>> = if n <= SCAN_PARENTS_UP_TO {
+            spans
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let p = s.parent_span_id?;
+                    spans
+                        .iter()
+                        .rposition(|x| x.span_id == p)
+                        .filter(|&p| p != i)
+                })
+                .collect()
+        } else {
+            let index: HashMap<[u8; 8], usize> = spans
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.span_id, i))
+                .collect();
+            spans
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let p = s.parent_span_id?;
+                    index.get(&p).copied().filter(|&p| p != i)
+                })
+                .collect()
+        };
+        let mut first = vec![0usize; n + 1];
+        for p in parent.iter().flatten() {
+            first[p + 1] += 1;
+        }
+        for i in 0..n {
+            first[i + 1] += first[i];
+        }
+        let mut fill = first.clone();
+        let mut kids = vec![0usize; first[n]];
+        let mut roots = Vec::new();
+        for (i, p) in parent.iter().enumerate() {
+            match p {
+                Some(p) => {
+                    kids[fill[*p]] = i;
+                    fill[*p] += 1;
+                }
+                None => roots.push(i),
+            }
+        }
+        Self { roots, first, kids }
+    }
+
+    fn children(&self, p: usize) -> &[usize] {
+        &self.kids[self.first[p]..self.first[p + 1]]
+    }
 }
 
 fn shifted(t: u64, d: i64) -> u64 {
@@ -997,5 +1057,37 @@ mod tests {
         // Right clocks: nothing.
         let right: Vec<Vec<Span>> = (0..40).map(|i| message(i, 0)).collect();
         assert!(samples_of(&right).estimates().is_empty());
+    }
+
+    proptest::proptest! {
+        /// The tree `plan` walks is the one a map from span id to index gives (the last
+        /// span with an id wins), for small traces (scanned) and large ones (mapped),
+        /// with repeated ids, self-parents and missing parents.
+        #[test]
+        fn the_tree_is_the_one_a_map_gives(
+            links in proptest::collection::vec((0u8..80, proptest::option::of(0u8..90)), 1..120)
+        ) {
+            let o = origin("svc", "h");
+            let spans: Vec<Span> = links
+                .iter()
+                .map(|&(id, parent)| span(id, parent, SpanKind::Internal, &o, 0, 1))
+                .collect();
+            let refs: Vec<&Span> = spans.iter().collect();
+            let index: HashMap<[u8; 8], usize> =
+                refs.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+            let mut children: Vec<Vec<usize>> = vec![Vec::new(); refs.len()];
+            let mut roots = Vec::new();
+            for (i, s) in refs.iter().enumerate() {
+                match s.parent_span_id.and_then(|p| index.get(&p)) {
+                    Some(&p) if p != i => children[p].push(i),
+                    _ => roots.push(i),
+                }
+            }
+            let tree = Tree::of(&refs);
+            proptest::prop_assert_eq!(&tree.roots, &roots);
+            for (p, c) in children.iter().enumerate() {
+                proptest::prop_assert_eq!(tree.children(p), c.as_slice());
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! which tags a span carries and how they compare as text.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use faultline_model::span::{AttrValue, Span, SpanId, StatusCode, TraceId};
 
@@ -149,16 +150,41 @@ impl TraceQuery {
     /// Criteria a set of spans satisfies: bit 0 when a span passes the service, operation
     /// and duration filters (or there are none), bit `i + 1` when a span of the service
     /// carries tag `i`.
+    ///
+    /// One pass over the spans, ending once every criterion is met; the service is
+    /// compared once per run of spans sharing a resource (a search of the head calls this
+    /// for every trace there, hundreds of thousands of spans).
     pub(crate) fn part_mask(&self, spans: &[&Span]) -> u64 {
-        let mut m =
-            u64::from(!self.has_span_filter() || spans.iter().any(|s| self.span_matches(s)));
-        for (i, (k, v)) in self.tags.iter().enumerate() {
-            if spans
-                .iter()
-                .filter(|s| self.service_matches(s))
-                .any(|s| span_has_tag(s, k, v))
+        let tags = &self.tags[..self.tags.len().min(MAX_TAGS)];
+        let all = (1u64 << (tags.len() + 1)) - 1;
+        let mut m = u64::from(!self.has_span_filter());
+        let mut last: Option<(*const faultline_model::span::Origin, bool)> = None;
+        for s in spans {
+            let origin = Arc::as_ptr(&s.origin);
+            let of_service = match last {
+                Some((o, same)) if o == origin => same,
+                _ => {
+                    let same = self.service_matches(s);
+                    last = Some((origin, same));
+                    same
+                }
+            };
+            if !of_service {
+                continue;
+            }
+            if m & 1 == 0
+                && self.operation.as_deref().is_none_or(|v| s.name == v)
+                && self.duration_ok(s.duration_ns())
             {
-                m |= 1 << (i + 1);
+                m |= 1;
+            }
+            for (i, (k, v)) in tags.iter().enumerate() {
+                if m & (1 << (i + 1)) == 0 && span_has_tag(s, k, v) {
+                    m |= 1 << (i + 1);
+                }
+            }
+            if m == all {
+                break;
             }
         }
         m
@@ -264,6 +290,11 @@ pub(crate) fn for_each_span_tag(s: &Span, f: &mut impl FnMut(&str, Tag<'_>)) {
     for (k, v) in &s.attributes {
         f(k, Tag::Attr(v));
     }
+    for_each_span_tag_but_attributes(s, f);
+}
+
+/// [`for_each_span_tag`] without the span's attributes: events, kind and status.
+fn for_each_span_tag_but_attributes(s: &Span, f: &mut impl FnMut(&str, Tag<'_>)) {
     for e in &s.events {
         for (k, v) in &e.attributes {
             f(k, Tag::Attr(v));
@@ -303,12 +334,22 @@ pub(crate) fn for_each_origin_tag(
 
 /// Whether a span carries the tag `key` with the text `value`.
 pub fn span_has_tag(s: &Span, key: &str, value: &str) -> bool {
+    // The span's own attributes first, where most searched tags are, stopping at the
+    // first match; then the rest of what `for_each_tag` visits.
+    if s.attributes
+        .iter()
+        .any(|(k, v)| k == key && value_text_eq(Tag::Attr(v), value))
+    {
+        return true;
+    }
     let mut found = false;
-    for_each_tag(s, |k, v| {
+    let mut rest = |k: &str, v: Tag<'_>| {
         if !found && k == key && value_text_eq(v, value) {
             found = true;
         }
-    });
+    };
+    for_each_span_tag_but_attributes(s, &mut rest);
+    for_each_origin_tag(&s.origin, &mut rest);
     found
 }
 
@@ -317,6 +358,9 @@ fn value_text_eq(v: Tag<'_>, text: &str) -> bool {
         Tag::Attr(AttrValue::Str(s)) => s == text,
         Tag::Str(s) => s == text,
         Tag::Bool(b) => text == if b { "true" } else { "false" },
+        // Without formatting the number unless the text is that number ("0503" is not
+        // the text of 503, so equal numbers still compare as text).
+        Tag::Attr(AttrValue::Int(i)) => text.parse::<i64>() == Ok(*i) && i.to_string() == text,
         Tag::Attr(other) => other.to_text() == text,
     }
 }
@@ -332,5 +376,124 @@ pub(crate) fn indexed_text(v: Tag<'_>) -> Option<std::borrow::Cow<'_, str>> {
         Tag::Attr(AttrValue::Bool(b)) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         Tag::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod mask_tests {
+    use super::*;
+    use faultline_model::span::{Event, Origin, SpanKind};
+    use proptest::prelude::*;
+
+    /// The definitions before the one-pass forms: every tag visited, every span compared.
+    fn reference_has_tag(s: &Span, key: &str, value: &str) -> bool {
+        let mut found = false;
+        for_each_tag(s, |k, v| {
+            if !found && k == key && v_text(v) == value {
+                found = true;
+            }
+        });
+        found
+    }
+
+    fn v_text(v: Tag<'_>) -> String {
+        match v {
+            Tag::Attr(a) => a.to_text(),
+            Tag::Str(s) => s.to_string(),
+            Tag::Bool(b) => b.to_string(),
+        }
+    }
+
+    fn reference_mask(q: &TraceQuery, spans: &[&Span]) -> u64 {
+        let mut m = u64::from(!q.has_span_filter() || spans.iter().any(|s| q.span_matches(s)));
+        for (i, (k, v)) in q.tags.iter().enumerate() {
+            if spans
+                .iter()
+                .filter(|s| q.service_matches(s))
+                .any(|s| reference_has_tag(s, k, v))
+            {
+                m |= 1 << (i + 1);
+            }
+        }
+        m
+    }
+
+    const KEYS: [&str; 4] = ["region", "http.response.status_code", "user.id", "error"];
+    const VALUES: [&str; 5] = ["eu", "503", "0503", "u1", "true"];
+
+    fn value(i: u8) -> AttrValue {
+        match i % 4 {
+            0 => AttrValue::Str(VALUES[i as usize % VALUES.len()].into()),
+            1 => AttrValue::Int(if i % 8 == 1 { 503 } else { i64::from(i) }),
+            2 => AttrValue::Bool(i.is_multiple_of(2)),
+            _ => AttrValue::Double(f64::from(i)),
+        }
+    }
+
+    fn attrs(v: &[(u8, u8)]) -> Vec<(String, AttrValue)> {
+        v.iter()
+            .map(|&(k, x)| (KEYS[k as usize % KEYS.len()].to_string(), value(x)))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn one_pass_masks_equal_the_reference(
+            spans in prop::collection::vec(
+                (0u8..3, 0u8..3, 0u64..300, prop::collection::vec((0u8..4, 0u8..16), 0..4),
+                 prop::collection::vec((0u8..4, 0u8..16), 0..2), 0u8..3),
+                0..12),
+            service in prop::option::of(0u8..3),
+            operation in prop::option::of(0u8..3),
+            min in prop::option::of(0u64..300),
+            tags in prop::collection::vec((0u8..4, 0u8..5), 0..3),
+        ) {
+            let origins: Vec<Arc<Origin>> = (0..3)
+                .map(|i| Arc::new(Origin {
+                    service: format!("svc{i}"),
+                    resource: attrs(&[(0, i * 4)]),
+                    scope_name: String::new(),
+                    scope_version: String::new(),
+                }))
+                .collect();
+            let built: Vec<Span> = spans
+                .iter()
+                .enumerate()
+                .map(|(n, (o, op, dur, a, ev, status))| Span {
+                    trace_id: [1; 16],
+                    span_id: [n as u8; 8],
+                    parent_span_id: None,
+                    name: format!("op{op}"),
+                    kind: if n % 2 == 0 { SpanKind::Server } else { SpanKind::Unspecified },
+                    start_ns: 1_000,
+                    end_ns: 1_000 + dur * 1_000_000,
+                    status: match status { 0 => StatusCode::Unset, 1 => StatusCode::Ok, _ => StatusCode::Error },
+                    status_message: String::new(),
+                    attributes: attrs(a),
+                    events: vec![Event { time_ns: 0, name: "e".into(), attributes: attrs(ev) }],
+                    links: Vec::new(),
+                    origin: origins[*o as usize].clone(),
+                })
+                .collect();
+            let refs: Vec<&Span> = built.iter().collect();
+            let q = TraceQuery {
+                service: service.map(|s| format!("svc{s}")),
+                operation: operation.map(|o| format!("op{o}")),
+                min_duration_ns: min.map(|m| m * 1_000_000),
+                tags: tags
+                    .iter()
+                    .map(|&(k, v)| (KEYS[k as usize].to_string(), VALUES[v as usize].to_string()))
+                    .collect(),
+                end_ns: u64::MAX,
+                ..TraceQuery::default()
+            };
+            prop_assert_eq!(q.part_mask(&refs), reference_mask(&q, &refs));
+            for s in &refs {
+                for (k, v) in &q.tags {
+                    prop_assert_eq!(span_has_tag(s, k, v), reference_has_tag(s, k, v));
+                }
+            }
+        }
     }
 }

@@ -184,16 +184,33 @@ impl Head {
         is_split: &dyn Fn(&TraceId) -> bool,
     ) {
         let skewed = skew::skewed_services(estimates);
+        let full = q.full_mask();
         let mut refs: Vec<&Span> = Vec::new();
         for (id, rows) in &self.by_trace {
             refs.clear();
             refs.extend(rows.iter().map(|&i| &self.spans[i as usize]));
-            let shifts = skew::may_move(refs.iter().copied(), &skewed)
-                .then(|| skew::shifts(&refs, estimates));
+            let split = is_split(id);
+            let moves = skew::may_move(refs.iter().copied(), &skewed);
+            if !split && !moves {
+                // Unshifted, the range is exact: most traces fall to the time window or
+                // the top-K bound before any span is matched.
+                let (start, end) = span_range(&refs, None);
+                if start > q.end_ns || end < q.start_ns || !top.would_take(q.sort.key(start, end)) {
+                    continue;
+                }
+            }
+            // What spans match does not depend on clock shifts (they move a span's start
+            // and end alike): a trace that cannot match is passed over before its shifts
+            // are planned, which cost most of a search while the head is large.
+            let mask = q.part_mask(&refs);
+            if !split && (mask != full || (q.errors_only && !refs.iter().any(|s| s.is_error()))) {
+                continue;
+            }
+            let shifts = moves.then(|| skew::shifts(&refs, estimates));
             let (start, end) = span_range(&refs, shifts.as_deref());
-            if is_split(id) {
+            if split {
                 let part = Agg {
-                    mask: q.part_mask(&refs),
+                    mask,
                     start_ns: start,
                     end_ns: end,
                     errors: refs.iter().map(|s| u32::from(s.is_error())).sum(),
