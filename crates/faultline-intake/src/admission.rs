@@ -25,7 +25,9 @@
 //!    to 512 spans, so with a few percent of failing requests nearly every batch holds an
 //!    error span: deciding per request would shed nothing;
 //! 7. the envelope is appended to the WAL and the request answered only when the WAL
-//!    acknowledged it.
+//!    acknowledged it; with [`Intake::with_pending`], the request's trace ids are noted
+//!    first, with where the WAL put the record, so reads by id find them before the store
+//!    indexed them (`faultline_model::pending`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
