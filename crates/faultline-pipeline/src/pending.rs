@@ -202,3 +202,108 @@ impl SpanStore for WithPending {
         self.inner.dropped_by_policy(id)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::Path;
+
+    use faultline_model::ExportTraceServiceRequest;
+    use faultline_model::envelope::Protocol;
+    use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+    use faultline_store::{Store, StoreOptions};
+    use faultline_wal::sim::SimFs;
+    use faultline_wal::{NoopObserver, WalOptions};
+
+    use super::*;
+
+    /// A request with spans `ids` of trace `trace`, and of another trace.
+    fn request(trace: u8, ids: &[u8]) -> Vec<u8> {
+        let span = |t: u8, id: u8| OtlpSpan {
+            trace_id: vec![t; 16],
+            span_id: vec![id; 8],
+            name: format!("op{id}"),
+            start_time_unix_nano: 1_000 + u64::from(id),
+            end_time_unix_nano: 2_000 + u64::from(id),
+            ..OtlpSpan::default()
+        };
+        let mut spans: Vec<OtlpSpan> = ids.iter().map(|&id| span(trace, id)).collect();
+        spans.push(span(trace + 100, 99));
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        };
+        envelope::encode_request(Protocol::OtlpHttpProtobuf, ids.len() as u32 + 1, &req)
+    }
+
+    /// A trace exported in three batches (as an SDK does): one indexed, two still in the
+    /// WAL, one of them repeating a span (a retried export). The read answers the union,
+    /// each span once, in start order; and only the store's part once a record's segment
+    /// is gone.
+    #[test]
+    fn a_trace_is_the_store_part_and_the_pending_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreOptions::new(dir.path())).unwrap();
+        let store = Arc::new(store);
+        let (wal, _) = Wal::open_with(
+            Arc::new(SimFs::default()),
+            Path::new("/wal"),
+            WalOptions::default(),
+            Arc::new(NoopObserver),
+        )
+        .unwrap();
+        let pending = Arc::new(PendingTraces::default());
+        let mut acks = Vec::new();
+        for ids in [&[1u8, 2][..], &[3, 4], &[4, 5]] {
+            let payload = request(7, ids);
+            let ack = wal.append_blocking(payload.clone()).unwrap();
+            let at = RecordAt {
+                seq: ack.seq,
+                segment: ack.segment,
+                offset: ack.offset,
+            };
+            let env = envelope::decode(&payload).unwrap();
+            pending.add(at, env.trace_ids().unwrap());
+            acks.push((ack.seq, payload));
+        }
+        // The first batch is indexed.
+        let (seq, payload) = &acks[0];
+        let req = envelope::decode(payload).unwrap().request().unwrap();
+        store.ingest(*seq, from_otlp_owned(req)).unwrap();
+        pending.remove(*seq);
+        let reads = WithPending::wrap(store.clone(), wal.clone(), pending.clone());
+        let ids = |a: &TraceAnswer| -> Vec<u8> { a.spans.iter().map(|s| s.span_id[0]).collect() };
+        assert_eq!(ids(&reads.trace(&[7; 16]).unwrap()), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            ids(&store.trace(&[7; 16]).unwrap()),
+            vec![1, 2],
+            "the store alone"
+        );
+        let both = reads.traces(&[[107; 16], [7; 16], [9; 16]]).unwrap();
+        assert_eq!(
+            ids(&both[0]),
+            vec![99],
+            "the same span in three batches, once"
+        );
+        assert_eq!(ids(&both[1]), vec![1, 2, 3, 4, 5]);
+        assert!(both[2].spans.is_empty());
+        // A record noted at a wrong place is left out (logged), not an error of the read.
+        let ack = wal.append_blocking(request(8, &[1])).unwrap();
+        let wrong = RecordAt {
+            seq: ack.seq,
+            segment: ack.segment,
+            offset: ack.offset + 3,
+        };
+        assert!(
+            wal.read_record(wrong.seq, wrong.segment, wrong.offset)
+                .is_err()
+        );
+        pending.add(wrong, [[7; 16]]);
+        assert_eq!(ids(&reads.trace(&[7; 16]).unwrap()), vec![1, 2, 3, 4, 5]);
+    }
+}
