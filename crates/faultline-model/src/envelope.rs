@@ -191,7 +191,9 @@ impl Envelope<'_> {
     /// times faster than [`Envelope::request`]; the backlog scan uses it to note what a
     /// replayed range holds.
     pub fn trace_ids(&self) -> Result<Vec<crate::span::TraceId>, EnvelopeError> {
-        let mut out = Vec::with_capacity(self.spans as usize);
+        // The header's count is not trusted for the allocation: a span takes at least 18
+        // bytes (a trace id and its field key and length).
+        let mut out = Vec::with_capacity((self.spans as usize).min(self.body.len() / 18));
         for rs in fields(self.body, 1) {
             for ss in fields(rs?, 2) {
                 for span in fields(ss?, 2) {

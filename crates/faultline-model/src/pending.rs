@@ -12,8 +12,13 @@
 //! The map is an index over the WAL, never the only copy of anything: losing an entry
 //! only means that trace waits for indexing to be readable, and an entry for a record
 //! that is also indexed is harmless (the reader drops spans the store already answers).
-//! It is bounded: beyond `max_entries` (trace, record) pairs new records are not added
-//! and are counted in [`PendingTraces::overflowed`].
+//! The WAL publishes a record as committed before intake hears its acknowledgement, so
+//! the pipeline may index a record before intake adds it: a removal of a record not (yet)
+//! noted leaves a tombstone that the later add consumes, and the sweep clears both.
+//! It is bounded: beyond `max_entries` (trace, record) pairs new records are not added,
+//! nor beyond [`MAX_RECORDS_PER_TRACE`] records for one trace (a trace id every request
+//! repeats would make removals and reads of it slow); both are counted in
+//! [`PendingTraces::overflowed`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -36,10 +41,18 @@ pub struct RecordAt {
 /// backlog of 17M varied spans in 500-span requests (about 1M pairs) fits.
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
+/// Most records noted for one trace; later ones wait for indexing.
+pub const MAX_RECORDS_PER_TRACE: usize = 256;
+
+/// Most tombstones kept (removals of records not noted); the oldest go first.
+const MAX_TOMBSTONES: usize = 100_000;
+
 #[derive(Default)]
 struct Inner {
     by_trace: HashMap<TraceId, Vec<RecordAt>>,
     by_seq: BTreeMap<u64, Vec<TraceId>>,
+    /// Records removed before they were noted (see the module doc).
+    removed: std::collections::BTreeSet<u64>,
     entries: usize,
 }
 
@@ -103,10 +116,15 @@ impl PendingTraces {
         ids.sort_unstable();
         ids.dedup();
         let mut g = self.lock();
-        if g.by_seq.contains_key(&at.seq) {
+        if g.removed.remove(&at.seq) || g.by_seq.contains_key(&at.seq) {
             return;
         }
-        if g.entries + ids.len() > self.max_entries {
+        let crowded = |id: &TraceId| {
+            g.by_trace
+                .get(id)
+                .is_some_and(|at| at.len() >= MAX_RECORDS_PER_TRACE)
+        };
+        if g.entries + ids.len() > self.max_entries || ids.iter().any(crowded) {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -125,8 +143,14 @@ impl PendingTraces {
     /// Forgets record `seq` (its spans are in the store now).
     pub fn remove(&self, seq: u64) {
         let mut g = self.lock();
-        if let Some(ids) = g.by_seq.remove(&seq) {
-            g.remove(seq, ids);
+        match g.by_seq.remove(&seq) {
+            Some(ids) => g.remove(seq, ids),
+            None => {
+                g.removed.insert(seq);
+                if g.removed.len() > MAX_TOMBSTONES {
+                    g.removed.pop_first();
+                }
+            }
         }
     }
 
@@ -141,6 +165,11 @@ impl PendingTraces {
         for (s, ids) in done {
             g.remove(s, ids);
         }
+        let rest = match seq.checked_add(1) {
+            Some(next) => g.removed.split_off(&next),
+            None => Default::default(),
+        };
+        g.removed = rest;
     }
 
     /// The records holding spans of trace `id`, oldest first.
@@ -196,6 +225,32 @@ mod tests {
         assert_eq!(p.len(), 1);
         p.remove_through(u64::MAX);
         assert!(p.is_empty());
+    }
+
+    /// The pipeline indexed record 5 before intake noted it: the late note is dropped, so
+    /// nothing stays behind for reads to go over; the sweep clears tombstones.
+    #[test]
+    fn a_removal_before_the_note_leaves_nothing_behind() {
+        let p = PendingTraces::new(100);
+        p.remove(5);
+        p.add(at(5), [[5; 16]]);
+        assert!(p.is_empty() && !p.has_record(5));
+        p.add(at(5), [[5; 16]]);
+        assert!(p.has_record(5), "a tombstone is consumed once");
+        p.remove(6);
+        p.remove_through(6);
+        p.add(at(6), [[6; 16]]);
+        assert!(p.has_record(6), "the sweep cleared the tombstone");
+    }
+
+    #[test]
+    fn one_trace_is_noted_in_a_bounded_number_of_records() {
+        let p = PendingTraces::new(10_000);
+        for seq in 1..=MAX_RECORDS_PER_TRACE as u64 + 5 {
+            p.add(at(seq), [[1; 16]]);
+        }
+        assert_eq!(p.records(&[1; 16]).len(), MAX_RECORDS_PER_TRACE);
+        assert_eq!(p.overflowed(), 5);
     }
 
     #[test]

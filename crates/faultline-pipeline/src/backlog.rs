@@ -189,7 +189,8 @@ fn scan_range(sh: &Shared, first: u64, last: u64, oldest_first: bool) -> (u64, u
 /// Notes `rec`'s trace ids in `PipelineOptions::pending` unless intake did.
 fn note_pending(sh: &Shared, rec: &Record) {
     let pending = &sh.opts.pending;
-    if pending.has_record(rec.seq) {
+    // A record the store holds already is skipped by the replay, never removed one by one.
+    if pending.has_record(rec.seq) || !sh.store.is_pending(rec.seq) {
         return;
     }
     let at = RecordAt {

@@ -60,8 +60,11 @@ impl WithPending {
             match self.read(at, &wanted) {
                 Ok(spans) => {
                     for s in spans {
-                        if let Some(i) = wanted.iter().position(|w| *w == s.trace_id) {
-                            out[ks[i]].push(s);
+                        // Every answer asking for the trace (ids may repeat).
+                        for (i, &k) in ks.iter().enumerate() {
+                            if wanted[i] == s.trace_id {
+                                out[k].push(s.clone());
+                            }
                         }
                     }
                 }
