@@ -24,12 +24,36 @@ use crate::skew::{self, Sample};
 /// The most spans a new head makes room for up front (see [`Head::reserve`]).
 const HEAD_RESERVE_MAX: usize = 1 << 20;
 
+/// The most services a head tells apart in [`HeadTrace::services`]; later ones share the
+/// last bit.
+const SERVICE_BITS: usize = 63;
+
+/// One trace of the head: where its spans are, and what a search can judge without
+/// reading them.
+#[derive(Clone)]
+pub(crate) struct HeadTrace {
+    pub(crate) id: TraceId,
+    /// Positions of its spans in [`Head::spans`], in arrival order.
+    pub(crate) rows: Vec<u32>,
+    /// Earliest start and latest end of its spans as stored (before clock shifts).
+    start_ns: u64,
+    end_ns: u64,
+    /// Bit `i` when a span of the head's `i`-th service is here (see [`Head::service_bit`]).
+    services: u64,
+}
+
 #[derive(Default)]
 pub(crate) struct Head {
     /// RED cells of the head's spans, written beside the block when it is sealed.
     pub(crate) rollups: Rollups,
     pub(crate) spans: Vec<Span>,
-    pub(crate) by_trace: FastMap<TraceId, Vec<u32>>,
+    /// The head's traces in the order their first span arrived: about the order of their
+    /// starts, so a search for the newest reads from the end and fills its top at once.
+    pub(crate) traces: Vec<HeadTrace>,
+    /// Position of each trace in `traces`.
+    pub(crate) by_trace: FastMap<TraceId, u32>,
+    /// Bit number of each service (the first [`SERVICE_BITS`]; the rest share bit 63).
+    pub(crate) service_bits: FastMap<String, u32>,
     /// Span positions by (trace, span id), to find parents for dependency edges.
     pub(crate) by_span: FastMap<(TraceId, faultline_model::span::SpanId), u32>,
     /// Spans whose parent has not arrived yet, by (trace, parent span id).
@@ -77,6 +101,36 @@ impl Head {
         self.spans.reserve(n);
         self.by_span.reserve(n);
         self.by_trace.reserve(n / 8);
+        self.traces.reserve(n / 8);
+    }
+
+    /// The bit of `service` in [`HeadTrace::services`], noting a service new to the head.
+    fn service_bit(&mut self, service: &str) -> u64 {
+        if let Some(&i) = self.service_bits.get(service) {
+            return 1 << i;
+        }
+        if !self.services.contains(service) {
+            self.services.insert(service.to_string());
+        }
+        let n = self.service_bits.len();
+        if n < SERVICE_BITS {
+            self.service_bits.insert(service.to_string(), n as u32);
+            1 << n
+        } else {
+            1 << SERVICE_BITS
+        }
+    }
+
+    /// The bits a trace of `services` may have, as [`Head::service_bit`] gives them
+    /// (0 when none of them is in the head).
+    fn bits_of<'a>(&self, services: impl IntoIterator<Item = &'a str>) -> u64 {
+        services.into_iter().fold(0, |m, name| {
+            m | match self.service_bits.get(name) {
+                Some(&i) => 1 << i,
+                None if self.services.contains(name) => 1 << SERVICE_BITS,
+                None => 0,
+            }
+        })
     }
 
     /// Adds spans; returns the service-to-service calls their arrival completed, and the
@@ -92,6 +146,8 @@ impl Head {
         }
         let mut edges = Vec::new();
         let mut samples = Vec::new();
+        // Spans of one request share their resource: its service's bit is looked up once.
+        let mut last: Option<(*const faultline_model::span::Origin, u64)> = None;
         for (n, s) in spans.into_iter().enumerate() {
             let weight = weights.get(n).copied().unwrap_or(1.0);
             self.rollups.add_weighted(&s, weight);
@@ -132,10 +188,31 @@ impl Head {
                 }
             }
             self.by_span.insert((s.trace_id, s.span_id), idx);
-            self.by_trace.entry(s.trace_id).or_default().push(idx);
-            if !self.services.contains(s.service()) {
-                self.services.insert(s.service().to_string());
-            }
+            let origin = std::sync::Arc::as_ptr(&s.origin);
+            let bit = match last {
+                Some((o, bit)) if o == origin => bit,
+                _ => {
+                    let bit = self.service_bit(s.service());
+                    last = Some((origin, bit));
+                    bit
+                }
+            };
+            let (start, end) = (s.start_ns, s.end_ns.max(s.start_ns));
+            let at = *self.by_trace.entry(s.trace_id).or_insert_with(|| {
+                self.traces.push(HeadTrace {
+                    id: s.trace_id,
+                    rows: Vec::new(),
+                    start_ns: start,
+                    end_ns: end,
+                    services: 0,
+                });
+                (self.traces.len() - 1) as u32
+            });
+            let t = &mut self.traces[at as usize];
+            t.rows.push(idx);
+            t.start_ns = t.start_ns.min(start);
+            t.end_ns = t.end_ns.max(end);
+            t.services |= bit;
             self.spans.push(s);
         }
         for (start, p, c, call) in &edges {
@@ -165,7 +242,8 @@ impl Head {
     }
 
     pub(crate) fn trace(&self, id: &TraceId, out: &mut Vec<Span>) {
-        if let Some(rows) = self.by_trace.get(id) {
+        if let Some(&at) = self.by_trace.get(id) {
+            let rows = &self.traces[at as usize].rows;
             out.extend(rows.iter().map(|&i| self.spans[i as usize].clone()));
         }
     }
@@ -184,21 +262,33 @@ impl Head {
         is_split: &dyn Fn(&TraceId) -> bool,
     ) {
         let skewed = skew::skewed_services(estimates);
+        let skewed_bits = self.bits_of(skewed.iter().copied());
+        // A trace without a span of the queried service cannot match on its own.
+        let wanted = q.service.as_deref().map(|v| self.bits_of([v]));
         let full = q.full_mask();
         let mut refs: Vec<&Span> = Vec::new();
-        for (id, rows) in &self.by_trace {
-            refs.clear();
-            refs.extend(rows.iter().map(|&i| &self.spans[i as usize]));
-            let split = is_split(id);
-            let moves = skew::may_move(refs.iter().copied(), &skewed);
+        // Newest first for the default order, oldest first for `Oldest`: the top fills
+        // with its final members early and bounds the rest.
+        let n = self.traces.len();
+        let oldest = q.sort == crate::search::SortOrder::Oldest;
+        for k in 0..n {
+            let t = &self.traces[if oldest { k } else { n - 1 - k }];
+            let split = is_split(&t.id);
+            if !split && wanted.is_some_and(|w| t.services & w == 0) {
+                continue;
+            }
+            let moves = t.services & skewed_bits != 0;
             if !split && !moves {
                 // Unshifted, the range is exact: most traces fall to the time window or
-                // the top-K bound before any span is matched.
-                let (start, end) = span_range(&refs, None);
+                // the top-K bound before any span is read.
+                let (start, end) = (t.start_ns, t.end_ns);
                 if start > q.end_ns || end < q.start_ns || !top.would_take(q.sort.key(start, end)) {
                     continue;
                 }
             }
+            let id = &t.id;
+            refs.clear();
+            refs.extend(t.rows.iter().map(|&i| &self.spans[i as usize]));
             // What spans match does not depend on clock shifts (they move a span's start
             // and end alike): a trace that cannot match is passed over before its shifts
             // are planned, which cost most of a search while the head is large.

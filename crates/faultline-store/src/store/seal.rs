@@ -110,7 +110,9 @@ impl Store {
                         r
                     },
                     spans: h.spans.clone(),
+                    traces: h.traces.clone(),
                     by_trace: h.by_trace.clone(),
+                    service_bits: h.service_bits.clone(),
                     by_span: h.by_span.clone(),
                     waiting: h.waiting.clone(),
                     services: h.services.clone(),
