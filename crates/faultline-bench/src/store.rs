@@ -60,12 +60,13 @@ pub fn trace_by_id(data_dir: &Path, samples: usize) -> anyhow::Result<ExitCode> 
         spans += answer.spans.len();
     }
     println!(
-        "{} blocks, {} spans (opened in {open_ms:.0} ms); {} lookups ({:.1} spans each): {}",
+        "{} blocks, {} spans (opened in {open_ms:.0} ms); {} lookups ({:.1} spans each): {}; dictionary pages kept: {:.1} MB",
         report.blocks,
         report.spans,
         lat.len(),
         spans as f64 / lat.len() as f64,
-        percentiles(&mut lat)
+        percentiles(&mut lat),
+        faultline_store::block::dict_cache_bytes() as f64 / 1e6
     );
     Ok(ExitCode::SUCCESS)
 }

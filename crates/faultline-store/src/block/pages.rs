@@ -8,10 +8,17 @@
 //! server answering trace lookups) as decompressing the pages themselves. Here each
 //! column chunk is opened as if uncompressed, and every page it yields is decompressed
 //! with the thread's context before Arrow decodes it. The bytes on disk are unchanged.
+//!
+//! Decompressed dictionary pages are kept across reads ([`DICT_CACHE_BYTES`], least
+//! recently used evicted): every lookup in a row group needs the same dictionary of each
+//! dictionary-encoded column, and decompressing them again for each lookup was 12% of a
+//! server answering trace lookups on varied traffic (BENCHMARKS.md).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, RowGroups, RowSelection};
@@ -80,12 +87,108 @@ fn unzstd(frame: &[u8]) -> Result<Vec<u8>> {
     })
 }
 
-/// A page reader over a zstd column chunk opened as uncompressed: decompresses each page.
+/// The most bytes of decompressed dictionary pages kept across reads. Varied traffic's
+/// dictionaries took 16.2 MB for 40 blocks of 10.2M spans (0.4 MB per block of 250,000
+/// spans, BENCHMARKS.md), so this holds those of about 160 blocks; a single dictionary
+/// larger than a quarter of it is not kept.
+pub const DICT_CACHE_BYTES: usize = 64 << 20;
+
+/// A dictionary page's place: the reader's [`cache_id`], the row group, the column.
+type DictKey = (u64, usize, usize);
+
+/// Decompressed dictionary pages with the tick of their last use.
+#[derive(Default)]
+struct Dicts {
+    pages: HashMap<DictKey, (Page, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+static DICTS: LazyLock<Mutex<Dicts>> = LazyLock::new(|| Mutex::new(Dicts::default()));
+
+/// A new identity for an opened block file's dictionaries (never reused in a process, so
+/// a rewritten file opened again cannot meet the pages of the old one).
+pub(crate) fn cache_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Drops the kept dictionaries of reader `id` (its block is closed).
+pub(crate) fn forget(id: u64) {
+    let mut d = DICTS.lock().unwrap_or_else(PoisonError::into_inner);
+    d.pages.retain(|k, _| k.0 != id);
+    d.bytes = d.pages.values().map(|(p, _)| p.buffer().len()).sum();
+}
+
+/// Bytes of dictionary pages kept now.
+pub fn dict_cache_bytes() -> usize {
+    DICTS.lock().unwrap_or_else(PoisonError::into_inner).bytes
+}
+
+impl Dicts {
+    fn get(&mut self, key: &DictKey) -> Option<Page> {
+        self.clock += 1;
+        let now = self.clock;
+        self.pages.get_mut(key).map(|(page, used)| {
+            *used = now;
+            page.clone()
+        })
+    }
+
+    fn put(&mut self, key: DictKey, page: Page, budget: usize) {
+        let n = page.buffer().len();
+        if n > budget / 4 {
+            return;
+        }
+        self.clock += 1;
+        if let Some((old, _)) = self.pages.insert(key, (page, self.clock)) {
+            self.bytes -= old.buffer().len();
+        }
+        self.bytes += n;
+        while self.bytes > budget {
+            let Some(oldest) = self.pages.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| *k) else {
+                break;
+            };
+            if let Some((old, _)) = self.pages.remove(&oldest) {
+                self.bytes -= old.buffer().len();
+            }
+        }
+    }
+}
+
+/// A page reader over a zstd column chunk opened as uncompressed: decompresses each page,
+/// dictionary pages through [`DICTS`] when `dict` names the chunk.
 struct Unzstd<R: PageReader> {
     inner: R,
+    dict: Option<DictKey>,
 }
 
 impl<R: PageReader> Unzstd<R> {
+    /// `page`, decompressed; a dictionary page from [`DICTS`] when it is kept there.
+    fn cached(&self, page: Option<Page>) -> Result<Option<Page>> {
+        match (page, self.dict) {
+            (Some(page @ Page::DictionaryPage { .. }), Some(key)) => {
+                let kept = DICTS
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&key);
+                if let Some(kept) = kept {
+                    return Ok(Some(kept));
+                }
+                let out = Self::page(Some(page))?;
+                if let Some(p) = &out {
+                    DICTS.lock().unwrap_or_else(PoisonError::into_inner).put(
+                        key,
+                        p.clone(),
+                        DICT_CACHE_BYTES,
+                    );
+                }
+                Ok(out)
+            }
+            (page, _) => Self::page(page),
+        }
+    }
+
     fn page(page: Option<Page>) -> Result<Option<Page>> {
         let Some(page) = page else { return Ok(None) };
         Ok(Some(match page {
@@ -167,7 +270,8 @@ impl<R: PageReader> Iterator for Unzstd<R> {
 
 impl<R: PageReader> PageReader for Unzstd<R> {
     fn get_next_page(&mut self) -> Result<Option<Page>> {
-        Self::page(self.inner.get_next_page()?)
+        let page = self.inner.get_next_page()?;
+        self.cached(page)
     }
 
     fn peek_next_page(&mut self) -> Result<Option<PageMetadata>> {
@@ -183,7 +287,8 @@ impl<R: PageReader> PageReader for Unzstd<R> {
     }
 
     fn take_deferred_dictionary(&mut self) -> Result<Option<Page>> {
-        Self::page(self.inner.take_deferred_dictionary()?)
+        let page = self.inner.take_deferred_dictionary()?;
+        self.cached(page)
     }
 
     fn at_record_boundary(&mut self) -> Result<bool> {
@@ -193,6 +298,8 @@ impl<R: PageReader> PageReader for Unzstd<R> {
 
 /// The chosen row groups of one open block file, as Arrow's reader asks for them.
 struct Groups {
+    /// The reader's [`cache_id`]: names its dictionary pages in [`DICTS`].
+    cache: u64,
     file: Arc<File>,
     meta: Arc<ParquetMetaData>,
     groups: Vec<usize>,
@@ -232,7 +339,10 @@ impl Groups {
             locations,
             self.props.clone(),
         )?;
-        Ok(Box::new(Unzstd { inner }))
+        Ok(Box::new(Unzstd {
+            inner,
+            dict: Some((self.cache, group, column)),
+        }))
     }
 }
 
@@ -353,6 +463,7 @@ pub(crate) fn field_levels(
 /// A reader of every column of `groups` (row group indexes, ascending) of `file`, limited
 /// to `selection` (rows counted over those groups only).
 pub(crate) fn read(
+    cache: u64,
     file: File,
     meta: Arc<ParquetMetaData>,
     levels: &FieldLevels,
@@ -361,6 +472,7 @@ pub(crate) fn read(
     batch_size: usize,
 ) -> Result<ParquetRecordBatchReader> {
     let shared = Shared(Arc::new(Groups {
+        cache,
         file: Arc::new(file),
         meta,
         groups,
@@ -478,6 +590,7 @@ mod tests {
         );
         let levels = field_levels(meta.metadata(), meta.schema().fields()).unwrap();
         let n = n as usize;
+        let cache = cache_id();
         let selections: Vec<Vec<(usize, usize)>> = vec![
             vec![(0, 1)],
             vec![(n - 1, 1)],
@@ -494,17 +607,28 @@ mod tests {
                 pos = first + rows;
             }
             selectors.push(RowSelector::skip(n - pos));
-            let ours: Vec<_> = read(
-                File::open(&path).unwrap(),
-                meta.metadata().clone(),
-                &levels,
-                vec![0],
-                RowSelection::from(selectors.clone()),
-                1024,
-            )
-            .unwrap()
-            .collect::<std::result::Result<_, _>>()
-            .unwrap();
+            // Twice: the second read takes its dictionaries from the cache.
+            let ours: Vec<Vec<_>> = (0..2)
+                .map(|_| {
+                    read(
+                        cache,
+                        File::open(&path).unwrap(),
+                        meta.metadata().clone(),
+                        &levels,
+                        vec![0],
+                        RowSelection::from(selectors.clone()),
+                        1024,
+                    )
+                    .unwrap()
+                    .collect::<std::result::Result<_, _>>()
+                    .unwrap()
+                })
+                .collect();
+            assert_eq!(
+                ours[0], ours[1],
+                "{ranges:?} read again from kept dictionaries"
+            );
+            let ours = ours.into_iter().next().unwrap();
             let theirs: Vec<_> = ParquetRecordBatchReaderBuilder::new_with_metadata(
                 File::open(&path).unwrap(),
                 meta.clone(),
@@ -526,6 +650,44 @@ mod tests {
             );
             assert_eq!(ours, theirs, "{ranges:?}");
         }
+        assert!(kept(cache) > 0, "dictionary pages are kept");
+        forget(cache);
+        assert_eq!(kept(cache), 0, "a closed reader's dictionaries are dropped");
+    }
+
+    fn kept(id: u64) -> usize {
+        let d = DICTS.lock().unwrap();
+        d.pages.keys().filter(|k| k.0 == id).count()
+    }
+
+    fn dict_page(bytes: usize) -> Page {
+        Page::DictionaryPage {
+            buf: Bytes::from(vec![7u8; bytes]),
+            num_values: 1,
+            encoding: parquet::basic::Encoding::PLAIN,
+            is_sorted: false,
+        }
+    }
+
+    /// Past the budget the least recently used pages go; a page over a quarter of the
+    /// budget is never kept; replacing a page counts its bytes once.
+    #[test]
+    fn kept_dictionaries_stay_within_their_budget() {
+        let mut d = Dicts::default();
+        for c in 0..4 {
+            d.put((1, 0, c), dict_page(100), 400);
+        }
+        assert_eq!(d.bytes, 400);
+        assert!(d.get(&(1, 0, 0)).is_some());
+        d.put((1, 0, 4), dict_page(100), 400);
+        assert_eq!(d.bytes, 400);
+        assert!(d.get(&(1, 0, 1)).is_none(), "the least recently used went");
+        assert!(d.get(&(1, 0, 0)).is_some(), "the one used since stayed");
+        d.put((1, 0, 0), dict_page(50), 400);
+        assert_eq!(d.bytes, 350);
+        d.put((1, 0, 9), dict_page(101), 400);
+        assert!(d.get(&(1, 0, 9)).is_none(), "over a quarter of the budget");
+        assert_eq!(d.bytes, 350);
     }
 }
 

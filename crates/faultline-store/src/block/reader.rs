@@ -36,6 +36,14 @@ pub struct BlockReader {
     levels: parquet::arrow::FieldLevels,
     /// Sorted trace ids with (first row, rows).
     index: Vec<(TraceId, u32, u32)>,
+    /// Names this reader's dictionary pages kept by [`pages`].
+    cache: u64,
+}
+
+impl Drop for BlockReader {
+    fn drop(&mut self) {
+        pages::forget(self.cache);
+    }
 }
 
 impl BlockReader {
@@ -70,6 +78,7 @@ impl BlockReader {
             meta,
             levels,
             index,
+            cache: pages::cache_id(),
         })
     }
 
@@ -348,6 +357,7 @@ impl BlockReader {
             }
         };
         let reader = pages::read(
+            self.cache,
             file,
             self.meta.metadata().clone(),
             &self.levels,
