@@ -77,6 +77,8 @@ pub struct PendingTraces {
     inner: Mutex<Inner>,
     max_entries: usize,
     overflowed: AtomicU64,
+    /// Ranges committed before this start that the backlog has not noted yet.
+    unscanned: AtomicU64,
 }
 
 impl std::fmt::Debug for PendingTraces {
@@ -101,7 +103,29 @@ impl PendingTraces {
             inner: Mutex::default(),
             max_entries,
             overflowed: AtomicU64::new(0),
+            unscanned: AtomicU64::new(0),
         }
+    }
+
+    /// Says that `n` ranges of records committed before this start are still to be noted
+    /// (the backlog thread scans them after the start): until they are, a trace missing
+    /// here may be in them.
+    pub fn expect_scans(&self, n: u64) {
+        self.unscanned.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// One range announced by [`PendingTraces::expect_scans`] is noted.
+    pub fn scanned(&self) {
+        let _ = self
+            .unscanned
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(1))
+            });
+    }
+
+    /// Whether records committed before this start are still being noted.
+    pub fn scanning(&self) -> bool {
+        self.unscanned.load(Ordering::SeqCst) > 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -198,6 +222,26 @@ impl PendingTraces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads wait while the start's ranges are unnoted; a range deferred later (its
+    /// `scanned` comes without an `expect_scans`) cannot make the count wrap.
+    #[test]
+    fn scanning_lasts_until_every_announced_range_is_noted() {
+        let p = PendingTraces::new(10);
+        assert!(!p.scanning());
+        p.expect_scans(2);
+        p.scanned();
+        assert!(p.scanning(), "one of two ranges noted");
+        p.scanned();
+        assert!(!p.scanning());
+        p.scanned();
+        assert!(
+            !p.scanning(),
+            "a later range's scan does not wrap the count"
+        );
+        p.expect_scans(1);
+        assert!(p.scanning());
+    }
 
     fn at(seq: u64) -> RecordAt {
         RecordAt {

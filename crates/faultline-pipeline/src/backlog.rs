@@ -63,6 +63,9 @@ impl Backlog {
             match self.ranges.recv_timeout(wait) {
                 Ok((first, last)) => {
                     let (records, spans) = scan_range(sh, first, last, self.queue.is_empty());
+                    // Ranges deferred later were noted by intake; this counts only the
+                    // start's, which come first.
+                    sh.opts.pending.scanned();
                     tracing::info!(
                         first,
                         last,

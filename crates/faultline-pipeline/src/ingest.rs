@@ -49,6 +49,8 @@ impl Ingest {
                 }
             }
         }
+        // Reads by id wait for the backlog thread to note these ranges' traces.
+        sh.opts.pending.expect_scans(count(&ranges));
         for &range in ranges.ranges() {
             let _ = backlog.send(range);
         }

@@ -11,6 +11,10 @@
 //!
 //! Only reads by trace id look here: search, RED and the service lists see a span once
 //! it is indexed.
+//!
+//! After a restart the backlog thread notes the records committed before it, which takes
+//! a moment for a large backlog; until it has, a trace read waits for it (at most
+//! [`SCAN_WAIT`]) rather than answer 404 for a trace that was acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +26,9 @@ use faultline_store::rollup::{Dependency, RedPoint};
 use faultline_store::search::{TraceQuery, TraceSummary};
 use faultline_store::{Completeness, SpanStore, StoreError, TraceAnswer};
 use faultline_wal::Wal;
+
+/// The longest a trace read waits for the start's backlog to be noted.
+const SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The reads of `inner`, with trace reads completed from the WAL (see the module doc).
 pub struct WithPending {
@@ -46,6 +53,10 @@ impl WithPending {
 
     /// The spans of each of `ids` in the pending records, read once per record.
     fn pending_spans(&self, ids: &[TraceId]) -> Vec<Vec<Span>> {
+        let started = std::time::Instant::now();
+        while self.pending.scanning() && started.elapsed() < SCAN_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let mut out: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
         let mut by_record: HashMap<RecordAt, Vec<usize>> = HashMap::new();
         for (k, id) in ids.iter().enumerate() {
