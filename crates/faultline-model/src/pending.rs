@@ -109,9 +109,10 @@ impl PendingTraces {
 
     /// Says that `n` ranges of records committed before this start are still to be noted
     /// (the backlog thread scans them after the start): until they are, a trace missing
-    /// here may be in them.
+    /// here may be in them. Replaces the count of an earlier start over the same map,
+    /// whose backlog thread may have stopped before noting everything.
     pub fn expect_scans(&self, n: u64) {
-        self.unscanned.fetch_add(n, Ordering::SeqCst);
+        self.unscanned.store(n, Ordering::SeqCst);
     }
 
     /// One range announced by [`PendingTraces::expect_scans`] is noted.
@@ -241,6 +242,11 @@ mod tests {
         );
         p.expect_scans(1);
         assert!(p.scanning());
+        // A pipeline stopped with 3 ranges unnoted, then a new start with 1.
+        p.expect_scans(3);
+        p.expect_scans(1);
+        p.scanned();
+        assert!(!p.scanning(), "a new start's count replaces the old one");
     }
 
     fn at(seq: u64) -> RecordAt {

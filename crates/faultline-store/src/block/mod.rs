@@ -92,7 +92,7 @@ use crate::error::StoreError;
 use std::path::{Path, PathBuf};
 
 pub(crate) use json::unhex;
-pub use pages::{DICT_CACHE_BYTES, dict_cache_bytes};
+pub use pages::dict_cache_bytes;
 pub use reader::BlockReader;
 pub use schema::{MAX_PROMOTED, schema};
 pub(crate) use writer::write_block_indexed;

@@ -91,7 +91,7 @@ fn unzstd(frame: &[u8]) -> Result<Vec<u8>> {
 /// dictionaries took 16.2 MB for 40 blocks of 10.2M spans (0.4 MB per block of 250,000
 /// spans, BENCHMARKS.md), so this holds those of about 160 blocks; a single dictionary
 /// larger than a quarter of it is not kept.
-pub const DICT_CACHE_BYTES: usize = 64 << 20;
+pub(crate) const DICT_CACHE_BYTES: usize = 64 << 20;
 
 /// A dictionary page's place: the reader's [`cache_id`], the row group, the column.
 type DictKey = (u64, usize, usize);
