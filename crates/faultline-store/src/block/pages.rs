@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
@@ -28,6 +29,7 @@ use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
 use parquet::errors::{ParquetError, Result};
 use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
 use parquet::file::properties::ReaderProperties;
+use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 
 thread_local! {
@@ -157,22 +159,66 @@ impl Dicts {
 }
 
 /// A page reader over a zstd column chunk opened as uncompressed: decompresses each page,
-/// dictionary pages through [`DICTS`] when `dict` names the chunk.
+/// dictionary pages through [`DICTS`] when `dict` names the chunk (only chunks that have a
+/// dictionary page are named).
+///
+/// A chunk has at most one dictionary page, first. `state` follows it: once passed over
+/// (Arrow's reader defers it while skipping rows) or given, a kept dictionary is handed out
+/// without reading its bytes from the file, and the inner reader's deferred copy, never
+/// taken, is not read either.
 struct Unzstd<R: PageReader> {
     inner: R,
     dict: Option<DictKey>,
+    state: DictState,
+}
+
+/// Where a chunk's reader stands with its dictionary page.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DictState {
+    /// Not reached yet.
+    Ahead,
+    /// Passed over by `skip_next_page`; given when asked for.
+    Deferred,
+    /// Given (or the chunk has none): nothing more to give.
+    Given,
 }
 
 impl<R: PageReader> Unzstd<R> {
+    fn new(inner: R, dict: Option<DictKey>) -> Self {
+        Self {
+            inner,
+            dict,
+            state: DictState::Ahead,
+        }
+    }
+
+    /// The chunk's dictionary page when [`DICTS`] keeps it.
+    fn kept(&self) -> Option<Page> {
+        let key = self.dict?;
+        DICTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+    }
+
+    /// Whether the next page is the chunk's dictionary (asked only before it is passed).
+    fn dict_next(&mut self) -> Result<bool> {
+        if self.state != DictState::Ahead || self.dict.is_none() {
+            return Ok(false);
+        }
+        let next = self.inner.peek_next_page()?.is_some_and(|m| m.is_dict);
+        if !next {
+            self.state = DictState::Given;
+        }
+        Ok(next)
+    }
+
     /// `page`, decompressed; a dictionary page from [`DICTS`] when it is kept there.
-    fn cached(&self, page: Option<Page>) -> Result<Option<Page>> {
+    fn cached(&mut self, page: Option<Page>) -> Result<Option<Page>> {
         match (page, self.dict) {
             (Some(page @ Page::DictionaryPage { .. }), Some(key)) => {
-                let kept = DICTS
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(&key);
-                if let Some(kept) = kept {
+                self.state = DictState::Given;
+                if let Some(kept) = self.kept() {
                     return Ok(Some(kept));
                 }
                 let out = Self::page(Some(page))?;
@@ -270,6 +316,14 @@ impl<R: PageReader> Iterator for Unzstd<R> {
 
 impl<R: PageReader> PageReader for Unzstd<R> {
     fn get_next_page(&mut self) -> Result<Option<Page>> {
+        if self.dict_next()?
+            && let Some(kept) = self.kept()
+        {
+            // Passed over, not read: the kept page stands for it.
+            self.inner.skip_next_page()?;
+            self.state = DictState::Given;
+            return Ok(Some(kept));
+        }
         let page = self.inner.get_next_page()?;
         self.cached(page)
     }
@@ -279,6 +333,9 @@ impl<R: PageReader> PageReader for Unzstd<R> {
     }
 
     fn skip_next_page(&mut self) -> Result<()> {
+        if self.dict_next()? {
+            self.state = DictState::Deferred;
+        }
         self.inner.skip_next_page()
     }
 
@@ -287,6 +344,17 @@ impl<R: PageReader> PageReader for Unzstd<R> {
     }
 
     fn take_deferred_dictionary(&mut self) -> Result<Option<Page>> {
+        // Arrow's reader asks on every data page it reads.
+        match self.state {
+            DictState::Given => return Ok(None),
+            DictState::Deferred => {
+                if let Some(kept) = self.kept() {
+                    self.state = DictState::Given;
+                    return Ok(Some(kept));
+                }
+            }
+            DictState::Ahead => {}
+        }
         let page = self.inner.take_deferred_dictionary()?;
         self.cached(page)
     }
@@ -296,11 +364,77 @@ impl<R: PageReader> PageReader for Unzstd<R> {
     }
 }
 
+/// A block file read at offsets (`pread`).
+///
+/// Why: the Parquet crate's reader for `File` duplicates the descriptor, seeks, reads, reads
+/// again to find the end, and closes, for every page: five system calls where one does.
+/// A trace lookup reads about one page per column, so on varied traffic those calls were
+/// about 5% of a server answering lookups (BENCHMARKS.md).
+struct At {
+    file: Arc<File>,
+    len: u64,
+}
+
+impl At {
+    fn new(file: File) -> Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file: Arc::new(file),
+            len,
+        })
+    }
+}
+
+impl Length for At {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// Reads from an offset of an [`At`] onwards (page headers of a chunk without an offset
+/// index).
+struct AtRead {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl std::io::Read for AtRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl ChunkReader for At {
+    type T = std::io::BufReader<AtRead>;
+
+    fn get_read(&self, start: u64) -> Result<Self::T> {
+        Ok(std::io::BufReader::new(AtRead {
+            file: self.file.clone(),
+            pos: start,
+        }))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes> {
+        let end = start.checked_add(length as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(ParquetError::EOF(format!(
+                "damaged block file: {length} bytes at {start} run past its end ({} bytes)",
+                self.len
+            )));
+        }
+        let mut buf = vec![0u8; length];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
 /// The chosen row groups of one open block file, as Arrow's reader asks for them.
 struct Groups {
     /// The reader's [`cache_id`]: names its dictionary pages in [`DICTS`].
     cache: u64,
-    file: Arc<File>,
+    file: Arc<At>,
     meta: Arc<ParquetMetaData>,
     groups: Vec<usize>,
     props: Arc<ReaderProperties>,
@@ -316,7 +450,7 @@ impl Groups {
             .and_then(|i| i.page_locations(group, column).cloned());
         let rows = usize::try_from(rg.num_rows())
             .map_err(|_| ParquetError::General("a row group of negative rows".into()))?;
-        check_ranges(chunk, locations.as_deref(), rg.num_rows())?;
+        // The chunk's ranges were checked when the block was opened ([`check_metadata`]).
         if !matches!(chunk.compression(), Compression::ZSTD(_)) {
             let r = SerializedPageReader::new_with_properties(
                 self.file.clone(),
@@ -339,10 +473,11 @@ impl Groups {
             locations,
             self.props.clone(),
         )?;
-        Ok(Box::new(Unzstd {
-            inner,
-            dict: Some((self.cache, group, column)),
-        }))
+        let dict = chunk
+            .dictionary_page_offset()
+            .is_some()
+            .then_some((self.cache, group, column));
+        Ok(Box::new(Unzstd::new(inner, dict)))
     }
 }
 
@@ -461,7 +596,8 @@ pub(crate) fn field_levels(
 }
 
 /// A reader of every column of `groups` (row group indexes, ascending) of `file`, limited
-/// to `selection` (rows counted over those groups only).
+/// to `selection` (rows counted over those groups only). `meta` must have passed
+/// [`check_metadata`] (pages are read at its ranges unchecked).
 pub(crate) fn read(
     cache: u64,
     file: File,
@@ -473,7 +609,7 @@ pub(crate) fn read(
 ) -> Result<ParquetRecordBatchReader> {
     let shared = Shared(Arc::new(Groups {
         cache,
-        file: Arc::new(file),
+        file: Arc::new(At::new(file)?),
         meta,
         groups,
         props: Arc::new(ReaderProperties::builder().build()),
@@ -667,6 +803,160 @@ mod tests {
             encoding: parquet::basic::Encoding::PLAIN,
             is_sorted: false,
         }
+    }
+
+    /// Reads at offsets return the file's bytes; a range past the end is refused with the
+    /// file named as damaged, not read short.
+    #[test]
+    fn reads_at_offsets() {
+        use std::io::{Read, Write};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        File::create(&path).unwrap().write_all(&data).unwrap();
+        let at = At::new(File::open(&path).unwrap()).unwrap();
+        assert_eq!(at.len(), 10_000);
+        assert_eq!(at.get_bytes(9_990, 10).unwrap().as_ref(), &data[9_990..]);
+        assert_eq!(at.get_bytes(0, 0).unwrap().len(), 0);
+        let err = at.get_bytes(9_995, 10).unwrap_err().to_string();
+        assert!(err.contains("damaged block file"), "{err}");
+        assert!(at.get_bytes(u64::MAX, 2).is_err());
+        let mut rest = Vec::new();
+        at.get_read(9_000).unwrap().read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, &data[9_000..]);
+    }
+
+    /// One chunk's pages, zstd-compressed, counting the dictionary pages it hands out.
+    struct Fake {
+        pages: std::collections::VecDeque<Page>,
+        deferred: Option<Page>,
+        dict_reads: Arc<AtomicU64>,
+    }
+
+    impl Fake {
+        fn new(dict_reads: &Arc<AtomicU64>) -> Self {
+            let z = |b: &[u8]| Bytes::from(zstd::bulk::compress(b, 1).unwrap());
+            let pages = [
+                Page::DictionaryPage {
+                    buf: z(b"the dictionary"),
+                    num_values: 1,
+                    encoding: parquet::basic::Encoding::PLAIN,
+                    is_sorted: false,
+                },
+                Page::DataPage {
+                    buf: z(b"the values"),
+                    num_values: 1,
+                    encoding: parquet::basic::Encoding::RLE_DICTIONARY,
+                    def_level_encoding: parquet::basic::Encoding::RLE,
+                    rep_level_encoding: parquet::basic::Encoding::RLE,
+                    statistics: None,
+                },
+            ];
+            Self {
+                pages: pages.into(),
+                deferred: None,
+                dict_reads: dict_reads.clone(),
+            }
+        }
+    }
+
+    impl Iterator for Fake {
+        type Item = Result<Page>;
+        fn next(&mut self) -> Option<Self::Item> {
+            self.get_next_page().transpose()
+        }
+    }
+
+    impl PageReader for Fake {
+        fn get_next_page(&mut self) -> Result<Option<Page>> {
+            let p = self.pages.pop_front();
+            if p.as_ref().is_some_and(|p| p.is_dictionary_page()) {
+                self.dict_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(p)
+        }
+        fn peek_next_page(&mut self) -> Result<Option<PageMetadata>> {
+            Ok(self.pages.front().map(|p| PageMetadata {
+                num_rows: Some(1),
+                num_levels: Some(1),
+                is_dict: p.is_dictionary_page(),
+            }))
+        }
+        fn skip_next_page(&mut self) -> Result<()> {
+            if let Some(p) = self.pages.pop_front()
+                && p.is_dictionary_page()
+            {
+                self.deferred = Some(p);
+            }
+            Ok(())
+        }
+        fn supports_deferred_dictionary(&self) -> bool {
+            true
+        }
+        fn take_deferred_dictionary(&mut self) -> Result<Option<Page>> {
+            let p = self.deferred.take();
+            if p.is_some() {
+                self.dict_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(p)
+        }
+    }
+
+    /// Once a chunk's dictionary is kept, later readers of the chunk hand it out without
+    /// reading it again, whether Arrow's reader deferred it (skipping rows first) or read
+    /// it in order, and each reader gives it once.
+    #[test]
+    fn kept_dictionaries_are_not_read_again() {
+        let reads = Arc::new(AtomicU64::new(0));
+        let key = (cache_id(), 0, 0);
+        let open = || Unzstd::new(Fake::new(&reads), Some(key));
+        let dict_text = |p: Option<Page>| {
+            let p = p.unwrap();
+            assert!(p.is_dictionary_page());
+            p.buffer().to_vec()
+        };
+        // First reader: skips to a data page, then installs the deferred dictionary.
+        let mut r = open();
+        r.skip_next_page().unwrap();
+        assert_eq!(
+            r.get_next_page().unwrap().unwrap().buffer().as_ref(),
+            b"the values"
+        );
+        assert_eq!(
+            dict_text(r.take_deferred_dictionary().unwrap()),
+            b"the dictionary"
+        );
+        assert!(r.take_deferred_dictionary().unwrap().is_none());
+        assert_eq!(reads.load(Ordering::Relaxed), 1);
+        // Second reader, deferred again: the kept page, nothing read.
+        let mut r = open();
+        r.skip_next_page().unwrap();
+        assert_eq!(
+            r.get_next_page().unwrap().unwrap().buffer().as_ref(),
+            b"the values"
+        );
+        assert_eq!(
+            dict_text(r.take_deferred_dictionary().unwrap()),
+            b"the dictionary"
+        );
+        assert!(
+            r.take_deferred_dictionary().unwrap().is_none(),
+            "given once"
+        );
+        // Third reader, in order: the kept page stands for the one passed over.
+        let mut r = open();
+        assert_eq!(dict_text(r.get_next_page().unwrap()), b"the dictionary");
+        assert_eq!(
+            r.get_next_page().unwrap().unwrap().buffer().as_ref(),
+            b"the values"
+        );
+        assert!(
+            r.take_deferred_dictionary().unwrap().is_none(),
+            "given once"
+        );
+        assert!(r.get_next_page().unwrap().is_none());
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "read from the file once");
+        forget(key.0);
     }
 
     /// Past the budget the least recently used pages go; a page over a quarter of the

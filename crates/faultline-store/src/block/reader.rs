@@ -626,8 +626,14 @@ fn from_batch(
     let scope_version = col::<StringArray>(b, "scope_version")?;
     let events = col::<StringArray>(b, "events")?;
     let links = col::<StringArray>(b, "links")?;
-    let parse = |s: &str| {
-        serde_json::from_str::<Json>(s).map_err(|e| format!("bad JSON in a block column: {e}"))
+    // Most spans have no events, no links and no attributes beyond the promoted ones:
+    // their empty texts are answered without the parser.
+    let parse = |s: &str| match s {
+        "[]" => Ok(Json::Array(Vec::new())),
+        "{}" => Ok(Json::Object(serde_json::Map::new())),
+        s => {
+            serde_json::from_str::<Json>(s).map_err(|e| format!("bad JSON in a block column: {e}"))
+        }
     };
     let promoted = PromotedColumns::of(b)?;
     let mut last_keys: Option<(String, Vec<String>)> = None;
