@@ -1,14 +1,21 @@
 //! The trace-id index of a block, `BLOCKID.tidx`: for each trace, the first row of its
 //! spans in the Parquet file and how many rows it has (rows are sorted by trace id, so a
-//! trace's rows are contiguous). Little endian:
+//! trace's rows are contiguous, and a trace's first row is the sum of the rows before it).
+//! Little endian:
 //!
 //! ```text
 //! 0   8  magic     b"FLTTIDX1"
-//! 8   4  version   1
+//! 8   4  version   2
 //! 12  4  count     number of entries
-//! 16  n  entries   count x (trace_id 16 bytes, first_row u32, rows u32), sorted by id
+//! 16  16n ids      count trace ids, sorted
+//! ..  ..  rows     count row counts, each LEB128 (7 bits a byte, low first), at least 1;
+//!                  a trace's first row is the sum of those before it
 //! ..  4  crc       CRC32C of everything before it
 //! ```
+//!
+//! Version 1 (still read) stored per entry the trace id, the first row as u32 and the
+//! rows as u32: 24 bytes a trace against about 17 here (1.38 against 0.98 bytes per span
+//! on varied traffic).
 //!
 //! It is written to `BLOCKID.tidx.tmp` and fsynced; the writer renames it with the block.
 
@@ -21,8 +28,9 @@ use faultline_model::span::TraceId;
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"FLTTIDX1";
-const VERSION: u32 = 1;
-const ENTRY: usize = 24;
+const VERSION: u32 = 2;
+/// A version 1 entry's bytes.
+const ENTRY_V1: usize = 24;
 
 /// One trace: its id, first row and number of rows.
 pub(crate) type Entry = (TraceId, u32, u32);
@@ -39,16 +47,23 @@ pub(crate) fn entries<'a>(ids: impl Iterator<Item = &'a TraceId>) -> Vec<Entry> 
     out
 }
 
-/// The file's bytes.
+/// The file's bytes. `entries` are sorted by id and their rows contiguous from row 0, as
+/// [`entries`] makes them.
 pub(crate) fn encode(entries: &[Entry]) -> Vec<u8> {
-    let mut idx = Vec::with_capacity(20 + entries.len() * ENTRY);
+    let mut idx = Vec::with_capacity(20 + entries.len() * 18);
     idx.extend_from_slice(MAGIC);
     idx.extend_from_slice(&VERSION.to_le_bytes());
     idx.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (t, first, rows) in entries {
+    for (t, _, _) in entries {
         idx.extend_from_slice(t);
-        idx.extend_from_slice(&first.to_le_bytes());
-        idx.extend_from_slice(&rows.to_le_bytes());
+    }
+    for (_, _, rows) in entries {
+        let mut v = *rows;
+        while v >= 0x80 {
+            idx.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        idx.push(v as u8);
     }
     let crc = crc32c::crc32c(&idx);
     idx.extend_from_slice(&crc.to_le_bytes());
@@ -85,18 +100,26 @@ pub(crate) fn read(path: &Path) -> Result<Vec<Entry>, StoreError> {
         return Err(corrupt("checksum mismatch".into()));
     }
     let version = u32::from_le_bytes([idx[8], idx[9], idx[10], idx[11]]);
-    if version != VERSION {
-        return Err(corrupt(format!("index version {version} is not supported")));
-    }
     let count = u32::from_le_bytes([idx[12], idx[13], idx[14], idx[15]]) as usize;
-    if body.len() != 16 + count * ENTRY {
-        return Err(corrupt(format!(
+    match version {
+        1 => read_v1(&body[16..], count),
+        2 => read_v2(&body[16..], count),
+        v => Err(format!(
+            "index version {v} is not supported (this build reads 1 and {VERSION})"
+        )),
+    }
+    .map_err(corrupt)
+}
+
+fn read_v1(entries: &[u8], count: usize) -> Result<Vec<Entry>, String> {
+    if Some(entries.len()) != count.checked_mul(ENTRY_V1) {
+        return Err(format!(
             "{count} entries do not fit {} bytes",
-            body.len()
-        )));
+            entries.len() + 16
+        ));
     }
     let mut index = Vec::with_capacity(count);
-    for e in body[16..].chunks_exact(ENTRY) {
+    for e in entries.chunks_exact(ENTRY_V1) {
         let mut t = [0u8; 16];
         t.copy_from_slice(&e[0..16]);
         index.push((
@@ -104,6 +127,46 @@ pub(crate) fn read(path: &Path) -> Result<Vec<Entry>, StoreError> {
             u32::from_le_bytes([e[16], e[17], e[18], e[19]]),
             u32::from_le_bytes([e[20], e[21], e[22], e[23]]),
         ));
+    }
+    Ok(index)
+}
+
+fn read_v2(body: &[u8], count: usize) -> Result<Vec<Entry>, String> {
+    let misfit = || format!("{count} entries do not fit {} bytes", body.len() + 16);
+    let ids_len = count
+        .checked_mul(16)
+        .filter(|&n| n <= body.len())
+        .ok_or_else(misfit)?;
+    let (ids, mut rows) = body.split_at(ids_len);
+    let mut index = Vec::with_capacity(count);
+    let mut first = 0u32;
+    for id in ids.chunks_exact(16) {
+        let mut n = 0u32;
+        let mut shift = 0;
+        loop {
+            let (&b, rest) = rows.split_first().ok_or_else(misfit)?;
+            rows = rest;
+            if shift > 28 || (shift == 28 && b > 0x0f) {
+                return Err("a trace's row count does not fit 32 bits".into());
+            }
+            n |= u32::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if n == 0 {
+            return Err("a trace with no rows".into());
+        }
+        let mut t = [0u8; 16];
+        t.copy_from_slice(id);
+        index.push((t, first, n));
+        first = first
+            .checked_add(n)
+            .ok_or("the rows of the traces pass 2^32")?;
+    }
+    if !rows.is_empty() {
+        return Err(misfit());
     }
     Ok(index)
 }
@@ -134,5 +197,73 @@ mod tests {
         damage(30, "checksum");
         std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
         assert!(read(&path).unwrap_err().to_string().contains("checksum"));
+    }
+
+    /// Checksummed bytes of an index with `version` and `count` over `body`.
+    fn file(version: u32, count: u32, body: &[u8]) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&version.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(body);
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Row counts of one to three varint bytes round-trip with first rows as running sums;
+    /// version 1 files still read; lying bodies are refused by name, not misread.
+    #[test]
+    fn row_counts_as_varints_and_version_1() {
+        let mut ids: Vec<TraceId> = Vec::new();
+        for (i, n) in [1u32, 127, 128, 300, 20_000, 5].into_iter().enumerate() {
+            ids.extend(std::iter::repeat_n([i as u8 + 1; 16], n as usize));
+        }
+        let e = entries(ids.iter());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.tidx");
+        let bytes = encode(&e);
+        assert_eq!(bytes.len(), 20 + 6 * 16 + (1 + 1 + 2 + 2 + 3 + 1));
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).unwrap(), e);
+        assert_eq!(e[4], ([5; 16], 1 + 127 + 128 + 300, 20_000));
+        // Version 1: id, first row, rows per entry.
+        let mut v1 = Vec::new();
+        for (t, first, rows) in &e {
+            v1.extend_from_slice(t);
+            v1.extend_from_slice(&first.to_le_bytes());
+            v1.extend_from_slice(&rows.to_le_bytes());
+        }
+        std::fs::write(&path, file(1, e.len() as u32, &v1)).unwrap();
+        assert_eq!(read(&path).unwrap(), e);
+        let refused = |bytes: Vec<u8>, why: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            let err = read(&path).unwrap_err().to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        };
+        refused(file(1, 2, &v1), "do not fit");
+        refused(
+            file(2, 1, &[[1u8; 16].as_slice(), &[0]].concat()),
+            "no rows",
+        );
+        refused(
+            file(2, 1, &[[1u8; 16].as_slice(), &[0x80]].concat()),
+            "do not fit",
+        );
+        refused(
+            file(2, 1, &[[1u8; 16].as_slice(), &[1, 1]].concat()),
+            "do not fit",
+        );
+        refused(file(2, 2, &[1u8; 17]), "do not fit");
+        refused(file(2, u32::MAX, &[1u8; 17]), "do not fit");
+        let big = [[1u8; 16].as_slice(), &[0xff, 0xff, 0xff, 0xff, 0x1f]].concat();
+        refused(file(2, 1, &big), "32 bits");
+        let two_big = [
+            [1u8; 32].as_slice(),
+            &[0xff, 0xff, 0xff, 0xff, 0x0f],
+            &[0xff, 0xff, 0xff, 0xff, 0x0f],
+        ]
+        .concat();
+        refused(file(2, 2, &two_big), "2^32");
+        refused(file(3, 0, &[]), "version 3");
     }
 }
