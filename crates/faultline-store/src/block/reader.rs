@@ -61,10 +61,13 @@ impl BlockReader {
             path: path.clone(),
             source,
         })?;
+        // Only the offset index (where each page starts): a lookup reads the pages of its
+        // rows. The column index (page minimums and maximums, written by formats before 7)
+        // is neither read nor kept.
         let meta = ArrowReaderMetadata::load(
             &file,
             ArrowReaderOptions::new()
-                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+                .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
         )
         .map_err(|e| corrupt(&path, format!("unreadable Parquet: {e}")))?;
         let levels = pages::field_levels(meta.metadata(), meta.schema().fields())

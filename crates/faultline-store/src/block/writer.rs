@@ -189,6 +189,12 @@ fn write_parquet(
     for column in &unrepeated {
         props = props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
     }
+    // Unrepeated numbers (durations, counters) split into byte streams before zstd: their
+    // high bytes are alike and compress away, where plain 8-byte values interleave them
+    // with the random low bytes (varied traffic: durations 4.07 to 3.6 bytes per span).
+    for column in numeric_columns(&unrepeated, &promoted) {
+        props = props.set_column_encoding(ColumnPath::from(column), Encoding::BYTE_STREAM_SPLIT);
+    }
     // Events carry absolute times, so their text is unique per span: a dictionary grows to
     // its 1 MiB limit and a lookup decompresses all of it (measured: a third of a trace
     // read on varied traffic). Spans without events repeat "[]", which zstd absorbs.
@@ -215,24 +221,27 @@ fn write_parquet(
             ZstdLevel::try_new(3).map_err(StoreError::parquet)?,
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // Statistics per column chunk, not per page: nothing reads the column index (a
+        // lookup finds its pages by the offset index), and page minimums and maximums of
+        // text columns cost 0.6 bytes per span on varied traffic.
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         // Small pages: a trace-by-id lookup decompresses only the pages holding its rows.
         .set_data_page_row_count_limit(PAGE_ROWS)
         // Span ids are unique: a dictionary only adds its indices (1.6 bytes per span
         // measured). Start times within a trace are close: delta encoding.
         .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
         .set_column_dictionary_enabled(ColumnPath::from("parent_span_id"), false)
-        // Offsets within a trace: a small dictionary when they repeat, else delta
-        // encoding (offsets rise within a trace).
+        // Offsets within a trace: a small dictionary when they repeat, else byte streams
+        // (varied traffic: 3.42 bytes per span, delta encoding 3.76).
         .set_column_dictionary_page_size_limit(ColumnPath::from("start_offset_nano"), 64 << 10)
         .set_column_encoding(
             ColumnPath::from("start_offset_nano"),
-            Encoding::DELTA_BINARY_PACKED,
+            Encoding::BYTE_STREAM_SPLIT,
         )
         .set_key_value_metadata(Some(vec![
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.format".into(),
-                "6".to_string(),
+                "7".to_string(),
             ),
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.min_start_ns".into(),
@@ -287,6 +296,21 @@ fn write_parquet(
     }
     let file = writer.into_inner().map_err(StoreError::parquet)?;
     file.sync_all().map_err(io_err("fsync block file", tmp))
+}
+
+/// The numeric columns among `unrepeated`: `duration_nano` and promoted int and double
+/// attributes.
+fn numeric_columns<'a>(
+    unrepeated: &'a [String],
+    promoted: &'a [(String, Promo)],
+) -> impl Iterator<Item = &'a str> {
+    unrepeated.iter().map(String::as_str).filter(|c| {
+        *c == "duration_nano"
+            || promoted.iter().any(|(key, promo)| {
+                matches!(promo, Promo::Int | Promo::Double)
+                    && c.strip_prefix(ATTR_PREFIX) == Some(key.as_str())
+            })
+    })
 }
 
 /// A column whose distinct values exceed this share of its rows gets no dictionary.
@@ -832,6 +856,80 @@ mod tests {
         assert!(
             few_repeats.contains(&"attr.user.id".to_string()),
             "{few_repeats:?}"
+        );
+    }
+
+    /// Format 7: unrepeated numbers are byte-stream-split (strings are not), every column
+    /// has its offset index and none a column index, and the numbers read back unchanged.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn unrepeated_numbers_split_and_no_column_index() {
+        use arrow_array::{Array, Float64Array, Int64Array};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use parquet::file::reader::FileReader;
+        let n = 20_000;
+        let owned = spans(n, n);
+        let tmp = tempfile::tempdir().unwrap();
+        crate::block::write_block(tmp.path(), "b", &owned).unwrap();
+        let path = crate::block::parquet_path(tmp.path(), "b");
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(File::open(&path).unwrap())
+                .unwrap();
+        let meta = reader.metadata();
+        let format = meta.file_metadata().key_value_metadata().unwrap();
+        assert!(
+            format
+                .iter()
+                .any(|kv| kv.key == "faultline.block.format" && kv.value.as_deref() == Some("7"))
+        );
+        let group = meta.row_group(0);
+        for chunk in group.columns() {
+            let name = chunk.column_path().string();
+            let split = chunk.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT);
+            let numeric = matches!(name.as_str(), "duration_nano" | "attr.app.queue_ms");
+            assert_eq!(
+                split,
+                numeric,
+                "{name}: {:?}",
+                chunk.encodings().collect::<Vec<_>>()
+            );
+            assert!(
+                chunk.column_index_offset().is_none(),
+                "{name} has a column index"
+            );
+            assert!(
+                chunk.offset_index_offset().is_some(),
+                "{name} lacks its offset index"
+            );
+        }
+        let batches: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut got = Vec::new();
+        for b in &batches {
+            let d = b.column_by_name("duration_nano").unwrap();
+            let d = d.as_any().downcast_ref::<Int64Array>().unwrap();
+            let q = b.column_by_name("attr.app.queue_ms").unwrap();
+            let q = q.as_any().downcast_ref::<Float64Array>().unwrap();
+            got.extend((0..d.len()).map(|i| (d.value(i) as u64, q.value(i).to_bits())));
+        }
+        // Spans of a trace share their start, so compare the pairs in one order.
+        let mut want: Vec<(u64, u64)> = owned
+            .iter()
+            .map(|s| match s.attributes[0].1 {
+                AttrValue::Double(q) => (s.duration_ns(), q.to_bits()),
+                _ => unreachable!("the test's spans carry a double first"),
+            })
+            .collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got.len(), want.len());
+        assert!(
+            got == want,
+            "durations or queue times changed on the way through"
         );
     }
 }
