@@ -931,5 +931,72 @@ mod tests {
             got == want,
             "durations or queue times changed on the way through"
         );
+        // The store's own read path (pages through `pages.rs`) reads them alike.
+        let read = crate::block::BlockReader::open(tmp.path(), "b")
+            .unwrap()
+            .all()
+            .unwrap();
+        let mut ours: Vec<(u64, u64)> = read
+            .iter()
+            .map(|s| {
+                let q = s.attributes.iter().find(|(k, _)| k == "app.queue_ms");
+                match q {
+                    Some((_, AttrValue::Double(q))) => (s.duration_ns(), q.to_bits()),
+                    other => panic!("queue_ms read back as {other:?}"),
+                }
+            })
+            .collect();
+        ours.sort_unstable();
+        assert!(
+            ours == want,
+            "the store's reader disagrees with the spans written"
+        );
+    }
+
+    /// Start offsets too varied for their small dictionary fall back to byte streams, and
+    /// both Parquet's reader and the store's read them back.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn unique_offsets_fall_back_to_byte_streams() {
+        use parquet::file::reader::FileReader;
+        let mut owned = spans(20_000, 20_000);
+        for (i, s) in owned.iter_mut().enumerate() {
+            // Each trace's first span stays at its start; the others move by a unique
+            // amount, keeping each trace's spans in start order.
+            let shift = (i % 8) as u64 * 1_000_000 + (i as u64 * 7_919) % 999_983;
+            let shift = if i % 8 == 0 { 0 } else { shift };
+            s.start_ns += shift;
+            s.end_ns += shift;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        crate::block::write_block(tmp.path(), "b", &owned).unwrap();
+        let path = crate::block::parquet_path(tmp.path(), "b");
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(File::open(&path).unwrap())
+                .unwrap();
+        let group = reader.metadata().row_group(0);
+        let offsets = group
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == "start_offset_nano")
+            .unwrap();
+        assert!(
+            offsets
+                .encodings()
+                .any(|e| e == Encoding::BYTE_STREAM_SPLIT),
+            "{:?}",
+            offsets.encodings().collect::<Vec<_>>()
+        );
+        let mut want: Vec<(u64, u64)> = owned.iter().map(|s| (s.start_ns, s.end_ns)).collect();
+        let mut got: Vec<(u64, u64)> = crate::block::BlockReader::open(tmp.path(), "b")
+            .unwrap()
+            .all()
+            .unwrap()
+            .iter()
+            .map(|s| (s.start_ns, s.end_ns))
+            .collect();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert!(got == want, "start or end times changed on the way through");
     }
 }
