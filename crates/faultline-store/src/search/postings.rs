@@ -352,7 +352,13 @@ impl Postings {
                 })
                 .collect()
         } else {
-            let mut hashes = Vec::with_capacity(n.min(1 << 22));
+            let width = if traces <= 1 << 16 { 2 } else { 4 };
+            // Each needle takes at least a byte of hash gap and its trace: a count the
+            // body cannot hold is refused before anything is allocated for it.
+            if n.checked_mul(1 + width).is_none_or(|need| need > c.0.len()) {
+                return Err(format!("{n} needles do not fit the body"));
+            }
+            let mut hashes = Vec::with_capacity(n);
             let mut h = 0u32;
             for i in 0..n {
                 let gap = u32::try_from(c.varint()?).map_err(|_| "a needle's hash overflows")?;
@@ -363,7 +369,6 @@ impl Postings {
                 };
                 hashes.push(h);
             }
-            let width = if traces <= 1 << 16 { 2 } else { 4 };
             let raw = c.take(n.checked_mul(width).ok_or("needle count overflows")?)?;
             hashes
                 .into_iter()
@@ -832,5 +837,49 @@ mod tests {
         // A varint that never ends.
         let mut c = Cur(&[0xff; 11]);
         assert!(c.varint().is_err());
+    }
+
+    /// Damaged bodies of either version are refused or read, never a panic: random bytes,
+    /// and a valid body with bytes flipped.
+    #[test]
+    fn damaged_bodies_never_panic() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let postings: Vec<(u64, RoaringBitmap)> = (0..20u64)
+            .map(|i| {
+                (
+                    i,
+                    (0..3_000u32).filter(|t| t % (i as u32 + 1) == 0).collect(),
+                )
+            })
+            .collect();
+        let needles: Vec<(u32, u32)> = (0..500u32).map(|i| (i * 97, i % 3_000)).collect();
+        let valid = zstd::bulk::decompress(
+            &encode((3_000, &postings), &[1], &[2], &needles).unwrap(),
+            1 << 30,
+        )
+        .unwrap();
+        assert!(Postings::decode(&valid, 3).is_ok());
+        for round in 0..2_000 {
+            let body: Vec<u8> = if round % 2 == 0 {
+                let len = (next() % 256) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut b = valid.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % b.len();
+                    b[at] ^= (next() as u8) | 1;
+                }
+                b
+            };
+            for version in [2, 3] {
+                let _ = Postings::decode(&body, version);
+            }
+        }
     }
 }
