@@ -294,16 +294,7 @@ fn tag_test(key: &str, value: &str) -> String {
 /// tag byte (when given), the length as a varint, the bytes; unprintable bytes as `\xHH`.
 fn proto_literal(tag: Option<u8>, s: &str) -> String {
     let mut bytes: Vec<u8> = tag.into_iter().collect();
-    let mut n = s.len() as u64;
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            bytes.push(b);
-            break;
-        }
-        bytes.push(b | 0x80);
-    }
+    faultline_store::varint::put(s.len() as u64, &mut bytes);
     bytes.extend_from_slice(s.as_bytes());
     let mut out = String::from("'");
     for b in bytes {

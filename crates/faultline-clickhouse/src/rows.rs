@@ -170,16 +170,8 @@ pub(crate) fn string(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-fn leb128(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+fn leb128(out: &mut Vec<u8>, n: u64) {
+    faultline_store::varint::put(n, out);
 }
 
 /// The columns of a rollup part's row, in order, as the `INSERT` names them.
@@ -256,18 +248,10 @@ impl<'a> RowReader<'a> {
 
     /// The next length (of a String or an Array): LEB128.
     pub fn length(&mut self) -> Option<usize> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = self.buf.split_first()?;
-            self.buf = rest;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                // No length can exceed what is left to read (an Array's elements take at
-                // least a byte each): refuse before anything is allocated for it.
-                return usize::try_from(n).ok().filter(|&n| n <= self.buf.len());
-            }
-        }
-        None
+        let n = faultline_store::varint::take(&mut self.buf).ok()?;
+        // No length can exceed what is left to read (an Array's elements take at least a
+        // byte each): refuse before anything is allocated for it.
+        usize::try_from(n).ok().filter(|&n| n <= self.buf.len())
     }
 
     /// The next String.

@@ -11,7 +11,8 @@
 //! - [`seqs`]: sets of WAL sequence numbers (the backlog replayed out of order);
 //! - [`skew`]: clock-skew estimates from client/server calls, and their read-time
 //!   correction of a trace's spans;
-//! - [`tail`]: tail-sampling policies, decisions and their records.
+//! - [`tail`]: tail-sampling policies, decisions and their records;
+//! - [`varint`]: the LEB128 varints of the index files.
 //!
 //! **Architecture invariant:** the store knows nothing about HTTP, protobuf or the WAL's
 //! file format: it receives [`faultline_model::span::Span`]s tagged with a sequence number,
@@ -30,6 +31,7 @@ pub mod seqs;
 pub mod skew;
 pub mod store;
 pub mod tail;
+pub mod varint;
 
 #[cfg(test)]
 mod tests;

@@ -915,34 +915,28 @@ mod tests {
             assert!(p.is_dictionary_page());
             p.buffer().to_vec()
         };
-        // First reader: skips to a data page, then installs the deferred dictionary.
-        let mut r = open();
-        r.skip_next_page().unwrap();
-        assert_eq!(
-            r.get_next_page().unwrap().unwrap().buffer().as_ref(),
-            b"the values"
-        );
-        assert_eq!(
-            dict_text(r.take_deferred_dictionary().unwrap()),
-            b"the dictionary"
-        );
-        assert!(r.take_deferred_dictionary().unwrap().is_none());
+        // A reader that skips to a data page, then installs the deferred dictionary once.
+        let deferred = || {
+            let mut r = open();
+            r.skip_next_page().unwrap();
+            assert_eq!(
+                r.get_next_page().unwrap().unwrap().buffer().as_ref(),
+                b"the values"
+            );
+            assert_eq!(
+                dict_text(r.take_deferred_dictionary().unwrap()),
+                b"the dictionary"
+            );
+            assert!(
+                r.take_deferred_dictionary().unwrap().is_none(),
+                "given once"
+            );
+        };
+        // First reader: reads the dictionary and keeps it.
+        deferred();
         assert_eq!(reads.load(Ordering::Relaxed), 1);
         // Second reader, deferred again: the kept page, nothing read.
-        let mut r = open();
-        r.skip_next_page().unwrap();
-        assert_eq!(
-            r.get_next_page().unwrap().unwrap().buffer().as_ref(),
-            b"the values"
-        );
-        assert_eq!(
-            dict_text(r.take_deferred_dictionary().unwrap()),
-            b"the dictionary"
-        );
-        assert!(
-            r.take_deferred_dictionary().unwrap().is_none(),
-            "given once"
-        );
+        deferred();
         // Third reader, in order: the kept page stands for the one passed over.
         let mut r = open();
         assert_eq!(dict_text(r.get_next_page().unwrap()), b"the dictionary");

@@ -58,12 +58,7 @@ pub(crate) fn encode(entries: &[Entry]) -> Vec<u8> {
         idx.extend_from_slice(t);
     }
     for (_, _, rows) in entries {
-        let mut v = *rows;
-        while v >= 0x80 {
-            idx.push((v as u8 & 0x7f) | 0x80);
-            v >>= 7;
-        }
-        idx.push(v as u8);
+        crate::varint::put(u64::from(*rows), &mut idx);
     }
     let crc = crc32c::crc32c(&idx);
     idx.extend_from_slice(&crc.to_le_bytes());
@@ -141,20 +136,9 @@ fn read_v2(body: &[u8], count: usize) -> Result<Vec<Entry>, String> {
     let mut index = Vec::with_capacity(count);
     let mut first = 0u32;
     for id in ids.chunks_exact(16) {
-        let mut n = 0u32;
-        let mut shift = 0;
-        loop {
-            let (&b, rest) = rows.split_first().ok_or_else(misfit)?;
-            rows = rest;
-            if shift > 28 || (shift == 28 && b > 0x0f) {
-                return Err("a trace's row count does not fit 32 bits".into());
-            }
-            n |= u32::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
+        // A varint cut short (or past 64 bits) means the counts do not fit the file.
+        let n = crate::varint::take(&mut rows).map_err(|_| misfit())?;
+        let n = u32::try_from(n).map_err(|_| "a trace's row count does not fit 32 bits")?;
         if n == 0 {
             return Err("a trace with no rows".into());
         }

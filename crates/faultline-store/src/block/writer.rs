@@ -859,6 +859,24 @@ mod tests {
         );
     }
 
+    /// Writes `spans` as block "b" in a new directory; its Parquet file's path and reader.
+    #[allow(clippy::unwrap_used)]
+    fn written(
+        spans: &[Span],
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        parquet::file::serialized_reader::SerializedFileReader<File>,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::block::write_block(tmp.path(), "b", spans).unwrap();
+        let path = crate::block::parquet_path(tmp.path(), "b");
+        let reader =
+            parquet::file::serialized_reader::SerializedFileReader::new(File::open(&path).unwrap())
+                .unwrap();
+        (tmp, path, reader)
+    }
+
     /// Format 7: unrepeated numbers are byte-stream-split (strings are not), every column
     /// has its offset index and none a column index, and the numbers read back unchanged.
     #[test]
@@ -869,12 +887,7 @@ mod tests {
         use parquet::file::reader::FileReader;
         let n = 20_000;
         let owned = spans(n, n);
-        let tmp = tempfile::tempdir().unwrap();
-        crate::block::write_block(tmp.path(), "b", &owned).unwrap();
-        let path = crate::block::parquet_path(tmp.path(), "b");
-        let reader =
-            parquet::file::serialized_reader::SerializedFileReader::new(File::open(&path).unwrap())
-                .unwrap();
+        let (tmp, path, reader) = written(&owned);
         let meta = reader.metadata();
         let format = meta.file_metadata().key_value_metadata().unwrap();
         assert!(
@@ -968,12 +981,7 @@ mod tests {
             s.start_ns += shift;
             s.end_ns += shift;
         }
-        let tmp = tempfile::tempdir().unwrap();
-        crate::block::write_block(tmp.path(), "b", &owned).unwrap();
-        let path = crate::block::parquet_path(tmp.path(), "b");
-        let reader =
-            parquet::file::serialized_reader::SerializedFileReader::new(File::open(&path).unwrap())
-                .unwrap();
+        let (tmp, _, reader) = written(&owned);
         let group = reader.metadata().row_group(0);
         let offsets = group
             .columns()

@@ -358,30 +358,22 @@ impl Postings {
             if n.checked_mul(1 + width).is_none_or(|need| need > c.0.len()) {
                 return Err(format!("{n} needles do not fit the body"));
             }
-            let mut hashes = Vec::with_capacity(n);
+            let mut needles = Vec::with_capacity(n);
             let mut h = 0u32;
-            for i in 0..n {
+            for _ in 0..n {
                 let gap = u32::try_from(c.varint()?).map_err(|_| "a needle's hash overflows")?;
-                h = if i == 0 {
-                    gap
-                } else {
-                    h.checked_add(gap).ok_or("a needle's hash overflows")?
-                };
-                hashes.push(h);
+                h = h.checked_add(gap).ok_or("a needle's hash overflows")?;
+                needles.push((h, 0));
             }
             let raw = c.take(n.checked_mul(width).ok_or("needle count overflows")?)?;
-            hashes
-                .into_iter()
-                .zip(raw.chunks_exact(width))
-                .map(|(h, t)| {
-                    let t = match t {
-                        [a, b] => u32::from(u16::from_le_bytes([*a, *b])),
-                        [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
-                        _ => 0,
-                    };
-                    (h, t)
-                })
-                .collect()
+            for (needle, t) in needles.iter_mut().zip(raw.chunks_exact(width)) {
+                needle.1 = match t {
+                    [a, b] => u32::from(u16::from_le_bytes([*a, *b])),
+                    [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
+                    _ => 0,
+                };
+            }
+            needles
         };
         if !needles.is_sorted() {
             return Err("the needle table is not sorted".into());
@@ -419,17 +411,8 @@ impl<'a> Cur<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
-    /// A LEB128 varint of at most 64 bits.
     fn varint(&mut self) -> Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.take(1).map_err(|_| "the body ends inside a varint")?[0];
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("a varint is too long".into())
+        crate::varint::take(&mut self.0).map_err(String::from)
     }
     fn hashes(&mut self) -> Result<HashSet<u64, IdBuild>, String> {
         let n = self.u32()? as usize;
@@ -438,19 +421,6 @@ impl<'a> Cur<'a> {
             out.insert(self.u64()?);
         }
         Ok(out)
-    }
-}
-
-/// Appends `v` as a LEB128 varint.
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
     }
 }
 
@@ -524,17 +494,8 @@ fn encode_posting(b: &RoaringBitmap, traces: u32, out: &mut Vec<u8>) -> u8 {
     let mut prev = 0u32;
     let start = out.len();
     for (i, t) in b.iter().enumerate() {
-        let mut gap = if i == 0 { t } else { t - prev };
+        crate::varint::put(u64::from(if i == 0 { t } else { t - prev }), out);
         prev = t;
-        loop {
-            let byte = (gap & 0x7f) as u8;
-            gap >>= 7;
-            if gap == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
     }
     let bits = (traces as usize).div_ceil(8);
     if out.len() - start <= bits {
@@ -553,26 +514,16 @@ fn decode_posting(kind: u8, bytes: &[u8]) -> Result<RoaringBitmap, String> {
     let mut out = Vec::new();
     match kind {
         0 => {
-            let (mut v, mut shift, mut prev) = (0u32, 0u32, 0u32);
-            for &b in bytes {
-                if shift > 28 {
-                    return Err("a posting's varint is too long".into());
-                }
-                v |= u32::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    prev = if out.is_empty() {
-                        v
-                    } else {
-                        prev.checked_add(v).ok_or("a posting overflows")?
-                    };
-                    out.push(prev);
-                    (v, shift) = (0, 0);
+            let (mut rest, mut prev) = (bytes, 0u32);
+            while !rest.is_empty() {
+                let v = crate::varint::take(&mut rest).map_err(|e| format!("a posting: {e}"))?;
+                let v = u32::try_from(v).map_err(|_| "a posting overflows")?;
+                prev = if out.is_empty() {
+                    v
                 } else {
-                    shift += 7;
-                }
-            }
-            if shift != 0 {
-                return Err("a posting ends inside a varint".into());
+                    prev.checked_add(v).ok_or("a posting overflows")?
+                };
+                out.push(prev);
             }
         }
         1 => {
@@ -605,7 +556,7 @@ fn encode(
         body.extend_from_slice(&h.to_le_bytes());
         let before = payload.len();
         let kind = encode_posting(b, traces, &mut payload);
-        put_varint(
+        crate::varint::put(
             ((payload.len() - before) as u64) << 1 | u64::from(kind),
             &mut heads,
         );
@@ -621,7 +572,7 @@ fn encode(
     body.extend_from_slice(&(needles.len() as u32).to_le_bytes());
     let mut prev = 0u32;
     for &(h, _) in needles {
-        put_varint(u64::from(h - prev), &mut body);
+        crate::varint::put(u64::from(h - prev), &mut body);
         prev = h;
     }
     let narrow = traces <= 1 << 16;
