@@ -41,7 +41,7 @@ impl Targets {
     fn new(n: usize) -> Self {
         let listeners: Vec<Option<TcpListener>> = (0..n)
             .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let l = common::low_port_listener();
                 l.set_nonblocking(true).unwrap();
                 Some(l)
             })
@@ -68,7 +68,9 @@ impl Targets {
     fn set(&self, i: usize, up: bool) {
         let mut open = self.open.lock().unwrap();
         if up && open[i].is_none() {
-            let l = TcpListener::bind(("127.0.0.1", self.ports[i])).unwrap();
+            // Something outside the test may still take the port; say so plainly.
+            let l = TcpListener::bind(("127.0.0.1", self.ports[i]))
+                .unwrap_or_else(|e| panic!("reopening target port {}: {e}", self.ports[i]));
             l.set_nonblocking(true).unwrap();
             open[i] = Some(l);
         } else if !up {
@@ -181,6 +183,9 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     // Slow answers (kills land mid-request) and the first three refused (retries).
     let delay = DELAY_MS.to_string();
     let (_r, http, smtp) = receivers(&received, &["--delay-ms", &delay, "--fail-first", "3"]);
+    let seed = common::now_ns();
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
     let targets = Targets::new(10);
     let cfg = tmp.path().join("faultline.toml");
     std::fs::write(&cfg, config(&targets, http, smtp)).unwrap();
@@ -188,9 +193,6 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     let args = ["--config", cfg.to_str().unwrap()];
     let started_ms = common::now_ns() / 1_000_000;
     let mut server = Server::start(&data, &args);
-    let seed = common::now_ns();
-    eprintln!("seed {seed}");
-    let mut rng = Rng(seed);
     let mut up = [true; 10];
     // First the whole fleet fails together (one grouped message), then random subsets
     // (at least one target each time, so there is always something to deliver).
