@@ -127,6 +127,19 @@ pub enum Profile {
     Varied,
 }
 
+/// Where one span's times sit in a varied template, and what they were when generated.
+#[derive(Debug, Clone, Copy)]
+struct SpanSlot {
+    /// Byte offsets of the start and end times.
+    start_at: usize,
+    end_at: usize,
+    /// Nanoseconds from its trace's start to its own, and its duration.
+    offset: u64,
+    dur: u64,
+    /// Its trace, in generation order.
+    trace: usize,
+}
+
 /// One template: an encoded request and where its trace ids sit.
 pub(crate) struct Template {
     body: Vec<u8>,
@@ -141,9 +154,9 @@ pub(crate) struct Template {
     created_ns: u64,
     /// Byte offsets of every copy of each fresh-value placeholder (varied profile).
     tokens: Vec<Vec<usize>>,
-    /// Byte offset of each span's end time and its duration (varied profile: every send
-    /// scales the duration).
-    ends: Vec<(usize, u64)>,
+    /// Each span's times (varied profile: every send moves the start and scales the
+    /// duration).
+    times: Vec<SpanSlot>,
     /// Per trace (in `trace_offsets` order): its spans, and whether one fails (such traces
     /// are kept when a server sheds the rest of a request under pressure).
     trace_spans: Vec<(usize, bool)>,
@@ -288,7 +301,9 @@ pub(crate) fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Pr
             Profile::Varied => {
                 let t = crate::varied::generate_trace(rng, id, now_ns, &mut by_service, &mut ph);
                 let n = t.len();
-                span_times.extend(t);
+                let root = t.first().map_or(0, |&(start, _)| start);
+                let trace = ids.len() - 1;
+                span_times.extend(t.into_iter().map(|(start, end)| (trace, root, start, end)));
                 n
             }
         };
@@ -389,11 +404,17 @@ pub(crate) fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Pr
             })
         })
         .collect();
-    let ends = span_times
+    let find = |t: u64| body.windows(8).position(|w| w == t.to_le_bytes());
+    let times = span_times
         .iter()
-        .filter_map(|&(start, end)| {
-            let at = body.windows(8).position(|w| w == end.to_le_bytes())?;
-            Some((at, end - start))
+        .filter_map(|&(trace, root, start, end)| {
+            Some(SpanSlot {
+                start_at: find(start)?,
+                end_at: find(end)?,
+                offset: start - root,
+                dur: end - start,
+                trace,
+            })
         })
         .collect();
     Template {
@@ -404,7 +425,7 @@ pub(crate) fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Pr
         time_offsets,
         created_ns: now_ns,
         tokens,
-        ends,
+        times,
         trace_spans,
     }
 }
@@ -479,8 +500,8 @@ pub(crate) fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<Str
             ids.push(body[o..o + 16].iter().map(|b| format!("{b:02x}")).collect());
         }
     }
-    // Varied profile: a fresh value for every placeholder, and every duration scaled by a
-    // fresh factor in [0.6, 1.6).
+    // Varied profile: a fresh value for every placeholder, every trace's start offsets and
+    // every duration scaled by fresh factors.
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let seed = nonce ^ request.wrapping_mul(0x2545_F491_4F6C_DD1D);
     for (slot, offsets) in t.tokens.iter().enumerate() {
@@ -491,13 +512,23 @@ pub(crate) fn stamp(t: &Template, nonce: u64, request: u64) -> (Vec<u8>, Vec<Str
             }
         }
     }
-    for (k, &(o, dur)) in t.ends.iter().enumerate() {
+    // Every span's start offset within its trace is scaled by a fresh factor per trace in
+    // [0.75, 1.25) (one factor per trace keeps parents starting before their children),
+    // so offsets are fresh nanoseconds on every send, as they are in real traffic.
+    let read = |body: &[u8], o: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&body[o..o + 8]);
-        let end = u64::from_le_bytes(b);
+        u64::from_le_bytes(b)
+    };
+    for (k, slot) in t.times.iter().enumerate() {
+        let stretch = 0.75
+            + (mix64(seed ^ 0xBEEF ^ slot.trace as u64) % (1 << 20)) as f64 / f64::from(1 << 21);
+        let offset = (slot.offset as f64 * stretch) as u64;
+        let start = read(&body, slot.start_at) - slot.offset + offset;
         let factor = 0.6 + (mix64(seed ^ 0xDEAD ^ k as u64) % 1000) as f64 / 1000.0;
-        let scaled = end - dur + (dur as f64 * factor) as u64;
-        body[o..o + 8].copy_from_slice(&scaled.to_le_bytes());
+        let end = start + (slot.dur as f64 * factor) as u64;
+        body[slot.start_at..slot.start_at + 8].copy_from_slice(&start.to_le_bytes());
+        body[slot.end_at..slot.end_at + 8].copy_from_slice(&end.to_le_bytes());
     }
     (body, ids)
 }
@@ -1322,6 +1353,46 @@ mod tests {
             "{same} of {} durations repeated",
             t.spans
         );
+        // Start offsets within a trace are fresh on every send too, and parents still
+        // start before their children.
+        let offsets = |v: &[Span]| -> Vec<u64> {
+            let mut root: std::collections::HashMap<&[u8], u64> = Default::default();
+            for sp in v {
+                let r = root.entry(&sp.trace_id[..]).or_insert(u64::MAX);
+                *r = (*r).min(sp.start_time_unix_nano);
+            }
+            v.iter()
+                .map(|sp| sp.start_time_unix_nano - root[&sp.trace_id[..]])
+                .collect()
+        };
+        let (oa, ob) = (offsets(&sa), offsets(&sb));
+        let nonzero = oa.iter().filter(|&&o| o > 0).count();
+        let same = oa
+            .iter()
+            .zip(&ob)
+            .filter(|(x, y)| x > &&0 && x == y)
+            .count();
+        assert!(
+            nonzero * 2 > t.spans,
+            "{nonzero} of {} spans start after their root",
+            t.spans
+        );
+        assert!(
+            same * 20 < nonzero,
+            "{same} of {nonzero} start offsets repeated"
+        );
+        let starts: std::collections::HashMap<&[u8], u64> = sb
+            .iter()
+            .map(|sp| (&sp.span_id[..], sp.start_time_unix_nano))
+            .collect();
+        for sp in &sb {
+            if let Some(p) = starts.get(&sp.parent_span_id[..]) {
+                assert!(
+                    *p <= sp.start_time_unix_nano,
+                    "a child starts before its parent"
+                );
+            }
+        }
         // 12 services, 4 regions, a few percent of failing spans.
         let r = ExportTraceServiceRequest::decode(&a[..]).unwrap();
         assert!(r.resource_spans.len() >= 10, "{}", r.resource_spans.len());

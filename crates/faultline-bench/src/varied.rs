@@ -10,7 +10,10 @@
 //!   one per trace), a `user.id` fresh on every trace, a retry flag.
 //! - Durations are log-normal (a median per service, sigma 1), children start at random
 //!   offsets within their parent; every send multiplies each span's duration by a fresh
-//!   factor between 0.6 and 1.6.
+//!   factor between 0.6 and 1.6, and the start offsets of each trace's spans (from the
+//!   trace's start) by a fresh factor between 0.75 and 1.25 (one per trace, so parents
+//!   still start before their children; before 2026-12-04 offsets repeated per template,
+//!   which let blocks that group traces by shape compress them unrealistically well).
 //! - About 2% of spans fail, with an exception event (3 types, a message with a fresh id, a
 //!   short stack trace).
 //! - Resources carry 10 attributes (host, pod, instance id, cloud region, SDK).
