@@ -7,8 +7,9 @@
 //!
 //! A block is four files in `DATA_DIR/blocks/`, named by the block id:
 //!
-//! - `BLOCKID.parquet`: every span of the block, one row per span, sorted by trace id and
-//!   then start time, so the spans of one trace are contiguous. Row groups hold at most
+//! - `BLOCKID.parquet`: every span of the block, one row per span; the spans of one trace
+//!   are contiguous and in start order, and traces of one shape sit together (blocks
+//!   indexed before trace-id index version 3 are sorted by trace id). Row groups hold at most
 //!   [`ROW_GROUP_ROWS`] rows (so a block of the default 250,000 spans is one row group)
 //!   and pages at most [`PAGE_ROWS`]; columns are zstd-compressed
 //!   with dictionary encoding, and the offset index is written so a reader can fetch and

@@ -34,8 +34,10 @@ pub struct BlockReader {
     meta: ArrowReaderMetadata,
     /// How the block's columns decode into Arrow fields, for [`pages::read`].
     levels: parquet::arrow::FieldLevels,
-    /// Sorted trace ids with (first row, rows).
+    /// Trace ids with (first row, rows), in row order: a trace's ordinal is its position.
     index: Vec<(TraceId, u32, u32)>,
+    /// Ordinals sorted by trace id ([`tidx::by_id`]); empty when `index` is sorted.
+    by_id: Vec<u32>,
     /// Names this reader's dictionary pages kept by [`pages`].
     cache: u64,
 }
@@ -56,6 +58,7 @@ impl BlockReader {
             path: p.to_path_buf(),
             reason,
         };
+        let by_id = tidx::by_id(&index).map_err(|e| corrupt(&ipath, e))?;
         let file = File::open(&path).map_err(|source| StoreError::Io {
             op: "open block",
             path: path.clone(),
@@ -81,6 +84,7 @@ impl BlockReader {
             meta,
             levels,
             index,
+            by_id,
             cache: pages::cache_id(),
         })
     }
@@ -90,14 +94,21 @@ impl BlockReader {
         &self.id
     }
 
-    /// The trace id at position `i` of the index (sorted), if any.
+    /// The trace id of ordinal `i` (its position in row order), if any.
     pub fn trace_id_at(&self, i: usize) -> Option<TraceId> {
         self.index.get(i).map(|e| e.0)
     }
 
-    /// The position of `trace_id` in the index, if the block holds it.
+    /// The ordinal of `trace_id` (its position in row order), if the block holds it.
     pub fn ordinal(&self, trace_id: &TraceId) -> Option<usize> {
-        self.index.binary_search_by(|e| e.0.cmp(trace_id)).ok()
+        if self.by_id.is_empty() {
+            return self.index.binary_search_by(|e| e.0.cmp(trace_id)).ok();
+        }
+        let at = self
+            .by_id
+            .binary_search_by(|&o| self.index[o as usize].0.cmp(trace_id))
+            .ok()?;
+        Some(self.by_id[at] as usize)
     }
 
     /// Number of traces in the block.
@@ -107,12 +118,12 @@ impl BlockReader {
 
     /// Whether the block may hold `trace_id` (exact: the index lists every trace).
     pub fn contains(&self, trace_id: &TraceId) -> bool {
-        self.index.binary_search_by(|e| e.0.cmp(trace_id)).is_ok()
+        self.ordinal(trace_id).is_some()
     }
 
     /// The spans of one trace, reading only the row groups and pages that hold them.
     pub fn trace(&self, trace_id: &TraceId) -> Result<Vec<Span>, StoreError> {
-        let Ok(pos) = self.index.binary_search_by(|e| e.0.cmp(trace_id)) else {
+        let Some(pos) = self.ordinal(trace_id) else {
             return Ok(Vec::new());
         };
         let (_, first, rows) = self.index[pos];
@@ -278,7 +289,7 @@ impl BlockReader {
             .iter()
             .enumerate()
             .filter_map(|(k, id)| {
-                let pos = self.index.binary_search_by(|e| e.0.cmp(id)).ok()?;
+                let pos = self.ordinal(id)?;
                 let (_, first, rows) = self.index[pos];
                 Some((u64::from(first), u64::from(rows), k))
             })

@@ -1,21 +1,23 @@
-//! The trace-id index of a block, `BLOCKID.tidx`: for each trace, the first row of its
-//! spans in the Parquet file and how many rows it has (rows are sorted by trace id, so a
-//! trace's rows are contiguous, and a trace's first row is the sum of the rows before it).
-//! Little endian:
+//! The trace-id index of a block, `BLOCKID.tidx`: for each trace, in row order, its id
+//! and how many rows it has (a trace's rows are contiguous, so its first row is the sum of
+//! the rows before it, and its position in this list is its ordinal, the number the
+//! search index's postings use). Little endian:
 //!
 //! ```text
 //! 0   8  magic     b"FLTTIDX1"
-//! 8   4  version   2
+//! 8   4  version   3
 //! 12  4  count     number of entries
-//! 16  16n ids      count trace ids, sorted
+//! 16  16n ids      count trace ids, in row order, each once
 //! ..  ..  rows     count row counts, each LEB128 (7 bits a byte, low first), at least 1;
 //!                  a trace's first row is the sum of those before it
 //! ..  4  crc       CRC32C of everything before it
 //! ```
 //!
-//! Version 1 (still read) stored per entry the trace id, the first row as u32 and the
-//! rows as u32: 24 bytes a trace against about 17 here (1.38 against 0.98 bytes per span
-//! on varied traffic).
+//! Version 2 (still read) is the same layout from the time rows were sorted by trace id;
+//! now the writer groups traces by shape (`writer.rs`), so a reader sorts the ids itself
+//! ([`by_id`]): 4 bytes of memory a trace. Version 1 (still read) stored per entry the
+//! trace id, the first row as u32 and the rows as u32: 24 bytes a trace against about 17
+//! (1.38 against 0.98 bytes per span on varied traffic).
 //!
 //! It is written to `BLOCKID.tidx.tmp` and fsynced; the writer renames it with the block.
 
@@ -28,14 +30,14 @@ use faultline_model::span::TraceId;
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"FLTTIDX1";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// A version 1 entry's bytes.
 const ENTRY_V1: usize = 24;
 
 /// One trace: its id, first row and number of rows.
 pub(crate) type Entry = (TraceId, u32, u32);
 
-/// The entries of trace ids `ids` given in row order (sorted).
+/// The entries of trace ids `ids` given in row order (the rows of a trace together).
 pub(crate) fn entries<'a>(ids: impl Iterator<Item = &'a TraceId>) -> Vec<Entry> {
     let mut out: Vec<Entry> = Vec::new();
     for (row, t) in ids.enumerate() {
@@ -47,7 +49,7 @@ pub(crate) fn entries<'a>(ids: impl Iterator<Item = &'a TraceId>) -> Vec<Entry> 
     out
 }
 
-/// The file's bytes. `entries` are sorted by id and their rows contiguous from row 0, as
+/// The file's bytes. `entries` are in row order, their rows contiguous from row 0, as
 /// [`entries`] makes them.
 pub(crate) fn encode(entries: &[Entry]) -> Vec<u8> {
     let mut idx = Vec::with_capacity(20 + entries.len() * 18);
@@ -98,9 +100,9 @@ pub(crate) fn read(path: &Path) -> Result<Vec<Entry>, StoreError> {
     let count = u32::from_le_bytes([idx[12], idx[13], idx[14], idx[15]]) as usize;
     match version {
         1 => read_v1(&body[16..], count),
-        2 => read_v2(&body[16..], count),
+        2 | 3 => read_v2(&body[16..], count),
         v => Err(format!(
-            "index version {v} is not supported (this build reads 1 and {VERSION})"
+            "index version {v} is not supported (this build reads 1 to {VERSION})"
         )),
     }
     .map_err(corrupt)
@@ -153,6 +155,28 @@ fn read_v2(body: &[u8], count: usize) -> Result<Vec<Entry>, String> {
         return Err(misfit());
     }
     Ok(index)
+}
+
+/// The ordinals of `entries` sorted by trace id, for lookups by id; empty when the
+/// entries already are (every block written before version 3). A trace listed twice is
+/// refused: its rows would be ambiguous.
+pub(crate) fn by_id(entries: &[Entry]) -> Result<Vec<u32>, String> {
+    if entries.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Ok(Vec::new());
+    }
+    let mut order: Vec<u32> = (0..entries.len() as u32).collect();
+    order.sort_unstable_by_key(|&o| entries[o as usize].0);
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| entries[w[0] as usize].0 == entries[w[1] as usize].0)
+    {
+        let t = entries[w[0] as usize].0;
+        return Err(format!(
+            "trace {} is listed twice",
+            faultline_model::hex(&t)
+        ));
+    }
+    Ok(order)
 }
 
 #[cfg(test)]
@@ -248,6 +272,37 @@ mod tests {
         ]
         .concat();
         refused(file(2, 2, &two_big), "2^32");
-        refused(file(3, 0, &[]), "version 3");
+        refused(file(4, 0, &[]), "version 4");
+    }
+
+    /// Entries in row order need not be sorted by id: lookups go through [`by_id`], which
+    /// is empty (no memory) for sorted entries and refuses an id listed twice.
+    #[test]
+    fn ids_out_of_order_are_looked_up_through_a_permutation() {
+        let ids: Vec<TraceId> = vec![[9; 16], [9; 16], [2; 16], [5; 16], [5; 16], [1; 16]];
+        let e = entries(ids.iter());
+        assert_eq!(
+            e,
+            vec![
+                ([9; 16], 0, 2),
+                ([2; 16], 2, 1),
+                ([5; 16], 3, 2),
+                ([1; 16], 5, 1)
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.tidx");
+        std::fs::write(&path, encode(&e)).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back, e, "row order kept");
+        assert_eq!(by_id(&back).unwrap(), vec![3, 1, 2, 0]);
+        let sorted = entries([[1u8; 16], [2; 16], [2; 16]].iter());
+        assert!(by_id(&sorted).unwrap().is_empty());
+        let twice = vec![([7u8; 16], 0, 1), ([3; 16], 1, 1), ([7; 16], 2, 1)];
+        let err = by_id(&twice).unwrap_err();
+        assert!(
+            err.contains(&"07".repeat(16)) && err.contains("twice"),
+            "{err}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Writing a block: spans sorted by trace id and start, encoded into Parquet with the
+//! Writing a block: spans grouped by trace in start order, traces of one shape together
+//! (see [`by_shape`]), encoded into Parquet with the
 //! writer settings below (each one's reason beside it), the trace-id index and the search
 //! postings, all fsynced under temporary names and renamed together.
 
@@ -71,7 +72,7 @@ pub(crate) fn write_block_indexed(
             .then(a.start_ns.cmp(&b.start_ns))
             .then(a.span_id.cmp(&b.span_id))
     });
-    let spans = sorted;
+    let spans = by_shape(sorted);
     std::fs::create_dir_all(dir).map_err(io_err("create block directory", dir))?;
     let entries = tidx::entries(spans.iter().map(|s| &s.trace_id));
     let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
@@ -94,7 +95,7 @@ pub(crate) fn write_block_indexed(
         .max()
         .unwrap_or(0);
     let tmp_pq = dir.join(format!("{id}.parquet.tmp"));
-    // Trace-id index: one entry per trace, in row order (rows are sorted by trace id).
+    // Trace-id index: one entry per trace, in row order.
     // The Parquet file and the search index take about the same time and share nothing
     // but the sorted spans: built side by side, a seal takes about half as long when a
     // core is free (catching up after a burst or a restart).
@@ -153,6 +154,39 @@ pub(crate) fn write_block_indexed(
     ))
 }
 
+/// Whole traces (`spans` sorted by trace id, then start) reordered so that traces of one
+/// shape sit together: by the service and name of their first span, their number of
+/// spans, and a hash of every span's service and name in order; ties keep trace-id order.
+/// Requests of one endpoint make traces of one shape, so neighbouring rows then repeat
+/// their names, services, kinds, attribute keys, values and parent links: on varied
+/// traffic the Parquet file is about a sixth smaller than in trace-id order. Each trace's
+/// spans stay together in start order, which is all that readers rely on (the trace-id
+/// index lists the traces in row order, see `tidx.rs`).
+fn by_shape(spans: Vec<&Span>) -> Vec<&Span> {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let state = foldhash::fast::FixedState::with_seed(11);
+    let traces = tidx::entries(spans.iter().map(|s| &s.trace_id));
+    let mut keyed: Vec<(&str, &str, u32, u64, u32)> = traces
+        .iter()
+        .map(|&(_, first, rows)| {
+            let trace = &spans[first as usize..(first + rows) as usize];
+            let mut h = state.build_hasher();
+            for s in trace {
+                s.service().hash(&mut h);
+                s.name.hash(&mut h);
+            }
+            let head = trace[0];
+            (head.service(), head.name.as_str(), rows, h.finish(), first)
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed
+        .iter()
+        .flat_map(|&(_, _, rows, _, first)| spans[first as usize..(first + rows) as usize].iter())
+        .copied()
+        .collect()
+}
+
 /// Each sorted span's clock shift: 0 unless its trace has a span of a skewed service and
 /// [`crate::skew::shifts`] moves it.
 fn clock_shifts(spans: &[&Span], traces: &[(u32, u32)], estimates: &Estimates) -> Vec<i64> {
@@ -199,9 +233,11 @@ fn write_parquet(
     // its 1 MiB limit and a lookup decompresses all of it (measured: a third of a trace
     // read on varied traffic). Spans without events repeat "[]", which zstd absorbs.
     props = props.set_column_dictionary_enabled(ColumnPath::from("events"), false);
-    // Columns zstd barely shrinks stay uncompressed: a lookup reading them decompresses
-    // nothing. Random span ids, and promoted columns whose values repeat (dictionary
-    // indices, bit-packed).
+    // Random span ids stay uncompressed: zstd cannot shrink them, and a lookup reading
+    // them decompresses nothing. Dictionary indices (service, name, kind, status, promoted
+    // attributes) are compressed: with traces of one shape side by side they repeat in
+    // runs zstd halves (varied traffic: 4.4 to 2.2 bytes per span for these columns
+    // together, a trace lookup 26 µs slower at the store, no change measured over HTTP).
     props = props.set_column_compression(ColumnPath::from("span_id"), Compression::UNCOMPRESSED);
     if !unrepeated.iter().any(|c| c == "duration_nano") {
         // Dictionary indices are bit-packed already; uncompressed, a lookup reads the
@@ -209,13 +245,7 @@ fn write_parquet(
         props = props
             .set_column_compression(ColumnPath::from("duration_nano"), Compression::UNCOMPRESSED);
     }
-    for (key, _) in &promoted {
-        let column = format!("{ATTR_PREFIX}{key}");
-        if !unrepeated.contains(&column) {
-            props =
-                props.set_column_compression(ColumnPath::from(column), Compression::UNCOMPRESSED);
-        }
-    }
+
     let props = props
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).map_err(StoreError::parquet)?,
@@ -252,29 +282,6 @@ fn write_parquet(
                 max_end_ns.to_string(),
             ),
         ]))
-        // Small dictionary-encoded columns stay uncompressed: zstd saves little on them,
-        // and a trace read decompresses every zstd page it touches.
-        .set_column_compression(ColumnPath::from("service"), Compression::UNCOMPRESSED)
-        .set_column_compression(ColumnPath::from("name"), Compression::UNCOMPRESSED)
-        .set_column_compression(ColumnPath::from("kind"), Compression::UNCOMPRESSED)
-        .set_column_compression(ColumnPath::from("status_code"), Compression::UNCOMPRESSED)
-        .set_column_compression(
-            ColumnPath::from("status_message"),
-            Compression::UNCOMPRESSED,
-        )
-        .set_column_compression(ColumnPath::from("scope_name"), Compression::UNCOMPRESSED)
-        .set_column_compression(ColumnPath::from("scope_version"), Compression::UNCOMPRESSED)
-        .set_column_compression(ColumnPath::from("links"), Compression::UNCOMPRESSED)
-        // Almost always 1.0 or a few sampling rates: dictionary indices, nothing to
-        // decompress.
-        .set_column_compression(
-            ColumnPath::from("adjusted_count"),
-            Compression::UNCOMPRESSED,
-        )
-        .set_column_compression(
-            ColumnPath::from("attribute_keys"),
-            Compression::UNCOMPRESSED,
-        )
         .build();
     let file = File::create(tmp).map_err(io_err("create block file", tmp))?;
     let schema = block_schema(&promoted);
@@ -440,7 +447,7 @@ struct Derived {
     parent_delta: Option<i32>,
 }
 
-/// [`Derived`] for spans sorted by trace id, then start.
+/// [`Derived`] for spans grouped by trace, each trace in start order.
 fn derive_rows(spans: &[&Span]) -> Vec<Derived> {
     let mut out = Vec::with_capacity(spans.len());
     let mut a = 0;
@@ -878,7 +885,8 @@ mod tests {
     }
 
     /// Format 7: unrepeated numbers are byte-stream-split (strings are not), every column
-    /// has its offset index and none a column index, and the numbers read back unchanged.
+    /// but `span_id` is compressed, every column has its offset index and none a column
+    /// index, and the numbers read back unchanged.
     #[test]
     #[allow(clippy::unwrap_used)]
     fn unrepeated_numbers_split_and_no_column_index() {
@@ -905,6 +913,14 @@ mod tests {
                 numeric,
                 "{name}: {:?}",
                 chunk.encodings().collect::<Vec<_>>()
+            );
+            // Everything but the random span ids is zstd-compressed, dictionary indices
+            // included (traces of one shape side by side repeat them).
+            assert_eq!(
+                matches!(chunk.compression(), Compression::ZSTD(_)),
+                name != "span_id",
+                "{name}: {:?}",
+                chunk.compression()
             );
             assert!(
                 chunk.column_index_offset().is_none(),
@@ -964,6 +980,53 @@ mod tests {
             ours == want,
             "the store's reader disagrees with the spans written"
         );
+    }
+
+    /// Traces of one shape are written side by side whatever their ids, each trace's spans
+    /// together in start order, and every trace is still found by id, with the ordinal
+    /// the search index uses.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn traces_of_one_shape_sit_together_and_are_found_by_id() {
+        let mut owned = spans(2_400, 2_400);
+        // Three shapes by trace (8 spans each): names differ, ids interleave them.
+        for s in &mut owned {
+            let trace = u64::from_be_bytes(s.trace_id[..8].try_into().unwrap());
+            s.trace_id[..8]
+                .copy_from_slice(&trace.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+            s.name = format!("op-{}", trace % 3);
+        }
+        let (tmp, _, _) = written(&owned);
+        let reader = crate::block::BlockReader::open(tmp.path(), "b").unwrap();
+        let rows = reader.all().unwrap();
+        let mut changes = 0;
+        for w in rows.windows(2) {
+            if w[0].trace_id != w[1].trace_id {
+                changes += usize::from(w[0].name != w[1].name);
+            } else {
+                assert!(
+                    w[0].start_ns <= w[1].start_ns,
+                    "a trace's spans out of start order"
+                );
+            }
+        }
+        assert_eq!(changes, 2, "three shapes, three runs of traces");
+        assert!(
+            rows.windows(2).any(|w| w[0].trace_id > w[1].trace_id),
+            "rows are not in trace-id order, or the test proves nothing"
+        );
+        assert_eq!(reader.traces(), 300);
+        for s in owned.iter().step_by(8) {
+            let ord = reader.ordinal(&s.trace_id).unwrap();
+            assert_eq!(reader.trace_id_at(ord), Some(s.trace_id));
+            let got = reader.trace(&s.trace_id).unwrap();
+            assert_eq!(got.len(), 8);
+            assert!(
+                got.iter()
+                    .all(|g| g.trace_id == s.trace_id && g.name == s.name)
+            );
+        }
+        assert!(reader.trace(&[0xab; 16]).unwrap().is_empty());
     }
 
     /// Start offsets too varied for their small dictionary fall back to byte streams, and
