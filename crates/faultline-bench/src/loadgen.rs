@@ -404,19 +404,7 @@ pub(crate) fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Pr
             })
         })
         .collect();
-    let find = |t: u64| body.windows(8).position(|w| w == t.to_le_bytes());
-    let times = span_times
-        .iter()
-        .filter_map(|&(trace, root, start, end)| {
-            Some(SpanSlot {
-                start_at: find(start)?,
-                end_at: find(end)?,
-                offset: start - root,
-                dur: end - start,
-                trace,
-            })
-        })
-        .collect();
+    let times = span_slots(&body, &span_times);
     Template {
         body,
         spans,
@@ -428,6 +416,23 @@ pub(crate) fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Pr
         times,
         trace_spans,
     }
+}
+
+/// Where each span's times sit in `body`, from (trace, trace start, start, end) per span.
+fn span_slots(body: &[u8], span_times: &[(usize, u64, u64, u64)]) -> Vec<SpanSlot> {
+    let find = |t: u64| body.windows(8).position(|w| w == t.to_le_bytes());
+    span_times
+        .iter()
+        .filter_map(|&(trace, root, start, end)| {
+            Some(SpanSlot {
+                start_at: find(start)?,
+                end_at: find(end)?,
+                offset: start - root,
+                dur: end - start,
+                trace,
+            })
+        })
+        .collect()
 }
 
 /// The offsets of every copy of each placeholder in `body`, in placeholder order.
