@@ -78,8 +78,9 @@
 //!   encodings and statistics only (above), not columns. The key-value metadata holds
 //!   `faultline.block.format` and the block's time range.
 //!
-//! - `BLOCKID.tidx`: the trace-id index: each trace's first row and row count (format
-//!   in `tidx.rs`).
+//! - `BLOCKID.tidx`: the trace-id index: each trace's row count in row order and a
+//!   checksum of the ids, which the reader takes from the `trace_id` column when it opens
+//!   the block (format in `tidx.rs`).
 //!
 //! - `BLOCKID.sidx`: the search index's tag postings (format in `search/postings.rs`).
 //!

@@ -48,17 +48,46 @@ impl Drop for BlockReader {
     }
 }
 
+/// Every row's trace id, from the block's `trace_id` column (the trace-id index keeps
+/// only row counts and a checksum of the ids, see `tidx.rs`).
+fn trace_id_column(file: &File, meta: &ArrowReaderMetadata) -> Result<Vec<TraceId>, String> {
+    let schema = meta.metadata().file_metadata().schema_descr();
+    let mask = parquet::arrow::ProjectionMask::columns(schema, ["trace_id"]);
+    let file = file.try_clone().map_err(|e| e.to_string())?;
+    let batches = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let rows = meta.metadata().file_metadata().num_rows();
+    // The footer's count is a hint, not trusted for the allocation.
+    let mut ids = Vec::with_capacity(usize::try_from(rows).unwrap_or(0).min(1 << 22));
+    for batch in batches {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let column = batch
+            .column_by_name("trace_id")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+            .filter(|c| c.value_length() == 16 && c.null_count() == 0)
+            .ok_or("no trace_id column of 16-byte ids without nulls")?;
+        for i in 0..column.len() {
+            let mut t = [0u8; 16];
+            t.copy_from_slice(column.value(i));
+            ids.push(t);
+        }
+    }
+    Ok(ids)
+}
+
 impl BlockReader {
     /// Opens block `id` in `dir`, checking the index's magic, version and checksum.
     pub fn open(dir: &Path, id: &str) -> Result<Self, StoreError> {
         let path = parquet_path(dir, id);
         let ipath = tidx_path(dir, id);
-        let index = tidx::read(&ipath)?;
+        let stored = tidx::read(&ipath)?;
         let corrupt = |p: &Path, reason: String| StoreError::Corrupt {
             path: p.to_path_buf(),
             reason,
         };
-        let by_id = tidx::by_id(&index).map_err(|e| corrupt(&ipath, e))?;
         let file = File::open(&path).map_err(|source| StoreError::Io {
             op: "open block",
             path: path.clone(),
@@ -78,6 +107,15 @@ impl BlockReader {
         // Every reader (ours and Parquet's own) trusts these ranges: check them once here.
         pages::check_metadata(meta.metadata())
             .map_err(|e| corrupt(&path, format!("unreadable Parquet: {e}")))?;
+        let index = match stored {
+            tidx::Stored::Entries(e) => e,
+            tidx::Stored::Rows { rows, ids_crc } => {
+                let ids = trace_id_column(&file, &meta)
+                    .map_err(|e| corrupt(&path, format!("unreadable trace_id column: {e}")))?;
+                tidx::with_ids(&rows, ids_crc, &ids).map_err(|e| corrupt(&path, e))?
+            }
+        };
+        let by_id = tidx::by_id(&index).map_err(|e| corrupt(&ipath, e))?;
         Ok(Self {
             id: id.to_string(),
             path,

@@ -1,23 +1,26 @@
-//! The trace-id index of a block, `BLOCKID.tidx`: for each trace, in row order, its id
-//! and how many rows it has (a trace's rows are contiguous, so its first row is the sum of
-//! the rows before it, and its position in this list is its ordinal, the number the
-//! search index's postings use). Little endian:
+//! The trace-id index of a block, `BLOCKID.tidx`: for each trace, in row order, how many
+//! rows it has (a trace's rows are contiguous, so its first row is the sum of the rows
+//! before it, and its position in this list is its ordinal, the number the search
+//! index's postings use). The ids themselves are the Parquet file's `trace_id` column,
+//! read when the block is opened ([`with_ids`]); the index keeps a checksum of them, so
+//! a damaged column is refused rather than misread. Little endian:
 //!
 //! ```text
 //! 0   8  magic     b"FLTTIDX1"
-//! 8   4  version   3
-//! 12  4  count     number of entries
-//! 16  16n ids      count trace ids, in row order, each once
-//! ..  ..  rows     count row counts, each LEB128 (7 bits a byte, low first), at least 1;
-//!                  a trace's first row is the sum of those before it
+//! 8   4  version   4
+//! 12  4  count     number of traces
+//! 16  ..  rows     count row counts, each LEB128 (7 bits a byte, low first), at least 1
+//! ..  4  ids_crc   CRC32C of the count trace ids (16 bytes each) in row order
 //! ..  4  crc       CRC32C of everything before it
 //! ```
 //!
-//! Version 2 (still read) is the same layout from the time rows were sorted by trace id;
-//! now the writer groups traces by shape (`writer.rs`), so a reader sorts the ids itself
-//! ([`by_id`]): 4 bytes of memory a trace. Version 1 (still read) stored per entry the
-//! trace id, the first row as u32 and the rows as u32: 24 bytes a trace against about 17
-//! (1.38 against 0.98 bytes per span on varied traffic).
+//! Older versions, still read, held the ids too (16 bytes a trace, 0.9 bytes per span on
+//! varied traffic, a copy of the column): version 3 listed after the header the `count`
+//! ids in row order, then the row counts as above; version 2 is the same layout from the
+//! time rows were sorted by trace id; version 1 stored per entry the id, the first row as
+//! u32 and the rows as u32. Rows are no longer sorted by id (the writer groups traces by
+//! shape, `writer.rs`), so a reader sorts the ids itself ([`by_id`]): 4 bytes of memory a
+//! trace.
 //!
 //! It is written to `BLOCKID.tidx.tmp` and fsynced; the writer renames it with the block.
 
@@ -30,7 +33,7 @@ use faultline_model::span::TraceId;
 use crate::error::StoreError;
 
 const MAGIC: &[u8; 8] = b"FLTTIDX1";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// A version 1 entry's bytes.
 const ENTRY_V1: usize = 24;
 
@@ -52,19 +55,57 @@ pub(crate) fn entries<'a>(ids: impl Iterator<Item = &'a TraceId>) -> Vec<Entry> 
 /// The file's bytes. `entries` are in row order, their rows contiguous from row 0, as
 /// [`entries`] makes them.
 pub(crate) fn encode(entries: &[Entry]) -> Vec<u8> {
-    let mut idx = Vec::with_capacity(20 + entries.len() * 18);
+    let mut idx = Vec::with_capacity(24 + entries.len() * 2);
     idx.extend_from_slice(MAGIC);
     idx.extend_from_slice(&VERSION.to_le_bytes());
     idx.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (t, _, _) in entries {
-        idx.extend_from_slice(t);
-    }
     for (_, _, rows) in entries {
         crate::varint::put(u64::from(*rows), &mut idx);
     }
+    idx.extend_from_slice(&ids_crc(entries.iter().map(|e| &e.0)).to_le_bytes());
     let crc = crc32c::crc32c(&idx);
     idx.extend_from_slice(&crc.to_le_bytes());
     idx
+}
+
+/// CRC32C of trace ids, in the order given.
+fn ids_crc<'a>(ids: impl Iterator<Item = &'a TraceId>) -> u32 {
+    ids.fold(0, |crc, id| crc32c::crc32c_append(crc, id))
+}
+
+/// What an index file holds.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Stored {
+    /// Versions 1 to 3: the entries, ids included.
+    Entries(Vec<Entry>),
+    /// Version 4: each trace's row count, and the checksum of the ids that the block's
+    /// `trace_id` column must give ([`with_ids`]).
+    Rows { rows: Vec<u32>, ids_crc: u32 },
+}
+
+/// The entries of a version 4 index: its row counts with the ids of the block's
+/// `trace_id` column (`column`, one id per row). Refused, naming what disagrees, when the
+/// column's runs of ids are not the index's traces or its ids not the ones indexed.
+pub(crate) fn with_ids(rows: &[u32], crc: u32, column: &[TraceId]) -> Result<Vec<Entry>, String> {
+    let total: u64 = rows.iter().map(|&n| u64::from(n)).sum();
+    if total != column.len() as u64 {
+        return Err(format!(
+            "the trace-id index counts {total} rows, the block's trace_id column has {}",
+            column.len()
+        ));
+    }
+    let e = entries(column.iter());
+    if e.len() != rows.len() || e.iter().zip(rows).any(|(e, &n)| e.2 != n) {
+        return Err(format!(
+            "the block's trace_id column groups its rows into {} traces unlike the {} of the trace-id index",
+            e.len(),
+            rows.len()
+        ));
+    }
+    if ids_crc(e.iter().map(|e| &e.0)) != crc {
+        return Err("the block's trace_id column does not hold the ids indexed (checksum)".into());
+    }
+    Ok(e)
 }
 
 /// Writes `bytes` to `tmp` and fsyncs it. Blocking.
@@ -79,7 +120,7 @@ pub(crate) fn write_tmp(tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Reads and checks the index at `path` (magic, version, checksum, size).
-pub(crate) fn read(path: &Path) -> Result<Vec<Entry>, StoreError> {
+pub(crate) fn read(path: &Path) -> Result<Stored, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -99,8 +140,9 @@ pub(crate) fn read(path: &Path) -> Result<Vec<Entry>, StoreError> {
     let version = u32::from_le_bytes([idx[8], idx[9], idx[10], idx[11]]);
     let count = u32::from_le_bytes([idx[12], idx[13], idx[14], idx[15]]) as usize;
     match version {
-        1 => read_v1(&body[16..], count),
-        2 | 3 => read_v2(&body[16..], count),
+        1 => read_v1(&body[16..], count).map(Stored::Entries),
+        2 | 3 => read_v2(&body[16..], count).map(Stored::Entries),
+        4 => read_v4(&body[16..], count),
         v => Err(format!(
             "index version {v} is not supported (this build reads 1 to {VERSION})"
         )),
@@ -134,27 +176,56 @@ fn read_v2(body: &[u8], count: usize) -> Result<Vec<Entry>, String> {
         .checked_mul(16)
         .filter(|&n| n <= body.len())
         .ok_or_else(misfit)?;
-    let (ids, mut rows) = body.split_at(ids_len);
+    let (ids, rest) = body.split_at(ids_len);
+    let (rows, rest) = take_rows(rest, count).map_err(|e| e.unwrap_or_else(misfit))?;
+    if !rest.is_empty() {
+        return Err(misfit());
+    }
     let mut index = Vec::with_capacity(count);
     let mut first = 0u32;
-    for id in ids.chunks_exact(16) {
-        // A varint cut short (or past 64 bits) means the counts do not fit the file.
-        let n = crate::varint::take(&mut rows).map_err(|_| misfit())?;
-        let n = u32::try_from(n).map_err(|_| "a trace's row count does not fit 32 bits")?;
-        if n == 0 {
-            return Err("a trace with no rows".into());
-        }
+    for (id, n) in ids.chunks_exact(16).zip(rows) {
         let mut t = [0u8; 16];
         t.copy_from_slice(id);
         index.push((t, first, n));
-        first = first
-            .checked_add(n)
-            .ok_or("the rows of the traces pass 2^32")?;
-    }
-    if !rows.is_empty() {
-        return Err(misfit());
+        first = first.wrapping_add(n);
     }
     Ok(index)
+}
+
+fn read_v4(body: &[u8], count: usize) -> Result<Stored, String> {
+    let misfit = || format!("{count} traces do not fit {} bytes", body.len() + 16);
+    let (rows, rest) = take_rows(body, count).map_err(|e| e.unwrap_or_else(misfit))?;
+    let ids_crc: [u8; 4] = rest.try_into().map_err(|_| misfit())?;
+    Ok(Stored::Rows {
+        rows,
+        ids_crc: u32::from_le_bytes(ids_crc),
+    })
+}
+
+/// `count` row counts from the front of `body`, and what follows them. `Err(None)`: the
+/// counts do not fit the body; `Err(Some(reason))`: a count is impossible.
+fn take_rows(mut body: &[u8], count: usize) -> Result<(Vec<u32>, &[u8]), Option<String>> {
+    // Every count takes at least a byte: a count past the body is refused before
+    // anything is allocated for it.
+    if count > body.len() {
+        return Err(None);
+    }
+    let mut rows = Vec::with_capacity(count);
+    let mut total = 0u32;
+    for _ in 0..count {
+        // A varint cut short (or past 64 bits) means the counts do not fit the file.
+        let n = crate::varint::take(&mut body).map_err(|_| None)?;
+        let n = u32::try_from(n)
+            .map_err(|_| Some("a trace's row count does not fit 32 bits".into()))?;
+        if n == 0 {
+            return Err(Some("a trace with no rows".into()));
+        }
+        total = total
+            .checked_add(n)
+            .ok_or(Some("the rows of the traces pass 2^32".to_string()))?;
+        rows.push(n);
+    }
+    Ok((rows, body))
 }
 
 /// The ordinals of `entries` sorted by trace id, for lookups by id; empty when the
@@ -184,6 +255,14 @@ pub(crate) fn by_id(entries: &[Entry]) -> Result<Vec<u32>, String> {
 mod tests {
     use super::*;
 
+    /// The entries of a version 4 index at `path`, with the ids of `column`.
+    fn read_with(path: &Path, column: &[TraceId]) -> Result<Vec<Entry>, String> {
+        match read(path).map_err(|e| e.to_string())? {
+            Stored::Rows { rows, ids_crc } => with_ids(&rows, ids_crc, column),
+            Stored::Entries(e) => Err(format!("an index of version 4 read as {e:?}")),
+        }
+    }
+
     #[test]
     fn round_trip_and_damage_is_named() {
         let ids: Vec<TraceId> = vec![[1; 16], [1; 16], [2; 16], [3; 16], [3; 16], [3; 16]];
@@ -192,8 +271,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.tidx");
         let bytes = encode(&e);
+        assert_eq!(bytes.len(), 16 + 3 + 4 + 4, "no ids in the file");
         write_tmp(&path, &bytes).unwrap();
-        assert_eq!(read(&path).unwrap(), e);
+        assert_eq!(read_with(&path, &ids).unwrap(), e);
         let damage = |at: usize, why: &str| {
             let mut b = bytes.clone();
             b[at] ^= 0x40;
@@ -202,9 +282,34 @@ mod tests {
             assert!(err.contains(why), "byte {at}: {err}");
         };
         damage(0, "bad magic");
-        damage(30, "checksum");
-        std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
+        damage(17, "checksum");
+        damage(20, "checksum");
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
         assert!(read(&path).unwrap_err().to_string().contains("checksum"));
+    }
+
+    /// A `trace_id` column that disagrees with the index (other ids, traces merged or
+    /// split, rows missing) is refused by name.
+    #[test]
+    fn a_column_unlike_the_index_is_refused() {
+        let ids: Vec<TraceId> = vec![[1; 16], [1; 16], [2; 16], [3; 16], [3; 16], [3; 16]];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.tidx");
+        std::fs::write(&path, encode(&entries(ids.iter()))).unwrap();
+        let refused = |column: Vec<TraceId>, why: &str| {
+            let err = read_with(&path, &column).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+        };
+        let mut other = ids.clone();
+        other[2] = [4; 16];
+        refused(other, "checksum");
+        let mut merged = ids.clone();
+        merged[2] = [1; 16];
+        refused(merged, "groups its rows into 2 traces unlike the 3");
+        let mut split = ids.clone();
+        split[1] = [9; 16];
+        refused(split, "into 4 traces");
+        refused(ids[..5].to_vec(), "counts 6 rows");
     }
 
     /// Checksummed bytes of an index with `version` and `count` over `body`.
@@ -219,9 +324,10 @@ mod tests {
     }
 
     /// Row counts of one to three varint bytes round-trip with first rows as running sums;
-    /// version 1 files still read; lying bodies are refused by name, not misread.
+    /// versions 1 to 3 (ids in the file) still read; lying bodies are refused by name, not
+    /// misread.
     #[test]
-    fn row_counts_as_varints_and_version_1() {
+    fn row_counts_as_varints_and_older_versions() {
         let mut ids: Vec<TraceId> = Vec::new();
         for (i, n) in [1u32, 127, 128, 300, 20_000, 5].into_iter().enumerate() {
             ids.extend(std::iter::repeat_n([i as u8 + 1; 16], n as usize));
@@ -230,10 +336,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.tidx");
         let bytes = encode(&e);
-        assert_eq!(bytes.len(), 20 + 6 * 16 + (1 + 1 + 2 + 2 + 3 + 1));
+        assert_eq!(bytes.len(), 16 + (1 + 1 + 2 + 2 + 3 + 1) + 4 + 4);
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read(&path).unwrap(), e);
+        assert_eq!(read_with(&path, &ids).unwrap(), e);
         assert_eq!(e[4], ([5; 16], 1 + 127 + 128 + 300, 20_000));
+        // Versions 2 and 3: the ids, then the counts.
+        let mut v3 = Vec::new();
+        for (t, _, _) in &e {
+            v3.extend_from_slice(t);
+        }
+        for (_, _, rows) in &e {
+            crate::varint::put(u64::from(*rows), &mut v3);
+        }
+        for version in [2, 3] {
+            std::fs::write(&path, file(version, e.len() as u32, &v3)).unwrap();
+            assert_eq!(read(&path).unwrap(), Stored::Entries(e.clone()));
+        }
         // Version 1: id, first row, rows per entry.
         let mut v1 = Vec::new();
         for (t, first, rows) in &e {
@@ -242,7 +360,7 @@ mod tests {
             v1.extend_from_slice(&rows.to_le_bytes());
         }
         std::fs::write(&path, file(1, e.len() as u32, &v1)).unwrap();
-        assert_eq!(read(&path).unwrap(), e);
+        assert_eq!(read(&path).unwrap(), Stored::Entries(e.clone()));
         let refused = |bytes: Vec<u8>, why: &str| {
             std::fs::write(&path, bytes).unwrap();
             let err = read(&path).unwrap_err().to_string();
@@ -250,29 +368,45 @@ mod tests {
         };
         refused(file(1, 2, &v1), "do not fit");
         refused(
-            file(2, 1, &[[1u8; 16].as_slice(), &[0]].concat()),
+            file(3, 1, &[[1u8; 16].as_slice(), &[0]].concat()),
             "no rows",
         );
         refused(
-            file(2, 1, &[[1u8; 16].as_slice(), &[0x80]].concat()),
+            file(3, 1, &[[1u8; 16].as_slice(), &[0x80]].concat()),
             "do not fit",
         );
         refused(
-            file(2, 1, &[[1u8; 16].as_slice(), &[1, 1]].concat()),
+            file(3, 1, &[[1u8; 16].as_slice(), &[1, 1]].concat()),
             "do not fit",
         );
-        refused(file(2, 2, &[1u8; 17]), "do not fit");
-        refused(file(2, u32::MAX, &[1u8; 17]), "do not fit");
+        refused(file(3, 2, &[1u8; 17]), "do not fit");
+        refused(file(3, u32::MAX, &[1u8; 17]), "do not fit");
         let big = [[1u8; 16].as_slice(), &[0xff, 0xff, 0xff, 0xff, 0x1f]].concat();
-        refused(file(2, 1, &big), "32 bits");
+        refused(file(3, 1, &big), "32 bits");
         let two_big = [
             [1u8; 32].as_slice(),
             &[0xff, 0xff, 0xff, 0xff, 0x0f],
             &[0xff, 0xff, 0xff, 0xff, 0x0f],
         ]
         .concat();
-        refused(file(2, 2, &two_big), "2^32");
-        refused(file(4, 0, &[]), "version 4");
+        refused(file(3, 2, &two_big), "2^32");
+        // Version 4: counts, then the ids' checksum, nothing else.
+        refused(file(4, 1, &[5, 0, 0, 0]), "do not fit");
+        refused(file(4, 1, &[5, 0, 0, 0, 0, 0]), "do not fit");
+        refused(file(4, u32::MAX, &[5, 0, 0, 0, 0]), "do not fit");
+        refused(file(4, 1, &[0, 0, 0, 0, 0]), "no rows");
+        assert_eq!(
+            read(&{
+                std::fs::write(&path, file(4, 1, &[5, 1, 2, 3, 4])).unwrap();
+                path.clone()
+            })
+            .unwrap(),
+            Stored::Rows {
+                rows: vec![5],
+                ids_crc: 0x0403_0201
+            }
+        );
+        refused(file(5, 0, &[]), "version 5");
     }
 
     /// Entries in row order need not be sorted by id: lookups go through [`by_id`], which
@@ -293,7 +427,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.tidx");
         std::fs::write(&path, encode(&e)).unwrap();
-        let back = read(&path).unwrap();
+        let back = read_with(&path, &ids).unwrap();
         assert_eq!(back, e, "row order kept");
         assert_eq!(by_id(&back).unwrap(), vec![3, 1, 2, 0]);
         let sorted = entries([[1u8; 16], [2; 16], [2; 16]].iter());

@@ -1027,6 +1027,24 @@ mod tests {
             );
         }
         assert!(reader.trace(&[0xab; 16]).unwrap().is_empty());
+        // The index holds no ids, only their checksum: another block's index (same shape,
+        // other ids) over this block's Parquet file is refused by name, not misread.
+        for s in &mut owned {
+            s.trace_id[15] ^= 1;
+        }
+        crate::block::write_block(tmp.path(), "c", &owned).unwrap();
+        std::fs::copy(
+            crate::block::tidx_path(tmp.path(), "c"),
+            crate::block::tidx_path(tmp.path(), "b"),
+        )
+        .unwrap();
+        let err = crate::block::BlockReader::open(tmp.path(), "b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("trace_id column") && err.contains("b.parquet"),
+            "{err}"
+        );
     }
 
     /// Start offsets too varied for their small dictionary fall back to byte streams, and
