@@ -419,14 +419,33 @@ pub(crate) fn make_template(rng: &mut SmallRng, target_spans: usize, profile: Pr
 }
 
 /// Where each span's times sit in `body`, from (trace, trace start, start, end) per span.
+/// A time is found behind its field's tag (a span's start is field 7, its end field 8,
+/// both fixed64), and each place serves one span: two spans starting at the same
+/// nanosecond get one place each (searching by value alone gave both the first, and the
+/// second span's end then moved while its start did not, ending some spans before they
+/// began).
 fn span_slots(body: &[u8], span_times: &[(usize, u64, u64, u64)]) -> Vec<SpanSlot> {
-    let find = |t: u64| body.windows(8).position(|w| w == t.to_le_bytes());
+    const START_TAG: u8 = 7 << 3 | 1;
+    const END_TAG: u8 = 8 << 3 | 1;
+    let mut places: std::collections::HashMap<(u8, u64), std::collections::VecDeque<usize>> =
+        Default::default();
+    for (p, w) in body.windows(9).enumerate() {
+        if w[0] == START_TAG || w[0] == END_TAG {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&w[1..]);
+            places
+                .entry((w[0], u64::from_le_bytes(v)))
+                .or_default()
+                .push_back(p + 1);
+        }
+    }
+    let mut take = |tag: u8, t: u64| places.get_mut(&(tag, t))?.pop_front();
     span_times
         .iter()
         .filter_map(|&(trace, root, start, end)| {
             Some(SpanSlot {
-                start_at: find(start)?,
-                end_at: find(end)?,
+                start_at: take(START_TAG, start)?,
+                end_at: take(END_TAG, end)?,
                 offset: start - root,
                 dur: end - start,
                 trace,
@@ -1277,6 +1296,52 @@ mod tests {
         }
     }
 
+    /// Two spans starting at the same nanosecond each get their own start place, and a
+    /// time that only appears elsewhere (an event's) is not taken for a span's.
+    #[test]
+    fn span_times_are_found_behind_their_own_fields() {
+        let span = |id: u8, start: u64, end: u64| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![id; 8],
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            events: vec![Event {
+                time_unix_nano: 7_000 + u64::from(id),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![
+                        span(1, 5_000, 9_000),
+                        span(2, 5_000, 6_000),
+                        span(3, 7_001, 8_000),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let body = req.encode_to_vec();
+        let times = [
+            (0, 5_000, 5_000, 9_000),
+            (0, 5_000, 5_000, 6_000),
+            (0, 5_000, 7_001, 8_000),
+        ];
+        let slots = span_slots(&body, &times);
+        assert_eq!(slots.len(), 3);
+        let read = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().unwrap());
+        assert_ne!(slots[0].start_at, slots[1].start_at, "one place each");
+        for (slot, &(_, _, start, end)) in slots.iter().zip(&times) {
+            assert_eq!((read(slot.start_at), read(slot.end_at)), (start, end));
+            assert_eq!(body[slot.start_at - 1], 7 << 3 | 1, "a start field");
+        }
+        // 7,001 is span 1's event time, earlier in the body than span 3's start.
+        assert!(slots[2].start_at > slots[1].end_at);
+    }
+
     #[test]
     fn the_varied_profile_sends_fresh_values_and_durations_every_time() {
         let mut rng = SmallRng::seed_from_u64(11);
@@ -1397,6 +1462,10 @@ mod tests {
                     "a child starts before its parent"
                 );
             }
+        }
+        // Every stamped span is valid: it ends after it starts.
+        for sp in sa.iter().chain(&sb) {
+            assert!(sp.end_time_unix_nano >= sp.start_time_unix_nano);
         }
         // 12 services, 4 regions, a few percent of failing spans.
         let r = ExportTraceServiceRequest::decode(&a[..]).unwrap();
