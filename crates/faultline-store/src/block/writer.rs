@@ -159,7 +159,8 @@ pub(crate) fn write_block_indexed(
 /// spans, and a hash of every span's service and name in order; ties keep trace-id order.
 /// Requests of one endpoint make traces of one shape, so neighbouring rows then repeat
 /// their names, services, kinds, attribute keys, values and parent links: on varied
-/// traffic the Parquet file is about a sixth smaller than in trace-id order. Each trace's
+/// traffic the Parquet file is 9% smaller than in trace-id order, 17% with the dictionary
+/// indices compressed (see [`write_parquet`]). Each trace's
 /// spans stay together in start order, which is all that readers rely on (the trace-id
 /// index lists the traces in row order, see `tidx.rs`).
 fn by_shape(spans: Vec<&Span>) -> Vec<&Span> {
@@ -237,7 +238,8 @@ fn write_parquet(
     // them decompresses nothing. Dictionary indices (service, name, kind, status, promoted
     // attributes) are compressed: with traces of one shape side by side they repeat in
     // runs zstd halves (varied traffic: 4.4 to 2.2 bytes per span for these columns
-    // together, a trace lookup 26 µs slower at the store, no change measured over HTTP).
+    // together; a trace lookup 26 µs slower at the store, 3% fewer lookups a second over
+    // HTTP in alternated runs, sealing about 5% slower).
     props = props.set_column_compression(ColumnPath::from("span_id"), Compression::UNCOMPRESSED);
     if !unrepeated.iter().any(|c| c == "duration_nano") {
         // Dictionary indices are bit-packed already; uncompressed, a lookup reads the
