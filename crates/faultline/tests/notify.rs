@@ -183,9 +183,6 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     // Slow answers (kills land mid-request) and the first three refused (retries).
     let delay = DELAY_MS.to_string();
     let (_r, http, smtp) = receivers(&received, &["--delay-ms", &delay, "--fail-first", "3"]);
-    let seed = common::now_ns();
-    eprintln!("seed {seed}");
-    let mut rng = Rng(seed);
     let targets = Targets::new(10);
     let cfg = tmp.path().join("faultline.toml");
     std::fs::write(&cfg, config(&targets, http, smtp)).unwrap();
@@ -193,6 +190,9 @@ fn every_transition_reaches_every_receiver_once_through_ten_sigkills() {
     let args = ["--config", cfg.to_str().unwrap()];
     let started_ms = common::now_ns() / 1_000_000;
     let mut server = Server::start(&data, &args);
+    let seed = common::now_ns();
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
     let mut up = [true; 10];
     // First the whole fleet fails together (one grouped message), then random subsets
     // (at least one target each time, so there is always something to deliver).
