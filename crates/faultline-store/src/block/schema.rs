@@ -83,20 +83,41 @@ pub const MAX_PROMOTED: usize = 32;
 /// The attribute keys of `spans` that get their own column: those on at least 1% of the
 /// spans with one scalar type throughout, the most frequent [`MAX_PROMOTED`], by name.
 pub(crate) fn choose_promoted(spans: &[&Span]) -> Vec<(String, Promo)> {
-    let mut seen: FastMap<&str, (usize, Option<Promo>)> = FastMap::default();
+    // Keys are numbered through a map, but a span mostly repeats the keys of the span
+    // before it in the same order (a block's spans are sorted by trace, its traces by
+    // shape): each key is compared with the key at its place in the previous span first
+    // and looked up only when they differ. The map lookup per attribute was a sixth of
+    // the sealer's time.
+    let mut number: FastMap<&str, usize> = FastMap::default();
+    let mut stats: Vec<(&str, usize, Option<Promo>)> = Vec::new();
+    let mut last: Vec<(&str, usize)> = Vec::new();
     for s in spans {
-        for (k, v) in &s.attributes {
-            let e = seen.entry(k.as_str()).or_insert((0, Promo::of(v)));
-            e.0 += 1;
-            if e.1 != Promo::of(v) {
-                e.1 = None;
+        for (i, (k, v)) in s.attributes.iter().enumerate() {
+            let n = match last.get(i) {
+                Some(&(lk, n)) if lk == k.as_str() => n,
+                _ => {
+                    let n = *number.entry(k.as_str()).or_insert_with(|| {
+                        stats.push((k.as_str(), 0, Promo::of(v)));
+                        stats.len() - 1
+                    });
+                    match last.get_mut(i) {
+                        Some(l) => *l = (k.as_str(), n),
+                        None => last.push((k.as_str(), n)),
+                    }
+                    n
+                }
+            };
+            let e = &mut stats[n];
+            e.1 += 1;
+            if e.2 != Promo::of(v) {
+                e.2 = None;
             }
         }
     }
     let least = spans.len().div_ceil(100).max(1);
-    let mut keys: Vec<(&str, usize, Promo)> = seen
+    let mut keys: Vec<(&str, usize, Promo)> = stats
         .into_iter()
-        .filter_map(|(k, (n, p))| Some((k, n, p?)))
+        .filter_map(|(k, n, p)| Some((k, n, p?)))
         .filter(|&(_, n, _)| n >= least)
         .collect();
     keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));

@@ -564,6 +564,8 @@ struct Promoted<'a> {
     keys: StringBuilder,
     keys_buf: String,
     last_keys: Vec<&'a str>,
+    /// The column of each of `last_keys`, if promoted.
+    last_columns: Vec<Option<usize>>,
     columns: Vec<PromoBuilder>,
     column_of: FastMap<&'a str, usize>,
     filled: Vec<bool>,
@@ -599,6 +601,7 @@ impl<'a> Columns<'a> {
                 keys: strings(if promoted.is_empty() { 0 } else { 96 }),
                 keys_buf: String::from("[]"),
                 last_keys: Vec::new(),
+                last_columns: Vec::new(),
                 columns: promoted
                     .iter()
                     .map(|(_, p)| PromoBuilder::new(*p, n))
@@ -742,7 +745,8 @@ impl<'a> Promoted<'a> {
     fn push(&mut self, s: &'a Span, buf: &mut String) {
         self.filled.iter_mut().for_each(|f| *f = false);
         self.residual.clear();
-        // Most spans repeat the previous span's keys: write the list only when not.
+        // Most spans repeat the previous span's keys: write the list and look the keys'
+        // columns up only when not.
         let same_keys = self.last_keys.len() == s.attributes.len()
             && self
                 .last_keys
@@ -753,6 +757,12 @@ impl<'a> Promoted<'a> {
             self.last_keys.clear();
             self.last_keys
                 .extend(s.attributes.iter().map(|(k, _)| k.as_str()));
+            self.last_columns.clear();
+            self.last_columns.extend(
+                s.attributes
+                    .iter()
+                    .map(|(k, _)| self.column_of.get(k.as_str()).copied()),
+            );
             self.keys_buf.clear();
             self.keys_buf.push('[');
             for (i, (k, _)) in s.attributes.iter().enumerate() {
@@ -763,9 +773,9 @@ impl<'a> Promoted<'a> {
             }
             self.keys_buf.push(']');
         }
-        for (k, v) in &s.attributes {
-            match self.column_of.get(k.as_str()) {
-                Some(&c) if !self.filled[c] && self.columns[c].append(v) => self.filled[c] = true,
+        for ((k, v), column) in s.attributes.iter().zip(&self.last_columns) {
+            match *column {
+                Some(c) if !self.filled[c] && self.columns[c].append(v) => self.filled[c] = true,
                 _ => self.residual.push((k.as_str(), v)),
             }
         }
