@@ -162,6 +162,36 @@ impl DeadLetter {
     }
 }
 
+/// What `faultline dlq list` prints for the dead letters of `data_dir`: for standard
+/// output one line per letter (its [`DeadLetter::summary_json`] with `json`, else a
+/// sentence) and, without `json`, their count; for standard error one line per
+/// unreadable file.
+pub fn list_lines(data_dir: &Path, json: bool) -> (Vec<String>, Vec<String>) {
+    let (letters, bad) = read_all(&dir(data_dir));
+    let mut out: Vec<String> = letters
+        .iter()
+        .map(|(path, d)| match json {
+            true => d.summary_json(path).to_string(),
+            false => format!(
+                "seq {} · {} attempts · {} payload bytes · {}",
+                d.seq,
+                d.attempts,
+                d.payload.len(),
+                d.reason
+            ),
+        })
+        .collect();
+    if !json {
+        let n = letters.len();
+        out.push(format!("{n} dead letters in {}", dir(data_dir).display()));
+    }
+    let errors = bad
+        .iter()
+        .map(|(path, why)| format!("unreadable dead letter {}: {why}", path.display()))
+        .collect();
+    (out, errors)
+}
+
 /// Every dead letter in `dir`, by sequence number, with unreadable files reported apart.
 pub fn read_all(dir: &Path) -> (Letters, Unreadable) {
     let mut ok = Vec::new();
@@ -262,6 +292,31 @@ mod tests {
         assert_eq!((ok.len(), bad.len()), (0, 1));
         assert!(bad[0].1.contains("checksum"));
         assert_eq!(count(tmp.path()), 1);
+    }
+
+    #[test]
+    fn the_list_names_each_letter_and_each_unreadable_file() {
+        let data = tempfile::tempdir().unwrap();
+        let d = DeadLetter {
+            seq: 9,
+            time_ns: 7,
+            attempts: 5,
+            reason: "no spans".into(),
+            payload: vec![0; 12],
+        };
+        d.write(&dir(data.path())).unwrap();
+        std::fs::write(dir(data.path()).join("10.dead"), b"garbage").unwrap();
+        let (out, err) = list_lines(data.path(), false);
+        assert_eq!(out[0], "seq 9 · 5 attempts · 12 payload bytes · no spans");
+        assert!(out[1].starts_with("1 dead letters in "), "{out:?}");
+        assert_eq!(err.len(), 1);
+        assert!(err[0].contains("10.dead"), "{err:?}");
+        let (out, _) = list_lines(data.path(), true);
+        let v: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+        assert_eq!(
+            (out.len(), &v["seq"], &v["attempts"]),
+            (1, &9.into(), &5.into())
+        );
     }
 
     /// Re-checksums a body so that the structural check, not the CRC, must catch it.

@@ -7,38 +7,16 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use faultline_pipeline::dlq::{dir, read_all};
+use faultline_pipeline::dlq::dir;
 
-/// `faultline dlq list DATA_DIR [--json]`.
+/// `faultline dlq list DATA_DIR [--json]`; exits 1 when a dead letter is unreadable.
 pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let (letters, bad) = read_all(&dir(data_dir));
-    for (path, d) in &letters {
-        if json {
-            println!("{}", d.summary_json(path));
-        } else {
-            println!(
-                "seq {} · {} attempts · {} payload bytes · {}",
-                d.seq,
-                d.attempts,
-                d.payload.len(),
-                d.reason
-            );
-        }
-    }
-    for (path, reason) in &bad {
-        eprintln!("unreadable dead letter {}: {reason}", path.display());
-    }
-    if !json {
-        println!(
-            "{} dead letters in {}",
-            letters.len(),
-            dir(data_dir).display()
-        );
-    }
-    Ok(if bad.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    let (lines, errors) = faultline_pipeline::dlq::list_lines(data_dir, json);
+    lines.iter().for_each(|l| println!("{l}"));
+    errors.iter().for_each(|l| eprintln!("{l}"));
+    Ok(match errors.is_empty() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(1),
     })
 }
 

@@ -2,6 +2,7 @@
 //! work; this crate connects them (`serve`, `proxy`, `experiment`) and hosts the operator
 //! tools (`wal`, `dlq`, `query`, `report`, `token`); benchmarks are the `faultline-bench` binary.
 
+mod alloc;
 mod config;
 mod dlq;
 mod proxycmd;
@@ -12,11 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// mimalloc instead of glibc's allocator: a profile of the store pipeline at 200k spans/s
-/// spent about 30% of its samples in glibc malloc and free (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// faultline: a trace backend that never loses what it acknowledged.
 #[derive(Debug, Parser)]
@@ -136,6 +132,7 @@ fn client(r: Result<u8, faultline_client::ClientError>) -> anyhow::Result<ExitCo
 }
 
 fn main() -> ExitCode {
+    alloc::configure();
     // Every reqwest client made without a TLS configuration takes the default provider.
     faultline_tls::client::install_default_provider();
     let cli = Cli::parse();

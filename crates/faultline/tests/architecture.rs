@@ -254,6 +254,32 @@ fn the_binary_is_cli_configuration_and_wiring() {
     );
 }
 
+/// `unsafe` is denied in every crate (workspace lints); the allocator's option setter in
+/// the binary is the one place that may allow it, with its reason beside it.
+#[test]
+fn unsafe_code_is_allowed_in_one_place_only() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    let allow = concat!("allow(", "unsafe_code)");
+    let allowing: Vec<String> = files
+        .iter()
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains(allow))
+        .map(|f| {
+            f.strip_prefix(root())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(allowing, ["crates/faultline/src/alloc.rs"]);
+    let text = std::fs::read_to_string(root().join("crates/faultline/src/alloc.rs")).unwrap();
+    assert_eq!(
+        text.matches("unsafe {").count(),
+        text.matches("// SAFETY:").count(),
+        "every unsafe block in alloc.rs says why it is sound"
+    );
+}
+
 #[test]
 fn no_function_is_longer_than_150_lines() {
     let mut files = Vec::new();
