@@ -201,6 +201,19 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan<'_> {
     }
 }
 
+/// The framed length (header and payload) of the record whose header starts `bytes`, when
+/// the header's magic, version and length are plausible: how much to read to have it all.
+pub fn record_framed_len(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < RECORD_HEADER_LEN
+        || u16::from_le_bytes([bytes[0], bytes[1]]) != RECORD_MAGIC
+        || bytes[2] != RECORD_VERSION
+    {
+        return None;
+    }
+    let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    (len <= MAX_PAYLOAD).then(|| framed_len(len))
+}
+
 /// Decodes the record at byte `pos` of a segment, which must carry `expected_seq`.
 pub fn decode_record_at(
     bytes: &[u8],

@@ -28,6 +28,7 @@ struct State {
     fail_next_sync: bool,
     no_space: bool,
     syncs: u64,
+    bytes_read: u64,
 }
 
 /// The simulated file system. Clones share state.
@@ -97,6 +98,11 @@ impl SimFs {
     /// How many file fsyncs succeeded.
     pub fn syncs(&self) -> u64 {
         lock(&self.state).syncs
+    }
+
+    /// Bytes returned by reads so far.
+    pub fn bytes_read(&self) -> u64 {
+        lock(&self.state).bytes_read
     }
 }
 
@@ -183,12 +189,14 @@ impl Vfs for SimFs {
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
         let ino = st.ns.get(path).ok_or_else(|| not_found(path))?;
         let data = st.inodes.get(ino).map(|i| i.data.as_slice()).unwrap_or(&[]);
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(len).min(data.len());
-        Ok(data[start..end].to_vec())
+        let out = data[start..end].to_vec();
+        st.bytes_read += out.len() as u64;
+        Ok(out)
     }
 
     fn len(&self, path: &Path) -> io::Result<u64> {

@@ -587,6 +587,55 @@ fn tailer_returns_every_committed_record_once_across_rolls_and_truncation() {
     assert_eq!(got.last(), Some(&140));
 }
 
+/// Regression: a poll whose budget ran out in front of a record larger than what was left
+/// of it read the whole rest of the segment to get that one record.
+#[test]
+fn a_record_larger_than_the_budget_left_is_read_alone() {
+    let fs = Arc::new(SimFs::default());
+    let opts = WalOptions {
+        segment_bytes: 64 << 20,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open_with(
+        fs.clone(),
+        Path::new("/wal"),
+        opts,
+        Arc::new(crate::NoopObserver),
+    )
+    .unwrap();
+    // 400 records of 10 to 30 KB: about 8 MB in one segment.
+    let sizes: Vec<usize> = (0..400).map(|i| 10_000 + (i * 7_919) % 20_000).collect();
+    for (i, n) in sizes.iter().enumerate() {
+        wal.append_blocking(vec![i as u8; *n]).unwrap();
+    }
+    let mut tail = wal.tail(1);
+    let budget = 100_000;
+    let mut seen = 0usize;
+    let mut polls = 0u64;
+    let before = fs.bytes_read();
+    loop {
+        let got = tail.poll(budget).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for r in &got {
+            assert_eq!(r.payload.len(), sizes[seen], "record {}", r.seq);
+            seen += 1;
+        }
+        polls += 1;
+    }
+    assert_eq!(seen, sizes.len(), "every record once");
+    let total: u64 = sizes.iter().map(|&n| crate::format::framed_len(n)).sum();
+    let read = fs.bytes_read() - before;
+    // Each poll reads its budget, and past it at most the one record that did not fit
+    // (with what is read again of a record cut at the end of a read); reading the rest
+    // of the segment each time would be hundreds of megabytes here.
+    assert!(
+        read <= total + polls * budget as u64,
+        "{read} bytes read for {total} bytes of records in {polls} polls"
+    );
+}
+
 /// Regression: when the last segment was full at start-up (no active segment), truncating
 /// before the next sequence number removed every segment, and the next start numbered
 /// records from 1 again, below what the store had already made durable: new records were

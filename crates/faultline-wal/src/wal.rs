@@ -460,8 +460,19 @@ impl Tailer {
                         }
                     }
                     Err(_) if at == 0 && (bytes.len() as u64) < len - offset => {
-                        // One record larger than the budget: read it whole.
-                        fs.read_at_into(&seg.path, offset, (len - offset) as usize, bytes)
+                        // One record larger than the budget: read it whole, and only it.
+                        // (Reading the rest of the segment here, as this once did, made
+                        // every poll that ended on a large record read tens of megabytes
+                        // into a buffer then dropped as oversized: a sixth of the
+                        // pipeline thread in a catch-up, copying and zeroing pages.)
+                        let Some(framed) = crate::format::record_framed_len(bytes) else {
+                            break;
+                        };
+                        let want = framed.min(len - offset);
+                        if want <= bytes.len() as u64 {
+                            break;
+                        }
+                        fs.read_at_into(&seg.path, offset, want as usize, bytes)
                             .map_err(io("read segment"))?;
                         if crate::format::decode_record_at(bytes, 0, self.next_seq).is_err() {
                             break;
