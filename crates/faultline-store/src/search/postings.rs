@@ -202,9 +202,13 @@ pub(crate) struct Postings {
     chained: bool,
 }
 
-/// The 32-bit hash of a (key, value) in the needle table.
-fn needle_hash(key: &str, value: &str) -> u32 {
-    let h = term_hash(&[key, value]);
+/// The 32-bit hash of a (key, value) in the needle table: folded from [`chained_hash`]
+/// in version 4 files (`chained`), from [`term_hash`] before.
+fn needle_hash(key: &str, value: &str, chained: bool) -> u32 {
+    let h = match chained {
+        true => chained_hash(&[key, value]),
+        false => term_hash(&[key, value]),
+    };
     (h ^ (h >> 32)) as u32
 }
 
@@ -324,7 +328,7 @@ impl Postings {
             return Some(Found::Unindexed);
         }
         if self.needle_keys.contains(&skey) {
-            let h = needle_hash(key, value);
+            let h = needle_hash(key, value, self.chained);
             let from = self.needles.partition_point(|&(x, _)| x < h);
             let traces = self.needles[from..]
                 .iter()
@@ -498,7 +502,7 @@ impl Occurrences {
                             self.terms.push(Term {
                                 term,
                                 skey,
-                                needle: needle_hash(k, &text),
+                                needle: needle_hash(k, &text, true),
                             });
                         }
                         if self.seen.insert(n) {
@@ -697,7 +701,7 @@ mod tests {
         let got = [
             term_hash(&["cart", "region", "eu-west"]),
             term_hash(&["cart", "regione", "u-west"]),
-            u64::from(needle_hash("user.id", "u-1")),
+            u64::from(needle_hash("user.id", "u-1", false)),
         ];
         assert_eq!(
             got,
@@ -730,6 +734,11 @@ mod tests {
             chained_hash(&["cart", "regione", "u-west"])
         );
         assert_ne!(chained_hash(&["ab", "c"]), chained_hash(&["a", "bc"]));
+        assert_eq!(needle_hash("user.id", "u-1", true), 0xbc24_d37d);
+        assert_ne!(
+            needle_hash("user.id", "u-1", true),
+            needle_hash("user.id", "u-1", false)
+        );
     }
 
     #[test]
@@ -805,7 +814,7 @@ mod tests {
             let mut needles: Vec<(u32, u32)> = (0..5_000u32)
                 .map(|i| {
                     (
-                        needle_hash("user.id", &format!("u-{}", i / 2)),
+                        needle_hash("user.id", &format!("u-{}", i / 2), false),
                         (i * 7919) % traces,
                     )
                 })
