@@ -202,25 +202,14 @@ pub fn scan_segment(bytes: &[u8]) -> SegmentScan<'_> {
 }
 
 /// The framed length (header and payload) of the record whose header starts `bytes`, when
-/// the header's magic, version and length are plausible: how much to read to have it all.
+/// the header's magic, version and length are valid: how much to read to have it all.
 pub fn record_framed_len(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() < RECORD_HEADER_LEN
-        || u16::from_le_bytes([bytes[0], bytes[1]]) != RECORD_MAGIC
-        || bytes[2] != RECORD_VERSION
-    {
-        return None;
-    }
-    let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-    (len <= MAX_PAYLOAD).then(|| framed_len(len))
+    payload_len(bytes).ok().map(framed_len)
 }
 
-/// Decodes the record at byte `pos` of a segment, which must carry `expected_seq`.
-pub fn decode_record_at(
-    bytes: &[u8],
-    pos: usize,
-    expected_seq: u64,
-) -> Result<RecordRef<'_>, String> {
-    let rest = &bytes[pos..];
+/// The payload length the record header at the start of `rest` gives, after checking its
+/// magic, version and length; the error says what is wrong.
+fn payload_len(rest: &[u8]) -> Result<usize, String> {
     if rest.len() < RECORD_HEADER_LEN {
         return Err(format!(
             "torn record header ({} of {RECORD_HEADER_LEN} bytes)",
@@ -240,6 +229,17 @@ pub fn decode_record_at(
             "record length {len} exceeds the maximum {MAX_PAYLOAD}"
         ));
     }
+    Ok(len)
+}
+
+/// Decodes the record at byte `pos` of a segment, which must carry `expected_seq`.
+pub fn decode_record_at(
+    bytes: &[u8],
+    pos: usize,
+    expected_seq: u64,
+) -> Result<RecordRef<'_>, String> {
+    let rest = &bytes[pos..];
+    let len = payload_len(rest)?;
     if rest.len() < RECORD_HEADER_LEN + len {
         return Err(format!(
             "torn record payload ({} of {len} bytes)",

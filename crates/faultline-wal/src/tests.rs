@@ -35,6 +35,13 @@ fn all_records<V: Vfs>(core: &WalCore<V>, fs: Arc<V>) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// A WAL on `fs` at `dir`, opened with `opts` and no observer.
+fn open_sim(fs: &Arc<SimFs>, dir: &Path, opts: WalOptions) -> Wal {
+    Wal::open_with(fs.clone(), dir, opts, Arc::new(crate::NoopObserver))
+        .unwrap()
+        .0
+}
+
 fn small_opts() -> WalOptions {
     WalOptions {
         segment_bytes: 200,
@@ -409,13 +416,7 @@ async fn group_commit_shares_fsyncs_and_acks_every_record() {
 #[test]
 fn fsync_failure_stops_acknowledgements_for_good() {
     let fs = Arc::new(SimFs::default());
-    let (wal, _) = Wal::open_with(
-        fs.clone(),
-        Path::new("/wal"),
-        WalOptions::default(),
-        Arc::new(crate::NoopObserver),
-    )
-    .unwrap();
+    let wal = open_sim(&fs, Path::new("/wal"), WalOptions::default());
     wal.append_blocking(b"before".to_vec()).unwrap();
     fs.fail_next_sync();
     let err = wal.append_blocking(b"during".to_vec()).unwrap_err();
@@ -432,13 +433,7 @@ fn fsync_failure_stops_acknowledgements_for_good() {
 fn no_space_is_retryable_and_leaves_a_clean_log() {
     let fs = Arc::new(SimFs::default());
     let dir = Path::new("/wal");
-    let (wal, _) = Wal::open_with(
-        fs.clone(),
-        dir,
-        WalOptions::default(),
-        Arc::new(crate::NoopObserver),
-    )
-    .unwrap();
+    let wal = open_sim(&fs, dir, WalOptions::default());
     wal.append_blocking(b"one".to_vec()).unwrap();
     fs.set_no_space(true);
     let err = wal.append_blocking(b"two".to_vec()).unwrap_err();
@@ -463,13 +458,7 @@ fn budget_refuses_retryably_and_truncation_frees_it() {
         max_bytes: 1024,
         ..WalOptions::default()
     };
-    let (wal, _) = Wal::open_with(
-        fs.clone(),
-        Path::new("/wal"),
-        opts,
-        Arc::new(crate::NoopObserver),
-    )
-    .unwrap();
+    let wal = open_sim(&fs, Path::new("/wal"), opts);
     let mut accepted = 0;
     let err = loop {
         match wal.append_blocking(vec![7u8; 100]) {
@@ -504,13 +493,7 @@ fn os_mode_acknowledges_without_waiting_for_fsync() {
         os_sync_interval: Duration::from_secs(3600),
         ..WalOptions::default()
     };
-    let (wal, _) = Wal::open_with(
-        fs.clone(),
-        Path::new("/wal"),
-        opts,
-        Arc::new(crate::NoopObserver),
-    )
-    .unwrap();
+    let wal = open_sim(&fs, Path::new("/wal"), opts);
     wal.append_blocking(vec![0]).unwrap();
     let syncs_before = fs.syncs();
     for i in 1..10u8 {
@@ -531,13 +514,7 @@ fn tailer_returns_every_committed_record_once_across_rolls_and_truncation() {
         segment_bytes: 300,
         ..WalOptions::default()
     };
-    let (wal, _) = Wal::open_with(
-        fs.clone(),
-        Path::new("/wal"),
-        opts,
-        Arc::new(crate::NoopObserver),
-    )
-    .unwrap();
+    let wal = open_sim(&fs, Path::new("/wal"), opts);
     let mut tail = wal.tail(1);
     assert!(
         tail.poll(1 << 20).unwrap().is_empty(),
@@ -596,13 +573,7 @@ fn a_record_larger_than_the_budget_left_is_read_alone() {
         segment_bytes: 64 << 20,
         ..WalOptions::default()
     };
-    let (wal, _) = Wal::open_with(
-        fs.clone(),
-        Path::new("/wal"),
-        opts,
-        Arc::new(crate::NoopObserver),
-    )
-    .unwrap();
+    let wal = open_sim(&fs, Path::new("/wal"), opts);
     // 400 records of 10 to 30 KB: about 8 MB in one segment.
     let sizes: Vec<usize> = (0..400).map(|i| 10_000 + (i * 7_919) % 20_000).collect();
     for (i, n) in sizes.iter().enumerate() {
@@ -682,13 +653,7 @@ async fn acks_place_records_that_read_record_finds() {
         segment_bytes: 300,
         ..WalOptions::default()
     };
-    let (wal, _) = Wal::open_with(
-        fs.clone(),
-        Path::new("/wal"),
-        opts,
-        Arc::new(crate::NoopObserver),
-    )
-    .unwrap();
+    let wal = open_sim(&fs, Path::new("/wal"), opts);
     // Concurrent appends share group commits: several records per batch.
     let mut acks = Vec::new();
     for wave in 0..12u64 {

@@ -107,9 +107,7 @@ const TERM_SEED: u64 = 0x6661_756c_746c_696e;
 /// ([`term_hash`]) was a fifth of its time. The chance that a query term shares a hash
 /// with another term of a block is the same as [`term_hash`]'s.
 fn chained_hash(parts: &[&str]) -> u64 {
-    parts.iter().fold(TERM_SEED, |h, p| {
-        twox_hash::XxHash64::oneshot(h, p.as_bytes())
-    })
+    parts.iter().fold(TERM_SEED, |h, p| chain(h, p))
 }
 
 /// One link of [`chained_hash`]: the hash of the parts before and then `part`.
