@@ -19,10 +19,17 @@
 //! nor beyond [`MAX_RECORDS_PER_TRACE`] records for one trace (a trace id every request
 //! repeats would make removals and reads of it slow); both are counted in
 //! [`PendingTraces::overflowed`].
+//!
+//! With `storage = "clickhouse"` reads of a trace answer from ClickHouse, not from the
+//! node's store, so a record is pending until the ClickHouse writer has sent it: after
+//! [`PendingTraces::follow_shipping`] the pipeline's removals are ignored and the writer
+//! removes what it sent ([`PendingTraces::shipped_through`]). Otherwise a trace read from
+//! the WAL while pending could answer 404 a moment later, once indexed here but not yet
+//! in ClickHouse.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::span::TraceId;
 
@@ -79,6 +86,10 @@ pub struct PendingTraces {
     overflowed: AtomicU64,
     /// Ranges committed before this start that the backlog has not noted yet.
     unscanned: AtomicU64,
+    /// Whether records leave when shipped rather than when indexed (see the module doc).
+    shipping: AtomicBool,
+    /// While shipping, records below this are sent: a late note of one is dropped.
+    shipped: AtomicU64,
 }
 
 impl std::fmt::Debug for PendingTraces {
@@ -104,7 +115,28 @@ impl PendingTraces {
             max_entries,
             overflowed: AtomicU64::new(0),
             unscanned: AtomicU64::new(0),
+            shipping: AtomicBool::new(false),
+            shipped: AtomicU64::new(0),
         }
+    }
+
+    /// From now on a record is forgotten when a writer has sent it elsewhere
+    /// ([`Self::shipped_through`]), no longer when the store indexed it: [`Self::remove`]
+    /// and [`Self::remove_through`] do nothing (see the module doc).
+    pub fn follow_shipping(&self) {
+        self.shipping.store(true, Ordering::SeqCst);
+    }
+
+    /// Forgets every record at or below `seq`, which a writer has sent to where reads
+    /// answer from; a record at or below it noted later is not added.
+    pub fn shipped_through(&self, seq: u64) {
+        self.shipped
+            .fetch_max(seq.saturating_add(1), Ordering::SeqCst);
+        self.forget_through(seq);
+    }
+
+    fn indexing_removes(&self) -> bool {
+        !self.shipping.load(Ordering::SeqCst)
     }
 
     /// Says that `n` ranges of records committed before this start are still to be noted
@@ -141,7 +173,10 @@ impl PendingTraces {
         ids.sort_unstable();
         ids.dedup();
         let mut g = self.lock();
-        if g.removed.remove(&at.seq) || g.by_seq.contains_key(&at.seq) {
+        if g.removed.remove(&at.seq)
+            || g.by_seq.contains_key(&at.seq)
+            || at.seq < self.shipped.load(Ordering::SeqCst)
+        {
             return;
         }
         let crowded = |id: &TraceId| {
@@ -165,8 +200,12 @@ impl PendingTraces {
         self.lock().by_seq.contains_key(&seq)
     }
 
-    /// Forgets record `seq` (its spans are in the store now).
+    /// Forgets record `seq` (its spans are in the store now), unless records wait for
+    /// shipping ([`Self::follow_shipping`]).
     pub fn remove(&self, seq: u64) {
+        if !self.indexing_removes() {
+            return;
+        }
         let mut g = self.lock();
         match g.by_seq.remove(&seq) {
             Some(ids) => g.remove(seq, ids),
@@ -179,8 +218,15 @@ impl PendingTraces {
         }
     }
 
-    /// Forgets every record at or below `seq` (the store's durable position).
+    /// Forgets every record at or below `seq` (the store's durable position), unless
+    /// records wait for shipping ([`Self::follow_shipping`]).
     pub fn remove_through(&self, seq: u64) {
+        if self.indexing_removes() {
+            self.forget_through(seq);
+        }
+    }
+
+    fn forget_through(&self, seq: u64) {
         let mut g = self.lock();
         let rest = match seq.checked_add(1) {
             Some(next) => g.by_seq.split_off(&next),
@@ -291,6 +337,32 @@ mod tests {
         p.remove_through(6);
         p.add(at(6), [[6; 16]]);
         assert!(p.has_record(6), "the sweep cleared the tombstone");
+    }
+
+    /// On ClickHouse a record indexed here stays pending until the writer sent it; a
+    /// note arriving after its record was sent is dropped.
+    #[test]
+    fn when_following_shipping_only_the_writer_forgets_records() {
+        let p = PendingTraces::new(100);
+        p.follow_shipping();
+        p.add(at(1), [[1; 16]]);
+        p.add(at(2), [[2; 16]]);
+        p.remove(1);
+        p.remove_through(2);
+        assert_eq!(p.records(&[1; 16]), vec![at(1)], "indexed, not yet shipped");
+        assert_eq!(p.records(&[2; 16]), vec![at(2)]);
+        p.shipped_through(1);
+        assert_eq!(p.records(&[1; 16]), Vec::new());
+        assert_eq!(p.records(&[2; 16]), vec![at(2)]);
+        p.add(at(1), [[1; 16]]);
+        assert!(!p.has_record(1), "shipped before intake noted it");
+        p.shipped_through(0);
+        p.add(at(1), [[1; 16]]);
+        assert!(!p.has_record(1), "the shipped position never goes back");
+        p.add(at(3), [[3; 16]]);
+        assert!(p.has_record(3));
+        p.shipped_through(u64::MAX);
+        assert!(p.is_empty());
     }
 
     #[test]

@@ -43,6 +43,7 @@ use std::collections::BTreeSet;
 
 use faultline_clickhouse::{ChError, ClickHouse, RollupPart};
 use faultline_model::envelope;
+use faultline_model::pending::PendingTraces;
 use faultline_model::span::{Span, TraceId, from_otlp_owned};
 use faultline_store::rollup::RollupBuilder;
 use faultline_wal::{Cursor, Record, Tailer, Wal, WalError};
@@ -144,6 +145,8 @@ pub struct Shipper {
     published: Published,
     /// The tail-sampling decisions to send, when a store was given.
     decisions: Option<Decisions>,
+    /// The records reads by trace id take from the WAL, forgotten once sent.
+    pending: Option<Arc<PendingTraces>>,
 }
 
 /// Where the writer is in sending a store's tail-sampling decisions.
@@ -198,6 +201,7 @@ impl Shipper {
             rollups: ChunkRollups::starting_at(position),
             parts: Vec::new(),
             decisions: None,
+            pending: None,
             published: Published {
                 position: Arc::new(AtomicU64::new(position)),
                 keep_from: Arc::new(AtomicU64::new(0)),
@@ -213,6 +217,17 @@ impl Shipper {
     pub fn publish_keep_from(&mut self, keep_from: Arc<AtomicU64>) {
         self.published.keep_from = keep_from;
         self.publish();
+    }
+
+    /// Makes `pending` (what reads by trace id take from the WAL) forget a record once it
+    /// is in ClickHouse, and only then: reads answer from ClickHouse, so a record the
+    /// node's own store indexed but this writer has not sent is still pending for them.
+    pub fn forget_pending_when_sent(&mut self, pending: Arc<PendingTraces>) {
+        pending.follow_shipping();
+        if let Some(sent) = self.position().checked_sub(1) {
+            pending.shipped_through(sent);
+        }
+        self.pending = Some(pending);
     }
 
     fn publish(&self) {
@@ -319,6 +334,9 @@ impl Shipper {
         self.published
             .position
             .store(self.batch_next, Ordering::Release);
+        if let (Some(p), Some(sent)) = (&self.pending, self.batch_next.checked_sub(1)) {
+            p.shipped_through(sent);
+        }
         // Only now: a crash before this line inserts the batch again, harmlessly.
         self.cursor.checkpoint(self.batch_next)?;
         self.publish();
@@ -652,16 +670,19 @@ impl Writer {
     /// The writer of a node: brings ClickHouse's schema up to date now when ClickHouse is
     /// up (so reads find the tables; else the thread retries; refused for good, as a
     /// server too old or a schema too new, it is an error), and ships `wal` from its
-    /// cursor `clickhouse`, keeping `keep_from` (the pipeline's truncation floor, held at
-    /// 0 until then) at where the WAL must be kept, and ClickHouse's days within
-    /// `retention`, sending the tail-sampling decisions of `store`.
+    /// cursor `clickhouse`, keeping the pipeline's truncation floor
+    /// (`pipeline.keep_from`, held at 0 until then) at where the WAL must be kept,
+    /// ClickHouse's days within `retention`, sending the tail-sampling decisions of
+    /// `store`, and forgetting in `pipeline.pending` what it sent
+    /// ([`Shipper::forget_pending_when_sent`]).
     pub fn start(
         ch: ClickHouse,
         wal: &Wal,
-        keep_from: Arc<AtomicU64>,
+        pipeline: &crate::PipelineOptions,
         retention: Duration,
         store: Arc<faultline_store::Store>,
     ) -> Result<Self, ShipError> {
+        let keep_from = pipeline.keep_from.clone();
         keep_from.store(0, Ordering::Release);
         match ch.migrate() {
             Err(e) if e.is_permanent() => return Err(e.into()),
@@ -675,6 +696,7 @@ impl Writer {
         let mut shipper = Shipper::new(ch, wal, "clickhouse", opts)?;
         shipper.publish_keep_from(keep_from);
         shipper.send_decisions_of(store);
+        shipper.forget_pending_when_sent(pipeline.pending.clone());
         Self::spawn(shipper, wal.clone()).map_err(|e| ShipError::Thread(e.to_string()))
     }
 

@@ -225,3 +225,92 @@ fn the_writer_thread_reports_how_far_behind_it_is_and_why() {
     append(&wal, &mut r, 2);
     assert_eq!(view.behind(), 2);
 }
+
+/// On ClickHouse a trace by id is read from ClickHouse plus the WAL records still
+/// pending: a record must stay pending until the writer has sent it, not only until the
+/// node's own store indexed it, or the trace answers 404 between the two (a trace that
+/// was readable a moment before).
+#[test]
+fn pending_records_are_forgotten_when_sent_not_when_indexed() {
+    use faultline_model::pending::{PendingTraces, RecordAt};
+    let server = Server::start();
+    let mut r = rng("pending until shipped");
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default(), Arc::new(NoopObserver)).unwrap();
+    let ch = ClickHouse::open(server.config("faultline"), "node-a").unwrap();
+    let pending = Arc::new(PendingTraces::default());
+    let mut records = Vec::new();
+    for _ in 0..12 {
+        let rec = record(&mut r);
+        let spans: Vec<Span> = rec.iter().flatten().cloned().collect();
+        let payload = encode_request(
+            Protocol::OtlpHttpProtobuf,
+            spans.len() as u32,
+            &to_otlp(&spans),
+        );
+        let ack = wal.append_blocking(payload).unwrap();
+        let at = RecordAt {
+            seq: ack.seq,
+            segment: ack.segment,
+            offset: ack.offset,
+        };
+        pending.add(at, rec.iter().map(|t| t[0].trace_id));
+        records.push((at, rec));
+    }
+    let opts = ShipperOptions {
+        batch_spans: 40,
+        ..ShipperOptions::default()
+    };
+    let mut shipper = Shipper::new(ch.clone(), &wal, "clickhouse", opts).unwrap();
+    shipper.forget_pending_when_sent(pending.clone());
+    let reads = faultline_pipeline::pending::WithPending::wrap(
+        Arc::new(ch.clone()),
+        wal.clone(),
+        pending.clone(),
+    );
+    let every_trace_reads_whole = |stage: &str| {
+        for (_, rec) in &records {
+            for t in rec {
+                let mut want = t.clone();
+                want.sort_by_key(|s| (s.start_ns, s.span_id));
+                let mut got = reads.trace(&t[0].trace_id).unwrap().spans;
+                got.sort_by_key(|s| (s.start_ns, s.span_id));
+                assert_eq!(got, want, "{stage}");
+            }
+        }
+    };
+    every_trace_reads_whole("nothing indexed or sent");
+    // The node's own pipeline indexes everything (and sweeps what is durable) before
+    // the writer sends anything.
+    for (at, _) in &records {
+        pending.remove(at.seq);
+    }
+    pending.remove_through(wal.committed_seq());
+    assert!(records.iter().all(|(at, _)| pending.has_record(at.seq)));
+    every_trace_reads_whole("indexed here, not yet in ClickHouse");
+    // Batch by batch: what is sent leaves the map, the rest stays.
+    let mut steps = 0;
+    while shipper.step().unwrap() > 0 {
+        steps += 1;
+        let sent = shipper.position();
+        for (at, rec) in &records {
+            assert_eq!(
+                pending.has_record(at.seq),
+                at.seq >= sent,
+                "record {}",
+                at.seq
+            );
+            let in_ch = !ch.trace(&rec[0][0].trace_id).unwrap().is_empty();
+            assert_eq!(in_ch, at.seq < sent, "record {}", at.seq);
+        }
+        every_trace_reads_whole("partly sent");
+    }
+    assert!(steps > 1, "one batch only: the test shows no partial state");
+    assert!(pending.is_empty());
+    // A note that comes after its record was sent (intake hears its acknowledgement
+    // late) is dropped rather than left for reads to go over.
+    let (at, rec) = &records[3];
+    pending.add(*at, [rec[0][0].trace_id]);
+    assert!(!pending.has_record(at.seq));
+    every_trace_reads_whole("all sent");
+}

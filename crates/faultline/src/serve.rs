@@ -310,12 +310,12 @@ async fn start_writer(
     let Some(c) = s.clickhouse.clone() else {
         return Ok(None);
     };
-    let (wal, keep, days) = (wal.clone(), s.pipeline.keep_from.clone(), c.retention);
+    let (wal, pipeline, days) = (wal.clone(), s.pipeline.clone(), c.retention);
     let start = move || -> anyhow::Result<(Arc<ClickHouse>, Writer)> {
         let ch = ClickHouse::connect(c.config, &c.node)?;
         Ok((
             Arc::new(ch.clone()),
-            Writer::start(ch, &wal, keep, days, st)?,
+            Writer::start(ch, &wal, &pipeline, days, st)?,
         ))
     };
     let started = tokio::task::spawn_blocking(start).await?;

@@ -232,7 +232,16 @@ fn faultline_assert_reports_junit_and_exit_codes_for_ci() {
             && xml.contains("<failure message=\"expected 0 spans, found 1\">"),
         "{xml}"
     );
-    let (code, text) = assert_cmd(&passing, &["--service", "cli-svc", "--since", "1h"]);
+    // A trace is read by id from acknowledged records at once; search sees it once it
+    // is indexed (on ClickHouse: once the writer sent it), which may be a moment later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, text) = loop {
+        let (code, text) = assert_cmd(&passing, &["--service", "cli-svc", "--since", "1h"]);
+        if code != 2 || !text.contains("no trace matched") || Instant::now() > deadline {
+            break (code, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("1 traces checked, 0 failed"), "{text}");
     let (code, text) = assert_cmd(&passing, &["--service", "nobody"]);

@@ -137,6 +137,8 @@ fn sdk_spans_come_back_from_head_blocks_and_after_sigkill() {
         assert!(started.elapsed() < Duration::from_secs(10), "blocks sealed");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Traces by id answered from the WAL at once; the service list is ClickHouse's.
+    common::wait_in_clickhouse(&server);
     let (status, body) = http_get(server.api, "/api/services").unwrap();
     assert_eq!(status, 200);
     let services: Value = serde_json::from_str(&body).unwrap();
