@@ -70,7 +70,8 @@ fn key(id: &TraceId) -> u64 {
 struct Noted {
     segment: u64,
     offset: u64,
-    keys: Vec<u64>,
+    /// Boxed: the list collected from a record's spans has room for one id per span.
+    keys: Box<[u64]>,
 }
 
 /// 35-47 bytes per (trace, record) pair on 64-bit targets: an entry of `first` (two
@@ -107,7 +108,7 @@ impl Inner {
         self.entries += 1;
     }
 
-    fn remove(&mut self, seq: u64, keys: Vec<u64>) {
+    fn remove(&mut self, seq: u64, keys: Box<[u64]>) {
         for k in keys {
             if self.first.get(&k) == Some(&seq) {
                 self.entries -= 1;
@@ -244,7 +245,7 @@ impl PendingTraces {
         let noted = Noted {
             segment: at.segment,
             offset: at.offset,
-            keys,
+            keys: keys.into_boxed_slice(),
         };
         g.by_seq.insert(at.seq, noted);
     }
@@ -462,6 +463,7 @@ mod tests {
         Add(u64, Vec<usize>),
         Remove(u64),
         RemoveThrough(u64),
+        Shipped(u64),
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -471,37 +473,52 @@ mod tests {
                 .prop_map(|(s, ids)| Op::Add(s, ids)),
             2 => (0..40u64).prop_map(Op::Remove),
             1 => (0..40u64).prop_map(Op::RemoveThrough),
+            1 => (0..40u64).prop_map(Op::Shipped),
         ]
     }
 
     proptest::proptest! {
-        /// Against a plain model (record → its traces, and the tombstones): every trace's
-        /// records, the pair count and which records are noted agree after each step.
+        /// Against a plain model (record → its traces, the tombstones, the shipped
+        /// floor), with removals by indexing or by shipping: every trace's records, the
+        /// pair count and which records are noted agree after each step.
         #[test]
         fn the_map_agrees_with_a_plain_model(
             ids in proptest::collection::vec(proptest::array::uniform16(proptest::prelude::any::<u8>()), 8),
             ops in proptest::collection::vec(op(), 1..80),
+            shipping in proptest::bool::ANY,
         ) {
             use std::collections::{BTreeMap, BTreeSet};
             let p = PendingTraces::new(1_000);
+            if shipping {
+                p.follow_shipping();
+            }
             let mut noted: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
             let mut tombs: BTreeSet<u64> = BTreeSet::new();
+            let mut floor = 0;
             for o in ops {
                 match o {
                     Op::Add(seq, which) => {
                         p.add(at(seq), which.iter().map(|&k| ids[k]));
-                        if !tombs.remove(&seq) && !noted.contains_key(&seq) {
+                        if !tombs.remove(&seq) && !noted.contains_key(&seq) && seq >= floor {
                             noted.insert(seq, which.into_iter().collect());
                         }
                     }
                     Op::Remove(seq) => {
                         p.remove(seq);
-                        if noted.remove(&seq).is_none() {
+                        if !shipping && noted.remove(&seq).is_none() {
                             tombs.insert(seq);
                         }
                     }
                     Op::RemoveThrough(seq) => {
                         p.remove_through(seq);
+                        if !shipping {
+                            noted.retain(|&s, _| s > seq);
+                            tombs.retain(|&s| s > seq);
+                        }
+                    }
+                    Op::Shipped(seq) => {
+                        p.shipped_through(seq);
+                        floor = floor.max(seq + 1);
                         noted.retain(|&s, _| s > seq);
                         tombs.retain(|&s| s > seq);
                     }

@@ -230,6 +230,14 @@ impl Shipper {
         self.pending = Some(pending);
     }
 
+    /// Tells the pending map that everything before the batch's end is in ClickHouse
+    /// (or passed over as undecodable).
+    fn forget_sent(&self) {
+        if let (Some(p), Some(sent)) = (&self.pending, self.batch_next.checked_sub(1)) {
+            p.shipped_through(sent);
+        }
+    }
+
     fn publish(&self) {
         let p = &self.published;
         p.position.store(self.position(), Ordering::Release);
@@ -298,6 +306,7 @@ impl Shipper {
             if self.batch_next > self.cursor.position() {
                 self.cursor.checkpoint(self.batch_next)?;
                 self.publish();
+                self.forget_sent();
             }
             return Ok(0);
         }
@@ -334,9 +343,7 @@ impl Shipper {
         self.published
             .position
             .store(self.batch_next, Ordering::Release);
-        if let (Some(p), Some(sent)) = (&self.pending, self.batch_next.checked_sub(1)) {
-            p.shipped_through(sent);
-        }
+        self.forget_sent();
         // Only now: a crash before this line inserts the batch again, harmlessly.
         self.cursor.checkpoint(self.batch_next)?;
         self.publish();

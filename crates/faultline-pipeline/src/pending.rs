@@ -123,20 +123,33 @@ fn merge(mut answer: TraceAnswer, extra: Vec<Span>) -> TraceAnswer {
     answer
 }
 
+impl WithPending {
+    /// `answer` completed with the pending spans `extra` of trace `id`, unless tail
+    /// sampling dropped the trace (asked only when there are pending spans: on ClickHouse
+    /// it is a query): its spans must not come back from the WAL.
+    fn complete(&self, id: &TraceId, answer: TraceAnswer, extra: Vec<Span>) -> TraceAnswer {
+        if extra.is_empty() || self.inner.dropped_by_policy(id).is_some() {
+            return answer;
+        }
+        merge(answer, extra)
+    }
+}
+
 impl SpanStore for WithPending {
     fn trace(&self, trace_id: &TraceId) -> Result<TraceAnswer, StoreError> {
         let mut extra = self.pending_spans(std::slice::from_ref(trace_id));
         let answer = self.inner.trace(trace_id)?;
-        Ok(merge(answer, extra.pop().unwrap_or_default()))
+        Ok(self.complete(trace_id, answer, extra.pop().unwrap_or_default()))
     }
 
     fn traces(&self, ids: &[TraceId]) -> Result<Vec<TraceAnswer>, StoreError> {
         let extra = self.pending_spans(ids);
         let answers = self.inner.traces(ids)?;
-        Ok(answers
-            .into_iter()
+        Ok(ids
+            .iter()
+            .zip(answers)
             .zip(extra)
-            .map(|(a, e)| merge(a, e))
+            .map(|((id, a), e)| self.complete(id, a, e))
             .collect())
     }
 
@@ -225,6 +238,7 @@ mod tests {
     use faultline_model::ExportTraceServiceRequest;
     use faultline_model::envelope::Protocol;
     use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+    use faultline_model::span::SpanKind;
     use faultline_store::{Store, StoreOptions};
     use faultline_wal::sim::SimFs;
     use faultline_wal::{NoopObserver, WalOptions};
@@ -319,5 +333,106 @@ mod tests {
         );
         pending.add(wrong, [[7; 16]]);
         assert_eq!(ids(&reads.trace(&[7; 16]).unwrap()), vec![1, 2, 3, 4, 5]);
+    }
+
+    /// The reads of a store that says tail sampling dropped trace `dropped`.
+    struct Dropping {
+        store: Arc<Store>,
+        dropped: TraceId,
+    }
+
+    impl SpanStore for Dropping {
+        fn trace(&self, id: &TraceId) -> Result<TraceAnswer, StoreError> {
+            self.store.trace(id)
+        }
+        fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
+            self.store.services()
+        }
+        fn operations(
+            &self,
+            service: &str,
+        ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
+            self.store.operations(service)
+        }
+        fn dependencies(
+            &self,
+            start_s: u64,
+            end_s: u64,
+        ) -> Result<(Vec<Dependency>, Completeness), StoreError> {
+            self.store.dependencies(start_s, end_s)
+        }
+        fn red(
+            &self,
+            service: &str,
+            operation: Option<&str>,
+            kind: Option<SpanKind>,
+            start_s: u64,
+            end_s: u64,
+            step_s: u64,
+        ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
+            self.store
+                .red(service, operation, kind, start_s, end_s, step_s)
+        }
+        fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
+            self.store.search(q)
+        }
+        fn red_total(
+            &self,
+            service: &str,
+            operation: Option<&str>,
+            kind: Option<SpanKind>,
+            start_s: u64,
+            end_s: u64,
+        ) -> Result<(RedPoint, Completeness), StoreError> {
+            self.store
+                .red_total(service, operation, kind, start_s, end_s)
+        }
+        fn latency_distribution(
+            &self,
+            service: &str,
+            operation: Option<&str>,
+            start_s: u64,
+            end_s: u64,
+            bounds_ms: &[f64],
+        ) -> Result<(Vec<u64>, Completeness), StoreError> {
+            self.store
+                .latency_distribution(service, operation, start_s, end_s, bounds_ms)
+        }
+        fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
+            (*id == self.dropped).then_some(1)
+        }
+    }
+
+    /// A trace tail sampling dropped does not come back from its pending records (on
+    /// ClickHouse records stay pending until sent, after the decision may be made).
+    #[test]
+    fn a_dropped_trace_is_not_completed_from_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(StoreOptions::new(dir.path())).unwrap();
+        let (wal, _) = Wal::open_with(
+            Arc::new(SimFs::default()),
+            Path::new("/wal"),
+            WalOptions::default(),
+            Arc::new(NoopObserver),
+        )
+        .unwrap();
+        let pending = Arc::new(PendingTraces::default());
+        let payload = request(7, &[1, 2]);
+        let ack = wal.append_blocking(payload.clone()).unwrap();
+        let at = RecordAt {
+            seq: ack.seq,
+            segment: ack.segment,
+            offset: ack.offset,
+        };
+        pending.add(at, envelope::decode(&payload).unwrap().trace_ids().unwrap());
+        let inner = Dropping {
+            store: Arc::new(store),
+            dropped: [7; 16],
+        };
+        let reads = WithPending::wrap(Arc::new(inner), wal.clone(), pending.clone());
+        assert!(reads.trace(&[7; 16]).unwrap().spans.is_empty());
+        let both = reads.traces(&[[7; 16], [107; 16]]).unwrap();
+        assert!(both[0].spans.is_empty());
+        assert_eq!(both[1].spans.len(), 1, "the record's other trace is kept");
     }
 }
