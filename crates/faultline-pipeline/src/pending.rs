@@ -238,7 +238,6 @@ mod tests {
     use faultline_model::ExportTraceServiceRequest;
     use faultline_model::envelope::Protocol;
     use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
-    use faultline_model::span::SpanKind;
     use faultline_store::{Store, StoreOptions};
     use faultline_wal::sim::SimFs;
     use faultline_wal::{NoopObserver, WalOptions};
@@ -335,80 +334,23 @@ mod tests {
         assert_eq!(ids(&reads.trace(&[7; 16]).unwrap()), vec![1, 2, 3, 4, 5]);
     }
 
-    /// The reads of a store that says tail sampling dropped trace `dropped`.
-    struct Dropping {
-        store: Arc<Store>,
-        dropped: TraceId,
-    }
-
-    impl SpanStore for Dropping {
-        fn trace(&self, id: &TraceId) -> Result<TraceAnswer, StoreError> {
-            self.store.trace(id)
-        }
-        fn services(&self) -> Result<(Vec<String>, Completeness), StoreError> {
-            self.store.services()
-        }
-        fn operations(
-            &self,
-            service: &str,
-        ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
-            self.store.operations(service)
-        }
-        fn dependencies(
-            &self,
-            start_s: u64,
-            end_s: u64,
-        ) -> Result<(Vec<Dependency>, Completeness), StoreError> {
-            self.store.dependencies(start_s, end_s)
-        }
-        fn red(
-            &self,
-            service: &str,
-            operation: Option<&str>,
-            kind: Option<SpanKind>,
-            start_s: u64,
-            end_s: u64,
-            step_s: u64,
-        ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
-            self.store
-                .red(service, operation, kind, start_s, end_s, step_s)
-        }
-        fn search(&self, q: &TraceQuery) -> Result<(Vec<TraceSummary>, Completeness), StoreError> {
-            self.store.search(q)
-        }
-        fn red_total(
-            &self,
-            service: &str,
-            operation: Option<&str>,
-            kind: Option<SpanKind>,
-            start_s: u64,
-            end_s: u64,
-        ) -> Result<(RedPoint, Completeness), StoreError> {
-            self.store
-                .red_total(service, operation, kind, start_s, end_s)
-        }
-        fn latency_distribution(
-            &self,
-            service: &str,
-            operation: Option<&str>,
-            start_s: u64,
-            end_s: u64,
-            bounds_ms: &[f64],
-        ) -> Result<(Vec<u64>, Completeness), StoreError> {
-            self.store
-                .latency_distribution(service, operation, start_s, end_s, bounds_ms)
-        }
-        fn dropped_by_policy(&self, id: &TraceId) -> Option<u64> {
-            (*id == self.dropped).then_some(1)
-        }
-    }
-
     /// A trace tail sampling dropped does not come back from its pending records (on
     /// ClickHouse records stay pending until sent, after the decision may be made).
     #[test]
     fn a_dropped_trace_is_not_completed_from_the_wal() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(StoreOptions::new(dir.path())).unwrap();
+        let opts = StoreOptions {
+            tail: Some(faultline_store::tail::TailPolicy {
+                enabled: true,
+                wait_secs: 0,
+                keep_slower_than_p99: false,
+                rest_traces_per_second: 0.0,
+                ..faultline_store::tail::TailPolicy::default()
+            }),
+            ..StoreOptions::new(dir.path())
+        };
+        let (store, _) = Store::open(opts).unwrap();
+        let store = Arc::new(store);
         let (wal, _) = Wal::open_with(
             Arc::new(SimFs::default()),
             Path::new("/wal"),
@@ -417,22 +359,33 @@ mod tests {
         )
         .unwrap();
         let pending = Arc::new(PendingTraces::default());
-        let payload = request(7, &[1, 2]);
-        let ack = wal.append_blocking(payload.clone()).unwrap();
-        let at = RecordAt {
-            seq: ack.seq,
-            segment: ack.segment,
-            offset: ack.offset,
-        };
-        pending.add(at, envelope::decode(&payload).unwrap().trace_ids().unwrap());
-        let inner = Dropping {
-            store: Arc::new(store),
-            dropped: [7; 16],
-        };
-        let reads = WithPending::wrap(Arc::new(inner), wal.clone(), pending.clone());
+        // Trace 7's first record is indexed, sealed and dropped (no error, no budget).
+        let first = request(7, &[1, 2]);
+        let ack = wal.append_blocking(first.clone()).unwrap();
+        let req = envelope::decode(&first).unwrap().request().unwrap();
+        store.ingest(ack.seq, from_otlp_owned(req)).unwrap();
+        store.seal().unwrap().unwrap();
+        let now_s = 2_000_000_000;
+        assert!(store.tail_sample(now_s).unwrap().unwrap().dropped > 0);
+        assert!(store.dropped_by_policy(&[7; 16]).is_some());
+        // Its later spans, and a trace the store never saw, are pending in the WAL.
+        for later in [request(7, &[3]), request(8, &[5])] {
+            let ack = wal.append_blocking(later.clone()).unwrap();
+            let at = RecordAt {
+                seq: ack.seq,
+                segment: ack.segment,
+                offset: ack.offset,
+            };
+            pending.add(at, envelope::decode(&later).unwrap().trace_ids().unwrap());
+        }
+        let reads = WithPending::wrap(store.clone(), wal.clone(), pending.clone());
         assert!(reads.trace(&[7; 16]).unwrap().spans.is_empty());
-        let both = reads.traces(&[[7; 16], [107; 16]]).unwrap();
+        let both = reads.traces(&[[7; 16], [8; 16]]).unwrap();
         assert!(both[0].spans.is_empty());
-        assert_eq!(both[1].spans.len(), 1, "the record's other trace is kept");
+        assert_eq!(
+            both[1].spans.len(),
+            1,
+            "a trace not dropped is read from the WAL"
+        );
     }
 }
