@@ -207,14 +207,19 @@ fn estimate(weighted: f64) -> u64 {
     }
 }
 
+/// Maps of the rollups: foldhash, seeded per map. Each span looks up its service and
+/// operation in the head's and the store's cells; with std's SipHash those lookups were
+/// about 1% of the server's time in a catch-up.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// service -> operation -> kind -> cell, for one minute.
-type MinuteCells = HashMap<String, HashMap<String, [Option<Box<Cell>>; 6]>>;
+type MinuteCells = Map<String, Map<String, [Option<Box<Cell>>; 6]>>;
 
 /// Calls, errors and the callee spans' latency of each (caller, callee) edge in one
 /// minute: caller -> callee -> cell, nested so that counting a call looks both names up
 /// without allocating them (a flat `(String, String)` key needed two new strings per
 /// call, a tenth of the pipeline thread's time during a catch-up).
-type MinuteEdges = HashMap<String, HashMap<String, Cell>>;
+type MinuteEdges = Map<String, Map<String, Cell>>;
 
 /// Rollups by minute.
 #[derive(Default)]
@@ -353,12 +358,24 @@ impl Rollups {
 
     /// Service dependencies with calls in `[start_s, end_s)`, sorted by parent and child.
     pub fn dependencies(&self, start_s: u64, end_s: u64) -> Vec<Dependency> {
+        Layers(vec![self]).dependencies(start_s, end_s)
+    }
+}
+
+/// Rollups read together as one: their cells are summed at query time. The store keeps
+/// its sealed blocks' cells in one [`Rollups`] and each head's in its own (a span is
+/// counted once, in its head, whose cells join the store's when it is sealed).
+pub struct Layers<'a>(pub Vec<&'a Rollups>);
+
+impl Layers<'_> {
+    /// [`Rollups::dependencies`] over every layer.
+    pub fn dependencies(&self, start_s: u64, end_s: u64) -> Vec<Dependency> {
         let mut acc: BTreeMap<(String, String), Cell> = BTreeMap::new();
-        for edges in self
-            .edges
-            .range(start_s / 60..end_s.div_ceil(60))
-            .map(|(_, e)| e)
-        {
+        for edges in self.0.iter().flat_map(|r| {
+            r.edges
+                .range(start_s / 60..end_s.div_ceil(60))
+                .map(|(_, e)| e)
+        }) {
             for (parent, children) in edges {
                 for (child, cell) in children {
                     acc.entry((parent.clone(), child.clone()))
@@ -388,6 +405,185 @@ impl Rollups {
             .collect()
     }
 
+    /// The RED series of `service` (and `operation`, and `kind`, when given) from
+    /// `start_s` to `end_s` (Unix seconds) in steps of `step_s` (a multiple of 60).
+    pub fn series(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+        step_s: u64,
+    ) -> Vec<RedPoint> {
+        let step_m = (step_s / 60).max(1);
+        let first = start_s / 60;
+        let last = end_s.saturating_sub(1) / 60;
+        let mut out = Vec::new();
+        let mut m = first - first % step_m;
+        while m <= last {
+            let (acc, requests) = self.merged(
+                service,
+                operation,
+                kind,
+                m.max(first)..(m + step_m).min(last + 1),
+            );
+            out.push(acc.point(m * 60, &requests));
+            m += step_m;
+        }
+        out
+    }
+
+    /// One RED point for all of `[start_s, end_s)` (its `start_s` is the range's start).
+    pub fn total(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        start_s: u64,
+        end_s: u64,
+    ) -> RedPoint {
+        let minutes = start_s / 60..end_s.saturating_sub(1) / 60 + 1;
+        let (acc, requests) = self.merged(service, operation, kind, minutes);
+        acc.point(start_s, &requests)
+    }
+
+    /// Every cell of a service (operation, kind) in a range of minutes, merged, and the
+    /// sketches of its all-entry cells merged apart (request latency).
+    fn merged(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        kind: Option<SpanKind>,
+        minutes: std::ops::Range<u64>,
+    ) -> (Cell, DDSketch) {
+        let mut acc = Cell::default();
+        let mut requests = DDSketch::new(Config::defaults());
+        if minutes.is_empty() {
+            return (acc, requests);
+        }
+        // Each (minute, operation, kind) once, with its cells from every layer: in name
+        // order, not the maps', so floating-point sums (the sketches' sums, the weighted
+        // counts) come out the same to the last bit on every read of the same cells,
+        // whichever process or backend built the maps; and a cell's parts are summed
+        // before it is judged all-entry, as one map holding them all would have.
+        let mut cells: BTreeMap<(u64, &str, usize), Vec<&Cell>> = BTreeMap::new();
+        for r in &self.0 {
+            for (m, services) in r.minutes.range(minutes.clone()) {
+                let Some(ops) = services.get(service) else {
+                    continue;
+                };
+                for (op, kinds) in ops {
+                    if operation.is_some_and(|o| o != op.as_str()) {
+                        continue;
+                    }
+                    for (k, c) in kinds.iter().enumerate() {
+                        if let Some(c) = c
+                            && kind.is_none_or(|want| want as usize == k)
+                        {
+                            cells.entry((*m, op.as_str(), k)).or_default().push(c);
+                        }
+                    }
+                }
+            }
+        }
+        for parts in cells.into_values() {
+            let whole;
+            let c = match parts.as_slice() {
+                [one] => *one,
+                _ => {
+                    let mut sum = Cell::default();
+                    for p in &parts {
+                        sum.merge(p);
+                    }
+                    whole = sum;
+                    &whole
+                }
+            };
+            acc.merge(c);
+            if c.all_entries() {
+                // Sketches made with the same config always merge.
+                let _ = requests.merge(&c.sketch);
+            }
+        }
+        (acc, requests)
+    }
+
+    /// The latency distribution of a service's requests (its all-entry operations, as
+    /// [`RedPoint::request_ms`]), or of one operation, over `[start_s, end_s)`: for each
+    /// upper bound in `bounds_ms` (ascending), the spans at most that long and longer than
+    /// the previous bound, and a last count for the rest. Counts come from the merged
+    /// sketch (1% relative accuracy on the bounds), so they sum to the exact span count.
+    pub fn distribution(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        start_s: u64,
+        end_s: u64,
+        bounds_ms: &[f64],
+    ) -> Vec<u64> {
+        let (acc, requests) = self.merged(
+            service,
+            operation,
+            None,
+            start_s / 60..end_s.saturating_sub(1) / 60 + 1,
+        );
+        let sketch = if operation.is_some() {
+            acc.sketch
+        } else {
+            requests
+        };
+        let n = sketch.count() as u64;
+        // Rank of a value: the largest q whose quantile is at most the value.
+        let rank = |v: f64| -> u64 {
+            if n == 0 {
+                return 0;
+            }
+            let (mut lo, mut hi) = (0.0f64, 1.0f64);
+            if sketch.quantile(1.0).ok().flatten().is_some_and(|q| q <= v) {
+                return n;
+            }
+            for _ in 0..30 {
+                let mid = (lo + hi) / 2.0;
+                match sketch.quantile(mid).ok().flatten() {
+                    Some(q) if q <= v => lo = mid,
+                    _ => hi = mid,
+                }
+            }
+            (lo * n as f64).round() as u64
+        };
+        let mut out = Vec::with_capacity(bounds_ms.len() + 1);
+        let mut below = 0u64;
+        for &b in bounds_ms {
+            let r = rank(b).max(below).min(n);
+            out.push(r - below);
+            below = r;
+        }
+        out.push(n - below);
+        out
+    }
+
+    /// Operations of `service` seen in the rollups, with their span kinds.
+    pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
+        let mut out = std::collections::BTreeSet::new();
+        for services in self.0.iter().flat_map(|r| r.minutes.values()) {
+            if let Some(ops) = services.get(service) {
+                for (op, kinds) in ops {
+                    for (k, c) in kinds.iter().enumerate() {
+                        if c.is_some() {
+                            out.insert((op.clone(), k as u8));
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(o, k)| (o, SpanKind::from_i32(i32::from(k))))
+            .collect()
+    }
+}
+
+impl Rollups {
     /// Adds every cell of `other`.
     pub fn merge(&mut self, other: &Rollups) {
         for (minute, edges) in &other.edges {
@@ -500,22 +696,7 @@ impl Rollups {
         end_s: u64,
         step_s: u64,
     ) -> Vec<RedPoint> {
-        let step_m = (step_s / 60).max(1);
-        let first = start_s / 60;
-        let last = end_s.saturating_sub(1) / 60;
-        let mut out = Vec::new();
-        let mut m = first - first % step_m;
-        while m <= last {
-            let (acc, requests) = self.merged(
-                service,
-                operation,
-                kind,
-                m.max(first)..(m + step_m).min(last + 1),
-            );
-            out.push(acc.point(m * 60, &requests));
-            m += step_m;
-        }
-        out
+        Layers(vec![self]).series(service, operation, kind, start_s, end_s, step_s)
     }
 
     /// One RED point for all of `[start_s, end_s)` (its `start_s` is the range's start).
@@ -527,60 +708,11 @@ impl Rollups {
         start_s: u64,
         end_s: u64,
     ) -> RedPoint {
-        let minutes = start_s / 60..end_s.saturating_sub(1) / 60 + 1;
-        let (acc, requests) = self.merged(service, operation, kind, minutes);
-        acc.point(start_s, &requests)
+        Layers(vec![self]).total(service, operation, kind, start_s, end_s)
     }
 
-    /// Every cell of a service (operation, kind) in a range of minutes, merged, and the
-    /// sketches of its all-entry cells merged apart (request latency).
-    fn merged(
-        &self,
-        service: &str,
-        operation: Option<&str>,
-        kind: Option<SpanKind>,
-        minutes: std::ops::Range<u64>,
-    ) -> (Cell, DDSketch) {
-        let mut acc = Cell::default();
-        let mut requests = DDSketch::new(Config::defaults());
-        if minutes.is_empty() {
-            return (acc, requests);
-        }
-        for (_, services) in self.minutes.range(minutes) {
-            let Some(ops) = services.get(service) else {
-                continue;
-            };
-            // In name order, not the map's: floating-point sums (the sketches' sums, the
-            // weighted counts) then come out the same to the last bit on every read of
-            // the same cells, whichever process or backend built the map.
-            let mut ops: Vec<_> = ops
-                .iter()
-                .filter(|(op, _)| operation.is_none_or(|o| o == op.as_str()))
-                .collect();
-            ops.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (_, kinds) in ops {
-                for (k, c) in kinds.iter().enumerate() {
-                    if kind.is_some_and(|want| want as usize != k) {
-                        continue;
-                    }
-                    if let Some(c) = c {
-                        acc.merge(c);
-                        if c.all_entries() {
-                            // Sketches made with the same config always merge.
-                            let _ = requests.merge(&c.sketch);
-                        }
-                    }
-                }
-            }
-        }
-        (acc, requests)
-    }
-
-    /// The latency distribution of a service's requests (its all-entry operations, as
-    /// [`RedPoint::request_ms`]), or of one operation, over `[start_s, end_s)`: for each
-    /// upper bound in `bounds_ms` (ascending), the spans at most that long and longer than
-    /// the previous bound, and a last count for the rest. Counts come from the merged
-    /// sketch (1% relative accuracy on the bounds), so they sum to the exact span count.
+    /// The latency distribution of a service's requests or of one operation (see
+    /// [`Layers::distribution`]).
     pub fn distribution(
         &self,
         service: &str,
@@ -589,64 +721,12 @@ impl Rollups {
         end_s: u64,
         bounds_ms: &[f64],
     ) -> Vec<u64> {
-        let (acc, requests) = self.merged(
-            service,
-            operation,
-            None,
-            start_s / 60..end_s.saturating_sub(1) / 60 + 1,
-        );
-        let sketch = if operation.is_some() {
-            acc.sketch
-        } else {
-            requests
-        };
-        let n = sketch.count() as u64;
-        // Rank of a value: the largest q whose quantile is at most the value.
-        let rank = |v: f64| -> u64 {
-            if n == 0 {
-                return 0;
-            }
-            let (mut lo, mut hi) = (0.0f64, 1.0f64);
-            if sketch.quantile(1.0).ok().flatten().is_some_and(|q| q <= v) {
-                return n;
-            }
-            for _ in 0..30 {
-                let mid = (lo + hi) / 2.0;
-                match sketch.quantile(mid).ok().flatten() {
-                    Some(q) if q <= v => lo = mid,
-                    _ => hi = mid,
-                }
-            }
-            (lo * n as f64).round() as u64
-        };
-        let mut out = Vec::with_capacity(bounds_ms.len() + 1);
-        let mut below = 0u64;
-        for &b in bounds_ms {
-            let r = rank(b).max(below).min(n);
-            out.push(r - below);
-            below = r;
-        }
-        out.push(n - below);
-        out
+        Layers(vec![self]).distribution(service, operation, start_s, end_s, bounds_ms)
     }
 
     /// Operations of `service` seen in the rollups, with their span kinds.
     pub fn operations(&self, service: &str) -> Vec<(String, SpanKind)> {
-        let mut out = std::collections::BTreeSet::new();
-        for services in self.minutes.values() {
-            if let Some(ops) = services.get(service) {
-                for (op, kinds) in ops {
-                    for (k, c) in kinds.iter().enumerate() {
-                        if c.is_some() {
-                            out.insert((op.clone(), k as u8));
-                        }
-                    }
-                }
-            }
-        }
-        out.into_iter()
-            .map(|(o, k)| (o, SpanKind::from_i32(i32::from(k))))
-            .collect()
+        Layers(vec![self]).operations(service)
     }
 
     /// Encodes the file format of the module doc.
@@ -944,11 +1024,11 @@ impl Rollups {
 pub struct RollupBuilder {
     rollups: Rollups,
     services: Vec<String>,
-    service_ids: HashMap<String, u32>,
+    service_ids: Map<String, u32>,
     /// Every span pushed: its service.
-    seen: HashMap<(TraceId, SpanId), u32>,
+    seen: Map<(TraceId, SpanId), u32>,
     /// Children whose parent has not arrived, by the parent's ids.
-    waiting: HashMap<(TraceId, SpanId), Vec<WaitingChild>>,
+    waiting: Map<(TraceId, SpanId), Vec<WaitingChild>>,
 }
 
 /// A child span waiting for its parent: start, service, and (error, duration, weight).
@@ -1266,6 +1346,94 @@ mod edge_tests {
             .request_ms,
             None
         );
+    }
+
+    /// Cells spread over layers answer as one map holding them all: every query, on
+    /// spans split at random over three layers, among them operations that are entries on
+    /// some spans only (a cell's parts are judged all-entry together, not apart).
+    #[test]
+    fn layers_answer_as_their_cells_merged() {
+        use super::tests::span;
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut layers = [Rollups::default(), Rollups::default(), Rollups::default()];
+        let mut whole = Rollups::default();
+        let svcs = ["api", "cart", "db"];
+        for i in 0..3_000u64 {
+            let svc = svcs[next(3) as usize];
+            let op = ["GET /", "call", "work"][next(3) as usize];
+            let mut s = span(svc, op, 1000 + next(5), 1 + next(400), next(20) == 0);
+            s.kind = [SpanKind::Server, SpanKind::Client, SpanKind::Internal][next(3) as usize];
+            // Internal spans are roots (entries) on some spans and children on others.
+            s.parent_span_id = (next(2) == 0).then_some([i as u8; 8]);
+            let weight = [1.0, 1.0, 4.0][next(3) as usize];
+            let l = next(3) as usize;
+            layers[l].add_weighted(&s, weight);
+            whole.add_weighted(&s, weight);
+            let callee = svcs[next(3) as usize];
+            if callee != svc {
+                let call = (next(10) == 0, 1 + next(100) * 1_000_000, weight);
+                layers[l].add_edge(s.start_ns, svc, callee, call);
+                whole.add_edge(s.start_ns, svc, callee, call);
+            }
+        }
+        let view = Layers(layers.iter().collect());
+        let one = Layers(vec![&whole]);
+        let (from, to) = (1000 * 60, 1005 * 60);
+        for svc in svcs {
+            assert_eq!(view.operations(svc), one.operations(svc), "{svc}");
+            for op in [None, Some("GET /"), Some("call"), Some("work")] {
+                for kind in [None, Some(SpanKind::Server), Some(SpanKind::Internal)] {
+                    let (a, b) = (
+                        view.series(svc, op, kind, from, to, 120),
+                        one.series(svc, op, kind, from, to, 120),
+                    );
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"), "{svc} {op:?} {kind:?}");
+                    let (a, b) = (
+                        view.total(svc, op, kind, from, to),
+                        one.total(svc, op, kind, from, to),
+                    );
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"), "{svc} {op:?} {kind:?}");
+                }
+                let bounds = [5.0, 50.0, 200.0];
+                assert_eq!(
+                    view.distribution(svc, op, from, to, &bounds),
+                    one.distribution(svc, op, from, to, &bounds),
+                    "{svc} {op:?}"
+                );
+            }
+        }
+        // Calls exactly; the mean latency to rounding (the sketches' sums add in another
+        // order, as they do when a restart merges the block files).
+        let (a, b) = (view.dependencies(from, to), one.dependencies(from, to));
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            let key = |d: &Dependency| {
+                (
+                    d.parent.clone(),
+                    d.child.clone(),
+                    d.calls,
+                    d.errors,
+                    d.stored,
+                )
+            };
+            assert_eq!(key(a), key(b));
+            let (la, lb) = (a.latency_ms.unwrap(), b.latency_ms.unwrap());
+            assert_eq!(la[..3], lb[..3], "quantiles of {} -> {}", a.parent, a.child);
+            assert!((la[3] - lb[3]).abs() < 1e-9 * lb[3], "mean {la:?} {lb:?}");
+        }
+        // The comparison compares something: requests and calls were counted.
+        let t = one.total("api", None, None, from, to);
+        assert!(
+            t.count > 500 && t.requests > 100 && t.request_ms.is_some(),
+            "{t:?}"
+        );
+        assert_eq!(one.dependencies(from, to).len(), 6);
     }
 
     /// Version 5 files (the same body, uncompressed) still read; version 6 is smaller on

@@ -451,6 +451,98 @@ fn dependency_edges_in_either_arrival_order_survive_sealing_and_restart() {
     );
 }
 
+/// RED cells and dependency calls count each span once wherever it is: in the head, in
+/// a head being sealed (read from the observer's checkpoint, which runs while the head is
+/// set aside), back in the head after a failed seal (with a newer head's spans and a call
+/// between the two), in a block, and after a restart.
+#[test]
+fn red_and_calls_count_each_span_once_through_failed_and_good_seals() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::{Mutex, OnceLock, Weak};
+    type Seen = (u64, Vec<(String, String, u64)>);
+    fn seen(store: &Store) -> Seen {
+        let count = store.red("cart", None, None, 0, 60, 60).unwrap().0[0].count;
+        let calls = store.dependencies(0, 120).unwrap().0;
+        (
+            count,
+            calls
+                .into_iter()
+                .map(|d| (d.parent, d.child, d.calls))
+                .collect(),
+        )
+    }
+    #[derive(Default)]
+    struct Probe {
+        store: OnceLock<Weak<Store>>,
+        fail: AtomicBool,
+        /// Spans ingested during the next checkpoint (into the head after the one being
+        /// sealed).
+        newer: Mutex<Vec<Span>>,
+        seen: Mutex<Vec<Seen>>,
+    }
+    impl crate::SpanObserver for Probe {
+        fn observe(&self, _: &[Span]) {}
+        fn checkpoint(&self) -> Result<(), String> {
+            if let Some(store) = self.store.get().and_then(Weak::upgrade) {
+                self.seen.lock().unwrap().push(seen(&store));
+                let newer = std::mem::take(&mut *self.newer.lock().unwrap());
+                if !newer.is_empty() {
+                    store.ingest(2, newer).unwrap();
+                }
+            }
+            match self.fail.load(SeqCst) {
+                true => Err("refused by the test".into()),
+                false => Ok(()),
+            }
+        }
+    }
+    let calls = |n| vec![("front".to_string(), "cart".to_string(), n)];
+    let tmp = tempfile::tempdir().unwrap();
+    let (front, cart) = (origin("front"), origin("cart"));
+    let store = Arc::new(Store::open(opts(tmp.path())).unwrap().0);
+    let probe = Arc::new(Probe::default());
+    probe.store.set(Arc::downgrade(&store)).unwrap();
+    assert!(store.set_observer(probe.clone()));
+    // Trace 1: front -> cart. Trace 2: a cart span whose parent (front) comes later.
+    store
+        .ingest(
+            1,
+            vec![
+                span(1, 1, None, &front),
+                span(1, 2, Some(1), &cart),
+                span(2, 3, Some(4), &cart),
+            ],
+        )
+        .unwrap();
+    assert_eq!(seen(&store), (2, calls(1)), "in the head");
+    // A seal fails; meanwhile trace 2's parent arrives in the next head.
+    probe.fail.store(true, SeqCst);
+    *probe.newer.lock().unwrap() = vec![span(2, 4, None, &front)];
+    assert!(store.seal().is_err(), "the checkpoint refuses");
+    assert_eq!(
+        seen(&store),
+        (2, calls(2)),
+        "back in the head, with the newer head's spans and the call between the two"
+    );
+    probe.fail.store(false, SeqCst);
+    store.seal().unwrap().unwrap();
+    assert_eq!(seen(&store), (2, calls(2)), "in the block");
+    assert_eq!(
+        *probe.seen.lock().unwrap(),
+        vec![(2, calls(1)), (2, calls(2))],
+        "while each head was being sealed"
+    );
+    store.ingest(3, vec![span(3, 5, None, &cart)]).unwrap();
+    assert_eq!(seen(&store), (3, calls(2)), "block and head");
+    drop(store);
+    let store = Store::open(opts(tmp.path())).unwrap().0;
+    assert_eq!(
+        seen(&store),
+        (2, calls(2)),
+        "the block's rollups after a restart"
+    );
+}
+
 /// Live data first: records 4..=6 are deferred while 7 and 8 are indexed; the manifest
 /// keeps 4..=6 pending (so the WAL keeps them) across a restart until their replay is
 /// sealed, and no record is replayed twice.

@@ -87,10 +87,6 @@ pub(crate) fn advanced(manifest: &Manifest, pending: &mut SeqRanges, head: &Head
     next
 }
 
-/// A call between services found while ingesting: child start, parent service, child
-/// service, and of the child: error, duration, adjusted count.
-type Edge = (u64, String, String, (bool, u64, f64));
-
 impl Head {
     /// Makes room for a block's worth of spans (at most [`HEAD_RESERVE_MAX`]) at once:
     /// growing the span vector and the maps by doubling moved every span again and
@@ -133,18 +129,13 @@ impl Head {
         })
     }
 
-    /// Adds spans; returns the service-to-service calls their arrival completed, and the
-    /// clock-skew samples of the client/server pairs it matched.
-    pub(crate) fn push(
-        &mut self,
-        seq: u64,
-        spans: Vec<Span>,
-        weights: &[f64],
-    ) -> (Vec<Edge>, Vec<Sample>) {
+    /// Adds spans, and to the head's rollups the spans and the service-to-service calls
+    /// their arrival completed; returns the clock-skew samples of the client/server pairs
+    /// it matched.
+    pub(crate) fn push(&mut self, seq: u64, spans: Vec<Span>, weights: &[f64]) -> Vec<Sample> {
         if self.started.is_none() && !spans.is_empty() {
             self.started = Some(Instant::now());
         }
-        let mut edges = Vec::new();
         let mut samples = Vec::new();
         // Spans of one request share their resource: its service's bit is looked up once.
         let mut last: Option<(*const faultline_model::span::Origin, u64)> = None;
@@ -158,12 +149,12 @@ impl Head {
                         let parent = &self.spans[pi as usize];
                         samples.extend(skew::sample(parent, &s));
                         if parent.service() != s.service() {
-                            edges.push((
+                            self.rollups.add_edge(
                                 s.start_ns,
-                                parent.service().to_string(),
-                                s.service().to_string(),
+                                parent.service(),
+                                s.service(),
                                 (s.is_error(), s.duration_ns(), weight),
-                            ));
+                            );
                         }
                     }
                     None => self.waiting.entry((s.trace_id, p)).or_default().push(idx),
@@ -174,16 +165,16 @@ impl Head {
                     let child = &self.spans[ci as usize];
                     samples.extend(skew::sample(&s, child));
                     if child.service() != s.service() {
-                        edges.push((
+                        self.rollups.add_edge(
                             child.start_ns,
-                            s.service().to_string(),
-                            child.service().to_string(),
+                            s.service(),
+                            child.service(),
                             (
                                 child.is_error(),
                                 child.duration_ns(),
                                 adjusted_count(&child.attributes),
                             ),
-                        ));
+                        );
                     }
                 }
             }
@@ -215,11 +206,8 @@ impl Head {
             t.services |= bit;
             self.spans.push(s);
         }
-        for (start, p, c, call) in &edges {
-            self.rollups.add_edge(*start, p, c, *call);
-        }
         self.max_seq = self.max_seq.max(seq);
-        (edges, samples)
+        samples
     }
 
     /// Removes from `pending` what this head makes durable once it is sealed.
@@ -373,8 +361,7 @@ impl Store {
         } else {
             inner.head.in_order = inner.head.in_order.max(seq);
         }
-        for (s, w) in spans.iter().zip(&weights) {
-            inner.rollups.add_weighted(s, *w);
+        for s in &spans {
             // A trace new to the head but already in a block or a sealing head is split.
             if !inner.head.by_trace.contains_key(&s.trace_id)
                 && !inner.split.contains(&s.trace_id)
@@ -397,10 +384,9 @@ impl Store {
         if inner.head.spans.capacity() == 0 {
             inner.head.reserve(self.opts.block_max_spans);
         }
-        let (edges, samples) = inner.head.push(seq, spans, &weights);
-        for (start, p, c, call) in &edges {
-            inner.rollups.add_edge(*start, p, c, *call);
-        }
+        // The head counts the spans and calls in its rollups, which join the store's
+        // when it is sealed (each span is added to one sketch only).
+        let samples = inner.head.push(seq, spans, &weights);
         for x in samples {
             inner.skew.observe(x);
         }

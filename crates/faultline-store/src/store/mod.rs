@@ -175,7 +175,9 @@ pub(crate) struct Inner {
     blocks: Vec<Arc<Sealed>>,
     manifest: Manifest,
     quarantined: Vec<String>,
-    /// RED cells of every span: the blocks' rollup files plus everything ingested since.
+    /// RED cells of the sealed blocks' spans (their rollup files, and the archive of
+    /// evicted ones). The heads keep their own spans' cells; [`Inner::rollups`] reads
+    /// them all together, and a head's join these when it is sealed.
     rollups: Rollups,
     /// Clock-skew samples of the client/server calls seen since start.
     skew: crate::skew::SkewSamples,
@@ -192,6 +194,16 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The RED cells of every span: the sealed blocks', the heads' being sealed and the
+    /// head's.
+    fn rollups(&self) -> crate::rollup::Layers<'_> {
+        let mut layers = Vec::with_capacity(2 + self.sealing.len());
+        layers.push(&self.rollups);
+        layers.extend(self.sealing.iter().map(|h| &h.rollups));
+        layers.push(&self.head.rollups);
+        crate::rollup::Layers(layers)
+    }
+
     fn in_heads(&self, id: &TraceId) -> usize {
         usize::from(self.head.by_trace.contains_key(id))
             + self

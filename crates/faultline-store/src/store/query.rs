@@ -159,7 +159,7 @@ impl SpanStore for Store {
                 inner.quality.services(),
                 inner.skew.current(),
                 inner
-                    .rollups
+                    .rollups()
                     .dependencies(now_s.saturating_sub(3600), now_s + 60),
             )
         };
@@ -239,7 +239,7 @@ impl SpanStore for Store {
     ) -> Result<(Vec<(String, SpanKind)>, Completeness), StoreError> {
         let inner = self.inner.read().map_err(|_| lock_err())?;
         Ok((
-            inner.rollups.operations(service),
+            inner.rollups().operations(service),
             Self::completeness(&inner),
         ))
     }
@@ -251,7 +251,7 @@ impl SpanStore for Store {
     ) -> Result<(Vec<crate::rollup::Dependency>, Completeness), StoreError> {
         let inner = self.inner.read().map_err(|_| lock_err())?;
         Ok((
-            inner.rollups.dependencies(start_s, end_s),
+            inner.rollups().dependencies(start_s, end_s),
             Self::completeness(&inner),
         ))
     }
@@ -267,7 +267,7 @@ impl SpanStore for Store {
     ) -> Result<(Vec<RedPoint>, Completeness), StoreError> {
         let inner = self.inner.read().map_err(|_| lock_err())?;
         let points = inner
-            .rollups
+            .rollups()
             .series(service, operation, kind, start_s, end_s, step_s);
         Ok((points, Self::completeness(&inner)))
     }
@@ -283,7 +283,7 @@ impl SpanStore for Store {
         let inner = self.inner.read().map_err(|_| lock_err())?;
         Ok((
             inner
-                .rollups
+                .rollups()
                 .total(service, operation, kind, start_s, end_s),
             Self::completeness(&inner),
         ))
@@ -300,7 +300,7 @@ impl SpanStore for Store {
         let inner = self.inner.read().map_err(|_| lock_err())?;
         Ok((
             inner
-                .rollups
+                .rollups()
                 .distribution(service, operation, start_s, end_s, bounds_ms),
             Self::completeness(&inner),
         ))

@@ -83,6 +83,9 @@ impl Store {
                 let sealed = Arc::new(sealed);
                 inner.sealing.retain(|h| !Arc::ptr_eq(h, &head));
                 inner.blocks.push(sealed.clone());
+                // The head's cells join the store's in the same step, so a RED read counts
+                // its spans once: before, in the head's layer; after, in the store's.
+                inner.rollups.merge(&head.rollups);
                 inner.manifest = manifest;
                 head.settle(&mut inner.pending);
                 inner.register(&sealed);
@@ -123,9 +126,8 @@ impl Store {
                     started: h.started,
                 });
                 let newer = std::mem::take(&mut inner.head);
-                // The global rollups already counted these spans and the calls among them;
-                // calls between the two heads stay uncounted (this path only runs after a
-                // failed seal).
+                // The restored head keeps its cells; the newer head's spans are counted
+                // again into them as they are added, with the calls between the two.
                 restored.absorb(newer);
                 inner.head = restored;
                 Err(e)

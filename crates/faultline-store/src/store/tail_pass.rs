@@ -114,7 +114,7 @@ impl Store {
                 .into_iter()
                 .map(|r| {
                     let p = inner
-                        .rollups
+                        .rollups()
                         .total(
                             &r.0,
                             Some(&r.1),
