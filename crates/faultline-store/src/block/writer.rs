@@ -65,13 +65,24 @@ pub(crate) fn write_block_indexed(
     estimates: &Estimates,
 ) -> Result<(WrittenBlock, BlockIndex), StoreError> {
     // Sort references, not spans: the head stays queryable (and unmoved) while it is written.
-    let mut sorted: Vec<&Span> = spans.iter().collect();
-    sorted.sort_unstable_by(|a, b| {
-        a.trace_id
-            .cmp(&b.trace_id)
-            .then(a.start_ns.cmp(&b.start_ns))
-            .then(a.span_id.cmp(&b.span_id))
-    });
+    // The order (trace id, start, span id) is read from each span once, into keys sorted
+    // side by side: comparing through the references reached two cold spans per comparison
+    // (a twentieth of a seal's time).
+    let mut keys: Vec<(u128, u64, u64, usize)> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                u128::from_be_bytes(s.trace_id),
+                s.start_ns,
+                u64::from_be_bytes(s.span_id),
+                i,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    let sorted: Vec<&Span> = keys.iter().map(|k| &spans[k.3]).collect();
+    drop(keys);
     let (spans, entries) = by_shape(sorted);
     std::fs::create_dir_all(dir).map_err(io_err("create block directory", dir))?;
     let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
