@@ -697,6 +697,52 @@ fn promoted_attribute_columns_round_trip_in_order() {
     assert!(!cols.contains(&"attr.blob".to_string()), "{cols:?}");
 }
 
+/// A block larger than the promotion sample chooses its columns on every n-th span: a key
+/// that is an integer on the sampled spans gets its column even though one span the sample
+/// skips holds a string under it (which a look at every span would have refused), and that
+/// span's string, like every other value, comes back as written.
+#[test]
+fn promotion_judged_on_a_sample_keeps_the_values_it_did_not_see() {
+    use crate::block::schema::PROMOTION_SAMPLE;
+    let tmp = tempfile::tempdir().unwrap();
+    let o = origin("a");
+    let n = 2 * PROMOTION_SAMPLE + 7_000;
+    let stride = n.div_ceil(PROMOTION_SAMPLE);
+    assert_eq!(
+        stride, 3,
+        "the test's stray span lies between two sampled ones"
+    );
+    // One span per trace, all of one shape, trace ids ascending: the block keeps this order.
+    let spans: Vec<Span> = (0..n)
+        .map(|i| {
+            let mut s = span(1, 1, None, &o);
+            s.trace_id = (i as u128 + 1).to_be_bytes();
+            s.name = "op".into();
+            s.status = StatusCode::Unset;
+            s.status_message = String::new();
+            let code = if i == 1 {
+                AttrValue::Str("two hundred".into())
+            } else {
+                AttrValue::Int(200 + (i % 5) as i64)
+            };
+            s.attributes = vec![
+                ("code".into(), code),
+                ("user".into(), AttrValue::Str(format!("u{i}"))),
+            ];
+            s
+        })
+        .collect();
+    write_block(tmp.path(), "b1", &spans).unwrap();
+    let cols = parquet_columns(&tmp.path().join("b1.parquet"));
+    assert!(cols.contains(&"attr.code".to_string()), "{cols:?}");
+    let mut got = BlockReader::open(tmp.path(), "b1").unwrap().all().unwrap();
+    got.sort_by_key(|s| s.trace_id);
+    assert_eq!(got.len(), n);
+    for (g, w) in got.iter().zip(&spans) {
+        assert_eq!(g.attributes, w.attributes, "trace {:?}", w.trace_id);
+    }
+}
+
 /// Format 3: a parent in the same trace is stored as a row delta (forwards or backwards:
 /// a parent may start after its child under clock skew), an absent parent as its id, and
 /// start times as the trace's start plus an offset; all come back exactly, through a trace

@@ -92,7 +92,7 @@
 mod json;
 mod pages;
 mod reader;
-mod schema;
+pub(crate) mod schema;
 mod tidx;
 mod writer;
 

@@ -1,6 +1,7 @@
 //! The Arrow schema of a block (the column table is in the module doc of `block`), and the
 //! choice of promoted attribute columns: keys on at least 1% of a block's spans with one
-//! scalar type throughout, up to [`MAX_PROMOTED`], each in a nullable `attr.KEY` column.
+//! scalar type throughout, up to [`MAX_PROMOTED`], each in a nullable `attr.KEY` column
+//! (a large block judged on a sample of its spans, [`PROMOTION_SAMPLE`]).
 
 use std::sync::Arc;
 
@@ -80,9 +81,20 @@ pub(crate) const ATTR_PREFIX: &str = "attr.";
 /// Most attribute keys promoted to their own columns in one block.
 pub const MAX_PROMOTED: usize = 32;
 
+/// Spans [`choose_promoted`] looks at, at most (about; every n-th span of a larger block).
+pub(crate) const PROMOTION_SAMPLE: usize = 16 * 1024;
+
 /// The attribute keys of `spans` that get their own column: those on at least 1% of the
 /// spans with one scalar type throughout, the most frequent [`MAX_PROMOTED`], by name.
+///
+/// A block of more than [`PROMOTION_SAMPLE`] spans is judged by every n-th span: reading
+/// every key of a 250,000-span head was a tenth of a seal's time (cold strings compared
+/// one by one), and the choice only shapes the file. A key chosen on the sample whose
+/// value is another type on some span, or a second time on one span, is written in that
+/// span's attribute JSON, as any value the column cannot hold.
 pub(crate) fn choose_promoted(spans: &[&Span]) -> Vec<(String, Promo)> {
+    let stride = spans.len().div_ceil(PROMOTION_SAMPLE).max(1);
+    let sampled = spans.len().div_ceil(stride);
     // Keys are numbered through a map, but a span mostly repeats the keys of the span
     // before it in the same order (a block's spans are sorted by trace, its traces by
     // shape): each key is compared with the key at its place in the previous span first
@@ -91,7 +103,7 @@ pub(crate) fn choose_promoted(spans: &[&Span]) -> Vec<(String, Promo)> {
     let mut number: FastMap<&str, usize> = FastMap::default();
     let mut stats: Vec<(&str, usize, Option<Promo>)> = Vec::new();
     let mut last: Vec<(&str, usize)> = Vec::new();
-    for s in spans {
+    for s in spans.iter().step_by(stride) {
         for (i, (k, v)) in s.attributes.iter().enumerate() {
             let n = match last.get(i) {
                 Some(&(lk, n)) if lk == k.as_str() => n,
@@ -114,7 +126,7 @@ pub(crate) fn choose_promoted(spans: &[&Span]) -> Vec<(String, Promo)> {
             }
         }
     }
-    let least = spans.len().div_ceil(100).max(1);
+    let least = sampled.div_ceil(100).max(1);
     let mut keys: Vec<(&str, usize, Promo)> = stats
         .into_iter()
         .filter_map(|(k, n, p)| Some((k, n, p?)))
