@@ -33,29 +33,39 @@ fn binary() -> PathBuf {
     p
 }
 
-/// A loopback port free now, below Linux's ephemeral range (32768-60999 by default): the
-/// kernel never hands such a port to an outgoing connection, so none of this or a
-/// parallel test's connections can take it between this check and the server binding it
-/// (or binding it again after a restart). Ports 14000-19999: the integration tests'
-/// helpers pick from 20000-31999.
+/// A loopback port free now, below Linux's ephemeral range; see [`low_port_listener`].
+/// Ports 14000-19999: the integration tests' helpers pick from 20000-31999.
 pub fn free_port() -> u16 {
+    low_port_listener(14_000..20_000)
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback listener on a random free port of `range`, which should lie below Linux's
+/// ephemeral range (32768-60999 by default): the kernel never hands such a port to an
+/// outgoing connection, so one released and bound again (a server started on it, or
+/// restarted) cannot have been taken by a connection of this or a parallel test
+/// meanwhile. Callers that run side by side take ranges of their own.
+pub fn low_port_listener(range: std::ops::Range<u16>) -> std::net::TcpListener {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ (u64::from(std::process::id()) << 32);
+    let width = u64::from(range.end.saturating_sub(range.start)).max(1);
     let mut x = seed | 1;
     for _ in 0..1000 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let port = 14_000 + (x ^ NEXT.fetch_add(1, Ordering::Relaxed)) % 6_000;
+        let port = u64::from(range.start) + (x ^ NEXT.fetch_add(1, Ordering::Relaxed)) % width;
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
-            return l.local_addr().unwrap().port();
+            return l;
         }
     }
-    panic!("no free loopback port in 14000..20000 after 1000 tries")
+    panic!("no free loopback port in {range:?} after 1000 tries")
 }
 
 /// The ports of one server: HTTP, native TCP, interserver.

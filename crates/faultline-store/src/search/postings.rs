@@ -263,12 +263,17 @@ impl Postings {
     }
 
     /// [`Postings::build`] with the terms hashed as `hashing` (tests write the hashes of
-    /// older versions with it).
+    /// older versions with it). Chained hashings only: the build hashes link by link, and
+    /// versions 2 and 3 (`LaidOut`) are read, never written.
     fn build_hashed(
         spans: &[&Span],
         traces: &[(u32, u32)],
         hashing: Hashing,
     ) -> Result<(Self, Vec<u8>), StoreError> {
+        debug_assert!(
+            hashing != Hashing::LaidOut,
+            "an index is built with chained hashes only"
+        );
         let mut occ = Occurrences {
             hashing,
             ..Occurrences::default()

@@ -40,21 +40,11 @@ pub fn free_port() -> u16 {
     low_port_listener().local_addr().unwrap().port()
 }
 
-/// A loopback listener on a port below Linux's ephemeral range (32768-60999 by default):
-/// the kernel never hands such a port to an outgoing connection, so one released and
-/// bound again (a server started on it, a target reopened) cannot have been taken by a
-/// connection of this or a parallel test meanwhile.
+/// A loopback listener on a free port in 20000-31999, below Linux's ephemeral range (see
+/// `faultline_clickhouse::testing::low_port_listener`; its ClickHouse servers take
+/// 14000-19999).
 pub fn low_port_listener() -> TcpListener {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut rng = Rng(now_ns() ^ (u64::from(std::process::id()) << 32));
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = 20_000 + (rng.next() ^ n) % 12_000;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
-            return l;
-        }
-    }
-    panic!("no free loopback port in 20000..32000 after 1000 tries");
+    faultline_clickhouse::testing::low_port_listener(20_000..32_000)
 }
 
 thread_local! {
