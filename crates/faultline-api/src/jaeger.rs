@@ -237,9 +237,11 @@ fn attr_json(v: &AttrValue) -> Value {
         AttrValue::Double(d) => json!(d),
         AttrValue::Bytes(b) => json!(hex(b)),
         AttrValue::Array(a) => Value::Array(a.iter().map(attr_json).collect()),
-        AttrValue::KvList(kv) => {
-            Value::Object(kv.iter().map(|(k, v)| (k.clone(), attr_json(v))).collect())
-        }
+        AttrValue::KvList(kv) => Value::Object(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), attr_json(v)))
+                .collect(),
+        ),
         AttrValue::Empty => Value::Null,
     }
 }
@@ -730,14 +732,14 @@ mod tests {
             scope_version: "1".into(),
         });
         let attrs = vec![
-            ("s".to_string(), AttrValue::Str("x".into())),
-            ("b".to_string(), AttrValue::Bool(true)),
-            ("i".to_string(), AttrValue::Int(-3)),
-            ("d".to_string(), AttrValue::Double(0.25)),
-            ("x".to_string(), AttrValue::Bytes(vec![1, 2])),
-            ("a".to_string(), AttrValue::Array(vec![AttrValue::Int(1)])),
+            ("s".into(), AttrValue::Str("x".into())),
+            ("b".into(), AttrValue::Bool(true)),
+            ("i".into(), AttrValue::Int(-3)),
+            ("d".into(), AttrValue::Double(0.25)),
+            ("x".into(), AttrValue::Bytes(vec![1, 2])),
+            ("a".into(), AttrValue::Array(vec![AttrValue::Int(1)])),
             (
-                "k".to_string(),
+                "k".into(),
                 AttrValue::KvList(vec![("n".into(), AttrValue::Bool(false))]),
             ),
         ];

@@ -332,26 +332,20 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Result<Response<Bo
     let sink = ctx.sink.read().ok().and_then(|s| s.clone());
     if let Some(sink) = sink {
         let mut attributes = vec![
+            ("faultline.proxy".into(), AttrValue::Str(ctx.name.clone())),
+            ("http.request.method".into(), AttrValue::Str(method.clone())),
+            ("url.path".into(), AttrValue::Str(path.clone())),
             (
-                "faultline.proxy".to_string(),
-                AttrValue::Str(ctx.name.clone()),
-            ),
-            (
-                "http.request.method".to_string(),
-                AttrValue::Str(method.clone()),
-            ),
-            ("url.path".to_string(), AttrValue::Str(path.clone())),
-            (
-                "http.response.status_code".to_string(),
+                "http.response.status_code".into(),
                 AttrValue::Int(i64::from(status)),
             ),
             (
-                "server.address".to_string(),
+                "server.address".into(),
                 AttrValue::Str(ctx.upstream.clone()),
             ),
         ];
         if let Some(f) = &fault_desc {
-            attributes.push(("faultline.fault".to_string(), AttrValue::Str(f.clone())));
+            attributes.push(("faultline.fault".into(), AttrValue::Str(f.clone())));
         }
         let error = status >= 500 || aborted;
         let span = Span {

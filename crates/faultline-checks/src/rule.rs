@@ -24,7 +24,7 @@
 
 use std::time::Duration;
 
-use faultline_model::span::{AttrValue, Span};
+use faultline_model::span::{AttrValue, Key, Span};
 use faultline_rules::Selector;
 use serde::{Deserialize, Serialize};
 
@@ -194,7 +194,7 @@ impl Rule {
 /// The key attribute's value as text: the span's attribute, else the resource's. Empty
 /// when absent.
 pub fn key_value(span: &Span, key: &str) -> Option<String> {
-    let find = |attrs: &[(String, AttrValue)]| {
+    let find = |attrs: &[(Key, AttrValue)]| {
         attrs.iter().find(|(k, _)| k == key).map(|(_, v)| match v {
             AttrValue::Str(s) => s.clone(),
             AttrValue::Int(i) => i.to_string(),

@@ -123,7 +123,7 @@ pub fn decode_span(r: &mut RowReader<'_>) -> Option<Span> {
             3 => AttrValue::Bool(text.parse().ok()?),
             _ => in_otlp.next()?.1,
         };
-        s.attributes.push((k, value));
+        s.attributes.push((k.into(), value));
     }
     s.trace_id = trace_id;
     s.span_id = span_id;

@@ -18,7 +18,7 @@
 //! Anything else, or a malformed value (a threshold that is not hex, a rate below 1, a
 //! probability outside (0, 1]), counts 1: the span stands for itself.
 
-use crate::span::AttrValue;
+use crate::span::{AttrValue, Key};
 
 /// The attribute that holds a span's W3C tracestate, when it had one.
 pub const TRACESTATE_ATTR: &str = "w3c.tracestate";
@@ -43,7 +43,7 @@ pub fn tracestate_probability(tracestate: &str) -> Option<f64> {
 }
 
 /// How many spans a span with these attributes stands for (see the module header).
-pub fn adjusted_count(attributes: &[(String, AttrValue)]) -> f64 {
+pub fn adjusted_count(attributes: &[(Key, AttrValue)]) -> f64 {
     let mut sample_rate = None;
     let mut jaeger_type = None;
     let mut jaeger_param = None;
@@ -87,10 +87,10 @@ fn number(v: &AttrValue) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn attrs(pairs: &[(&str, AttrValue)]) -> Vec<(String, AttrValue)> {
+    fn attrs(pairs: &[(&str, AttrValue)]) -> Vec<(Key, AttrValue)> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .map(|(k, v)| (Key::new(k), v.clone()))
             .collect()
     }
 

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::ExportTraceServiceRequest;
+pub use crate::key::Key;
 use crate::otlp::common::{AnyValue, KeyValue, any_value::Value};
 
 /// A 128-bit trace id.
@@ -31,7 +32,7 @@ pub enum AttrValue {
     /// An array of values.
     Array(Vec<AttrValue>),
     /// A nested list of key-values.
-    KvList(Vec<(String, AttrValue)>),
+    KvList(Attributes),
     /// No value.
     Empty,
 }
@@ -79,13 +80,13 @@ impl AttrValue {
     }
 }
 
-/// Key-value attributes in their original order.
-pub type Attributes = Vec<(String, AttrValue)>;
+/// Key-value attributes in their original order; keys are interned ([`Key`]).
+pub type Attributes = Vec<(Key, AttrValue)>;
 
 /// Converts OTLP key-values.
 pub fn attrs_from_otlp(kvs: &[KeyValue]) -> Attributes {
     kvs.iter()
-        .map(|kv| (kv.key.clone(), AttrValue::from_otlp(kv.value.as_ref())))
+        .map(|kv| (Key::new(&kv.key), AttrValue::from_otlp(kv.value.as_ref())))
         .collect()
 }
 
@@ -249,7 +250,7 @@ fn attrs_into(kvs: Vec<KeyValue>) -> Attributes {
     kvs.into_iter()
         .map(|kv| {
             let v = AttrValue::from_otlp_owned(kv.value);
-            (kv.key, v)
+            (Key::from(kv.key), v)
         })
         .collect()
 }
@@ -299,7 +300,7 @@ fn attrs_to_otlp(attrs: &Attributes) -> Vec<KeyValue> {
     attrs
         .iter()
         .map(|(k, v)| KeyValue {
-            key: k.clone(),
+            key: k.to_string(),
             value: Some(value_to_otlp(v)),
             ..KeyValue::default()
         })
@@ -395,7 +396,7 @@ fn with_tracestate(mut attributes: Attributes, trace_state: String) -> Attribute
             .any(|(k, _)| k == crate::sampling::TRACESTATE_ATTR)
     {
         attributes.push((
-            crate::sampling::TRACESTATE_ATTR.to_string(),
+            Key::new(crate::sampling::TRACESTATE_ATTR),
             AttrValue::Str(trace_state),
         ));
     }
@@ -644,7 +645,7 @@ mod tests {
         assert_eq!(s.origin.scope_name, "lib");
         assert_eq!(
             s.origin.resource[1],
-            ("host.name".to_string(), AttrValue::Str("h1".into()))
+            ("host.name".into(), AttrValue::Str("h1".into()))
         );
         assert_eq!(s.kind, SpanKind::Client);
         assert_eq!(s.duration_ns(), 250);
@@ -688,16 +689,16 @@ mod to_otlp_tests {
             ..Origin::default()
         });
         let attrs = vec![
-            ("d".to_string(), AttrValue::Double(1.5)),
-            ("b".to_string(), AttrValue::Bytes(vec![1, 2])),
-            ("i".to_string(), AttrValue::Int(-9)),
-            ("t".to_string(), AttrValue::Bool(true)),
+            ("d".into(), AttrValue::Double(1.5)),
+            ("b".into(), AttrValue::Bytes(vec![1, 2])),
+            ("i".into(), AttrValue::Int(-9)),
+            ("t".into(), AttrValue::Bool(true)),
             (
-                "a".to_string(),
+                "a".into(),
                 AttrValue::Array(vec![AttrValue::Str("x".into())]),
             ),
             (
-                "k".to_string(),
+                "k".into(),
                 AttrValue::KvList(vec![("in".into(), AttrValue::Int(1))]),
             ),
         ];

@@ -55,10 +55,10 @@ fn trace(r: &mut impl FnMut(u64) -> u64, base: u64, minutes: u64) -> Vec<Span> {
         let dur = 10_000 * (1 + r(scale));
         let error = r(25) == 0;
         let mut attributes = vec![
-            ("region".to_string(), AttrValue::Str(region.into())),
-            ("user.id".to_string(), AttrValue::Str(user.clone())),
+            ("region".into(), AttrValue::Str(region.into())),
+            ("user.id".into(), AttrValue::Str(user.clone())),
             (
-                "http.response.status_code".to_string(),
+                "http.response.status_code".into(),
                 AttrValue::Int(if error { 500 } else { 200 }),
             ),
         ];

@@ -24,7 +24,7 @@
 //! A comparison with an attribute the span lacks is false (so `!=` on a missing
 //! attribute is false too: write `!(.a = "x")` for "not x or missing").
 
-use faultline_model::span::{AttrValue, Span, SpanKind, StatusCode};
+use faultline_model::span::{AttrValue, Key, Span, SpanKind, StatusCode};
 
 /// A selector that could not be parsed: where and what was expected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -365,7 +365,7 @@ fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-fn attr<'s>(attrs: &'s [(String, AttrValue)], key: &str) -> Option<&'s AttrValue> {
+fn attr<'s>(attrs: &'s [(Key, AttrValue)], key: &str) -> Option<&'s AttrValue> {
     attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 

@@ -185,19 +185,18 @@ impl Quality {
                     None => {}
                     Some(Check::Typed(kind)) if !kind.matches(v) => {
                         h.wrong_type
-                            .entry((k.clone(), kind_name(v)))
+                            .entry((k.to_string(), kind_name(v)))
                             .or_default()
                             .add(1, now_s, &s.trace_id);
                     }
                     Some(Check::Typed(_)) => {}
                     Some(Check::Deprecated) => match h.deprecated.get_mut(k.as_str()) {
                         Some(t) => t.add(1, now_s, &s.trace_id),
-                        None => {
-                            h.deprecated
-                                .entry(k.clone())
-                                .or_default()
-                                .add(1, now_s, &s.trace_id)
-                        }
+                        None => h.deprecated.entry(k.to_string()).or_default().add(
+                            1,
+                            now_s,
+                            &s.trace_id,
+                        ),
                     },
                 }
             }
@@ -341,7 +340,7 @@ mod tests {
             end_ns: 1,
             status: StatusCode::Unset,
             status_message: String::new(),
-            attributes: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            attributes: attrs.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             events: Vec::new(),
             links: Vec::new(),
             origin: service.clone(),

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use faultline_model::span::{AttrValue, Span, TraceId};
+use faultline_model::span::{AttrValue, Key, Span, TraceId};
 
 /// How long `service` took in a trace: its longest entry span (SERVER or CONSUMER, or a
 /// root), or, when it has none there, its longest span. `None` when it has no span there.
@@ -155,7 +155,7 @@ pub fn mask(text: &str) -> String {
     out
 }
 
-fn attr<'a>(attrs: &'a [(String, AttrValue)], key: &str) -> Option<&'a AttrValue> {
+fn attr<'a>(attrs: &'a [(Key, AttrValue)], key: &str) -> Option<&'a AttrValue> {
     attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 

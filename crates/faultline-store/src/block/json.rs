@@ -7,7 +7,7 @@
 
 use serde_json::Value as Json;
 
-use faultline_model::span::{AttrValue, Attributes};
+use faultline_model::span::{AttrValue, Attributes, Key};
 
 pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != N * 2 {
@@ -65,7 +65,7 @@ pub(crate) fn attrs_from_json(v: &Json) -> Attributes {
     v.as_object()
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), value_from_json(v)))
+                .map(|(k, v)| (Key::new(k), value_from_json(v)))
                 .collect()
         })
         .unwrap_or_default()

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::{
 use serde_json::Value as Json;
 
 use faultline_model::span::{
-    AttrValue, Attributes, Event, Link, Origin, Span, SpanKind, StatusCode, TraceId,
+    AttrValue, Attributes, Event, Key, Link, Origin, Span, SpanKind, StatusCode, TraceId,
 };
 
 use super::json::{attrs_from_json, unhex, value_from_json};
@@ -611,13 +611,13 @@ impl<'a> PromotedColumns<'a> {
         &self,
         i: usize,
         rest: &Json,
-        last: &mut Option<(String, Vec<String>)>,
+        last: &mut Option<(String, Vec<Key>)>,
     ) -> Result<Attributes, String> {
         let text = self.keys.value(i);
         if last.as_ref().is_none_or(|(t, _)| t != text) {
             let list: Vec<String> = serde_json::from_str(text)
                 .map_err(|e| format!("bad attribute_keys in a block: {e}"))?;
-            *last = Some((text.to_string(), list));
+            *last = Some((text.to_string(), list.into_iter().map(Key::from).collect()));
         }
         let keys = last.as_ref().map(|(_, k)| k.as_slice()).unwrap_or_default();
         // The others, in order; a key found twice in a JSON object keeps one value (as in
@@ -636,7 +636,9 @@ impl<'a> PromotedColumns<'a> {
                 out.push((k.clone(), v));
                 continue;
             }
-            if let Some(slot) = others.iter_mut().find(|o| o.is_some_and(|(ok, _)| ok == k))
+            if let Some(slot) = others
+                .iter_mut()
+                .find(|o| o.is_some_and(|(ok, _)| *ok == k.as_str()))
                 && let Some((_, v)) = slot.take()
             {
                 out.push((k.clone(), value_from_json(v)));
@@ -646,7 +648,7 @@ impl<'a> PromotedColumns<'a> {
             others
                 .into_iter()
                 .flatten()
-                .map(|(k, v)| (k.clone(), value_from_json(v))),
+                .map(|(k, v)| (Key::new(k), value_from_json(v))),
         );
         Ok(out)
     }
@@ -688,7 +690,7 @@ fn from_batch(
         }
     };
     let promoted = PromotedColumns::of(b)?;
-    let mut last_keys: Option<(String, Vec<String>)> = None;
+    let mut last_keys: Option<(String, Vec<Key>)> = None;
     let mut origins: Vec<(&str, Arc<Origin>)> = Vec::new();
     for i in 0..b.num_rows() {
         let mut t = [0u8; 16];

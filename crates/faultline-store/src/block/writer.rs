@@ -763,7 +763,8 @@ impl<'a> Promoted<'a> {
                 .last_keys
                 .iter()
                 .zip(&s.attributes)
-                .all(|(a, (b, _))| *a == b.as_str());
+                // Interned keys of equal text are one copy: the pointers compare first.
+                .all(|(a, (b, _))| std::ptr::eq(*a, b.as_str()) || *a == b.as_str());
         if !same_keys {
             self.last_keys.clear();
             self.last_keys

@@ -431,9 +431,9 @@ mod mask_tests {
         }
     }
 
-    fn attrs(v: &[(u8, u8)]) -> Vec<(String, AttrValue)> {
+    fn attrs(v: &[(u8, u8)]) -> Vec<(faultline_model::span::Key, AttrValue)> {
         v.iter()
-            .map(|&(k, x)| (KEYS[k as usize % KEYS.len()].to_string(), value(x)))
+            .map(|&(k, x)| (KEYS[k as usize % KEYS.len()].into(), value(x)))
             .collect()
     }
 

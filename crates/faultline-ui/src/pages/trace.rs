@@ -193,7 +193,7 @@ fn span_row(
     );
 }
 
-fn kv_table(title: &str, kvs: &[(String, faultline_model::span::AttrValue)]) -> String {
+fn kv_table(title: &str, kvs: &faultline_model::span::Attributes) -> String {
     if kvs.is_empty() {
         return String::new();
     }
