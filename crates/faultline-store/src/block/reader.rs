@@ -185,7 +185,7 @@ impl BlockReader {
                 tracing::warn!(block = %self.id, error = %e, "rebuilding the search index of a block");
                 let spans = self.all()?;
                 let refs: Vec<&Span> = spans.iter().collect();
-                let (p, body) = Postings::build(&refs, &traces)?;
+                let (p, body) = Postings::build(&refs, &traces, None)?;
                 search::write_postings(dir, &self.id, &body)?;
                 File::open(dir)
                     .and_then(|d| d.sync_all())

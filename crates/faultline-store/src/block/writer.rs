@@ -22,7 +22,7 @@ use super::json::{attrs_str, write_attr_pairs, write_attrs, write_json_str};
 use super::schema::{ATTR_PREFIX, Promo, block_schema, choose_promoted};
 use super::{FastMap, parquet_path, tidx, tidx_path};
 use crate::error::StoreError;
-use crate::search::{self, BlockIndex, LightRows, Postings};
+use crate::search::{self, BlockIndex, Hashed, LightRows, Postings, SpanTerms};
 use crate::skew::Estimates;
 
 /// Largest row group.
@@ -48,7 +48,7 @@ pub struct WrittenBlock {
 /// Writes `spans` (any order) as block `id` in `dir`, durably. Blocking: call off the
 /// async executor.
 pub fn write_block(dir: &Path, id: &str, spans: &[Span]) -> Result<WrittenBlock, StoreError> {
-    write_block_indexed(dir, id, spans, &Estimates::default()).map(|(w, _)| w)
+    write_block_indexed(dir, id, spans, &Estimates::default(), None).map(|(w, _)| w)
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -58,12 +58,17 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Store
 
 /// [`write_block`], also returning the block's search index; spans of clocks in
 /// `estimates` that fall outside their parent get their shift stored (`crate::skew`).
+/// `terms`, when given, holds the spans' hashed tags in `spans`' order (a head's, from
+/// ingest): the index then reads the spans' strings only for terms new to the block.
 pub(crate) fn write_block_indexed(
     dir: &Path,
     id: &str,
     spans: &[Span],
     estimates: &Estimates,
+    terms: Option<&SpanTerms>,
 ) -> Result<(WrittenBlock, BlockIndex), StoreError> {
+    let base = spans.as_ptr() as usize;
+    let all = spans;
     // Sort references, not spans: the head stays queryable (and unmoved) while it is written.
     // The order (trace id, start, span id) is read from each span once, into keys sorted
     // side by side: comparing through the references reached two cold spans per comparison
@@ -86,6 +91,18 @@ pub(crate) fn write_block_indexed(
     let (spans, entries) = by_shape(sorted);
     std::fs::create_dir_all(dir).map_err(io_err("create block directory", dir))?;
     let traces: Vec<(u32, u32)> = entries.iter().map(|e| (e.1, e.2)).collect();
+    // Each row's hashed tags: a row is a reference into `all`, so its position there is
+    // its offset from the start.
+    let pre: Option<Vec<Hashed<'_>>> = terms.filter(|t| t.len() == all.len()).and_then(|t| {
+        spans
+            .iter()
+            .map(|s| {
+                let at = (*s as *const Span as usize).checked_sub(base)?
+                    / std::mem::size_of::<Span>().max(1);
+                t.get(at)
+            })
+            .collect()
+    });
     let shifts = clock_shifts(&spans, &traces, estimates);
     // The bounds hold the stored times and the clock-corrected ones (the search index's),
     // so a search may skip a block by them whichever it compares.
@@ -114,7 +131,7 @@ pub(crate) fn write_block_indexed(
             .name("store-seal-index".into())
             .spawn_scoped(scope, || -> Result<_, StoreError> {
                 // Search index: postings on disk, span and trace columns in memory.
-                let (postings, body) = Postings::build(&spans, &traces)?;
+                let (postings, body) = Postings::build(&spans, &traces, pre.as_deref())?;
                 let mut light = LightRows::default();
                 for (s, shift) in spans.iter().zip(&shifts) {
                     light.push_span(s, *shift);

@@ -63,7 +63,7 @@ use roaring::RoaringBitmap;
 
 use faultline_model::span::Span;
 
-use super::query::{Tag, for_each_origin_tag, for_each_span_tag, indexed_text};
+use super::query::{for_each_origin_tag, for_each_span_tag, indexed_text};
 use crate::error::StoreError;
 
 const SIDX_MAGIC: &[u8; 8] = b"FLTSIDX1";
@@ -255,11 +255,16 @@ impl Postings {
 
     /// Builds the index of a block from its spans in row order, with `traces` giving each
     /// trace's first row and row count; returns it and the compressed file body.
+    ///
+    /// `pre`, when given, holds each row's hashed tags as [`SpanTerms`] worked them out
+    /// at ingest (one entry per row, in row order): the build then reads a span's strings
+    /// only for a term the block has not met yet.
     pub(crate) fn build(
         spans: &[&Span],
         traces: &[(u32, u32)],
+        pre: Option<&[Hashed<'_>]>,
     ) -> Result<(Self, Vec<u8>), StoreError> {
-        Self::build_hashed(spans, traces, Hashing::default())
+        Self::build_hashed(spans, traces, Hashing::default(), pre)
     }
 
     /// [`Postings::build`] with the terms hashed as `hashing` (tests write the hashes of
@@ -269,20 +274,23 @@ impl Postings {
         spans: &[&Span],
         traces: &[(u32, u32)],
         hashing: Hashing,
+        pre: Option<&[Hashed<'_>]>,
     ) -> Result<(Self, Vec<u8>), StoreError> {
         debug_assert!(
             hashing != Hashing::LaidOut,
             "an index is built with chained hashes only"
         );
+        // Hashes worked out at ingest are the current version's, one entry per row.
+        let pre = pre.filter(|p| hashing == Hashing::default() && p.len() == spans.len());
         let mut occ = Occurrences {
             hashing,
             ..Occurrences::default()
         };
         for (t, &(first, rows)) in traces.iter().enumerate() {
+            let range = first as usize..(first + rows) as usize;
             occ.trace(
-                spans
-                    .get(first as usize..(first + rows) as usize)
-                    .unwrap_or_default(),
+                spans.get(range.clone()).unwrap_or_default(),
+                pre.and_then(|p| p.get(range)),
                 t as u32,
             );
         }
@@ -534,53 +542,230 @@ struct Term {
 }
 
 impl Occurrences {
-    /// Adds the tags of trace `t` (its spans); traces come in ascending order.
-    fn trace(&mut self, spans: &[&Span], t: u32) {
+    /// Adds the tags of trace `t` (its spans); traces come in ascending order. `pre`, when
+    /// given, holds the spans' hashed tags (one entry per span).
+    fn trace(&mut self, spans: &[&Span], pre: Option<&[Hashed<'_>]>, t: u32) {
         self.seen.clear();
         self.origins.clear();
-        let h = self.hashing;
-        // The service's hash, once per resource (spans of one resource come together).
-        let mut last: Option<(*const faultline_model::span::Origin, u64)> = None;
-        for s in spans {
+        let mut services = ServiceHashes::new(self.hashing);
+        for (i, s) in spans.iter().enumerate() {
             let o = std::sync::Arc::as_ptr(&s.origin);
-            let svc = match last {
-                Some((lo, svc)) if lo == o => svc,
-                _ => {
-                    let svc = h.chain(TERM_SEED, s.service());
-                    last = Some((o, svc));
-                    svc
-                }
-            };
-            let mut add = |k: &str, v: Tag<'_>| {
-                let skey = h.chain(svc, k);
-                match indexed_text(v) {
-                    Some(text) => {
-                        let term = h.chain(skey, &text);
-                        let next = self.terms.len() as u32;
-                        let n = *self.number.entry(term).or_insert(next);
-                        if n == next {
-                            self.terms.push(Term {
-                                term,
-                                skey,
-                                needle: needle_hash(k, &text, h),
-                            });
-                        }
-                        if self.seen.insert(n) {
-                            self.pairs.push((n, t));
-                        }
+            let svc = services.of(s);
+            // From the hashes worked out at ingest, as far as the block knows their terms;
+            // from the strings (as without them) for the rest of the span's indexed tags.
+            let mut known = None;
+            if let Some(&(terms, unindexed)) = pre.and_then(|p| p.get(i)) {
+                self.unindexed.extend(unindexed.iter().copied());
+                let mut n_known = 0;
+                for term in terms {
+                    let Some(&n) = self.number.get(term) else {
+                        break;
+                    };
+                    if self.seen.insert(n) {
+                        self.pairs.push((n, t));
                     }
-                    None => {
-                        self.unindexed.insert(skey);
-                    }
+                    n_known += 1;
                 }
-            };
-            for_each_span_tag(s, &mut add);
+                known = Some((n_known, terms.len()));
+            }
+            match known {
+                Some((n_known, all)) if n_known == all => {}
+                Some((n_known, _)) => {
+                    let mut skip = n_known;
+                    for_each_span_tag(s, &mut |k, v| {
+                        // Unindexed tags are noted already, and the first `n_known`
+                        // indexed ones counted.
+                        let Some(text) = indexed_text(v) else {
+                            return;
+                        };
+                        if skip > 0 {
+                            skip -= 1;
+                            return;
+                        }
+                        self.add(svc, k, Some(&text), t);
+                    });
+                }
+                None => for_each_span_tag(s, &mut |k, v| {
+                    self.add(svc, k, indexed_text(v).as_deref(), t)
+                }),
+            }
             // A resource's tags are the same for all its spans: once per trace.
             if !self.origins.contains(&o) {
                 self.origins.push(o);
-                for_each_origin_tag(&s.origin, &mut add);
+                for_each_origin_tag(&s.origin, &mut |k, v| {
+                    self.add(svc, k, indexed_text(v).as_deref(), t)
+                });
             }
         }
+    }
+
+    /// Adds one tag of a span of trace `t` whose service hashes to `svc`: key `k`, and
+    /// `text` when its value is indexed.
+    fn add(&mut self, svc: u64, k: &str, text: Option<&str>, t: u32) {
+        let h = self.hashing;
+        let skey = h.chain(svc, k);
+        match text {
+            Some(text) => {
+                let term = h.chain(skey, text);
+                let next = self.terms.len() as u32;
+                let n = *self.number.entry(term).or_insert(next);
+                if n == next {
+                    self.terms.push(Term {
+                        term,
+                        skey,
+                        needle: needle_hash(k, text, h),
+                    });
+                }
+                if self.seen.insert(n) {
+                    self.pairs.push((n, t));
+                }
+            }
+            None => {
+                self.unindexed.insert(skey);
+            }
+        }
+    }
+}
+
+/// The first link of spans' term hashes (their service's), worked out once per resource:
+/// spans of one resource come together.
+struct ServiceHashes {
+    hashing: Hashing,
+    last: Option<(*const faultline_model::span::Origin, u64)>,
+}
+
+impl ServiceHashes {
+    fn new(hashing: Hashing) -> Self {
+        Self {
+            hashing,
+            last: None,
+        }
+    }
+
+    fn of(&mut self, s: &Span) -> u64 {
+        let o = std::sync::Arc::as_ptr(&s.origin);
+        match self.last {
+            Some((lo, svc)) if lo == o => svc,
+            _ => {
+                let svc = self.hashing.chain(TERM_SEED, s.service());
+                self.last = Some((o, svc));
+                svc
+            }
+        }
+    }
+}
+
+/// One span's hashed tags, as [`SpanTerms::get`] gives them: the terms of its indexed
+/// tags in the order [`for_each_span_tag`] visits them, and the (service, key) hashes of
+/// its unindexed ones.
+pub(crate) type Hashed<'a> = (&'a [u64], &'a [u64]);
+
+/// The hashed tags of spans (not of their resources), worked out when the spans are
+/// ingested, while their strings are still in cache: the index thread would otherwise
+/// read every key and value again, cold, from wherever they were allocated (the term
+/// hashes were an eighth of a catch-up's samples, mostly those reads). Hashed as the
+/// current index version hashes ([`Hashing::default`]). Eight bytes per tag, held with
+/// the head until it is sealed.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SpanTerms {
+    /// Per span: its terms, then its unindexed (service, key) hashes.
+    hashes: Vec<u64>,
+    /// Per span: where its unindexed hashes start and where its hashes end.
+    ends: Vec<(u32, u32)>,
+    /// Set when the hashes outgrew 32-bit offsets, or spans were added without them:
+    /// then none are given out.
+    broken: bool,
+    /// Scratch for one span's unindexed hashes.
+    scratch: Vec<u64>,
+}
+
+impl SpanTerms {
+    /// The hashed tags of `spans`.
+    pub(crate) fn of(spans: &[Span]) -> Self {
+        let mut out = Self::default();
+        out.hashes.reserve(spans.len() * 24);
+        out.ends.reserve(spans.len());
+        let mut services = ServiceHashes::new(Hashing::default());
+        for s in spans {
+            out.push(s, services.of(s));
+        }
+        out
+    }
+
+    fn push(&mut self, s: &Span, svc: u64) {
+        let h = Hashing::default();
+        let (hashes, scratch) = (&mut self.hashes, &mut self.scratch);
+        scratch.clear();
+        for_each_span_tag(s, &mut |k, v| {
+            let skey = h.chain(svc, k);
+            match indexed_text(v) {
+                Some(text) => hashes.push(h.chain(skey, &text)),
+                None => scratch.push(skey),
+            }
+        });
+        let mid = self.hashes.len();
+        self.hashes.extend_from_slice(&self.scratch);
+        match (u32::try_from(mid), u32::try_from(self.hashes.len())) {
+            (Ok(mid), Ok(end)) => self.ends.push((mid, end)),
+            _ => self.broken = true,
+        }
+    }
+
+    /// Adds `other`'s spans after these.
+    pub(crate) fn append(&mut self, other: &SpanTerms) {
+        if other.broken {
+            self.forget();
+        }
+        if self.broken {
+            return;
+        }
+        let base = self.hashes.len();
+        self.hashes.extend_from_slice(&other.hashes);
+        for &(mid, end) in &other.ends {
+            match (
+                u32::try_from(base + mid as usize),
+                u32::try_from(base + end as usize),
+            ) {
+                (Ok(mid), Ok(end)) => self.ends.push((mid, end)),
+                _ => self.broken = true,
+            }
+        }
+    }
+
+    /// Makes room for `spans` more spans' hashes at once (see `Head::reserve`).
+    pub(crate) fn reserve(&mut self, spans: usize) {
+        if !self.broken {
+            self.ends.reserve(spans);
+            self.hashes.reserve(spans.saturating_mul(24));
+        }
+    }
+
+    /// Notes that spans were added without their hashes: none are given out any more.
+    pub(crate) fn forget(&mut self) {
+        self.broken = true;
+        self.hashes = Vec::new();
+        self.ends = Vec::new();
+    }
+
+    /// How many spans' hashes are held (0 once broken).
+    pub(crate) fn len(&self) -> usize {
+        if self.broken { 0 } else { self.ends.len() }
+    }
+
+    /// The hashed tags of the `i`-th span.
+    pub(crate) fn get(&self, i: usize) -> Option<Hashed<'_>> {
+        if self.broken {
+            return None;
+        }
+        let start = match i.checked_sub(1) {
+            Some(p) => self.ends.get(p)?.1 as usize,
+            None => 0,
+        };
+        let &(mid, end) = self.ends.get(i)?;
+        Some((
+            self.hashes.get(start..mid as usize)?,
+            self.hashes.get(mid as usize..end as usize)?,
+        ))
     }
 }
 
@@ -860,7 +1045,7 @@ mod tests {
         let refs: Vec<&Span> = spans.iter().collect();
         let traces: Vec<(u32, u32)> = (0..1_000u32).map(|t| (t * 3, 3)).collect();
         let read = |h: Hashing, version: u32| {
-            let (_, body) = Postings::build_hashed(&refs, &traces, h).unwrap();
+            let (_, body) = Postings::build_hashed(&refs, &traces, h, None).unwrap();
             let body = zstd::bulk::decompress(&body, 1 << 30).unwrap();
             let p = Postings::decode(&body, version).unwrap();
             assert_eq!(p.hashing, h, "version {version}");
@@ -895,10 +1080,151 @@ mod tests {
         ));
         assert!(v5.find("cart", "region", "r9").is_none());
         // Looked up with the other version's hashes, a term is not found.
-        let (_, body) = Postings::build_hashed(&refs, &traces, Hashing::Xxh64).unwrap();
+        let (_, body) = Postings::build_hashed(&refs, &traces, Hashing::Xxh64, None).unwrap();
         let body = zstd::bulk::decompress(&body, 1 << 30).unwrap();
         let misread = Postings::decode(&body, 5).unwrap();
         assert!(misread.find("cart", "region", "r0").is_none());
+    }
+
+    /// The index built from hashes worked out at ingest is the one built from the strings,
+    /// byte for byte: spans of several services and resources, repeated and fresh values,
+    /// numbers, unindexed values (doubles, long strings) between indexed ones, events,
+    /// errors; rows in another order than ingest's, as a seal sorts them.
+    #[test]
+    fn hashes_from_ingest_build_the_same_index() {
+        use faultline_model::span::{AttrValue, Origin, SpanKind, StatusCode};
+        let origin = |svc: &str, host: &str| {
+            std::sync::Arc::new(Origin {
+                service: svc.into(),
+                resource: vec![
+                    ("service.name".into(), AttrValue::Str(svc.into())),
+                    ("host.name".into(), AttrValue::Str(host.into())),
+                ],
+                scope_name: "lib".into(),
+                ..Origin::default()
+            })
+        };
+        let origins = [
+            origin("cart", "h1"),
+            origin("checkout", "h2"),
+            origin("cart", "h3"),
+        ];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let spans: Vec<Span> = (0..4_000u32)
+            .map(|i| {
+                let trace = i / 8;
+                let mut attributes = vec![
+                    ("region".into(), AttrValue::Str(format!("r{}", rnd(4)))),
+                    ("user.id".into(), AttrValue::Str(format!("u-{trace}"))),
+                    ("ratio".into(), AttrValue::Double(rnd(1000) as f64 / 7.0)),
+                    (
+                        "http.status_code".into(),
+                        AttrValue::Int(200 + rnd(5) as i64),
+                    ),
+                ];
+                if rnd(5) == 0 {
+                    attributes.push((
+                        "req.id".into(),
+                        AttrValue::Str(format!("q{}", rnd(1 << 40))),
+                    ));
+                }
+                if rnd(7) == 0 {
+                    attributes.push(("body".into(), AttrValue::Str("x".repeat(300))));
+                }
+                let error = rnd(20) == 0;
+                Span {
+                    trace_id: {
+                        let mut b = [0u8; 16];
+                        b[..4].copy_from_slice(&trace.to_be_bytes());
+                        b
+                    },
+                    span_id: u64::from(i + 1).to_be_bytes(),
+                    parent_span_id: None,
+                    name: format!("op{}", rnd(3)),
+                    kind: if rnd(2) == 0 {
+                        SpanKind::Server
+                    } else {
+                        SpanKind::Unspecified
+                    },
+                    start_ns: 1_700_000_000_000_000_000 + u64::from(i) * 1_000,
+                    end_ns: 1_700_000_000_000_000_000 + u64::from(i) * 1_000 + 500,
+                    status: if error {
+                        StatusCode::Error
+                    } else {
+                        StatusCode::Unset
+                    },
+                    status_message: if error {
+                        format!("boom {}", rnd(3))
+                    } else {
+                        String::new()
+                    },
+                    attributes,
+                    events: if error {
+                        vec![faultline_model::span::Event {
+                            time_ns: 0,
+                            name: "exception".into(),
+                            attributes: vec![(
+                                "exception.type".into(),
+                                AttrValue::Str(format!("E{}", rnd(4))),
+                            )],
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                    links: Vec::new(),
+                    origin: origins[rnd(3) as usize].clone(),
+                }
+            })
+            .collect();
+        // Ingest's hashes come in requests of 100 spans; rows are the spans by trace,
+        // the traces in reverse.
+        let mut terms = SpanTerms::default();
+        for chunk in spans.chunks(100) {
+            terms.append(&SpanTerms::of(chunk));
+        }
+        assert_eq!(terms.len(), spans.len());
+        let order: Vec<usize> = (0..spans.len()).rev().collect();
+        let mut rows: Vec<usize> = Vec::new();
+        let mut traces: Vec<(u32, u32)> = Vec::new();
+        for t in (0..500u32).rev() {
+            let first = rows.len() as u32;
+            rows.extend(order.iter().copied().filter(|&i| i as u32 / 8 == t).rev());
+            traces.push((first, rows.len() as u32 - first));
+        }
+        let refs: Vec<&Span> = rows.iter().map(|&i| &spans[i]).collect();
+        let pre: Vec<Hashed<'_>> = rows.iter().map(|&i| terms.get(i).unwrap()).collect();
+        let (from_strings, a) = Postings::build(&refs, &traces, None).unwrap();
+        let (from_ingest, b) = Postings::build(&refs, &traces, Some(&pre)).unwrap();
+        assert_eq!(a, b, "the index files differ");
+        assert_eq!(from_strings.terms.len(), from_ingest.terms.len());
+        assert!(from_ingest.find("cart", "region", "r1").is_some());
+        assert!(matches!(
+            from_ingest.find("cart", "ratio", "1"),
+            Some(Found::Unindexed)
+        ));
+        assert!(matches!(
+            from_ingest.find("checkout", "body", "x"),
+            Some(Found::Unindexed)
+        ));
+        // Hashes from other spans (one missing, so every row's shifts) build another index.
+        let wrong: Vec<Hashed<'_>> = rows
+            .iter()
+            .map(|&i| terms.get(i.saturating_sub(1)).unwrap())
+            .collect();
+        let (_, c) = Postings::build(&refs, &traces, Some(&wrong)).unwrap();
+        assert_ne!(a, c, "the hashes from ingest were not used");
+        // Spans added without hashes: none are given out.
+        let mut broken = terms.clone();
+        broken.forget();
+        broken.append(&SpanTerms::of(&spans[..10]));
+        assert_eq!(broken.len(), 0);
+        assert!(broken.get(0).is_none());
     }
 
     #[test]

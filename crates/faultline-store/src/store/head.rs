@@ -17,7 +17,7 @@ use super::{Store, lock_err};
 use crate::error::StoreError;
 use crate::manifest::Manifest;
 use crate::rollup::Rollups;
-use crate::search::{Agg, TopK, TraceQuery, TraceSummary};
+use crate::search::{Agg, SpanTerms, TopK, TraceQuery, TraceSummary};
 use crate::seqs::SeqRanges;
 use crate::skew::{self, Sample};
 
@@ -47,6 +47,9 @@ pub(crate) struct Head {
     /// RED cells of the head's spans, written beside the block when it is sealed.
     pub(crate) rollups: Rollups,
     pub(crate) spans: Vec<Span>,
+    /// The spans' hashed tags, in `spans`' order, for the search index of the block this
+    /// head becomes (`crate::search::SpanTerms`).
+    pub(crate) terms: SpanTerms,
     /// The head's traces in the order their first span arrived: about the order of their
     /// starts, so a search for the newest reads from the end and fills its top at once.
     pub(crate) traces: Vec<HeadTrace>,
@@ -95,6 +98,7 @@ impl Head {
     pub(crate) fn reserve(&mut self, block_spans: usize) {
         let n = block_spans.min(HEAD_RESERVE_MAX);
         self.spans.reserve(n);
+        self.terms.reserve(n);
         self.by_span.reserve(n);
         self.by_trace.reserve(n / 8);
         self.traces.reserve(n / 8);
@@ -132,7 +136,19 @@ impl Head {
     /// Adds spans, and to the head's rollups the spans and the service-to-service calls
     /// their arrival completed; returns the clock-skew samples of the client/server pairs
     /// it matched.
-    pub(crate) fn push(&mut self, seq: u64, spans: Vec<Span>, weights: &[f64]) -> Vec<Sample> {
+    /// `terms` are the spans' hashed tags (`SpanTerms::of`).
+    pub(crate) fn push(
+        &mut self,
+        seq: u64,
+        spans: Vec<Span>,
+        weights: &[f64],
+        terms: &SpanTerms,
+    ) -> Vec<Sample> {
+        if terms.len() == spans.len() {
+            self.terms.append(terms);
+        } else {
+            self.terms.forget();
+        }
         if self.started.is_none() && !spans.is_empty() {
             self.started = Some(Instant::now());
         }
@@ -223,7 +239,7 @@ impl Head {
             .iter()
             .map(|s| adjusted_count(&s.attributes))
             .collect();
-        let _ = self.push(newer.max_seq, newer.spans, &weights);
+        let _ = self.push(newer.max_seq, newer.spans, &weights, &newer.terms);
         self.in_order = self.in_order.max(newer.in_order);
         self.backlog.union(&newer.backlog);
         self.finished.union(&newer.finished);
@@ -355,6 +371,8 @@ impl Store {
             .iter()
             .map(|s| adjusted_count(&s.attributes))
             .collect();
+        // The search index's hashes too, while the spans' strings are in cache.
+        let terms = SpanTerms::of(&spans);
         let mut inner = self.inner.write().map_err(|_| lock_err())?;
         if inner.pending.contains(seq) {
             inner.head.backlog.insert(seq);
@@ -386,7 +404,7 @@ impl Store {
         }
         // The head counts the spans and calls in its rollups, which join the store's
         // when it is sealed (each span is added to one sketch only).
-        let samples = inner.head.push(seq, spans, &weights);
+        let samples = inner.head.push(seq, spans, &weights, &terms);
         for x in samples {
             inner.skew.observe(x);
         }

@@ -169,7 +169,7 @@ impl Store {
         let id = format!("{}-{}", last.id, first.id);
         // Shifts again with today's estimates: the merged traces may be more complete.
         let estimates = self.inner.read().map_err(|_| lock_err())?.skew.current();
-        let (written, index) = block::write_block_indexed(dir, &id, &all, &estimates)?;
+        let (written, index) = block::write_block_indexed(dir, &id, &all, &estimates, None)?;
         rollups.write_file(dir, &id)?;
         let mut record_bytes = 0;
         if let Some(r) = &record {

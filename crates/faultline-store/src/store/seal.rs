@@ -113,6 +113,7 @@ impl Store {
                         r
                     },
                     spans: h.spans.clone(),
+                    terms: h.terms.clone(),
                     traces: h.traces.clone(),
                     by_trace: h.by_trace.clone(),
                     service_bits: h.service_bits.clone(),
@@ -185,8 +186,13 @@ impl Store {
     ) -> Result<(Sealed, Manifest), StoreError> {
         let id = self.block_id(head)?;
         let estimates = self.inner.read().map_err(|_| lock_err())?.skew.current();
-        let (written, index) =
-            block::write_block_indexed(&self.opts.dir, &id, &head.spans, &estimates)?;
+        let (written, index) = block::write_block_indexed(
+            &self.opts.dir,
+            &id,
+            &head.spans,
+            &estimates,
+            Some(&head.terms),
+        )?;
         self.save_clock_offsets(&estimates);
         head.rollups.write_file(&self.opts.dir, &id)?;
         self.opts.fault(FaultPoint::SealBeforeManifest)?;

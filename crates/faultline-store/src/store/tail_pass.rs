@@ -278,7 +278,7 @@ impl Store {
             .flat_map(|(g, _)| spans[g.clone()].iter().cloned())
             .collect();
         let id = self.unused_id(&format!("{old}t"))?;
-        let (written, index) = block::write_block_indexed(dir, &id, &kept_spans, estimates)?;
+        let (written, index) = block::write_block_indexed(dir, &id, &kept_spans, estimates, None)?;
         // The rollups stay as they were: they counted every span.
         Rollups::read_file(dir, &old)?.write_file(dir, &id)?;
         // The record counts: it holds the dropped ids.
