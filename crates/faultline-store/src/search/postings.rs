@@ -558,28 +558,27 @@ impl Occurrences {
                 self.unindexed.extend(unindexed.iter().copied());
                 let mut n_known = 0;
                 for term in terms {
-                    let Some(&n) = self.number.get(term) else {
+                    if !self.count_known(*term, t) {
                         break;
-                    };
-                    if self.seen.insert(n) {
-                        self.pairs.push((n, t));
                     }
                     n_known += 1;
                 }
-                known = Some((n_known, terms.len()));
+                known = Some((n_known, terms));
             }
             match known {
-                Some((n_known, all)) if n_known == all => {}
-                Some((n_known, _)) => {
-                    let mut skip = n_known;
+                Some((n_known, terms)) if n_known == terms.len() => {}
+                Some((n_known, terms)) => {
+                    // Unindexed tags are noted already and the first `n_known` indexed
+                    // ones counted; of the rest, only terms new to the block are hashed
+                    // again from the strings (their text makes the needle hash).
+                    let mut at = 0;
                     for_each_span_tag(s, &mut |k, v| {
-                        // Unindexed tags are noted already, and the first `n_known`
-                        // indexed ones counted.
                         let Some(text) = indexed_text(v) else {
                             return;
                         };
-                        if skip > 0 {
-                            skip -= 1;
+                        let j = at;
+                        at += 1;
+                        if j < n_known || terms.get(j).is_some_and(|&h| self.count_known(h, t)) {
                             return;
                         }
                         self.add(svc, k, Some(&text), t);
@@ -596,6 +595,19 @@ impl Occurrences {
                     self.add(svc, k, indexed_text(v).as_deref(), t)
                 });
             }
+        }
+    }
+
+    /// Counts term `term` for trace `t` if the block has met it already; false when not.
+    fn count_known(&mut self, term: u64, t: u32) -> bool {
+        match self.number.get(&term) {
+            Some(&n) => {
+                if self.seen.insert(n) {
+                    self.pairs.push((n, t));
+                }
+                true
+            }
+            None => false,
         }
     }
 
