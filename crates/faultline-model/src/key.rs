@@ -46,9 +46,9 @@ enum Repr {
 impl Key {
     /// The key for `text`, interned when the interner takes it.
     pub fn new(text: &str) -> Self {
-        match lookup(text, || text.into()) {
-            Ok(s) => Self(Repr::Interned(s)),
-            Err(owned) => Self(Repr::Owned(owned)),
+        match lookup(text) {
+            Some(s) => Self(Repr::Interned(s)),
+            None => Self(Repr::Owned(text.into())),
         }
     }
 
@@ -215,28 +215,23 @@ impl Interner {
         }
     }
 
-    /// The interned copy of `text`, interning `make()` when there is room; `Err` with
-    /// the text (made by `make`) when there is none.
-    fn get_or_insert(
-        &mut self,
-        text: &str,
-        make: impl FnOnce() -> Box<str>,
-    ) -> Result<&'static str, Box<str>> {
+    /// The interned copy of `text`, interning it when there is room.
+    fn get_or_insert(&mut self, text: &str) -> Option<&'static str> {
         if let Some(s) = self.set.get(text) {
-            return Ok(s);
+            return Some(s);
         }
         if text.len() > MAX_INTERNED_LEN
             || self.set.len() >= self.max_keys
             || self.bytes + text.len() > self.max_bytes
         {
-            return Err(make());
+            return None;
         }
         // Leaked on purpose: interned text lives as long as the process, within the
         // interner's limits (see the module docs).
-        let s: &'static str = Box::leak(make());
+        let s: &'static str = Box::leak(Box::from(text));
         self.bytes += s.len();
         self.set.insert(s);
-        Ok(s)
+        Some(s)
     }
 
     fn full(&self) -> bool {
@@ -255,31 +250,29 @@ thread_local! {
         RefCell::new(HashSet::default());
 }
 
-/// The interned copy of `text` (from this thread's table, else the process's, interning
-/// it when there is room), or `make()`'s own text.
-fn lookup(text: &str, make: impl FnOnce() -> Box<str>) -> Result<&'static str, Box<str>> {
+/// The interned copy of `text`: from this thread's table, else the process's (interning
+/// it when there is room); `None` when the interner does not take it.
+fn lookup(text: &str) -> Option<&'static str> {
     if text.len() > MAX_INTERNED_LEN {
-        return Err(make());
+        return None;
     }
     if let Ok(Some(s)) = LOCAL.try_with(|l| l.borrow().get(text).copied()) {
-        return Ok(s);
+        return Some(s);
     }
     if GLOBAL_FULL.load(Ordering::Relaxed) {
-        return Err(make());
+        return None;
     }
     let found = {
-        let Ok(mut global) = GLOBAL.lock() else {
-            return Err(make());
-        };
+        let mut global = GLOBAL.lock().ok()?;
         let interner =
             global.get_or_insert_with(|| Interner::new(MAX_INTERNED, MAX_INTERNED_BYTES));
-        let found = interner.get_or_insert(text, make);
+        let found = interner.get_or_insert(text);
         if interner.full() {
             GLOBAL_FULL.store(true, Ordering::Relaxed);
         }
         found
     };
-    if let Ok(s) = found {
+    if let Some(s) = found {
         let _ = LOCAL.try_with(|l| l.borrow_mut().insert(s));
     }
     found
@@ -323,29 +316,15 @@ mod tests {
     fn the_interner_stops_at_its_limits() {
         let mut by_count = Interner::new(3, 1 << 20);
         for i in 0..3 {
-            assert!(
-                by_count
-                    .get_or_insert(&format!("k{i}"), || format!("k{i}").into())
-                    .is_ok()
-            );
+            assert!(by_count.get_or_insert(&format!("k{i}")).is_some());
         }
         assert!(by_count.full());
-        // Full: known texts still come back interned, new ones as their own text.
-        assert!(by_count.get_or_insert("k1", || "k1".into()).is_ok());
-        assert_eq!(
-            by_count
-                .get_or_insert("k3", || "k3".into())
-                .unwrap_err()
-                .as_ref(),
-            "k3"
-        );
+        // Full: known texts still come back interned, new ones are refused.
+        assert!(by_count.get_or_insert("k1").is_some());
+        assert!(by_count.get_or_insert("k3").is_none());
         let mut by_bytes = Interner::new(1000, 10);
-        assert!(by_bytes.get_or_insert("abcdef", || "abcdef".into()).is_ok());
-        assert!(
-            by_bytes
-                .get_or_insert("ghijkl", || "ghijkl".into())
-                .is_err()
-        );
+        assert!(by_bytes.get_or_insert("abcdef").is_some());
+        assert!(by_bytes.get_or_insert("ghijkl").is_none());
         assert_eq!(by_bytes.bytes, 6);
         assert_eq!(by_bytes.set.len(), 1);
     }
