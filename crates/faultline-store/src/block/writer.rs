@@ -376,7 +376,6 @@ fn unrepeated_columns(
     derived: &[Derived],
     promoted: &[(String, Promo)],
 ) -> Vec<String> {
-    use std::hash::BuildHasher;
     let rows = spans.len().max(1) as f64;
     let mut out = Vec::new();
     let traces = derived
@@ -399,7 +398,7 @@ fn unrepeated_columns(
         sets[0].1 += 1;
         for (i, (key, _)) in promoted.iter().enumerate() {
             if let Some((_, v)) = s.attributes.iter().find(|(k, _)| k == key) {
-                sets[i + 1].0.insert(state.hash_one(v.to_text()));
+                sets[i + 1].0.insert(value_hash(&state, v));
                 sets[i + 1].1 += 1;
             }
         }
@@ -420,6 +419,19 @@ fn unrepeated_columns(
         }
     }
     out
+}
+
+/// A hash of an attribute value, for counting a column's distinct values: a string's
+/// without copying it (the sample reads a few thousand cold values a block).
+fn value_hash(state: &foldhash::fast::FixedState, v: &AttrValue) -> u64 {
+    use std::hash::BuildHasher;
+    match v {
+        AttrValue::Str(s) => state.hash_one(s.as_str()),
+        AttrValue::Int(i) => state.hash_one(i),
+        AttrValue::Double(d) => state.hash_one(d.to_bits()),
+        AttrValue::Bool(b) => state.hash_one(b),
+        other => state.hash_one(other.to_text()),
+    }
 }
 
 /// A builder of one promoted attribute column.

@@ -63,7 +63,7 @@ use roaring::RoaringBitmap;
 
 use faultline_model::span::Span;
 
-use super::query::{for_each_origin_tag, for_each_span_tag, indexed_text};
+use super::query::{for_each_origin_tag, for_each_span_tag, indexed_text, is_indexed};
 use crate::error::StoreError;
 
 const SIDX_MAGIC: &[u8; 8] = b"FLTSIDX1";
@@ -527,6 +527,11 @@ struct Occurrences {
     /// Terms of the current trace (most repeat on its spans).
     seen: HashSet<u32, foldhash::fast::FixedState>,
     origins: Vec<*const faultline_model::span::Origin>,
+    /// Per resource met in the block: the term numbers of its tags (hashed once, not once
+    /// per trace; the spans hold their resources for the whole build, so an address
+    /// stands for one resource).
+    origin_terms:
+        HashMap<*const faultline_model::span::Origin, Vec<u32>, foldhash::fast::FixedState>,
     /// How terms are hashed.
     hashing: Hashing,
 }
@@ -551,49 +556,60 @@ impl Occurrences {
         for (i, s) in spans.iter().enumerate() {
             let o = std::sync::Arc::as_ptr(&s.origin);
             let svc = services.of(s);
-            // From the hashes worked out at ingest, as far as the block knows their terms;
-            // from the strings (as without them) for the rest of the span's indexed tags.
-            let mut known = None;
-            if let Some(&(terms, unindexed)) = pre.and_then(|p| p.get(i)) {
-                self.unindexed.extend(unindexed.iter().copied());
-                let mut n_known = 0;
-                for term in terms {
-                    if !self.count_known(*term, t) {
-                        break;
+            // From the hashes worked out at ingest: a term the block knows is counted from
+            // its hash, a new one added from its hashes and its key (the value's bytes,
+            // cold by now, are not read again).
+            match pre.and_then(|p| p.get(i)) {
+                Some(h) => {
+                    self.unindexed.extend(h.unindexed.iter().copied());
+                    let n_known = h
+                        .terms
+                        .iter()
+                        .take_while(|&&term| self.count_known(term, t))
+                        .count();
+                    if n_known < h.terms.len() {
+                        let mut at = 0;
+                        for_each_span_tag(s, &mut |k, v| {
+                            if !is_indexed(v) {
+                                return;
+                            }
+                            let j = at;
+                            at += 1;
+                            if j < n_known {
+                                return;
+                            }
+                            if let (Some(&term), Some(&needle)) = (h.terms.get(j), h.needles.get(j))
+                                && !self.count_known(term, t)
+                            {
+                                let skey = self.hashing.chain(svc, k);
+                                self.add_term(term, skey, needle, t);
+                            }
+                        });
                     }
-                    n_known += 1;
-                }
-                known = Some((n_known, terms));
-            }
-            match known {
-                Some((n_known, terms)) if n_known == terms.len() => {}
-                Some((n_known, terms)) => {
-                    // Unindexed tags are noted already and the first `n_known` indexed
-                    // ones counted; of the rest, only terms new to the block are hashed
-                    // again from the strings (their text makes the needle hash).
-                    let mut at = 0;
-                    for_each_span_tag(s, &mut |k, v| {
-                        let Some(text) = indexed_text(v) else {
-                            return;
-                        };
-                        let j = at;
-                        at += 1;
-                        if j < n_known || terms.get(j).is_some_and(|&h| self.count_known(h, t)) {
-                            return;
-                        }
-                        self.add(svc, k, Some(&text), t);
-                    });
                 }
                 None => for_each_span_tag(s, &mut |k, v| {
-                    self.add(svc, k, indexed_text(v).as_deref(), t)
+                    self.add(svc, k, indexed_text(v).as_deref(), t);
                 }),
             }
-            // A resource's tags are the same for all its spans: once per trace.
+            // A resource's tags are the same for all its spans: once per trace, and hashed
+            // once per block.
             if !self.origins.contains(&o) {
                 self.origins.push(o);
-                for_each_origin_tag(&s.origin, &mut |k, v| {
-                    self.add(svc, k, indexed_text(v).as_deref(), t)
-                });
+                match self.origin_terms.remove(&o) {
+                    Some(numbers) => {
+                        for &n in &numbers {
+                            self.count_number(n, t);
+                        }
+                        self.origin_terms.insert(o, numbers);
+                    }
+                    None => {
+                        let mut numbers = Vec::new();
+                        for_each_origin_tag(&s.origin, &mut |k, v| {
+                            numbers.extend(self.add(svc, k, indexed_text(v).as_deref(), t));
+                        });
+                        self.origin_terms.insert(o, numbers);
+                    }
+                }
             }
         }
     }
@@ -602,40 +618,55 @@ impl Occurrences {
     fn count_known(&mut self, term: u64, t: u32) -> bool {
         match self.number.get(&term) {
             Some(&n) => {
-                if self.seen.insert(n) {
-                    self.pairs.push((n, t));
-                }
+                self.count_number(n, t);
                 true
             }
             None => false,
         }
     }
 
+    /// Counts term number `n` for trace `t` (once per trace).
+    fn count_number(&mut self, n: u32, t: u32) {
+        if self.seen.insert(n) {
+            self.pairs.push((n, t));
+        }
+    }
+
     /// Adds one tag of a span of trace `t` whose service hashes to `svc`: key `k`, and
-    /// `text` when its value is indexed.
-    fn add(&mut self, svc: u64, k: &str, text: Option<&str>, t: u32) {
+    /// `text` when its value is indexed. Gives the term's number when it is indexed.
+    fn add(&mut self, svc: u64, k: &str, text: Option<&str>, t: u32) -> Option<u32> {
         let h = self.hashing;
         let skey = h.chain(svc, k);
         match text {
             Some(text) => {
                 let term = h.chain(skey, text);
-                let next = self.terms.len() as u32;
-                let n = *self.number.entry(term).or_insert(next);
-                if n == next {
-                    self.terms.push(Term {
-                        term,
-                        skey,
-                        needle: needle_hash(k, text, h),
-                    });
-                }
-                if self.seen.insert(n) {
-                    self.pairs.push((n, t));
-                }
+                let n = match self.number.get(&term) {
+                    Some(&n) => n,
+                    None => self.new_term(term, skey, needle_hash(k, text, h)),
+                };
+                self.count_number(n, t);
+                Some(n)
             }
             None => {
                 self.unindexed.insert(skey);
+                None
             }
         }
+    }
+
+    /// Adds term `term` (of (service, key) `skey`, needle hash `needle`), which the block
+    /// has not met, for trace `t`.
+    fn add_term(&mut self, term: u64, skey: u64, needle: u32, t: u32) {
+        let n = self.new_term(term, skey, needle);
+        self.count_number(n, t);
+    }
+
+    /// Numbers a term new to the block.
+    fn new_term(&mut self, term: u64, skey: u64, needle: u32) -> u32 {
+        let n = self.terms.len() as u32;
+        self.number.insert(term, n);
+        self.terms.push(Term { term, skey, needle });
+        n
     }
 }
 
@@ -667,21 +698,30 @@ impl ServiceHashes {
     }
 }
 
-/// One span's hashed tags, as [`SpanTerms::get`] gives them: the terms of its indexed
-/// tags in the order [`for_each_span_tag`] visits them, and the (service, key) hashes of
-/// its unindexed ones.
-pub(crate) type Hashed<'a> = (&'a [u64], &'a [u64]);
+/// One span's hashed tags, as [`SpanTerms::get`] gives them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hashed<'a> {
+    /// The terms of its indexed tags, in the order [`for_each_span_tag`] visits them.
+    terms: &'a [u64],
+    /// The needle hash of each of `terms`' (key, value).
+    needles: &'a [u32],
+    /// The (service, key) hashes of its unindexed tags.
+    unindexed: &'a [u64],
+}
 
 /// The hashed tags of spans (not of their resources), worked out when the spans are
 /// ingested, while their strings are still in cache: the index thread would otherwise
 /// read every key and value again, cold, from wherever they were allocated (the term
 /// hashes were an eighth of a catch-up's samples, mostly those reads). Hashed as the
-/// current index version hashes ([`Hashing::default`]). Eight bytes per tag, held with
-/// the head until it is sealed.
+/// current index version hashes ([`Hashing::default`]). With each term its needle hash,
+/// so a term new to the block needs only its key (interned, in cache) from the span:
+/// twelve bytes per tag, held with the head until it is sealed.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SpanTerms {
     /// Per span: its terms, then its unindexed (service, key) hashes.
     hashes: Vec<u64>,
+    /// Beside `hashes`, one each: a term's needle hash (0 beside an unindexed hash).
+    needles: Vec<u32>,
     /// Per span: where its unindexed hashes start and where its hashes end.
     ends: Vec<(u32, u32)>,
     /// Set when the hashes outgrew 32-bit offsets, or spans were added without them:
@@ -696,6 +736,7 @@ impl SpanTerms {
     pub(crate) fn of(spans: &[Span]) -> Self {
         let mut out = Self::default();
         out.hashes.reserve(spans.len() * 24);
+        out.needles.reserve(spans.len() * 24);
         out.ends.reserve(spans.len());
         let mut services = ServiceHashes::new(Hashing::default());
         for s in spans {
@@ -706,17 +747,21 @@ impl SpanTerms {
 
     fn push(&mut self, s: &Span, svc: u64) {
         let h = Hashing::default();
-        let (hashes, scratch) = (&mut self.hashes, &mut self.scratch);
+        let (hashes, needles, scratch) = (&mut self.hashes, &mut self.needles, &mut self.scratch);
         scratch.clear();
         for_each_span_tag(s, &mut |k, v| {
             let skey = h.chain(svc, k);
             match indexed_text(v) {
-                Some(text) => hashes.push(h.chain(skey, &text)),
+                Some(text) => {
+                    hashes.push(h.chain(skey, &text));
+                    needles.push(needle_hash(k, &text, h));
+                }
                 None => scratch.push(skey),
             }
         });
         let mid = self.hashes.len();
         self.hashes.extend_from_slice(&self.scratch);
+        self.needles.resize(self.hashes.len(), 0);
         match (u32::try_from(mid), u32::try_from(self.hashes.len())) {
             (Ok(mid), Ok(end)) => self.ends.push((mid, end)),
             _ => self.broken = true,
@@ -733,6 +778,7 @@ impl SpanTerms {
         }
         let base = self.hashes.len();
         self.hashes.extend_from_slice(&other.hashes);
+        self.needles.extend_from_slice(&other.needles);
         for &(mid, end) in &other.ends {
             match (
                 u32::try_from(base + mid as usize),
@@ -749,6 +795,7 @@ impl SpanTerms {
         if !self.broken {
             self.ends.reserve(spans);
             self.hashes.reserve(spans.saturating_mul(24));
+            self.needles.reserve(spans.saturating_mul(24));
         }
     }
 
@@ -756,6 +803,7 @@ impl SpanTerms {
     pub(crate) fn forget(&mut self) {
         self.broken = true;
         self.hashes = Vec::new();
+        self.needles = Vec::new();
         self.ends = Vec::new();
     }
 
@@ -773,11 +821,12 @@ impl SpanTerms {
             Some(p) => self.ends.get(p)?.1 as usize,
             None => 0,
         };
-        let &(mid, end) = self.ends.get(i)?;
-        Some((
-            self.hashes.get(start..mid as usize)?,
-            self.hashes.get(mid as usize..end as usize)?,
-        ))
+        let (mid, end) = (self.ends.get(i)?.0 as usize, self.ends.get(i)?.1 as usize);
+        Some(Hashed {
+            terms: self.hashes.get(start..mid)?,
+            needles: self.needles.get(start..mid)?,
+            unindexed: self.hashes.get(mid..end)?,
+        })
     }
 }
 
@@ -1216,14 +1265,31 @@ mod tests {
         assert_eq!(a, b, "the index files differ");
         assert_eq!(from_strings.terms.len(), from_ingest.terms.len());
         assert!(from_ingest.find("cart", "region", "r1").is_some());
-        assert!(matches!(
-            from_ingest.find("cart", "ratio", "1"),
-            Some(Found::Unindexed)
-        ));
-        assert!(matches!(
-            from_ingest.find("checkout", "body", "x"),
-            Some(Found::Unindexed)
-        ));
+        // A resource's tags are hashed once per block and counted in every trace that has
+        // one of its spans.
+        for o in &origins {
+            for (k, v) in &o.resource {
+                let AttrValue::Str(v) = v else { continue };
+                let want: RoaringBitmap = traces
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (first, n))| {
+                        refs[*first as usize..(first + n) as usize].iter().any(|s| {
+                            s.service() == o.service
+                                && s.origin
+                                    .resource
+                                    .contains(&(k.clone(), AttrValue::Str(v.clone())))
+                        })
+                    })
+                    .map(|(t, _)| t as u32)
+                    .collect();
+                assert!(want.len() > 100, "{k}={v}: {}", want.len());
+                match from_ingest.find(&o.service, k, v) {
+                    Some(Found::Exact(got)) => assert_eq!(got, want, "{k}={v}"),
+                    other => panic!("{k}={v}: {other:?}"),
+                }
+            }
+        }
         // Hashes from other spans (one missing, so every row's shifts) build another index.
         let wrong: Vec<Hashed<'_>> = rows
             .iter()

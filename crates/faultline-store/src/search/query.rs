@@ -365,6 +365,17 @@ fn value_text_eq(v: Tag<'_>, text: &str) -> bool {
     }
 }
 
+/// Whether a value is indexed: [`indexed_text`] would give it a text (told without
+/// reading a string's bytes or formatting a number).
+pub(crate) fn is_indexed(v: Tag<'_>) -> bool {
+    match v {
+        Tag::Attr(AttrValue::Str(s)) => s.len() <= MAX_INDEXED_VALUE,
+        Tag::Str(s) => s.len() <= MAX_INDEXED_VALUE,
+        Tag::Attr(AttrValue::Int(_) | AttrValue::Bool(_)) | Tag::Bool(_) => true,
+        Tag::Attr(_) => false,
+    }
+}
+
 /// The text under which a value is indexed, or `None` when it is not indexed.
 pub(crate) fn indexed_text(v: Tag<'_>) -> Option<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
@@ -395,6 +406,38 @@ mod mask_tests {
             }
         });
         found
+    }
+
+    /// `is_indexed` tells, without the text, what `indexed_text` gives a text to: every
+    /// kind of value, and strings on both sides of the length limit.
+    #[test]
+    fn is_indexed_agrees_with_indexed_text() {
+        let long = "x".repeat(MAX_INDEXED_VALUE + 1);
+        let limit = "x".repeat(MAX_INDEXED_VALUE);
+        let attrs = [
+            AttrValue::Str(String::new()),
+            AttrValue::Str(limit.clone()),
+            AttrValue::Str(long.clone()),
+            AttrValue::Int(-7),
+            AttrValue::Bool(false),
+            AttrValue::Double(1.5),
+            AttrValue::Bytes(vec![1, 2]),
+            AttrValue::Array(vec![AttrValue::Int(1)]),
+            AttrValue::KvList(vec![("k".into(), AttrValue::Int(1))]),
+        ];
+        let mut tags: Vec<Tag<'_>> = attrs.iter().map(Tag::Attr).collect();
+        tags.extend([
+            Tag::Str(""),
+            Tag::Str(&limit),
+            Tag::Str(&long),
+            Tag::Bool(true),
+        ]);
+        let mut indexed = 0;
+        for v in tags {
+            assert_eq!(is_indexed(v), indexed_text(v).is_some(), "{}", v_text(v));
+            indexed += usize::from(is_indexed(v));
+        }
+        assert_eq!(indexed, 7, "the table holds both kinds");
     }
 
     fn v_text(v: Tag<'_>) -> String {
