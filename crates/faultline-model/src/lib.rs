@@ -20,6 +20,7 @@ pub mod duration;
 pub mod envelope;
 pub mod health;
 pub mod key;
+pub mod otlp_decode;
 pub mod otlp_json;
 pub mod pending;
 pub mod sampling;

@@ -389,7 +389,7 @@ pub fn to_otlp(spans: &[Span]) -> ExportTraceServiceRequest {
 /// `attributes` plus the span's W3C tracestate, when it has one, as the
 /// [`TRACESTATE_ATTR`](crate::sampling::TRACESTATE_ATTR) attribute (as Jaeger stores it):
 /// its `ot=th:` threshold gives the span's adjusted count.
-fn with_tracestate(mut attributes: Attributes, trace_state: String) -> Attributes {
+pub(crate) fn with_tracestate(mut attributes: Attributes, trace_state: String) -> Attributes {
     if !trace_state.is_empty()
         && !attributes
             .iter()

@@ -24,8 +24,7 @@ pub(crate) enum ProcessError {
 
 /// Decodes one record and hands its spans to the store.
 fn process(sh: &Shared, seq: u64, payload: &[u8]) -> Result<(), ProcessError> {
-    let req = envelope::decode(payload)?.request()?;
-    let spans = faultline_model::span::from_otlp_owned(req);
+    let spans = envelope::decode(payload)?.spans()?;
     let n = spans.len() as u64;
     sh.store.ingest(seq, spans)?;
     sh.stats.spans.fetch_add(n, Ordering::Relaxed);

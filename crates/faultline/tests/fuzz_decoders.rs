@@ -167,7 +167,14 @@ fn regressions() -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn otlp_protobuf_and_json_and_zipkin_decoders_never_panic() {
     fuzz("otlp protobuf", vec![otlp_proto(), Vec::new()], |b| {
+        let direct = faultline_model::otlp_decode::spans(b, 1);
         if let Ok(req) = faultline_model::ExportTraceServiceRequest::decode(b) {
+            // The pipeline's direct decoder reads it too, to the same spans.
+            let want = format!("{:?}", faultline_model::span::from_otlp_owned(req.clone()));
+            match &direct {
+                Ok(got) => assert_eq!(format!("{got:?}"), want),
+                Err(e) => panic!("the direct decoder refused what prost read: {e}"),
+            }
             ingest_like(req);
         }
     });
@@ -202,10 +209,18 @@ fn wal_envelope_segment_and_record_readers_never_panic() {
         envelope::encode(Protocol::ZipkinJson, 2, ZIPKIN.as_bytes()),
     ];
     fuzz("wal envelope", envelopes.clone(), |b| {
-        if let Ok(env) = envelope::decode(b)
-            && let Ok(req) = env.request()
-        {
-            ingest_like(req);
+        if let Ok(env) = envelope::decode(b) {
+            // The pipeline's direct decoder reads whatever the generated types read, to
+            // the same spans (compared as text: a mutated double may be NaN).
+            let direct = env.spans();
+            if let Ok(req) = env.request() {
+                let want = format!("{:?}", faultline_model::span::from_otlp_owned(req.clone()));
+                match &direct {
+                    Ok(got) => assert_eq!(format!("{got:?}"), want),
+                    Err(e) => panic!("the direct decoder refused what prost read: {e}"),
+                }
+                ingest_like(req);
+            }
         }
     });
     let mut segment = format::encode_segment_header(7, 1_700_000_000_000).to_vec();

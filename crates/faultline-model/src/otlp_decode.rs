@@ -1,0 +1,724 @@
+//! Decodes an OTLP `ExportTraceServiceRequest` body (protobuf) straight into [`Span`]s,
+//! without the generated OTLP types in between: the store pipeline's path from a WAL
+//! record to the head ([`crate::envelope::Envelope::spans`]).
+//!
+//! Through the generated types every attribute key was a `String` allocated by the
+//! decoder, then interned and freed, and every key-value pair, event and link a struct
+//! converted and dropped; here keys are interned from the body's bytes and only the texts a
+//! span keeps are allocated. The result is what [`crate::span::from_otlp_owned`] makes of
+//! `ExportTraceServiceRequest::decode(body)` (a property test holds the two together),
+//! with protobuf's rules for fields that repeat: a later scalar replaces an earlier one, a
+//! message field given twice is merged, repeated fields append, an `AnyValue` given a
+//! second value of another kind takes the later. Fields faultline does not keep (schema
+//! URLs, scope attributes, dropped counts, flags) are skipped by their wire type, as are
+//! fields this build does not know (groups included); a body prost refuses for one of them
+//! (text that is not UTF-8 in a schema URL, say) is accepted here. Nesting is limited as
+//! prost limits it (100 messages deep).
+
+use std::sync::Arc;
+
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+
+use crate::envelope::EnvelopeError;
+use crate::key::Key;
+use crate::span::{
+    AttrValue, Attributes, Event, Link, Origin, Span, SpanKind, StatusCode, with_tracestate,
+};
+
+/// How many messages deep a body may nest (prost's limit).
+const DEPTH: u32 = 100;
+
+/// The spans of an OTLP trace request body. `hint` is the number of spans the sender
+/// declared (the envelope's header); it only sizes the first allocation.
+pub fn spans(body: &[u8], hint: usize) -> Result<Vec<Span>, EnvelopeError> {
+    // A span takes at least 18 bytes (a trace id with its key and length).
+    let mut out = Vec::with_capacity(hint.min(body.len() / 18));
+    for f in Fields::new(body) {
+        if let (1, v) = f? {
+            resource_spans(v.bytes()?, DEPTH, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn err(what: &'static str) -> EnvelopeError {
+    EnvelopeError::Scan(what)
+}
+
+/// One message deeper, or the recursion limit's error (`depth` is how many more levels
+/// the body may open; the request itself counts none).
+fn enter(depth: u32) -> Result<u32, EnvelopeError> {
+    depth
+        .checked_sub(1)
+        .ok_or(err("the request nests messages more than 100 deep"))
+}
+
+/// A field's value as the wire carries it.
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32,
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Val<'a> {
+    fn bytes(self) -> Result<&'a [u8], EnvelopeError> {
+        match self {
+            Val::Bytes(b) => Ok(b),
+            _ => Err(err("a field has the wrong wire type")),
+        }
+    }
+
+    fn str(self) -> Result<&'a str, EnvelopeError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| err("a string field is not UTF-8"))
+    }
+
+    fn varint(self) -> Result<u64, EnvelopeError> {
+        match self {
+            Val::Varint(v) => Ok(v),
+            _ => Err(err("a field has the wrong wire type")),
+        }
+    }
+
+    fn fixed64(self) -> Result<u64, EnvelopeError> {
+        match self {
+            Val::Fixed64(v) => Ok(v),
+            _ => Err(err("a field has the wrong wire type")),
+        }
+    }
+}
+
+/// The fields of one message, in wire order; groups (no OTLP field is one) are skipped.
+struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn next_field(&mut self) -> Result<Option<(u32, Val<'a>)>, EnvelopeError> {
+        loop {
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let buf = &mut self.buf;
+            let (tag, wire) = decode_key(buf)?;
+            let val = match wire {
+                WireType::Varint => Val::Varint(decode_varint(buf)?),
+                WireType::SixtyFourBit => {
+                    let b = take(buf, 8)?;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    Val::Fixed64(u64::from_le_bytes(a))
+                }
+                WireType::ThirtyTwoBit => {
+                    take(buf, 4)?;
+                    Val::Fixed32
+                }
+                WireType::LengthDelimited => {
+                    let len = usize::try_from(decode_varint(buf)?)
+                        .map_err(|_| err("a field's length overflows"))?;
+                    Val::Bytes(take(buf, len)?)
+                }
+                WireType::StartGroup | WireType::EndGroup => {
+                    skip_field(wire, tag, buf, DecodeContext::default())?;
+                    continue;
+                }
+            };
+            return Ok(Some((tag, val)));
+        }
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u32, Val<'a>), EnvelopeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_field() {
+            Ok(f) => f.map(Ok),
+            Err(e) => {
+                self.buf = &[];
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], EnvelopeError> {
+    if n > buf.len() {
+        return Err(err("a field runs past the end"));
+    }
+    let (v, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(v)
+}
+
+/// One `ResourceSpans`: its resource (every occurrence merged) first, then its scopes.
+fn resource_spans(buf: &[u8], depth: u32, out: &mut Vec<Span>) -> Result<(), EnvelopeError> {
+    let depth = enter(depth)?;
+    let mut resource = Attributes::new();
+    for f in Fields::new(buf) {
+        if let (1, v) = f? {
+            // Resource: attributes (1).
+            let inner = enter(depth)?;
+            for f in Fields::new(v.bytes()?) {
+                if let (1, v) = f? {
+                    resource.push(key_value(v.bytes()?, inner)?);
+                }
+            }
+        }
+    }
+    let service = match resource.iter().find(|(k, _)| k.as_str() == "service.name") {
+        Some((_, AttrValue::Str(s))) => s.clone(),
+        _ => crate::UNKNOWN_SERVICE.to_string(),
+    };
+    for f in Fields::new(buf) {
+        if let (2, v) = f? {
+            scope_spans(v.bytes()?, depth, &service, &resource, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// One `ScopeSpans`: its scope's name and version, then its spans.
+fn scope_spans(
+    buf: &[u8],
+    depth: u32,
+    service: &str,
+    resource: &Attributes,
+    out: &mut Vec<Span>,
+) -> Result<(), EnvelopeError> {
+    let depth = enter(depth)?;
+    let (mut scope_name, mut scope_version) = (String::new(), String::new());
+    for f in Fields::new(buf) {
+        if let (1, v) = f? {
+            enter(depth)?;
+            for f in Fields::new(v.bytes()?) {
+                match f? {
+                    (1, v) => v.str()?.clone_into(&mut scope_name),
+                    (2, v) => v.str()?.clone_into(&mut scope_version),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let origin = Arc::new(Origin {
+        service: service.to_string(),
+        resource: resource.clone(),
+        scope_name,
+        scope_version,
+    });
+    for f in Fields::new(buf) {
+        if let (2, v) = f?
+            && let Some(s) = span(v.bytes()?, depth, &origin)?
+        {
+            out.push(s);
+        }
+    }
+    Ok(())
+}
+
+/// One span, or `None` when its ids are not of the right length.
+fn span(buf: &[u8], depth: u32, origin: &Arc<Origin>) -> Result<Option<Span>, EnvelopeError> {
+    let depth = enter(depth)?;
+    let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+    let mut trace_state = "";
+    let mut name = String::new();
+    let (mut kind, mut start_ns, mut end_ns) = (0i32, 0u64, 0u64);
+    let mut attributes = Attributes::new();
+    let mut events = Vec::new();
+    let mut links = Vec::new();
+    let (mut status, mut status_message) = (0i32, String::new());
+    for f in Fields::new(buf) {
+        match f? {
+            (1, v) => trace_id = v.bytes()?,
+            (2, v) => span_id = v.bytes()?,
+            (3, v) => trace_state = v.str()?,
+            (4, v) => parent = v.bytes()?,
+            (5, v) => v.str()?.clone_into(&mut name),
+            // An enum is an int32: its low 32 bits.
+            (6, v) => kind = v.varint()? as i32,
+            (7, v) => start_ns = v.fixed64()?,
+            (8, v) => end_ns = v.fixed64()?,
+            (9, v) => attributes.push(key_value(v.bytes()?, depth)?),
+            (11, v) => events.push(event(v.bytes()?, depth)?),
+            (13, v) => {
+                if let Some(l) = link(v.bytes()?, depth)? {
+                    links.push(l);
+                }
+            }
+            (15, v) => {
+                enter(depth)?;
+                for f in Fields::new(v.bytes()?) {
+                    match f? {
+                        (2, v) => v.str()?.clone_into(&mut status_message),
+                        (3, v) => status = v.varint()? as i32,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Ok(trace_id), Ok(span_id)) = (trace_id.try_into(), span_id.try_into()) else {
+        return Ok(None);
+    };
+    Ok(Some(Span {
+        trace_id,
+        span_id,
+        parent_span_id: <[u8; 8]>::try_from(parent)
+            .ok()
+            .filter(|p| p.iter().any(|b| *b != 0)),
+        name,
+        kind: SpanKind::from_i32(kind),
+        start_ns,
+        end_ns,
+        status: StatusCode::from_i32(status),
+        status_message,
+        attributes: with_tracestate(attributes, trace_state.to_string()),
+        events,
+        links,
+        origin: origin.clone(),
+    }))
+}
+
+fn event(buf: &[u8], depth: u32) -> Result<Event, EnvelopeError> {
+    let depth = enter(depth)?;
+    let mut e = Event {
+        time_ns: 0,
+        name: String::new(),
+        attributes: Attributes::new(),
+    };
+    for f in Fields::new(buf) {
+        match f? {
+            (1, v) => e.time_ns = v.fixed64()?,
+            (2, v) => v.str()?.clone_into(&mut e.name),
+            (3, v) => e.attributes.push(key_value(v.bytes()?, depth)?),
+            _ => {}
+        }
+    }
+    Ok(e)
+}
+
+/// A link, or `None` when its ids are not of the right length.
+fn link(buf: &[u8], depth: u32) -> Result<Option<Link>, EnvelopeError> {
+    let depth = enter(depth)?;
+    let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
+    let mut attributes = Attributes::new();
+    for f in Fields::new(buf) {
+        match f? {
+            (1, v) => trace_id = v.bytes()?,
+            (2, v) => span_id = v.bytes()?,
+            (4, v) => attributes.push(key_value(v.bytes()?, depth)?),
+            _ => {}
+        }
+    }
+    Ok(match (trace_id.try_into(), span_id.try_into()) {
+        (Ok(trace_id), Ok(span_id)) => Some(Link {
+            trace_id,
+            span_id,
+            attributes,
+        }),
+        _ => None,
+    })
+}
+
+/// A `KeyValue`: the key interned from the body's bytes, the value (every occurrence
+/// merged).
+fn key_value(buf: &[u8], depth: u32) -> Result<(Key, AttrValue), EnvelopeError> {
+    let depth = enter(depth)?;
+    let mut key = "";
+    let mut value = AttrValue::Empty;
+    for f in Fields::new(buf) {
+        match f? {
+            (1, v) => key = v.str()?,
+            (2, v) => any_value(v.bytes()?, depth, &mut value)?,
+            _ => {}
+        }
+    }
+    Ok((Key::new(key), value))
+}
+
+/// Merges an `AnyValue` into `value`.
+fn any_value(buf: &[u8], depth: u32, value: &mut AttrValue) -> Result<(), EnvelopeError> {
+    let depth = enter(depth)?;
+    for f in Fields::new(buf) {
+        match f? {
+            (1, v) => *value = AttrValue::Str(v.str()?.to_string()),
+            (2, v) => *value = AttrValue::Bool(v.varint()? != 0),
+            (3, v) => *value = AttrValue::Int(v.varint()? as i64),
+            (4, v) => *value = AttrValue::Double(f64::from_bits(v.fixed64()?)),
+            (5, v) => {
+                if !matches!(value, AttrValue::Array(_)) {
+                    *value = AttrValue::Array(Vec::new());
+                }
+                if let AttrValue::Array(items) = value {
+                    let inner = enter(depth)?;
+                    for f in Fields::new(v.bytes()?) {
+                        if let (1, v) = f? {
+                            let mut item = AttrValue::Empty;
+                            any_value(v.bytes()?, inner, &mut item)?;
+                            items.push(item);
+                        }
+                    }
+                }
+            }
+            (6, v) => {
+                if !matches!(value, AttrValue::KvList(_)) {
+                    *value = AttrValue::KvList(Attributes::new());
+                }
+                if let AttrValue::KvList(kvs) = value {
+                    let inner = enter(depth)?;
+                    for f in Fields::new(v.bytes()?) {
+                        if let (1, v) = f? {
+                            kvs.push(key_value(v.bytes()?, inner)?);
+                        }
+                    }
+                }
+            }
+            (7, v) => *value = AttrValue::Bytes(v.bytes()?.to_vec()),
+            // A string table index (profiles' dictionary): no text to keep.
+            (8, v) => {
+                v.varint()?;
+                *value = AttrValue::Empty;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use proptest::prelude::*;
+    use prost::Message;
+    use prost::encoding::{encode_key, encode_varint};
+
+    use super::*;
+    use crate::ExportTraceServiceRequest;
+    use crate::otlp::common::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
+    use crate::otlp::resource::Resource;
+    use crate::otlp::trace::{self, ResourceSpans, ScopeSpans, Status};
+
+    /// What the generated types and `from_otlp_owned` make of `body`.
+    fn reference(body: &[u8]) -> Result<Vec<Span>, prost::DecodeError> {
+        ExportTraceServiceRequest::decode(body).map(crate::span::from_otlp_owned)
+    }
+
+    /// Both decoders agree on `body`: the same spans, or both refuse it.
+    fn agree(body: &[u8]) -> Result<(), TestCaseError> {
+        match (reference(body), spans(body, 0)) {
+            (Ok(want), Ok(got)) => prop_assert_eq!(got, want),
+            (Err(_), Err(_)) => {}
+            (want, got) => prop_assert!(false, "reference {:?}, direct {:?}", want, got),
+        }
+        Ok(())
+    }
+
+    /// A length-delimited field `tag` holding `bytes`.
+    fn field(tag: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_key(tag, WireType::LengthDelimited, &mut out);
+        encode_varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[a-z.]{1,12}", "[ -~é☃]{0,40}",]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("service.name".to_string()),
+            Just("http.method".to_string()),
+            Just("user.id".to_string()),
+            Just(crate::sampling::TRACESTATE_ATTR.to_string()),
+            text(),
+        ]
+    }
+
+    fn any_value() -> impl Strategy<Value = Option<AnyValue>> {
+        use crate::otlp::common::any_value::Value;
+        let leaf = prop_oneof![
+            text().prop_map(Value::StringValue),
+            any::<bool>().prop_map(Value::BoolValue),
+            any::<i64>().prop_map(Value::IntValue),
+            (-1e12f64..1e12).prop_map(Value::DoubleValue),
+            proptest::collection::vec(any::<u8>(), 0..6).prop_map(Value::BytesValue),
+            any::<i32>().prop_map(Value::StringValueStrindex),
+        ];
+        let value = leaf.prop_recursive(3, 12, 3, |inner| {
+            let item = proptest::option::of(inner).prop_map(|value| AnyValue { value });
+            prop_oneof![
+                proptest::collection::vec(item.clone(), 0..3)
+                    .prop_map(|values| Value::ArrayValue(ArrayValue { values })),
+                proptest::collection::vec((key(), item), 0..3).prop_map(|kvs| {
+                    Value::KvlistValue(KeyValueList {
+                        values: kvs
+                            .into_iter()
+                            .map(|(key, v)| KeyValue {
+                                key,
+                                value: Some(v),
+                                ..KeyValue::default()
+                            })
+                            .collect(),
+                    })
+                }),
+            ]
+        });
+        proptest::option::of(proptest::option::of(value).prop_map(|value| AnyValue { value }))
+    }
+
+    fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
+        proptest::collection::vec(
+            (key(), any_value()).prop_map(|(key, value)| KeyValue {
+                key,
+                value,
+                ..KeyValue::default()
+            }),
+            0..5,
+        )
+    }
+
+    /// Ids mostly of the right length, sometimes not (such spans and links are left out).
+    fn id(len: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), len),
+            1 => Just(vec![0u8; len]),
+            1 => proptest::collection::vec(any::<u8>(), 0..len + 2),
+        ]
+    }
+
+    fn span() -> impl Strategy<Value = trace::Span> {
+        (
+            (
+                id(16),
+                id(8),
+                id(8),
+                prop_oneof![Just(String::new()), text()],
+            ),
+            (text(), -1i32..7, any::<u64>(), any::<u64>()),
+            attributes(),
+            proptest::collection::vec((any::<u64>(), text(), attributes()), 0..3),
+            proptest::collection::vec((id(16), id(8), attributes()), 0..2),
+            proptest::option::of((text(), -1i32..4)),
+        )
+            .prop_map(
+                |(
+                    (trace_id, span_id, parent, trace_state),
+                    (name, kind, start, end),
+                    attributes,
+                    events,
+                    links,
+                    status,
+                )| {
+                    trace::Span {
+                        trace_id,
+                        span_id,
+                        parent_span_id: parent,
+                        trace_state,
+                        name,
+                        kind,
+                        start_time_unix_nano: start,
+                        end_time_unix_nano: end,
+                        attributes,
+                        events: events
+                            .into_iter()
+                            .map(|(time_unix_nano, name, attributes)| trace::span::Event {
+                                time_unix_nano,
+                                name,
+                                attributes,
+                                dropped_attributes_count: 1,
+                            })
+                            .collect(),
+                        links: links
+                            .into_iter()
+                            .map(|(trace_id, span_id, attributes)| trace::span::Link {
+                                trace_id,
+                                span_id,
+                                attributes,
+                                flags: 1,
+                                ..trace::span::Link::default()
+                            })
+                            .collect(),
+                        status: status.map(|(message, code)| Status { message, code }),
+                        flags: 3,
+                        dropped_attributes_count: 2,
+                        ..trace::Span::default()
+                    }
+                },
+            )
+    }
+
+    fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
+        let scope = (
+            proptest::option::of((text(), text(), attributes())),
+            proptest::collection::vec(span(), 0..4),
+        )
+            .prop_map(|(scope, spans)| ScopeSpans {
+                scope: scope.map(|(name, version, attributes)| InstrumentationScope {
+                    name,
+                    version,
+                    attributes,
+                    dropped_attributes_count: 0,
+                }),
+                spans,
+                schema_url: "https://opentelemetry.io/schemas/1.24.0".into(),
+            });
+        let rs = (
+            proptest::option::of(attributes()),
+            proptest::collection::vec(scope, 0..3),
+        )
+            .prop_map(|(resource, scope_spans)| ResourceSpans {
+                resource: resource.map(|attributes| Resource {
+                    attributes,
+                    ..Resource::default()
+                }),
+                scope_spans,
+                schema_url: String::new(),
+            });
+        proptest::collection::vec(rs, 0..3)
+            .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Requests as an OTLP encoder writes them: the same spans as through the
+        /// generated types.
+        #[test]
+        fn decodes_as_the_generated_types_do(req in request()) {
+            agree(&req.encode_to_vec())?;
+        }
+
+        /// Fields given twice and out of order (protobuf merges messages, appends repeated
+        /// fields, lets later scalars win): two spans' encodings as one span, two resources
+        /// and two scopes, the resource after the scopes, two requests end to end.
+        #[test]
+        fn merges_repeated_fields_as_protobuf_does(
+            a in request(),
+            b in request(),
+            s1 in span(),
+            s2 in span(),
+            r1 in attributes(),
+            r2 in attributes(),
+            v1 in any_value(),
+            v2 in any_value(),
+        ) {
+            let mut span_bytes = s1.encode_to_vec();
+            span_bytes.extend(s2.encode_to_vec());
+            // A key-value whose value comes twice.
+            let mut kv = KeyValue { key: "k".into(), value: v1, ..KeyValue::default() }.encode_to_vec();
+            kv.extend(KeyValue { key: "k2".into(), value: v2, ..KeyValue::default() }.encode_to_vec());
+            span_bytes.extend(field(9, &kv));
+            let scope = |name: &str| InstrumentationScope { name: name.into(), ..InstrumentationScope::default() }.encode_to_vec();
+            let mut scope_spans = field(2, &span_bytes);
+            scope_spans.extend(field(1, &scope("first")));
+            scope_spans.extend(field(1, &scope("")));
+            let resource = |attributes| Resource { attributes, ..Resource::default() }.encode_to_vec();
+            let mut rs = field(2, &scope_spans);
+            rs.extend(field(1, &resource(r1)));
+            rs.extend(field(1, &resource(r2)));
+            let mut body = field(1, &rs);
+            body.extend(a.encode_to_vec());
+            body.extend(b.encode_to_vec());
+            agree(&body)?;
+        }
+
+        /// Cut short anywhere, both refuse the body or read the same spans from it.
+        #[test]
+        fn truncated_bodies_are_read_alike(req in request(), cut in any::<prop::sample::Index>()) {
+            let body = req.encode_to_vec();
+            agree(&body[..cut.index(body.len() + 1)])?;
+        }
+    }
+
+    /// Unknown fields of every wire type (a group included) are skipped; a string that is
+    /// not UTF-8 and a field of the wrong wire type are refused by both.
+    #[test]
+    fn unknown_fields_are_skipped_and_broken_ones_refused() {
+        let span = trace::Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "op".into(),
+            ..trace::Span::default()
+        };
+        let wrap = |span_bytes: &[u8]| field(1, &field(2, &field(2, span_bytes)));
+        let mut unknown = span.encode_to_vec();
+        encode_key(99, WireType::StartGroup, &mut unknown);
+        encode_key(1, WireType::Varint, &mut unknown);
+        encode_varint(5, &mut unknown);
+        encode_key(99, WireType::EndGroup, &mut unknown);
+        encode_key(98, WireType::ThirtyTwoBit, &mut unknown);
+        unknown.extend([0, 0, 0, 0]);
+        encode_key(97, WireType::SixtyFourBit, &mut unknown);
+        unknown.extend([0; 8]);
+        unknown.extend(field(96, b"\xff\xfe"));
+        let got = spans(&wrap(&unknown), 1).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got, reference(&wrap(&unknown)).unwrap());
+        // The name, not UTF-8.
+        let mut bad = span.encode_to_vec();
+        bad.extend(field(5, b"\xff\xfe"));
+        assert!(reference(&wrap(&bad)).is_err());
+        assert!(spans(&wrap(&bad), 1).is_err());
+        // The start time as a varint.
+        let mut wrong = span.encode_to_vec();
+        encode_key(7, WireType::Varint, &mut wrong);
+        encode_varint(5, &mut wrong);
+        assert!(reference(&wrap(&wrong)).is_err());
+        assert!(spans(&wrap(&wrong), 1).is_err());
+    }
+
+    /// Values nested as deep as prost allows are read; one level more is refused by both.
+    #[test]
+    fn nesting_is_limited_as_prost_limits_it() {
+        use crate::otlp::common::any_value::Value;
+        let mut verdicts = Vec::new();
+        for levels in 40..52 {
+            let mut v = AnyValue {
+                value: Some(Value::IntValue(1)),
+            };
+            for _ in 0..levels {
+                v = AnyValue {
+                    value: Some(Value::ArrayValue(ArrayValue { values: vec![v] })),
+                };
+            }
+            let req = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![trace::Span {
+                            trace_id: vec![1; 16],
+                            span_id: vec![2; 8],
+                            attributes: vec![KeyValue {
+                                key: "deep".into(),
+                                value: Some(v),
+                                ..KeyValue::default()
+                            }],
+                            ..trace::Span::default()
+                        }],
+                        ..ScopeSpans::default()
+                    }],
+                    ..ResourceSpans::default()
+                }],
+            };
+            let body = req.encode_to_vec();
+            let (want, got) = (reference(&body), spans(&body, 1));
+            assert_eq!(want.is_ok(), got.is_ok(), "{levels} levels");
+            if let (Ok(want), Ok(got)) = (want, got) {
+                assert_eq!(want, got);
+            }
+            verdicts.push(got_ok(&body));
+        }
+        assert!(verdicts.first() == Some(&true) && verdicts.last() == Some(&false));
+    }
+
+    fn got_ok(body: &[u8]) -> bool {
+        spans(body, 1).is_ok()
+    }
+}
