@@ -190,6 +190,15 @@ impl Envelope<'_> {
         crate::otlp_decode::spans(self.body, self.spans as usize)
     }
 
+    /// The body's spans of the traces `keep` takes, the others skipped undecoded (see
+    /// [`crate::otlp_decode::spans_where`]).
+    pub fn spans_where(
+        &self,
+        keep: &dyn Fn(&crate::span::TraceId) -> bool,
+    ) -> Result<Vec<crate::span::Span>, EnvelopeError> {
+        crate::otlp_decode::spans_where(self.body, keep)
+    }
+
     /// The trace ids of the body's spans, in order, repeats included, without decoding
     /// anything else: the fields on the path `resource_spans` (1) → `scope_spans` (2) →
     /// `spans` (2) → `trace_id` (1) are followed and every other field is skipped by its

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use faultline_model::envelope;
 use faultline_model::pending::{PendingTraces, RecordAt};
-use faultline_model::span::{Span, TraceId, from_otlp_owned};
+use faultline_model::span::{Span, TraceId};
 use faultline_store::rollup::{Dependency, RedPoint};
 use faultline_store::search::{TraceQuery, TraceSummary};
 use faultline_store::{Completeness, SpanStore, StoreError, TraceAnswer};
@@ -96,18 +96,10 @@ impl WithPending {
         else {
             return Ok(Vec::new());
         };
-        let mut req = envelope::decode(&rec.payload)
-            .and_then(|e| e.request())
-            .map_err(|e| e.to_string())?;
-        let keep = |id: &[u8]| wanted.iter().any(|w| w.as_slice() == id);
-        for rs in &mut req.resource_spans {
-            for ss in &mut rs.scope_spans {
-                ss.spans.retain(|s| keep(&s.trace_id));
-            }
-            rs.scope_spans.retain(|ss| !ss.spans.is_empty());
-        }
-        req.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
-        Ok(from_otlp_owned(req))
+        // Only the wanted traces' spans are decoded (a record holds hundreds).
+        envelope::decode(&rec.payload)
+            .and_then(|e| e.spans_where(&|id| wanted.contains(id)))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -238,6 +230,7 @@ mod tests {
     use faultline_model::ExportTraceServiceRequest;
     use faultline_model::envelope::Protocol;
     use faultline_model::otlp::trace::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+    use faultline_model::span::from_otlp_owned;
     use faultline_store::{Store, StoreOptions};
     use faultline_wal::sim::SimFs;
     use faultline_wal::{NoopObserver, WalOptions};
