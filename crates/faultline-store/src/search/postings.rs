@@ -595,12 +595,13 @@ impl Occurrences {
             // once per block.
             if !self.origins.contains(&o) {
                 self.origins.push(o);
-                match self.origin_terms.remove(&o) {
+                match self.origin_terms.get(&o) {
                     Some(numbers) => {
-                        for &n in &numbers {
-                            self.count_number(n, t);
+                        for &n in numbers {
+                            if self.seen.insert(n) {
+                                self.pairs.push((n, t));
+                            }
                         }
-                        self.origin_terms.insert(o, numbers);
                     }
                     None => {
                         let mut numbers = Vec::new();
