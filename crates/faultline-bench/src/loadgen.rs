@@ -765,8 +765,10 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 /// Runs `faultline-bench decode`: the single-core ceiling of what intake does per request,
-/// on the same requests loadgen sends: protobuf decode alone, decode plus validation, and
-/// decode plus validation plus re-encode (the gRPC path).
+/// on the same requests loadgen sends: protobuf decode alone, decode plus validation,
+/// decode plus validation plus re-encode (the gRPC path before intake kept raw bodies),
+/// and intake's checking walk (`faultline_model::otlp_check`, what intake does with a body
+/// whose spans are all valid).
 pub fn bench_decode(
     seconds: f64,
     spans_per_request: usize,
@@ -789,8 +791,13 @@ pub fn bench_decode(
     }
     // Three rounds over the stages, best round kept: a noisy neighbour or a frequency
     // change hits one round, not the figure.
-    let stages = ["decode", "decode+validate", "decode+validate+encode"];
-    let mut best = [(0f64, 0f64, 0usize); 3];
+    let stages = [
+        "decode",
+        "decode+validate",
+        "decode+validate+encode",
+        "check (intake's walk)",
+    ];
+    let mut best = [(0f64, 0f64, 0usize); 4];
     for _round in 0..3 {
         for (si, best_stage) in best.iter_mut().enumerate() {
             let started = Instant::now();
@@ -798,6 +805,14 @@ pub fn bench_decode(
             while started.elapsed().as_secs_f64() < seconds / 3.0 {
                 let t = &pool[n % pool.len()];
                 n += 1;
+                if si == 3 {
+                    let c = faultline_model::otlp_check::check(&t.body, &limits)
+                        .context("a request loadgen sends does not pass intake's walk")?;
+                    anyhow::ensure!(c.spans == t.spans as u64, "the walk miscounted spans");
+                    bytes += t.body.len() as u64;
+                    spans += c.spans;
+                    continue;
+                }
                 let mut req = ExportTraceServiceRequest::decode(&t.body[..])
                     .context("template does not decode")?;
                 if si > 0 {

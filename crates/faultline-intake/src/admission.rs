@@ -5,7 +5,11 @@
 //! 1. the WAL is healthy (else `Unavailable`, retryable);
 //! 2. the request fits the in-flight byte budget (else `Busy`, 429, retryable);
 //! 3. the WAL budget and the disk's free space leave room (else `Full`, 503, retryable);
-//! 4. (the caller decodes the body; a malformed body is `Invalid`, 400)
+//! 4. (the caller decodes the body; a malformed body is `Invalid`, 400). An OTLP
+//!    protobuf body ([`Intake::ingest_protobuf`]) met below the shedding pressure of its
+//!    lane is first checked in one walk over its bytes (`faultline_model::otlp_check`):
+//!    when every span in it is valid it goes to step 7 as it came, undecoded; otherwise it
+//!    is decoded and takes steps 5-7;
 //! 5. each span is validated; invalid spans are removed and reported as OTLP partial
 //!    success; a request with no valid span left is `Invalid`;
 //! 6. priority lanes, decided per trace: a trace is `critical` when the request holds a
@@ -501,6 +505,61 @@ impl Intake {
             Some(raw) if !modified && rejected == 0 => envelope::encode(protocol, spans, raw),
             _ => envelope::encode_request(protocol, spans, &request),
         };
+        let done = Accepted {
+            accepted_spans: accepted,
+            rejected_spans: rejected,
+            message,
+            seq: None,
+        };
+        self.append(protocol, payload, done, trace_ids(&request))
+            .await
+    }
+
+    /// Ingests an OTLP protobuf request body: when every span in it is valid and nothing
+    /// needs shedding (the common case), the body goes to the WAL as it came after one
+    /// walk over its bytes (`faultline_model::otlp_check`); otherwise it is decoded and
+    /// takes [`Intake::ingest`]'s path, which judges, trims and reports it.
+    pub async fn ingest_protobuf(
+        &self,
+        protocol: Protocol,
+        raw: &[u8],
+        ticket: &Admitted,
+        lane_hint: Lane,
+    ) -> Result<Accepted, IngestError> {
+        use prost::Message;
+        if self.budget_use().pressure() < shed_from(lane_hint)
+            && let Some(checked) = faultline_model::otlp_check::check(raw, &self.cfg.limits)
+        {
+            self.metrics.spans(protocol, "rejected", 0);
+            let spans = u32::try_from(checked.spans).unwrap_or(u32::MAX);
+            let done = Accepted {
+                accepted_spans: checked.spans,
+                ..Accepted::default()
+            };
+            let payload = envelope::encode(protocol, spans, raw);
+            return self
+                .append(protocol, payload, done, checked.trace_ids)
+                .await;
+        }
+        let request = ExportTraceServiceRequest::decode(raw).map_err(|e| {
+            IngestError::Invalid(format!(
+                "request body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}"
+            ))
+        })?;
+        self.ingest(protocol, request, Some(raw), Vec::new(), ticket, lane_hint)
+            .await
+    }
+
+    /// Appends an accepted request's envelope to the WAL and answers once the WAL
+    /// acknowledged it, noting its traces as pending first.
+    async fn append(
+        &self,
+        protocol: Protocol,
+        payload: Vec<u8>,
+        done: Accepted,
+        trace_ids: impl IntoIterator<Item = TraceId>,
+    ) -> Result<Accepted, IngestError> {
+        let accepted = done.accepted_spans;
         let started = Instant::now();
         let result = self.wal.append(payload).await;
         self.metrics.ack_latency(started.elapsed());
@@ -512,14 +571,12 @@ impl Intake {
                         segment: ack.segment,
                         offset: ack.offset,
                     };
-                    p.add(at, trace_ids(&request));
+                    p.add(at, trace_ids);
                 }
                 self.metrics.spans(protocol, "accepted", accepted);
                 Ok(Accepted {
-                    accepted_spans: accepted,
-                    rejected_spans: rejected,
-                    message,
                     seq: Some(ack.seq),
+                    ..done
                 })
             }
             Err(e) => {
@@ -552,11 +609,7 @@ impl Intake {
         } else {
             Lane::Normal
         };
-        let at = if lane == Lane::Bulk {
-            SHED_BULK_AT
-        } else {
-            SHED_NORMAL_AT
-        };
+        let at = shed_from(lane);
         let used = self.budget_use();
         let pressure = used.pressure();
         if pressure < at {
@@ -617,6 +670,16 @@ impl Intake {
         m.wal_max_bytes.set(self.wal.options().max_bytes as i64);
         m.wal_committed_seq.set(self.wal.committed_seq() as i64);
         m.wal_failed.set(i64::from(self.wal.failure().is_some()));
+    }
+}
+
+/// The pressure from which a request of `lane` is shed (a critical hint counts as normal:
+/// criticality is decided per trace).
+fn shed_from(lane: Lane) -> f64 {
+    if lane == Lane::Bulk {
+        SHED_BULK_AT
+    } else {
+        SHED_NORMAL_AT
     }
 }
 

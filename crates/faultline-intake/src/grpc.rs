@@ -2,9 +2,10 @@
 //!
 //! The service is written against tonic's server primitives rather than the generated
 //! `TraceServiceServer`, with a codec that hands over the request's raw protobuf bytes:
-//! intake decodes them once to validate, and stores the same bytes in the WAL when every
-//! span is valid. The generated server would decode, and intake would have to encode again
-//! (about a third of the per-request CPU, measured with `faultline-bench decode`).
+//! intake checks them in one walk (decoding them only when a span is invalid or pressure
+//! calls for shedding), and stores the same bytes in the WAL when every span is valid. The
+//! generated server would decode, and intake would have to encode again (about a third of
+//! the per-request CPU, measured with `faultline-bench decode`).
 //!
 //! Answers: an `ExportTraceServiceResponse` (with partial success when spans were
 //! dropped), or a status: INVALID_ARGUMENT (malformed, nothing valid), RESOURCE_EXHAUSTED
@@ -22,9 +23,7 @@ use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use faultline_model::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use faultline_model::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 
 use crate::admission::{IngestError, Intake, Lane};
 use faultline_model::envelope::Protocol;
@@ -123,14 +122,7 @@ async fn export(
     let wire_len = raw.len();
     let result = async {
         let ticket = intake.admit(wire_len)?;
-        let req = ExportTraceServiceRequest::decode(&raw[..]).map_err(|e| {
-            IngestError::Invalid(format!(
-                "request is not a valid OTLP ExportTraceServiceRequest protobuf: {e}"
-            ))
-        })?;
-        intake
-            .ingest(protocol, req, Some(&raw), Vec::new(), &ticket, lane)
-            .await
+        intake.ingest_protobuf(protocol, &raw, &ticket, lane).await
     }
     .await;
     match result {

@@ -19,9 +19,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use prost::Message;
 
-use faultline_model::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use faultline_model::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 
 use crate::admission::{Accepted, IngestError, Intake, Lane};
 use faultline_model::envelope::Protocol;
@@ -283,16 +281,8 @@ async fn otlp_inner(
     let lane = lane_hint(headers);
     let accepted = match enc {
         Encoding::Protobuf => {
-            let req = ExportTraceServiceRequest::decode(&bytes[..]).map_err(|e| {
-                (
-                    IngestError::Invalid(format!(
-                        "request body is not a valid OTLP ExportTraceServiceRequest protobuf: {e}"
-                    )),
-                    wire_len,
-                )
-            })?;
             intake
-                .ingest(protocol, req, Some(&bytes), Vec::new(), &ticket, lane)
+                .ingest_protobuf(protocol, &bytes, &ticket, lane)
                 .await
         }
         Encoding::Json => {

@@ -6,6 +6,8 @@
 //! - [`otlp_json`]: OTLP/JSON decoding and response encoding;
 //! - [`zipkin`]: Zipkin v2 JSON to OTLP;
 //! - [`validate`]: the span rules intake enforces before acknowledging;
+//! - [`otlp_check`]: the same rules checked on a protobuf body without decoding it (the
+//!   intake's common case: every span valid, the body stored as it came);
 //! - [`health`]: the status report's vocabulary (each stage judges its own parts);
 //! - [`envelope`]: the WAL payload around each accepted request (written by intake, read
 //!   by the pipeline and the operator tools);
@@ -20,12 +22,15 @@ pub mod duration;
 pub mod envelope;
 pub mod health;
 pub mod key;
+pub mod otlp_check;
 pub mod otlp_decode;
 pub mod otlp_json;
 pub mod pending;
 pub mod sampling;
 pub mod semconv;
 pub mod span;
+#[cfg(test)]
+mod test_strategies;
 pub mod validate;
 pub mod zipkin;
 

@@ -61,13 +61,13 @@ pub fn spans_where(
 /// Which spans to decode: all (`None`), or those whose trace id the function takes.
 type Keep<'k> = Option<&'k dyn Fn(&TraceId) -> bool>;
 
-fn err(what: &'static str) -> EnvelopeError {
+pub(crate) fn err(what: &'static str) -> EnvelopeError {
     EnvelopeError::Scan(what)
 }
 
 /// One message deeper, or the recursion limit's error (`depth` is how many more levels
 /// the body may open; the request itself counts none).
-fn enter(depth: u32) -> Result<u32, EnvelopeError> {
+pub(crate) fn enter(depth: u32) -> Result<u32, EnvelopeError> {
     depth
         .checked_sub(1)
         .ok_or(err("the request nests messages more than 100 deep"))
@@ -75,7 +75,7 @@ fn enter(depth: u32) -> Result<u32, EnvelopeError> {
 
 /// A field's value as the wire carries it.
 #[derive(Clone, Copy)]
-enum Val<'a> {
+pub(crate) enum Val<'a> {
     Varint(u64),
     Fixed64(u64),
     Fixed32,
@@ -83,40 +83,57 @@ enum Val<'a> {
 }
 
 impl<'a> Val<'a> {
-    fn bytes(self) -> Result<&'a [u8], EnvelopeError> {
+    pub(crate) fn bytes(self) -> Result<&'a [u8], EnvelopeError> {
         match self {
             Val::Bytes(b) => Ok(b),
             _ => Err(err("a field has the wrong wire type")),
         }
     }
 
-    fn str(self) -> Result<&'a str, EnvelopeError> {
+    pub(crate) fn str(self) -> Result<&'a str, EnvelopeError> {
         std::str::from_utf8(self.bytes()?).map_err(|_| err("a string field is not UTF-8"))
     }
 
-    fn varint(self) -> Result<u64, EnvelopeError> {
+    pub(crate) fn varint(self) -> Result<u64, EnvelopeError> {
         match self {
             Val::Varint(v) => Ok(v),
             _ => Err(err("a field has the wrong wire type")),
         }
     }
 
-    fn fixed64(self) -> Result<u64, EnvelopeError> {
+    pub(crate) fn fixed64(self) -> Result<u64, EnvelopeError> {
         match self {
             Val::Fixed64(v) => Ok(v),
             _ => Err(err("a field has the wrong wire type")),
         }
     }
+
+    /// Checks that the field is a 32-bit one (its value is not kept).
+    pub(crate) fn fixed32(self) -> Result<(), EnvelopeError> {
+        match self {
+            Val::Fixed32 => Ok(()),
+            _ => Err(err("a field has the wrong wire type")),
+        }
+    }
 }
 
-/// The fields of one message, in wire order; groups (no OTLP field is one) are skipped.
-struct Fields<'a> {
+/// The fields of one message, in wire order; groups (no OTLP field is one) are skipped,
+/// or refused by a strict walk.
+pub(crate) struct Fields<'a> {
     buf: &'a [u8],
+    strict: bool,
 }
 
 impl<'a> Fields<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
+        Self { buf, strict: false }
+    }
+
+    /// A walk that refuses groups instead of skipping them: prost limits how deep groups
+    /// nest by the depth of the message holding them, which a walk that only checks
+    /// would have to copy exactly; refusing them is simpler and no OTLP encoder writes one.
+    pub(crate) fn strict(buf: &'a [u8]) -> Self {
+        Self { buf, strict: true }
     }
 
     fn next_field(&mut self) -> Result<Option<(u32, Val<'a>)>, EnvelopeError> {
@@ -142,6 +159,9 @@ impl<'a> Fields<'a> {
                     let len = usize::try_from(decode_varint(buf)?)
                         .map_err(|_| err("a field's length overflows"))?;
                     Val::Bytes(take(buf, len)?)
+                }
+                WireType::StartGroup | WireType::EndGroup if self.strict => {
+                    return Err(err("a field is a group"));
                 }
                 WireType::StartGroup | WireType::EndGroup => {
                     skip_field(wire, tag, buf, DecodeContext::default())?;
@@ -455,9 +475,10 @@ mod tests {
 
     use super::*;
     use crate::ExportTraceServiceRequest;
-    use crate::otlp::common::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
+    use crate::otlp::common::{AnyValue, ArrayValue, InstrumentationScope, KeyValue};
     use crate::otlp::resource::Resource;
-    use crate::otlp::trace::{self, ResourceSpans, ScopeSpans, Status};
+    use crate::otlp::trace::{self, ResourceSpans, ScopeSpans};
+    use crate::test_strategies::{any_value, attributes, field, request, span};
 
     /// What the generated types and `from_otlp_owned` make of `body`.
     fn reference(body: &[u8]) -> Result<Vec<Span>, prost::DecodeError> {
@@ -472,173 +493,6 @@ mod tests {
             (want, got) => prop_assert!(false, "reference {:?}, direct {:?}", want, got),
         }
         Ok(())
-    }
-
-    /// A length-delimited field `tag` holding `bytes`.
-    fn field(tag: u32, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode_key(tag, WireType::LengthDelimited, &mut out);
-        encode_varint(bytes.len() as u64, &mut out);
-        out.extend_from_slice(bytes);
-        out
-    }
-
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof![Just(String::new()), "[a-z.]{1,12}", "[ -~é☃]{0,40}",]
-    }
-
-    fn key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("service.name".to_string()),
-            Just("http.method".to_string()),
-            Just("user.id".to_string()),
-            Just(crate::sampling::TRACESTATE_ATTR.to_string()),
-            text(),
-        ]
-    }
-
-    fn any_value() -> impl Strategy<Value = Option<AnyValue>> {
-        use crate::otlp::common::any_value::Value;
-        let leaf = prop_oneof![
-            text().prop_map(Value::StringValue),
-            any::<bool>().prop_map(Value::BoolValue),
-            any::<i64>().prop_map(Value::IntValue),
-            (-1e12f64..1e12).prop_map(Value::DoubleValue),
-            proptest::collection::vec(any::<u8>(), 0..6).prop_map(Value::BytesValue),
-            any::<i32>().prop_map(Value::StringValueStrindex),
-        ];
-        let value = leaf.prop_recursive(3, 12, 3, |inner| {
-            let item = proptest::option::of(inner).prop_map(|value| AnyValue { value });
-            prop_oneof![
-                proptest::collection::vec(item.clone(), 0..3)
-                    .prop_map(|values| Value::ArrayValue(ArrayValue { values })),
-                proptest::collection::vec((key(), item), 0..3).prop_map(|kvs| {
-                    Value::KvlistValue(KeyValueList {
-                        values: kvs
-                            .into_iter()
-                            .map(|(key, v)| KeyValue {
-                                key,
-                                value: Some(v),
-                                ..KeyValue::default()
-                            })
-                            .collect(),
-                    })
-                }),
-            ]
-        });
-        proptest::option::of(proptest::option::of(value).prop_map(|value| AnyValue { value }))
-    }
-
-    fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
-        proptest::collection::vec(
-            (key(), any_value()).prop_map(|(key, value)| KeyValue {
-                key,
-                value,
-                ..KeyValue::default()
-            }),
-            0..5,
-        )
-    }
-
-    /// Ids mostly of the right length, sometimes not (such spans and links are left out).
-    fn id(len: usize) -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            8 => proptest::collection::vec(any::<u8>(), len),
-            1 => Just(vec![0u8; len]),
-            1 => proptest::collection::vec(any::<u8>(), 0..len + 2),
-        ]
-    }
-
-    fn span() -> impl Strategy<Value = trace::Span> {
-        (
-            (
-                id(16),
-                id(8),
-                id(8),
-                prop_oneof![Just(String::new()), text()],
-            ),
-            (text(), -1i32..7, any::<u64>(), any::<u64>()),
-            attributes(),
-            proptest::collection::vec((any::<u64>(), text(), attributes()), 0..3),
-            proptest::collection::vec((id(16), id(8), attributes()), 0..2),
-            proptest::option::of((text(), -1i32..4)),
-        )
-            .prop_map(
-                |(
-                    (trace_id, span_id, parent, trace_state),
-                    (name, kind, start, end),
-                    attributes,
-                    events,
-                    links,
-                    status,
-                )| {
-                    trace::Span {
-                        trace_id,
-                        span_id,
-                        parent_span_id: parent,
-                        trace_state,
-                        name,
-                        kind,
-                        start_time_unix_nano: start,
-                        end_time_unix_nano: end,
-                        attributes,
-                        events: events
-                            .into_iter()
-                            .map(|(time_unix_nano, name, attributes)| trace::span::Event {
-                                time_unix_nano,
-                                name,
-                                attributes,
-                                dropped_attributes_count: 1,
-                            })
-                            .collect(),
-                        links: links
-                            .into_iter()
-                            .map(|(trace_id, span_id, attributes)| trace::span::Link {
-                                trace_id,
-                                span_id,
-                                attributes,
-                                flags: 1,
-                                ..trace::span::Link::default()
-                            })
-                            .collect(),
-                        status: status.map(|(message, code)| Status { message, code }),
-                        flags: 3,
-                        dropped_attributes_count: 2,
-                        ..trace::Span::default()
-                    }
-                },
-            )
-    }
-
-    fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
-        let scope = (
-            proptest::option::of((text(), text(), attributes())),
-            proptest::collection::vec(span(), 0..4),
-        )
-            .prop_map(|(scope, spans)| ScopeSpans {
-                scope: scope.map(|(name, version, attributes)| InstrumentationScope {
-                    name,
-                    version,
-                    attributes,
-                    dropped_attributes_count: 0,
-                }),
-                spans,
-                schema_url: "https://opentelemetry.io/schemas/1.24.0".into(),
-            });
-        let rs = (
-            proptest::option::of(attributes()),
-            proptest::collection::vec(scope, 0..3),
-        )
-            .prop_map(|(resource, scope_spans)| ResourceSpans {
-                resource: resource.map(|attributes| Resource {
-                    attributes,
-                    ..Resource::default()
-                }),
-                scope_spans,
-                schema_url: String::new(),
-            });
-        proptest::collection::vec(rs, 0..3)
-            .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
     }
 
     proptest! {

@@ -49,7 +49,7 @@ const MAX_REASONS: usize = 10;
 /// Nesting depth of array/kvlist attribute values beyond which a value is refused. The
 /// protobuf and JSON decoders cannot produce deeper values (their recursion limits stop
 /// at about 50), so this only bounds the recursion for hand-built requests.
-const MAX_VALUE_DEPTH: usize = 64;
+pub(crate) const MAX_VALUE_DEPTH: usize = 64;
 
 /// Lowercase hex of an id, at most 32 bytes of it (ids in requests can be any length).
 fn hex(b: &[u8]) -> String {
@@ -115,7 +115,7 @@ fn truncate(s: &str, n: usize) -> &str {
 }
 
 /// Checks an id's length and that it is not all zero; `what` names it in the message.
-fn check_id(id: &[u8], len: usize, what: &str) -> Result<(), String> {
+pub(crate) fn check_id(id: &[u8], len: usize, what: &str) -> Result<(), String> {
     if id.len() != len {
         return Err(format!(
             "{what} {:?} is not {len} bytes (it has {})",
@@ -129,36 +129,62 @@ fn check_id(id: &[u8], len: usize, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_span(span: &Span, limits: &Limits) -> Result<(), String> {
-    check_id(&span.trace_id, 16, "trace id")?;
-    check_id(&span.span_id, 8, "span id")?;
+/// What the rules look at in a span besides its attribute values, events and links.
+pub(crate) struct Shape<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub name_bytes: usize,
+    pub attributes: usize,
+}
+
+/// The rules on a span's ids, times, name length and attribute count.
+pub(crate) fn check_shape(span: &Shape<'_>, limits: &Limits) -> Result<(), String> {
+    check_id(span.trace_id, 16, "trace id")?;
+    check_id(span.span_id, 8, "span id")?;
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
         return Err(format!(
             "parent span id {:?} is not 8 bytes (it has {}); leave it empty for a root span",
-            hex(&span.parent_span_id),
+            hex(span.parent_span_id),
             span.parent_span_id.len()
         ));
     }
-    if span.end_time_unix_nano != 0 && span.end_time_unix_nano < span.start_time_unix_nano {
+    if span.end_ns != 0 && span.end_ns < span.start_ns {
         return Err(format!(
             "end time {} is before start time {}",
-            span.end_time_unix_nano, span.start_time_unix_nano
+            span.end_ns, span.start_ns
         ));
     }
-    if span.name.len() > limits.max_span_name_bytes {
+    if span.name_bytes > limits.max_span_name_bytes {
         return Err(format!(
             "name is {} bytes, over the limit of {}; shorten it or raise limits.max_span_name_bytes",
-            span.name.len(),
-            limits.max_span_name_bytes
+            span.name_bytes, limits.max_span_name_bytes
         ));
     }
-    if span.attributes.len() > limits.max_attributes_per_span {
+    if span.attributes > limits.max_attributes_per_span {
         return Err(format!(
             "{} attributes, over the limit of {}; drop some or raise limits.max_attributes_per_span",
-            span.attributes.len(),
-            limits.max_attributes_per_span
+            span.attributes, limits.max_attributes_per_span
         ));
     }
+    Ok(())
+}
+
+fn check_span(span: &Span, limits: &Limits) -> Result<(), String> {
+    check_shape(
+        &Shape {
+            trace_id: &span.trace_id,
+            span_id: &span.span_id,
+            parent_span_id: &span.parent_span_id,
+            start_ns: span.start_time_unix_nano,
+            end_ns: span.end_time_unix_nano,
+            name_bytes: span.name.len(),
+            attributes: span.attributes.len(),
+        },
+        limits,
+    )?;
     check_attrs(&span.attributes, "span", limits)?;
     for e in &span.events {
         check_attrs(&e.attributes, "event", limits)?;

@@ -164,8 +164,22 @@ fn regressions() -> Vec<(&'static str, Vec<u8>)> {
     vec![]
 }
 
+/// Limits the OTLP seed keeps with nothing to spare: its longest value is 8 bytes, its
+/// name 14, its span has 5 attributes.
+fn tight_limits() -> faultline_model::validate::Limits {
+    faultline_model::validate::Limits {
+        max_attribute_value_bytes: 8,
+        max_attributes_per_span: 5,
+        max_span_name_bytes: 14,
+    }
+}
+
 #[test]
 fn otlp_protobuf_and_json_and_zipkin_decoders_never_panic() {
+    assert!(
+        faultline_model::otlp_check::check(&otlp_proto(), &tight_limits()).is_some(),
+        "the seed must pass the walk under the tight limits, or they test nothing"
+    );
     fuzz("otlp protobuf", vec![otlp_proto(), Vec::new()], |b| {
         let direct = faultline_model::otlp_decode::spans(b, 1);
         if let Ok(req) = faultline_model::ExportTraceServiceRequest::decode(b) {
@@ -176,6 +190,17 @@ fn otlp_protobuf_and_json_and_zipkin_decoders_never_panic() {
                 Err(e) => panic!("the direct decoder refused what prost read: {e}"),
             }
             ingest_like(req);
+        }
+        // Intake's walk passes only bodies prost reads and validation keeps whole (under
+        // the default limits and under limits the seed just keeps).
+        for limits in [faultline_model::validate::Limits::default(), tight_limits()] {
+            if let Some(c) = faultline_model::otlp_check::check(b, &limits) {
+                let Ok(mut req) = faultline_model::ExportTraceServiceRequest::decode(b) else {
+                    panic!("intake's walk passed a body prost refuses");
+                };
+                let v = faultline_model::validate::validate_and_filter(&mut req, &limits);
+                assert_eq!((v.accepted_spans, v.rejected_spans), (c.spans, 0));
+            }
         }
     });
     fuzz(
