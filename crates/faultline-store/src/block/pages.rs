@@ -13,6 +13,14 @@
 //! recently used evicted): every lookup in a row group needs the same dictionary of each
 //! dictionary-encoded column, and decompressing them again for each lookup was 12% of a
 //! server answering trace lookups on varied traffic (BENCHMARKS.md).
+//!
+//! One column of a read can be *marked* ([`read`]'s `marked`): Arrow is handed, instead of
+//! that chunk's dictionary page, a page of short marker texts (`"\0GROUP:OFFSET"`, one
+//! per entry, naming where the entry lies in the real page; kept like the real page), and the real page goes to the caller ([`Found`]), who
+//! looks up only the entries its rows name ([`marker`]). Why: Arrow copies a string
+//! dictionary into a new array on every read; the block's `resource_attributes`
+//! dictionary (every distinct resource's JSON: 284 KB for the 768 resources of a varied
+//! block) was copied for each trace looked up, 8% of a server answering lookups.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,7 +32,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, RowGroups, RowSelection};
 use parquet::arrow::{FieldLevels, ProjectionMask, parquet_to_arrow_field_levels};
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
 use parquet::errors::{ParquetError, Result};
 use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
@@ -158,9 +166,96 @@ impl Dicts {
     }
 }
 
+/// The real dictionary pages of a marked column that one read met: (row group, the page,
+/// decompressed). Arrow saw marker pages in their place.
+pub(crate) type Found = Arc<Mutex<Vec<(usize, Page)>>>;
+
+/// Marks [`DictKey`]s of marker pages apart from the real pages' keys in [`DICTS`].
+const MARKER_KEY: usize = 1 << (usize::BITS - 1);
+
+/// Writes `n` in decimal.
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// The marker page standing for dictionary page `real` of row group `group`: an entry
+/// whose value starts at byte `offset` of the real page is the text `"\0GROUP:OFFSET"`, in
+/// Parquet's plain encoding (a 4-byte length, then the bytes). `None` for a dictionary
+/// page not in plain encoding (not written by Parquet's v1 writers) or whose entries run
+/// past its end: Arrow is given the real one, and judges it.
+fn marker_page(group: usize, real: &Page) -> Option<Page> {
+    let Page::DictionaryPage {
+        buf: values,
+        num_values,
+        encoding: Encoding::PLAIN | Encoding::PLAIN_DICTIONARY,
+        is_sorted,
+    } = real
+    else {
+        return None;
+    };
+    let mut buf = Vec::with_capacity(*num_values as usize * 16);
+    let mut text = Vec::with_capacity(32);
+    let mut at = 0usize;
+    for _ in 0..*num_values {
+        let len = values.get(at..at + 4)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        text.clear();
+        text.push(0);
+        push_decimal(&mut text, group as u64);
+        text.push(b':');
+        push_decimal(&mut text, at as u64);
+        at = at.checked_add(4 + len).filter(|&e| e <= values.len())?;
+        buf.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&text);
+    }
+    Some(Page::DictionaryPage {
+        buf: Bytes::from(buf),
+        num_values: *num_values,
+        encoding: Encoding::PLAIN,
+        is_sorted: *is_sorted,
+    })
+}
+
+/// The row group and entry offset a marker text names (see [`marker_page`]); `None` for
+/// any other text (a real value: Arrow met no dictionary for this row, as in a page
+/// written without one, or the chunk was not marked).
+pub(crate) fn marker(text: &str) -> Option<(usize, usize)> {
+    let (group, offset) = text.strip_prefix('\0')?.split_once(':')?;
+    Some((group.parse().ok()?, offset.parse().ok()?))
+}
+
+/// The value of the plain-encoded dictionary entry at byte `offset` of `page`.
+pub(crate) fn dictionary_entry(page: &Page, offset: usize) -> Result<&str> {
+    let damaged = || {
+        ParquetError::General(format!(
+            "damaged block file: no dictionary entry of UTF-8 text at byte {offset}"
+        ))
+    };
+    let buf = page.buffer().as_ref();
+    let len = buf
+        .get(offset..offset.saturating_add(4))
+        .ok_or_else(damaged)?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let start = offset + 4;
+    let bytes = buf
+        .get(start..start.saturating_add(len))
+        .ok_or_else(damaged)?;
+    std::str::from_utf8(bytes).map_err(|_| damaged())
+}
+
 /// A page reader over a zstd column chunk opened as uncompressed: decompresses each page,
 /// dictionary pages through [`DICTS`] when `dict` names the chunk (only chunks that have a
-/// dictionary page are named).
+/// dictionary page are named); a marked chunk's dictionary is handed out as markers.
 ///
 /// A chunk has at most one dictionary page, first. `state` follows it: once passed over
 /// (Arrow's reader defers it while skipping rows) or given, a kept dictionary is handed out
@@ -170,6 +265,8 @@ struct Unzstd<R: PageReader> {
     inner: R,
     dict: Option<DictKey>,
     state: DictState,
+    /// For a marked chunk: its row group, and where its real dictionary page goes.
+    mark: Option<(usize, Found)>,
 }
 
 /// Where a chunk's reader stands with its dictionary page.
@@ -184,12 +281,42 @@ enum DictState {
 }
 
 impl<R: PageReader> Unzstd<R> {
-    fn new(inner: R, dict: Option<DictKey>) -> Self {
+    fn new(inner: R, dict: Option<DictKey>, mark: Option<(usize, Found)>) -> Self {
         Self {
             inner,
             dict,
             state: DictState::Ahead,
+            mark,
         }
+    }
+
+    /// The dictionary page to give Arrow: `real`, or for a marked chunk its marker page
+    /// (kept in [`DICTS`] beside the real one), `real` going to the read's [`Found`].
+    fn hand_out(&self, real: Page) -> Page {
+        let (Some((group, found)), Some(key)) = (&self.mark, self.dict) else {
+            return real;
+        };
+        let marker_key = (key.0, key.1, key.2 | MARKER_KEY);
+        let kept = DICTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&marker_key);
+        let Some(marker) = kept.or_else(|| {
+            let m = marker_page(*group, &real)?;
+            DICTS.lock().unwrap_or_else(PoisonError::into_inner).put(
+                marker_key,
+                m.clone(),
+                DICT_CACHE_BYTES,
+            );
+            Some(m)
+        }) else {
+            return real;
+        };
+        found
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((*group, real));
+        marker
     }
 
     /// The chunk's dictionary page when [`DICTS`] keeps it.
@@ -219,7 +346,7 @@ impl<R: PageReader> Unzstd<R> {
             (Some(page @ Page::DictionaryPage { .. }), Some(key)) => {
                 self.state = DictState::Given;
                 if let Some(kept) = self.kept() {
-                    return Ok(Some(kept));
+                    return Ok(Some(self.hand_out(kept)));
                 }
                 let out = Self::page(Some(page))?;
                 if let Some(p) = &out {
@@ -229,7 +356,7 @@ impl<R: PageReader> Unzstd<R> {
                         DICT_CACHE_BYTES,
                     );
                 }
-                Ok(out)
+                Ok(out.map(|p| self.hand_out(p)))
             }
             (page, _) => Self::page(page),
         }
@@ -322,7 +449,7 @@ impl<R: PageReader> PageReader for Unzstd<R> {
             // Passed over, not read: the kept page stands for it.
             self.inner.skip_next_page()?;
             self.state = DictState::Given;
-            return Ok(Some(kept));
+            return Ok(Some(self.hand_out(kept)));
         }
         let page = self.inner.get_next_page()?;
         self.cached(page)
@@ -350,7 +477,7 @@ impl<R: PageReader> PageReader for Unzstd<R> {
             DictState::Deferred => {
                 if let Some(kept) = self.kept() {
                     self.state = DictState::Given;
-                    return Ok(Some(kept));
+                    return Ok(Some(self.hand_out(kept)));
                 }
             }
             DictState::Ahead => {}
@@ -438,6 +565,8 @@ struct Groups {
     meta: Arc<ParquetMetaData>,
     groups: Vec<usize>,
     props: Arc<ReaderProperties>,
+    /// The marked column (leaf index) and where its real dictionaries go.
+    mark: Option<(usize, Found)>,
 }
 
 impl Groups {
@@ -477,7 +606,12 @@ impl Groups {
             .dictionary_page_offset()
             .is_some()
             .then_some((self.cache, group, column));
-        Ok(Box::new(Unzstd::new(inner, dict)))
+        let mark = self
+            .mark
+            .as_ref()
+            .filter(|(c, _)| *c == column)
+            .map(|(_, found)| (group, found.clone()));
+        Ok(Box::new(Unzstd::new(inner, dict, mark)))
     }
 }
 
@@ -597,24 +731,35 @@ pub(crate) fn field_levels(
 
 /// A reader of every column of `groups` (row group indexes, ascending) of `file`, limited
 /// to `selection` (rows counted over those groups only). `meta` must have passed
-/// [`check_metadata`] (pages are read at its ranges unchecked).
+/// [`check_metadata`] (pages are read at its ranges unchecked). Column `marked` (a leaf
+/// index), when given, is read with marker dictionaries (module doc): its values are
+/// markers, to look up in the real pages the returned [`Found`] collects, or real values
+/// where Arrow met no dictionary.
 pub(crate) fn read(
     cache: u64,
     file: File,
     meta: Arc<ParquetMetaData>,
     levels: &FieldLevels,
-    groups: Vec<usize>,
-    selection: RowSelection,
+    (groups, selection): (Vec<usize>, RowSelection),
     batch_size: usize,
-) -> Result<ParquetRecordBatchReader> {
+    marked: Option<usize>,
+) -> Result<(ParquetRecordBatchReader, Found)> {
+    let found = Found::default();
     let shared = Shared(Arc::new(Groups {
         cache,
         file: Arc::new(At::new(file)?),
         meta,
         groups,
         props: Arc::new(ReaderProperties::builder().build()),
+        mark: marked.map(|c| (c, found.clone())),
     }));
-    ParquetRecordBatchReader::try_new_with_row_groups(levels, &shared, batch_size, Some(selection))
+    let reader = ParquetRecordBatchReader::try_new_with_row_groups(
+        levels,
+        &shared,
+        batch_size,
+        Some(selection),
+    )?;
+    Ok((reader, found))
 }
 
 #[cfg(test)]
@@ -751,11 +896,12 @@ mod tests {
                         File::open(&path).unwrap(),
                         meta.metadata().clone(),
                         &levels,
-                        vec![0],
-                        RowSelection::from(selectors.clone()),
+                        (vec![0], RowSelection::from(selectors.clone())),
                         1024,
+                        None,
                     )
                     .unwrap()
+                    .0
                     .collect::<std::result::Result<_, _>>()
                     .unwrap()
                 })
@@ -909,7 +1055,7 @@ mod tests {
     fn kept_dictionaries_are_not_read_again() {
         let reads = Arc::new(AtomicU64::new(0));
         let key = (cache_id(), 0, 0);
-        let open = || Unzstd::new(Fake::new(&reads), Some(key));
+        let open = || Unzstd::new(Fake::new(&reads), Some(key), None);
         let dict_text = |p: Option<Page>| {
             let p = p.unwrap();
             assert!(p.is_dictionary_page());
@@ -972,6 +1118,145 @@ mod tests {
         d.put((1, 0, 9), dict_page(101), 400);
         assert!(d.get(&(1, 0, 9)).is_none(), "over a quarter of the budget");
         assert_eq!(d.bytes, 350);
+    }
+    /// A marked column reads to the same values as Parquet's own reader once its markers
+    /// are looked up: Arrow dictionary and plain string fields, batches across row groups,
+    /// dictionaries kept from an earlier read, and a chunk whose dictionary overflowed
+    /// into plain pages (real values among the markers).
+    #[test]
+    fn marked_columns_read_the_same_values() {
+        use arrow_array::{Array, ArrayRef, DictionaryArray, RecordBatch, StringArray};
+        use arrow_schema::{DataType, Field, Schema};
+        use parquet::arrow::ArrowWriter;
+        use parquet::basic::ZstdLevel;
+        use parquet::file::properties::WriterProperties;
+
+        let n = 3000usize;
+        // 40 resources that repeat, and 600 texts that overflow a 2 KB dictionary.
+        let res: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{{\"service.name\":\"svc-{}\",\"pad\":\"{}\"}}",
+                    (i / 7) % 40,
+                    "x".repeat(i % 40 + 20)
+                )
+            })
+            .map(|s| s[..s.len().min(80)].to_string())
+            .collect();
+        let big: Vec<String> = (0..n)
+            .map(|i| format!("value number {:040}", i % 600))
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "res",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            ),
+            Field::new("plain", DataType::Utf8, false),
+            Field::new("big", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                res.iter()
+                    .map(String::as_str)
+                    .collect::<DictionaryArray<arrow_array::types::Int32Type>>(),
+            ),
+            Arc::new(StringArray::from_iter_values(res.iter())),
+            Arc::new(StringArray::from_iter_values(big.iter())),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("m.parquet");
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
+            .set_max_row_group_row_count(Some(700))
+            .set_data_page_row_count_limit(100)
+            .set_write_batch_size(100)
+            .set_column_dictionary_page_size_limit("big".into(), 2048)
+            .build();
+        let mut w =
+            ArrowWriter::try_new(File::create(&path).unwrap(), schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+
+        let meta = ArrowReaderMetadata::load(
+            &File::open(&path).unwrap(),
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+        )
+        .unwrap();
+        check_metadata(meta.metadata()).unwrap();
+        let levels = field_levels(meta.metadata(), meta.schema().fields()).unwrap();
+        let groups: Vec<usize> = (0..meta.metadata().num_row_groups()).collect();
+        assert!(groups.len() >= 4);
+        let selectors = vec![
+            RowSelector::skip(650),
+            RowSelector::select(100),
+            RowSelector::skip(600),
+            RowSelector::select(1200),
+            RowSelector::skip(n - 2550),
+        ];
+        let want: Vec<usize> = (650..750).chain(1350..2550).collect();
+        let cache = cache_id();
+        for (column, texts) in [(0usize, &res), (1, &res), (2, &big)] {
+            let (mut markers, mut real) = (0, 0);
+            for _pass in 0..2 {
+                let (reader, found) = read(
+                    cache,
+                    File::open(&path).unwrap(),
+                    meta.metadata().clone(),
+                    &levels,
+                    (groups.clone(), RowSelection::from(selectors.clone())),
+                    1024,
+                    Some(column),
+                )
+                .unwrap();
+                let mut got = Vec::new();
+                for b in reader {
+                    let b = b.unwrap();
+                    let c = b.column(column);
+                    let c = arrow_cast_utf8(c.as_ref());
+                    let dicts = found.lock().unwrap();
+                    for v in c {
+                        got.push(match marker(&v) {
+                            Some((g, offset)) => {
+                                markers += 1;
+                                let page = &dicts.iter().rev().find(|(x, _)| *x == g).unwrap().1;
+                                dictionary_entry(page, offset).unwrap().to_string()
+                            }
+                            None => {
+                                real += 1;
+                                v
+                            }
+                        });
+                    }
+                }
+                let expected: Vec<String> = want.iter().map(|&i| texts[i].clone()).collect();
+                assert_eq!(got, expected, "column {column}");
+            }
+            assert!(markers > 0, "column {column} was read with markers");
+            if column == 2 {
+                assert!(
+                    real > 0,
+                    "the overflowed dictionary's plain pages give real values"
+                );
+            }
+        }
+
+        /// Every value of a string or dictionary-of-strings column, as text.
+        fn arrow_cast_utf8(c: &dyn Array) -> Vec<String> {
+            if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
+                return s.iter().map(|v| v.unwrap().to_string()).collect();
+            }
+            let d = c
+                .as_any()
+                .downcast_ref::<DictionaryArray<arrow_array::types::Int32Type>>()
+                .unwrap();
+            let values = d.values().as_any().downcast_ref::<StringArray>().unwrap();
+            d.keys()
+                .iter()
+                .map(|k| values.value(k.unwrap() as usize).to_string())
+                .collect()
+        }
     }
 }
 

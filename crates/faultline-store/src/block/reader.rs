@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use arrow_array::{Array, FixedSizeBinaryArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::Schema;
@@ -40,6 +40,9 @@ pub struct BlockReader {
     by_id: Vec<u32>,
     /// Names this reader's dictionary pages kept by [`pages`].
     cache: u64,
+    /// The `resource_attributes` column (leaf index): read with marker dictionaries, its
+    /// entries looked up only for the rows read (`pages.rs`).
+    resources: Option<usize>,
 }
 
 impl Drop for BlockReader {
@@ -116,6 +119,13 @@ impl BlockReader {
             }
         };
         let by_id = tidx::by_id(&index).map_err(|e| corrupt(&ipath, e))?;
+        let resources = meta
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == "resource_attributes");
         Ok(Self {
             id: id.to_string(),
             path,
@@ -124,6 +134,7 @@ impl BlockReader {
             index,
             by_id,
             cache: pages::cache_id(),
+            resources,
         })
     }
 
@@ -408,14 +419,14 @@ impl BlockReader {
                 });
             }
         };
-        let reader = pages::read(
+        let (reader, found) = pages::read(
             self.cache,
             file,
             self.meta.metadata().clone(),
             &self.levels,
-            groups,
-            RowSelection::from(selectors),
+            (groups, RowSelection::from(selectors)),
             8192,
+            self.resources,
         )
         .map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
@@ -429,7 +440,8 @@ impl BlockReader {
         };
         for batch in reader {
             let batch = batch.map_err(|e| corrupt(e.to_string()))?;
-            from_batch(&batch, &mut out, &mut fixups).map_err(corrupt)?;
+            let found = found.lock().unwrap_or_else(PoisonError::into_inner);
+            from_batch(&batch, &found, &mut out, &mut fixups).map_err(corrupt)?;
         }
         // Whole traces were read, so every parent stored as a row delta is among them.
         let ids: Vec<[u8; 8]> = out.iter().map(|s| s.span_id).collect();
@@ -658,9 +670,11 @@ impl<'a> PromotedColumns<'a> {
 const MAX_ORIGINS: usize = 64;
 
 /// Appends the spans of `b` to `out`; parents stored as row deltas are left unset and
-/// listed in `fixups` (index in `out`, delta) for [`resolve_parents`].
+/// listed in `fixups` (index in `out`, delta) for [`resolve_parents`]. `dicts` holds the
+/// real dictionary pages of the resource column when it was read with markers.
 fn from_batch(
     b: &RecordBatch,
+    dicts: &[(usize, parquet::column::page::Page)],
     out: &mut Vec<Span>,
     fixups: &mut Vec<(usize, i32)>,
 ) -> Result<(), String> {
@@ -716,9 +730,21 @@ fn from_batch(
         let origin = match known {
             Some((_, o)) => o.clone(),
             None => {
+                // A marker names the entry of the real dictionary to parse.
+                let json = match pages::marker(text) {
+                    Some((group, offset)) => dicts
+                        .iter()
+                        .rev()
+                        .find(|(g, _)| *g == group)
+                        .ok_or_else(|| format!("no dictionary of row group {group} was read"))
+                        .and_then(|(_, page)| {
+                            pages::dictionary_entry(page, offset).map_err(|e| e.to_string())
+                        })?,
+                    None => text,
+                };
                 let o = Arc::new(Origin {
                     service: service.value(i).to_string(),
-                    resource: attrs_from_json(&parse(text)?),
+                    resource: attrs_from_json(&parse(json)?),
                     scope_name: scope_name.value(i).to_string(),
                     scope_version: scope_version.value(i).to_string(),
                 });
