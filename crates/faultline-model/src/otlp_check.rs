@@ -38,10 +38,11 @@ pub struct Checked {
 /// `Some` when `body` decodes and every span in it keeps to `limits` (see the module doc);
 /// `None` when the body must be decoded to be judged.
 pub fn check(body: &[u8], limits: &Limits) -> Option<Checked> {
-    // A span takes at least 28 bytes (its two ids with keys and lengths).
+    // Sized for spans of about 256 bytes (SDK spans take 150-400), grown past that: a
+    // large body of junk should not reserve memory for spans it does not hold.
     let mut c = Checked {
         spans: 0,
-        trace_ids: Vec::with_capacity(body.len() / 28),
+        trace_ids: Vec::with_capacity(body.len() / 256),
     };
     let walk = Walk { limits };
     walk.request(body, &mut c).ok()?;
