@@ -346,12 +346,16 @@ impl SpanStore for Store {
                 .collect();
             (blocks, Self::completeness(&inner))
         };
-        // Newest blocks first: with the default order they fill the top quickly.
         let mut budget = MAX_VERIFY_TRACES;
         let mut unverified = 0;
         let (mut loading, mut broken) = (0usize, Vec::new());
         let mut timed_out = 0usize;
-        for (bi, (b, split)) in blocks.iter().enumerate().rev() {
+        let ranges: Vec<(u64, u64)> = blocks
+            .iter()
+            .map(|(b, _)| (b.meta.min_start_ns, b.meta.max_end_ns))
+            .collect();
+        for bi in visit_order(q.sort, &ranges) {
+            let (b, split) = &blocks[bi];
             if q.time_limit.is_some_and(|l| started.elapsed() >= l) {
                 timed_out += 1;
                 continue;
@@ -458,6 +462,24 @@ impl SpanStore for Store {
 /// start within the block's bounds (which hold clock-corrected times too), so a block
 /// whose bound ranks below the top's last is not read, nor its index loaded. Traces also
 /// stored elsewhere (split) are judged whole and never skipped by this.
+/// The order to search blocks in, given each one's (earliest start, latest end) in seal
+/// order: for newest-first answers by their latest end
+/// (descending), for oldest-first by their earliest start, so the top fills from the blocks
+/// that can hold its traces and [`out_of_reach`] passes over the rest; otherwise newest
+/// sealed first. Seal order is not time order: a backlog replayed behind live data (after
+/// a burst or a restart) seals older traces into newer blocks, and visited in seal order
+/// those filled the top with traces the live blocks then had to displace, one block at a
+/// time.
+fn visit_order(sort: SortOrder, ranges: &[(u64, u64)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ranges.len()).rev().collect();
+    match sort {
+        SortOrder::Newest => order.sort_by_key(|&i| std::cmp::Reverse(ranges[i].1)),
+        SortOrder::Oldest => order.sort_by_key(|&i| ranges[i].0),
+        _ => {}
+    }
+    order
+}
+
 fn out_of_reach(q: &TraceQuery, meta: &crate::manifest::BlockMeta, top: &TopK) -> bool {
     let bound = match q.sort {
         SortOrder::Newest => q.sort.key(meta.max_end_ns, meta.max_end_ns),
@@ -465,4 +487,27 @@ fn out_of_reach(q: &TraceQuery, meta: &crate::manifest::BlockMeta, top: &TopK) -
         _ => return false,
     };
     !top.would_take(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks are searched by their time ranges, not in the order they were sealed: a
+    /// backlog replayed behind live data seals older traces after newer ones.
+    #[test]
+    fn blocks_are_searched_in_time_order_not_seal_order() {
+        // Seal order: live (100-200), replayed backlog (0-90), live (200-300), backlog
+        // (90-100).
+        let ranges = [(100, 200), (0, 90), (200, 300), (90, 100)];
+        assert_eq!(visit_order(SortOrder::Newest, &ranges), vec![2, 0, 3, 1]);
+        assert_eq!(visit_order(SortOrder::Oldest, &ranges), vec![1, 3, 0, 2]);
+        // Orders that times do not bound: newest sealed first, as before.
+        assert_eq!(visit_order(SortOrder::Longest, &ranges), vec![3, 2, 1, 0]);
+        // Equal ends: newest sealed first.
+        assert_eq!(
+            visit_order(SortOrder::Newest, &[(0, 5), (1, 5)]),
+            vec![1, 0]
+        );
+    }
 }
