@@ -24,6 +24,7 @@ pub mod health;
 mod locs;
 pub mod manifest;
 pub mod observer;
+mod prefetch;
 pub mod quality;
 pub mod rollup;
 pub mod search;

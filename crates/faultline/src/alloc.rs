@@ -1,5 +1,5 @@
-//! The allocator: mimalloc (glibc's malloc and free were 30% of a profile of the store
-//! pipeline, BENCHMARKS.md), and how long it keeps freed memory. faultline's only `unsafe`.
+//! The allocator: mimalloc (glibc's malloc and free were 30% of a profile of the pipeline,
+//! BENCHMARKS.md), and how long it keeps freed memory. One of two places with `unsafe`.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

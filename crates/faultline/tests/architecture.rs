@@ -254,14 +254,15 @@ fn the_binary_is_cli_configuration_and_wiring() {
     );
 }
 
-/// `unsafe` is denied in every crate (workspace lints); the allocator's option setter in
-/// the binary is the one place that may allow it, with its reason beside it.
+/// `unsafe` is denied in every crate (workspace lints); two files may allow it, each with
+/// its measured reason in its module doc and a `// SAFETY:` comment on every block: the
+/// allocator's option setter in the binary, and the store's cache prefetch hint.
 #[test]
-fn unsafe_code_is_allowed_in_one_place_only() {
+fn unsafe_code_is_allowed_in_two_places_only() {
     let mut files = Vec::new();
     rust_files(&root().join("crates"), &mut files);
     let allow = concat!("allow(", "unsafe_code)");
-    let allowing: Vec<String> = files
+    let mut allowing: Vec<String> = files
         .iter()
         .filter(|f| std::fs::read_to_string(f).unwrap().contains(allow))
         .map(|f| {
@@ -271,13 +272,20 @@ fn unsafe_code_is_allowed_in_one_place_only() {
                 .into_owned()
         })
         .collect();
-    assert_eq!(allowing, ["crates/faultline/src/alloc.rs"]);
-    let text = std::fs::read_to_string(root().join("crates/faultline/src/alloc.rs")).unwrap();
-    assert_eq!(
-        text.matches("unsafe {").count(),
-        text.matches("// SAFETY:").count(),
-        "every unsafe block in alloc.rs says why it is sound"
-    );
+    allowing.sort();
+    let places = [
+        "crates/faultline-store/src/prefetch.rs",
+        "crates/faultline/src/alloc.rs",
+    ];
+    assert_eq!(allowing, places);
+    for place in places {
+        let text = std::fs::read_to_string(root().join(place)).unwrap();
+        assert_eq!(
+            text.matches("unsafe {").count(),
+            text.matches("// SAFETY:").count(),
+            "every unsafe block in {place} says why it is sound"
+        );
+    }
 }
 
 #[test]

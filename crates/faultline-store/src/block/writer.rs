@@ -133,7 +133,8 @@ pub(crate) fn write_block_indexed(
                 // Search index: postings on disk, span and trace columns in memory.
                 let (postings, body) = Postings::build(&spans, &traces, pre.as_deref())?;
                 let mut light = LightRows::default();
-                for (s, shift) in spans.iter().zip(&shifts) {
+                for (i, (s, shift)) in spans.iter().zip(&shifts).enumerate() {
+                    crate::prefetch::ahead(&spans, i, crate::prefetch::Reach::Parts);
                     light.push_span(s, *shift);
                 }
                 Ok((BlockIndex::build(light, &traces, postings), body))
@@ -200,7 +201,8 @@ fn by_shape(spans: Vec<&Span>) -> (Vec<&Span>, Vec<tidx::Entry>) {
         .map(|&(_, first, rows)| {
             let trace = &spans[first as usize..(first + rows) as usize];
             let mut h = state.build_hasher();
-            for s in trace {
+            for (i, s) in trace.iter().enumerate() {
+                crate::prefetch::ahead(&spans, first as usize + i, crate::prefetch::Reach::Parts);
                 s.service().hash(&mut h);
                 s.name.hash(&mut h);
             }
@@ -325,7 +327,8 @@ fn write_parquet(
         .zip(shifts.chunks(ROW_GROUP_ROWS))
     {
         let mut b = Columns::new(chunk.len(), &promoted);
-        for ((s, d), shift) in chunk.iter().zip(rows).zip(shifts) {
+        for (i, ((s, d), shift)) in chunk.iter().zip(rows).zip(shifts).enumerate() {
+            crate::prefetch::ahead(chunk, i, crate::prefetch::Reach::Values);
             b.push(s, d)?;
             b.shift.append_value(*shift);
         }

@@ -288,6 +288,15 @@ impl Postings {
         };
         for (t, &(first, rows)) in traces.iter().enumerate() {
             let range = first as usize..(first + rows) as usize;
+            // The rows of a block are a head's spans in trace order, not memory order:
+            // ask for the rows a few ahead (and their hashed tags) before they are read.
+            for i in range.clone() {
+                crate::prefetch::ahead(spans, i, crate::prefetch::Reach::Parts);
+                if let Some(h) = pre.and_then(|p| p.get(i + 4)) {
+                    crate::prefetch::slice(h.terms, 4);
+                    crate::prefetch::slice(h.needles, 2);
+                }
+            }
             occ.trace(
                 spans.get(range.clone()).unwrap_or_default(),
                 pre.and_then(|p| p.get(range)),
