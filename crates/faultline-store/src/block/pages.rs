@@ -19,10 +19,11 @@
 //! per entry, naming where the entry lies in the real page; kept like the real page),
 //! and the real page goes to the caller ([`Found`]), who looks up only the entries its
 //! rows name ([`marker`]). A marked column's own values must never start with a NUL
-//! character (`resource_attributes` holds JSON objects), or they would read as markers. Why: Arrow copies a string
-//! dictionary into a new array on every read; the block's `resource_attributes`
-//! dictionary (every distinct resource's JSON: 284 KB for the 768 resources of a varied
-//! block) was copied for each trace looked up, 8% of a server answering lookups.
+//! character (`resource_attributes` holds JSON objects), or they would read as markers.
+//! Why: Arrow copies a string dictionary into a new array on every read; the block's
+//! `resource_attributes` dictionary (every distinct resource's JSON: 284 KB for the 768
+//! resources of a varied block) was copied for each trace looked up, 8% of a server
+//! answering lookups.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
