@@ -720,16 +720,17 @@ impl RowGroups for Shared {
     }
 }
 
-/// How a block's columns become Arrow fields (every column), computed once per block.
+/// How a block's columns become Arrow fields (every column but the leaves named in
+/// `without`), computed once per block.
 pub(crate) fn field_levels(
     meta: &ParquetMetaData,
     hint: &arrow_schema::Fields,
+    without: &[&str],
 ) -> Result<FieldLevels> {
-    parquet_to_arrow_field_levels(
-        meta.file_metadata().schema_descr(),
-        ProjectionMask::all(),
-        Some(hint),
-    )
+    let schema = meta.file_metadata().schema_descr();
+    let leaves = (0..schema.num_columns())
+        .filter(|&i| !without.contains(&schema.column(i).path().string().as_str()));
+    parquet_to_arrow_field_levels(schema, ProjectionMask::leaves(schema, leaves), Some(hint))
 }
 
 /// A reader of every column of `groups` (row group indexes, ascending) of `file`, limited
@@ -872,7 +873,7 @@ mod tests {
                 >= 4,
             "the block exercises zstd pages"
         );
-        let levels = field_levels(meta.metadata(), meta.schema().fields()).unwrap();
+        let levels = field_levels(meta.metadata(), meta.schema().fields(), &[]).unwrap();
         let n = n as usize;
         let cache = cache_id();
         let selections: Vec<Vec<(usize, usize)>> = vec![
@@ -1189,7 +1190,7 @@ mod tests {
         )
         .unwrap();
         check_metadata(meta.metadata()).unwrap();
-        let levels = field_levels(meta.metadata(), meta.schema().fields()).unwrap();
+        let levels = field_levels(meta.metadata(), meta.schema().fields(), &[]).unwrap();
         let groups: Vec<usize> = (0..meta.metadata().num_row_groups()).collect();
         assert!(groups.len() >= 4);
         let selectors = vec![

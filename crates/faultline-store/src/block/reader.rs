@@ -32,7 +32,10 @@ pub struct BlockReader {
     id: String,
     path: PathBuf,
     meta: ArrowReaderMetadata,
-    /// How the block's columns decode into Arrow fields, for [`pages::read`].
+    /// How the block's columns decode into Arrow fields, for [`pages::read`]: every
+    /// column but `trace_id`, whose values a read takes from `index` (a lookup's rows are
+    /// one trace's; decompressing that column's page was 15% of the bytes a lookup
+    /// decompressed, BENCHMARKS.md).
     levels: parquet::arrow::FieldLevels,
     /// Trace ids with (first row, rows), in row order: a trace's ordinal is its position.
     index: Vec<(TraceId, u32, u32)>,
@@ -105,7 +108,7 @@ impl BlockReader {
                 .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
         )
         .map_err(|e| corrupt(&path, format!("unreadable Parquet: {e}")))?;
-        let levels = pages::field_levels(meta.metadata(), meta.schema().fields())
+        let levels = pages::field_levels(meta.metadata(), meta.schema().fields(), &["trace_id"])
             .map_err(|e| corrupt(&path, format!("unreadable Parquet schema: {e}")))?;
         // Every reader (ours and Parquet's own) trusts these ranges: check them once here.
         pages::check_metadata(meta.metadata())
@@ -175,8 +178,8 @@ impl BlockReader {
         let Some(pos) = self.ordinal(trace_id) else {
             return Ok(Vec::new());
         };
-        let (_, first, rows) = self.index[pos];
-        self.read_rows(u64::from(first), u64::from(rows))
+        let (id, first, rows) = self.index[pos];
+        self.read_ranges(&[(u64::from(first), u64::from(rows), id)])
     }
 
     /// The trace's (first row, rows) at ordinal `t` of the index.
@@ -321,12 +324,12 @@ impl BlockReader {
 
     /// Every span of the block (for compaction and tests).
     pub fn all(&self) -> Result<Vec<Span>, StoreError> {
-        let total: u64 = self.index.iter().map(|e| u64::from(e.2)).sum();
-        self.read_rows(0, total)
-    }
-
-    fn read_rows(&self, first: u64, rows: u64) -> Result<Vec<Span>, StoreError> {
-        self.read_ranges(&[(first, rows)])
+        let ranges: Vec<(u64, u64, TraceId)> = self
+            .index
+            .iter()
+            .map(|&(id, first, rows)| (u64::from(first), u64::from(rows), id))
+            .collect();
+        self.read_ranges(&ranges)
     }
 
     /// The spans of several traces, in one pass over the block: every column is read
@@ -345,8 +348,12 @@ impl BlockReader {
             .collect();
         ranges.sort_unstable();
         ranges.dedup_by_key(|r| r.0);
-        let spans =
-            self.read_ranges(&ranges.iter().map(|&(f, n, _)| (f, n)).collect::<Vec<_>>())?;
+        let spans = self.read_ranges(
+            &ranges
+                .iter()
+                .map(|&(f, n, k)| (f, n, ids[k]))
+                .collect::<Vec<_>>(),
+        )?;
         let mut out = vec![Vec::new(); ids.len()];
         let mut it = spans.into_iter();
         for &(_, n, k) in &ranges {
@@ -363,9 +370,10 @@ impl BlockReader {
         Ok(out)
     }
 
-    /// Reads the rows of `ranges` ((first row, rows), sorted, not overlapping): the row
-    /// groups holding them, and within those a selection of exactly their rows.
-    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Span>, StoreError> {
+    /// Reads the rows of `ranges` ((first row, rows, the trace id they hold), sorted, not
+    /// overlapping): the row groups holding them, and within those a selection of exactly
+    /// their rows. The `trace_id` column is not read: each span gets its range's id.
+    fn read_ranges(&self, ranges: &[(u64, u64, TraceId)]) -> Result<Vec<Span>, StoreError> {
         let md = self.meta.metadata();
         let mut groups = Vec::new();
         let mut selectors = Vec::new();
@@ -379,7 +387,7 @@ impl BlockReader {
             // are cut by row count), so a range is clipped here and finished there.
             let mut pos = group_start;
             let mut picked = false;
-            while let Some(&&(first, rows)) = next.peek() {
+            while let Some(&&(first, rows, _)) = next.peek() {
                 if first >= g_end {
                     break;
                 }
@@ -438,10 +446,19 @@ impl BlockReader {
             path: self.path.clone(),
             reason,
         };
+        let mut trace_ids = ranges
+            .iter()
+            .flat_map(|&(_, rows, id)| std::iter::repeat_n(id, rows as usize));
         for batch in reader {
             let batch = batch.map_err(|e| corrupt(e.to_string()))?;
             let found = found.lock().unwrap_or_else(PoisonError::into_inner);
-            from_batch(&batch, &found, &mut out, &mut fixups).map_err(corrupt)?;
+            from_batch(&batch, &found, &mut trace_ids, &mut out, &mut fixups).map_err(corrupt)?;
+        }
+        if out.len() as u64 != total {
+            return Err(corrupt(format!(
+                "{} rows read where the trace-id index names {total}",
+                out.len()
+            )));
         }
         // Whole traces were read, so every parent stored as a row delta is among them.
         let ids: Vec<[u8; 8]> = out.iter().map(|s| s.span_id).collect();
@@ -672,13 +689,15 @@ const MAX_ORIGINS: usize = 64;
 /// Appends the spans of `b` to `out`; parents stored as row deltas are left unset and
 /// listed in `fixups` (index in `out`, delta) for [`resolve_parents`]. `dicts` holds the
 /// real dictionary pages of the resource column when it was read with markers.
+/// Appends the spans of batch `b` to `out`, the `i`th row's trace id the `i`th of
+/// `trace_ids` (the batch carries no `trace_id` column, see [`BlockReader::levels`]).
 fn from_batch(
     b: &RecordBatch,
     dicts: &[(usize, parquet::column::page::Page)],
+    trace_ids: &mut impl Iterator<Item = TraceId>,
     out: &mut Vec<Span>,
     fixups: &mut Vec<(usize, i32)>,
 ) -> Result<(), String> {
-    let trace = col::<FixedSizeBinaryArray>(b, "trace_id")?;
     let span = col::<FixedSizeBinaryArray>(b, "span_id")?;
     let parent = col::<FixedSizeBinaryArray>(b, "parent_span_id")?;
     let service = col::<StringArray>(b, "service")?;
@@ -707,8 +726,9 @@ fn from_batch(
     let mut last_keys: Option<(String, Vec<Key>)> = None;
     let mut origins: Vec<(&str, Arc<Origin>)> = Vec::new();
     for i in 0..b.num_rows() {
-        let mut t = [0u8; 16];
-        t.copy_from_slice(trace.value(i));
+        let t = trace_ids
+            .next()
+            .ok_or("more rows read than the trace-id index names")?;
         let mut sid = [0u8; 8];
         sid.copy_from_slice(span.value(i));
         let parent_id = if parent.is_null(i) {
