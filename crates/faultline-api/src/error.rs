@@ -271,6 +271,15 @@ impl From<tokio::task::JoinError> for ApiError {
     }
 }
 
+impl From<crate::gate::Failed> for ApiError {
+    fn from(e: crate::gate::Failed) -> Self {
+        match e {
+            crate::gate::Failed::Join(e) => e.into(),
+            crate::gate::Failed::Panicked => Self::internal(format!("the query failed: {e}")),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     /// Native shape unless the router says otherwise (see [`shaped`]).
     fn into_response(self) -> Response {

@@ -91,7 +91,8 @@ async fn search(
     }
     let q = parse_search(&p, crate::params::now_ns())?;
     let range = Some((q.start_ns, q.end_ns));
-    let (found, c) = crate::query(&st, move |store| store.search(&q)).await?;
+    let search = crate::gate::Lane::Search;
+    let (found, c) = crate::query_in(&st, search, move |store| store.search(&q)).await?;
     let ids = found.iter().map(|s| s.trace_id).collect();
     traces_answer(&st, ids, c, range, raw).await
 }
@@ -104,7 +105,7 @@ async fn traces_answer(
     range: Option<(u64, u64)>,
     raw: bool,
 ) -> Result<Response, ApiError> {
-    let (traces, reasons) = crate::query(st, move |store| {
+    let (traces, reasons) = crate::query_in(st, crate::gate::Lane::Search, move |store| {
         let mut out = Vec::with_capacity(ids.len());
         let mut reasons = Vec::new();
         let estimates = store.clock_offsets();
@@ -645,7 +646,8 @@ async fn trace(
 ) -> Result<Response, ApiError> {
     let trace_id = parse_trace_id("trace id", &id)?;
     let raw = wants_raw(&p);
-    let ((mut answer, dropped), estimates) = crate::query(&st, move |store| {
+    let lookup = crate::gate::Lane::Lookup;
+    let ((mut answer, dropped), estimates) = crate::query_in(&st, lookup, move |store| {
         Ok((store.trace_or_dropped(&trace_id)?, store.clock_offsets()))
     })
     .await?;

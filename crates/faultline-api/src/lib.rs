@@ -18,6 +18,7 @@ pub mod audit;
 pub mod consistency;
 pub mod error;
 pub mod experiments;
+pub mod gate;
 pub mod health_report;
 pub mod jaeger;
 pub mod native;
@@ -183,13 +184,23 @@ impl std::fmt::Debug for ApiState {
 }
 
 /// Runs a store query off the async executor (block reads are file I/O and can take
-/// milliseconds).
+/// milliseconds), in no queue ([`gate::Lane::Other`]).
 pub async fn query<T: Send + 'static>(
     st: &ApiState,
     f: impl FnOnce(&dyn SpanStore) -> Result<T, faultline_store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    query_in(st, gate::Lane::Other, f).await
+}
+
+/// [`query`] in `lane` (`gate.rs`: interactive reads run on their own threads, one per
+/// core).
+pub async fn query_in<T: Send + 'static>(
+    st: &ApiState,
+    lane: gate::Lane,
+    f: impl FnOnce(&dyn SpanStore) -> Result<T, faultline_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
     let store = st.store.clone();
-    Ok(tokio::task::spawn_blocking(move || f(store.as_ref())).await??)
+    Ok(gate::run(lane, move || f(store.as_ref())).await??)
 }
 
 /// The answer for a trace id with no spans: not found, saying when tail sampling dropped

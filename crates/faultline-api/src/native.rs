@@ -203,7 +203,8 @@ async fn summaries(State(st): State<ApiState>, Query(p): Params) -> Result<Respo
     let q = parse_summaries(&p, crate::params::now_ns())?;
     let (limit, sort) = (q.limit, q.sort);
     let range = Some((q.start_ns, q.end_ns));
-    let (found, c) = crate::query(&st, move |store| store.search(&q)).await?;
+    let search = crate::gate::Lane::Search;
+    let (found, c) = crate::query_in(&st, search, move |store| store.search(&q)).await?;
     let c = st.with_lag(c, range);
     let traces: Vec<_> = found.iter().map(summary_json).collect();
     Ok(answer(

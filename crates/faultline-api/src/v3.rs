@@ -84,7 +84,9 @@ async fn get_trace(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let trace_id = crate::jaeger::parse_trace_id("trace_id", &id)?;
-    let (a, dropped) = crate::query(&st, move |store| store.trace_or_dropped(&trace_id)).await?;
+    let lookup = crate::gate::Lane::Lookup;
+    let (a, dropped) =
+        crate::query_in(&st, lookup, move |store| store.trace_or_dropped(&trace_id)).await?;
     let c = st.with_lag(a.completeness, None);
     if a.spans.is_empty() {
         return Err(crate::trace_missing(dropped, c.reasons));
@@ -139,7 +141,7 @@ async fn find_traces(
 ) -> Result<Response, ApiError> {
     let q = parse_find(&p)?;
     let range = Some((q.start_ns, q.end_ns));
-    let (spans, c) = crate::query(&st, move |store| {
+    let (spans, c) = crate::query_in(&st, crate::gate::Lane::Search, move |store| {
         let (found, mut c) = store.search(&q)?;
         let ids: Vec<_> = found.iter().map(|s| s.trace_id).collect();
         let mut spans = Vec::new();
