@@ -16,7 +16,8 @@
 //!
 //! The lanes are separate so a search (20 whole traces, tens of milliseconds) never
 //! holds up a lookup; reads of unbounded length (the tracing-health and tail-sampling
-//! reports) go to neither pool, so they cannot stall a queue.
+//! reports) go to neither pool, so they cannot stall a queue. A read whose caller went
+//! away while it waited (a client that gave up under load) is not started.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -125,8 +126,11 @@ pub(crate) async fn run<T: Send + 'static>(
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     pool.push(Box::new(move || {
-        // The caller may have gone away; the read is done either way.
-        let _ = tx.send(f());
+        // A caller that went away while the read waited (a client that gave up) costs
+        // no read; one that goes away during it finds the read done anyway.
+        if !tx.is_closed() {
+            let _ = tx.send(f());
+        }
     }));
     rx.await.map_err(|_| Failed::Panicked)
 }
@@ -178,6 +182,38 @@ mod tests {
             assert_eq!(got.unwrap().unwrap(), k, "each read answers its own result");
         }
         assert_eq!(running.load(Ordering::SeqCst), 2 * n);
+    }
+
+    /// A read whose caller went away while it waited for a thread is never started.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_whose_caller_left_while_it_waited_is_skipped() {
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let mut holders = Vec::new();
+        for _ in 0..threads() {
+            let release = release.clone();
+            holders.push(tokio::spawn(run(Lane::Search, move || {
+                let (open, cv) = &*release;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            })));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let left = tokio::spawn(run(Lane::Search, move || r.fetch_add(1, Ordering::SeqCst)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left.abort();
+        let _ = left.await;
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        for h in holders {
+            h.await.unwrap().unwrap();
+        }
+        // A read queued after the abandoned one has run, so the pool passed it.
+        assert_eq!(run(Lane::Search, || 5).await.unwrap(), 5);
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the abandoned read ran");
     }
 
     #[tokio::test]

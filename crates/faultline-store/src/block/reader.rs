@@ -686,11 +686,11 @@ impl<'a> PromotedColumns<'a> {
 /// Origins [`from_batch`] remembers (the oldest is forgotten first).
 const MAX_ORIGINS: usize = 64;
 
-/// Appends the spans of `b` to `out`; parents stored as row deltas are left unset and
-/// listed in `fixups` (index in `out`, delta) for [`resolve_parents`]. `dicts` holds the
-/// real dictionary pages of the resource column when it was read with markers.
-/// Appends the spans of batch `b` to `out`, the `i`th row's trace id the `i`th of
-/// `trace_ids` (the batch carries no `trace_id` column, see [`BlockReader::levels`]).
+/// Appends the spans of `b` to `out`, the `i`th row's trace id the next of `trace_ids`
+/// (the batch carries no `trace_id` column, see [`BlockReader::levels`]); parents stored
+/// as row deltas are left unset and listed in `fixups` (index in `out`, delta) for
+/// [`resolve_parents`]. `dicts` holds the real dictionary pages of the resource column
+/// when it was read with markers.
 fn from_batch(
     b: &RecordBatch,
     dicts: &[(usize, parquet::column::page::Page)],
