@@ -19,12 +19,11 @@
 //! reports) go to neither pool, so they cannot stall a queue. A read whose caller went
 //! away while it waited (a client that gave up under load) is not started.
 //!
-//! Open risk: a read waiting on the disk holds its thread, so only as many lookups as
-//! cores wait on the disk at once. Right after five minutes at 300,000 spans/s (90M
-//! spans, blocks possibly out of the page cache, every dictionary cold) the first lookups
-//! had p99 84 ms, against 9.56 ms with the blocking pool in an earlier session; not
-//! measured side by side yet (BENCHMARKS.md, "Five minutes at 300,000 spans/s with
-//! reader threads").
+//! Reads that wait on the disk hold their thread, so only as many wait at once as there
+//! are cores: over 90M spans with the page cache dropped, lookups had p99 11.1 ms here
+//! against 9.6 on the blocking pool (BENCHMARKS.md, "Cold block files"). A block read
+//! that finds its file cold therefore asks the kernel for all of its pages at once
+//! (`faultline-store`'s `block/pages.rs`), which brought that to 6.4-6.8 ms.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;

@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, RowGroups, RowSelection};
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, RowGroups, RowSelection, RowSelector,
+};
 use parquet::arrow::{FieldLevels, ProjectionMask, parquet_to_arrow_field_levels};
 use parquet::basic::{Compression, Encoding};
 use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
@@ -511,18 +513,176 @@ impl<R: PageReader> PageReader for Unzstd<R> {
 /// again to find the end, and closes, for every page: five system calls where one does.
 /// A trace lookup reads about one page per column, so on varied traffic those calls were
 /// about 5% of a server answering lookups (BENCHMARKS.md).
+///
+/// Cold files: each page is first read with `RWF_NOWAIT`, which answers from the page
+/// cache or not at all. The first page not in memory hands every page the read will take
+/// ([`Plan`]) to the kernel at once (`posix_fadvise(WILLNEED)`), so the disk serves them
+/// side by side instead of one page per column after another. Why: a lookup takes about
+/// 25 pages; with the page cache dropped, lookups over 90M spans on a restarted server had
+/// p99 11.7-12.5 ms against 5.2-5.3 warm (BENCHMARKS.md, "Cold block files"), and a host
+/// that reclaims idle memory (this one pages out file pages unused for about a minute)
+/// makes cold the usual state of a block nobody read lately. A warm read costs what it
+/// did: one system call per page.
 struct At {
     file: Arc<File>,
     len: u64,
+    /// What this read will take, until a page not in memory takes it to read ahead.
+    plan: Mutex<Option<Plan>>,
+    /// The ranges [`ChunkReader::get_bytes`] was asked for, for tests.
+    #[cfg(test)]
+    asked: Mutex<Vec<(u64, u64)>>,
 }
 
+/// Whether `RWF_NOWAIT` reads work here (a file system or kernel without them answers
+/// an error other than "would block": then every read just waits, as before).
+static NOWAIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 impl At {
-    fn new(file: File) -> Result<Self> {
+    fn new(file: File, plan: Option<Plan>) -> Result<Self> {
         let len = file.metadata()?.len();
         Ok(Self {
             file: Arc::new(file),
             len,
+            plan: Mutex::new(plan),
+            #[cfg(test)]
+            asked: Mutex::default(),
         })
+    }
+
+    /// Fills `buf` from `start` with what the page cache holds, without waiting for the
+    /// disk: the bytes read (0 when the first page is not in memory).
+    fn read_cached(&self, buf: &mut [u8], start: u64) -> usize {
+        if !NOWAIT.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let mut slice = [std::io::IoSliceMut::new(&mut buf[done..])];
+            match rustix::io::preadv2(
+                &*self.file,
+                &mut slice,
+                start + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(0) | Err(rustix::io::Errno::AGAIN) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "RWF_NOWAIT reads unsupported; block reads wait for the disk");
+                    NOWAIT.store(false, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        done
+    }
+
+    /// Asks the kernel for every page of the plan at once (the first time only).
+    fn read_ahead(&self) {
+        let plan = self
+            .plan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        for (offset, len) in plan.map(|p| p.ranges()).unwrap_or_default() {
+            if let Some(len) = std::num::NonZeroU64::new(len) {
+                // A hint: the reads that follow report what is wrong.
+                let _ = rustix::fs::fadvise(
+                    &*self.file,
+                    offset,
+                    Some(len),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+        }
+    }
+}
+
+/// What one read of a block will take from its file: for each chosen row group, every
+/// column's pages holding a selected row, and its dictionary page unless kept in
+/// [`DICTS`].
+struct Plan {
+    cache: u64,
+    meta: Arc<ParquetMetaData>,
+    groups: Vec<usize>,
+    selection: RowSelection,
+}
+
+/// Ranges closer than this are asked for as one: fewer calls, a few bytes more.
+const AHEAD_GAP: u64 = 32 << 10;
+
+impl Plan {
+    /// The byte ranges (offset, length) of [`Plan::pages`], near ones joined.
+    fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut joined: Vec<(u64, u64)> = Vec::new();
+        for (offset, len) in self.pages() {
+            match joined.last_mut() {
+                Some((o, l)) if offset <= *o + *l + AHEAD_GAP => {
+                    *l = (*l).max(offset + len - *o);
+                }
+                _ => joined.push((offset, len)),
+            }
+        }
+        joined
+    }
+
+    /// The byte ranges (offset, length) of the pages, ascending.
+    fn pages(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut selectors = self.selection.iter().copied();
+        let mut left: Option<RowSelector> = None;
+        let dicts = DICTS.lock().unwrap_or_else(PoisonError::into_inner);
+        for &g in &self.groups {
+            let rg = self.meta.row_group(g);
+            let n = rg.num_rows().max(0) as usize;
+            // The selected rows of this group, group-local, from where the selection
+            // stands (it counts rows over the chosen groups only).
+            let mut picked = Vec::new();
+            let mut at = 0;
+            while at < n {
+                let Some(s) = left.take().or_else(|| selectors.next()) else {
+                    break;
+                };
+                let take = s.row_count.min(n - at);
+                if !s.skip && take > 0 {
+                    picked.push((at, at + take));
+                }
+                at += take;
+                if take < s.row_count {
+                    left = Some(RowSelector {
+                        row_count: s.row_count - take,
+                        skip: s.skip,
+                    });
+                }
+            }
+            for (c, chunk) in rg.columns().iter().enumerate() {
+                if let Some(d) = chunk.dictionary_page_offset()
+                    && !dicts.pages.contains_key(&(self.cache, g, c))
+                {
+                    out.push((d as u64, chunk.data_page_offset().saturating_sub(d) as u64));
+                }
+                let Some(pages) = self.meta.page_index().and_then(|i| i.page_locations(g, c))
+                else {
+                    out.push(chunk.byte_range());
+                    continue;
+                };
+                for (k, page) in pages.iter().enumerate() {
+                    let first = page.first_row_index.max(0) as usize;
+                    let end = pages
+                        .get(k + 1)
+                        .map_or(n, |p| p.first_row_index.max(0) as usize);
+                    if picked.iter().any(|&(a, b)| a < end && first < b) {
+                        out.push((
+                            page.offset.max(0) as u64,
+                            page.compressed_page_size.max(0) as u64,
+                        ));
+                    }
+                }
+            }
+        }
+        drop(dicts);
+        out.sort_unstable();
+        out
     }
 }
 
@@ -565,8 +725,18 @@ impl ChunkReader for At {
                 self.len
             )));
         }
+        #[cfg(test)]
+        self.asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((start, length as u64));
         let mut buf = vec![0u8; length];
-        self.file.read_exact_at(&mut buf, start)?;
+        let done = self.read_cached(&mut buf, start);
+        if done < length {
+            self.read_ahead();
+            self.file
+                .read_exact_at(&mut buf[done..], start + done as u64)?;
+        }
         Ok(Bytes::from(buf))
     }
 }
@@ -759,10 +929,38 @@ pub(crate) fn read(
     batch_size: usize,
     marked: Option<usize>,
 ) -> Result<(ParquetRecordBatchReader, Found)> {
+    let plan = Plan {
+        cache,
+        meta: meta.clone(),
+        groups: groups.clone(),
+        selection: selection.clone(),
+    };
+    let file = Arc::new(At::new(file, Some(plan))?);
+    read_from(
+        file,
+        cache,
+        meta,
+        levels,
+        (groups, selection),
+        batch_size,
+        marked,
+    )
+}
+
+/// [`read`] from an opened [`At`].
+fn read_from(
+    file: Arc<At>,
+    cache: u64,
+    meta: Arc<ParquetMetaData>,
+    levels: &FieldLevels,
+    (groups, selection): (Vec<usize>, RowSelection),
+    batch_size: usize,
+    marked: Option<usize>,
+) -> Result<(ParquetRecordBatchReader, Found)> {
     let found = Found::default();
     let shared = Shared(Arc::new(Groups {
         cache,
-        file: Arc::new(At::new(file)?),
+        file,
         meta,
         groups,
         props: Arc::new(ReaderProperties::builder().build()),
@@ -975,7 +1173,7 @@ mod tests {
         let path = tmp.path().join("f");
         let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
         File::create(&path).unwrap().write_all(&data).unwrap();
-        let at = At::new(File::open(&path).unwrap()).unwrap();
+        let at = At::new(File::open(&path).unwrap(), None).unwrap();
         assert_eq!(at.len(), 10_000);
         assert_eq!(at.get_bytes(9_990, 10).unwrap().as_ref(), &data[9_990..]);
         assert_eq!(at.get_bytes(0, 0).unwrap().len(), 0);
@@ -1174,9 +1372,19 @@ mod tests {
     /// are looked up: Arrow dictionary and plain string fields, batches across row groups,
     /// dictionaries kept from an earlier read, and a chunk whose dictionary overflowed
     /// into plain pages (real values among the markers).
-    #[test]
-    fn marked_columns_read_the_same_values() {
-        use arrow_array::{Array, ArrayRef, DictionaryArray, RecordBatch, StringArray};
+    /// A file of 3,000 rows in row groups of 700 and pages of 100 rows: a dictionary
+    /// column of 40 repeating resources (`res`), the same texts plain (`plain`), and 600
+    /// texts that overflow a 2 KB dictionary (`big`). Returns its path, its metadata with
+    /// the page index, and the texts.
+    fn small_groups(
+        dir: &std::path::Path,
+    ) -> (
+        std::path::PathBuf,
+        ArrowReaderMetadata,
+        Vec<String>,
+        Vec<String>,
+    ) {
+        use arrow_array::{ArrayRef, DictionaryArray, RecordBatch, StringArray};
         use arrow_schema::{DataType, Field, Schema};
         use parquet::arrow::ArrowWriter;
         use parquet::basic::ZstdLevel;
@@ -1216,8 +1424,7 @@ mod tests {
             Arc::new(StringArray::from_iter_values(big.iter())),
         ];
         let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("m.parquet");
+        let path = dir.join("m.parquet");
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
             .set_max_row_group_row_count(Some(700))
@@ -1235,6 +1442,112 @@ mod tests {
             ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
         )
         .unwrap();
+        (path, meta, res, big)
+    }
+
+    /// A read's plan holds every byte range the read then asks for, and only the pages of
+    /// its rows: selections within one page, across pages and across row groups; once a
+    /// read kept the dictionaries, the next plan leaves their pages out.
+    #[test]
+    fn a_reads_plan_covers_what_it_reads_and_little_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, meta, res, _) = small_groups(tmp.path());
+        let n = res.len();
+        let levels = field_levels(meta.metadata(), meta.schema().fields(), &[]).unwrap();
+        let groups: Vec<usize> = (0..meta.metadata().num_row_groups()).collect();
+        let cache = cache_id();
+        let planned = |groups: &[usize], selection: &RowSelection| {
+            Plan {
+                cache,
+                meta: meta.metadata().clone(),
+                groups: groups.to_vec(),
+                selection: selection.clone(),
+            }
+            .pages()
+        };
+        // (first row, rows) over the whole file: in one page, across a page boundary,
+        // across the boundary of groups 0 and 1 (700), and in the last group.
+        for ranges in [vec![(5, 1)], vec![(95, 10)], vec![(690, 20), (2950, 50)]] {
+            // The groups holding the rows, and a selection over those groups only.
+            let groups: Vec<usize> = groups
+                .iter()
+                .copied()
+                .filter(|&g| {
+                    let (a, b) = (g * 700, (g * 700 + 700).min(n));
+                    ranges.iter().any(|&(f, r)| f < b && a < f + r)
+                })
+                .collect();
+            let mut selectors = Vec::new();
+            let mut pos = groups[0] * 700;
+            for &(first, rows) in &ranges {
+                let from = first.max(pos);
+                // Skip what lies between, counting only rows of the chosen groups.
+                let gap: usize = (pos..from).filter(|r| groups.contains(&(r / 700))).count();
+                selectors.push(RowSelector::skip(gap));
+                selectors.push(RowSelector::select(first + rows - from));
+                pos = first + rows;
+            }
+            let last_end = (groups[groups.len() - 1] * 700 + 700).min(n);
+            selectors.push(RowSelector::skip(last_end - pos));
+            let selection = RowSelection::from(selectors);
+            for pass in 0..2 {
+                let plan = planned(&groups, &selection);
+                let plan_bytes: u64 = plan.iter().map(|r| r.1).sum();
+                let group_bytes: u64 = groups
+                    .iter()
+                    .flat_map(|&g| meta.metadata().row_group(g).columns())
+                    .map(|c| c.byte_range().1)
+                    .sum();
+                assert!(
+                    plan_bytes * 2 < group_bytes,
+                    "{ranges:?} pass {pass}: {plan_bytes} bytes planned of the groups' {group_bytes}"
+                );
+                let at = Arc::new(At::new(File::open(&path).unwrap(), None).unwrap());
+                let (reader, _) = read_from(
+                    at.clone(),
+                    cache,
+                    meta.metadata().clone(),
+                    &levels,
+                    (groups.clone(), selection.clone()),
+                    1024,
+                    None,
+                )
+                .unwrap();
+                let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+                assert_eq!(rows, ranges.iter().map(|r| r.1).sum::<usize>());
+                let asked = at.asked.lock().unwrap().clone();
+                assert!(!asked.is_empty());
+                for (start, len) in asked {
+                    assert!(
+                        plan.iter()
+                            .any(|&(o, l)| o <= start && start + len <= o + l),
+                        "{ranges:?} pass {pass}: {len} bytes at {start} read, not planned: {plan:?}"
+                    );
+                }
+                if pass == 1 {
+                    let before = planned(&[], &selection);
+                    assert!(before.is_empty(), "no groups, no pages");
+                }
+            }
+        }
+        // Dictionaries kept by those reads are not planned again.
+        let selection = RowSelection::from(vec![RowSelector::select(1), RowSelector::skip(699)]);
+        let kept_plan: u64 = planned(&[0], &selection).iter().map(|r| r.1).sum();
+        forget(cache);
+        let cold_plan: u64 = planned(&[0], &selection).iter().map(|r| r.1).sum();
+        assert!(
+            kept_plan < cold_plan,
+            "with dictionaries kept {kept_plan} bytes, without {cold_plan}"
+        );
+    }
+
+    #[test]
+    fn marked_columns_read_the_same_values() {
+        use arrow_array::{Array, DictionaryArray, StringArray};
+
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, meta, res, big) = small_groups(tmp.path());
+        let n = res.len();
         check_metadata(meta.metadata()).unwrap();
         let levels = field_levels(meta.metadata(), meta.schema().fields(), &[]).unwrap();
         let groups: Vec<usize> = (0..meta.metadata().num_row_groups()).collect();
