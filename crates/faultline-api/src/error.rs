@@ -276,6 +276,8 @@ impl From<crate::gate::Failed> for ApiError {
         match e {
             crate::gate::Failed::Join(e) => e.into(),
             crate::gate::Failed::Panicked => Self::internal(format!("the query failed: {e}")),
+            // Counted in /metrics and logged once in a while by the lane, not per answer.
+            crate::gate::Failed::Busy { .. } => Self::unavailable(e.to_string()).quiet(),
         }
     }
 }

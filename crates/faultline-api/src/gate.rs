@@ -24,10 +24,17 @@
 //! against 9.6 on the blocking pool (BENCHMARKS.md, "Cold block files"). A block read
 //! that finds its file cold therefore asks the kernel for all of its pages at once
 //! (`faultline-store`'s `block/pages.rs`), which brought that to 6.4-6.8 ms.
+//!
+//! A lane holds at most [`MAX_QUEUED`] waiting reads; past that a read is refused at once
+//! (503 with `Retry-After`) instead of joining a wait its client will give up on. Each
+//! lane's queue, reads run, time waited, refusals and abandoned reads are in `/metrics`
+//! ([`metrics_text`]).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
+use std::time::Instant;
 
 /// The queue a store read waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +47,38 @@ pub enum Lane {
     Other,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A queued read; answers whether it ran (false: its caller had gone away).
+type Job = Box<dyn FnOnce() -> bool + Send>;
 
-/// Reader threads and the reads waiting for them.
+/// Reads a lane lets wait before it refuses more. A lookup takes about 0.5 ms of a
+/// thread and a search of 20 whole traces 10-40 ms, so on two cores a full lookup queue
+/// is 0.15-0.35 s of waiting (800 clients asking without pause: p50 0.34 s, the refusals
+/// taking their share of the cores) and a full search queue 3-10 s: about what a client
+/// waits before it gives up, past which queueing only serves reads nobody reads.
+pub const MAX_QUEUED: usize = 512;
+
+/// Reader threads and the reads waiting for them, with when each was queued.
 struct Pool {
-    queue: Mutex<VecDeque<Job>>,
+    queue: Mutex<VecDeque<(Instant, Job)>>,
     ready: Condvar,
+    /// Reader threads started.
+    threads: std::sync::atomic::AtomicUsize,
+    counts: Counts,
 }
+
+/// What a lane has done since start.
+#[derive(Default)]
+struct Counts {
+    ran: AtomicU64,
+    waited_ns: AtomicU64,
+    refused: AtomicU64,
+    abandoned: AtomicU64,
+    /// When a refusal was last logged: seconds since [`START`] plus one (0: never).
+    warned_at: AtomicU64,
+}
+
+/// When this process first used a lane (a clock for [`Counts::warned_at`]).
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 impl Pool {
     /// A pool of `threads` named `name-N`; none when not even one thread starts (the
@@ -55,6 +87,8 @@ impl Pool {
         let pool = Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
+            threads: Default::default(),
+            counts: Counts::default(),
         });
         let mut started = 0;
         for i in 0..threads {
@@ -67,20 +101,50 @@ impl Pool {
                 Err(e) => tracing::error!(error = %e, pool = name, "cannot start a reader thread"),
             }
         }
+        pool.threads.store(started, Ordering::Relaxed);
         (started > 0).then_some(pool)
     }
 
-    fn push(&self, job: Job) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(job);
+    /// Queues `job`, or refuses it when [`MAX_QUEUED`] reads already wait.
+    fn push(&self, job: Job, lane: Lane) -> Result<(), Failed> {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.len() >= MAX_QUEUED {
+            drop(q);
+            let refused = self.counts.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            // Refusals are answered without a log line each (a flood of clients that do
+            // not wait would write one per request); one line per lane every 10 s says
+            // it is happening.
+            let now = START.elapsed().as_secs() + 1;
+            let last = self.counts.warned_at.load(Ordering::Relaxed);
+            if (last == 0 || now >= last + 10)
+                && self
+                    .counts
+                    .warned_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    lane = lane.name(),
+                    queued = MAX_QUEUED,
+                    refused_since_start = refused,
+                    "store reads refused: the lane's queue is full (faultline_query_refused_total counts them)"
+                );
+            }
+            return Err(Failed::Busy {
+                lane: lane.name(),
+                queued: MAX_QUEUED,
+                threads: self.threads.load(Ordering::Relaxed),
+            });
+        }
+        q.push_back((Instant::now(), job));
+        drop(q);
         self.ready.notify_one();
+        Ok(())
     }
 
     fn work(&self) {
         loop {
-            let job = {
+            let (queued, job) = {
                 let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 loop {
                     if let Some(job) = q.pop_front() {
@@ -89,9 +153,15 @@ impl Pool {
                     q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
                 }
             };
+            let c = &self.counts;
+            let waited = u64::try_from(queued.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            c.waited_ns.fetch_add(waited, Ordering::Relaxed);
             // A read that panics answers its caller with an error (its reply is dropped);
             // the thread lives on for the next.
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+            match std::panic::catch_unwind(AssertUnwindSafe(job)) {
+                Ok(false) => c.abandoned.fetch_add(1, Ordering::Relaxed),
+                _ => c.ran.fetch_add(1, Ordering::Relaxed),
+            };
         }
     }
 }
@@ -115,6 +185,18 @@ pub enum Failed {
     /// On a reader thread: it panicked.
     #[error("the store read panicked (its message went to standard error)")]
     Panicked,
+    /// Its lane's queue was full.
+    #[error(
+        "too many {lane} reads are waiting ({queued} queued for {threads} reader threads); retry shortly, or send fewer queries at once"
+    )]
+    Busy {
+        /// The lane's name.
+        lane: &'static str,
+        /// Reads waiting.
+        queued: usize,
+        /// The lane's reader threads.
+        threads: usize,
+    },
 }
 
 /// Runs blocking read `f` in `lane` and answers what it returned.
@@ -123,22 +205,120 @@ pub(crate) async fn run<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Failed> {
     let pool = match lane {
-        Lane::Lookup => LOOKUPS.as_ref(),
-        Lane::Search => SEARCHES.as_ref(),
+        Lane::Lookup => LOOKUPS.as_deref(),
+        Lane::Search => SEARCHES.as_deref(),
         Lane::Other => None,
     };
+    run_on(pool, lane, f).await
+}
+
+/// [`run`] on `pool` (Tokio's blocking pool when none).
+async fn run_on<T: Send + 'static>(
+    pool: Option<&Pool>,
+    lane: Lane,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Failed> {
     let Some(pool) = pool else {
         return Ok(tokio::task::spawn_blocking(f).await?);
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    pool.push(Box::new(move || {
-        // A caller that went away while the read waited (a client that gave up) costs
-        // no read; one that goes away during it finds the read done anyway.
-        if !tx.is_closed() {
+    pool.push(
+        Box::new(move || {
+            // A caller that went away while the read waited (a client that gave up) costs
+            // no read; one that goes away during it finds the read done anyway.
+            if tx.is_closed() {
+                return false;
+            }
             let _ = tx.send(f());
-        }
-    }));
+            true
+        }),
+        lane,
+    )?;
     rx.await.map_err(|_| Failed::Panicked)
+}
+
+impl Lane {
+    /// Its name in metrics and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Lookup => "lookup",
+            Lane::Search => "search",
+            Lane::Other => "other",
+        }
+    }
+}
+
+/// A metric family of the lanes: name, type, help, the value of one lane.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Pool) -> String,
+);
+
+/// Each lane's queue and counts since start, in the OpenMetrics text format.
+pub fn metrics_text() -> String {
+    use std::fmt::Write;
+    let lanes: Vec<(&str, &Pool)> = [(Lane::Lookup, &LOOKUPS), (Lane::Search, &SEARCHES)]
+        .into_iter()
+        .filter_map(|(lane, pool)| Some((lane.name(), pool.as_deref()?)))
+        .collect();
+    let mut out = String::new();
+    let families: [Family; 5] = [
+        (
+            "faultline_query_queued",
+            "gauge",
+            "Store reads waiting for a reader thread, by lane.",
+            |p| {
+                p.queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len()
+                    .to_string()
+            },
+        ),
+        (
+            "faultline_query_reads",
+            "counter",
+            "Store reads run on reader threads, by lane.",
+            |p| p.counts.ran.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "faultline_query_wait_seconds",
+            "counter",
+            "Time store reads waited for a reader thread, summed, by lane.",
+            |p| {
+                format!(
+                    "{:.6}",
+                    p.counts.waited_ns.load(Ordering::Relaxed) as f64 / 1e9
+                )
+            },
+        ),
+        (
+            "faultline_query_refused",
+            "counter",
+            "Store reads refused (503) because their lane's queue was full, by lane.",
+            |p| p.counts.refused.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "faultline_query_abandoned",
+            "counter",
+            "Store reads not run because their caller left while they waited, by lane.",
+            |p| p.counts.abandoned.load(Ordering::Relaxed).to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let sample = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
+        for (lane, pool) in &lanes {
+            let _ = writeln!(out, "{sample}{{lane=\"{lane}\"}} {}", value(pool));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -220,6 +400,85 @@ mod tests {
         // A read queued after the abandoned one has run, so the pool passed it.
         assert_eq!(run(Lane::Search, || 5).await.unwrap(), 5);
         assert_eq!(ran.load(Ordering::SeqCst), 0, "the abandoned read ran");
+        let counts = &SEARCHES.as_deref().unwrap().counts;
+        assert!(counts.abandoned.load(Ordering::SeqCst) >= 1, "not counted");
+    }
+
+    /// A lane with [`MAX_QUEUED`] reads waiting refuses the next at once (503), counts it,
+    /// and still answers every read it queued; the metrics name each lane's figures.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_lane_refuses_at_once_and_answers_what_it_queued() {
+        let pool: &'static Pool = Box::leak(Box::new(Pool::start("test-full", 1).unwrap()));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (r, s) = (release.clone(), started.clone());
+        let holder = tokio::spawn(run_on(Some(pool), Lane::Lookup, move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            let (open, cv) = &*r;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+        }));
+        let queued: Vec<_> = (0..MAX_QUEUED)
+            .map(|k| tokio::spawn(run_on(Some(pool), Lane::Lookup, move || k)))
+            .collect();
+        for _ in 0..500 {
+            let waiting = pool.queue.lock().unwrap().len();
+            if started.load(Ordering::SeqCst) == 1 && waiting == MAX_QUEUED {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            pool.queue.lock().unwrap().len(),
+            MAX_QUEUED,
+            "the queue filled"
+        );
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            run_on(Some(pool), Lane::Lookup, || usize::MAX),
+        )
+        .await
+        .expect("refused at once, not queued behind the held thread");
+        let Err(
+            e @ Failed::Busy {
+                queued: MAX_QUEUED,
+                threads: 1,
+                ..
+            },
+        ) = refused
+        else {
+            panic!("a full lane queued another read: {refused:?}");
+        };
+        let api = crate::error::ApiError::from(e);
+        assert_eq!(
+            api.kind().status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(api.message().contains("lookup"), "{}", api.message());
+        assert_eq!(pool.counts.refused.load(Ordering::SeqCst), 1);
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        holder.await.unwrap().unwrap();
+        for (k, q) in queued.into_iter().enumerate() {
+            assert_eq!(q.await.unwrap().unwrap(), k, "a queued read answered");
+        }
+        assert_eq!(
+            pool.counts.ran.load(Ordering::SeqCst),
+            MAX_QUEUED as u64 + 1
+        );
+        assert!(pool.counts.waited_ns.load(Ordering::SeqCst) > 0);
+        let text = metrics_text();
+        for line in [
+            "# TYPE faultline_query_queued gauge",
+            "# TYPE faultline_query_refused counter",
+            "faultline_query_reads_total{lane=\"lookup\"} ",
+            "faultline_query_wait_seconds_total{lane=\"search\"} ",
+            "faultline_query_abandoned_total{lane=\"search\"} ",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 
     #[tokio::test]

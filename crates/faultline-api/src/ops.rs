@@ -130,6 +130,8 @@ async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
         let end = text.rfind("# EOF").unwrap_or(text.len());
         text.insert_str(end, &checks);
     }
+    let end = text.rfind("# EOF").unwrap_or(text.len());
+    text.insert_str(end, &crate::gate::metrics_text());
     if let Some(o) = st.outbox.clone() {
         // It walks the outbox's events under its lock: off the executor.
         let outbox = tokio::task::spawn_blocking(move || o.metrics_text()).await?;
