@@ -44,7 +44,10 @@ pub fn check(body: &[u8], limits: &Limits) -> Option<Checked> {
         spans: 0,
         trace_ids: Vec::with_capacity(body.len() / 256),
     };
-    let walk = Walk { limits };
+    let walk = Walk {
+        limits,
+        broken: std::cell::Cell::new(false),
+    };
     walk.request(body, &mut c).ok()?;
     (c.spans > 0).then_some(c)
 }
@@ -72,13 +75,13 @@ fn time(v: Val<'_>) -> Res {
     v.fixed64().map(|_| ())
 }
 
-/// A string or bytes value of `len` bytes within the limit of `max`.
-fn within(len: usize, max: usize) -> Res {
-    if len > max { Err(refuse()) } else { Ok(()) }
-}
-
 struct Walk<'l> {
     limits: &'l Limits,
+    /// Set when an attribute value breaks a rule (too long, nested too deep). Judged by
+    /// what holds the value: a span refuses itself; a resource or scope refuses its spans,
+    /// so one without spans breaks nothing (the decoder's path keeps such a request whole:
+    /// found by the property test below).
+    broken: std::cell::Cell<bool>,
 }
 
 impl Walk<'_> {
@@ -92,14 +95,26 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// Runs `f` with [`Walk::broken`] cleared; answers whether `f` broke a rule, the flag
+    /// left as it was before.
+    fn judged(&self, f: impl FnOnce() -> Res) -> Result<bool, EnvelopeError> {
+        let before = self.broken.replace(false);
+        f()?;
+        Ok(self.broken.replace(before))
+    }
+
     fn resource_spans(&self, buf: &[u8], depth: u32, c: &mut Checked) -> Res {
+        let (mut broken, spans) = (false, c.spans);
         for f in Fields::strict(buf) {
             match f? {
-                (1, v) => self.resource(v.bytes()?, enter(depth)?)?,
+                (1, v) => broken |= self.judged(|| self.resource(v.bytes()?, enter(depth)?))?,
                 (2, v) => self.scope_spans(v.bytes()?, enter(depth)?, c)?,
                 (3, v) => text(v)?,
                 _ => {}
             }
+        }
+        if broken && c.spans > spans {
+            return Err(refuse());
         }
         Ok(())
     }
@@ -120,13 +135,17 @@ impl Walk<'_> {
     }
 
     fn scope_spans(&self, buf: &[u8], depth: u32, c: &mut Checked) -> Res {
+        let (mut broken, spans) = (false, c.spans);
         for f in Fields::strict(buf) {
             match f? {
-                (1, v) => self.scope(v.bytes()?, enter(depth)?)?,
+                (1, v) => broken |= self.judged(|| self.scope(v.bytes()?, enter(depth)?))?,
                 (2, v) => self.span(v.bytes()?, enter(depth)?, c)?,
                 (3, v) => text(v)?,
                 _ => {}
             }
+        }
+        if broken && c.spans > spans {
+            return Err(refuse());
         }
         Ok(())
     }
@@ -153,6 +172,7 @@ impl Walk<'_> {
             name_bytes: 0,
             attributes: 0,
         };
+        let before = self.broken.replace(false);
         for f in Fields::strict(buf) {
             match f? {
                 (1, v) => shape.trace_id = v.bytes()?,
@@ -176,6 +196,9 @@ impl Walk<'_> {
                 (16, v) => v.fixed32()?,
                 _ => {}
             }
+        }
+        if self.broken.replace(before) {
+            return Err(refuse());
         }
         check_shape(&shape, self.limits).map_err(|_| refuse())?;
         let id = TraceId::try_from(shape.trace_id).map_err(|_| refuse())?;
@@ -214,6 +237,13 @@ impl Walk<'_> {
         check_id(span_id, 8, "link span id").map_err(|_| refuse())
     }
 
+    /// Notes a broken rule when `broken` (see [`Walk::broken`]).
+    fn over(&self, broken: bool) {
+        if broken {
+            self.broken.set(true);
+        }
+    }
+
     /// A `KeyValue` whose value sits `level` arrays or lists deep in an attribute.
     fn key_value(&self, buf: &[u8], depth: u32, level: usize) -> Res {
         for f in Fields::strict(buf) {
@@ -233,12 +263,14 @@ impl Walk<'_> {
         let max = self.limits.max_attribute_value_bytes;
         for f in Fields::strict(buf) {
             match f? {
-                (1, v) => within(v.str()?.len(), max)?,
-                (7, v) => within(v.bytes()?.len(), max)?,
+                (1, v) => self.over(v.str()?.len() > max),
+                (7, v) => self.over(v.bytes()?.len() > max),
                 (2 | 3 | 8, v) => number(v)?,
                 (4, v) => time(v)?,
-                (5 | 6, _) if level >= MAX_VALUE_DEPTH => return Err(refuse()),
                 (5, v) => {
+                    // Nested too deep breaks a rule, but is still walked: the decoder must
+                    // be able to read it (`enter` bounds the recursion).
+                    self.over(level >= MAX_VALUE_DEPTH);
                     let inner = enter(depth)?;
                     for f in Fields::strict(v.bytes()?) {
                         if let (1, v) = f? {
@@ -247,6 +279,7 @@ impl Walk<'_> {
                     }
                 }
                 (6, v) => {
+                    self.over(level >= MAX_VALUE_DEPTH);
                     let inner = enter(depth)?;
                     for f in Fields::strict(v.bytes()?) {
                         if let (1, v) = f? {
