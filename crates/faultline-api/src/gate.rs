@@ -420,10 +420,20 @@ mod tests {
                 open = cv.wait(open).unwrap();
             }
         }));
+        // The pool's one thread holds before the others are queued: tasks spawned together
+        // reach the lane in any order, and a read queued ahead of the holder would run
+        // and leave the queue one short.
+        for _ in 0..1000 {
+            if started.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 1, "the holder started");
         let queued: Vec<_> = (0..MAX_QUEUED)
             .map(|k| tokio::spawn(run_on(Some(pool), Lane::Lookup, move || k)))
             .collect();
-        for _ in 0..500 {
+        for _ in 0..1000 {
             let waiting = pool.queue.lock().unwrap().len();
             if started.load(Ordering::SeqCst) == 1 && waiting == MAX_QUEUED {
                 break;
