@@ -372,6 +372,48 @@ fn summaries_count_roots_errors_orphans_and_services() {
 }
 
 #[test]
+fn sealed_summaries_count_orphans_of_small_and_large_traces() {
+    // The block index scans the ids of a trace of up to 48 spans and hashes a larger
+    // one's: traces on both sides of the bound, each with one span whose parent never
+    // arrived and one whose parent is the span before it.
+    let shape = |n: usize| -> Vec<Gen> {
+        (0..n)
+            .map(|j| {
+                let parent = match j {
+                    0 => None,
+                    _ if j == n / 2 => Some(n + 5),
+                    _ => Some(j - 1),
+                };
+                (j % 3, j % 2, parent, 10 + j as u64, false, 0, 0, false)
+            })
+            .collect()
+    };
+    let traces = build(&[shape(5), shape(48), shape(49), shape(120)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreOptions::new(tmp.path())).unwrap();
+    for (i, t) in traces.iter().enumerate() {
+        store.ingest(i as u64 + 1, t.clone()).unwrap();
+    }
+    store.seal().unwrap();
+    assert!(store.wait_for_indexes(Duration::from_secs(30)));
+    let (got, completeness) = store
+        .search(&TraceQuery {
+            end_ns: u64::MAX,
+            limit: 10,
+            ..TraceQuery::default()
+        })
+        .unwrap();
+    assert!(completeness.is_complete(), "{completeness:?}");
+    assert_eq!(got.len(), traces.len());
+    for t in &traces {
+        let g = got.iter().find(|g| g.trace_id == t[0].trace_id).unwrap();
+        assert_eq!(g.span_count as usize, t.len());
+        assert_eq!(g.orphan_count, 1, "trace of {} spans", t.len());
+        assert_eq!(g, &TraceSummary::of(t).unwrap());
+    }
+}
+
+#[test]
 fn nearly_unique_values_become_needles_and_are_found() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(StoreOptions::new(tmp.path())).unwrap();
