@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+use prost::encoding::{DecodeContext, WireType, skip_field};
 
 use crate::envelope::EnvelopeError;
 use crate::key::Key;
@@ -142,9 +142,9 @@ impl<'a> Fields<'a> {
                 return Ok(None);
             }
             let buf = &mut self.buf;
-            let (tag, wire) = decode_key(buf)?;
+            let (tag, wire) = field_key(buf)?;
             let val = match wire {
-                WireType::Varint => Val::Varint(decode_varint(buf)?),
+                WireType::Varint => Val::Varint(varint(buf)?),
                 WireType::SixtyFourBit => {
                     let b = take(buf, 8)?;
                     let mut a = [0u8; 8];
@@ -156,7 +156,7 @@ impl<'a> Fields<'a> {
                     Val::Fixed32
                 }
                 WireType::LengthDelimited => {
-                    let len = usize::try_from(decode_varint(buf)?)
+                    let len = usize::try_from(varint(buf)?)
                         .map_err(|_| err("a field's length overflows"))?;
                     Val::Bytes(take(buf, len)?)
                 }
@@ -198,6 +198,59 @@ pub(crate) fn delimited(
         Ok(_) => None,
         Err(e) => Some(Err(e)),
     })
+}
+
+/// A varint at the front of `buf`, read as prost reads one (at most ten bytes, the tenth
+/// 0 or 1). A one-byte value (nearly every field key and most lengths) takes the inlined
+/// branch: prost's reader, through `bytes::Buf` and a call per varint, was 4.4% of a
+/// replay's instructions (BENCHMARKS.md, "Varints read inline").
+#[inline(always)]
+fn varint(buf: &mut &[u8]) -> Result<u64, EnvelopeError> {
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
+    varint_long(buf)
+}
+
+/// [`varint`] of two bytes or more, or none.
+#[inline(never)]
+fn varint_long(buf: &mut &[u8]) -> Result<u64, EnvelopeError> {
+    let mut value = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        if i == 9 && b > 1 {
+            return Err(err("a varint overflows 64 bits"));
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            *buf = buf.get(i + 1..).unwrap_or_default();
+            return Ok(value);
+        }
+    }
+    Err(err("a varint runs past the end of its message"))
+}
+
+/// A field's key: its number and wire type, refused as prost refuses them (a key over 32
+/// bits, wire type 6 or 7, field number 0).
+#[inline(always)]
+fn field_key(buf: &mut &[u8]) -> Result<(u32, WireType), EnvelopeError> {
+    let key = u32::try_from(varint(buf)?).map_err(|_| err("a field key overflows 32 bits"))?;
+    let wire = match key & 7 {
+        0 => WireType::Varint,
+        1 => WireType::SixtyFourBit,
+        2 => WireType::LengthDelimited,
+        3 => WireType::StartGroup,
+        4 => WireType::EndGroup,
+        5 => WireType::ThirtyTwoBit,
+        _ => return Err(err("a field has an unknown wire type")),
+    };
+    let tag = key >> 3;
+    if tag == 0 {
+        return Err(err("a field is numbered 0"));
+    }
+    Ok((tag, wire))
 }
 
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], EnvelopeError> {
@@ -405,16 +458,24 @@ fn link(buf: &[u8], depth: u32) -> Result<Option<Link>, EnvelopeError> {
 /// merged).
 fn key_value(buf: &[u8], depth: u32) -> Result<(Key, AttrValue), EnvelopeError> {
     let depth = enter(depth)?;
-    let mut key = "";
+    // The last key is checked for UTF-8 by the interner's lookup (see `Key::from_utf8`),
+    // one given before it here.
+    let mut key: &[u8] = &[];
     let mut value = AttrValue::Empty;
     for f in Fields::new(buf) {
         match f? {
-            (1, v) => key = v.str()?,
+            (1, v) => {
+                if !key.is_empty() {
+                    std::str::from_utf8(key).map_err(|_| err("a string field is not UTF-8"))?;
+                }
+                key = v.bytes()?;
+            }
             (2, v) => any_value(v.bytes()?, depth, &mut value)?,
             _ => {}
         }
     }
-    Ok((Key::new(key), value))
+    let key = Key::from_utf8(key).ok_or(err("a string field is not UTF-8"))?;
+    Ok((key, value))
 }
 
 /// Merges an `AnyValue` into `value`.
@@ -493,6 +554,56 @@ mod tests {
             (want, got) => prop_assert!(false, "reference {:?}, direct {:?}", want, got),
         }
         Ok(())
+    }
+
+    /// Bytes that start with a varint of `len` bytes (the last without the continuation
+    /// bit unless `open`), any values, then `tail`.
+    fn varint_bytes() -> impl Strategy<Value = Vec<u8>> {
+        (
+            1..12usize,
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 12),
+            prop::collection::vec(any::<u8>(), 0..3),
+        )
+            .prop_map(|(len, open, raw, tail)| {
+                let mut b: Vec<u8> = raw[..len].iter().map(|x| x | 0x80).collect();
+                if !open {
+                    b[len - 1] &= 0x7f;
+                }
+                b.extend(tail);
+                b
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Varints and field keys are read, and refused, exactly as prost reads them:
+        /// lengths 1 to 11, the tenth byte over 1, keys over 32 bits, wire types 6 and 7,
+        /// field number 0, a varint cut off.
+        #[test]
+        fn varints_and_keys_read_as_prost_reads_them(
+            bytes in prop_oneof![varint_bytes(), prop::collection::vec(any::<u8>(), 0..12)],
+        ) {
+            let (mut ours, mut theirs) = (bytes.as_slice(), bytes.as_slice());
+            match (varint(&mut ours), prost::encoding::decode_varint(&mut theirs)) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(ours, theirs);
+                }
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "ours {:?}, prost {:?}", a, b),
+            }
+            let (mut ours, mut theirs) = (bytes.as_slice(), bytes.as_slice());
+            match (field_key(&mut ours), prost::encoding::decode_key(&mut theirs)) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(ours, theirs);
+                }
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "ours {:?}, prost {:?}", a, b),
+            }
+        }
     }
 
     proptest! {
