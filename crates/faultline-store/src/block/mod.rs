@@ -13,8 +13,9 @@
 //!   [`ROW_GROUP_ROWS`] rows (so a block of the default 250,000 spans is one row group)
 //!   and pages at most [`PAGE_ROWS`]; columns are zstd-compressed
 //!   with dictionary encoding, and the offset index is written so a reader can fetch and
-//!   decompress only the pages of the rows it wants (statistics are kept per column
-//!   chunk; format 7 writes no column index). The schema (format 7; readable by DuckDB,
+//!   decompress only the pages of the rows it wants (format 7 writes no column index;
+//!   since 2026-12-06 no statistics either, which nothing read: still format 7, as
+//!   every reader reads a file with or without them). The schema (format 7; readable by DuckDB,
 //!   ClickHouse or Spark) follows. `span_id`, `parent_span_id` and `events` are
 //!   written without a dictionary (they are nearly unique; a lookup would decode the
 //!   whole dictionary), `start_offset_nano` with a small dictionary falling back to

@@ -285,10 +285,11 @@ fn write_parquet(
             ZstdLevel::try_new(3).map_err(StoreError::parquet)?,
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        // Statistics per column chunk, not per page: nothing reads the column index (a
-        // lookup finds its pages by the offset index), and page minimums and maximums of
-        // text columns cost 0.6 bytes per span on varied traffic.
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        // No statistics: nothing reads them (a lookup finds its pages by the offset index,
+        // a search by the search index), page minimums and maximums of text columns cost
+        // 0.6 bytes per span on varied traffic, and chunk ones compare every value of
+        // every column while writing (BENCHMARKS.md, "Varints read inline").
+        .set_statistics_enabled(EnabledStatistics::None)
         // Small pages: a trace-by-id lookup decompresses only the pages holding its rows.
         .set_data_page_row_count_limit(PAGE_ROWS)
         // Span ids are unique: a dictionary only adds its indices (1.6 bytes per span
