@@ -767,8 +767,9 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// Runs `faultline-bench decode`: the single-core ceiling of what intake does per request,
 /// on the same requests loadgen sends: protobuf decode alone, decode plus validation,
 /// decode plus validation plus re-encode (the gRPC path before intake kept raw bodies),
-/// and intake's checking walk (`faultline_model::otlp_check`, what intake does with a body
-/// whose spans are all valid).
+/// intake's checking walk (`faultline_model::otlp_check`, what intake does with a body
+/// whose spans are all valid), and the pipeline's decode of a WAL body straight into spans
+/// (`faultline_model::otlp_decode`).
 pub fn bench_decode(
     seconds: f64,
     spans_per_request: usize,
@@ -796,8 +797,9 @@ pub fn bench_decode(
         "decode+validate",
         "decode+validate+encode",
         "check (intake's walk)",
+        "pipeline decode to spans",
     ];
-    let mut best = [(0f64, 0f64, 0usize); 4];
+    let mut best = [(0f64, 0f64, 0usize); 5];
     for _round in 0..3 {
         for (si, best_stage) in best.iter_mut().enumerate() {
             let started = Instant::now();
@@ -811,6 +813,14 @@ pub fn bench_decode(
                     anyhow::ensure!(c.spans == t.spans as u64, "the walk miscounted spans");
                     bytes += t.body.len() as u64;
                     spans += c.spans;
+                    continue;
+                }
+                if si == 4 {
+                    let got = faultline_model::otlp_decode::spans(&t.body, t.spans)
+                        .context("a request loadgen sends does not decode into spans")?;
+                    anyhow::ensure!(got.len() == t.spans, "the decode miscounted spans");
+                    bytes += t.body.len() as u64;
+                    spans += got.len() as u64;
                     continue;
                 }
                 let mut req = ExportTraceServiceRequest::decode(&t.body[..])
