@@ -575,6 +575,43 @@ mod tests {
             })
     }
 
+    /// Our reader and prost's on `bytes`: the same value and the same bytes left, or both
+    /// refusing.
+    fn same_read<T: PartialEq + std::fmt::Debug, E: std::fmt::Debug>(
+        bytes: &[u8],
+        ours: impl Fn(&mut &[u8]) -> Result<T, EnvelopeError>,
+        prost: impl Fn(&mut &[u8]) -> Result<T, E>,
+    ) -> Result<(), TestCaseError> {
+        let (mut a, mut b) = (bytes, bytes);
+        match (ours(&mut a), prost(&mut b)) {
+            (Ok(x), Ok(y)) => {
+                prop_assert_eq!(x, y);
+                prop_assert_eq!(a, b);
+            }
+            (Err(_), Err(_)) => {}
+            (x, y) => prop_assert!(false, "ours {:?}, prost {:?}", x, y),
+        }
+        Ok(())
+    }
+
+    /// The bounds, every one: each value of a last byte after 0 to 10 bytes with the
+    /// continuation bit (the tenth may be 0 or 1 only), and every cut-off length.
+    #[test]
+    fn varints_and_keys_at_every_length_and_last_byte_read_as_prost_reads_them() {
+        for cont in [0x80u8, 0xff] {
+            for len in 0..=10 {
+                for last in 0..=255u8 {
+                    let mut bytes = vec![cont; len];
+                    bytes.push(last);
+                    same_read(&bytes, varint, |b| prost::encoding::decode_varint(b)).unwrap();
+                    same_read(&bytes, field_key, |b| prost::encoding::decode_key(b)).unwrap();
+                }
+                let cut = vec![cont; len];
+                same_read(&cut, varint, |b| prost::encoding::decode_varint(b)).unwrap();
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -585,24 +622,8 @@ mod tests {
         fn varints_and_keys_read_as_prost_reads_them(
             bytes in prop_oneof![varint_bytes(), prop::collection::vec(any::<u8>(), 0..12)],
         ) {
-            let (mut ours, mut theirs) = (bytes.as_slice(), bytes.as_slice());
-            match (varint(&mut ours), prost::encoding::decode_varint(&mut theirs)) {
-                (Ok(a), Ok(b)) => {
-                    prop_assert_eq!(a, b);
-                    prop_assert_eq!(ours, theirs);
-                }
-                (Err(_), Err(_)) => {}
-                (a, b) => prop_assert!(false, "ours {:?}, prost {:?}", a, b),
-            }
-            let (mut ours, mut theirs) = (bytes.as_slice(), bytes.as_slice());
-            match (field_key(&mut ours), prost::encoding::decode_key(&mut theirs)) {
-                (Ok(a), Ok(b)) => {
-                    prop_assert_eq!(a, b);
-                    prop_assert_eq!(ours, theirs);
-                }
-                (Err(_), Err(_)) => {}
-                (a, b) => prop_assert!(false, "ours {:?}, prost {:?}", a, b),
-            }
+            same_read(&bytes, varint, |b| prost::encoding::decode_varint(b))?;
+            same_read(&bytes, field_key, |b| prost::encoding::decode_key(b))?;
         }
     }
 
