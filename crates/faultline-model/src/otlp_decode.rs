@@ -34,9 +34,10 @@ const DEPTH: u32 = 100;
 pub fn spans(body: &[u8], hint: usize) -> Result<Vec<Span>, EnvelopeError> {
     // A span takes at least 18 bytes (a trace id with its key and length).
     let mut out = Vec::with_capacity(hint.min(body.len() / 18));
+    let mut scratch = Attributes::new();
     for f in Fields::new(body) {
         if let (1, v) = f? {
-            resource_spans(v.bytes()?, DEPTH, None, &mut out)?;
+            resource_spans(v.bytes()?, DEPTH, None, (&mut out, &mut scratch))?;
         }
     }
     Ok(out)
@@ -50,9 +51,10 @@ pub fn spans_where(
     keep: &dyn Fn(&TraceId) -> bool,
 ) -> Result<Vec<Span>, EnvelopeError> {
     let mut out = Vec::new();
+    let mut scratch = Attributes::new();
     for f in Fields::new(body) {
         if let (1, v) = f? {
-            resource_spans(v.bytes()?, DEPTH, Some(keep), &mut out)?;
+            resource_spans(v.bytes()?, DEPTH, Some(keep), (&mut out, &mut scratch))?;
         }
     }
     Ok(out)
@@ -60,6 +62,10 @@ pub fn spans_where(
 
 /// Which spans to decode: all (`None`), or those whose trace id the function takes.
 type Keep<'k> = Option<&'k dyn Fn(&TraceId) -> bool>;
+
+/// Where decoded spans go, and the list a span's attributes are gathered in before they
+/// move into a `Vec` of exactly their number (see [`span`]).
+type Out<'o> = (&'o mut Vec<Span>, &'o mut Attributes);
 
 pub(crate) fn err(what: &'static str) -> EnvelopeError {
     EnvelopeError::Scan(what)
@@ -267,7 +273,7 @@ fn resource_spans(
     buf: &[u8],
     depth: u32,
     keep: Keep<'_>,
-    out: &mut Vec<Span>,
+    out: Out<'_>,
 ) -> Result<(), EnvelopeError> {
     let depth = enter(depth)?;
     let mut resource = Attributes::new();
@@ -288,7 +294,13 @@ fn resource_spans(
     };
     for f in Fields::new(buf) {
         if let (2, v) = f? {
-            scope_spans(v.bytes()?, depth, (&service, &resource), keep, out)?;
+            scope_spans(
+                v.bytes()?,
+                depth,
+                (&service, &resource),
+                keep,
+                (&mut *out.0, &mut *out.1),
+            )?;
         }
     }
     Ok(())
@@ -300,7 +312,7 @@ fn scope_spans(
     depth: u32,
     (service, resource): (&str, &Attributes),
     keep: Keep<'_>,
-    out: &mut Vec<Span>,
+    (out, scratch): Out<'_>,
 ) -> Result<(), EnvelopeError> {
     let depth = enter(depth)?;
     let (mut scope_name, mut scope_version) = (String::new(), String::new());
@@ -330,7 +342,7 @@ fn scope_spans(
             {
                 continue;
             }
-            if let Some(s) = span(buf, depth, &origin)? {
+            if let Some(s) = span(buf, depth, &origin, scratch)? {
                 out.push(s);
             }
         }
@@ -350,13 +362,22 @@ fn trace_id_of(buf: &[u8]) -> Result<Option<TraceId>, EnvelopeError> {
 }
 
 /// One span, or `None` when its ids are not of the right length.
-fn span(buf: &[u8], depth: u32, origin: &Arc<Origin>) -> Result<Option<Span>, EnvelopeError> {
+///
+/// Its attributes are gathered in `scratch` and then moved into a list of exactly their
+/// number: pushed one by one into a new list, twenty attributes took four allocations and
+/// left room for thirty-two, 672 bytes per span held unused in the head until the seal.
+fn span(
+    buf: &[u8],
+    depth: u32,
+    origin: &Arc<Origin>,
+    scratch: &mut Attributes,
+) -> Result<Option<Span>, EnvelopeError> {
     let depth = enter(depth)?;
+    scratch.clear();
     let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
     let mut trace_state = "";
     let mut name = String::new();
     let (mut kind, mut start_ns, mut end_ns) = (0i32, 0u64, 0u64);
-    let mut attributes = Attributes::new();
     let mut events = Vec::new();
     let mut links = Vec::new();
     let (mut status, mut status_message) = (0i32, String::new());
@@ -371,7 +392,7 @@ fn span(buf: &[u8], depth: u32, origin: &Arc<Origin>) -> Result<Option<Span>, En
             (6, v) => kind = v.varint()? as i32,
             (7, v) => start_ns = v.fixed64()?,
             (8, v) => end_ns = v.fixed64()?,
-            (9, v) => attributes.push(key_value(v.bytes()?, depth)?),
+            (9, v) => scratch.push(key_value(v.bytes()?, depth)?),
             (11, v) => events.push(event(v.bytes()?, depth)?),
             (13, v) => {
                 if let Some(l) = link(v.bytes()?, depth)? {
@@ -394,6 +415,10 @@ fn span(buf: &[u8], depth: u32, origin: &Arc<Origin>) -> Result<Option<Span>, En
     let (Ok(trace_id), Ok(span_id)) = (trace_id.try_into(), span_id.try_into()) else {
         return Ok(None);
     };
+    // Room for the trace state too, which `with_tracestate` may add.
+    let mut attributes =
+        Attributes::with_capacity(scratch.len() + usize::from(!trace_state.is_empty()));
+    attributes.append(scratch);
     Ok(Some(Span {
         trace_id,
         span_id,
@@ -457,6 +482,14 @@ fn link(buf: &[u8], depth: u32) -> Result<Option<Link>, EnvelopeError> {
 /// A `KeyValue`: the key interned from the body's bytes, the value (every occurrence
 /// merged).
 fn key_value(buf: &[u8], depth: u32) -> Result<(Key, AttrValue), EnvelopeError> {
+    match plain_key_value(buf, depth) {
+        Some(kv) => Ok(kv),
+        None => walked_key_value(buf, depth),
+    }
+}
+
+/// [`key_value`] by walking the fields: any form, every error.
+fn walked_key_value(buf: &[u8], depth: u32) -> Result<(Key, AttrValue), EnvelopeError> {
     let depth = enter(depth)?;
     // The last key is checked for UTF-8 by the interner's lookup (see `Key::from_utf8`),
     // one given before it here.
@@ -476,6 +509,65 @@ fn key_value(buf: &[u8], depth: u32) -> Result<(Key, AttrValue), EnvelopeError> 
     }
     let key = Key::from_utf8(key).ok_or(err("a string field is not UTF-8"))?;
     Ok((key, value))
+}
+
+/// A `KeyValue` in the form every OTLP encoder writes, read without walking its fields:
+/// the key (field 1), then the value (field 2) holding one string, bool, int or double, or
+/// nothing, each once and nothing else. `None` for any other form, and for anything wrong
+/// (a bad length, text that is not UTF-8, nesting too deep): [`key_value`]'s walk then
+/// reads it, with its errors. The walk took five field reads and two calls for each
+/// attribute, and attributes were most of a span's decode (BENCHMARKS.md, "Attributes
+/// read in their usual form").
+#[inline]
+fn plain_key_value(buf: &[u8], depth: u32) -> Option<(Key, AttrValue)> {
+    // `key_value` and `any_value` each go one message deeper.
+    enter(enter(depth).ok()?).ok()?;
+    let mut buf = buf;
+    let key = delimited_field(&mut buf, 1)?;
+    let mut v = delimited_field(&mut buf, 2)?;
+    if !buf.is_empty() {
+        return None;
+    }
+    let value = match v.split_first() {
+        None => AttrValue::Empty,
+        Some((&b, rest)) => {
+            v = rest;
+            match b {
+                // string_value (1), length-delimited
+                0x0a => {
+                    let len = usize::try_from(varint(&mut v).ok()?).ok()?;
+                    let text = take(&mut v, len).ok()?;
+                    AttrValue::Str(std::str::from_utf8(text).ok()?.to_owned())
+                }
+                // bool_value (2) and int_value (3), varints
+                0x10 => AttrValue::Bool(varint(&mut v).ok()? != 0),
+                0x18 => AttrValue::Int(varint(&mut v).ok()? as i64),
+                // double_value (4), 64-bit
+                0x21 => {
+                    let bits = take(&mut v, 8).ok()?;
+                    AttrValue::Double(f64::from_le_bytes(bits.try_into().ok()?))
+                }
+                _ => return None,
+            }
+        }
+    };
+    if !v.is_empty() {
+        return None;
+    }
+    Some((Key::from_utf8(key)?, value))
+}
+
+/// The length-delimited field numbered `number` (1 to 15) at the front of `buf`, or
+/// `None` when the front is anything else.
+#[inline(always)]
+fn delimited_field<'a>(buf: &mut &'a [u8], number: u8) -> Option<&'a [u8]> {
+    let (&first, rest) = buf.split_first()?;
+    if first != (number << 3) | 2 {
+        return None;
+    }
+    *buf = rest;
+    let len = usize::try_from(varint(buf).ok()?).ok()?;
+    take(buf, len).ok()
 }
 
 /// Merges an `AnyValue` into `value`.
@@ -787,5 +879,259 @@ mod tests {
 
     fn got_ok(body: &[u8]) -> bool {
         spans(body, 1).is_ok()
+    }
+
+    /// A field of `number` holding the varint `v`.
+    fn varint_field(number: u32, v: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode_key(number, WireType::Varint, &mut b);
+        encode_varint(v, &mut b);
+        b
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// `KeyValue` bodies in many forms, each with whether it is the plain form (key, then
+    /// a value of one string, bool, int, double or nothing) that `plain_key_value` reads.
+    fn key_value_forms() -> Vec<(&'static str, Vec<u8>, bool)> {
+        let key = field(1, b"http.method");
+        let text = |t: &[u8]| field(2, &field(1, t));
+        let double = cat(&[&[0x21], &2.5f64.to_le_bytes()]);
+        let long_key = vec![b'k'; 200];
+        let long_value = vec![b'v'; 300];
+        vec![
+            ("string", cat(&[&key, &text(b"GET")]), true),
+            ("empty string", cat(&[&key, &text(b"")]), true),
+            ("empty key", cat(&[&field(1, b""), &text(b"GET")]), true),
+            ("bool", cat(&[&key, &field(2, &varint_field(2, 1))]), true),
+            (
+                "bool of 2",
+                cat(&[&key, &field(2, &varint_field(2, 2))]),
+                true,
+            ),
+            (
+                "bool false",
+                cat(&[&key, &field(2, &varint_field(2, 0))]),
+                true,
+            ),
+            (
+                "negative int",
+                cat(&[&key, &field(2, &varint_field(3, -5i64 as u64))]),
+                true,
+            ),
+            ("int", cat(&[&key, &field(2, &varint_field(3, 300))]), true),
+            ("double", cat(&[&key, &field(2, &double)]), true),
+            ("empty value", cat(&[&key, &field(2, b"")]), true),
+            (
+                "long key and value",
+                cat(&[&field(1, &long_key), &text(&long_value)]),
+                true,
+            ),
+            (
+                "multi-byte utf-8",
+                cat(&[&field(1, "clé".as_bytes()), &text("€".as_bytes())]),
+                true,
+            ),
+            ("no value", key.clone(), false),
+            ("no key", text(b"GET"), false),
+            ("nothing", Vec::new(), false),
+            ("value first", cat(&[&text(b"GET"), &key]), false),
+            (
+                "key twice",
+                cat(&[&key, &field(1, b"other"), &text(b"GET")]),
+                false,
+            ),
+            (
+                "value twice",
+                cat(&[&key, &text(b"GET"), &text(b"PUT")]),
+                false,
+            ),
+            (
+                "two kinds in one value",
+                cat(&[
+                    &key,
+                    &field(2, &cat(&[&field(1, b"GET"), &varint_field(3, 7)])),
+                ]),
+                false,
+            ),
+            (
+                "unknown field after",
+                cat(&[&key, &text(b"GET"), &varint_field(3, 1)]),
+                false,
+            ),
+            (
+                "unknown field in value",
+                cat(&[
+                    &key,
+                    &field(2, &cat(&[&field(1, b"GET"), &varint_field(9, 1)])),
+                ]),
+                false,
+            ),
+            (
+                "bytes value",
+                cat(&[&key, &field(2, &field(7, b"\x00\xff"))]),
+                false,
+            ),
+            (
+                "array value",
+                cat(&[&key, &field(2, &field(5, &field(1, &field(1, b"a"))))]),
+                false,
+            ),
+            (
+                "kvlist value",
+                cat(&[
+                    &key,
+                    &field(
+                        2,
+                        &field(6, &field(1, &cat(&[&field(1, b"a"), &text(b"b")]))),
+                    ),
+                ]),
+                false,
+            ),
+            (
+                "string index value",
+                cat(&[&key, &field(2, &varint_field(8, 3))]),
+                false,
+            ),
+            (
+                "key not utf-8",
+                cat(&[&field(1, b"\xff\xfe"), &text(b"GET")]),
+                false,
+            ),
+            ("value not utf-8", cat(&[&key, &text(b"\xc3")]), false),
+            (
+                "key of the wrong wire type",
+                cat(&[&varint_field(1, 5), &text(b"GET")]),
+                false,
+            ),
+            (
+                "string of the wrong wire type",
+                cat(&[&key, &field(2, &varint_field(1, 5))]),
+                false,
+            ),
+            (
+                "double cut short",
+                cat(&[&key, &field(2, &[0x21, 0, 0, 0, 0])]),
+                false,
+            ),
+            (
+                "int varint too long",
+                cat(&[&key, &field(2, &cat(&[&[0x18], &[0xff; 10], &[1]]))]),
+                false,
+            ),
+            (
+                "value length past the end",
+                cat(&[&key, &[0x12, 9, 0x0a, 3]]),
+                false,
+            ),
+            (
+                "string length past the end",
+                cat(&[&key, &field(2, &[0x0a, 9, b'a'])]),
+                false,
+            ),
+            (
+                "key with a long field key",
+                cat(&[&[0x8a, 0x00, 0x00], &text(b"GET")]),
+                false,
+            ),
+        ]
+    }
+
+    /// A request of one span whose only attribute is the `KeyValue` body `kv`.
+    fn request_with_attribute(kv: &[u8]) -> Vec<u8> {
+        let span = cat(&[&field(1, &[7; 16]), &field(2, &[9; 8]), &field(9, kv)]);
+        field(1, &field(2, &field(2, &span)))
+    }
+
+    /// The plain forms take the short path, every other form the walk, and where the
+    /// short path answers it answers what the walk does; whole requests holding each form
+    /// decode as the generated types decode them (or both refuse them).
+    #[test]
+    fn key_values_in_every_form_read_as_the_walk_and_prost_read_them() {
+        for (name, kv, plain) in key_value_forms() {
+            let short = plain_key_value(&kv, DEPTH);
+            assert_eq!(short.is_some(), plain, "{name}: short path taken");
+            if let Some(got) = short {
+                let walked = walked_key_value(&kv, DEPTH).unwrap();
+                assert_eq!(got.0.as_str(), walked.0.as_str(), "{name}");
+                assert_eq!(got.1, walked.1, "{name}");
+            }
+            let body = request_with_attribute(&kv);
+            match (reference(&body), spans(&body, 1)) {
+                (Ok(want), Ok(got)) => assert_eq!(got, want, "{name}"),
+                (Err(_), Err(_)) => {}
+                (want, got) => panic!("{name}: reference {want:?}, direct {got:?}"),
+            }
+        }
+        // Too deep for the value: the walk's error, not a short answer.
+        let kv = cat(&[&field(1, b"k"), &field(2, &field(1, b"v"))]);
+        assert!(plain_key_value(&kv, 1).is_none());
+        assert!(key_value(&kv, 1).is_err());
+        assert!(key_value(&kv, 2).is_ok());
+    }
+
+    /// A span's attributes take a list of exactly their number (with room for the trace
+    /// state it adds), not a list grown by doubling.
+    #[test]
+    fn attributes_are_held_in_a_list_of_their_size() {
+        for n in [0usize, 1, 5, 17, 33] {
+            let mut span = cat(&[&field(1, &[7; 16]), &field(2, &[9; 8])]);
+            for i in 0..n {
+                span.extend(field(
+                    9,
+                    &cat(&[
+                        &field(1, format!("k{i}").as_bytes()),
+                        &field(2, &field(1, b"v")),
+                    ]),
+                ));
+            }
+            let plain = field(1, &field(2, &field(2, &span)));
+            let got = spans(&plain, 1).unwrap();
+            assert_eq!(got[0].attributes.len(), n);
+            assert_eq!(got[0].attributes.capacity(), n, "{n} attributes");
+            span.extend(field(3, b"ot=th:8"));
+            let traced = field(1, &field(2, &field(2, &span)));
+            let got = spans(&traced, 1).unwrap();
+            assert_eq!(got[0].attributes.len(), n + 1);
+            assert_eq!(
+                got[0].attributes.capacity(),
+                n + 1,
+                "{n} attributes and a trace state"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// On any bytes, and on the forms above with a byte changed or cut short, the short
+        /// path either declines or answers what the walk answers.
+        #[test]
+        fn the_short_path_answers_as_the_walk_or_not_at_all(
+            form in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<bool>(),
+            random in prop::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let forms = key_value_forms();
+            let mut kv = forms[form.index(forms.len())].1.clone();
+            if !kv.is_empty() {
+                let i = at.index(kv.len());
+                if cut { kv.truncate(i) } else { kv[i] = byte }
+            }
+            for bytes in [kv, random] {
+                if let Some(got) = plain_key_value(&bytes, DEPTH) {
+                    let walked = walked_key_value(&bytes, DEPTH);
+                    prop_assert!(walked.is_ok(), "{:?}: walk refused {:?}", bytes, walked);
+                    if let Ok(walked) = walked {
+                        prop_assert_eq!(got.0.as_str(), walked.0.as_str());
+                        prop_assert_eq!(got.1, walked.1);
+                    }
+                }
+            }
+        }
     }
 }
