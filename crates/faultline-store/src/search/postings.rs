@@ -192,6 +192,17 @@ impl Posting {
         }
     }
 
+    /// The posting of `traces`, ascending and distinct (as [`Postings::build`] groups
+    /// them); the same as [`Posting::from_bitmap`] of their bitmap.
+    fn from_sorted(traces: &[u32]) -> Result<Self, StoreError> {
+        if traces.len() as u64 <= FEW {
+            return Ok(Self::Few(traces.into()));
+        }
+        RoaringBitmap::from_sorted_iter(traces.iter().copied())
+            .map(Self::Many)
+            .map_err(|e| StoreError::Encode(format!("search index bitmap: {e}")))
+    }
+
     /// Bytes it holds on the heap (a bitmap's serialized size stands for its
     /// containers).
     fn heap_bytes(&self) -> usize {
@@ -341,16 +352,18 @@ impl Postings {
             })
             .map(|(k, _)| *k)
             .collect();
-        let mut postings: Vec<(u64, RoaringBitmap)> = Vec::new();
+        // Each posting is its ascending slice of `grouped`: the file is written from the
+        // slices, and only a posting of more than `FEW` traces becomes a bitmap (building
+        // a bitmap for every term and iterating it to write the file was a third of the
+        // index thread's time).
+        let mut postings: Vec<(u64, &[u32])> = Vec::new();
         let mut needles: Vec<(u32, u32)> = Vec::new();
         for (i, t) in terms.iter().enumerate() {
             let traces = group(i);
             if needle_keys.contains(&t.skey) {
                 needles.extend(traces.iter().map(|&tr| (t.needle, tr)));
             } else {
-                let bitmap = RoaringBitmap::from_sorted_iter(traces.iter().copied())
-                    .map_err(|e| StoreError::Encode(format!("search index bitmap: {e}")))?;
-                postings.push((t.term, bitmap));
+                postings.push((t.term, traces));
             }
         }
         needles.sort_unstable();
@@ -365,11 +378,12 @@ impl Postings {
             &nkeys,
             &needles,
         )?;
+        let terms = postings
+            .into_iter()
+            .map(|(h, traces)| Ok((h, Posting::from_sorted(traces)?)))
+            .collect::<Result<_, StoreError>>()?;
         let index = Self {
-            terms: postings
-                .into_iter()
-                .map(|(h, b)| (h, Posting::from_bitmap(b)))
-                .collect(),
+            terms,
             unindexed: unindexed.into_iter().collect(),
             needle_keys,
             needles,
@@ -842,10 +856,10 @@ impl SpanTerms {
 
 /// The traces of a posting as the smaller of gap varints (kind 0) and a bitset over the
 /// block's `traces` (kind 1).
-fn encode_posting(b: &RoaringBitmap, traces: u32, out: &mut Vec<u8>) -> u8 {
+fn encode_posting(b: &[u32], traces: u32, out: &mut Vec<u8>) -> u8 {
     let mut prev = 0u32;
     let start = out.len();
-    for (i, t) in b.iter().enumerate() {
+    for (i, &t) in b.iter().enumerate() {
         crate::varint::put(u64::from(if i == 0 { t } else { t - prev }), out);
         prev = t;
     }
@@ -855,7 +869,7 @@ fn encode_posting(b: &RoaringBitmap, traces: u32, out: &mut Vec<u8>) -> u8 {
     }
     out.truncate(start);
     out.resize(start + bits, 0);
-    for t in b {
+    for &t in b {
         out[start + (t / 8) as usize] |= 1 << (t % 8);
     }
     1
@@ -893,8 +907,8 @@ fn decode_posting(kind: u8, bytes: &[u8]) -> Result<RoaringBitmap, String> {
 }
 
 /// The body of a version 3 file (see the module's format), compressed.
-fn encode(
-    (traces, postings): (u32, &[(u64, RoaringBitmap)]),
+fn encode<L: AsRef<[u32]>>(
+    (traces, postings): (u32, &[(u64, L)]),
     unindexed: &[u64],
     needle_keys: &[u64],
     needles: &[(u32, u32)],
@@ -907,7 +921,7 @@ fn encode(
     for (h, b) in postings {
         body.extend_from_slice(&h.to_le_bytes());
         let before = payload.len();
-        let kind = encode_posting(b, traces, &mut payload);
+        let kind = encode_posting(b.as_ref(), traces, &mut payload);
         crate::varint::put(
             ((payload.len() - before) as u64) << 1 | u64::from(kind),
             &mut heads,
@@ -1327,7 +1341,7 @@ mod tests {
         ] {
             let b: RoaringBitmap = set.iter().copied().collect();
             let mut out = Vec::new();
-            let kind = encode_posting(&b, traces, &mut out);
+            let kind = encode_posting(&set, traces, &mut out);
             assert!(
                 out.len() <= (traces as usize).div_ceil(8),
                 "{} bytes",
@@ -1338,6 +1352,35 @@ mod tests {
         }
         assert!(decode_posting(0, &[0x80]).is_err(), "cut inside a varint");
         assert!(decode_posting(9, &[]).is_err(), "unknown kind");
+    }
+
+    /// A posting made from its ascending traces is the one made from their bitmap: a
+    /// list up to `FEW` traces, a bitmap past that, with the same traces.
+    #[test]
+    fn postings_from_sorted_traces_are_those_from_bitmaps() {
+        for n in [0u32, 1, 7, 8, 9, 100, 5_000] {
+            let traces: Vec<u32> = (0..n).map(|i| i * 3 + 1).collect();
+            let bitmap: RoaringBitmap = traces.iter().copied().collect();
+            let (got, want) = (
+                Posting::from_sorted(&traces).unwrap(),
+                Posting::from_bitmap(bitmap.clone()),
+            );
+            assert_eq!(
+                matches!(got, Posting::Few(_)),
+                matches!(want, Posting::Few(_)),
+                "{n} traces"
+            );
+            assert_eq!(got.to_bitmap(), bitmap, "{n} traces");
+        }
+        assert!(Posting::from_sorted(&[5, 3, 1, 2, 4, 6, 7, 8, 9, 10]).is_err());
+    }
+
+    /// Postings as the ascending lists `encode` writes.
+    fn lists(postings: &[(u64, RoaringBitmap)]) -> Vec<(u64, Vec<u32>)> {
+        postings
+            .iter()
+            .map(|(h, b)| (*h, b.iter().collect()))
+            .collect()
     }
 
     /// A version 2 body (the layout before separate streams), for the reading test.
@@ -1353,7 +1396,11 @@ mod tests {
         for (h, b) in postings {
             body.extend_from_slice(&h.to_le_bytes());
             let mut bm = Vec::new();
-            body.push(encode_posting(b, traces, &mut bm));
+            body.push(encode_posting(
+                &b.iter().collect::<Vec<_>>(),
+                traces,
+                &mut bm,
+            ));
             body.extend_from_slice(&(bm.len() as u32).to_le_bytes());
             body.extend_from_slice(&bm);
         }
@@ -1396,7 +1443,7 @@ mod tests {
             needles.sort_unstable();
             needles.dedup();
             let v3 = zstd::bulk::decompress(
-                &encode((traces, &postings), &[], &[skey], &needles).unwrap(),
+                &encode((traces, &lists(&postings)), &[], &[skey], &needles).unwrap(),
                 1 << 30,
             )
             .unwrap();
@@ -1453,7 +1500,7 @@ mod tests {
             .collect();
         let needles: Vec<(u32, u32)> = (0..500u32).map(|i| (i * 97, i % 3_000)).collect();
         let valid = zstd::bulk::decompress(
-            &encode((3_000, &postings), &[1], &[2], &needles).unwrap(),
+            &encode((3_000, &lists(&postings)), &[1], &[2], &needles).unwrap(),
             1 << 30,
         )
         .unwrap();
