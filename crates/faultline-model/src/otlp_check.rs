@@ -18,7 +18,7 @@
 //! for a value prost would have dropped, never the other way round.
 
 use crate::envelope::EnvelopeError;
-use crate::otlp_decode::{Fields, Val, enter, err};
+use crate::otlp_decode::{Fields, Plain, Val, enter, err, plain_parts};
 use crate::span::TraceId;
 use crate::validate::{Limits, MAX_VALUE_DEPTH, Shape, check_id, check_shape};
 
@@ -246,6 +246,18 @@ impl Walk<'_> {
 
     /// A `KeyValue` whose value sits `level` arrays or lists deep in an attribute.
     fn key_value(&self, buf: &[u8], depth: u32, level: usize) -> Res {
+        // The form every encoder writes, judged without walking its fields (as the
+        // decoder reads it: `otlp_decode::plain_parts`); the walk judges any other.
+        if let Some((key, value)) = plain_parts(buf) {
+            enter(depth)?;
+            std::str::from_utf8(key).map_err(|_| err("a string field is not UTF-8"))?;
+            if let Plain::Str(text) = value {
+                let text =
+                    std::str::from_utf8(text).map_err(|_| err("a string field is not UTF-8"))?;
+                self.over(text.len() > self.limits.max_attribute_value_bytes);
+            }
+            return Ok(());
+        }
         for f in Fields::strict(buf) {
             match f? {
                 (1, v) => text(v)?,
@@ -329,7 +341,9 @@ mod tests {
     use crate::ExportTraceServiceRequest;
     use crate::otlp::common::{AnyValue, ArrayValue, KeyValue, any_value::Value};
     use crate::otlp::trace::{self, ResourceSpans, ScopeSpans};
-    use crate::test_strategies::{attributes, field, request, span};
+    use crate::test_strategies::{
+        attributes, field, key_value_forms, request, request_with_attribute, span,
+    };
     use crate::validate::validate_and_filter;
 
     /// The decoder's path: prost, then validation; `Some(trace ids)` when every span of a
@@ -610,6 +624,33 @@ mod tests {
         assert_eq!(check(&deep, &limits), None);
         // No span at all: nothing to store, the decoder's path answers.
         assert_eq!(check(&[], &limits), None);
+    }
+
+    /// Attributes in every form (`test_strategies::key_value_forms`, the plain ones judged
+    /// without walking their fields): the walk accepts a body exactly when decoding and
+    /// validation keep it whole, under the default limits and under limits that the long
+    /// value breaks.
+    #[test]
+    fn key_values_in_every_form_are_judged_as_the_decoder_judges_them() {
+        let short = Limits {
+            max_attribute_value_bytes: 8,
+            ..Limits::default()
+        };
+        for limits in [Limits::default(), short] {
+            let mut kept = 0;
+            for (name, kv, _) in key_value_forms() {
+                let body = request_with_attribute(&kv);
+                let want = reference(&body, &limits);
+                kept += usize::from(want.is_some());
+                let got = check(&body, &limits).map(|c| c.trace_ids);
+                assert_eq!(
+                    got, want,
+                    "{name}, values up to {}",
+                    limits.max_attribute_value_bytes
+                );
+            }
+            assert!(kept > 10, "{kept} forms kept");
+        }
     }
 
     /// Groups and broken wire data go to the decoder; unknown fields are skipped as

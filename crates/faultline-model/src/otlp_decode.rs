@@ -511,17 +511,45 @@ fn walked_key_value(buf: &[u8], depth: u32) -> Result<(Key, AttrValue), Envelope
     Ok((key, value))
 }
 
-/// A `KeyValue` in the form every OTLP encoder writes, read without walking its fields:
-/// the key (field 1), then the value (field 2) holding one string, bool, int or double, or
-/// nothing, each once and nothing else. `None` for any other form, and for anything wrong
-/// (a bad length, text that is not UTF-8, nesting too deep): [`key_value`]'s walk then
-/// reads it, with its errors. The walk took five field reads and two calls for each
-/// attribute, and attributes were most of a span's decode (BENCHMARKS.md, "Attributes
-/// read in their usual form").
+/// A `KeyValue` in the form every OTLP encoder writes, read without walking its fields
+/// ([`plain_parts`]); `None` for any other form, and for anything wrong (text that is not
+/// UTF-8, nesting too deep): [`key_value`]'s walk then reads it, with its errors. The walk
+/// took five field reads and two calls for each attribute, and attributes were most of a
+/// span's decode (BENCHMARKS.md, "Attributes read in their usual form").
 #[inline]
 fn plain_key_value(buf: &[u8], depth: u32) -> Option<(Key, AttrValue)> {
     // `key_value` and `any_value` each go one message deeper.
     enter(enter(depth).ok()?).ok()?;
+    let (key, value) = plain_parts(buf)?;
+    let value = match value {
+        Plain::Str(text) => AttrValue::Str(std::str::from_utf8(text).ok()?.to_owned()),
+        Plain::Bool(b) => AttrValue::Bool(b),
+        Plain::Int(i) => AttrValue::Int(i),
+        Plain::Double(d) => AttrValue::Double(d),
+        Plain::Empty => AttrValue::Empty,
+    };
+    Some((Key::from_utf8(key)?, value))
+}
+
+/// The value of a `KeyValue` in its plain form (see [`plain_parts`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Plain<'a> {
+    /// `string_value`, its bytes not yet checked for UTF-8.
+    Str(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    /// An `AnyValue` with no field.
+    Empty,
+}
+
+/// The key's bytes and the value of a `KeyValue` body in the form every OTLP encoder
+/// writes: the key (field 1), then the value (field 2) holding one string, bool, int or
+/// double, or nothing, each once and nothing else, every length within the body. `None`
+/// for any other form. Nothing is checked for UTF-8 and no depth is counted: the callers
+/// do, as their walks would.
+#[inline]
+pub(crate) fn plain_parts(buf: &[u8]) -> Option<(&[u8], Plain<'_>)> {
     let mut buf = buf;
     let key = delimited_field(&mut buf, 1)?;
     let mut v = delimited_field(&mut buf, 2)?;
@@ -529,32 +557,28 @@ fn plain_key_value(buf: &[u8], depth: u32) -> Option<(Key, AttrValue)> {
         return None;
     }
     let value = match v.split_first() {
-        None => AttrValue::Empty,
+        None => Plain::Empty,
         Some((&b, rest)) => {
             v = rest;
             match b {
                 // string_value (1), length-delimited
                 0x0a => {
                     let len = usize::try_from(varint(&mut v).ok()?).ok()?;
-                    let text = take(&mut v, len).ok()?;
-                    AttrValue::Str(std::str::from_utf8(text).ok()?.to_owned())
+                    Plain::Str(take(&mut v, len).ok()?)
                 }
                 // bool_value (2) and int_value (3), varints
-                0x10 => AttrValue::Bool(varint(&mut v).ok()? != 0),
-                0x18 => AttrValue::Int(varint(&mut v).ok()? as i64),
+                0x10 => Plain::Bool(varint(&mut v).ok()? != 0),
+                0x18 => Plain::Int(varint(&mut v).ok()? as i64),
                 // double_value (4), 64-bit
                 0x21 => {
                     let bits = take(&mut v, 8).ok()?;
-                    AttrValue::Double(f64::from_le_bytes(bits.try_into().ok()?))
+                    Plain::Double(f64::from_le_bytes(bits.try_into().ok()?))
                 }
                 _ => return None,
             }
         }
     };
-    if !v.is_empty() {
-        return None;
-    }
-    Some((Key::from_utf8(key)?, value))
+    v.is_empty().then_some((key, value))
 }
 
 /// The length-delimited field numbered `number` (1 to 15) at the front of `buf`, or
@@ -631,7 +655,9 @@ mod tests {
     use crate::otlp::common::{AnyValue, ArrayValue, InstrumentationScope, KeyValue};
     use crate::otlp::resource::Resource;
     use crate::otlp::trace::{self, ResourceSpans, ScopeSpans};
-    use crate::test_strategies::{any_value, attributes, field, request, span};
+    use crate::test_strategies::{
+        any_value, attributes, cat, field, key_value_forms, request, request_with_attribute, span,
+    };
 
     /// What the generated types and `from_otlp_owned` make of `body`.
     fn reference(body: &[u8]) -> Result<Vec<Span>, prost::DecodeError> {
@@ -879,170 +905,6 @@ mod tests {
 
     fn got_ok(body: &[u8]) -> bool {
         spans(body, 1).is_ok()
-    }
-
-    /// A field of `number` holding the varint `v`.
-    fn varint_field(number: u32, v: u64) -> Vec<u8> {
-        let mut b = Vec::new();
-        encode_key(number, WireType::Varint, &mut b);
-        encode_varint(v, &mut b);
-        b
-    }
-
-    fn cat(parts: &[&[u8]]) -> Vec<u8> {
-        parts.concat()
-    }
-
-    /// `KeyValue` bodies in many forms, each with whether it is the plain form (key, then
-    /// a value of one string, bool, int, double or nothing) that `plain_key_value` reads.
-    fn key_value_forms() -> Vec<(&'static str, Vec<u8>, bool)> {
-        let key = field(1, b"http.method");
-        let text = |t: &[u8]| field(2, &field(1, t));
-        let double = cat(&[&[0x21], &2.5f64.to_le_bytes()]);
-        let long_key = vec![b'k'; 200];
-        let long_value = vec![b'v'; 300];
-        vec![
-            ("string", cat(&[&key, &text(b"GET")]), true),
-            ("empty string", cat(&[&key, &text(b"")]), true),
-            ("empty key", cat(&[&field(1, b""), &text(b"GET")]), true),
-            ("bool", cat(&[&key, &field(2, &varint_field(2, 1))]), true),
-            (
-                "bool of 2",
-                cat(&[&key, &field(2, &varint_field(2, 2))]),
-                true,
-            ),
-            (
-                "bool false",
-                cat(&[&key, &field(2, &varint_field(2, 0))]),
-                true,
-            ),
-            (
-                "negative int",
-                cat(&[&key, &field(2, &varint_field(3, -5i64 as u64))]),
-                true,
-            ),
-            ("int", cat(&[&key, &field(2, &varint_field(3, 300))]), true),
-            ("double", cat(&[&key, &field(2, &double)]), true),
-            ("empty value", cat(&[&key, &field(2, b"")]), true),
-            (
-                "long key and value",
-                cat(&[&field(1, &long_key), &text(&long_value)]),
-                true,
-            ),
-            (
-                "multi-byte utf-8",
-                cat(&[&field(1, "clé".as_bytes()), &text("€".as_bytes())]),
-                true,
-            ),
-            ("no value", key.clone(), false),
-            ("no key", text(b"GET"), false),
-            ("nothing", Vec::new(), false),
-            ("value first", cat(&[&text(b"GET"), &key]), false),
-            (
-                "key twice",
-                cat(&[&key, &field(1, b"other"), &text(b"GET")]),
-                false,
-            ),
-            (
-                "value twice",
-                cat(&[&key, &text(b"GET"), &text(b"PUT")]),
-                false,
-            ),
-            (
-                "two kinds in one value",
-                cat(&[
-                    &key,
-                    &field(2, &cat(&[&field(1, b"GET"), &varint_field(3, 7)])),
-                ]),
-                false,
-            ),
-            (
-                "unknown field after",
-                cat(&[&key, &text(b"GET"), &varint_field(3, 1)]),
-                false,
-            ),
-            (
-                "unknown field in value",
-                cat(&[
-                    &key,
-                    &field(2, &cat(&[&field(1, b"GET"), &varint_field(9, 1)])),
-                ]),
-                false,
-            ),
-            (
-                "bytes value",
-                cat(&[&key, &field(2, &field(7, b"\x00\xff"))]),
-                false,
-            ),
-            (
-                "array value",
-                cat(&[&key, &field(2, &field(5, &field(1, &field(1, b"a"))))]),
-                false,
-            ),
-            (
-                "kvlist value",
-                cat(&[
-                    &key,
-                    &field(
-                        2,
-                        &field(6, &field(1, &cat(&[&field(1, b"a"), &text(b"b")]))),
-                    ),
-                ]),
-                false,
-            ),
-            (
-                "string index value",
-                cat(&[&key, &field(2, &varint_field(8, 3))]),
-                false,
-            ),
-            (
-                "key not utf-8",
-                cat(&[&field(1, b"\xff\xfe"), &text(b"GET")]),
-                false,
-            ),
-            ("value not utf-8", cat(&[&key, &text(b"\xc3")]), false),
-            (
-                "key of the wrong wire type",
-                cat(&[&varint_field(1, 5), &text(b"GET")]),
-                false,
-            ),
-            (
-                "string of the wrong wire type",
-                cat(&[&key, &field(2, &varint_field(1, 5))]),
-                false,
-            ),
-            (
-                "double cut short",
-                cat(&[&key, &field(2, &[0x21, 0, 0, 0, 0])]),
-                false,
-            ),
-            (
-                "int varint too long",
-                cat(&[&key, &field(2, &cat(&[&[0x18], &[0xff; 10], &[1]]))]),
-                false,
-            ),
-            (
-                "value length past the end",
-                cat(&[&key, &[0x12, 9, 0x0a, 3]]),
-                false,
-            ),
-            (
-                "string length past the end",
-                cat(&[&key, &field(2, &[0x0a, 9, b'a'])]),
-                false,
-            ),
-            (
-                "key with a long field key",
-                cat(&[&[0x8a, 0x00, 0x00], &text(b"GET")]),
-                false,
-            ),
-        ]
-    }
-
-    /// A request of one span whose only attribute is the `KeyValue` body `kv`.
-    fn request_with_attribute(kv: &[u8]) -> Vec<u8> {
-        let span = cat(&[&field(1, &[7; 16]), &field(2, &[9; 8]), &field(9, kv)]);
-        field(1, &field(2, &field(2, &span)))
     }
 
     /// The plain forms take the short path, every other form the walk, and where the

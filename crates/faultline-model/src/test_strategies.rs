@@ -175,3 +175,168 @@ pub(crate) fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
     proptest::collection::vec(rs, 0..3)
         .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
 }
+
+/// A field of `number` holding the varint `v`.
+pub(crate) fn varint_field(number: u32, v: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode_key(number, WireType::Varint, &mut b);
+    encode_varint(v, &mut b);
+    b
+}
+
+pub(crate) fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// `KeyValue` bodies in many forms, each with whether it is the plain form (key, then
+/// a value of one string, bool, int, double or nothing) that the decoder and intake's walk read without walking
+/// its fields.
+pub(crate) fn key_value_forms() -> Vec<(&'static str, Vec<u8>, bool)> {
+    let key = field(1, b"http.method");
+    let text = |t: &[u8]| field(2, &field(1, t));
+    let double = cat(&[&[0x21], &2.5f64.to_le_bytes()]);
+    let long_key = vec![b'k'; 200];
+    let long_value = vec![b'v'; 300];
+    vec![
+        ("string", cat(&[&key, &text(b"GET")]), true),
+        ("empty string", cat(&[&key, &text(b"")]), true),
+        ("empty key", cat(&[&field(1, b""), &text(b"GET")]), true),
+        ("bool", cat(&[&key, &field(2, &varint_field(2, 1))]), true),
+        (
+            "bool of 2",
+            cat(&[&key, &field(2, &varint_field(2, 2))]),
+            true,
+        ),
+        (
+            "bool false",
+            cat(&[&key, &field(2, &varint_field(2, 0))]),
+            true,
+        ),
+        (
+            "negative int",
+            cat(&[&key, &field(2, &varint_field(3, -5i64 as u64))]),
+            true,
+        ),
+        ("int", cat(&[&key, &field(2, &varint_field(3, 300))]), true),
+        ("double", cat(&[&key, &field(2, &double)]), true),
+        ("empty value", cat(&[&key, &field(2, b"")]), true),
+        (
+            "long key and value",
+            cat(&[&field(1, &long_key), &text(&long_value)]),
+            true,
+        ),
+        (
+            "multi-byte utf-8",
+            cat(&[&field(1, "clé".as_bytes()), &text("€".as_bytes())]),
+            true,
+        ),
+        ("no value", key.clone(), false),
+        ("no key", text(b"GET"), false),
+        ("nothing", Vec::new(), false),
+        ("value first", cat(&[&text(b"GET"), &key]), false),
+        (
+            "key twice",
+            cat(&[&key, &field(1, b"other"), &text(b"GET")]),
+            false,
+        ),
+        (
+            "value twice",
+            cat(&[&key, &text(b"GET"), &text(b"PUT")]),
+            false,
+        ),
+        (
+            "two kinds in one value",
+            cat(&[
+                &key,
+                &field(2, &cat(&[&field(1, b"GET"), &varint_field(3, 7)])),
+            ]),
+            false,
+        ),
+        (
+            "unknown field after",
+            cat(&[&key, &text(b"GET"), &varint_field(3, 1)]),
+            false,
+        ),
+        (
+            "unknown field in value",
+            cat(&[
+                &key,
+                &field(2, &cat(&[&field(1, b"GET"), &varint_field(9, 1)])),
+            ]),
+            false,
+        ),
+        (
+            "bytes value",
+            cat(&[&key, &field(2, &field(7, b"\x00\xff"))]),
+            false,
+        ),
+        (
+            "array value",
+            cat(&[&key, &field(2, &field(5, &field(1, &field(1, b"a"))))]),
+            false,
+        ),
+        (
+            "kvlist value",
+            cat(&[
+                &key,
+                &field(
+                    2,
+                    &field(6, &field(1, &cat(&[&field(1, b"a"), &text(b"b")]))),
+                ),
+            ]),
+            false,
+        ),
+        (
+            "string index value",
+            cat(&[&key, &field(2, &varint_field(8, 3))]),
+            false,
+        ),
+        (
+            "key not utf-8",
+            cat(&[&field(1, b"\xff\xfe"), &text(b"GET")]),
+            false,
+        ),
+        ("value not utf-8", cat(&[&key, &text(b"\xc3")]), false),
+        (
+            "key of the wrong wire type",
+            cat(&[&varint_field(1, 5), &text(b"GET")]),
+            false,
+        ),
+        (
+            "string of the wrong wire type",
+            cat(&[&key, &field(2, &varint_field(1, 5))]),
+            false,
+        ),
+        (
+            "double cut short",
+            cat(&[&key, &field(2, &[0x21, 0, 0, 0, 0])]),
+            false,
+        ),
+        (
+            "int varint too long",
+            cat(&[&key, &field(2, &cat(&[&[0x18], &[0xff; 10], &[1]]))]),
+            false,
+        ),
+        (
+            "value length past the end",
+            cat(&[&key, &[0x12, 9, 0x0a, 3]]),
+            false,
+        ),
+        (
+            "string length past the end",
+            cat(&[&key, &field(2, &[0x0a, 9, b'a'])]),
+            false,
+        ),
+        (
+            "key with a long field key",
+            cat(&[&[0x8a, 0x00, 0x00], &text(b"GET")]),
+            false,
+        ),
+    ]
+}
+
+/// A request of one span whose only attribute is the `KeyValue` body `kv`.
+pub(crate) fn request_with_attribute(kv: &[u8]) -> Vec<u8> {
+    let span = cat(&[&field(1, &[7; 16]), &field(2, &[9; 8]), &field(9, kv)]);
+    field(1, &field(2, &field(2, &span)))
+}
