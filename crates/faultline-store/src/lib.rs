@@ -32,6 +32,7 @@ pub mod seqs;
 pub mod skew;
 pub mod store;
 pub mod tail;
+mod text_cache;
 pub mod varint;
 
 #[cfg(test)]

@@ -21,9 +21,10 @@ use std::sync::OnceLock;
 
 use faultline_model::sampling::adjusted_count;
 use faultline_model::semconv;
-use faultline_model::span::{AttrValue, Origin, Span, TraceId};
+use faultline_model::span::{AttrValue, Span, TraceId};
 
 use crate::block::FastMap;
+use crate::text_cache::TextCache;
 
 /// Example trace ids kept per finding.
 pub const EXAMPLES: usize = 3;
@@ -172,51 +173,57 @@ impl Quality {
     /// Checks the conventions of `spans` as they arrive (`now_s`: Unix seconds).
     pub fn observe(&mut self, spans: &[Span], now_s: u64) {
         let checks = checks();
-        // Spans of one request share their origin: judge each resource once.
-        let mut last_origin: Option<(*const Origin, Vec<&'static str>)> = None;
-        for s in spans {
-            let h = match self.services.get_mut(s.service()) {
+        // A batch repeats a few dozen keys: each key's check is looked up once, then
+        // found by its text's address (the lookups by text were 2.5% of a replay's
+        // instructions).
+        let mut known = TextCache::new(256);
+        // Spans of one request share their origin: find its service and judge its
+        // resource once per run of spans.
+        for run in spans.chunk_by(|a, b| std::sync::Arc::ptr_eq(&a.origin, &b.origin)) {
+            let Some(first) = run.first() else {
+                continue;
+            };
+            let h = match self.services.get_mut(first.service()) {
                 Some(h) => h,
-                None => self.services.entry(s.service().to_string()).or_default(),
+                None => self
+                    .services
+                    .entry(first.service().to_string())
+                    .or_default(),
             };
-            h.spans += 1;
-            for (k, v) in &s.attributes {
-                match checks.get(k.as_str()) {
-                    None => {}
-                    Some(Check::Typed(kind)) if !kind.matches(v) => {
-                        h.wrong_type
-                            .entry((k.to_string(), kind_name(v)))
-                            .or_default()
-                            .add(1, now_s, &s.trace_id);
+            let missing: Vec<&'static str> = RESOURCE_REQUIRED
+                .iter()
+                .copied()
+                .filter(|want| !first.origin.resource.iter().any(|(k, _)| k == want))
+                .collect();
+            for s in run {
+                h.spans += 1;
+                for (k, v) in &s.attributes {
+                    let k = k.as_str();
+                    match known.get(k, 0, || checks.get(k).copied()) {
+                        None => {}
+                        Some(Check::Typed(kind)) if !kind.matches(v) => {
+                            h.wrong_type
+                                .entry((k.to_string(), kind_name(v)))
+                                .or_default()
+                                .add(1, now_s, &s.trace_id);
+                        }
+                        Some(Check::Typed(_)) => {}
+                        Some(Check::Deprecated) => match h.deprecated.get_mut(k) {
+                            Some(t) => t.add(1, now_s, &s.trace_id),
+                            None => h.deprecated.entry(k.to_string()).or_default().add(
+                                1,
+                                now_s,
+                                &s.trace_id,
+                            ),
+                        },
                     }
-                    Some(Check::Typed(_)) => {}
-                    Some(Check::Deprecated) => match h.deprecated.get_mut(k.as_str()) {
-                        Some(t) => t.add(1, now_s, &s.trace_id),
-                        None => h.deprecated.entry(k.to_string()).or_default().add(
-                            1,
-                            now_s,
-                            &s.trace_id,
-                        ),
-                    },
                 }
-            }
-            let ptr = std::sync::Arc::as_ptr(&s.origin);
-            let missing = match &last_origin {
-                Some((p, m)) if *p == ptr => m,
-                _ => {
-                    let m = RESOURCE_REQUIRED
-                        .iter()
-                        .copied()
-                        .filter(|want| !s.origin.resource.iter().any(|(k, _)| k == want))
-                        .collect();
-                    &last_origin.insert((ptr, m)).1
+                for &want in &missing {
+                    h.missing_resource
+                        .entry(want)
+                        .or_default()
+                        .add(1, now_s, &s.trace_id);
                 }
-            };
-            for want in missing {
-                h.missing_resource
-                    .entry(want)
-                    .or_default()
-                    .add(1, now_s, &s.trace_id);
             }
         }
     }
@@ -325,7 +332,7 @@ pub fn wrong_type_note(attribute: &str, got: &str) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use faultline_model::span::{SpanKind, StatusCode};
+    use faultline_model::span::{Origin, SpanKind, StatusCode};
 
     use super::*;
 
@@ -416,6 +423,62 @@ mod tests {
             wrong_type_note("http.response.status_code", "string"),
             "expected int, got string"
         );
+    }
+
+    /// A batch whose spans alternate between origins, with keys checked, unchecked and
+    /// too long to intern, is judged as each span alone would be.
+    #[test]
+    fn a_batch_is_judged_as_its_spans_one_by_one() {
+        let origin = |service: &str, version: bool| {
+            let mut resource = vec![("service.name".into(), AttrValue::Str(service.into()))];
+            if version {
+                resource.push(("service.version".into(), AttrValue::Str("1".into())));
+            }
+            Arc::new(Origin {
+                service: service.into(),
+                resource,
+                scope_name: String::new(),
+                scope_version: String::new(),
+            })
+        };
+        let origins = [origin("a", false), origin("b", true), origin("a", true)];
+        let long = "k".repeat(200);
+        let keys = [
+            "http.status_code",
+            "http.response.status_code",
+            "custom.thing",
+            long.as_str(),
+            "http.method",
+        ];
+        let mut spans = Vec::new();
+        for i in 0..60u8 {
+            let attrs = (0..3)
+                .map(|j| {
+                    let k = keys[(usize::from(i) * 7 + j * 3) % keys.len()];
+                    let v = if (usize::from(i) + j) % 2 == 0 {
+                        AttrValue::Int(200)
+                    } else {
+                        AttrValue::Str("200".into())
+                    };
+                    (k, v)
+                })
+                .collect();
+            spans.push(span(
+                &origins[usize::from(i) % 3 / 2 + usize::from(i % 5 == 0)],
+                attrs,
+                i,
+            ));
+        }
+        let (mut whole, mut one_by_one) = (Quality::default(), Quality::default());
+        whole.observe(&spans, 1_800_000_000);
+        for s in &spans {
+            one_by_one.observe(std::slice::from_ref(s), 1_800_000_000);
+        }
+        let got = whole.services();
+        assert_eq!(got, one_by_one.services());
+        assert_eq!(got["a"].spans + got["b"].spans, 60);
+        assert!(!got["a"].deprecated.is_empty() && !got["a"].wrong_type.is_empty());
+        assert!(!got["a"].missing_resource.is_empty());
     }
 
     #[test]

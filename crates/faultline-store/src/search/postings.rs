@@ -65,6 +65,7 @@ use faultline_model::span::Span;
 
 use super::query::{for_each_origin_tag, for_each_span_tag, indexed_text, is_indexed};
 use crate::error::StoreError;
+use crate::text_cache::TextCache;
 
 const SIDX_MAGIC: &[u8; 8] = b"FLTSIDX1";
 const SIDX_VERSION: u32 = 5;
@@ -722,56 +723,6 @@ impl ServiceHashes {
     }
 }
 
-/// The first links of a tag's hashes, per (service, key) met in one [`SpanTerms::of`]:
-/// (service, key), and the key alone (where a needle hash starts). Every span repeats its
-/// keys, so each is hashed once per batch instead of twice per tag (those two links were
-/// half of the hashing at ingest, 3% of a replay's instructions). A key is found by its
-/// text's address and length with the service's hash, in 256 slots, the last one met
-/// kept per slot: the batch's spans are borrowed for the whole call, so an address stands
-/// for one text there (interned keys and the fixed tag names share theirs across spans).
-struct KeyHashes {
-    slots: Vec<KeySlot>,
-}
-
-#[derive(Clone, Copy, Default)]
-struct KeySlot {
-    /// The key text's address (0, which no text has, when the slot is empty) and length.
-    at: usize,
-    len: usize,
-    svc: u64,
-    skey: u64,
-    key: u64,
-}
-
-impl KeyHashes {
-    fn new() -> Self {
-        Self {
-            slots: vec![KeySlot::default(); 256],
-        }
-    }
-
-    /// The hashes of (service, key) and of the key alone, as [`Hashing::term`] chains
-    /// them.
-    #[inline]
-    fn of(&mut self, h: Hashing, svc: u64, k: &str) -> (u64, u64) {
-        let at = k.as_ptr() as usize;
-        let i = ((at as u64 ^ svc).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize;
-        let Some(slot) = self.slots.get_mut(i) else {
-            return (h.chain(svc, k), h.chain(TERM_SEED, k));
-        };
-        if slot.at != at || slot.len != k.len() || slot.svc != svc {
-            *slot = KeySlot {
-                at,
-                len: k.len(),
-                svc,
-                skey: h.chain(svc, k),
-                key: h.chain(TERM_SEED, k),
-            };
-        }
-        (slot.skey, slot.key)
-    }
-}
-
 /// One span's hashed tags, as [`SpanTerms::get`] gives them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hashed<'a> {
@@ -813,19 +764,23 @@ impl SpanTerms {
         out.needles.reserve(spans.len() * 24);
         out.ends.reserve(spans.len());
         let mut services = ServiceHashes::new(Hashing::default());
-        let mut keys = KeyHashes::new();
+        // The first links of a tag's hashes, (service, key) and the key alone (where a
+        // needle hash starts), depend on its service and key only: every span repeats
+        // its keys, so each is hashed once per batch instead of twice per tag (those two
+        // links were half of the hashing at ingest, 3% of a replay's instructions).
+        let mut keys = TextCache::new(256);
         for s in spans {
             out.push(s, services.of(s), &mut keys);
         }
         out
     }
 
-    fn push(&mut self, s: &Span, svc: u64, keys: &mut KeyHashes) {
+    fn push<'s>(&mut self, s: &'s Span, svc: u64, keys: &mut TextCache<'s, (u64, u64)>) {
         let h = Hashing::default();
         let (hashes, needles, scratch) = (&mut self.hashes, &mut self.needles, &mut self.scratch);
         scratch.clear();
         for_each_span_tag(s, &mut |k, v| {
-            let (skey, key) = keys.of(h, svc, k);
+            let (skey, key) = keys.get(k, svc, || (h.chain(svc, k), h.chain(TERM_SEED, k)));
             match indexed_text(v) {
                 Some(text) => {
                     hashes.push(h.chain(skey, &text));
@@ -1228,35 +1183,6 @@ mod tests {
     /// byte for byte: spans of several services and resources, repeated and fresh values,
     /// numbers, unindexed values (doubles, long strings) between indexed ones, events,
     /// errors; rows in another order than ingest's, as a seal sorts them.
-    /// The cached first links are the links themselves, for more (service, key) pairs
-    /// than there are slots, met in changing orders, and for texts that share an address.
-    #[test]
-    fn key_hashes_answer_as_the_links_do() {
-        let h = Hashing::default();
-        let texts: Vec<String> = (0..40).map(|i| format!("key.{i}")).collect();
-        let services: Vec<u64> = (0..50)
-            .map(|i| h.chain(TERM_SEED, &format!("svc{i}")))
-            .collect();
-        let mut keys = KeyHashes::new();
-        for round in 0..3usize {
-            for (i, &svc) in services.iter().enumerate() {
-                for j in 0..texts.len() {
-                    let k = &texts[(j * (round + 1) + i) % texts.len()];
-                    assert_eq!(keys.of(h, svc, k), (h.chain(svc, k), h.chain(TERM_SEED, k)));
-                }
-            }
-        }
-        // One text's prefixes start at one address.
-        let text = "region.name".to_string();
-        for n in [6, 11, 3, 6] {
-            let k = &text[..n];
-            assert_eq!(
-                keys.of(h, services[0], k),
-                (h.chain(services[0], k), h.chain(TERM_SEED, k))
-            );
-        }
-    }
-
     #[test]
     fn hashes_from_ingest_build_the_same_index() {
         use faultline_model::span::{AttrValue, Origin, SpanKind, StatusCode};

@@ -286,7 +286,7 @@ pub fn for_each_tag(s: &Span, mut f: impl FnMut(&str, Tag<'_>)) {
 }
 
 /// The searchable tags of the span itself (not of its resource and scope).
-pub(crate) fn for_each_span_tag(s: &Span, f: &mut impl FnMut(&str, Tag<'_>)) {
+pub(crate) fn for_each_span_tag<'s>(s: &'s Span, f: &mut impl FnMut(&'s str, Tag<'s>)) {
     for (k, v) in &s.attributes {
         f(k, Tag::Attr(v));
     }
@@ -294,7 +294,7 @@ pub(crate) fn for_each_span_tag(s: &Span, f: &mut impl FnMut(&str, Tag<'_>)) {
 }
 
 /// [`for_each_span_tag`] without the span's attributes: events, kind and status.
-fn for_each_span_tag_but_attributes(s: &Span, f: &mut impl FnMut(&str, Tag<'_>)) {
+fn for_each_span_tag_but_attributes<'s>(s: &'s Span, f: &mut impl FnMut(&'s str, Tag<'s>)) {
     for e in &s.events {
         for (k, v) in &e.attributes {
             f(k, Tag::Attr(v));
