@@ -52,6 +52,8 @@ impl Sealer {
             retention(sh);
         }
         if !sh.store.should_seal() {
+            // A sealed head no ingest has freed since (nothing arrived): free it here.
+            sh.store.free_retired(Duration::from_secs(1));
             if self.tail_idle.is_none_or(|t| t.elapsed() >= TAIL_EVERY) {
                 match tail_sample(sh) {
                     true => return Step::Worked,

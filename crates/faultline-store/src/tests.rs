@@ -203,6 +203,39 @@ fn a_crash_before_the_manifest_leaves_no_trace_of_the_block() {
     assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 1);
 }
 
+/// A sealed head waits for the next ingest to free it (the thread that allocated its
+/// spans), or for the sealer once it is a second old.
+#[test]
+fn a_sealed_head_is_freed_by_the_next_ingest_or_when_old() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    let held = || {
+        store
+            .retired
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(h, _)| h.spans.len())
+    };
+    store
+        .ingest(1, vec![span(1, 1, None, &a), span(1, 2, Some(1), &a)])
+        .unwrap();
+    store.seal().unwrap();
+    assert_eq!(held(), Some(2));
+    store.free_retired(std::time::Duration::from_secs(3600));
+    assert_eq!(held(), Some(2), "younger than asked: kept");
+    store.ingest(2, vec![span(2, 1, None, &a)]).unwrap();
+    assert_eq!(held(), None, "the ingest freed it");
+    store.seal().unwrap();
+    assert_eq!(held(), Some(1));
+    store.free_retired(std::time::Duration::ZERO);
+    assert_eq!(held(), None);
+    // Every span is still answered, from the blocks.
+    assert_eq!(store.trace(&[1; 16]).unwrap().spans.len(), 2);
+    assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 1);
+}
+
 #[test]
 fn an_unreadable_block_is_quarantined_and_answers_say_partial() {
     let tmp = tempfile::tempdir().unwrap();

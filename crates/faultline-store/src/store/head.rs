@@ -360,6 +360,8 @@ impl Store {
 
     /// Adds the spans of WAL record `seq`; they are queryable when this returns.
     pub fn ingest(&self, seq: u64, spans: Vec<Span>) -> Result<(), StoreError> {
+        // A sealed head is freed by the thread that allocated its spans (`Store::retire`).
+        self.free_retired(std::time::Duration::ZERO);
         // Before the head holds them, so a seal's checkpoint covers every span it writes.
         if let Some(o) = self.observer.get()
             && !spans.is_empty()

@@ -296,6 +296,9 @@ pub struct Store {
     offsets_saved: Mutex<Arc<crate::skew::Estimates>>,
     /// Sees every span before the head does (`crate::observer`).
     observer: OnceLock<Arc<dyn crate::SpanObserver>>,
+    /// The last sealed head, with when it was sealed, waiting to be freed by the thread
+    /// that ingests (see [`Store::retire`]).
+    pub(crate) retired: Mutex<Option<(Arc<Head>, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -471,8 +474,42 @@ impl Store {
             seal_lock: Mutex::new(()),
             offsets_saved: Mutex::new(saved),
             observer: OnceLock::new(),
+            retired: Mutex::new(None),
         };
         Ok((store, report))
+    }
+
+    /// Keeps a sealed `head` for the ingesting thread to free ([`Store::free_retired`]):
+    /// its spans' strings and lists were allocated there, and freed on the sealer thread
+    /// each free went to a page another thread owns (mimalloc's cross-thread frees, 2-3%
+    /// of a replay's instructions). One head is kept at most: an earlier one nobody took
+    /// is freed here.
+    pub(crate) fn retire(&self, head: Arc<Head>) {
+        let earlier = match self.retired.lock() {
+            Ok(mut r) => r.replace((head, std::time::Instant::now())),
+            // A panic elsewhere poisoned the slot: free the head here.
+            Err(_) => Some((head, std::time::Instant::now())),
+        };
+        drop(earlier);
+    }
+
+    /// Frees the sealed head kept by [`Store::retire`], if it was sealed at least `age`
+    /// ago (`Duration::ZERO`: any). `Store::ingest` calls it before taking spans; the
+    /// sealer calls it when idle with a second's age, so a head nobody ingests after is
+    /// not held in memory.
+    pub fn free_retired(&self, age: std::time::Duration) {
+        let head = match self.retired.lock() {
+            Ok(mut r) => {
+                if r.as_ref().is_some_and(|(_, at)| at.elapsed() >= age) {
+                    r.take()
+                } else {
+                    None
+                }
+            }
+            Err(_) => None,
+        };
+        // Outside the lock.
+        drop(head);
     }
 
     /// Blocks whose search index is not loaded yet (it loads in the background after

@@ -101,6 +101,8 @@ impl Store {
                         }
                     }
                 }
+                drop(inner);
+                self.retire(head);
                 Ok(Some(meta))
             }
             Err(e) => {
