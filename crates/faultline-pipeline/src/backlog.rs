@@ -93,6 +93,8 @@ impl Backlog {
         if (b.live_behind.load(Ordering::Relaxed) && wal_use < sh.opts.backlog_first_at)
             || sh.store.head_spans() >= self.max_head
         {
+            // As the ingest thread does while paused (`Store::free_retired`).
+            sh.store.free_retired(Duration::ZERO);
             return Step::Paused;
         }
         let batch = match tail.poll(sh.backlog_poll_bytes) {

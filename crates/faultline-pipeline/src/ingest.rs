@@ -67,6 +67,9 @@ impl Ingest {
         let live = &sh.stats.backlog.live_behind;
         if sh.store.head_spans() >= self.max_head {
             live.store(true, Ordering::Relaxed);
+            // Waiting for a seal: free the last sealed head here, where its spans were
+            // allocated, rather than hold it until the next ingest.
+            sh.store.free_retired(std::time::Duration::ZERO);
             return Step::Paused;
         }
         let records = match self.tail.poll(sh.poll_bytes) {

@@ -494,9 +494,10 @@ impl Store {
     }
 
     /// Frees the sealed head kept by [`Store::retire`], if it was sealed at least `age`
-    /// ago (`Duration::ZERO`: any). `Store::ingest` calls it before taking spans; the
-    /// sealer calls it when idle with a second's age, so a head nobody ingests after is
-    /// not held in memory.
+    /// ago (`Duration::ZERO`: any). `Store::ingest` calls it before taking spans, and the
+    /// pipeline's threads while they wait for a full head to be sealed; the sealer calls
+    /// it when idle with a second's age, so a head nobody ingests after is not held in
+    /// memory.
     pub fn free_retired(&self, age: std::time::Duration) {
         let head = match self.retired.lock() {
             Ok(mut r) => {
