@@ -250,11 +250,10 @@ impl Walk<'_> {
         // decoder reads it: `otlp_decode::plain_parts`); the walk judges any other.
         if let Some((key, value)) = plain_parts(buf) {
             enter(depth)?;
-            std::str::from_utf8(key).map_err(|_| err("a string field is not UTF-8"))?;
-            if let Plain::Str(text) = value {
-                let text =
-                    std::str::from_utf8(text).map_err(|_| err("a string field is not UTF-8"))?;
-                self.over(text.len() > self.limits.max_attribute_value_bytes);
+            text(Val::Bytes(key))?;
+            if let Plain::Str(value) = value {
+                let value = Val::Bytes(value).str()?;
+                self.over(value.len() > self.limits.max_attribute_value_bytes);
             }
             return Ok(());
         }

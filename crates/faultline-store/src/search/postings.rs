@@ -250,7 +250,11 @@ pub(crate) struct Postings {
 /// The 32-bit hash of a (key, value) in the needle table: folded from the file's
 /// [`Hashing::term`] of the two.
 fn needle_hash(key: &str, value: &str, hashing: Hashing) -> u32 {
-    let h = hashing.term(&[key, value]);
+    fold_needle(hashing.term(&[key, value]))
+}
+
+/// A (key, value) term's hash folded to the needle table's 32 bits.
+fn fold_needle(h: u64) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
@@ -784,9 +788,8 @@ impl SpanTerms {
             match indexed_text(v) {
                 Some(text) => {
                     hashes.push(h.chain(skey, &text));
-                    // `needle_hash`: the term of (key, value), folded to 32 bits.
-                    let needle = h.chain(key, &text);
-                    needles.push((needle ^ (needle >> 32)) as u32);
+                    // `needle_hash`, from the key's cached link.
+                    needles.push(fold_needle(h.chain(key, &text)));
                 }
                 None => scratch.push(skey),
             }
