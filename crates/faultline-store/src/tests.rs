@@ -236,6 +236,32 @@ fn a_sealed_head_is_freed_by_the_next_ingest_or_when_old() {
     assert_eq!(store.trace(&[2; 16]).unwrap().spans.len(), 1);
 }
 
+/// The batch that fills a head lands in the room made for it: the head's spans are not
+/// moved to a larger vector on the way to its seal.
+#[test]
+fn the_batch_crossing_a_block_fits_the_room_of_the_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let options = StoreOptions {
+        block_max_spans: 1_000,
+        ..opts(tmp.path())
+    };
+    let (store, _) = Store::open(options).unwrap();
+    let batch = |b: usize| -> Vec<Span> {
+        (b * 300..(b + 1) * 300)
+            .map(|k| span((k / 256 + 1) as u8, (k % 256) as u8, None, &a))
+            .collect()
+    };
+    store.ingest(1, batch(0)).unwrap();
+    let first = store.head_room();
+    for b in 1..4 {
+        store.ingest(b as u64 + 1, batch(b)).unwrap();
+    }
+    assert!(store.should_seal(), "1,200 spans fill a 1,000-span block");
+    assert_eq!(store.head_spans(), 1_200);
+    assert_eq!(store.head_room(), first, "the spans were not moved");
+}
+
 #[test]
 fn an_unreadable_block_is_quarantined_and_answers_say_partial() {
     let tmp = tempfile::tempdir().unwrap();
