@@ -232,7 +232,7 @@ impl Serialize for Tag<'_> {
 
 fn attr_json(v: &AttrValue) -> Value {
     match v {
-        AttrValue::Str(s) => json!(s),
+        AttrValue::Str(s) => json!(s.as_str()),
         AttrValue::Bool(b) => json!(b),
         AttrValue::Int(i) => json!(i),
         AttrValue::Double(d) => json!(d),

@@ -84,7 +84,7 @@ pub fn memory(keys: u64, memory_mb: usize, batch: usize) -> anyhow::Result<serde
                     status_message: String::new(),
                     attributes: vec![(
                         "order.id".into(),
-                        AttrValue::Str(format!("order-{k:016x}")),
+                        AttrValue::Str(format!("order-{k:016x}").into()),
                     )],
                     events: vec![],
                     links: vec![],

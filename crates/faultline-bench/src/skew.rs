@@ -34,7 +34,10 @@ pub(crate) fn origins() -> Vec<(Arc<Origin>, i64)> {
             out.push((
                 Arc::new(Origin {
                     service: format!("svc-{s}"),
-                    resource: vec![("host.name".into(), AttrValue::Str(format!("svc-{s}-{h}")))],
+                    resource: vec![(
+                        "host.name".into(),
+                        AttrValue::Str(format!("svc-{s}-{h}").into()),
+                    )],
                     scope_name: String::new(),
                     scope_version: String::new(),
                 }),

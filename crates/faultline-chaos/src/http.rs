@@ -332,20 +332,26 @@ async fn handle(req: Request<Incoming>, ctx: Arc<HttpCtx>) -> Result<Response<Bo
     let sink = ctx.sink.read().ok().and_then(|s| s.clone());
     if let Some(sink) = sink {
         let mut attributes = vec![
-            ("faultline.proxy".into(), AttrValue::Str(ctx.name.clone())),
-            ("http.request.method".into(), AttrValue::Str(method.clone())),
-            ("url.path".into(), AttrValue::Str(path.clone())),
+            (
+                "faultline.proxy".into(),
+                AttrValue::Str(ctx.name.as_str().into()),
+            ),
+            (
+                "http.request.method".into(),
+                AttrValue::Str(method.as_str().into()),
+            ),
+            ("url.path".into(), AttrValue::Str(path.as_str().into())),
             (
                 "http.response.status_code".into(),
                 AttrValue::Int(i64::from(status)),
             ),
             (
                 "server.address".into(),
-                AttrValue::Str(ctx.upstream.clone()),
+                AttrValue::Str(ctx.upstream.as_str().into()),
             ),
         ];
         if let Some(f) = &fault_desc {
-            attributes.push(("faultline.fault".into(), AttrValue::Str(f.clone())));
+            attributes.push(("faultline.fault".into(), AttrValue::Str(f.as_str().into())));
         }
         let error = status >= 500 || aborted;
         let span = Span {

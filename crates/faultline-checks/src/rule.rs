@@ -196,7 +196,7 @@ impl Rule {
 pub fn key_value(span: &Span, key: &str) -> Option<String> {
     let find = |attrs: &[(Key, AttrValue)]| {
         attrs.iter().find(|(k, _)| k == key).map(|(_, v)| match v {
-            AttrValue::Str(s) => s.clone(),
+            AttrValue::Str(s) => s.to_string(),
             AttrValue::Int(i) => i.to_string(),
             AttrValue::Bool(b) => b.to_string(),
             AttrValue::Double(d) => d.to_string(),

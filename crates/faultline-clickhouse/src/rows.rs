@@ -117,7 +117,7 @@ pub fn decode_span(r: &mut RowReader<'_>) -> Option<Span> {
     for ((k, v), t) in keys.into_iter().zip(values).zip(types) {
         let text = std::str::from_utf8(v).ok()?;
         let value = match *t {
-            0 => AttrValue::Str(text.to_string()),
+            0 => AttrValue::Str(text.into()),
             1 => AttrValue::Int(text.parse().ok()?),
             2 => AttrValue::Double(text.parse().ok()?),
             3 => AttrValue::Bool(text.parse().ok()?),

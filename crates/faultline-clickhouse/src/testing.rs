@@ -316,10 +316,10 @@ pub fn varied_traces(r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>>
             Arc::new(Origin {
                 service: s.to_string(),
                 resource: vec![
-                    ("service.name".into(), AttrValue::Str(s.to_string())),
+                    ("service.name".into(), AttrValue::Str((*s).into())),
                     (
                         "host.name".into(),
-                        AttrValue::Str(format!("host-{}", s.len())),
+                        AttrValue::Str(format!("host-{}", s.len()).into()),
                     ),
                 ],
                 scope_name: "io.faultline.test".into(),
@@ -343,7 +343,7 @@ pub fn varied_traces(r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>>
                 let mut attributes = vec![
                     (
                         "user.id".into(),
-                        AttrValue::Str(format!("u-{:x}", r(u64::MAX))),
+                        AttrValue::Str(format!("u-{:x}", r(u64::MAX)).into()),
                     ),
                     (
                         "http.status_code".into(),
@@ -398,7 +398,7 @@ pub fn varied_traces(r: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<Vec<Span>>
                             name: "exception".into(),
                             attributes: vec![(
                                 "exception.message".into(),
-                                AttrValue::Str(format!("failed {}", r(1000))),
+                                AttrValue::Str(format!("failed {}", r(1000)).into()),
                             )],
                         }]
                     } else {

@@ -76,7 +76,7 @@ pub(crate) fn err(what: &'static str) -> EnvelopeError {
 pub(crate) fn enter(depth: u32) -> Result<u32, EnvelopeError> {
     depth
         .checked_sub(1)
-        .ok_or(err("the request nests messages more than 100 deep"))
+        .ok_or_else(|| err("the request nests messages more than 100 deep"))
 }
 
 /// A field's value as the wire carries it.
@@ -289,7 +289,7 @@ fn resource_spans(
         }
     }
     let service = match resource.iter().find(|(k, _)| k.as_str() == "service.name") {
-        Some((_, AttrValue::Str(s))) => s.clone(),
+        Some((_, AttrValue::Str(s))) => s.to_string(),
         _ => crate::UNKNOWN_SERVICE.to_string(),
     };
     for f in Fields::new(buf) {
@@ -518,11 +518,11 @@ fn walked_key_value(buf: &[u8], depth: u32) -> Result<(Key, AttrValue), Envelope
 /// span's decode (BENCHMARKS.md, "Attributes read in their usual form").
 #[inline]
 fn plain_key_value(buf: &[u8], depth: u32) -> Option<(Key, AttrValue)> {
-    // `key_value` and `any_value` each go one message deeper.
-    enter(enter(depth).ok()?).ok()?;
+    // `key_value` and `any_value` each go one message deeper (`enter` twice).
+    depth.checked_sub(2)?;
     let (key, value) = plain_parts(buf)?;
     let value = match value {
-        Plain::Str(text) => AttrValue::Str(std::str::from_utf8(text).ok()?.to_owned()),
+        Plain::Str(text) => AttrValue::Str(std::str::from_utf8(text).ok()?.into()),
         Plain::Bool(b) => AttrValue::Bool(b),
         Plain::Int(i) => AttrValue::Int(i),
         Plain::Double(d) => AttrValue::Double(d),
@@ -599,7 +599,7 @@ fn any_value(buf: &[u8], depth: u32, value: &mut AttrValue) -> Result<(), Envelo
     let depth = enter(depth)?;
     for f in Fields::new(buf) {
         match f? {
-            (1, v) => *value = AttrValue::Str(v.str()?.to_string()),
+            (1, v) => *value = AttrValue::Str(v.str()?.into()),
             (2, v) => *value = AttrValue::Bool(v.varint()? != 0),
             (3, v) => *value = AttrValue::Int(v.varint()? as i64),
             (4, v) => *value = AttrValue::Double(f64::from_bits(v.fixed64()?)),
@@ -658,6 +658,38 @@ mod tests {
     use crate::test_strategies::{
         any_value, attributes, cat, field, key_value_forms, request, request_with_attribute, span,
     };
+
+    /// A string value is its text whatever its length, held inline up to 24 bytes (no
+    /// allocation of its own) and on the heap beyond, by either way of reading it.
+    #[test]
+    fn string_values_are_inline_up_to_24_bytes() {
+        for text in [
+            "",
+            "a",
+            "eu-west-1",
+            "23 bytes of plain text.",
+            "24 bytes of plain text..",
+            "25 bytes of plain text...",
+            "ünïcödé, 18 bytes",
+            "SELECT * FROM orders WHERE id = 42",
+        ] {
+            let value = field(2, &field(1, text.as_bytes()));
+            // The plain form, and one the walk reads (a repeated key).
+            for kv in [
+                cat(&[&field(1, b"k"), &value]),
+                cat(&[&field(1, b"x"), &field(1, b"k"), &value]),
+            ] {
+                let got = spans(&request_with_attribute(&kv), 1).unwrap();
+                let (key, v) = &got[0].attributes[0];
+                assert_eq!(key.as_str(), "k");
+                let AttrValue::Str(s) = v else {
+                    panic!("{text:?}: {v:?}")
+                };
+                assert_eq!(s.as_str(), text);
+                assert_eq!(s.is_heap_allocated(), text.len() > 24, "{text:?}");
+            }
+        }
+    }
 
     /// What the generated types and `from_otlp_owned` make of `body`.
     fn reference(body: &[u8]) -> Result<Vec<Span>, prost::DecodeError> {

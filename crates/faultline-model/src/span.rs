@@ -16,11 +16,17 @@ pub type TraceId = [u8; 16];
 /// A 64-bit span id.
 pub type SpanId = [u8; 8];
 
+/// A string attribute value: up to 24 bytes are held inline, without an allocation of
+/// their own (most values: routes, methods, regions, ids, host names). A span's values
+/// then sit in its attribute list, which the seal's writer and the index read in trace
+/// order, not memory order: one cache miss per span's list instead of one per value.
+pub use compact_str::CompactString;
+
 /// An attribute value, typed as in OTLP.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
     /// A string.
-    Str(String),
+    Str(CompactString),
     /// A boolean.
     Bool(bool),
     /// A 64-bit integer.
@@ -42,7 +48,7 @@ impl AttrValue {
     pub fn from_otlp(v: Option<&AnyValue>) -> Self {
         match v.and_then(|v| v.value.as_ref()) {
             None => Self::Empty,
-            Some(Value::StringValue(s)) => Self::Str(s.clone()),
+            Some(Value::StringValue(s)) => Self::Str(s.as_str().into()),
             Some(Value::BoolValue(b)) => Self::Bool(*b),
             Some(Value::IntValue(i)) => Self::Int(*i),
             Some(Value::DoubleValue(d)) => Self::Double(*d),
@@ -59,7 +65,7 @@ impl AttrValue {
     /// The value as text (for display and string matching).
     pub fn to_text(&self) -> String {
         match self {
-            Self::Str(s) => s.clone(),
+            Self::Str(s) => s.to_string(),
             Self::Bool(b) => b.to_string(),
             Self::Int(i) => i.to_string(),
             Self::Double(d) => d.to_string(),
@@ -260,7 +266,7 @@ impl AttrValue {
     pub fn from_otlp_owned(v: Option<AnyValue>) -> Self {
         match v.and_then(|v| v.value) {
             None => Self::Empty,
-            Some(Value::StringValue(s)) => Self::Str(s),
+            Some(Value::StringValue(s)) => Self::Str(s.into()),
             Some(Value::BoolValue(b)) => Self::Bool(b),
             Some(Value::IntValue(i)) => Self::Int(i),
             Some(Value::DoubleValue(d)) => Self::Double(d),
@@ -280,7 +286,7 @@ impl AttrValue {
 fn value_to_otlp(v: &AttrValue) -> AnyValue {
     use crate::otlp::common::{ArrayValue, KeyValueList};
     let value = match v {
-        AttrValue::Str(s) => Some(Value::StringValue(s.clone())),
+        AttrValue::Str(s) => Some(Value::StringValue(s.to_string())),
         AttrValue::Bool(b) => Some(Value::BoolValue(*b)),
         AttrValue::Int(i) => Some(Value::IntValue(*i)),
         AttrValue::Double(d) => Some(Value::DoubleValue(*d)),
@@ -397,7 +403,7 @@ pub(crate) fn with_tracestate(mut attributes: Attributes, trace_state: String) -
     {
         attributes.push((
             Key::new(crate::sampling::TRACESTATE_ATTR),
-            AttrValue::Str(trace_state),
+            AttrValue::Str(trace_state.into()),
         ));
     }
     attributes

@@ -56,7 +56,7 @@ fn trace(r: &mut impl FnMut(u64) -> u64, base: u64, minutes: u64) -> Vec<Span> {
         let error = r(25) == 0;
         let mut attributes = vec![
             ("region".into(), AttrValue::Str(region.into())),
-            ("user.id".into(), AttrValue::Str(user.clone())),
+            ("user.id".into(), AttrValue::Str(user.as_str().into())),
             (
                 "http.response.status_code".into(),
                 AttrValue::Int(if error { 500 } else { 200 }),
@@ -77,7 +77,7 @@ fn trace(r: &mut impl FnMut(u64) -> u64, base: u64, minutes: u64) -> Vec<Span> {
                 name: "exception".into(),
                 attributes: vec![(
                     "exception.type".into(),
-                    AttrValue::Str(format!("Err{}", r(3))),
+                    AttrValue::Str(format!("Err{}", r(3)).into()),
                 )],
             }]
         } else {
@@ -105,7 +105,7 @@ fn trace(r: &mut impl FnMut(u64) -> u64, base: u64, minutes: u64) -> Vec<Span> {
                     ("service.name".into(), AttrValue::Str(service.into())),
                     (
                         "host.name".into(),
-                        AttrValue::Str(format!("{service}-{}", r(3))),
+                        AttrValue::Str(format!("{service}-{}", r(3)).into()),
                     ),
                 ],
                 service: service.into(),

@@ -26,8 +26,14 @@ fn record(r: &mut impl FnMut(u64) -> u64) -> Vec<Vec<Span>> {
             let service = format!("svc-{}", r(5));
             let origin = Arc::new(Origin {
                 resource: vec![
-                    ("service.name".into(), AttrValue::Str(service.clone())),
-                    ("host.name".into(), AttrValue::Str(format!("h{}", r(9)))),
+                    (
+                        "service.name".into(),
+                        AttrValue::Str(service.as_str().into()),
+                    ),
+                    (
+                        "host.name".into(),
+                        AttrValue::Str(format!("h{}", r(9)).into()),
+                    ),
                 ],
                 service,
                 scope_name: "shipper-test".into(),
@@ -51,7 +57,7 @@ fn record(r: &mut impl FnMut(u64) -> u64) -> Vec<Vec<Span>> {
                     status_message: String::new(),
                     attributes: vec![(
                         "user.id".into(),
-                        AttrValue::Str(format!("{:x}", r(u64::MAX))),
+                        AttrValue::Str(format!("{:x}", r(u64::MAX)).into()),
                     )],
                     events: vec![],
                     links: vec![],

@@ -577,7 +577,10 @@ mod tests {
                     "http.response.status_code".into(),
                     AttrValue::Int(if name.contains("fail") { 503 } else { 200 }),
                 ),
-                ("http.route".into(), AttrValue::Str(format!("/{name}"))),
+                (
+                    "http.route".into(),
+                    AttrValue::Str(format!("/{name}").into()),
+                ),
             ],
             events: vec![],
             links: vec![],

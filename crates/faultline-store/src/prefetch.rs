@@ -57,7 +57,10 @@ pub(crate) fn parts(s: &Span) {
 #[inline(always)]
 pub(crate) fn values(s: &Span) {
     for (_, v) in &s.attributes {
-        if let AttrValue::Str(t) = v {
+        // A short text is held inline, in the attribute list itself.
+        if let AttrValue::Str(t) = v
+            && t.is_heap_allocated()
+        {
             lines(t.as_ptr(), t.len(), 2);
         }
     }
@@ -146,9 +149,9 @@ mod tests {
             span(
                 "GET /",
                 vec![
-                    ("a", AttrValue::Str(long.clone())),
+                    ("a", AttrValue::Str(long.as_str().into())),
                     ("b", AttrValue::Int(1)),
-                    ("c", AttrValue::Str(String::new())),
+                    ("c", AttrValue::Str(String::new().into())),
                     ("d", AttrValue::Array(vec![AttrValue::Bool(true)])),
                 ],
             ),

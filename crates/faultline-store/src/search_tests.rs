@@ -28,8 +28,8 @@ fn build(traces: &[Vec<Gen>]) -> Vec<Vec<Span>> {
             Arc::new(Origin {
                 service: s.to_string(),
                 resource: vec![
-                    ("service.name".into(), AttrValue::Str(s.to_string())),
-                    ("region".into(), AttrValue::Str(format!("r-{s}"))),
+                    ("service.name".into(), AttrValue::Str((*s).into())),
+                    ("region".into(), AttrValue::Str(format!("r-{s}").into())),
                 ],
                 scope_name: "lib".into(),
                 scope_version: "1".into(),
@@ -49,12 +49,12 @@ fn build(traces: &[Vec<Gen>]) -> Vec<Vec<Span>> {
                 .enumerate()
                 .map(|(j, &(svc, name, parent, dur_us, err, k, n, long))| {
                     let mut attributes = vec![
-                        ("k".into(), AttrValue::Str(format!("v{k}"))),
+                        ("k".into(), AttrValue::Str(format!("v{k}").into())),
                         ("n".into(), AttrValue::Int(n)),
                         ("d".into(), AttrValue::Double(n as f64 + 0.5)),
                     ];
                     if long {
-                        attributes.push(("long".into(), AttrValue::Str("x".repeat(200))));
+                        attributes.push(("long".into(), AttrValue::Str("x".repeat(200).into())));
                     }
                     Span {
                         trace_id: tid,
@@ -84,7 +84,7 @@ fn build(traces: &[Vec<Gen>]) -> Vec<Vec<Span>> {
                                 name: "exception".into(),
                                 attributes: vec![(
                                     "exception.type".into(),
-                                    AttrValue::Str(format!("E{k}")),
+                                    AttrValue::Str(format!("E{k}").into()),
                                 )],
                             }]
                         } else {
@@ -438,7 +438,10 @@ fn nearly_unique_values_become_needles_and_are_found() {
                     end_ns: 2_000_000 + u64::from(t),
                     status: StatusCode::Unset,
                     status_message: String::new(),
-                    attributes: vec![("request.id".into(), AttrValue::Str(format!("req-{t}")))],
+                    attributes: vec![(
+                        "request.id".into(),
+                        AttrValue::Str(format!("req-{t}").into()),
+                    )],
                     events: Vec::new(),
                     links: Vec::new(),
                     origin: o.clone(),
@@ -685,7 +688,7 @@ fn head_search_by_service_holds_past_63_services_and_out_of_order_arrival() {
                 end_ns: start + j * 1_000_000 + (i % 13 + 1) * 10_000_000,
                 status: StatusCode::Unset,
                 status_message: String::new(),
-                attributes: vec![("k".into(), AttrValue::Str(format!("v{}", i % 3)))],
+                attributes: vec![("k".into(), AttrValue::Str(format!("v{}", i % 3).into()))],
                 events: Vec::new(),
                 links: Vec::new(),
                 origin: origins[((i * 31 + j * 17) % 80) as usize].clone(),

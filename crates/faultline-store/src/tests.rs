@@ -706,7 +706,10 @@ fn promoted_attribute_columns_round_trip_in_order() {
         s.attributes = match i % 5 {
             // Promoted keys around JSON ones, and a duplicate of a promoted key.
             0 => vec![
-                ("route".into(), AttrValue::Str(format!("/r/{}", i % 7))),
+                (
+                    "route".into(),
+                    AttrValue::Str(format!("/r/{}", i % 7).into()),
+                ),
                 ("blob".into(), AttrValue::Bytes(vec![1, 2])),
                 ("code".into(), AttrValue::Int(200 + i64::from(i % 3))),
                 ("route".into(), AttrValue::Str("again".into())),
@@ -786,7 +789,7 @@ fn promotion_judged_on_a_sample_keeps_the_values_it_did_not_see() {
             };
             s.attributes = vec![
                 ("code".into(), code),
-                ("user".into(), AttrValue::Str(format!("u{i}"))),
+                ("user".into(), AttrValue::Str(format!("u{i}").into())),
             ];
             s
         })

@@ -367,7 +367,7 @@ fn trace_values(spans: &[Span], service: &str) -> HashSet<(String, String)> {
             return;
         }
         let text = match v {
-            AttrValue::Str(s) if s.len() <= 128 => s.clone(),
+            AttrValue::Str(s) if s.len() <= 128 => s.to_string(),
             AttrValue::Int(i) => i.to_string(),
             AttrValue::Bool(b) => b.to_string(),
             _ => return,
@@ -556,7 +556,7 @@ mod tests {
             root.attributes
                 .push(("cache.hit".into(), AttrValue::Bool(decoy)));
             root.attributes
-                .push(("request.id".into(), AttrValue::Str(format!("r{t}"))));
+                .push(("request.id".into(), AttrValue::Str(format!("r{t}").into())));
             traces.push(vec![root, db]);
             if is_slow {
                 slow.push(t as usize);
@@ -610,7 +610,7 @@ mod tests {
                 ("tenant.name", tenant),
                 ("build", build.into()),
             ] {
-                root.attributes.push((k.into(), AttrValue::Str(v)));
+                root.attributes.push((k.into(), AttrValue::Str(v.into())));
             }
             traces.push(vec![root]);
         }

@@ -28,7 +28,7 @@ pub(crate) fn value_from_json(v: &Json) -> AttrValue {
         return AttrValue::Empty;
     };
     match tag.as_str() {
-        "s" => AttrValue::Str(inner.as_str().unwrap_or_default().to_string()),
+        "s" => AttrValue::Str(inner.as_str().unwrap_or_default().into()),
         "i" => AttrValue::Int(inner.as_i64().unwrap_or_default()),
         "d" => AttrValue::Double(match inner.as_str() {
             Some("Infinity") => f64::INFINITY,

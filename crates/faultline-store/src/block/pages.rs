@@ -997,10 +997,13 @@ mod tests {
                 Arc::new(Origin {
                     service: format!("svc-{i}"),
                     resource: vec![
-                        ("service.name".into(), AttrValue::Str(format!("svc-{i}"))),
+                        (
+                            "service.name".into(),
+                            AttrValue::Str(format!("svc-{i}").into()),
+                        ),
                         (
                             "host.name".into(),
-                            AttrValue::Str(format!("host-{}", i * 7)),
+                            AttrValue::Str(format!("host-{}", i * 7).into()),
                         ),
                     ],
                     scope_name: "lib".into(),
@@ -1036,7 +1039,7 @@ mod tests {
                     attributes: vec![
                         (
                             "user.id".into(),
-                            AttrValue::Str(format!("user-{}", trace * 31)),
+                            AttrValue::Str(format!("user-{}", trace * 31).into()),
                         ),
                         (
                             "region".into(),
@@ -1048,7 +1051,10 @@ mod tests {
                         vec![Event {
                             time_ns: start + u64::from(i),
                             name: "exception".into(),
-                            attributes: vec![("m".into(), AttrValue::Str(format!("failed {i}")))],
+                            attributes: vec![(
+                                "m".into(),
+                                AttrValue::Str(format!("failed {i}").into()),
+                            )],
                         }]
                     } else {
                         Vec::new()

@@ -623,7 +623,7 @@ impl<'a> PromotedColumns<'a> {
         }
         let any = c.as_any();
         if let Some(a) = any.downcast_ref::<StringArray>() {
-            Some(AttrValue::Str(a.value(i).to_string()))
+            Some(AttrValue::Str(a.value(i).into()))
         } else if let Some(a) = any.downcast_ref::<Int64Array>() {
             Some(AttrValue::Int(a.value(i)))
         } else if let Some(a) = any.downcast_ref::<arrow_array::Float64Array>() {

@@ -875,7 +875,10 @@ mod tests {
                             "app.queue_ms".into(),
                             AttrValue::Double(value as f64 / 10.0),
                         ),
-                        ("user.id".into(), AttrValue::Str(format!("user-{trace}"))),
+                        (
+                            "user.id".into(),
+                            AttrValue::Str(format!("user-{trace}").into()),
+                        ),
                     ],
                     events: Vec::new(),
                     links: Vec::new(),

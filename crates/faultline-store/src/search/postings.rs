@@ -1125,8 +1125,14 @@ mod tests {
                 },
                 status_message: String::new(),
                 attributes: vec![
-                    ("region".into(), AttrValue::Str(format!("r{}", i % 4))),
-                    ("user.id".into(), AttrValue::Str(format!("u-{}", i / 3))),
+                    (
+                        "region".into(),
+                        AttrValue::Str(format!("r{}", i % 4).into()),
+                    ),
+                    (
+                        "user.id".into(),
+                        AttrValue::Str(format!("u-{}", i / 3).into()),
+                    ),
                     (
                         "http.status_code".into(),
                         AttrValue::Int(200 + i64::from(i % 3)),
@@ -1216,8 +1222,14 @@ mod tests {
             .map(|i| {
                 let trace = i / 8;
                 let mut attributes = vec![
-                    ("region".into(), AttrValue::Str(format!("r{}", rnd(4)))),
-                    ("user.id".into(), AttrValue::Str(format!("u-{trace}"))),
+                    (
+                        "region".into(),
+                        AttrValue::Str(format!("r{}", rnd(4)).into()),
+                    ),
+                    (
+                        "user.id".into(),
+                        AttrValue::Str(format!("u-{trace}").into()),
+                    ),
                     ("ratio".into(), AttrValue::Double(rnd(1000) as f64 / 7.0)),
                     (
                         "http.status_code".into(),
@@ -1227,16 +1239,16 @@ mod tests {
                 if rnd(5) == 0 {
                     attributes.push((
                         "req.id".into(),
-                        AttrValue::Str(format!("q{}", rnd(1 << 40))),
+                        AttrValue::Str(format!("q{}", rnd(1 << 40)).into()),
                     ));
                 }
                 if rnd(7) == 0 {
-                    attributes.push(("body".into(), AttrValue::Str("x".repeat(300))));
+                    attributes.push(("body".into(), AttrValue::Str("x".repeat(300).into())));
                 }
                 if rnd(3) == 0 {
                     // Keys too long to intern: each span owns its copy of the text.
                     let long = format!("{}{}", "k".repeat(130), rnd(2));
-                    attributes.push((long.into(), AttrValue::Str(format!("v{}", rnd(3)))));
+                    attributes.push((long.into(), AttrValue::Str(format!("v{}", rnd(3)).into())));
                 }
                 let error = rnd(20) == 0;
                 Span {
@@ -1272,7 +1284,7 @@ mod tests {
                             name: "exception".into(),
                             attributes: vec![(
                                 "exception.type".into(),
-                                AttrValue::Str(format!("E{}", rnd(4))),
+                                AttrValue::Str(format!("E{}", rnd(4)).into()),
                             )],
                         }]
                     } else {

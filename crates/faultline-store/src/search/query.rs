@@ -415,9 +415,9 @@ mod mask_tests {
         let long = "x".repeat(MAX_INDEXED_VALUE + 1);
         let limit = "x".repeat(MAX_INDEXED_VALUE);
         let attrs = [
-            AttrValue::Str(String::new()),
-            AttrValue::Str(limit.clone()),
-            AttrValue::Str(long.clone()),
+            AttrValue::Str(String::new().into()),
+            AttrValue::Str(limit.as_str().into()),
+            AttrValue::Str(long.as_str().into()),
             AttrValue::Int(-7),
             AttrValue::Bool(false),
             AttrValue::Double(1.5),
