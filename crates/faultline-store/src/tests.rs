@@ -510,6 +510,56 @@ fn dependency_edges_in_either_arrival_order_survive_sealing_and_restart() {
     );
 }
 
+/// A parent is found among its trace's spans whatever the trace's size (ids scanned up
+/// to 64 spans, a map beyond) and whichever of parent and child arrives first.
+#[test]
+fn calls_are_counted_in_long_traces_in_any_arrival_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (origin("a"), origin("b"));
+    let (store, _) = Store::open(opts(tmp.path())).unwrap();
+    // Chains of 150 spans, each the child of the one before, services alternating: 149
+    // calls each. Ids in three orders: parents first, children first, interleaved.
+    let ids: Vec<u8> = (1..=150).collect();
+    let interleaved: Vec<u8> = ids
+        .iter()
+        .step_by(2)
+        .chain(ids.iter().skip(1).step_by(2))
+        .copied()
+        .collect();
+    let orders = [
+        ids.clone(),
+        ids.iter().rev().copied().collect(),
+        interleaved,
+    ];
+    let mut seq = 0;
+    for (t, order) in orders.iter().enumerate() {
+        for batch in order.chunks(20) {
+            seq += 1;
+            let spans = batch
+                .iter()
+                .map(|&id| {
+                    let o = if id % 2 == 0 { &a } else { &b };
+                    span(t as u8 + 1, id, (id > 1).then(|| id - 1), o)
+                })
+                .collect();
+            store.ingest(seq, spans).unwrap();
+        }
+    }
+    let (deps, _) = store.dependencies(0, 120).unwrap();
+    let calls: Vec<(String, String, u64)> = deps
+        .into_iter()
+        .map(|d| (d.parent, d.child, d.calls))
+        .collect();
+    // b (odd ids) calls a (even ids) 75 times per chain, a calls b 74 times.
+    assert_eq!(
+        calls,
+        vec![
+            ("a".into(), "b".into(), 3 * 74),
+            ("b".into(), "a".into(), 3 * 75)
+        ]
+    );
+}
+
 /// RED cells and dependency calls count each span once wherever it is: in the head, in
 /// a head being sealed (read from the observer's checkpoint, which runs while the head is
 /// set aside), back in the head after a failed seal (with a newer head's spans and a call
