@@ -670,7 +670,9 @@ mod tests {
             "23 bytes of plain text.",
             "24 bytes of plain text..",
             "25 bytes of plain text...",
-            "ünïcödé, 18 bytes",
+            "ünïcödé, 21 bytes",
+            "ünï: twenty-four bytes",
+            "ünï: twenty-five bytes!",
             "SELECT * FROM orders WHERE id = 42",
         ] {
             let value = field(2, &field(1, text.as_bytes()));
