@@ -223,19 +223,20 @@ fn by_shape(spans: Vec<&Span>) -> (Vec<&Span>, Vec<tidx::Entry>) {
     (order, entries)
 }
 
-/// Each sorted span's clock shift: 0 unless its trace has a span of a skewed service and
-/// [`crate::skew::shifts`] moves it.
+/// Each sorted span's clock shift: 0 unless its trace has a span on a clock with an
+/// estimate and [`crate::skew::shifts_with`] moves it. The clocks' offsets are looked up
+/// once per resource for the whole block.
 fn clock_shifts(spans: &[&Span], traces: &[(u32, u32)], estimates: &Estimates) -> Vec<i64> {
     let mut out = vec![0i64; spans.len()];
-    let skewed = crate::skew::skewed_services(estimates);
-    if skewed.is_empty() {
+    if estimates.is_empty() {
         return out;
     }
+    let mut offsets = crate::skew::Offsets::new(estimates);
     for &(first, count) in traces {
         let rows = first as usize..(first as usize + count as usize).min(spans.len());
         let trace = &spans[rows.clone()];
-        if crate::skew::may_move(trace.iter().copied(), &skewed) {
-            out[rows].copy_from_slice(&crate::skew::shifts(trace, estimates));
+        if offsets.any(trace) {
+            out[rows].copy_from_slice(&crate::skew::shifts_with(trace, &mut offsets));
         }
     }
     out
