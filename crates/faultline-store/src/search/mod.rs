@@ -40,7 +40,9 @@ mod query;
 pub(crate) use index::{Agg, BlockIndex, LightRows, TopK};
 #[cfg(test)]
 pub(crate) use postings::Found;
-pub(crate) use postings::{Hashed, IdBuild, Postings, SpanTerms, read_postings, write_postings};
+pub(crate) use postings::{
+    Hashed, IdBuild, Postings, SpanTerms, read_postings, shape_part, write_postings,
+};
 pub use query::{SortOrder, Tag, TraceQuery, TraceSummary, for_each_tag, span_has_tag};
 
 /// Longest string value kept in the postings.

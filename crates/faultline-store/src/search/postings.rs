@@ -701,6 +701,15 @@ impl Occurrences {
 
 /// The first link of spans' term hashes (their service's), worked out once per resource:
 /// spans of one resource come together.
+/// A span's service and name hashed together: a seal groups traces whose spans have the
+/// same of these in the same order (`block::writer`'s `by_shape`). [`SpanTerms`] keeps it
+/// for each span from ingest, where the strings are in cache; a seal in trace order found
+/// them cold (two dependent reads for the service, one for the name).
+pub(crate) fn shape_part(s: &Span) -> u64 {
+    let h = Hashing::default();
+    h.chain(h.chain(TERM_SEED, s.service()), &s.name)
+}
+
 struct ServiceHashes {
     hashing: Hashing,
     last: Option<(*const faultline_model::span::Origin, u64)>,
@@ -753,6 +762,9 @@ pub(crate) struct SpanTerms {
     needles: Vec<u32>,
     /// Per span: where its unindexed hashes start and where its hashes end.
     ends: Vec<(u32, u32)>,
+    /// Per span: its service and name hashed ([`shape_part`]), for the seal's order of
+    /// traces by shape.
+    shapes: Vec<u64>,
     /// Set when the hashes outgrew 32-bit offsets, or spans were added without them:
     /// then none are given out.
     broken: bool,
@@ -767,6 +779,7 @@ impl SpanTerms {
         out.hashes.reserve(spans.len() * 24);
         out.needles.reserve(spans.len() * 24);
         out.ends.reserve(spans.len());
+        out.shapes.reserve(spans.len());
         let mut services = ServiceHashes::new(Hashing::default());
         // The first links of a tag's hashes, (service, key) and the key alone (where a
         // needle hash starts), depend on its service and key only: every span repeats
@@ -801,6 +814,7 @@ impl SpanTerms {
             (Ok(mid), Ok(end)) => self.ends.push((mid, end)),
             _ => self.broken = true,
         }
+        self.shapes.push(h.chain(svc, &s.name));
     }
 
     /// Adds `other`'s spans after these.
@@ -814,6 +828,7 @@ impl SpanTerms {
         let base = self.hashes.len();
         self.hashes.extend_from_slice(&other.hashes);
         self.needles.extend_from_slice(&other.needles);
+        self.shapes.extend_from_slice(&other.shapes);
         for &(mid, end) in &other.ends {
             match (
                 u32::try_from(base + mid as usize),
@@ -829,6 +844,7 @@ impl SpanTerms {
     pub(crate) fn reserve(&mut self, spans: usize) {
         if !self.broken {
             self.ends.reserve(spans);
+            self.shapes.reserve(spans);
             self.hashes.reserve(spans.saturating_mul(24));
             self.needles.reserve(spans.saturating_mul(24));
         }
@@ -840,6 +856,15 @@ impl SpanTerms {
         self.hashes = Vec::new();
         self.needles = Vec::new();
         self.ends = Vec::new();
+        self.shapes = Vec::new();
+    }
+
+    /// The `i`-th span's [`shape_part`], worked out at ingest.
+    pub(crate) fn shape(&self, i: usize) -> Option<u64> {
+        if self.broken {
+            return None;
+        }
+        self.shapes.get(i).copied()
     }
 
     /// How many spans' hashes are held (0 once broken).
@@ -1302,6 +1327,11 @@ mod tests {
             terms.append(&SpanTerms::of(chunk));
         }
         assert_eq!(terms.len(), spans.len());
+        // The seal's shape parts, appended with the batches, are each span's own.
+        for (i, s) in spans.iter().enumerate() {
+            assert_eq!(terms.shape(i), Some(shape_part(s)), "span {i}");
+        }
+        assert_eq!(terms.shape(spans.len()), None);
         let order: Vec<usize> = (0..spans.len()).rev().collect();
         let mut rows: Vec<usize> = Vec::new();
         let mut traces: Vec<(u32, u32)> = Vec::new();
@@ -1355,6 +1385,7 @@ mod tests {
         broken.append(&SpanTerms::of(&spans[..10]));
         assert_eq!(broken.len(), 0);
         assert!(broken.get(0).is_none());
+        assert!(broken.shape(0).is_none());
     }
 
     #[test]
