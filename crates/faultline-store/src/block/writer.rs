@@ -467,7 +467,10 @@ impl PromoBuilder {
     /// A builder for `n` values; texts of `text_bytes` per row.
     fn new(p: Promo, n: usize, text_bytes: usize) -> Self {
         match p {
-            Promo::Str => Self::Str(StringBuilder::with_capacity(n, n * text_bytes)),
+            Promo::Str => Self::Str(StringBuilder::with_capacity(
+                n,
+                n.saturating_mul(text_bytes).min(TEXT_RESERVE_MAX),
+            )),
             Promo::Int => Self::Int(Int64Builder::with_capacity(n)),
             Promo::Double => Self::Double(arrow_array::builder::Float64Builder::with_capacity(n)),
             Promo::Bool => Self::Bool(arrow_array::builder::BooleanBuilder::with_capacity(n)),
@@ -637,6 +640,11 @@ struct Promoted<'a> {
 /// Spans of a row group [`Columns::sized`] writes first to size its builders, at most.
 const SIZE_SAMPLE: usize = 2048;
 
+/// The most bytes a text builder reserves up front. A sample that happens to hold one
+/// huge value (a long stack trace) would otherwise reserve its average over the whole
+/// row group; past this a builder grows as it fills.
+const TEXT_RESERVE_MAX: usize = 256 << 20;
+
 /// Bytes per row of each text column of a row group, as [`Columns::sized`] measured them.
 #[derive(Debug, Default)]
 struct TextBytes {
@@ -711,7 +719,8 @@ impl<'a> Columns<'a> {
     /// Builders for `n` rows whose texts take `bytes` per row (an eighth more is kept).
     fn new(n: usize, promoted: &'a [(String, Promo)], bytes: &TextBytes) -> Self {
         let strings = |per_row: usize| {
-            StringBuilder::with_capacity(n, (n * per_row).saturating_add(n * per_row / 8))
+            let bytes = n.saturating_mul(per_row);
+            StringBuilder::with_capacity(n, bytes.saturating_add(bytes / 8).min(TEXT_RESERVE_MAX))
         };
         Self {
             trace: FixedSizeBinaryBuilder::with_capacity(n, 16),
@@ -1069,6 +1078,47 @@ mod tests {
                 "{name}: capacity {capacity} for {len} bytes"
             );
         }
+    }
+
+    /// A sample's average that would reserve more than [`TEXT_RESERVE_MAX`] for a text
+    /// column (one huge value among the sampled rows) reserves that much and no more.
+    #[test]
+    fn a_text_builder_reserves_at_most_its_limit() {
+        let promoted = vec![("user.id".to_string(), Promo::Str)];
+        let huge = 2048;
+        let bytes = TextBytes {
+            attrs: huge,
+            events: huge,
+            promoted: vec![huge],
+            ..TextBytes::default()
+        };
+        let rows = 256 * 1024;
+        let b = Columns::new(rows, &promoted, &bytes);
+        let PromoBuilder::Str(user) = &b.promoted.columns[0] else {
+            panic!("a text column");
+        };
+        for (name, reserved) in [
+            ("attrs", b.attrs.values_capacity()),
+            ("events", b.events.values_capacity()),
+            ("user.id", user.values_capacity()),
+        ] {
+            assert!(
+                (TEXT_RESERVE_MAX..TEXT_RESERVE_MAX + 64).contains(&reserved),
+                "{name}: {reserved} bytes reserved for {} wanted",
+                rows * huge
+            );
+        }
+        // Below the limit, what the sample measured (and an eighth more).
+        assert!(b.name.values_capacity() < 64);
+        let small = Columns::new(
+            rows,
+            &promoted,
+            &TextBytes {
+                name: 16,
+                ..TextBytes::default()
+            },
+        );
+        assert!(small.name.values_capacity() >= rows * 18);
     }
 
     /// Values repeated 16 times in a block (loadgen's templates) keep their dictionary;
