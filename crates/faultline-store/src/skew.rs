@@ -504,7 +504,7 @@ pub fn shifts_with<'s>(spans: &[&'s Span], offsets: &mut Offsets<'_, 's>) -> Vec
 /// so a resource's address names it for as long as the cache lives.
 pub struct Offsets<'e, 's> {
     estimates: &'e Estimates,
-    by_origin: HashMap<*const Origin, Option<i64>, foldhash::fast::FixedState>,
+    by_origin: HashMap<*const Origin, Option<&'e Offset>, foldhash::fast::FixedState>,
     spans: std::marker::PhantomData<&'s Span>,
 }
 
@@ -518,13 +518,13 @@ impl<'e, 's> Offsets<'e, 's> {
         }
     }
 
-    /// The estimated offset of `span`'s clock, if there is one.
-    pub fn of(&mut self, span: &'s Span) -> Option<i64> {
+    /// The estimate of `span`'s clock, if there is one.
+    pub fn of(&mut self, span: &'s Span) -> Option<&'e Offset> {
         let estimates = self.estimates;
         *self
             .by_origin
             .entry(Arc::as_ptr(&span.origin))
-            .or_insert_with(|| estimates.get(&Clock::of(span)).map(|o| o.offset_ns))
+            .or_insert_with(|| estimates.get(&Clock::of(span)))
     }
 
     /// Whether a span of `spans` is on a clock with an estimate: only then can
@@ -549,7 +549,6 @@ pub fn skewed_services(estimates: &Estimates) -> std::collections::HashSet<&str>
     estimates.keys().map(|c| c.service.as_str()).collect()
 }
 
-/// Each span's shift and the adjustments behind them (see the module header).
 /// Each span's shift and, with `explain`, the adjustments behind them (see the module
 /// header); without, no adjustment is described (sealing needs only the shifts).
 fn plan<'s>(
@@ -582,18 +581,13 @@ fn plan<'s>(
             } else {
                 let (cs, ce) = (spans[c].start_ns, spans[c].end_ns);
                 let outside = cs < ps || ce > pe;
-                if let Some(offset_ns) = outside.then(|| offsets.of(spans[c])).flatten() {
-                    shift[c] = -offset_ns;
+                if let Some(o) = outside.then(|| offsets.of(spans[c])).flatten() {
+                    shift[c] = -o.offset_ns;
                     if !explain {
                         queue.push_back(c);
                         continue;
                     }
-                    // Explaining (a trace answer): the estimate behind the offset.
                     let clock = Clock::of(spans[c]);
-                    let Some(o) = estimates.get(&clock) else {
-                        queue.push_back(c);
-                        continue;
-                    };
                     moved.push(Adjustment {
                         index: c,
                         shift_ns: -o.offset_ns,

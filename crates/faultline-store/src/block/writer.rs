@@ -464,13 +464,10 @@ enum PromoBuilder {
 }
 
 impl PromoBuilder {
-    /// A builder for `n` values; texts of `text_bytes` per row.
+    /// A builder for `n` values; texts of `text_bytes` per row (see [`text_reserve`]).
     fn new(p: Promo, n: usize, text_bytes: usize) -> Self {
         match p {
-            Promo::Str => Self::Str(StringBuilder::with_capacity(
-                n,
-                n.saturating_mul(text_bytes).min(TEXT_RESERVE_MAX),
-            )),
+            Promo::Str => Self::Str(StringBuilder::with_capacity(n, text_reserve(n, text_bytes))),
             Promo::Int => Self::Int(Int64Builder::with_capacity(n)),
             Promo::Double => Self::Double(arrow_array::builder::Float64Builder::with_capacity(n)),
             Promo::Bool => Self::Bool(arrow_array::builder::BooleanBuilder::with_capacity(n)),
@@ -645,6 +642,13 @@ const SIZE_SAMPLE: usize = 2048;
 /// row group; past this a builder grows as it fills.
 const TEXT_RESERVE_MAX: usize = 256 << 20;
 
+/// Bytes reserved for `n` texts of `per_row` bytes each: an eighth more, at most
+/// [`TEXT_RESERVE_MAX`].
+fn text_reserve(n: usize, per_row: usize) -> usize {
+    let bytes = n.saturating_mul(per_row);
+    bytes.saturating_add(bytes / 8).min(TEXT_RESERVE_MAX)
+}
+
 /// Bytes per row of each text column of a row group, as [`Columns::sized`] measured them.
 #[derive(Debug, Default)]
 struct TextBytes {
@@ -716,12 +720,9 @@ impl<'a> Columns<'a> {
         }
     }
 
-    /// Builders for `n` rows whose texts take `bytes` per row (an eighth more is kept).
+    /// Builders for `n` rows whose texts take `bytes` per row (see [`text_reserve`]).
     fn new(n: usize, promoted: &'a [(String, Promo)], bytes: &TextBytes) -> Self {
-        let strings = |per_row: usize| {
-            let bytes = n.saturating_mul(per_row);
-            StringBuilder::with_capacity(n, bytes.saturating_add(bytes / 8).min(TEXT_RESERVE_MAX))
-        };
+        let strings = |per_row: usize| StringBuilder::with_capacity(n, text_reserve(n, per_row));
         Self {
             trace: FixedSizeBinaryBuilder::with_capacity(n, 16),
             span: FixedSizeBinaryBuilder::with_capacity(n, 8),
@@ -756,8 +757,7 @@ impl<'a> Columns<'a> {
                     .iter()
                     .enumerate()
                     .map(|(i, (_, p))| {
-                        let per_row = bytes.promoted.get(i).copied().unwrap_or(0);
-                        PromoBuilder::new(*p, n, per_row + per_row / 8)
+                        PromoBuilder::new(*p, n, bytes.promoted.get(i).copied().unwrap_or(0))
                     })
                     .collect(),
                 column_of: promoted

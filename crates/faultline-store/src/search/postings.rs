@@ -699,17 +699,21 @@ impl Occurrences {
     }
 }
 
-/// The first link of spans' term hashes (their service's), worked out once per resource:
-/// spans of one resource come together.
 /// A span's service and name hashed together: a seal groups traces whose spans have the
 /// same of these in the same order (`block::writer`'s `by_shape`). [`SpanTerms`] keeps it
 /// for each span from ingest, where the strings are in cache; a seal in trace order found
 /// them cold (two dependent reads for the service, one for the name).
 pub(crate) fn shape_part(s: &Span) -> u64 {
-    let h = Hashing::default();
-    h.chain(h.chain(TERM_SEED, s.service()), &s.name)
+    shape_of(Hashing::default().chain(TERM_SEED, s.service()), &s.name)
 }
 
+/// [`shape_part`] from the service's hash (the first link of its spans' term hashes).
+fn shape_of(service_hash: u64, name: &str) -> u64 {
+    Hashing::default().chain(service_hash, name)
+}
+
+/// The first link of spans' term hashes (their service's), worked out once per resource:
+/// spans of one resource come together.
 struct ServiceHashes {
     hashing: Hashing,
     last: Option<(*const faultline_model::span::Origin, u64)>,
@@ -814,7 +818,7 @@ impl SpanTerms {
             (Ok(mid), Ok(end)) => self.ends.push((mid, end)),
             _ => self.broken = true,
         }
-        self.shapes.push(h.chain(svc, &s.name));
+        self.shapes.push(shape_of(svc, &s.name));
     }
 
     /// Adds `other`'s spans after these.
