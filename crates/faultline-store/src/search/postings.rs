@@ -302,6 +302,7 @@ impl Postings {
             hashing,
             ..Occurrences::default()
         };
+        occ.reserve(spans.len(), pre);
         for (t, &(first, rows)) in traces.iter().enumerate() {
             let range = first as usize..(first + rows) as usize;
             // The rows of a block are a head's spans in trace order, not memory order:
@@ -552,8 +553,10 @@ struct Occurrences {
     number: HashMap<u64, u32, IdBuild>,
     /// Hashes of (service, key) with a value that is not indexed.
     unindexed: HashSet<u64, IdBuild>,
-    /// Terms of the current trace (most repeat on its spans).
-    seen: HashSet<u32, foldhash::fast::FixedState>,
+    /// Per term number: one more than the last trace it was counted for (0: none yet).
+    /// Most terms repeat on a trace's spans; a hash set of the trace's terms cleared per
+    /// trace cost a hash and a probe for each of a span's tags.
+    counted: Vec<u32>,
     origins: Vec<*const faultline_model::span::Origin>,
     /// Per resource met in the block: the term numbers of its tags (hashed once, not once
     /// per trace; the spans hold their resources for the whole build, so an address
@@ -575,10 +578,25 @@ struct Term {
 }
 
 impl Occurrences {
+    /// Room for the pairs and terms of a block of `spans` rows, so the tables are not
+    /// rehashed and the vectors not copied as they grow. With the hashes from ingest the
+    /// span tags' occurrences are counted (pairs are at most that many, plus the
+    /// resources' few); distinct terms are guessed at half a span's worth (varied traffic
+    /// has about 0.7 per span: fresh values), and never more than the occurrences.
+    fn reserve(&mut self, spans: usize, pre: Option<&[Hashed<'_>]>) {
+        let occurrences = pre.map(|p| p.iter().map(|h| h.terms.len()).sum::<usize>());
+        if let Some(n) = occurrences {
+            self.pairs.reserve(n);
+        }
+        let terms = (spans / 2).min(occurrences.unwrap_or(usize::MAX));
+        self.number.reserve(terms);
+        self.terms.reserve(terms);
+        self.counted.reserve(terms);
+    }
+
     /// Adds the tags of trace `t` (its spans); traces come in ascending order. `pre`, when
     /// given, holds the spans' hashed tags (one entry per span).
     fn trace(&mut self, spans: &[&Span], pre: Option<&[Hashed<'_>]>, t: u32) {
-        self.seen.clear();
         self.origins.clear();
         let mut services = ServiceHashes::new(self.hashing);
         for (i, s) in spans.iter().enumerate() {
@@ -626,9 +644,7 @@ impl Occurrences {
                 match self.origin_terms.get(&o) {
                     Some(numbers) => {
                         for &n in numbers {
-                            if self.seen.insert(n) {
-                                self.pairs.push((n, t));
-                            }
+                            count_once(&mut self.counted, &mut self.pairs, n, t);
                         }
                     }
                     None => {
@@ -656,9 +672,7 @@ impl Occurrences {
 
     /// Counts term number `n` for trace `t` (once per trace).
     fn count_number(&mut self, n: u32, t: u32) {
-        if self.seen.insert(n) {
-            self.pairs.push((n, t));
-        }
+        count_once(&mut self.counted, &mut self.pairs, n, t);
     }
 
     /// Adds one tag of a span of trace `t` whose service hashes to `svc`: key `k`, and
@@ -695,7 +709,19 @@ impl Occurrences {
         let n = self.terms.len() as u32;
         self.number.insert(term, n);
         self.terms.push(Term { term, skey, needle });
+        self.counted.push(0);
         n
+    }
+}
+
+/// Adds the pair (term number `n`, trace `t`) unless `n` was counted for `t` already
+/// (`counted` as [`Occurrences::counted`]).
+fn count_once(counted: &mut [u32], pairs: &mut Vec<(u32, u32)>, n: u32, t: u32) {
+    if let Some(last) = counted.get_mut(n as usize)
+        && *last != t + 1
+    {
+        *last = t + 1;
+        pairs.push((n, t));
     }
 }
 
@@ -1376,6 +1402,29 @@ mod tests {
                 }
             }
         }
+        // The build's reserve holds this block's pairs and terms: nothing grows while the
+        // traces are counted (no table rehashed, no vector copied).
+        let mut occ = Occurrences::default();
+        occ.reserve(refs.len(), Some(&pre));
+        let room = (
+            occ.pairs.capacity(),
+            occ.number.capacity(),
+            occ.terms.capacity(),
+        );
+        for (t, &(first, n)) in traces.iter().enumerate() {
+            let r = first as usize..(first + n) as usize;
+            occ.trace(&refs[r.clone()], Some(&pre[r]), t as u32);
+        }
+        assert!(occ.pairs.len() > room.0 / 4, "{} pairs", occ.pairs.len());
+        assert!(occ.terms.len() > 1_000, "{} terms", occ.terms.len());
+        assert_eq!(
+            (
+                occ.pairs.capacity(),
+                occ.number.capacity(),
+                occ.terms.capacity()
+            ),
+            room
+        );
         // Hashes from other spans (one missing, so every row's shifts) build another index.
         let wrong: Vec<Hashed<'_>> = rows
             .iter()
