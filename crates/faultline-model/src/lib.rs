@@ -22,6 +22,7 @@ pub mod duration;
 pub mod envelope;
 pub mod health;
 pub mod key;
+mod origins;
 pub mod otlp_check;
 pub mod otlp_decode;
 pub mod otlp_json;

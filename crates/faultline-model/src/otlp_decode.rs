@@ -21,6 +21,7 @@ use prost::encoding::{DecodeContext, WireType, skip_field};
 
 use crate::envelope::EnvelopeError;
 use crate::key::Key;
+use crate::origins::Origins;
 use crate::span::{
     AttrValue, Attributes, Event, Link, Origin, Span, SpanKind, StatusCode, TraceId,
     with_tracestate,
@@ -31,16 +32,23 @@ const DEPTH: u32 = 100;
 
 /// The spans of an OTLP trace request body. `hint` is the number of spans the sender
 /// declared (the envelope's header); it only sizes the first allocation.
+///
+/// Resources met before on this thread are shared, not decoded again
+/// ([`crate::origins`]): spans of one resource sent in many requests point at one
+/// [`Origin`].
 pub fn spans(body: &[u8], hint: usize) -> Result<Vec<Span>, EnvelopeError> {
-    // A span takes at least 18 bytes (a trace id with its key and length).
-    let mut out = Vec::with_capacity(hint.min(body.len() / 18));
-    let mut scratch = Attributes::new();
-    for f in Fields::new(body) {
-        if let (1, v) = f? {
-            resource_spans(v.bytes()?, DEPTH, None, (&mut out, &mut scratch))?;
+    crate::origins::with(|mut origins| {
+        // A span takes at least 18 bytes (a trace id with its key and length).
+        let mut out = Vec::with_capacity(hint.min(body.len() / 18));
+        let mut scratch = Attributes::new();
+        for f in Fields::new(body) {
+            if let (1, v) = f? {
+                let how = (None, origins.as_deref_mut());
+                resource_spans(v.bytes()?, DEPTH, how, (&mut out, &mut scratch))?;
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// The spans of an OTLP trace request body whose trace ids `keep` takes, the others
@@ -54,7 +62,12 @@ pub fn spans_where(
     let mut scratch = Attributes::new();
     for f in Fields::new(body) {
         if let (1, v) = f? {
-            resource_spans(v.bytes()?, DEPTH, Some(keep), (&mut out, &mut scratch))?;
+            resource_spans(
+                v.bytes()?,
+                DEPTH,
+                (Some(keep), None),
+                (&mut out, &mut scratch),
+            )?;
         }
     }
     Ok(out)
@@ -62,6 +75,9 @@ pub fn spans_where(
 
 /// Which spans to decode: all (`None`), or those whose trace id the function takes.
 type Keep<'k> = Option<&'k dyn Fn(&TraceId) -> bool>;
+
+/// Which spans to decode, and the thread's origins to share resources through (if any).
+type How<'k, 'o> = (Keep<'k>, Option<&'o mut Origins>);
 
 /// Where decoded spans go, and the list a span's attributes are gathered in before they
 /// move into a `Vec` of exactly their number (see [`span`]).
@@ -269,13 +285,71 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], EnvelopeError> {
 }
 
 /// One `ResourceSpans`: its resource (every occurrence merged) first, then its scopes.
+///
+/// With the thread's origins, a resource sent once is looked up by its bytes (with each
+/// scope's) and decoded only when this thread has not met it. A hit is what decoding
+/// would give: the bytes are the same, and were decoded without error before. A
+/// damaged resource never hits, so it is refused as before, ahead of its scopes.
 fn resource_spans(
     buf: &[u8],
     depth: u32,
-    keep: Keep<'_>,
+    (keep, mut origins): How<'_, '_>,
     out: Out<'_>,
 ) -> Result<(), EnvelopeError> {
     let depth = enter(depth)?;
+    // The resource's bytes, unless it came twice.
+    let bytes = once(buf, 1)?;
+    let mut decoded: Option<(String, Attributes)> = None;
+    let mut scopes = 0;
+    for f in Fields::new(buf) {
+        if let (2, v) = f? {
+            scopes += 1;
+            let v = match v.bytes() {
+                Ok(v) => v,
+                Err(e) => {
+                    // A damaged resource is refused first, as it always was.
+                    if decoded.is_none() {
+                        resource(buf, depth)?;
+                    }
+                    return Err(e);
+                }
+            };
+            // The scope's bytes, when it too came at most once (a damaged `ScopeSpans`
+            // is not looked up: decoding it below refuses it).
+            let scope = match (&origins, bytes) {
+                (Some(_), Some(_)) => once(v, 1).ok().flatten(),
+                _ => None,
+            };
+            let hit = match (origins.as_deref(), bytes, scope) {
+                (Some(o), Some(r), Some(sc)) => o.get(r, sc),
+                _ => None,
+            };
+            let origin = match hit {
+                Some(origin) => origin,
+                None => {
+                    let (service, resource) = match &mut decoded {
+                        Some(d) => d,
+                        d => d.insert(resource(buf, depth)?),
+                    };
+                    let origin = scope_origin(v, depth, (service, resource))?;
+                    if let (Some(o), Some(r), Some(sc)) = (origins.as_deref_mut(), bytes, scope) {
+                        o.put(r, sc, &origin);
+                    }
+                    origin
+                }
+            };
+            scope_spans(v, depth, &origin, keep, (&mut *out.0, &mut *out.1))?;
+        }
+    }
+    if scopes == 0 {
+        // No spans, but a damaged resource is still refused.
+        resource(buf, depth)?;
+    }
+    Ok(())
+}
+
+/// The resource of a `ResourceSpans` (every occurrence merged) and its service name.
+fn resource(buf: &[u8], depth: u32) -> Result<(String, Attributes), EnvelopeError> {
     let mut resource = Attributes::new();
     for f in Fields::new(buf) {
         if let (1, v) = f? {
@@ -292,28 +366,32 @@ fn resource_spans(
         Some((_, AttrValue::Str(s))) => s.to_string(),
         _ => crate::UNKNOWN_SERVICE.to_string(),
     };
-    for f in Fields::new(buf) {
-        if let (2, v) = f? {
-            scope_spans(
-                v.bytes()?,
-                depth,
-                (&service, &resource),
-                keep,
-                (&mut *out.0, &mut *out.1),
-            )?;
-        }
-    }
-    Ok(())
+    Ok((service, resource))
 }
 
-/// One `ScopeSpans`: its scope's name and version, then its spans.
-fn scope_spans(
+/// The bytes of the message field `number` of `buf` when it came at most once (empty
+/// when absent); `None` when it came more than once (its occurrences merge). Reads all of
+/// `buf`'s fields, so a damaged one is refused here.
+fn once(buf: &[u8], number: u32) -> Result<Option<&[u8]>, EnvelopeError> {
+    let mut bytes: Option<&[u8]> = Some(&[]);
+    let mut occurrences = 0;
+    for f in Fields::new(buf) {
+        let (n, v) = f?;
+        if n == number {
+            let b = v.bytes()?;
+            occurrences += 1;
+            bytes = (occurrences == 1).then_some(b);
+        }
+    }
+    Ok(bytes)
+}
+
+/// The origin of a `ScopeSpans`: its scope's name and version with the resource.
+fn scope_origin(
     buf: &[u8],
     depth: u32,
     (service, resource): (&str, &Attributes),
-    keep: Keep<'_>,
-    (out, scratch): Out<'_>,
-) -> Result<(), EnvelopeError> {
+) -> Result<Arc<Origin>, EnvelopeError> {
     let depth = enter(depth)?;
     let (mut scope_name, mut scope_version) = (String::new(), String::new());
     for f in Fields::new(buf) {
@@ -328,12 +406,23 @@ fn scope_spans(
             }
         }
     }
-    let origin = Arc::new(Origin {
+    Ok(Arc::new(Origin {
         service: service.to_string(),
         resource: resource.clone(),
         scope_name,
         scope_version,
-    });
+    }))
+}
+
+/// The spans of one `ScopeSpans`, all of `origin`.
+fn scope_spans(
+    buf: &[u8],
+    depth: u32,
+    origin: &Arc<Origin>,
+    keep: Keep<'_>,
+    (out, scratch): Out<'_>,
+) -> Result<(), EnvelopeError> {
+    let depth = enter(depth)?;
     for f in Fields::new(buf) {
         if let (2, v) = f? {
             let buf = v.bytes()?;
@@ -342,7 +431,7 @@ fn scope_spans(
             {
                 continue;
             }
-            if let Some(s) = span(buf, depth, &origin, scratch)? {
+            if let Some(s) = span(buf, depth, origin, scratch)? {
                 out.push(s);
             }
         }
@@ -789,6 +878,20 @@ mod tests {
             agree(&req.encode_to_vec())?;
         }
 
+        /// A request decoded again, its resources now met before (shared, not decoded),
+        /// gives the same spans, on the same origins.
+        #[test]
+        fn resources_met_before_decode_as_they_did(req in request()) {
+            let body = req.encode_to_vec();
+            agree(&body)?;
+            agree(&body)?;
+            if let (Ok(a), Ok(b)) = (spans(&body, 0), spans(&body, 0)) {
+                for (x, y) in a.iter().zip(&b) {
+                    prop_assert!(Arc::ptr_eq(&x.origin, &y.origin));
+                }
+            }
+        }
+
         /// Fields given twice and out of order (protobuf merges messages, appends repeated
         /// fields, lets later scalars win): two spans' encodings as one span, two resources
         /// and two scopes, the resource after the scopes, two requests end to end.
@@ -892,6 +995,107 @@ mod tests {
         encode_varint(5, &mut wrong);
         assert!(reference(&wrap(&wrong)).is_err());
         assert!(spans(&wrap(&wrong), 1).is_err());
+    }
+
+    /// Resources of one request met again in the next are shared per (resource, scope);
+    /// a resource given twice in one `ResourceSpans` merges as protobuf merges it; a
+    /// damaged resource is refused every time, with or without spans.
+    #[test]
+    fn resources_are_shared_across_requests_by_resource_and_scope() {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(crate::otlp::common::any_value::Value::StringValue(v.into())),
+            }),
+            ..KeyValue::default()
+        };
+        let resource = |svc: &str| Resource {
+            attributes: vec![kv("service.name", svc), kv("host.name", "h-1")],
+            ..Resource::default()
+        };
+        let scope = |name: &str, id: u8| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: name.into(),
+                ..InstrumentationScope::default()
+            }),
+            spans: vec![trace::Span {
+                trace_id: vec![id; 16],
+                span_id: vec![id; 8],
+                name: format!("op{id}"),
+                ..trace::Span::default()
+            }],
+            ..ScopeSpans::default()
+        };
+        let request = |groups: Vec<ResourceSpans>| {
+            ExportTraceServiceRequest {
+                resource_spans: groups,
+            }
+            .encode_to_vec()
+        };
+        let group = |svc: &str, scopes: Vec<ScopeSpans>| ResourceSpans {
+            resource: Some(resource(svc)),
+            scope_spans: scopes,
+            ..ResourceSpans::default()
+        };
+        let first = request(vec![group("cart", vec![scope("lib", 1)])]);
+        let second = request(vec![
+            group("cart", vec![scope("lib", 2), scope("other", 3)]),
+            group("db", vec![scope("lib", 4)]),
+        ]);
+        let a = spans(&first, 1).unwrap();
+        let b = spans(&second, 3).unwrap();
+        assert_eq!(a, reference(&first).unwrap());
+        assert_eq!(b, reference(&second).unwrap());
+        assert!(
+            Arc::ptr_eq(&a[0].origin, &b[0].origin),
+            "cart/lib not shared"
+        );
+        assert!(
+            !Arc::ptr_eq(&b[0].origin, &b[1].origin),
+            "the scope is part of it"
+        );
+        assert_eq!(b[1].origin.scope_name, "other");
+        assert_eq!(b[2].service(), "db");
+        // A resource given twice merges (never looked up by one of its occurrences).
+        let mut twice = ResourceSpans::default().encode_to_vec();
+        twice.extend(field(1, &resource("cart").encode_to_vec()));
+        twice.extend(field(
+            1,
+            &Resource {
+                attributes: vec![kv("k8s.pod.name", "p-1")],
+                ..Resource::default()
+            }
+            .encode_to_vec(),
+        ));
+        twice.extend(field(2, &scope("lib", 5).encode_to_vec()));
+        let body = field(1, &twice);
+        let got = spans(&body, 1).unwrap();
+        assert_eq!(got, reference(&body).unwrap());
+        assert_eq!(got[0].origin.resource.len(), 3);
+        assert!(!Arc::ptr_eq(&got[0].origin, &a[0].origin));
+        let pod = request(vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("k8s.pod.name", "p-1")],
+                ..Resource::default()
+            }),
+            scope_spans: vec![scope("lib", 7)],
+            ..ResourceSpans::default()
+        }]);
+        assert_eq!(spans(&pod, 1).unwrap(), reference(&pod).unwrap());
+        // A damaged resource (a key that is not UTF-8), with spans and without.
+        let mut bad = Vec::new();
+        bad.extend(field(1, &field(1, &field(1, b"\xff\xfe"))));
+        let with_spans = {
+            let mut g = bad.clone();
+            g.extend(field(2, &scope("lib", 6).encode_to_vec()));
+            field(1, &g)
+        };
+        for body in [with_spans, field(1, &bad)] {
+            for _ in 0..2 {
+                assert!(reference(&body).is_err());
+                assert!(spans(&body, 1).is_err());
+            }
+        }
     }
 
     /// Values nested as deep as prost allows are read; one level more is refused by both.
