@@ -799,7 +799,7 @@ pub fn bench_decode(
         "check (intake's walk)",
         "pipeline decode to spans",
     ];
-    let mut best = [(0f64, 0f64, 0usize); 5];
+    let mut best = vec![(0f64, 0f64, 0usize); 5];
     for _round in 0..3 {
         for (si, best_stage) in best.iter_mut().enumerate() {
             let started = Instant::now();
@@ -847,6 +847,11 @@ pub fn bench_decode(
             }
         }
     }
+    let mut stages: Vec<&str> = stages.to_vec();
+    for (stage, b) in origin_stages(&pool, seconds)? {
+        stages.push(stage);
+        best.push(b);
+    }
     for (si, stage) in stages.iter().enumerate() {
         let (sps, mbps, n) = best[si];
         if !json {
@@ -863,6 +868,95 @@ pub fn bench_decode(
         println!("{}", serde_json::Value::Object(results));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stage's best round: spans/s, MB/s, requests.
+type Best = (f64, f64, usize);
+
+/// The pipeline's decode with and without the shared origins
+/// (`faultline_model::otlp_decode::spans` against `spans_unshared`), on loadgen's requests
+/// with one more resource attribute: constant (every resource met before, the best case)
+/// or rewritten before every decode so that no resource of any request was met before
+/// (the worst case: a sender of many thousands of distinct resources). Each stage's best
+/// of three rounds.
+fn origin_stages(pool: &[Template], seconds: f64) -> anyhow::Result<Vec<(&'static str, Best)>> {
+    const MARK: usize = 16;
+    // Each template with a placeholder resource attribute per `ResourceSpans`, and where
+    // the placeholders are.
+    let mut bodies = Vec::with_capacity(pool.len());
+    // Equal resources get equal placeholders, so that unless rewritten a resource is
+    // met again as often as in loadgen's requests.
+    let mut numbers = std::collections::HashMap::new();
+    for t in pool {
+        let mut req =
+            ExportTraceServiceRequest::decode(&t.body[..]).context("a template does not decode")?;
+        for (i, rs) in req.resource_spans.iter_mut().enumerate() {
+            let resource = rs.resource.get_or_insert_with(Resource::default);
+            let next = numbers.len();
+            let number = *numbers.entry(resource.encode_to_vec()).or_insert(next);
+            let mark = format!("#{i:07}{number:07}#");
+            resource.attributes.push(kv("bench.resource", s(&mark)));
+        }
+        let body = req.encode_to_vec();
+        // A placeholder is `#`, its place in the request and its resource's number in 7
+        // digits each, `#` (nothing else in a request has 14 digits between two `#`).
+        let mut marks = vec![usize::MAX; req.resource_spans.len()];
+        for (at, w) in body.windows(MARK).enumerate() {
+            let digits = &w[1..MARK - 1];
+            if w[0] == b'#' && w[MARK - 1] == b'#' && digits.iter().all(u8::is_ascii_digit) {
+                let i: usize = std::str::from_utf8(&digits[..7])?.parse()?;
+                if let Some(m) = marks.get_mut(i) {
+                    *m = at + 1;
+                }
+            }
+        }
+        anyhow::ensure!(
+            !marks.contains(&usize::MAX),
+            "a resource placeholder was not found in its request"
+        );
+        bodies.push((body, t.spans, marks));
+    }
+    let names = [
+        "pipeline decode, resources met before",
+        "  the same, not shared",
+        "pipeline decode, every resource new",
+        "  the same, not shared",
+    ];
+    let mut best = vec![(0f64, 0f64, 0usize); names.len()];
+    let mut fresh = 0u64;
+    for _round in 0..3 {
+        for (si, best_stage) in best.iter_mut().enumerate() {
+            let (shared, new) = (si % 2 == 0, si >= 2);
+            let started = Instant::now();
+            let (mut spans, mut bytes, mut n) = (0u64, 0u64, 0usize);
+            while started.elapsed().as_secs_f64() < seconds / 3.0 {
+                let (body, count, marks) = &mut bodies[n % pool.len()];
+                n += 1;
+                if new {
+                    for &at in marks.iter() {
+                        fresh += 1;
+                        let text = format!("{fresh:0w$x}", w = MARK - 2);
+                        body[at..at + MARK - 2].copy_from_slice(text.as_bytes());
+                    }
+                }
+                let got = if shared {
+                    faultline_model::otlp_decode::spans(body, *count)
+                } else {
+                    faultline_model::otlp_decode::spans_unshared(body, *count)
+                }
+                .context("a request with a resource placeholder does not decode")?;
+                anyhow::ensure!(got.len() == *count, "the decode miscounted spans");
+                bytes += body.len() as u64;
+                spans += got.len() as u64;
+            }
+            let el = started.elapsed().as_secs_f64();
+            let sps = spans as f64 / el;
+            if sps > best_stage.0 {
+                *best_stage = (sps, bytes as f64 / el / 1e6, n);
+            }
+        }
+    }
+    Ok(names.into_iter().zip(best).collect())
 }
 
 /// Parses loadgen's flags from `argv` (without a program name), as tests call it.

@@ -45,7 +45,9 @@ pub(crate) struct Origins {
     bytes: usize,
 }
 
-fn hash(resource: &[u8], scope: &[u8]) -> u64 {
+/// The key these bytes are kept under (worked out once per lookup: a miss keeps the origin
+/// under the key its lookup used).
+pub(crate) fn hash(resource: &[u8], scope: &[u8]) -> u64 {
     let mut h = foldhash::fast::FixedState::with_seed(0x6f72_6967_696e_7321).build_hasher();
     h.write_usize(resource.len());
     h.write(resource);
@@ -55,15 +57,15 @@ fn hash(resource: &[u8], scope: &[u8]) -> u64 {
 
 impl Origins {
     /// The origin decoded from these bytes before, if this thread kept it.
-    pub(crate) fn get(&self, resource: &[u8], scope: &[u8]) -> Option<Arc<Origin>> {
+    pub(crate) fn get(&self, key: u64, resource: &[u8], scope: &[u8]) -> Option<Arc<Origin>> {
         self.entries
-            .get(&hash(resource, scope))
+            .get(&key)
             .filter(|e| *e.resource == *resource && *e.scope == *scope)
             .map(|e| e.origin.clone())
     }
 
-    /// Keeps `origin`, decoded from these bytes.
-    pub(crate) fn put(&mut self, resource: &[u8], scope: &[u8], origin: &Arc<Origin>) {
+    /// Keeps `origin`, decoded from these bytes, whose [`hash`] is `key`.
+    pub(crate) fn put(&mut self, key: u64, resource: &[u8], scope: &[u8], origin: &Arc<Origin>) {
         let size = resource.len() + scope.len();
         if size > MAX_ENTRY_BYTES {
             return;
@@ -77,7 +79,7 @@ impl Origins {
             scope: scope.into(),
             origin: origin.clone(),
         };
-        if let Some(old) = self.entries.insert(hash(resource, scope), entry) {
+        if let Some(old) = self.entries.insert(key, entry) {
             self.bytes -= old.resource.len() + old.scope.len();
         }
         self.bytes += size;
@@ -117,36 +119,46 @@ mod tests {
         })
     }
 
+    fn put(o: &mut Origins, resource: &[u8], scope: &[u8], origin: &Arc<Origin>) {
+        o.put(hash(resource, scope), resource, scope, origin);
+    }
+
+    fn get(o: &Origins, resource: &[u8], scope: &[u8]) -> Option<Arc<Origin>> {
+        o.get(hash(resource, scope), resource, scope)
+    }
+
     #[test]
     fn origins_are_found_by_their_exact_bytes_and_bounded() {
         let mut o = Origins::default();
         let a = origin("a");
-        o.put(b"res-a", b"scope", &a);
-        let got = o.get(b"res-a", b"scope");
+        put(&mut o, b"res-a", b"scope", &a);
+        let got = get(&o, b"res-a", b"scope");
         assert!(got.is_some_and(|g| Arc::ptr_eq(&g, &a)));
         // The split between resource and scope is part of the key.
-        assert!(o.get(b"res-", b"ascope").is_none());
-        assert!(o.get(b"res-a", b"scope2").is_none());
-        assert!(o.get(b"res-b", b"scope").is_none());
+        assert!(get(&o, b"res-", b"ascope").is_none());
+        assert!(get(&o, b"res-a", b"scope2").is_none());
+        assert!(get(&o, b"res-b", b"scope").is_none());
+        // Found by the bytes, not by the key alone (as if two resources' hashes collided).
+        assert!(
+            o.get(hash(b"res-a", b"scope"), b"res-b", b"scope")
+                .is_none()
+        );
         // Too large to keep.
-        o.put(&vec![7u8; MAX_ENTRY_BYTES + 1], b"", &origin("big"));
-        assert!(o.get(&vec![7u8; MAX_ENTRY_BYTES + 1], b"").is_none());
+        put(&mut o, &vec![7u8; MAX_ENTRY_BYTES + 1], b"", &origin("big"));
+        assert!(get(&o, &vec![7u8; MAX_ENTRY_BYTES + 1], b"").is_none());
         // Full: emptied, then the new one kept.
         for i in 0..MAX_ENTRIES + 10 {
-            o.put(format!("r{i}").as_bytes(), b"", &origin("x"));
+            put(&mut o, format!("r{i}").as_bytes(), b"", &origin("x"));
             assert!(o.len() <= MAX_ENTRIES);
         }
-        assert!(
-            o.get(format!("r{}", MAX_ENTRIES + 9).as_bytes(), b"")
-                .is_some()
-        );
-        assert!(o.get(b"res-a", b"scope").is_none());
+        assert!(get(&o, format!("r{}", MAX_ENTRIES + 9).as_bytes(), b"").is_some());
+        assert!(get(&o, b"res-a", b"scope").is_none());
         let mut o = Origins::default();
         let big = vec![1u8; MAX_ENTRY_BYTES];
         for i in 0..(MAX_BYTES / MAX_ENTRY_BYTES) + 5 {
             let mut k = big.clone();
             k[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            o.put(&k, b"", &origin("y"));
+            put(&mut o, &k, b"", &origin("y"));
             assert!(o.bytes <= MAX_BYTES, "{} bytes kept", o.bytes);
         }
     }

@@ -37,18 +37,30 @@ const DEPTH: u32 = 100;
 /// ([`crate::origins`]): spans of one resource sent in many requests point at one
 /// [`Origin`].
 pub fn spans(body: &[u8], hint: usize) -> Result<Vec<Span>, EnvelopeError> {
-    crate::origins::with(|mut origins| {
-        // A span takes at least 18 bytes (a trace id with its key and length).
-        let mut out = Vec::with_capacity(hint.min(body.len() / 18));
-        let mut scratch = Attributes::new();
-        for f in Fields::new(body) {
-            if let (1, v) = f? {
-                let how = (None, origins.as_deref_mut());
-                resource_spans(v.bytes()?, DEPTH, how, (&mut out, &mut scratch))?;
-            }
+    crate::origins::with(|origins| all_spans(body, hint, origins))
+}
+
+/// What [`spans`] gives, with every resource decoded again and none kept for later
+/// decodes: what `faultline-bench decode` measures the shared origins against.
+pub fn spans_unshared(body: &[u8], hint: usize) -> Result<Vec<Span>, EnvelopeError> {
+    all_spans(body, hint, None)
+}
+
+fn all_spans(
+    body: &[u8],
+    hint: usize,
+    mut origins: Option<&mut Origins>,
+) -> Result<Vec<Span>, EnvelopeError> {
+    // A span takes at least 18 bytes (a trace id with its key and length).
+    let mut out = Vec::with_capacity(hint.min(body.len() / 18));
+    let mut scratch = Attributes::new();
+    for f in Fields::new(body) {
+        if let (1, v) = f? {
+            let how = (None, origins.as_deref_mut());
+            resource_spans(v.bytes()?, DEPTH, how, (&mut out, &mut scratch))?;
         }
-        Ok(out)
-    })
+    }
+    Ok(out)
 }
 
 /// The spans of an OTLP trace request body whose trace ids `keep` takes, the others
@@ -320,8 +332,12 @@ fn resource_spans(
                 (Some(_), Some(_)) => once(v, 1).ok().flatten(),
                 _ => None,
             };
-            let hit = match (origins.as_deref(), bytes, scope) {
-                (Some(o), Some(r), Some(sc)) => o.get(r, sc),
+            let key = match (&origins, bytes, scope) {
+                (Some(_), Some(r), Some(sc)) => Some((crate::origins::hash(r, sc), r, sc)),
+                _ => None,
+            };
+            let hit = match (origins.as_deref(), key) {
+                (Some(o), Some((h, r, sc))) => o.get(h, r, sc),
                 _ => None,
             };
             let origin = match hit {
@@ -332,8 +348,8 @@ fn resource_spans(
                         d => d.insert(resource(buf, depth)?),
                     };
                     let origin = scope_origin(v, depth, (service, resource))?;
-                    if let (Some(o), Some(r), Some(sc)) = (origins.as_deref_mut(), bytes, scope) {
-                        o.put(r, sc, &origin);
+                    if let (Some(o), Some((h, r, sc))) = (origins.as_deref_mut(), key) {
+                        o.put(h, r, sc, &origin);
                     }
                     origin
                 }
@@ -889,6 +905,17 @@ mod tests {
                 for (x, y) in a.iter().zip(&b) {
                     prop_assert!(Arc::ptr_eq(&x.origin, &y.origin));
                 }
+                // Unshared: the same spans, on origins of their own.
+                let c = spans_unshared(&body, 0);
+                prop_assert_eq!(c.as_ref().ok(), Some(&a));
+                for (x, z) in a.iter().zip(c.iter().flatten()) {
+                    prop_assert!(!Arc::ptr_eq(&x.origin, &z.origin));
+                }
+            } else {
+                prop_assert_eq!(
+                    spans_unshared(&body, 0).map_err(|e| e.to_string()),
+                    spans(&body, 0).map_err(|e| e.to_string())
+                );
             }
         }
 
