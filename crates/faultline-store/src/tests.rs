@@ -980,8 +980,9 @@ fn traces_read_together_equal_traces_read_alone() {
     );
 }
 
-/// Blocks written before format 4 store `resource_attributes` as plain strings (no Arrow
-/// dictionary in the embedded schema): they read back the same.
+/// Blocks written before format 4 store `resource_attributes`, and before format 8
+/// `attribute_keys`, as plain strings (no Arrow dictionary in the embedded schema): they
+/// read back the same.
 #[test]
 fn blocks_with_plain_resource_strings_read_the_same() {
     use arrow_array::{Array, DictionaryArray, RecordBatch, StringArray, types::Int32Type};
@@ -995,14 +996,40 @@ fn blocks_with_plain_resource_strings_read_the_same() {
     for t in 1..=40u8 {
         for k in 1..=3u8 {
             let o = if (t + k) % 2 == 0 { &a } else { &b };
-            spans.push(span(t, k, (k > 1).then_some(1), o));
+            let mut s = span(t, k, (k > 1).then_some(1), o);
+            if t % 3 == 0 {
+                // Key lists of two orders.
+                s.attributes.reverse();
+            }
+            spans.push(s);
         }
     }
     write_block(tmp.path(), "b", &spans).unwrap();
     let path = crate::block::parquet_path(tmp.path(), "b");
     let new = BlockReader::open(tmp.path(), "b").unwrap().all().unwrap();
+    let (mut want, mut got) = (spans.clone(), new.clone());
+    want.sort_by_key(|s| (s.trace_id, s.span_id));
+    got.sort_by_key(|s| (s.trace_id, s.span_id));
+    assert!(
+        got == want,
+        "the block reads back its spans, key order kept"
+    );
+    // A lookup (which reads `attribute_keys` plainly) of a trace whose keys are reversed.
+    let lookup = |r: &BlockReader| {
+        let mut t = r.trace(&[9; 16]).unwrap();
+        t.sort_by_key(|s| s.span_id);
+        t
+    };
+    let nine: Vec<Span> = want
+        .iter()
+        .filter(|s| s.trace_id == [9; 16])
+        .cloned()
+        .collect();
+    assert!(nine[0].attributes[0].0.as_str() == "k");
+    assert!(lookup(&BlockReader::open(tmp.path(), "b").unwrap()) == nine);
 
-    // Rewrite the Parquet file as format 3 wrote it: the same columns, resources as text.
+    // Rewrite the Parquet file as format 3 wrote it: the same columns, resources and key
+    // lists as text.
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
     let kv = reader
@@ -1012,13 +1039,15 @@ fn blocks_with_plain_resource_strings_read_the_same() {
         .cloned();
     let batches: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
     let schema = batches[0].schema();
-    let i = schema.index_of("resource_attributes").unwrap();
-    assert!(matches!(
-        schema.field(i).data_type(),
-        DataType::Dictionary(..)
-    ));
+    let dicts = ["resource_attributes", "attribute_keys"].map(|c| schema.index_of(c).unwrap());
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields[i] = Field::new("resource_attributes", DataType::Utf8, false);
+    for i in dicts {
+        assert!(matches!(
+            schema.field(i).data_type(),
+            DataType::Dictionary(..)
+        ));
+        fields[i] = Field::new(schema.field(i).name(), DataType::Utf8, false);
+    }
     let plain_schema = Arc::new(Schema::new(fields));
     let props = parquet::file::properties::WriterProperties::builder()
         .set_key_value_metadata(kv)
@@ -1029,29 +1058,37 @@ fn blocks_with_plain_resource_strings_read_the_same() {
         Some(props),
     )
     .unwrap();
+    let mut key_lists = std::collections::HashSet::new();
     for batch in &batches {
-        let d = batch
-            .column(i)
-            .as_any()
-            .downcast_ref::<DictionaryArray<Int32Type>>()
-            .unwrap();
-        let values = d.values().as_any().downcast_ref::<StringArray>().unwrap();
-        let text: StringArray = d
-            .keys()
-            .values()
-            .iter()
-            .map(|&k| Some(values.value(k as usize)))
-            .collect();
         let mut cols = batch.columns().to_vec();
-        cols[i] = Arc::new(text);
+        for i in dicts {
+            let d = batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<DictionaryArray<Int32Type>>()
+                .unwrap();
+            let values = d.values().as_any().downcast_ref::<StringArray>().unwrap();
+            let text: StringArray = d
+                .keys()
+                .values()
+                .iter()
+                .map(|&k| Some(values.value(k as usize)))
+                .collect();
+            if i == dicts[1] {
+                key_lists.extend(text.iter().flatten().map(str::to_string));
+            }
+            cols[i] = Arc::new(text);
+        }
         w.write(&RecordBatch::try_new(plain_schema.clone(), cols).unwrap())
             .unwrap();
     }
+    assert_eq!(key_lists.len(), 2, "{key_lists:?}");
     w.close().unwrap();
 
     let old = BlockReader::open(tmp.path(), "b").unwrap();
     assert_eq!(old.all().unwrap(), new);
     assert_eq!(old.trace(&[7; 16]).unwrap().len(), 3);
+    assert!(lookup(&old) == nine);
     assert_eq!(new.len(), 120);
     assert!(new.iter().any(|s| s.service() == "a") && new.iter().any(|s| s.service() == "b"));
 }

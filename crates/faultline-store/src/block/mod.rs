@@ -56,7 +56,8 @@
 //!   own nullable column `attr.KEY` (utf8, int64, double or boolean), up to
 //!   [`MAX_PROMOTED`] keys per block, the most frequent. Such a span's first value for the
 //!   key is in that column; everything else stays in `attributes`. When a block has
-//!   promoted columns it also has `attribute_keys` (utf8): the JSON array of the span's
+//!   promoted columns it also has `attribute_keys` (utf8, an Arrow dictionary from format
+//!   8): the JSON array of the span's
 //!   attribute keys in their original order, so a reader puts them back in order. Blocks
 //!   promote different keys, so read a directory of them by name (DuckDB:
 //!   `read_parquet('blocks/*.parquet', union_by_name = true)`, then `"attr.http.route"`).
@@ -76,7 +77,11 @@
 //!   it again from the attributes when reading, so older formats read alike (DuckDB users
 //!   of older blocks: their spans count 1). Format 6 adds `clock_shift_nano`, read into
 //!   the search index's trace times (older blocks: no shift). Format 7 changes
-//!   encodings and statistics only (above), not columns. The key-value metadata holds
+//!   encodings and statistics only (above), not columns. Format 8 declares
+//!   `attribute_keys` in the embedded Arrow schema as a dictionary too (spans of one
+//!   shape share their key list, so the writer keeps each distinct list once instead of
+//!   copying 300-400 bytes per span); the Parquet column is encoded as before, and format
+//!   7 files read alike. The key-value metadata holds
 //!   `faultline.block.format` and the block's time range.
 //!
 //! - `BLOCKID.tidx`: the trace-id index: each trace's row count in row order and a

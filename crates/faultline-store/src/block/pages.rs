@@ -903,6 +903,10 @@ impl RowGroups for Shared {
 
 /// How a block's columns become Arrow fields (every column but the leaves named in
 /// `without`), computed once per block.
+///
+/// `attribute_keys` is read as plain text even where the block's Arrow schema declares a
+/// dictionary (format 8): a lookup then decodes only its own rows' key lists, where a
+/// dictionary would copy every distinct list of the row group into each read.
 pub(crate) fn field_levels(
     meta: &ParquetMetaData,
     hint: &arrow_schema::Fields,
@@ -911,7 +915,22 @@ pub(crate) fn field_levels(
     let schema = meta.file_metadata().schema_descr();
     let leaves = (0..schema.num_columns())
         .filter(|&i| !without.contains(&schema.column(i).path().string().as_str()));
-    parquet_to_arrow_field_levels(schema, ProjectionMask::leaves(schema, leaves), Some(hint))
+    let hint = lookup_fields(hint);
+    parquet_to_arrow_field_levels(schema, ProjectionMask::leaves(schema, leaves), Some(&hint))
+}
+
+/// The Arrow fields a lookup reads a block's columns as: the block's own, but
+/// `attribute_keys` plain (see [`field_levels`]).
+pub(crate) fn lookup_fields(block: &arrow_schema::Fields) -> arrow_schema::Fields {
+    block
+        .iter()
+        .map(|f| match f.data_type() {
+            arrow_schema::DataType::Dictionary(_, v) if f.name() == "attribute_keys" => {
+                Arc::new(f.as_ref().clone().with_data_type(v.as_ref().clone()))
+            }
+            _ => f.clone(),
+        })
+        .collect()
 }
 
 /// A reader of every column of `groups` (row group indexes, ascending) of `file`, limited
@@ -1130,9 +1149,18 @@ mod tests {
                 "{ranges:?} read again from kept dictionaries"
             );
             let ours = ours.into_iter().next().unwrap();
+            // Parquet's reader, told the field types a lookup reads.
+            let plain = Arc::new(arrow_schema::Schema::new(lookup_fields(
+                meta.schema().fields(),
+            )));
+            let as_lookups = ArrowReaderMetadata::try_new(
+                meta.metadata().clone(),
+                ArrowReaderOptions::new().with_schema(plain),
+            )
+            .unwrap();
             let theirs: Vec<_> = ParquetRecordBatchReaderBuilder::new_with_metadata(
                 File::open(&path).unwrap(),
-                meta.clone(),
+                as_lookups,
             )
             .with_row_selection(RowSelection::from(selectors))
             .with_batch_size(1024)

@@ -548,8 +548,9 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> 
         .ok_or_else(|| format!("column {name} is missing or has the wrong type"))
 }
 
-/// A string column stored plainly (formats 1-3) or as an Arrow dictionary (format 4's
-/// `resource_attributes`).
+/// A string column as Arrow gives it: plain, or an Arrow dictionary where the block's
+/// Arrow schema declares one (`resource_attributes` from format 4, `attribute_keys` from
+/// format 8, though lookups read the latter plainly: `pages::field_levels`).
 enum Strs<'a> {
     Plain(&'a StringArray),
     Dict(&'a [i32], &'a StringArray),
@@ -593,20 +594,17 @@ impl<'a> Strs<'a> {
 
 /// The promoted attribute columns of a batch (format 2), to put attributes back together.
 struct PromotedColumns<'a> {
-    keys: &'a StringArray,
+    keys: Strs<'a>,
     columns: FastMap<&'a str, &'a dyn Array>,
 }
 
 impl<'a> PromotedColumns<'a> {
     /// `None` for a block without promoted columns (format 1, or nothing promoted).
     fn of(b: &'a RecordBatch) -> Result<Option<Self>, String> {
-        let Some(keys) = b.column_by_name("attribute_keys") else {
+        if b.column_by_name("attribute_keys").is_none() {
             return Ok(None);
-        };
-        let keys = keys
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or("column attribute_keys has the wrong type")?;
+        }
+        let keys = Strs::of(b, "attribute_keys")?;
         let mut columns = FastMap::default();
         for (f, c) in b.schema_ref().fields().iter().zip(b.columns()) {
             if let Some(k) = f.name().strip_prefix(ATTR_PREFIX) {

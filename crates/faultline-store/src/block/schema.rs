@@ -150,7 +150,12 @@ pub(crate) fn block_schema(promoted: &[(String, Promo)]) -> SchemaRef {
         .map(|f| f.as_ref().clone())
         .collect();
     if !promoted.is_empty() {
-        fields.push(Field::new("attribute_keys", DataType::Utf8, false));
+        // Spans of one shape share their key list: an Arrow dictionary (see `writer.rs`).
+        fields.push(Field::new(
+            "attribute_keys",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        ));
         for (k, p) in promoted {
             fields.push(Field::new(format!("{ATTR_PREFIX}{k}"), p.data_type(), true));
         }

@@ -323,7 +323,7 @@ fn write_parquet(
         .set_key_value_metadata(Some(vec![
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.format".into(),
-                "7".to_string(),
+                "8".to_string(),
             ),
             parquet::file::metadata::KeyValue::new(
                 "faultline.block.min_start_ns".into(),
@@ -575,39 +575,27 @@ struct Columns<'a> {
     promoted: Promoted<'a>,
 }
 
-/// The `resource_attributes` column as an Arrow dictionary: per span the index of its
-/// resource's JSON, each distinct JSON once. A resource is serialised once per origin
-/// (the spans of one request share it), not once per span: spans sorted by trace
-/// alternate between services, and the text of a resource is about 400 bytes.
+/// A text column as an Arrow dictionary: per row the key of its text, each distinct text
+/// once. Parquet dictionary-encodes such a column as it does plain text, and the file's
+/// Arrow schema declares it a dictionary; the column is built without copying a text into
+/// it per row.
 #[derive(Default)]
-struct Resources {
+struct TextDictionary {
     keys: Vec<i32>,
     texts: Vec<String>,
-    by_origin: FastMap<*const Origin, i32>,
     by_text: FastMap<String, i32>,
 }
 
-impl Resources {
-    fn push(&mut self, o: &Arc<Origin>) {
-        let ptr = Arc::as_ptr(o);
-        let key = match self.by_origin.get(&ptr) {
-            Some(&k) => k,
-            None => {
-                let text = attrs_str(&o.resource);
-                let k = match self.by_text.get(&text) {
-                    Some(&k) => k,
-                    None => {
-                        let k = i32::try_from(self.texts.len()).unwrap_or(i32::MAX);
-                        self.texts.push(text.clone());
-                        self.by_text.insert(text, k);
-                        k
-                    }
-                };
-                self.by_origin.insert(ptr, k);
-                k
-            }
-        };
-        self.keys.push(key);
+impl TextDictionary {
+    /// The key of `text`, added if new.
+    fn key(&mut self, text: &str) -> i32 {
+        if let Some(&k) = self.by_text.get(text) {
+            return k;
+        }
+        let k = i32::try_from(self.texts.len()).unwrap_or(i32::MAX);
+        self.texts.push(text.to_string());
+        self.by_text.insert(text.to_string(), k);
+        k
     }
 
     fn finish(self) -> Result<ArrayRef, StoreError> {
@@ -621,10 +609,39 @@ impl Resources {
     }
 }
 
-/// The promoted attribute columns and the `attribute_keys` column that keeps key order.
+/// The `resource_attributes` column as an Arrow dictionary of each distinct resource's
+/// JSON. A resource is serialised once per origin (the spans of one sender share it), not
+/// once per span: spans sorted by trace alternate between services, and the text of a
+/// resource is about 400 bytes.
+#[derive(Default)]
+struct Resources {
+    dict: TextDictionary,
+    by_origin: FastMap<*const Origin, i32>,
+}
+
+impl Resources {
+    fn push(&mut self, o: &Arc<Origin>) {
+        let ptr = Arc::as_ptr(o);
+        let key = match self.by_origin.get(&ptr) {
+            Some(&k) => k,
+            None => {
+                let k = self.dict.key(&attrs_str(&o.resource));
+                self.by_origin.insert(ptr, k);
+                k
+            }
+        };
+        self.dict.keys.push(key);
+    }
+}
+
+/// The promoted attribute columns and the `attribute_keys` column that keeps key order
+/// (an Arrow dictionary: spans of one shape repeat a list of about 20 keys, 300-400 bytes
+/// of JSON).
 struct Promoted<'a> {
-    keys: StringBuilder,
+    keys: TextDictionary,
     keys_buf: String,
+    /// The key of `keys_buf` in `keys`.
+    last_key: i32,
     last_keys: Vec<&'a str>,
     /// The column of each of `last_keys`, if promoted.
     last_columns: Vec<Option<usize>>,
@@ -660,7 +677,6 @@ struct TextBytes {
     scope_version: usize,
     events: usize,
     links: usize,
-    keys: usize,
     /// Per promoted column; 0 for those that are not text.
     promoted: Vec<usize>,
 }
@@ -707,7 +723,6 @@ impl<'a> Columns<'a> {
             scope_version: per_row(&self.scope_version),
             events: per_row(&self.events),
             links: per_row(&self.links),
-            keys: per_row(&self.promoted.keys),
             promoted: self
                 .promoted
                 .columns
@@ -738,7 +753,10 @@ impl<'a> Columns<'a> {
             status_msg: strings(bytes.status_msg),
             attrs: strings(bytes.attrs),
             res: Resources {
-                keys: Vec::with_capacity(n),
+                dict: TextDictionary {
+                    keys: Vec::with_capacity(n),
+                    ..TextDictionary::default()
+                },
                 ..Resources::default()
             },
             scope_name: strings(bytes.scope_name),
@@ -749,8 +767,12 @@ impl<'a> Columns<'a> {
             shift: Int64Builder::with_capacity(n),
             buf: String::with_capacity(512),
             promoted: Promoted {
-                keys: strings(bytes.keys),
+                keys: TextDictionary {
+                    keys: Vec::with_capacity(n),
+                    ..TextDictionary::default()
+                },
                 keys_buf: String::from("[]"),
+                last_key: -1,
                 last_keys: Vec::new(),
                 last_columns: Vec::new(),
                 columns: promoted
@@ -876,7 +898,7 @@ impl<'a> Columns<'a> {
             Arc::new(self.status.finish()),
             Arc::new(self.status_msg.finish()),
             Arc::new(self.attrs.finish()),
-            self.res.finish()?,
+            self.res.dict.finish()?,
             Arc::new(self.scope_name.finish()),
             Arc::new(self.scope_version.finish()),
             Arc::new(self.events.finish()),
@@ -886,7 +908,7 @@ impl<'a> Columns<'a> {
         ];
         let p = &mut self.promoted;
         if !p.columns.is_empty() {
-            cols.push(Arc::new(p.keys.finish()));
+            cols.push(std::mem::take(&mut p.keys).finish()?);
             cols.extend(p.columns.iter_mut().map(PromoBuilder::finish));
         }
         RecordBatch::try_new(schema.clone(), cols).map_err(StoreError::arrow)
@@ -927,6 +949,7 @@ impl<'a> Promoted<'a> {
                 write_json_str(&mut self.keys_buf, k);
             }
             self.keys_buf.push(']');
+            self.last_key = -1;
         }
         for ((k, v), column) in s.attributes.iter().zip(&self.last_columns) {
             match *column {
@@ -939,7 +962,11 @@ impl<'a> Promoted<'a> {
                 self.columns[c].append_null();
             }
         }
-        self.keys.append_value(&self.keys_buf);
+        if self.last_key < 0 {
+            // The first span, or other keys than the previous span's.
+            self.last_key = self.keys.key(&self.keys_buf);
+        }
+        self.keys.keys.push(self.last_key);
         write_attr_pairs(buf, self.residual.iter().copied());
     }
 }
@@ -1052,7 +1079,6 @@ mod tests {
                 ("attrs", &b.attrs),
                 ("scope_name", &b.scope_name),
                 ("events", &b.events),
-                ("keys", &b.promoted.keys),
             ];
             all.extend(b.promoted.columns.iter().filter_map(|c| match c {
                 PromoBuilder::Str(s) => Some(("promoted", s)),
@@ -1184,7 +1210,7 @@ mod tests {
         assert!(
             format
                 .iter()
-                .any(|kv| kv.key == "faultline.block.format" && kv.value.as_deref() == Some("7"))
+                .any(|kv| kv.key == "faultline.block.format" && kv.value.as_deref() == Some("8"))
         );
         let group = meta.row_group(0);
         for chunk in group.columns() {
