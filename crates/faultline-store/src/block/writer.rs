@@ -1037,6 +1037,30 @@ mod tests {
         unrepeated_columns(&refs, &derived, &promoted)
     }
 
+    /// A span's first value of a promoted key is the one its column takes, so it is the
+    /// one counted, whatever the order of the span's keys: a later, unique value of the
+    /// same key does not cost the column its dictionary.
+    #[test]
+    fn the_first_value_of_a_key_judges_its_column() {
+        let n = 64_000;
+        let mut owned = spans(n, n / 16);
+        for (i, s) in owned.iter_mut().enumerate() {
+            s.attributes
+                .push(("app.queue_ms".into(), AttrValue::Double(1e6 + i as f64)));
+            if i % 3 == 0 {
+                // user.id first: the keys' places change from span to span.
+                s.attributes.swap(0, 1);
+            }
+        }
+        let refs: Vec<&Span> = owned.iter().collect();
+        let derived = derive_rows(&refs);
+        let promoted = choose_promoted(&refs);
+        assert_eq!(
+            unrepeated_columns(&refs, &derived, &promoted),
+            ["trace_id", "trace_start_unix_nano", "attr.user.id"]
+        );
+    }
+
     /// A row group's text builders are sized once from the sample: texts of varied
     /// lengths (names, user ids, an exception event on one span in 40, a residual
     /// attribute on one in 3) fit the first capacity, which is not far above them.
