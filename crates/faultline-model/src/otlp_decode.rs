@@ -326,14 +326,13 @@ fn resource_spans(
                     return Err(e);
                 }
             };
-            // The scope's bytes, when it too came at most once (a damaged `ScopeSpans`
+            // The lookup key, when the scope too came at most once (a damaged `ScopeSpans`
             // is not looked up: decoding it below refuses it).
-            let scope = match (&origins, bytes) {
-                (Some(_), Some(_)) => once(v, 1).ok().flatten(),
-                _ => None,
-            };
-            let key = match (&origins, bytes, scope) {
-                (Some(_), Some(r), Some(sc)) => Some((crate::origins::hash(r, sc), r, sc)),
+            let key = match (&origins, bytes) {
+                (Some(_), Some(r)) => once(v, 1)
+                    .ok()
+                    .flatten()
+                    .map(|sc| (crate::origins::hash(r, sc), r, sc)),
                 _ => None,
             };
             let hit = match (origins.as_deref(), key) {

@@ -587,6 +587,14 @@ struct TextDictionary {
 }
 
 impl TextDictionary {
+    /// An empty dictionary with room for `rows` keys.
+    fn with_rows(rows: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(rows),
+            ..Self::default()
+        }
+    }
+
     /// The key of `text`, added if new.
     fn key(&mut self, text: &str) -> i32 {
         if let Some(&k) = self.by_text.get(text) {
@@ -640,8 +648,8 @@ impl Resources {
 struct Promoted<'a> {
     keys: TextDictionary,
     keys_buf: String,
-    /// The key of `keys_buf` in `keys`.
-    last_key: i32,
+    /// The key of `keys_buf` in `keys`, once looked up.
+    last_key: Option<i32>,
     last_keys: Vec<&'a str>,
     /// The column of each of `last_keys`, if promoted.
     last_columns: Vec<Option<usize>>,
@@ -753,10 +761,7 @@ impl<'a> Columns<'a> {
             status_msg: strings(bytes.status_msg),
             attrs: strings(bytes.attrs),
             res: Resources {
-                dict: TextDictionary {
-                    keys: Vec::with_capacity(n),
-                    ..TextDictionary::default()
-                },
+                dict: TextDictionary::with_rows(n),
                 ..Resources::default()
             },
             scope_name: strings(bytes.scope_name),
@@ -767,12 +772,9 @@ impl<'a> Columns<'a> {
             shift: Int64Builder::with_capacity(n),
             buf: String::with_capacity(512),
             promoted: Promoted {
-                keys: TextDictionary {
-                    keys: Vec::with_capacity(n),
-                    ..TextDictionary::default()
-                },
+                keys: TextDictionary::with_rows(n),
                 keys_buf: String::from("[]"),
-                last_key: -1,
+                last_key: None,
                 last_keys: Vec::new(),
                 last_columns: Vec::new(),
                 columns: promoted
@@ -949,7 +951,7 @@ impl<'a> Promoted<'a> {
                 write_json_str(&mut self.keys_buf, k);
             }
             self.keys_buf.push(']');
-            self.last_key = -1;
+            self.last_key = None;
         }
         for ((k, v), column) in s.attributes.iter().zip(&self.last_columns) {
             match *column {
@@ -962,11 +964,12 @@ impl<'a> Promoted<'a> {
                 self.columns[c].append_null();
             }
         }
-        if self.last_key < 0 {
-            // The first span, or other keys than the previous span's.
-            self.last_key = self.keys.key(&self.keys_buf);
-        }
-        self.keys.keys.push(self.last_key);
+        // Looked up for the first span, and for one with other keys than the previous.
+        let key = match self.last_key {
+            Some(k) => k,
+            None => *self.last_key.insert(self.keys.key(&self.keys_buf)),
+        };
+        self.keys.keys.push(key);
         write_attr_pairs(buf, self.residual.iter().copied());
     }
 }
