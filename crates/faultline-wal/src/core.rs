@@ -202,12 +202,18 @@ impl<V: Vfs> WalCore<V> {
         let mut segments: Vec<SegmentMeta> = Vec::new();
         let mut next_seq = 1u64;
         let count = seg_names.len();
+        // One buffer for every segment, made as large as the segment before reading: a
+        // segment runs past its nominal size by up to a record, and reading one into a
+        // buffer reserved short doubled it (a 64 MiB copy and 128 MiB of fresh pages per
+        // segment, about 3% of the CPU of a restart replaying 1.6 GB of WAL).
+        let mut bytes = Vec::new();
         for (i, (name_seq, name)) in seg_names.into_iter().enumerate() {
             let path = dir.join(&name);
             let is_last = i + 1 == count;
             let len = vfs.len(&path).map_err(io_err("stat segment", &path))?;
-            let bytes = vfs
-                .read_at(&path, 0, len as usize)
+            bytes.clear();
+            bytes.reserve(len as usize);
+            vfs.read_at_into(&path, 0, len as usize, &mut bytes)
                 .map_err(io_err("read segment", &path))?;
             let scan = scan_segment(&bytes);
             // Never hand out a sequence number twice, even around a quarantined segment.
