@@ -26,7 +26,9 @@
 //!
 //! `index_rate` caps both replaying threads together (a token bucket, `rate.rs`): it
 //! leaves CPU to queries on a shared machine, and the overload test uses it to give the
-//! store a small, known capacity. Indexing pauses while the head holds
+//! store a small, known capacity. Without a cap, the three threads run at a higher nice
+//! value than the rest of the process (`indexing_nice`, `priority.rs`): reads that want
+//! the cores get them first, and indexing takes what is left. Indexing pauses while the head holds
 //! [`MAX_HEAD_FACTOR`] blocks' worth of spans, so memory stays bounded when sealing is
 //! slower than intake (intake goes on writing the WAL within its budget).
 //!
@@ -46,6 +48,7 @@ pub mod health;
 pub mod inspect;
 pub mod metrics;
 pub mod pending;
+pub mod priority;
 
 mod backlog;
 mod ingest;
@@ -111,6 +114,9 @@ pub struct PipelineOptions {
     pub backlog_rate: u64,
     /// Most spans indexed per second by both threads together (`u64::MAX`: no limit).
     pub index_rate: u64,
+    /// Added to the nice value of the pipeline's threads (0 to [`priority::MAX_NICE`]; 0:
+    /// the process's priority), so reads come first when both want the cores.
+    pub indexing_nice: i32,
     /// Share of the WAL budget (0 to 1) from which the backlog replays even while live
     /// data waits. The binary sets it below the share at which intake sheds bulk traffic.
     pub backlog_first_at: f64,
@@ -136,6 +142,7 @@ impl std::fmt::Debug for PipelineOptions {
             .field("dlq_dir", &self.dlq_dir)
             .field("backlog_rate", &self.backlog_rate)
             .field("index_rate", &self.index_rate)
+            .field("indexing_nice", &self.indexing_nice)
             .field("backlog_first_at", &self.backlog_first_at)
             .field("live_first_after", &self.live_first_after)
             .field("retry_backoff", &self.retry_backoff)
@@ -150,6 +157,7 @@ impl PipelineOptions {
             dlq_dir: dlq::dir(data_dir),
             backlog_rate: DEFAULT_BACKLOG_RATE,
             index_rate: u64::MAX,
+            indexing_nice: priority::DEFAULT_INDEXING_NICE,
             backlog_first_at: 0.4,
             live_first_after: DEFAULT_LIVE_FIRST_AFTER,
             retry_backoff: Duration::from_millis(40),
@@ -157,6 +165,26 @@ impl PipelineOptions {
             keep_from: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
             pending: Arc::default(),
         }
+    }
+
+    /// Refuses settings out of range, naming the configuration key.
+    pub fn check(&self) -> Result<(), PipelineError> {
+        if self.backlog_rate == 0 {
+            return Err(PipelineError::Config(
+                "store.backlog_spans_per_second must be at least 1 (0 would never replay the backlog, and the WAL could not be truncated)",
+            ));
+        }
+        if self.index_rate == 0 {
+            return Err(PipelineError::Config(
+                "store.max_index_spans_per_second must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        if !(0..=priority::MAX_NICE).contains(&self.indexing_nice) {
+            return Err(PipelineError::Config(
+                "store.indexing_nice must be from 0 (indexing at the process's priority) to 19 (the lowest)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -249,13 +277,18 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
+/// Starts pipeline thread `name` at nice `nice` above the process's ([`priority`]).
 fn thread(
     name: &'static str,
+    nice: i32,
     f: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, PipelineError> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(f)
+        .spawn(move || {
+            priority::lower_current_thread(nice, name);
+            f()
+        })
         .map_err(|source| PipelineError::Thread { name, source })
 }
 
@@ -267,16 +300,8 @@ impl Pipeline {
         store: Arc<Store>,
         opts: PipelineOptions,
     ) -> Result<Self, PipelineError> {
-        if opts.backlog_rate == 0 {
-            return Err(PipelineError::Config(
-                "store.backlog_spans_per_second must be at least 1 (0 would never replay the backlog, and the WAL could not be truncated)",
-            ));
-        }
-        if opts.index_rate == 0 {
-            return Err(PipelineError::Config(
-                "store.max_index_spans_per_second must be at least 1 (leave it unset for no limit)",
-            ));
-        }
+        opts.check()?;
+        let nice = opts.indexing_nice;
         let sh = Arc::new(Shared::new(wal, store, opts));
         let (tx, rx) = std::sync::mpsc::channel();
         let at_open = sh.wal.committed_seq();
@@ -284,7 +309,7 @@ impl Pipeline {
         let mut backlog = backlog::Backlog::new(&sh, rx);
         let mut threads = Vec::new();
         let s = sh.clone();
-        threads.push(thread("store-sealer", move || {
+        threads.push(thread("store-sealer", nice, move || {
             let mut sealer = sealer::Sealer::new();
             while !s.stop.load(Ordering::Acquire) {
                 match sealer.step(&s) {
@@ -295,7 +320,7 @@ impl Pipeline {
             }
         })?);
         let s = sh.clone();
-        threads.push(thread("store-backlog", move || {
+        threads.push(thread("store-backlog", nice, move || {
             while !s.stop.load(Ordering::Acquire) {
                 if !backlog.take_ranges(&s, Duration::from_millis(100)) {
                     return;
@@ -308,7 +333,7 @@ impl Pipeline {
             }
         })?);
         let s = sh.clone();
-        threads.push(thread("store-pipeline", move || {
+        threads.push(thread("store-pipeline", nice, move || {
             while !s.stop.load(Ordering::Acquire) {
                 match ingest.step(&s) {
                     Step::Worked => {}

@@ -69,6 +69,7 @@
 //! backlog_spans_per_second   = 100000    # --backlog-rate; backlog replay cap while live
 //!                                        #   data flows (none waiting: full speed)
 //! max_index_spans_per_second = (none)    # --index-rate; cap on indexing, backlog included
+//! indexing_nice              = 10        # --indexing-nice; 0-19, reads get the cores first
 //!
 //! [tail_sampling]                        # decide stored traces once complete (after the
 //! enabled = false                        #   WAL and the rollups; faultline_store::tail)
@@ -182,6 +183,9 @@ pub struct ServeArgs {
     /// Index at most this many spans per second, backlog included [default: no limit].
     #[arg(long, env = "FAULTLINE_INDEX_RATE")]
     pub index_rate: Option<u64>,
+    /// Run indexing this much nicer than the rest (0 to 19): reads first [default: 10].
+    #[arg(long, env = "FAULTLINE_INDEXING_NICE")]
+    pub indexing_nice: Option<i32>,
     /// Resident memory to stay under: shed bulk traffic from half of it, normal from 80%
     /// [default: not watched].
     #[arg(long, env = "FAULTLINE_MAX_MEMORY_BYTES")]
@@ -284,6 +288,7 @@ struct StoreFile {
     max_index_bytes: Option<u64>,
     backlog_spans_per_second: Option<u64>,
     max_index_spans_per_second: Option<u64>,
+    indexing_nice: Option<i32>,
 }
 
 impl FileConfig {
@@ -515,23 +520,17 @@ fn store(args: &ServeArgs, file: &FileConfig, data_dir: &Path) -> anyhow::Result
 
 fn pipeline(args: &ServeArgs, f: &StoreFile, data_dir: &Path) -> anyhow::Result<PipelineOptions> {
     let mut opts = PipelineOptions::new(data_dir);
-    if let Some(rate) = args.backlog_rate.or(f.backlog_spans_per_second) {
-        anyhow::ensure!(
-            rate >= 1,
-            "store.backlog_spans_per_second must be at least 1 (0 would never replay the backlog, and the WAL could not be truncated)"
-        );
-        opts.backlog_rate = rate;
-    }
-    if let Some(rate) = args.index_rate.or(f.max_index_spans_per_second) {
-        anyhow::ensure!(
-            rate >= 1,
-            "store.max_index_spans_per_second must be at least 1 (leave it unset for no limit)"
-        );
-        opts.index_rate = rate;
-    }
-    // The backlog pins the WAL: it replays even while live data waits once the WAL is this
-    // full, before intake starts shedding bulk traffic.
+    let (b, i, n) = (args.backlog_rate, args.index_rate, args.indexing_nice);
+    opts.backlog_rate = b
+        .or(f.backlog_spans_per_second)
+        .unwrap_or(opts.backlog_rate);
+    opts.index_rate = i
+        .or(f.max_index_spans_per_second)
+        .unwrap_or(opts.index_rate);
+    opts.indexing_nice = n.or(f.indexing_nice).unwrap_or(opts.indexing_nice);
+    // The backlog (which pins the WAL) replays first from here, before intake sheds bulk.
     opts.backlog_first_at = faultline_intake::admission::SHED_BULK_AT * 0.8;
+    opts.check()?;
     Ok(opts)
 }
 
@@ -549,7 +548,7 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let f = write(
-            "data_dir = \"/from-file\"\n[wal]\nmax_bytes = 1000000\n[store]\nbacklog_spans_per_second = 5\nblock_max_spans = 9\n",
+            "data_dir = \"/from-file\"\n[wal]\nmax_bytes = 1000000\n[store]\nbacklog_spans_per_second = 5\nindexing_nice = 3\nblock_max_spans = 9\n",
         );
         let s = Settings::load(ServeArgs {
             config: Some(f.path().to_path_buf()),
@@ -563,6 +562,7 @@ mod tests {
         assert_eq!(s.store.block_max_spans, 7);
         assert_eq!(s.store.dir, PathBuf::from("/from-file/blocks"));
         assert_eq!(s.pipeline.backlog_rate, 5);
+        assert_eq!(s.pipeline.indexing_nice, 3);
         assert_eq!(s.pipeline.dlq_dir, PathBuf::from("/from-file/dlq"));
         assert_eq!(s.listen.http.to_string(), "127.0.0.1:16686");
         assert_eq!(s.intake.max_inflight_bytes, 512 << 20);
@@ -646,6 +646,20 @@ mod tests {
                     ..ServeArgs::default()
                 },
                 "store.max_index_spans_per_second",
+            ),
+            (
+                ServeArgs {
+                    indexing_nice: Some(20),
+                    ..ServeArgs::default()
+                },
+                "store.indexing_nice",
+            ),
+            (
+                ServeArgs {
+                    indexing_nice: Some(-1),
+                    ..ServeArgs::default()
+                },
+                "store.indexing_nice",
             ),
             (
                 ServeArgs {

@@ -245,3 +245,80 @@ fn after_a_restart_live_spans_come_first_and_the_backlog_follows() {
         (acked + live_ids.len() as u64) as f64
     );
 }
+
+/// Each thread of process `pid` by name (the kernel's 15-byte `comm`) with its nice value
+/// (field 19 of `stat`, counted after the parenthesised name).
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // the thread ended
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        let nice = stat[close + 2..]
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((stat[open + 1..close].to_string(), nice));
+    }
+    out
+}
+
+/// The indexing threads run nicer than the rest of the process (store.indexing_nice,
+/// default 10), so reads get the cores first during a catch-up; `--indexing-nice 0` keeps
+/// them at the process's priority. Intake, the WAL writer and the readers keep it.
+#[test]
+fn indexing_threads_run_below_the_readers_priority() {
+    for (flags, added) in [
+        (&[][..], 10),
+        (&["--indexing-nice", "4"][..], 4),
+        (&["--indexing-nice", "0"][..], 0),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = Server::start(&tmp.path().join("data"), flags);
+        // A read starts the lookup threads; a span keeps the pipeline busy for a moment.
+        assert_eq!(
+            post_otlp(&server, one_span_request("svc", &[7; 16], false)),
+            200
+        );
+        let missing = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            http_get(server.api, &format!("/api/traces/{missing}"))
+                .unwrap()
+                .0,
+            404
+        );
+        let pid = server.child.id();
+        let threads = thread_nices(pid);
+        // The main thread's (the process's) nice value.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let base: i32 = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let want = (base + added).min(19);
+        for name in ["store-sealer", "store-backlog", "store-pipeline"] {
+            let nice = threads.iter().find(|(n, _)| n == name).map(|t| t.1);
+            assert_eq!(nice, Some(want), "{name} with {flags:?}: {threads:?}");
+        }
+        for name in ["wal-writer", "faultline-looku"] {
+            let nice = threads
+                .iter()
+                .find(|(n, _)| n.starts_with(name))
+                .map(|t| t.1);
+            assert_eq!(nice, Some(base), "{name} with {flags:?}: {threads:?}");
+        }
+        // Intake's and the API's runtime threads (named after the binary, as the main
+        // thread is) keep the process's priority.
+        let runtime: Vec<_> = threads.iter().filter(|(n, _)| n == "faultline").collect();
+        assert!(runtime.len() >= 2, "{threads:?}");
+        assert!(runtime.iter().all(|t| t.1 == base), "{threads:?}");
+    }
+}
