@@ -26,10 +26,11 @@
 //!
 //! `index_rate` caps both replaying threads together (a token bucket, `rate.rs`): it
 //! leaves CPU to queries on a shared machine, and the overload test uses it to give the
-//! store a small, known capacity. Without a cap, the three threads run at a higher nice
-//! value than the rest of the process (`indexing_nice`, `priority.rs`): reads that want
-//! the cores get them first, and indexing takes what is left. Indexing pauses while the head holds
-//! [`MAX_HEAD_FACTOR`] blocks' worth of spans, so memory stays bounded when sealing is
+//! store a small, known capacity. With a cap or without, the three threads run at a
+//! higher nice value than the rest of the process (`indexing_nice`, `priority.rs`): reads
+//! that want the cores get them first, and indexing takes what is left. Indexing pauses
+//! while the head holds [`MAX_HEAD_FACTOR`] blocks' worth of spans, so memory stays
+//! bounded when sealing is
 //! slower than intake (intake goes on writing the WAL within its budget).
 //!
 //! **Architecture invariant:** the pipeline knows the WAL's API, the envelope (from
