@@ -30,8 +30,8 @@
 //! higher nice value than the rest of the process (`indexing_nice`, `priority.rs`): reads
 //! that want the cores get them first, and indexing takes what is left. Indexing pauses
 //! while the head holds [`MAX_HEAD_FACTOR`] blocks' worth of spans, so memory stays
-//! bounded when sealing is
-//! slower than intake (intake goes on writing the WAL within its budget).
+//! bounded when sealing is slower than intake (intake goes on writing the WAL within its
+//! budget).
 //!
 //! **Architecture invariant:** the pipeline knows the WAL's API, the envelope (from
 //! `faultline-model`) and the store's API; it knows nothing about receivers, HTTP or

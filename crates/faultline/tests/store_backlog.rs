@@ -247,8 +247,15 @@ fn after_a_restart_live_spans_come_first_and_the_backlog_follows() {
 }
 
 #[cfg(target_os = "linux")]
-/// Each thread of process `pid` by name (the kernel's 15-byte `comm`) with its nice value
-/// (field 19 of `stat`, counted after the parenthesised name).
+/// The nice value in a `/proc` `stat` line: field 19, counted after the parenthesised
+/// name (which may hold spaces).
+fn nice_in(stat: &str) -> i32 {
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+/// Each thread of process `pid` by name (the kernel's 15-byte `comm`) with its nice value.
 fn thread_nices(pid: u32) -> Vec<(String, i32)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -258,14 +265,8 @@ fn thread_nices(pid: u32) -> Vec<(String, i32)> {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
             continue; // the thread ended
         };
-        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
-        let nice = stat[close + 2..]
-            .split(' ')
-            .nth(16)
-            .unwrap()
-            .parse()
-            .unwrap();
-        out.push((stat[open + 1..close].to_string(), nice));
+        let name = &stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()];
+        out.push((name.to_string(), nice_in(&stat)));
     }
     out
 }
@@ -301,13 +302,7 @@ fn indexing_threads_run_below_the_readers_priority() {
         let pid = server.child.id();
         let threads = thread_nices(pid);
         // The main thread's (the process's) nice value.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let base: i32 = stat[stat.rfind(')').unwrap() + 2..]
-            .split(' ')
-            .nth(16)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let base = nice_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap());
         // Already at 10 or more, the default raise could not be told from none.
         assert!(
             base <= 9,
