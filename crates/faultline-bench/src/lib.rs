@@ -19,6 +19,7 @@ pub mod fresh;
 pub mod http;
 pub mod loadgen;
 pub mod proxy;
+pub mod publish;
 pub mod skew;
 pub mod store;
 pub mod tail;

@@ -87,6 +87,16 @@ enum Command {
     /// The cost of clock-skew correction per trace read, on synthetic traces that all
     /// cross skewed clocks.
     Skew,
+    /// How long trace lookups wait while seals publish their blocks, as the store's trace
+    /// map grows to millions of traces.
+    PublishPause {
+        /// One-span traces to ingest.
+        #[arg(long, default_value_t = 4_500_000)]
+        traces: u64,
+        /// Traces per block.
+        #[arg(long, default_value_t = 14_000)]
+        block_traces: usize,
+    },
     /// What tail sampling costs and saves: synthetic traces sealed, then every block
     /// decided by the default policy.
     Tail,
@@ -144,6 +154,10 @@ fn main() -> ExitCode {
             faultline_bench::proxy::helper(&helper).map(|()| ExitCode::SUCCESS)
         }
         Command::Tail => faultline_bench::tail::run(),
+        Command::PublishPause {
+            traces,
+            block_traces,
+        } => faultline_bench::publish::run(traces, block_traces),
         Command::ChecksMemory {
             keys,
             memory_mb,

@@ -29,7 +29,7 @@ fn open(data_dir: &Path) -> anyhow::Result<(Store, OpenReport, f64)> {
 }
 
 /// "ms p50 .. p90 .. p99 .. max .." of sorted latencies in milliseconds.
-fn percentiles(lat: &mut [f64]) -> String {
+pub(crate) fn percentiles(lat: &mut [f64]) -> String {
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     format!(
