@@ -93,9 +93,12 @@ enum Command {
         /// One-span traces to ingest.
         #[arg(long, default_value_t = 4_500_000)]
         traces: u64,
-        /// Traces per block.
+        /// Spans per block (one per trace without --split).
         #[arg(long, default_value_t = 14_000)]
-        block_traces: usize,
+        block_spans: usize,
+        /// Give every trace a second span about one block later (traces in two blocks).
+        #[arg(long)]
+        split: bool,
     },
     /// What tail sampling costs and saves: synthetic traces sealed, then every block
     /// decided by the default policy.
@@ -156,8 +159,9 @@ fn main() -> ExitCode {
         Command::Tail => faultline_bench::tail::run(),
         Command::PublishPause {
             traces,
-            block_traces,
-        } => faultline_bench::publish::run(traces, block_traces),
+            block_spans,
+            split,
+        } => faultline_bench::publish::run(traces, block_spans, split),
         Command::ChecksMemory {
             keys,
             memory_mb,

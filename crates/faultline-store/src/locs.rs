@@ -1,4 +1,5 @@
-//! Where each trace is stored: trace id → the blocks holding its spans.
+//! Where each trace is stored: trace id → the blocks holding its spans ([`TraceLocs`]),
+//! and which traces are stored in more than one place ([`TraceSet`]).
 //!
 //! Traces are keyed by a 64-bit mix of both halves of their id (some generators vary only
 //! one half). Two traces sharing a key share an entry, so a lookup can name a block that
@@ -15,7 +16,7 @@
 //! powers of two, so one seal grows one or two shards: about 5 ms at most for the same
 //! 3.7M traces (a model of the seal's inserts, 14,000 traces at a time up to 6M).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use faultline_model::span::TraceId;
@@ -53,7 +54,7 @@ fn shard_of(k: u64) -> usize {
 #[derive(Debug)]
 pub(crate) struct TraceLocs {
     shards: Vec<HashMap<u64, u32, crate::search::IdBuild>>,
-    many: Vec<Vec<u32>>,
+    many: Lists,
     free: Vec<u32>,
 }
 
@@ -61,7 +62,7 @@ impl Default for TraceLocs {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
-            many: Vec::new(),
+            many: Lists::default(),
             free: Vec::new(),
         }
     }
@@ -94,19 +95,16 @@ impl TraceLocs {
                 let list = vec![v, serial];
                 let slot = match self.free.pop() {
                     Some(i) => {
-                        self.many[i as usize] = list;
+                        *self.many.get_mut(i) = list;
                         i
                     }
-                    None => {
-                        self.many.push(list);
-                        (self.many.len() - 1) as u32
-                    }
+                    None => self.many.push(list),
                 };
                 map.insert(k, slot | MANY);
                 true
             }
             Some(v) => {
-                let list = &mut self.many[(v & !MANY) as usize];
+                let list = self.many.get_mut(v & !MANY);
                 if !list.contains(&serial) {
                     list.push(serial);
                 }
@@ -125,19 +123,19 @@ impl TraceLocs {
             }
             Some(v) if v & MANY == 0 => {}
             Some(v) => {
-                let slot = (v & !MANY) as usize;
-                let list = &mut self.many[slot];
+                let slot = v & !MANY;
+                let list = self.many.get_mut(slot);
                 list.retain(|&s| s != serial);
                 match list.len() {
                     0 => {
                         map.remove(&k);
-                        self.free.push(slot as u32);
+                        self.free.push(slot);
                     }
                     1 => {
                         let only = list[0];
                         list.clear();
                         map.insert(k, only);
-                        self.free.push(slot as u32);
+                        self.free.push(slot);
                     }
                     _ => {}
                 }
@@ -152,8 +150,81 @@ impl TraceLocs {
         match self.shards[shard_of(k)].get(&k) {
             None => &[],
             Some(v) if v & MANY == 0 => std::slice::from_ref(v),
-            Some(v) => &self.many[(v & !MANY) as usize],
+            Some(v) => self.many.get(v & !MANY),
         }
+    }
+}
+
+/// Lists of a chunk, fixed so that the lists never move.
+const LIST_CHUNK: usize = 1 << 14;
+
+/// The lists of traces in several blocks, in chunks of [`LIST_CHUNK`]: one vector of
+/// them would move every list when it grows, under the store's write lock (with every
+/// trace in two blocks, growing from 2M to 4M lists stalled lookups for 122-126 ms).
+#[derive(Debug, Default)]
+struct Lists {
+    chunks: Vec<Vec<Vec<u32>>>,
+    len: usize,
+}
+
+impl Lists {
+    /// Appends `list`; returns its index.
+    fn push(&mut self, list: Vec<u32>) -> u32 {
+        if self.len.is_multiple_of(LIST_CHUNK) {
+            self.chunks.push(Vec::with_capacity(LIST_CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(list);
+        }
+        self.len += 1;
+        (self.len - 1) as u32
+    }
+
+    fn get(&self, i: u32) -> &[u32] {
+        let i = i as usize;
+        &self.chunks[i / LIST_CHUNK][i % LIST_CHUNK]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut Vec<u32> {
+        let i = i as usize;
+        &mut self.chunks[i / LIST_CHUNK][i % LIST_CHUNK]
+    }
+}
+
+/// A set of trace ids in shards chosen as [`TraceLocs`] chooses them: it grows in the
+/// same step (a seal's publish, under the store's write lock), and a trace whose spans
+/// reach two heads joins it, which under real SDK batching is most traces at high rates.
+#[derive(Debug)]
+pub(crate) struct TraceSet {
+    shards: Vec<HashSet<TraceId>>,
+}
+
+impl Default for TraceSet {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| HashSet::new()).collect(),
+        }
+    }
+}
+
+impl TraceSet {
+    fn shard(&self, id: &TraceId) -> &HashSet<TraceId> {
+        &self.shards[shard_of(key(id))]
+    }
+
+    /// Adds `id`; returns whether it was new.
+    pub(crate) fn insert(&mut self, id: TraceId) -> bool {
+        self.shards[shard_of(key(&id))].insert(id)
+    }
+
+    /// Whether `id` is in the set.
+    pub(crate) fn contains(&self, id: &TraceId) -> bool {
+        self.shard(id).contains(id)
+    }
+
+    /// Removes `id`; returns whether it was there.
+    pub(crate) fn remove(&mut self, id: &TraceId) -> bool {
+        self.shards[shard_of(key(id))].remove(id)
     }
 }
 
@@ -211,38 +282,51 @@ mod tests {
         );
     }
 
+    /// The share of the entries that the shards which grew (changed capacity from
+    /// `before`) hold, given each shard's (capacity, length) now; `None` below 100,000.
+    fn moved_share(before: &[usize], now: &[(usize, usize)]) -> Option<f64> {
+        let total: usize = now.iter().map(|s| s.1).sum();
+        let moved: usize = now
+            .iter()
+            .zip(before)
+            .filter(|(s, cap)| s.0 != **cap)
+            .map(|(s, _)| s.1)
+            .sum();
+        (total >= 100_000).then(|| moved as f64 / total as f64)
+    }
+
     /// The point of the shards: adding a seal's worth of traces never makes more than a
-    /// few shards grow, so the entries moved at once stay a small part of the map.
+    /// few shards grow, so the entries moved at once stay a small part of the map (and of
+    /// the split set, which grows in the same step).
     #[test]
     fn growth_moves_a_small_part_of_the_map_at_a_time() {
-        let mut l = TraceLocs::default();
         let ids = random_keys(400_000);
-        let mut worst = 0.0f64;
+        let mut l = TraceLocs::default();
+        let mut set = TraceSet::default();
+        let (mut worst, mut worst_set) = (0.0f64, 0.0f64);
         for (serial, batch) in (1u32..).zip(ids.chunks(1_000)) {
-            let before: Vec<usize> = l.shards.iter().map(HashMap::capacity).collect();
+            let caps: Vec<usize> = l.shards.iter().map(HashMap::capacity).collect();
+            let set_caps: Vec<usize> = set.shards.iter().map(HashSet::capacity).collect();
             for id in batch {
                 l.add(id, serial);
+                assert!(set.insert(*id));
             }
-            let total: usize = l.shards.iter().map(HashMap::len).sum();
-            let moved: usize = l
-                .shards
-                .iter()
-                .zip(&before)
-                .filter(|(m, cap)| m.capacity() != **cap)
-                .map(|(m, _)| m.len())
-                .sum();
-            if total >= 100_000 {
-                worst = worst.max(moved as f64 / total as f64);
-            }
+            let now: Vec<_> = l.shards.iter().map(|m| (m.capacity(), m.len())).collect();
+            let set_now: Vec<_> = set.shards.iter().map(|m| (m.capacity(), m.len())).collect();
+            worst = worst.max(moved_share(&caps, &now).unwrap_or(0.0));
+            worst_set = worst_set.max(moved_share(&set_caps, &set_now).unwrap_or(0.0));
         }
         assert!(worst > 0.0, "the map grew past 100,000 keys");
         assert!(
             worst <= 0.125,
             "one batch grew shards holding {worst:.3} of the map"
         );
+        assert!(worst_set > 0.0 && worst_set <= 0.125, "set: {worst_set:.3}");
         for (serial, batch) in (1u32..).zip(ids.chunks(1_000)) {
             assert!(batch.iter().all(|id| l.get(id).contains(&serial)));
         }
+        assert!(ids.iter().all(|id| set.contains(id)));
+        assert!(set.remove(&ids[0]) && !set.contains(&ids[0]) && !set.remove(&ids[0]));
     }
 
     #[test]
@@ -262,7 +346,7 @@ mod tests {
         assert_eq!(l.get(&a), &[3]);
         // The freed list is reused.
         assert!(l.add(&b, 4));
-        assert_eq!(l.many.len(), 1);
+        assert_eq!(l.many.len, 1);
         l.remove(&a, 3);
         assert!(l.get(&a).is_empty());
         assert_eq!(l.get(&b), &[3, 4]);

@@ -29,7 +29,7 @@ mod retention;
 mod seal;
 mod tail_pass;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -186,7 +186,7 @@ pub(crate) struct Inner {
     /// Trace id → blocks holding it.
     locs: TraceLocs,
     /// Traces with spans in more than one place (blocks, heads); searched as a whole.
-    split: HashSet<TraceId>,
+    split: crate::locs::TraceSet,
     next_serial: u32,
     /// Backlog records not yet in durable blocks: the manifest's pending ranges plus those
     /// deferred since, minus those sealed since.
@@ -451,7 +451,7 @@ impl Store {
             skew: Default::default(),
             quality: Default::default(),
             locs: TraceLocs::default(),
-            split: HashSet::new(),
+            split: crate::locs::TraceSet::default(),
             pending: manifest.pending.clone(),
         };
         for b in &blocks {
