@@ -29,7 +29,7 @@ mod retention;
 mod seal;
 mod tail_pass;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -187,6 +187,10 @@ pub(crate) struct Inner {
     locs: TraceLocs,
     /// Traces with spans in more than one place (blocks, heads); searched as a whole.
     split: crate::locs::TraceSet,
+    /// The blocks of `blocks` by serial number, kept by [`Inner::register`] and
+    /// [`Inner::unregister`]: finding a trace's blocks by a scan of `blocks` cost the
+    /// publish step a scan per split trace, under the write lock.
+    by_serial: HashMap<u32, Arc<Sealed>>,
     next_serial: u32,
     /// Backlog records not yet in durable blocks: the manifest's pending ranges plus those
     /// deferred since, minus those sealed since.
@@ -214,7 +218,7 @@ impl Inner {
     }
 
     fn block_by_serial(&self, serial: u32) -> Option<&Arc<Sealed>> {
-        self.blocks.iter().find(|b| b.serial == serial)
+        self.by_serial.get(&serial)
     }
 
     /// Marks `id` as stored in several places, in every block holding it.
@@ -230,8 +234,9 @@ impl Inner {
         }
     }
 
-    /// Adds a block (already in `blocks`) to the trace locations.
+    /// Adds a block (already in `blocks`) to the trace locations and `by_serial`.
     fn register(&mut self, b: &Arc<Sealed>) {
+        self.by_serial.insert(b.serial, b.clone());
         for ord in 0..b.reader.traces() {
             let Some(id) = b.reader.trace_id_at(ord) else {
                 continue;
@@ -243,9 +248,11 @@ impl Inner {
         }
     }
 
-    /// Removes a block (already gone from `blocks`) from the trace locations; traces left
+    /// Removes a block (already gone from `blocks`) from `by_serial` and the trace
+    /// locations; traces left
     /// in one place are whole again.
     fn unregister(&mut self, b: &Sealed) {
+        self.by_serial.remove(&b.serial);
         for ord in 0..b.reader.traces() {
             let Some(id) = b.reader.trace_id_at(ord) else {
                 continue;
@@ -452,6 +459,7 @@ impl Store {
             quality: Default::default(),
             locs: TraceLocs::default(),
             split: crate::locs::TraceSet::default(),
+            by_serial: HashMap::new(),
             pending: manifest.pending.clone(),
         };
         for b in &blocks {
