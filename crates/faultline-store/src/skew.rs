@@ -20,7 +20,11 @@
 //! at least [`MIN_OFFSET_NS`] and at least [`MIN_SIGNAL`] times the median absolute
 //! deviation of the samples. A clock whose servers do not sit in the middle of their
 //! clients' spans (asynchronous work, a timeout) scatters its samples and gets no
-//! estimate, rather than a wrong one.
+//! estimate, rather than a wrong one. A call whose server span is longer than its
+//! client's (by more than [`MIN_OFFSET_NS`]) gives no sample at all: a synchronous call's
+//! server works within its client's span whatever the clocks, so such a pair is
+//! asynchronous work or a client that gave up, and its midpoints would lean one way (a
+//! server that outlasts its client has its midpoint late) and make a clock look ahead.
 //!
 //! **Messages.** A PRODUCER → CONSUMER pair between two clocks gives a message sample: the
 //! consumer's start minus the producer's end. A message is consumed after it is sent, so
@@ -170,6 +174,14 @@ pub fn sample(parent: &Span, child: &Span) -> Option<Sample> {
     }
     let delta = match via {
         Via::Call => {
+            // A synchronous call's server works within its client's span whatever the
+            // clocks, so it cannot take longer. A server span longer than its client's
+            // (beyond timer noise) is asynchronous work or a client that gave up (a
+            // timeout, a cancel): its midpoint says nothing about the clocks.
+            let took = |s: &Span| s.end_ns.saturating_sub(s.start_ns);
+            if took(child) > took(parent).saturating_add(MIN_OFFSET_NS.unsigned_abs()) {
+                return None;
+            }
             let mid = |s: &Span| (i128::from(s.start_ns) + i128::from(s.end_ns)) / 2;
             i64::try_from(mid(child) - mid(parent)).ok()?
         }
@@ -988,6 +1000,50 @@ mod tests {
             s.observe(sample(&c, &srv).unwrap());
         }
         assert!(s.estimates().is_empty(), "{:?}", s.estimates());
+    }
+
+    #[test]
+    fn servers_that_outlast_their_clients_make_no_estimate() {
+        // Clocks agree; api's servers start 2 ms into their client's span and run 10-60%
+        // longer than it (the client timed out, or answered before the work was done).
+        // Their midpoints all lean late: 7-32 ms, which a median would call api's offset.
+        let fe = origin("frontend", "fe-1");
+        let api = origin("api", "api-1");
+        let mut s = SkewSamples::default();
+        let mut taken = 0;
+        for i in 0..200u64 {
+            let base = 1_000_000_000_000 + i * 1_000 * MS;
+            let c = span(1, None, SpanKind::Client, &fe, base, base + 100 * MS);
+            let took = (110 + i * 7 % 51) * MS;
+            let srv = span(
+                2,
+                Some(1),
+                SpanKind::Server,
+                &api,
+                base + 2 * MS,
+                base + 2 * MS + took,
+            );
+            if let Some(x) = sample(&c, &srv) {
+                s.observe(x);
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 0, "an outlasting server gave a sample");
+        assert!(s.estimates().is_empty(), "{:?}", s.estimates());
+        // A server up to timer noise longer than its client is still a call (the same pair
+        // with its server 0.5 ms longer), and a skewed one that fits still counts.
+        let c = span(1, None, SpanKind::Client, &fe, 0, 100 * MS);
+        let noisy = span(
+            2,
+            Some(1),
+            SpanKind::Server,
+            &api,
+            MS / 4,
+            100 * MS + MS / 4 + MS / 2,
+        );
+        assert!(sample(&c, &noisy).is_some());
+        let ahead = span(2, Some(1), SpanKind::Server, &api, 505 * MS, 595 * MS);
+        assert_eq!(sample(&c, &ahead).map(|x| x.2), Some(500 * MS as i64));
     }
 
     #[test]
