@@ -12,7 +12,7 @@
 //! many took over 10 ms, and the slowest lookups with the number of traces stored when
 //! they happened.
 //!
-//! With `--split` every trace gets a second span half a block later, so nearly every
+//! With `--split` every trace gets a second span about one block later, so nearly every
 //! trace is stored in two blocks, as when SDKs export each service's spans on their own
 //! schedule at a high rate: the store also keeps those traces in its set of split traces,
 //! which grows in the same step.

@@ -9,11 +9,12 @@
 //! The map is split into [`SHARDS`] maps of unequal shares of the key space. A hash map
 //! grows by moving every entry into a table twice the size, and this map grows while the
 //! store's write lock is held (a seal adds its block's traces), so every lookup, search
-//! and head append waits for it: one map of 3.7M traces (about 64M spans) took 76-85 ms
-//! to grow on the 2 vCPU EPYC host. Equal shards would all grow in the same seal; shares
+//! and head append waits for it: one map growing past 3.7M traces (about 64M spans)
+//! stalled lookups 329-340 ms on the 2 vCPU EPYC host (`faultline-bench publish-pause`;
+//! 76-85 ms of it the move itself, in a model of the inserts). Equal shards would all grow in the same seal; shares
 //! in a geometric series over one octave (shard `i` takes a share proportional to
 //! `2^(i/64)`) make them reach their growth points at totals spread evenly between two
-//! powers of two, so one seal grows one or two shards: about 5 ms at most for the same
+//! powers of two, so one seal grows a few shards at most: about 5 ms at most for the same
 //! 3.7M traces (a model of the seal's inserts, 14,000 traces at a time up to 6M).
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +30,10 @@ const SHARDS: usize = 64;
 
 /// Bits of a key, from bit 40 on, that choose its shard: neither the top seven (the map's
 /// tag bits) nor the low ones (its bucket index), so keys within a shard spread as well
-/// as in one map.
+/// as in one map. With 4,096 values 27 pairs of neighbouring shards get the same share;
+/// 16,384 values would part them, but in a model of the seal's inserts (6M keys, 14,000 at
+/// a time) the worst seal was no shorter (5.3-5.8 ms against 4.7) and the mean insert 10%
+/// slower (the larger table): the shards' own counts vary more than the ties matter.
 const SHARD_BITS: u32 = 12;
 
 /// Which shard each value of a key's [`SHARD_BITS`] goes to: shard `i` takes the values
@@ -92,13 +96,15 @@ impl TraceLocs {
                 if v == serial {
                     return false;
                 }
-                let list = vec![v, serial];
                 let slot = match self.free.pop() {
                     Some(i) => {
-                        *self.many.get_mut(i) = list;
+                        // A freed list keeps its capacity.
+                        let list = self.many.get_mut(i);
+                        list.clear();
+                        list.extend_from_slice(&[v, serial]);
                         i
                     }
-                    None => self.many.push(list),
+                    None => self.many.push(vec![v, serial]),
                 };
                 map.insert(k, slot | MANY);
                 true
@@ -160,7 +166,7 @@ const LIST_CHUNK: usize = 1 << 14;
 
 /// The lists of traces in several blocks, in chunks of [`LIST_CHUNK`]: one vector of
 /// them would move every list when it grows, under the store's write lock (with every
-/// trace in two blocks, growing from 2M to 4M lists stalled lookups for 122-126 ms).
+/// trace in two blocks, growing from 2M to 4M lists stalled lookups for 122-130 ms).
 #[derive(Debug, Default)]
 struct Lists {
     chunks: Vec<Vec<Vec<u32>>>,

@@ -21,7 +21,8 @@
 //! deviation of the samples. A clock whose servers do not sit in the middle of their
 //! clients' spans (asynchronous work, a timeout) scatters its samples and gets no
 //! estimate, rather than a wrong one. A call whose server span is longer than its
-//! client's (by more than [`MIN_OFFSET_NS`]) gives no sample at all: a synchronous call's
+//! client's (by more than 1 ms of timer noise plus a thousandth of the call for clocks
+//! slewed by NTP) gives no sample at all: a synchronous call's
 //! server works within its client's span whatever the clocks, so such a pair is
 //! asynchronous work or a client that gave up, and its midpoints would lean one way (a
 //! server that outlasts its client has its midpoint late) and make a clock look ahead.
@@ -44,8 +45,11 @@
 //!
 //! **Across restarts** the estimates last computed are kept in `clock-offsets.json` in the
 //! store directory ([`OFFSETS_FILE`], written after each seal when they changed, replaced
-//! atomically): a JSON object `{"version": 1, "clocks": [{"service", "host", "offset_ns",
-//! "samples", "spread_ns", "callers"}]}`. After a restart a restored estimate stands for
+//! atomically): a JSON object `{"version": 2, "clocks": [{"service", "host", "offset_ns",
+//! "samples", "spread_ns", "callers"}]}`. Version 1 files come from builds that also
+//! sampled calls whose server outlasts its client; their estimates may lean late and
+//! could stand forever for a clock whose calls now give no sample, so they are dropped
+//! (logged) and the estimates come back as calls arrive. After a restart a restored estimate stands for
 //! its clock until calls into that clock arrive again; from then on only the new samples
 //! count. An unreadable file is logged and ignored (estimates come back as calls arrive).
 
@@ -161,6 +165,15 @@ pub enum Via {
 /// One sample: from a parent/child pair, the clocks, the difference, and its kind.
 pub type Sample = (Clock, Clock, i64, Via);
 
+/// How much longer than its client's (`client_ns`) a server span may be and still count
+/// as a synchronous call: timer noise ([`MIN_OFFSET_NS`]) plus a thousandth of the call, for
+/// two clocks slewed by NTP in opposite directions (up to 500 ppm each).
+fn overrun_allowed(client_ns: u64) -> u64 {
+    MIN_OFFSET_NS
+        .unsigned_abs()
+        .saturating_add(client_ns / 1_000)
+}
+
 /// The sample a parent/child pair gives, if it is a call or a message between two clocks.
 pub fn sample(parent: &Span, child: &Span) -> Option<Sample> {
     let via = match (parent.kind, child.kind) {
@@ -179,7 +192,8 @@ pub fn sample(parent: &Span, child: &Span) -> Option<Sample> {
             // (beyond timer noise) is asynchronous work or a client that gave up (a
             // timeout, a cancel): its midpoint says nothing about the clocks.
             let took = |s: &Span| s.end_ns.saturating_sub(s.start_ns);
-            if took(child) > took(parent).saturating_add(MIN_OFFSET_NS.unsigned_abs()) {
+            let client = took(parent);
+            if took(child) > client.saturating_add(overrun_allowed(client)) {
                 return None;
             }
             let mid = |s: &Span| (i128::from(s.start_ns) + i128::from(s.end_ns)) / 2;
@@ -388,6 +402,9 @@ impl SkewSamples {
 /// The file keeping the estimates across restarts (format in the module header).
 pub const OFFSETS_FILE: &str = "clock-offsets.json";
 
+/// The version of [`OFFSETS_FILE`] this build writes and reads.
+const OFFSETS_VERSION: u32 = 2;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct OffsetsFile {
     version: u32,
@@ -413,8 +430,11 @@ pub fn save(dir: &std::path::Path, estimates: &Estimates) -> Result<(), crate::S
         })
         .collect();
     clocks.sort_by(|a, b| (&a.service, &a.host).cmp(&(&b.service, &b.host)));
-    let body = serde_json::to_vec_pretty(&OffsetsFile { version: 1, clocks })
-        .map_err(|e| crate::StoreError::Encode(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(&OffsetsFile {
+        version: OFFSETS_VERSION,
+        clocks,
+    })
+    .map_err(|e| crate::StoreError::Encode(e.to_string()))?;
     let path = dir.join(OFFSETS_FILE);
     let tmp = dir.join(format!("{OFFSETS_FILE}.tmp"));
     let io = |op: &'static str, path: &std::path::Path| {
@@ -436,9 +456,16 @@ pub fn load(dir: &std::path::Path) -> Result<Estimates, String> {
     };
     let f: OffsetsFile = serde_json::from_slice(&text)
         .map_err(|e| format!("{} is not a clock-offsets file: {e}", path.display()))?;
-    if f.version != 1 {
+    if f.version == 1 {
+        tracing::info!(
+            file = %path.display(),
+            "clock-skew estimates of an older build (version 1, which also counted calls whose server outlasts its client) are not restored; they come back as calls arrive"
+        );
+        return Ok(Estimates::new());
+    }
+    if f.version != OFFSETS_VERSION {
         return Err(format!(
-            "{} has version {}, this build reads version 1",
+            "{} has version {}, this build reads version {OFFSETS_VERSION}",
             path.display(),
             f.version
         ));
@@ -1044,6 +1071,34 @@ mod tests {
         assert!(sample(&c, &noisy).is_some());
         let ahead = span(2, Some(1), SpanKind::Server, &api, 505 * MS, 595 * MS);
         assert_eq!(sample(&c, &ahead).map(|x| x.2), Some(500 * MS as i64));
+        // A 10 s call may overrun by 1 ms plus a thousandth (NTP slewing): 10.5 ms counts,
+        // 11.5 ms does not.
+        let long = span(1, None, SpanKind::Client, &fe, 0, 10_000 * MS);
+        let srv = |over: u64| span(2, Some(1), SpanKind::Server, &api, 0, 10_000 * MS + over);
+        assert!(sample(&long, &srv(10 * MS + MS / 2)).is_some());
+        assert!(sample(&long, &srv(11 * MS + MS / 2)).is_none());
+    }
+
+    #[test]
+    fn offsets_files_of_version_1_are_dropped_and_unknown_versions_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(OFFSETS_FILE);
+        let body = |v: u32| {
+            format!(
+                r#"{{"version": {v}, "clocks": [{{"service": "api", "host": "api-1", "offset_ns": 19500000, "samples": 200, "spread_ns": 6500000, "callers": ["frontend@fe-1"]}}]}}"#
+            )
+        };
+        std::fs::write(&file, body(OFFSETS_VERSION)).unwrap();
+        assert_eq!(
+            load(dir.path()).unwrap().len(),
+            1,
+            "this build's version is read"
+        );
+        std::fs::write(&file, body(1)).unwrap();
+        assert!(load(dir.path()).unwrap().is_empty(), "version 1 is dropped");
+        std::fs::write(&file, body(OFFSETS_VERSION + 1)).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.contains("this build reads version 2"), "{err}");
     }
 
     #[test]

@@ -468,6 +468,45 @@ fn compaction_merges_small_blocks_and_keeps_every_span_and_red_cell() {
 }
 
 #[test]
+fn traces_split_over_merged_and_kept_blocks_stay_whole_through_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = origin("a");
+    let mut o = opts(tmp.path());
+    o.block_max_spans = 40;
+    let (store, _) = Store::open(o.clone()).unwrap();
+    // Trace 7 in the two small blocks only; trace 8 in both and in the large one after.
+    store
+        .ingest(1, vec![span(7, 1, None, &a), span(8, 1, None, &a)])
+        .unwrap();
+    store.seal().unwrap().unwrap();
+    store
+        .ingest(2, vec![span(7, 2, Some(1), &a), span(8, 2, Some(1), &a)])
+        .unwrap();
+    store.seal().unwrap().unwrap();
+    let mut large: Vec<Span> = (0..19).map(|i| span(100 + i, 1, None, &a)).collect();
+    large.push(span(8, 3, Some(1), &a));
+    store.ingest(3, large).unwrap();
+    store.seal().unwrap().unwrap();
+    let lens = |store: &Store| -> Vec<usize> {
+        let batch = store.traces(&[[7; 16], [8; 16]]).unwrap();
+        let one = [7u8, 8].map(|t| store.trace(&[t; 16]).unwrap().spans.len());
+        batch.iter().map(|t| t.spans.len()).chain(one).collect()
+    };
+    assert_eq!(lens(&store), [2, 3, 2, 3], "before compaction");
+    assert_eq!(store.compact().unwrap(), 2);
+    assert_eq!(store.blocks().len(), 2);
+    assert_eq!(lens(&store), [2, 3, 2, 3], "after compaction");
+    // A span of trace 7 in the head joins the merged block's.
+    store.ingest(4, vec![span(7, 3, Some(1), &a)]).unwrap();
+    assert_eq!(lens(&store), [3, 3, 3, 3], "with the head");
+    store.seal().unwrap().unwrap();
+    assert_eq!(lens(&store), [3, 3, 3, 3], "sealed");
+    drop(store);
+    let (store, _) = Store::open(o).unwrap();
+    assert_eq!(lens(&store), [3, 3, 3, 3], "after a restart");
+}
+
+#[test]
 fn dependency_edges_in_either_arrival_order_survive_sealing_and_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let (front, cart, db) = (origin("front"), origin("cart"), origin("db"));

@@ -249,8 +249,7 @@ impl Inner {
     }
 
     /// Removes a block (already gone from `blocks`) from `by_serial` and the trace
-    /// locations; traces left
-    /// in one place are whole again.
+    /// locations; traces left in one place are whole again.
     fn unregister(&mut self, b: &Sealed) {
         self.by_serial.remove(&b.serial);
         for ord in 0..b.reader.traces() {
