@@ -3,19 +3,21 @@
 //!
 //! Traces are keyed by a 64-bit mix of both halves of their id (some generators vary only
 //! one half). Two traces sharing a key share an entry, so a lookup can name a block that
-//! does not hold the trace; callers confirm with the block's trace-id index. The common case, a trace in one block, costs one map
-//! entry (12 bytes plus the map's overhead); traces in several blocks keep a list aside.
+//! does not hold the trace; callers confirm with the block's trace-id index. The common
+//! case, a trace in one block, costs one map entry (12 bytes plus the map's overhead);
+//! traces in several blocks keep a list aside.
 //!
 //! The map is split into [`SHARDS`] maps of unequal shares of the key space. A hash map
 //! grows by moving every entry into a table twice the size, and this map grows while the
 //! store's write lock is held (a seal adds its block's traces), so every lookup, search
 //! and head append waits for it: one map growing past 3.7M traces (about 64M spans)
 //! stalled lookups 329-340 ms on the 2 vCPU EPYC host (`faultline-bench publish-pause`;
-//! 76-85 ms of it the move itself, in a model of the inserts). Equal shards would all grow in the same seal; shares
-//! in a geometric series over one octave (shard `i` takes a share proportional to
-//! `2^(i/64)`) make them reach their growth points at totals spread evenly between two
-//! powers of two, so one seal grows a few shards at most: about 5 ms at most for the same
-//! 3.7M traces (a model of the seal's inserts, 14,000 traces at a time up to 6M).
+//! 76-85 ms of it the move itself, in a model of the inserts). Equal shards would all
+//! grow in the same seal; shares in a geometric series over one octave (shard `i` takes a
+//! share proportional to `2^(i/64)`) make them reach their growth points at totals spread
+//! evenly between two powers of two, so one seal grows a few shards at most: about 5 ms
+//! at most for the same 3.7M traces (a model of the seal's inserts, 14,000 traces at a
+//! time up to 6M).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -37,8 +39,8 @@ const SHARDS: usize = 64;
 const SHARD_BITS: u32 = 12;
 
 /// Which shard each value of a key's [`SHARD_BITS`] goes to: shard `i` takes the values
-/// `v` with `floor(64 * log2(1 + v / 4096)) == i`, a share of about `2^((i+1)/64) - 2^(i/64)` of the
-/// key space.
+/// `v` with `floor(64 * log2(1 + v / 4096)) == i`, a share of about
+/// `2^((i+1)/64) - 2^(i/64)` of the key space.
 static SHARD_OF: LazyLock<[u8; 1 << SHARD_BITS]> = LazyLock::new(|| {
     let n = 1u32 << SHARD_BITS;
     let mut table = [0u8; 1 << SHARD_BITS];
@@ -214,10 +216,6 @@ impl Default for TraceSet {
 }
 
 impl TraceSet {
-    fn shard(&self, id: &TraceId) -> &HashSet<TraceId> {
-        &self.shards[shard_of(key(id))]
-    }
-
     /// Adds `id`; returns whether it was new.
     pub(crate) fn insert(&mut self, id: TraceId) -> bool {
         self.shards[shard_of(key(&id))].insert(id)
@@ -225,7 +223,7 @@ impl TraceSet {
 
     /// Whether `id` is in the set.
     pub(crate) fn contains(&self, id: &TraceId) -> bool {
-        self.shard(id).contains(id)
+        self.shards[shard_of(key(id))].contains(id)
     }
 
     /// Removes `id`; returns whether it was there.

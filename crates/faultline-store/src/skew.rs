@@ -22,10 +22,10 @@
 //! clients' spans (asynchronous work, a timeout) scatters its samples and gets no
 //! estimate, rather than a wrong one. A call whose server span is longer than its
 //! client's (by more than 1 ms of timer noise plus a thousandth of the call for clocks
-//! slewed by NTP) gives no sample at all: a synchronous call's
-//! server works within its client's span whatever the clocks, so such a pair is
-//! asynchronous work or a client that gave up, and its midpoints would lean one way (a
-//! server that outlasts its client has its midpoint late) and make a clock look ahead.
+//! slewed by NTP) gives no sample at all: a synchronous call's server works within its
+//! client's span whatever the clocks, so such a pair is asynchronous work or a client
+//! that gave up, and its midpoints would lean one way (a server that outlasts its client
+//! has its midpoint late) and make a clock look ahead.
 //!
 //! **Messages.** A PRODUCER → CONSUMER pair between two clocks gives a message sample: the
 //! consumer's start minus the producer's end. A message is consumed after it is sent, so
@@ -49,9 +49,10 @@
 //! "samples", "spread_ns", "callers"}]}`. Version 1 files come from builds that also
 //! sampled calls whose server outlasts its client; their estimates may lean late and
 //! could stand forever for a clock whose calls now give no sample, so they are dropped
-//! (logged) and the estimates come back as calls arrive. After a restart a restored estimate stands for
-//! its clock until calls into that clock arrive again; from then on only the new samples
-//! count. An unreadable file is logged and ignored (estimates come back as calls arrive).
+//! (logged) and the estimates come back as calls arrive. After a restart a restored
+//! estimate stands for its clock until calls into that clock arrive again; from then on
+//! only the new samples count. An unreadable file is logged and ignored (estimates come
+//! back as calls arrive).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
